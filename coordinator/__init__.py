@@ -1,0 +1,1 @@
+"""RenderQ coordinator: holds the queue, leases frames to workers, serves the API."""

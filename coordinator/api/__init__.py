@@ -1,0 +1,1 @@
+"""HTTP blueprints: translate between HTTP and the scheduler."""

@@ -1,0 +1,28 @@
+"""Log endpoints: workers append Blender's output in batches; clients read it from an offset."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from . import validation as v
+
+logs = Blueprint("logs", __name__)
+
+
+@logs.post("/append_log")
+def append_log():
+    body = v.json_body()
+    size = current_app.extensions["renderq.scheduler"].append_log(
+        v.integer(body, "task_id", minimum=1),
+        v.integer(body, "worker_id", default=None, minimum=1),
+        v.text(body, "text", max_length=4 * 1024 * 1024),
+    )
+    return jsonify({"size": size})
+
+
+@logs.get("/get_log")
+def get_log():
+    return jsonify(current_app.extensions["renderq.scheduler"].read_log(
+        v.integer(request.args, "task_id", minimum=1),
+        v.integer(request.args, "offset", default=0, minimum=0),
+    ))

@@ -1,0 +1,93 @@
+"""Turn request bodies and query strings into checked values, or a BadRequest naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+
+from ..errors import BadRequest
+
+MAX_NAME_LENGTH = 200
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object; malformed or non-object bodies are refused."""
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def integer(source: dict[str, Any], key: str, *, default: Any = ..., minimum: int | None = None,
+            maximum: int | None = None) -> int:
+    """An integer field; bools and numeric strings from query strings are handled explicitly."""
+    if key not in source or source[key] is None:
+        if default is ...:
+            raise BadRequest(f"'{key}' is required")
+        return default
+    value = source[key]
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise BadRequest(f"'{key}' must be a whole number, not {source[key]!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"'{key}' must be a whole number, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise BadRequest(f"'{key}' must be at least {minimum}, not {value}")
+    if maximum is not None and value > maximum:
+        raise BadRequest(f"'{key}' must be at most {maximum}, not {value}")
+    if abs(value) > 2**62:
+        raise BadRequest(f"'{key}' is out of range")
+    return value
+
+
+def number(source: dict[str, Any], key: str, *, default: Any = None) -> float | None:
+    """An optional float field (a time or a duration)."""
+    value = source.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > 1e12:
+        raise BadRequest(f"'{key}' must be a number, not {value!r}")
+    return float(value)
+
+
+def text(source: dict[str, Any], key: str, *, default: Any = ..., max_length: int = 100_000) -> str:
+    if key not in source or source[key] is None:
+        if default is ...:
+            raise BadRequest(f"'{key}' is required")
+        return default
+    value = source[key]
+    if not isinstance(value, str):
+        raise BadRequest(f"'{key}' must be a string, not {type(value).__name__}")
+    if len(value) > max_length:
+        raise BadRequest(f"'{key}' is longer than {max_length} characters")
+    return value
+
+
+def boolean(source: dict[str, Any], key: str) -> bool:
+    value = source.get(key)
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "on", "off"):
+        return value.lower() in ("true", "1", "on")
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{key}' must be true or false")
+    return value
+
+
+def name(source: dict[str, Any], key: str, *, default: Any = ...) -> str:
+    """A name that will appear in paths and pages: no '/', '\\', '..', NUL or control characters."""
+    value = text(source, key, default=default, max_length=MAX_NAME_LENGTH)
+    if value is default and default is not ...:
+        return value
+    check_name(value, key)
+    return value
+
+
+def check_name(value: str, key: str) -> None:
+    if not value.strip():
+        raise BadRequest(f"'{key}' must not be empty")
+    if "/" in value or "\\" in value or ".." in value or any(ord(c) < 32 for c in value):
+        raise BadRequest(f"'{key}' must not contain '/', '\\', '..', NUL or control characters: {value!r}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise BadRequest(f"'{key}' is longer than {MAX_NAME_LENGTH} characters")

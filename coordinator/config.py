@@ -1,0 +1,86 @@
+"""Coordinator settings, read from RENDERQ_* environment variables and overridden by command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+GIB = 1024**3
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything an admin can tune without editing code."""
+
+    host: str = "0.0.0.0"
+    port: int = 5000
+    public_url: str = ""
+    data_dir: str = "renderq-data"
+    poll_interval: float = 2.0
+    frame_time_window: int = 8
+    alive_timeout: float = 15.0
+    heartbeat_seconds: float = 2.0
+    upload_limit: int = 4 * GIB
+    max_attempts: int = 3
+    threads: int = 16
+    # "full" fsyncs every commit so a power cut loses nothing acknowledged; "normal" survives kill -9 only.
+    sqlite_sync: str = "full"
+
+    @property
+    def lease_seconds(self) -> float:
+        """A lease lives as long as a worker counts as alive: both end when its updates stop."""
+        return self.alive_timeout
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+        """Defaults, then RENDERQ_<FIELD> variables, then the given overrides (None means "not given")."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get("RENDERQ_" + field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = _parse(field.name, field.type, raw)
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = value
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, with a sentence naming the setting."""
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, not {self.port}")
+        if self.frame_time_window < 1:
+            raise ValueError("frame time window must be at least 1")
+        if self.alive_timeout <= self.heartbeat_seconds:
+            raise ValueError("alive timeout must be longer than the worker heartbeat interval")
+        if self.max_attempts < 1:
+            raise ValueError("max attempts must be at least 1")
+        if self.upload_limit < 1024:
+            raise ValueError("upload limit must be at least 1024 bytes")
+        if self.sqlite_sync not in ("full", "normal"):
+            raise ValueError("sqlite sync must be 'full' or 'normal'")
+
+
+def _parse(name: str, type_name: Any, raw: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return parse_size(raw) if name == "upload_limit" else int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"RENDERQ_{name.upper()} must be a number, not {raw!r}") from None
+    return raw
+
+
+def parse_size(text: str) -> int:
+    """'500M', '4G', '1048576' -> bytes."""
+    text = text.strip().upper().removesuffix("B")
+    factors = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    if text and text[-1] in factors:
+        return int(float(text[:-1]) * factors[text[-1]])
+    return int(text)

@@ -1,0 +1,33 @@
+"""Domain errors: each carries the HTTP status the API layer answers with and a plain sentence."""
+
+
+class RenderQError(Exception):
+    """A request the coordinator refuses; nothing stored was changed."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(RenderQError):
+    status = 400
+
+
+class NotFound(RenderQError):
+    status = 404
+
+
+class Conflict(RenderQError):
+    """The request is well formed but contradicts the current state (a lost lease, an ended task)."""
+
+    status = 409
+
+
+class PayloadTooLarge(RenderQError):
+    status = 413
+
+
+class InsufficientStorage(RenderQError):
+    status = 507

@@ -1,0 +1,358 @@
+"""Who renders which frame: registration, leases, reports, retries, cancel and progress.
+
+Plain Python over the store, with an injectable clock, so every rule here is testable without Flask or HTTP.
+The coordinator's clock alone decides when a lease expires; times sent by workers are only recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import eta
+from .errors import BadRequest, Conflict, NotFound
+from .store import Store
+
+Clock = Callable[[], float]
+
+FRAME_REPORTS = ("rendering", "done", "failed", "released")
+TASK_STATES = ("queued", "running", "done", "failed", "canceled")
+MAX_FRAMES_PER_TASK = 1_000_000
+
+
+@dataclasses.dataclass
+class Policy:
+    """The scheduler's knobs (from the coordinator's Config)."""
+
+    lease_seconds: float = 15.0
+    alive_timeout: float = 15.0
+    heartbeat_seconds: float = 2.0
+    max_attempts: int = 3
+    frame_time_window: int = 8
+
+
+@dataclasses.dataclass
+class TaskSpec:
+    """A validated submission."""
+
+    name: str
+    blend_sha256: str
+    blend_filename: str
+    frame_start: int
+    frame_end: int
+    frame_step: int = 1
+    priority: int = 0
+    workers: Sequence[str] = ()
+    submitted_by: str = ""
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def frame_numbers(self) -> range:
+        return range(self.frame_start, self.frame_end + 1, self.frame_step)
+
+
+class Scheduler:
+    """The farm's rules, applied to the state in a Store."""
+
+    def __init__(self, store: Store, policy: Policy | None = None, clock: Clock = time.time) -> None:
+        self.store = store
+        self.policy = policy or Policy()
+        self.clock = clock
+
+    # -- workers --------------------------------------------------------------------------------------------------
+
+    def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int) -> dict:
+        worker = self.store.upsert_worker(name, host, blender_version, cpu_count, self.clock())
+        return {
+            "worker_id": worker["worker_id"],
+            "name": worker["name"],
+            "enabled": bool(worker["enabled"]),
+            "heartbeat_seconds": self.policy.heartbeat_seconds,
+            "lease_seconds": self.policy.lease_seconds,
+        }
+
+    def heartbeat(self, worker_id: int, leases: Sequence[str]) -> dict:
+        worker = self._worker(worker_id)
+        now = self.clock()
+        revoked = self.store.heartbeat(worker_id, list(leases), now, now + self.policy.lease_seconds)
+        return {"enabled": bool(worker["enabled"]), "revoked": revoked}
+
+    def set_worker_enabled(self, enabled: bool, worker_id: int | None = None, name: str | None = None) -> dict:
+        worker = self._worker(worker_id) if worker_id is not None else self._worker_by_name(name or "")
+        self.store.set_worker_enabled(worker["worker_id"], enabled)
+        return self.describe_worker(self._worker(worker["worker_id"]))
+
+    def list_workers(self) -> list[dict]:
+        current: dict[int, list[dict]] = {}
+        for frame in self.store.current_frames():
+            current.setdefault(frame["worker_id"], []).append(frame)
+        return [self.describe_worker(w, current.get(w["worker_id"], [])) for w in self.store.list_workers()]
+
+    def describe_worker(self, worker: dict, current: list[dict] | None = None) -> dict:
+        if current is None:
+            current = self.store.current_frames(worker["worker_id"])
+        now = self.clock()
+        done = worker["frames_done"]
+        return {
+            "worker_id": worker["worker_id"],
+            "name": worker["name"],
+            "host": worker["host"],
+            "blender_version": worker["blender_version"],
+            "cpu_count": worker["cpu_count"],
+            "enabled": bool(worker["enabled"]),
+            "alive": now - worker["last_seen"] < self.policy.alive_timeout,
+            "last_seen": worker["last_seen"],
+            "registered_at": worker["registered_at"],
+            "current": [
+                {"task_id": f["task_id"], "task_name": f["task_name"], "frame": f["frame"], "status": f["status"],
+                 "started_at": f["started_at"]}
+                for f in sorted(current, key=lambda f: (f["task_id"], f["frame"]))
+            ],
+            "frames_done": done,
+            "frames_failed": worker["frames_failed"],
+            "mean_frame_seconds": worker["render_seconds_total"] / done if done else None,
+        }
+
+    # -- tasks ----------------------------------------------------------------------------------------------------
+
+    def submit_task(self, spec: TaskSpec) -> dict:
+        frames = spec.frame_numbers()
+        if len(frames) > MAX_FRAMES_PER_TASK:
+            raise BadRequest(f"a task may have at most {MAX_FRAMES_PER_TASK} frames, not {len(frames)}")
+        task = {
+            "name": spec.name,
+            "priority": spec.priority,
+            "frame_start": spec.frame_start,
+            "frame_end": spec.frame_end,
+            "frame_step": spec.frame_step,
+            "submitted_by": spec.submitted_by,
+            "blend_sha256": spec.blend_sha256,
+            "blend_filename": spec.blend_filename,
+            "settings": spec.settings,
+            "created_at": self.clock(),
+        }
+        task_id = self.store.insert_task(task, list(frames), list(spec.workers))
+        return self.task_detail(task_id, with_frames=False)
+
+    def list_tasks(self, status: str | None = None) -> list[dict]:
+        if status is not None and status not in TASK_STATES:
+            raise BadRequest(f"status must be one of {', '.join(TASK_STATES)}, not {status!r}")
+        return [self._describe_task(task) for task in self.store.list_tasks(status)]
+
+    def task_detail(self, task_id: int, with_frames: bool = True) -> dict:
+        task = self._task(task_id)
+        described = self._describe_task(task)
+        if with_frames:
+            names = {w["worker_id"]: w["name"] for w in self.store.list_workers()}
+            described["frames"] = [self._describe_frame(f, names) for f in self.store.frames_of(task_id)]
+        return described
+
+    def cancel_task(self, task_id: int) -> dict:
+        task = self._task(task_id)
+        if not self.store.cancel_task(task_id, self.clock()):
+            raise Conflict(f"task {task_id} has already ended ({task['status']})")
+        return self.task_detail(task_id, with_frames=False)
+
+    def frame(self, task_id: int, frame: int) -> dict:
+        self._task(task_id)
+        row = self.store.get_frame(task_id, frame)
+        if row is None:
+            raise NotFound(f"task {task_id} has no frame {frame}")
+        return row
+
+    # -- leases ---------------------------------------------------------------------------------------------------
+
+    def claim(self, worker_id: int, prefer_task_id: int | None = None) -> tuple[dict | None, str | None]:
+        """Lease the next frame for a worker: (frame assignment, None) or (None, why there is none)."""
+        worker = self._worker(worker_id)
+        if not worker["enabled"]:
+            return None, "this worker is switched OFF"
+        now = self.clock()
+        self.store.expire_leases(now)
+        lease_id = secrets.token_hex(16)
+        frame = self.store.claim_frame(worker, lease_id, now, now + self.policy.lease_seconds, prefer_task_id)
+        if frame is None:
+            return None, "no frames waiting"
+        task = self._task(frame["task_id"])
+        return {
+            "task_id": frame["task_id"],
+            "frame": frame["frame"],
+            "lease_id": lease_id,
+            "lease_seconds": self.policy.lease_seconds,
+            "attempt": frame["attempts"] + 1,
+            "task_name": task["name"],
+            "blend_sha256": task["blend_sha256"],
+            "blend_filename": task["blend_filename"],
+            "settings": task["settings"],
+        }, None
+
+    def check_lease(self, worker_id: int, task_id: int, frame: int, lease_id: str) -> dict:
+        """The frame, if this worker holds this live lease on it; else Conflict (or NotFound)."""
+        self._worker(worker_id)
+        row = self.frame(task_id, frame)
+        if row["lease_id"] != lease_id or row["worker_id"] != worker_id or row["status"] not in ("leased", "rendering"):
+            raise Conflict(self._lost_lease_sentence(row, task_id, frame))
+        return row
+
+    def record_output(self, worker_id: int, task_id: int, frame: int, lease_id: str, filename: str,
+                      sha256: str, size: int) -> dict:
+        self.check_lease(worker_id, task_id, frame, lease_id)
+        row = self.store.record_output(task_id, frame, lease_id, filename, sha256, size)
+        if row is None:
+            raise Conflict(self._lost_lease_sentence(self.frame(task_id, frame), task_id, frame))
+        return row
+
+    def report(self, worker_id: int, task_id: int, frame: int, lease_id: str, status: str, *,
+               started_at: float | None = None, ended_at: float | None = None,
+               render_seconds: float | None = None, error: str | None = None, log_tail: str | None = None) -> dict:
+        """Apply a worker's report about a frame it holds. Repeating a final report changes nothing."""
+        if status not in FRAME_REPORTS:
+            raise BadRequest(f"status must be one of {', '.join(FRAME_REPORTS)}, not {status!r}")
+        self._worker(worker_id)
+        current = self.frame(task_id, frame)
+        if (current["lease_id"] == lease_id and current["worker_id"] == worker_id
+                and current["status"] == status and status in ("done", "failed")):
+            return current
+        self.check_lease(worker_id, task_id, frame, lease_id)
+        now = self.clock()
+        if status == "rendering":
+            row = self.store.mark_rendering(task_id, frame, lease_id, started_at or now,
+                                            now + self.policy.lease_seconds)
+            if row is None and current["status"] == "rendering":
+                row = current
+        elif status == "done":
+            if current["output_sha256"] is None:
+                raise Conflict(f"frame {frame} of task {task_id} has no uploaded file yet; upload it first")
+            row = self.store.mark_done(task_id, frame, lease_id, worker_id, started_at, ended_at or now,
+                                       render_seconds, now)
+        elif status == "failed":
+            row = self.store.mark_failed(task_id, frame, lease_id, worker_id, error or "the render failed",
+                                         (log_tail or "")[-20000:], self.policy.max_attempts, now)
+        else:
+            row = self.store.release_frame(task_id, frame, lease_id)
+        if row is None:
+            raise Conflict(self._lost_lease_sentence(self.frame(task_id, frame), task_id, frame))
+        return row
+
+    def expire_leases(self) -> int:
+        return self.store.expire_leases(self.clock())
+
+    def recover_after_restart(self) -> None:
+        """Workers could not report while the coordinator was down: do not count that against their leases."""
+        self.store.extend_all_leases(self.clock() + self.policy.lease_seconds)
+
+    # -- logs -----------------------------------------------------------------------------------------------------
+
+    def append_log(self, task_id: int, worker_id: int | None, text: str) -> int:
+        self._task(task_id)
+        if worker_id is not None:
+            self._worker(worker_id)
+        return self.store.append_log(task_id, text)
+
+    def read_log(self, task_id: int, offset: int, max_bytes: int = 1024 * 1024) -> dict:
+        self._task(task_id)
+        chunk, total = self.store.read_log(task_id, offset, max_bytes)
+        return {"text": chunk.decode("utf-8", errors="replace"), "offset": offset,
+                "next_offset": offset + len(chunk), "size": total}
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+
+    def _worker(self, worker_id: int) -> dict:
+        worker = self.store.get_worker(worker_id=worker_id)
+        if worker is None:
+            raise NotFound(f"no worker with id {worker_id}; register first")
+        return worker
+
+    def _worker_by_name(self, name: str) -> dict:
+        worker = self.store.get_worker(name=name)
+        if worker is None:
+            raise NotFound(f"no worker named {name!r}")
+        return worker
+
+    def _task(self, task_id: int) -> dict:
+        task = self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"no task with id {task_id}")
+        return task
+
+    def _lost_lease_sentence(self, row: dict, task_id: int, frame: int) -> str:
+        if row["status"] == "canceled":
+            return f"frame {frame} of task {task_id} was canceled"
+        if row["status"] in ("done", "failed"):
+            return f"frame {frame} of task {task_id} is already {row['status']}"
+        return f"this worker no longer holds the lease on frame {frame} of task {task_id}"
+
+    def _describe_task(self, task: dict) -> dict:
+        task_id = task["task_id"]
+        counts = self.store.frame_counts(task_id)
+        total = task["frames_total"]
+        done = counts.get("done", 0)
+        failed = counts.get("failed", 0)
+        rendering = counts.get("rendering", 0)
+        leased = counts.get("leased", 0)
+        queued = counts.get("queued", 0)
+        current = [f for f in self.store.current_frames() if f["task_id"] == task_id] if rendering + leased else []
+        names = {w["worker_id"]: w["name"] for w in self.store.list_workers()} if current else {}
+        workers_rendering = len({f["worker_id"] for f in current if f["status"] == "rendering"})
+        frames_left = queued + leased + rendering if task["status"] in ("queued", "running") else 0
+        estimate = eta.estimate_eta(
+            self.store.recent_frame_seconds(task_id, self.policy.frame_time_window), frames_left, workers_rendering
+        )
+        failed_frames = []
+        if failed:
+            failed_frames = [f["frame"] for f in self.store.frames_of(task_id) if f["status"] == "failed"]
+        return {
+            "task_id": task_id,
+            "name": task["name"],
+            "status": task["status"],
+            "priority": task["priority"],
+            "frame_start": task["frame_start"],
+            "frame_end": task["frame_end"],
+            "frame_step": task["frame_step"],
+            "workers": task["workers"],
+            "submitted_by": task["submitted_by"],
+            "blend_sha256": task["blend_sha256"],
+            "blend_filename": task["blend_filename"],
+            "settings": task["settings"],
+            "created_at": task["created_at"],
+            "started_at": task["started_at"],
+            "ended_at": task["ended_at"],
+            "progress": {
+                "total": total,
+                "done": done,
+                "failed": failed,
+                "rendering": rendering,
+                "leased": leased,
+                "queued": queued,
+                "canceled": counts.get("canceled", 0),
+                "percent": round(100.0 * done / total, 1) if total else 100.0,
+                "eta_seconds": estimate,
+                "workers_rendering": workers_rendering,
+                "current": [
+                    {"worker": names.get(f["worker_id"], str(f["worker_id"])), "frame": f["frame"],
+                     "status": f["status"], "started_at": f["started_at"]}
+                    for f in sorted(current, key=lambda f: f["frame"])
+                ],
+            },
+            "failed_frames": failed_frames,
+        }
+
+    @staticmethod
+    def _describe_frame(frame: dict, names: dict[int, str]) -> dict:
+        return {
+            "frame": frame["frame"],
+            "status": frame["status"],
+            "worker": names.get(frame["worker_id"]) if frame["worker_id"] is not None else None,
+            "attempts": frame["attempts"],
+            "failures": frame["failures"],
+            "started_at": frame["started_at"],
+            "ended_at": frame["ended_at"],
+            "render_seconds": frame["render_seconds"],
+            "output": frame["output"],
+            "output_sha256": frame["output_sha256"],
+            "output_size": frame["output_size"],
+            "error": frame["error"],
+            "log_tail": frame["log_tail"],
+        }

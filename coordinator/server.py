@@ -1,0 +1,122 @@
+"""`renderq coordinator`: serve the app with waitress, one coordinator per data dir, leases reaped in the background."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+
+from .config import Config, parse_size
+
+log = logging.getLogger("renderq.coordinator")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `renderq coordinator`; each overrides its RENDERQ_* environment variable."""
+    parser.add_argument("--host", help="address to listen on (RENDERQ_HOST, default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port to listen on, 0 for any free port (RENDERQ_PORT, default 5000)")
+    parser.add_argument("--data-dir", help="where the database, .blend files and frames are kept "
+                        "(RENDERQ_DATA_DIR, default ./renderq-data)")
+    parser.add_argument("--public-url", help="URL that clients should use to reach this coordinator "
+                        "(RENDERQ_PUBLIC_URL)")
+    parser.add_argument("--poll-interval", type=float, help="seconds between status page refreshes "
+                        "(RENDERQ_POLL_INTERVAL, default 2)")
+    parser.add_argument("--frame-time-window", type=int, help="how many recent frame times the ETA averages "
+                        "(RENDERQ_FRAME_TIME_WINDOW, default 8)")
+    parser.add_argument("--alive-timeout", type=float, help="seconds without an update before a worker counts as "
+                        "dead and its frames are requeued (RENDERQ_ALIVE_TIMEOUT, default 15)")
+    parser.add_argument("--heartbeat", dest="heartbeat_seconds", type=float,
+                        help="seconds between worker updates (RENDERQ_HEARTBEAT_SECONDS, default 2)")
+    parser.add_argument("--max-attempts", type=int, help="failed renders before a frame is marked failed "
+                        "(RENDERQ_MAX_ATTEMPTS, default 3)")
+    parser.add_argument("--upload-limit", type=parse_size, help="largest accepted upload, e.g. 4G "
+                        "(RENDERQ_UPLOAD_LIMIT, default 4G)")
+    parser.add_argument("--threads", type=int, help="HTTP worker threads (RENDERQ_THREADS, default 16)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the coordinator until interrupted. Returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    fields = ("host", "port", "data_dir", "public_url", "poll_interval", "frame_time_window", "alive_timeout",
+              "heartbeat_seconds", "max_attempts", "upload_limit", "threads")
+    try:
+        config = Config.from_env(**{name: getattr(args, name, None) for name in fields})
+    except ValueError as error:
+        print(f"renderq coordinator: {error}", file=sys.stderr)
+        return 2
+    return serve(config)
+
+
+def serve(config: Config) -> int:
+    import waitress
+
+    from .app import create_app
+
+    os.makedirs(config.data_dir, exist_ok=True)
+    lock = _lock_data_dir(config.data_dir)
+    if lock is None:
+        print(f"renderq coordinator: another coordinator is already using {os.path.abspath(config.data_dir)}; "
+              "refusing to start a second one on the same data", file=sys.stderr)
+        return 1
+    app = create_app(config)
+    scheduler = app.extensions["renderq.scheduler"]
+    scheduler.recover_after_restart()
+    stop = threading.Event()
+    threading.Thread(target=_reap_leases, args=(scheduler, stop), name="lease-reaper", daemon=True).start()
+
+    server = waitress.create_server(
+        app,
+        host=config.host,
+        port=config.port,
+        threads=config.threads,
+        # Our own check answers oversize uploads with a JSON 413; waitress's cap only guards far beyond it.
+        max_request_body_size=config.upload_limit + 16 * 1024 * 1024,
+        channel_timeout=300,
+        ident="RenderQ",
+    )
+    port = server.effective_port
+    url = config.public_url or f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '') else config.host}:{port}"
+    print(f"RenderQ coordinator listening on {url} (data in {os.path.abspath(config.data_dir)})", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        server.close()
+    print("RenderQ coordinator stopped", flush=True)
+    return 0
+
+
+def _lock_data_dir(data_dir: str):
+    """Hold an exclusive lock on the data dir for the process's lifetime; None if another process has it."""
+    handle = open(os.path.join(data_dir, "coordinator.lock"), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _reap_leases(scheduler, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        try:
+            expired = scheduler.expire_leases()
+            if expired:
+                log.info("requeued %d frame(s) whose worker stopped reporting", expired)
+        except Exception:  # a busy database must not kill the reaper; the next round retries
+            log.exception("lease reaper failed")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,1 @@
+"""RenderQ worker: renders leased frames with a long-lived Blender session per task."""
