@@ -1,0 +1,208 @@
+"""Real processes for integration tests: a coordinator and workers started through the `renderq` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def find_blender_or_none() -> str | None:
+    explicit = os.environ.get("RENDERQ_BLENDER")
+    if explicit and os.path.exists(explicit):
+        return explicit
+    return shutil.which("blender")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll until predicate returns something truthy; fail the test with `what` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Api:
+    """A minimal JSON client on urllib, independent of the code under test."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+             timeout: float = 30.0) -> tuple[int, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        if body is not None and raw is None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                payload = response.read()
+                status = response.status
+                content_type = response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as error:
+            payload = error.read()
+            status = error.code
+            content_type = error.headers.get("Content-Type", "")
+        if "json" in content_type:
+            return status, json.loads(payload)
+        return status, payload
+
+    def get(self, path: str) -> Any:
+        status, body = self.call("GET", path)
+        assert status == 200, (path, status, body)
+        return body
+
+    def post(self, path: str, body: Any) -> Any:
+        status, answer = self.call("POST", path, body)
+        assert status in (200, 201), (path, status, answer)
+        return answer
+
+    def task(self, task_id: int) -> dict:
+        return self.get(f"/task?task_id={task_id}")
+
+    def workers(self) -> dict[str, dict]:
+        return {w["name"]: w for w in self.get("/list_workers")["workers"]}
+
+    def upload_blend(self, path: str) -> str:
+        with open(path, "rb") as handle:
+            status, answer = self.call("POST", f"/upload_blend?filename={os.path.basename(path)}", raw=handle.read())
+        assert status == 200, answer
+        return answer["sha256"]
+
+    def submit(self, blend_path: str, frame_start: int, frame_end: int, **fields: Any) -> int:
+        sha = self.upload_blend(blend_path)
+        body = {"name": fields.pop("name", "test"), "blend_sha256": sha,
+                "blend_filename": os.path.basename(blend_path), "frame_start": frame_start,
+                "frame_end": frame_end, **fields}
+        return self.post("/submit_task", body)["task_id"]
+
+    def wait_task_ended(self, task_id: int, timeout: float) -> dict:
+        return wait_for(lambda: (t := self.task(task_id))["status"] in ("done", "failed", "canceled") and t,
+                        timeout, f"task {task_id} to end")
+
+
+class Process:
+    """A `renderq` subprocess whose output goes to a log file the test can read."""
+
+    def __init__(self, args: list[str], log_path: str, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.popen = subprocess.Popen([sys.executable, "-m", "renderq", *args], stdout=self._log,
+                                      stderr=subprocess.STDOUT, env=env or _env(), cwd=ROOT,
+                                      start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        with open(self.log_path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+
+    def signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+    def kill_group(self) -> None:
+        """SIGKILL the process and everything it started (its own session)."""
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        self.signal(signal.SIGINT)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            self.kill_group()
+
+
+class Farm:
+    """A coordinator plus workers in a temporary folder, all stopped at teardown."""
+
+    def __init__(self, root: str, blender: str | None = None) -> None:
+        self.root = root
+        self.blender = blender
+        self.data_dir = os.path.join(root, "coordinator-data")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api = Api(self.url)
+        self.coordinator: Process | None = None
+        self.workers: dict[str, Process] = {}
+
+    def start_coordinator(self, *extra: str) -> Process:
+        self.coordinator = Process(
+            ["coordinator", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", self.data_dir, *extra],
+            os.path.join(self.root, "coordinator.log"),
+        )
+        wait_for(self._healthy, 30, "the coordinator to answer /health")
+        return self.coordinator
+
+    def _healthy(self) -> bool:
+        if self.coordinator is not None and self.coordinator.popen.poll() is not None:
+            raise AssertionError("the coordinator exited:\n" + self.coordinator.output())
+        try:
+            return self.api.call("GET", "/health", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def start_worker(self, name: str, *extra: str, threads: int = 1) -> Process:
+        args = ["worker", "--coordinator", self.url, "--name", name, "--threads", str(threads),
+                "--work-dir", os.path.join(self.root, f"work-{name}")]
+        if self.blender:
+            args += ["--blender", self.blender]
+        worker = Process([*args, *extra], os.path.join(self.root, f"worker-{name}.log"))
+        self.workers[name] = worker
+        wait_for(lambda: self._registered(name, worker), 60, f"worker {name} to register")
+        return worker
+
+    def _registered(self, name: str, worker: Process) -> bool:
+        if worker.popen.poll() is not None:
+            raise AssertionError(f"worker {name} exited:\n" + worker.output())
+        return name in self.api.workers()
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.stop(timeout=20)
+        if self.coordinator is not None:
+            self.coordinator.stop(timeout=10)
