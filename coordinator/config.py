@@ -24,7 +24,7 @@ class Config:
     heartbeat_seconds: float = 2.0
     upload_limit: int = 4 * GIB
     max_attempts: int = 3
-    threads: int = 16
+    http_threads: int = 16
     # "full" fsyncs every commit so a power cut loses nothing acknowledged; "normal" survives kill -9 only.
     sqlite_sync: str = "full"
 

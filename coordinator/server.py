@@ -35,14 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(RENDERQ_MAX_ATTEMPTS, default 3)")
     parser.add_argument("--upload-limit", type=parse_size, help="largest accepted upload, e.g. 4G "
                         "(RENDERQ_UPLOAD_LIMIT, default 4G)")
-    parser.add_argument("--threads", type=int, help="HTTP worker threads (RENDERQ_THREADS, default 16)")
+    parser.add_argument("--http-threads", type=int, help="threads serving HTTP requests (RENDERQ_HTTP_THREADS, default 16)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the coordinator until interrupted. Returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     fields = ("host", "port", "data_dir", "public_url", "poll_interval", "frame_time_window", "alive_timeout",
-              "heartbeat_seconds", "max_attempts", "upload_limit", "threads")
+              "heartbeat_seconds", "max_attempts", "upload_limit", "http_threads")
     try:
         config = Config.from_env(**{name: getattr(args, name, None) for name in fields})
     except ValueError as error:
@@ -72,7 +72,7 @@ def serve(config: Config) -> int:
         app,
         host=config.host,
         port=config.port,
-        threads=config.threads,
+        threads=config.http_threads,
         # Our own check answers oversize uploads with a JSON 413; waitress's cap only guards far beyond it.
         max_request_body_size=config.upload_limit + 16 * 1024 * 1024,
         channel_timeout=300,

@@ -1,0 +1,713 @@
+"""The `renderq` command: run a coordinator or a worker, submit and follow tasks, manage workers."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from renderq import __version__
+from renderq.http_client import (
+    CoordinatorClient,
+    CoordinatorError,
+    CoordinatorUnreachable,
+    file_sha256,
+    safe_file_name,
+)
+from renderq.progress import (
+    ProgressLine,
+    bar,
+    format_bytes,
+    format_duration,
+    format_frame_list,
+    format_table,
+    format_time,
+)
+
+DEFAULT_COORDINATOR = "http://127.0.0.1:5000"
+FINAL_STATUSES = ("done", "failed", "canceled")
+POLL_SECONDS = 1.0
+# Files above this size get an upload progress line; small ones go up before a line would be readable.
+UPLOAD_PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+# How long a waiting command keeps retrying a coordinator that stopped answering before it gives up.
+UNREACHABLE_PATIENCE = 120.0
+BLENDER_READ_TIMEOUT = 120.0
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one sentence, exit status 2."""
+
+
+# -- argument types --------------------------------------------------------------------------------------------------
+
+
+def parse_frames(text: str) -> tuple[int, int]:
+    """'12' -> (12, 12); '1-250' -> (1, 250). Raises argparse.ArgumentTypeError otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a frame or a frame range; write 12 or 1-250")
+    start = int(match.group(1))
+    end = int(match.group(2)) if match.group(2) is not None else start
+    if end < start:
+        raise argparse.ArgumentTypeError(f"the range {text!r} ends before it starts; write the first frame first")
+    return start, end
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1, for counts and steps."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; it must be at least 1")
+    return value
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 meaning "pick a free one"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
+    return value
+
+
+def task_id_arg(text: str) -> int:
+    """A task id as printed by `renderq submit` and `renderq status`."""
+    try:
+        value = int(text.lstrip("#"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a task id; task ids are numbers") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a task id; task ids start at 1")
+    return value
+
+
+# -- Blender ---------------------------------------------------------------------------------------------------------
+
+
+def find_blender(explicit: str | None = None) -> str | None:
+    """The Blender binary to use: the one given, else $RENDERQ_BLENDER, else `blender` on PATH."""
+    candidate = explicit or os.environ.get("RENDERQ_BLENDER")
+    if candidate:
+        return shutil.which(candidate) or (candidate if os.access(candidate, os.X_OK) else None)
+    return shutil.which("blender")
+
+
+_RANGE_MARK = "RENDERQ_FRAME_RANGE"
+_RANGE_SCRIPT = (
+    "import bpy; s = bpy.context.scene; "
+    f"print('{_RANGE_MARK}', s.frame_start, s.frame_end, s.frame_step, flush=True)"
+)
+
+
+def read_frame_range(blend_path: str, blender: str) -> tuple[int, int, int] | None:
+    """The active scene's (start, end, step) as Blender reads it from the file, or None when that fails."""
+    command = [
+        blender, "--background", "--factory-startup", "--disable-autoexec", "-noaudio",
+        blend_path, "--python-expr", _RANGE_SCRIPT,
+    ]
+    try:
+        result = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            errors="replace", timeout=BLENDER_READ_TIMEOUT, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == _RANGE_MARK:
+            try:
+                return int(parts[1]), int(parts[2]), int(parts[3])
+            except ValueError:
+                return None
+    return None
+
+
+# -- task display and waiting ----------------------------------------------------------------------------------------
+
+
+def progress_of(task: dict) -> dict:
+    """The task's progress block, with zeros when the coordinator left it out."""
+    progress = dict(task.get("progress") or {})
+    for key in ("total", "done", "failed", "rendering", "queued"):
+        progress.setdefault(key, 0)
+    progress.setdefault("percent", 100.0 * progress["done"] / progress["total"] if progress["total"] else 0.0)
+    return progress
+
+
+def task_progress_text(task: dict) -> str:
+    """One line: bar, frames done/total, percent, ETA, rendering and failed counts."""
+    progress = progress_of(task)
+    total = progress["total"]
+    fraction = progress["done"] / total if total else 0.0
+    eta = "-" if task.get("status") in FINAL_STATUSES else format_duration(progress.get("eta_seconds"))
+    return (
+        f"task {task.get('task_id')} {bar(fraction)} {progress['done']}/{total} "
+        f"{progress['percent']:5.1f}%  ETA {eta}  rendering {progress.get('rendering', 0)}  "
+        f"failed {progress['failed']}  {task.get('status', '?')}"
+    )
+
+
+def wait_for_task(
+    client: CoordinatorClient,
+    task_id: int,
+    line: ProgressLine,
+    *,
+    poll_seconds: float = POLL_SECONDS,
+    still_running: Callable[[], str | None] | None = None,
+) -> dict:
+    """Poll the task until it is done, failed or canceled, redrawing the progress line; return the last answer.
+
+    `still_running`, when given, is asked each round and may return a sentence that stops the wait with an error
+    (the demo uses it to notice a coordinator process that died).
+    """
+    unreachable_since: float | None = None
+    task: dict = {}
+    while True:
+        if still_running is not None:
+            problem = still_running()
+            if problem:
+                line.finish()
+                raise CoordinatorError(0, problem)
+        try:
+            task = client.get_task(task_id)
+            unreachable_since = None
+        except CoordinatorUnreachable as error:
+            # A coordinator restart should not end a long wait; a coordinator that is gone for good should.
+            now = time.monotonic()
+            unreachable_since = unreachable_since or now
+            if now - unreachable_since > UNREACHABLE_PATIENCE:
+                line.finish()
+                raise
+            line.update(f"task {task_id}: {error.message}; retrying")
+            time.sleep(poll_seconds)
+            continue
+        line.update(task_progress_text(task))
+        if task.get("status") in FINAL_STATUSES:
+            line.finish()
+            return task
+        time.sleep(poll_seconds)
+
+
+def download_done_frames(
+    client: CoordinatorClient, task: dict, dest_dir: str, line: ProgressLine | None = None
+) -> tuple[list[str], int]:
+    """Download the task's done frames into `dest_dir` under their Blender names.
+
+    Files already there with the same SHA-256 are kept. Returns (paths of all done frames, number skipped).
+    """
+    done = [frame for frame in task.get("frames") or [] if frame.get("status") == "done"]
+    if done:
+        os.makedirs(dest_dir, exist_ok=True)
+    paths: list[str] = []
+    skipped = 0
+    for index, frame in enumerate(done, start=1):
+        name = frame.get("output")
+        expected = frame.get("output_sha256")
+        if line is not None:
+            line.update(f"downloading {bar(index / len(done))} {index}/{len(done)} frames to {dest_dir}")
+        if name and safe_file_name(name) and expected:
+            existing = os.path.join(dest_dir, name)
+            if os.path.isfile(existing) and file_sha256(existing) == expected:
+                paths.append(existing)
+                skipped += 1
+                continue
+        paths.append(client.download_frame(task["task_id"], frame["frame"], dest_dir, expected_sha256=expected))
+    if line is not None and done:
+        line.finish()
+    return paths, skipped
+
+
+def not_rendered_frames(task: dict) -> list[int]:
+    """Frame numbers of the task that did not end done."""
+    frames = task.get("frames")
+    if frames is None:
+        return list(task.get("failed_frames") or [])
+    return [frame["frame"] for frame in frames if frame.get("status") != "done"]
+
+
+def report_outcome(task: dict, dest_dir: str, paths: list[str], out: Any = None) -> int:
+    """Say where the frames are and what did not render; exit status 0 only when every frame rendered."""
+    out = out or sys.stdout
+    progress = progress_of(task)
+    if paths:
+        print(f"{len(paths)} frame(s) of task {task['task_id']} are in {dest_dir}", file=out)
+    missing = not_rendered_frames(task)
+    if task.get("status") == "done" and not missing:
+        return EXIT_OK
+    failed = list(task.get("failed_frames") or []) or [
+        frame["frame"] for frame in task.get("frames") or [] if frame.get("status") == "failed"
+    ]
+    print(
+        f"task {task['task_id']} ended {task.get('status')}: {progress['done']} of {progress['total']} frames rendered",
+        file=sys.stderr,
+    )
+    if failed:
+        print(f"failed frames: {format_frame_list(failed)}", file=sys.stderr)
+    others = sorted(set(missing) - set(failed))
+    if others:
+        print(f"frames not rendered: {format_frame_list(others)}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+# -- commands --------------------------------------------------------------------------------------------------------
+
+
+def make_client(args: argparse.Namespace) -> CoordinatorClient:
+    """The client for --coordinator; a malformed URL is a usage error."""
+    try:
+        return CoordinatorClient(args.coordinator)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def print_json(answer: Any) -> None:
+    """Print an API answer as indented JSON."""
+    print(json.dumps(answer, indent=2, sort_keys=True))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Upload a .blend, submit it as a task, and with --wait follow it and fetch the frames."""
+    blend = Path(args.file)
+    if not blend.is_file():
+        raise UsageError(f"{args.file} is not a file")
+    step = args.step
+    if args.frames is not None:
+        frame_start, frame_end = args.frames
+    else:
+        blender = find_blender()
+        if blender is None:
+            raise UsageError(
+                "cannot read the frame range without Blender; give --frames (e.g. --frames 1-250) "
+                "or set RENDERQ_BLENDER to a Blender binary"
+            )
+        found = read_frame_range(str(blend), blender)
+        if found is None:
+            raise UsageError(f"Blender could not read the frame range of {blend}; give --frames (e.g. --frames 1-250)")
+        frame_start, frame_end, scene_step = found
+        if frame_end < frame_start:
+            raise UsageError(f"the scene in {blend} ends at frame {frame_end} before it starts; give --frames")
+        step = step or max(1, scene_step)
+    client = make_client(args)
+
+    size = blend.stat().st_size
+    line = ProgressLine()
+    show_upload = size >= UPLOAD_PROGRESS_MIN_BYTES
+
+    def upload_progress(sent: int, total: int) -> None:
+        if show_upload:
+            fraction = sent / total if total else 1.0
+            line.update(f"uploading {blend.name} {bar(fraction)} {format_bytes(sent)} of {format_bytes(total)}")
+
+    try:
+        stored = client.upload_blend(str(blend), progress=upload_progress)
+    except KeyboardInterrupt:
+        line.finish()
+        print("upload interrupted; nothing was submitted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if show_upload:
+        line.finish()
+
+    task = client.submit_task(
+        name=args.name or blend.stem,
+        blend_sha256=stored["sha256"],
+        blend_filename=stored.get("filename", blend.name),
+        frame_start=frame_start,
+        frame_end=frame_end,
+        frame_step=step or 1,
+        priority=args.priority,
+        workers=list(args.worker or []),
+        submitted_by=current_user(),
+        settings={},
+    )
+    task_id = task["task_id"]
+    frames_text = f"{frame_start}-{frame_end}" if frame_end != frame_start else str(frame_start)
+    if (step or 1) > 1:
+        frames_text += f" step {step}"
+    print(f"submitted task {task_id} ({task.get('name', args.name or blend.stem)}, frames {frames_text})")
+    sys.stdout.flush()
+    if not args.wait:
+        return EXIT_OK
+
+    try:
+        task = wait_for_task(client, task_id, line)
+    except KeyboardInterrupt:
+        line.finish()
+        print(
+            f"stopped waiting; task {task_id} stays on the farm "
+            f"(see renderq status {task_id}; renderq cancel {task_id} stops it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    dest_dir = args.output or f"renderq-{task_id}"
+    paths, _ = download_done_frames(client, task, dest_dir, line)
+    return report_outcome(task, dest_dir, paths)
+
+
+def current_user() -> str:
+    """The login name recorded as the task's submitter; empty when it cannot be found."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show all tasks, or one task with its frames."""
+    client = make_client(args)
+    if args.task is None:
+        answer = client.request("GET", "/tasks", params={"status": args.filter})
+        if args.json:
+            print_json(answer)
+            return EXIT_OK
+        tasks = answer.get("tasks", [])
+        if not tasks:
+            print("no tasks")
+            return EXIT_OK
+        rows = []
+        for task in tasks:
+            progress = progress_of(task)
+            eta = "-" if task.get("status") in FINAL_STATUSES else format_duration(progress.get("eta_seconds"))
+            rows.append([
+                task.get("task_id"), task.get("name", ""), task.get("status", ""),
+                f"{progress['done']}/{progress['total']}", f"{progress['percent']:.0f}%", eta, progress["failed"],
+            ])
+        print(format_table(["ID", "NAME", "STATUS", "DONE", "%", "ETA", "FAILED"], rows, right=(0, 3, 4, 5, 6)))
+        return EXIT_OK
+
+    task = client.get_task(args.task)
+    if args.json:
+        print_json(task)
+        return EXIT_OK
+    print_task_detail(task)
+    return EXIT_OK
+
+
+def print_task_detail(task: dict) -> None:
+    """A task's settings, progress and frame table."""
+    progress = progress_of(task)
+    step = task.get("frame_step", 1)
+    workers = ", ".join(task.get("workers") or []) or "any"
+    print(f"task {task.get('task_id')}: {task.get('name')}  [{task.get('status')}]")
+    print(f"  file       {task.get('blend_filename')} ({str(task.get('blend_sha256', ''))[:12]})")
+    print(f"  frames     {task.get('frame_start')}-{task.get('frame_end')}" + (f" step {step}" if step != 1 else ""))
+    print(f"  priority   {task.get('priority', 0)}   workers: {workers}   by: {task.get('submitted_by') or '-'}")
+    print(
+        f"  times      created {format_time(task.get('created_at'))}, started {format_time(task.get('started_at'))},"
+        f" ended {format_time(task.get('ended_at'))}"
+    )
+    print(f"  progress   {task_progress_text(task)}")
+    for current in progress.get("current") or []:
+        since = current.get("started_at")
+        running = f" for {format_duration(time.time() - since)}" if since else ""
+        print(f"  rendering  frame {current.get('frame')} on {current.get('worker')}{running}")
+    if task.get("failed_frames"):
+        print(f"  failed     {format_frame_list(task['failed_frames'])}")
+    frames = task.get("frames") or []
+    if not frames:
+        return
+    rows = []
+    for frame in frames:
+        seconds = frame.get("render_seconds")
+        note = frame.get("error") or frame.get("output") or ""
+        rows.append([
+            frame.get("frame"), frame.get("status", ""), frame.get("worker") or "-", frame.get("attempts", 0),
+            f"{seconds:.2f}" if isinstance(seconds, (int, float)) else "-", note.splitlines()[0] if note else "",
+        ])
+    print()
+    print(format_table(["FRAME", "STATUS", "WORKER", "TRIES", "SECONDS", "OUTPUT / ERROR"], rows, right=(0, 3, 4)))
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """Show the registered workers."""
+    client = make_client(args)
+    answer = client.request("GET", "/list_workers")
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    workers = answer.get("workers", [])
+    if not workers:
+        print("no workers registered")
+        return EXIT_OK
+    rows = []
+    for worker in workers:
+        current = ", ".join(f"{c.get('task_id')}:{c.get('frame')}" for c in worker.get("current") or []) or "-"
+        mean = worker.get("mean_frame_seconds")
+        rows.append([
+            worker.get("name"), worker.get("worker_id"), "ON" if worker.get("enabled") else "OFF",
+            "yes" if worker.get("alive") else "no", worker.get("host", ""), worker.get("blender_version", ""),
+            worker.get("cpu_count", ""), worker.get("frames_done", 0), worker.get("frames_failed", 0),
+            f"{mean:.2f}" if isinstance(mean, (int, float)) else "-", current,
+        ])
+    headers = ["NAME", "ID", "STATE", "ALIVE", "HOST", "BLENDER", "CPUS", "DONE", "FAILED", "MEAN S", "TASK:FRAME"]
+    print(format_table(headers, rows, right=(1, 6, 7, 8, 9)))
+    return EXIT_OK
+
+
+def cmd_worker_enable(args: argparse.Namespace, enabled: bool) -> int:
+    """Switch a worker ON or OFF by name."""
+    worker = make_client(args).set_worker_enabled(enabled, name=args.name)
+    state = "ON" if worker.get("enabled", enabled) else "OFF"
+    note = "" if enabled else " (it finishes the frame it is rendering and takes no more)"
+    print(f"worker {worker.get('name', args.name)} is {state}{note}")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a task's remaining frames."""
+    task = make_client(args).cancel_task(args.task)
+    progress = progress_of(task)
+    kept = " (they stay downloadable)" if progress["done"] else ""
+    print(
+        f"task {task.get('task_id', args.task)} ({task.get('name', '')}) is {task.get('status', 'canceled')}: "
+        f"{progress['done']} of {progress['total']} frames were rendered{kept}"
+    )
+    return EXIT_OK
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch a task's rendered frames."""
+    client = make_client(args)
+    task = client.get_task(args.task)
+    try:
+        paths, skipped = download_done_frames(client, task, args.dir, ProgressLine())
+    except OSError as error:
+        raise UsageError(f"cannot write to {args.dir}: {error.strerror or error}") from None
+    if not paths:
+        print(f"task {args.task} has no rendered frames yet")
+        return EXIT_OK
+    kept = f" ({skipped} already there)" if skipped else ""
+    print(f"{len(paths)} frame(s) of task {args.task} are in {args.dir}{kept}")
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print a task's log, and with --follow keep printing what is appended."""
+    client = make_client(args)
+    offset = 0
+    try:
+        while True:
+            answer = client.get_log(args.task, offset)
+            text = answer.get("text") or ""
+            if text:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            next_offset = int(answer.get("next_offset", offset))
+            if text and next_offset > offset:
+                offset = next_offset
+                continue  # more may be waiting beyond one answer's worth
+            if not args.follow:
+                return EXIT_OK
+            status = client.get_task(args.task).get("status")
+            if status in FINAL_STATUSES:
+                # One more read: lines may have arrived between the last read and the task ending.
+                final = client.get_log(args.task, offset)
+                sys.stdout.write(final.get("text") or "")
+                sys.stdout.flush()
+                return EXIT_OK
+            time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the local demo farm (renderq/demo.py)."""
+    from renderq import demo
+
+    return demo.run(args)
+
+
+def cmd_server_part(module_name: str, label: str) -> Callable[[argparse.Namespace], int]:
+    """A command that hands over to coordinator.server or worker.agent."""
+
+    def run(args: argparse.Namespace) -> int:
+        module = _import_part(module_name, label)
+        return int(module.main(args) or 0)
+
+    return run
+
+
+def _import_part(module_name: str, label: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        raise PartMissing(f"cannot start the {label}: {error}") from None
+
+
+class PartMissing(Exception):
+    """The coordinator or worker code could not be imported."""
+
+
+# -- parser ----------------------------------------------------------------------------------------------------------
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser. The coordinator's and worker's own flags are only loaded when `command` names them,
+    so client commands never import the server side (and Flask)."""
+    parser = argparse.ArgumentParser(
+        prog="renderq",
+        description="RenderQ: a render farm for Blender. Run a coordinator, run workers, submit .blend files.",
+        epilog="Run 'renderq COMMAND --help' for a command's flags.",
+    )
+    parser.add_argument("--version", action="version", version=f"renderq {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    client_flags = argparse.ArgumentParser(add_help=False)
+    client_flags.add_argument(
+        "--coordinator",
+        metavar="URL",
+        default=os.environ.get("RENDERQ_COORDINATOR") or DEFAULT_COORDINATOR,
+        help=f"the coordinator's address (default: $RENDERQ_COORDINATOR, else {DEFAULT_COORDINATOR})",
+    )
+
+    def add(
+        name: str, help_text: str, handler: Callable[[argparse.Namespace], int], client: bool = True
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+            parents=[client_flags] if client else [],
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    coordinator = add("coordinator", "run the coordinator (the farm's HTTP server)",
+                      cmd_server_part("coordinator.server", "coordinator"), client=False)
+    worker = add("worker", "run a worker that renders frames with Blender",
+                 cmd_server_part("worker.agent", "worker"), client=False)
+    if command == "coordinator":
+        _import_part("coordinator.server", "coordinator").add_arguments(coordinator)
+    elif command == "worker":
+        _import_part("worker.agent", "worker").add_arguments(worker)
+
+    submit = add("submit", "upload a .blend file and queue its frames", cmd_submit)
+    submit.add_argument("file", metavar="FILE.blend", help="the .blend file to render")
+    submit.add_argument("--name", help="the task's name (default: the file name without .blend)")
+    submit.add_argument(
+        "--frames", type=parse_frames, metavar="A-B",
+        help="the frames to render, one number or a range such as 1-250 "
+             "(default: the scene's range, read with Blender when it is installed)",
+    )
+    submit.add_argument("--step", type=positive_int, metavar="N",
+                        help="render every Nth frame of the range (default: the scene's step, else 1)")
+    submit.add_argument("--worker", action="append", metavar="NAME",
+                        help="only let this worker render the task; repeat for several (default: any worker)")
+    submit.add_argument("--priority", type=int, default=0, metavar="P",
+                        help="higher priorities render first (default: %(default)s)")
+    submit.add_argument("--wait", action="store_true",
+                        help="show progress until the task ends, then download its frames")
+    submit.add_argument("--output", metavar="DIR",
+                        help="with --wait: where to put the frames (default: ./renderq-TASK_ID)")
+
+    status = add("status", "show tasks, or one task with its frames", cmd_status)
+    status.add_argument("task", nargs="?", type=task_id_arg, metavar="TASK", help="a task id (default: all tasks)")
+    status.add_argument("--status", dest="filter", metavar="STATUS",
+                        choices=["queued", "running", "done", "failed", "canceled"],
+                        help="list only tasks with this status (queued, running, done, failed, canceled)")
+    status.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
+
+    workers = add("workers", "show the workers, their state and what they render", cmd_workers)
+    workers.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
+
+    enable = add("worker-enable", "switch a worker ON: it takes frames again",
+                 lambda args: cmd_worker_enable(args, True))
+    enable.add_argument("name", metavar="NAME", help="the worker's name")
+    disable = add("worker-disable", "switch a worker OFF: it finishes its frame and takes no more",
+                  lambda args: cmd_worker_enable(args, False))
+    disable.add_argument("name", metavar="NAME", help="the worker's name")
+
+    cancel = add("cancel", "cancel a task's frames that are not rendered yet", cmd_cancel)
+    cancel.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
+
+    download = add("download", "download a task's rendered frames under Blender's file names", cmd_download)
+    download.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
+    download.add_argument("dir", metavar="DIR", help="the folder to put them in (files already there are kept)")
+
+    logs = add("logs", "print a task's render log", cmd_logs)
+    logs.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing new lines until the task ends (Ctrl-C stops)")
+
+    demo = add("demo", "run a coordinator and local workers, render a small animation, show the times",
+               cmd_demo, client=False)
+    demo.add_argument("--workers", type=positive_int, default=2, metavar="N",
+                      help="how many local workers to start (default: %(default)s)")
+    demo.add_argument("--frames", type=positive_int, default=24, metavar="N",
+                      help="how many frames the animation has (default: %(default)s)")
+    demo.add_argument("--port", type=port_number, default=0, metavar="PORT",
+                      help="the coordinator's port on 127.0.0.1 (default: a free one)")
+    demo.add_argument("--blender", metavar="PATH",
+                      help="the Blender binary (default: $RENDERQ_BLENDER, else blender on PATH)")
+    demo.add_argument("--output", metavar="DIR", default="renderq-demo",
+                      help="where to put the rendered frames (default: ./%(default)s)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the demo's scratch folder (coordinator data, worker folders, logs) and print where")
+    return parser
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv: the first word that is not an option."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `renderq` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(_command_in(argv))
+    except PartMissing as error:
+        print(f"renderq: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "output", None) and args.command == "submit" and not args.wait:
+            parser.error("--output only works with --wait")
+    except SystemExit as exit_request:
+        return int(exit_request.code or 0) if not isinstance(exit_request.code, str) else EXIT_USAGE
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        print(f"renderq: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CoordinatorError, PartMissing) as error:
+        print(f"renderq: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("renderq: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `renderq status | head` closes the pipe early; that is not an error worth a traceback.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        print(f"renderq: {error.strerror or error}{where}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

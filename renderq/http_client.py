@@ -1,0 +1,447 @@
+"""A small client for the RenderQ coordinator's HTTP API (see docs/api.md).
+
+Standard library only, so the Blender add-on can bundle this file unchanged.
+Every call opens its own connection, which keeps one client safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import tempfile
+import urllib.parse
+from typing import Any, BinaryIO, Callable, Iterator
+
+__all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "safe_file_name"]
+
+_USER_AGENT = "renderq-client/0.1.0"
+_BLOCK_SIZE = 256 * 1024
+# Error bodies are short JSON sentences; a proxy's HTML page must not fill memory.
+_MAX_ERROR_BODY = 64 * 1024
+
+
+class CoordinatorError(Exception):
+    """The coordinator refused a request, or the exchange with it failed.
+
+    `status` is the HTTP status of the refusal, or 0 when there was no HTTP error answer (coordinator unreachable,
+    a download that does not match its hash). `message` is one plain sentence.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CoordinatorUnreachable(CoordinatorError):
+    """The coordinator could not be reached: connection refused, unknown host, timeout, connection cut."""
+
+    def __init__(self, base_url: str, reason: str) -> None:
+        super().__init__(0, f"cannot reach the coordinator at {base_url} ({reason})")
+        self.reason = reason
+
+
+def safe_file_name(name: str | None) -> bool:
+    """Tell whether `name` is a plain file name that cannot escape the directory it is written into."""
+    if not name or name in (".", ".."):
+        return False
+    return not any(bad in name for bad in ("/", "\\", "..", "\x00"))
+
+
+def _describe_failure(exc: BaseException, timeout: float) -> str:
+    """Turn a socket-level exception into a short human reason."""
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, socket.gaierror):
+        return f"host name not found: {exc.strerror or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "the connection was closed without an answer"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return "the connection was cut"
+    if isinstance(exc, http.client.IncompleteRead):
+        return "the answer was cut short"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    text = str(exc) or type(exc).__name__
+    return text
+
+
+class _ProgressReader:
+    """A file wrapper that reports how many bytes http.client has read from it so far."""
+
+    def __init__(self, stream: BinaryIO, total: int, progress: Callable[[int, int], None] | None) -> None:
+        self._stream = stream
+        self._total = total
+        self._progress = progress
+        self._sent = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._sent += len(data)
+        if self._progress is not None and data:
+            self._progress(self._sent, self._total)
+        return data
+
+
+class CoordinatorClient:
+    """Calls the coordinator's API; each method is one request (see docs/api.md for the answers)."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        """`base_url` is like http://farm:5000 (a path prefix is kept, for a coordinator behind a proxy)."""
+        base_url = base_url.strip().rstrip("/")
+        if "://" not in base_url:
+            base_url = "http://" + base_url
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"the coordinator address {base_url!r} is not an http:// or https:// URL")
+        self.base_url = base_url
+        self.timeout = timeout
+        self._scheme = parts.scheme
+        self._netloc = parts.netloc
+        self._prefix = parts.path.rstrip("/")
+
+    # -- plumbing -------------------------------------------------------------------------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._scheme == "https":
+            return http.client.HTTPSConnection(self._netloc, timeout=self.timeout, blocksize=_BLOCK_SIZE)
+        return http.client.HTTPConnection(self._netloc, timeout=self.timeout, blocksize=_BLOCK_SIZE)
+
+    def _target(self, path: str, params: dict | None) -> str:
+        target = self._prefix + "/" + path.lstrip("/")
+        if params:
+            clean = {key: _param_text(value) for key, value in params.items() if value is not None}
+            if clean:
+                target += "?" + urllib.parse.urlencode(clean)
+        return target
+
+    def _unreachable(self, exc: BaseException) -> CoordinatorUnreachable:
+        return CoordinatorUnreachable(self.base_url, _describe_failure(exc, self.timeout))
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        body: bytes | _ProgressReader | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send one request and return the open connection and its response; non-2xx answers raise.
+
+        The caller reads the response and closes the connection.
+        """
+        all_headers = {"User-Agent": _USER_AGENT, "Accept": "application/json"}
+        all_headers.update(headers or {})
+        conn = self._connection()
+        try:
+            try:
+                conn.request(method, self._target(path, params), body=body, headers=all_headers)
+            except (BrokenPipeError, ConnectionResetError) as send_error:
+                # A coordinator that refuses an upload (too big, not a .blend) may answer and close before it has
+                # read the whole body; its answer is more useful than the broken pipe.
+                try:
+                    response = conn.getresponse()
+                except (OSError, http.client.HTTPException):
+                    raise self._unreachable(send_error) from send_error
+            else:
+                response = conn.getresponse()
+            if not 200 <= response.status < 300:
+                raise self._refusal(response)
+            return conn, response
+        except CoordinatorError:
+            conn.close()
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise self._unreachable(exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    def _refusal(self, response: http.client.HTTPResponse) -> CoordinatorError:
+        """Build the error for a non-2xx answer from its {"error": ...} body."""
+        message = ""
+        try:
+            raw = response.read(_MAX_ERROR_BODY)
+            answer = json.loads(raw.decode("utf-8"))
+            if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+                message = answer["error"].strip()
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+        if not message:
+            message = f"the coordinator answered HTTP {response.status} {response.reason}".rstrip()
+        return CoordinatorError(response.status, message)
+
+    def _json_call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        body: bytes | _ProgressReader | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        conn, response = self._open(method, path, params=params, body=body, headers=headers)
+        try:
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from exc
+        finally:
+            conn.close()
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except ValueError:
+            message = f"the coordinator at {self.base_url} sent an answer that is not JSON"
+            raise CoordinatorError(response.status, message) from None
+
+    def _stream_to(self, response: http.client.HTTPResponse, dest_dir: str, label: str) -> tuple[str, str]:
+        """Write a response body into a temp file in `dest_dir`; return (temp path, SHA-256).
+
+        The temp file is removed when anything goes wrong.
+        """
+        expected_size = response.getheader("Content-Length")
+        handle, temp_path = tempfile.mkstemp(prefix=".renderq-", suffix=".part", dir=dest_dir)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(handle, "wb") as out:
+                while True:
+                    try:
+                        block = response.read(_BLOCK_SIZE)
+                    except (OSError, http.client.HTTPException) as exc:
+                        raise self._unreachable(exc) from exc
+                    if not block:
+                        break
+                    digest.update(block)
+                    size += len(block)
+                    out.write(block)
+            if expected_size is not None and expected_size.isdigit() and int(expected_size) != size:
+                raise CoordinatorError(
+                    0, f"the download of {label} was cut short ({size} of {expected_size} bytes)"
+                )
+            return temp_path, digest.hexdigest()
+        except BaseException:
+            _remove_quietly(temp_path)
+            raise
+
+    # -- generic ------------------------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, params: dict | None = None, json_body: dict | None = None) -> dict:
+        """Make one JSON API call and return the decoded answer; non-2xx answers raise CoordinatorError."""
+        body = None
+        headers: dict[str, str] = {}
+        if json_body is not None:
+            body = json.dumps(json_body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        return self._json_call(method.upper(), path, params=params, body=body, headers=headers)
+
+    def health(self) -> dict:
+        """GET /health: {"ok", "version", "time"}."""
+        return self.request("GET", "/health")
+
+    # -- workers ------------------------------------------------------------------------------------------------
+
+    def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int) -> dict:
+        """Register (or re-register) a worker; the answer holds worker_id, heartbeat_seconds and lease_seconds."""
+        return self.request(
+            "POST",
+            "/register_worker",
+            json_body={"name": name, "host": host, "blender_version": blender_version, "cpu_count": cpu_count},
+        )
+
+    def update_worker(self, worker_id: int, leases: list[str]) -> dict:
+        """Heartbeat: renew the leases the worker holds; the answer lists those `revoked` and whether `enabled`."""
+        return self.request("POST", "/update_worker", json_body={"worker_id": worker_id, "leases": list(leases)})
+
+    def list_workers(self) -> list[dict]:
+        """All registered workers."""
+        return self.request("GET", "/list_workers").get("workers", [])
+
+    def set_worker_enabled(self, enabled: bool, *, worker_id: int | None = None, name: str | None = None) -> dict:
+        """Switch a worker ON or OFF, named by id or by name; returns the worker."""
+        if (worker_id is None) == (name is None):
+            raise ValueError("name the worker by exactly one of worker_id or name")
+        body: dict[str, Any] = {"enabled": bool(enabled)}
+        if worker_id is not None:
+            body["worker_id"] = worker_id
+        else:
+            body["name"] = name
+        return self.request("POST", "/set_worker_enabled", json_body=body)
+
+    # -- files --------------------------------------------------------------------------------------------------
+
+    def _upload(
+        self,
+        path_in_api: str,
+        params: dict,
+        file_path: str,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict:
+        with open(file_path, "rb") as stream:
+            total = os.fstat(stream.fileno()).st_size
+            if progress is not None:
+                progress(0, total)
+            # http.client reads the wrapper block by block, so the file never sits whole in memory; an explicit
+            # Content-Length keeps it from switching to chunked encoding.
+            return self._json_call(
+                "POST",
+                path_in_api,
+                params=params,
+                body=_ProgressReader(stream, total, progress),
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
+            )
+
+    def upload_blend(
+        self, path: str, filename: str | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> dict:
+        """Stream a .blend file to the coordinator; `progress(sent_bytes, total_bytes)` is called as it goes.
+
+        Returns {"sha256", "size", "filename"}.
+        """
+        name = filename or os.path.basename(path)
+        return self._upload("/upload_blend", {"filename": name}, path, progress)
+
+    def download_file(self, sha256: str, dest_path: str) -> None:
+        """Download a stored file by hash to `dest_path`, verifying the hash before the file appears there."""
+        dest_dir = os.path.dirname(os.path.abspath(dest_path))
+        conn, response = self._open("GET", "/download_file", params={"sha256": sha256})
+        try:
+            temp_path, actual = self._stream_to(response, dest_dir, f"file {sha256}")
+        finally:
+            conn.close()
+        if actual.lower() != sha256.lower():
+            _remove_quietly(temp_path)
+            raise CoordinatorError(0, f"the downloaded file has SHA-256 {actual}, not the {sha256} asked for")
+        try:
+            os.replace(temp_path, dest_path)
+        except OSError:
+            _remove_quietly(temp_path)
+            raise
+
+    # -- tasks and frames ---------------------------------------------------------------------------------------
+
+    def submit_task(self, **fields: Any) -> dict:
+        """Submit a task (fields as in POST /submit_task); returns the task."""
+        return self.request("POST", "/submit_task", json_body=fields)
+
+    def claim_frame(self, worker_id: int, prefer_task_id: int | None = None) -> dict:
+        """Claim the worker's next frame: {"frame": {...} or None, "wait_reason": ...}."""
+        return self.request("GET", "/get_task", params={"worker_id": worker_id, "prefer_task_id": prefer_task_id})
+
+    def update_frame(
+        self, worker_id: int, task_id: int, frame: int, lease_id: str, status: str, **fields: Any
+    ) -> dict:
+        """Report on a held frame: status rendering, done, failed or released; extra fields such as render_seconds.
+
+        Fields whose value is None are left out.
+        """
+        body: dict[str, Any] = {
+            "worker_id": worker_id,
+            "task_id": task_id,
+            "frame": frame,
+            "lease_id": lease_id,
+            "status": status,
+        }
+        body.update({key: value for key, value in fields.items() if value is not None})
+        return self.request("POST", "/update_task", json_body=body)
+
+    def upload_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, path: str, filename: str) -> dict:
+        """Stream a rendered frame's file to the coordinator under its Blender name `filename`."""
+        params = {
+            "worker_id": worker_id, "task_id": task_id, "frame": frame, "lease_id": lease_id, "filename": filename,
+        }
+        return self._upload("/upload_frame", params, path)
+
+    def list_tasks(self, status: str | None = None) -> list[dict]:
+        """Task summaries, newest first, optionally only those with `status`."""
+        return self.request("GET", "/tasks", params={"status": status}).get("tasks", [])
+
+    def get_task(self, task_id: int) -> dict:
+        """One task with its progress and frames."""
+        return self.request("GET", "/task", params={"task_id": task_id})
+
+    def cancel_task(self, task_id: int) -> dict:
+        """Cancel a task's frames that are not done; returns the task."""
+        return self.request("POST", "/cancel_task", json_body={"task_id": task_id})
+
+    def download_frame(self, task_id: int, frame: int, dest_dir: str, expected_sha256: str | None = None) -> str:
+        """Save a done frame into `dest_dir` under its Blender name and return the path.
+
+        A name from the coordinator that could leave `dest_dir` is refused. With `expected_sha256` (the frame's
+        output_sha256), a file that does not match is refused too.
+        """
+        conn, response = self._open("GET", "/download_frame", params={"task_id": task_id, "frame": frame})
+        try:
+            name = response.headers.get_filename()
+            if not safe_file_name(name):
+                raise CoordinatorError(
+                    0, f"the coordinator named frame {frame} of task {task_id} {name!r}, which is not a safe file name"
+                )
+            os.makedirs(dest_dir, exist_ok=True)
+            temp_path, actual = self._stream_to(response, dest_dir, f"frame {frame} of task {task_id}")
+        finally:
+            conn.close()
+        if expected_sha256 and actual.lower() != expected_sha256.lower():
+            _remove_quietly(temp_path)
+            raise CoordinatorError(
+                0, f"frame {frame} of task {task_id} arrived with SHA-256 {actual}, not {expected_sha256}"
+            )
+        final_path = os.path.join(dest_dir, name)
+        try:
+            os.replace(temp_path, final_path)
+        except OSError:
+            _remove_quietly(temp_path)
+            raise
+        return final_path
+
+    # -- logs ---------------------------------------------------------------------------------------------------
+
+    def append_log(self, task_id: int, worker_id: int, text: str) -> dict:
+        """Append text to a task's log; returns {"size"}."""
+        return self.request("POST", "/append_log", json_body={"task_id": task_id, "worker_id": worker_id, "text": text})
+
+    def get_log(self, task_id: int, offset: int = 0) -> dict:
+        """Read a task's log from byte `offset`: {"text", "offset", "next_offset"}."""
+        return self.request("GET", "/get_log", params={"task_id": task_id, "offset": offset})
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def iter_file_blocks(path: str, block_size: int = _BLOCK_SIZE) -> Iterator[bytes]:
+    """Yield a file's bytes block by block (used to hash files without reading them whole)."""
+    with open(path, "rb") as stream:
+        while True:
+            block = stream.read(block_size)
+            if not block:
+                return
+            yield block
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file, read block by block."""
+    digest = hashlib.sha256()
+    for block in iter_file_blocks(path):
+        digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,133 @@
+"""Terminal output helpers: a one-line progress display redrawn in place, durations, sizes and plain tables."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from typing import Sequence, TextIO
+
+# When output goes to a file or pipe, an in-place line would be a mess of carriage returns;
+# print a fresh line instead, but only this often.
+_PIPE_INTERVAL = 10.0
+
+
+class ProgressLine:
+    """One status line that is redrawn in place on a terminal and printed now and then elsewhere."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.is_tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._shown = 0
+        self._last_text = ""
+        self._last_printed = ""
+        self._last_print = 0.0
+
+    def update(self, text: str, *, force: bool = False) -> None:
+        """Show `text` as the current status."""
+        if self.is_tty:
+            width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
+            text = text[:width]
+            padding = " " * max(0, self._shown - len(text))
+            self.stream.write("\r" + text + padding)
+            self.stream.flush()
+            self._shown = len(text)
+            return
+        now = time.monotonic()
+        if text != self._last_printed and (force or now - self._last_print >= _PIPE_INTERVAL):
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self._last_print = now
+            self._last_printed = text
+        self._last_text = text
+
+    def finish(self, text: str | None = None) -> None:
+        """Leave the line as it is (or show `text` last) and move to a fresh line."""
+        if text is not None:
+            self.update(text, force=True)
+        elif not self.is_tty and self._last_text:
+            # The final state is worth a line even if the last one was held back by the interval.
+            self.update(self._last_text, force=True)
+        if self.is_tty and self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+        self._shown = 0
+
+    def clear(self) -> None:
+        """Erase the line (terminal only), e.g. before printing a message in its place."""
+        if self.is_tty and self._shown:
+            self.stream.write("\r" + " " * self._shown + "\r")
+            self.stream.flush()
+        self._shown = 0
+
+
+def bar(fraction: float, width: int = 24) -> str:
+    """An ASCII bar such as [#########---------]."""
+    fraction = min(1.0, max(0.0, fraction))
+    filled = int(round(fraction * width))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def format_duration(seconds: float | None) -> str:
+    """12s, 3m05s, 1h02m; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, float(seconds))
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def format_bytes(size: float) -> str:
+    """1.2 MB style sizes (powers of 1024)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def format_time(timestamp: float | None) -> str:
+    """A Unix time as local date and time; '-' when missing."""
+    if not timestamp:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def format_frame_list(frames: Sequence[int]) -> str:
+    """[1, 2, 3, 7, 9, 10] -> '1-3, 7, 9-10'."""
+    ordered = sorted(set(frames))
+    parts: list[str] = []
+    start = previous = None
+    for frame in ordered + [None]:  # the None closes the last run
+        if start is not None and frame is not None and frame == previous + 1:
+            previous = frame
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = frame
+    return ", ".join(parts)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> str:
+    """Columns padded to their widest cell; the column indexes in `right` are right-aligned."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [len(header) for header in headers]
+    for row in cells:
+        for index, cell in enumerate(row):
+            widths[index] = max(widths[index], len(cell))
+
+    def line(row: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(widths[index]) if index in right else cell.ljust(widths[index]) for index, cell in enumerate(row)
+        ]
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(list(headers))] + [line(row) for row in cells])

@@ -1,0 +1,233 @@
+"""The HTTP client against a tiny standard-library server on 127.0.0.1: real HTTP, no coordinator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterator
+
+import pytest
+
+from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable, safe_file_name
+
+FILE_BYTES = b"BLENDER-v304" + bytes(range(256)) * 1000
+FILE_SHA = hashlib.sha256(FILE_BYTES).hexdigest()
+
+Route = Callable[[BaseHTTPRequestHandler, dict, bytes], None]
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, answer: dict) -> None:
+    body = json.dumps(answer).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def send_bytes(handler: BaseHTTPRequestHandler, data: bytes, disposition: str | None = None) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Content-Length", str(len(data)))
+    if disposition:
+        handler.send_header("Content-Disposition", disposition)
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+class StubServer:
+    """Serves `routes[(method, path)]`; records every request as (method, path, query, body)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], Route] = {}
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def handle_any(self) -> None:
+                parts = urllib.parse.urlsplit(self.path)
+                query = dict(urllib.parse.parse_qsl(parts.query))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                stub.requests.append((self.command, parts.path, query, body))
+                route = stub.routes.get((self.command, parts.path))
+                if route is None:
+                    send_json(self, 404, {"error": f"no such path {parts.path}"})
+                else:
+                    route(self, query, body)
+
+            do_GET = handle_any
+            do_POST = handle_any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> "StubServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub() -> Iterator[StubServer]:
+    with StubServer() as server:
+        yield server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_json_call_sends_body_and_returns_answer(stub: StubServer) -> None:
+    stub.routes[("POST", "/register_worker")] = lambda h, q, b: send_json(h, 200, {"worker_id": 3, **json.loads(b)})
+    answer = CoordinatorClient(stub.url).register_worker("node-01", "node-01.lan", "3.4.1", 8)
+    assert answer["worker_id"] == 3
+    assert answer["cpu_count"] == 8
+    assert stub.requests[0][:2] == ("POST", "/register_worker")
+
+
+def test_query_parameters_skip_none(stub: StubServer) -> None:
+    stub.routes[("GET", "/get_task")] = lambda h, q, b: send_json(h, 200, {"frame": None, "wait_reason": "idle"})
+    client = CoordinatorClient(stub.url + "/")
+    assert client.claim_frame(3) == {"frame": None, "wait_reason": "idle"}
+    client.claim_frame(3, prefer_task_id=7)
+    assert stub.requests[0][2] == {"worker_id": "3"}
+    assert stub.requests[1][2] == {"worker_id": "3", "prefer_task_id": "7"}
+
+
+def test_error_sentence_surfaces_with_status(stub: StubServer) -> None:
+    stub.routes[("POST", "/update_task")] = lambda h, q, b: send_json(
+        h, 409, {"error": "frame 12 of task 7 is no longer held by this lease"}
+    )
+    with pytest.raises(CoordinatorError) as caught:
+        CoordinatorClient(stub.url).update_frame(3, 7, 12, "abc", "done", render_seconds=1.5, error=None)
+    assert caught.value.status == 409
+    assert caught.value.message == "frame 12 of task 7 is no longer held by this lease"
+    assert str(caught.value) == caught.value.message
+    assert not isinstance(caught.value, CoordinatorUnreachable)
+    sent = json.loads(stub.requests[0][3])
+    assert sent["render_seconds"] == 1.5 and "error" not in sent
+
+
+def test_error_without_json_body_still_says_what_happened(stub: StubServer) -> None:
+    def html_error(handler: BaseHTTPRequestHandler, query: dict, body: bytes) -> None:
+        handler.send_response(502)
+        handler.send_header("Content-Length", "6")
+        handler.end_headers()
+        handler.wfile.write(b"<html>")
+
+    stub.routes[("GET", "/health")] = html_error
+    with pytest.raises(CoordinatorError) as caught:
+        CoordinatorClient(stub.url).health()
+    assert caught.value.status == 502
+    assert "502" in caught.value.message
+
+
+def test_unreachable_coordinator() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(CoordinatorUnreachable) as caught:
+        CoordinatorClient(url, timeout=5).list_tasks()
+    assert caught.value.status == 0
+    assert caught.value.message.startswith(f"cannot reach the coordinator at {url} (")
+
+
+def test_upload_streams_with_content_length_and_progress(stub: StubServer, tmp_path) -> None:
+    def store(handler: BaseHTTPRequestHandler, query: dict, body: bytes) -> None:
+        assert handler.headers["Content-Length"] == str(len(FILE_BYTES))
+        digest = hashlib.sha256(body).hexdigest()
+        send_json(handler, 200, {"sha256": digest, "size": len(body), "filename": query["filename"]})
+
+    stub.routes[("POST", "/upload_blend")] = store
+    path = tmp_path / "scene.blend"
+    path.write_bytes(FILE_BYTES)
+    seen: list[tuple[int, int]] = []
+    answer = CoordinatorClient(stub.url).upload_blend(str(path), progress=lambda *sent_total: seen.append(sent_total))
+    assert answer == {"sha256": FILE_SHA, "size": len(FILE_BYTES), "filename": "scene.blend"}
+    assert seen[0] == (0, len(FILE_BYTES))
+    assert seen[-1] == (len(FILE_BYTES), len(FILE_BYTES))
+
+
+def test_download_file_verifies_hash(stub: StubServer, tmp_path) -> None:
+    stub.routes[("GET", "/download_file")] = lambda h, q, b: send_bytes(h, FILE_BYTES)
+    client = CoordinatorClient(stub.url)
+    good = tmp_path / "good.blend"
+    client.download_file(FILE_SHA, str(good))
+    assert good.read_bytes() == FILE_BYTES
+
+    bad = tmp_path / "bad.blend"
+    with pytest.raises(CoordinatorError) as caught:
+        client.download_file("0" * 64, str(bad))
+    assert "SHA-256" in caught.value.message
+    assert sorted(os.listdir(tmp_path)) == ["good.blend"]
+
+
+def test_download_file_missing_is_an_error(stub: StubServer, tmp_path) -> None:
+    stub.routes[("GET", "/download_file")] = lambda h, q, b: send_json(h, 404, {"error": "no file with that SHA-256"})
+    with pytest.raises(CoordinatorError) as caught:
+        CoordinatorClient(stub.url).download_file(FILE_SHA, str(tmp_path / "x.blend"))
+    assert caught.value.status == 404
+    assert os.listdir(tmp_path) == []
+
+
+def test_download_frame_uses_blender_name(stub: StubServer, tmp_path) -> None:
+    stub.routes[("GET", "/download_frame")] = lambda h, q, b: send_bytes(h, b"png", 'attachment; filename="f_0012.png"')
+    digest = hashlib.sha256(b"png").hexdigest()
+    path = CoordinatorClient(stub.url).download_frame(7, 12, str(tmp_path / "out"), expected_sha256=digest)
+    assert path == str(tmp_path / "out" / "f_0012.png")
+    assert os.listdir(tmp_path / "out") == ["f_0012.png"]
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        'attachment; filename="../evil.png"',
+        'attachment; filename="/etc/evil"',
+        'attachment; filename="..\\\\evil.png"',
+        "attachment; filename*=UTF-8''%2E%2E%2Fevil.png",
+        "attachment; filename*=UTF-8''evil%00.png",
+        "attachment",
+    ],
+)
+def test_download_frame_refuses_hostile_names(stub: StubServer, tmp_path, disposition: str) -> None:
+    stub.routes[("GET", "/download_frame")] = lambda h, q, b: send_bytes(h, b"png", disposition)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(CoordinatorError):
+        CoordinatorClient(stub.url).download_frame(7, 12, str(dest))
+    assert os.listdir(dest) == []
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_download_frame_hash_mismatch_leaves_nothing(stub: StubServer, tmp_path) -> None:
+    stub.routes[("GET", "/download_frame")] = lambda h, q, b: send_bytes(h, b"png", 'attachment; filename="f_0001.png"')
+    with pytest.raises(CoordinatorError):
+        CoordinatorClient(stub.url).download_frame(7, 1, str(tmp_path), expected_sha256="0" * 64)
+    assert os.listdir(tmp_path) == []
+
+
+def test_safe_file_name() -> None:
+    assert safe_file_name("f_0001.png")
+    for name in ("", ".", "..", "a/b", "a\\b", "x..y", "a\x00b", None):
+        assert not safe_file_name(name)
+
+
+def test_set_worker_enabled_needs_one_name() -> None:
+    client = CoordinatorClient("http://127.0.0.1:1")
+    with pytest.raises(ValueError):
+        client.set_worker_enabled(True)
+    with pytest.raises(ValueError):
+        client.set_worker_enabled(True, worker_id=1, name="a")
