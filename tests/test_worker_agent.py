@@ -1,0 +1,494 @@
+"""Unit tests of the worker loop, with a fake coordinator client and a fake Blender session."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import pytest
+
+from renderq.http_client import CoordinatorError, CoordinatorUnreachable
+from worker import agent as agent_module
+from worker.agent import WorkerAgent, add_arguments, default_work_dir
+from worker.blender_session import FrameResult, SessionError
+from worker.log_shipper import LogShipper
+
+BLEND_BYTES = b"BLENDER-v304" + b"\x01" * 100
+BLEND_SHA = hashlib.sha256(BLEND_BYTES).hexdigest()
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def frame_info(task_id: int, frame: int, lease_id: str) -> dict:
+    return {
+        "task_id": task_id,
+        "frame": frame,
+        "lease_id": lease_id,
+        "lease_seconds": 15.0,
+        "attempt": 1,
+        "task_name": f"task-{task_id}",
+        "blend_sha256": BLEND_SHA,
+        "blend_filename": f"scene{task_id}.blend",
+        "settings": {"threads": 0},
+    }
+
+
+class FakeClient:
+    """Answers like the coordinator; `failures[(call, frame)]` lists exceptions to raise before succeeding."""
+
+    timeout = 2.0
+
+    def __init__(self, frames: list[dict] | None = None) -> None:
+        self.lock = threading.Lock()
+        self.frames = list(frames or [])
+        self.calls: list[tuple] = []
+        self.reports: list[tuple[int, str, str, dict]] = []  # (frame, lease, status, fields)
+        self.uploads: list[tuple[int, str, bytes]] = []
+        self.logs: list[tuple[int, str]] = []
+        self.claims: list[int | None] = []
+        self.heartbeats: list[list[str]] = []
+        self.revoke: set[str] = set()
+        self.enabled = True
+        self.failures: dict[tuple[str, int | None], list[Exception]] = {}
+
+    def _maybe_fail(self, call: str, frame: int | None = None) -> None:
+        with self.lock:
+            pending = self.failures.get((call, frame))
+            error = pending.pop(0) if pending else None
+        if error is not None:
+            raise error
+
+    def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int) -> dict:
+        self._maybe_fail("register_worker")
+        self.calls.append(("register_worker", name))
+        return {"worker_id": 4, "name": name, "enabled": self.enabled, "heartbeat_seconds": 0.05,
+                "lease_seconds": 15.0}
+
+    def update_worker(self, worker_id: int, leases: list[str]) -> dict:
+        self._maybe_fail("update_worker")
+        with self.lock:
+            self.heartbeats.append(list(leases))
+            return {"enabled": self.enabled, "revoked": [lease for lease in leases if lease in self.revoke]}
+
+    def download_file(self, sha256: str, dest_path: str) -> None:
+        self._maybe_fail("download_file")
+        self.calls.append(("download_file", sha256))
+        with open(dest_path, "wb") as out:
+            out.write(BLEND_BYTES)
+
+    def claim_frame(self, worker_id: int, prefer_task_id: int | None = None) -> dict:
+        self._maybe_fail("claim_frame")
+        with self.lock:
+            if not self.enabled:
+                return {"frame": None, "wait_reason": "this worker is switched OFF"}
+            self.claims.append(prefer_task_id)
+            if not self.frames:
+                return {"frame": None, "wait_reason": "no frames waiting"}
+            return {"frame": self.frames.pop(0), "wait_reason": None}
+
+    def update_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, status: str, **fields) -> dict:
+        self._maybe_fail(f"update_frame:{status}", frame)
+        with self.lock:
+            self.reports.append((frame, lease_id, status, fields))
+        return {"frame": {"frame": frame, "status": status}}
+
+    def upload_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, path: str, filename: str) -> dict:
+        self._maybe_fail("upload_frame", frame)
+        with open(path, "rb") as stream:
+            content = stream.read()
+        with self.lock:
+            self.uploads.append((frame, filename, content))
+        return {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "filename": filename}
+
+    def append_log(self, task_id: int, worker_id: int, text: str) -> dict:
+        self._maybe_fail("append_log")
+        with self.lock:
+            self.logs.append((task_id, text))
+        return {"size": len(text)}
+
+    def statuses(self, frame: int) -> list[str]:
+        with self.lock:
+            return [status for number, _, status, _ in self.reports if number == frame]
+
+    def log_text(self) -> str:
+        with self.lock:
+            return "".join(text for _, text in self.logs)
+
+
+class FakeSession:
+    """Pretends to be Blender and writes f_NNNN.png per frame.
+
+    Class-wide plan, reset per test: `holds[frame]` keeps that frame rendering until the event is set (or the
+    render is aborted); a frame in `fail_once` fails the first time it is rendered and takes Blender down with it.
+    """
+
+    instances: list["FakeSession"] = []
+    holds: dict[int, threading.Event] = {}
+    fail_once: set[int] = set()
+    start_error: str | None = None
+
+    def __init__(self, blender: str, blend_path: str, output_dir: str, *, threads: int = 0,
+                 on_log_line: Callable[[str], None] | None = None, start_timeout: float = 120.0) -> None:
+        self.blend_path = blend_path
+        self.output_dir = output_dir
+        self.threads = threads
+        self.on_log_line = on_log_line or (lambda line: None)
+        self.rendering: int | None = None
+        self.rendered: list[int] = []
+        self.aborts = 0
+        self.closed = False
+        self._alive = False
+        self._abort = threading.Event()
+        FakeSession.instances.append(self)
+
+    @property
+    def pid(self) -> int | None:
+        return 424242 if self._alive else None
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    def start(self) -> None:
+        assert os.path.isfile(self.blend_path)
+        if FakeSession.start_error:
+            raise SessionError(FakeSession.start_error)
+        self._alive = True
+        self.on_log_line("Blender 3.4.1 (fake)")
+
+    def render(self, frame: int, on_started: Callable[[float], None] | None = None) -> FrameResult:
+        self._abort.clear()
+        self.rendering = frame
+        started = time.time()
+        self.on_log_line(f"Fra:{frame} Mem:10M | Rendering")
+        if on_started is not None:
+            on_started(started)
+        hold = FakeSession.holds.get(frame)
+        while hold is not None and not hold.wait(0.01) and not self._abort.is_set():
+            pass
+        self.rendering = None
+        ended = time.time()
+        if self._abort.is_set():
+            return FrameResult(frame, False, None, started, ended, None, "aborted", "tail", aborted=True)
+        if frame in FakeSession.fail_once:
+            FakeSession.fail_once.discard(frame)
+            self._alive = False
+            return FrameResult(frame, False, None, started, ended, None, "Blender crashed", "last lines\n")
+        self.rendered.append(frame)
+        path = os.path.join(self.output_dir, f"f_{frame:04d}.png")
+        with open(path, "wb") as out:
+            out.write(b"PNG frame %d" % frame)
+        return FrameResult(frame, True, path, started, ended, ended - started, None, "")
+
+    def abort(self, grace: float = 5.0) -> None:
+        self.aborts += 1
+        self._abort.set()
+
+    def close(self, grace: float = 5.0) -> None:
+        self.closed = True
+        self._alive = False
+
+
+@pytest.fixture
+def sessions():
+    FakeSession.instances = []
+    FakeSession.holds = {}
+    FakeSession.fail_once = set()
+    FakeSession.start_error = None
+    return FakeSession.instances
+
+
+def make_agent(client: FakeClient, tmp_path, **options) -> WorkerAgent:
+    settings = dict(session_factory=FakeSession, poll_seconds=0.05, max_backoff=0.05, log_interval=0.05,
+                    abort_grace=0.1, shutdown_seconds=2.0, host="test-host", cpu_count=2)
+    settings.update(options)
+    return WorkerAgent(client, "node-01", str(tmp_path / "work"), **settings)
+
+
+class Running:
+    """An agent's run() in a thread."""
+
+    def __init__(self, agent: WorkerAgent) -> None:
+        self.agent = agent
+        self.exit_code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.exit_code = self.agent.run()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        self.agent.request_stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the worker did not stop"
+        return self.exit_code
+
+
+def test_frames_of_one_task_share_one_session_and_are_reported(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
+    agent = make_agent(client, tmp_path)
+    running = Running(agent)
+    wait_until(lambda: client.statuses(2) == ["rendering", "done"], "frame 2 done")
+    wait_until(lambda: sessions and sessions[0].closed, "the idle session to close")
+    assert running.stop() == 0
+
+    assert len(sessions) == 1 and sessions[0].rendered == [1, 2]
+    assert client.statuses(1) == ["rendering", "done"]
+    done = [fields for number, _, status, fields in client.reports if status == "done"]
+    assert all(f["render_seconds"] is not None and f["started_at"] <= f["ended_at"] for f in done)
+    assert [(frame, name) for frame, name, _ in client.uploads] == [(1, "f_0001.png"), (2, "f_0002.png")]
+    # The next frame was claimed while frame 1 rendered, preferring its task.
+    assert client.claims[:2] == [None, 7]
+    assert [call for call in client.calls if call[0] == "download_file"] == [("download_file", BLEND_SHA)]
+    # Uploaded frames and the finished task's folder are gone; the cached .blend stays.
+    work = tmp_path / "work"
+    assert not os.listdir(work / "output") and not os.listdir(work / "tasks")
+    assert os.path.isfile(work / "blends" / f"{BLEND_SHA}.blend")
+    log = client.log_text()
+    assert "[node-01] Fra:1 Mem:10M | Rendering\n" in log and "[node-01] Fra:2" in log
+
+
+def test_blend_is_placed_under_its_name_and_threads_are_passed(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1")])
+    agent = make_agent(client, tmp_path, threads=3)
+    running = Running(agent)
+    wait_until(lambda: "done" in client.statuses(1), "frame 1 done")
+    running.stop()
+    assert os.path.basename(sessions[0].blend_path) == "scene7.blend"
+    assert sessions[0].threads == 3
+
+
+def test_next_frame_of_another_task_gets_its_own_session(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(8, 1, "M1")])
+    agent = make_agent(client, tmp_path)
+    running = Running(agent)
+    wait_until(lambda: len(client.uploads) == 2, "both frames uploaded")
+    running.stop()
+    assert len(sessions) == 2
+    assert sessions[0].closed and sessions[0].rendered == [1]
+    assert os.path.basename(sessions[1].blend_path) == "scene8.blend"
+
+
+def test_revoked_lease_aborts_the_current_render_and_drops_it(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1")])
+    agent = make_agent(client, tmp_path)
+    FakeSession.holds[1] = threading.Event()
+    running = Running(agent)
+    wait_until(lambda: "rendering" in client.statuses(1), "the rendering report")
+    client.revoke.add("L1")
+    wait_until(lambda: sessions[0].aborts >= 1, "the session to be aborted")
+    wait_until(lambda: not agent.held_leases(), "the lease to be dropped")
+    client.frames.append(frame_info(7, 2, "L2"))
+    wait_until(lambda: "done" in client.statuses(2), "the worker to go on with frame 2")
+    assert running.stop() == 0
+    assert client.statuses(1) == ["rendering"]
+    assert [frame for frame, _, _ in client.uploads] == [2]
+
+
+def test_conflict_on_done_drops_the_frame_quietly(tmp_path, sessions, caplog):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
+    client.failures[("update_frame:done", 1)] = [CoordinatorError(409, "the lease is no longer current")]
+    caplog.set_level(logging.INFO, logger="renderq.worker")
+    agent = make_agent(client, tmp_path)
+    running = Running(agent)
+    wait_until(lambda: "done" in client.statuses(2), "frame 2 done")
+    assert running.stop() == 0
+    assert client.statuses(1) == ["rendering"]
+    assert "lease lost" in caplog.text
+
+
+def test_unreachable_coordinator_is_retried_until_the_frame_is_uploaded(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1")])
+    client.failures[("upload_frame", 1)] = [CoordinatorUnreachable("http://farm", "connection refused")] * 3
+    client.failures[("update_frame:done", 1)] = [CoordinatorError(503, "busy"), CoordinatorUnreachable("x", "y")]
+    client.failures[("claim_frame", None)] = [CoordinatorUnreachable("http://farm", "connection refused")]
+    agent = make_agent(client, tmp_path)
+    running = Running(agent)
+    wait_until(lambda: "done" in client.statuses(1), "frame 1 done")
+    assert running.stop() == 0
+    assert client.uploads == [(1, "f_0001.png", b"PNG frame 1")]
+    assert client.statuses(1) == ["rendering", "done"]
+
+
+def test_refused_upload_reports_the_frame_failed(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1")])
+    client.failures[("upload_frame", 1)] = [CoordinatorError(413, "the file is too large")]
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "failed" in client.statuses(1), "frame 1 failed")
+    running.stop()
+    failed = [fields for _, _, status, fields in client.reports if status == "failed"]
+    assert "too large" in failed[0]["error"]
+
+
+def test_failed_render_is_reported_with_its_log_tail_and_blender_restarted(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
+    FakeSession.fail_once.add(1)
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "done" in client.statuses(2), "frame 2 done")
+    running.stop()
+    assert client.statuses(1) == ["rendering", "failed"]
+    failed = next(fields for number, _, status, fields in client.reports if status == "failed")
+    assert failed == {"error": "Blender crashed", "log_tail": "last lines\n"}
+    assert len(sessions) == 2  # the dead Blender was replaced for frame 2 of the same task
+
+
+def test_blender_that_cannot_open_the_file_fails_the_frame(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1")])
+    FakeSession.start_error = "Blender exited with code 1 before it was ready\n--- last lines ---\nError: bad file"
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "failed" in client.statuses(1), "frame 1 failed")
+    running.stop()
+    failed = next(fields for _, _, status, fields in client.reports if status == "failed")
+    assert failed["error"] == "Blender exited with code 1 before it was ready"
+    assert "Error: bad file" in failed["log_tail"]
+    assert "cannot be rendered here" in client.log_text()
+
+
+def test_switched_off_worker_releases_its_prefetched_frame_and_claims_nothing(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2"), frame_info(7, 3, "L3")])
+    agent = make_agent(client, tmp_path)
+    FakeSession.holds[1] = gate = threading.Event()
+    running = Running(agent)
+    wait_until(lambda: set(agent.held_leases()) == {"L1", "L2"}, "frame 2 to be prefetched")
+    client.enabled = False
+    wait_until(lambda: client.statuses(2) == ["released"], "frame 2 given back")
+    gate.set()  # the frame being rendered is finished
+    wait_until(lambda: "done" in client.statuses(1), "frame 1 done")
+    claims = len(client.claims)
+    time.sleep(0.3)
+    assert len(client.claims) == claims and client.statuses(3) == []
+    assert not agent.enabled and not agent.held_leases()
+    client.enabled = True
+    wait_until(lambda: "done" in client.statuses(3), "frame 3 once switched ON again")
+    assert running.stop() == 0
+
+
+def test_first_signal_releases_every_lease_and_exits_zero(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
+    agent = make_agent(client, tmp_path)
+    previous = agent.install_signal_handlers()
+
+    def send_signal_when_busy() -> None:
+        wait_until(lambda: set(agent.held_leases()) == {"L1", "L2"}, "frame 2 to be prefetched")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    FakeSession.holds[1] = threading.Event()
+    sender = threading.Thread(target=send_signal_when_busy, daemon=True)
+    try:
+        sender.start()
+        exit_code = agent.run()  # in the main thread, where signal handlers run
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    sender.join(5)
+    assert exit_code == 0
+    assert sessions[0].aborts >= 1 and sessions[0].closed
+    assert client.statuses(1) == ["rendering", "released"]
+    assert client.statuses(2) == ["released"]
+    assert client.uploads == []
+
+
+def test_second_signal_kills_blender_and_exits_at_once(tmp_path, sessions, monkeypatch):
+    client = FakeClient()
+    agent = make_agent(client, tmp_path)
+    session = FakeSession("blender", __file__, str(tmp_path))
+    session._alive = True
+    agent._session = session
+    killed: list[tuple[int, int]] = []
+    exits: list[int] = []
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise Exited()
+
+    monkeypatch.setattr(agent_module.os, "killpg", lambda pid, signum: killed.append((pid, signum)))
+    monkeypatch.setattr(agent_module.os, "_exit", fake_exit)
+    previous = agent.install_signal_handlers()
+    try:
+        handler = signal.getsignal(signal.SIGINT)
+        handler(signal.SIGINT, None)
+        wait_until(lambda: agent.stopping, "the stop to be requested")
+        with pytest.raises(Exited):
+            handler(signal.SIGINT, None)
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+    assert killed == [(424242, signal.SIGKILL)]
+    assert exits == [1]
+
+
+def test_registration_waits_for_the_coordinator(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1")])
+    client.failures[("register_worker", None)] = [CoordinatorUnreachable("http://farm", "connection refused")] * 3
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "done" in client.statuses(1), "frame 1 done")
+    assert running.stop() == 0
+
+
+def test_refused_registration_exits_with_an_error(tmp_path, sessions):
+    client = FakeClient()
+    client.failures[("register_worker", None)] = [CoordinatorError(400, "bad name")]
+    assert make_agent(client, tmp_path).run() == 1
+
+
+def test_log_shipper_keeps_lines_in_order_while_the_coordinator_is_away():
+    sent: list[tuple[int, str]] = []
+    failures = [CoordinatorUnreachable("http://farm", "connection refused")] * 2
+
+    def send(task_id: int, text: str) -> None:
+        if failures:
+            raise failures.pop(0)
+        sent.append((task_id, text))
+
+    shipper = LogShipper(send, "[w] ", interval=0.02, max_backoff=0.05)
+    shipper.start()
+    shipper.add(1, "one\n")
+    shipper.add(1, "two")
+    shipper.add(2, "other task")
+    assert shipper.flush(timeout=5)
+    shipper.add(1, "three")
+    shipper.close(timeout=5)
+    assert sent == [(1, "[w] one\n[w] two\n"), (2, "[w] other task\n"), (1, "[w] three\n")]
+
+
+def test_log_shipper_drops_the_oldest_lines_beyond_its_cap():
+    sent: list[str] = []
+    shipper = LogShipper(lambda task_id, text: sent.append(text), "", interval=10, max_buffer_chars=20)
+    for number in range(10):
+        shipper.add(1, f"line {number}")
+    shipper.start()
+    shipper.close(timeout=5)
+    text = "".join(sent)
+    assert "line 9\n" in text and "line 0\n" not in text and "lost" in text
+
+
+def test_arguments_take_their_defaults_from_the_environment(monkeypatch):
+    import argparse
+
+    monkeypatch.setenv("RENDERQ_COORDINATOR", "http://farm:5000")
+    monkeypatch.setenv("RENDERQ_WORKER_NAME", "node-07")
+    monkeypatch.setenv("RENDERQ_THREADS", "4")
+    monkeypatch.delenv("RENDERQ_WORK_DIR", raising=False)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.coordinator, args.name, args.threads, args.work_dir) == ("http://farm:5000", "node-07", 4, None)
+    assert default_work_dir("node-07").endswith(os.path.join("renderq", "worker-node-07"))
+    assert parser.parse_args(["--threads", "2", "--name", "x"]).threads == 2

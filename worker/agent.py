@@ -1,0 +1,932 @@
+"""The RenderQ worker: claims frames from the coordinator, renders them with Blender and reports back.
+
+One Blender process per task stays open while this worker keeps getting frames of that task. As soon as a frame has
+started rendering, the next frame is claimed in the background (preferring the same task), so it is ready when the
+current one ends. Every network call that fails because the coordinator is away is retried with backoff; a frame
+whose lease was lost (409, or `revoked` by the heartbeat) is dropped.
+
+Run it as `renderq worker ...` or `python -m worker.agent ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, TypeVar
+
+from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable, safe_file_name
+from worker.blender_session import BlenderSession, SessionError, blender_version, find_blender
+from worker.cache import BlendCache, CacheError
+from worker.log_shipper import LogShipper
+
+__all__ = ["WorkerAgent", "Lease", "add_arguments", "main", "default_work_dir"]
+
+log = logging.getLogger("renderq.worker")
+
+T = TypeVar("T")
+
+# The coordinator's log_tail is for a human reading why a frame failed; the last lines are the useful ones.
+_MAX_LOG_TAIL_CHARS = 16 * 1024
+
+
+class _GaveUp(Exception):
+    """A retried call was abandoned: the lease was revoked, the worker is stopping, or its time ran out."""
+
+
+class SessionLike(Protocol):
+    """What the agent needs of a Blender session (BlenderSession, or a fake in tests)."""
+
+    def start(self) -> None: ...
+
+    def render(self, frame: int, on_started: Callable[[float], None] | None = None) -> Any: ...
+
+    def abort(self, grace: float = 5.0) -> None: ...
+
+    def close(self, grace: float = 5.0) -> None: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+
+@dataclass(eq=False)
+class Lease:
+    """One frame this worker holds, as handed out by the coordinator's claim."""
+
+    task_id: int
+    frame: int
+    lease_id: str
+    task_name: str
+    blend_sha256: str
+    blend_filename: str
+    settings: dict[str, Any]
+    attempt: int = 1
+    revoked: bool = False
+    started_at: float | None = None
+    # Set when Blender is done with the frame, so background retries of the "rendering" report stop.
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def from_claim(cls, claimed: dict[str, Any]) -> "Lease":
+        """Build a lease from the `frame` object of a claim answer."""
+        return cls(
+            task_id=int(claimed["task_id"]),
+            frame=int(claimed["frame"]),
+            lease_id=str(claimed["lease_id"]),
+            task_name=str(claimed.get("task_name") or ""),
+            blend_sha256=str(claimed["blend_sha256"]),
+            blend_filename=str(claimed["blend_filename"]),
+            settings=dict(claimed.get("settings") or {}),
+            attempt=int(claimed.get("attempt") or 1),
+        )
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} frame {self.frame}"
+
+
+def _retryable(exc: CoordinatorError) -> bool:
+    """Network trouble or a fault of the coordinator itself: worth trying again later."""
+    return isinstance(exc, CoordinatorUnreachable) or exc.status >= 500
+
+
+class WorkerAgent:
+    """The worker loop. `run()` blocks until `request_stop()` (or a signal) and returns the exit code.
+
+    `client` is a CoordinatorClient (or a fake with the same methods); `session_factory` builds a Blender session
+    with BlenderSession's signature, which lets tests run without Blender.
+    """
+
+    def __init__(
+        self,
+        client: CoordinatorClient,
+        name: str,
+        work_dir: str,
+        *,
+        blender: str = "blender",
+        blender_version: str = "unknown",
+        threads: int = 0,
+        host: str | None = None,
+        cpu_count: int | None = None,
+        session_factory: Callable[..., SessionLike] = BlenderSession,
+        poll_seconds: float = 2.0,
+        max_backoff: float = 10.0,
+        log_interval: float = 1.0,
+        abort_grace: float = 5.0,
+        shutdown_seconds: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.blender = blender
+        self.blender_version = blender_version
+        self.threads = threads
+        self.host = host or socket.gethostname()
+        self.cpu_count = cpu_count or _usable_cpu_count()
+        self.cache = BlendCache(work_dir)
+        self.poll_seconds = poll_seconds
+        self.max_backoff = max_backoff
+        self.abort_grace = abort_grace
+        self.shutdown_seconds = shutdown_seconds
+        self._session_factory = session_factory
+        self._shipper = LogShipper(self._send_log, f"[{name}] ", interval=log_interval, max_backoff=max_backoff)
+
+        self.worker_id: int | None = None
+        self.heartbeat_seconds = 2.0
+        self.lease_seconds = 15.0
+
+        # One lock for everything the heartbeat, the prefetch helper and the main loop share.
+        self._lock = threading.RLock()
+        self._held: dict[str, Lease] = {}
+        self._current: Lease | None = None
+        self._prefetched: Lease | None = None
+        self._enabled = True
+        self._session: SessionLike | None = None
+        self._session_task_id: int | None = None
+        self._session_busy = False
+        self._rendering = False
+        self._helper: threading.Thread | None = None
+
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+        self._heartbeat_failing = False
+        self._last_wait_reason: str | None = None
+        self._signals_received = 0
+
+    # -- public control -----------------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was asked for."""
+        return self._stop.is_set()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the coordinator last said this worker is ON."""
+        with self._lock:
+            return self._enabled
+
+    def held_leases(self) -> list[str]:
+        """The lease ids this worker holds right now (what the heartbeat renews)."""
+        with self._lock:
+            return list(self._held)
+
+    def request_stop(self) -> None:
+        """Stop gracefully: abort Blender, give back every unfinished frame, let `run()` return 0."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+            session = self._session if self._session_busy else None
+        self._wake.set()
+        log.info("stopping: giving back unfinished frames")
+        if session is not None:
+            threading.Thread(target=self._abort_session, args=(session,), name="abort-blender", daemon=True).start()
+
+    def force_exit(self, code: int = 1) -> None:
+        """Kill Blender and leave the process at once, without reporting anything."""
+        # No lock: this runs inside a signal handler, possibly interrupting a thread that holds it.
+        session = self._session
+        pid = session.pid if session is not None else None
+        if pid:
+            try:
+                # Blender leads its own process group; killing the group also ends anything it started.
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        logging.shutdown()
+        os._exit(code)
+
+    def install_signal_handlers(self) -> dict[int, Any]:
+        """First SIGINT/SIGTERM stops gracefully, a second one exits at once; returns the previous handlers.
+
+        Call from the main thread.
+        """
+
+        def on_signal(signum: int, _frame: object) -> None:
+            self._signals_received += 1
+            if self._signals_received > 1 or self._stop.is_set():
+                log.warning("second %s: exiting now", signal.Signals(signum).name)
+                self.force_exit(1)
+            log.info("%s received (send it again to exit at once)", signal.Signals(signum).name)
+            # Locks may be held by the very code this handler interrupted: hand the work to a thread.
+            threading.Thread(target=self.request_stop, name="stop", daemon=True).start()
+
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, on_signal)
+        return previous
+
+    # -- main loop ----------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Register, then claim and render frames until stopped; returns the process exit code."""
+        self.cache.clear_tasks()
+        try:
+            if not self._register():
+                return 0 if self._stop.is_set() else 1
+        except CoordinatorError as exc:
+            log.error("the coordinator refused to register worker %r: %s", self.name, exc)
+            return 1
+        self._shipper.start()
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step()
+                except Exception:
+                    # The loop must outlive any single bad frame or surprise answer.
+                    log.exception("unexpected error in the worker loop; going on")
+                    self._stop.wait(1.0)
+        finally:
+            self._shutdown()
+        return 0
+
+    def _step(self) -> None:
+        """One turn of the loop: wait while OFF, else get a frame and work on it."""
+        if not self.enabled:
+            self._wait_while_disabled()
+            return
+        lease = self._next_lease()
+        if lease is None:
+            # Nothing to do: Blender should not hold the scene's memory while idle.
+            self._close_session(remove_task_files=True)
+            self._wait(self.poll_seconds)
+            return
+        self._work_on(lease)
+
+    def _wait(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def _wait_while_disabled(self) -> None:
+        self._release_prefetched("the worker was switched OFF")
+        self._close_session(remove_task_files=True)
+        log.info("worker is OFF: claiming no frames until it is switched ON")
+        while not self._stop.is_set() and not self.enabled:
+            self._wait(self.poll_seconds)
+        if not self._stop.is_set():
+            log.info("worker is ON again")
+
+    def _next_lease(self) -> Lease | None:
+        """The prefetched frame if there is one, else a fresh claim (preferring the open session's task)."""
+        with self._lock:
+            lease, self._prefetched = self._prefetched, None
+        if lease is not None:
+            return lease
+        try:
+            answer = self._retry(
+                "claim a frame",
+                lambda: self.client.claim_frame(self.worker_id, prefer_task_id=self._session_task_id),
+                give_up=self._stop.is_set,
+            )
+        except _GaveUp:
+            return None
+        except CoordinatorError as exc:
+            if exc.status == 404:
+                log.warning("the coordinator no longer knows this worker (%s); registering again", exc)
+                self._forget_all_leases()
+                self._register()
+            else:
+                log.warning("could not claim a frame: %s", exc)
+                self._wait(self.poll_seconds)
+            return None
+        claimed = answer.get("frame")
+        if not claimed:
+            reason = answer.get("wait_reason")
+            if reason != self._last_wait_reason:
+                log.info("no frame to render%s", f": {reason}" if reason else "")
+                self._last_wait_reason = reason
+            return None
+        self._last_wait_reason = None
+        lease = Lease.from_claim(claimed)
+        with self._lock:
+            self._held[lease.lease_id] = lease
+        log.info("claimed %s (%s, attempt %d)", lease, lease.task_name or "unnamed", lease.attempt)
+        if self._stop.is_set() or not self.enabled:
+            self._release(lease, "the worker is stopping" if self._stop.is_set() else "the worker was switched OFF")
+            return None
+        return lease
+
+    def _work_on(self, lease: Lease) -> None:
+        """Render one held frame and report its outcome; the lease is let go of in every case."""
+        with self._lock:
+            self._current = lease
+        try:
+            if lease.revoked:
+                log.info("%s: lease revoked before rendering; dropped", lease)
+                return
+            try:
+                session = self._ensure_session(lease)
+            except _GaveUp:
+                self._release(lease, "the worker is stopping")
+                return
+            except (SessionError, CacheError, CoordinatorError, OSError) as exc:
+                # Session errors put Blender's last lines after the first line: they belong in the log tail.
+                error, _, tail = str(exc).partition("\n")
+                log.error("%s: cannot render: %s", lease, error)
+                self._shipper.add(lease.task_id, f"frame {lease.frame} cannot be rendered here: {error}")
+                self._report_failed(lease, error, tail)
+                return
+            if lease.revoked:
+                log.info("%s: lease revoked before rendering; dropped", lease)
+                return
+            if self._stop.is_set() or not self.enabled:
+                self._release(lease, "the worker is stopping" if self._stop.is_set() else "the worker was switched OFF")
+                return
+            result = self._render(session, lease)
+            if result is None:
+                if not lease.revoked:
+                    self._release(lease, "the worker is stopping")
+                return
+            self._settle(lease, result)
+        finally:
+            with self._lock:
+                self._current = None
+                self._held.pop(lease.lease_id, None)
+            self._shipper.flush()
+
+    # -- Blender sessions ---------------------------------------------------------------------------------------
+
+    def _ensure_session(self, lease: Lease) -> SessionLike:
+        """A started session for the lease's task: the open one if it fits and lives, else a new one."""
+        with self._lock:
+            session, session_task = self._session, self._session_task_id
+        if session is not None and (session_task != lease.task_id or not session.alive):
+            if session_task == lease.task_id:
+                log.warning("Blender of task %s is gone; starting a new one", lease.task_id)
+            self._close_session(remove_task_files=session_task != lease.task_id)
+            session = None
+        if session is not None:
+            return session
+
+        blend_path = self._prepare_blend(lease)
+        threads = self.threads or int(lease.settings.get("threads") or 0)
+        session = self._session_factory(
+            self.blender,
+            blend_path,
+            self.cache.output_dir(lease.task_id),
+            threads=threads,
+            on_log_line=lambda line, task_id=lease.task_id: self._shipper.add(task_id, line),
+        )
+        with self._lock:
+            self._session, self._session_task_id = session, lease.task_id
+            self._session_busy = True
+        log.info("starting Blender for task %s (%s)", lease.task_id, lease.blend_filename)
+        try:
+            session.start()
+        except BaseException:
+            with self._lock:
+                self._session_busy = False
+            self._close_session(remove_task_files=False)
+            raise
+        with self._lock:
+            self._session_busy = False
+        if self._stop.is_set():
+            raise _GaveUp()
+        return session
+
+    def _prepare_blend(self, lease: Lease) -> str:
+        """Download the task's .blend into the cache once, and place it in the task's folder."""
+
+        def download(dest_path: str) -> None:
+            log.info("downloading %s for task %s", lease.blend_filename, lease.task_id)
+            self._retry(
+                f"download the .blend of task {lease.task_id}",
+                lambda: self.client.download_file(lease.blend_sha256, dest_path),
+                give_up=lambda: lease.revoked or self._stop.is_set(),
+            )
+
+        self.cache.fetch(lease.blend_sha256, download)
+        return self.cache.materialize(lease.task_id, lease.blend_sha256, lease.blend_filename)
+
+    def _close_session(self, *, remove_task_files: bool) -> None:
+        """Close the open Blender session, if any; optionally delete its task's work and output folders."""
+        with self._lock:
+            session, task_id = self._session, self._session_task_id
+            self._session, self._session_task_id = None, None
+        if session is None:
+            return
+        try:
+            session.close(self.abort_grace)
+        except Exception:
+            log.exception("closing Blender of task %s failed", task_id)
+        log.info("closed Blender of task %s", task_id)
+        if remove_task_files and task_id is not None:
+            self.cache.remove_task(task_id)
+
+    def _abort_session(self, session: SessionLike) -> None:
+        try:
+            session.abort(self.abort_grace)
+        except Exception:
+            log.exception("aborting Blender failed")
+
+    def _render(self, session: SessionLike, lease: Lease) -> Any | None:
+        """Render the frame; returns the FrameResult, or None when it was not begun (lease revoked, stopping)."""
+
+        def on_started(wall_time: float) -> None:
+            # Called from the session while Blender renders: only hand the network work to a thread.
+            if lease.started_at is not None:
+                return
+            lease.started_at = wall_time
+            helper = threading.Thread(
+                target=self._after_start, args=(lease, wall_time), name=f"started-{lease.frame}", daemon=True
+            )
+            with self._lock:
+                self._helper = helper
+            helper.start()
+
+        with self._lock:
+            # Checked under the lock that _revoke and request_stop take, so either they see the render running
+            # (and abort it) or it sees them.
+            if lease.revoked:
+                log.info("%s: lease revoked before rendering; dropped", lease)
+                return None
+            if self._stop.is_set():
+                return None
+            self._rendering = True
+            self._session_busy = True
+        log.info("rendering %s", lease)
+        try:
+            result = session.render(lease.frame, on_started=on_started)
+        except Exception as exc:
+            log.error("%s: Blender session failed: %s", lease, exc)
+            result = _SessionFailure(frame=lease.frame, error=str(exc))
+        finally:
+            with self._lock:
+                self._rendering = False
+                self._session_busy = False
+                helper, self._helper = self._helper, None
+            lease.finished.set()
+        if helper is not None:
+            # The "rendering" report must reach the coordinator before "done", and the prefetch should land.
+            helper.join(timeout=getattr(self.client, "timeout", 30.0) + 5.0)
+        return result
+
+    def _after_start(self, lease: Lease, wall_time: float) -> None:
+        """Background work once Blender began the frame: report "rendering", then claim the next frame."""
+        try:
+            self._retry(
+                f"report {lease} rendering",
+                lambda: self.client.update_frame(
+                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, "rendering", started_at=wall_time
+                ),
+                give_up=lambda: lease.finished.is_set() or lease.revoked or self._stop.is_set(),
+            )
+        except _GaveUp:
+            pass
+        except CoordinatorError as exc:
+            if exc.status == 409:
+                log.info("%s: lease lost (%s); stopping its render", lease, exc)
+                self._revoke([lease.lease_id])
+                return
+            log.warning("%s: the coordinator refused the rendering report: %s", lease, exc)
+        self._prefetch(lease)
+
+    def _prefetch(self, current: Lease) -> None:
+        """Claim the frame to render after `current`, preferring its task; one try, the main loop claims otherwise."""
+        if self._stop.is_set() or not self.enabled or current.revoked:
+            return
+        with self._lock:
+            if self._prefetched is not None:
+                return
+        try:
+            answer = self.client.claim_frame(self.worker_id, prefer_task_id=current.task_id)
+        except CoordinatorError as exc:
+            log.debug("prefetch claim failed: %s", exc)
+            return
+        claimed = answer.get("frame")
+        if not claimed:
+            return
+        lease = Lease.from_claim(claimed)
+        with self._lock:
+            self._held[lease.lease_id] = lease
+            keep = not self._stop.is_set() and self._enabled
+            if keep:
+                self._prefetched = lease
+        if keep:
+            log.info("prefetched %s (%s, attempt %d)", lease, lease.task_name or "unnamed", lease.attempt)
+        else:
+            self._release(lease, "the worker is stopping" if self._stop.is_set() else "the worker was switched OFF")
+
+    # -- reporting ----------------------------------------------------------------------------------------------
+
+    def _settle(self, lease: Lease, result: Any) -> None:
+        """Report a rendered (or failed, or aborted) frame, then delete its output file."""
+        output_path = getattr(result, "output_path", None)
+        try:
+            if lease.revoked:
+                log.info("%s: lease revoked; result dropped", lease)
+            elif getattr(result, "aborted", False) or (not result.ok and self._stop.is_set()):
+                # Aborted by our own stop (or a stray abort): the frame was not rendered, so it is given back.
+                self._release(lease, "the worker is stopping" if self._stop.is_set() else "the render was aborted")
+            elif result.ok:
+                self._deliver(lease, result)
+            else:
+                error = result.error or "the render failed"
+                log.warning("%s failed: %s", lease, error)
+                self._shipper.add(lease.task_id, f"frame {lease.frame} failed: {error}")
+                self._report_failed(lease, error, result.log_tail or "")
+        finally:
+            if output_path:
+                _remove_quietly(output_path)
+
+    def _deliver(self, lease: Lease, result: Any) -> None:
+        """Upload the frame's file, then report it done; retried until the coordinator takes it or the lease is lost."""
+        path = result.output_path
+        if not path or not os.path.isfile(path):
+            self._report_failed(lease, "Blender reported the frame written but its file is missing", result.log_tail)
+            return
+        filename = os.path.basename(path)
+
+        def give_up() -> bool:
+            return lease.revoked or self._stop.is_set()
+
+        try:
+            self._retry(
+                f"upload {lease}",
+                lambda: self.client.upload_frame(
+                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, path, filename
+                ),
+                give_up=give_up,
+            )
+        except CoordinatorError as exc:
+            if exc.status == 409:
+                log.info("%s: lease lost before the upload (%s); dropped", lease, exc)
+                return
+            log.error("%s: the coordinator refused the frame's file: %s", lease, exc)
+            self._report_failed(lease, f"the coordinator refused the rendered file: {exc}", result.log_tail)
+            return
+        except _GaveUp:
+            self._gave_up(lease)
+            return
+        try:
+            self._retry(
+                f"report {lease} done",
+                lambda: self.client.update_frame(
+                    self.worker_id,
+                    lease.task_id,
+                    lease.frame,
+                    lease.lease_id,
+                    "done",
+                    started_at=result.started_at,
+                    ended_at=result.ended_at,
+                    render_seconds=result.render_seconds,
+                ),
+                give_up=give_up,
+            )
+        except CoordinatorError as exc:
+            if exc.status == 409:
+                log.info("%s: lease lost before the done report (%s); dropped", lease, exc)
+            else:
+                log.error("%s: the coordinator refused the done report: %s", lease, exc)
+            return
+        except _GaveUp:
+            self._gave_up(lease)
+            return
+        seconds = result.render_seconds
+        log.info("%s done%s", lease, f" in {seconds:.2f} s" if seconds is not None else "")
+        self._shipper.add(lease.task_id, f"frame {lease.frame} done" + (f" in {seconds:.2f} s" if seconds else ""))
+
+    def _report_failed(self, lease: Lease, error: str, log_tail: str | None) -> None:
+        tail = (log_tail or "")[-_MAX_LOG_TAIL_CHARS:]
+        try:
+            self._retry(
+                f"report {lease} failed",
+                lambda: self.client.update_frame(
+                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, "failed", error=error, log_tail=tail
+                ),
+                give_up=lambda: lease.revoked or self._stop.is_set(),
+            )
+        except CoordinatorError as exc:
+            if exc.status == 409:
+                log.info("%s: lease lost before the failure report (%s); dropped", lease, exc)
+            else:
+                log.error("%s: the coordinator refused the failure report: %s", lease, exc)
+        except _GaveUp:
+            self._gave_up(lease)
+
+    def _gave_up(self, lease: Lease) -> None:
+        if lease.revoked:
+            log.info("%s: lease revoked while reporting; dropped", lease)
+        else:
+            self._release(lease, "the worker is stopping")
+
+    def _release(self, lease: Lease, reason: str, deadline: float | None = None) -> None:
+        """Give a held frame back unrendered; tries until `deadline` (default: `shutdown_seconds` from now)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.shutdown_seconds
+        try:
+            if lease.revoked:
+                return
+            self._retry(
+                f"give back {lease}",
+                lambda: self.client.update_frame(
+                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, "released"
+                ),
+                give_up=lambda: lease.revoked or time.monotonic() >= deadline,
+            )
+            log.info("gave back %s: %s", lease, reason)
+        except CoordinatorError as exc:
+            log.info("%s: not given back (%s); the coordinator no longer holds it for us", lease, exc)
+        except _GaveUp:
+            if not lease.revoked:
+                log.warning("%s: could not give it back; its lease will expire on the coordinator", lease)
+        finally:
+            with self._lock:
+                self._held.pop(lease.lease_id, None)
+                if self._prefetched is lease:
+                    self._prefetched = None
+
+    def _release_prefetched(self, reason: str) -> None:
+        with self._lock:
+            lease, self._prefetched = self._prefetched, None
+        if lease is not None:
+            self._release(lease, reason)
+
+    def _retry(self, what: str, call: Callable[[], T], *, give_up: Callable[[], bool]) -> T:
+        """Call until it succeeds, backing off while the coordinator is unreachable or failing (5xx).
+
+        Refusals (4xx) are raised; `give_up()` is asked after every failure and raises _GaveUp when true.
+        """
+        delay = min(0.5, self.max_backoff)
+        failures = 0
+        while True:
+            try:
+                result = call()
+            except CoordinatorError as exc:
+                if not _retryable(exc):
+                    raise
+                failures += 1
+                if failures == 1:
+                    log.warning("cannot %s: %s; retrying", what, exc)
+                else:
+                    log.debug("cannot %s (try %d): %s", what, failures, exc)
+            else:
+                if failures:
+                    log.info("managed to %s after %d failed tries", what, failures)
+                return result
+            if give_up():
+                raise _GaveUp()
+            end = time.monotonic() + delay
+            while time.monotonic() < end:
+                if give_up():
+                    raise _GaveUp()
+                time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+            delay = min(delay * 2, self.max_backoff)
+
+    # -- registration and heartbeat -----------------------------------------------------------------------------
+
+    def _register(self) -> bool:
+        """Register with the coordinator, retrying while it is unreachable; False when stopped first."""
+        try:
+            answer = self._retry(
+                "register with the coordinator",
+                lambda: self.client.register_worker(self.name, self.host, self.blender_version, self.cpu_count),
+                give_up=self._stop.is_set,
+            )
+        except _GaveUp:
+            return False
+        with self._lock:
+            self.worker_id = int(answer["worker_id"])
+            self.heartbeat_seconds = float(answer.get("heartbeat_seconds") or self.heartbeat_seconds)
+            self.lease_seconds = float(answer.get("lease_seconds") or self.lease_seconds)
+            self._enabled = bool(answer.get("enabled", True))
+        log.info(
+            "registered as worker %s (%s, Blender %s, %d CPUs)%s",
+            self.worker_id,
+            self.name,
+            self.blender_version,
+            self.cpu_count,
+            "" if self._enabled else "; it is switched OFF",
+        )
+        return True
+
+    def _heartbeat_loop(self) -> None:
+        while not self._heartbeat_stop.wait(self.heartbeat_seconds):
+            try:
+                self._heartbeat_once()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def _heartbeat_once(self) -> None:
+        """Renew the held leases; act on revoked leases and on the ON/OFF switch."""
+        leases = self.held_leases()
+        try:
+            answer = self.client.update_worker(self.worker_id, leases)
+        except CoordinatorError as exc:
+            if not self._heartbeat_failing:
+                log.warning("heartbeat failed: %s", exc)
+            self._heartbeat_failing = True
+            return
+        if self._heartbeat_failing:
+            log.info("heartbeat reaches the coordinator again")
+            self._heartbeat_failing = False
+        self._revoke(answer.get("revoked") or [])
+        self._set_enabled(bool(answer.get("enabled", True)))
+
+    def _revoke(self, lease_ids: list[str]) -> None:
+        """Drop leases the coordinator took back; abort Blender if it is rendering one of them."""
+        abort_session = None
+        with self._lock:
+            for lease_id in lease_ids:
+                lease = self._held.pop(lease_id, None)
+                if lease is None:
+                    continue
+                lease.revoked = True
+                log.warning("lease of %s revoked by the coordinator", lease)
+                if lease is self._prefetched:
+                    self._prefetched = None
+                if lease is self._current and self._rendering:
+                    abort_session = self._session
+        if abort_session is not None:
+            log.info("aborting the render")
+            threading.Thread(
+                target=self._abort_session, args=(abort_session,), name="abort-blender", daemon=True
+            ).start()
+
+    def _set_enabled(self, enabled: bool) -> None:
+        with self._lock:
+            changed = enabled != self._enabled
+            self._enabled = enabled
+        if not changed:
+            return
+        log.info("the coordinator switched this worker %s", "ON" if enabled else "OFF")
+        self._wake.set()
+        if not enabled:
+            # The frame being rendered is finished; the one waiting behind it goes back to the queue now.
+            self._release_prefetched("the worker was switched OFF")
+
+    def _forget_all_leases(self) -> None:
+        with self._lock:
+            for lease in self._held.values():
+                lease.revoked = True
+            self._held.clear()
+            self._prefetched = None
+
+    def _send_log(self, task_id: int, text: str) -> None:
+        self.client.append_log(task_id, self.worker_id, text)
+
+    # -- shutdown -----------------------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Give back every held frame, close Blender, flush the logs, stop the heartbeat."""
+        self._stop.set()
+        deadline = time.monotonic() + self.shutdown_seconds
+        with self._lock:
+            helper = self._helper
+        if helper is not None:
+            helper.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            leases = list(self._held.values())
+            self._prefetched = None
+        for lease in leases:
+            self._release(lease, "the worker is stopping", deadline=deadline)
+        self._close_session(remove_task_files=True)
+        try:
+            self.cache.clear_tasks()
+        except OSError as exc:
+            log.warning("could not clean the task folders: %s", exc)
+        self._shipper.close(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+        self._heartbeat_stop.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=5.0)
+        log.info("worker %s stopped", self.name)
+
+
+@dataclass
+class _SessionFailure:
+    """Stands in for a FrameResult when the session itself raised while rendering."""
+
+    frame: int
+    error: str
+    ok: bool = False
+    aborted: bool = False
+    output_path: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    render_seconds: float | None = None
+    log_tail: str = ""
+
+
+def _usable_cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def default_work_dir(name: str) -> str:
+    """The default work folder of worker `name`: renderq/worker-<name> under the user's cache folder."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.expanduser("~\\AppData\\Local")
+    elif sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Caches")
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "renderq", f"worker-{name}")
+
+
+# -- command line -------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `renderq worker` options; defaults come from RENDERQ_* environment variables."""
+    env = os.environ
+    parser.add_argument(
+        "--coordinator",
+        default=env.get("RENDERQ_COORDINATOR"),
+        metavar="URL",
+        help="the coordinator's address, e.g. http://farm:5000 (default: $RENDERQ_COORDINATOR)",
+    )
+    parser.add_argument(
+        "--name",
+        default=env.get("RENDERQ_WORKER_NAME") or socket.gethostname(),
+        help="this worker's name, unique on the farm (default: $RENDERQ_WORKER_NAME, else the host name)",
+    )
+    parser.add_argument(
+        "--blender",
+        default=env.get("RENDERQ_BLENDER"),
+        metavar="PATH",
+        help="the Blender executable (default: $RENDERQ_BLENDER, else found on PATH)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=env.get("RENDERQ_THREADS") or "0",
+        metavar="N",
+        help="render threads per frame; 0 lets the task or Blender decide (default: $RENDERQ_THREADS, else 0)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=env.get("RENDERQ_WORK_DIR"),
+        metavar="DIR",
+        help="where to cache .blend files and render (default: $RENDERQ_WORK_DIR, else a folder per worker name "
+        "in the user's cache folder)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run a worker until it is stopped; returns the exit code."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+    if not args.coordinator:
+        log.error("no coordinator given: use --coordinator URL or set RENDERQ_COORDINATOR")
+        return 2
+    name = (args.name or "").strip()
+    if not (1 <= len(name) <= 64) or not safe_file_name(name):
+        log.error("%r is not a usable worker name (1-64 characters, no '/', '\\', '..' or NUL)", args.name)
+        return 2
+    if args.threads < 0:
+        log.error("--threads must be 0 or more, not %d", args.threads)
+        return 2
+    try:
+        client = CoordinatorClient(args.coordinator)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        blender = find_blender(args.blender)
+        version = blender_version(blender)
+    except SessionError as exc:
+        log.error("cannot use Blender: %s", exc)
+        return 2
+    work_dir = args.work_dir or default_work_dir(name)
+    try:
+        agent = WorkerAgent(client, name, work_dir, blender=blender, blender_version=version, threads=args.threads)
+    except OSError as exc:
+        log.error("cannot use the work folder %s: %s", work_dir, exc)
+        return 2
+    log.info("worker %s: Blender %s at %s, work folder %s", name, version, blender, work_dir)
+    agent.install_signal_handlers()
+    return agent.run()
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m worker.agent", description="Run a RenderQ worker.")
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))
