@@ -1,0 +1,94 @@
+"""Small animated Cycles scenes made by Blender itself, for demos, benchmarks and tests.
+
+`make_scene` runs Blender with `blender_scripts/make_scene.py`, which builds and saves the scene. At the default
+settings a frame takes about a second on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+from worker.blender_session import SessionError, find_blender
+
+__all__ = ["SceneError", "make_scene", "MAKE_SCENE_SCRIPT"]
+
+MAKE_SCENE_SCRIPT = Path(__file__).with_name("blender_scripts") / "make_scene.py"
+_OUTPUT_TAIL_LINES = 40
+
+
+class SceneError(SessionError):
+    """Blender could not build or save the scene."""
+
+
+def make_scene(
+    path: str,
+    *,
+    blender: str | None = None,
+    frames: int = 24,
+    resolution: tuple[int, int] = (320, 180),
+    samples: int = 16,
+    output: str = "//render/f_",
+    file_format: str = "PNG",
+    fail_frames: Sequence[int] = (),
+    heavy: bool = False,
+    fail_mechanism: str = "auto",
+    timeout: float = 300.0,
+) -> str:
+    """Build a small animated Cycles scene (a turning torus over a floor, a camera, a sun) and save it at `path`.
+
+    Frames 1..`frames` at `resolution` and `samples`, CPU only, denoising off, rendering to `output` in
+    `file_format`. `fail_frames` fail inside Blender while the other frames render; `heavy` makes every frame
+    take hours (until canceled). Returns the absolute path of the saved .blend.
+
+    Fail frames use real Blender failures keyed per frame: on a build without OpenImageDenoise, denoising is keyed
+    on for them ("Build without OpenImageDenoiser"); on other builds the output becomes a MultiLayer EXR and
+    stereo views are keyed on for them, so Blender writes no file although `render_write` fires. `fail_mechanism`
+    ("auto", "denoiser_missing" or "stereo_multilayer") forces one; the scene records the one used in its
+    `renderq_fail_mechanism` property.
+    """
+    if frames < 1:
+        raise ValueError("frames must be at least 1")
+    width, height = (int(value) for value in resolution)
+    if width < 1 or height < 1:
+        raise ValueError("resolution must be positive")
+    if samples < 1:
+        raise ValueError("samples must be at least 1")
+    executable = find_blender(blender)
+    out = os.path.abspath(path)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    command = [
+        executable, "-b", "--factory-startup", "-Y",
+        "--python-exit-code", "1",
+        "--python", str(MAKE_SCENE_SCRIPT),
+        "--",
+        "--out", out,
+        "--frames", str(frames),
+        "--resolution", str(width), str(height),
+        "--samples", str(samples),
+        "--output", output,
+        "--file-format", file_format,
+    ]
+    if fail_frames:
+        command += ["--fail-frames", ",".join(str(int(frame)) for frame in fail_frames)]
+        command += ["--fail-mechanism", fail_mechanism]
+    if heavy:
+        command.append("--heavy")
+    try:
+        completed = subprocess.run(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            timeout=timeout, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise SceneError(f"Blender did not build the scene {out} within {timeout:g} s") from exc
+    except OSError as exc:
+        raise SceneError(f"Could not run Blender ({executable}): {exc}") from exc
+    if completed.returncode != 0 or not os.path.isfile(out):
+        tail = "\n".join(completed.stdout.decode("utf-8", "replace").splitlines()[-_OUTPUT_TAIL_LINES:])
+        raise SceneError(
+            f"Blender could not build the scene {out} (exit code {completed.returncode})\n"
+            f"--- last lines of Blender's output ---\n{tail}"
+        )
+    return out

@@ -1,0 +1,627 @@
+"""One Blender process for one task: start it, ask it for frames one at a time, watch it, stop it.
+
+Blender runs `frame_script.py` (next to this file), which reports each frame's exact start, end and written file
+over a local TCP side channel (JSON lines; the protocol is described in that script). Blender's console output is
+only passed on as log lines, never parsed for frame times.
+
+A frame is good only when Blender reported it written (`render_write`) and the file exists: Blender's exit code and
+the render operator's return say little (a handler error or a failed save does not fail the render).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import hmac
+import json
+import logging
+import os
+import queue
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = [
+    "BlenderNotFoundError",
+    "BlenderSession",
+    "FrameResult",
+    "SessionError",
+    "blender_version",
+    "find_blender",
+]
+
+log = logging.getLogger("renderq.worker.blender")
+
+FRAME_SCRIPT = Path(__file__).with_name("frame_script.py")
+PROTOCOL = 1
+# Must match frame_script.py: the line Blender prints once a frame's console output is complete.
+SYNC_PREFIX = "\x1erenderq-frame-done "
+# The token reaches Blender through its environment: a command line is readable by every local user.
+TOKEN_ENV = "RENDERQ_SESSION_TOKEN"
+LOG_TAIL_LINES = 60
+_LOG_LINES_KEPT = 400
+_HELLO_READ_SECONDS = 5.0
+
+
+@dataclass
+class FrameResult:
+    """What became of one frame asked of a BlenderSession."""
+
+    frame: int
+    ok: bool  # render_write seen AND the file exists
+    output_path: str | None  # absolute path of the written file
+    started_at: float | None  # wall clock (time.time() inside Blender) at render_pre
+    ended_at: float | None  # wall clock at render_write
+    render_seconds: float | None  # render_write - render_pre, monotonic, inside Blender
+    error: str | None  # plain sentence when not ok
+    log_tail: str  # the last lines of Blender output seen during this frame
+    aborted: bool = False  # True when abort() stopped it
+
+
+class SessionError(Exception):
+    """Blender could not be found, could not start, or could not open the file; the message says why."""
+
+
+class BlenderNotFoundError(SessionError):
+    """No Blender executable was found."""
+
+
+# -- finding Blender ------------------------------------------------------------------------------------------------
+
+_INSTALL_HINT = (
+    "install Blender 3.4 or newer (your distribution's 'blender' package or an official build), "
+    "then put it on PATH, set RENDERQ_BLENDER to the executable, or pass its path"
+)
+
+
+def _executable(path: str) -> str | None:
+    """`path` made absolute if it is an executable file; a bare name is looked up on PATH."""
+    if os.sep not in path and not os.path.exists(path):
+        return shutil.which(path)
+    if os.path.isfile(path) and os.access(path, os.X_OK):
+        return os.path.abspath(path)
+    return None
+
+
+def find_blender(explicit: str | None = None) -> str:
+    """The Blender executable to use: `explicit`, else $RENDERQ_BLENDER, else `blender` on PATH.
+
+    Raises BlenderNotFoundError naming what to install. A path that is given but unusable is an error, not a
+    reason to fall back to another Blender.
+    """
+    if explicit:
+        found = _executable(explicit)
+        if found is None:
+            raise BlenderNotFoundError(f"Blender was not found at {explicit!r}: {_INSTALL_HINT}")
+        return found
+    from_env = os.environ.get("RENDERQ_BLENDER")
+    if from_env:
+        found = _executable(from_env)
+        if found is None:
+            raise BlenderNotFoundError(f"RENDERQ_BLENDER={from_env!r} is not an executable file: {_INSTALL_HINT}")
+        return found
+    found = shutil.which("blender")
+    if found is None:
+        raise BlenderNotFoundError(f"Blender was not found on PATH: {_INSTALL_HINT}")
+    return found
+
+
+@functools.lru_cache(maxsize=16)
+def _version_of(path: str, _mtime: float) -> str:
+    try:
+        completed = subprocess.run(
+            [path, "--version"], stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SessionError(f"Could not run {path} --version: {exc}") from exc
+    output = completed.stdout.decode("utf-8", "replace")
+    match = re.search(r"^Blender\s+(\d+\.\d+(?:\.\d+)?)", output, re.MULTILINE)
+    if match is None:
+        raise SessionError(f"{path} --version did not print a Blender version (exit code {completed.returncode})")
+    return match.group(1)
+
+
+def blender_version(blender: str) -> str:
+    """Blender's version, e.g. "3.4.1", from `blender --version`; cached per executable."""
+    path = os.path.realpath(blender)
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError as exc:
+        raise SessionError(f"Cannot run Blender at {blender!r}: {exc}") from exc
+    return _version_of(path, mtime)
+
+
+# -- starting Blender -----------------------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()
+_spawner: ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn asking Linux to SIGKILL the child when the worker dies. Runs between fork and exec, so it
+    only calls what was bound beforehand."""
+    prctl, getppid, kill, getpid = _prctl, os.getppid, os.kill, os.getpid
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if getppid() != parent_pid:  # the worker died before the request took effect
+            kill(getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def _spawn(command: list[str], **popen_args: Any) -> subprocess.Popen:
+    """Popen, with Blender tied to this process's life where the system allows it.
+
+    Linux sends the death signal when the *thread* that forked the child ends, so the fork happens on one
+    long-lived thread rather than on whichever (possibly short-lived) thread starts a session.
+    """
+    global _spawner
+    if _prctl is None:
+        return subprocess.Popen(command, **popen_args)
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blender-spawner")
+        spawner = _spawner
+    preexec = _die_with_parent(os.getpid())
+    return spawner.submit(subprocess.Popen, command, preexec_fn=preexec, **popen_args).result()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"exited with code {code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return f"exited with code {code}"
+
+
+def _plain_render_error(text: str) -> str:
+    """Blender's operator error ("Error: No border area selected\\n") as a plain phrase."""
+    text = " ".join(text.split())
+    return re.sub(r"^Error:\s*", "", text) or "unknown error"
+
+
+class BlenderSession:
+    """One Blender process rendering frames of one .blend, one frame at a time, into `output_dir`.
+
+    `start()` launches Blender and waits until the file is open; `render()` renders one frame and blocks until it
+    is written or failed; `abort()` (from any thread) stops Blender at once; `close()` asks it to quit.
+    Every line Blender prints goes to `on_log_line`, called from a reader thread.
+    """
+
+    def __init__(
+        self,
+        blender: str,
+        blend_path: str,
+        output_dir: str,
+        *,
+        threads: int = 0,
+        on_log_line: Callable[[str], None] | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
+        self.blender = blender
+        self.blend_path = os.path.abspath(blend_path)
+        self.output_dir = os.path.abspath(output_dir)
+        self.threads = threads
+        self.on_log_line = on_log_line
+        self.start_timeout = start_timeout
+        self.hello: dict[str, Any] | None = None  # what the script reported once the file was open
+
+        self._proc: subprocess.Popen | None = None
+        self._conn: socket.socket | None = None
+        self._channel_open = False
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._send_lock = threading.Lock()
+        self._render_lock = threading.Lock()
+        self._stop_lock = threading.Lock()
+        self._aborted = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+        self._log_cond = threading.Condition()
+        self._log_lines: collections.deque[tuple[int, str]] = collections.deque(maxlen=_LOG_LINES_KEPT)
+        self._log_count = 0
+        self._sync_count = 0
+        self._log_eof = False
+
+    # -- public -------------------------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """Blender's process id, once started."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """True while Blender runs, is connected and can take frames."""
+        return (
+            self._proc is not None
+            and self._proc.poll() is None
+            and self._channel_open
+            and not self._aborted.is_set()
+        )
+
+    def start(self) -> None:
+        """Launch Blender and wait until it has opened the file. Raises SessionError saying why it could not."""
+        if self._proc is not None:
+            raise SessionError("This Blender session was already started")
+        if not os.path.isfile(self.blend_path):
+            raise SessionError(f"The .blend file {self.blend_path} does not exist")
+        if not FRAME_SCRIPT.is_file():
+            raise SessionError(f"The frame script {FRAME_SCRIPT} is missing from the installation")
+        os.makedirs(self.output_dir, exist_ok=True)
+
+        token = secrets.token_hex(16)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+            command = self._command(listener.getsockname()[1])
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env[TOKEN_ENV] = token
+            try:
+                self._proc = _spawn(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # a Ctrl-C in the worker's terminal must not reach Blender directly
+                    env=env,
+                )
+            except OSError as exc:
+                raise SessionError(f"Could not start Blender ({self.blender}): {exc}") from exc
+            self._start_thread(self._read_log, "blender-log", self._proc.stdout)
+            try:
+                conn, reader, hello = self._accept_hello(listener, token)
+            except BaseException:
+                self._kill_now()
+                raise
+        finally:
+            listener.close()
+
+        opened = hello.get("blend_file") or ""
+        if not opened or os.path.realpath(opened) != os.path.realpath(self.blend_path):
+            conn.close()
+            self._kill_now()
+            raise SessionError(
+                f"Blender opened {opened or 'no file'} instead of {self.blend_path}{self._log_tail_for_error()}"
+            )
+        self._conn, self.hello, self._channel_open = conn, hello, True
+        self._start_thread(self._read_channel, "blender-channel", reader)
+        log.info(
+            "Blender %s (pid %s) opened %s, scene %r",
+            hello.get("blender_version"), self.pid, self.blend_path, hello.get("scene"),
+        )
+
+    def render(self, frame: int, on_started: Callable[[float], None] | None = None) -> FrameResult:
+        """Render one frame; blocks until it is written, failed, Blender died, or abort() was called.
+
+        `on_started(wall_time)` is called (in this thread) as soon as Blender begins the frame.
+        """
+        frame = int(frame)
+        with self._render_lock:
+            with self._log_cond:
+                log_start, sync_start = self._log_count, self._sync_count
+            if not self.alive:
+                reason = "the session was aborted" if self._aborted.is_set() else self._not_running_reason()
+                return self._result(frame, log_start, error=f"Cannot render frame {frame}: {reason}")
+            if not self._send({"type": "render", "frame": frame}):
+                self._wait_exit(5.0)
+            started_at = ended_at = render_seconds = None
+            written_path: str | None = None
+            canceled = False
+            finished: dict[str, Any] | None = None
+            while True:
+                try:
+                    message = self._events.get(timeout=0.25)
+                except queue.Empty:
+                    if self._proc.poll() is None:
+                        continue
+                    message = {"type": "_closed"}
+                kind = message.get("type")
+                if kind == "_closed":
+                    break
+                if message.get("frame") != frame:
+                    continue  # left over from an earlier frame
+                if kind == "started":
+                    started_at = _float_or_none(message.get("time"))
+                    if on_started is not None and started_at is not None:
+                        try:
+                            on_started(started_at)
+                        except Exception:
+                            log.exception("on_started callback failed for frame %s", frame)
+                elif kind == "written":
+                    written_path = message.get("path") or None
+                    ended_at = _float_or_none(message.get("time"))
+                    render_seconds = _float_or_none(message.get("render_seconds"))
+                elif kind == "canceled":
+                    canceled = True
+                elif kind == "finished":
+                    finished = message
+                    break
+
+            if finished is not None:
+                self._wait_log(lambda: self._sync_count > sync_start, 2.0)
+            else:
+                # The channel closed mid-frame: Blender died or was stopped; let it finish dying for the tail.
+                if not self._wait_exit(10.0):
+                    self._kill_now()
+                self._channel_open = False
+                self._wait_log(lambda: self._log_eof, 3.0)
+
+            ok = written_path is not None and os.path.isfile(written_path)
+            aborted = self._aborted.is_set()
+            error = None
+            if not ok:
+                if aborted:
+                    error = f"Rendering frame {frame} was aborted"
+                elif finished is None:
+                    error = f"Blender {_describe_exit(self._proc.poll())} while rendering frame {frame}"
+                elif finished.get("error"):
+                    error = f"Render error: {_plain_render_error(str(finished['error']))}"
+                elif written_path is not None:
+                    error = f"Blender reported frame {frame} written to {written_path}, but the file does not exist"
+                elif canceled:
+                    error = f"Blender canceled the render of frame {frame}"
+                else:
+                    error = f"Blender finished frame {frame} without writing a file"
+            return self._result(
+                frame, log_start,
+                ok=ok, output_path=written_path if ok else None, started_at=started_at, ended_at=ended_at,
+                render_seconds=render_seconds, error=error, aborted=aborted,
+            )
+
+    def abort(self, grace: float = 5.0) -> None:
+        """Stop Blender now, from any thread: SIGINT (Blender cancels the render), then SIGKILL after `grace`
+        seconds. A render() blocked in another thread returns with aborted=True."""
+        self._aborted.set()
+        with self._stop_lock:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                return
+            # Once the render breaks, the script reads this and returns, and Blender exits by itself.
+            self._send({"type": "quit"})
+            if os.name == "posix":
+                self._signal(signal.SIGINT)
+            if not self._wait_exit(grace):
+                log.warning("Blender (pid %s) did not stop within %.1f s of SIGINT; killing it", proc.pid, grace)
+                self._kill_now()
+
+    def close(self, grace: float = 5.0) -> None:
+        """Ask Blender to quit; abort() it if it has not exited within `grace` seconds. Safe to call twice."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._send({"type": "quit"})
+            if not self._wait_exit(grace):
+                self.abort(grace)
+        self._channel_open = False
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=2.0)
+
+    def __enter__(self) -> "BlenderSession":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------------------------------
+
+    def _command(self, port: int) -> list[str]:
+        command = [self.blender, "-b", "-Y", self.blend_path]
+        if self.threads > 0:
+            command += ["-t", str(self.threads)]  # render options only count after the .blend
+        command += [
+            "--python-exit-code", "1",
+            "--python", str(FRAME_SCRIPT),
+            "--", "--port", str(port), "--output-dir", self.output_dir,
+        ]
+        return command
+
+    def _start_thread(self, target: Callable[..., None], name: str, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=f"{name}-{self.pid}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_hello(self, listener: socket.socket, token: str) -> tuple[socket.socket, Any, dict[str, Any]]:
+        """Wait for the script to connect and prove itself with the token; other connections are dropped."""
+        deadline = time.monotonic() + self.start_timeout
+        listener.settimeout(0.2)
+        while True:
+            if self._aborted.is_set():
+                raise SessionError("Blender's start was aborted")
+            code = self._proc.poll()
+            if code is not None:
+                self._wait_log(lambda: self._log_eof, 3.0)
+                raise SessionError(
+                    f"Blender {_describe_exit(code)} before it was ready to render {self.blend_path}"
+                    f"{self._log_tail_for_error()}"
+                )
+            if time.monotonic() > deadline:
+                raise SessionError(
+                    f"Blender did not get ready to render {self.blend_path} within {self.start_timeout:g} s"
+                    f"{self._log_tail_for_error()}"
+                )
+            try:
+                conn, _address = listener.accept()
+            except socket.timeout:
+                continue
+            conn.settimeout(_HELLO_READ_SECONDS)
+            reader = conn.makefile("rb")
+            try:
+                hello = json.loads(reader.readline(64 * 1024) or b"null")
+            except (OSError, ValueError):
+                hello = None
+            if (
+                isinstance(hello, dict)
+                and hello.get("type") == "hello"
+                and hmac.compare_digest(str(hello.get("token", "")).encode(), token.encode())
+            ):
+                conn.settimeout(None)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return conn, reader, hello
+            log.warning("dropped a connection to the Blender side channel that did not present the token")
+            reader.close()
+            conn.close()
+
+    def _read_channel(self, reader: Any) -> None:
+        try:
+            for line in reader:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    log.warning("unreadable message from Blender: %r", line[:200])
+                    continue
+                if isinstance(message, dict):
+                    self._events.put(message)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._channel_open = False
+            self._events.put({"type": "_closed"})
+
+    def _read_log(self, stream: Any) -> None:
+        try:
+            for raw in iter(stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith(SYNC_PREFIX):
+                    with self._log_cond:
+                        self._sync_count += 1
+                        self._log_cond.notify_all()
+                    continue
+                with self._log_cond:
+                    self._log_lines.append((self._log_count, line))
+                    self._log_count += 1
+                if self.on_log_line is not None:
+                    try:
+                        self.on_log_line(line)
+                    except Exception:
+                        log.exception("on_log_line callback failed")
+        except (OSError, ValueError):
+            pass
+        finally:
+            with self._log_cond:
+                self._log_eof = True
+                self._log_cond.notify_all()
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def _wait_log(self, condition: Callable[[], bool], timeout: float) -> bool:
+        with self._log_cond:
+            return self._log_cond.wait_for(condition, timeout)
+
+    def _log_tail(self, since: int = 0) -> str:
+        with self._log_cond:
+            lines = [text for index, text in self._log_lines if index >= since]
+        return "\n".join(lines[-LOG_TAIL_LINES:])
+
+    def _log_tail_for_error(self) -> str:
+        tail = self._log_tail()
+        errors = [line.strip() for line in tail.splitlines() if line.lstrip().startswith("Error")]
+        summary = f": {errors[-1]}" if errors else ""
+        return f"{summary}\n--- last lines of Blender's output ---\n{tail}" if tail else summary
+
+    def _result(self, frame: int, log_start: int, **fields: Any) -> FrameResult:
+        values: dict[str, Any] = dict(
+            ok=False, output_path=None, started_at=None, ended_at=None, render_seconds=None, error=None,
+            aborted=self._aborted.is_set(),
+        )
+        values.update(fields)
+        return FrameResult(frame=frame, log_tail=self._log_tail(log_start), **values)
+
+    def _not_running_reason(self) -> str:
+        if self._proc is None:
+            return "Blender was not started"
+        code = self._proc.poll()
+        if code is not None:
+            return f"Blender {_describe_exit(code)}"
+        return "Blender's side channel is closed"
+
+    def _send(self, message: dict[str, Any]) -> bool:
+        conn = self._conn
+        if conn is None or not self._channel_open:
+            return False
+        data = (json.dumps(message) + "\n").encode("utf-8")
+        try:
+            with self._send_lock:
+                conn.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def _wait_exit(self, timeout: float) -> bool:
+        proc = self._proc
+        if proc is None:
+            return True
+        try:
+            proc.wait(timeout=max(0.0, timeout))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def _signal(self, sig: int) -> None:
+        """POSIX only: signal Blender's process group (its own, from start_new_session), so anything Blender
+        started goes too."""
+        proc = self._proc
+        # Until Popen has reaped the child, its pid (and process group) cannot be reused by another process.
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                proc.send_signal(sig)
+            except OSError:
+                pass
+
+    def _kill_now(self) -> None:
+        if os.name == "posix":
+            self._signal(signal.SIGKILL)
+        elif self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self._wait_exit(10.0)
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None

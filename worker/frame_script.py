@@ -1,0 +1,232 @@
+"""Renders frames on request inside one long-lived Blender process. Runs INSIDE Blender:
+
+    RENDERQ_SESSION_TOKEN=T blender -b -Y FILE.blend [-t N] --python frame_script.py -- --port P --output-dir DIR
+
+Standalone on purpose: imports only `bpy` and the standard library, since Blender's own Python runs it.
+
+Side channel: a TCP connection to 127.0.0.1:P opened by the worker's BlenderSession, carrying JSON objects, one
+per line, each with a "type". The worker never reads Blender's console to learn frame times; it reads these.
+
+    script -> worker  hello     {token, protocol, blender_version, pid, scene, blend_file, output_path,
+                                 output_dir, frame_start, frame_end, file_format, is_movie}
+    worker -> script  render    {frame}
+    script -> worker  started   {frame, time}                     from render_pre
+    script -> worker  written   {frame, path, time, render_seconds}   from render_write, the file is on disk
+    script -> worker  canceled  {frame, time}                     from render_cancel
+    script -> worker  finished  {frame, ok, error, path, canceled}    once the render operator has returned
+    worker -> script  quit      {}
+
+`time` is the wall clock (time.time()); `render_seconds` is measured with a monotonic clock from render_pre to
+render_write. `error` is the render operator's error text, if it raised. The hello carries the token the worker put
+in Blender's environment (not on the command line, which every local user can read), so no other local process can
+pose as this script. On `quit`, or when the connection closes, the script returns and Blender exits.
+
+Before `finished` the script prints a sync line (SYNC_PREFIX + frame) on stdout, so the worker knows it has read
+every console line Blender printed for the frame.
+"""
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+
+import bpy
+from bpy.app.handlers import persistent
+
+PROTOCOL = 1
+TOKEN_ENV = "RENDERQ_SESSION_TOKEN"
+SYNC_PREFIX = "\x1erenderq-frame-done "
+
+
+class Channel:
+    """JSON lines over a TCP socket. Sending after the worker went away is silently ignored."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.settimeout(None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = self.sock.makefile("rb")
+        self.open = True
+
+    def send(self, message_type: str, **fields) -> None:
+        if not self.open:
+            return
+        fields["type"] = message_type
+        try:
+            self.sock.sendall((json.dumps(fields) + "\n").encode("utf-8"))
+        except OSError:
+            self.open = False
+
+    def receive(self):
+        """The next message, or None once the worker closed the connection."""
+        if not self.open:
+            return None
+        try:
+            line = self.reader.readline()
+        except OSError:
+            line = b""
+        if not line:
+            self.open = False
+            return None
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return {"type": "invalid"}
+        return message if isinstance(message, dict) else {"type": "invalid"}
+
+    def close(self) -> None:
+        self.open = False
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class FrameState:
+    """What the handlers saw of the frame being rendered."""
+
+    def __init__(self, frame: int) -> None:
+        self.frame = frame
+        self.started_monotonic = None
+        self.written_path = None
+        self.canceled = False
+
+
+channel = None
+current = None
+
+
+def expected_path(scene: bpy.types.Scene, frame: int) -> str:
+    return os.path.abspath(bpy.path.abspath(scene.render.frame_path(frame=frame)))
+
+
+# Handlers only report: an exception in a handler does not fail the render, so they must never raise either.
+@persistent
+def on_render_pre(scene, *_args) -> None:
+    try:
+        # Only the first: a scene strip or compositor render of another scene fires the handler again.
+        if current is not None and current.started_monotonic is None:
+            current.started_monotonic = time.monotonic()
+            channel.send("started", frame=current.frame, time=time.time())
+    except Exception as error:
+        print(f"renderq: render_pre handler failed: {error}", flush=True)
+
+
+@persistent
+def on_render_write(scene, *_args) -> None:
+    try:
+        if current is not None:
+            now_wall, now_monotonic = time.time(), time.monotonic()
+            path = expected_path(scene, current.frame)
+            current.written_path = path
+            seconds = now_monotonic - current.started_monotonic if current.started_monotonic is not None else None
+            channel.send("written", frame=current.frame, path=path, time=now_wall, render_seconds=seconds)
+    except Exception as error:
+        print(f"renderq: render_write handler failed: {error}", flush=True)
+
+
+@persistent
+def on_render_cancel(scene, *_args) -> None:
+    try:
+        if current is not None:
+            current.canceled = True
+            channel.send("canceled", frame=current.frame, time=time.time())
+    except Exception as error:
+        print(f"renderq: render_cancel handler failed: {error}", flush=True)
+
+
+HANDLERS = (
+    (bpy.app.handlers.render_pre, on_render_pre),
+    (bpy.app.handlers.render_write, on_render_write),
+    (bpy.app.handlers.render_cancel, on_render_cancel),
+)
+
+
+def output_filepath(original: str, output_dir: str) -> str:
+    """The scene's own output naming (prefix, `#` padding) moved into `output_dir`.
+
+    A path that names only a folder, like `//render/`, has an empty base name, which leaves Blender's default
+    naming (`0003.png`).
+    """
+    base = original.replace("\\", "/").rsplit("/", 1)[-1]
+    if base in (".", ".."):
+        base = ""
+    return os.path.join(os.path.abspath(output_dir), "") + base
+
+
+def render_frame(scene: bpy.types.Scene, frame: int) -> None:
+    """Render one frame through Blender's animation render, so its file naming is Blender's own."""
+    global current
+    path = expected_path(scene, frame)
+    if os.path.isfile(path):
+        # A leftover from an earlier attempt: with overwriting off Blender would skip the frame.
+        os.remove(path)
+    current = FrameState(frame)
+    error = None
+    try:
+        scene.frame_set(frame)
+        scene.frame_start = frame
+        scene.frame_end = frame
+        bpy.ops.render.render(animation=True)
+    except RuntimeError as exc:
+        error = str(exc).strip() or "the render operator failed"
+    except Exception as exc:  # never let one frame end the session
+        error = f"{type(exc).__name__}: {exc}"
+    state, current = current, None
+    ok = error is None and state.written_path is not None and os.path.isfile(state.written_path)
+    print(f"{SYNC_PREFIX}{frame}", flush=True)
+    channel.send("finished", frame=frame, ok=ok, error=error, path=state.written_path, canceled=state.canceled)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    argv = argv[argv.index("--") + 1:] if "--" in argv else []
+    parser = argparse.ArgumentParser(prog="frame_script.py")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--output-dir", required=True)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    global channel
+    args = parse_args(sys.argv)
+    channel = Channel(args.port)
+    scene = bpy.context.scene
+    original_output = scene.render.filepath
+    os.makedirs(args.output_dir, exist_ok=True)
+    scene.render.filepath = output_filepath(original_output, args.output_dir)
+    for handlers, handler in HANDLERS:
+        handlers.append(handler)
+    channel.send(
+        "hello",
+        token=os.environ.get(TOKEN_ENV, ""),
+        protocol=PROTOCOL,
+        blender_version=".".join(str(part) for part in bpy.app.version),
+        pid=os.getpid(),
+        scene=scene.name,
+        blend_file=bpy.data.filepath,
+        output_path=original_output,
+        output_dir=os.path.abspath(args.output_dir),
+        frame_start=scene.frame_start,
+        frame_end=scene.frame_end,
+        file_format=scene.render.image_settings.file_format,
+        is_movie=bool(scene.render.is_movie_format),
+    )
+    try:
+        while True:
+            message = channel.receive()
+            if message is None or message.get("type") == "quit":
+                break
+            if message.get("type") == "render":
+                render_frame(scene, int(message["frame"]))
+    finally:
+        for handlers, handler in HANDLERS:
+            if handler in handlers:
+                handlers.remove(handler)
+        channel.close()
+    # Returning ends the script; with -b and nothing after it on the command line, Blender then quits.
+
+
+if __name__ == "__main__":
+    main()
