@@ -1,0 +1,299 @@
+"""`renderq demo`: a whole farm on this machine (a coordinator and N workers) rendering a small animation."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO
+
+from renderq.cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    download_done_frames,
+    find_blender,
+    report_outcome,
+    wait_for_task,
+)
+from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
+from renderq.progress import ProgressLine, format_table
+
+START_TIMEOUT = 30.0
+REGISTER_TIMEOUT = 60.0
+# Workers get this long after SIGINT to give back their frames before they are killed.
+WORKER_STOP_TIMEOUT = 20.0
+COORDINATOR_STOP_TIMEOUT = 10.0
+DEMO_POLL_SECONDS = 0.5
+
+
+class DemoError(Exception):
+    """Something the demo needs did not work; printed as one sentence."""
+
+
+@dataclass
+class Child:
+    """A process the demo started, with the log file its output goes to."""
+
+    label: str
+    process: subprocess.Popen
+    log_path: str
+    log_file: IO[bytes] = field(repr=False)
+
+    def exited(self) -> int | None:
+        return self.process.poll()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.log_path, "rb") as stream:
+                text = stream.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_child(label: str, renderq_args: list[str], log_path: str) -> Child:
+    """Run `renderq ARGS` with this interpreter, output to `log_path`, in its own session.
+
+    Its own session keeps a Ctrl-C in the terminal from reaching it directly: the demo stops its children
+    itself, workers first, so they can still give their frames back to a running coordinator.
+    """
+    log_file = open(log_path, "wb")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "renderq.cli", *renderq_args],
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    return Child(label, process, log_path, log_file)
+
+
+def stop_child(child: Child, timeout: float) -> None:
+    """SIGINT, then SIGKILL if it is still running after `timeout` seconds."""
+    if child.exited() is None:
+        try:
+            child.process.send_signal(signal.SIGINT)
+            child.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+        except ProcessLookupError:
+            pass
+    child.log_file.close()
+
+
+def stop_all(workers: list[Child], coordinator: Child | None) -> None:
+    """Stop the workers (all signalled at once), then the coordinator."""
+    for worker in workers:
+        if worker.exited() is None:
+            try:
+                worker.process.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + WORKER_STOP_TIMEOUT
+    for worker in workers:
+        stop_child(worker, max(0.1, deadline - time.monotonic()))
+    if coordinator is not None:
+        stop_child(coordinator, COORDINATOR_STOP_TIMEOUT)
+
+
+def died(child: Child) -> str:
+    """A sentence about a child that exited, with the end of its log."""
+    tail = child.log_tail()
+    detail = f"; the end of its log ({child.log_path}):\n{tail}" if tail else f"; see {child.log_path}"
+    return f"the {child.label} stopped with exit status {child.exited()}{detail}"
+
+
+def wait_for_coordinator(client: CoordinatorClient, coordinator: Child) -> None:
+    """Wait until GET /health answers."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if coordinator.exited() is not None:
+            raise DemoError(died(coordinator))
+        try:
+            client.health()
+            return
+        except CoordinatorUnreachable:
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"the coordinator did not answer within {START_TIMEOUT:g} s; see {coordinator.log_path}"
+                )
+            time.sleep(0.2)
+
+
+def wait_for_workers(client: CoordinatorClient, workers: list[Child], names: list[str], line: ProgressLine) -> None:
+    """Wait until every demo worker has registered and is alive."""
+    deadline = time.monotonic() + REGISTER_TIMEOUT
+    while True:
+        for worker in workers:
+            if worker.exited() is not None:
+                line.finish()
+                raise DemoError(died(worker))
+        alive = {w["name"] for w in client.list_workers() if w.get("alive")}
+        ready = [name for name in names if name in alive]
+        line.update(f"workers registered: {len(ready)}/{len(names)}")
+        if len(ready) == len(names):
+            line.finish()
+            return
+        if time.monotonic() > deadline:
+            line.finish()
+            missing = ", ".join(sorted(set(names) - set(ready)))
+            logs = os.path.dirname(workers[0].log_path)
+            raise DemoError(f"{missing} did not register within {REGISTER_TIMEOUT:g} s; see the logs in {logs}")
+        time.sleep(0.3)
+
+
+def print_times(task: dict, submitted_at: float, finished_at: float, started_at: float) -> None:
+    """Wall time and the exact time of every frame."""
+    frames = [frame for frame in task.get("frames") or [] if frame.get("status") == "done"]
+    wall = None
+    if task.get("created_at") and task.get("ended_at"):
+        wall = task["ended_at"] - task["created_at"]
+    if wall is None:
+        wall = finished_at - submitted_at
+    whole = finished_at - started_at
+    print(f"wall time: {wall:.1f} s from submit to the last frame ({whole:.1f} s for the whole demo)")
+    if not frames:
+        return
+    rows = []
+    for frame in frames:
+        seconds = frame.get("render_seconds")
+        rows.append([frame["frame"], frame.get("worker") or "-", f"{seconds:.2f}" if seconds is not None else "-"])
+    print("render time of each frame (from Blender's render_pre to render_write):")
+    print(format_table(["FRAME", "WORKER", "SECONDS"], rows, right=(0, 2)))
+    times = [frame["render_seconds"] for frame in frames if frame.get("render_seconds") is not None]
+    if times:
+        print(
+            f"frames: {len(times)}, mean {sum(times) / len(times):.2f} s, min {min(times):.2f} s, "
+            f"max {max(times):.2f} s, sum {sum(times):.1f} s"
+        )
+    per_worker = Counter(frame.get("worker") or "-" for frame in frames)
+    print("frames per worker: " + ", ".join(f"{name} {count}" for name, count in sorted(per_worker.items())))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; returns the exit status (0 when every frame rendered)."""
+    blender = find_blender(args.blender)
+    if blender is None:
+        print(
+            "renderq: the demo needs Blender: install it (on Debian: apt-get install blender) "
+            "or point --blender or RENDERQ_BLENDER at a Blender binary",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    try:
+        from renderq.scenes import make_scene
+    except ImportError as error:
+        print(f"renderq: cannot make the demo scene: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+    try:
+        # A shell that starts the demo in the background leaves SIGINT ignored, and children inherit that:
+        # they would then only stop by SIGKILL, without giving their frames back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread
+        pass
+    started_at = time.monotonic()
+    scratch = tempfile.mkdtemp(prefix="renderq-demo-")
+    keep_scratch = args.keep
+    coordinator: Child | None = None
+    workers: list[Child] = []
+    line = ProgressLine()
+    try:
+        port = args.port or free_port()
+        url = f"http://127.0.0.1:{port}"
+        client = CoordinatorClient(url, timeout=30.0)
+        print(f"starting a coordinator at {url} and {args.workers} worker(s); scratch folder {scratch}")
+        coordinator = start_child(
+            "coordinator",
+            ["coordinator", "--host", "127.0.0.1", "--port", str(port), "--data-dir", os.path.join(scratch, "data")],
+            os.path.join(scratch, "coordinator.log"),
+        )
+        wait_for_coordinator(client, coordinator)
+
+        names = [f"demo-worker-{index}" for index in range(1, args.workers + 1)]
+        for name in names:
+            work_dir = os.path.join(scratch, name)
+            os.makedirs(work_dir, exist_ok=True)
+            workers.append(start_child(
+                name,
+                ["worker", "--coordinator", url, "--name", name, "--threads", "1",
+                 "--work-dir", work_dir, "--blender", blender],
+                os.path.join(scratch, f"{name}.log"),
+            ))
+
+        # Build the scene while the workers start up: both take a few seconds.
+        print(f"making a {args.frames}-frame Cycles animation with {blender}")
+        try:
+            blend_path = make_scene(os.path.join(scratch, "demo.blend"), blender=blender, frames=args.frames)
+        except Exception as error:  # the scene builder runs Blender; any failure there ends the demo plainly
+            raise DemoError(f"could not make the demo scene: {error}") from error
+        wait_for_workers(client, workers, names, line)
+
+        stored = client.upload_blend(blend_path)
+        submitted_at = time.monotonic()
+        task = client.submit_task(
+            name="demo", blend_sha256=stored["sha256"], blend_filename=stored.get("filename", "demo.blend"),
+            frame_start=1, frame_end=args.frames, frame_step=1, priority=0, workers=[],
+            submitted_by="renderq demo", settings={},
+        )
+        task_id = task["task_id"]
+        print(f"submitted task {task_id}: frames 1-{args.frames}")
+
+        def problem() -> str | None:
+            if coordinator.exited() is not None:
+                return died(coordinator)
+            if all(worker.exited() is not None for worker in workers):
+                return died(workers[0])
+            return None
+
+        task = wait_for_task(client, task_id, line, poll_seconds=DEMO_POLL_SECONDS, still_running=problem)
+        finished_at = time.monotonic()
+        output = os.path.abspath(args.output)
+        paths, _ = download_done_frames(client, task, output, line)
+        print_times(task, submitted_at, finished_at, started_at)
+        status = report_outcome(task, output, paths)
+        if status != 0:
+            keep_scratch = True
+        return status
+    except KeyboardInterrupt:
+        line.finish()
+        print("renderq: demo interrupted; stopping the workers and the coordinator", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (DemoError, CoordinatorError) as error:
+        line.finish()
+        keep_scratch = True
+        print(f"renderq: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        # A second Ctrl-C must not leave children running halfway through shutdown; every wait here is bounded.
+        try:
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # not the main thread: signals cannot be changed, and cannot arrive here either
+            previous = None
+        try:
+            stop_all(workers, coordinator)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if keep_scratch:
+            print(f"kept the demo's scratch folder (coordinator data, worker folders, logs): {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,84 @@
+# Prepares a checkout to run RenderQ: the .venv with RenderQ and its test tools, and Blender.
+# Sourced by scripts/demo.sh and scripts/test.sh; can also be run on its own (bash scripts/setup.sh).
+# Safe to repeat, and quiet when everything is already there. On Debian it installs what is missing with apt-get
+# (as root, or through sudo).
+
+_renderq_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+_renderq_say() {
+    echo "setup: $*" >&2
+}
+
+# True when apt-get can run as root here (directly, or through sudo).
+_renderq_can_apt() {
+    command -v apt-get >/dev/null 2>&1 &&
+        { [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1; }
+}
+
+_renderq_apt() {
+    local prefix=()
+    [ "$(id -u)" -eq 0 ] || prefix=(sudo)
+    "${prefix[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@"
+}
+
+_renderq_apt_install() {
+    _renderq_can_apt || return 1
+    _renderq_say "installing $* with apt-get"
+    if [ -z "${_RENDERQ_APT_UPDATED:-}" ]; then
+        _renderq_apt update -qq >/dev/null || return 1
+        _RENDERQ_APT_UPDATED=1
+    fi
+    _renderq_apt install -y -qq "$@" >/dev/null
+}
+
+_renderq_python_ok() {
+    command -v python3 >/dev/null 2>&1 &&
+        python3 -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
+}
+
+_renderq_setup() {
+    local venv="$_renderq_root/.venv"
+    local stamp="$venv/.renderq-setup"
+
+    if [ ! -x "$venv/bin/python" ]; then
+        if ! _renderq_python_ok; then
+            _renderq_apt_install python3 python3-venv python3-pip || {
+                _renderq_say "RenderQ needs Python 3.11 or newer with its venv module (on Debian: python3 python3-venv)"
+                return 1
+            }
+            _renderq_python_ok || {
+                _renderq_say "python3 is older than 3.11 or lacks the venv module; install Python 3.11 or newer"
+                return 1
+            }
+        fi
+        _renderq_say "creating $venv"
+        python3 -m venv "$venv" || return 1
+    fi
+
+    # Reinstall only when pyproject.toml changed since the last successful install (or the install is broken).
+    local wanted
+    wanted="$(sha256sum "$_renderq_root/pyproject.toml" | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] ||
+        ! "$venv/bin/python" -c 'import renderq, coordinator, worker, flask, waitress, requests, pytest, PIL' >/dev/null 2>&1; then
+        _renderq_say "installing RenderQ and its test tools into $venv"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$_renderq_root[test]" || return 1
+        echo "$wanted" >"$stamp"
+    fi
+
+    if [ -n "${RENDERQ_BLENDER:-}" ]; then
+        if ! command -v "$RENDERQ_BLENDER" >/dev/null 2>&1; then
+            _renderq_say "RENDERQ_BLENDER is set to '$RENDERQ_BLENDER', which is not an executable file"
+            return 1
+        fi
+    elif ! command -v blender >/dev/null 2>&1; then
+        if ! _renderq_apt_install blender; then
+            _renderq_say "Blender was not found and could not be installed here. Install Blender 3.4 or newer" \
+                "(the 'blender' package of your distribution, or an official Blender release) so that 'blender'" \
+                "is on PATH, or set RENDERQ_BLENDER to any Blender binary."
+            return 1
+        fi
+    fi
+    return 0
+}
+
+_renderq_setup
