@@ -293,8 +293,7 @@ class Scheduler:
         rendering = counts.get("rendering", 0)
         leased = counts.get("leased", 0)
         queued = counts.get("queued", 0)
-        current = [f for f in self.store.current_frames() if f["task_id"] == task_id] if rendering + leased else []
-        names = {w["worker_id"]: w["name"] for w in self.store.list_workers()} if current else {}
+        current = self.store.current_frames(task_id=task_id) if rendering + leased else []
         workers_rendering = len({f["worker_id"] for f in current if f["status"] == "rendering"})
         frames_left = queued + leased + rendering if task["status"] in ("queued", "running") else 0
         estimate = eta.estimate_eta(
@@ -331,7 +330,7 @@ class Scheduler:
                 "eta_seconds": estimate,
                 "workers_rendering": workers_rendering,
                 "current": [
-                    {"worker": names.get(f["worker_id"], str(f["worker_id"])), "frame": f["frame"],
+                    {"worker": f["worker_name"], "frame": f["frame"],
                      "status": f["status"], "started_at": f["started_at"]}
                     for f in sorted(current, key=lambda f: f["frame"])
                 ],

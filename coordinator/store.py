@@ -204,15 +204,18 @@ class Store:
             if not enabled:
                 _requeue(db, "worker_id = ? AND status = 'leased'", (worker_id,))
 
-    def current_frames(self, worker_id: int | None = None) -> list[dict]:
-        """Frames now leased or rendering (of one worker, or of all), with their task's name."""
+    def current_frames(self, worker_id: int | None = None, task_id: int | None = None) -> list[dict]:
+        """Frames now leased or rendering (of one worker, one task, or all), with task and worker names."""
         sql = (
-            "SELECT f.task_id, f.frame, f.status, f.started_at, f.worker_id, t.name AS task_name FROM frames f "
-            "JOIN tasks t ON t.task_id = f.task_id WHERE f.status IN ('leased', 'rendering')"
+            "SELECT f.task_id, f.frame, f.status, f.started_at, f.worker_id, t.name AS task_name, "
+            "w.name AS worker_name FROM frames f JOIN tasks t ON t.task_id = f.task_id "
+            "LEFT JOIN workers w ON w.worker_id = f.worker_id WHERE f.status IN ('leased', 'rendering')"
         )
-        if worker_id is None:
-            return [dict(r) for r in self.read().execute(sql)]
-        return [dict(r) for r in self.read().execute(sql + " AND f.worker_id = ?", (worker_id,))]
+        if worker_id is not None:
+            return [dict(r) for r in self.read().execute(sql + " AND f.worker_id = ?", (worker_id,))]
+        if task_id is not None:
+            return [dict(r) for r in self.read().execute(sql + " AND f.task_id = ?", (task_id,))]
+        return [dict(r) for r in self.read().execute(sql)]
 
     # -- tasks ----------------------------------------------------------------------------------------------------
 

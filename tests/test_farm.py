@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 from PIL import Image
 
-from harness import Farm, find_blender_or_none, wait_for
+from harness import ROOT, Farm, find_blender_or_none, wait_for
 
 BLENDER = find_blender_or_none()
 pytestmark = pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)")
@@ -231,3 +234,55 @@ def test_worker_shutdown_gives_frames_back(farm, scenes):
     assert worker.wait(30) == 0
     progress = farm.api.task(task_id)["progress"]
     assert progress["queued"] == 2 and progress["rendering"] == 0 and progress["leased"] == 0
+
+
+def renderq(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real `renderq` command line in its own process."""
+    return subprocess.run([sys.executable, "-m", "renderq", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def test_command_line_submit_wait_status_logs_workers(farm, scenes, tmp_path):
+    blend = scenes("basic", frames=12)
+    farm.start_coordinator(*FAST)
+    farm.start_worker("a")
+    out = tmp_path / "frames"
+    # Submitted from another working directory with the scene's own range read by Blender (frames 1-12, step 4).
+    submitted = renderq("submit", blend, "--step", "4", "--name", "cli-shot", "--wait", "--output", str(out),
+                        "--coordinator", farm.url)
+    assert submitted.returncode == 0, submitted.stderr + submitted.stdout
+    assert "submitted task" in submitted.stdout
+    assert sorted(os.listdir(out)) == ["f_0001.png", "f_0005.png", "f_0009.png"]
+    status = renderq("status", "--coordinator", farm.url)
+    assert status.returncode == 0 and "cli-shot" in status.stdout and "done" in status.stdout
+    detail = renderq("status", "1", "--json", "--coordinator", farm.url)
+    assert json.loads(detail.stdout)["progress"]["done"] == 3
+    workers = renderq("workers", "--coordinator", farm.url)
+    assert workers.returncode == 0 and "a" in workers.stdout
+    logs = renderq("logs", "1", "--coordinator", farm.url)
+    assert logs.returncode == 0 and "[a]" in logs.stdout
+    missing = renderq("cancel", "999", "--coordinator", farm.url)
+    assert missing.returncode == 1 and "no task with id 999" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_demo_renders_every_frame_and_stops_everything(tmp_path):
+    before = set(blender_processes())
+    demo = renderq("demo", "--frames", "4", "--workers", "2", "--output", str(tmp_path / "demo"), timeout=600)
+    assert demo.returncode == 0, demo.stderr + demo.stdout
+    assert sorted(os.listdir(tmp_path / "demo")) == [f"f_{n:04d}.png" for n in range(1, 5)]
+    assert "wall time" in demo.stdout
+    assert set(blender_processes()) <= before
+
+
+def blender_processes() -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as handle:
+                    if "blender" in handle.read().lower():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found

@@ -231,3 +231,22 @@ def test_restart_extends_leases(tmp_path, clock):
     second.recover_after_restart()
     assert second.expire_leases() == 0
     assert second.heartbeat(a, [lease["lease_id"]])["revoked"] == []
+
+
+def test_worker_alive_until_timeout_and_shows_its_frame(scheduler, clock):
+    task_id = submit(scheduler, 1, 2)
+    a = register(scheduler, "a")
+    lease, _ = scheduler.claim(a)
+    scheduler.report(a, task_id, lease["frame"], lease["lease_id"], "rendering", started_at=5.0)
+    worker = scheduler.list_workers()[0]
+    assert worker["alive"] is True
+    assert worker["current"] == [{"task_id": task_id, "task_name": "shot", "frame": 1, "status": "rendering",
+                                  "started_at": 5.0}]
+    assert scheduler.task_detail(task_id)["progress"]["current"] == [
+        {"worker": "a", "frame": 1, "status": "rendering", "started_at": 5.0}]
+    clock.now += 14.9
+    assert scheduler.list_workers()[0]["alive"] is True
+    clock.now += 0.2
+    assert scheduler.list_workers()[0]["alive"] is False
+    assert scheduler.expire_leases() == 1  # its frame goes back to the queue
+    assert scheduler.task_detail(task_id)["progress"]["queued"] == 2
