@@ -35,7 +35,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     scheduler = Scheduler(store, policy)
     app.extensions["renderq.store"] = store
     app.extensions["renderq.scheduler"] = scheduler
-    app.extensions["renderq.blobs"] = BlobStore(os.path.join(config.data_dir, "files"))
+    app.extensions["renderq.blobs"] = BlobStore(os.path.join(config.data_dir, "files"),
+                                                        reserve_bytes=config.disk_reserve)
 
     from .api.files import files
     from .api.health import health

@@ -45,6 +45,26 @@ class BlobStore:
     def exists(self, sha256: str) -> bool:
         return is_sha256(sha256) and os.path.isfile(self.path(sha256))
 
+    def check_space(self, incoming_bytes: int) -> None:
+        """Refuse an upload that would leave less than the reserve free (InsufficientStorage, 507)."""
+        free = shutil.disk_usage(self.root).free
+        if free - incoming_bytes < self.reserve_bytes:
+            raise InsufficientStorage(
+                f"the coordinator's disk is nearly full ({free // (1024 * 1024)} MiB free, "
+                f"{self.reserve_bytes // (1024 * 1024)} MiB kept in reserve); free space or delete old tasks' files")
+
+    def delete(self, sha256: str) -> int:
+        """Remove a stored file; returns the bytes freed (0 if it was not there)."""
+        if not is_sha256(sha256):
+            return 0
+        path = self.path(sha256)
+        try:
+            size = os.path.getsize(path)
+            os.unlink(path)
+        except FileNotFoundError:
+            return 0
+        return size
+
     def put_stream(
         self,
         stream: BinaryIO,
@@ -57,8 +77,7 @@ class BlobStore:
 
         check_head gets the first bytes and returns an error sentence, or None when they are acceptable.
         """
-        if shutil.disk_usage(self.root).free < self.reserve_bytes:
-            raise InsufficientStorage("the coordinator's disk is nearly full; free space before uploading more")
+        self.check_space(0)
         temp_path = os.path.join(self.incoming, uuid.uuid4().hex)
         digest = hashlib.sha256()
         size = 0
@@ -79,6 +98,8 @@ class BlobStore:
                         raise PayloadTooLarge(f"the upload is larger than the coordinator's limit of {limit} bytes")
                     digest.update(chunk)
                     out.write(chunk)
+                    if size % (64 * CHUNK) < len(chunk):
+                        self.check_space(0)
                 if first and check_head is not None:
                     problem = check_head(b"")
                     if problem:

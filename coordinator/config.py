@@ -24,6 +24,8 @@ class Config:
     heartbeat_seconds: float = 2.0
     upload_limit: int = 4 * GIB
     max_attempts: int = 3
+    # Uploads are refused (507) once they would leave less than this free on the data dir's disk.
+    disk_reserve: int = 1 * GIB
     http_threads: int = 16
     # "full" fsyncs every commit so a power cut loses nothing acknowledged; "normal" survives kill -9 only.
     sqlite_sync: str = "full"
@@ -61,6 +63,8 @@ class Config:
             raise ValueError("max attempts must be at least 1")
         if self.upload_limit < 1024:
             raise ValueError("upload limit must be at least 1024 bytes")
+        if self.disk_reserve < 0:
+            raise ValueError("disk reserve must not be negative")
         if self.sqlite_sync not in ("full", "normal"):
             raise ValueError("sqlite sync must be 'full' or 'normal'")
 
@@ -69,7 +73,7 @@ def _parse(name: str, type_name: Any, raw: str) -> Any:
     kind = str(type_name)
     try:
         if kind == "int":
-            return parse_size(raw) if name == "upload_limit" else int(raw)
+            return parse_size(raw) if name in ("upload_limit", "disk_reserve") else int(raw)
         if kind == "float":
             return float(raw)
     except ValueError:

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from renderq.blend_header import key_to_version, version_key
+
 from . import eta
 from .errors import BadRequest, Conflict, NotFound
 from .store import Store
@@ -35,12 +37,21 @@ class Policy:
 
 
 @dataclasses.dataclass
+class TaskFile:
+    """One file of a task's packed tree."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclasses.dataclass
 class TaskSpec:
-    """A validated submission."""
+    """A validated submission: the main .blend inside a tree of files, and what to render of it."""
 
     name: str
-    blend_sha256: str
-    blend_filename: str
+    files: Sequence[TaskFile]
+    main_file: str
     frame_start: int
     frame_end: int
     frame_step: int = 1
@@ -48,6 +59,13 @@ class TaskSpec:
     workers: Sequence[str] = ()
     submitted_by: str = ""
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    blender_version: str = ""
+    blender_version_exact: bool = False
+    missing_assets: Sequence[str] = ()
+
+    @property
+    def main(self) -> TaskFile:
+        return next(f for f in self.files if f.path == self.main_file)
 
     def frame_numbers(self) -> range:
         return range(self.frame_start, self.frame_end + 1, self.frame_step)
@@ -64,7 +82,8 @@ class Scheduler:
     # -- workers --------------------------------------------------------------------------------------------------
 
     def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int) -> dict:
-        worker = self.store.upsert_worker(name, host, blender_version, cpu_count, self.clock())
+        worker = self.store.upsert_worker(name, host, blender_version, version_key(blender_version), cpu_count,
+                                          self.clock())
         return {
             "worker_id": worker["worker_id"],
             "name": worker["name"],
@@ -128,12 +147,18 @@ class Scheduler:
             "frame_end": spec.frame_end,
             "frame_step": spec.frame_step,
             "submitted_by": spec.submitted_by,
-            "blend_sha256": spec.blend_sha256,
-            "blend_filename": spec.blend_filename,
+            "blend_sha256": spec.main.sha256,
+            "blend_filename": spec.main_file.rsplit("/", 1)[-1],
+            "main_file": spec.main_file,
+            "blender_version": spec.blender_version,
+            "blender_version_key": version_key(spec.blender_version),
+            "blender_version_exact": spec.blender_version_exact,
+            "missing_assets": list(spec.missing_assets),
             "settings": spec.settings,
             "created_at": self.clock(),
         }
-        task_id = self.store.insert_task(task, list(frames), list(spec.workers))
+        files = [(f.path, f.sha256, f.size) for f in spec.files]
+        task_id = self.store.insert_task(task, list(frames), list(spec.workers), files)
         return self.task_detail(task_id, with_frames=False)
 
     def list_tasks(self, status: str | None = None) -> list[dict]:
@@ -154,6 +179,27 @@ class Scheduler:
         if not self.store.cancel_task(task_id, self.clock()):
             raise Conflict(f"task {task_id} has already ended ({task['status']})")
         return self.task_detail(task_id, with_frames=False)
+
+    def task_manifest(self, task_id: int) -> dict:
+        """The task's tree: its main file and every file's path, hash and size."""
+        task = self._task(task_id)
+        return {"task_id": task_id, "main_file": task["main_file"] or task["blend_filename"],
+                "files": self.store.task_files(task_id)}
+
+    def disk_usage(self) -> list[dict]:
+        """Bytes used by each task's files, largest first."""
+        usage = self.store.task_disk_bytes()
+        tasks = {t["task_id"]: t for t in self.store.list_tasks(limit=1_000_000)}
+        rows = [{"task_id": task_id, "name": tasks[task_id]["name"], "status": tasks[task_id]["status"],
+                 "bytes": size} for task_id, size in usage.items() if task_id in tasks]
+        return sorted(rows, key=lambda row: (-row["bytes"], row["task_id"]))
+
+    def forget_task_files(self, task_id: int) -> list[str]:
+        """Forget an ended task's inputs and frames; returns the hashes no other task uses."""
+        task = self._task(task_id)
+        if task["status"] in ("queued", "running"):
+            raise Conflict(f"task {task_id} is still {task['status']}; cancel it before deleting its files")
+        return self.store.forget_task_files(task_id, self.clock())
 
     def frame(self, task_id: int, frame: int) -> dict:
         self._task(task_id)
@@ -185,6 +231,9 @@ class Scheduler:
             "task_name": task["name"],
             "blend_sha256": task["blend_sha256"],
             "blend_filename": task["blend_filename"],
+            "main_file": task["main_file"] or task["blend_filename"],
+            "files_count": task["files_count"],
+            "blender_version": task["blender_version"],
             "settings": task["settings"],
         }, None
 
@@ -299,6 +348,9 @@ class Scheduler:
         estimate = eta.estimate_eta(
             self.store.recent_frame_seconds(task_id, self.policy.frame_time_window), frames_left, workers_rendering
         )
+        waiting_reason = None
+        if task["status"] in ("queued", "running") and queued and not (rendering + leased):
+            waiting_reason = self._waiting_reason(task)
         failed_frames = []
         if failed:
             failed_frames = [f["frame"] for f in self.store.frames_of(task_id) if f["status"] == "failed"]
@@ -314,6 +366,14 @@ class Scheduler:
             "submitted_by": task["submitted_by"],
             "blend_sha256": task["blend_sha256"],
             "blend_filename": task["blend_filename"],
+            "main_file": task["main_file"] or task["blend_filename"],
+            "blender_version": task["blender_version"] or None,
+            "blender_version_exact": bool(task["blender_version_exact"]),
+            "missing_assets": task["missing_assets"],
+            "files_count": task["files_count"],
+            "files_bytes": task["files_bytes"],
+            "files_deleted": task["files_deleted_at"] is not None,
+            "waiting_reason": waiting_reason,
             "settings": task["settings"],
             "created_at": task["created_at"],
             "started_at": task["started_at"],
@@ -337,6 +397,26 @@ class Scheduler:
             },
             "failed_frames": failed_frames,
         }
+
+    def _waiting_reason(self, task: dict) -> str | None:
+        """Why no worker takes the task's frames, when no live worker may render it; None when one could."""
+        now = self.clock()
+        workers = [w for w in self.store.list_workers()
+                   if w["enabled"] and now - w["last_seen"] < self.policy.alive_timeout]
+        if not workers:
+            return "waiting: no worker is alive and switched ON"
+        if task["workers"]:
+            workers = [w for w in workers if w["name"] in task["workers"]]
+            if not workers:
+                return f"waiting: none of its workers ({', '.join(task['workers'])}) is alive and switched ON"
+        needed = task["blender_version_key"]
+        if needed:
+            if task["blender_version_exact"]:
+                if not any(w["blender_version_key"] == needed for w in workers):
+                    return f"waiting: no worker with Blender {key_to_version(needed)}"
+            elif not any(w["blender_version_key"] >= needed for w in workers):
+                return f"waiting: no worker with Blender >= {key_to_version(needed)}"
+        return None
 
     @staticmethod
     def _describe_frame(frame: dict, names: dict[int, str]) -> dict:

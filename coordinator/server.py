@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(RENDERQ_MAX_ATTEMPTS, default 3)")
     parser.add_argument("--upload-limit", type=parse_size, help="largest accepted upload, e.g. 4G "
                         "(RENDERQ_UPLOAD_LIMIT, default 4G)")
+    parser.add_argument("--disk-reserve", type=parse_size, help="free space to keep on the data dir's disk; uploads "
+                        "that would eat into it get a 507 error (RENDERQ_DISK_RESERVE, default 1G)")
     parser.add_argument("--http-threads", type=int, help="threads serving HTTP requests (RENDERQ_HTTP_THREADS, default 16)")
 
 
@@ -42,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
     """Run the coordinator until interrupted. Returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     fields = ("host", "port", "data_dir", "public_url", "poll_interval", "frame_time_window", "alive_timeout",
-              "heartbeat_seconds", "max_attempts", "upload_limit", "http_threads")
+              "heartbeat_seconds", "max_attempts", "upload_limit", "disk_reserve", "http_threads")
     try:
         config = Config.from_env(**{name: getattr(args, name, None) for name in fields})
     except ValueError as error:

@@ -53,6 +53,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     log_size INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks(status, priority DESC, task_id);
+CREATE TABLE IF NOT EXISTS task_files (
+    task_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (task_id, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS task_files_by_hash ON task_files(sha256);
 CREATE TABLE IF NOT EXISTS task_workers (
     task_id INTEGER NOT NULL,
     worker_name TEXT NOT NULL,
@@ -81,6 +89,7 @@ CREATE INDEX IF NOT EXISTS frames_by_status ON frames(task_id, status, frame);
 CREATE INDEX IF NOT EXISTS frames_by_lease ON frames(lease_expires) WHERE status IN ('leased', 'rendering');
 CREATE INDEX IF NOT EXISTS frames_by_worker ON frames(worker_id) WHERE status IN ('leased', 'rendering');
 CREATE INDEX IF NOT EXISTS frames_by_end ON frames(task_id, ended_at) WHERE status = 'done';
+CREATE INDEX IF NOT EXISTS frames_by_output ON frames(output_sha256) WHERE output_sha256 IS NOT NULL;
 CREATE TABLE IF NOT EXISTS frame_failures (
     task_id INTEGER NOT NULL,
     frame INTEGER NOT NULL,
@@ -98,6 +107,23 @@ CREATE TABLE IF NOT EXISTS logs (
 ) WITHOUT ROWID;
 """
 
+# Columns added after the first release; a data dir from an older coordinator gets them on start.
+ADDED_COLUMNS = {
+    "tasks": {
+        "main_file": "TEXT NOT NULL DEFAULT ''",
+        "blender_version": "TEXT NOT NULL DEFAULT ''",
+        "blender_version_key": "INTEGER NOT NULL DEFAULT 0",
+        "blender_version_exact": "INTEGER NOT NULL DEFAULT 0",
+        "missing_assets": "TEXT NOT NULL DEFAULT '[]'",
+        "files_count": "INTEGER NOT NULL DEFAULT 0",
+        "files_bytes": "INTEGER NOT NULL DEFAULT 0",
+        "files_deleted_at": "REAL",
+    },
+    "workers": {
+        "blender_version_key": "INTEGER NOT NULL DEFAULT 0",
+    },
+}
+
 FRAME_COLUMNS = (
     "task_id, frame, status, worker_id, lease_id, lease_expires, attempts, failures, started_at, ended_at, "
     "render_seconds, output, output_sha256, output_size, error, log_tail"
@@ -112,7 +138,13 @@ class Store:
         self.synchronous = synchronous.upper()
         self._local = threading.local()
         # executescript manages its own transaction, so the schema is not created inside transaction().
-        self._connection().executescript(SCHEMA)
+        db = self._connection()
+        db.executescript(SCHEMA)
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+            for column, declaration in columns.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
@@ -152,22 +184,23 @@ class Store:
 
     # -- workers --------------------------------------------------------------------------------------------------
 
-    def upsert_worker(self, name: str, host: str, blender_version: str, cpu_count: int, now: float) -> dict:
+    def upsert_worker(self, name: str, host: str, blender_version: str, version_key: int, cpu_count: int,
+                      now: float) -> dict:
         """Register a worker by name. A returning name keeps its id; frames it still held are requeued."""
         with self.transaction() as db:
             row = db.execute("SELECT worker_id FROM workers WHERE name = ?", (name,)).fetchone()
             if row is None:
                 worker_id = db.execute(
-                    "INSERT INTO workers (name, host, blender_version, cpu_count, registered_at, last_seen) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, host, blender_version, cpu_count, now, now),
+                    "INSERT INTO workers (name, host, blender_version, blender_version_key, cpu_count, "
+                    "registered_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (name, host, blender_version, version_key, cpu_count, now, now),
                 ).lastrowid
             else:
                 worker_id = row["worker_id"]
                 db.execute(
-                    "UPDATE workers SET host = ?, blender_version = ?, cpu_count = ?, registered_at = ?, "
-                    "last_seen = ? WHERE worker_id = ?",
-                    (host, blender_version, cpu_count, now, now, worker_id),
+                    "UPDATE workers SET host = ?, blender_version = ?, blender_version_key = ?, cpu_count = ?, "
+                    "registered_at = ?, last_seen = ? WHERE worker_id = ?",
+                    (host, blender_version, version_key, cpu_count, now, now, worker_id),
                 )
                 _requeue(db, "worker_id = ? AND status IN ('leased', 'rendering')", (worker_id,))
             return dict(db.execute("SELECT * FROM workers WHERE worker_id = ?", (worker_id,)).fetchone())
@@ -219,17 +252,26 @@ class Store:
 
     # -- tasks ----------------------------------------------------------------------------------------------------
 
-    def insert_task(self, task: dict, frame_numbers: Sequence[int], worker_names: Sequence[str]) -> int:
-        """Store a task and all its frames at once: a task is either fully queued or absent."""
+    def insert_task(self, task: dict, frame_numbers: Sequence[int], worker_names: Sequence[str],
+                    files: Sequence[tuple[str, str, int]]) -> int:
+        """Store a task, its files (path, sha256, size) and all its frames at once: fully queued or absent."""
         with self.transaction() as db:
             task_id = db.execute(
                 "INSERT INTO tasks (name, priority, frame_start, frame_end, frame_step, frames_total, manual, "
-                "submitted_by, blend_sha256, blend_filename, settings, created_at) "
+                "submitted_by, blend_sha256, blend_filename, settings, created_at, main_file, blender_version, "
+                "blender_version_key, blender_version_exact, missing_assets, files_count, files_bytes) "
                 "VALUES (:name, :priority, :frame_start, :frame_end, :frame_step, :frames_total, :manual, "
-                ":submitted_by, :blend_sha256, :blend_filename, :settings, :created_at)",
+                ":submitted_by, :blend_sha256, :blend_filename, :settings, :created_at, :main_file, "
+                ":blender_version, :blender_version_key, :blender_version_exact, :missing_assets, :files_count, "
+                ":files_bytes)",
                 {**task, "frames_total": len(frame_numbers), "manual": int(bool(worker_names)),
-                 "settings": json.dumps(task.get("settings") or {})},
+                 "settings": json.dumps(task.get("settings") or {}),
+                 "missing_assets": json.dumps(list(task.get("missing_assets") or [])),
+                 "blender_version_exact": int(bool(task.get("blender_version_exact"))),
+                 "files_count": len(files), "files_bytes": sum(size for _, _, size in files)},
             ).lastrowid
+            db.executemany("INSERT INTO task_files (task_id, path, sha256, size) VALUES (?, ?, ?, ?)",
+                           ((task_id, path, sha256, size) for path, sha256, size in files))
             db.executemany("INSERT INTO frames (task_id, frame) VALUES (?, ?)", ((task_id, n) for n in frame_numbers))
             db.executemany(
                 "INSERT OR IGNORE INTO task_workers (task_id, worker_name) VALUES (?, ?)",
@@ -318,9 +360,12 @@ class Store:
                 "SELECT t.task_id FROM tasks t WHERE t.status IN ('queued', 'running') "
                 "AND (t.manual = 0 OR EXISTS (SELECT 1 FROM task_workers w WHERE w.task_id = t.task_id "
                 "AND w.worker_name = :name)) "
+                "AND (t.blender_version_key = 0 OR t.blender_version_key = :version "
+                "OR (t.blender_version_exact = 0 AND t.blender_version_key < :version)) "
                 "AND EXISTS (SELECT 1 FROM frames f WHERE f.task_id = t.task_id AND f.status = 'queued') "
                 "ORDER BY t.priority DESC, (t.task_id = :prefer) DESC, t.task_id ASC LIMIT 1",
-                {"name": worker["name"], "prefer": prefer_task_id if prefer_task_id is not None else -1},
+                {"name": worker["name"], "prefer": prefer_task_id if prefer_task_id is not None else -1,
+                 "version": worker["blender_version_key"]},
             ).fetchone()
             if tasks is None:
                 return None
@@ -447,6 +492,41 @@ class Store:
                 (lease_expires,),
             )
 
+    # -- files ----------------------------------------------------------------------------------------------------
+
+    def task_files(self, task_id: int) -> list[dict]:
+        return [dict(r) for r in self.read().execute(
+            "SELECT path, sha256, size FROM task_files WHERE task_id = ? ORDER BY path", (task_id,))]
+
+    def task_disk_bytes(self) -> dict[int, int]:
+        """Bytes each task's inputs and rendered frames take (a file shared by two tasks counts for both)."""
+        usage: dict[int, int] = {}
+        db = self.read()
+        for row in db.execute("SELECT task_id, sum(size) AS n FROM task_files GROUP BY task_id"):
+            usage[row["task_id"]] = row["n"] or 0
+        for row in db.execute("SELECT task_id, sum(output_size) AS n FROM frames WHERE output_sha256 IS NOT NULL "
+                              "GROUP BY task_id"):
+            usage[row["task_id"]] = usage.get(row["task_id"], 0) + (row["n"] or 0)
+        return usage
+
+    def forget_task_files(self, task_id: int, now: float) -> list[str]:
+        """Drop an ended task's file records; returns the hashes no other task still uses (safe to delete)."""
+        with self.transaction() as db:
+            hashes = {r["sha256"] for r in db.execute("SELECT sha256 FROM task_files WHERE task_id = ?", (task_id,))}
+            hashes |= {r["output_sha256"] for r in db.execute(
+                "SELECT output_sha256 FROM frames WHERE task_id = ? AND output_sha256 IS NOT NULL", (task_id,))}
+            db.execute("DELETE FROM task_files WHERE task_id = ?", (task_id,))
+            db.execute("UPDATE frames SET output_sha256 = NULL, output_size = NULL WHERE task_id = ?", (task_id,))
+            db.execute("UPDATE tasks SET files_deleted_at = ? WHERE task_id = ?", (now, task_id))
+            unused = []
+            for sha256 in sorted(hashes):
+                used = db.execute(
+                    "SELECT 1 FROM task_files WHERE sha256 = ? UNION ALL "
+                    "SELECT 1 FROM frames WHERE output_sha256 = ? LIMIT 1", (sha256, sha256)).fetchone()
+                if used is None:
+                    unused.append(sha256)
+            return unused
+
     # -- logs -----------------------------------------------------------------------------------------------------
 
     def append_log(self, task_id: int, text: str) -> int:
@@ -504,6 +584,7 @@ def _finish_task_if_complete(db: sqlite3.Connection, task_id: int, now: float) -
 def _task_row(db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
     task = dict(row)
     task["settings"] = json.loads(task["settings"] or "{}")
+    task["missing_assets"] = json.loads(task.get("missing_assets") or "[]")
     task["workers"] = [
         r["worker_name"]
         for r in db.execute("SELECT worker_name FROM task_workers WHERE task_id = ? ORDER BY worker_name",

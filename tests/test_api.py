@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from coordinator.config import Config
@@ -56,3 +58,110 @@ def test_tasks_filter_and_newest_first(client):
     assert [t["task_id"] for t in client.get("/tasks").json["tasks"]] == ids[::-1]
     assert [t["task_id"] for t in client.get("/tasks?status=canceled").json["tasks"]] == [ids[0]]
     assert client.get("/tasks?status=bogus").status_code == 400
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+TEXTURE = b"\x89PNG fake texture bytes"
+
+
+def _upload_tree(client, files: dict[str, bytes]) -> list[dict]:
+    manifest = [{"path": path, "sha256": _sha(data), "size": len(data)} for path, data in files.items()]
+    missing = client.post("/missing_files", json={"sha256": [m["sha256"] for m in manifest]}).json["missing"]
+    for entry in manifest:
+        if entry["sha256"] in missing:
+            data = files[entry["path"]]
+            assert client.post(f"/upload_file?sha256={entry['sha256']}", data=data).status_code == 200
+    return manifest
+
+
+def test_content_addressed_upload_only_missing_and_verified(client, app):
+    manifest = _upload_tree(client, {"project/main.blend": BLEND, "project/textures/wood.png": TEXTURE})
+    hashes = [m["sha256"] for m in manifest]
+    assert client.post("/missing_files", json={"sha256": hashes}).json == {"missing": []}
+    changed = TEXTURE + b"!"
+    assert client.post("/missing_files", json={"sha256": hashes + [_sha(changed)]}).json == {
+        "missing": [_sha(changed)]}
+    # Bytes that do not match their announced hash are refused and nothing is stored.
+    files_dir = app.extensions["renderq.blobs"].root
+    before = sorted(os.walk(files_dir))
+    answer = client.post(f"/upload_file?sha256={_sha(changed)}", data=b"corrupted in transit")
+    assert answer.status_code == 400 and "SHA-256" in answer.json["error"]
+    assert sorted(os.walk(files_dir)) == before
+    assert client.post("/missing_files", json={"sha256": [_sha(changed)]}).json == {"missing": [_sha(changed)]}
+
+
+def test_submit_a_tree_and_read_its_manifest_and_version(client):
+    manifest = _upload_tree(client, {"project/main.blend": BLEND, "project/textures/wood.png": TEXTURE})
+    task = client.post("/submit_task", json={"manifest": manifest, "main_file": "project/main.blend",
+                                             "frame_start": 1, "frame_end": 2, "missing_assets": ["//lost.png"]})
+    assert task.status_code == 201, task.json
+    task = task.json
+    assert (task["name"], task["main_file"], task["blender_version"], task["files_count"]) == (
+        "main", "project/main.blend", "3.4", 2)
+    assert task["missing_assets"] == ["//lost.png"]
+    tree = client.get(f"/task_manifest?task_id={task['task_id']}").json
+    assert tree["main_file"] == "project/main.blend"
+    assert {f["path"] for f in tree["files"]} == {"project/main.blend", "project/textures/wood.png"}
+
+
+@pytest.mark.parametrize("path", ["../x.png", "/etc/passwd", "a/../../x", "a\\b.png", "a//b", "./a", "C:/x", ""])
+def test_manifest_paths_must_stay_inside_the_tree(client, path):
+    manifest = _upload_tree(client, {"main.blend": BLEND})
+    manifest.append({"path": path, "sha256": manifest[0]["sha256"], "size": len(BLEND)})
+    answer = client.post("/submit_task", json={"manifest": manifest, "main_file": "main.blend", "frame_start": 1,
+                                               "frame_end": 1})
+    assert answer.status_code == 400, answer.json
+    assert client.get("/tasks").json["tasks"] == []
+
+
+def test_manifest_must_be_uploaded_and_main_file_a_blend(client):
+    manifest = _upload_tree(client, {"main.blend": BLEND, "tex.png": TEXTURE})
+    lacking = manifest + [{"path": "other.png", "sha256": "e" * 64, "size": 3}]
+    assert client.post("/submit_task", json={"manifest": lacking, "main_file": "main.blend", "frame_start": 1,
+                                             "frame_end": 1}).status_code == 400
+    assert client.post("/submit_task", json={"manifest": manifest, "main_file": "tex.png", "frame_start": 1,
+                                             "frame_end": 1}).status_code == 400
+    wrong_size = [dict(manifest[0], size=1), manifest[1]]
+    assert client.post("/submit_task", json={"manifest": wrong_size, "main_file": "main.blend", "frame_start": 1,
+                                             "frame_end": 1}).status_code == 400
+
+
+def test_disk_usage_zip_and_delete(client, app):
+    import io
+    import zipfile
+
+    manifest = _upload_tree(client, {"main.blend": BLEND})
+    task_id = client.post("/submit_task", json={"manifest": manifest, "main_file": "main.blend", "frame_start": 1,
+                                                "frame_end": 1}).json["task_id"]
+    worker_id = client.post("/register_worker", json={"name": "w", "blender_version": "3.4.1"}).json["worker_id"]
+    lease = client.get(f"/get_task?worker_id={worker_id}").json["frame"]
+    assert lease["main_file"] == "main.blend" and lease["files_count"] == 1
+    client.post(f"/upload_frame?worker_id={worker_id}&task_id={task_id}&frame=1&lease_id={lease['lease_id']}"
+                f"&filename=f_0001.png", data=b"rendered pixels")
+    client.post("/update_task", json={"worker_id": worker_id, "task_id": task_id, "frame": 1,
+                                      "lease_id": lease["lease_id"], "status": "done", "render_seconds": 1.0})
+    usage = client.get("/disk_usage").json
+    assert usage["tasks"] == [{"task_id": task_id, "name": "main", "status": "done",
+                               "bytes": len(BLEND) + len(b"rendered pixels")}]
+    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/download_frames_zip?task_id={task_id}").data))
+    assert archive.namelist() == ["f_0001.png"] and archive.read("f_0001.png") == b"rendered pixels"
+    deleted = client.post("/delete_task_files", json={"task_id": task_id}).json
+    assert deleted == {"task_id": task_id, "files_deleted": 2, "bytes_freed": len(BLEND) + 15}
+    assert client.get(f"/download_frame?task_id={task_id}&frame=1").status_code == 404
+    assert client.post("/missing_files", json={"sha256": [manifest[0]["sha256"]]}).json["missing"]
+
+
+def test_uploads_refused_with_507_before_the_disk_is_full(tmp_path):
+    from coordinator.app import create_app
+
+    app = create_app(Config(data_dir=str(tmp_path / "data"), disk_reserve=2**60))
+    client = app.test_client()
+    answer = client.post(f"/upload_file?sha256={_sha(TEXTURE)}", data=TEXTURE)
+    assert answer.status_code == 507 and "disk" in answer.json["error"]
+    assert client.post("/upload_blend?filename=a.blend", data=BLEND).status_code == 507
+    assert not any(files for _, _, files in os.walk(tmp_path / "data" / "files"))

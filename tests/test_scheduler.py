@@ -6,7 +6,7 @@ import pytest
 
 from coordinator.errors import Conflict, NotFound
 from coordinator.eta import estimate_eta
-from coordinator.scheduler import Policy, Scheduler, TaskSpec
+from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec
 from coordinator.store import Store
 
 SHA = "a" * 64
@@ -31,13 +31,13 @@ def scheduler(tmp_path, clock):
 
 
 def submit(scheduler: Scheduler, start=1, end=4, **fields) -> int:
-    spec = TaskSpec(name=fields.pop("name", "shot"), blend_sha256=SHA, blend_filename="shot.blend",
-                    frame_start=start, frame_end=end, **fields)
+    spec = TaskSpec(name=fields.pop("name", "shot"), files=[TaskFile("shot.blend", SHA, 100)],
+                    main_file="shot.blend", frame_start=start, frame_end=end, **fields)
     return scheduler.submit_task(spec)["task_id"]
 
 
-def register(scheduler: Scheduler, name: str) -> int:
-    return scheduler.register_worker(name, "host", "3.4.1", 2)["worker_id"]
+def register(scheduler: Scheduler, name: str, blender_version: str = "3.4.1") -> int:
+    return scheduler.register_worker(name, "host", blender_version, 2)["worker_id"]
 
 
 def finish(scheduler: Scheduler, worker_id: int, lease: dict, seconds: float = 2.0) -> dict:
@@ -250,3 +250,42 @@ def test_worker_alive_until_timeout_and_shows_its_frame(scheduler, clock):
     assert scheduler.list_workers()[0]["alive"] is False
     assert scheduler.expire_leases() == 1  # its frame goes back to the queue
     assert scheduler.task_detail(task_id)["progress"]["queued"] == 2
+
+
+def test_frames_go_only_to_workers_with_the_same_or_newer_blender(scheduler):
+    task_id = submit(scheduler, 1, 2, blender_version="4.2")
+    old, new = register(scheduler, "old", "3.4.1"), register(scheduler, "new", "4.5.0")
+    assert scheduler.claim(old)[0] is None
+    assert scheduler.claim(new)[0]["task_id"] == task_id
+
+
+def test_exact_version_match(scheduler):
+    task_id = submit(scheduler, 1, 1, blender_version="3.4", blender_version_exact=True)
+    newer, same = register(scheduler, "newer", "4.2.0"), register(scheduler, "same", "3.4.1")
+    assert scheduler.claim(newer)[0] is None
+    assert scheduler.claim(same)[0]["task_id"] == task_id
+
+
+def test_waiting_reason_names_the_missing_blender(scheduler, clock):
+    task_id = submit(scheduler, 1, 1, blender_version="4.2")
+    assert scheduler.task_detail(task_id)["waiting_reason"] == "waiting: no worker is alive and switched ON"
+    register(scheduler, "old", "3.4.1")
+    assert scheduler.task_detail(task_id)["waiting_reason"] == "waiting: no worker with Blender >= 4.2"
+    exact = submit(scheduler, 1, 1, blender_version="3.3", blender_version_exact=True)
+    assert scheduler.task_detail(exact)["waiting_reason"] == "waiting: no worker with Blender 3.3"
+    pinned = submit(scheduler, 1, 1, workers=["ghost"])
+    assert "ghost" in scheduler.task_detail(pinned)["waiting_reason"]
+    register(scheduler, "new", "4.2.3")
+    assert scheduler.task_detail(task_id)["waiting_reason"] is None
+
+
+def test_forget_files_keeps_hashes_other_tasks_use(scheduler):
+    first = submit(scheduler, 1, 1)
+    second = submit(scheduler, 1, 1)
+    with pytest.raises(Conflict):
+        scheduler.forget_task_files(first)
+    scheduler.cancel_task(first)
+    assert scheduler.forget_task_files(first) == []  # the .blend is still used by the second task
+    scheduler.cancel_task(second)
+    assert scheduler.forget_task_files(second) == [SHA]
+    assert scheduler.task_detail(second)["files_deleted"] is True

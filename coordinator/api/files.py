@@ -1,10 +1,13 @@
-"""Blob endpoints: upload a .blend, download any stored file by its hash."""
+"""File endpoints: content-addressed uploads and downloads, task trees, frame zips and disk hygiene."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request, send_file
+import shutil
+
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from ..blobs import is_sha256, looks_like_blend
+from ..zipstream import stream_zip
 from ..errors import BadRequest, NotFound, PayloadTooLarge
 from . import validation as v
 
@@ -25,6 +28,7 @@ def upload_blend():
     limit = current_app.config["RENDERQ"].upload_limit
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the file is larger than the coordinator's upload limit of {limit} bytes")
+    current_app.extensions["renderq.blobs"].check_space(request.content_length or 0)
     sha256, size = current_app.extensions["renderq.blobs"].put_stream(
         request.stream, limit=limit, check_head=_check_blend_head
     )
@@ -40,3 +44,66 @@ def download_file():
     if not blobs.exists(sha256):
         raise NotFound(f"no stored file has SHA-256 {sha256}")
     return send_file(blobs.path(sha256), mimetype="application/octet-stream", max_age=0)
+
+
+@files.post("/missing_files")
+def missing_files():
+    body = v.json_body()
+    hashes = body.get("sha256")
+    if not isinstance(hashes, list) or len(hashes) > 100_000 or not all(isinstance(h, str) and is_sha256(h)
+                                                                         for h in hashes):
+        raise BadRequest("'sha256' must be a list of SHA-256 hashes in lowercase hex")
+    blobs = current_app.extensions["renderq.blobs"]
+    return jsonify({"missing": sorted({h for h in hashes if not blobs.exists(h)})})
+
+
+@files.post("/upload_file")
+def upload_file():
+    sha256 = request.args.get("sha256", "")
+    if not is_sha256(sha256):
+        raise BadRequest("'sha256' must be the file's SHA-256 in lowercase hex")
+    limit = current_app.config["RENDERQ"].upload_limit
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the file is larger than the coordinator's upload limit of {limit} bytes")
+    blobs = current_app.extensions["renderq.blobs"]
+    blobs.check_space(request.content_length or 0)
+    stored, size = blobs.put_stream(request.stream, limit=limit, expected_sha256=sha256)
+    return jsonify({"sha256": stored, "size": size})
+
+
+@files.get("/task_manifest")
+def task_manifest():
+    return jsonify(current_app.extensions["renderq.scheduler"].task_manifest(
+        v.integer(request.args, "task_id", minimum=1)))
+
+
+@files.get("/download_frames_zip")
+def download_frames_zip():
+    task_id = v.integer(request.args, "task_id", minimum=1)
+    task = current_app.extensions["renderq.scheduler"].task_detail(task_id)
+    blobs = current_app.extensions["renderq.blobs"]
+    entries = [(f["output"], blobs.path(f["output_sha256"])) for f in task["frames"]
+               if f["status"] == "done" and f["output_sha256"] and blobs.exists(f["output_sha256"])]
+    if not entries:
+        raise NotFound(f"task {task_id} has no rendered frames to download")
+    name = f"{task['name']}-frames.zip"
+    return Response(stream_zip(entries), mimetype="application/zip",
+                    headers={"Content-Disposition": f"attachment; filename=\"{name}\""})
+
+
+@files.get("/disk_usage")
+def disk_usage():
+    blobs = current_app.extensions["renderq.blobs"]
+    total, _, free = shutil.disk_usage(blobs.root)
+    return jsonify({"total": total, "free": free, "reserve": blobs.reserve_bytes,
+                    "tasks": current_app.extensions["renderq.scheduler"].disk_usage()})
+
+
+@files.post("/delete_task_files")
+def delete_task_files():
+    body = v.json_body()
+    task_id = v.integer(body, "task_id", minimum=1)
+    unused = current_app.extensions["renderq.scheduler"].forget_task_files(task_id)
+    blobs = current_app.extensions["renderq.blobs"]
+    freed = sum(blobs.delete(sha256) for sha256 in unused)
+    return jsonify({"task_id": task_id, "files_deleted": len(unused), "bytes_freed": freed})

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, current_app, jsonify, request, send_file
 
-from ..blobs import is_sha256
+from renderq.blend_header import read_blend_version, version_key
+
+from ..blobs import is_sha256, looks_like_blend
 from ..errors import BadRequest, NotFound, PayloadTooLarge
-from ..scheduler import TaskSpec
+from ..scheduler import TaskFile, TaskSpec
 from . import validation as v
 
 tasks = Blueprint("tasks", __name__)
@@ -23,11 +27,7 @@ def _blobs():
 @tasks.post("/submit_task")
 def submit_task():
     body = v.json_body()
-    blend_sha256 = v.text(body, "blend_sha256", max_length=64)
-    if not is_sha256(blend_sha256):
-        raise BadRequest("'blend_sha256' must be a SHA-256 in lowercase hex")
-    if not _blobs().exists(blend_sha256):
-        raise BadRequest(f"no uploaded .blend has SHA-256 {blend_sha256}; upload it with /upload_blend first")
+    files, main_file = _task_files(body)
     frame_start = v.integer(body, "frame_start", minimum=-1_048_574, maximum=1_048_574)
     frame_end = v.integer(body, "frame_end", minimum=-1_048_574, maximum=1_048_574)
     frame_step = v.integer(body, "frame_step", default=1, minimum=1, maximum=1_048_574)
@@ -41,11 +41,20 @@ def submit_task():
     settings = body.get("settings") or {}
     if not isinstance(settings, dict):
         raise BadRequest("'settings' must be a JSON object")
-    blend_filename = v.name(body, "blend_filename", default="scene.blend")
+    missing_assets = body.get("missing_assets") or []
+    if not isinstance(missing_assets, list) or not all(isinstance(m, str) and len(m) < 4096
+                                                       for m in missing_assets) or len(missing_assets) > 100_000:
+        raise BadRequest("'missing_assets' must be a list of paths (strings)")
+    blender_version = v.text(body, "blender_version", default="", max_length=20)
+    if blender_version and not version_key(blender_version):
+        raise BadRequest(f"'blender_version' must look like 4.2, not {blender_version!r}")
+    if not blender_version:
+        blender_version = _version_of(files[main_file].sha256)
+    exact = v.boolean(body, "blender_version_exact") if "blender_version_exact" in body else False
     spec = TaskSpec(
-        name=v.name(body, "name", default=blend_filename.removesuffix(".blend")),
-        blend_sha256=blend_sha256,
-        blend_filename=blend_filename,
+        name=v.name(body, "name", default=main_file.rsplit("/", 1)[-1].removesuffix(".blend")),
+        files=list(files.values()),
+        main_file=main_file,
         frame_start=frame_start,
         frame_end=frame_end,
         frame_step=frame_step,
@@ -53,8 +62,75 @@ def submit_task():
         workers=sorted(set(workers)),
         submitted_by=v.text(body, "submitted_by", default="", max_length=200),
         settings=settings,
+        blender_version=blender_version,
+        blender_version_exact=exact,
+        missing_assets=missing_assets,
     )
     return jsonify(_scheduler().submit_task(spec)), 201
+
+
+def _task_files(body: dict) -> tuple[dict[str, TaskFile], str]:
+    """The task's tree from `manifest` + `main_file`, or the one-file tree of `blend_sha256`; all uploaded."""
+    blobs = _blobs()
+    if body.get("manifest") is not None:
+        manifest = body["manifest"]
+        if not isinstance(manifest, list) or not manifest or len(manifest) > 100_000:
+            raise BadRequest("'manifest' must be a non-empty list of {path, sha256, size}")
+        files: dict[str, TaskFile] = {}
+        for entry in manifest:
+            if not isinstance(entry, dict):
+                raise BadRequest("each manifest entry must be an object with path, sha256 and size")
+            path = check_relative_path(v.text(entry, "path", max_length=4096))
+            sha256 = v.text(entry, "sha256", max_length=64)
+            if not is_sha256(sha256):
+                raise BadRequest(f"the manifest entry {path!r} has no valid SHA-256")
+            size = v.integer(entry, "size", minimum=0)
+            if path in files:
+                raise BadRequest(f"the manifest lists {path!r} twice")
+            files[path] = TaskFile(path, sha256, size)
+        main_file = check_relative_path(v.text(body, "main_file", max_length=4096))
+        if main_file not in files or not main_file.lower().endswith(".blend"):
+            raise BadRequest(f"'main_file' must be a .blend listed in the manifest, not {main_file!r}")
+    else:
+        sha256 = v.text(body, "blend_sha256", max_length=64)
+        if not is_sha256(sha256):
+            raise BadRequest("'blend_sha256' must be a SHA-256 in lowercase hex")
+        main_file = v.name(body, "blend_filename", default="scene.blend")
+        size = os.path.getsize(blobs.path(sha256)) if blobs.exists(sha256) else 0
+        files = {main_file: TaskFile(main_file, sha256, size)}
+    lacking = sorted({f.sha256 for f in files.values() if not blobs.exists(f.sha256)})
+    if lacking:
+        raise BadRequest(f"{len(lacking)} file(s) of the task are not uploaded yet (first: {lacking[0]}); "
+                         "ask /missing_files and upload them first")
+    for entry in files.values():
+        actual = os.path.getsize(blobs.path(entry.sha256))
+        if actual != entry.size:
+            raise BadRequest(f"the manifest says {entry.path!r} has {entry.size} bytes, but its file has {actual}")
+    if not looks_like_blend(_head(blobs.path(files[main_file].sha256))):
+        raise BadRequest(f"the main file {main_file!r} is not a .blend file")
+    return files, main_file
+
+
+def check_relative_path(path: str) -> str:
+    """A relative POSIX path that stays inside its tree."""
+    parts = path.split("/")
+    if (not path or path.startswith("/") or "\\" in path or "\0" in path or any(p in ("", ".", "..") for p in parts)
+            or any(ord(c) < 32 for c in path) or (len(parts[0]) >= 2 and parts[0][1] == ":")):
+        raise BadRequest(f"{path!r} is not a safe relative path (no '..', no absolute paths, '/' separators)")
+    return path
+
+
+def _head(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(64)
+
+
+def _version_of(sha256: str) -> str:
+    """The Blender version in the stored .blend's header; '' when it cannot be read (no version rule then)."""
+    try:
+        return read_blend_version(_blobs().path(sha256))
+    except ValueError:
+        return ""
 
 
 @tasks.route("/get_task", methods=["GET", "POST"])
@@ -125,6 +201,8 @@ def download_frame():
     task_id = v.integer(request.args, "task_id", minimum=1)
     number = v.integer(request.args, "frame")
     frame = _scheduler().frame(task_id, number)
+    if frame["status"] == "done" and not frame["output_sha256"]:
+        raise NotFound(f"the files of task {task_id} were deleted")
     if frame["status"] != "done" or not frame["output_sha256"]:
         raise NotFound(f"frame {number} of task {task_id} is not rendered yet ({frame['status']})")
     return send_file(_blobs().path(frame["output_sha256"]), as_attachment=True, download_name=frame["output"],

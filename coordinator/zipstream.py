@@ -1,0 +1,41 @@
+"""Stream a zip of stored files without building it in memory or on disk."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterable, Iterator
+
+CHUNK = 1024 * 1024
+
+
+class _Spout(io.RawIOBase):
+    """A write-only, unseekable sink: zipfile then writes data descriptors, and we hand out what it wrote."""
+
+    def __init__(self) -> None:
+        self.pending: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.pending.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> bytes:
+        chunk = b"".join(self.pending)
+        self.pending.clear()
+        return chunk
+
+
+def stream_zip(entries: Iterable[tuple[str, str]]) -> Iterator[bytes]:
+    """Yield a zip archive of (name in archive, path on disk); images are stored, not recompressed."""
+    spout = _Spout()
+    with zipfile.ZipFile(spout, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, path in entries:
+            with archive.open(zipfile.ZipInfo(name), "w", force_zip64=True) as member, open(path, "rb") as source:
+                while chunk := source.read(CHUNK):
+                    member.write(chunk)
+                    yield spout.drain()
+            yield spout.drain()
+    yield spout.drain()
