@@ -20,6 +20,16 @@ from worker.log_shipper import LogShipper
 
 BLEND_BYTES = b"BLENDER-v304" + b"\x01" * 100
 BLEND_SHA = hashlib.sha256(BLEND_BYTES).hexdigest()
+TEXTURE_BYTES = b"PNG texture"
+TEXTURE_SHA = hashlib.sha256(TEXTURE_BYTES).hexdigest()
+HDRI_BYTES = b"EXR light" * 10
+HDRI_SHA = hashlib.sha256(HDRI_BYTES).hexdigest()
+# A packed project: the main file, a texture next to it, and a file from outside the project's folder.
+TREE = {
+    "project/main.blend": BLEND_BYTES,
+    "project/textures/wood.png": TEXTURE_BYTES,
+    "_outside_project/home/anna/sky.exr": HDRI_BYTES,
+}
 
 
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
@@ -47,6 +57,19 @@ def frame_info(task_id: int, frame: int, lease_id: str) -> dict:
     }
 
 
+def tree_frame_info(task_id: int, frame: int, lease_id: str) -> dict:
+    """A claimed frame of a task that is a tree of files with project/main.blend inside."""
+    info = frame_info(task_id, frame, lease_id)
+    info.update(blend_filename="main.blend", main_file="project/main.blend", files_count=len(TREE))
+    return info
+
+
+def tree_manifest(tree: dict[str, bytes]) -> dict:
+    files = [{"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+             for path, data in tree.items()]
+    return {"main_file": "project/main.blend", "files": files}
+
+
 class FakeClient:
     """Answers like the coordinator; `failures[(call, frame)]` lists exceptions to raise before succeeding."""
 
@@ -64,6 +87,8 @@ class FakeClient:
         self.revoke: set[str] = set()
         self.enabled = True
         self.failures: dict[tuple[str, int | None], list[Exception]] = {}
+        self.blobs: dict[str, bytes] = {BLEND_SHA: BLEND_BYTES}
+        self.manifests: dict[int, dict] = {}
 
     def _maybe_fail(self, call: str, frame: int | None = None) -> None:
         with self.lock:
@@ -87,8 +112,27 @@ class FakeClient:
     def download_file(self, sha256: str, dest_path: str) -> None:
         self._maybe_fail("download_file")
         self.calls.append(("download_file", sha256))
+        if sha256 not in self.blobs:
+            raise CoordinatorError(404, "no such file")
         with open(dest_path, "wb") as out:
-            out.write(BLEND_BYTES)
+            out.write(self.blobs[sha256])
+
+    def add_tree(self, task_id: int, tree: dict[str, bytes]) -> None:
+        self.manifests[task_id] = tree_manifest(tree)
+        self.blobs.update({hashlib.sha256(data).hexdigest(): data for data in tree.values()})
+
+    def request(self, method: str, path: str, *, params: dict | None = None, json_body: dict | None = None) -> dict:
+        # Only what the worker asks through the generic call: the manifest, until the client has its own method.
+        assert (method, path) == ("GET", "/task_manifest"), (method, path)
+        self._maybe_fail("task_manifest")
+        task_id = int(params["task_id"])
+        self.calls.append(("task_manifest", task_id))
+        if task_id not in self.manifests:
+            raise CoordinatorError(404, "no such task")
+        return self.manifests[task_id]
+
+    def calls_of(self, name: str) -> list[tuple]:
+        return [call for call in self.calls if call[0] == name]
 
     def claim_frame(self, worker_id: int, prefer_task_id: int | None = None) -> dict:
         self._maybe_fail("claim_frame")
@@ -257,9 +301,110 @@ def test_frames_of_one_task_share_one_session_and_are_reported(tmp_path, session
     # Uploaded frames and the finished task's folder are gone; the cached .blend stays.
     work = tmp_path / "work"
     assert not os.listdir(work / "output") and not os.listdir(work / "tasks")
-    assert os.path.isfile(work / "blends" / f"{BLEND_SHA}.blend")
+    assert os.path.isfile(work / "files" / BLEND_SHA)
     log = client.log_text()
     assert "[node-01] Fra:1 Mem:10M | Rendering\n" in log and "[node-01] Fra:2" in log
+
+
+def test_tree_task_fetches_its_manifest_once_and_opens_the_main_file_inside_the_tree(tmp_path, sessions):
+    client = FakeClient([tree_frame_info(9, 1, "L1"), tree_frame_info(9, 2, "L2")])
+    client.add_tree(9, TREE)
+    FakeSession.holds[1] = gate = threading.Event()
+    FakeSession.fail_once.add(1)  # Blender dies on frame 1: frame 2 needs a new session on the same tree
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "rendering" in client.statuses(1), "frame 1 rendering")
+
+    work = tmp_path / "work"
+    main = sessions[0].blend_path
+    assert main == str(work / "tasks" / "9" / "project" / "main.blend")
+    # `//textures/wood.png` and the packed outside file resolve inside the tree.
+    with open(os.path.join(os.path.dirname(main), "textures", "wood.png"), "rb") as stream:
+        assert stream.read() == TEXTURE_BYTES
+    assert os.path.isfile(work / "tasks" / "9" / "_outside_project" / "home" / "anna" / "sky.exr")
+    gate.set()
+    wait_until(lambda: "done" in client.statuses(2), "frame 2 done")
+    wait_until(lambda: not os.listdir(work / "tasks"), "the finished task's tree to be removed")
+    running.stop()
+
+    assert client.statuses(1) == ["rendering", "failed"]
+    assert len(sessions) == 2 and sessions[1].blend_path == main
+    assert client.calls_of("task_manifest") == [("task_manifest", 9)]
+    assert sorted(sha for _, sha in client.calls_of("download_file")) == sorted([BLEND_SHA, TEXTURE_SHA, HDRI_SHA])
+    assert sorted(os.listdir(work / "files")) == sorted([BLEND_SHA, TEXTURE_SHA, HDRI_SHA])
+
+
+def test_tree_downloads_and_cache_hits_are_logged_per_task(tmp_path, sessions, caplog):
+    client = FakeClient([tree_frame_info(9, 1, "L1"), tree_frame_info(10, 1, "M1")])
+    client.add_tree(9, TREE)
+    client.add_tree(10, {**TREE, "project/textures/new.png": b"another texture"})
+    caplog.set_level(logging.INFO, logger="renderq.worker")
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: len(client.uploads) == 2, "both frames uploaded")
+    running.stop()
+    assert client.calls_of("task_manifest") == [("task_manifest", 9), ("task_manifest", 10)]
+    assert len(client.calls_of("download_file")) == 4  # task 10 only lacked its new texture
+    assert "task 9: 3 files (" in caplog.text and "downloaded 3 (" in caplog.text
+    assert "task 10: 4 files (" in caplog.text and "downloaded 1 (15 B), found 3 in the cache" in caplog.text
+
+
+def test_the_client_manifest_method_is_used_when_there_is_one(tmp_path, sessions):
+    class NewerClient(FakeClient):
+        def task_manifest(self, task_id: int) -> dict:
+            self.calls.append(("task_manifest method", task_id))
+            return self.manifests[task_id]
+
+    client = NewerClient([tree_frame_info(9, 1, "L1")])
+    client.add_tree(9, TREE)
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "done" in client.statuses(1), "frame 1 done")
+    running.stop()
+    assert client.calls_of("task_manifest method") == [("task_manifest method", 9)]
+    assert client.calls_of("task_manifest") == []
+
+
+def test_old_style_claim_without_main_file_is_a_one_file_tree(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1")])
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "done" in client.statuses(1), "frame 1 done")
+    running.stop()
+    assert sessions[0].blend_path == str(tmp_path / "work" / "tasks" / "7" / "scene7.blend")
+    assert client.calls_of("task_manifest") == []
+    assert client.calls_of("download_file") == [("download_file", BLEND_SHA)]
+
+
+def test_a_download_that_fails_its_hash_check_fails_the_frame(tmp_path, sessions):
+    client = FakeClient([tree_frame_info(9, 1, "L1")])
+    client.add_tree(9, TREE)
+    client.blobs[TEXTURE_SHA] = b"not the texture"
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "failed" in client.statuses(1), "frame 1 failed")
+    wait_until(lambda: not os.listdir(tmp_path / "work" / "tasks"), "the half-built tree to be removed")
+    running.stop()
+    failed = next(fields for _, _, status, fields in client.reports if status == "failed")
+    assert "SHA-256" in failed["error"] and TEXTURE_SHA in failed["error"]
+    assert sessions == []  # Blender was never started on an incomplete tree
+    assert TEXTURE_SHA not in os.listdir(tmp_path / "work" / "files")
+
+
+def test_a_hostile_manifest_fails_the_frame(tmp_path, sessions):
+    client = FakeClient([tree_frame_info(9, 1, "L1")])
+    client.add_tree(9, {**TREE, "../escape.py": b"import os"})
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "failed" in client.statuses(1), "frame 1 failed")
+    running.stop()
+    failed = next(fields for _, _, status, fields in client.reports if status == "failed")
+    assert "'../escape.py'" in failed["error"]
+    assert not os.path.exists(tmp_path / "work" / "escape.py") and sessions == []
+
+
+def test_unreachable_manifest_is_retried(tmp_path, sessions):
+    client = FakeClient([tree_frame_info(9, 1, "L1")])
+    client.add_tree(9, TREE)
+    client.failures[("task_manifest", None)] = [CoordinatorUnreachable("http://farm", "connection refused")] * 2
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "done" in client.statuses(1), "frame 1 done")
+    running.stop()
+    assert client.calls_of("task_manifest") == [("task_manifest", 9)]
 
 
 def test_blend_is_placed_under_its_name_and_threads_are_passed(tmp_path, sessions):
@@ -486,9 +631,19 @@ def test_arguments_take_their_defaults_from_the_environment(monkeypatch):
     monkeypatch.setenv("RENDERQ_WORKER_NAME", "node-07")
     monkeypatch.setenv("RENDERQ_THREADS", "4")
     monkeypatch.delenv("RENDERQ_WORK_DIR", raising=False)
+    monkeypatch.setenv("RENDERQ_CACHE_SIZE", "500M")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args([])
     assert (args.coordinator, args.name, args.threads, args.work_dir) == ("http://farm:5000", "node-07", 4, None)
+    assert args.cache_size == 500 * 1024**2
+    assert parser.parse_args(["--cache-size", "2G"]).cache_size == 2 * 1024**3
+    monkeypatch.delenv("RENDERQ_CACHE_SIZE")
+    defaults = argparse.ArgumentParser()
+    add_arguments(defaults)
+    assert defaults.parse_args([]).cache_size == 20 * 1024**3
+    for bad in ("lots", "0", "-5G"):
+        with pytest.raises(SystemExit):
+            defaults.parse_args(["--cache-size", bad])
     assert default_work_dir("node-07").endswith(os.path.join("renderq", "worker-node-07"))
     assert parser.parse_args(["--threads", "2", "--name", "x"]).threads == 2

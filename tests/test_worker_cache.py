@@ -1,22 +1,70 @@
-"""Unit tests of the worker's .blend cache and task folders."""
+"""Unit tests of the worker's file cache: task trees, hostile manifests, the LRU size limit."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import stat
 import threading
 import time
 
 import pytest
 
-from worker.cache import BlendCache, CacheError
+from worker.cache import (
+    BlendCache,
+    CacheEntry,
+    CacheError,
+    TreeFile,
+    check_tree_path,
+    choose_evictions,
+    format_size,
+    normalize_manifest,
+    parse_size,
+)
 
 BLEND_BYTES = b"BLENDER-v304" + b"\x00" * 200
 BLEND_SHA = hashlib.sha256(BLEND_BYTES).hexdigest()
 
 
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob(name: str, size: int = 100) -> bytes:
+    """Distinct content of exactly `size` bytes."""
+    return (name.encode() * size)[:size]
+
+
+class Store:
+    """Stands in for the coordinator's files: `download(sha256, dest_path)`, counting calls."""
+
+    def __init__(self, *payloads: bytes) -> None:
+        self.blobs = {sha(data): data for data in payloads}
+        self.calls: list[str] = []
+
+    def __call__(self, sha256: str, dest_path: str) -> None:
+        self.calls.append(sha256)
+        with open(dest_path, "wb") as out:
+            out.write(self.blobs[sha256])
+
+
+def manifest(tree: dict[str, bytes]) -> list[dict]:
+    return [{"path": path, "sha256": sha(data), "size": len(data)} for path, data in tree.items()]
+
+
+class Clock:
+    """A settable clock for "last used" times."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def writer(payload: bytes, calls: list[str] | None = None, pause: float = 0.0):
-    """A download callback that writes `payload`, counting its calls."""
+    """A one-file download callback for fetch(), counting its calls."""
 
     def download(path: str) -> None:
         if calls is not None:
@@ -28,7 +76,70 @@ def writer(payload: bytes, calls: list[str] | None = None, pause: float = 0.0):
     return download
 
 
-def test_fetch_downloads_once_and_keeps_the_file(tmp_path):
+# -- sizes and manifests ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [("20G", 20 * 1024**3), ("500M", 500 * 1024**2), ("1.5g", 1536 * 1024**2), ("64K", 65536), ("123", 123),
+     ("2 GiB", 2 * 1024**3), ("1TB", 1024**4)],
+)
+def test_sizes_are_parsed_in_powers_of_1024(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["", "G", "lots", "-1G", "1X", "1.2.3M"])
+def test_bad_sizes_are_refused(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def test_sizes_are_shown_for_people():
+    assert [format_size(n) for n in (0, 512, 1536, 20 * 1024**3)] == ["0 B", "512 B", "1.5 KiB", "20.0 GiB"]
+
+
+@pytest.mark.parametrize(
+    "bad", ["../x", "/etc/x", "a/../../x", "a\\b", "a//b", "a/", "./a", "a/./b", "..", "x\x00y", "", None, 5]
+)
+def test_paths_that_could_leave_the_tree_are_refused(bad):
+    with pytest.raises(CacheError):
+        check_tree_path(bad)
+
+
+@pytest.mark.parametrize("good", ["main.blend", "project/tex/wood 01.png", "_outside_project/C/Users/x.exr",
+                                  "..hidden.blend", "a..b/c"])
+def test_ordinary_relative_paths_are_accepted(good):
+    assert check_tree_path(good) == good
+
+
+def test_manifest_dedups_repeated_entries_and_checks_the_main_file():
+    entries = manifest({"a/main.blend": BLEND_BYTES, "a/t.png": b"png"})
+    tree = normalize_manifest(entries + [{"path": "a/t.png", "sha256": sha(b"png").upper()}], "a/main.blend")
+    assert tree["a/t.png"] == TreeFile("a/t.png", sha(b"png"), 3)
+    with pytest.raises(CacheError, match="not in the task's manifest"):
+        normalize_manifest(entries, "other.blend")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"path": "a/t.png", "sha256": sha(b"other")}, "two different files"),
+        ({"path": "a/main.blend/x", "sha256": sha(b"x")}, "both as a file and as the folder"),
+        ({"path": "b/x", "sha256": sha(b"png"), "size": 4}, "two different sizes"),
+        ({"path": "b/x", "sha256": "not a hash"}, "not a SHA-256"),
+        ({"path": "b/x", "sha256": sha(b"x"), "size": -1}, "not a byte count"),
+    ],
+)
+def test_inconsistent_manifests_are_refused(extra, message):
+    entries = manifest({"a/main.blend": BLEND_BYTES, "a/t.png": b"png"}) + [extra]
+    with pytest.raises(CacheError, match=message):
+        normalize_manifest(entries, "a/main.blend")
+
+
+# -- single files -------------------------------------------------------------------------------------------------
+
+
+def test_fetch_downloads_once_and_keeps_the_file_read_only(tmp_path):
     cache = BlendCache(str(tmp_path / "cache"))
     calls: list[str] = []
     assert cache.path_for(BLEND_SHA) is None
@@ -40,6 +151,8 @@ def test_fetch_downloads_once_and_keeps_the_file(tmp_path):
     assert len(calls) == 1
     with open(first, "rb") as stream:
         assert stream.read() == BLEND_BYTES
+    # A tree's hard link is the same file: nothing rendering from it should be able to change the cache entry.
+    assert os.stat(first).st_mode & 0o222 == 0
 
 
 def test_concurrent_fetches_of_one_hash_download_once(tmp_path):
@@ -64,7 +177,7 @@ def test_a_download_that_does_not_match_its_hash_is_not_cached(tmp_path):
     with pytest.raises(CacheError, match="SHA-256"):
         cache.fetch(BLEND_SHA, writer(b"something else"))
     assert cache.path_for(BLEND_SHA) is None
-    assert os.listdir(os.path.join(cache.root, "blends")) == []
+    assert os.listdir(os.path.join(cache.root, "files")) == []
 
 
 def test_a_failed_download_leaves_nothing_behind(tmp_path):
@@ -77,7 +190,7 @@ def test_a_failed_download_leaves_nothing_behind(tmp_path):
 
     with pytest.raises(OSError):
         cache.fetch(BLEND_SHA, broken)
-    assert os.listdir(os.path.join(cache.root, "blends")) == []
+    assert os.listdir(os.path.join(cache.root, "files")) == []
     # The next try downloads again.
     assert cache.fetch(BLEND_SHA, writer(BLEND_BYTES)) == cache.path_for(BLEND_SHA)
 
@@ -89,45 +202,127 @@ def test_hashes_that_are_not_sha256_are_refused(tmp_path, bad):
         cache.path_for(bad)
 
 
-def test_materialize_places_the_blend_under_its_name_in_the_task_folder(tmp_path):
+def test_a_cached_file_of_the_wrong_size_is_downloaded_again(tmp_path):
     cache = BlendCache(str(tmp_path / "cache"))
-    cached = cache.fetch(BLEND_SHA, writer(BLEND_BYTES))
+    path = cache.fetch(BLEND_SHA, writer(BLEND_BYTES))
+    os.chmod(path, 0o644)
+    with open(path, "wb") as out:
+        out.write(b"truncated")
+    store = Store(BLEND_BYTES)
+    tree = cache.materialize_tree(1, manifest({"main.blend": BLEND_BYTES}), "main.blend", store)
+    assert store.calls == [BLEND_SHA] and tree.downloaded_files == 1
+    with open(tree.main_path, "rb") as stream:
+        assert stream.read() == BLEND_BYTES
 
-    placed = cache.materialize(7, BLEND_SHA, "shot 010.blend")
 
-    assert placed == os.path.join(cache.task_dir(7), "shot 010.blend")
-    assert os.path.samefile(placed, cached)  # a hard link on one file system
-    assert cache.materialize(7, BLEND_SHA, "shot 010.blend") == placed
-    assert sorted(os.listdir(cache.task_dir(7))) == ["shot 010.blend"]
-    assert os.path.dirname(cache.output_dir(7)) != cache.task_dir(7)
+# -- task trees ---------------------------------------------------------------------------------------------------
 
 
-def test_materialize_copies_when_linking_fails(tmp_path, monkeypatch):
+def test_tree_is_built_from_hard_links_to_the_cache(tmp_path):
     cache = BlendCache(str(tmp_path / "cache"))
-    cached = cache.fetch(BLEND_SHA, writer(BLEND_BYTES))
+    texture = b"shared texture"
+    files = {
+        "project/main.blend": BLEND_BYTES,
+        "project/textures/wood.png": texture,
+        "project/textures/copy of wood.png": texture,  # same content under two paths: one download
+        "_outside_project/home/anna/sky.exr": b"sky",
+    }
+    store = Store(*files.values())
+
+    tree = cache.materialize_tree(7, manifest(files), "project/main.blend", store)
+
+    root = cache.task_dir(7)
+    assert tree.root == root and tree.main_path == os.path.join(root, "project", "main.blend")
+    assert sorted(store.calls) == sorted({sha(data) for data in files.values()})
+    assert (tree.files, tree.downloaded_files, tree.cached_files) == (4, 3, 0)
+    assert tree.total_bytes == tree.downloaded_bytes == len(BLEND_BYTES) + len(texture) + 3
+    for path, data in files.items():
+        placed = os.path.join(root, *path.split("/"))
+        with open(placed, "rb") as stream:
+            assert stream.read() == data
+        assert os.stat(placed).st_ino == os.stat(cache.path_for(sha(data))).st_ino
+    assert os.path.samefile(os.path.join(root, "project/textures/wood.png"),
+                            os.path.join(root, "project/textures/copy of wood.png"))
+    assert cache.live_tasks() == [7]
+    assert os.path.dirname(cache.output_dir(7)) != os.path.dirname(root)
+
+
+def test_only_hashes_the_cache_lacks_are_downloaded(tmp_path):
+    cache = BlendCache(str(tmp_path / "cache"))
+    shared, first_only, second_only = blob("s"), blob("f"), blob("n")
+    store = Store(BLEND_BYTES, shared, first_only, second_only)
+
+    cache.materialize_tree(1, manifest({"m.blend": BLEND_BYTES, "s": shared, "f": first_only}), "m.blend", store)
+    assert len(store.calls) == 3
+    tree = cache.materialize_tree(2, manifest({"m.blend": BLEND_BYTES, "x/s": shared, "n": second_only}),
+                                  "m.blend", store)
+
+    assert store.calls[3:] == [sha(second_only)]
+    assert (tree.downloaded_files, tree.downloaded_bytes) == (1, 100)
+    assert (tree.cached_files, tree.cached_bytes) == (2, len(BLEND_BYTES) + 100)
+
+
+def test_a_live_task_can_be_built_again(tmp_path):
+    cache = BlendCache(str(tmp_path / "cache"))
+    store = Store(BLEND_BYTES)
+    first = cache.materialize_tree(3, manifest({"a/main.blend": BLEND_BYTES}), "a/main.blend", store)
+    again = cache.materialize_tree(3, manifest({"a/main.blend": BLEND_BYTES}), "a/main.blend", store)
+    assert again.main_path == first.main_path and os.path.isfile(again.main_path)
+    assert len(store.calls) == 1 and again.downloaded_files == 0
+
+
+def test_tree_is_copied_when_linking_fails(tmp_path, monkeypatch):
+    cache = BlendCache(str(tmp_path / "cache"))
 
     def no_links(source: str, target: str) -> None:
         raise OSError(18, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "link", no_links)
-    placed = cache.materialize(3, BLEND_SHA, "scene.blend")
-    assert not os.path.samefile(placed, cached)
-    with open(placed, "rb") as stream:
+    tree = cache.materialize_tree(3, manifest({"sub/scene.blend": BLEND_BYTES}), "sub/scene.blend",
+                                  Store(BLEND_BYTES))
+    assert not os.path.samefile(tree.main_path, cache.path_for(BLEND_SHA))
+    with open(tree.main_path, "rb") as stream:
         assert stream.read() == BLEND_BYTES
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", "a/b.blend", "a\\b.blend", "..scene.blend", "sc\x00ene.blend"])
-def test_materialize_refuses_unsafe_file_names(tmp_path, bad):
+@pytest.mark.parametrize("bad", ["../x", "/etc/x", "a/../../x", "a\\b", "a//b", "x\x00y"])
+def test_hostile_paths_are_refused_before_anything_is_fetched(tmp_path, bad):
     cache = BlendCache(str(tmp_path / "cache"))
-    cache.fetch(BLEND_SHA, writer(BLEND_BYTES))
+    store = Store(BLEND_BYTES, b"evil")
+    files = manifest({"main.blend": BLEND_BYTES}) + [{"path": bad, "sha256": sha(b"evil"), "size": 4}]
     with pytest.raises(CacheError):
-        cache.materialize(1, BLEND_SHA, bad)
+        cache.materialize_tree(1, files, "main.blend", store)
+    assert store.calls == [] and cache.live_tasks() == []
+    assert not os.path.exists(cache.task_dir(1))
+    assert sorted(os.listdir(tmp_path)) == ["cache"]
 
 
-def test_materialize_needs_the_blend_in_the_cache(tmp_path):
+def test_a_symlink_already_in_the_task_folder_is_not_followed(tmp_path):
     cache = BlendCache(str(tmp_path / "cache"))
-    with pytest.raises(CacheError, match="no cached"):
-        cache.materialize(1, BLEND_SHA, "scene.blend")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.makedirs(cache.task_dir(7))
+    os.symlink(outside, os.path.join(cache.task_dir(7), "project"))
+
+    with pytest.raises(CacheError, match="already holds files"):
+        cache.materialize_tree(7, manifest({"project/main.blend": BLEND_BYTES}), "project/main.blend",
+                               Store(BLEND_BYTES))
+
+    assert os.listdir(outside) == []
+    assert cache.live_tasks() == [] and not os.path.lexists(cache.task_dir(7))
+    # Once the stray link is gone, the task can be built.
+    assert os.path.isfile(cache.materialize_tree(7, manifest({"project/main.blend": BLEND_BYTES}),
+                                                 "project/main.blend", Store(BLEND_BYTES)).main_path)
+
+
+def test_a_task_folder_that_is_a_symlink_is_not_followed(tmp_path):
+    cache = BlendCache(str(tmp_path / "cache"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, cache.task_dir(7))
+    with pytest.raises(CacheError):
+        cache.materialize_tree(7, manifest({"main.blend": BLEND_BYTES}), "main.blend", Store(BLEND_BYTES))
+    assert os.listdir(outside) == [] and os.path.isdir(outside)
 
 
 @pytest.mark.parametrize("bad", ["../x", "1/../../x", -1, None, True])
@@ -137,21 +332,133 @@ def test_task_ids_cannot_name_other_paths(tmp_path, bad):
         cache.task_dir(bad)
 
 
-def test_remove_task_keeps_the_cached_blend(tmp_path):
+def test_remove_task_keeps_the_cached_files(tmp_path):
     cache = BlendCache(str(tmp_path / "cache"))
-    cache.fetch(BLEND_SHA, writer(BLEND_BYTES))
-    cache.materialize(5, BLEND_SHA, "scene.blend")
+    store = Store(BLEND_BYTES)
+    cache.materialize_tree(5, manifest({"a/scene.blend": BLEND_BYTES}), "a/scene.blend", store)
     with open(os.path.join(cache.output_dir(5), "f_0001.png"), "wb") as out:
         out.write(b"png")
-    cache.materialize(6, BLEND_SHA, "other.blend")
+    other = cache.materialize_tree(6, manifest({"other.blend": BLEND_BYTES}), "other.blend", store)
 
     cache.remove_task(5)
 
     assert not os.path.exists(os.path.join(cache.root, "tasks", "5"))
     assert not os.path.exists(os.path.join(cache.root, "output", "5"))
-    assert os.path.exists(os.path.join(cache.task_dir(6), "other.blend"))
+    assert os.path.isfile(other.main_path) and cache.live_tasks() == [6]
     assert cache.path_for(BLEND_SHA) is not None
 
     cache.clear_tasks()
-    assert os.listdir(os.path.join(cache.root, "tasks")) == []
+    assert os.listdir(os.path.join(cache.root, "tasks")) == [] and cache.live_tasks() == []
     assert cache.path_for(BLEND_SHA) is not None
+
+
+def test_blends_cached_by_earlier_versions_are_kept(tmp_path):
+    legacy = tmp_path / "cache" / "blends"
+    legacy.mkdir(parents=True)
+    (legacy / f"{BLEND_SHA}.blend").write_bytes(BLEND_BYTES)
+    (legacy / ".download-1.part").write_bytes(b"half")
+    cache = BlendCache(str(tmp_path / "cache"))
+    assert cache.path_for(BLEND_SHA) is not None and not legacy.exists()
+
+
+# -- size limit ---------------------------------------------------------------------------------------------------
+
+
+def test_choose_evictions_takes_the_least_recently_used_unpinned_files():
+    entries = [CacheEntry("a", 100, 30.0), CacheEntry("b", 100, 10.0), CacheEntry("c", 100, 20.0)]
+    assert choose_evictions(entries, 300) == []
+    assert [e.sha256 for e in choose_evictions(entries, 200)] == ["b"]
+    assert [e.sha256 for e in choose_evictions(entries, 200, pinned={"b"})] == ["c"]
+    assert [e.sha256 for e in choose_evictions(entries, 300, incoming=150)] == ["b", "c"]
+    # Pinned files stay even when the limit cannot be met.
+    assert [e.sha256 for e in choose_evictions(entries, 0, pinned={"a", "c"})] == ["b"]
+
+
+def use(cache: BlendCache, clock: Clock, task_id: int, files: dict[str, bytes], store: Store, at: float) -> None:
+    """Render a task from `at` to `at + 1`: build its tree, then let it go."""
+    clock.now = at
+    cache.materialize_tree(task_id, manifest(files), next(iter(files)), store)
+    clock.now = at + 1
+    cache.remove_task(task_id)
+
+
+def test_limit_evicts_the_least_recently_used_files_but_never_those_of_a_live_task(tmp_path, caplog):
+    clock = Clock()
+    cache = BlendCache(str(tmp_path / "cache"), 300, clock=clock)
+    a, b, c, d, e, f = (blob(name) for name in "abcdef")
+    store = Store(a, b, c, d, e, f)
+    use(cache, clock, 1, {"a": a}, store, at=10)
+    use(cache, clock, 2, {"b": b}, store, at=20)
+    use(cache, clock, 3, {"c": c}, store, at=30)
+    assert {entry.sha256 for entry in cache.entries()} == {sha(a), sha(b), sha(c)}
+
+    # a is the oldest, but task 4 uses it: b goes instead.
+    clock.now = 40
+    cache.materialize_tree(4, manifest({"a": a, "d": d}), "a", store)
+    assert {entry.sha256 for entry in cache.entries()} == {sha(a), sha(c), sha(d)}
+
+    # Task 5 needs 200 bytes more; only c may go, so the cache ends over its limit and says so.
+    caplog.set_level(logging.WARNING, logger="renderq.worker.cache")
+    clock.now = 50
+    tree = cache.materialize_tree(5, manifest({"e": e, "f": f}), "e", store)
+    assert os.path.isfile(tree.main_path)
+    assert {entry.sha256 for entry in cache.entries()} == {sha(a), sha(d), sha(e), sha(f)}
+    assert "over its limit" in caplog.text
+
+    # Once task 5 is over, its files are no longer protected: the cache gets back under its limit.
+    clock.now = 60
+    cache.remove_task(5)
+    kept = {entry.sha256 for entry in cache.entries()}
+    assert {sha(a), sha(d)} <= kept and len(kept & {sha(e), sha(f)}) == 1
+    assert sum(entry.size for entry in cache.entries()) == 300
+
+
+def test_a_task_bigger_than_the_limit_is_still_rendered(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="renderq.worker.cache")
+    cache = BlendCache(str(tmp_path / "cache"), 150, clock=Clock())
+    big, small = blob("big", 120), blob("small", 80)
+    tree = cache.materialize_tree(1, manifest({"main.blend": big, "t.png": small}), "main.blend", Store(big, small))
+    assert os.path.isfile(tree.main_path) and os.path.isfile(os.path.join(tree.root, "t.png"))
+    assert "over its limit" in caplog.text
+    cache.remove_task(1)
+    assert sum(entry.size for entry in cache.entries()) <= 150
+
+
+def test_lru_order_survives_a_new_cache_on_the_same_folder(tmp_path):
+    clock = Clock()
+    root = str(tmp_path / "cache")
+    a, b, c = blob("a"), blob("b"), blob("c")
+    store = Store(a, b, c)
+    first = BlendCache(root, 200, clock=clock)
+    use(first, clock, 1, {"a": a}, store, at=10)  # downloaded first...
+    use(first, clock, 2, {"b": b}, store, at=20)
+    use(first, clock, 3, {"a": a}, store, at=30)  # ...but used last
+
+    again = BlendCache(root, 200, clock=clock)  # a restarted worker
+    again.clear_tasks()
+    clock.now = 40
+    again.materialize_tree(4, manifest({"c": c}), "c", store)
+    assert {entry.sha256 for entry in again.entries()} == {sha(a), sha(c)}
+    assert store.calls == [sha(a), sha(b), sha(c)]
+
+
+def test_a_smaller_limit_is_applied_when_the_worker_starts(tmp_path):
+    clock = Clock()
+    root = str(tmp_path / "cache")
+    a, b = blob("a"), blob("b")
+    store = Store(a, b)
+    big = BlendCache(root, 1000, clock=clock)
+    use(big, clock, 1, {"a": a}, store, at=10)
+    use(big, clock, 2, {"b": b}, store, at=20)
+    small = BlendCache(root, 150, clock=clock)
+    small.clear_tasks()
+    assert [entry.sha256 for entry in small.entries()] == [sha(b)]
+
+
+def test_entries_report_size_and_last_use(tmp_path):
+    clock = Clock(1234.0)
+    cache = BlendCache(str(tmp_path / "cache"), clock=clock)
+    cache.fetch(BLEND_SHA, writer(BLEND_BYTES))
+    (entry,) = cache.entries()
+    assert entry == CacheEntry(BLEND_SHA, len(BLEND_BYTES), 1234.0)
+    assert stat.S_ISREG(os.stat(cache.path_for(BLEND_SHA)).st_mode)

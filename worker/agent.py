@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol, TypeVar
 
 from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable, safe_file_name
 from worker.blender_session import BlenderSession, SessionError, blender_version, find_blender
-from worker.cache import BlendCache, CacheError
+from worker.cache import DEFAULT_CACHE_SIZE, BlendCache, CacheError, TaskTree, format_size, parse_size
 from worker.log_shipper import LogShipper
 
 __all__ = ["WorkerAgent", "Lease", "add_arguments", "main", "default_work_dir"]
@@ -70,6 +70,8 @@ class Lease:
     blend_filename: str
     settings: dict[str, Any]
     attempt: int = 1
+    # The main .blend's path inside the task's tree; None from coordinators that send one .blend per task.
+    main_file: str | None = None
     revoked: bool = False
     started_at: float | None = None
     # Set when Blender is done with the frame, so background retries of the "rendering" report stop.
@@ -87,6 +89,7 @@ class Lease:
             blend_filename=str(claimed["blend_filename"]),
             settings=dict(claimed.get("settings") or {}),
             attempt=int(claimed.get("attempt") or 1),
+            main_file=str(claimed["main_file"]) if claimed.get("main_file") else None,
         )
 
     def __str__(self) -> str:
@@ -116,6 +119,7 @@ class WorkerAgent:
         threads: int = 0,
         host: str | None = None,
         cpu_count: int | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
         session_factory: Callable[..., SessionLike] = BlenderSession,
         poll_seconds: float = 2.0,
         max_backoff: float = 10.0,
@@ -130,7 +134,7 @@ class WorkerAgent:
         self.threads = threads
         self.host = host or socket.gethostname()
         self.cpu_count = cpu_count or _usable_cpu_count()
-        self.cache = BlendCache(work_dir)
+        self.cache = BlendCache(work_dir, cache_size)
         self.poll_seconds = poll_seconds
         self.max_backoff = max_backoff
         self.abort_grace = abort_grace
@@ -151,6 +155,8 @@ class WorkerAgent:
         self._session: SessionLike | None = None
         self._session_task_id: int | None = None
         self._session_busy = False
+        # task id -> (manifest files, main file): fetched once per task while this worker works on it.
+        self._manifests: dict[int, tuple[list[dict[str, Any]], str]] = {}
         self._rendering = False
         self._helper: threading.Thread | None = None
 
@@ -357,6 +363,11 @@ class WorkerAgent:
             with self._lock:
                 self._current = None
                 self._held.pop(lease.lease_id, None)
+            # A task whose Blender never started (its files could not be fetched) has no session to clean up after.
+            try:
+                self._end_task_if_done(lease.task_id)
+            except OSError as exc:
+                log.warning("could not clean the folder of task %s: %s", lease.task_id, exc)
             self._shipper.flush()
 
     # -- Blender sessions ---------------------------------------------------------------------------------------
@@ -373,7 +384,7 @@ class WorkerAgent:
         if session is not None:
             return session
 
-        blend_path = self._prepare_blend(lease)
+        blend_path = self._prepare_tree(lease)
         threads = self.threads or int(lease.settings.get("threads") or 0)
         session = self._session_factory(
             self.blender,
@@ -385,7 +396,7 @@ class WorkerAgent:
         with self._lock:
             self._session, self._session_task_id = session, lease.task_id
             self._session_busy = True
-        log.info("starting Blender for task %s (%s)", lease.task_id, lease.blend_filename)
+        log.info("starting Blender for task %s (%s)", lease.task_id, lease.main_file or lease.blend_filename)
         try:
             session.start()
         except BaseException:
@@ -399,22 +410,63 @@ class WorkerAgent:
             raise _GaveUp()
         return session
 
-    def _prepare_blend(self, lease: Lease) -> str:
-        """Download the task's .blend into the cache once, and place it in the task's folder."""
+    def _prepare_tree(self, lease: Lease) -> str:
+        """Download the files of the task's tree that the cache lacks, build the tree, return its main .blend."""
+        files, main_file = self._task_manifest(lease)
 
-        def download(dest_path: str) -> None:
-            log.info("downloading %s for task %s", lease.blend_filename, lease.task_id)
+        def download(sha256: str, dest_path: str) -> None:
             self._retry(
-                f"download the .blend of task {lease.task_id}",
-                lambda: self.client.download_file(lease.blend_sha256, dest_path),
+                f"download file {sha256[:12]} of task {lease.task_id}",
+                lambda: self.client.download_file(sha256, dest_path),
                 give_up=lambda: lease.revoked or self._stop.is_set(),
             )
 
-        self.cache.fetch(lease.blend_sha256, download)
-        return self.cache.materialize(lease.task_id, lease.blend_sha256, lease.blend_filename)
+        tree = self.cache.materialize_tree(lease.task_id, files, main_file, download)
+        log.info("task %s: %s", lease.task_id, _describe_tree(tree))
+        return tree.main_path
+
+    def _task_manifest(self, lease: Lease) -> tuple[list[dict[str, Any]], str]:
+        """The task's files and main file: asked of the coordinator once per task, then kept in memory."""
+        if lease.main_file is None:
+            # A coordinator from before task trees: the task is its one .blend.
+            return [{"path": lease.blend_filename, "sha256": lease.blend_sha256}], lease.blend_filename
+        with self._lock:
+            known = self._manifests.get(lease.task_id)
+        if known is not None:
+            return known
+        answer = self._retry(
+            f"fetch the manifest of task {lease.task_id}",
+            lambda: self._fetch_manifest(lease.task_id),
+            give_up=lambda: lease.revoked or self._stop.is_set(),
+        )
+        files = answer.get("files") if isinstance(answer, dict) else None
+        if not isinstance(files, list):
+            raise CacheError(f"the coordinator sent no file list in the manifest of task {lease.task_id}")
+        known = (files, lease.main_file)
+        with self._lock:
+            self._manifests[lease.task_id] = known
+        return known
+
+    def _fetch_manifest(self, task_id: int) -> Any:
+        # Clients from before task trees lack task_manifest(); the generic request speaks the same API.
+        method = getattr(self.client, "task_manifest", None)
+        if callable(method):
+            return method(task_id)
+        return self.client.request("GET", "/task_manifest", params={"task_id": task_id})
+
+    def _end_task_if_done(self, task_id: int) -> None:
+        """Delete the task's tree and forget its manifest once no session is open on it and no frame of it is held."""
+        with self._lock:
+            if self._session_task_id == task_id or any(held.task_id == task_id for held in self._held.values()):
+                return
+            self._manifests.pop(task_id, None)
+        self.cache.remove_task(task_id)
 
     def _close_session(self, *, remove_task_files: bool) -> None:
-        """Close the open Blender session, if any; optionally delete its task's work and output folders."""
+        """Close the open Blender session, if any; optionally delete its task's tree and output folder.
+
+        The tree stays while a frame of the task is still held; it goes once that frame is let go of.
+        """
         with self._lock:
             session, task_id = self._session, self._session_task_id
             self._session, self._session_task_id = None, None
@@ -426,7 +478,7 @@ class WorkerAgent:
             log.exception("closing Blender of task %s failed", task_id)
         log.info("closed Blender of task %s", task_id)
         if remove_task_files and task_id is not None:
-            self.cache.remove_task(task_id)
+            self._end_task_if_done(task_id)
 
     def _abort_session(self, session: SessionLike) -> None:
         try:
@@ -822,6 +874,16 @@ class _SessionFailure:
     log_tail: str = ""
 
 
+def _describe_tree(tree: TaskTree) -> str:
+    """One line on what building a task's tree cost: files and bytes downloaded vs. found in the cache."""
+    return (
+        f"{tree.files} file{'' if tree.files == 1 else 's'} ({format_size(tree.total_bytes)}): "
+        f"downloaded {tree.downloaded_files} "
+        f"({format_size(tree.downloaded_bytes)}), found {tree.cached_files} in the cache "
+        f"({format_size(tree.cached_bytes)})"
+    )
+
+
 def _usable_cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -881,9 +943,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--work-dir",
         default=env.get("RENDERQ_WORK_DIR"),
         metavar="DIR",
-        help="where to cache .blend files and render (default: $RENDERQ_WORK_DIR, else a folder per worker name "
-        "in the user's cache folder)",
+        help="where to cache the tasks' files and render (default: $RENDERQ_WORK_DIR, else a folder per worker "
+        "name in the user's cache folder)",
     )
+    parser.add_argument(
+        "--cache-size",
+        type=_cache_size,
+        default=env.get("RENDERQ_CACHE_SIZE") or "20G",
+        metavar="SIZE",
+        help="the most the cached files may take, e.g. 20G or 500M (K, M, G, T count in 1024s); the least recently "
+        "used files are deleted beyond it, never those of a task being rendered (default: $RENDERQ_CACHE_SIZE, "
+        "else 20G)",
+    )
+
+
+def _cache_size(text: str) -> int:
+    """Parse --cache-size for argparse."""
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError("the cache size must be more than 0")
+    return size
 
 
 def main(args: argparse.Namespace) -> int:
@@ -917,11 +999,22 @@ def main(args: argparse.Namespace) -> int:
         return 2
     work_dir = args.work_dir or default_work_dir(name)
     try:
-        agent = WorkerAgent(client, name, work_dir, blender=blender, blender_version=version, threads=args.threads)
+        agent = WorkerAgent(
+            client,
+            name,
+            work_dir,
+            blender=blender,
+            blender_version=version,
+            threads=args.threads,
+            cache_size=args.cache_size,
+        )
     except OSError as exc:
         log.error("cannot use the work folder %s: %s", work_dir, exc)
         return 2
-    log.info("worker %s: Blender %s at %s, work folder %s", name, version, blender, work_dir)
+    log.info(
+        "worker %s: Blender %s at %s, work folder %s, cache limit %s",
+        name, version, blender, work_dir, format_size(args.cache_size),
+    )
     agent.install_signal_handlers()
     return agent.run()
 

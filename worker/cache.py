@@ -1,13 +1,19 @@
-"""The worker's local files: .blend files cached by SHA-256, and one work folder per task.
+"""The worker's local files: a size-limited cache of files keyed by SHA-256, and one tree per task.
 
 Layout under the cache root:
 
-    blends/<sha256>.blend     every .blend this worker downloaded, kept across tasks
-    tasks/<task_id>/          the task's .blend under its own file name, so `//` paths resolve next to it
+    files/<sha256>            every file this worker downloaded, kept across tasks until evicted (LRU)
+    tasks/<task_id>/          the task's tree (its manifest's paths), hard-linked from files/ where possible
     output/<task_id>/         the frames Blender writes for the task, removed once uploaded
 
-Outputs live outside the task folder so that no file of the scene (a later issue brings whole folder trees) can
-collide with them.
+A task is a tree of files (relative POSIX path -> SHA-256, size) with a main .blend inside it. Blender opens the main
+file inside the tree, so `//` paths (and the `_outside_project/...` paths of packed projects) resolve inside it.
+Outputs live outside the task folder so that no file of the tree can collide with them.
+
+Last use of a cached file is its modification time: it is set to "now" whenever a task uses the file or lets go of
+it, so the least-recently-used order survives a restart of the worker without an index file that could go stale.
+Files used by a task currently materialized are never evicted. Cached files are made read-only, because a tree's
+hard link is the very same file: a scene that wrote into one would change the cache entry.
 """
 
 from __future__ import annotations
@@ -16,76 +22,305 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
-from typing import Callable
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Iterable, Mapping
 
-from renderq.http_client import file_sha256, safe_file_name
+from renderq.http_client import file_sha256
 
-__all__ = ["BlendCache", "CacheError"]
+__all__ = [
+    "BlendCache",
+    "CacheEntry",
+    "CacheError",
+    "DEFAULT_CACHE_SIZE",
+    "TaskTree",
+    "TreeFile",
+    "check_tree_path",
+    "choose_evictions",
+    "format_size",
+    "normalize_manifest",
+    "parse_size",
+]
 
 log = logging.getLogger("renderq.worker.cache")
 
+DEFAULT_CACHE_SIZE = 20 * 1024**3
+
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_COPY_BLOCK = 1024 * 1024
 
 
 class CacheError(Exception):
-    """A cache request that cannot be honoured: bad hash, unsafe file name, download that does not match."""
+    """A cache request that cannot be honoured: bad hash or path, unsafe tree, download that does not match."""
+
+
+# -- sizes ----------------------------------------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as `20G`, `500M`, `1.5G` or `1048576` (K, M, G, T are powers of 1024)."""
+    match = _SIZE_RE.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a size such as 20G or 500M")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def format_size(size: int) -> str:
+    """A byte count for people: `512 B`, `1.5 MiB`, `20.0 GiB`."""
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+# -- manifests ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TreeFile:
+    """One file of a task's tree: where it goes, its content hash, and its size when the manifest gives it."""
+
+    path: str
+    sha256: str
+    size: int | None = None
+
+
+def check_tree_path(path: Any) -> str:
+    """Return `path` if it is a relative POSIX path that stays inside the folder it is placed in, else raise.
+
+    Refused: absolute paths, `.` and `..` components, empty components (`a//b`, a trailing `/`), backslashes (a
+    separator on Windows) and NUL.
+    """
+    if not isinstance(path, str) or not path:
+        raise CacheError(f"{path!r} is not a file path")
+    if "\x00" in path or "\\" in path:
+        raise CacheError(f"{path!r} is not a safe file path (backslash or NUL)")
+    if path.startswith("/"):
+        raise CacheError(f"{path!r} is an absolute path; the tree only takes relative ones")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise CacheError(f"{path!r} is not a safe file path (empty, '.' or '..' component)")
+    return path
+
+
+def _check_sha256(sha256: Any) -> str:
+    if not isinstance(sha256, str) or not _SHA256_RE.match(sha256.lower()):
+        raise CacheError(f"{sha256!r} is not a SHA-256 hash")
+    return sha256.lower()
+
+
+def normalize_manifest(files: Iterable[Mapping[str, Any] | TreeFile], main_file: str) -> dict[str, TreeFile]:
+    """Check a manifest's file list and return it keyed by path.
+
+    `files` holds {"path", "sha256", "size"} objects as in GET /task_manifest (or TreeFile). A path listed twice
+    with the same hash counts once; two hashes for one path, a file where another needs a folder, or a main file that
+    is not in the list are errors.
+    """
+    tree: dict[str, TreeFile] = {}
+    sizes: dict[str, int] = {}
+    for item in files:
+        if isinstance(item, TreeFile):
+            raw_path, raw_sha, raw_size = item.path, item.sha256, item.size
+        elif isinstance(item, Mapping):
+            raw_path, raw_sha, raw_size = item.get("path"), item.get("sha256"), item.get("size")
+        else:
+            raise CacheError(f"{item!r} is not a manifest entry")
+        path = check_tree_path(raw_path)
+        sha256 = _check_sha256(raw_sha)
+        size = None
+        if raw_size is not None:
+            if isinstance(raw_size, bool) or not isinstance(raw_size, int) or raw_size < 0:
+                raise CacheError(f"the size of {path!r} is {raw_size!r}, not a byte count")
+            size = raw_size
+            if sizes.setdefault(sha256, size) != size:
+                raise CacheError(f"the manifest gives the file {sha256[:12]} two different sizes")
+        known = tree.get(path)
+        if known is not None and known.sha256 != sha256:
+            raise CacheError(f"the manifest maps {path!r} to two different files")
+        tree[path] = TreeFile(path, sha256, size)
+    for path in tree:
+        # "a" as a file and "a/b" cannot both exist.
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in tree:
+                raise CacheError(f"the manifest has {folder!r} both as a file and as the folder of {path!r}")
+    check_tree_path(main_file)
+    if main_file not in tree:
+        raise CacheError(f"the main file {main_file!r} is not in the task's manifest")
+    # A size given for a hash under any of its paths holds for all of them.
+    return {path: TreeFile(path, item.sha256, sizes.get(item.sha256)) for path, item in tree.items()}
+
+
+# -- eviction -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached file as eviction sees it."""
+
+    sha256: str
+    size: int
+    last_used: float
+
+
+def choose_evictions(
+    entries: Iterable[CacheEntry], limit: int, pinned: Collection[str] = (), incoming: int = 0
+) -> list[CacheEntry]:
+    """The entries to delete, least recently used first, so that what is kept plus `incoming` bytes fits `limit`.
+
+    Pinned hashes are never chosen, so the result may not be enough to get under the limit.
+    """
+    entries = list(entries)
+    total = sum(entry.size for entry in entries) + incoming
+    chosen: list[CacheEntry] = []
+    # The hash breaks ties so the choice does not depend on the order the folder was listed in.
+    for entry in sorted(entries, key=lambda entry: (entry.last_used, entry.sha256)):
+        if total <= limit:
+            break
+        if entry.sha256 in pinned:
+            continue
+        chosen.append(entry)
+        total -= entry.size
+    return chosen
+
+
+# -- the cache ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskTree:
+    """A materialized task tree and what building it cost."""
+
+    task_id: int
+    root: str  # the task's folder
+    main_path: str  # absolute path of the main .blend inside `root`
+    files: int  # paths in the tree
+    total_bytes: int  # bytes of its distinct files
+    downloaded_files: int  # distinct files that had to be downloaded
+    downloaded_bytes: int
+    cached_files: int  # distinct files already in the cache
+    cached_bytes: int
 
 
 class BlendCache:
-    """Downloaded .blend files keyed by SHA-256, plus per-task work and output folders.
+    """Downloaded files keyed by SHA-256 under a size limit, plus per-task trees and output folders.
 
-    Safe to use from several threads of one process; several worker processes must use different roots.
+    `max_bytes` is the limit; `clock` gives the "last used" times (a fake clock in tests). Safe to use from several
+    threads of one process; several worker processes must use different roots.
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(
+        self, root: str, max_bytes: int = DEFAULT_CACHE_SIZE, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        if max_bytes <= 0:
+            raise ValueError("the cache size must be more than 0 bytes")
         self.root = os.path.abspath(root)
-        self._blends_dir = os.path.join(self.root, "blends")
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._files_dir = os.path.join(self.root, "files")
         self._tasks_dir = os.path.join(self.root, "tasks")
         self._output_dir = os.path.join(self.root, "output")
-        for folder in (self._blends_dir, self._tasks_dir, self._output_dir):
+        for folder in (self._files_dir, self._tasks_dir, self._output_dir):
             os.makedirs(folder, exist_ok=True)
-        self._locks_guard = threading.Lock()
+        self._lock = threading.RLock()
         self._fetch_locks: dict[str, threading.Lock] = {}
+        # task id -> hashes its tree uses; these are never evicted.
+        self._live: dict[int, frozenset[str]] = {}
+        self._remove_partial_downloads()
+        self._adopt_legacy_blends()
 
-    # -- cached .blend files ------------------------------------------------------------------------------------
+    # -- cached files -------------------------------------------------------------------------------------------
 
     def path_for(self, sha256: str) -> str | None:
         """The cached file with this hash, or None when it has not been downloaded."""
-        path = self._blend_path(sha256)
+        path = self._file_path(sha256)
         return path if os.path.isfile(path) else None
 
-    def fetch(self, sha256: str, download: Callable[[str], None]) -> str:
+    def fetch(self, sha256: str, download: Callable[[str], None], size: int | None = None) -> str:
         """Return the cached file for `sha256`, calling `download(path)` to write it there first if needed.
 
         Only one thread downloads a given hash; the others wait for it. The file appears under its final name only
-        after its hash was checked, so an interrupted download never poisons the cache.
+        after its hash was checked, so an interrupted download never poisons the cache. With `size`, a cached file of
+        another size counts as damaged and is downloaded again.
         """
-        final_path = self._blend_path(sha256)
-        with self._lock_for(sha256.lower()):
+        final_path = self._file_path(sha256)
+        sha256 = sha256.lower()
+        with self._lock_for(sha256):
             if os.path.isfile(final_path):
-                return final_path
-            handle, temp_path = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=self._blends_dir)
+                if size is None or os.path.getsize(final_path) == size:
+                    return final_path
+                log.warning("cached file %s has the wrong size; downloading it again", sha256[:12])
+                _remove_quietly(final_path)
+            handle, temp_path = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=self._files_dir)
             os.close(handle)
             try:
                 download(temp_path)
                 actual = file_sha256(temp_path)
-                if actual != sha256.lower():
-                    raise CacheError(f"the downloaded .blend has SHA-256 {actual}, not {sha256}")
+                if actual != sha256:
+                    raise CacheError(f"the downloaded file has SHA-256 {actual}, not {sha256}")
+                actual_size = os.path.getsize(temp_path)
+                if size is not None and actual_size != size:
+                    raise CacheError(f"the file {sha256[:12]} has {actual_size} bytes, not the {size} of the manifest")
+                os.chmod(temp_path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
                 os.replace(temp_path, final_path)
             finally:
                 _remove_quietly(temp_path)
-            log.info("cached .blend %s (%d bytes)", sha256[:12], os.path.getsize(final_path))
+            self._touch(final_path)
+            log.debug("cached file %s (%d bytes)", sha256[:12], actual_size)
             return final_path
 
-    # -- per-task folders ---------------------------------------------------------------------------------------
+    def _has(self, sha256: str, size: int | None) -> bool:
+        """Whether the cache holds the file (of `size` bytes, when given)."""
+        path = self.path_for(sha256)
+        return path is not None and (size is None or os.path.getsize(path) == size)
+
+    def entries(self) -> list[CacheEntry]:
+        """Every cached file with its size and last use."""
+        found = []
+        with os.scandir(self._files_dir) as listing:
+            for item in listing:
+                if not _SHA256_RE.match(item.name):
+                    continue  # downloads in progress
+                try:
+                    info = item.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    found.append(CacheEntry(item.name, info.st_size, info.st_mtime))
+        return found
+
+    def enforce_limit(self, incoming: int = 0) -> int:
+        """Evict least recently used files not in use until the cache plus `incoming` bytes fits the limit.
+
+        Returns the bytes the cache would hold with `incoming` added; more than the limit when live tasks need it.
+        """
+        with self._lock:
+            pinned = self._pinned()
+            entries = self.entries()
+            total = sum(entry.size for entry in entries) + incoming
+            for entry in choose_evictions(entries, self.max_bytes, pinned, incoming):
+                with self._lock_for(entry.sha256):
+                    _remove_quietly(self._file_path(entry.sha256))
+                total -= entry.size
+                log.info("evicted file %s (%s) from the cache", entry.sha256[:12], format_size(entry.size))
+            return total
+
+    # -- task trees ---------------------------------------------------------------------------------------------
 
     def task_dir(self, task_id: int) -> str:
-        """The task's work folder (created if missing); its .blend is placed here by `materialize`."""
-        path = os.path.join(self._tasks_dir, _task_name(task_id))
-        os.makedirs(path, exist_ok=True)
-        return path
+        """The folder the task's tree is built in (not created here)."""
+        return os.path.join(self._tasks_dir, _task_name(task_id))
 
     def output_dir(self, task_id: int) -> str:
         """The folder Blender renders the task's frames into (created if missing)."""
@@ -93,60 +328,199 @@ class BlendCache:
         os.makedirs(path, exist_ok=True)
         return path
 
-    def materialize(self, task_id: int, sha256: str, blend_filename: str) -> str:
-        """Place the cached .blend into the task's folder as `blend_filename` and return its path.
+    def live_tasks(self) -> list[int]:
+        """The tasks whose trees are materialized now (their files are never evicted)."""
+        with self._lock:
+            return sorted(self._live)
 
-        A hard link costs nothing; a copy is made where links are not possible (another file system). The cached
-        file must have been fetched first.
+    def materialize_tree(
+        self,
+        task_id: int,
+        files: Iterable[Mapping[str, Any] | TreeFile],
+        main_file: str,
+        download: Callable[[str, str], None],
+    ) -> TaskTree:
+        """Build the task's tree from the cache and return it; `main_path` is the main .blend to open.
+
+        `download(sha256, dest_path)` is called once per hash the cache lacks. Files are hard-linked from the cache
+        (copied where the file system cannot link). A tree this cache built before for the task is rebuilt; anything
+        else already in the task's folder is refused, since building over it could follow a symlink out.
         """
-        if not safe_file_name(blend_filename):
-            raise CacheError(f"{blend_filename!r} is not a safe .blend file name")
-        source = self.path_for(sha256)
-        if source is None:
-            raise CacheError(f"no cached .blend with SHA-256 {sha256}")
+        tree = normalize_manifest(files, main_file)
+        name = _task_name(task_id)
         folder = self.task_dir(task_id)
-        target = os.path.join(folder, blend_filename)
-        if os.path.isfile(target) and _same_file(source, target):
-            return target
-        # Build under a temporary name and swap it in, so a half-copied file is never opened by Blender.
-        temp_path = os.path.join(folder, f".materialize-{os.getpid()}-{threading.get_ident()}.part")
-        _remove_quietly(temp_path)
+        sizes = {entry.sha256: entry.size for entry in tree.values()}
+        with self._lock:
+            if int(name) in self._live:
+                _remove_tree(folder)
+            # Pinned before any download, so making room for one file can never evict another of this task.
+            self._live[int(name)] = frozenset(sizes)
         try:
-            try:
-                os.link(source, temp_path)
-            except OSError:
-                shutil.copyfile(source, temp_path)
-            os.replace(temp_path, target)
-        finally:
-            _remove_quietly(temp_path)
-        return target
+            return self._materialize(int(name), folder, tree, sizes, main_file, download)
+        except BaseException:
+            self.remove_task(int(name))
+            raise
+
+    def _materialize(
+        self,
+        task_id: int,
+        folder: str,
+        tree: dict[str, TreeFile],
+        sizes: dict[str, int | None],
+        main_file: str,
+        download: Callable[[str, str], None],
+    ) -> TaskTree:
+        missing = {sha256 for sha256, size in sizes.items() if not self._has(sha256, size)}
+        projected = self.enforce_limit(incoming=sum(sizes[sha256] or 0 for sha256 in missing))
+        if projected > self.max_bytes:
+            log.warning(
+                "task %s: the cache will hold %s, over its limit of %s, because files of tasks in use are never "
+                "evicted; rendering it anyway",
+                task_id, format_size(projected), format_size(self.max_bytes),
+            )
+        total_bytes = downloaded_bytes = 0
+        for sha256, size in sizes.items():
+            path = self.fetch(sha256, lambda dest, sha256=sha256: download(sha256, dest), size)
+            file_size = os.path.getsize(path)
+            total_bytes += file_size
+            if sha256 in missing:
+                downloaded_bytes += file_size
+            self._touch(path)
+        if missing:
+            # Sizes the manifest did not give are known only now.
+            self.enforce_limit()
+        self._build(task_id, folder, tree)
+        return TaskTree(
+            task_id=task_id,
+            root=folder,
+            main_path=os.path.join(folder, *main_file.split("/")),
+            files=len(tree),
+            total_bytes=total_bytes,
+            downloaded_files=len(missing),
+            downloaded_bytes=downloaded_bytes,
+            cached_files=len(sizes) - len(missing),
+            cached_bytes=total_bytes - downloaded_bytes,
+        )
+
+    def _build(self, task_id: int, folder: str, tree: dict[str, TreeFile]) -> None:
+        """Create the tree's folders and files; refuse anything already there that this build did not create."""
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            info = os.lstat(folder)
+            if not stat.S_ISDIR(info.st_mode) or os.listdir(folder):
+                raise CacheError(f"the folder of task {task_id} already holds files; refusing to build over them")
+        made = {""}
+        for path in sorted(tree):
+            parts = path.split("/")
+            for depth in range(1, len(parts)):
+                sub = "/".join(parts[:depth])
+                if sub in made:
+                    continue
+                try:
+                    os.mkdir(os.path.join(folder, *parts[:depth]))
+                except FileExistsError:
+                    raise CacheError(f"{sub!r} already exists in the folder of task {task_id}") from None
+                made.add(sub)
+            source = self.path_for(tree[path].sha256)
+            if source is None:
+                raise CacheError(f"the file {tree[path].sha256[:12]} left the cache while task {task_id} was built")
+            _place(source, os.path.join(folder, *parts))
 
     def remove_task(self, task_id: int) -> None:
-        """Delete the task's work and output folders; the cached .blend stays."""
+        """Delete the task's tree and output folder and stop protecting its files; the cached files stay."""
         name = _task_name(task_id)
-        for parent in (self._tasks_dir, self._output_dir):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        with self._lock:
+            hashes = self._live.pop(int(name), frozenset())
+            for sha256 in hashes:
+                # The task used them until now: that is their last use, not when it started.
+                path = self.path_for(sha256)
+                if path is not None:
+                    self._touch(path)
+            for parent in (self._tasks_dir, self._output_dir):
+                _remove_tree(os.path.join(parent, name))
+            if hashes:
+                self.enforce_limit()
 
     def clear_tasks(self) -> None:
-        """Delete every task's work and output folders, e.g. those a crashed worker left behind."""
-        for parent in (self._tasks_dir, self._output_dir):
-            for entry in os.listdir(parent):
-                path = os.path.join(parent, entry)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    _remove_quietly(path)
+        """Delete every task's tree and output folder, e.g. those a crashed worker left behind; then fit the limit."""
+        with self._lock:
+            self._live.clear()
+            for parent in (self._tasks_dir, self._output_dir):
+                for entry in os.listdir(parent):
+                    _remove_tree(os.path.join(parent, entry))
+            self.enforce_limit()
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
-    def _blend_path(self, sha256: str) -> str:
-        if not isinstance(sha256, str) or not _SHA256_RE.match(sha256.lower()):
-            raise CacheError(f"{sha256!r} is not a SHA-256 hash")
-        return os.path.join(self._blends_dir, sha256.lower() + ".blend")
+    def _file_path(self, sha256: str) -> str:
+        return os.path.join(self._files_dir, _check_sha256(sha256))
 
     def _lock_for(self, sha256: str) -> threading.Lock:
-        with self._locks_guard:
+        with self._lock:
             return self._fetch_locks.setdefault(sha256, threading.Lock())
+
+    def _pinned(self) -> set[str]:
+        with self._lock:
+            return set().union(*self._live.values())
+
+    def _touch(self, path: str) -> None:
+        now = self._clock()
+        try:
+            os.utime(path, (now, now))
+        except OSError as exc:
+            log.debug("could not mark %s used: %s", path, exc)
+
+    def _remove_partial_downloads(self) -> None:
+        # Left by a worker that died mid-download; nothing else of this root is running (one process per root).
+        for entry in os.listdir(self._files_dir):
+            if entry.startswith(".download-"):
+                _remove_quietly(os.path.join(self._files_dir, entry))
+
+    def _adopt_legacy_blends(self) -> None:
+        """Move .blend files cached by earlier versions (blends/<sha256>.blend) into files/, under the limit."""
+        legacy = os.path.join(self.root, "blends")
+        if not os.path.isdir(legacy) or os.path.islink(legacy):
+            return
+        for entry in os.listdir(legacy):
+            sha256, extension = os.path.splitext(entry)
+            if extension == ".blend" and _SHA256_RE.match(sha256):
+                try:
+                    os.chmod(os.path.join(legacy, entry), stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                    os.replace(os.path.join(legacy, entry), os.path.join(self._files_dir, sha256))
+                except OSError:
+                    pass
+        shutil.rmtree(legacy, ignore_errors=True)
+
+
+def _place(source: str, target: str) -> None:
+    """Hard-link `source` to `target`, or copy it where linking fails; `target` must not exist."""
+    try:
+        os.link(source, target)
+        return
+    except FileExistsError:
+        raise CacheError(f"{target} already exists; refusing to build over it") from None
+    except OSError:
+        pass  # another file system, or too many links: copy instead
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        handle = os.open(target, flags, 0o644)
+    except FileExistsError:
+        raise CacheError(f"{target} already exists; refusing to build over it") from None
+    with open(source, "rb") as stream, os.fdopen(handle, "wb") as out:
+        shutil.copyfileobj(stream, out, _COPY_BLOCK)
+
+
+def _remove_tree(path: str) -> None:
+    """Delete a folder and everything in it, or the file or symlink at `path`; symlinks are never followed."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        _remove_quietly(path)
 
 
 def _task_name(task_id: int) -> str:
@@ -160,13 +534,6 @@ def _task_name(task_id: int) -> str:
     if number < 0:
         raise CacheError(f"{task_id!r} is not a task id")
     return str(number)
-
-
-def _same_file(first: str, second: str) -> bool:
-    try:
-        return os.path.samefile(first, second)
-    except OSError:
-        return False
 
 
 def _remove_quietly(path: str) -> None:
