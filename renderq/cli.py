@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from renderq import __version__
 from renderq.http_client import (
@@ -31,6 +33,9 @@ from renderq.progress import (
     format_table,
     format_time,
 )
+
+if TYPE_CHECKING:
+    from renderq.packing import PackedFile, PackResult
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:5000"
 FINAL_STATUSES = ("done", "failed", "canceled")
@@ -86,6 +91,14 @@ def port_number(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
     return value
+
+
+def blender_version_arg(text: str) -> str:
+    """A Blender major.minor such as 4.2, as `--blender-version` takes it."""
+    match = re.fullmatch(r"\s*(\d{1,3})\.(\d{1,3})\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Blender version; write major.minor, e.g. 4.2")
+    return f"{int(match.group(1))}.{int(match.group(2))}"
 
 
 def task_id_arg(text: str) -> int:
@@ -284,7 +297,8 @@ def print_json(answer: Any) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    """Upload a .blend, submit it as a task, and with --wait follow it and fetch the frames."""
+    """Pack a .blend with its assets, upload what the coordinator lacks, submit the task; with --wait follow it
+    and fetch the frames."""
     blend = Path(args.file)
     if not blend.is_file():
         raise UsageError(f"{args.file} is not a file")
@@ -306,42 +320,54 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise UsageError(f"the scene in {blend} ends at frame {frame_end} before it starts; give --frames")
         step = step or max(1, scene_step)
     client = make_client(args)
-
-    size = blend.stat().st_size
     line = ProgressLine()
-    show_upload = size >= UPLOAD_PROGRESS_MIN_BYTES
 
-    def upload_progress(sent: int, total: int) -> None:
-        if show_upload:
-            fraction = sent / total if total else 1.0
-            line.update(f"uploading {blend.name} {bar(fraction)} {format_bytes(sent)} of {format_bytes(total)}")
+    # The staging folder holds only the .blend files BAT rewrote; it goes away once the task is submitted.
+    with tempfile.TemporaryDirectory(prefix="renderq-submit-") as staging:
+        try:
+            packed = pack_for_submit(str(blend), staging, line)
+        except KeyboardInterrupt:
+            line.finish()
+            print("packing interrupted; nothing was submitted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print_preflight(blend, packed)
+        if packed.missing and not args.allow_missing:
+            raise UsageError(
+                f"{len(packed.missing)} asset(s) are missing (listed above); relink them in Blender, "
+                "or submit anyway with --allow-missing"
+            )
+        try:
+            upload_missing_files(client, packed, line)
+        except KeyboardInterrupt:
+            line.finish()
+            print("upload interrupted; nothing was submitted", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
-    try:
-        stored = client.upload_blend(str(blend), progress=upload_progress)
-    except KeyboardInterrupt:
-        line.finish()
-        print("upload interrupted; nothing was submitted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if show_upload:
-        line.finish()
-
-    task = client.submit_task(
-        name=args.name or blend.stem,
-        blend_sha256=stored["sha256"],
-        blend_filename=stored.get("filename", blend.name),
-        frame_start=frame_start,
-        frame_end=frame_end,
-        frame_step=step or 1,
-        priority=args.priority,
-        workers=list(args.worker or []),
-        submitted_by=current_user(),
-        settings={},
-    )
+        blender_version = args.blender_version or packed.blender_version
+        task = client.submit_task(
+            name=args.name or blend.stem,
+            manifest=packed.manifest(),
+            main_file=packed.main_file,
+            blender_version=blender_version,
+            blender_version_exact=args.blender_version is not None,
+            missing_assets=list(packed.missing),
+            frame_start=frame_start,
+            frame_end=frame_end,
+            frame_step=step or 1,
+            priority=args.priority,
+            workers=list(args.worker or []),
+            submitted_by=current_user(),
+            settings={},
+        )
     task_id = task["task_id"]
     frames_text = f"{frame_start}-{frame_end}" if frame_end != frame_start else str(frame_start)
     if (step or 1) > 1:
         frames_text += f" step {step}"
-    print(f"submitted task {task_id} ({task.get('name', args.name or blend.stem)}, frames {frames_text})")
+    exact = " exactly" if args.blender_version is not None else " or newer"
+    print(
+        f"submitted task {task_id} ({task.get('name', args.name or blend.stem)}, frames {frames_text}, "
+        f"Blender {blender_version}{exact})"
+    )
     sys.stdout.flush()
     if not args.wait:
         return EXIT_OK
@@ -359,6 +385,107 @@ def cmd_submit(args: argparse.Namespace) -> int:
     dest_dir = args.output or f"renderq-{task_id}"
     paths, _ = download_done_frames(client, task, dest_dir, line)
     return report_outcome(task, dest_dir, paths)
+
+
+def pack_for_submit(blend_path: str, staging_dir: str, line: ProgressLine) -> PackResult:
+    """Pack the .blend with renderq.packing, showing what it does on `line`; returns the PackResult.
+
+    Tracing and checking show on a terminal only; hashing shows when there is enough to hash for a line to be
+    readable.
+    """
+    # Imported here: BAT is only needed by `submit`, and other commands should start fast.
+    from renderq import packing
+
+    # BAT logs each missing file as a warning; the pre-flight lists them once, in the user's terms.
+    logging.getLogger("blender_asset_tracer").addHandler(logging.NullHandler())
+    name = os.path.basename(blend_path)
+    shown = False
+
+    def progress(stage: str, done: int, total: int) -> None:
+        nonlocal shown
+        if stage == "trace" and line.is_tty:
+            line.update(f"tracing {name}: {done} asset(s) found")
+            shown = True
+        elif stage == "verify" and line.is_tty:
+            line.update(f"checking that the packed tree of {name} is complete")
+            shown = True
+        elif stage == "hash" and (line.is_tty or total >= UPLOAD_PROGRESS_MIN_BYTES):
+            fraction = done / total if total else 1.0
+            line.update(f"hashing {bar(fraction)} {format_bytes(done)} of {format_bytes(total)}")
+            shown = True
+
+    try:
+        packed = packing.pack_project(blend_path, staging_dir, progress=progress)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    except packing.PackError as error:
+        raise UsageError(f"cannot pack {name}: {error}") from None
+    finally:
+        if shown and line.is_tty:
+            line.clear()
+        elif shown:
+            line.finish()
+    return packed
+
+
+def print_preflight(blend: Path, packed: PackResult) -> None:
+    """One line about the packed tree; the missing assets, one per line, on stderr."""
+    rewritten = f", {len(packed.rewritten)} .blend rewritten" if packed.rewritten else ""
+    print(
+        f"{blend.name}: {len(packed.files)} file(s), {format_bytes(packed.total_bytes)}{rewritten}, "
+        f"saved by Blender {packed.blender_version}"
+    )
+    if packed.missing:
+        print(f"missing assets ({len(packed.missing)}), referenced but not on disk:", file=sys.stderr)
+        for asset in packed.missing:
+            print(f"  {asset}", file=sys.stderr)
+    sys.stdout.flush()
+
+
+def upload_missing_files(client: CoordinatorClient, packed: PackResult, line: ProgressLine) -> tuple[int, int]:
+    """Upload the files of the packed tree that the coordinator lacks, each content once, on one progress line.
+
+    Prints e.g. "uploaded 2 of 7 files (1.2 MB); 5 already on the coordinator". Returns (files, bytes) uploaded.
+    """
+    by_hash: dict[str, PackedFile] = {}
+    for packed_file in packed.files:
+        by_hash.setdefault(packed_file.sha256, packed_file)
+    needed = [by_hash[sha256] for sha256 in client.missing_files(list(by_hash)) if sha256 in by_hash]
+    total_bytes = sum(f.size for f in needed)
+    show = bool(needed) and (line.is_tty or total_bytes >= UPLOAD_PROGRESS_MIN_BYTES)
+    sent_before = 0
+    for index, packed_file in enumerate(needed, start=1):
+
+        def progress(sent: int, _total: int, index: int = index) -> None:
+            if show:
+                fraction = (sent_before + sent) / total_bytes if total_bytes else 1.0
+                line.update(
+                    f"uploading {bar(fraction)} {index}/{len(needed)} files, "
+                    f"{format_bytes(sent_before + sent)} of {format_bytes(total_bytes)}"
+                )
+
+        try:
+            client.upload_file(packed_file.source, packed_file.sha256, progress=progress)
+        except CoordinatorUnreachable:
+            if show:
+                line.finish()
+            raise
+        except CoordinatorError as error:
+            if show:
+                line.finish()
+            hint = " (did it change while it was being uploaded?)" if error.status == 400 else ""
+            message = f"could not upload {packed_file.path}: {error.message}{hint}"
+            raise CoordinatorError(error.status, message) from None
+        sent_before += packed_file.size
+    if show:
+        line.finish()
+    already = len(by_hash) - len(needed)
+    text = f"uploaded {len(needed)} of {len(by_hash)} files ({format_bytes(total_bytes)})"
+    if already:
+        text += f"; {already} already on the coordinator"
+    print(text)
+    sys.stdout.flush()
+    return len(needed), total_bytes
 
 
 def current_user() -> str:
@@ -390,6 +517,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{progress['done']}/{progress['total']}", f"{progress['percent']:.0f}%", eta, progress["failed"],
             ])
         print(format_table(["ID", "NAME", "STATUS", "DONE", "%", "ETA", "FAILED"], rows, right=(0, 3, 4, 5, 6)))
+        for task in tasks:
+            if task.get("waiting_reason"):
+                print(f"task {task.get('task_id')}: {waiting_text(task['waiting_reason'])}")
         return EXIT_OK
 
     task = client.get_task(args.task)
@@ -400,13 +530,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def waiting_text(reason: str) -> str:
+    """The coordinator's waiting reason as shown: 'waiting: no worker with Blender >= 4.2'."""
+    reason = reason.strip()
+    return reason if reason.lower().startswith("waiting") else f"waiting: {reason}"
+
+
 def print_task_detail(task: dict) -> None:
     """A task's settings, progress and frame table."""
     progress = progress_of(task)
     step = task.get("frame_step", 1)
     workers = ", ".join(task.get("workers") or []) or "any"
     print(f"task {task.get('task_id')}: {task.get('name')}  [{task.get('status')}]")
-    print(f"  file       {task.get('blend_filename')} ({str(task.get('blend_sha256', ''))[:12]})")
+    if task.get("main_file"):
+        count = task.get("files_count")
+        size = task.get("files_bytes")
+        tree = f"{count} file(s)" if count is not None else ""
+        if size is not None:
+            tree += (", " if tree else "") + format_bytes(size)
+        print(f"  file       {task['main_file']}" + (f" ({tree})" if tree else ""))
+    else:
+        print(f"  file       {task.get('blend_filename')} ({str(task.get('blend_sha256', ''))[:12]})")
+    if task.get("blender_version"):
+        rule = "exactly" if task.get("blender_version_exact") else "or newer"
+        print(f"  blender    {task['blender_version']} {rule}")
+    missing_assets = task.get("missing_assets") or []
+    if missing_assets:
+        print(f"  missing    {len(missing_assets)} asset(s): {', '.join(missing_assets)}")
     print(f"  frames     {task.get('frame_start')}-{task.get('frame_end')}" + (f" step {step}" if step != 1 else ""))
     print(f"  priority   {task.get('priority', 0)}   workers: {workers}   by: {task.get('submitted_by') or '-'}")
     print(
@@ -414,6 +564,8 @@ def print_task_detail(task: dict) -> None:
         f" ended {format_time(task.get('ended_at'))}"
     )
     print(f"  progress   {task_progress_text(task)}")
+    if task.get("waiting_reason"):
+        print(f"  {waiting_text(task['waiting_reason'])}")
     for current in progress.get("current") or []:
         since = current.get("started_at")
         running = f" for {format_duration(time.time() - since)}" if since else ""
@@ -485,6 +637,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     """Fetch a task's rendered frames."""
     client = make_client(args)
+    if args.zip:
+        dest = os.path.join(args.dir, f"renderq-{args.task}.zip")
+        try:
+            client.download_frames_zip(args.task, dest)
+        except OSError as error:
+            raise UsageError(f"cannot write to {args.dir}: {error.strerror or error}") from None
+        print(f"the frames of task {args.task} are in {dest} ({format_bytes(os.path.getsize(dest))})")
+        return EXIT_OK
     task = client.get_task(args.task)
     try:
         paths, skipped = download_done_frames(client, task, args.dir, ProgressLine())
@@ -525,6 +685,37 @@ def cmd_logs(args: argparse.Namespace) -> int:
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def cmd_disk(args: argparse.Namespace) -> int:
+    """Show the coordinator's disk: total, free, the reserve it keeps, and the bytes of each task."""
+    answer = make_client(args).disk_usage()
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    total, free, reserve = answer.get("total") or 0, answer.get("free") or 0, answer.get("reserve") or 0
+    print(
+        f"disk: {format_bytes(free)} free of {format_bytes(total)} "
+        f"(uploads stop {format_bytes(reserve)} before full)"
+    )
+    tasks = answer.get("tasks") or []
+    if not tasks:
+        print("no task files stored")
+        return EXIT_OK
+    rows = [[t.get("task_id"), t.get("name", ""), t.get("status", ""), format_bytes(t.get("bytes") or 0)]
+            for t in tasks]
+    print(format_table(["ID", "NAME", "STATUS", "BYTES"], rows, right=(0, 3)))
+    return EXIT_OK
+
+
+def cmd_delete_files(args: argparse.Namespace) -> int:
+    """Delete an ended task's frames and the input files no other task uses."""
+    answer = make_client(args).delete_task_files(args.task)
+    print(
+        f"task {answer.get('task_id', args.task)}: deleted {answer.get('files_deleted', 0)} file(s), "
+        f"freed {format_bytes(answer.get('bytes_freed') or 0)}"
+    )
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -598,7 +789,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     elif command == "worker":
         _import_part("worker.agent", "worker").add_arguments(worker)
 
-    submit = add("submit", "upload a .blend file and queue its frames", cmd_submit)
+    submit = add("submit", "pack a .blend file with its assets, upload what the coordinator lacks and queue its frames",
+                 cmd_submit)
     submit.add_argument("file", metavar="FILE.blend", help="the .blend file to render")
     submit.add_argument("--name", help="the task's name (default: the file name without .blend)")
     submit.add_argument(
@@ -616,6 +808,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         help="show progress until the task ends, then download its frames")
     submit.add_argument("--output", metavar="DIR",
                         help="with --wait: where to put the frames (default: ./renderq-TASK_ID)")
+    submit.add_argument("--allow-missing", action="store_true",
+                        help="submit even when assets the file refers to are missing (they are recorded on the task)")
+    submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
+                        help="render only on workers with exactly this Blender major.minor "
+                             "(default: the version that saved the file, or newer)")
 
     status = add("status", "show tasks, or one task with its frames", cmd_status)
     status.add_argument("task", nargs="?", type=task_id_arg, metavar="TASK", help="a task id (default: all tasks)")
@@ -640,11 +837,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     download = add("download", "download a task's rendered frames under Blender's file names", cmd_download)
     download.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
     download.add_argument("dir", metavar="DIR", help="the folder to put them in (files already there are kept)")
+    download.add_argument("--zip", action="store_true",
+                          help="download one zip of all rendered frames into DIR instead (DIR/renderq-TASK.zip)")
 
     logs = add("logs", "print a task's render log", cmd_logs)
     logs.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
     logs.add_argument("--follow", "-f", action="store_true",
                       help="keep printing new lines until the task ends (Ctrl-C stops)")
+
+    disk = add("disk", "show the coordinator's disk use, per task", cmd_disk)
+    disk.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
+
+    delete_files = add("delete-files", "delete an ended task's frames and the input files no other task uses",
+                       cmd_delete_files)
+    delete_files.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
 
     demo = add("demo", "run a coordinator and local workers, render a small animation, show the times",
                cmd_demo, client=False)

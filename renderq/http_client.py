@@ -21,6 +21,8 @@ _USER_AGENT = "renderq-client/0.1.0"
 _BLOCK_SIZE = 256 * 1024
 # Error bodies are short JSON sentences; a proxy's HTML page must not fill memory.
 _MAX_ERROR_BODY = 64 * 1024
+# The coordinator answers /missing_files for at most 100,000 hashes per request; stay well below.
+_MISSING_FILES_BATCH = 20_000
 
 
 class CoordinatorError(Exception):
@@ -329,6 +331,28 @@ class CoordinatorClient:
             _remove_quietly(temp_path)
             raise
 
+    def missing_files(self, hashes: list[str]) -> list[str]:
+        """The hashes among `hashes` that the coordinator does not store yet (POST /missing_files).
+
+        Duplicates are asked once; long lists go in several requests, as the coordinator takes a bounded number.
+        """
+        unique = list(dict.fromkeys(hashes))
+        missing: list[str] = []
+        for start in range(0, len(unique), _MISSING_FILES_BATCH):
+            batch = unique[start:start + _MISSING_FILES_BATCH]
+            answer = self.request("POST", "/missing_files", json_body={"sha256": batch})
+            missing.extend(answer.get("missing", []))
+        return list(dict.fromkeys(missing))
+
+    def upload_file(self, path: str, sha256: str, progress: Callable[[int, int], None] | None = None) -> dict:
+        """Stream a file to the coordinator's content store under its SHA-256 (POST /upload_file).
+
+        The coordinator hashes what it receives and refuses (400) bytes that do not match `sha256`, so a file that
+        changed since it was hashed is never stored under the old hash. `progress(sent_bytes, total_bytes)` is
+        called as it goes. Returns {"sha256", "size"}.
+        """
+        return self._upload("/upload_file", {"sha256": sha256}, path, progress)
+
     # -- tasks and frames ---------------------------------------------------------------------------------------
 
     def submit_task(self, **fields: Any) -> dict:
@@ -404,6 +428,44 @@ class CoordinatorClient:
             _remove_quietly(temp_path)
             raise
         return final_path
+
+    def task_manifest(self, task_id: int) -> dict:
+        """The task's packed tree: {"task_id", "main_file", "files": [{"path", "sha256", "size"}, ...]}."""
+        return self.request("GET", "/task_manifest", params={"task_id": task_id})
+
+    def download_frames_zip(self, task_id: int, dest_path: str) -> str:
+        """Save one zip of the task's rendered frames at `dest_path` and return the path.
+
+        The zip is streamed into a temporary file next to `dest_path` and only then renamed, so an interrupted
+        download never leaves a partial zip under the final name.
+        """
+        dest_dir = os.path.dirname(os.path.abspath(dest_path))
+        conn, response = self._open("GET", "/download_frames_zip", params={"task_id": task_id})
+        try:
+            # Only now: a refused download (no frames yet) should not leave an empty folder behind.
+            os.makedirs(dest_dir, exist_ok=True)
+            temp_path, _ = self._stream_to(response, dest_dir, f"the frames of task {task_id}")
+        finally:
+            conn.close()
+        try:
+            os.replace(temp_path, dest_path)
+        except OSError:
+            _remove_quietly(temp_path)
+            raise
+        return dest_path
+
+    # -- disk -----------------------------------------------------------------------------------------------------
+
+    def disk_usage(self) -> dict:
+        """The coordinator's disk: {"total", "free", "reserve", "tasks": [{"task_id", "name", "status", "bytes"}]}."""
+        return self.request("GET", "/disk_usage")
+
+    def delete_task_files(self, task_id: int) -> dict:
+        """Delete an ended task's frames and the input files no other task uses.
+
+        Returns {"task_id", "files_deleted", "bytes_freed"}; refused (409) while the task is queued or running.
+        """
+        return self.request("POST", "/delete_task_files", json_body={"task_id": task_id})
 
     # -- logs ---------------------------------------------------------------------------------------------------
 

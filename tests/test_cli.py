@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -17,10 +18,16 @@ from typing import Iterator
 
 import pytest
 
-from renderq import cli
+from harness import find_blender_or_none
+from renderq import cli, packing
+from renderq.http_client import CoordinatorClient
+from renderq.packing import PackedFile, PackResult
 from renderq.progress import format_duration, format_frame_list
 
-CLIENT_COMMANDS = ["submit", "status", "workers", "worker-enable", "worker-disable", "cancel", "download", "logs"]
+CLIENT_COMMANDS = [
+    "submit", "status", "workers", "worker-enable", "worker-disable", "cancel", "download", "logs", "disk",
+    "delete-files",
+]
 
 
 def free_port() -> int:
@@ -182,6 +189,10 @@ class FakeCoordinator:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict, bytes]] = []
         self.log = "line one\nline two\n".encode()
+        self.stored: dict[str, bytes] = {}
+        self.task_fields: dict = {}
+        self.zip_bytes = b"PK\x05\x06" + b"\0" * 18
+        self.zip_status = 200
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -203,7 +214,39 @@ class FakeCoordinator:
                 body = self.rfile.read(length) if length else b""
                 fake.requests.append((self.command, parts.path, query, body))
                 path = parts.path
-                if path == "/upload_blend":
+                if path == "/missing_files":
+                    hashes = json.loads(body)["sha256"]
+                    if len(hashes) > 100_000:
+                        self.answer(400, {"error": "too many hashes"})
+                    else:
+                        self.answer(200, {"missing": sorted({h for h in hashes if h not in fake.stored})})
+                elif path == "/upload_file":
+                    actual = hashlib.sha256(body).hexdigest()
+                    if actual != query["sha256"]:
+                        self.answer(400, {"error": f"the file's bytes hash to {actual}, not {query['sha256']}"})
+                    else:
+                        fake.stored[actual] = body
+                        self.answer(200, {"sha256": actual, "size": len(body)})
+                elif path == "/download_frames_zip" and fake.zip_status != 200:
+                    error = f"task {query['task_id']} has no rendered frames to download"
+                    self.answer(fake.zip_status, {"error": error})
+                elif path == "/download_frames_zip":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/zip")
+                    self.send_header("Content-Length", str(len(fake.zip_bytes)))
+                    self.end_headers()
+                    self.wfile.write(fake.zip_bytes)
+                elif path == "/disk_usage":
+                    self.answer(200, {"total": 100 * 2**30, "free": 40 * 2**30, "reserve": 2**30, "tasks": [
+                        {"task_id": 7, "name": "shot_010", "status": "failed", "bytes": 3 * 2**20},
+                        {"task_id": 5, "name": "shot_005", "status": "running", "bytes": 2**20}]})
+                elif path == "/delete_task_files":
+                    task_id = json.loads(body)["task_id"]
+                    if task_id == 5:
+                        self.answer(409, {"error": "task 5 is still running; cancel it first"})
+                    else:
+                        self.answer(200, {"task_id": task_id, "files_deleted": 12, "bytes_freed": 3 * 2**20})
+                elif path == "/upload_blend":
                     self.answer(200, {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body),
                                       "filename": query["filename"]})
                 elif path == "/submit_task":
@@ -212,9 +255,9 @@ class FakeCoordinator:
                     if query["task_id"] != "7":
                         self.answer(404, {"error": f"there is no task {query['task_id']}"})
                     else:
-                        self.answer(200, finished_task())
+                        self.answer(200, {**finished_task(), **fake.task_fields})
                 elif path == "/tasks":
-                    task = finished_task()
+                    task = {**finished_task(), **fake.task_fields}
                     del task["frames"]
                     self.answer(200, {"tasks": [task]})
                 elif path == "/download_frame":
@@ -253,19 +296,147 @@ def fake() -> Iterator[FakeCoordinator]:
     coordinator.server.server_close()
 
 
-def test_submit_sends_the_task(fake: FakeCoordinator, blend_file, capsys) -> None:
+class StandInPack:
+    """Replaces renderq.packing.pack_project: a tree of three real files, main.blend "rewritten" into staging."""
+
+    def __init__(self, tmp_path) -> None:
+        self.project = tmp_path / "project"
+        (self.project / "textures").mkdir(parents=True)
+        (self.project / "textures" / "wood.png").write_bytes(b"wood texture" * 100)
+        (self.project / "lib").mkdir()
+        (self.project / "lib" / "prop.blend").write_bytes(b"BLENDER-v304 prop library")
+        self.missing: list[str] = []
+        self.staging_dirs: list[str] = []
+        self.sha_override: dict[str, str] = {}
+
+    def __call__(self, blend_path: str, staging_dir: str, *, project_root=None, progress=None) -> PackResult:
+        self.staging_dirs.append(staging_dir)
+        staged = os.path.join(staging_dir, "main.blend")
+        with open(staged, "wb") as out:
+            out.write(b"BLENDER-v304 rewritten main")
+        sources = {"main.blend": staged, "textures/wood.png": str(self.project / "textures" / "wood.png"),
+                   "lib/prop.blend": str(self.project / "lib" / "prop.blend")}
+        files = []
+        for tree_path, source in sorted(sources.items()):
+            data = open(source, "rb").read()
+            sha256 = self.sha_override.get(tree_path, hashlib.sha256(data).hexdigest())
+            files.append(PackedFile(tree_path, sha256, len(data), source))
+        return PackResult(main_file="main.blend", files=files, missing=list(self.missing), blender_version="3.4",
+                          staging_dir=staging_dir, rewritten=["main.blend"], project_root=str(self.project))
+
+
+@pytest.fixture
+def stand_in_pack(tmp_path, monkeypatch) -> StandInPack:
+    pack = StandInPack(tmp_path)
+    monkeypatch.setattr(packing, "pack_project", pack)
+    return pack
+
+
+def submitted_body(fake: FakeCoordinator) -> dict:
+    return json.loads(next(r for r in fake.requests if r[1] == "/submit_task")[3])
+
+
+def test_submit_sends_the_task(fake: FakeCoordinator, stand_in_pack: StandInPack, blend_file, capsys) -> None:
     code = cli.main(["submit", str(blend_file), "--coordinator", fake.url, "--frames", "1-250", "--step", "2",
                      "--worker", "node-01", "--priority", "3"])
     assert code == 0
-    assert "submitted task 7" in capsys.readouterr().out
-    submitted = json.loads(next(r for r in fake.requests if r[1] == "/submit_task")[3])
+    out = capsys.readouterr().out
+    assert "submitted task 7" in out and "Blender 3.4 or newer" in out
+    submitted = submitted_body(fake)
     assert submitted["name"] == "shot_010"
-    assert submitted["blend_sha256"] == hashlib.sha256(blend_file.read_bytes()).hexdigest()
+    assert submitted["main_file"] == "main.blend"
+    assert [entry["path"] for entry in submitted["manifest"]] == ["lib/prop.blend", "main.blend", "textures/wood.png"]
+    assert all(set(entry) == {"path", "sha256", "size"} for entry in submitted["manifest"])
+    assert submitted["blender_version"] == "3.4" and submitted["blender_version_exact"] is False
+    assert submitted["missing_assets"] == []
     assert (submitted["frame_start"], submitted["frame_end"], submitted["frame_step"]) == (1, 250, 2)
     assert submitted["workers"] == ["node-01"] and submitted["priority"] == 3
+    # Every file of the manifest is on the coordinator before the task is submitted.
+    assert {entry["sha256"] for entry in submitted["manifest"]} <= set(fake.stored)
+    assert fake.paths().index("/submit_task") > max(i for i, p in enumerate(fake.paths()) if p == "/upload_file")
+    # The staging folder (the rewritten main.blend) is gone afterwards.
+    assert stand_in_pack.staging_dirs and not os.path.exists(stand_in_pack.staging_dirs[0])
 
 
-def test_submit_wait_downloads_and_reports_failed_frames(fake: FakeCoordinator, blend_file, tmp_path, capsys) -> None:
+def test_submit_uploads_only_what_the_coordinator_lacks(
+    fake: FakeCoordinator, stand_in_pack: StandInPack, blend_file, capsys
+) -> None:
+    wood = (stand_in_pack.project / "textures" / "wood.png").read_bytes()
+    fake.stored[hashlib.sha256(wood).hexdigest()] = wood
+    assert cli.main(["submit", str(blend_file), "--coordinator", fake.url, "--frames", "1"]) == 0
+    out = capsys.readouterr().out
+    uploaded = [r for r in fake.requests if r[1] == "/upload_file"]
+    assert len(uploaded) == 2
+    assert all(hashlib.sha256(r[3]).hexdigest() == r[2]["sha256"] for r in uploaded)
+    assert "uploaded 2 of 3 files (" in out and "1 already on the coordinator" in out
+    assert "shot_010.blend: 3 file(s), 1.2 KB, 1 .blend rewritten, saved by Blender 3.4" in out
+
+    assert cli.main(["submit", str(blend_file), "--coordinator", fake.url, "--frames", "1"]) == 0
+    assert "uploaded 0 of 3 files (0 B); 3 already on the coordinator" in capsys.readouterr().out
+    assert len([r for r in fake.requests if r[1] == "/upload_file"]) == 2
+
+
+def test_missing_assets_stop_the_submission(
+    fake: FakeCoordinator, stand_in_pack: StandInPack, blend_file, capsys
+) -> None:
+    stand_in_pack.missing = ["textures/gone.png", "/mnt/library/hdri.exr"]
+    assert cli.main(["submit", str(blend_file), "--coordinator", fake.url, "--frames", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "missing assets (2), referenced but not on disk:\n  textures/gone.png\n  /mnt/library/hdri.exr\n" in err
+    assert err.strip().splitlines()[-1] == (
+        "renderq: 2 asset(s) are missing (listed above); relink them in Blender, or submit anyway with --allow-missing"
+    )
+    assert "/upload_file" not in fake.paths() and "/submit_task" not in fake.paths()
+    assert not os.path.exists(stand_in_pack.staging_dirs[0])
+
+
+def test_allow_missing_submits_and_records_them(
+    fake: FakeCoordinator, stand_in_pack: StandInPack, blend_file, capsys
+) -> None:
+    stand_in_pack.missing = ["textures/gone.png"]
+    assert cli.main(["submit", str(blend_file), "--coordinator", fake.url, "--frames", "1", "--allow-missing"]) == 0
+    captured = capsys.readouterr()
+    assert "textures/gone.png" in captured.err and "submitted task 7" in captured.out
+    assert submitted_body(fake)["missing_assets"] == ["textures/gone.png"]
+
+
+def test_blender_version_flag_asks_for_an_exact_match(
+    fake: FakeCoordinator, stand_in_pack: StandInPack, blend_file, capsys
+) -> None:
+    assert cli.main(["submit", str(blend_file), "--coordinator", fake.url, "--frames", "1",
+                     "--blender-version", "4.02"]) == 0
+    assert "Blender 4.2 exactly" in capsys.readouterr().out
+    submitted = submitted_body(fake)
+    assert submitted["blender_version"] == "4.2" and submitted["blender_version_exact"] is True
+
+
+@pytest.mark.parametrize("version", ["4", "4.x", "v4.2", "4.2.1", ""])
+def test_blender_version_flag_is_validated(blend_file, capsys, version: str) -> None:
+    assert cli.main(["submit", str(blend_file), "--frames", "1", "--blender-version", version]) == 2
+    err = capsys.readouterr().err
+    assert "is not a Blender version; write major.minor, e.g. 4.2" in err and "Traceback" not in err
+
+
+def test_upload_refused_names_the_file(fake: FakeCoordinator, stand_in_pack: StandInPack, blend_file, capsys) -> None:
+    stand_in_pack.sha_override["textures/wood.png"] = "0" * 64  # as if the file changed after it was hashed
+    assert cli.main(["submit", str(blend_file), "--coordinator", fake.url, "--frames", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("renderq: could not upload textures/wood.png: the file's bytes hash to ")
+    assert "did it change while it was being uploaded?" in err
+    assert "/submit_task" not in fake.paths()
+
+
+def test_a_file_that_is_not_a_blend_is_bad_input(fake: FakeCoordinator, tmp_path, capsys) -> None:
+    path = tmp_path / "notes.blend"
+    path.write_text("not a blend")
+    assert cli.main(["submit", str(path), "--coordinator", fake.url, "--frames", "1"]) == 2
+    assert "is not a .blend file" in capsys.readouterr().err
+    assert fake.requests == []
+
+
+def test_submit_wait_downloads_and_reports_failed_frames(
+    fake: FakeCoordinator, stand_in_pack: StandInPack, blend_file, tmp_path, capsys
+) -> None:
     out_dir = tmp_path / "frames"
     code = cli.main(["submit", str(blend_file), "--coordinator", fake.url, "--frames", "1-2", "--wait",
                      "--output", str(out_dir)])
@@ -282,6 +453,65 @@ def test_download_skips_frames_already_present(fake: FakeCoordinator, tmp_path, 
     assert cli.main(["download", "7", str(tmp_path), "--coordinator", fake.url]) == 0
     assert fake.paths().count("/download_frame") == 1
     assert "1 already there" in capsys.readouterr().out
+
+
+def test_download_replaces_a_local_file_that_differs(fake: FakeCoordinator, tmp_path, capsys) -> None:
+    (tmp_path / "f_0001.png").write_bytes(b"an older render")
+    assert cli.main(["download", "7", str(tmp_path), "--coordinator", fake.url]) == 0
+    assert (tmp_path / "f_0001.png").read_bytes() == PNG
+    assert fake.paths().count("/download_frame") == 1
+    assert "already there" not in capsys.readouterr().out
+
+
+def test_download_zip(fake: FakeCoordinator, tmp_path, capsys) -> None:
+    dest = tmp_path / "out"
+    assert cli.main(["download", "7", str(dest), "--zip", "--coordinator", fake.url]) == 0
+    assert (dest / "renderq-7.zip").read_bytes() == fake.zip_bytes
+    assert [name for name in os.listdir(dest)] == ["renderq-7.zip"]
+    assert f"are in {dest / 'renderq-7.zip'}" in capsys.readouterr().out
+    assert "/download_frame" not in fake.paths()
+
+
+def test_download_zip_of_a_task_without_frames(fake: FakeCoordinator, tmp_path, capsys) -> None:
+    fake.zip_status = 404
+    dest = tmp_path / "out"
+    assert cli.main(["download", "7", str(dest), "--zip", "--coordinator", fake.url]) == 1
+    assert capsys.readouterr().err == "renderq: task 7 has no rendered frames to download\n"
+    assert not dest.exists()
+
+
+def test_status_shows_why_a_task_waits(fake: FakeCoordinator, capsys) -> None:
+    fake.task_fields = {"status": "queued", "waiting_reason": "waiting: no worker with Blender >= 4.2",
+                        "main_file": "shots/main.blend", "files_count": 5, "files_bytes": 2048,
+                        "blender_version": "4.2", "blender_version_exact": False,
+                        "missing_assets": ["textures/gone.png"]}
+    assert cli.main(["status", "7", "--coordinator", fake.url]) == 0
+    detail = capsys.readouterr().out
+    assert "  waiting: no worker with Blender >= 4.2\n" in detail
+    assert "shots/main.blend (5 file(s), 2.0 KB)" in detail
+    assert "4.2 or newer" in detail and "textures/gone.png" in detail
+    assert cli.main(["status", "--coordinator", fake.url]) == 0
+    assert "task 7: waiting: no worker with Blender >= 4.2" in capsys.readouterr().out
+
+
+def test_disk_and_delete_files(fake: FakeCoordinator, capsys) -> None:
+    assert cli.main(["disk", "--coordinator", fake.url]) == 0
+    out = capsys.readouterr().out
+    assert "40.0 GB free of 100.0 GB" in out
+    assert "shot_010" in out and "3.0 MB" in out and "shot_005" in out
+    assert cli.main(["delete-files", "7", "--coordinator", fake.url]) == 0
+    assert capsys.readouterr().out == "task 7: deleted 12 file(s), freed 3.0 MB\n"
+    assert cli.main(["delete-files", "5", "--coordinator", fake.url]) == 1
+    assert capsys.readouterr().err == "renderq: task 5 is still running; cancel it first\n"
+
+
+def test_client_asks_for_missing_files_in_batches(fake: FakeCoordinator) -> None:
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(45_000)]
+    fake.stored[hashes[3]] = b"x"
+    missing = CoordinatorClient(fake.url).missing_files(hashes + hashes[:10])
+    assert len(missing) == 44_999 and hashes[3] not in missing
+    batches = [json.loads(r[3])["sha256"] for r in fake.requests if r[1] == "/missing_files"]
+    assert len(batches) == 3 and all(len(batch) <= 100_000 for batch in batches)
 
 
 def test_status_table_and_detail(fake: FakeCoordinator, capsys) -> None:
@@ -312,6 +542,32 @@ def test_worker_disable(fake: FakeCoordinator, capsys) -> None:
     assert "worker node-01 is OFF" in capsys.readouterr().out
     sent = json.loads(next(r for r in fake.requests if r[1] == "/set_worker_enabled")[3])
     assert sent == {"name": "node-01", "enabled": False}
+
+
+# -- a real project through the command line ------------------------------------------------------------------------
+
+BLENDER = find_blender_or_none()
+
+
+@pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)")
+def test_submit_a_real_project_uploads_its_tree_once(fake: FakeCoordinator, tmp_path, capsys) -> None:
+    from project import make_project
+
+    paths = make_project(str(tmp_path / "work"), BLENDER)
+    assert cli.main(["submit", paths["main"], "--coordinator", fake.url]) == 0
+    out = capsys.readouterr().out
+    submitted = submitted_body(fake)
+    assert (submitted["frame_start"], submitted["frame_end"]) == (1, 3)  # the scene's range, read with Blender
+    assert submitted["main_file"] == "main.blend" and len(submitted["manifest"]) == 5
+    assert submitted["blender_version"] == "3.4"
+    total = sum(entry["size"] for entry in submitted["manifest"])
+    assert sum(len(data) for data in fake.stored.values()) == total
+    assert f"uploaded 5 of 5 files ({cli.format_bytes(total)})" in out
+
+    fake.requests.clear()
+    assert cli.main(["submit", paths["main"], "--coordinator", fake.url, "--frames", "1"]) == 0
+    assert "uploaded 0 of 5 files (0 B); 5 already on the coordinator" in capsys.readouterr().out
+    assert "/upload_file" not in fake.paths()
 
 
 # -- formatting ------------------------------------------------------------------------------------------------------
