@@ -150,7 +150,8 @@ class _PlacementRecorder(transfer.FileTransferer):
 
     BAT queues a *copy* for every original file and a *move* for every .blend it rewrote into its own temporary
     folder. Copies are only recorded (the original is uploaded as it is); moves are carried out into the staging
-    folder, because BAT deletes its temporary folder when the packer closes.
+    folder, because BAT deletes its temporary folder when the packer closes. They are carried out only once the
+    queue is finished: BAT stats a file just *after* queueing it, so moving it at once races with that stat.
     """
 
     def __init__(self, target: pathlib.Path) -> None:
@@ -159,6 +160,7 @@ class _PlacementRecorder(transfer.FileTransferer):
         self.placed: dict[str, pathlib.Path] = {}
         self.rewritten: set[str] = set()
         self.problems: list[str] = []
+        self._moves: list[tuple[pathlib.Path, pathlib.Path]] = []
 
     def _tree_path(self, dst: pathlib.PurePath) -> str:
         relative = pathlib.PurePath(dst).relative_to(self.target).as_posix()
@@ -171,11 +173,9 @@ class _PlacementRecorder(transfer.FileTransferer):
         tree_path = self._tree_path(dst)
         if action == transfer.Action.MOVE:
             if tree_path == _PACK_INFO_NAME:
-                src.unlink(missing_ok=True)
-                return
+                return  # left in BAT's temporary folder, which goes away with the packer
             final = self.target / tree_path
-            final.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(src), str(final))
+            self._moves.append((pathlib.Path(src), final))
             source = final
             self.rewritten.add(tree_path)
         else:
@@ -191,6 +191,13 @@ class _PlacementRecorder(transfer.FileTransferer):
             try:
                 self._place(src, dst, action)
             except (OSError, ValueError, PackError) as error:
+                self.problems.append(f"{src}: {error}")
+        # The queue is finished (or aborted): nothing will be queued, nor stat'ed, any more.
+        for src, final in self._moves:
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(src), str(final))
+            except OSError as error:
                 self.problems.append(f"{src}: {error}")
         if self.problems:
             self.error_set("; ".join(self.problems[:3]))

@@ -1,5 +1,6 @@
 # Prepares a checkout to run RenderQ: the .venv with RenderQ and its test tools, and Blender.
-# Sourced by scripts/demo.sh and scripts/test.sh; can also be run on its own (bash scripts/setup.sh).
+# Sourced by scripts/demo.sh and scripts/test.sh; can also be run on its own (bash scripts/setup.sh). The test script
+# then calls renderq_setup_test_tools for what only the tests need: a bpy venv (.venv-bpy) and Xvfb.
 # Safe to repeat, and quiet when everything is already there. On Debian it installs what is missing with apt-get
 # (as root, or through sudo).
 
@@ -76,6 +77,78 @@ _renderq_setup() {
                 "(the 'blender' package of your distribution, or an official Blender release) so that 'blender'" \
                 "is on PATH, or set RENDERQ_BLENDER to any Blender binary."
             return 1
+        fi
+    fi
+    return 0
+}
+
+# Python 3.11 for the bpy venv: bpy wheels are built for one Python each, and 5.0.1 is the last one for 3.11.
+_renderq_python311() {
+    local candidate
+    for candidate in python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys, ensurepip; sys.exit(sys.version_info[:2] != (3, 11))' >/dev/null 2>&1; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The system libraries the bpy module links against (Blender's package pulls in most of them already).
+_renderq_bpy_libs=(libx11-6 libxrender1 libxfixes3 libxi6 libxkbcommon0 libsm6 libgl1)
+
+# Creates .venv-bpy with bpy (Blender 5 as a Python module) unless RENDERQ_BPY_PYTHON names another one.
+_renderq_setup_bpy() {
+    local bpy_version="5.0.1"
+    local venv="$_renderq_root/.venv-bpy"
+    if [ -n "${RENDERQ_BPY_PYTHON:-}" ]; then
+        [ -x "$RENDERQ_BPY_PYTHON" ] && return 0
+        _renderq_say "RENDERQ_BPY_PYTHON is set to '$RENDERQ_BPY_PYTHON', which is not an executable file"
+        return 1
+    fi
+    # Reading the installed version from the metadata is instant; importing bpy takes a second.
+    if "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('bpy') != '$bpy_version')" \
+        >/dev/null 2>&1; then
+        return 0
+    fi
+    local python
+    if ! python="$(_renderq_python311)"; then
+        _renderq_say "no Python 3.11 here, which bpy $bpy_version needs: the add-on's Blender 5 tests will be" \
+            "skipped (set RENDERQ_BPY_PYTHON to a Python that has bpy to run them)"
+        return 0
+    fi
+    _renderq_say "creating $venv with bpy $bpy_version (Blender as a Python module, a large download)"
+    rm -rf "$venv"
+    if ! "$python" -m venv "$venv" ||
+        ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "bpy==$bpy_version"; then
+        rm -rf "$venv"
+        _renderq_say "could not install bpy $bpy_version into $venv"
+        return 1
+    fi
+    if ! "$venv/bin/python" -c 'import bpy' >/dev/null 2>&1; then
+        _renderq_apt_install "${_renderq_bpy_libs[@]}" || true
+        if ! "$venv/bin/python" -c 'import bpy' >/dev/null 2>&1; then
+            _renderq_say "bpy is installed in $venv but does not import; it needs these libraries:" \
+                "${_renderq_bpy_libs[*]}"
+            return 1
+        fi
+    fi
+    return 0
+}
+
+# What only the test suite needs, kept out of the demo's set-up: the bpy venv and a virtual X server.
+renderq_setup_test_tools() {
+    _renderq_setup_bpy || return 1
+    if ! command -v xvfb-run >/dev/null 2>&1; then
+        if _renderq_can_apt; then
+            _renderq_apt_install xvfb xauth || {
+                _renderq_say "could not install xvfb and xauth with apt-get"
+                return 1
+            }
+        else
+            _renderq_say "xvfb-run is missing and apt-get cannot run here: the add-on's interface tests will be" \
+                "skipped (install Xvfb and xvfb-run to run them)"
         fi
     fi
     return 0

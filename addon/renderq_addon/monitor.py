@@ -1,0 +1,379 @@
+"""Following the farm: the artist's tasks and the workers, task end notices, thumbnails, downloads and cancel.
+
+A timer polls the coordinator (in a job) every few seconds while a task of this session is unfinished, or while
+"All My Tasks" is on. When a task ends, the artist is told even with the panel closed. The thumbnail of a task's
+last finished frame is downloaded in a job and shown through `bpy.utils.previews`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from typing import Any
+
+import bpy
+import bpy.utils.previews
+
+from renderq.http_client import CoordinatorError, file_sha256, safe_file_name
+
+from . import client, jobs, notify, prefs, state, text
+
+POLL_INTERVAL = 2.0
+# The worker list refreshes itself this often while the scene on screen picks workers.
+WORKERS_INTERVAL = 5.0
+_TIMER_INTERVAL = 1.0
+# A thumbnail is the rendered frame itself; past this size it is not worth fetching just for a preview.
+THUMBNAIL_MAX_BYTES = 64 * 1024 * 1024
+# Formats Blender's preview loader reads; others (e.g. multilayer EXR) get no thumbnail.
+_THUMBNAIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".exr", ".tif", ".tiff", ".bmp", ".tga", ".webp", ".hdr")
+
+_previews: Any = None
+_thumbnail_dir: str | None = None
+_last_poll_error = ""
+
+
+class Refused(Exception):
+    """The action cannot start; the message is the sentence to show the artist."""
+
+
+def _settings() -> client.Settings:
+    """The coordinator settings, checked; raises Refused (main thread)."""
+    problem = client.online_access_problem()
+    if problem:
+        raise Refused(problem)
+    preferences = prefs.get()
+    if preferences is None:
+        raise Refused("The RenderQ add-on is not enabled")
+    settings = client.settings_from_prefs(preferences)
+    problem = client.check_url(settings.url)
+    if problem:
+        raise Refused(problem)
+    return settings
+
+
+# -- tasks ---------------------------------------------------------------------------------------------------------
+
+
+def _show_all_my_tasks() -> bool:
+    preferences = prefs.get()
+    return bool(preferences and preferences.show_all_my_tasks)
+
+
+def _tasks_to_follow() -> list[int]:
+    """Tasks of this session whose full state is needed: unfinished ones, and ended ones not fetched in full."""
+    follow = []
+    for task_id in state.SESSION.session_task_ids:
+        task = state.SESSION.tasks.get(task_id)
+        if task is None or not state.is_final(task) or "frames" not in task:
+            follow.append(task_id)
+    return follow
+
+
+def poll() -> bool:
+    """Start fetching the followed tasks (and the user's task list when shown); False when already running."""
+    settings = _settings()
+    task_ids = _tasks_to_follow()
+    list_mine = _show_all_my_tasks()
+    user = client.current_user()
+
+    def work(_progress: Any) -> dict:
+        coordinator = settings.client(timeout=client.CHECK_TIMEOUT * 2)
+        full: list[dict] = []
+        gone: list[int] = []
+        for task_id in task_ids:
+            try:
+                full.append(coordinator.get_task(task_id))
+            except CoordinatorError as error:
+                if error.status != 404:
+                    raise
+                gone.append(task_id)  # deleted on the coordinator (or another coordinator now)
+        mine = None
+        if list_mine:
+            mine = [task for task in coordinator.list_tasks() if task.get("submitted_by") == user]
+        return {"full": full, "gone": gone, "mine": mine}
+
+    state.SESSION.tasks_fetched_at = time.monotonic()
+    return jobs.start("tasks", work, on_done=_on_tasks, on_error=_on_tasks_error)
+
+
+def _on_tasks(answer: dict) -> None:
+    global _last_poll_error
+    _last_poll_error = ""
+    session = state.SESSION
+    session.tasks_error = ""
+    session.tasks_fetched_at = time.monotonic()
+    for task_id in answer.get("gone", []):
+        state.forget_task(task_id)
+        session.tasks.pop(task_id, None)
+    for task in answer.get("full", []):
+        _update(task)
+    mine = answer.get("mine")
+    if mine is not None:
+        session.my_task_ids = [task["task_id"] for task in mine if isinstance(task.get("task_id"), int)]
+        for task in mine:
+            _update(task)
+
+
+def _on_tasks_error(error: BaseException) -> None:
+    global _last_poll_error
+    sentence = client.error_sentence(error)
+    state.SESSION.tasks_error = sentence
+    state.SESSION.tasks_fetched_at = time.monotonic()
+    if sentence != _last_poll_error:  # polling repeats; say it once, not every two seconds
+        print(f"RenderQ: cannot follow the tasks: {sentence}", flush=True)
+        _last_poll_error = sentence
+
+
+def _update(task: dict) -> None:
+    """Store a task's new state, announce its end, and fetch a newer thumbnail when there is one."""
+    task_id = task.get("task_id")
+    if not isinstance(task_id, int):
+        return
+    before = state.SESSION.tasks.get(task_id)
+    state.remember_task(task)
+    if state.is_final(task) and before is not None and not state.is_final(before):
+        _announce_end(task)
+    if "frames" in task:
+        _maybe_fetch_thumbnail(task)
+
+
+def _announce_end(task: dict) -> None:
+    task_id = task["task_id"]
+    if task_id in state.SESSION.announced:
+        return
+    state.SESSION.announced.add(task_id)
+    progress = task.get("progress") or {}
+    done, total = state.as_int(progress.get("done")), state.as_int(progress.get("total"))
+    name = task.get("name", "")
+    status = task.get("status")
+    if status == "done":
+        notify.tell(f"Task {task_id} ({name}) is done: {done} of {total} frames rendered", "INFO", popup=True)
+        return
+    failed = task.get("failed_frames") or []
+    failed_text = f"; failed frames {text.frame_list(failed)}" if failed else ""
+    notify.tell(f"Task {task_id} ({name}) ended {status}: {done} of {total} frames rendered{failed_text}",
+                "WARNING", popup=True)
+
+
+def last_finished_frame(task: dict) -> dict | None:
+    """The done frame that ended last, or None."""
+    done = [frame for frame in task.get("frames") or [] if frame.get("status") == "done"]
+    if not done:
+        return None
+    return max(done, key=lambda frame: (frame.get("ended_at") or 0.0, frame.get("frame") or 0))
+
+
+# -- thumbnails ------------------------------------------------------------------------------------------------------
+
+
+def _maybe_fetch_thumbnail(task: dict) -> None:
+    if _previews is None or bpy.app.background:
+        return  # nobody sees thumbnails in background mode
+    frame = last_finished_frame(task)
+    if frame is None:
+        return
+    task_id = task["task_id"]
+    shown = state.SESSION.thumbnails.get(task_id)
+    if shown is not None and shown[0] == frame.get("frame"):
+        return
+    name = frame.get("output") or ""
+    if not name.lower().endswith(_THUMBNAIL_SUFFIXES) or state.as_int(frame.get("output_size")) > THUMBNAIL_MAX_BYTES:
+        return
+    try:
+        settings = _settings()
+    except Refused:
+        return
+    folder = os.path.join(_thumbnails_folder(), f"task-{task_id}-frame-{frame['frame']}")
+    frame_number = frame["frame"]
+    expected = frame.get("output_sha256")
+
+    def work(_progress: Any) -> str:
+        os.makedirs(folder, exist_ok=True)
+        coordinator = settings.client(timeout=client.TRANSFER_TIMEOUT)
+        return coordinator.download_frame(task_id, frame_number, folder, expected_sha256=expected)
+
+    def done(path: str) -> None:
+        _show_thumbnail(task_id, frame_number, path)
+
+    def failed(error: BaseException) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"RenderQ: no thumbnail for task {task_id}: {client.error_sentence(error)}", flush=True)
+
+    jobs.start(f"thumbnail:{task_id}", work, on_done=done, on_error=failed)
+
+
+def _thumbnails_folder() -> str:
+    global _thumbnail_dir
+    if _thumbnail_dir is None or not os.path.isdir(_thumbnail_dir):
+        _thumbnail_dir = tempfile.mkdtemp(prefix="renderq-thumbnails-")
+    return _thumbnail_dir
+
+
+def _show_thumbnail(task_id: int, frame: int, path: str) -> None:
+    if _previews is None:
+        return
+    key = f"{task_id}:{frame}"
+    old = state.SESSION.thumbnails.get(task_id)
+    if key not in _previews:
+        _previews.load(key, path, "IMAGE")
+    state.SESSION.thumbnails[task_id] = (frame, key)
+    if old is not None and old[1] != key and old[1] in _previews:
+        del _previews[old[1]]
+        shutil.rmtree(os.path.join(_thumbnails_folder(), f"task-{task_id}-frame-{old[0]}"), ignore_errors=True)
+
+
+def thumbnail_icon(task_id: int) -> int:
+    """The icon id of a task's thumbnail, or 0 when there is none."""
+    shown = state.SESSION.thumbnails.get(task_id)
+    if shown is None or _previews is None or shown[1] not in _previews:
+        return 0
+    return _previews[shown[1]].icon_id
+
+
+# -- actions on one task -----------------------------------------------------------------------------------------
+
+
+def cancel(task_id: int) -> None:
+    """Cancel a task's frames not rendered yet (in a job); raises Refused."""
+    settings = _settings()
+
+    def work(_progress: Any) -> dict:
+        return settings.client().cancel_task(task_id)
+
+    def done(task: dict) -> None:
+        state.remember_task(task)
+        notify.tell(f"Task {task_id} canceled: the frames not rendered yet will not be rendered")
+
+    def failed(error: BaseException) -> None:
+        notify.tell(f"Could not cancel task {task_id}: {client.error_sentence(error)}", "ERROR")
+
+    if not jobs.start(f"cancel:{task_id}", work, on_done=done, on_error=failed):
+        raise Refused(f"Task {task_id} is being canceled already")
+
+
+def download(task_id: int, folder: str) -> None:
+    """Download a task's rendered frames into `folder` (in a job), keeping files already there; raises Refused."""
+    settings = _settings()
+
+    def work(progress: Any) -> dict:
+        coordinator = settings.client(timeout=client.TRANSFER_TIMEOUT)
+        task = coordinator.get_task(task_id)
+        frames = [frame for frame in task.get("frames") or [] if frame.get("status") == "done"]
+        downloaded = skipped = 0
+        for index, frame in enumerate(frames, start=1):
+            progress((index, len(frames)))
+            name, expected = frame.get("output"), frame.get("output_sha256")
+            if name and expected and safe_file_name(name):
+                existing = os.path.join(folder, name)
+                if os.path.isfile(existing) and file_sha256(existing) == expected:
+                    skipped += 1
+                    continue
+            coordinator.download_frame(task_id, frame["frame"], folder, expected_sha256=expected)
+            downloaded += 1
+        return {"task": task, "downloaded": downloaded, "skipped": skipped}
+
+    def on_progress(payload: Any) -> None:
+        index, count = payload
+        state.SESSION.downloads[task_id] = f"Downloading frame {index} of {count}"
+
+    def done(answer: dict) -> None:
+        state.remember_task(answer["task"])
+        downloaded, skipped = answer["downloaded"], answer["skipped"]
+        if downloaded + skipped == 0:
+            sentence = f"Task {task_id} has no rendered frames yet"
+        else:
+            already = f" ({skipped} already there)" if skipped else ""
+            sentence = f"Downloaded {downloaded} frame(s) of task {task_id} into {folder}{already}"
+        state.SESSION.downloads[task_id] = sentence
+        notify.tell(sentence)
+
+    def failed(error: BaseException) -> None:
+        sentence = f"Could not download the frames of task {task_id}: {client.error_sentence(error)}"
+        state.SESSION.downloads[task_id] = sentence
+        notify.tell(sentence, "ERROR")
+
+    if not jobs.start(f"download:{task_id}", work, on_done=done, on_error=failed, on_progress=on_progress):
+        raise Refused(f"The frames of task {task_id} are being downloaded already")
+    state.SESSION.downloads[task_id] = "Downloading..."
+
+
+# -- workers ---------------------------------------------------------------------------------------------------------
+
+
+def refresh_workers(*, quiet: bool = False) -> bool:
+    """Fetch the worker list (in a job); False when a refresh is running already. Raises Refused.
+
+    `quiet` (the timer's refreshes) shows a failure in the panel only, instead of reporting it every time.
+    """
+    settings = _settings()
+    state.SESSION.workers_fetched_at = time.monotonic()
+
+    def work(_progress: Any) -> list[dict]:
+        return settings.client(timeout=client.CHECK_TIMEOUT * 2).list_workers()
+
+    def done(workers: list[dict]) -> None:
+        state.SESSION.workers = sorted(
+            (worker for worker in workers if isinstance(worker, dict)), key=lambda w: str(w.get("name", ""))
+        )
+        state.SESSION.workers_error = ""
+        state.SESSION.workers_fetched_at = time.monotonic()
+
+    def failed(error: BaseException) -> None:
+        state.SESSION.workers_error = client.error_sentence(error)
+        state.SESSION.workers_fetched_at = time.monotonic()
+        if not quiet:
+            notify.tell(f"Could not list the workers: {state.SESSION.workers_error}", "ERROR")
+
+    return jobs.start("workers", work, on_done=done, on_error=failed)
+
+
+# -- timer -----------------------------------------------------------------------------------------------------------
+
+
+def _picking_workers() -> bool:
+    """Whether the scene on screen assigns its task to picked workers (its panel then lists them live)."""
+    scene = getattr(bpy.context, "scene", None)
+    settings = getattr(scene, "renderq", None)
+    return settings is not None and settings.assignment == "MANUAL"
+
+
+def _timer() -> float:
+    try:
+        session = state.SESSION
+        if client.online_access_problem() is not None:
+            return _TIMER_INTERVAL
+        wanted = bool(_tasks_to_follow()) or _show_all_my_tasks()
+        if wanted and state.age(session.tasks_fetched_at) >= POLL_INTERVAL and not jobs.is_running("tasks"):
+            poll()
+        if (_picking_workers() and state.age(session.workers_fetched_at) >= WORKERS_INTERVAL
+                and not jobs.is_running("workers")):
+            refresh_workers(quiet=True)
+    except Refused:
+        pass
+    except Exception:  # noqa: BLE001 - a timer that raises is unregistered by Blender; keep following
+        traceback.print_exc()
+    return _TIMER_INTERVAL
+
+
+def register() -> None:
+    """Create the thumbnail collection and start following tasks."""
+    global _previews
+    _previews = bpy.utils.previews.new()
+    if not bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.register(_timer, first_interval=_TIMER_INTERVAL, persistent=True)
+
+
+def unregister() -> None:
+    """Stop following, free the thumbnails and their files."""
+    global _previews, _thumbnail_dir
+    if bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.unregister(_timer)
+    if _previews is not None:
+        bpy.utils.previews.remove(_previews)
+        _previews = None
+    if _thumbnail_dir is not None:
+        shutil.rmtree(_thumbnail_dir, ignore_errors=True)
+        _thumbnail_dir = None

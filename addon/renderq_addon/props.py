@@ -1,0 +1,103 @@
+"""Per-scene submit settings, saved with the .blend: `scene.renderq`."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+# Blender's own frame limit (MAXFRAME); the coordinator takes the same range.
+MAX_FRAME = 1_048_574
+MAX_PRIORITY = 1_000_000
+
+
+def _copy_scene_range(settings: RENDERQ_PG_scene_settings, context: bpy.types.Context) -> None:
+    # Switching "use scene range" off starts the custom range from the scene's, which is what one edits from.
+    if not settings.use_scene_range and context is not None and context.scene is not None:
+        scene = context.scene
+        settings.frame_start = scene.frame_start
+        settings.frame_end = scene.frame_end
+        settings.frame_step = scene.frame_step
+
+
+class RENDERQ_PG_worker_name(bpy.types.PropertyGroup):
+    """A worker picked for manual assignment, by its `name` (the built-in name property)."""
+
+
+class RENDERQ_PG_scene_settings(bpy.types.PropertyGroup):
+    """How this scene is submitted to the farm."""
+
+    task_name: StringProperty(
+        name="Task Name",
+        description="The task's name on the farm; empty uses the file's name",
+        default="",
+        maxlen=64,
+    )
+    use_scene_range: BoolProperty(
+        name="Use Scene Range",
+        description="Render the scene's frame range and step",
+        default=True,
+        update=_copy_scene_range,
+    )
+    frame_start: IntProperty(name="Start", description="First frame to render", default=1,
+                             min=-MAX_FRAME, max=MAX_FRAME)
+    frame_end: IntProperty(name="End", description="Last frame to render", default=250,
+                           min=-MAX_FRAME, max=MAX_FRAME)
+    frame_step: IntProperty(name="Step", description="Render every n-th frame", default=1, min=1, max=MAX_FRAME)
+    priority: IntProperty(
+        name="Priority",
+        description="Higher priorities render first; equal priorities first come, first served",
+        default=0, min=-MAX_PRIORITY, max=MAX_PRIORITY, soft_min=-100, soft_max=100,
+    )
+    assignment: EnumProperty(
+        name="Assignment",
+        description="Which workers may render this task",
+        items=(
+            ("AUTO", "Automatic", "Any worker with a suitable Blender renders the task"),
+            ("MANUAL", "Pick Workers", "Only the workers picked below render the task"),
+        ),
+        default="AUTO",
+    )
+    selected_workers: CollectionProperty(type=RENDERQ_PG_worker_name, name="Picked Workers")
+    allow_missing: BoolProperty(
+        name="Allow Missing Assets",
+        description="Submit even when some assets the file refers to are missing on disk",
+        default=False,
+    )
+
+
+def frame_range(scene: bpy.types.Scene) -> tuple[int, int, int]:
+    """(start, end, step) to submit: the scene's, or the custom range."""
+    settings = scene.renderq
+    if settings.use_scene_range:
+        return scene.frame_start, scene.frame_end, max(1, scene.frame_step)
+    return settings.frame_start, settings.frame_end, max(1, settings.frame_step)
+
+
+def picked_workers(scene: bpy.types.Scene) -> list[str]:
+    """The names of the workers picked for manual assignment, without duplicates or blanks."""
+    names = [item.name.strip() for item in scene.renderq.selected_workers]
+    return list(dict.fromkeys(name for name in names if name))
+
+
+_CLASSES = (RENDERQ_PG_worker_name, RENDERQ_PG_scene_settings)
+
+
+def register() -> None:
+    """Register the property groups and attach them to scenes."""
+    for cls in _CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.renderq = PointerProperty(type=RENDERQ_PG_scene_settings)
+
+
+def unregister() -> None:
+    """Detach and unregister."""
+    del bpy.types.Scene.renderq
+    for cls in reversed(_CLASSES):
+        bpy.utils.unregister_class(cls)
