@@ -8,9 +8,11 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from . import auth
 from .blobs import BlobStore
 from .config import Config
 from .errors import RenderQError
+from .live import LiveStatus
 from .scheduler import Policy, Scheduler
 from .store import Store
 
@@ -19,8 +21,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     """Build the coordinator's Flask app over the data dir in config (created if missing)."""
     config = config or Config.from_env(**overrides)
     os.makedirs(config.data_dir, exist_ok=True)
-    app = Flask(__name__)
+    app = Flask(__name__, template_folder="pages/templates", static_folder="pages/static")
     app.config["RENDERQ"] = config
+    auth.setup(app, config)
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads are capped by our own streaming check, with a JSON error
     app.json.sort_keys = False
 
@@ -35,17 +38,33 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     scheduler = Scheduler(store, policy)
     app.extensions["renderq.store"] = store
     app.extensions["renderq.scheduler"] = scheduler
+    app.extensions["renderq.live"] = LiveStatus(scheduler, config.poll_interval)
     app.extensions["renderq.blobs"] = BlobStore(os.path.join(config.data_dir, "files"),
                                                         reserve_bytes=config.disk_reserve)
 
     from .api.files import files
     from .api.health import health
     from .api.logs import logs
+    from .api.status import pages
     from .api.tasks import tasks
     from .api.workers import workers
 
-    for blueprint in (health, workers, tasks, files, logs):
+    for blueprint in (health, workers, tasks, files, logs, pages):
         app.register_blueprint(blueprint)
+
+    @app.after_request
+    def page_headers(response):
+        if response.mimetype == "text/html":
+            # Only our own files run in the page, and no other site may frame it to trick a click on a switch.
+            response.headers.setdefault(
+                "Content-Security-Policy",
+                "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+                "form-action 'self'; frame-ancestors 'none'",
+            )
+            response.headers.setdefault("X-Frame-Options", "DENY")
+            response.headers.setdefault("Referrer-Policy", "same-origin")
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
 
     @app.errorhandler(RenderQError)
     def domain_error(error: RenderQError):

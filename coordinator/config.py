@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 GIB = 1024**3
+# A shorter admin token could be guessed through the login form.
+MIN_TOKEN_LENGTH = 16
 
 
 @dataclasses.dataclass
@@ -29,6 +31,10 @@ class Config:
     http_threads: int = 16
     # "full" fsyncs every commit so a power cut loses nothing acknowledged; "normal" survives kill -9 only.
     sqlite_sync: str = "full"
+    # Empty: the token is read from (or created in) the data dir's admin_token file.
+    admin_token: str = ""
+    # True lets anyone who reaches the coordinator read the status page; changes still need the admin token.
+    open_status: bool = False
 
     @property
     def lease_seconds(self) -> float:
@@ -67,6 +73,12 @@ class Config:
             raise ValueError("disk reserve must not be negative")
         if self.sqlite_sync not in ("full", "normal"):
             raise ValueError("sqlite sync must be 'full' or 'normal'")
+        if self.poll_interval <= 0:
+            raise ValueError("poll interval must be more than 0 seconds")
+        if self.admin_token and (len(self.admin_token) < MIN_TOKEN_LENGTH or not self.admin_token.isprintable()
+                                 or self.admin_token != self.admin_token.strip()):
+            raise ValueError(f"the admin token must be at least {MIN_TOKEN_LENGTH} printable characters, "
+                             "without spaces around it")
 
 
 def _parse(name: str, type_name: Any, raw: str) -> Any:
@@ -78,7 +90,21 @@ def _parse(name: str, type_name: Any, raw: str) -> Any:
             return float(raw)
     except ValueError:
         raise ValueError(f"RENDERQ_{name.upper()} must be a number, not {raw!r}") from None
+    if kind == "bool":
+        try:
+            return _parse_bool(raw)
+        except ValueError:
+            raise ValueError(f"RENDERQ_{name.upper()} must be 1 or 0 (true or false), not {raw!r}") from None
     return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 def parse_size(text: str) -> int:

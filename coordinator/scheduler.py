@@ -21,8 +21,10 @@ from .store import Store
 Clock = Callable[[], float]
 
 FRAME_REPORTS = ("rendering", "done", "failed", "released")
-TASK_STATES = ("queued", "running", "done", "failed", "canceled")
+TASK_STATES = ("queued", "running", "paused", "done", "failed", "canceled")
+OPEN_TASK_STATES = ("queued", "running", "paused")
 MAX_FRAMES_PER_TASK = 1_000_000
+PRIORITY_LIMIT = 1_000_000
 
 
 @dataclasses.dataclass
@@ -162,13 +164,15 @@ class Scheduler:
         return self.task_detail(task_id, with_frames=False)
 
     def list_tasks(self, status: str | None = None) -> list[dict]:
+        """Task summaries, newest first, optionally of one status."""
         if status is not None and status not in TASK_STATES:
             raise BadRequest(f"status must be one of {', '.join(TASK_STATES)}, not {status!r}")
-        return [self._describe_task(task) for task in self.store.list_tasks(status)]
+        return self.describe_tasks(self.store.list_tasks(status))
 
     def task_detail(self, task_id: int, with_frames: bool = True) -> dict:
+        """One task's summary, with its frames unless with_frames is False."""
         task = self._task(task_id)
-        described = self._describe_task(task)
+        described = self.describe_tasks([task])[0]
         if with_frames:
             names = {w["worker_id"]: w["name"] for w in self.store.list_workers()}
             described["frames"] = [self._describe_frame(f, names) for f in self.store.frames_of(task_id)]
@@ -178,6 +182,39 @@ class Scheduler:
         task = self._task(task_id)
         if not self.store.cancel_task(task_id, self.clock()):
             raise Conflict(f"task {task_id} has already ended ({task['status']})")
+        return self.task_detail(task_id, with_frames=False)
+
+    def set_task_priority(self, task_id: int, priority: int) -> dict:
+        """Change a task's priority: higher renders first, from the next frame claimed on."""
+        self._task(task_id)
+        if not -PRIORITY_LIMIT <= priority <= PRIORITY_LIMIT:
+            raise BadRequest(f"priority must be between {-PRIORITY_LIMIT} and {PRIORITY_LIMIT}, not {priority}")
+        self.store.set_task_priority(task_id, priority)
+        return self.task_detail(task_id, with_frames=False)
+
+    def pause_task(self, task_id: int) -> dict:
+        """Stop handing out the task's queued frames; frames being rendered finish."""
+        task = self._task(task_id)
+        if not self.store.pause_task(task_id):
+            if task["status"] == "paused":
+                raise Conflict(f"task {task_id} is already paused")
+            raise Conflict(f"task {task_id} has already ended ({task['status']})")
+        return self.task_detail(task_id, with_frames=False)
+
+    def resume_task(self, task_id: int) -> dict:
+        """Hand out a paused task's frames again."""
+        task = self._task(task_id)
+        if not self.store.resume_task(task_id):
+            raise Conflict(f"task {task_id} is not paused ({task['status']})")
+        return self.task_detail(task_id, with_frames=False)
+
+    def retry_failed_frames(self, task_id: int) -> dict:
+        """Queue the task's failed frames again with their failures reset; the task runs again."""
+        task = self._task(task_id)
+        if task["status"] == "canceled":
+            raise Conflict(f"task {task_id} was canceled; submit it again to render its failed frames")
+        if not self.store.retry_failed_frames(task_id):
+            raise Conflict(f"task {task_id} has no failed frames")
         return self.task_detail(task_id, with_frames=False)
 
     def task_manifest(self, task_id: int) -> dict:
@@ -197,7 +234,7 @@ class Scheduler:
     def forget_task_files(self, task_id: int) -> list[str]:
         """Forget an ended task's inputs and frames; returns the hashes no other task uses."""
         task = self._task(task_id)
-        if task["status"] in ("queued", "running"):
+        if task["status"] in OPEN_TASK_STATES:
             raise Conflict(f"task {task_id} is still {task['status']}; cancel it before deleting its files")
         return self.store.forget_task_files(task_id, self.clock())
 
@@ -333,27 +370,56 @@ class Scheduler:
             return f"frame {frame} of task {task_id} is already {row['status']}"
         return f"this worker no longer holds the lease on frame {frame} of task {task_id}"
 
-    def _describe_task(self, task: dict) -> dict:
+    def describe_tasks(self, tasks: list[dict]) -> list[dict]:
+        """Summaries (progress, ETA, who renders, why it waits) of store task rows, with a fixed number of queries
+        whatever the number of tasks."""
+        open_ids = [t["task_id"] for t in tasks if t["status"] in OPEN_TASK_STATES]
+        # Frames of an ended task no longer change state, so its counts come from the task row itself;
+        # only open tasks need counting.
+        counts = self.store.frame_counts_many(open_ids)
+        recent = self.store.recent_frame_seconds_many(open_ids, self.policy.frame_time_window)
+        current: dict[int, list[dict]] = {}
+        if open_ids:
+            frames = (self.store.current_frames(task_id=open_ids[0]) if len(open_ids) == 1
+                      else self.store.current_frames())
+            for frame in frames:
+                current.setdefault(frame["task_id"], []).append(frame)
+        with_failures = [t["task_id"] for t in tasks if t["frames_failed"]]
+        failed = self.store.failed_frame_numbers(with_failures)
+        workers: list[dict] | None = None
+        described = []
+        for task in tasks:
+            task_id = task["task_id"]
+            if task_id in counts:
+                task_counts = counts[task_id]
+            else:
+                task_counts = {"done": task["frames_done"], "failed": task["frames_failed"],
+                               "canceled": task["frames_total"] - task["frames_done"] - task["frames_failed"]}
+            waiting_reason = None
+            if (task["status"] in ("queued", "running") and task_counts.get("queued")
+                    and not (task_counts.get("rendering", 0) + task_counts.get("leased", 0))):
+                if workers is None:
+                    workers = self.store.list_workers()
+                waiting_reason = self._waiting_reason(task, workers)
+            described.append(self._describe_task(task, task_counts, current.get(task_id, []),
+                                                 recent.get(task_id, []), failed.get(task_id, []), waiting_reason))
+        return described
+
+    def _describe_task(self, task: dict, counts: dict[str, int], current: list[dict], recent: list[float],
+                       failed_frames: list[int], waiting_reason: str | None) -> dict:
         task_id = task["task_id"]
-        counts = self.store.frame_counts(task_id)
         total = task["frames_total"]
         done = counts.get("done", 0)
         failed = counts.get("failed", 0)
         rendering = counts.get("rendering", 0)
         leased = counts.get("leased", 0)
         queued = counts.get("queued", 0)
-        current = self.store.current_frames(task_id=task_id) if rendering + leased else []
         workers_rendering = len({f["worker_id"] for f in current if f["status"] == "rendering"})
-        frames_left = queued + leased + rendering if task["status"] in ("queued", "running") else 0
-        estimate = eta.estimate_eta(
-            self.store.recent_frame_seconds(task_id, self.policy.frame_time_window), frames_left, workers_rendering
-        )
-        waiting_reason = None
-        if task["status"] in ("queued", "running") and queued and not (rendering + leased):
-            waiting_reason = self._waiting_reason(task)
-        failed_frames = []
-        if failed:
-            failed_frames = [f["frame"] for f in self.store.frames_of(task_id) if f["status"] == "failed"]
+        if task["status"] == "paused":
+            estimate = None  # nothing new starts until it is resumed
+        else:
+            frames_left = queued + leased + rendering if task["status"] in ("queued", "running") else 0
+            estimate = eta.estimate_eta(recent, frames_left, workers_rendering)
         return {
             "task_id": task_id,
             "name": task["name"],
@@ -398,11 +464,10 @@ class Scheduler:
             "failed_frames": failed_frames,
         }
 
-    def _waiting_reason(self, task: dict) -> str | None:
+    def _waiting_reason(self, task: dict, all_workers: list[dict]) -> str | None:
         """Why no worker takes the task's frames, when no live worker may render it; None when one could."""
         now = self.clock()
-        workers = [w for w in self.store.list_workers()
-                   if w["enabled"] and now - w["last_seen"] < self.policy.alive_timeout]
+        workers = [w for w in all_workers if w["enabled"] and now - w["last_seen"] < self.policy.alive_timeout]
         if not workers:
             return "waiting: no worker is alive and switched ON"
         if task["workers"]:

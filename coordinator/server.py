@@ -38,13 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disk-reserve", type=parse_size, help="free space to keep on the data dir's disk; uploads "
                         "that would eat into it get a 507 error (RENDERQ_DISK_RESERVE, default 1G)")
     parser.add_argument("--http-threads", type=int, help="threads serving HTTP requests (RENDERQ_HTTP_THREADS, default 16)")
+    parser.add_argument("--open-status", action="store_true", default=None,
+                        help="let anyone who reaches the coordinator read the status page; changes still need the "
+                        "admin token (RENDERQ_OPEN_STATUS=1)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the coordinator until interrupted. Returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     fields = ("host", "port", "data_dir", "public_url", "poll_interval", "frame_time_window", "alive_timeout",
-              "heartbeat_seconds", "max_attempts", "upload_limit", "disk_reserve", "http_threads")
+              "heartbeat_seconds", "max_attempts", "upload_limit", "disk_reserve", "http_threads", "open_status")
     try:
         config = Config.from_env(**{name: getattr(args, name, None) for name in fields})
     except ValueError as error:
@@ -64,7 +67,11 @@ def serve(config: Config) -> int:
         print(f"renderq coordinator: another coordinator is already using {os.path.abspath(config.data_dir)}; "
               "refusing to start a second one on the same data", file=sys.stderr)
         return 1
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except (OSError, ValueError) as error:
+        print(f"renderq coordinator: {error}", file=sys.stderr)
+        return 1
     scheduler = app.extensions["renderq.scheduler"]
     scheduler.recover_after_restart()
     stop = threading.Event()
@@ -83,6 +90,9 @@ def serve(config: Config) -> int:
     port = server.effective_port
     url = config.public_url or f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '') else config.host}:{port}"
     print(f"RenderQ coordinator listening on {url} (data in {os.path.abspath(config.data_dir)})", flush=True)
+    readers = "anyone on the network can read it" if config.open_status else "log in with the admin token"
+    print(f"status page: {url}/ ({readers})", flush=True)
+    print(app.extensions["renderq.admin_token"].describe(), flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.run()

@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 ACTIVE_FRAME_STATES = ("leased", "rendering")
-OPEN_TASK_STATES = ("queued", "running")
+# A paused task is still open: its frames may be rendering, and resuming hands the queued ones out again.
+OPEN_TASK_STATES = ("queued", "running", "paused")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
@@ -284,6 +285,7 @@ class Store:
         return _task_row(self.read(), row) if row else None
 
     def list_tasks(self, status: str | None = None, limit: int = 1000) -> list[dict]:
+        """Tasks newest first (optionally of one status), each with its assigned worker names."""
         db = self.read()
         if status:
             rows = db.execute(
@@ -291,7 +293,28 @@ class Store:
             ).fetchall()
         else:
             rows = db.execute("SELECT * FROM tasks ORDER BY task_id DESC LIMIT ?", (limit,)).fetchall()
-        return [_task_row(db, r) for r in rows]
+        return self._task_rows(db, rows)
+
+    def list_tasks_for_status(self, newest: int) -> list[dict]:
+        """The newest `newest` tasks plus every older task still open, newest first (the status page's list)."""
+        db = self.read()
+        rows = db.execute(
+            "SELECT * FROM tasks WHERE task_id IN (SELECT task_id FROM tasks ORDER BY task_id DESC LIMIT ?) "
+            "OR status IN ('queued', 'running', 'paused') ORDER BY task_id DESC",
+            (newest,),
+        ).fetchall()
+        return self._task_rows(db, rows)
+
+    def _task_rows(self, db: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[dict]:
+        # One query for the assigned workers of all the rows, not one per task.
+        workers: dict[int, list[str]] = {}
+        manual = [r["task_id"] for r in rows if r["manual"]]
+        if manual:
+            for r in db.execute("SELECT task_id, worker_name FROM task_workers WHERE task_id IN "
+                                "(SELECT value FROM json_each(?)) ORDER BY task_id, worker_name",
+                                (json.dumps(manual),)):
+                workers.setdefault(r["task_id"], []).append(r["worker_name"])
+        return [_task_row(db, r, workers.get(r["task_id"], [])) for r in rows]
 
     def frames_of(self, task_id: int) -> list[dict]:
         return [
@@ -313,6 +336,44 @@ class Store:
         )
         return {r["status"]: r["n"] for r in rows}
 
+    def frame_counts_many(self, task_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """Frames per status of each task, in one query: {task_id: {status: count}}."""
+        counts: dict[int, dict[str, int]] = {task_id: {} for task_id in task_ids}
+        if task_ids:
+            for r in self.read().execute(
+                "SELECT task_id, status, count(*) AS n FROM frames WHERE task_id IN "
+                "(SELECT value FROM json_each(?)) GROUP BY task_id, status",
+                (json.dumps(list(task_ids)),),
+            ):
+                counts[r["task_id"]][r["status"]] = r["n"]
+        return counts
+
+    def recent_frame_seconds_many(self, task_ids: Sequence[int], window: int) -> dict[int, list[float]]:
+        """Like recent_frame_seconds, for several tasks in one query."""
+        recent: dict[int, list[float]] = {task_id: [] for task_id in task_ids}
+        if task_ids:
+            for r in self.read().execute(
+                "SELECT task_id, render_seconds FROM (SELECT task_id, render_seconds, row_number() OVER "
+                "(PARTITION BY task_id ORDER BY ended_at DESC) AS n FROM frames WHERE status = 'done' "
+                "AND render_seconds IS NOT NULL AND task_id IN (SELECT value FROM json_each(?))) "
+                "WHERE n <= ? ORDER BY task_id, n",
+                (json.dumps(list(task_ids)), window),
+            ):
+                recent[r["task_id"]].append(r["render_seconds"])
+        return recent
+
+    def failed_frame_numbers(self, task_ids: Sequence[int]) -> dict[int, list[int]]:
+        """The failed frames of each task, in one query: {task_id: [frame, ...]}."""
+        failed: dict[int, list[int]] = {task_id: [] for task_id in task_ids}
+        if task_ids:
+            for r in self.read().execute(
+                "SELECT task_id, frame FROM frames WHERE status = 'failed' AND task_id IN "
+                "(SELECT value FROM json_each(?)) ORDER BY task_id, frame",
+                (json.dumps(list(task_ids)),),
+            ):
+                failed[r["task_id"]].append(r["frame"])
+        return failed
+
     def recent_frame_seconds(self, task_id: int, window: int) -> list[float]:
         """Exact render times of the task's most recently finished frames, newest first."""
         rows = self.read().execute(
@@ -322,12 +383,63 @@ class Store:
         )
         return [r["render_seconds"] for r in rows]
 
+    def set_task_priority(self, task_id: int, priority: int) -> bool:
+        """Change a task's priority; the next claims use it. False when there is no such task."""
+        with self.transaction() as db:
+            return db.execute("UPDATE tasks SET priority = ? WHERE task_id = ? RETURNING task_id",
+                              (priority, task_id)).fetchone() is not None
+
+    def pause_task(self, task_id: int) -> bool:
+        """Stop handing out the task's frames. Frames being rendered go on; frames claimed but not started yet
+        go back to the queue (their workers learn it at their next heartbeat). False unless queued or running."""
+        with self.transaction() as db:
+            updated = db.execute(
+                "UPDATE tasks SET status = 'paused' WHERE task_id = ? AND status IN ('queued', 'running') "
+                "RETURNING task_id",
+                (task_id,),
+            ).fetchone()
+            if updated is None:
+                return False
+            _requeue(db, "task_id = ? AND status = 'leased'", (task_id,))
+            return True
+
+    def resume_task(self, task_id: int) -> bool:
+        """Hand out a paused task's frames again. False unless the task is paused."""
+        with self.transaction() as db:
+            return db.execute(
+                "UPDATE tasks SET status = CASE WHEN started_at IS NULL THEN 'queued' ELSE 'running' END "
+                "WHERE task_id = ? AND status = 'paused' RETURNING task_id",
+                (task_id,),
+            ).fetchone() is not None
+
+    def retry_failed_frames(self, task_id: int) -> int:
+        """Queue the task's failed frames again with their failures reset; returns how many.
+
+        A failed task runs again (a paused one stays paused). The frame_failures history stays, so the retries
+        still go to other workers first. The caller refuses canceled tasks.
+        """
+        with self.transaction() as db:
+            count = db.execute(
+                "UPDATE frames SET status = 'queued', failures = 0, worker_id = NULL, lease_id = NULL, "
+                "lease_expires = NULL, started_at = NULL, ended_at = NULL, error = NULL, log_tail = NULL, "
+                "output = NULL, output_sha256 = NULL, output_size = NULL WHERE task_id = ? AND status = 'failed'",
+                (task_id,),
+            ).rowcount
+            if count:
+                db.execute(
+                    "UPDATE tasks SET frames_failed = max(0, frames_failed - ?), ended_at = NULL, "
+                    "status = CASE WHEN status = 'paused' THEN 'paused' "
+                    "WHEN started_at IS NULL THEN 'queued' ELSE 'running' END WHERE task_id = ?",
+                    (count, task_id),
+                )
+            return count
+
     def cancel_task(self, task_id: int, now: float) -> bool:
         """Cancel every frame not finished. False when the task had already ended."""
         with self.transaction() as db:
             updated = db.execute(
                 "UPDATE tasks SET status = 'canceled', ended_at = ? WHERE task_id = ? "
-                "AND status IN ('queued', 'running') RETURNING task_id",
+                "AND status IN ('queued', 'running', 'paused') RETURNING task_id",
                 (now, task_id),
             ).fetchone()
             if updated is None:
@@ -356,6 +468,7 @@ class Store:
         within a task, frames this worker has not failed before, lowest number first.
         """
         with self.transaction() as db:
+            # Paused (and ended) tasks are left out: their queued frames wait.
             tasks = db.execute(
                 "SELECT t.task_id FROM tasks t WHERE t.status IN ('queued', 'running') "
                 "AND (t.manual = 0 OR EXISTS (SELECT 1 FROM task_workers w WHERE w.task_id = t.task_id "
@@ -552,11 +665,11 @@ class Store:
         pieces: list[bytes] = []
         taken = 0
         for row in rows:
+            if taken >= max_bytes:
+                break
             chunk = row["text"].encode("utf-8")[max(0, offset - row["offset"]):]
             pieces.append(chunk)
             taken += len(chunk)
-            if taken >= max_bytes:
-                break
         return b"".join(pieces), total
 
 
@@ -576,18 +689,20 @@ def _finish_task_if_complete(db: sqlite3.Connection, task_id: int, now: float) -
     if open_frames is None:
         db.execute(
             "UPDATE tasks SET status = CASE WHEN frames_failed > 0 THEN 'failed' ELSE 'done' END, ended_at = ? "
-            "WHERE task_id = ? AND status IN ('queued', 'running')",
+            "WHERE task_id = ? AND status IN ('queued', 'running', 'paused')",
             (now, task_id),
         )
 
 
-def _task_row(db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
+def _task_row(db: sqlite3.Connection, row: sqlite3.Row, workers: list[str] | None = None) -> dict[str, Any]:
     task = dict(row)
     task["settings"] = json.loads(task["settings"] or "{}")
     task["missing_assets"] = json.loads(task.get("missing_assets") or "[]")
-    task["workers"] = [
-        r["worker_name"]
-        for r in db.execute("SELECT worker_name FROM task_workers WHERE task_id = ? ORDER BY worker_name",
-                            (task["task_id"],))
-    ]
+    if workers is None:
+        workers = [
+            r["worker_name"]
+            for r in db.execute("SELECT worker_name FROM task_workers WHERE task_id = ? ORDER BY worker_name",
+                                (task["task_id"],))
+        ]
+    task["workers"] = workers
     return task

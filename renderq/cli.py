@@ -101,6 +101,14 @@ def blender_version_arg(text: str) -> str:
     return f"{int(match.group(1))}.{int(match.group(2))}"
 
 
+def priority_arg(text: str) -> int:
+    """A task priority: a whole number, higher first."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a priority; priorities are whole numbers") from None
+
+
 def task_id_arg(text: str) -> int:
     """A task id as printed by `renderq submit` and `renderq status`."""
     try:
@@ -283,10 +291,16 @@ def report_outcome(task: dict, dest_dir: str, paths: list[str], out: Any = None)
 # -- commands --------------------------------------------------------------------------------------------------------
 
 
+TOKEN_REFUSED = (
+    "the coordinator refused the admin token; pass --token or set RENDERQ_TOKEN "
+    "(the token is in the coordinator's data dir, file admin_token)"
+)
+
+
 def make_client(args: argparse.Namespace) -> CoordinatorClient:
-    """The client for --coordinator; a malformed URL is a usage error."""
+    """The client for --coordinator (with --token, when given); a malformed URL is a usage error."""
     try:
-        return CoordinatorClient(args.coordinator)
+        return CoordinatorClient(args.coordinator, token=getattr(args, "token", None) or None)
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -634,6 +648,40 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_priority(args: argparse.Namespace) -> int:
+    """Change a task's priority."""
+    task = make_client(args).set_task_priority(args.task, args.priority)
+    print(f"task {task.get('task_id', args.task)} ({task.get('name', '')}) now has priority "
+          f"{task.get('priority', args.priority)}")
+    return EXIT_OK
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Pause a task: no new frames start; those being rendered finish."""
+    task = make_client(args).pause_task(args.task)
+    rendering = progress_of(task).get("rendering", 0)
+    still = f"; {rendering} frame(s) being rendered finish" if rendering else ""
+    print(f"task {task.get('task_id', args.task)} ({task.get('name', '')}) is paused{still} "
+          f"(renderq resume {task.get('task_id', args.task)} goes on)")
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Resume a paused task."""
+    task = make_client(args).resume_task(args.task)
+    print(f"task {task.get('task_id', args.task)} ({task.get('name', '')}) is {task.get('status', 'running')} again")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Queue a task's failed frames again."""
+    task = make_client(args).retry_failed_frames(args.task)
+    progress = progress_of(task)
+    print(f"task {task.get('task_id', args.task)} ({task.get('name', '')}) is {task.get('status', 'running')}: "
+          f"{progress['queued']} frame(s) queued, {progress['done']} of {progress['total']} done")
+    return EXIT_OK
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     """Fetch a task's rendered frames."""
     client = make_client(args)
@@ -769,6 +817,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         default=os.environ.get("RENDERQ_COORDINATOR") or DEFAULT_COORDINATOR,
         help=f"the coordinator's address (default: $RENDERQ_COORDINATOR, else {DEFAULT_COORDINATOR})",
     )
+    client_flags.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=os.environ.get("RENDERQ_TOKEN") or None,
+        help="the coordinator's admin token, needed to change the farm (cancel, pause, priority, workers ON/OFF, "
+             "deleting files); default: $RENDERQ_TOKEN. The token is in the coordinator's data dir, file admin_token",
+    )
 
     def add(
         name: str, help_text: str, handler: Callable[[argparse.Namespace], int], client: bool = True
@@ -817,8 +872,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     status = add("status", "show tasks, or one task with its frames", cmd_status)
     status.add_argument("task", nargs="?", type=task_id_arg, metavar="TASK", help="a task id (default: all tasks)")
     status.add_argument("--status", dest="filter", metavar="STATUS",
-                        choices=["queued", "running", "done", "failed", "canceled"],
-                        help="list only tasks with this status (queued, running, done, failed, canceled)")
+                        choices=["queued", "running", "paused", "done", "failed", "canceled"],
+                        help="list only tasks with this status (queued, running, paused, done, failed, canceled)")
     status.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
 
     workers = add("workers", "show the workers, their state and what they render", cmd_workers)
@@ -833,6 +888,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     cancel = add("cancel", "cancel a task's frames that are not rendered yet", cmd_cancel)
     cancel.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
+
+    priority = add("priority", "change a task's priority (higher renders first)", cmd_priority)
+    priority.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
+    priority.add_argument("priority", type=priority_arg, metavar="P", help="the new priority, e.g. 10 or -5")
+
+    pause = add("pause", "pause a task: no new frames start, those being rendered finish", cmd_pause)
+    pause.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
+
+    resume = add("resume", "resume a paused task", cmd_resume)
+    resume.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
+
+    retry = add("retry", "queue a task's failed frames again", cmd_retry)
+    retry.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
 
     download = add("download", "download a task's rendered frames under Blender's file names", cmd_download)
     download.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
@@ -896,7 +964,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"renderq: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (CoordinatorError, PartMissing) as error:
+    except CoordinatorError as error:
+        print(f"renderq: {TOKEN_REFUSED if error.status == 401 else error}", file=sys.stderr)
+        return EXIT_FAILED
+    except PartMissing as error:
         print(f"renderq: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -96,8 +96,12 @@ class _ProgressReader:
 class CoordinatorClient:
     """Calls the coordinator's API; each method is one request (see docs/api.md for the answers)."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
-        """`base_url` is like http://farm:5000 (a path prefix is kept, for a coordinator behind a proxy)."""
+    def __init__(self, base_url: str, timeout: float = 30.0, token: str | None = None) -> None:
+        """`base_url` is like http://farm:5000 (a path prefix is kept, for a coordinator behind a proxy).
+
+        `token`, when given, is the coordinator's admin token, sent as `Authorization: Bearer` with every request;
+        the calls that change the farm (cancel, pause, priority, worker ON/OFF, deleting files) need it.
+        """
         base_url = base_url.strip().rstrip("/")
         if "://" not in base_url:
             base_url = "http://" + base_url
@@ -106,6 +110,7 @@ class CoordinatorClient:
             raise ValueError(f"the coordinator address {base_url!r} is not an http:// or https:// URL")
         self.base_url = base_url
         self.timeout = timeout
+        self.token = token.strip() if token else None
         self._scheme = parts.scheme
         self._netloc = parts.netloc
         self._prefix = parts.path.rstrip("/")
@@ -142,6 +147,8 @@ class CoordinatorClient:
         The caller reads the response and closes the connection.
         """
         all_headers = {"User-Agent": _USER_AGENT, "Accept": "application/json"}
+        if self.token:
+            all_headers["Authorization"] = f"Bearer {self.token}"
         all_headers.update(headers or {})
         conn = self._connection()
         try:
@@ -271,7 +278,7 @@ class CoordinatorClient:
         return self.request("GET", "/list_workers").get("workers", [])
 
     def set_worker_enabled(self, enabled: bool, *, worker_id: int | None = None, name: str | None = None) -> dict:
-        """Switch a worker ON or OFF, named by id or by name; returns the worker."""
+        """Switch a worker ON or OFF, named by id or by name; returns the worker. Needs the admin token."""
         if (worker_id is None) == (name is None):
             raise ValueError("name the worker by exactly one of worker_id or name")
         body: dict[str, Any] = {"enabled": bool(enabled)}
@@ -396,8 +403,24 @@ class CoordinatorClient:
         return self.request("GET", "/task", params={"task_id": task_id})
 
     def cancel_task(self, task_id: int) -> dict:
-        """Cancel a task's frames that are not done; returns the task."""
+        """Cancel a task's frames that are not done; returns the task. Needs the admin token."""
         return self.request("POST", "/cancel_task", json_body={"task_id": task_id})
+
+    def set_task_priority(self, task_id: int, priority: int) -> dict:
+        """Change a task's priority (higher renders first); returns the task. Needs the admin token."""
+        return self.request("POST", "/set_task_priority", json_body={"task_id": task_id, "priority": priority})
+
+    def pause_task(self, task_id: int) -> dict:
+        """Stop handing out the task's frames (those being rendered finish); returns the task. Needs the admin token."""
+        return self.request("POST", "/pause_task", json_body={"task_id": task_id})
+
+    def resume_task(self, task_id: int) -> dict:
+        """Hand out a paused task's frames again; returns the task. Needs the admin token."""
+        return self.request("POST", "/resume_task", json_body={"task_id": task_id})
+
+    def retry_failed_frames(self, task_id: int) -> dict:
+        """Queue the task's failed frames again with their failures reset; returns the task. Needs the admin token."""
+        return self.request("POST", "/retry_failed_frames", json_body={"task_id": task_id})
 
     def download_frame(self, task_id: int, frame: int, dest_dir: str, expected_sha256: str | None = None) -> str:
         """Save a done frame into `dest_dir` under its Blender name and return the path.
@@ -463,7 +486,8 @@ class CoordinatorClient:
     def delete_task_files(self, task_id: int) -> dict:
         """Delete an ended task's frames and the input files no other task uses.
 
-        Returns {"task_id", "files_deleted", "bytes_freed"}; refused (409) while the task is queued or running.
+        Returns {"task_id", "files_deleted", "bytes_freed"}; refused (409) while the task is queued, running or
+        paused. Needs the admin token.
         """
         return self.request("POST", "/delete_task_files", json_body={"task_id": task_id})
 

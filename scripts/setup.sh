@@ -151,6 +151,8 @@ renderq_setup_test_tools() {
                 "skipped (install Xvfb and xvfb-run to run them)"
         fi
     fi
+    # Debian's Chromium and Playwright for the status page's browser tests.
+    source "$_renderq_root/scripts/setup-browser.sh" || return 1
     return 0
 }
 

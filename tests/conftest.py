@@ -1,4 +1,4 @@
-"""Shared fixtures: a Flask app over a fresh data dir, and its test client."""
+"""Shared fixtures: a Flask app over a fresh data dir, its test client, and the admin token's header."""
 
 from __future__ import annotations
 
@@ -7,14 +7,41 @@ import pytest
 from coordinator.app import create_app
 from coordinator.config import Config
 
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
 
 @pytest.fixture
 def app(tmp_path):
     """The coordinator app on an empty data dir, with a small upload limit so limits are testable."""
-    config = Config(data_dir=str(tmp_path / "data"), upload_limit=1024 * 1024)
+    config = Config(data_dir=str(tmp_path / "data"), upload_limit=1024 * 1024, admin_token=ADMIN_TOKEN)
     return create_app(config)
 
 
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def admin() -> dict[str, str]:
+    """Headers that carry the app fixture's admin token, for the endpoints that change the farm."""
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="session")
+def scenes(tmp_path_factory):
+    """Scenes generated with the real Blender once per test session, by name and options."""
+    from harness import find_blender_or_none
+    from renderq.scenes import make_scene
+
+    folder = tmp_path_factory.mktemp("scenes")
+    made: dict[tuple, str] = {}
+
+    def get(name: str, **options) -> str:
+        key = (name, tuple(sorted((k, repr(v)) for k, v in options.items())))
+        if key not in made:
+            path = folder / f"{name}-{len(made)}.blend"
+            made[key] = make_scene(str(path), blender=find_blender_or_none(), **options)
+        return made[key]
+
+    return get

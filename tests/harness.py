@@ -51,17 +51,25 @@ def _env() -> dict[str, str]:
 
 
 class Api:
-    """A minimal JSON client on urllib, independent of the code under test."""
+    """A minimal JSON client on urllib, independent of the code under test.
 
-    def __init__(self, url: str) -> None:
+    With a token, every request carries it as `Authorization: Bearer`, so admin-only endpoints work too.
+    """
+
+    def __init__(self, url: str, token: str | None = None) -> None:
         self.url = url
+        self.token = token
 
     def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
-             timeout: float = 30.0) -> tuple[int, Any]:
+             timeout: float = 30.0, token: str | None = None) -> tuple[int, Any]:
+        """One request; `token` overrides the client's own ("" sends none)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if body is not None and raw is None:
             request.add_header("Content-Type", "application/json")
+        token = self.token if token is None else token
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 payload = response.read()
@@ -176,7 +184,15 @@ class Farm:
             os.path.join(self.root, "coordinator.log"),
         )
         wait_for(self._healthy, 30, "the coordinator to answer /health")
+        self.api.token = self.admin_token()
         return self.coordinator
+
+    def admin_token(self) -> str:
+        """The coordinator's admin token: RENDERQ_ADMIN_TOKEN when set, else the file it created in its data dir."""
+        if os.environ.get("RENDERQ_ADMIN_TOKEN"):
+            return os.environ["RENDERQ_ADMIN_TOKEN"]
+        with open(os.path.join(self.data_dir, "admin_token"), encoding="utf-8") as handle:
+            return handle.read().strip()
 
     def _healthy(self) -> bool:
         if self.coordinator is not None and self.coordinator.popen.poll() is not None:

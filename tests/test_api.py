@@ -50,11 +50,11 @@ def test_task_name_defaults_to_the_file_name(client):
     assert task["name"] == "shot_010" and task["progress"]["total"] == 2
 
 
-def test_tasks_filter_and_newest_first(client):
+def test_tasks_filter_and_newest_first(client, admin):
     sha = client.post("/upload_blend?filename=a.blend", data=BLEND).json["sha256"]
     ids = [client.post("/submit_task", json={"blend_sha256": sha, "frame_start": 1, "frame_end": 1}).json["task_id"]
            for _ in range(3)]
-    client.post("/cancel_task", json={"task_id": ids[0]})
+    client.post("/cancel_task", json={"task_id": ids[0]}, headers=admin)
     assert [t["task_id"] for t in client.get("/tasks").json["tasks"]] == ids[::-1]
     assert [t["task_id"] for t in client.get("/tasks?status=canceled").json["tasks"]] == [ids[0]]
     assert client.get("/tasks?status=bogus").status_code == 400
@@ -131,7 +131,7 @@ def test_manifest_must_be_uploaded_and_main_file_a_blend(client):
                                              "frame_end": 1}).status_code == 400
 
 
-def test_disk_usage_zip_and_delete(client, app):
+def test_disk_usage_zip_and_delete(client, app, admin):
     import io
     import zipfile
 
@@ -150,7 +150,7 @@ def test_disk_usage_zip_and_delete(client, app):
                                "bytes": len(BLEND) + len(b"rendered pixels")}]
     archive = zipfile.ZipFile(io.BytesIO(client.get(f"/download_frames_zip?task_id={task_id}").data))
     assert archive.namelist() == ["f_0001.png"] and archive.read("f_0001.png") == b"rendered pixels"
-    deleted = client.post("/delete_task_files", json={"task_id": task_id}).json
+    deleted = client.post("/delete_task_files", json={"task_id": task_id}, headers=admin).json
     assert deleted == {"task_id": task_id, "files_deleted": 2, "bytes_freed": len(BLEND) + 15}
     assert client.get(f"/download_frame?task_id={task_id}&frame=1").status_code == 404
     assert client.post("/missing_files", json={"sha256": [manifest[0]["sha256"]]}).json["missing"]

@@ -148,7 +148,8 @@ def test_download_zip_and_disk_hygiene(farm, tmp_path):
     assert archive.namelist() == ["f_0001.png", "f_0002.png"]
     disk = renderq("disk", "--coordinator", farm.url, cwd=str(tmp_path))
     assert disk.returncode == 0 and "zipped" in disk.stdout
-    deleted = renderq("delete-files", str(task_id), "--coordinator", farm.url, cwd=str(tmp_path))
+    deleted = renderq("delete-files", str(task_id), "--coordinator", farm.url, f"--token={farm.api.token}",
+                      cwd=str(tmp_path))
     assert deleted.returncode == 0, deleted.stderr
     assert farm.api.task(task_id)["files_deleted"] is True
     assert farm.api.get("/disk_usage")["tasks"] == []

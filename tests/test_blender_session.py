@@ -52,22 +52,6 @@ def process_gone(pid: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    """Scenes made by Blender once per module, by name."""
-    from renderq.scenes import make_scene
-
-    folder = tmp_path_factory.mktemp("scenes")
-    made: dict[str, str] = {}
-
-    def get(name: str, **options) -> str:
-        if name not in made:
-            made[name] = make_scene(str(folder / f"{name}.blend"), blender=BLENDER, **options)
-        return made[name]
-
-    return get
-
-
 @pytest.fixture
 def sessions():
     """Sessions opened by a test, closed (or killed) at its end whatever happened."""
@@ -99,8 +83,8 @@ def render_in_thread(session: BlenderSession, frame: int):
     return started, holder, thread
 
 
-def test_renders_several_frames_in_one_process(scene, sessions, tmp_path):
-    blend = scene("basic", frames=3, **SMALL)
+def test_renders_several_frames_in_one_process(scenes, sessions, tmp_path):
+    blend = scenes("basic", frames=3, **SMALL)
     lines: list[str] = []
     session = sessions(blend, str(tmp_path / "out"), on_log_line=lines.append)
     pid = session.pid
@@ -130,8 +114,8 @@ def test_renders_several_frames_in_one_process(scene, sessions, tmp_path):
     assert not any(line.endswith("\n") for line in lines)
 
 
-def test_failing_frame_reports_blender_error_and_session_goes_on(scene, sessions, tmp_path):
-    blend = scene("fail2", frames=3, fail_frames=[2], **SMALL)
+def test_failing_frame_reports_blender_error_and_session_goes_on(scenes, sessions, tmp_path):
+    blend = scenes("fail2", frames=3, fail_frames=[2], **SMALL)
     session = sessions(blend, str(tmp_path / "out"))
     pid = session.pid
 
@@ -157,10 +141,10 @@ def test_failing_frame_reports_blender_error_and_session_goes_on(scene, sessions
     assert session.pid == pid
 
 
-def test_frame_written_without_a_file_is_a_failure(scene, sessions, tmp_path):
+def test_frame_written_without_a_file_is_a_failure(scenes, sessions, tmp_path):
     # Blender fires render_write for these frames but prints "Stereo 3D not supported for MultiLayer image"
     # instead of saving the file.
-    blend = scene("fail2-stereo", frames=3, fail_frames=[2], fail_mechanism="stereo_multilayer", **SMALL)
+    blend = scenes("fail2-stereo", frames=3, fail_frames=[2], fail_mechanism="stereo_multilayer", **SMALL)
     session = sessions(blend, str(tmp_path / "out"))
     assert session.render(1).ok
     bad = session.render(2)
@@ -173,8 +157,8 @@ def test_frame_written_without_a_file_is_a_failure(scene, sessions, tmp_path):
     assert after.ok and after.output_path == str(tmp_path / "out" / "f_0003.exr")
 
 
-def test_abort_stops_a_heavy_frame_within_seconds(scene, sessions, tmp_path):
-    blend = scene("heavy", frames=2, heavy=True, **SMALL)
+def test_abort_stops_a_heavy_frame_within_seconds(scenes, sessions, tmp_path):
+    blend = scenes("heavy", frames=2, heavy=True, **SMALL)
     session = sessions(blend, str(tmp_path / "out"))
     pid = session.pid
     started, holder, thread = render_in_thread(session, 1)
@@ -194,8 +178,8 @@ def test_abort_stops_a_heavy_frame_within_seconds(scene, sessions, tmp_path):
     assert not again.ok and again.error
 
 
-def test_blender_crash_mid_frame_fails_the_frame(scene, sessions, tmp_path):
-    blend = scene("heavy", frames=2, heavy=True, **SMALL)
+def test_blender_crash_mid_frame_fails_the_frame(scenes, sessions, tmp_path):
+    blend = scenes("heavy", frames=2, heavy=True, **SMALL)
     sampling = threading.Event()
     session = sessions(
         blend, str(tmp_path / "out"), on_log_line=lambda line: "Sample" in line and sampling.set()
@@ -215,8 +199,8 @@ def test_blender_crash_mid_frame_fails_the_frame(scene, sessions, tmp_path):
     assert not session.alive
 
 
-def test_close_ends_blender(scene, tmp_path):
-    blend = scene("basic", frames=3, **SMALL)
+def test_close_ends_blender(scenes, tmp_path):
+    blend = scenes("basic", frames=3, **SMALL)
     session = BlenderSession(BLENDER, blend, str(tmp_path / "out"), threads=1)
     session.start()
     pid = session.pid
@@ -229,8 +213,8 @@ def test_close_ends_blender(scene, tmp_path):
     session.close()  # a second close is harmless
 
 
-def test_abort_while_idle_and_render_after_close(scene, tmp_path):
-    blend = scene("basic", frames=3, **SMALL)
+def test_abort_while_idle_and_render_after_close(scenes, tmp_path):
+    blend = scenes("basic", frames=3, **SMALL)
     with BlenderSession(BLENDER, blend, str(tmp_path / "out"), threads=1) as session:
         pid = session.pid
         session.abort(grace=5.0)

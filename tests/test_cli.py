@@ -193,6 +193,9 @@ class FakeCoordinator:
         self.task_fields: dict = {}
         self.zip_bytes = b"PK\x05\x06" + b"\0" * 18
         self.zip_status = 200
+        # When set, the task controls answer 401 unless they carry `Authorization: Bearer <required_token>`.
+        self.required_token: str | None = None
+        self.authorizations: dict[str, str | None] = {}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -213,8 +216,20 @@ class FakeCoordinator:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 fake.requests.append((self.command, parts.path, query, body))
+                fake.authorizations[parts.path] = self.headers.get("Authorization")
                 path = parts.path
-                if path == "/missing_files":
+                controls = ("/set_task_priority", "/pause_task", "/resume_task", "/retry_failed_frames",
+                            "/cancel_task", "/set_worker_enabled")
+                if (path in controls and fake.required_token is not None
+                        and self.headers.get("Authorization") != f"Bearer {fake.required_token}"):
+                    self.answer(401, {"error": "this needs the admin token"})
+                elif path in controls and path != "/set_worker_enabled":
+                    request = json.loads(body)
+                    status = {"/pause_task": "paused", "/cancel_task": "canceled"}.get(path, "running")
+                    task = {**finished_task(), "status": status, "priority": request.get("priority", 0)}
+                    task["progress"] = {**task["progress"], "queued": 1}
+                    self.answer(200, task)
+                elif path == "/missing_files":
                     hashes = json.loads(body)["sha256"]
                     if len(hashes) > 100_000:
                         self.answer(400, {"error": "too many hashes"})
@@ -579,3 +594,49 @@ def test_formatting_helpers() -> None:
     assert format_duration(None) == "-"
     assert format_duration(75) == "1m15s"
     assert format_duration(3725) == "1h02m"
+
+
+# -- the admin token and the task controls ---------------------------------------------------------------------------
+
+
+def test_task_controls_send_the_token(fake: FakeCoordinator, capsys, monkeypatch) -> None:
+    fake.required_token = "the-admin-token-1234"
+    monkeypatch.delenv("RENDERQ_TOKEN", raising=False)
+    token = ["--coordinator", fake.url, "--token", "the-admin-token-1234"]
+    assert cli.main(["priority", "7", "-5", *token]) == 0
+    assert "now has priority -5" in capsys.readouterr().out
+    assert json.loads(next(r for r in fake.requests if r[1] == "/set_task_priority")[3]) == {
+        "task_id": 7, "priority": -5}
+    assert cli.main(["pause", "7", *token]) == 0
+    assert "is paused" in capsys.readouterr().out
+    assert cli.main(["resume", "7", *token]) == 0
+    assert "again" in capsys.readouterr().out
+    assert cli.main(["retry", "7", *token]) == 0
+    assert "1 frame(s) queued" in capsys.readouterr().out
+    assert cli.main(["cancel", "7", *token]) == 0
+    for path in ("/set_task_priority", "/pause_task", "/resume_task", "/retry_failed_frames", "/cancel_task"):
+        assert fake.authorizations[path] == "Bearer the-admin-token-1234"
+
+
+def test_token_from_the_environment(fake: FakeCoordinator, capsys, monkeypatch) -> None:
+    fake.required_token = "from-the-environment"
+    monkeypatch.setenv("RENDERQ_TOKEN", "from-the-environment")
+    assert cli.main(["worker-disable", "node-01", "--coordinator", fake.url]) == 0
+    assert fake.authorizations["/set_worker_enabled"] == "Bearer from-the-environment"
+
+
+def test_refused_token_is_one_clear_sentence(fake: FakeCoordinator, capsys, monkeypatch) -> None:
+    fake.required_token = "the-admin-token-1234"
+    monkeypatch.delenv("RENDERQ_TOKEN", raising=False)
+    assert cli.main(["pause", "7", "--coordinator", fake.url]) == 1
+    assert fake.authorizations["/pause_task"] is None
+    assert capsys.readouterr().err == (
+        "renderq: the coordinator refused the admin token; pass --token or set RENDERQ_TOKEN "
+        "(the token is in the coordinator's data dir, file admin_token)\n")
+    assert cli.main(["cancel", "7", "--coordinator", fake.url, "--token", "wrong"]) == 1
+    assert "refused the admin token" in capsys.readouterr().err
+
+
+def test_priority_must_be_a_number(capsys) -> None:
+    assert cli.main(["priority", "7", "high"]) == 2
+    assert "not a priority" in capsys.readouterr().err

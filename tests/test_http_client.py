@@ -231,3 +231,26 @@ def test_set_worker_enabled_needs_one_name() -> None:
         client.set_worker_enabled(True)
     with pytest.raises(ValueError):
         client.set_worker_enabled(True, worker_id=1, name="a")
+
+
+def test_token_goes_with_every_request_when_given() -> None:
+    seen: list[str | None] = []
+
+    def answer(handler, query, body) -> None:
+        seen.append(handler.headers.get("Authorization"))
+        send_json(handler, 200, {"task_id": 7, "status": "paused", "priority": 3})
+
+    with StubServer() as stub:
+        for path in ("/pause_task", "/resume_task", "/retry_failed_frames", "/set_task_priority", "/tasks"):
+            stub.routes[("POST" if path != "/tasks" else "GET", path)] = answer
+        client = CoordinatorClient(stub.url, token=" the-admin-token ")
+        client.pause_task(7)
+        client.resume_task(7)
+        client.retry_failed_frames(7)
+        assert client.set_task_priority(7, 3)["priority"] == 3
+        client.list_tasks()
+        CoordinatorClient(stub.url).list_tasks()
+        bodies = {request[1]: json.loads(request[3]) for request in stub.requests if request[3]}
+    assert seen == ["Bearer the-admin-token"] * 5 + [None]
+    assert bodies["/set_task_priority"] == {"task_id": 7, "priority": 3}
+    assert bodies["/pause_task"] == {"task_id": 7}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.errors import Conflict, NotFound
+from coordinator.errors import BadRequest, Conflict, NotFound
 from coordinator.eta import estimate_eta
 from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec
 from coordinator.store import Store
@@ -289,3 +289,192 @@ def test_forget_files_keeps_hashes_other_tasks_use(scheduler):
     scheduler.cancel_task(second)
     assert scheduler.forget_task_files(second) == [SHA]
     assert scheduler.task_detail(second)["files_deleted"] is True
+
+
+# -- admin controls: pause, resume, retry, priority -------------------------------------------------------------------
+
+
+def test_paused_task_hands_out_nothing_and_its_rendering_frame_finishes(scheduler):
+    paused = submit(scheduler, 1, 4, name="paused")
+    other = submit(scheduler, 1, 1, name="other")
+    a, b = register(scheduler, "a"), register(scheduler, "b")
+    rendering, _ = scheduler.claim(a)
+    scheduler.report(a, paused, rendering["frame"], rendering["lease_id"], "rendering")
+    prefetched, _ = scheduler.claim(a, prefer_task_id=paused)
+    assert prefetched["task_id"] == paused
+    assert scheduler.pause_task(paused)["status"] == "paused"
+    # The frame claimed but not started goes back to the queue; the worker learns it at its next heartbeat.
+    answer = scheduler.heartbeat(a, [rendering["lease_id"], prefetched["lease_id"]])
+    assert answer["revoked"] == [prefetched["lease_id"]]
+    assert scheduler.claim(b)[0]["task_id"] == other
+    assert scheduler.claim(b) == (None, "no frames waiting")
+    finish(scheduler, a, rendering)
+    task = scheduler.task_detail(paused)
+    assert task["status"] == "paused" and task["progress"]["done"] == 1 and task["progress"]["queued"] == 3
+    assert task["progress"]["eta_seconds"] is None and task["waiting_reason"] is None
+    assert [t["task_id"] for t in scheduler.list_tasks("paused")] == [paused]
+
+
+def test_resume_hands_frames_out_again(scheduler):
+    never_started = submit(scheduler, 1, 1)
+    started = submit(scheduler, 1, 2)
+    a = register(scheduler, "a")
+    scheduler.pause_task(never_started)
+    finish(scheduler, a, scheduler.claim(a)[0])
+    scheduler.pause_task(started)
+    assert scheduler.claim(a)[0] is None
+    assert scheduler.resume_task(never_started)["status"] == "queued"
+    assert scheduler.resume_task(started)["status"] == "running"
+    assert scheduler.claim(a)[0]["task_id"] == never_started
+
+
+def test_pause_and_resume_refuse_the_wrong_states(scheduler):
+    task_id = submit(scheduler, 1, 1)
+    with pytest.raises(Conflict, match="not paused"):
+        scheduler.resume_task(task_id)
+    scheduler.pause_task(task_id)
+    with pytest.raises(Conflict, match="already paused"):
+        scheduler.pause_task(task_id)
+    scheduler.cancel_task(task_id)  # a paused task can be canceled
+    with pytest.raises(Conflict, match="ended"):
+        scheduler.pause_task(task_id)
+    with pytest.raises(NotFound):
+        scheduler.pause_task(99)
+
+
+def test_paused_task_ends_when_its_last_rendering_frame_finishes(scheduler):
+    task_id = submit(scheduler, 1, 1)
+    a = register(scheduler, "a")
+    lease, _ = scheduler.claim(a)
+    scheduler.report(a, task_id, 1, lease["lease_id"], "rendering")
+    scheduler.pause_task(task_id)
+    finish(scheduler, a, lease)
+    assert scheduler.task_detail(task_id)["status"] == "done"
+
+
+def test_a_paused_task_keeps_its_files(scheduler):
+    task_id = submit(scheduler, 1, 1)
+    scheduler.pause_task(task_id)
+    with pytest.raises(Conflict, match="paused"):
+        scheduler.forget_task_files(task_id)
+
+
+def fail_for_good(scheduler: Scheduler, task_id: int, workers: list[int]) -> None:
+    """Fail the task's next frame on each worker in turn until it is marked failed."""
+    for worker in workers:
+        lease, _ = scheduler.claim(worker, prefer_task_id=task_id)
+        scheduler.report(worker, task_id, lease["frame"], lease["lease_id"], "failed", error="boom", log_tail="x")
+
+
+def test_retry_failed_frames_queues_them_with_failures_reset(scheduler):
+    task_id = submit(scheduler, 1, 2)
+    a, b, c = register(scheduler, "a"), register(scheduler, "b"), register(scheduler, "c")
+    fail_for_good(scheduler, task_id, [a, b, c])
+    finish(scheduler, a, scheduler.claim(a)[0])
+    task = scheduler.task_detail(task_id)
+    assert task["status"] == "failed" and task["failed_frames"] == [1]
+
+    task = scheduler.retry_failed_frames(task_id)
+    assert task["status"] == "running" and task["ended_at"] is None
+    assert task["failed_frames"] == [] and task["progress"]["failed"] == 0 and task["progress"]["queued"] == 1
+    frame = scheduler.frame(task_id, 1)
+    assert (frame["status"], frame["failures"], frame["error"], frame["worker_id"]) == ("queued", 0, None, None)
+    # It gets max_attempts new tries, like a new frame.
+    fail_for_good(scheduler, task_id, [a, b])
+    assert scheduler.frame(task_id, 1)["status"] == "queued"
+    finish(scheduler, c, scheduler.claim(c)[0])
+    assert scheduler.task_detail(task_id)["status"] == "done"
+
+
+def test_retry_refuses_canceled_tasks_and_tasks_without_failures(scheduler):
+    clean = submit(scheduler, 1, 1)
+    with pytest.raises(Conflict, match="no failed frames"):
+        scheduler.retry_failed_frames(clean)
+    scheduler.policy.max_attempts = 1
+    canceled = submit(scheduler, 1, 2)
+    a = register(scheduler, "a")
+    fail_for_good(scheduler, canceled, [a])
+    scheduler.cancel_task(canceled)
+    with pytest.raises(Conflict, match="canceled"):
+        scheduler.retry_failed_frames(canceled)
+
+
+def test_retry_in_a_paused_task_keeps_it_paused(scheduler):
+    scheduler.policy.max_attempts = 1
+    task_id = submit(scheduler, 1, 2)
+    a = register(scheduler, "a")
+    fail_for_good(scheduler, task_id, [a])
+    scheduler.pause_task(task_id)
+    assert scheduler.retry_failed_frames(task_id)["status"] == "paused"
+    assert scheduler.claim(a)[0] is None
+
+
+def test_priority_change_reorders_the_queue(scheduler):
+    first = submit(scheduler, 1, 1, name="first")
+    second = submit(scheduler, 1, 1, name="second")
+    a = register(scheduler, "a")
+    assert scheduler.set_task_priority(second, 7)["priority"] == 7
+    assert scheduler.claim(a)[0]["task_id"] == second
+    assert scheduler.claim(a)[0]["task_id"] == first
+    with pytest.raises(BadRequest):
+        scheduler.set_task_priority(first, 10**9)
+
+
+# -- task summaries in bulk -------------------------------------------------------------------------------------------
+
+
+def test_summaries_in_bulk_match_the_frames(scheduler):
+    scheduler.policy.max_attempts = 1
+    a, b = register(scheduler, "a"), register(scheduler, "b")
+    done = submit(scheduler, 1, 2)
+    finish(scheduler, a, scheduler.claim(a)[0], 3.0)
+    finish(scheduler, a, scheduler.claim(a)[0], 5.0)
+    failed = submit(scheduler, 1, 2)
+    fail_for_good(scheduler, failed, [a])
+    finish(scheduler, b, scheduler.claim(b)[0])
+    canceled = submit(scheduler, 1, 3)
+    finish(scheduler, a, scheduler.claim(a)[0])
+    scheduler.cancel_task(canceled)
+    running = submit(scheduler, 1, 4, workers=["b"])
+    finish(scheduler, b, scheduler.claim(b)[0], 2.0)
+    lease, _ = scheduler.claim(b)
+    scheduler.report(b, running, lease["frame"], lease["lease_id"], "rendering", started_at=1.0)
+    queued = submit(scheduler, 1, 2)
+
+    summaries = {t["task_id"]: t for t in scheduler.list_tasks()}
+    assert list(summaries) == [queued, running, canceled, failed, done]
+    for task_id, summary in summaries.items():
+        counts = scheduler.store.frame_counts(task_id)
+        progress = summary["progress"]
+        for status in ("done", "failed", "rendering", "leased", "queued", "canceled"):
+            assert progress[status] == counts.get(status, 0), (task_id, status)
+    assert summaries[failed]["failed_frames"] == [1]
+    assert summaries[running]["workers"] == ["b"] and summaries[running]["progress"]["workers_rendering"] == 1
+    assert summaries[running]["progress"]["eta_seconds"] == pytest.approx(2.0 * 3)
+    assert summaries[done]["progress"]["eta_seconds"] == 0.0
+
+
+def test_listing_tasks_costs_the_same_queries_for_many_tasks(scheduler):
+    a = register(scheduler, "a")
+
+    def add_tasks(count: int) -> None:
+        for _ in range(count):
+            task_id = submit(scheduler, 1, 3, workers=["a"])
+            finish(scheduler, a, scheduler.claim(a, prefer_task_id=task_id)[0])
+            lease, _ = scheduler.claim(a, prefer_task_id=task_id)
+            scheduler.report(a, task_id, lease["frame"], lease["lease_id"], "rendering")
+
+    def queries() -> int:
+        statements: list[str] = []
+        connection = scheduler.store.read()
+        connection.set_trace_callback(statements.append)
+        try:
+            scheduler.list_tasks()
+        finally:
+            connection.set_trace_callback(None)
+        return len(statements)
+
+    add_tasks(3)
+    few = queries()
+    add_tasks(30)
+    assert queries() == few

@@ -6,6 +6,7 @@ import shutil
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
+from ..auth import admin_required
 from ..blobs import is_sha256, looks_like_blend
 from ..zipstream import stream_zip
 from ..errors import BadRequest, NotFound, PayloadTooLarge
@@ -100,10 +101,12 @@ def disk_usage():
 
 
 @files.post("/delete_task_files")
+@admin_required
 def delete_task_files():
     body = v.json_body()
     task_id = v.integer(body, "task_id", minimum=1)
     unused = current_app.extensions["renderq.scheduler"].forget_task_files(task_id)
     blobs = current_app.extensions["renderq.blobs"]
     freed = sum(blobs.delete(sha256) for sha256 in unused)
+    current_app.extensions["renderq.live"].changed(task_id)
     return jsonify({"task_id": task_id, "files_deleted": len(unused), "bytes_freed": freed})

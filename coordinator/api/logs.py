@@ -8,6 +8,9 @@ from . import validation as v
 
 logs = Blueprint("logs", __name__)
 
+# The most one GET /get_log answers with; a client reads on from next_offset.
+MAX_LOG_READ = 1024 * 1024
+
 
 @logs.post("/append_log")
 def append_log():
@@ -25,4 +28,5 @@ def get_log():
     return jsonify(current_app.extensions["renderq.scheduler"].read_log(
         v.integer(request.args, "task_id", minimum=1),
         v.integer(request.args, "offset", default=0, minimum=0),
+        v.integer(request.args, "max_bytes", default=MAX_LOG_READ, minimum=0, maximum=MAX_LOG_READ),
     ))

@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, jsonify, request, send_file
 
 from renderq.blend_header import read_blend_version, version_key
 
+from ..auth import admin_required
 from ..blobs import is_sha256, looks_like_blend
 from ..errors import BadRequest, NotFound, PayloadTooLarge
 from ..scheduler import TaskFile, TaskSpec
@@ -190,20 +191,89 @@ def task_detail():
     return jsonify(_scheduler().task_detail(v.integer(request.args, "task_id", minimum=1)))
 
 
+def _changed(task_id: int) -> None:
+    """Let the status pages show an admin's change at their next poll."""
+    current_app.extensions["renderq.live"].changed(task_id)
+
+
 @tasks.post("/cancel_task")
+@admin_required
 def cancel_task():
     body = v.json_body()
-    return jsonify(_scheduler().cancel_task(v.integer(body, "task_id", minimum=1)))
+    task = _scheduler().cancel_task(v.integer(body, "task_id", minimum=1))
+    _changed(task["task_id"])
+    return jsonify(task)
+
+
+@tasks.post("/set_task_priority")
+@admin_required
+def set_task_priority():
+    body = v.json_body()
+    task = _scheduler().set_task_priority(v.integer(body, "task_id", minimum=1), v.integer(body, "priority"))
+    _changed(task["task_id"])
+    return jsonify(task)
+
+
+@tasks.post("/pause_task")
+@admin_required
+def pause_task():
+    task = _scheduler().pause_task(v.integer(v.json_body(), "task_id", minimum=1))
+    _changed(task["task_id"])
+    return jsonify(task)
+
+
+@tasks.post("/resume_task")
+@admin_required
+def resume_task():
+    task = _scheduler().resume_task(v.integer(v.json_body(), "task_id", minimum=1))
+    _changed(task["task_id"])
+    return jsonify(task)
+
+
+@tasks.post("/retry_failed_frames")
+@admin_required
+def retry_failed_frames():
+    task = _scheduler().retry_failed_frames(v.integer(v.json_body(), "task_id", minimum=1))
+    _changed(task["task_id"])
+    return jsonify(task)
+
+
+# Images a browser may show inline, by their first bytes. Anything else (an .exr, or a file that only claims to be
+# an image) is only ever sent as a download, so an uploaded HTML or SVG file can never run in the page's origin.
+INLINE_IMAGES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+                 (b"RIFF", "image/webp"), (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"))
+
+
+def _inline_type(path: str) -> str | None:
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    for magic, mimetype in INLINE_IMAGES:
+        if head.startswith(magic) and (mimetype != "image/webp" or head[8:12] == b"WEBP"):
+            return mimetype
+    return None
 
 
 @tasks.get("/download_frame")
 def download_frame():
     task_id = v.integer(request.args, "task_id", minimum=1)
     number = v.integer(request.args, "frame")
+    inline = v.boolean(request.args, "inline") if "inline" in request.args else False
     frame = _scheduler().frame(task_id, number)
     if frame["status"] == "done" and not frame["output_sha256"]:
         raise NotFound(f"the files of task {task_id} were deleted")
     if frame["status"] != "done" or not frame["output_sha256"]:
         raise NotFound(f"frame {number} of task {task_id} is not rendered yet ({frame['status']})")
-    return send_file(_blobs().path(frame["output_sha256"]), as_attachment=True, download_name=frame["output"],
+    path = _blobs().path(frame["output_sha256"])
+    if inline:
+        mimetype = _inline_type(path)
+        if mimetype is None:
+            raise BadRequest(f"frame {number} of task {task_id} ({frame['output']}) is not an image a browser "
+                             "can show; download it instead")
+        # A done frame's file never changes (a re-render gets a new hash), so the browser may keep it a while.
+        response = send_file(path, mimetype=mimetype, download_name=frame["output"], max_age=3600,
+                             etag=frame["output_sha256"])
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+        return response
+    return send_file(path, as_attachment=True, download_name=frame["output"],
                      mimetype="application/octet-stream", max_age=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from ..auth import admin_required
 from . import validation as v
 
 workers = Blueprint("workers", __name__)
@@ -40,6 +41,7 @@ def list_workers():
 
 
 @workers.post("/set_worker_enabled")
+@admin_required
 def set_worker_enabled():
     body = v.json_body()
     enabled = v.boolean(body, "enabled")
@@ -49,4 +51,5 @@ def set_worker_enabled():
         worker = _scheduler().set_worker_enabled(enabled, name=v.name(body, "name"))
     else:
         raise v.BadRequest("give 'worker_id' or 'name' of the worker to switch")
+    current_app.extensions["renderq.live"].changed()
     return jsonify(worker)

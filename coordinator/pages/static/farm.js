@@ -1,0 +1,238 @@
+// The farm page: tasks and workers, kept current from GET /status/updates.
+"use strict";
+
+(() => {
+  const {el} = RQ;
+  const taskRows = new Map(); // task id -> <tr>
+  const workerRows = new Map(); // worker id -> <tr>
+  const taskBody = document.getElementById("task-rows");
+  const workerBody = document.getElementById("worker-rows");
+  const FINAL = new Set(["done", "failed", "canceled"]);
+  let filter = "";
+  let tasks = {};
+
+  // -- tasks ------------------------------------------------------------------------------------------------------
+
+  function priorityCell(task) {
+    if (!RQ.isAdmin) return el("td", {className: "num", text: String(task.priority)});
+    const input = el("input", {type: "number", className: "priority-input", value: String(task.priority),
+                               step: "1", min: "-1000000", max: "1000000",
+                               "aria-label": "Priority of task " + task.id});
+    input.dataset.priority = String(task.priority);
+    input.addEventListener("change", async () => {
+      const priority = parseInt(input.value, 10);
+      if (!Number.isInteger(priority)) { input.value = input.dataset.priority; return; }
+      const answer = await RQ.action("/set_task_priority", {task_id: task.id, priority},
+                                     "Task " + task.id + " now has priority " + priority);
+      if (answer === null) input.value = input.dataset.priority;
+      feed.pollNow();
+    });
+    return el("td", {className: "num"}, input);
+  }
+
+  function elapsedCell(task) {
+    const cell = el("td", {className: "num opt"});
+    if (!task.started_at) cell.textContent = "–";
+    else if (task.ended_at) cell.textContent = RQ.duration(task.ended_at - task.started_at);
+    else cell.dataset.since = String(task.started_at);
+    return cell;
+  }
+
+  function workersText(names) {
+    if (!names.length) return "";
+    const shown = names.slice(0, 3).join(", ");
+    return names.length > 3 ? shown + " +" + (names.length - 3) : shown;
+  }
+
+  function fillTaskRow(row, task) {
+    const nameCell = el("td", {className: "name"},
+                        el("a", {href: "/tasks/" + task.id, text: task.name}));
+    if (task.waiting) nameCell.append(el("div", {className: "small waiting", text: task.waiting}));
+    const bar = RQ.makeBar();
+    RQ.setBar(bar, task.done, task.failed, task.rendering, task.total);
+    const eta = FINAL.has(task.status) ? "–" : task.status === "paused" ? "paused" : RQ.duration(task.eta);
+    // Keep the priority box that an admin is typing in.
+    const oldPriority = row.querySelector(".priority-input");
+    const keepPriority = oldPriority && document.activeElement === oldPriority;
+    const priority = keepPriority ? oldPriority.parentElement : priorityCell(task);
+    row.replaceChildren(
+      el("td", {className: "num", text: String(task.id)}),
+      nameCell,
+      el("td", {className: "opt small", text: task.by || ""}),
+      el("td", {}, RQ.statusPill(task.status)),
+      priority,
+      el("td", {className: "progress-col"}, bar, el("div", {className: "bar-text", text: task.percent + " %"})),
+      el("td", {className: "num", text: task.done + " / " + task.failed + " / " + task.total}),
+      el("td", {className: "num", text: eta}),
+      elapsedCell(task),
+      el("td", {className: "opt small", text: workersText(task.workers), title: task.workers.join(", ")}),
+    );
+    row.dataset.status = task.status;
+    row.hidden = Boolean(filter) && task.status !== filter;
+  }
+
+  function renderTasks(changedKeys) {
+    const keys = changedKeys || Object.keys(tasks);
+    let added = false;
+    if (!changedKeys) {
+      taskRows.clear();
+      taskBody.replaceChildren();
+    }
+    for (const key of keys) {
+      const task = tasks[key];
+      let row = taskRows.get(key);
+      if (!task) {
+        if (row) { row.remove(); taskRows.delete(key); }
+        continue;
+      }
+      if (!row) {
+        row = el("tr", {dataset: {taskId: key}});
+        taskRows.set(key, row);
+        added = true;
+      }
+      fillTaskRow(row, task);
+    }
+    if (added) {
+      // Newest first: appending moves each row to its place.
+      const ordered = [...taskRows.keys()].sort((a, b) => Number(b) - Number(a));
+      for (const key of ordered) taskBody.append(taskRows.get(key));
+    }
+    updateFilterCounts();
+  }
+
+  function updateFilterCounts() {
+    const counts = {"": 0};
+    for (const task of Object.values(tasks)) {
+      counts[""] += 1;
+      counts[task.status] = (counts[task.status] || 0) + 1;
+    }
+    let visible = 0;
+    for (const row of taskRows.values()) if (!row.hidden) visible += 1;
+    for (const chip of document.querySelectorAll("#task-filters .chip")) {
+      chip.querySelector(".count").textContent = String(counts[chip.dataset.filter] || 0);
+    }
+    document.getElementById("tasks-empty").hidden = visible > 0;
+  }
+
+  for (const chip of document.querySelectorAll("#task-filters .chip")) {
+    chip.addEventListener("click", () => {
+      filter = chip.dataset.filter;
+      for (const other of document.querySelectorAll("#task-filters .chip")) {
+        other.setAttribute("aria-pressed", String(other === chip));
+      }
+      for (const row of taskRows.values()) row.hidden = Boolean(filter) && row.dataset.status !== filter;
+      updateFilterCounts();
+    });
+  }
+
+  // -- workers ----------------------------------------------------------------------------------------------------
+
+  function switchCell(worker) {
+    const toggle = el("button", {type: "button", className: "switch", role: "switch",
+                                 "aria-checked": String(worker.enabled),
+                                 "aria-label": "Worker " + worker.name});
+    const label = el("span", {className: "switch-text", text: worker.enabled ? "ON" : "OFF"});
+    if (!RQ.isAdmin) {
+      toggle.disabled = true;
+      toggle.title = "Log in with the admin token to switch workers";
+    } else {
+      toggle.addEventListener("click", async () => {
+        toggle.disabled = true;
+        const enabled = !worker.enabled;
+        const note = enabled ? " is ON" : " is OFF: it finishes its frame and takes no more";
+        await RQ.action("/set_worker_enabled", {worker_id: worker.id, enabled}, "Worker " + worker.name + note);
+        feed.pollNow();
+      });
+    }
+    return el("td", {className: "nowrap"}, toggle, label);
+  }
+
+  function currentCell(worker) {
+    const cell = el("td", {className: "small"});
+    if (!worker.current.length) {
+      cell.textContent = worker.enabled ? "idle" : "switched OFF";
+      return cell;
+    }
+    for (const frame of worker.current) {
+      const what = el("span", {className: "nowrap", text: " · frame " + frame.frame + " · "});
+      if (frame.status === "rendering" && frame.started_at) {
+        what.append(el("span", {dataset: {since: String(frame.started_at)}}));
+      } else {
+        what.append("starting");
+      }
+      cell.append(el("div", {}, el("a", {href: "/tasks/" + frame.task_id, text: frame.task}), what));
+    }
+    return cell;
+  }
+
+  function fillWorkerRow(row, worker) {
+    const state = el("td", {className: worker.alive ? "state-alive" : "state-offline"});
+    if (worker.alive) state.textContent = "alive";
+    else state.append(el("span", {dataset: {ago: String(worker.last_seen || 0), agoPrefix: "offline · seen "}}));
+    row.replaceChildren(
+      el("td", {className: "name nowrap", text: worker.name}),
+      el("td", {className: "opt small", text: worker.host}),
+      state,
+      switchCell(worker),
+      el("td", {className: "opt small", text: worker.blender || "?"}),
+      currentCell(worker),
+      el("td", {className: "num", text: String(worker.done)}),
+      el("td", {className: "num", text: RQ.duration(worker.mean)}),
+      el("td", {className: "num", text: String(worker.failed)}),
+    );
+    RQ.refreshClocks(row);
+  }
+
+  function renderWorkers(workers, changedKeys) {
+    const keys = changedKeys || Object.keys(workers);
+    let added = false;
+    if (!changedKeys) {
+      workerRows.clear();
+      workerBody.replaceChildren();
+    }
+    for (const key of keys) {
+      const worker = workers[key];
+      let row = workerRows.get(key);
+      if (!worker) {
+        if (row) { row.remove(); workerRows.delete(key); }
+        continue;
+      }
+      if (!row) {
+        row = el("tr", {dataset: {workerId: key}});
+        workerRows.set(key, row);
+        added = true;
+      }
+      fillWorkerRow(row, worker);
+    }
+    if (added) {
+      const ordered = [...workerRows.keys()].sort(
+        (a, b) => workers[a].name.localeCompare(workers[b].name));
+      for (const key of ordered) workerBody.append(workerRows.get(key));
+    }
+    document.getElementById("workers-empty").hidden = workerRows.size > 0;
+  }
+
+  // -- totals -----------------------------------------------------------------------------------------------------
+
+  function renderTotals(totals) {
+    if (!totals) return;
+    document.getElementById("total-alive").textContent = totals.alive + " / " + totals.workers;
+    document.getElementById("total-busy").textContent = String(totals.busy);
+    document.getElementById("total-open").textContent = String(totals.open_tasks);
+    document.getElementById("total-queued").textContent = String(totals.frames_queued);
+  }
+
+  const feed = new RQ.Feed("/status/updates", (state, changes, full) => {
+    tasks = state.tasks || {};
+    if (full) {
+      renderTasks(null);
+      renderWorkers(state.workers || {}, null);
+    } else {
+      if (changes.tasks) renderTasks(Object.keys(changes.tasks));
+      if (changes.workers) renderWorkers(state.workers, Object.keys(changes.workers));
+    }
+    renderTotals((state.farm || {}).totals);
+    RQ.refreshClocks();
+  });
+  feed.start();
+})();
