@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from coordinator.app import create_app
@@ -45,3 +47,14 @@ def scenes(tmp_path_factory):
         return made[key]
 
     return get
+
+
+@pytest.fixture
+def farm(tmp_path):
+    """A coordinator and workers of our own (started by the test) in a temporary folder, stopped afterwards."""
+    from harness import Farm, find_blender_or_none
+
+    farm = Farm(str(tmp_path / "farm"), blender=find_blender_or_none())
+    os.makedirs(farm.root, exist_ok=True)
+    yield farm
+    farm.stop()

@@ -57,14 +57,6 @@ def project(tmp_path, scene_template) -> str:
     return str(target)
 
 
-@pytest.fixture
-def farm(tmp_path):
-    farm = Farm(str(tmp_path / "farm"), blender=BLENDER)
-    os.makedirs(farm.root, exist_ok=True)
-    yield farm
-    farm.stop()
-
-
 def run_addon(tmp_path, addon_zip: str, url: str, case: str, blend: str | None = None, *extra: str) -> dict:
     """Run addon_check.py in Blender with a fresh HOME; return its result, failing with Blender's output."""
     home = tmp_path / f"home-{case}"

@@ -3,8 +3,6 @@ then waits for a worker with Blender 5, since only a Blender 3.4 worker is runni
 
 from __future__ import annotations
 
-import os
-import time
 
 import pytest
 
@@ -27,14 +25,6 @@ FAST = ("--heartbeat", "1", "--alive-timeout", "4")
 @pytest.fixture(scope="module")
 def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_addon_zip(str(tmp_path_factory.mktemp("addon")))
-
-
-@pytest.fixture
-def farm(tmp_path):
-    farm = Farm(str(tmp_path / "farm"), blender=BLENDER)
-    os.makedirs(farm.root, exist_ok=True)
-    yield farm
-    farm.stop()
 
 
 def test_blender5_task_waits_for_a_blender5_worker(tmp_path, addon_zip: str, farm: Farm) -> None:
@@ -68,8 +58,9 @@ def test_blender5_task_waits_for_a_blender5_worker(tmp_path, addon_zip: str, far
                        "the task to say why it waits")
     assert waiting["waiting_reason"] == "waiting: no worker with Blender >= 5.0"
 
-    # The 3.4 worker keeps asking for frames (every heartbeat); give it several chances to take one by mistake.
-    time.sleep(4)
+    # The 3.4 worker keeps asking for frames; give it several chances (4 s of its updates) to take one by mistake.
+    seen = farm.api.workers()["node-34"]["last_seen"]
+    wait_for(lambda: farm.api.workers()["node-34"]["last_seen"] >= seen + 4, 30, "four more seconds of updates")
     task = farm.api.task(task_id)
     assert task["status"] == "queued", task["status"]
     assert task["progress"]["done"] == 0 and task["progress"]["rendering"] == 0

@@ -31,14 +31,6 @@ FAST = ("--heartbeat", "1", "--alive-timeout", "4")
 SCREEN = "900x1500x24"
 
 
-@pytest.fixture
-def farm(tmp_path):
-    farm = Farm(str(tmp_path / "farm"), blender=BLENDER)
-    os.makedirs(farm.root, exist_ok=True)
-    yield farm
-    farm.stop()
-
-
 def _renderq_errors(log: str) -> list[str]:
     """Python tracebacks, and error lines that name RenderQ, in Blender's output."""
     found = []

@@ -11,20 +11,12 @@ import sys
 import pytest
 from PIL import Image, ImageChops
 
-from harness import ROOT, Farm, find_blender_or_none, wait_for
+from harness import ROOT, find_blender_or_none, wait_for
 
 BLENDER = find_blender_or_none()
 pytestmark = pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)")
 
 FAST = ("--heartbeat", "1", "--alive-timeout", "4")
-
-
-@pytest.fixture
-def farm(tmp_path):
-    farm = Farm(str(tmp_path / "farm"), blender=BLENDER)
-    os.makedirs(farm.root)
-    yield farm
-    farm.stop()
 
 
 def renderq(*args: str, cwd: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -21,13 +21,6 @@ pytestmark = pytest.mark.skipif(BLENDER is None, reason="Blender is not installe
 FAST = ("--heartbeat", "1", "--alive-timeout", "4")
 
 
-@pytest.fixture
-def farm(tmp_path):
-    farm = Farm(str(tmp_path), blender=BLENDER)
-    yield farm
-    farm.stop()
-
-
 class BlenderWatcher:
     """Records every Blender process each worker starts, by scanning /proc for the worker's children."""
 
@@ -151,7 +144,9 @@ def test_coordinator_killed_and_restarted_loses_nothing(farm, scenes):
     task_id = farm.api.submit(blend, 1, 12, name="kill-coordinator")
     wait_for(lambda: farm.api.task(task_id)["progress"]["done"] >= 3, 180, "three frames done")
     farm.coordinator.kill_group()
-    time.sleep(1.5)  # let the workers hit a dead coordinator for a moment before it comes back
+    # Let every worker find the coordinator gone before it comes back.
+    wait_for(lambda: all("heartbeat failed" in worker.output() for worker in farm.workers.values()), 30,
+             "both workers to notice the coordinator is down")
     farm.start_coordinator(*FAST)
     task = farm.api.wait_task_ended(task_id, 300)
     assert_every_frame_once(farm, task)

@@ -47,13 +47,6 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def farm(tmp_path):
-    farm = Farm(str(tmp_path), blender=BLENDER)
-    yield farm
-    farm.stop()
-
-
 class Page:
     """A browser tab on the farm, recording the dialogs and script errors it saw."""
 

@@ -18,6 +18,8 @@ from worker.agent import WorkerAgent, add_arguments, default_work_dir
 from worker.blender_session import FrameResult, SessionError
 from worker.log_shipper import LogShipper
 
+from harness import wait_for
+
 BLEND_BYTES = b"BLENDER-v304" + b"\x01" * 100
 BLEND_SHA = hashlib.sha256(BLEND_BYTES).hexdigest()
 TEXTURE_BYTES = b"PNG texture"
@@ -33,14 +35,7 @@ TREE = {
 
 
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    return wait_for(predicate, timeout, what, interval=0.01)
 
 
 def frame_info(task_id: int, frame: int, lease_id: str) -> dict:
@@ -514,7 +509,9 @@ def test_switched_off_worker_releases_its_prefetched_frame_and_claims_nothing(tm
     gate.set()  # the frame being rendered is finished
     wait_until(lambda: "done" in client.statuses(1), "frame 1 done")
     claims = len(client.claims)
-    time.sleep(0.3)
+    # Several heartbeats (each a chance to claim while OFF) pass before we look again.
+    beats = len(client.heartbeats)
+    wait_until(lambda: len(client.heartbeats) >= beats + 5, "five more heartbeats")
     assert len(client.claims) == claims and client.statuses(3) == []
     assert not agent.enabled and not agent.held_leases()
     client.enabled = True

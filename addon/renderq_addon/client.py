@@ -66,6 +66,27 @@ def settings_from_prefs(prefs) -> Settings:
     return Settings(url=(prefs.coordinator_url or "").strip(), token=prefs.token or "")
 
 
+class Refused(Exception):
+    """The action cannot start; the message is the sentence to show the artist."""
+
+
+def checked_settings(context: bpy.types.Context | None = None) -> Settings:
+    """The coordinator settings from the preferences, checked (online access, add-on enabled, URL); raises Refused."""
+    from . import prefs
+
+    problem = online_access_problem()
+    if problem:
+        raise Refused(problem)
+    preferences = prefs.get(context)
+    if preferences is None:
+        raise Refused("The RenderQ add-on is not enabled")
+    settings = settings_from_prefs(preferences)
+    problem = check_url(settings.url)
+    if problem:
+        raise Refused(problem)
+    return settings
+
+
 def check_url(url: str) -> str | None:
     """A sentence when `url` cannot be a coordinator address, else None."""
     if not url:

@@ -35,23 +35,12 @@ _thumbnail_dir: str | None = None
 _last_poll_error = ""
 
 
-class Refused(Exception):
-    """The action cannot start; the message is the sentence to show the artist."""
+Refused = client.Refused
 
 
 def _settings() -> client.Settings:
     """The coordinator settings, checked; raises Refused (main thread)."""
-    problem = client.online_access_problem()
-    if problem:
-        raise Refused(problem)
-    preferences = prefs.get()
-    if preferences is None:
-        raise Refused("The RenderQ add-on is not enabled")
-    settings = client.settings_from_prefs(preferences)
-    problem = client.check_url(settings.url)
-    if problem:
-        raise Refused(problem)
-    return settings
+    return client.checked_settings()
 
 
 # -- tasks ---------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import bpy
 from renderq import packing
 from renderq.http_client import CoordinatorError, CoordinatorUnreachable
 
-from . import client, jobs, notify, prefs, props, state, text
+from . import client, jobs, notify, props, state, text
 
 JOB_KEY = "submit"
 # Frames are rendered one by one on different machines, so a format that writes one file for the whole range fails.
@@ -38,8 +38,7 @@ _pending_copies: set[str] = set()
 _pending_lock = threading.Lock()
 
 
-class Refused(Exception):
-    """The submit cannot start; the message is the sentence to show the artist."""
+Refused = client.Refused
 
 
 @dataclass(frozen=True)
@@ -124,16 +123,7 @@ def check(context: bpy.types.Context) -> SubmitRequest:
     task_name = settings_of_scene.task_name.strip() or os.path.splitext(original_name)[0]
     if "/" in task_name or ".." in task_name or len(task_name) > 64:
         raise Refused(f"The task name {task_name!r} is not usable: at most 64 characters, no '/' and no '..'")
-    problem = client.online_access_problem()
-    if problem:
-        raise Refused(problem)
-    preferences = prefs.get(context)
-    if preferences is None:
-        raise Refused("The RenderQ add-on is not enabled")
-    settings = client.settings_from_prefs(preferences)
-    problem = client.check_url(settings.url)
-    if problem:
-        raise Refused(problem)
+    settings = client.checked_settings(context)
     return SubmitRequest(
         settings=settings,
         blend_to_pack=filepath,
