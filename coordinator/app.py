@@ -32,7 +32,10 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         lease_seconds=config.lease_seconds,
         alive_timeout=config.alive_timeout,
         heartbeat_seconds=config.heartbeat_seconds,
-        max_attempts=config.max_attempts,
+        frame_fail_workers=config.frame_fail_workers,
+        bad_worker_failures=config.bad_worker_failures,
+        frame_timeout=config.frame_timeout,
+        no_progress_timeout=config.no_progress_timeout,
         frame_time_window=config.frame_time_window,
     )
     scheduler = Scheduler(store, policy)
@@ -45,11 +48,12 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     from .api.files import files
     from .api.health import health
     from .api.logs import logs
+    from .api.openapi import openapi
     from .api.status import pages
     from .api.tasks import tasks
     from .api.workers import workers
 
-    for blueprint in (health, workers, tasks, files, logs, pages):
+    for blueprint in (health, workers, tasks, files, logs, pages, openapi):
         app.register_blueprint(blueprint)
 
     @app.after_request

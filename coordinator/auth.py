@@ -1,9 +1,13 @@
-"""Who may change the farm: the admin token, the status page's login session and its cross-site checks.
+"""Who may do what: the three access tokens (admin, artist, worker), the status page's login session, and its
+cross-site checks.
 
-Changes need the admin token, sent either as `Authorization: Bearer <token>` (command line, scripts) or through
-the session cookie the login form sets (the status page). A cookie rides along with requests that other sites
-make the browser send, so cookie-authenticated changes must also come from our own origin and carry the
-session's CSRF token in a header, which another site cannot read or forge.
+Every API request carries a token as `Authorization: Bearer <token>`. The token decides the role:
+- worker: register, heartbeat, claim frames, report them, upload frames, download task inputs, append logs;
+- artist: submit tasks, watch them, cancel their own tasks, download frames;
+- admin: everything, including switching workers ON/OFF and deleting.
+The status page logs in with the admin token once and then rides on a session cookie. A cookie rides along with
+requests that other sites make the browser send, so cookie-authenticated changes must also come from our own
+origin and carry the session's CSRF token in a header, which another site cannot read or forge.
 """
 
 from __future__ import annotations
@@ -13,52 +17,177 @@ import datetime
 import functools
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, current_app, jsonify, redirect, request, session, url_for
+from flask import Flask, current_app, g, jsonify, redirect, request, session, url_for
 
 from .config import Config
 
-TOKEN_FILE = "admin_token"
+ROLES = ("worker", "artist", "admin")
+TOKEN_FILES = {"admin": "admin_token", "artist": "artist_token", "worker": "worker_token"}
+# Extra artist tokens, one per person ("NAME TOKEN" per line), so an artist can cancel only their own tasks.
+ARTIST_TOKENS_FILE = "artist_tokens"
+TOKEN_FILE = TOKEN_FILES["admin"]
 SECRET_FILE = "session_secret"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_LIFETIME = datetime.timedelta(days=14)
+# The identity of everyone when auth is off.
+ANONYMOUS_ADMIN = "anonymous"
 
-NEEDS_TOKEN = ("this needs the admin token: send it as 'Authorization: Bearer TOKEN', or log in on the status page "
-               "(the token is in the coordinator's data dir, file admin_token)")
-WRONG_TOKEN = "the admin token sent is not the coordinator's admin token"
+NEEDS_TOKEN = ("this needs an access token: send it as 'Authorization: Bearer TOKEN', or log in on the status page "
+               "(the tokens are in the coordinator's data dir: admin_token, artist_token, worker_token)")
+
+
+def needs_token(role: str) -> str:
+    """The refusal sentence for a request without a token, naming the token the endpoint takes."""
+    which = "the admin token" if role == "admin" else f"the {role} token (or the admin token)"
+    return (f"this needs {which}: send it as 'Authorization: Bearer TOKEN' (the tokens are in the coordinator's "
+            f"data dir, files {role}_token" + ("" if role == "admin" else " and admin_token") + ")")
+WRONG_TOKEN = "the token sent is not one of the coordinator's access tokens"
 CROSS_SITE = "refused: a change with the login cookie must come from the status page itself"
 
 
 @dataclasses.dataclass(frozen=True)
-class AdminToken:
-    """The admin token and where it comes from, so the coordinator can tell the admin where to find it."""
+class Identity:
+    """Who sent a request: their role and, for artists, their name (the owner recorded on their tasks)."""
 
-    value: str
-    # The file holding it, or None when it was given in the configuration (RENDERQ_ADMIN_TOKEN).
+    role: str
+    name: str
+
+    def has(self, role: str) -> bool:
+        """Admins may do everything; other roles only their own things."""
+        return self.role == "admin" or self.role == role
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSource:
+    """Where one role's token comes from, so the coordinator can tell the admin where to find it."""
+
+    role: str
+    # The file holding it, or None when it was given in the configuration (RENDERQ_<ROLE>_TOKEN).
     path: str | None
     created: bool
 
     def describe(self) -> str:
         """One sentence for the coordinator's start-up output (never the token itself)."""
         if self.path is None:
-            return "admin token: the one set in RENDERQ_ADMIN_TOKEN"
+            return f"{self.role} token: the one set in RENDERQ_{self.role.upper()}_TOKEN"
         made = "created " if self.created else ""
-        return f"admin token: {made}in {self.path} (readable by this user only)"
+        return f"{self.role} token: {made}in {self.path} (readable by this user only)"
 
 
-def setup(app: Flask, config: Config) -> AdminToken:
-    """Load (or create) the admin token and the session key, and configure the session cookie."""
-    if config.admin_token:
-        token = AdminToken(config.admin_token, None, False)
-    else:
-        path = os.path.abspath(os.path.join(config.data_dir, TOKEN_FILE))
-        value, created = _read_or_create_secret(path)
-        token = AdminToken(value, path, created)
+class TokenBook:
+    """The coordinator's tokens and who each one is; looked up in constant time per token."""
+
+    def __init__(self, config: Config) -> None:
+        self.enabled = config.auth
+        self.sources: list[TokenSource] = []
+        self._by_role: dict[str, str] = {}
+        given = {"admin": config.admin_token, "artist": config.artist_token, "worker": config.worker_token}
+        for role in ("admin", "artist", "worker"):
+            if given[role]:
+                self._by_role[role] = given[role]
+                self.sources.append(TokenSource(role, None, False))
+            else:
+                path = os.path.abspath(os.path.join(config.data_dir, TOKEN_FILES[role]))
+                value, created = _read_or_create_secret(path)
+                self._by_role[role] = value
+                self.sources.append(TokenSource(role, path, created))
+        if len(set(self._by_role.values())) != len(self._by_role):
+            raise ValueError("the admin, artist and worker tokens must all differ")
+        self._artists_path = os.path.join(config.data_dir, ARTIST_TOKENS_FILE)
+        self._artists_stamp: tuple[int, int] | None = None
+        self._artists: list[tuple[str, str]] = []
+
+    @property
+    def admin(self) -> str:
+        return self._by_role["admin"]
+
+    def token(self, role: str) -> str:
+        """The (default) token of a role."""
+        return self._by_role[role]
+
+    def identify(self, token: str | None) -> Identity | None:
+        """The identity a token stands for, or None. Every known token is compared, so timing reveals nothing."""
+        if not token:
+            return None
+        found: Identity | None = None
+        for role, value in self._by_role.items():
+            if token_matches(token, value):
+                found = Identity(role, "admin" if role == "admin" else role)
+        for name, value in self._named_artists():
+            if token_matches(token, value):
+                found = Identity("artist", name)
+        return found
+
+    def _named_artists(self) -> list[tuple[str, str]]:
+        # Re-read when the file changes, so an admin can add an artist without restarting the coordinator.
+        try:
+            info = os.stat(self._artists_path)
+        except FileNotFoundError:
+            self._artists, self._artists_stamp = [], None
+            return []
+        stamp = (info.st_mtime_ns, info.st_size)
+        if stamp != self._artists_stamp:
+            self._artists = read_artist_tokens(self._artists_path)
+            self._artists_stamp = stamp
+        return self._artists
+
+    def describe(self) -> list[str]:
+        lines = [source.describe() for source in self.sources]
+        if not self.enabled:
+            lines = ["AUTH IS OFF: anyone who reaches this coordinator can submit, cancel, read and delete"]
+        return lines
+
+
+def read_artist_tokens(path: str) -> list[tuple[str, str]]:
+    """(name, token) pairs of an artist_tokens file: "NAME TOKEN" per line; blank lines and # comments skipped."""
+    pairs = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, _, token = line.partition(" ")
+            token = token.strip()
+            if name and len(token) >= 16:
+                pairs.append((name, token))
+    return pairs
+
+
+def add_artist_token(data_dir: str, name: str) -> str:
+    """Create a token for one named artist in the data dir's artist_tokens file (0600); returns the token."""
+    if not name or not name.isprintable() or " " in name or len(name) > 64:
+        raise ValueError("an artist's name must be 1 to 64 printable characters without spaces")
+    path = os.path.join(data_dir, ARTIST_TOKENS_FILE)
+    if os.path.exists(path) and any(existing == name for existing, _ in read_artist_tokens(path)):
+        raise ValueError(f"there is already a token for {name!r} in {path}")
+    token = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        handle.write(f"{name} {token}\n")
+    os.chmod(path, 0o600)
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` only listens on this machine."""
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def setup(app: Flask, config: Config) -> TokenBook:
+    """Load (or create) the tokens and the session key, and configure the session cookie."""
+    book = TokenBook(config)
     app.secret_key, _ = _read_or_create_secret(os.path.join(config.data_dir, SECRET_FILE))
     app.config.update(
         SESSION_COOKIE_NAME="renderq_session",
@@ -67,8 +196,8 @@ def setup(app: Flask, config: Config) -> AdminToken:
         SESSION_COOKIE_SECURE=config.public_url.lower().startswith("https://"),
         PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
     )
-    app.extensions["renderq.admin_token"] = token
-    return token
+    app.extensions["renderq.tokens"] = book
+    return book
 
 
 def _read_or_create_secret(path: str) -> tuple[str, bool]:
@@ -98,8 +227,8 @@ def token_matches(given: str | None, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
-def _token() -> AdminToken:
-    return current_app.extensions["renderq.admin_token"]
+def _book() -> TokenBook:
+    return current_app.extensions["renderq.tokens"]
 
 
 def _fingerprint(token: str) -> str:
@@ -120,24 +249,32 @@ def bearer_token() -> str | None:
 def session_is_admin() -> bool:
     """True when the request carries a login cookie for the current admin token."""
     marker = session.get("admin")
-    return isinstance(marker, str) and hmac.compare_digest(marker, _fingerprint(_token().value))
+    return isinstance(marker, str) and hmac.compare_digest(marker, _fingerprint(_book().admin))
+
+
+def identity() -> Identity | None:
+    """Who sent the request (from the Bearer token, else the login cookie), or None for a stranger."""
+    if not _book().enabled:
+        return Identity("admin", ANONYMOUS_ADMIN)
+    given = bearer_token()
+    if given is not None:
+        return _book().identify(given)
+    return Identity("admin", "admin") if session_is_admin() else None
 
 
 def is_admin() -> bool:
-    """True for a valid Bearer token or a valid login cookie (no cross-site check: use for reading only)."""
-    given = bearer_token()
-    if given is not None:
-        return token_matches(given, _token().value)
-    return session_is_admin()
+    """True for the admin token or a valid login cookie (no cross-site check: use for reading only)."""
+    found = identity()
+    return found is not None and found.role == "admin"
 
 
 def log_in(token: str) -> bool:
-    """Start an admin session when `token` is right; False (and no session) otherwise."""
-    if not token_matches(token.strip(), _token().value):
+    """Start an admin session when `token` is the admin token; False (and no session) otherwise."""
+    if not token_matches(token.strip(), _book().admin):
         return False
     session.clear()
     session.permanent = True
-    session["admin"] = _fingerprint(_token().value)
+    session["admin"] = _fingerprint(_book().admin)
     session["csrf"] = secrets.token_urlsafe(24)
     return True
 
@@ -174,18 +311,49 @@ def _origin(url: str) -> str:
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
 
 
-def check_change_allowed() -> tuple[int, str] | None:
-    """None when the current request may change the farm; else the (status, sentence) to refuse it with."""
+def _is_change() -> bool:
+    return request.method not in ("GET", "HEAD", "OPTIONS")
+
+
+def check_allowed(role: str, open_read: bool = False) -> tuple[int, str] | None:
+    """None when the current request may use an endpoint of `role`; else the (status, sentence) to refuse it with.
+
+    `open_read`: a read that the status page makes, allowed to anyone when the coordinator runs with open_status.
+    """
+    if not _book().enabled:
+        g.renderq_identity = Identity("admin", ANONYMOUS_ADMIN)
+        return None
     given = bearer_token()
     if given is not None:
         # Browsers never add an Authorization header on their own, so a Bearer request needs no cross-site check.
-        return None if token_matches(given, _token().value) else (401, WRONG_TOKEN)
-    if not session_is_admin():
-        return 401, NEEDS_TOKEN
-    sent = request.headers.get(CSRF_HEADER) or request.form.get("csrf", "")
-    if not same_origin() or not token_matches(sent, csrf_token()):
-        return 403, CROSS_SITE
-    return None
+        found = _book().identify(given)
+        if found is None:
+            return 401, WRONG_TOKEN
+        if not found.has(role):
+            return 403, f"this needs the {role} token (or the admin token); the token sent is the {found.role} token"
+        g.renderq_identity = found
+        return None
+    if session_is_admin():
+        if _is_change():
+            sent = request.headers.get(CSRF_HEADER) or request.form.get("csrf", "")
+            if not same_origin() or not token_matches(sent, csrf_token()):
+                return 403, CROSS_SITE
+        g.renderq_identity = Identity("admin", "admin")
+        return None
+    if open_read and not _is_change() and current_app.config["RENDERQ"].open_status:
+        g.renderq_identity = None
+        return None
+    return 401, needs_token(role)
+
+
+def check_change_allowed() -> tuple[int, str] | None:
+    """None when the current request may change anything (the admin token or an admin's page); else a refusal."""
+    return check_allowed("admin")
+
+
+def current_identity() -> Identity | None:
+    """The identity an access check let through for this request (None for an open status reader)."""
+    return g.get("renderq_identity")
 
 
 def _refusal(status: int, message: str) -> Any:
@@ -196,17 +364,27 @@ def _refusal(status: int, message: str) -> Any:
     return response
 
 
-def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Refuse the request (401/403, JSON error, nothing changed) unless it carries the admin token."""
+def requires(role: str, open_read: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Refuse the request (401/403, JSON error, nothing read or changed) unless its token has `role` (admins have
+    every role)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
 
-    @functools.wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        refused = check_change_allowed()
-        if refused is not None:
-            return _refusal(*refused)
-        return view(*args, **kwargs)
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            refused = check_allowed(role, open_read)
+            if refused is not None:
+                return _refusal(*refused)
+            return view(*args, **kwargs)
 
-    return wrapped
+        wrapped.renderq_role = role  # type: ignore[attr-defined]  # read by the OpenAPI coverage test
+        return wrapped
+
+    return decorate
+
+
+admin_required = requires("admin")
 
 
 def may_read_status() -> bool:
@@ -224,7 +402,11 @@ def reader_required(page: bool = False) -> Callable[[Callable[..., Any]], Callab
             if may_read_status():
                 return view(*args, **kwargs)
             if bearer_token() is not None:
-                return _refusal(401, WRONG_TOKEN)
+                found = _book().identify(bearer_token())
+                if found is None:
+                    return _refusal(401, WRONG_TOKEN)
+                return _refusal(403, f"the status page needs the admin token; the token sent is the {found.role} "
+                                     "token")
             if page:
                 return redirect(url_for("pages.login", next=request.full_path.rstrip("?")))
             return _refusal(401, NEEDS_TOKEN)

@@ -25,14 +25,27 @@ class Config:
     alive_timeout: float = 15.0
     heartbeat_seconds: float = 2.0
     upload_limit: int = 4 * GIB
-    max_attempts: int = 3
+    # A frame is marked failed once it has failed on this many different workers.
+    frame_fail_workers: int = 3
+    # A worker that failed frames of a task this many times gets no more frames of that task (until a retry).
+    bad_worker_failures: int = 3
+    # Defaults of a task's timeouts in seconds: the longest one frame may render (0: no limit), and the longest
+    # Blender may go without showing progress.
+    frame_timeout: float = 0.0
+    no_progress_timeout: float = 600.0
     # Uploads are refused (507) once they would leave less than this free on the data dir's disk.
     disk_reserve: int = 1 * GIB
     http_threads: int = 16
     # "full" fsyncs every commit so a power cut loses nothing acknowledged; "normal" survives kill -9 only.
     sqlite_sync: str = "full"
-    # Empty: the token is read from (or created in) the data dir's admin_token file.
+    # Empty: each token is read from (or created in) the data dir's admin_token, artist_token, worker_token file.
     admin_token: str = ""
+    artist_token: str = ""
+    worker_token: str = ""
+    # False: no token is asked for. Allowed on a loopback address; elsewhere it also needs `insecure`.
+    auth: bool = True
+    # The admin's explicit "yes, serve without auth on the network".
+    insecure: bool = False
     # True lets anyone who reaches the coordinator read the status page; changes still need the admin token.
     open_status: bool = False
 
@@ -65,8 +78,15 @@ class Config:
             raise ValueError("frame time window must be at least 1")
         if self.alive_timeout <= self.heartbeat_seconds:
             raise ValueError("alive timeout must be longer than the worker heartbeat interval")
-        if self.max_attempts < 1:
-            raise ValueError("max attempts must be at least 1")
+        if self.frame_fail_workers < 1:
+            raise ValueError("frame fail workers must be at least 1")
+        if self.bad_worker_failures < 1:
+            raise ValueError("bad worker failures must be at least 1")
+        week = 7 * 86400
+        if self.frame_timeout != 0 and not 1 <= self.frame_timeout <= week:
+            raise ValueError(f"frame timeout must be 0 (no limit) or from 1 to {week} seconds (7 days)")
+        if not 1 <= self.no_progress_timeout <= week:
+            raise ValueError(f"no progress timeout must be from 1 to {week} seconds (7 days)")
         if self.upload_limit < 1024:
             raise ValueError("upload limit must be at least 1024 bytes")
         if self.disk_reserve < 0:
@@ -75,10 +95,12 @@ class Config:
             raise ValueError("sqlite sync must be 'full' or 'normal'")
         if self.poll_interval <= 0:
             raise ValueError("poll interval must be more than 0 seconds")
-        if self.admin_token and (len(self.admin_token) < MIN_TOKEN_LENGTH or not self.admin_token.isprintable()
-                                 or self.admin_token != self.admin_token.strip()):
-            raise ValueError(f"the admin token must be at least {MIN_TOKEN_LENGTH} printable characters, "
-                             "without spaces around it")
+        for role in ("admin", "artist", "worker"):
+            token = getattr(self, f"{role}_token")
+            if token and (len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or token != token.strip()
+                          or " " in token):
+                raise ValueError(f"the {role} token must be at least {MIN_TOKEN_LENGTH} printable characters, "
+                                 "without spaces")
 
 
 def _parse(name: str, type_name: Any, raw: str) -> Any:

@@ -31,3 +31,9 @@ class PayloadTooLarge(RenderQError):
 
 class InsufficientStorage(RenderQError):
     status = 507
+
+
+class Forbidden(RenderQError):
+    """The caller is known but may not do this (an artist canceling someone else's task)."""
+
+    status = 403

@@ -1,12 +1,70 @@
-"""Finish-time estimates: pure functions of exact frame render times."""
+"""Finish-time estimates of a task from the exact render times of its done frames.
+
+What the coordinator knows exactly: each done frame's number, its render time (render_pre to render_write, measured
+inside Blender), which worker rendered it and when (on that worker's clock); which frames are left, which of them
+are being rendered, by whom and since when. From that:
+
+- The cost of a frame as a function of its number: a straight trend through the mean of the done frames. The slope
+  is a robust one (the median of slopes between frames half the done range apart, so a few heavy frames do not tip
+  it), shrunk towards flat as far as the done frames leave it uncertain. The level is the plain mean, so heavy frames
+  count at the rate they were seen: the sum over the frames left is what matters, not the typical frame.
+- Each worker's speed relative to the others, from its frames against that trend (shrunk towards the average while
+  it has rendered few), and its overhead between frames (upload, report, setting up the next frame) from the gaps
+  between its own consecutive frames: one clock, so clocks that disagree between machines do not matter.
+- The time left of a frame being rendered, given how long it has run: the mean over the done frames that ran at
+  least that long (relative to their prediction), so a frame that runs long is taken for one of the heavy ones.
+- The frames left dealt out in claim order (lowest number first) to the workers on the task, each taking the next
+  frame when it is free: the estimate is when the last of them ends, so the tail of the last frames counts. Beyond
+  the last TAIL_FRAMES frames the work is spread evenly (water-filling), which is exact enough and keeps an estimate
+  cheap for tasks of many frames.
+
+`TaskEstimator` holds what depends only on the done and failed frames (the model and the frames left, priced); it
+is built in O(frames of the task) and `EtaCache` keeps it until one of those changes, so each estimate after that
+costs O(workers + TAIL_FRAMES). Everything is deterministic: the same frames give the same estimate.
+
+`estimate_eta` is the first, simple estimate (mean of the recent frame times x frames left / workers), kept as the
+baseline the benchmark compares against.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+import dataclasses
+import heapq
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+# A slope needs this many timed frames; fewer cannot tell a trend from noise and heavy frames.
+MIN_FRAMES_FOR_TREND = 6
+# Predicted costs stay within these multiples of the done frames' mean (a steep trend carried far must not go
+# negative or explode).
+COST_FLOOR = 0.2
+COST_CEILING = 6.0
+# A worker's speed counts fully once it has rendered many more frames than this; below, it leans on the average.
+SPEED_PRIOR_FRAMES = 6
+SPEED_LIMITS = (0.2, 5.0)
+SPEED_ROUNDS = 2
+# How hard an uncertain slope is pulled towards flat: kept slope / slope = t^2 / (t^2 + TREND_SHRINK), t the slope
+# over its standard error. About the square of the t value that few frames need before a trend is believable.
+TREND_SHRINK = 9.0
+TREND_PRIOR = 0.0
+# The trend's slope is measured over at most this many points (pairs: its square / 2).
+TREND_POINTS = 48
+# A frame running longer than any done frame did (relative to its prediction) is taken to have this share of its
+# prediction left.
+OVERRUN_SHARE_LEFT = 0.1
+# A frame being rendered counts as evidence of frame costs up to this multiple of its prediction.
+EVIDENCE_CAP = 4.0
+# The last frames in claim order that are dealt out one by one; the frames before them are spread evenly.
+TAIL_FRAMES = 256
+# A worker's own overhead is used from this many gaps on; before, the task's.
+MIN_GAPS_PER_WORKER = 3
 
 
 def estimate_eta(recent_frame_seconds: Sequence[float], frames_left: int, workers_rendering: int) -> float | None:
-    """Seconds until the task ends: mean of the recent exact frame times x frames left / workers on it.
+    """The simple estimate: mean of the recent exact frame times x frames left / workers on it (the baseline).
 
     None while no frame has finished, since there is nothing to measure yet.
     """
@@ -16,3 +74,360 @@ def estimate_eta(recent_frame_seconds: Sequence[float], frames_left: int, worker
         return None
     mean = sum(recent_frame_seconds) / len(recent_frame_seconds)
     return mean * frames_left / max(1, workers_rendering)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DoneFrame:
+    """A done frame: its number, exact render time (None if the worker sent none), worker and times."""
+
+    frame: int
+    render_seconds: float | None
+    worker_id: int | None = None
+    started_at: float | None = None  # worker's clock, at render_pre
+    ended_at: float | None = None  # worker's clock, at render_write
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ActiveFrame:
+    """A frame leased to a worker: being rendered (since started_at, the worker's clock) or about to be."""
+
+    frame: int
+    worker_id: int | None
+    rendering: bool
+    started_at: float | None = None
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _mad(values: Sequence[float], center: float) -> float:
+    """Median absolute deviation, scaled to a standard deviation for normal data."""
+    return 1.4826 * _median([abs(v - center) for v in values])
+
+
+def _usable(seconds: float | None) -> bool:
+    return seconds is not None and math.isfinite(seconds) and seconds > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Trend:
+    """Cost by frame number: `level` at `center_frame`, changing by `relative_slope` x level per frame (a straight
+    line), kept within [low, high]."""
+
+    center_frame: float
+    level: float
+    relative_slope: float
+    low: float
+    high: float
+
+    def __call__(self, frame: float) -> float:
+        cost = self.level * (1.0 + self.relative_slope * (frame - self.center_frame))
+        return min(self.high, max(self.low, cost))
+
+    @classmethod
+    def fit(cls, frames: Sequence[int], costs: Sequence[float], span: float | None = None) -> "Trend":
+        """The trend of costs (positive) over frame numbers (same length, at least one, distinct frames).
+
+        The slope is measured on the logarithm of the costs, where a heavy frame is heavy by the same factor
+        wherever it falls, as the median of the slopes between all pairs of frames (Theil-Sen): frames several times
+        heavier than the rest are outliers to it whatever the drift and however they recur. Beyond TREND_POINTS
+        frames, consecutive frames are pooled (their mean cost) so that the pairs stay few. The slope is then
+        applied as a straight line from the level, the mean cost at the mean frame.
+        """
+        n = len(frames)
+        mean_frame = sum(frames) / n
+        mean_cost = sum(costs) / n
+        slope = 0.0
+        if n >= MIN_FRAMES_FOR_TREND:
+            points = _pooled(sorted(zip(frames, costs)), TREND_POINTS)
+            slopes = [(points[j][1] - points[i][1]) / (points[j][0] - points[i][0])
+                      for i in range(len(points)) for j in range(i + 1, len(points))]
+            robust = _median(slopes)
+            # Its uncertainty: the spread of the points about the line over the spread of their frame numbers.
+            # Robust, so heavy frames that recur do not hide a clear trend, while noise over few frames does not
+            # pass for one.
+            center = sum(f for f, _ in points) / len(points)
+            residuals = [c - robust * (f - center) for f, c in points]
+            sxx = sum((f - center) ** 2 for f, _ in points)
+            se = _mad(residuals, _median(residuals)) / math.sqrt(sxx) if sxx > 0 else math.inf
+            if robust and math.isfinite(se):
+                if TREND_PRIOR and span:
+                    prior = TREND_PRIOR / span
+                    slope = robust * prior * prior / (prior * prior + se * se)
+                else:
+                    t_squared = (robust / se) ** 2 if se > 0 else math.inf
+                    slope = robust * (1.0 if math.isinf(t_squared) else t_squared / (t_squared + TREND_SHRINK))
+        return cls(mean_frame, mean_cost, slope, COST_FLOOR * mean_cost, COST_CEILING * mean_cost)
+
+
+def _pooled(frame_costs: Sequence[tuple[int, float]], most: int) -> list[tuple[float, float]]:
+    """(frame, log cost) points, at most `most`: runs of consecutive frames pooled into their mean frame and the log
+    of their mean cost."""
+    n = len(frame_costs)
+    groups = min(n, most)
+    points = []
+    for g in range(groups):
+        run = frame_costs[g * n // groups:(g + 1) * n // groups]
+        points.append((sum(f for f, _ in run) / len(run), math.log(sum(c for _, c in run) / len(run))))
+    return points
+
+
+class CostModel:
+    """What a task's done frames say about the frames left: cost by frame number (for a worker of average speed),
+    each worker's speed and overhead between frames, and how actual times spread about the prediction."""
+
+    def __init__(self, done: Iterable[DoneFrame], span: float | None = None) -> None:
+        timed = [d for d in done if _usable(d.render_seconds)]
+        self.frames_measured = len(timed)
+        self.measured_seconds = sum(d.render_seconds for d in timed)
+        self._speeds: dict[int | None, float] = {}
+        self._overheads, self._overhead = _overheads(timed)
+        if not timed:
+            self.trend: Trend | None = None
+            self._ratios: list[float] = []
+            self._ratio_suffix_sums: list[float] = [0.0]
+            return
+        frames = [d.frame for d in timed]
+        trend = Trend.fit(frames, [d.render_seconds for d in timed], span)
+        for _ in range(SPEED_ROUNDS):
+            speeds = _speeds(timed, trend)
+            if not speeds:
+                break
+            self._speeds = speeds
+            trend = Trend.fit(frames, [d.render_seconds / speeds.get(d.worker_id, 1.0) for d in timed], span)
+        self.trend = trend
+        self._ratios = sorted(d.render_seconds / self.seconds(d.frame, d.worker_id) for d in timed)
+        # _ratio_suffix_sums[i] = sum(self._ratios[i:])
+        sums = [0.0] * (len(self._ratios) + 1)
+        for i in range(len(self._ratios) - 1, -1, -1):
+            sums[i] = sums[i + 1] + self._ratios[i]
+        self._ratio_suffix_sums = sums
+
+    def cost(self, frame: int) -> float:
+        """Predicted render seconds of the frame on a worker of average speed."""
+        assert self.trend is not None, "no frame has been timed yet"
+        return self.trend(frame)
+
+    def speed(self, worker_id: int | None) -> float:
+        """The worker's render time relative to the average worker's (2.0: twice as slow)."""
+        return self._speeds.get(worker_id, 1.0)
+
+    def overhead(self, worker_id: int | None) -> float:
+        """Seconds the worker spends between the end of one frame's render and the start of the next."""
+        return self._overheads.get(worker_id, self._overhead)
+
+    def seconds(self, frame: int, worker_id: int | None) -> float:
+        """Predicted render seconds of the frame on this worker."""
+        return self.speed(worker_id) * self.cost(frame)
+
+    def seconds_left(self, frame: int, worker_id: int | None, elapsed: float) -> float:
+        """Expected render seconds left of a frame that has rendered for `elapsed` seconds on this worker."""
+        expected = self.seconds(frame, worker_id)
+        if elapsed <= 0:
+            return expected
+        # The done frames that ran longer than this one has so far (relative to their prediction): it is one of
+        # them, so it runs as long as they did on average.
+        first = bisect.bisect_right(self._ratios, elapsed / expected)
+        longer = len(self._ratios) - first
+        if longer == 0:
+            return max(expected - elapsed, OVERRUN_SHARE_LEFT * expected)
+        return max(0.0, expected * self._ratio_suffix_sums[first] / longer - elapsed)
+
+
+def _overheads(timed: Sequence[DoneFrame]) -> tuple[dict[int | None, float], float]:
+    """Each worker's median gap between the end of a frame and the start of its next one, and the task's."""
+    by_worker: dict[int | None, list[DoneFrame]] = {}
+    for d in timed:
+        if d.started_at is not None and d.ended_at is not None:
+            by_worker.setdefault(d.worker_id, []).append(d)
+    gaps_by_worker: dict[int | None, list[float]] = {}
+    for worker_id, frames in by_worker.items():
+        frames.sort(key=lambda d: d.started_at)
+        gaps = [after.started_at - before.ended_at for before, after in zip(frames, frames[1:])]
+        # A negative gap means clocks or times that do not add up; leave it out.
+        gaps_by_worker[worker_id] = [g for g in gaps if g >= 0]
+    every_gap = [g for gaps in gaps_by_worker.values() for g in gaps]
+    task_overhead = _median(every_gap) if every_gap else 0.0
+    return ({worker_id: _median(gaps) for worker_id, gaps in gaps_by_worker.items()
+             if len(gaps) >= MIN_GAPS_PER_WORKER}, task_overhead)
+
+
+def _speeds(timed: Sequence[DoneFrame], trend: Trend) -> dict[int | None, float]:
+    """Each worker's speed against the trend (median of actual / predicted over its frames), shrunk towards 1 while
+    it has few frames, scaled so that the frame-weighted geometric mean is 1. Empty when only one worker rendered."""
+    ratios: dict[int | None, list[float]] = {}
+    for d in timed:
+        ratios.setdefault(d.worker_id, []).append(d.render_seconds / trend(d.frame))
+    if len(ratios) < 2:
+        return {}
+    logs = {}
+    for worker_id, values in ratios.items():
+        weight = len(values) / (len(values) + SPEED_PRIOR_FRAMES)
+        logs[worker_id] = weight * math.log(_median(values))
+    total = sum(len(values) for values in ratios.values())
+    mean_log = sum(logs[w] * len(ratios[w]) for w in ratios) / total
+    low, high = SPEED_LIMITS
+    return {w: min(high, max(low, math.exp(value - mean_log))) for w, value in logs.items()}
+
+
+class TaskEstimator:
+    """A task's cost model and its frames left (neither done nor failed), priced once: estimates from it need only
+    the frames in progress and the time."""
+
+    def __init__(self, model: CostModel, frames_left: Iterable[int]) -> None:
+        self.model = model
+        left = sorted(frames_left)
+        self._left = set(left)
+        self._tail_frames = left[-TAIL_FRAMES:]
+        self._tail_start = self._tail_frames[0] if self._tail_frames else None
+        bulk = left[:len(left) - len(self._tail_frames)]
+        self._bulk_count = len(bulk)
+        self._bulk_cost = sum(model.cost(f) for f in bulk) if model.trend is not None else 0.0
+
+    @property
+    def measured(self) -> bool:
+        """Whether any done frame has an exact time (without one there is nothing to estimate from)."""
+        return self.model.trend is not None
+
+    def eta_seconds(self, active: Sequence[ActiveFrame], now: float) -> float | None:
+        """Seconds until the last frame left is done, given the frames leased now; None while nothing is timed."""
+        if not self._left:
+            return 0.0
+        if not self.measured:
+            return None
+        model = self.model
+        held: dict[int | None, list[ActiveFrame]] = {}
+        active_frames = set()
+        # What the frames being rendered say: each has run `elapsed` and is expected to need `left` more, where
+        # the model alone expected `predicted`. A frame running long is evidence that frames cost more than the
+        # done ones say, weighed like one more done frame: all the frames not started yet are scaled by it.
+        in_progress: dict[int, float] = {}
+        observed = expected = model.measured_seconds
+        for a in active:
+            if a.frame not in self._left or a.frame in active_frames:
+                continue
+            active_frames.add(a.frame)
+            held.setdefault(a.worker_id, []).append(a)
+            if a.rendering and a.started_at is not None:
+                # Clamped: a worker clock ahead of ours must not make a frame look like it has not started.
+                elapsed = max(0.0, now - a.started_at)
+                left = model.seconds_left(a.frame, a.worker_id, elapsed)
+                in_progress[a.frame] = left
+                predicted = model.seconds(a.frame, a.worker_id)
+                # Bounded: a hung frame, or a worker clock far behind ours, must not scale every other frame
+                # without limit.
+                observed += min(elapsed + left, EVIDENCE_CAP * predicted)
+                expected += predicted
+        scale = observed / expected if expected > 0 else 1.0
+        free_in: dict[int | None, float] = {}
+        for worker_id, frames in held.items():
+            seconds = 0.0
+            for a in frames:
+                if a.frame in in_progress:
+                    seconds += in_progress[a.frame]
+                else:
+                    seconds += scale * model.seconds(a.frame, worker_id)
+                seconds += model.overhead(worker_id)
+            free_in[worker_id] = seconds
+        if not free_in:
+            # Nobody holds a frame of it: count on one worker of average speed taking it up now.
+            free_in[None] = 0.0
+        bulk_count, bulk_cost = self._bulk_count, self._bulk_cost
+        for frame in active_frames:
+            if self._tail_start is None or frame < self._tail_start:
+                bulk_count -= 1
+                bulk_cost -= model.cost(frame)
+        if bulk_count > 0 and bulk_cost > 0:
+            _water_fill(free_in, scale * bulk_cost, bulk_count, model)
+        # Deal the last frames one by one, in claim order, to whichever worker is free first.
+        heap = [(seconds, order, worker_id) for order, (worker_id, seconds) in enumerate(free_in.items())]
+        heapq.heapify(heap)
+        latest = max(seconds for seconds, _, _ in heap)
+        for frame in self._tail_frames:
+            if frame in active_frames:
+                continue
+            seconds, order, worker_id = heapq.heappop(heap)
+            seconds += scale * model.seconds(frame, worker_id) + model.overhead(worker_id)
+            latest = max(latest, seconds)
+            heapq.heappush(heap, (seconds, order, worker_id))
+        return latest
+
+
+def _water_fill(free_in: dict[int | None, float], cost: float, count: int, model: CostModel) -> None:
+    """Spread `count` frames of total `cost` (average-worker seconds) over the workers so that they all end together,
+    the ones free earliest taking more: each worker's free time is raised to the common level it reaches."""
+    mean_cost = cost / count
+    # Seconds a worker needs per average-worker second of work, its overhead spread over the frame's cost.
+    per_unit = {w: model.speed(w) + model.overhead(w) / mean_cost for w in free_in}
+    ordered = sorted(free_in.items(), key=lambda item: item[1])
+    rate = weighted = 0.0
+    level = ordered[0][1]
+    for i, (worker_id, free) in enumerate(ordered):
+        rate += 1.0 / per_unit[worker_id]
+        weighted += free / per_unit[worker_id]
+        level = (cost + weighted) / rate
+        if i + 1 == len(ordered) or level <= ordered[i + 1][1]:
+            break
+    for worker_id, free in ordered:
+        free_in[worker_id] = max(free, level)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskState:
+    """What a task's estimator depends on besides the frames in progress: when any of it changes, it is rebuilt."""
+
+    task_id: int
+    created_at: float
+    frame_start: int
+    frame_end: int
+    frame_step: int
+    frames_done: int
+    failed_frames: tuple[int, ...] = ()
+
+    def frames(self) -> range:
+        return range(self.frame_start, self.frame_end + 1, self.frame_step)
+
+
+class EtaCache:
+    """Each open task's TaskEstimator, rebuilt only when its done or failed frames change. Thread-safe; keeps the
+    most recently used `size` tasks."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[int, tuple[TaskState, TaskEstimator]] = OrderedDict()
+
+    def estimators(self, states: Iterable[TaskState],
+                   load_done: Callable[[list[int]], Mapping[int, Sequence[DoneFrame]]]) -> dict[int, TaskEstimator]:
+        """The estimator of each task: the cached one while its state is unchanged, else one built from
+        `load_done(task_ids)` (called at most once, with the tasks that need building)."""
+        states = {state.task_id: state for state in states}
+        found: dict[int, TaskEstimator] = {}
+        with self._lock:
+            for task_id, state in states.items():
+                entry = self._entries.get(task_id)
+                if entry is not None and entry[0] == state:
+                    self._entries.move_to_end(task_id)
+                    found[task_id] = entry[1]
+        stale = [task_id for task_id in states if task_id not in found]
+        if not stale:
+            return found
+        done_by_task = load_done(stale)
+        built = {}
+        for task_id in stale:
+            done = done_by_task.get(task_id, [])
+            gone = {d.frame for d in done}
+            gone.update(states[task_id].failed_frames)
+            state = states[task_id]
+            model = CostModel(done, span=state.frame_end - state.frame_start + 1)
+            built[task_id] = TaskEstimator(model, (f for f in state.frames() if f not in gone))
+        with self._lock:
+            for task_id, estimator in built.items():
+                self._entries[task_id] = (states[task_id], estimator)
+                self._entries.move_to_end(task_id)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return {**found, **built}

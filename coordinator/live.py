@@ -241,5 +241,6 @@ def task_sections(scheduler: Scheduler, task_id: int) -> Sections:
         files_count=task["files_count"], files_bytes=task["files_bytes"], files_deleted=task["files_deleted"],
         missing_assets=len(task["missing_assets"]), canceled=task["progress"]["canceled"],
         leased=task["progress"]["leased"],
+        blocked=[{"worker": b["worker"], "failures": b["failures"]} for b in task["blocked_workers"]],
     )
     return {"task": {"summary": summary}, "frames": {str(f["frame"]): frame_item(f) for f in frames}}

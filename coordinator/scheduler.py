@@ -15,7 +15,7 @@ from typing import Any
 from renderq.blend_header import key_to_version, version_key
 
 from . import eta
-from .errors import BadRequest, Conflict, NotFound
+from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .store import Store
 
 Clock = Callable[[], float]
@@ -25,6 +25,9 @@ TASK_STATES = ("queued", "running", "paused", "done", "failed", "canceled")
 OPEN_TASK_STATES = ("queued", "running", "paused")
 MAX_FRAMES_PER_TASK = 1_000_000
 PRIORITY_LIMIT = 1_000_000
+# A task's frame_timeout and no_progress_timeout: at least a second, at most a week.
+TIMEOUT_MIN_SECONDS = 1.0
+TIMEOUT_MAX_SECONDS = 7 * 86400.0
 
 
 @dataclasses.dataclass
@@ -34,7 +37,13 @@ class Policy:
     lease_seconds: float = 15.0
     alive_timeout: float = 15.0
     heartbeat_seconds: float = 2.0
-    max_attempts: int = 3
+    # A frame is marked failed once it has failed on this many different workers.
+    frame_fail_workers: int = 3
+    # A worker that failed frames of a task this many times gets no more frames of it (until a retry).
+    bad_worker_failures: int = 3
+    # Defaults of a task's timeouts, in seconds; frame_timeout 0 means no limit.
+    frame_timeout: float = 0.0
+    no_progress_timeout: float = 600.0
     frame_time_window: int = 8
 
 
@@ -64,6 +73,13 @@ class TaskSpec:
     blender_version: str = ""
     blender_version_exact: bool = False
     missing_assets: Sequence[str] = ()
+    # Who may cancel it besides an admin (the identity of the token that submitted it).
+    owner: str = ""
+    # The file runs Python (scripts, drivers): only workers that allow it render it.
+    needs_python: bool = False
+    # Seconds; None takes the Policy's default.
+    frame_timeout: float | None = None
+    no_progress_timeout: float | None = None
 
     @property
     def main(self) -> TaskFile:
@@ -80,16 +96,20 @@ class Scheduler:
         self.store = store
         self.policy = policy or Policy()
         self.clock = clock
+        self._eta = eta.EtaCache()
 
     # -- workers --------------------------------------------------------------------------------------------------
 
-    def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int) -> dict:
+    def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int,
+                        allows_python: bool = False) -> dict:
+        """Register (or re-register) a worker by name; allows_python: it may run Python stored in .blend files."""
         worker = self.store.upsert_worker(name, host, blender_version, version_key(blender_version), cpu_count,
-                                          self.clock())
+                                          self.clock(), allows_python)
         return {
             "worker_id": worker["worker_id"],
             "name": worker["name"],
             "enabled": bool(worker["enabled"]),
+            "allows_python": bool(worker["allows_python"]),
             "heartbeat_seconds": self.policy.heartbeat_seconds,
             "lease_seconds": self.policy.lease_seconds,
         }
@@ -123,6 +143,7 @@ class Scheduler:
             "blender_version": worker["blender_version"],
             "cpu_count": worker["cpu_count"],
             "enabled": bool(worker["enabled"]),
+            "allows_python": bool(worker["allows_python"]),
             "alive": now - worker["last_seen"] < self.policy.alive_timeout,
             "last_seen": worker["last_seen"],
             "registered_at": worker["registered_at"],
@@ -142,6 +163,9 @@ class Scheduler:
         frames = spec.frame_numbers()
         if len(frames) > MAX_FRAMES_PER_TASK:
             raise BadRequest(f"a task may have at most {MAX_FRAMES_PER_TASK} frames, not {len(frames)}")
+        for field in ("frame_timeout", "no_progress_timeout"):
+            check_timeout(field, getattr(spec, field))
+        frame_timeout = spec.frame_timeout if spec.frame_timeout is not None else self.policy.frame_timeout
         task = {
             "name": spec.name,
             "priority": spec.priority,
@@ -158,6 +182,11 @@ class Scheduler:
             "missing_assets": list(spec.missing_assets),
             "settings": spec.settings,
             "created_at": self.clock(),
+            "owner": spec.owner,
+            "needs_python": spec.needs_python,
+            "frame_timeout": frame_timeout or None,
+            "no_progress_timeout": (spec.no_progress_timeout if spec.no_progress_timeout is not None
+                                    else self.policy.no_progress_timeout),
         }
         files = [(f.path, f.sha256, f.size) for f in spec.files]
         task_id = self.store.insert_task(task, list(frames), list(spec.workers), files)
@@ -175,11 +204,18 @@ class Scheduler:
         described = self.describe_tasks([task])[0]
         if with_frames:
             names = {w["worker_id"]: w["name"] for w in self.store.list_workers()}
-            described["frames"] = [self._describe_frame(f, names) for f in self.store.frames_of(task_id)]
+            failed_on = self.store.frame_failed_workers(task_id)
+            described["frames"] = [self._describe_frame(f, names, failed_on.get(f["frame"], []))
+                                   for f in self.store.frames_of(task_id)]
         return described
 
-    def cancel_task(self, task_id: int) -> dict:
+    def cancel_task(self, task_id: int, by_owner: str | None = None) -> dict:
+        """Cancel the task's frames not rendered yet. by_owner: the artist asking, who may cancel only their own
+        tasks (None: an admin, who may cancel any)."""
         task = self._task(task_id)
+        if by_owner is not None and by_owner != task["owner"]:
+            raise Forbidden(f"task {task_id} belongs to {task['owner'] or 'no artist'}; "
+                            "an artist may cancel only their own tasks")
         if not self.store.cancel_task(task_id, self.clock()):
             raise Conflict(f"task {task_id} has already ended ({task['status']})")
         return self.task_detail(task_id, with_frames=False)
@@ -209,12 +245,15 @@ class Scheduler:
         return self.task_detail(task_id, with_frames=False)
 
     def retry_failed_frames(self, task_id: int) -> dict:
-        """Queue the task's failed frames again with their failures reset; the task runs again."""
+        """Queue the task's failed frames again with their failures reset, and unblock the workers blocked from
+        it; the task runs again. A task with blocked workers but no failed frames is only unblocked."""
         task = self._task(task_id)
         if task["status"] == "canceled":
             raise Conflict(f"task {task_id} was canceled; submit it again to render its failed frames")
-        if not self.store.retry_failed_frames(task_id):
-            raise Conflict(f"task {task_id} has no failed frames")
+        blocked = self.store.blocked_workers_many([task_id], self.policy.bad_worker_failures)[task_id]
+        if not task["frames_failed"] and not blocked:
+            raise Conflict(f"task {task_id} has no failed frames and no blocked workers")
+        self.store.retry_failed_frames(task_id)
         return self.task_detail(task_id, with_frames=False)
 
     def task_manifest(self, task_id: int) -> dict:
@@ -253,9 +292,10 @@ class Scheduler:
         if not worker["enabled"]:
             return None, "this worker is switched OFF"
         now = self.clock()
-        self.store.expire_leases(now)
+        self.store.expire_leases(now, self.policy.frame_fail_workers)
         lease_id = secrets.token_hex(16)
-        frame = self.store.claim_frame(worker, lease_id, now, now + self.policy.lease_seconds, prefer_task_id)
+        frame = self.store.claim_frame(worker, lease_id, now, now + self.policy.lease_seconds, prefer_task_id,
+                                       self.policy.bad_worker_failures)
         if frame is None:
             return None, "no frames waiting"
         task = self._task(frame["task_id"])
@@ -272,6 +312,9 @@ class Scheduler:
             "files_count": task["files_count"],
             "blender_version": task["blender_version"],
             "settings": task["settings"],
+            "frame_timeout": task["frame_timeout"],
+            "no_progress_timeout": task["no_progress_timeout"],
+            "needs_python": bool(task["needs_python"]),
         }, None
 
     def check_lease(self, worker_id: int, task_id: int, frame: int, lease_id: str) -> dict:
@@ -292,20 +335,32 @@ class Scheduler:
 
     def report(self, worker_id: int, task_id: int, frame: int, lease_id: str, status: str, *,
                started_at: float | None = None, ended_at: float | None = None,
-               render_seconds: float | None = None, error: str | None = None, log_tail: str | None = None) -> dict:
-        """Apply a worker's report about a frame it holds. Repeating a final report changes nothing."""
+               render_seconds: float | None = None, error: str | None = None, log_tail: str | None = None,
+               needs_python: bool = False) -> dict:
+        """Apply a worker's report about a frame it holds. Repeating a final report changes nothing.
+
+        "released" with needs_python: the worker found that the file runs Python it may not run; the task is
+        marked as needing a worker that allows Python and the frame is queued again without counting a failure.
+        """
         if status not in FRAME_REPORTS:
             raise BadRequest(f"status must be one of {', '.join(FRAME_REPORTS)}, not {status!r}")
+        if needs_python and status != "released":
+            raise BadRequest(f"'needs_python' goes with the status 'released', not {status!r}")
         self._worker(worker_id)
         current = self.frame(task_id, frame)
         if (current["lease_id"] == lease_id and current["worker_id"] == worker_id
                 and current["status"] == status and status in ("done", "failed")):
             return current
+        if (status == "failed" and current["lease_id"] != lease_id
+                and self.store.failure_reported(task_id, frame, lease_id, worker_id)):
+            # A repeat of a failure already counted; the frame went back to the queue then (and may be someone
+            # else's now, so their lease is not shown).
+            return {**current, "lease_id": None}
         self.check_lease(worker_id, task_id, frame, lease_id)
         now = self.clock()
         if status == "rendering":
             row = self.store.mark_rendering(task_id, frame, lease_id, started_at or now,
-                                            now + self.policy.lease_seconds)
+                                            now + self.policy.lease_seconds, now + 2 * self.policy.lease_seconds)
             if row is None and current["status"] == "rendering":
                 row = current
         elif status == "done":
@@ -315,15 +370,17 @@ class Scheduler:
                                        render_seconds, now)
         elif status == "failed":
             row = self.store.mark_failed(task_id, frame, lease_id, worker_id, error or "the render failed",
-                                         (log_tail or "")[-20000:], self.policy.max_attempts, now)
+                                         (log_tail or "")[-20000:], self.policy.frame_fail_workers, now)
         else:
-            row = self.store.release_frame(task_id, frame, lease_id)
+            row = self.store.release_frame(task_id, frame, lease_id, needs_python)
         if row is None:
             raise Conflict(self._lost_lease_sentence(self.frame(task_id, frame), task_id, frame))
         return row
 
     def expire_leases(self) -> int:
-        return self.store.expire_leases(self.clock())
+        """Requeue frames whose worker stopped reporting; fail frames rendering far past their frame timeout
+        (frame_timeout + 2 lease lengths: the worker should have stopped them itself). Returns how many."""
+        return self.store.expire_leases(self.clock(), self.policy.frame_fail_workers)
 
     def recover_after_restart(self) -> None:
         """Workers could not report while the coordinator was down: do not count that against their leases."""
@@ -377,7 +434,6 @@ class Scheduler:
         # Frames of an ended task no longer change state, so its counts come from the task row itself;
         # only open tasks need counting.
         counts = self.store.frame_counts_many(open_ids)
-        recent = self.store.recent_frame_seconds_many(open_ids, self.policy.frame_time_window)
         current: dict[int, list[dict]] = {}
         if open_ids:
             frames = (self.store.current_frames(task_id=open_ids[0]) if len(open_ids) == 1
@@ -386,6 +442,8 @@ class Scheduler:
                 current.setdefault(frame["task_id"], []).append(frame)
         with_failures = [t["task_id"] for t in tasks if t["frames_failed"]]
         failed = self.store.failed_frame_numbers(with_failures)
+        estimators = self._eta_estimators(tasks, counts, failed)
+        blocked = self.store.blocked_workers_many([t["task_id"] for t in tasks], self.policy.bad_worker_failures)
         workers: list[dict] | None = None
         described = []
         for task in tasks:
@@ -400,13 +458,29 @@ class Scheduler:
                     and not (task_counts.get("rendering", 0) + task_counts.get("leased", 0))):
                 if workers is None:
                     workers = self.store.list_workers()
-                waiting_reason = self._waiting_reason(task, workers)
+                waiting_reason = self._waiting_reason(task, workers, blocked[task_id])
             described.append(self._describe_task(task, task_counts, current.get(task_id, []),
-                                                 recent.get(task_id, []), failed.get(task_id, []), waiting_reason))
+                                                 estimators.get(task_id), failed.get(task_id, []), waiting_reason,
+                                                 blocked[task_id]))
         return described
 
-    def _describe_task(self, task: dict, counts: dict[str, int], current: list[dict], recent: list[float],
-                       failed_frames: list[int], waiting_reason: str | None) -> dict:
+    def _eta_estimators(self, tasks: list[dict], counts: dict[int, dict[str, int]],
+                        failed: dict[int, list[int]]) -> dict[int, eta.TaskEstimator]:
+        """Finish-time estimators of the tasks queued or running: cached while their done and failed frames stay
+        the same, else built from their done frames (one query for all of those)."""
+        states = [eta.TaskState(t["task_id"], t["created_at"], t["frame_start"], t["frame_end"], t["frame_step"],
+                                counts[t["task_id"]].get("done", 0), tuple(failed.get(t["task_id"], ())))
+                  for t in tasks if t["status"] in ("queued", "running")]
+        return self._eta.estimators(states, self._done_frame_times) if states else {}
+
+    def _done_frame_times(self, task_ids: list[int]) -> dict[int, list[eta.DoneFrame]]:
+        return {task_id: [eta.DoneFrame(r["frame"], r["render_seconds"], r["worker_id"], r["started_at"],
+                                        r["ended_at"]) for r in rows]
+                for task_id, rows in self.store.done_frame_times_many(task_ids).items()}
+
+    def _describe_task(self, task: dict, counts: dict[str, int], current: list[dict],
+                       estimator: eta.TaskEstimator | None, failed_frames: list[int], waiting_reason: str | None,
+                       blocked: list[dict]) -> dict:
         task_id = task["task_id"]
         total = task["frames_total"]
         done = counts.get("done", 0)
@@ -417,9 +491,14 @@ class Scheduler:
         workers_rendering = len({f["worker_id"] for f in current if f["status"] == "rendering"})
         if task["status"] == "paused":
             estimate = None  # nothing new starts until it is resumed
+        elif task["status"] not in ("queued", "running") or not queued + leased + rendering:
+            estimate = 0.0
+        elif estimator is None:
+            estimate = None
         else:
-            frames_left = queued + leased + rendering if task["status"] in ("queued", "running") else 0
-            estimate = eta.estimate_eta(recent, frames_left, workers_rendering)
+            estimate = estimator.eta_seconds(
+                [eta.ActiveFrame(f["frame"], f["worker_id"], f["status"] == "rendering", f["started_at"])
+                 for f in current], self.clock())
         return {
             "task_id": task_id,
             "name": task["name"],
@@ -430,6 +509,7 @@ class Scheduler:
             "frame_step": task["frame_step"],
             "workers": task["workers"],
             "submitted_by": task["submitted_by"],
+            "owner": task["owner"],
             "blend_sha256": task["blend_sha256"],
             "blend_filename": task["blend_filename"],
             "main_file": task["main_file"] or task["blend_filename"],
@@ -439,6 +519,9 @@ class Scheduler:
             "files_count": task["files_count"],
             "files_bytes": task["files_bytes"],
             "files_deleted": task["files_deleted_at"] is not None,
+            "needs_python": bool(task["needs_python"]),
+            "frame_timeout": task["frame_timeout"],
+            "no_progress_timeout": task["no_progress_timeout"],
             "waiting_reason": waiting_reason,
             "settings": task["settings"],
             "created_at": task["created_at"],
@@ -462,9 +545,10 @@ class Scheduler:
                 ],
             },
             "failed_frames": failed_frames,
+            "blocked_workers": blocked,
         }
 
-    def _waiting_reason(self, task: dict, all_workers: list[dict]) -> str | None:
+    def _waiting_reason(self, task: dict, all_workers: list[dict], blocked: list[dict]) -> str | None:
         """Why no worker takes the task's frames, when no live worker may render it; None when one could."""
         now = self.clock()
         workers = [w for w in all_workers if w["enabled"] and now - w["last_seen"] < self.policy.alive_timeout]
@@ -477,20 +561,33 @@ class Scheduler:
         needed = task["blender_version_key"]
         if needed:
             if task["blender_version_exact"]:
-                if not any(w["blender_version_key"] == needed for w in workers):
+                workers = [w for w in workers if w["blender_version_key"] == needed]
+                if not workers:
                     return f"waiting: no worker with Blender {key_to_version(needed)}"
-            elif not any(w["blender_version_key"] >= needed for w in workers):
-                return f"waiting: no worker with Blender >= {key_to_version(needed)}"
+            else:
+                workers = [w for w in workers if w["blender_version_key"] >= needed]
+                if not workers:
+                    return f"waiting: no worker with Blender >= {key_to_version(needed)}"
+        if task["needs_python"]:
+            workers = [w for w in workers if w["allows_python"]]
+            if not workers:
+                return ("waiting: the file runs Python (scripts or drivers); "
+                        "it needs a worker started with --allow-blend-python")
+        blocked_ids = {b["worker_id"] for b in blocked}
+        if all(w["worker_id"] in blocked_ids for w in workers):
+            return (f"waiting: every worker that could render it has failed it {self.policy.bad_worker_failures} "
+                    "times and is blocked; retry its failed frames to unblock them")
         return None
 
     @staticmethod
-    def _describe_frame(frame: dict, names: dict[int, str]) -> dict:
+    def _describe_frame(frame: dict, names: dict[int, str], failed_on: list[str]) -> dict:
         return {
             "frame": frame["frame"],
             "status": frame["status"],
             "worker": names.get(frame["worker_id"]) if frame["worker_id"] is not None else None,
             "attempts": frame["attempts"],
             "failures": frame["failures"],
+            "failed_on": failed_on,
             "started_at": frame["started_at"],
             "ended_at": frame["ended_at"],
             "render_seconds": frame["render_seconds"],
@@ -500,3 +597,14 @@ class Scheduler:
             "error": frame["error"],
             "log_tail": frame["log_tail"],
         }
+
+
+def check_timeout(field: str, seconds: float | None) -> None:
+    """A task's timeout in seconds: None (the default) or from a second to a week."""
+    if seconds is None:
+        return
+    # NaN fails the range comparison too.
+    if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+            or not TIMEOUT_MIN_SECONDS <= seconds <= TIMEOUT_MAX_SECONDS):
+        raise BadRequest(f"'{field}' must be a number of seconds from {TIMEOUT_MIN_SECONDS:g} to "
+                         f"{TIMEOUT_MAX_SECONDS:g} (7 days), not {seconds!r}")

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 
+from .auth import is_loopback
 from .config import Config, parse_size
 
 log = logging.getLogger("renderq.coordinator")
@@ -31,13 +32,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "dead and its frames are requeued (RENDERQ_ALIVE_TIMEOUT, default 15)")
     parser.add_argument("--heartbeat", dest="heartbeat_seconds", type=float,
                         help="seconds between worker updates (RENDERQ_HEARTBEAT_SECONDS, default 2)")
-    parser.add_argument("--max-attempts", type=int, help="failed renders before a frame is marked failed "
-                        "(RENDERQ_MAX_ATTEMPTS, default 3)")
+    parser.add_argument("--frame-fail-workers", type=int, help="a frame is marked failed once it has failed on this "
+                        "many different workers (RENDERQ_FRAME_FAIL_WORKERS, default 3)")
+    parser.add_argument("--bad-worker-failures", type=int, help="a worker that failed frames of a task this many "
+                        "times gets no more frames of it until its failed frames are retried "
+                        "(RENDERQ_BAD_WORKER_FAILURES, default 3)")
+    parser.add_argument("--frame-timeout", type=float, help="default longest render of one frame in seconds, 0 for "
+                        "no limit; a task may set its own (RENDERQ_FRAME_TIMEOUT, default 0)")
+    parser.add_argument("--no-progress-timeout", type=float, help="default seconds Blender may show no progress "
+                        "before the frame counts as failed; a task may set its own "
+                        "(RENDERQ_NO_PROGRESS_TIMEOUT, default 600)")
     parser.add_argument("--upload-limit", type=parse_size, help="largest accepted upload, e.g. 4G "
                         "(RENDERQ_UPLOAD_LIMIT, default 4G)")
     parser.add_argument("--disk-reserve", type=parse_size, help="free space to keep on the data dir's disk; uploads "
                         "that would eat into it get a 507 error (RENDERQ_DISK_RESERVE, default 1G)")
     parser.add_argument("--http-threads", type=int, help="threads serving HTTP requests (RENDERQ_HTTP_THREADS, default 16)")
+    parser.add_argument("--add-artist", metavar="NAME",
+                        help="create an access token for one artist in the data dir (file artist_tokens), print it "
+                        "and exit; tasks submitted with it belong to NAME, and only NAME (or an admin) may cancel "
+                        "them. The running coordinator picks it up without a restart")
+    parser.add_argument("--no-auth", dest="auth", action="store_false", default=None,
+                        help="ask for no access tokens: anyone who reaches the coordinator may submit, cancel, "
+                        "read and delete. Allowed on a loopback address only, unless --insecure is given too "
+                        "(RENDERQ_AUTH=0)")
+    parser.add_argument("--insecure", action="store_true", default=None,
+                        help="allow --no-auth on a network address: only on a network you trust completely "
+                        "(RENDERQ_INSECURE=1)")
     parser.add_argument("--open-status", action="store_true", default=None,
                         help="let anyone who reaches the coordinator read the status page; changes still need the "
                         "admin token (RENDERQ_OPEN_STATUS=1)")
@@ -47,13 +67,32 @@ def main(args: argparse.Namespace) -> int:
     """Run the coordinator until interrupted. Returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     fields = ("host", "port", "data_dir", "public_url", "poll_interval", "frame_time_window", "alive_timeout",
-              "heartbeat_seconds", "max_attempts", "upload_limit", "disk_reserve", "http_threads", "open_status")
+              "heartbeat_seconds", "frame_fail_workers", "bad_worker_failures",
+              "frame_timeout", "no_progress_timeout", "upload_limit", "disk_reserve", "http_threads", "open_status", "auth", "insecure")
     try:
         config = Config.from_env(**{name: getattr(args, name, None) for name in fields})
     except ValueError as error:
         print(f"renderq coordinator: {error}", file=sys.stderr)
         return 2
+    if getattr(args, "add_artist", None):
+        return add_artist(config, args.add_artist)
     return serve(config)
+
+
+def add_artist(config: Config, name: str) -> int:
+    """Create one artist's token in the data dir and print it."""
+    from .auth import ARTIST_TOKENS_FILE, add_artist_token
+
+    os.makedirs(config.data_dir, exist_ok=True)
+    try:
+        token = add_artist_token(config.data_dir, name)
+    except (OSError, ValueError) as error:
+        print(f"renderq coordinator: {error}", file=sys.stderr)
+        return 2
+    path = os.path.abspath(os.path.join(config.data_dir, ARTIST_TOKENS_FILE))
+    print(f"artist {name}: token {token}\n(kept in {path}; give it to {name} for the add-on's preferences or "
+          "RENDERQ_TOKEN)")
+    return 0
 
 
 def serve(config: Config) -> int:
@@ -61,6 +100,14 @@ def serve(config: Config) -> int:
 
     from .app import create_app
 
+    if not config.auth and not is_loopback(config.host):
+        if not config.insecure:
+            print(f"renderq coordinator: refusing to serve without access tokens on {config.host or '0.0.0.0'}, "
+                  "where anyone on the network could submit, cancel and delete; listen on 127.0.0.1, drop "
+                  "--no-auth, or add --insecure if this network is trusted completely", file=sys.stderr)
+            return 2
+        print("WARNING: auth is off and the coordinator listens on the network (--insecure): anyone who reaches "
+              "it can submit, cancel, read and delete tasks", file=sys.stderr, flush=True)
     os.makedirs(config.data_dir, exist_ok=True)
     lock = _lock_data_dir(config.data_dir)
     if lock is None:
@@ -92,7 +139,8 @@ def serve(config: Config) -> int:
     print(f"RenderQ coordinator listening on {url} (data in {os.path.abspath(config.data_dir)})", flush=True)
     readers = "anyone on the network can read it" if config.open_status else "log in with the admin token"
     print(f"status page: {url}/ ({readers})", flush=True)
-    print(app.extensions["renderq.admin_token"].describe(), flush=True)
+    for line in app.extensions["renderq.tokens"].describe():
+        print(line, flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.run()

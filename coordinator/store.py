@@ -2,6 +2,7 @@
 
 Every method is one transaction. Claims and reports are single conditional statements inside
 `BEGIN IMMEDIATE`, so two threads (or, later, two PostgreSQL sessions) can never hand out the same frame.
+Concurrent transactions share their COMMIT (group commit): each still returns only once its writes are durable.
 The store knows nothing about policy: the scheduler passes in the clock, lease lengths and limits.
 """
 
@@ -11,6 +12,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -99,6 +101,14 @@ CREATE TABLE IF NOT EXISTS frame_failures (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS frame_failures_by_frame ON frame_failures(task_id, frame, worker_id);
+-- Failed reports per worker and task since the task's last retry: a worker with bad_worker_failures of them gets
+-- no more frames of the task. One row per pair, so the claim checks it with one primary-key lookup.
+CREATE TABLE IF NOT EXISTS task_worker_failures (
+    task_id INTEGER NOT NULL,
+    worker_id INTEGER NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (task_id, worker_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS logs (
     task_id INTEGER NOT NULL,
     offset INTEGER NOT NULL,
@@ -119,11 +129,32 @@ ADDED_COLUMNS = {
         "files_count": "INTEGER NOT NULL DEFAULT 0",
         "files_bytes": "INTEGER NOT NULL DEFAULT 0",
         "files_deleted_at": "REAL",
+        # Seconds; NULL: no limit on one frame's render time.
+        "frame_timeout": "REAL",
+        "no_progress_timeout": "REAL NOT NULL DEFAULT 600",
+        "needs_python": "INTEGER NOT NULL DEFAULT 0",
+        "owner": "TEXT NOT NULL DEFAULT ''",
     },
     "workers": {
         "blender_version_key": "INTEGER NOT NULL DEFAULT 0",
+        "allows_python": "INTEGER NOT NULL DEFAULT 0",
+    },
+    "frames": {
+        # The coordinator's own time after which a frame still 'rendering' counts as timed out (NULL: never).
+        "render_deadline": "REAL",
+    },
+    "frame_failures": {
+        # 1 once the frame was retried: the failure no longer counts towards marking the frame failed.
+        "cleared": "INTEGER NOT NULL DEFAULT 0",
+        # The lease the worker reported the failure under, so a repeated report is recognised (NULL: timed out).
+        "lease_id": "TEXT",
     },
 }
+
+# Indexes on added columns, made once the columns exist.
+ADDED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS frames_by_deadline ON frames(render_deadline) WHERE status = 'rendering'",
+)
 
 FRAME_COLUMNS = (
     "task_id, frame, status, worker_id, lease_id, lease_expires, attempts, failures, started_at, ended_at, "
@@ -132,12 +163,23 @@ FRAME_COLUMNS = (
 
 
 class Store:
-    """SQLite-backed state. One connection per thread; WAL so readers never wait for the writer."""
+    """SQLite-backed state. One read connection per thread and one writer connection that threads take turns on;
+    WAL so readers never wait for the writer."""
 
     def __init__(self, path: str, *, synchronous: str = "full") -> None:
         self.path = path
         self.synchronous = synchronous.upper()
         self._local = threading.local()
+        # Group commit (see transaction()): one thread writes at a time, and the writes of threads that queue up
+        # behind each other share one COMMIT, so one fsync acknowledges many of them.
+        self._write_lock = threading.Lock()
+        self._batch = _Batch()
+        # Writers waiting for the write lock: the one holding it commits when there are none.
+        self._queue_lock = threading.Lock()
+        self._queued_writes = 0
+        self._committed = threading.Condition()
+        self._committed_batch = 0
+        self._failed_batches: dict[int, BaseException] = {}
         # executescript manages its own transaction, so the schema is not created inside transaction().
         db = self._connection()
         db.executescript(SCHEMA)
@@ -146,12 +188,15 @@ class Store:
             for column, declaration in columns.items():
                 if column not in present:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        for index in ADDED_INDEXES:
+            db.execute(index)
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
+            # check_same_thread=False: a write batch opened on this connection takes other threads' writes too.
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
@@ -162,16 +207,100 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction taken up front, so a claim never deadlocks upgrading a read lock."""
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
+        """A write transaction: the block's writes all happen or none do, and are durable once it returns.
+
+        Writers take turns. The first opens a transaction on its connection (BEGIN IMMEDIATE, so a claim never
+        deadlocks upgrading a read lock); the writers queued behind it run their blocks in that same transaction,
+        each inside its own savepoint, so a block that raises undoes only its own writes. The last writer in line
+        (or the one that fills the batch) commits for all of them, and every block returns only after that
+        COMMIT: under load one fsync acknowledges many writes instead of each paying its own, and no thread sleeps
+        in SQLite's busy handler.
+        """
+        with self._queue_lock:
+            self._queued_writes += 1
+        self._write_lock.acquire()
+        with self._queue_lock:
+            self._queued_writes -= 1
+        batch = self._batch
+        first = not batch.open
+        try:
+            if first:
+                db = self._connection()
+                db.execute("BEGIN IMMEDIATE")
+                batch.begin(db)
+            else:
+                db = batch.db
+                db.execute("SAVEPOINT write")
+            batch.writes += 1
+            number = batch.number
+        except BaseException:
+            self._end_turn()
+            raise
         try:
             yield db
         except BaseException:
-            db.execute("ROLLBACK")
+            if first:
+                # Nobody joined yet (they wait for the write lock): the whole transaction is this block's.
+                self._finish_batch("ROLLBACK")
+                self._write_lock.release()
+                raise
+            try:
+                db.execute("ROLLBACK TO write")
+                db.execute("RELEASE write")
+            finally:
+                self._end_turn()
+            # The batch may run on this thread's connection: wait until it is free before this thread reads again.
+            with contextlib.suppress(sqlite3.Error):
+                self._wait_for_commit(number)
             raise
-        else:
-            db.execute("COMMIT")
+        if not first:
+            try:
+                db.execute("RELEASE write")
+            except BaseException:
+                self._end_turn()
+                raise
+        self._end_turn()
+        self._wait_for_commit(number)
+
+    def _end_turn(self) -> None:
+        """Commit the open batch unless another writer is next in line to add to it (and it is not full yet),
+        then give up the write lock. Called holding the write lock."""
+        try:
+            if self._batch.open and (not self._queued_writes or self._batch.full()):
+                self._finish_batch("COMMIT")
+        finally:
+            self._write_lock.release()
+
+    def _finish_batch(self, statement: str) -> None:
+        """COMMIT (or ROLLBACK) the open batch and wake the writers waiting for it."""
+        batch = self._batch
+        number = batch.number
+        error: BaseException | None = None
+        try:
+            batch.db.execute(statement)
+        except BaseException as problem:  # noqa: BLE001 - every writer in the batch is told, below
+            error = problem
+            with contextlib.suppress(sqlite3.Error):
+                batch.db.execute("ROLLBACK")
+        batch.end()
+        with self._committed:
+            self._committed_batch = number
+            if error is not None:
+                self._failed_batches[number] = error
+                for old in [n for n in self._failed_batches if n < number - 100]:
+                    del self._failed_batches[old]
+            self._committed.notify_all()
+
+    def _wait_for_commit(self, number: int) -> None:
+        """Return once batch `number` is committed; raise its COMMIT's error if it failed."""
+        if self._committed_batch < number:
+            with self._committed:
+                while self._committed_batch < number:
+                    self._committed.wait()
+        if self._failed_batches:
+            error = self._failed_batches.get(number)
+            if error is not None:
+                raise sqlite3.OperationalError(f"the transaction could not be committed: {error}") from error
 
     def read(self) -> sqlite3.Connection:
         """A connection for reads outside a transaction (each statement sees a consistent snapshot)."""
@@ -186,22 +315,22 @@ class Store:
     # -- workers --------------------------------------------------------------------------------------------------
 
     def upsert_worker(self, name: str, host: str, blender_version: str, version_key: int, cpu_count: int,
-                      now: float) -> dict:
+                      now: float, allows_python: bool = False) -> dict:
         """Register a worker by name. A returning name keeps its id; frames it still held are requeued."""
         with self.transaction() as db:
             row = db.execute("SELECT worker_id FROM workers WHERE name = ?", (name,)).fetchone()
             if row is None:
                 worker_id = db.execute(
                     "INSERT INTO workers (name, host, blender_version, blender_version_key, cpu_count, "
-                    "registered_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (name, host, blender_version, version_key, cpu_count, now, now),
+                    "registered_at, last_seen, allows_python) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, host, blender_version, version_key, cpu_count, now, now, int(allows_python)),
                 ).lastrowid
             else:
                 worker_id = row["worker_id"]
                 db.execute(
                     "UPDATE workers SET host = ?, blender_version = ?, blender_version_key = ?, cpu_count = ?, "
-                    "registered_at = ?, last_seen = ? WHERE worker_id = ?",
-                    (host, blender_version, version_key, cpu_count, now, now, worker_id),
+                    "registered_at = ?, last_seen = ?, allows_python = ? WHERE worker_id = ?",
+                    (host, blender_version, version_key, cpu_count, now, now, int(allows_python), worker_id),
                 )
                 _requeue(db, "worker_id = ? AND status IN ('leased', 'rendering')", (worker_id,))
             return dict(db.execute("SELECT * FROM workers WHERE worker_id = ?", (worker_id,)).fetchone())
@@ -260,12 +389,15 @@ class Store:
             task_id = db.execute(
                 "INSERT INTO tasks (name, priority, frame_start, frame_end, frame_step, frames_total, manual, "
                 "submitted_by, blend_sha256, blend_filename, settings, created_at, main_file, blender_version, "
-                "blender_version_key, blender_version_exact, missing_assets, files_count, files_bytes) "
+                "blender_version_key, blender_version_exact, missing_assets, files_count, files_bytes, "
+                "frame_timeout, no_progress_timeout, needs_python, owner) "
                 "VALUES (:name, :priority, :frame_start, :frame_end, :frame_step, :frames_total, :manual, "
                 ":submitted_by, :blend_sha256, :blend_filename, :settings, :created_at, :main_file, "
                 ":blender_version, :blender_version_key, :blender_version_exact, :missing_assets, :files_count, "
-                ":files_bytes)",
-                {**task, "frames_total": len(frame_numbers), "manual": int(bool(worker_names)),
+                ":files_bytes, :frame_timeout, :no_progress_timeout, :needs_python, :owner)",
+                {"frame_timeout": None, "no_progress_timeout": 600.0, "owner": "", **task,
+                 "needs_python": int(bool(task.get("needs_python"))),
+                 "frames_total": len(frame_numbers), "manual": int(bool(worker_names)),
                  "settings": json.dumps(task.get("settings") or {}),
                  "missing_assets": json.dumps(list(task.get("missing_assets") or [])),
                  "blender_version_exact": int(bool(task.get("blender_version_exact"))),
@@ -362,6 +494,19 @@ class Store:
                 recent[r["task_id"]].append(r["render_seconds"])
         return recent
 
+    def done_frame_times_many(self, task_ids: Sequence[int]) -> dict[int, list[dict]]:
+        """The done frames of each task, in one query: {task_id: [{frame, render_seconds, worker_id, started_at,
+        ended_at}, ...]} by frame (what the ETA is estimated from)."""
+        done: dict[int, list[dict]] = {task_id: [] for task_id in task_ids}
+        if task_ids:
+            for r in self.read().execute(
+                "SELECT task_id, frame, render_seconds, worker_id, started_at, ended_at FROM frames "
+                "WHERE status = 'done' AND task_id IN (SELECT value FROM json_each(?)) ORDER BY task_id, frame",
+                (json.dumps(list(task_ids)),),
+            ):
+                done[r["task_id"]].append(dict(r))
+        return done
+
     def failed_frame_numbers(self, task_ids: Sequence[int]) -> dict[int, list[int]]:
         """The failed frames of each task, in one query: {task_id: [frame, ...]}."""
         failed: dict[int, list[int]] = {task_id: [] for task_id in task_ids}
@@ -373,6 +518,39 @@ class Store:
             ):
                 failed[r["task_id"]].append(r["frame"])
         return failed
+
+    def blocked_workers_many(self, task_ids: Sequence[int], bad_worker_failures: int) -> dict[int, list[dict]]:
+        """The workers blocked from each task (bad_worker_failures or more failed reports since its last retry),
+        in one query: {task_id: [{"worker": name, "worker_id": id, "failures": n}, ...]} by name."""
+        blocked: dict[int, list[dict]] = {task_id: [] for task_id in task_ids}
+        if task_ids:
+            for r in self.read().execute(
+                "SELECT b.task_id, b.worker_id, b.failures, w.name FROM task_worker_failures b "
+                "LEFT JOIN workers w ON w.worker_id = b.worker_id WHERE b.failures >= ? AND b.task_id IN "
+                "(SELECT value FROM json_each(?)) ORDER BY b.task_id, w.name, b.worker_id",
+                (bad_worker_failures, json.dumps(list(task_ids))),
+            ):
+                blocked[r["task_id"]].append({"worker": r["name"], "worker_id": r["worker_id"],
+                                              "failures": r["failures"]})
+        return blocked
+
+    def failure_reported(self, task_id: int, frame: int, lease_id: str, worker_id: int) -> bool:
+        """Whether this worker already reported the frame failed under this lease (a repeated report)."""
+        return self.read().execute(
+            "SELECT 1 FROM frame_failures WHERE task_id = ? AND frame = ? AND worker_id = ? AND lease_id = ? LIMIT 1",
+            (task_id, frame, worker_id, lease_id),
+        ).fetchone() is not None
+
+    def frame_failed_workers(self, task_id: int) -> dict[int, list[str]]:
+        """The workers each frame of the task has failed on since its last retry: {frame: [name, ...]}."""
+        failed_on: dict[int, list[str]] = {}
+        for r in self.read().execute(
+            "SELECT DISTINCT x.frame, w.name FROM frame_failures x JOIN workers w ON w.worker_id = x.worker_id "
+            "WHERE x.task_id = ? AND x.cleared = 0 ORDER BY x.frame, w.name",
+            (task_id,),
+        ):
+            failed_on.setdefault(r["frame"], []).append(r["name"])
+        return failed_on
 
     def recent_frame_seconds(self, task_id: int, window: int) -> list[float]:
         """Exact render times of the task's most recently finished frames, newest first."""
@@ -412,19 +590,28 @@ class Store:
                 (task_id,),
             ).fetchone() is not None
 
-    def retry_failed_frames(self, task_id: int) -> int:
-        """Queue the task's failed frames again with their failures reset; returns how many.
+    def retry_failed_frames(self, task_id: int) -> tuple[int, int]:
+        """Queue the task's failed frames again with their failures reset and unblock every worker blocked from
+        the task; returns (frames queued again, worker failure counts cleared).
 
         A failed task runs again (a paused one stays paused). The frame_failures history stays, so the retries
-        still go to other workers first. The caller refuses canceled tasks.
+        still go to other workers first, but it no longer counts towards failing the retried frames.
+        The caller refuses canceled tasks.
         """
         with self.transaction() as db:
+            db.execute(
+                "UPDATE frame_failures SET cleared = 1 WHERE task_id = ? AND cleared = 0 AND frame IN "
+                "(SELECT frame FROM frames WHERE task_id = ? AND status = 'failed')",
+                (task_id, task_id),
+            )
             count = db.execute(
                 "UPDATE frames SET status = 'queued', failures = 0, worker_id = NULL, lease_id = NULL, "
-                "lease_expires = NULL, started_at = NULL, ended_at = NULL, error = NULL, log_tail = NULL, "
-                "output = NULL, output_sha256 = NULL, output_size = NULL WHERE task_id = ? AND status = 'failed'",
+                "lease_expires = NULL, render_deadline = NULL, started_at = NULL, ended_at = NULL, error = NULL, "
+                "log_tail = NULL, output = NULL, output_sha256 = NULL, output_size = NULL "
+                "WHERE task_id = ? AND status = 'failed'",
                 (task_id,),
             ).rowcount
+            unblocked = db.execute("DELETE FROM task_worker_failures WHERE task_id = ?", (task_id,)).rowcount
             if count:
                 db.execute(
                     "UPDATE tasks SET frames_failed = max(0, frames_failed - ?), ended_at = NULL, "
@@ -432,7 +619,7 @@ class Store:
                     "WHEN started_at IS NULL THEN 'queued' ELSE 'running' END WHERE task_id = ?",
                     (count, task_id),
                 )
-            return count
+            return count, unblocked
 
     def cancel_task(self, task_id: int, now: float) -> bool:
         """Cancel every frame not finished. False when the task had already ended."""
@@ -446,7 +633,7 @@ class Store:
                 return False
             # The lease ids stay on the rows so a worker's next heartbeat learns they are revoked.
             db.execute(
-                "UPDATE frames SET status = 'canceled', lease_expires = NULL "
+                "UPDATE frames SET status = 'canceled', lease_expires = NULL, render_deadline = NULL "
                 "WHERE task_id = ? AND status IN ('queued', 'leased', 'rendering')",
                 (task_id,),
             )
@@ -454,18 +641,35 @@ class Store:
 
     # -- claiming and reporting -----------------------------------------------------------------------------------
 
-    def expire_leases(self, now: float) -> int:
-        """Requeue every frame whose lease ran out (its worker stopped reporting)."""
+    def expire_leases(self, now: float, frame_fail_workers: int) -> int:
+        """Requeue every frame whose lease ran out (its worker stopped reporting), and fail, as a failure of its
+        worker, every frame still rendering past its render deadline (its worker never reported the timeout).
+        Returns how many frames were taken back."""
         with self.transaction() as db:
-            return _requeue(db, "status IN ('leased', 'rendering') AND lease_expires < ?", (now,))
+            expired = _requeue(db, "status IN ('leased', 'rendering') AND lease_expires < ?", (now,))
+            overdue = db.execute(
+                "SELECT f.task_id, f.frame, f.worker_id, f.lease_id, t.frame_timeout FROM frames f "
+                "JOIN tasks t ON t.task_id = f.task_id WHERE f.status = 'rendering' AND f.render_deadline < ?",
+                (now,),
+            ).fetchall()
+            for row in overdue:
+                error = (f"timed out: frame {row['frame']} was still rendering long after the task's frame timeout "
+                         f"of {row['frame_timeout'] or 0:g} s, and its worker did not report it")
+                # The lease dies with it, so that worker's later reports about the frame are refused.
+                _record_failure(db, row["task_id"], row["frame"], row["lease_id"], row["worker_id"], error, "",
+                                frame_fail_workers, now, keep_lease=False)
+            return expired + len(overdue)
 
     def claim_frame(
-        self, worker: dict, lease_id: str, now: float, lease_expires: float, prefer_task_id: int | None
+        self, worker: dict, lease_id: str, now: float, lease_expires: float, prefer_task_id: int | None,
+        bad_worker_failures: int,
     ) -> dict | None:
         """Lease the best queued frame this worker may render, or None.
 
         Order: higher priority, then the worker's current task (its Blender is warm), then older tasks;
-        within a task, frames this worker has not failed before, lowest number first.
+        within a task, frames this worker has not failed before, lowest number first. Tasks the worker is blocked
+        from (bad_worker_failures failed reports) and tasks that run Python, unless the worker allows it, are
+        left out.
         """
         with self.transaction() as db:
             # Paused (and ended) tasks are left out: their queued frames wait.
@@ -475,10 +679,14 @@ class Store:
                 "AND w.worker_name = :name)) "
                 "AND (t.blender_version_key = 0 OR t.blender_version_key = :version "
                 "OR (t.blender_version_exact = 0 AND t.blender_version_key < :version)) "
+                "AND (t.needs_python = 0 OR :allows_python = 1) "
+                "AND NOT EXISTS (SELECT 1 FROM task_worker_failures b WHERE b.task_id = t.task_id "
+                "AND b.worker_id = :worker_id AND b.failures >= :blocked_at) "
                 "AND EXISTS (SELECT 1 FROM frames f WHERE f.task_id = t.task_id AND f.status = 'queued') "
                 "ORDER BY t.priority DESC, (t.task_id = :prefer) DESC, t.task_id ASC LIMIT 1",
                 {"name": worker["name"], "prefer": prefer_task_id if prefer_task_id is not None else -1,
-                 "version": worker["blender_version_key"]},
+                 "version": worker["blender_version_key"], "allows_python": int(bool(worker["allows_python"])),
+                 "worker_id": worker["worker_id"], "blocked_at": bad_worker_failures},
             ).fetchone()
             if tasks is None:
                 return None
@@ -507,13 +715,17 @@ class Store:
             return dict(frame)
 
     def mark_rendering(
-        self, task_id: int, frame: int, lease_id: str, started_at: float, lease_expires: float
+        self, task_id: int, frame: int, lease_id: str, started_at: float, lease_expires: float,
+        deadline_after_timeout: float,
     ) -> dict | None:
+        """Blender started the frame. When the task has a frame timeout, the frame's render deadline becomes
+        deadline_after_timeout + that timeout (a time of the coordinator's clock)."""
         with self.transaction() as db:
             row = db.execute(
-                f"UPDATE frames SET status = 'rendering', started_at = ?, lease_expires = ?, attempts = attempts + 1 "
+                f"UPDATE frames SET status = 'rendering', started_at = ?, lease_expires = ?, attempts = attempts + 1, "
+                f"render_deadline = (SELECT ? + frame_timeout FROM tasks WHERE task_id = frames.task_id) "
                 f"WHERE task_id = ? AND frame = ? AND lease_id = ? AND status = 'leased' RETURNING {FRAME_COLUMNS}",
-                (started_at, lease_expires, task_id, frame, lease_id),
+                (started_at, lease_expires, deadline_after_timeout, task_id, frame, lease_id),
             ).fetchone()
             return dict(row) if row else None
 
@@ -537,7 +749,7 @@ class Store:
         with self.transaction() as db:
             row = db.execute(
                 f"UPDATE frames SET status = 'done', started_at = coalesce(?, started_at), ended_at = ?, "
-                f"render_seconds = ?, lease_expires = NULL, error = NULL, "
+                f"render_seconds = ?, lease_expires = NULL, render_deadline = NULL, error = NULL, "
                 f"attempts = CASE WHEN attempts = 0 THEN 1 ELSE attempts END "
                 f"WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering') "
                 f"AND output_sha256 IS NOT NULL RETURNING {FRAME_COLUMNS}",
@@ -556,53 +768,37 @@ class Store:
 
     def mark_failed(
         self, task_id: int, frame: int, lease_id: str, worker_id: int, error: str, log_tail: str,
-        max_attempts: int, now: float,
+        frame_fail_workers: int, now: float,
     ) -> dict | None:
-        """Record a failed render: requeue it, or mark it failed once it has failed max_attempts times."""
+        """Record a failed render: requeue it, or mark it failed once it has failed on frame_fail_workers
+        different workers since its last retry. None when the lease is not live."""
         with self.transaction() as db:
-            row = db.execute(
-                f"UPDATE frames SET failures = failures + 1, error = ?, log_tail = ?, "
-                f"attempts = CASE WHEN status = 'leased' THEN attempts + 1 ELSE attempts END, "
-                f"status = CASE WHEN failures + 1 >= ? THEN 'failed' ELSE 'queued' END, "
-                f"ended_at = CASE WHEN failures + 1 >= ? THEN ? ELSE ended_at END, "
-                f"worker_id = CASE WHEN failures + 1 >= ? THEN worker_id ELSE NULL END, "
-                f"lease_id = CASE WHEN failures + 1 >= ? THEN lease_id ELSE NULL END, "
-                f"lease_expires = NULL, output = NULL, output_sha256 = NULL, output_size = NULL "
-                f"WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering') "
-                f"RETURNING {FRAME_COLUMNS}",
-                (error, log_tail, max_attempts, max_attempts, now, max_attempts, max_attempts,
-                 task_id, frame, lease_id),
-            ).fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "INSERT INTO frame_failures (task_id, frame, worker_id, failed_at, error) VALUES (?, ?, ?, ?, ?)",
-                (task_id, frame, worker_id, now, error),
-            )
-            db.execute("UPDATE workers SET frames_failed = frames_failed + 1 WHERE worker_id = ?", (worker_id,))
-            if row["status"] == "failed":
-                db.execute("UPDATE tasks SET frames_failed = frames_failed + 1 WHERE task_id = ?", (task_id,))
-                _finish_task_if_complete(db, task_id, now)
-            return dict(row)
+            return _record_failure(db, task_id, frame, lease_id, worker_id, error, log_tail, frame_fail_workers,
+                                   now, keep_lease=True)
 
-    def release_frame(self, task_id: int, frame: int, lease_id: str) -> dict | None:
-        """Give a frame back unrendered; an attempt that never started does not count."""
+    def release_frame(self, task_id: int, frame: int, lease_id: str, needs_python: bool = False) -> dict | None:
+        """Give a frame back unrendered; an attempt that never started does not count. With needs_python the
+        worker found that the file runs Python it may not run: the task is marked as needing Python."""
         with self.transaction() as db:
             n = _requeue(db, "task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')",
                          (task_id, frame, lease_id))
             if n == 0:
                 return None
+            if needs_python:
+                db.execute("UPDATE tasks SET needs_python = 1 WHERE task_id = ?", (task_id,))
             row = db.execute(f"SELECT {FRAME_COLUMNS} FROM frames WHERE task_id = ? AND frame = ?",
                              (task_id, frame)).fetchone()
             return dict(row)
 
     def extend_all_leases(self, lease_expires: float) -> None:
-        """After a coordinator restart, give workers time to reconnect before their leases count as lost."""
+        """After a coordinator restart, give workers time to reconnect before their leases count as lost (or their
+        frames as timed out: the worker may have reported its own timeout while the coordinator was down)."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE frames SET lease_expires = max(coalesce(lease_expires, 0), ?) "
+                "UPDATE frames SET lease_expires = max(coalesce(lease_expires, 0), ?), "
+                "render_deadline = CASE WHEN render_deadline IS NULL THEN NULL ELSE max(render_deadline, ?) END "
                 "WHERE status IN ('leased', 'rendering')",
-                (lease_expires,),
+                (lease_expires, lease_expires),
             )
 
     # -- files ----------------------------------------------------------------------------------------------------
@@ -673,13 +869,87 @@ class Store:
         return b"".join(pieces), total
 
 
+class _Batch:
+    """The write transaction open on one thread's connection: the writes sharing one COMMIT."""
+
+    # A batch commits once it holds this many writes or is this old, even with writers still in line, so a
+    # steady stream of writes cannot keep the first ones waiting for their COMMIT.
+    MAX_WRITES = 200
+    MAX_SECONDS = 0.02
+
+    def __init__(self) -> None:
+        self.db: sqlite3.Connection | None = None
+        self.number = 0
+        self.writes = 0
+        self.started = 0.0
+
+    @property
+    def open(self) -> bool:
+        return self.db is not None
+
+    def begin(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.number += 1
+        self.writes = 0
+        self.started = time.monotonic()
+
+    def end(self) -> None:
+        self.db = None
+
+    def full(self) -> bool:
+        return self.writes >= self.MAX_WRITES or time.monotonic() - self.started >= self.MAX_SECONDS
+
+
 def _requeue(db: sqlite3.Connection, where: str, params: tuple) -> int:
     cursor = db.execute(
         f"UPDATE frames SET status = 'queued', worker_id = NULL, lease_id = NULL, lease_expires = NULL, "
-        f"output = NULL, output_sha256 = NULL, output_size = NULL WHERE {where}",
+        f"render_deadline = NULL, output = NULL, output_sha256 = NULL, output_size = NULL WHERE {where}",
         params,
     )
     return cursor.rowcount
+
+
+def _record_failure(db: sqlite3.Connection, task_id: int, frame: int, lease_id: str, worker_id: int, error: str,
+                    log_tail: str, frame_fail_workers: int, now: float, *, keep_lease: bool) -> dict | None:
+    """Count a failed render of a frame held under lease_id against its worker (for the frame and the task), then
+    requeue the frame, or mark it failed once that many different workers failed it. keep_lease leaves a failed
+    frame's lease on it, so the worker's repeated final report is recognised; a timeout kills the lease."""
+    held = db.execute(
+        "SELECT 1 FROM frames WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')",
+        (task_id, frame, lease_id),
+    ).fetchone()
+    if held is None:
+        return None
+    db.execute(
+        "INSERT INTO frame_failures (task_id, frame, worker_id, failed_at, error, lease_id) VALUES (?, ?, ?, ?, ?, ?)",
+        (task_id, frame, worker_id, now, error, lease_id if keep_lease else None),
+    )
+    # Uses frame_failures_by_frame: as many rows as this frame has failed since its last retry.
+    workers_failed = db.execute(
+        "SELECT count(DISTINCT worker_id) FROM frame_failures WHERE task_id = ? AND frame = ? AND cleared = 0",
+        (task_id, frame),
+    ).fetchone()[0]
+    final = workers_failed >= frame_fail_workers
+    row = db.execute(
+        f"UPDATE frames SET failures = failures + 1, error = ?, log_tail = ?, "
+        f"attempts = CASE WHEN status = 'leased' THEN attempts + 1 ELSE attempts END, "
+        f"status = ?, ended_at = CASE WHEN ? THEN ? ELSE ended_at END, "
+        f"worker_id = CASE WHEN ? THEN worker_id ELSE NULL END, lease_id = ?, "
+        f"lease_expires = NULL, render_deadline = NULL, output = NULL, output_sha256 = NULL, output_size = NULL "
+        f"WHERE task_id = ? AND frame = ? RETURNING {FRAME_COLUMNS}",
+        (error, log_tail, "failed" if final else "queued", final, now, final,
+         lease_id if final and keep_lease else None, task_id, frame),
+    ).fetchone()
+    db.execute(
+        "INSERT INTO task_worker_failures (task_id, worker_id, failures) VALUES (?, ?, 1) "
+        "ON CONFLICT (task_id, worker_id) DO UPDATE SET failures = failures + 1",
+        (task_id, worker_id),
+    )
+    db.execute("UPDATE workers SET frames_failed = frames_failed + 1 WHERE worker_id = ?", (worker_id,))
+    if final:
+        db.execute("UPDATE tasks SET frames_failed = frames_failed + 1 WHERE task_id = ?", (task_id,))
+        _finish_task_if_complete(db, task_id, now)
+    return dict(row)
 
 
 def _finish_task_if_complete(db: sqlite3.Connection, task_id: int, now: float) -> None:

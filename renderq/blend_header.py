@@ -60,7 +60,9 @@ def read_blend_version(path: str) -> str:
 
 def version_key(version: str) -> int:
     """A comparable number for 'major.minor[.patch]': '4.2.1' -> 4002; 0 for an unknown version."""
-    match = re.match(r"^\s*(\d+)\.(\d+)", version or "")
+    # Bounded digits: a minor of 1000 or more would sort past the next major, and an absurd number (sent to the
+    # coordinator) would not fit the database's integers.
+    match = re.match(r"^\s*(\d{1,4})\.(\d{1,3})(?!\d)", version or "")
     if not match:
         return 0
     return int(match.group(1)) * 1000 + int(match.group(2))

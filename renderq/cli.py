@@ -246,7 +246,8 @@ def download_done_frames(
             line.update(f"downloading {bar(index / len(done))} {index}/{len(done)} frames to {dest_dir}")
         if name and safe_file_name(name) and expected:
             existing = os.path.join(dest_dir, name)
-            if os.path.isfile(existing) and file_sha256(existing) == expected:
+            # A link is never read through nor kept: download_frame refuses to write there.
+            if not os.path.islink(existing) and os.path.isfile(existing) and file_sha256(existing) == expected:
                 paths.append(existing)
                 skipped += 1
                 continue
@@ -291,10 +292,7 @@ def report_outcome(task: dict, dest_dir: str, paths: list[str], out: Any = None)
 # -- commands --------------------------------------------------------------------------------------------------------
 
 
-TOKEN_REFUSED = (
-    "the coordinator refused the admin token; pass --token or set RENDERQ_TOKEN "
-    "(the token is in the coordinator's data dir, file admin_token)"
-)
+TOKEN_HINT = "pass the token with --token TOKEN or set RENDERQ_TOKEN"
 
 
 def make_client(args: argparse.Namespace) -> CoordinatorClient:
@@ -308,6 +306,29 @@ def make_client(args: argparse.Namespace) -> CoordinatorClient:
 def print_json(answer: Any) -> None:
     """Print an API answer as indented JSON."""
     print(json.dumps(answer, indent=2, sort_keys=True))
+
+
+def timeouts_and_python(args: argparse.Namespace) -> dict[str, Any]:
+    """The optional submit fields given on the command line (the coordinator's defaults apply to the rest)."""
+    fields: dict[str, Any] = {}
+    if args.frame_timeout is not None:
+        fields["frame_timeout"] = args.frame_timeout
+    if args.no_progress_timeout is not None:
+        fields["no_progress_timeout"] = args.no_progress_timeout
+    if args.needs_python:
+        fields["needs_python"] = True
+    return fields
+
+
+def seconds_arg(text: str) -> float:
+    """A number of seconds from 1 to 7 days, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 1 <= value <= 7 * 24 * 3600:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 second and 7 days")
+    return value
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -372,6 +393,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             workers=list(args.worker or []),
             submitted_by=current_user(),
             settings={},
+            **timeouts_and_python(args),
         )
     task_id = task["task_id"]
     frames_text = f"{frame_start}-{frame_end}" if frame_end != frame_start else str(frame_start)
@@ -586,6 +608,10 @@ def print_task_detail(task: dict) -> None:
         print(f"  rendering  frame {current.get('frame')} on {current.get('worker')}{running}")
     if task.get("failed_frames"):
         print(f"  failed     {format_frame_list(task['failed_frames'])}")
+    blocked = task.get("blocked_workers") or []
+    if blocked:
+        names = ", ".join(f"{b.get('worker')} ({b.get('failures')} failures)" for b in blocked)
+        print(f"  blocked    {names}; `renderq retry {task.get('task_id')}` unblocks them")
     frames = task.get("frames") or []
     if not frames:
         return
@@ -821,8 +847,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--token",
         metavar="TOKEN",
         default=os.environ.get("RENDERQ_TOKEN") or None,
-        help="the coordinator's admin token, needed to change the farm (cancel, pause, priority, workers ON/OFF, "
-             "deleting files); default: $RENDERQ_TOKEN. The token is in the coordinator's data dir, file admin_token",
+        help="your access token (default: $RENDERQ_TOKEN): the artist token submits, watches, downloads and "
+             "cancels your own tasks; the admin token also pauses, reprioritises, switches workers and deletes. "
+             "They are in the coordinator's data dir, files artist_token and admin_token",
     )
 
     def add(
@@ -865,6 +892,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         help="with --wait: where to put the frames (default: ./renderq-TASK_ID)")
     submit.add_argument("--allow-missing", action="store_true",
                         help="submit even when assets the file refers to are missing (they are recorded on the task)")
+    submit.add_argument("--frame-timeout", type=seconds_arg, metavar="SECONDS",
+                        help="stop and retry a frame that renders longer than this (default: the coordinator's "
+                             "setting, usually no limit)")
+    submit.add_argument("--no-progress-timeout", type=seconds_arg, metavar="SECONDS",
+                        help="stop and retry a frame when Blender prints nothing for this long (default: the "
+                             "coordinator's setting, usually 600)")
+    submit.add_argument("--needs-python", action="store_true",
+                        help="the file's own Python (drivers, registered scripts) must run to render it right; only "
+                             "workers started with --allow-blend-python take it (workers also detect this themselves)")
     submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
                         help="render only on workers with exactly this Blender major.minor "
                              "(default: the version that saved the file, or newer)")
@@ -965,7 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"renderq: {error}", file=sys.stderr)
         return EXIT_USAGE
     except CoordinatorError as error:
-        print(f"renderq: {TOKEN_REFUSED if error.status == 401 else error}", file=sys.stderr)
+        print(f"renderq: {error}; {TOKEN_HINT}" if error.status == 401 else f"renderq: {error}", file=sys.stderr)
         return EXIT_FAILED
     except PartMissing as error:
         print(f"renderq: {error}", file=sys.stderr)

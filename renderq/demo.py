@@ -227,6 +227,10 @@ def run(args: argparse.Namespace) -> int:
             os.path.join(scratch, "coordinator.log"),
         )
         wait_for_coordinator(client, coordinator)
+        data_dir = os.path.join(scratch, "data")
+        # The demo is the farm's admin: it submits with the admin token; its workers use the worker token file.
+        with open(os.path.join(data_dir, "admin_token"), encoding="utf-8") as handle:
+            client.token = handle.read().strip()
 
         names = [f"demo-worker-{index}" for index in range(1, args.workers + 1)]
         for name in names:
@@ -235,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
             workers.append(start_child(
                 name,
                 ["worker", "--coordinator", url, "--name", name, "--threads", "1",
-                 "--work-dir", work_dir, "--blender", blender],
+                 "--work-dir", work_dir, "--blender", blender,
+                 "--token-file", os.path.join(data_dir, "worker_token")],
                 os.path.join(scratch, f"{name}.log"),
             ))
 

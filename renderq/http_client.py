@@ -15,7 +15,7 @@ import tempfile
 import urllib.parse
 from typing import Any, BinaryIO, Callable, Iterator
 
-__all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "safe_file_name"]
+__all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "check_not_link", "safe_file_name"]
 
 _USER_AGENT = "renderq-client/0.1.0"
 _BLOCK_SIZE = 256 * 1024
@@ -50,10 +50,23 @@ class CoordinatorUnreachable(CoordinatorError):
 
 
 def safe_file_name(name: str | None) -> bool:
-    """Tell whether `name` is a plain file name that cannot escape the directory it is written into."""
+    """Tell whether `name` is a plain file name that cannot escape the directory it is written into.
+
+    Refused: separators (`/`, `\\`), `..`, NUL, and a drive letter (`C:x` names another folder on Windows).
+    """
     if not name or name in (".", ".."):
         return False
+    if len(name) >= 2 and name[1] == ":" and name[0].isascii() and name[0].isalpha():
+        return False
     return not any(bad in name for bad in ("/", "\\", "..", "\x00"))
+
+
+def check_not_link(path: str) -> None:
+    """Raise CoordinatorError when `path` is a symbolic link (or a folder): a download never writes through one."""
+    if os.path.islink(path):
+        raise CoordinatorError(0, f"{path} is a symbolic link; refusing to write through it")
+    if os.path.isdir(path):
+        raise CoordinatorError(0, f"{path} is a folder; refusing to write over it")
 
 
 def _describe_failure(exc: BaseException, timeout: float) -> str:
@@ -261,12 +274,18 @@ class CoordinatorClient:
 
     # -- workers ------------------------------------------------------------------------------------------------
 
-    def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int) -> dict:
-        """Register (or re-register) a worker; the answer holds worker_id, heartbeat_seconds and lease_seconds."""
+    def register_worker(
+        self, name: str, host: str, blender_version: str, cpu_count: int, *, allows_python: bool = False
+    ) -> dict:
+        """Register (or re-register) a worker; the answer holds worker_id, heartbeat_seconds and lease_seconds.
+
+        `allows_python`: the worker lets Python stored in .blend files run, for tasks that need it.
+        """
         return self.request(
             "POST",
             "/register_worker",
-            json_body={"name": name, "host": host, "blender_version": blender_version, "cpu_count": cpu_count},
+            json_body={"name": name, "host": host, "blender_version": blender_version, "cpu_count": cpu_count,
+                       "allows_python": bool(allows_python)},
         )
 
     def update_worker(self, worker_id: int, leases: list[str]) -> dict:
@@ -436,6 +455,8 @@ class CoordinatorClient:
                     0, f"the coordinator named frame {frame} of task {task_id} {name!r}, which is not a safe file name"
                 )
             os.makedirs(dest_dir, exist_ok=True)
+            final_path = os.path.join(dest_dir, name)
+            check_not_link(final_path)
             temp_path, actual = self._stream_to(response, dest_dir, f"frame {frame} of task {task_id}")
         finally:
             conn.close()
@@ -444,8 +465,8 @@ class CoordinatorClient:
             raise CoordinatorError(
                 0, f"frame {frame} of task {task_id} arrived with SHA-256 {actual}, not {expected_sha256}"
             )
-        final_path = os.path.join(dest_dir, name)
         try:
+            # rename() replaces a name, never writing through a link that appeared there meanwhile.
             os.replace(temp_path, final_path)
         except OSError:
             _remove_quietly(temp_path)
@@ -467,6 +488,7 @@ class CoordinatorClient:
         try:
             # Only now: a refused download (no frames yet) should not leave an empty folder behind.
             os.makedirs(dest_dir, exist_ok=True)
+            check_not_link(dest_path)
             temp_path, _ = self._stream_to(response, dest_dir, f"the frames of task {task_id}")
         finally:
             conn.close()

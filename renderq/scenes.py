@@ -35,6 +35,10 @@ def make_scene(
     fail_frames: Sequence[int] = (),
     heavy: bool = False,
     fail_mechanism: str = "auto",
+    python_marker: bool = False,
+    hang_frames: Sequence[int] = (),
+    hang_print_seconds: float = 0.0,
+    frame_samples: Sequence[int] = (),
     timeout: float = 300.0,
 ) -> str:
     """Build a small animated Cycles scene (a turning torus over a floor, a camera, a sun) and save it at `path`.
@@ -48,6 +52,17 @@ def make_scene(
     stereo views are keyed on for them, so Blender writes no file although `render_write` fires. `fail_mechanism`
     ("auto", "denoiser_missing" or "stereo_multilayer") forces one; the scene records the one used in its
     `renderq_fail_mechanism` property.
+
+    The next options put Python in the file, which runs only where scripts are allowed (a worker with
+    --allow-blend-python, for a task marked as needing Python). Their marker files go into the folder named by the
+    RENDERQ_TEST_MARKER_DIR environment variable of the Blender that runs them (inherited from the worker).
+    `python_marker` adds a text block registered to run on load that writes `frame_NNNN` for every frame rendered,
+    and a scripted driver that writes `driver_NNNN`. `hang_frames` makes those frames hang forever the first time
+    only: a text block's frame_change_pre handler records `hang_NNNN` and then sleeps, and skips frames whose marker
+    exists, so a retried frame renders. While hanging it prints a line every `hang_print_seconds` (0: silent).
+
+    `frame_samples` keys Cycles' sample count per frame (frame 1 + i renders frame_samples[i] samples, adaptive
+    sampling off), so that render cost varies by frame as chosen: heavy frames, drift.
     """
     if frames < 1:
         raise ValueError("frames must be at least 1")
@@ -76,6 +91,15 @@ def make_scene(
         command += ["--fail-mechanism", fail_mechanism]
     if heavy:
         command.append("--heavy")
+    if python_marker:
+        command.append("--python-marker")
+    if hang_frames:
+        command += ["--hang-frames", ",".join(str(int(frame)) for frame in hang_frames)]
+        command += ["--hang-print-seconds", str(float(hang_print_seconds))]
+    if frame_samples:
+        if any(int(count) < 1 for count in frame_samples):
+            raise ValueError("frame_samples must all be at least 1")
+        command += ["--frame-samples", ",".join(str(int(count)) for count in frame_samples)]
     try:
         completed = subprocess.run(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -10,17 +10,29 @@ from coordinator.app import create_app
 from coordinator.config import Config
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+ARTIST_TOKEN = "test-artist-token-0123456789"
+WORKER_TOKEN = "test-worker-token-0123456789"
 
 
 @pytest.fixture
 def app(tmp_path):
     """The coordinator app on an empty data dir, with a small upload limit so limits are testable."""
-    config = Config(data_dir=str(tmp_path / "data"), upload_limit=1024 * 1024, admin_token=ADMIN_TOKEN)
+    config = Config(data_dir=str(tmp_path / "data"), upload_limit=1024 * 1024, admin_token=ADMIN_TOKEN,
+                    artist_token=ARTIST_TOKEN, worker_token=WORKER_TOKEN)
     return create_app(config)
 
 
 @pytest.fixture
 def client(app):
+    """A test client that sends the admin token (every role) unless a test sends its own Authorization."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_TOKEN}"
+    return client
+
+
+@pytest.fixture
+def stranger(app):
+    """A test client that sends no token at all."""
     return app.test_client()
 
 

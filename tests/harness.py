@@ -7,8 +7,10 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -189,9 +191,17 @@ class Farm:
 
     def admin_token(self) -> str:
         """The coordinator's admin token: RENDERQ_ADMIN_TOKEN when set, else the file it created in its data dir."""
-        if os.environ.get("RENDERQ_ADMIN_TOKEN"):
-            return os.environ["RENDERQ_ADMIN_TOKEN"]
-        with open(os.path.join(self.data_dir, "admin_token"), encoding="utf-8") as handle:
+        return self.token("admin")
+
+    def cli_flags(self, role: str = "artist") -> list[str]:
+        """`renderq` flags that reach this farm's coordinator with a role's token."""
+        return ["--coordinator", self.url, "--token", self.token(role)]
+
+    def token(self, role: str) -> str:
+        """A role's token (admin, artist, worker): RENDERQ_<ROLE>_TOKEN when set, else the coordinator's file."""
+        if os.environ.get(f"RENDERQ_{role.upper()}_TOKEN"):
+            return os.environ[f"RENDERQ_{role.upper()}_TOKEN"]
+        with open(os.path.join(self.data_dir, f"{role}_token"), encoding="utf-8") as handle:
             return handle.read().strip()
 
     def _healthy(self) -> bool:
@@ -207,7 +217,9 @@ class Farm:
                 "--work-dir", os.path.join(self.root, f"work-{name}")]
         if self.blender:
             args += ["--blender", self.blender]
-        worker = Process([*args, *extra], os.path.join(self.root, f"worker-{name}.log"))
+        env = _env()
+        env["RENDERQ_TOKEN"] = self.token("worker")
+        worker = Process([*args, *extra], os.path.join(self.root, f"worker-{name}.log"), env=env)
         self.workers[name] = worker
         wait_for(lambda: self._registered(name, worker), 60, f"worker {name} to register")
         return worker
@@ -222,3 +234,164 @@ class Farm:
             worker.stop(timeout=20)
         if self.coordinator is not None:
             self.coordinator.stop(timeout=10)
+
+
+class Exchange:
+    """One connection through a TcpProxy: the first bytes each way (one HTTP request and its answer)."""
+
+    KEPT = 64 * 1024
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.request = bytearray()
+        self.response = bytearray()
+        # Bytes of the request already passed on to the coordinator.
+        self.forwarded = 0
+
+    @property
+    def path(self) -> str:
+        """The request's path with its query, e.g. '/upload_frame?task_id=1&...'; '' until the head arrived."""
+        parts = bytes(self.request.split(b"\r\n", 1)[0]).split(b" ")
+        return parts[1].decode("latin-1") if len(parts) == 3 else ""
+
+    @property
+    def status(self) -> int | None:
+        """The coordinator's HTTP status, None while (or if) it did not answer."""
+        parts = bytes(self.response.split(b"\r\n", 1)[0]).split(b" ")
+        return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+
+    @property
+    def request_body(self) -> bytes:
+        return bytes(self.request.partition(b"\r\n\r\n")[2])
+
+    @property
+    def response_body(self) -> bytes:
+        return bytes(self.response.partition(b"\r\n\r\n")[2])
+
+
+class TcpProxy:
+    """A TCP relay from one client to the coordinator that a test can cut, as a broken network would.
+
+    `cut()` closes every open connection, then refuses new ones (reset at once) or blackholes them (accepted,
+    never answered) until `restore()`, which closes the blackholed ones. Every relayed connection is kept in
+    `exchanges`; `on_forward(exchange)` runs before each chunk of a request goes on to the coordinator (the chunk is
+    already in `exchange.request`), so a fault can be timed to a request.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.exchanges: list[Exchange] = []
+        self.on_forward: Callable[[Exchange], None] | None = None
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._blackholed: list[socket.socket] = []
+        self._cut_mode: str | None = None
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept_loop, name=f"proxy-{self.port}", daemon=True).start()
+
+    def cut(self, mode: str = "blackhole") -> None:
+        """Break the link: close every open connection; new ones are refused ("refuse") or hang ("blackhole")."""
+        if mode not in ("refuse", "blackhole"):
+            raise ValueError(f"mode must be 'refuse' or 'blackhole', not {mode!r}")
+        with self._lock:
+            self._cut_mode = mode
+            cut_off, self._open = self._open, set()
+        for sock in cut_off:
+            _reset(sock)
+
+    def restore(self) -> None:
+        """Mend the link: new connections are relayed again; blackholed ones are reset."""
+        with self._lock:
+            self._cut_mode = None
+            held, self._blackholed = self._blackholed, []
+        for sock in held:
+            _reset(sock)
+
+    def close(self) -> None:
+        self.cut("refuse")
+        self.restore()
+        self._listener.close()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                mode = self._cut_mode
+                if mode == "blackhole":
+                    self._blackholed.append(client)
+            if mode == "refuse":
+                _reset(client)
+            elif mode is None:
+                threading.Thread(target=self._relay, args=(client,), name=f"relay-{self.port}", daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+            upstream.settimeout(None)
+        except OSError:
+            _reset(client)  # the coordinator is down: the client sees its connection dropped
+            return
+        exchange = Exchange()
+        with self._lock:
+            if self._cut_mode is not None:
+                cut_meanwhile = True
+            else:
+                cut_meanwhile = False
+                self._open.update((client, upstream))
+                self.exchanges.append(exchange)
+        if cut_meanwhile:
+            _reset(client)
+            _reset(upstream)
+            return
+        answer = threading.Thread(target=self._pump, args=(upstream, client, exchange.response, None), daemon=True)
+        answer.start()
+        self._pump(client, upstream, exchange.request, exchange)
+        answer.join()
+        with self._lock:
+            self._open.discard(client)
+            self._open.discard(upstream)
+        client.close()
+        upstream.close()
+
+    def _pump(self, source: socket.socket, dest: socket.socket, record: bytearray,
+              exchange: Exchange | None) -> None:
+        try:
+            while True:
+                # Small reads, so a request's body passes in several chunks a fault can fall between.
+                chunk = source.recv(16384)
+                if not chunk:
+                    break
+                if len(record) < Exchange.KEPT:
+                    record += chunk[:Exchange.KEPT - len(record)]
+                if exchange is not None and self.on_forward is not None:
+                    self.on_forward(exchange)
+                dest.sendall(chunk)
+                if exchange is not None:
+                    exchange.forwarded += len(chunk)
+            # The sender is done: pass its end of stream on, as TCP would.
+            dest.shutdown(socket.SHUT_WR)
+        except OSError:
+            # One side broke: break the other too, and wake the pump that reads it.
+            for sock in (source, dest):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def _reset(sock: socket.socket) -> None:
+    """Drop a connection at once with a TCP reset, as a failed link or a dead host would."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

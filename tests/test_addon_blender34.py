@@ -57,12 +57,15 @@ def project(tmp_path, scene_template) -> str:
     return str(target)
 
 
-def run_addon(tmp_path, addon_zip: str, url: str, case: str, blend: str | None = None, *extra: str) -> dict:
-    """Run addon_check.py in Blender with a fresh HOME; return its result, failing with Blender's output."""
+def run_addon(tmp_path, addon_zip: str, url: str, case: str, blend: str | None = None, *extra: str,
+              token: str = "") -> dict:
+    """Run addon_check.py in Blender with a fresh HOME and the artist's token; return its result, failing with
+    Blender's output."""
     home = tmp_path / f"home-{case}"
     home.mkdir(exist_ok=True)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("BLENDER_USER_", "XDG_"))}
     env["HOME"] = str(home)
+    env["RENDERQ_TEST_TOKEN"] = token
     command = [BLENDER, "-b"]
     if blend:
         command.append(blend)
@@ -100,7 +103,7 @@ def test_submit_of_unsaved_changes_renders_what_the_artist_sees(tmp_path, addon_
     farm.start_worker("w1")
     before = sha256_of(project)
 
-    submitted = run_addon(tmp_path, addon_zip, farm.url, "submit", project)
+    submitted = run_addon(tmp_path, addon_zip, farm.url, "submit", project, token=farm.token("artist"))
     task_id = submitted["task_id"]
     # The script checked inside Blender: same path, still dirty, saved file untouched, no copy left behind.
     assert submitted["listing"] == ["shot.blend", "textures"]
@@ -126,7 +129,8 @@ def test_submit_of_unsaved_changes_renders_what_the_artist_sees(tmp_path, addon_
 
     # A second Blender session follows the task as one of the user's, downloads its frames next to the file,
     # and tests connections.
-    followed = run_addon(tmp_path, addon_zip, farm.url, "follow", project, "--task-id", str(task_id))
+    followed = run_addon(tmp_path, addon_zip, farm.url, "follow", project, "--task-id", str(task_id),
+                         token=farm.token("artist"))
     assert followed["status"] == "done"
     render_dir = os.path.join(os.path.dirname(project), "render")
     assert sorted(os.listdir(render_dir)) == ["f_0001.png", "f_0002.png"]
@@ -145,7 +149,7 @@ def test_submit_of_unsaved_changes_renders_what_the_artist_sees(tmp_path, addon_
 
 def test_never_saved_file_is_refused_before_anything_is_uploaded(tmp_path, addon_zip, farm):
     farm.start_coordinator(*FAST)
-    result = run_addon(tmp_path, addon_zip, farm.url, "unsaved")
+    result = run_addon(tmp_path, addon_zip, farm.url, "unsaved", token=farm.token("artist"))
     assert result["error"].startswith("Save the file first"), result["error"]
     assert farm.api.get("/tasks")["tasks"] == []
     assert uploaded_files(farm) == []
@@ -153,14 +157,14 @@ def test_never_saved_file_is_refused_before_anything_is_uploaded(tmp_path, addon
 
 def test_movie_output_and_missing_assets_are_reported_before_upload(tmp_path, addon_zip, project, farm):
     farm.start_coordinator(*FAST)
-    result = run_addon(tmp_path, addon_zip, farm.url, "refusals", project)
+    result = run_addon(tmp_path, addon_zip, farm.url, "refusals", project, token=farm.token("artist"))
     assert "movie" in result["movie_error"] and "choose an image format" in result["movie_error"]
     assert "missing" in result["missing_error"] and "Allow Missing Assets" in result["missing_error"]
     assert result["missing_listed"] == ["textures/not_there.png"]
     assert farm.api.get("/tasks")["tasks"] == []
     assert uploaded_files(farm) == []
 
-    allowed = run_addon(tmp_path, addon_zip, farm.url, "allow_missing", project)
+    allowed = run_addon(tmp_path, addon_zip, farm.url, "allow_missing", project, token=farm.token("artist"))
     task = farm.api.task(allowed["task_id"])
     assert task["missing_assets"] == ["textures/not_there.png"] == allowed["missing_listed"]
     assert task["main_file"] == "shot.blend"

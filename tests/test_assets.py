@@ -40,7 +40,7 @@ def test_task_saved_by_newer_blender_waits_with_its_reason(farm, tmp_path):
     task = wait_for(lambda: (t := farm.api.task(task_id))["waiting_reason"] and t, 30, "a waiting reason")
     assert task["waiting_reason"] == "waiting: no worker with Blender >= 4.5"
     assert task["blender_version"] == "4.5" and task["progress"]["queued"] == 2
-    status = renderq("status", str(task_id), "--coordinator", farm.url, cwd=str(tmp_path))
+    status = renderq("status", str(task_id), *farm.cli_flags(), cwd=str(tmp_path))
     assert "no worker with Blender >= 4.5" in status.stdout
     assert farm.api.workers()["old"]["current"] == []
 
@@ -73,7 +73,7 @@ def test_project_renders_without_shared_storage_and_matches_local(farm, tmp_path
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     submitted = renderq("submit", os.path.relpath(project["main"], elsewhere), "--frames", "1-2", "--name", "proj",
-                        "--coordinator", farm.url, cwd=str(elsewhere))
+                        *farm.cli_flags(), cwd=str(elsewhere))
     assert submitted.returncode == 0, submitted.stderr + submitted.stdout
     assert uploaded(submitted.stdout) == (5, 5)
     # Nothing on this machine but the farm has the project now: the worker must use what was uploaded.
@@ -83,7 +83,7 @@ def test_project_renders_without_shared_storage_and_matches_local(farm, tmp_path
     assert task["status"] == "done", task
     assert task["files_count"] == 5 and task["blender_version"] == "3.4"
     out = tmp_path / "out"
-    assert renderq("download", "1", str(out), "--coordinator", farm.url, cwd=str(tmp_path)).returncode == 0
+    assert renderq("download", "1", str(out), *farm.cli_flags(), cwd=str(tmp_path)).returncode == 0
     assert sorted(os.listdir(out)) == ["f_0001.png", "f_0002.png"]
     for name in ("f_0001.png", "f_0002.png"):
         assert same_pixels(out / name, tmp_path / "local" / name), f"{name} differs from the local render"
@@ -91,7 +91,7 @@ def test_project_renders_without_shared_storage_and_matches_local(farm, tmp_path
     os.rename(hidden, tmp_path / "src")
 
     # The same project again: no bytes of assets travel.
-    again = renderq("submit", project["main"], "--frames", "1", "--coordinator", farm.url, cwd=str(elsewhere))
+    again = renderq("submit", project["main"], "--frames", "1", *farm.cli_flags(), cwd=str(elsewhere))
     assert again.returncode == 0, again.stderr
     assert uploaded(again.stdout) == (0, 5) and "(0 B)" in again.stdout
 
@@ -100,7 +100,7 @@ def test_project_renders_without_shared_storage_and_matches_local(farm, tmp_path
         changed = image.convert("RGB")
     changed.putpixel((0, 0), (255, 0, 255))
     changed.save(project["wood"])
-    third = renderq("submit", project["main"], "--frames", "1", "--coordinator", farm.url, cwd=str(elsewhere))
+    third = renderq("submit", project["main"], "--frames", "1", *farm.cli_flags(), cwd=str(elsewhere))
     assert third.returncode == 0, third.stderr
     assert uploaded(third.stdout) == (1, 5)
 
@@ -111,12 +111,12 @@ def test_missing_texture_stops_the_submit_unless_allowed(farm, tmp_path):
     project = make_project(str(tmp_path / "src"), BLENDER, frames=1)
     os.remove(project["outside"])
     farm.start_coordinator(*FAST)
-    refused = renderq("submit", project["main"], "--frames", "1", "--coordinator", farm.url, cwd=str(tmp_path))
+    refused = renderq("submit", project["main"], "--frames", "1", *farm.cli_flags(), cwd=str(tmp_path))
     assert refused.returncode == 2
     assert "outside.png" in refused.stderr and "--allow-missing" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert farm.api.get("/tasks")["tasks"] == []
-    allowed = renderq("submit", project["main"], "--frames", "1", "--allow-missing", "--coordinator", farm.url,
+    allowed = renderq("submit", project["main"], "--frames", "1", "--allow-missing", *farm.cli_flags(),
                       cwd=str(tmp_path))
     assert allowed.returncode == 0, allowed.stderr
     task = farm.api.get("/tasks")["tasks"][0]
@@ -132,13 +132,13 @@ def test_download_zip_and_disk_hygiene(farm, tmp_path):
     task_id = farm.api.submit(blend, 1, 2, name="zipped")
     assert farm.api.wait_task_ended(task_id, 300)["status"] == "done"
     out = tmp_path / "zip"
-    zipped = renderq("download", str(task_id), str(out), "--zip", "--coordinator", farm.url, cwd=str(tmp_path))
+    zipped = renderq("download", str(task_id), str(out), "--zip", *farm.cli_flags(), cwd=str(tmp_path))
     assert zipped.returncode == 0, zipped.stderr
     import zipfile
 
     archive = zipfile.ZipFile(next(out.glob("*.zip")))
     assert archive.namelist() == ["f_0001.png", "f_0002.png"]
-    disk = renderq("disk", "--coordinator", farm.url, cwd=str(tmp_path))
+    disk = renderq("disk", *farm.cli_flags("admin"), cwd=str(tmp_path))
     assert disk.returncode == 0 and "zipped" in disk.stdout
     deleted = renderq("delete-files", str(task_id), "--coordinator", farm.url, f"--token={farm.api.token}",
                       cwd=str(tmp_path))

@@ -1,9 +1,12 @@
-"""BlenderSession against the real Blender: several frames in one process, failing frames, abort, crash, close."""
+"""BlenderSession against the real Blender: several frames in one process, failing frames, abort, crash, close,
+frame limits and Python in .blend files. The limits are also tested against a stand-in Blender, a small script."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -23,7 +26,7 @@ try:
 except SessionError:
     BLENDER = None
 
-pytestmark = pytest.mark.skipif(
+needs_blender = pytest.mark.skipif(
     BLENDER is None, reason="Blender is not installed (set RENDERQ_BLENDER or put it on PATH)"
 )
 
@@ -83,6 +86,7 @@ def render_in_thread(session: BlenderSession, frame: int):
     return started, holder, thread
 
 
+@needs_blender
 def test_renders_several_frames_in_one_process(scenes, sessions, tmp_path):
     blend = scenes("basic", frames=3, **SMALL)
     lines: list[str] = []
@@ -114,6 +118,7 @@ def test_renders_several_frames_in_one_process(scenes, sessions, tmp_path):
     assert not any(line.endswith("\n") for line in lines)
 
 
+@needs_blender
 def test_failing_frame_reports_blender_error_and_session_goes_on(scenes, sessions, tmp_path):
     blend = scenes("fail2", frames=3, fail_frames=[2], **SMALL)
     session = sessions(blend, str(tmp_path / "out"))
@@ -141,6 +146,7 @@ def test_failing_frame_reports_blender_error_and_session_goes_on(scenes, session
     assert session.pid == pid
 
 
+@needs_blender
 def test_frame_written_without_a_file_is_a_failure(scenes, sessions, tmp_path):
     # Blender fires render_write for these frames but prints "Stereo 3D not supported for MultiLayer image"
     # instead of saving the file.
@@ -157,6 +163,7 @@ def test_frame_written_without_a_file_is_a_failure(scenes, sessions, tmp_path):
     assert after.ok and after.output_path == str(tmp_path / "out" / "f_0003.exr")
 
 
+@needs_blender
 def test_abort_stops_a_heavy_frame_within_seconds(scenes, sessions, tmp_path):
     blend = scenes("heavy", frames=2, heavy=True, **SMALL)
     session = sessions(blend, str(tmp_path / "out"))
@@ -178,6 +185,7 @@ def test_abort_stops_a_heavy_frame_within_seconds(scenes, sessions, tmp_path):
     assert not again.ok and again.error
 
 
+@needs_blender
 def test_blender_crash_mid_frame_fails_the_frame(scenes, sessions, tmp_path):
     blend = scenes("heavy", frames=2, heavy=True, **SMALL)
     sampling = threading.Event()
@@ -199,6 +207,7 @@ def test_blender_crash_mid_frame_fails_the_frame(scenes, sessions, tmp_path):
     assert not session.alive
 
 
+@needs_blender
 def test_close_ends_blender(scenes, tmp_path):
     blend = scenes("basic", frames=3, **SMALL)
     session = BlenderSession(BLENDER, blend, str(tmp_path / "out"), threads=1)
@@ -213,6 +222,7 @@ def test_close_ends_blender(scenes, tmp_path):
     session.close()  # a second close is harmless
 
 
+@needs_blender
 def test_abort_while_idle_and_render_after_close(scenes, tmp_path):
     blend = scenes("basic", frames=3, **SMALL)
     with BlenderSession(BLENDER, blend, str(tmp_path / "out"), threads=1) as session:
@@ -224,6 +234,7 @@ def test_abort_while_idle_and_render_after_close(scenes, tmp_path):
     assert "Cannot render frame 1" in result.error
 
 
+@needs_blender
 def test_unreadable_blend_raises_session_error_with_blender_output(tmp_path):
     broken = tmp_path / "broken.blend"
     broken.write_bytes(b"this is not a blend file")
@@ -239,6 +250,7 @@ def test_unreadable_blend_raises_session_error_with_blender_output(tmp_path):
         BlenderSession(BLENDER, str(tmp_path / "missing.blend"), str(tmp_path / "out")).start()
 
 
+@needs_blender
 def test_find_blender_and_version(monkeypatch, tmp_path):
     assert find_blender(BLENDER) == os.path.abspath(BLENDER)
     monkeypatch.setenv("RENDERQ_BLENDER", BLENDER)
@@ -250,3 +262,200 @@ def test_find_blender_and_version(monkeypatch, tmp_path):
         find_blender(str(tmp_path / "nope"))
     version = blender_version(BLENDER)
     assert version[0].isdigit() and version.count(".") >= 1
+
+
+# -- frame limits, against a stand-in Blender -------------------------------------------------------------------------
+
+# Speaks the frame script's side channel like Blender would, and then misbehaves as FAKE_BLENDER_MODE says:
+# "silent" never answers a render and ignores SIGINT (only SIGKILL ends it), "chatty" prints a line every 0.2 s
+# forever (SIGINT ends it), "done" writes the frame at once.
+FAKE_BLENDER = r'''
+import json, os, signal, socket, sys, time
+
+args = sys.argv[1:]
+with open(os.environ["FAKE_BLENDER_ARGV"], "w") as record:
+    json.dump(args, record)
+blend = args[args.index("-Y") + 1]
+after = args[args.index("--") + 1:]
+port = int(after[after.index("--port") + 1])
+output_dir = after[after.index("--output-dir") + 1]
+mode = os.environ.get("FAKE_BLENDER_MODE", "done")
+if mode == "silent":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+conn = socket.create_connection(("127.0.0.1", port))
+
+
+def send(**message):
+    conn.sendall((json.dumps(message) + "\n").encode())
+
+
+send(type="hello", token=os.environ["RENDERQ_SESSION_TOKEN"], protocol=1, blender_version="3.4.1", pid=os.getpid(),
+     scene="Scene", blend_file=blend, python_found=json.loads(os.environ.get("FAKE_BLENDER_PYTHON", "[]")))
+for line in conn.makefile("rb"):
+    message = json.loads(line)
+    if message["type"] == "quit":
+        break
+    frame = message["frame"]
+    if mode == "silent":
+        while True:
+            time.sleep(1)
+    send(type="started", frame=frame, time=time.time())
+    if mode == "chatty":
+        while True:
+            print(f"Fra:{frame} Sample 1/1000000", flush=True)
+            time.sleep(0.2)
+    path = os.path.join(output_dir, f"f_{frame:04d}.png")
+    with open(path, "wb") as image:
+        image.write(b"png")
+    send(type="written", frame=frame, path=path, time=time.time(), render_seconds=0.01)
+    print("\x1erenderq-frame-done %d" % frame, flush=True)
+    send(type="finished", frame=frame, ok=True, error=None, path=path, canceled=False)
+'''
+
+
+@pytest.fixture
+def fake_blender(tmp_path, monkeypatch):
+    """Open sessions on the stand-in Blender: `open_session(mode, **options)`; they are killed at the end."""
+    executable = tmp_path / "fake-blender"
+    executable.write_text(f"#!{sys.executable}\n{FAKE_BLENDER}")
+    executable.chmod(0o755)
+    blend = tmp_path / "scene.blend"
+    blend.write_bytes(b"BLENDER-v304")
+    argv_file = tmp_path / "argv.json"
+    monkeypatch.setenv("FAKE_BLENDER_ARGV", str(argv_file))
+    opened: list[BlenderSession] = []
+
+    def open_session(mode: str, python_found: list[str] | None = None, **options) -> BlenderSession:
+        monkeypatch.setenv("FAKE_BLENDER_MODE", mode)
+        monkeypatch.setenv("FAKE_BLENDER_PYTHON", json.dumps(python_found or []))
+        session = BlenderSession(str(executable), str(blend), str(tmp_path / "out"), **options)
+        opened.append(session)
+        session.start()
+        session.argv = json.loads(argv_file.read_text())
+        return session
+
+    yield open_session
+    for session in opened:
+        session.abort(grace=0.5)
+        session.close(grace=0.5)
+
+
+def test_a_silent_blender_is_stopped_after_the_no_progress_limit(fake_blender):
+    session = fake_blender("silent", stop_grace=0.5)
+    pid = session.pid
+    asked_at = time.monotonic()
+    result = session.render(3, frame_timeout=60, no_progress_timeout=1.0)
+    took = time.monotonic() - asked_at
+    assert result.timed_out and not result.ok and not result.aborted
+    assert result.error == "Blender made no progress for 1 s (no output) and was stopped"
+    assert 1.0 <= took < 15, took
+    # It ignored SIGINT, so the grace ran out and it was killed.
+    assert process_gone(pid) and session._proc.returncode == -signal.SIGKILL
+    assert not session.alive
+    again = session.render(4)
+    assert not again.ok and not again.timed_out and "Cannot render frame 4" in again.error
+
+
+def test_a_frame_that_keeps_printing_is_stopped_at_the_frame_limit(fake_blender):
+    session = fake_blender("chatty", stop_grace=5.0)
+    asked_at = time.monotonic()
+    result = session.render(3, frame_timeout=1.5, no_progress_timeout=1.0)
+    took = time.monotonic() - asked_at
+    assert result.timed_out and not result.ok
+    assert result.error == "timed out: frame 3 rendered longer than the task's limit of 1.5 s"
+    assert result.started_at is not None
+    assert "Fra:3 Sample 1/1000000" in result.log_tail
+    # SIGINT was enough: no waiting for the whole grace period.
+    assert 1.5 <= took < 5, took
+    assert not session.alive
+
+
+def test_frames_within_their_limits_render_as_usual(fake_blender):
+    session = fake_blender("done")
+    for frame in (1, 2):
+        result = session.render(frame, frame_timeout=30, no_progress_timeout=30)
+        assert result.ok and not result.timed_out, result.error
+    assert session.alive
+
+
+def test_blender_always_starts_with_scripts_off(fake_blender):
+    found = ["the text block 'rig.py' is registered to run when the file is opened"]
+    refusing = fake_blender("silent", python_found=found)
+    assert refusing.argv[:2] == ["-b", "-Y"] and "--allow-python" not in refusing.argv
+    assert refusing.python_found == found
+    # The stand-in would hang on a render: a prompt answer shows nothing was asked of it.
+    result = refusing.render(1, no_progress_timeout=30)
+    assert result.needs_python and not result.ok and not result.timed_out
+    assert "'rig.py'" in result.error and refusing.alive
+
+    allowing = fake_blender("done", python_found=found, allow_python=True)
+    assert allowing.argv[:2] == ["-b", "-Y"] and allowing.argv[-1] == "--allow-python"
+    assert allowing.render(1).ok
+
+
+# -- frame limits and Python in .blend files, with the real Blender -------------------------------------------------
+
+
+@pytest.fixture
+def markers(tmp_path, monkeypatch):
+    """The folder the test scenes' Python writes its markers into; Blender inherits the variable naming it."""
+    folder = tmp_path / "markers"
+    monkeypatch.setenv("RENDERQ_TEST_MARKER_DIR", str(folder))
+    return folder
+
+
+def marker_names(folder) -> list[str]:
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+@needs_blender
+def test_python_in_the_file_runs_only_when_allowed(scenes, sessions, tmp_path, markers):
+    blend = scenes("python-marker", frames=3, python_marker=True, **SMALL)
+    refusing = sessions(blend, str(tmp_path / "out"))
+    found = " ".join(refusing.python_found)
+    assert "'renderq_marker.py' is registered to run" in found
+    assert "1 scripted driver needs Python (e.g. 'renderq_marker_driver(frame)' on Object 'Torus')" in found
+    result = refusing.render(1)
+    assert result.needs_python and not result.ok
+    refusing.close()
+    assert marker_names(markers) == []
+
+    allowing = sessions(blend, str(tmp_path / "out"), allow_python=True)
+    assert allowing.hello["python_allowed"] is True
+    for frame in (1, 3):
+        result = allowing.render(frame)
+        assert result.ok, result.error
+    # The registered text block's render_pre handler and the scripted driver both ran, for each frame.
+    names = marker_names(markers)
+    assert {"frame_0001", "frame_0003", "driver_0001", "driver_0003"} <= set(names)
+    assert "frame_0002" not in names
+
+
+@needs_blender
+def test_a_silent_hang_is_stopped_and_a_new_blender_renders_the_frame(scenes, sessions, tmp_path, markers):
+    blend = scenes("hang-silent", frames=3, hang_frames=[2], **SMALL)
+    session = sessions(blend, str(tmp_path / "out"), allow_python=True, stop_grace=2.0)
+    pid = session.pid
+    assert session.render(1, frame_timeout=60, no_progress_timeout=5).ok
+    hung = session.render(2, frame_timeout=60, no_progress_timeout=5)
+    assert hung.timed_out and not hung.ok
+    assert hung.error == "Blender made no progress for 5 s (no output) and was stopped"
+    assert "hanging on frame 2" in hung.log_tail
+    wait_until(lambda: process_gone(pid), 10, "the hung Blender to be gone")
+    assert marker_names(markers) == ["hang_0002"]
+
+    again = sessions(blend, str(tmp_path / "out"), allow_python=True)
+    for frame in (2, 3):
+        result = again.render(frame, frame_timeout=60, no_progress_timeout=30)
+        assert result.ok, result.error
+
+
+@needs_blender
+def test_a_hang_that_keeps_printing_is_stopped_at_the_frame_limit(scenes, sessions, tmp_path, markers):
+    blend = scenes("hang-chatty", frames=2, hang_frames=[1], hang_print_seconds=0.5, **SMALL)
+    session = sessions(blend, str(tmp_path / "out"), allow_python=True, stop_grace=2.0)
+    hung = session.render(1, frame_timeout=6, no_progress_timeout=4)
+    assert hung.timed_out
+    assert hung.error == "timed out: frame 1 rendered longer than the task's limit of 6 s"
+    assert "still hanging on frame 1" in hung.log_tail
+    assert not session.alive

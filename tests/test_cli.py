@@ -366,6 +366,19 @@ def test_submit_sends_the_task(fake: FakeCoordinator, stand_in_pack: StandInPack
     assert fake.paths().index("/submit_task") > max(i for i, p in enumerate(fake.paths()) if p == "/upload_file")
     # The staging folder (the rewritten main.blend) is gone afterwards.
     assert stand_in_pack.staging_dirs and not os.path.exists(stand_in_pack.staging_dirs[0])
+    assert not {"frame_timeout", "no_progress_timeout", "needs_python"} & set(submitted)  # coordinator defaults
+
+
+def test_submit_sends_timeouts_and_needs_python(fake: FakeCoordinator, stand_in_pack: StandInPack, blend_file,
+                                                capsys) -> None:
+    code = cli.main(["submit", str(blend_file), "--coordinator", fake.url, "--frames", "1-3", "--frame-timeout", "90",
+                     "--no-progress-timeout", "30", "--needs-python"])
+    assert code == 0
+    submitted = submitted_body(fake)
+    assert (submitted["frame_timeout"], submitted["no_progress_timeout"], submitted["needs_python"]) == (90, 30, True)
+    assert cli.main(["submit", str(blend_file), "--coordinator", fake.url, "--frames", "1-3",
+                     "--frame-timeout", "0"]) == 2
+    assert "between 1 second and 7 days" in capsys.readouterr().err
 
 
 def test_submit_uploads_only_what_the_coordinator_lacks(
@@ -625,11 +638,11 @@ def test_refused_token_is_one_clear_sentence(fake: FakeCoordinator, capsys, monk
     monkeypatch.delenv("RENDERQ_TOKEN", raising=False)
     assert cli.main(["pause", "7", "--coordinator", fake.url]) == 1
     assert fake.authorizations["/pause_task"] is None
-    assert capsys.readouterr().err == (
-        "renderq: the coordinator refused the admin token; pass --token or set RENDERQ_TOKEN "
-        "(the token is in the coordinator's data dir, file admin_token)\n")
+    err = capsys.readouterr().err
+    assert err.startswith("renderq: ") and err.endswith("; pass the token with --token TOKEN or set RENDERQ_TOKEN\n")
+    assert err.count("\n") == 1
     assert cli.main(["cancel", "7", "--coordinator", fake.url, "--token", "wrong"]) == 1
-    assert "refused the admin token" in capsys.readouterr().err
+    assert "--token TOKEN" in capsys.readouterr().err
 
 
 def test_priority_must_be_a_number(capsys) -> None:

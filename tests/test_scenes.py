@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -89,3 +90,56 @@ def test_bad_arguments(tmp_path):
         make_scene(str(tmp_path / "x.blend"), blender=BLENDER, frames=0)
     with pytest.raises(SceneError, match="could not build the scene"):
         make_scene(str(tmp_path / "x.blend"), blender=BLENDER, file_format="NOT_A_FORMAT")
+
+
+PYTHON_INSPECT = """
+import bpy, json
+s = bpy.context.scene
+torus = bpy.data.objects["Torus"]
+drivers = [(d.data_path, d.driver.type, d.driver.expression) for d in torus.animation_data.drivers]
+print("INSPECT " + json.dumps({
+    "texts": sorted((t.name, t.use_module) for t in bpy.data.texts), "drivers": drivers,
+    "marker": s.get("renderq_python_marker"), "hang_frames": list(s.get("renderq_hang_frames", [])),
+}))
+"""
+
+# With scripts allowed (-y): set frames 1 and 2 only, so the driver runs and frame 2 is tried while its hang is
+# already recorded.
+SET_FRAMES = "import bpy; s = bpy.context.scene; s.frame_set(1); s.frame_set(2); print('FRAMES SET')"
+
+
+def test_python_options_put_registered_text_blocks_and_a_scripted_driver_in_the_file(tmp_path, monkeypatch):
+    markers = tmp_path / "markers"
+    monkeypatch.setenv("RENDERQ_TEST_MARKER_DIR", str(markers))
+    blend = make_scene(str(tmp_path / "py.blend"), blender=BLENDER, frames=3, python_marker=True, hang_frames=[2, 3])
+    completed = subprocess.run(
+        [BLENDER, "-b", "-Y", blend, "--python-exit-code", "1", "--python-expr", PYTHON_INSPECT],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    line = next(line for line in completed.stdout.splitlines() if line.startswith("INSPECT "))
+    info = json.loads(line[len("INSPECT "):])
+    assert info["texts"] == [["renderq_hang.py", True], ["renderq_marker.py", True]]
+    assert info["drivers"] == [['["renderq_driven"]', "SCRIPTED", "renderq_marker_driver(frame)"]]
+    assert info["marker"] == 1 and info["hang_frames"] == [2, 3]
+    # Opened with scripts off, the file's Python left nothing behind.
+    assert not markers.exists()
+
+    markers.mkdir()
+    (markers / "hang_0002").write_text("an earlier try hung here\n")
+    allowed = subprocess.run(
+        [BLENDER, "-b", "-y", blend, "--python-exit-code", "1", "--python-expr", SET_FRAMES],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert "FRAMES SET" in allowed.stdout  # frame 2 did not hang: its hang was recorded before
+    names = sorted(os.listdir(markers))
+    assert {"driver_0001", "driver_0002", "hang_0002"} <= set(names) and "hang_0003" not in names
+
+
+def test_without_python_options_the_file_holds_no_python(tmp_path):
+    blend = make_scene(str(tmp_path / "plain.blend"), blender=BLENDER, frames=2)
+    completed = subprocess.run(
+        [BLENDER, "-b", "-Y", blend, "--python-exit-code", "1", "--python-expr",
+         "import bpy; print('TEXTS', len(bpy.data.texts), bpy.data.objects['Torus'].animation_data.drivers[:])"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert "TEXTS 0 []" in completed.stdout

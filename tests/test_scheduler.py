@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.errors import BadRequest, Conflict, NotFound
+from coordinator.errors import BadRequest, Conflict, Forbidden, NotFound
 from coordinator.eta import estimate_eta
 from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec
 from coordinator.store import Store
@@ -107,9 +107,9 @@ def test_heartbeat_renews_and_reports_revoked(scheduler, clock):
     assert scheduler.heartbeat(a, [lease["lease_id"]])["revoked"] == [lease["lease_id"]]
 
 
-def test_failed_frame_retried_elsewhere_then_failed(scheduler):
+def test_failed_frame_retried_elsewhere_then_failed_on_three_different_workers(scheduler):
     task_id = submit(scheduler, 1, 2)
-    a, b = register(scheduler, "a"), register(scheduler, "b")
+    a, b, c = register(scheduler, "a"), register(scheduler, "b"), register(scheduler, "c")
     lease, _ = scheduler.claim(a)
     assert lease["frame"] == 1
     scheduler.report(a, task_id, 1, lease["lease_id"], "failed", error="boom", log_tail="Error: boom")
@@ -118,16 +118,22 @@ def test_failed_frame_retried_elsewhere_then_failed(scheduler):
     retry, _ = scheduler.claim(b)
     assert retry["frame"] == 1
     scheduler.report(b, task_id, 1, retry["lease_id"], "failed", error="boom", log_tail="Error: boom")
-    third, _ = scheduler.claim(b)
+    again, _ = scheduler.claim(b)
+    assert again["frame"] == 1
+    frame = scheduler.report(b, task_id, 1, again["lease_id"], "failed", error="boom", log_tail="Error: boom")
+    # Three failures, but on two different workers only: it is queued again.
+    assert frame["status"] == "queued" and frame["failures"] == 3
+    third, _ = scheduler.claim(c)
     assert third["frame"] == 1
-    frame = scheduler.report(b, task_id, 1, third["lease_id"], "failed", error="boom", log_tail="Error: boom")
-    assert frame["status"] == "failed" and frame["failures"] == 3 and frame["log_tail"] == "Error: boom"
+    frame = scheduler.report(c, task_id, 1, third["lease_id"], "failed", error="boom", log_tail="Error: boom")
+    assert frame["status"] == "failed" and frame["failures"] == 4 and frame["log_tail"] == "Error: boom"
+    assert scheduler.task_detail(task_id)["frames"][0]["failed_on"] == ["a", "b", "c"]
     # Repeating the final report is accepted and changes nothing.
-    assert scheduler.report(b, task_id, 1, third["lease_id"], "failed", error="again")["error"] == "boom"
+    assert scheduler.report(c, task_id, 1, third["lease_id"], "failed", error="again")["error"] == "boom"
 
 
 def test_task_fails_with_list_of_failed_frames(scheduler):
-    scheduler.policy.max_attempts = 1
+    scheduler.policy.frame_fail_workers = 1
     task_id = submit(scheduler, 1, 2)
     a = register(scheduler, "a")
     first, _ = scheduler.claim(a)
@@ -379,7 +385,7 @@ def test_retry_failed_frames_queues_them_with_failures_reset(scheduler):
     assert task["failed_frames"] == [] and task["progress"]["failed"] == 0 and task["progress"]["queued"] == 1
     frame = scheduler.frame(task_id, 1)
     assert (frame["status"], frame["failures"], frame["error"], frame["worker_id"]) == ("queued", 0, None, None)
-    # It gets max_attempts new tries, like a new frame.
+    # Failures before the retry no longer count: it needs frame_fail_workers new workers to fail it again.
     fail_for_good(scheduler, task_id, [a, b])
     assert scheduler.frame(task_id, 1)["status"] == "queued"
     finish(scheduler, c, scheduler.claim(c)[0])
@@ -388,9 +394,9 @@ def test_retry_failed_frames_queues_them_with_failures_reset(scheduler):
 
 def test_retry_refuses_canceled_tasks_and_tasks_without_failures(scheduler):
     clean = submit(scheduler, 1, 1)
-    with pytest.raises(Conflict, match="no failed frames"):
+    with pytest.raises(Conflict, match="no failed frames and no blocked workers"):
         scheduler.retry_failed_frames(clean)
-    scheduler.policy.max_attempts = 1
+    scheduler.policy.frame_fail_workers = 1
     canceled = submit(scheduler, 1, 2)
     a = register(scheduler, "a")
     fail_for_good(scheduler, canceled, [a])
@@ -400,7 +406,7 @@ def test_retry_refuses_canceled_tasks_and_tasks_without_failures(scheduler):
 
 
 def test_retry_in_a_paused_task_keeps_it_paused(scheduler):
-    scheduler.policy.max_attempts = 1
+    scheduler.policy.frame_fail_workers = 1
     task_id = submit(scheduler, 1, 2)
     a = register(scheduler, "a")
     fail_for_good(scheduler, task_id, [a])
@@ -424,7 +430,7 @@ def test_priority_change_reorders_the_queue(scheduler):
 
 
 def test_summaries_in_bulk_match_the_frames(scheduler):
-    scheduler.policy.max_attempts = 1
+    scheduler.policy.frame_fail_workers = 1
     a, b = register(scheduler, "a"), register(scheduler, "b")
     done = submit(scheduler, 1, 2)
     finish(scheduler, a, scheduler.claim(a)[0], 3.0)
@@ -438,7 +444,7 @@ def test_summaries_in_bulk_match_the_frames(scheduler):
     running = submit(scheduler, 1, 4, workers=["b"])
     finish(scheduler, b, scheduler.claim(b)[0], 2.0)
     lease, _ = scheduler.claim(b)
-    scheduler.report(b, running, lease["frame"], lease["lease_id"], "rendering", started_at=1.0)
+    scheduler.report(b, running, lease["frame"], lease["lease_id"], "rendering", started_at=scheduler.clock())
     queued = submit(scheduler, 1, 2)
 
     summaries = {t["task_id"]: t for t in scheduler.list_tasks()}
@@ -478,3 +484,409 @@ def test_listing_tasks_costs_the_same_queries_for_many_tasks(scheduler):
     few = queries()
     add_tasks(30)
     assert queries() == few
+
+
+# -- bad workers: blocked from a task after repeated failures ---------------------------------------------------------
+
+
+def fail(scheduler: Scheduler, worker_id: int, lease: dict, error: str = "boom") -> dict:
+    return scheduler.report(worker_id, lease["task_id"], lease["frame"], lease["lease_id"], "failed", error=error,
+                            log_tail="Error: " + error)
+
+
+BLOCKED_SENTENCE = ("waiting: every worker that could render it has failed it 3 times and is blocked; "
+                    "retry its failed frames to unblock them")
+
+
+def test_a_worker_that_failed_a_task_three_times_gets_no_more_of_its_frames(scheduler):
+    task_id = submit(scheduler, 1, 6, name="broken")
+    other = submit(scheduler, 1, 1, name="other")
+    a, b = register(scheduler, "a"), register(scheduler, "b")
+    for expected in (1, 2):  # different frames count alike
+        lease, _ = scheduler.claim(a, prefer_task_id=task_id)
+        assert lease["frame"] == expected
+        fail(scheduler, a, lease)
+    assert scheduler.task_detail(task_id)["blocked_workers"] == []
+    lease, _ = scheduler.claim(a, prefer_task_id=task_id)
+    assert (lease["task_id"], lease["frame"]) == (task_id, 3)
+    fail(scheduler, a, lease)
+    task = scheduler.task_detail(task_id)
+    assert task["blocked_workers"] == [{"worker": "a", "worker_id": a, "failures": 3}]
+    assert task["status"] == "running" and task["failed_frames"] == []  # each frame failed on one worker only
+    # a now gets the other task, then nothing; b still renders the broken task.
+    assert scheduler.claim(a, prefer_task_id=task_id)[0]["task_id"] == other
+    assert scheduler.claim(a) == (None, "no frames waiting")
+    assert scheduler.claim(b)[0]["task_id"] == task_id
+    assert [t["blocked_workers"] for t in scheduler.list_tasks()] == [[], task["blocked_workers"]]
+
+
+def test_repeated_failures_of_one_frame_on_one_worker_block_it_but_do_not_fail_the_frame(scheduler):
+    task_id = submit(scheduler, 1, 1)
+    a = register(scheduler, "a")
+    for _ in range(3):
+        frame = fail(scheduler, a, scheduler.claim(a)[0])
+    assert frame["status"] == "queued" and frame["failures"] == 3
+    assert scheduler.claim(a) == (None, "no frames waiting")
+    task = scheduler.task_detail(task_id)
+    assert task["waiting_reason"] == BLOCKED_SENTENCE
+    assert task["frames"][0]["failed_on"] == ["a"]
+
+
+def test_blocked_waiting_reason_counts_only_workers_that_could_render_it(scheduler, clock):
+    task_id = submit(scheduler, 1, 2, blender_version="3.4")
+    a = register(scheduler, "a")
+    register(scheduler, "old", "2.93.0")  # could never render it
+    for _ in range(3):
+        fail(scheduler, a, scheduler.claim(a)[0])
+    assert scheduler.task_detail(task_id)["waiting_reason"] == BLOCKED_SENTENCE
+    b = register(scheduler, "b")
+    assert scheduler.task_detail(task_id)["waiting_reason"] is None
+    scheduler.set_worker_enabled(False, worker_id=b)
+    assert scheduler.task_detail(task_id)["waiting_reason"] == BLOCKED_SENTENCE
+    clock.now += 100  # every worker went silent: that is the reason now
+    assert scheduler.task_detail(task_id)["waiting_reason"] == "waiting: no worker is alive and switched ON"
+
+
+def test_the_sentence_names_the_configured_number_of_failures(scheduler):
+    scheduler.policy.bad_worker_failures = 2
+    task_id = submit(scheduler, 1, 2)
+    a = register(scheduler, "a")
+    for _ in range(2):
+        fail(scheduler, a, scheduler.claim(a)[0])
+    assert scheduler.claim(a)[0] is None
+    assert "has failed it 2 times and is blocked" in scheduler.task_detail(task_id)["waiting_reason"]
+
+
+def test_retry_unblocks_even_without_failed_frames(scheduler):
+    task_id = submit(scheduler, 1, 3)
+    a = register(scheduler, "a")
+    for _ in range(3):
+        fail(scheduler, a, scheduler.claim(a)[0])
+    assert scheduler.task_detail(task_id)["failed_frames"] == []
+    task = scheduler.retry_failed_frames(task_id)
+    assert task["blocked_workers"] == [] and task["waiting_reason"] is None and task["status"] == "running"
+    # The count starts again from zero: two more failures do not block it.
+    for _ in range(2):
+        fail(scheduler, a, scheduler.claim(a)[0])
+    assert scheduler.claim(a)[0]["task_id"] == task_id
+    with pytest.raises(Conflict, match="no failed frames and no blocked workers"):
+        scheduler.retry_failed_frames(submit(scheduler, 1, 1))
+
+
+def test_retry_of_failed_frames_also_unblocks(scheduler):
+    scheduler.policy.frame_fail_workers = 1
+    task_id = submit(scheduler, 1, 4)
+    a = register(scheduler, "a")
+    for _ in range(3):
+        fail(scheduler, a, scheduler.claim(a)[0])
+    task = scheduler.task_detail(task_id)
+    assert task["failed_frames"] == [1, 2, 3] and len(task["blocked_workers"]) == 1
+    assert scheduler.claim(a)[0] is None  # frame 4 waits: a is blocked
+    task = scheduler.retry_failed_frames(task_id)
+    assert task["blocked_workers"] == [] and task["progress"]["queued"] == 4
+    assert scheduler.claim(a)[0]["frame"] == 4  # frames it failed before come last
+
+
+def statements_of(scheduler: Scheduler, action) -> list[str]:
+    """The SQL statements (with their values) that `action` runs on this thread's store connection."""
+    statements: list[str] = []
+    connection = scheduler.store.read()
+    connection.set_trace_callback(statements.append)
+    try:
+        action()
+    finally:
+        connection.set_trace_callback(None)
+    return [s for s in statements if s.split()[0].upper() in ("SELECT", "UPDATE", "INSERT", "DELETE", "WITH")]
+
+
+def full_scans(scheduler: Scheduler, statements: list[str]) -> list[str]:
+    """The query plan steps that read a whole table of frames, failures or blocks."""
+    scans = []
+    for statement in statements:
+        for row in scheduler.store.read().execute("EXPLAIN QUERY PLAN " + statement):
+            detail = row["detail"]
+            if detail.startswith("SCAN") and any(table in detail for table in
+                                                 ("frames", "frame_failures", "task_worker_failures")):
+                scans.append(f"{detail} in {statement[:80]}")
+    return scans
+
+
+def test_claims_and_the_lease_reaper_use_indexes_not_the_failure_history(scheduler, clock):
+    scheduler.policy.frame_fail_workers = 1
+    a, b = register(scheduler, "a"), register(scheduler, "b")
+    task_id = submit(scheduler, 1, 40, frame_timeout=60)
+    for _ in range(30):  # a long failure history on many frames
+        fail(scheduler, b, scheduler.claim(b, prefer_task_id=task_id)[0])
+        scheduler.retry_failed_frames(task_id)
+    lease, _ = scheduler.claim(a)
+    scheduler.report(a, task_id, lease["frame"], lease["lease_id"], "rendering")
+    claim = statements_of(scheduler, lambda: scheduler.claim(a))
+    reap = statements_of(scheduler, scheduler.expire_leases)
+    assert any("task_worker_failures" in s for s in claim) and any("render_deadline" in s for s in reap)
+    assert full_scans(scheduler, claim + reap) == []
+
+
+# -- timeouts ---------------------------------------------------------------------------------------------------------
+
+
+def test_timeouts_default_from_the_policy_and_go_to_the_worker(scheduler):
+    plain = submit(scheduler, 1, 1)
+    timed = submit(scheduler, 1, 1, frame_timeout=120, no_progress_timeout=30.5, priority=1)
+    a = register(scheduler, "a")
+    lease, _ = scheduler.claim(a)
+    assert (lease["task_id"], lease["frame_timeout"], lease["no_progress_timeout"]) == (timed, 120, 30.5)
+    lease, _ = scheduler.claim(a)
+    assert (lease["task_id"], lease["frame_timeout"], lease["no_progress_timeout"]) == (plain, None, 600)
+    assert scheduler.task_detail(plain)["frame_timeout"] is None
+    scheduler.policy.frame_timeout, scheduler.policy.no_progress_timeout = 3600, 90
+    task = scheduler.task_detail(submit(scheduler, 1, 1))
+    assert (task["frame_timeout"], task["no_progress_timeout"]) == (3600, 90)
+
+
+@pytest.mark.parametrize("field, value", [("frame_timeout", 0), ("frame_timeout", 0.5), ("frame_timeout", -5),
+                                          ("no_progress_timeout", 7 * 86400 + 1), ("no_progress_timeout", True),
+                                          ("frame_timeout", float("nan"))])
+def test_timeouts_outside_a_second_to_a_week_are_refused(scheduler, field, value):
+    with pytest.raises(BadRequest, match=f"'{field}' must be a number of seconds from 1 to 604800"):
+        submit(scheduler, 1, 1, **{field: value})
+    assert scheduler.list_tasks() == []
+
+
+def render_with_heartbeats(scheduler: Scheduler, clock: FakeClock, worker_id: int, lease: dict, seconds: float,
+                           every: float = 5.0) -> None:
+    """Let `seconds` pass while the worker keeps its lease alive, as a live worker whose Blender hangs does."""
+    for _ in range(int(seconds // every)):
+        clock.now += every
+        scheduler.heartbeat(worker_id, [lease["lease_id"]])
+    clock.now += seconds % every
+
+
+def test_a_frame_rendering_far_past_its_timeout_fails_on_its_worker_and_is_queued(scheduler, clock):
+    task_id = submit(scheduler, 1, 1, frame_timeout=60)
+    a, b = register(scheduler, "a"), register(scheduler, "b")
+    lease, _ = scheduler.claim(a)
+    scheduler.report(a, task_id, 1, lease["lease_id"], "rendering", started_at=1.0)  # the worker's clock is wrong
+    render_with_heartbeats(scheduler, clock, a, lease, 60 + 2 * 15 - 1)
+    assert scheduler.expire_leases() == 0  # within frame_timeout + 2 lease lengths
+    render_with_heartbeats(scheduler, clock, a, lease, 2)
+    assert scheduler.expire_leases() == 1
+    frame = scheduler.frame(task_id, 1)
+    assert (frame["status"], frame["failures"], frame["lease_id"], frame["worker_id"]) == ("queued", 1, None, None)
+    assert frame["error"].startswith("timed out: ") and "60 s" in frame["error"]
+    assert scheduler.list_workers()[0]["frames_failed"] == 1
+    # The old lease is dead: the worker learns it at its heartbeat and its late reports change nothing.
+    assert scheduler.heartbeat(a, [lease["lease_id"]])["revoked"] == [lease["lease_id"]]
+    before = frame_row(scheduler, task_id, 1)
+    for status in ("failed", "done", "rendering", "released"):
+        with pytest.raises(Conflict):
+            scheduler.report(a, task_id, 1, lease["lease_id"], status, error="timed out")
+    with pytest.raises(Conflict):
+        scheduler.record_output(a, task_id, 1, lease["lease_id"], "f_0001.png", "b" * 64, 10)
+    assert frame_row(scheduler, task_id, 1) == before
+    # a failed it, so b gets it first; a frame without a timeout never times out.
+    assert scheduler.claim(b)[0]["frame"] == 1
+
+
+def test_a_timed_out_frame_is_failed_by_the_different_workers_rule(scheduler, clock):
+    scheduler.policy.frame_fail_workers = 1
+    task_id = submit(scheduler, 1, 1, frame_timeout=10)
+    a = register(scheduler, "a")
+    lease, _ = scheduler.claim(a)
+    scheduler.report(a, task_id, 1, lease["lease_id"], "rendering")
+    render_with_heartbeats(scheduler, clock, a, lease, 41)
+    scheduler.claim(a)  # claims reap too
+    task = scheduler.task_detail(task_id)
+    assert task["status"] == "failed" and task["failed_frames"] == [1]
+    assert task["frames"][0]["error"].startswith("timed out: ") and task["frames"][0]["failed_on"] == ["a"]
+    with pytest.raises(Conflict, match="already failed"):
+        scheduler.report(a, task_id, 1, lease["lease_id"], "failed", error="timed out")
+
+
+def test_frames_without_a_timeout_render_as_long_as_their_worker_lives(scheduler, clock):
+    scheduler.policy.lease_seconds = scheduler.policy.alive_timeout = 7200  # fewer heartbeats to simulate
+    task_id = submit(scheduler, 1, 1)
+    a = register(scheduler, "a")
+    lease, _ = scheduler.claim(a)
+    scheduler.report(a, task_id, 1, lease["lease_id"], "rendering")
+    render_with_heartbeats(scheduler, clock, a, lease, 7 * 86400, every=3600)
+    assert scheduler.expire_leases() == 0
+    finish(scheduler, a, lease)
+
+
+# -- Python in .blend files -------------------------------------------------------------------------------------------
+
+
+PYTHON_SENTENCE = ("waiting: the file runs Python (scripts or drivers); it needs a worker started with "
+                   "--allow-blend-python")
+
+
+def test_tasks_that_run_python_go_only_to_workers_that_allow_it(scheduler):
+    task_id = submit(scheduler, 1, 2, needs_python=True)
+    safe = register(scheduler, "safe")
+    assert scheduler.claim(safe) == (None, "no frames waiting")
+    task = scheduler.task_detail(task_id)
+    assert task["needs_python"] is True and task["waiting_reason"] == PYTHON_SENTENCE
+    trusting = scheduler.register_worker("trusting", "host", "3.4.1", 2, allows_python=True)
+    assert trusting["allows_python"] is True
+    assert {w["name"]: w["allows_python"] for w in scheduler.list_workers()} == {"safe": False, "trusting": True}
+    lease, _ = scheduler.claim(trusting["worker_id"])
+    assert lease["task_id"] == task_id and lease["needs_python"] is True
+
+
+def test_released_with_needs_python_marks_the_task_without_counting_a_failure(scheduler):
+    task_id = submit(scheduler, 1, 2)
+    safe = register(scheduler, "safe")
+    lease, _ = scheduler.claim(safe)
+    assert lease["needs_python"] is False
+    with pytest.raises(BadRequest, match="needs_python"):
+        scheduler.report(safe, task_id, 1, lease["lease_id"], "failed", needs_python=True)
+    frame = scheduler.report(safe, task_id, 1, lease["lease_id"], "released", needs_python=True)
+    assert (frame["status"], frame["failures"], frame["attempts"]) == ("queued", 0, 0)
+    task = scheduler.task_detail(task_id)
+    assert task["needs_python"] is True and task["blocked_workers"] == []
+    assert task["waiting_reason"] == PYTHON_SENTENCE
+    assert scheduler.list_workers()[0]["frames_failed"] == 0
+    assert scheduler.claim(safe) == (None, "no frames waiting")
+    trusting = scheduler.register_worker("trusting", "host", "3.4.1", 2, allows_python=True)["worker_id"]
+    assert scheduler.claim(trusting)[0]["frame"] == 1
+    # A plain release leaves the task as it is.
+    plain = submit(scheduler, 1, 1)
+    lease, _ = scheduler.claim(safe)
+    scheduler.report(safe, plain, 1, lease["lease_id"], "released")
+    assert scheduler.task_detail(plain)["needs_python"] is False
+
+
+# -- owners -----------------------------------------------------------------------------------------------------------
+
+
+def test_an_artist_may_cancel_only_their_own_tasks(scheduler):
+    task_id = submit(scheduler, 1, 2, owner="anna")
+    assert scheduler.task_detail(task_id)["owner"] == "anna"
+    with pytest.raises(Forbidden) as refused:
+        scheduler.cancel_task(task_id, by_owner="ben")
+    assert refused.value.status == 403
+    assert refused.value.message == f"task {task_id} belongs to anna; an artist may cancel only their own tasks"
+    assert scheduler.task_detail(task_id)["status"] == "queued"
+    assert scheduler.cancel_task(task_id, by_owner="anna")["status"] == "canceled"
+    other = submit(scheduler, 1, 1, owner="ben")
+    assert scheduler.cancel_task(other)["status"] == "canceled"  # an admin may cancel any task
+
+
+# -- fencing: reports from a worker that lost its lease change nothing ------------------------------------------------
+
+
+def frame_row(scheduler: Scheduler, task_id: int, frame: int) -> tuple:
+    """Every column of the stored frame row, as stored."""
+    return tuple(scheduler.store.read().execute("SELECT * FROM frames WHERE task_id = ? AND frame = ?",
+                                                (task_id, frame)).fetchone())
+
+
+def farm_counts(scheduler: Scheduler) -> tuple:
+    """Every counter a report may change: tasks, workers, failure history and blocks."""
+    db = scheduler.store.read()
+    return tuple(tuple(tuple(row) for row in db.execute(sql)) for sql in (
+        "SELECT * FROM tasks ORDER BY task_id", "SELECT * FROM workers ORDER BY worker_id",
+        "SELECT * FROM frame_failures ORDER BY rowid", "SELECT * FROM task_worker_failures ORDER BY task_id, worker_id",
+        "SELECT * FROM frames ORDER BY task_id, frame"))
+
+
+def lost_lease(scheduler: Scheduler, clock: FakeClock, how: str) -> tuple[int, int, dict]:
+    """A task whose frame 1 worker `a` held under a lease that is no longer live: (task, a, a's old lease)."""
+    task_id = submit(scheduler, 1, 1)
+    a, b = register(scheduler, "a"), register(scheduler, "b")
+    lease, _ = scheduler.claim(a)
+    scheduler.report(a, task_id, 1, lease["lease_id"], "rendering")
+    scheduler.record_output(a, task_id, 1, lease["lease_id"], "f_0001.png", "c" * 64, 10)
+    clock.now += 16  # a went silent
+    if how == "expired":
+        assert scheduler.expire_leases() == 1
+    else:  # handed to another worker, which is rendering it
+        again, _ = scheduler.claim(b)
+        scheduler.report(b, task_id, 1, again["lease_id"], "rendering")
+    return task_id, a, lease
+
+
+@pytest.mark.parametrize("how", ["expired", "handed over"])
+@pytest.mark.parametrize("status", ["rendering", "done", "failed", "released", "upload"])
+def test_a_lost_lease_gets_409_and_changes_nothing(scheduler, clock, how, status):
+    task_id, a, lease = lost_lease(scheduler, clock, how)
+    before_row, before = frame_row(scheduler, task_id, 1), farm_counts(scheduler)
+    with pytest.raises(Conflict, match="no longer holds the lease"):
+        if status == "upload":
+            scheduler.record_output(a, task_id, 1, lease["lease_id"], "f_0001.png", "d" * 64, 20)
+        else:
+            scheduler.report(a, task_id, 1, lease["lease_id"], status, error="late", render_seconds=1.0)
+    assert frame_row(scheduler, task_id, 1) == before_row
+    assert farm_counts(scheduler) == before
+
+
+@pytest.mark.parametrize("final", ["done", "failed"])
+@pytest.mark.parametrize("fail_workers", [1, 3])
+def test_the_same_final_report_twice_changes_nothing(scheduler, final, fail_workers):
+    scheduler.policy.frame_fail_workers = fail_workers
+    task_id = submit(scheduler, 1, 2)
+    a = register(scheduler, "a")
+    lease, _ = scheduler.claim(a)
+    if final == "done":
+        first = finish(scheduler, a, lease)
+    else:
+        scheduler.report(a, task_id, 1, lease["lease_id"], "rendering")
+        first = fail(scheduler, a, lease)
+    before_row, before = frame_row(scheduler, task_id, 1), farm_counts(scheduler)
+    again = scheduler.report(a, task_id, 1, lease["lease_id"], final, error="again", render_seconds=9.0)
+    assert again["status"] == first["status"] and again["failures"] == first["failures"]
+    assert frame_row(scheduler, task_id, 1) == before_row
+    assert farm_counts(scheduler) == before
+    worker = scheduler.list_workers()[0]
+    assert (worker["frames_done"], worker["frames_failed"]) == ((1, 0) if final == "done" else (0, 1))
+
+
+def test_a_repeated_failure_is_recognised_after_the_frame_went_to_another_worker(scheduler):
+    task_id = submit(scheduler, 1, 1)
+    a, b = register(scheduler, "a"), register(scheduler, "b")
+    lease, _ = scheduler.claim(a)
+    fail(scheduler, a, lease)
+    again, _ = scheduler.claim(b)
+    before_row, before = frame_row(scheduler, task_id, 1), farm_counts(scheduler)
+    answer = fail(scheduler, a, lease, error="repeat")
+    assert answer["lease_id"] is None  # b's lease is not shown to a
+    assert frame_row(scheduler, task_id, 1) == before_row and farm_counts(scheduler) == before
+    finish(scheduler, b, again)  # b's lease is untouched
+
+
+def test_a_data_dir_from_before_these_rules_gets_their_columns(tmp_path, clock):
+    import sqlite3
+
+    path = str(tmp_path / "old.sqlite3")
+    Store(path).close()
+    # Take the database back to before blocks, timeouts, Python and owners.
+    db = sqlite3.connect(path)
+    db.executescript("DROP INDEX frames_by_deadline; DROP TABLE task_worker_failures;")
+    for table, column in [("tasks", "frame_timeout"), ("tasks", "no_progress_timeout"), ("tasks", "needs_python"),
+                          ("tasks", "owner"), ("workers", "allows_python"), ("frames", "render_deadline"),
+                          ("frame_failures", "cleared"), ("frame_failures", "lease_id")]:
+        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.commit()
+    db.close()
+    scheduler = Scheduler(Store(path), Policy(), clock)
+    task_id = submit(scheduler, 1, 1, frame_timeout=60, owner="anna")
+    a = register(scheduler, "a")
+    for _ in range(3):
+        fail(scheduler, a, scheduler.claim(a)[0])
+    task = scheduler.task_detail(task_id)
+    assert task["owner"] == "anna" and task["frame_timeout"] == 60 and len(task["blocked_workers"]) == 1
+
+
+def test_a_restart_gives_rendering_frames_time_before_they_count_as_timed_out(tmp_path, clock):
+    path = str(tmp_path / "state.sqlite3")
+    first = Scheduler(Store(path), Policy(), clock)
+    task_id = submit(first, 1, 1, frame_timeout=10)
+    a = register(first, "a")
+    lease, _ = first.claim(a)
+    first.report(a, task_id, 1, lease["lease_id"], "rendering")
+    clock.now += 120  # the coordinator was down for two minutes
+    second = Scheduler(Store(path), Policy(), clock)
+    second.recover_after_restart()
+    assert second.expire_leases() == 0
+    clock.now += 16  # the worker did not come back
+    assert second.expire_leases() == 1 and second.frame(task_id, 1)["failures"] == 0

@@ -19,16 +19,24 @@ from coordinator.scheduler import TaskFile, TaskSpec
 BLEND = b"BLENDER-v304REND" + b"\0" * 64
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 ORIGIN = "http://localhost"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def client(app):
+    """A browser-like client: no token unless a test logs in or sends one (the shared fixture sends the admin's)."""
+    return app.test_client()
 
 
 def submit(client, name: str = "shot", frames: int = 2) -> int:
-    sha = client.post("/upload_blend?filename=a.blend", data=BLEND).json["sha256"]
+    sha = client.post("/upload_blend?filename=a.blend", data=BLEND, headers=ADMIN).json["sha256"]
     return client.post("/submit_task", json={"name": name, "blend_sha256": sha, "frame_start": 1,
-                                             "frame_end": frames}).json["task_id"]
+                                             "frame_end": frames}, headers=ADMIN).json["task_id"]
 
 
 def register(client, name: str) -> int:
-    return client.post("/register_worker", json={"name": name, "blender_version": "3.4.1"}).json["worker_id"]
+    return client.post("/register_worker", json={"name": name, "blender_version": "3.4.1"},
+                       headers=ADMIN).json["worker_id"]
 
 
 def log_in(client) -> str:
@@ -61,8 +69,9 @@ def ids(client, app):
 
 
 def farm_state(client) -> tuple:
-    tasks = [(t["task_id"], t["status"], t["priority"], t["files_deleted"]) for t in client.get("/tasks").json["tasks"]]
-    workers = [(w["name"], w["enabled"]) for w in client.get("/list_workers").json["workers"]]
+    tasks = [(t["task_id"], t["status"], t["priority"], t["files_deleted"])
+             for t in client.get("/tasks", headers=ADMIN).json["tasks"]]
+    workers = [(w["name"], w["enabled"]) for w in client.get("/list_workers", headers=ADMIN).json["workers"]]
     return tasks, workers
 
 
@@ -75,7 +84,7 @@ def test_changes_without_the_token_are_refused_and_change_nothing(client, ids, p
     for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": "Basic abc"}):
         response = client.post(path, json=body(ids), headers=headers)
         assert response.status_code == 401, (headers, response.json)
-        assert response.is_json and "admin token" in response.json["error"]
+        assert response.is_json and "token" in response.json["error"]
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert farm_state(client) == before
 
@@ -106,26 +115,27 @@ def test_the_token_is_compared_in_constant_time(client, ids, monkeypatch):
 def test_token_file_is_created_private_and_kept(tmp_path, capsys):
     data_dir = tmp_path / "data"
     app = create_app(Config(data_dir=str(data_dir)))
-    token = app.extensions["renderq.admin_token"]
+    tokens = app.extensions["renderq.tokens"]
     path = data_dir / "admin_token"
-    assert token.created and token.path == str(path) and len(token.value) >= 32
-    assert path.read_text().strip() == token.value
+    assert path.read_text().strip() == tokens.admin and len(tokens.admin) >= 32
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(data_dir / "session_secret").st_mode) == 0o600
-    assert str(path) in token.describe() and token.value not in token.describe()
-    again = create_app(Config(data_dir=str(data_dir))).extensions["renderq.admin_token"]
-    assert again.value == token.value and not again.created
+    described = "\n".join(tokens.describe())
+    assert str(path) in described and tokens.admin not in described
+    again = create_app(Config(data_dir=str(data_dir))).extensions["renderq.tokens"]
+    assert again.admin == tokens.admin
     client = app.test_client()
     assert client.post("/pause_task", json={"task_id": 1},
-                       headers={"Authorization": f"Bearer {token.value}"}).status_code == 404
+                       headers={"Authorization": f"Bearer {tokens.admin}"}).status_code == 404
 
 
 def test_token_and_open_status_from_the_environment(tmp_path):
     config = Config.from_env({"RENDERQ_ADMIN_TOKEN": "from-the-environment-1", "RENDERQ_OPEN_STATUS": "1",
                               "RENDERQ_DATA_DIR": str(tmp_path)})
     assert config.admin_token == "from-the-environment-1" and config.open_status is True
-    token = create_app(config).extensions["renderq.admin_token"]
-    assert token.path is None and "RENDERQ_ADMIN_TOKEN" in token.describe()
+    tokens = create_app(config).extensions["renderq.tokens"]
+    assert tokens.admin == "from-the-environment-1"
+    assert "RENDERQ_ADMIN_TOKEN" in "\n".join(tokens.describe())
     assert not (tmp_path / "admin_token").exists()
     with pytest.raises(ValueError, match="at least 16"):
         Config.from_env({"RENDERQ_ADMIN_TOKEN": "short"})
@@ -199,7 +209,8 @@ def test_reading_needs_the_login_unless_the_status_is_open(tmp_path, client, adm
     assert reader.get(f"/tasks/{task_id}").status_code == 200
     assert reader.get("/status/updates").status_code == 200
     assert reader.post("/cancel_task", json={"task_id": task_id}).status_code == 401
-    assert reader.get("/tasks").json["tasks"][0]["status"] == "queued"
+    assert reader.get("/tasks").status_code == 401  # open status opens the page, not the API
+    assert reader.get("/tasks", headers=ADMIN).json["tasks"][0]["status"] == "queued"
 
 
 def test_pages_forbid_framing_and_inline_scripts(client, admin):
@@ -296,6 +307,7 @@ def test_updates_over_http_carry_only_the_changed_worker(client, admin):
 
 
 def test_task_updates_hold_every_frame_and_then_only_changes(app, client, admin):
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_TOKEN}"  # a worker and an artist at once
     task_id = submit(client, "shot", frames=3)
     worker = register(client, "a")
     first = client.get(f"/status/task_updates?task_id={task_id}", headers=admin).json
@@ -324,6 +336,7 @@ def render_frame(client, task_id: int, worker: int, data: bytes, filename: str) 
 
 
 def test_frames_are_shown_inline_only_when_they_are_images(client):
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_TOKEN}"  # a worker and an artist at once
     task_id = submit(client, "shot", frames=3)
     worker = register(client, "a")
     png = render_frame(client, task_id, worker, PNG, "f_0001.png")
@@ -343,6 +356,7 @@ def test_frames_are_shown_inline_only_when_they_are_images(client):
 
 
 def test_log_size_without_text(client):
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_TOKEN}"  # a worker and an artist at once
     task_id = submit(client)
     client.post("/append_log", json={"task_id": task_id, "text": "line one\n"})
     assert client.get(f"/get_log?task_id={task_id}&offset=0&max_bytes=0").json == {
@@ -380,3 +394,20 @@ def test_the_coordinator_says_where_the_token_is(tmp_path):
         assert anyone.call("POST", "/pause_task", {"task_id": 1})[0] == 401
     finally:
         reading.stop()
+
+
+def test_the_task_page_shows_the_workers_blocked_from_it(client):
+    task_id = submit(client, "shot", frames=3)
+    worker = register(client, "flaky")
+    for _ in range(3):
+        lease = client.get(f"/get_task?worker_id={worker}", headers=ADMIN).json["frame"]
+        client.post("/update_task", json={"worker_id": worker, "task_id": task_id, "frame": lease["frame"],
+                                          "lease_id": lease["lease_id"], "status": "failed", "error": "boom"},
+                    headers=ADMIN)
+    summary = client.get(f"/status/task_updates?task_id={task_id}", headers=ADMIN).json["snapshot"]["task"]["summary"]
+    assert summary["blocked"] == [{"worker": "flaky", "failures": 3}]
+    assert "every worker that could render it has failed it 3 times" in summary["waiting"]
+    page = client.get(f"/tasks/{task_id}", headers=ADMIN).get_data(as_text=True)
+    assert 'id="task-blocked"' in page
+    script = client.get("/static/task.js", headers=ADMIN).get_data(as_text=True)
+    assert "task-blocked" in script and "s.blocked" in script

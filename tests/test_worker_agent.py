@@ -92,9 +92,11 @@ class FakeClient:
         if error is not None:
             raise error
 
-    def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int) -> dict:
+    def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int, *,
+                        allows_python: bool = False) -> dict:
         self._maybe_fail("register_worker")
         self.calls.append(("register_worker", name))
+        self.allows_python = allows_python
         return {"worker_id": 4, "name": name, "enabled": self.enabled, "heartbeat_seconds": 0.05,
                 "lease_seconds": 15.0}
 
@@ -179,12 +181,20 @@ class FakeSession:
     holds: dict[int, threading.Event] = {}
     fail_once: set[int] = set()
     start_error: str | None = None
+    # What the frame script would find in the file: sentences naming its Python.
+    python_in_file: list[str] = []
+    # Frames that hang until their limit: they come back as Blender stopped for crossing it.
+    hang: set[int] = set()
 
     def __init__(self, blender: str, blend_path: str, output_dir: str, *, threads: int = 0,
-                 on_log_line: Callable[[str], None] | None = None, start_timeout: float = 120.0) -> None:
+                 on_log_line: Callable[[str], None] | None = None, start_timeout: float = 120.0,
+                 allow_python: bool = False, stop_grace: float = 5.0) -> None:
         self.blend_path = blend_path
         self.output_dir = output_dir
         self.threads = threads
+        self.allow_python = allow_python
+        self.stop_grace = stop_grace
+        self.limits: list[tuple[int, float | None, float | None]] = []
         self.on_log_line = on_log_line or (lambda line: None)
         self.rendering: int | None = None
         self.rendered: list[int] = []
@@ -202,6 +212,10 @@ class FakeSession:
     def alive(self) -> bool:
         return self._alive
 
+    @property
+    def python_found(self) -> list[str]:
+        return list(FakeSession.python_in_file)
+
     def start(self) -> None:
         assert os.path.isfile(self.blend_path)
         if FakeSession.start_error:
@@ -209,7 +223,14 @@ class FakeSession:
         self._alive = True
         self.on_log_line("Blender 3.4.1 (fake)")
 
-    def render(self, frame: int, on_started: Callable[[float], None] | None = None) -> FrameResult:
+    def render(self, frame: int, on_started: Callable[[float], None] | None = None, *,
+               frame_timeout: float | None = None, no_progress_timeout: float | None = None) -> FrameResult:
+        self.limits.append((frame, frame_timeout, no_progress_timeout))
+        if frame in FakeSession.hang:
+            FakeSession.hang.discard(frame)
+            self._alive = False
+            error = f"timed out: frame {frame} rendered longer than the task's limit of {frame_timeout:g} s"
+            return FrameResult(frame, False, None, None, None, None, error, "hanging\n", timed_out=True)
         self._abort.clear()
         self.rendering = frame
         started = time.time()
@@ -248,6 +269,8 @@ def sessions():
     FakeSession.holds = {}
     FakeSession.fail_once = set()
     FakeSession.start_error = None
+    FakeSession.python_in_file = []
+    FakeSession.hang = set()
     return FakeSession.instances
 
 
@@ -644,3 +667,142 @@ def test_arguments_take_their_defaults_from_the_environment(monkeypatch):
             defaults.parse_args(["--cache-size", bad])
     assert default_work_dir("node-07").endswith(os.path.join("renderq", "worker-node-07"))
     assert parser.parse_args(["--threads", "2", "--name", "x"]).threads == 2
+
+
+# -- limits and Python in .blend files ------------------------------------------------------------------------------
+
+
+def test_a_frame_past_its_limit_fails_with_the_reason_and_the_next_frame_gets_a_new_blender(tmp_path, sessions):
+    limits = {"frame_timeout": 20, "no_progress_timeout": 30}
+    client = FakeClient([{**frame_info(7, 1, "L1"), **limits}, {**frame_info(7, 2, "L2"), **limits}])
+    FakeSession.hang.add(1)
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "done" in client.statuses(2), "frame 2 done")
+    assert running.stop() == 0
+    assert client.statuses(1) == ["failed"]
+    failed = next(fields for number, _, status, fields in client.reports if status == "failed")
+    assert failed == {"error": "timed out: frame 1 rendered longer than the task's limit of 20 s",
+                      "log_tail": "hanging\n"}
+    assert sessions[0].limits == [(1, 20.0, 30.0)]
+    assert len(sessions) == 2 and sessions[1].rendered == [2]
+    assert "frame 1 failed: timed out" in client.log_text()
+
+
+def test_claims_without_limits_render_without_them():
+    lease = agent_module.Lease.from_claim(frame_info(7, 1, "L1"))
+    assert (lease.frame_timeout, lease.no_progress_timeout, lease.needs_python) == (None, None, False)
+    for bad in (None, "soon", -5, 0, True, float("inf"), float("nan"), [3]):
+        odd = agent_module.Lease.from_claim({**frame_info(7, 1, "L1"), "frame_timeout": bad,
+                                             "no_progress_timeout": bad, "needs_python": "yes"})
+        assert (odd.frame_timeout, odd.no_progress_timeout, odd.needs_python) == (None, None, False), bad
+    given = agent_module.Lease.from_claim({**frame_info(7, 1, "L1"), "frame_timeout": "90.5",
+                                           "no_progress_timeout": 30, "needs_python": True})
+    assert (given.frame_timeout, given.no_progress_timeout, given.needs_python) == (90.5, 30.0, True)
+
+
+def test_a_file_with_python_is_given_back_as_needing_it_and_its_task_is_not_opened_again(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
+    FakeSession.python_in_file = ["the text block 'rig.py' is registered to run when the file is opened"]
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: client.statuses(2) == ["released"], "frame 2 given back")
+    assert running.stop() == 0
+    assert client.allows_python is False
+    assert client.statuses(1) == ["released"]
+    released = [fields for _, _, status, fields in client.reports if status == "released"]
+    assert all(fields["needs_python"] is True for fields in released)
+    assert "'rig.py'" in released[0]["error"] and "--allow-blend-python" in released[0]["error"]
+    # Blender opened the file once, with scripts off, and rendered nothing; frame 2 never started Blender.
+    assert len(sessions) == 1 and not sessions[0].allow_python and sessions[0].rendered == []
+    assert sessions[0].closed and client.uploads == []
+    assert "frame 1 not rendered on this worker: the file holds Python" in client.log_text()
+
+
+def test_a_worker_that_allows_python_runs_it_only_for_tasks_marked_as_needing_it(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1")])
+    FakeSession.python_in_file = ["1 scripted driver needs Python (e.g. 'wiggle(frame)' on Object 'Cube')"]
+    running = Running(make_agent(client, tmp_path, allow_python=True))
+    wait_until(lambda: client.statuses(1) == ["released"], "frame 1 given back")
+    assert client.allows_python is True
+    released = next(fields for _, _, status, fields in client.reports if status == "released")
+    assert released["needs_python"] is True and "marked as needing Python" in released["error"]
+    assert not sessions[0].allow_python
+    # The coordinator marked the task: its frames now come with needs_python.
+    client.frames.append({**frame_info(7, 1, "L3"), "needs_python": True})
+    wait_until(lambda: "done" in client.statuses(1), "frame 1 rendered with Python")
+    assert running.stop() == 0
+    assert len(sessions) == 2 and sessions[1].allow_python and sessions[1].rendered == [1]
+
+
+def test_a_needs_python_claim_on_a_worker_without_the_flag_is_given_back(tmp_path, sessions):
+    client = FakeClient([{**frame_info(7, 1, "L1"), "needs_python": True}])
+    FakeSession.python_in_file = ["the text block 'rig.py' is registered to run when the file is opened"]
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: client.statuses(1) == ["released"], "frame 1 given back")
+    assert running.stop() == 0
+    assert not sessions[0].allow_python and sessions[0].rendered == []
+
+
+def test_a_file_without_python_renders_on_either_kind_of_worker(tmp_path, sessions):
+    client = FakeClient([{**frame_info(7, 1, "L1"), "needs_python": True}, frame_info(7, 2, "L2")])
+    running = Running(make_agent(client, tmp_path, allow_python=True))
+    wait_until(lambda: "done" in client.statuses(2), "frame 2 done")
+    assert running.stop() == 0
+    # Frame 2's claim no longer said needs_python: its Blender runs with scripts off, so it is a new one.
+    assert [(s.allow_python, s.rendered) for s in sessions] == [(True, [1]), (False, [2])]
+
+
+def test_a_render_the_session_refuses_for_its_python_is_given_back_too(tmp_path, sessions):
+    class RefusingSession(FakeSession):
+        def render(self, frame, on_started=None, **limits):
+            return FrameResult(frame, False, None, None, None, None, "Frame 1 was not rendered: the file holds "
+                               "Python this session may not run", "", needs_python=True)
+
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
+    running = Running(make_agent(client, tmp_path, session_factory=RefusingSession))
+    wait_until(lambda: client.statuses(2) == ["released"], "frame 2 given back")
+    assert running.stop() == 0
+    assert client.statuses(1) == ["released"]
+    assert all(fields["needs_python"] for _, _, status, fields in client.reports if status == "released")
+    assert len(sessions) == 1 and sessions[0].closed
+
+
+def test_a_rendered_file_that_is_a_link_is_not_uploaded(tmp_path, sessions):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"not for the farm")
+
+    class LinkingSession(FakeSession):
+        def render(self, frame, on_started=None, **limits):
+            result = super().render(frame, on_started, **limits)
+            os.remove(result.output_path)
+            os.symlink(secret, result.output_path)
+            return result
+
+    client = FakeClient([frame_info(7, 1, "L1")])
+    running = Running(make_agent(client, tmp_path, session_factory=LinkingSession))
+    wait_until(lambda: "failed" in client.statuses(1), "frame 1 failed")
+    running.stop()
+    failed = next(fields for _, _, status, fields in client.reports if status == "failed")
+    assert "symbolic link" in failed["error"] and client.uploads == []
+    assert secret.read_bytes() == b"not for the farm"
+
+
+def test_allow_blend_python_flag_and_its_environment_variable(monkeypatch):
+    import argparse
+
+    monkeypatch.delenv("RENDERQ_ALLOW_BLEND_PYTHON", raising=False)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).allow_blend_python is False
+    assert parser.parse_args(["--allow-blend-python"]).allow_blend_python is True
+    help_text = " ".join(parser.format_help().split())
+    assert "RISKY" in help_text and "trust every submitter" in help_text
+    for value, expected in (("1", True), ("yes", True), ("0", False), ("", False)):
+        monkeypatch.setenv("RENDERQ_ALLOW_BLEND_PYTHON", value)
+        env_parser = argparse.ArgumentParser()
+        add_arguments(env_parser)
+        assert env_parser.parse_args([]).allow_blend_python is expected, value
+    # The variable can be overruled for one run.
+    monkeypatch.setenv("RENDERQ_ALLOW_BLEND_PYTHON", "1")
+    overruled = argparse.ArgumentParser()
+    add_arguments(overruled)
+    assert overruled.parse_args(["--no-allow-blend-python"]).allow_blend_python is False

@@ -99,7 +99,8 @@ def test_sizes_are_shown_for_people():
 
 
 @pytest.mark.parametrize(
-    "bad", ["../x", "/etc/x", "a/../../x", "a\\b", "a//b", "a/", "./a", "a/./b", "..", "x\x00y", "", None, 5]
+    "bad", ["../x", "/etc/x", "a/../../x", "a\\b", "a//b", "a/", "./a", "a/./b", "..", "x\x00y", "", None, 5,
+            "C:/Windows/x", "c:x.blend", "a/D:/b", "a/D:b", "\\\\server\\share\\x", "C:\\x"]
 )
 def test_paths_that_could_leave_the_tree_are_refused(bad):
     with pytest.raises(CacheError):
@@ -107,7 +108,7 @@ def test_paths_that_could_leave_the_tree_are_refused(bad):
 
 
 @pytest.mark.parametrize("good", ["main.blend", "project/tex/wood 01.png", "_outside_project/C/Users/x.exr",
-                                  "..hidden.blend", "a..b/c"])
+                                  "..hidden.blend", "a..b/c", "shot:01/a.png", "ab:c.png"])
 def test_ordinary_relative_paths_are_accepted(good):
     assert check_tree_path(good) == good
 
@@ -285,7 +286,7 @@ def test_tree_is_copied_when_linking_fails(tmp_path, monkeypatch):
         assert stream.read() == BLEND_BYTES
 
 
-@pytest.mark.parametrize("bad", ["../x", "/etc/x", "a/../../x", "a\\b", "a//b", "x\x00y"])
+@pytest.mark.parametrize("bad", ["../x", "/etc/x", "a/../../x", "a\\b", "a//b", "x\x00y", "C:/x", "a/c:x"])
 def test_hostile_paths_are_refused_before_anything_is_fetched(tmp_path, bad):
     cache = BlendCache(str(tmp_path / "cache"))
     store = Store(BLEND_BYTES, b"evil")
@@ -462,3 +463,104 @@ def test_entries_report_size_and_last_use(tmp_path):
     (entry,) = cache.entries()
     assert entry == CacheEntry(BLEND_SHA, len(BLEND_BYTES), 1234.0)
     assert stat.S_ISREG(os.stat(cache.path_for(BLEND_SHA)).st_mode)
+
+
+# -- links planted in the work folder -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A folder outside the cache holding one file, which nothing may write to or follow into."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    return folder
+
+
+def assert_untouched(folder) -> None:
+    assert sorted(os.listdir(folder)) == ["keep.txt"] and (folder / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("own", ["files", "tasks", "output"])
+def test_a_cache_whose_own_folder_is_a_link_is_refused_at_start(tmp_path, outside, own):
+    root = tmp_path / "cache"
+    root.mkdir()
+    os.symlink(outside, root / own)
+    with pytest.raises(CacheError, match="symbolic link"):
+        BlendCache(str(root))
+    assert_untouched(outside)
+
+
+@pytest.mark.parametrize("own", ["files", "tasks"])
+def test_a_link_planted_over_an_own_folder_later_is_not_built_into(tmp_path, outside, own):
+    cache = BlendCache(str(tmp_path / "cache"))
+    os.rmdir(os.path.join(cache.root, own))
+    os.symlink(outside, os.path.join(cache.root, own))
+    with pytest.raises(CacheError, match="symbolic link"):
+        cache.materialize_tree(7, manifest({"main.blend": BLEND_BYTES}), "main.blend", Store(BLEND_BYTES))
+    assert_untouched(outside)
+
+
+@pytest.mark.parametrize("own", ["tasks", "output"])
+def test_cleaning_up_never_deletes_through_a_planted_link(tmp_path, outside, own, caplog):
+    cache = BlendCache(str(tmp_path / "cache"))
+    os.rmdir(os.path.join(cache.root, own))
+    os.symlink(outside, os.path.join(cache.root, own))
+    cache.clear_tasks()
+    cache.remove_task(7)
+    assert_untouched(outside)
+    assert "symbolic link" in caplog.text
+
+
+def test_an_output_folder_that_is_a_link_is_refused(tmp_path, outside):
+    cache = BlendCache(str(tmp_path / "cache"))
+    os.symlink(outside, os.path.join(cache.root, "output", "7"))
+    with pytest.raises(CacheError, match="symbolic link"):
+        cache.output_dir(7)
+    assert os.path.isdir(cache.output_dir(8))
+
+
+def test_only_plain_files_in_the_task_output_folder_are_sent(tmp_path, outside):
+    cache = BlendCache(str(tmp_path / "cache"))
+    folder = cache.output_dir(7)
+    frame = os.path.join(folder, "f_0001.png")
+    with open(frame, "wb") as out:
+        out.write(b"png")
+    assert cache.check_output_file(7, frame) == frame
+    link = os.path.join(folder, "f_0002.png")
+    os.symlink(outside / "keep.txt", link)
+    with pytest.raises(CacheError, match="symbolic link"):
+        cache.check_output_file(7, link)
+    with pytest.raises(CacheError, match="not in the task's output folder"):
+        cache.check_output_file(7, str(outside / "keep.txt"))
+    with pytest.raises(CacheError, match="not in the task's output folder"):
+        cache.check_output_file(8, frame)
+
+
+def test_a_cached_file_that_is_a_link_is_replaced_not_followed(tmp_path):
+    cache = BlendCache(str(tmp_path / "cache"))
+    elsewhere = tmp_path / "same-bytes.blend"
+    elsewhere.write_bytes(BLEND_BYTES)
+    os.chmod(elsewhere, 0o644)
+    os.utime(elsewhere, (1000, 1000))
+    planted = os.path.join(cache.root, "files", BLEND_SHA)
+    os.symlink(elsewhere, planted)
+
+    assert cache.path_for(BLEND_SHA) is None and cache.entries() == []
+    tree = cache.materialize_tree(7, manifest({"main.blend": BLEND_BYTES}), "main.blend", Store(BLEND_BYTES))
+    assert not os.path.islink(planted) and os.path.isfile(planted)
+    assert not os.path.islink(tree.main_path) and os.path.samefile(tree.main_path, planted)
+    # The file the link pointed to kept its mode and its time.
+    assert stat.S_IMODE(os.stat(elsewhere).st_mode) == 0o644 and os.stat(elsewhere).st_mtime == 1000
+
+
+def test_a_legacy_blend_that_is_a_link_is_not_adopted(tmp_path, outside):
+    legacy = tmp_path / "cache" / "blends"
+    legacy.mkdir(parents=True)
+    target = outside / "keep.txt"
+    os.chmod(target, 0o644)
+    os.symlink(target, legacy / f"{BLEND_SHA}.blend")
+    cache = BlendCache(str(tmp_path / "cache"))
+    assert cache.path_for(BLEND_SHA) is None and not legacy.exists()
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o644
+    assert_untouched(outside)

@@ -5,6 +5,14 @@ started rendering, the next frame is claimed in the background (preferring the s
 current one ends. Every network call that fails because the coordinator is away is retried with backoff; a frame
 whose lease was lost (409, or `revoked` by the heartbeat) is dropped.
 
+A task may limit how long a frame renders and how long Blender may stay silent; Blender is stopped past either
+limit, the frame is reported failed with the reason, and the next frame gets a new Blender.
+
+Python stored in a .blend runs only for a task marked as needing it, on a worker started with
+--allow-blend-python. A file found to hold Python otherwise is not rendered: its frame is given back with
+`needs_python`, which marks the task on the coordinator, and this worker renders no more of that task unless a
+claim says the task needs Python and this worker allows it.
+
 Run it as `renderq worker ...` or `python -m worker.agent ...`.
 """
 
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
@@ -45,7 +54,14 @@ class SessionLike(Protocol):
 
     def start(self) -> None: ...
 
-    def render(self, frame: int, on_started: Callable[[float], None] | None = None) -> Any: ...
+    def render(
+        self,
+        frame: int,
+        on_started: Callable[[float], None] | None = None,
+        *,
+        frame_timeout: float | None = None,
+        no_progress_timeout: float | None = None,
+    ) -> Any: ...
 
     def abort(self, grace: float = 5.0) -> None: ...
 
@@ -56,6 +72,9 @@ class SessionLike(Protocol):
 
     @property
     def alive(self) -> bool: ...
+
+    @property
+    def python_found(self) -> list[str]: ...
 
 
 @dataclass(eq=False)
@@ -72,6 +91,10 @@ class Lease:
     attempt: int = 1
     # The main .blend's path inside the task's tree; None from coordinators that send one .blend per task.
     main_file: str | None = None
+    # The task's limits in seconds (None: no limit), and whether it is marked as needing the file's Python.
+    frame_timeout: float | None = None
+    no_progress_timeout: float | None = None
+    needs_python: bool = False
     revoked: bool = False
     started_at: float | None = None
     # Set when Blender is done with the frame, so background retries of the "rendering" report stop.
@@ -90,10 +113,24 @@ class Lease:
             settings=dict(claimed.get("settings") or {}),
             attempt=int(claimed.get("attempt") or 1),
             main_file=str(claimed["main_file"]) if claimed.get("main_file") else None,
+            frame_timeout=_positive_seconds(claimed.get("frame_timeout")),
+            no_progress_timeout=_positive_seconds(claimed.get("no_progress_timeout")),
+            needs_python=claimed.get("needs_python") is True,
         )
 
     def __str__(self) -> str:
         return f"task {self.task_id} frame {self.frame}"
+
+
+def _positive_seconds(value: Any) -> float | None:
+    """A limit from a claim: a positive finite number of seconds, else None (no limit)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def _retryable(exc: CoordinatorError) -> bool:
@@ -126,6 +163,7 @@ class WorkerAgent:
         log_interval: float = 1.0,
         abort_grace: float = 5.0,
         shutdown_seconds: float = 10.0,
+        allow_python: bool = False,
     ) -> None:
         self.client = client
         self.name = name
@@ -139,6 +177,7 @@ class WorkerAgent:
         self.max_backoff = max_backoff
         self.abort_grace = abort_grace
         self.shutdown_seconds = shutdown_seconds
+        self.allow_python = allow_python
         self._session_factory = session_factory
         self._shipper = LogShipper(self._send_log, f"[{name}] ", interval=log_interval, max_backoff=max_backoff)
 
@@ -155,6 +194,9 @@ class WorkerAgent:
         self._session: SessionLike | None = None
         self._session_task_id: int | None = None
         self._session_busy = False
+        self._session_python = False  # whether the open session lets the file's Python run
+        # Tasks whose files hold Python: rendered here only from a claim that marks them so, if this worker allows it.
+        self._python_tasks: set[int] = set()
         # task id -> (manifest files, main file): fetched once per task while this worker works on it.
         self._manifests: dict[int, tuple[list[dict[str, Any]], str]] = {}
         self._rendering = False
@@ -244,7 +286,9 @@ class WorkerAgent:
             if not self._register():
                 return 0 if self._stop.is_set() else 1
         except CoordinatorError as exc:
-            log.error("the coordinator refused to register worker %r: %s", self.name, exc)
+            hint = ("; give the worker token with --token-file FILE (a copy of the coordinator's worker_token) or "
+                    "$RENDERQ_TOKEN" if exc.status in (401, 403) else "")
+            log.error("the coordinator refused to register worker %r: %s%s", self.name, exc, hint)
             return 1
         self._shipper.start()
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -335,6 +379,10 @@ class WorkerAgent:
             if lease.revoked:
                 log.info("%s: lease revoked before rendering; dropped", lease)
                 return
+            if lease.task_id in self._python_tasks and not self._python_permitted(lease):
+                # Known from an earlier frame: no need to start Blender to find the Python again.
+                self._release_needs_python(lease, ["found in an earlier frame of this task"])
+                return
             try:
                 session = self._ensure_session(lease)
             except _GaveUp:
@@ -352,6 +400,12 @@ class WorkerAgent:
                 return
             if self._stop.is_set() or not self.enabled:
                 self._release(lease, "the worker is stopping" if self._stop.is_set() else "the worker was switched OFF")
+                return
+            found = list(getattr(session, "python_found", None) or [])
+            if found and not self._python_permitted(lease):
+                # Checked before anything renders: rendered without its Python, the file would come out wrong.
+                self._close_session(remove_task_files=False)
+                self._release_needs_python(lease, found)
                 return
             result = self._render(session, lease)
             if result is None:
@@ -374,10 +428,13 @@ class WorkerAgent:
 
     def _ensure_session(self, lease: Lease) -> SessionLike:
         """A started session for the lease's task: the open one if it fits and lives, else a new one."""
+        python = self._python_permitted(lease)
         with self._lock:
-            session, session_task = self._session, self._session_task_id
-        if session is not None and (session_task != lease.task_id or not session.alive):
-            if session_task == lease.task_id:
+            session, session_task, session_python = self._session, self._session_task_id, self._session_python
+        if session is not None and (
+            session_task != lease.task_id or not session.alive or session_python != python
+        ):
+            if session_task == lease.task_id and not session.alive:
                 log.warning("Blender of task %s is gone; starting a new one", lease.task_id)
             self._close_session(remove_task_files=session_task != lease.task_id)
             session = None
@@ -392,11 +449,17 @@ class WorkerAgent:
             self.cache.output_dir(lease.task_id),
             threads=threads,
             on_log_line=lambda line, task_id=lease.task_id: self._shipper.add(task_id, line),
+            allow_python=python,
+            stop_grace=self.abort_grace,
         )
         with self._lock:
-            self._session, self._session_task_id = session, lease.task_id
+            self._session, self._session_task_id, self._session_python = session, lease.task_id, python
             self._session_busy = True
-        log.info("starting Blender for task %s (%s)", lease.task_id, lease.main_file or lease.blend_filename)
+        log.info(
+            "starting Blender for task %s (%s)%s",
+            lease.task_id, lease.main_file or lease.blend_filename,
+            " with the file's Python allowed" if python else "",
+        )
         try:
             session.start()
         except BaseException:
@@ -513,7 +576,12 @@ class WorkerAgent:
             self._session_busy = True
         log.info("rendering %s", lease)
         try:
-            result = session.render(lease.frame, on_started=on_started)
+            result = session.render(
+                lease.frame,
+                on_started=on_started,
+                frame_timeout=lease.frame_timeout,
+                no_progress_timeout=lease.no_progress_timeout,
+            )
         except Exception as exc:
             log.error("%s: Blender session failed: %s", lease, exc)
             result = _SessionFailure(frame=lease.frame, error=str(exc))
@@ -587,6 +655,9 @@ class WorkerAgent:
                 self._release(lease, "the worker is stopping" if self._stop.is_set() else "the render was aborted")
             elif result.ok:
                 self._deliver(lease, result)
+            elif getattr(result, "needs_python", False):
+                self._close_session(remove_task_files=False)
+                self._release_needs_python(lease, [])
             else:
                 error = result.error or "the render failed"
                 log.warning("%s failed: %s", lease, error)
@@ -601,6 +672,13 @@ class WorkerAgent:
         path = result.output_path
         if not path or not os.path.isfile(path):
             self._report_failed(lease, "Blender reported the frame written but its file is missing", result.log_tail)
+            return
+        try:
+            # Only a plain file in the task's output folder is sent: never what a link there points to.
+            self.cache.check_output_file(lease.task_id, path)
+        except CacheError as exc:
+            log.error("%s: %s", lease, exc)
+            self._report_failed(lease, str(exc), result.log_tail)
             return
         filename = os.path.basename(path)
 
@@ -677,8 +755,11 @@ class WorkerAgent:
         else:
             self._release(lease, "the worker is stopping")
 
-    def _release(self, lease: Lease, reason: str, deadline: float | None = None) -> None:
-        """Give a held frame back unrendered; tries until `deadline` (default: `shutdown_seconds` from now)."""
+    def _release(self, lease: Lease, reason: str, deadline: float | None = None, **fields: Any) -> None:
+        """Give a held frame back unrendered; tries until `deadline` (default: `shutdown_seconds` from now).
+
+        `fields` go with the report, e.g. needs_python=True.
+        """
         if deadline is None:
             deadline = time.monotonic() + self.shutdown_seconds
         try:
@@ -687,7 +768,7 @@ class WorkerAgent:
             self._retry(
                 f"give back {lease}",
                 lambda: self.client.update_frame(
-                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, "released"
+                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, "released", **fields
                 ),
                 give_up=lambda: lease.revoked or time.monotonic() >= deadline,
             )
@@ -702,6 +783,31 @@ class WorkerAgent:
                 self._held.pop(lease.lease_id, None)
                 if self._prefetched is lease:
                     self._prefetched = None
+
+    def _python_permitted(self, lease: Lease) -> bool:
+        """Whether the file's own Python may run for this frame: the task needs it and this worker allows it."""
+        return lease.needs_python and self.allow_python
+
+    def _release_needs_python(self, lease: Lease, found: list[str]) -> None:
+        """Give the frame back unrendered as needing Python, and render no more of its task until allowed to."""
+        with self._lock:
+            first = lease.task_id not in self._python_tasks
+            self._python_tasks.add(lease.task_id)
+        reason = "the file holds Python" + (f" ({'; '.join(found)})" if found else "")
+        if not self.allow_python:
+            outcome = "it needs a worker started with --allow-blend-python"
+        elif not lease.needs_python:
+            outcome = "given back so the task is marked as needing Python, which this worker allows"
+        else:
+            outcome = "given back"
+        if first:
+            log.warning("%s not rendered: %s; %s", lease, reason, outcome)
+            self._shipper.add(lease.task_id, f"frame {lease.frame} not rendered on this worker: {reason}; {outcome}")
+        self._release(lease, reason, needs_python=True, error=f"{reason}; {outcome}")
+        if not first or not self.allow_python:
+            # A coordinator that hands the frame straight back to a worker that cannot take it must not make this
+            # loop spin.
+            self._wait(self.poll_seconds)
 
     def _release_prefetched(self, reason: str) -> None:
         with self._lock:
@@ -747,7 +853,9 @@ class WorkerAgent:
         try:
             answer = self._retry(
                 "register with the coordinator",
-                lambda: self.client.register_worker(self.name, self.host, self.blender_version, self.cpu_count),
+                lambda: self.client.register_worker(
+                    self.name, self.host, self.blender_version, self.cpu_count, allows_python=self.allow_python
+                ),
                 give_up=self._stop.is_set,
             )
         except _GaveUp:
@@ -758,11 +866,12 @@ class WorkerAgent:
             self.lease_seconds = float(answer.get("lease_seconds") or self.lease_seconds)
             self._enabled = bool(answer.get("enabled", True))
         log.info(
-            "registered as worker %s (%s, Blender %s, %d CPUs)%s",
+            "registered as worker %s (%s, Blender %s, %d CPUs%s)%s",
             self.worker_id,
             self.name,
             self.blender_version,
             self.cpu_count,
+            ", Python in .blend files allowed" if self.allow_python else "",
             "" if self._enabled else "; it is switched OFF",
         )
         return True
@@ -867,6 +976,8 @@ class _SessionFailure:
     error: str
     ok: bool = False
     aborted: bool = False
+    timed_out: bool = False
+    needs_python: bool = False
     output_path: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
@@ -922,6 +1033,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the coordinator's address, e.g. http://farm:5000 (default: $RENDERQ_COORDINATOR)",
     )
     parser.add_argument(
+        "--token",
+        default=env.get("RENDERQ_TOKEN"),
+        metavar="TOKEN",
+        help="the coordinator's worker token (default: $RENDERQ_TOKEN); it is in the coordinator's data dir, file "
+        "worker_token. Prefer --token-file: a token on the command line is visible to other users of this machine",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=env.get("RENDERQ_TOKEN_FILE"),
+        metavar="FILE",
+        help="read the worker token from FILE, e.g. a copy of the coordinator's worker_token "
+        "(default: $RENDERQ_TOKEN_FILE)",
+    )
+    parser.add_argument(
         "--name",
         default=env.get("RENDERQ_WORKER_NAME") or socket.gethostname(),
         help="this worker's name, unique on the farm (default: $RENDERQ_WORKER_NAME, else the host name)",
@@ -955,6 +1080,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "used files are deleted beyond it, never those of a task being rendered (default: $RENDERQ_CACHE_SIZE, "
         "else 20G)",
     )
+    parser.add_argument(
+        "--allow-blend-python",
+        action=argparse.BooleanOptionalAction,
+        default=_env_flag(env.get("RENDERQ_ALLOW_BLEND_PYTHON")),
+        help="RISKY: let Python stored in .blend files (scripts that run when the file opens, scripted drivers, "
+        "the handlers they add) run on this machine, for tasks marked as needing it. That code runs as this "
+        "worker's user and can read, change, delete or send anything that user can reach; anyone who may submit "
+        "tasks to the farm can put it there. Only use it when you trust every submitter. Without it, tasks whose "
+        "files hold Python wait for a worker that allows it (default: on when $RENDERQ_ALLOW_BLEND_PYTHON=1, else "
+        "off)",
+    )
+
+
+def _env_flag(value: str | None) -> bool:
+    """An on/off environment variable: 1, true, yes or on (any case) mean on."""
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _cache_size(text: str) -> int:
@@ -986,8 +1127,16 @@ def main(args: argparse.Namespace) -> int:
     if args.threads < 0:
         log.error("--threads must be 0 or more, not %d", args.threads)
         return 2
+    token = args.token
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            log.error("cannot read the worker token from %s: %s", args.token_file, exc.strerror or exc)
+            return 2
     try:
-        client = CoordinatorClient(args.coordinator)
+        client = CoordinatorClient(args.coordinator, token=token or None)
     except ValueError as exc:
         log.error("%s", exc)
         return 2
@@ -1007,10 +1156,16 @@ def main(args: argparse.Namespace) -> int:
             blender_version=version,
             threads=args.threads,
             cache_size=args.cache_size,
+            allow_python=args.allow_blend_python,
         )
-    except OSError as exc:
+    except (OSError, CacheError) as exc:
         log.error("cannot use the work folder %s: %s", work_dir, exc)
         return 2
+    if args.allow_blend_python:
+        log.warning(
+            "Python stored in .blend files will run on this machine for tasks that need it "
+            "(--allow-blend-python): only do this when you trust everyone who submits tasks"
+        )
     log.info(
         "worker %s: Blender %s at %s, work folder %s, cache limit %s",
         name, version, blender, work_dir, format_size(args.cache_size),

@@ -6,6 +6,15 @@ only passed on as log lines, never parsed for frame times.
 
 A frame is good only when Blender reported it written (`render_write`) and the file exists: Blender's exit code and
 the render operator's return say little (a handler error or a failed save does not fail the render).
+
+A frame may be given two limits: how long it may render in all, and how long Blender may stay silent (no console
+line, no handler event). Past either, Blender is stopped like an abort (SIGINT, a grace period, SIGKILL) and the
+frame fails with a sentence saying which limit it crossed; the session is then over and the next frame needs a new
+one.
+
+Python stored in the .blend runs only when the session is started with `allow_python`; otherwise the frame script
+lists what Python the file holds (`python_found`) and this session refuses to render it, since the result would
+not be what the file's author meant.
 """
 
 from __future__ import annotations
@@ -66,6 +75,8 @@ class FrameResult:
     error: str | None  # plain sentence when not ok
     log_tail: str  # the last lines of Blender output seen during this frame
     aborted: bool = False  # True when abort() stopped it
+    timed_out: bool = False  # True when a limit of render() stopped it
+    needs_python: bool = False  # True when refused because the file holds Python this session may not run
 
 
 class SessionError(Exception):
@@ -227,6 +238,8 @@ class BlenderSession:
         threads: int = 0,
         on_log_line: Callable[[str], None] | None = None,
         start_timeout: float = 120.0,
+        allow_python: bool = False,
+        stop_grace: float = 5.0,
     ) -> None:
         self.blender = blender
         self.blend_path = os.path.abspath(blend_path)
@@ -234,6 +247,8 @@ class BlenderSession:
         self.threads = threads
         self.on_log_line = on_log_line
         self.start_timeout = start_timeout
+        self.allow_python = allow_python
+        self.stop_grace = stop_grace
         self.hello: dict[str, Any] | None = None  # what the script reported once the file was open
 
         self._proc: subprocess.Popen | None = None
@@ -244,6 +259,7 @@ class BlenderSession:
         self._render_lock = threading.Lock()
         self._stop_lock = threading.Lock()
         self._aborted = threading.Event()
+        self._halted = threading.Event()  # stopped by abort() or by a frame's limit
         self._threads: list[threading.Thread] = []
 
         self._log_cond = threading.Condition()
@@ -251,6 +267,7 @@ class BlenderSession:
         self._log_count = 0
         self._sync_count = 0
         self._log_eof = False
+        self._last_output = time.monotonic()  # when Blender last printed a line
 
     # -- public -------------------------------------------------------------------------------------------------
 
@@ -266,8 +283,14 @@ class BlenderSession:
             self._proc is not None
             and self._proc.poll() is None
             and self._channel_open
-            and not self._aborted.is_set()
+            and not self._halted.is_set()
         )
+
+    @property
+    def python_found(self) -> list[str]:
+        """Sentences naming the Python the opened file holds (scripts run on load, scripted drivers); [] if none."""
+        found = (self.hello or {}).get("python_found") or []
+        return [str(item) for item in found] if isinstance(found, list) else []
 
     def start(self) -> None:
         """Launch Blender and wait until it has opened the file. Raises SessionError saying why it could not."""
@@ -321,10 +344,21 @@ class BlenderSession:
             hello.get("blender_version"), self.pid, self.blend_path, hello.get("scene"),
         )
 
-    def render(self, frame: int, on_started: Callable[[float], None] | None = None) -> FrameResult:
-        """Render one frame; blocks until it is written, failed, Blender died, or abort() was called.
+    def render(
+        self,
+        frame: int,
+        on_started: Callable[[float], None] | None = None,
+        *,
+        frame_timeout: float | None = None,
+        no_progress_timeout: float | None = None,
+    ) -> FrameResult:
+        """Render one frame; blocks until it is written, failed, Blender died, a limit was crossed, or abort() was
+        called.
 
-        `on_started(wall_time)` is called (in this thread) as soon as Blender begins the frame.
+        `on_started(wall_time)` is called (in this thread) as soon as Blender begins the frame. `frame_timeout`
+        limits the seconds from asking for the frame to its end; `no_progress_timeout` the seconds without a line of
+        Blender output or a handler event. Crossing either stops Blender (SIGINT, `stop_grace`, SIGKILL) and fails
+        the frame with `timed_out` set.
         """
         frame = int(frame)
         with self._render_lock:
@@ -333,6 +367,14 @@ class BlenderSession:
             if not self.alive:
                 reason = "the session was aborted" if self._aborted.is_set() else self._not_running_reason()
                 return self._result(frame, log_start, error=f"Cannot render frame {frame}: {reason}")
+            if self.python_found and not self.allow_python:
+                return self._result(
+                    frame, log_start, needs_python=True,
+                    error=f"Frame {frame} was not rendered: the file holds Python this session may not run "
+                    f"({'; '.join(self.python_found)})",
+                )
+            requested = last_event = time.monotonic()
+            timed_out: str | None = None
             if not self._send({"type": "render", "frame": frame}):
                 self._wait_exit(5.0)
             started_at = ended_at = render_seconds = None
@@ -340,12 +382,21 @@ class BlenderSession:
             canceled = False
             finished: dict[str, Any] | None = None
             while True:
+                if timed_out is None:
+                    timed_out = self._limit_crossed(
+                        frame, requested, last_event, frame_timeout, no_progress_timeout
+                    )
+                    if timed_out is not None:
+                        log.warning("Blender (pid %s): %s", self.pid, timed_out)
+                        # Blocks for the grace period at most; what Blender still sends waits in the queue.
+                        self._halt(self.stop_grace)
                 try:
                     message = self._events.get(timeout=0.25)
                 except queue.Empty:
                     if self._proc.poll() is None:
                         continue
                     message = {"type": "_closed"}
+                last_event = time.monotonic()
                 kind = message.get("type")
                 if kind == "_closed":
                     break
@@ -377,12 +428,15 @@ class BlenderSession:
                 self._channel_open = False
                 self._wait_log(lambda: self._log_eof, 3.0)
 
-            ok = written_path is not None and os.path.isfile(written_path)
             aborted = self._aborted.is_set()
+            # A frame that crossed its limit fails even if Blender finished it while being stopped.
+            ok = written_path is not None and os.path.isfile(written_path) and timed_out is None
             error = None
             if not ok:
                 if aborted:
                     error = f"Rendering frame {frame} was aborted"
+                elif timed_out is not None:
+                    error = timed_out
                 elif finished is None:
                     error = f"Blender {_describe_exit(self._proc.poll())} while rendering frame {frame}"
                 elif finished.get("error"):
@@ -397,12 +451,37 @@ class BlenderSession:
                 frame, log_start,
                 ok=ok, output_path=written_path if ok else None, started_at=started_at, ended_at=ended_at,
                 render_seconds=render_seconds, error=error, aborted=aborted,
+                timed_out=timed_out is not None and not aborted,
             )
+
+    def _limit_crossed(
+        self,
+        frame: int,
+        requested: float,
+        last_event: float,
+        frame_timeout: float | None,
+        no_progress_timeout: float | None,
+    ) -> str | None:
+        """The sentence saying which limit of the frame was crossed, or None while both hold."""
+        now = time.monotonic()
+        if frame_timeout and now - requested > frame_timeout:
+            return f"timed out: frame {frame} rendered longer than the task's limit of {frame_timeout:g} s"
+        if no_progress_timeout:
+            with self._log_cond:
+                last_output = self._last_output
+            if now - max(requested, last_event, last_output) > no_progress_timeout:
+                return f"Blender made no progress for {no_progress_timeout:g} s (no output) and was stopped"
+        return None
 
     def abort(self, grace: float = 5.0) -> None:
         """Stop Blender now, from any thread: SIGINT (Blender cancels the render), then SIGKILL after `grace`
         seconds. A render() blocked in another thread returns with aborted=True."""
         self._aborted.set()
+        self._halt(grace)
+
+    def _halt(self, grace: float) -> None:
+        """Stop Blender: quit, SIGINT, then SIGKILL after `grace` seconds. The session cannot render afterwards."""
+        self._halted.set()
         with self._stop_lock:
             proc = self._proc
             if proc is None or proc.poll() is not None:
@@ -444,6 +523,7 @@ class BlenderSession:
     # -- internals ----------------------------------------------------------------------------------------------
 
     def _command(self, port: int) -> list[str]:
+        # -Y always: the file's own Python may only run through the frame script's --allow-python.
         command = [self.blender, "-b", "-Y", self.blend_path]
         if self.threads > 0:
             command += ["-t", str(self.threads)]  # render options only count after the .blend
@@ -452,6 +532,8 @@ class BlenderSession:
             "--python", str(FRAME_SCRIPT),
             "--", "--port", str(port), "--output-dir", self.output_dir,
         ]
+        if self.allow_python:
+            command.append("--allow-python")
         return command
 
     def _start_thread(self, target: Callable[..., None], name: str, *args: Any) -> None:
@@ -522,10 +604,12 @@ class BlenderSession:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 if line.startswith(SYNC_PREFIX):
                     with self._log_cond:
+                        self._last_output = time.monotonic()
                         self._sync_count += 1
                         self._log_cond.notify_all()
                     continue
                 with self._log_cond:
+                    self._last_output = time.monotonic()
                     self._log_lines.append((self._log_count, line))
                     self._log_count += 1
                 if self.on_log_line is not None:

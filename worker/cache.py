@@ -14,6 +14,10 @@ Last use of a cached file is its modification time: it is set to "now" whenever 
 it, so the least-recently-used order survives a restart of the worker without an index file that could go stale.
 Files used by a task currently materialized are never evicted. Cached files are made read-only, because a tree's
 hard link is the very same file: a scene that wrote into one would change the cache entry.
+
+Nothing here writes outside the cache root: manifest paths are checked (no `..`, no absolute paths, no drive letters
+or backslashes), and a symbolic link found where the cache expects its own folders or files is never followed; it is
+refused (a folder) or replaced (a cached file).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ __all__ = [
     "DEFAULT_CACHE_SIZE",
     "TaskTree",
     "TreeFile",
+    "check_real_folder",
     "check_tree_path",
     "choose_evictions",
     "format_size",
@@ -50,6 +55,7 @@ log = logging.getLogger("renderq.worker.cache")
 DEFAULT_CACHE_SIZE = 20 * 1024**3
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _COPY_BLOCK = 1024 * 1024
@@ -99,7 +105,7 @@ def check_tree_path(path: Any) -> str:
     """Return `path` if it is a relative POSIX path that stays inside the folder it is placed in, else raise.
 
     Refused: absolute paths, `.` and `..` components, empty components (`a//b`, a trailing `/`), backslashes (a
-    separator on Windows) and NUL.
+    separator on Windows), drive letters (`C:` in any component: Windows joins `a/C:b` as `C:b`) and NUL.
     """
     if not isinstance(path, str) or not path:
         raise CacheError(f"{path!r} is not a file path")
@@ -110,6 +116,29 @@ def check_tree_path(path: Any) -> str:
     for part in path.split("/"):
         if part in ("", ".", ".."):
             raise CacheError(f"{path!r} is not a safe file path (empty, '.' or '..' component)")
+        if _DRIVE_RE.match(part):
+            raise CacheError(f"{path!r} is not a safe file path (it names a drive)")
+    return path
+
+
+def check_real_folder(path: str, create: bool = False) -> str:
+    """Return `path` if it is a folder and not a symbolic link (created first when `create`), else raise CacheError.
+
+    A link planted where the cache keeps its own folders would make it write wherever the link points.
+    """
+    if create:
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise CacheError(f"the folder {path} does not exist") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise CacheError(f"{path} is a symbolic link; refusing to follow it out of the worker's folder")
+    if not stat.S_ISDIR(info.st_mode):
+        raise CacheError(f"{path} is not a folder; refusing to use it")
     return path
 
 
@@ -231,8 +260,9 @@ class BlendCache:
         self._files_dir = os.path.join(self.root, "files")
         self._tasks_dir = os.path.join(self.root, "tasks")
         self._output_dir = os.path.join(self.root, "output")
+        os.makedirs(self.root, exist_ok=True)
         for folder in (self._files_dir, self._tasks_dir, self._output_dir):
-            os.makedirs(folder, exist_ok=True)
+            check_real_folder(folder, create=True)
         self._lock = threading.RLock()
         self._fetch_locks: dict[str, threading.Lock] = {}
         # task id -> hashes its tree uses; these are never evicted.
@@ -243,9 +273,9 @@ class BlendCache:
     # -- cached files -------------------------------------------------------------------------------------------
 
     def path_for(self, sha256: str) -> str | None:
-        """The cached file with this hash, or None when it has not been downloaded."""
+        """The cached file with this hash, or None when it has not been downloaded (a link there does not count)."""
         path = self._file_path(sha256)
-        return path if os.path.isfile(path) else None
+        return path if _is_plain_file(path) else None
 
     def fetch(self, sha256: str, download: Callable[[str], None], size: int | None = None) -> str:
         """Return the cached file for `sha256`, calling `download(path)` to write it there first if needed.
@@ -256,7 +286,11 @@ class BlendCache:
         """
         final_path = self._file_path(sha256)
         sha256 = sha256.lower()
+        check_real_folder(self._files_dir)
         with self._lock_for(sha256):
+            if os.path.islink(final_path):
+                log.warning("cached file %s is a symbolic link; removing it and downloading the file", sha256[:12])
+                _remove_quietly(final_path)
             if os.path.isfile(final_path):
                 if size is None or os.path.getsize(final_path) == size:
                     return final_path
@@ -286,8 +320,10 @@ class BlendCache:
         return path is not None and (size is None or os.path.getsize(path) == size)
 
     def entries(self) -> list[CacheEntry]:
-        """Every cached file with its size and last use."""
-        found = []
+        """Every cached file with its size and last use; none when the files folder is not a real folder."""
+        found: list[CacheEntry] = []
+        if not self._own_folders([self._files_dir]):
+            return found
         with os.scandir(self._files_dir) as listing:
             for item in listing:
                 if not _SHA256_RE.match(item.name):
@@ -323,9 +359,17 @@ class BlendCache:
         return os.path.join(self._tasks_dir, _task_name(task_id))
 
     def output_dir(self, task_id: int) -> str:
-        """The folder Blender renders the task's frames into (created if missing)."""
-        path = os.path.join(self._output_dir, _task_name(task_id))
-        os.makedirs(path, exist_ok=True)
+        """The folder Blender renders the task's frames into (created if missing); a link there is refused."""
+        check_real_folder(self._output_dir)
+        return check_real_folder(os.path.join(self._output_dir, _task_name(task_id)), create=True)
+
+    def check_output_file(self, task_id: int, path: str) -> str:
+        """Return `path` if it is a plain file (not a link) directly in the task's output folder, else raise."""
+        folder = os.path.join(self._output_dir, _task_name(task_id))
+        if os.path.dirname(os.path.abspath(path)) != folder:
+            raise CacheError(f"the rendered file {path} is not in the task's output folder; refusing to send it")
+        if not _is_plain_file(path):
+            raise CacheError(f"the rendered file {path} is a symbolic link or not a file; refusing to send it")
         return path
 
     def live_tasks(self) -> list[int]:
@@ -348,6 +392,8 @@ class BlendCache:
         """
         tree = normalize_manifest(files, main_file)
         name = _task_name(task_id)
+        for own in (self._files_dir, self._tasks_dir):
+            check_real_folder(own)
         folder = self.task_dir(task_id)
         sizes = {entry.sha256: entry.size for entry in tree.values()}
         with self._lock:
@@ -404,10 +450,13 @@ class BlendCache:
 
     def _build(self, task_id: int, folder: str, tree: dict[str, TreeFile]) -> None:
         """Create the tree's folders and files; refuse anything already there that this build did not create."""
+        check_real_folder(self._tasks_dir)
         try:
             os.mkdir(folder)
         except FileExistsError:
             info = os.lstat(folder)
+            if stat.S_ISLNK(info.st_mode):
+                raise CacheError(f"the folder of task {task_id} is a symbolic link; refusing to follow it")
             if not stat.S_ISDIR(info.st_mode) or os.listdir(folder):
                 raise CacheError(f"the folder of task {task_id} already holds files; refusing to build over them")
         made = {""}
@@ -437,7 +486,7 @@ class BlendCache:
                 path = self.path_for(sha256)
                 if path is not None:
                     self._touch(path)
-            for parent in (self._tasks_dir, self._output_dir):
+            for parent in self._own_folders((self._tasks_dir, self._output_dir)):
                 _remove_tree(os.path.join(parent, name))
             if hashes:
                 self.enforce_limit()
@@ -446,12 +495,22 @@ class BlendCache:
         """Delete every task's tree and output folder, e.g. those a crashed worker left behind; then fit the limit."""
         with self._lock:
             self._live.clear()
-            for parent in (self._tasks_dir, self._output_dir):
+            for parent in self._own_folders((self._tasks_dir, self._output_dir)):
                 for entry in os.listdir(parent):
                     _remove_tree(os.path.join(parent, entry))
             self.enforce_limit()
 
     # -- helpers ------------------------------------------------------------------------------------------------
+
+    def _own_folders(self, folders: Iterable[str]) -> list[str]:
+        """Those of the cache's own folders that are real folders; a link is left alone (never emptied) and logged."""
+        usable = []
+        for folder in folders:
+            try:
+                usable.append(check_real_folder(folder))
+            except CacheError as exc:
+                log.error("%s", exc)
+        return usable
 
     def _file_path(self, sha256: str) -> str:
         return os.path.join(self._files_dir, _check_sha256(sha256))
@@ -467,6 +526,8 @@ class BlendCache:
     def _touch(self, path: str) -> None:
         now = self._clock()
         try:
+            if os.path.islink(path):
+                return  # the time of whatever it points to is not ours to change
             os.utime(path, (now, now))
         except OSError as exc:
             log.debug("could not mark %s used: %s", path, exc)
@@ -484,7 +545,7 @@ class BlendCache:
             return
         for entry in os.listdir(legacy):
             sha256, extension = os.path.splitext(entry)
-            if extension == ".blend" and _SHA256_RE.match(sha256):
+            if extension == ".blend" and _SHA256_RE.match(sha256) and _is_plain_file(os.path.join(legacy, entry)):
                 try:
                     os.chmod(os.path.join(legacy, entry), stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
                     os.replace(os.path.join(legacy, entry), os.path.join(self._files_dir, sha256))
@@ -509,6 +570,14 @@ def _place(source: str, target: str) -> None:
         raise CacheError(f"{target} already exists; refusing to build over it") from None
     with open(source, "rb") as stream, os.fdopen(handle, "wb") as out:
         shutil.copyfileobj(stream, out, _COPY_BLOCK)
+
+
+def _is_plain_file(path: str) -> bool:
+    """A regular file itself, not a symbolic link to one."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _remove_tree(path: str) -> None:

@@ -1,14 +1,22 @@
 """Renders frames on request inside one long-lived Blender process. Runs INSIDE Blender:
 
     RENDERQ_SESSION_TOKEN=T blender -b -Y FILE.blend [-t N] --python frame_script.py -- --port P --output-dir DIR
+        [--allow-python]
 
 Standalone on purpose: imports only `bpy` and the standard library, since Blender's own Python runs it.
+
+Python stored in the .blend (text blocks registered to run on load, scripted drivers, the handlers such scripts
+add) never runs by default: Blender always starts with -Y. Before anything is rendered this script lists the Python
+it finds in the file and sends that list in the hello. Only with --allow-python does it open the file again with
+scripts allowed (the `use_scripts` option of the open operator), so the file's Python runs from then on while the
+command line keeps -Y.
 
 Side channel: a TCP connection to 127.0.0.1:P opened by the worker's BlenderSession, carrying JSON objects, one
 per line, each with a "type". The worker never reads Blender's console to learn frame times; it reads these.
 
     script -> worker  hello     {token, protocol, blender_version, pid, scene, blend_file, output_path,
-                                 output_dir, frame_start, frame_end, file_format, is_movie}
+                                 output_dir, frame_start, frame_end, file_format, is_movie,
+                                 python_found: [plain sentence, ...], python_allowed}
     worker -> script  render    {frame}
     script -> worker  started   {frame, time}                     from render_pre
     script -> worker  written   {frame, path, time, render_seconds}   from render_write, the file is on disk
@@ -156,13 +164,70 @@ def output_filepath(original: str, output_dir: str) -> str:
     return os.path.join(os.path.abspath(output_dir), "") + base
 
 
+def _data_blocks():
+    """Every data-block of the open file, with the node trees and shape keys embedded in them."""
+    for name in dir(bpy.data):
+        collection = getattr(bpy.data, name, None)
+        if not isinstance(collection, bpy.types.bpy_prop_collection):
+            continue
+        for block in collection:
+            if not isinstance(block, bpy.types.ID):
+                break
+            yield block
+            for embedded in (getattr(block, "node_tree", None), getattr(block, "shape_keys", None)):
+                if isinstance(embedded, bpy.types.ID):
+                    yield embedded
+
+
+def python_in_file() -> list:
+    """Plain sentences naming the Python the open file would run if scripts were allowed; empty when none.
+
+    Looks at text blocks registered to run on load, scripted drivers that are not simple expressions (Blender
+    evaluates those without Python), and whatever Blender itself refused to run while opening the file.
+    """
+    found = []
+    for text in bpy.data.texts:
+        if text.use_module:
+            found.append(f"the text block {text.name!r} is registered to run when the file is opened")
+    drivers = 0
+    example = None
+    for block in _data_blocks():
+        animation = getattr(block, "animation_data", None)
+        if animation is None:
+            continue
+        for fcurve in animation.drivers:
+            driver = fcurve.driver
+            if driver.type == "SCRIPTED" and not driver.is_simple_expression:
+                drivers += 1
+                if example is None:
+                    example = f"{driver.expression!r} on {type(block).__name__} {block.name!r}"
+    if drivers:
+        plural = "s" if drivers > 1 else ""
+        found.append(f"{drivers} scripted driver{plural} need{'' if plural else 's'} Python (e.g. {example})")
+    if not found and bpy.app.autoexec_fail:
+        message = bpy.app.autoexec_fail_message or "something in the file"
+        found.append(f"Blender refused to run Python in the file ({message})")
+    return found
+
+
+def open_with_scripts(path: str) -> None:
+    """Open the file again with its Python allowed: its registered text blocks run and its drivers work."""
+    bpy.ops.wm.open_mainfile(filepath=path, use_scripts=True)
+
+
+def remove_leftover(path: str) -> None:
+    """Remove what an earlier attempt left at `path`, a symbolic link included (never followed)."""
+    if os.path.islink(path) or os.path.isfile(path):
+        os.remove(path)
+
+
 def render_frame(scene: bpy.types.Scene, frame: int) -> None:
     """Render one frame through Blender's animation render, so its file naming is Blender's own."""
     global current
     path = expected_path(scene, frame)
-    if os.path.isfile(path):
-        # A leftover from an earlier attempt: with overwriting off Blender would skip the frame.
-        os.remove(path)
+    # A leftover from an earlier attempt: with overwriting off Blender would skip the frame, and a planted link
+    # would make Blender write through it.
+    remove_leftover(path)
     current = FrameState(frame)
     error = None
     try:
@@ -185,6 +250,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="frame_script.py")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--allow-python", action="store_true", help="let the file's own Python run")
     return parser.parse_args(argv)
 
 
@@ -192,6 +258,10 @@ def main() -> None:
     global channel
     args = parse_args(sys.argv)
     channel = Channel(args.port)
+    # Looked at before the file's Python could run (Blender opened it with -Y), so it names what the file holds.
+    python_found = python_in_file()
+    if args.allow_python:
+        open_with_scripts(bpy.data.filepath)
     scene = bpy.context.scene
     original_output = scene.render.filepath
     os.makedirs(args.output_dir, exist_ok=True)
@@ -212,6 +282,8 @@ def main() -> None:
         frame_end=scene.frame_end,
         file_format=scene.render.image_settings.file_format,
         is_movie=bool(scene.render.is_movie_format),
+        python_found=python_found,
+        python_allowed=bool(args.allow_python),
     )
     try:
         while True:

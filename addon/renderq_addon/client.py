@@ -131,9 +131,11 @@ def error_sentence(error: BaseException) -> str:
     if isinstance(error, CoordinatorUnreachable):
         return f"Cannot reach the coordinator at {_base_url_of(error)} ({error.reason})"
     if isinstance(error, CoordinatorError):
-        if error.status in (401, 403):
+        if error.status == 401:
             return (f"The coordinator refused the access token (HTTP {error.status}): "
                     "check the token in the RenderQ add-on preferences")
+        if error.status == 403:
+            return _capitalized(error.message)  # e.g. another artist's task, or a token of the wrong kind
         return _capitalized(error.message)
     if isinstance(error, ValueError):
         return _capitalized(str(error))

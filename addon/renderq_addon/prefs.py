@@ -23,7 +23,8 @@ class RENDERQ_AddonPreferences(bpy.types.AddonPreferences):
     )
     token: StringProperty(
         name="Access Token",
-        description="Sent to the coordinator with every request when set (stored in Blender's preferences)",
+        description="Your artist token from the farm's admin (the coordinator's artist_token file, or one made "
+        "for you with --add-artist); sent with every request and stored in Blender's preferences",
         subtype="PASSWORD",
         default="",
     )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import urllib.parse
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
-from ..auth import admin_required
+from ..auth import admin_required, requires
 from ..blobs import is_sha256, looks_like_blend
 from ..zipstream import stream_zip
 from ..errors import BadRequest, NotFound, PayloadTooLarge
@@ -22,6 +23,7 @@ def _check_blend_head(head: bytes) -> str | None:
 
 
 @files.post("/upload_blend")
+@requires("artist")
 def upload_blend():
     filename = v.name(request.args, "filename", default="scene.blend")
     if not filename.lower().endswith(".blend"):
@@ -37,6 +39,7 @@ def upload_blend():
 
 
 @files.get("/download_file")
+@requires("worker")
 def download_file():
     sha256 = request.args.get("sha256", "")
     if not is_sha256(sha256):
@@ -48,6 +51,7 @@ def download_file():
 
 
 @files.post("/missing_files")
+@requires("artist")
 def missing_files():
     body = v.json_body()
     hashes = body.get("sha256")
@@ -59,6 +63,7 @@ def missing_files():
 
 
 @files.post("/upload_file")
+@requires("artist")
 def upload_file():
     sha256 = request.args.get("sha256", "")
     if not is_sha256(sha256):
@@ -73,12 +78,14 @@ def upload_file():
 
 
 @files.get("/task_manifest")
+@requires("worker")
 def task_manifest():
     return jsonify(current_app.extensions["renderq.scheduler"].task_manifest(
         v.integer(request.args, "task_id", minimum=1)))
 
 
 @files.get("/download_frames_zip")
+@requires("artist", open_read=True)
 def download_frames_zip():
     task_id = v.integer(request.args, "task_id", minimum=1)
     task = current_app.extensions["renderq.scheduler"].task_detail(task_id)
@@ -89,10 +96,18 @@ def download_frames_zip():
         raise NotFound(f"task {task_id} has no rendered frames to download")
     name = f"{task['name']}-frames.zip"
     return Response(stream_zip(entries), mimetype="application/zip",
-                    headers={"Content-Disposition": f"attachment; filename=\"{name}\""})
+                    headers={"Content-Disposition": _attachment(name)})
+
+
+def _attachment(filename: str) -> str:
+    """A Content-Disposition for any task name: HTTP headers carry Latin-1 only, so the name goes in UTF-8 in
+    `filename*` (RFC 6266), with a plain ASCII stand-in for old clients."""
+    plain = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}"
 
 
 @files.get("/disk_usage")
+@admin_required
 def disk_usage():
     blobs = current_app.extensions["renderq.blobs"]
     total, _, free = shutil.disk_usage(blobs.root)

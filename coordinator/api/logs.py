@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
+from ..auth import requires
 from . import validation as v
 
 logs = Blueprint("logs", __name__)
@@ -13,6 +14,7 @@ MAX_LOG_READ = 1024 * 1024
 
 
 @logs.post("/append_log")
+@requires("worker")
 def append_log():
     body = v.json_body()
     size = current_app.extensions["renderq.scheduler"].append_log(
@@ -24,6 +26,7 @@ def append_log():
 
 
 @logs.get("/get_log")
+@requires("artist", open_read=True)
 def get_log():
     return jsonify(current_app.extensions["renderq.scheduler"].read_log(
         v.integer(request.args, "task_id", minimum=1),

@@ -43,7 +43,8 @@ def farm_page():
     return render_template("farm.html", **_page_context())
 
 
-@pages.get("/tasks/<int:task_id>")
+# Ids beyond 2**62 are no task (and no database integer): such a path is simply not found.
+@pages.get(f"/tasks/<int(max={2**62}):task_id>")
 @auth.reader_required(page=True)
 def task_page(task_id: int):
     """One task: frame grid, render times, thumbnails, log and actions; polls /status/task_updates."""

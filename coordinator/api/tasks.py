@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, jsonify, request, send_file
 
 from renderq.blend_header import read_blend_version, version_key
 
-from ..auth import admin_required
+from ..auth import admin_required, current_identity, requires
 from ..blobs import is_sha256, looks_like_blend
 from ..errors import BadRequest, NotFound, PayloadTooLarge
 from ..scheduler import TaskFile, TaskSpec
@@ -26,6 +26,7 @@ def _blobs():
 
 
 @tasks.post("/submit_task")
+@requires("artist")
 def submit_task():
     body = v.json_body()
     files, main_file = _task_files(body)
@@ -52,6 +53,9 @@ def submit_task():
     if not blender_version:
         blender_version = _version_of(files[main_file].sha256)
     exact = v.boolean(body, "blender_version_exact") if "blender_version_exact" in body else False
+    needs_python = v.boolean(body, "needs_python") if body.get("needs_python") is not None else False
+    frame_timeout = v.number(body, "frame_timeout")
+    no_progress_timeout = v.number(body, "no_progress_timeout")
     spec = TaskSpec(
         name=v.name(body, "name", default=main_file.rsplit("/", 1)[-1].removesuffix(".blend")),
         files=list(files.values()),
@@ -62,12 +66,22 @@ def submit_task():
         priority=v.integer(body, "priority", default=0, minimum=-1_000_000, maximum=1_000_000),
         workers=sorted(set(workers)),
         submitted_by=v.text(body, "submitted_by", default="", max_length=200),
+        owner=_owner(),
         settings=settings,
         blender_version=blender_version,
         blender_version_exact=exact,
         missing_assets=missing_assets,
+        needs_python=needs_python,
+        frame_timeout=frame_timeout,
+        no_progress_timeout=no_progress_timeout,
     )
     return jsonify(_scheduler().submit_task(spec)), 201
+
+
+def _owner() -> str:
+    """Who submits: the artist's name from their token ("artist" for the shared artist token), or "admin"."""
+    who = current_identity()
+    return who.name if who is not None else ""
 
 
 def _task_files(body: dict) -> tuple[dict[str, TaskFile], str]:
@@ -135,6 +149,7 @@ def _version_of(sha256: str) -> str:
 
 
 @tasks.route("/get_task", methods=["GET", "POST"])
+@requires("worker")
 def get_task():
     source = dict(request.args)
     if request.method == "POST" and request.content_length:
@@ -145,6 +160,7 @@ def get_task():
 
 
 @tasks.post("/update_task")
+@requires("worker")
 def update_task():
     body = v.json_body()
     frame = _scheduler().report(
@@ -158,11 +174,13 @@ def update_task():
         render_seconds=v.number(body, "render_seconds"),
         error=v.text(body, "error", default=None, max_length=10_000),
         log_tail=v.text(body, "log_tail", default=None, max_length=100_000),
+        needs_python=v.boolean(body, "needs_python") if body.get("needs_python") is not None else False,
     )
     return jsonify({"frame": frame})
 
 
 @tasks.post("/upload_frame")
+@requires("worker")
 def upload_frame():
     args = request.args
     worker_id = v.integer(args, "worker_id", minimum=1)
@@ -181,12 +199,14 @@ def upload_frame():
 
 
 @tasks.get("/tasks")
+@requires("artist")
 def list_tasks():
     status = request.args.get("status") or None
     return jsonify({"tasks": _scheduler().list_tasks(status)})
 
 
 @tasks.get("/task")
+@requires("artist")
 def task_detail():
     return jsonify(_scheduler().task_detail(v.integer(request.args, "task_id", minimum=1)))
 
@@ -197,10 +217,13 @@ def _changed(task_id: int) -> None:
 
 
 @tasks.post("/cancel_task")
-@admin_required
+@requires("artist")
 def cancel_task():
     body = v.json_body()
-    task = _scheduler().cancel_task(v.integer(body, "task_id", minimum=1))
+    who = current_identity()
+    # Admins cancel anything; an artist only the tasks submitted with their own token.
+    by_owner = None if who is None or who.role == "admin" else who.name
+    task = _scheduler().cancel_task(v.integer(body, "task_id", minimum=1), by_owner=by_owner)
     _changed(task["task_id"])
     return jsonify(task)
 
@@ -254,6 +277,7 @@ def _inline_type(path: str) -> str | None:
 
 
 @tasks.get("/download_frame")
+@requires("artist", open_read=True)
 def download_frame():
     task_id = v.integer(request.args, "task_id", minimum=1)
     number = v.integer(request.args, "frame")

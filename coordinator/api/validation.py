@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import request
@@ -13,10 +14,36 @@ MAX_NAME_LENGTH = 200
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object; malformed or non-object bodies are refused."""
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:  # the JSON parser recurses once per level of nesting
+        raise BadRequest("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    # JSON may escape half a UTF-16 pair ("\ud800"); such a string cannot be stored or encoded as UTF-8.
+    if _SURROGATE_ESCAPE.search(request.get_data()) and _has_lone_surrogate(body):
+        raise BadRequest("the request body holds a lone surrogate escape (\\udXXX): not valid Unicode text")
     return body
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    pending = [value]
+    while pending:  # a loop, not recursion: the body may be nested as deep as the parser allowed
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def integer(source: dict[str, Any], key: str, *, default: Any = ..., minimum: int | None = None,

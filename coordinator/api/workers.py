@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from ..auth import admin_required
+from ..auth import admin_required, requires
 from . import validation as v
 
 workers = Blueprint("workers", __name__)
@@ -15,6 +15,7 @@ def _scheduler():
 
 
 @workers.post("/register_worker")
+@requires("worker")
 def register_worker():
     body = v.json_body()
     worker = _scheduler().register_worker(
@@ -22,11 +23,13 @@ def register_worker():
         host=v.text(body, "host", default="", max_length=255),
         blender_version=v.text(body, "blender_version", default="", max_length=64),
         cpu_count=v.integer(body, "cpu_count", default=0, minimum=0, maximum=100_000),
+        allows_python=v.boolean(body, "allows_python") if body.get("allows_python") is not None else False,
     )
     return jsonify(worker)
 
 
 @workers.post("/update_worker")
+@requires("worker")
 def update_worker():
     body = v.json_body()
     leases = body.get("leases", [])
@@ -36,6 +39,7 @@ def update_worker():
 
 
 @workers.get("/list_workers")
+@requires("artist")
 def list_workers():
     return jsonify({"workers": _scheduler().list_workers()})
 

@@ -16,6 +16,77 @@ import bpy
 # Keys stored on the scene so that tests (and people) can see how the file was made.
 FAIL_FRAMES_KEY = "renderq_fail_frames"
 FAIL_MECHANISM_KEY = "renderq_fail_mechanism"
+PYTHON_MARKER_KEY = "renderq_python_marker"
+HANG_FRAMES_KEY = "renderq_hang_frames"
+FRAME_SAMPLES_KEY = "renderq_frame_samples"
+
+# A text block registered to run when the file is opened (only where scripts are allowed). It leaves a marker file
+# per frame rendered, and gives the scripted driver the function it calls, which leaves a marker per frame too.
+# Markers go into the folder named by RENDERQ_TEST_MARKER_DIR, which Blender inherits from whoever started it.
+MARKER_SCRIPT = """\
+# RenderQ test scene: proves that this file's own Python ran. It must not, unless scripts were allowed.
+import os
+
+import bpy
+
+
+def renderq_mark(name):
+    folder = os.environ.get("RENDERQ_TEST_MARKER_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, name), "a") as marker:
+            marker.write(f"{os.getpid()}\\n")
+
+
+def renderq_marker_render_pre(scene, *_args):
+    renderq_mark(f"frame_{scene.frame_current:04d}")
+
+
+def renderq_marker_driver(frame):
+    renderq_mark(f"driver_{int(frame):04d}")
+    return 0.0
+
+
+bpy.app.driver_namespace["renderq_marker_driver"] = renderq_marker_driver
+bpy.app.handlers.render_pre.append(renderq_marker_render_pre)
+"""
+
+# A text block registered to run when the file is opened that hangs the frames listed, the first time only: each
+# hang is recorded as a marker file first, so a retried frame renders.
+HANG_SCRIPT = """\
+# RenderQ test scene: hangs frames {frames} the first time they are set, to test a farm's time limits.
+import os
+import time
+
+import bpy
+
+HANG_FRAMES = {frames}
+PRINT_SECONDS = {print_seconds}
+
+
+def renderq_hang(scene, *_args):
+    frame = scene.frame_current
+    if frame not in HANG_FRAMES:
+        return
+    folder = os.environ.get("RENDERQ_TEST_MARKER_DIR")
+    if not folder:
+        print(f"renderq test scene: RENDERQ_TEST_MARKER_DIR is not set; frame {{frame}} does not hang", flush=True)
+        return
+    marker = os.path.join(folder, f"hang_{{frame:04d}}")
+    if os.path.exists(marker):
+        return
+    os.makedirs(folder, exist_ok=True)
+    with open(marker, "w") as record:
+        record.write(f"{{os.getpid()}}\\n")
+    print(f"renderq test scene: hanging on frame {{frame}}", flush=True)
+    while True:
+        time.sleep(PRINT_SECONDS or 60)
+        if PRINT_SECONDS:
+            print(f"renderq test scene: still hanging on frame {{frame}}", flush=True)
+
+
+bpy.app.handlers.frame_change_pre.append(renderq_hang)
+"""
 
 # Heavy frames must take well over a minute yet still stop within a second or two when Blender is told to
 # cancel: Cycles checks for cancel between samples, so many cheap samples beat a few expensive ones.
@@ -36,6 +107,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fail-frames", default="", help="comma-separated frames that must fail to render")
     parser.add_argument("--fail-mechanism", default="auto", choices=("auto", *FAIL_MECHANISMS))
     parser.add_argument("--heavy", action="store_true")
+    parser.add_argument("--python-marker", action="store_true",
+                        help="add a text block run on load and a scripted driver that leave marker files")
+    parser.add_argument("--hang-frames", default="", help="comma-separated frames whose first try hangs")
+    parser.add_argument("--hang-print-seconds", type=float, default=0.0,
+                        help="while hanging, print a line this often (0: stay silent)")
+    parser.add_argument("--frame-samples", default="",
+                        help="comma-separated Cycles samples of frames 1, 2, ...: keyed per frame, so frame cost varies")
     return parser.parse_args(argv)
 
 
@@ -165,6 +243,41 @@ def add_fail_frames(scene: bpy.types.Scene, fail_frames: list[int], last_frame: 
     return "stereo_multilayer"
 
 
+def key_frame_samples(scene: bpy.types.Scene, samples: list[int]) -> None:
+    """Key Cycles' sample count of frame 1 + i to samples[i] (held until the next key), so that render cost varies
+    by frame the way the caller chose. Adaptive sampling is switched off so the count is what Cycles renders."""
+    scene.cycles.use_adaptive_sampling = False
+    for index, count in enumerate(samples):
+        scene.cycles.samples = max(1, count)
+        scene.cycles.keyframe_insert("samples", frame=index + 1)
+    set_constant_interpolation(scene, "cycles.samples")
+    scene[FRAME_SAMPLES_KEY] = samples
+
+
+def add_text_module(name: str, source: str) -> bpy.types.Text:
+    """A text block registered to run when the file is opened with scripts allowed (never while this runs: -Y)."""
+    text = bpy.data.texts.new(name)
+    text.write(source)
+    text.use_module = True
+    return text
+
+
+def add_python_marker(scene: bpy.types.Scene, obj: bpy.types.Object) -> None:
+    """The marker text block, and a scripted driver on a custom property of `obj` that calls into it."""
+    add_text_module("renderq_marker.py", MARKER_SCRIPT)
+    obj["renderq_driven"] = 0.0
+    driver = obj.driver_add('["renderq_driven"]').driver
+    driver.type = "SCRIPTED"
+    driver.expression = "renderq_marker_driver(frame)"
+    scene[PYTHON_MARKER_KEY] = True
+
+
+def add_hang_frames(scene: bpy.types.Scene, frames: list[int], print_seconds: float) -> None:
+    """The text block that hangs `frames` the first time each is set (a frame_change_pre handler)."""
+    add_text_module("renderq_hang.py", HANG_SCRIPT.format(frames=set(frames), print_seconds=float(print_seconds)))
+    scene[HANG_FRAMES_KEY] = frames
+
+
 def build(args: argparse.Namespace) -> None:
     scene = bpy.context.scene
     clear_scene(scene)
@@ -218,6 +331,14 @@ def build(args: argparse.Namespace) -> None:
     if fail_frames:
         scene[FAIL_FRAMES_KEY] = fail_frames
         scene[FAIL_MECHANISM_KEY] = add_fail_frames(scene, fail_frames, args.frames, args.fail_mechanism)
+    if args.python_marker:
+        add_python_marker(scene, torus)
+    hang_frames = sorted({int(f) for f in args.hang_frames.split(",") if f.strip()})
+    if hang_frames:
+        add_hang_frames(scene, hang_frames, args.hang_print_seconds)
+    frame_samples = [int(value) for value in args.frame_samples.split(",") if value.strip()]
+    if frame_samples:
+        key_frame_samples(scene, frame_samples)
 
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)

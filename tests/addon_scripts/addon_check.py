@@ -51,6 +51,7 @@ def install(zip_path: str, url: str):
 
     preferences = bpy.context.preferences.addons["renderq_addon"].preferences
     preferences.coordinator_url = url
+    preferences.token = os.environ.get("RENDERQ_TEST_TOKEN", "")  # the artist token, as the farm's admin hands out
     return preferences
 
 

@@ -98,12 +98,5 @@ def xvfb_run_or_none() -> str | None:
 
 
 def farm_token(farm: Any) -> str:
-    """The admin token of the farm's (started) coordinator, which the add-on sends; '' when it has none."""
-    token = getattr(getattr(farm, "api", None), "token", None)
-    if token:
-        return str(token)
-    path = os.path.join(farm.data_dir, "admin_token")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().strip()
-    return ""
+    """The artist token of the farm's (started) coordinator, which the add-on sends as an artist would."""
+    return farm.token("artist")

@@ -47,6 +47,14 @@
     const waiting = document.getElementById("task-waiting");
     waiting.hidden = !s.waiting;
     waiting.textContent = s.waiting || "";
+    const blocked = s.blocked || [];
+    const blockedLine = document.getElementById("task-blocked");
+    blockedLine.hidden = !blocked.length;
+    blockedLine.textContent = blocked.length
+      ? "Blocked after repeated failures: " +
+        blocked.map((b) => b.worker + " (" + b.failures + (b.failures === 1 ? " failure)" : " failures)")).join(", ") +
+        ". Retrying the failed frames unblocks them."
+      : "";
     const priority = document.getElementById("task-priority");
     if (document.activeElement !== priority) priority.value = String(s.priority);
     if (RQ.isAdmin) {
@@ -54,7 +62,8 @@
       document.getElementById("action-pause").disabled = !(s.status === "queued" || s.status === "running");
       document.getElementById("action-resume").disabled = s.status !== "paused";
       document.getElementById("action-cancel").disabled = !open;
-      document.getElementById("action-retry").disabled = !(s.failed > 0 && s.status !== "canceled");
+      document.getElementById("action-retry").disabled =
+        !((s.failed > 0 || blocked.length > 0) && s.status !== "canceled");
     }
     document.getElementById("action-zip").hidden = s.done === 0 || s.files_deleted;
   }
@@ -70,7 +79,7 @@
   document.getElementById("action-resume").addEventListener("click", () =>
     act("/resume_task", null, "Resumed"));
   document.getElementById("action-retry").addEventListener("click", () =>
-    act("/retry_failed_frames", null, "The failed frames are queued again"));
+    act("/retry_failed_frames", null, "The failed frames are queued again and blocked workers unblocked"));
   document.getElementById("action-cancel").addEventListener("click", () => {
     if (window.confirm("Cancel the frames of this task that are not rendered yet? Rendered frames stay.")) {
       act("/cancel_task", null, "Canceled");
