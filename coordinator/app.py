@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from typing import Any
 
 from flask import Flask, jsonify
@@ -73,6 +74,16 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     @app.errorhandler(RenderQError)
     def domain_error(error: RenderQError):
         return jsonify({"error": error.message}), error.status
+
+    @app.errorhandler(sqlite3.OperationalError)
+    def database_error(error: sqlite3.OperationalError):
+        # A full disk must say so (and nothing was stored: the transaction rolled back); other database errors
+        # stay server errors, logged with their traceback.
+        if "full" in str(error).lower():
+            return jsonify({"error": "the coordinator's disk is full: nothing was changed; free space on its data "
+                                     "dir and try again"}), 507
+        app.logger.exception("database error", exc_info=error)
+        return jsonify({"error": "the coordinator's database failed; see its log"}), 500
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

@@ -121,6 +121,7 @@ def serve(config: Config) -> int:
         return 1
     scheduler = app.extensions["renderq.scheduler"]
     scheduler.recover_after_restart()
+    scheduler.store.checkpoint_in_background()
     stop = threading.Event()
     threading.Thread(target=_reap_leases, args=(scheduler, stop), name="lease-reaper", daemon=True).start()
 
@@ -169,13 +170,22 @@ def _lock_data_dir(data_dir: str):
 
 
 def _reap_leases(scheduler, stop: threading.Event) -> None:
+    writes_failed = False
     while not stop.wait(1.0):
         try:
+            if writes_failed:
+                # While the database refused writes (a full disk), no worker could renew its leases either: do not
+                # count that against them, just as after a restart.
+                scheduler.recover_after_restart()
+                writes_failed = False
+                log.info("the database takes writes again; leases extended")
             expired = scheduler.expire_leases()
             if expired:
                 log.info("requeued %d frame(s) whose worker stopped reporting", expired)
-        except Exception:  # a busy database must not kill the reaper; the next round retries
-            log.exception("lease reaper failed")
+        except Exception as error:  # a busy or full database must not kill the reaper; the next round retries
+            if not writes_failed:
+                log.error("lease reaper failed: %s", error)
+            writes_failed = True
 
 
 def _interrupt(signum, frame) -> None:

@@ -169,7 +169,10 @@ class CoordinatorClient:
                 conn.request(method, self._target(path, params), body=body, headers=all_headers)
             except (BrokenPipeError, ConnectionResetError) as send_error:
                 # A coordinator that refuses an upload (too big, not a .blend) may answer and close before it has
-                # read the whole body; its answer is more useful than the broken pipe.
+                # read the whole body; its answer is more useful than the broken pipe. A reset while connecting
+                # leaves no socket at all, and so no answer to read.
+                if conn.sock is None:
+                    raise self._unreachable(send_error) from send_error
                 try:
                     response = conn.getresponse()
                 except (OSError, http.client.HTTPException):

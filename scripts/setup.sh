@@ -151,6 +151,15 @@ renderq_setup_test_tools() {
                 "skipped (install Xvfb and xvfb-run to run them)"
         fi
     fi
+    # libfaketime, for the fault test that jumps a worker's clock.
+    if ! command -v faketime >/dev/null 2>&1; then
+        if _renderq_can_apt; then
+            _renderq_apt_install faketime ||
+                _renderq_say "could not install faketime with apt-get: the clock-jump fault test will be skipped"
+        else
+            _renderq_say "faketime is missing and apt-get cannot run here: the clock-jump fault test will be skipped"
+        fi
+    fi
     # Debian's Chromium and Playwright for the status page's browser tests.
     source "$_renderq_root/scripts/setup-browser.sh" || return 1
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -295,3 +296,25 @@ def test_the_same_done_report_twice_is_counted_once(client):
     assert first.status_code == second.status_code == 200 and first.json == second.json
     assert client.get(f"/task?task_id={task_id}").json["progress"]["done"] == 1
     assert client.get("/list_workers").json["workers"][0]["frames_done"] == 1
+
+
+def test_a_full_disk_under_the_database_is_a_507_sentence(app, client, monkeypatch):
+    import sqlite3
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(app.extensions["renderq.scheduler"], "register_worker", full)
+    answer = client.post("/register_worker", json={"name": "w", "blender_version": "3.4.1"})
+    assert answer.status_code == 507 and "disk is full" in answer.json["error"]
+
+
+def test_an_already_stored_file_is_accepted_on_a_nearly_full_disk(app, client):
+    body = b"texture bytes"
+    sha = hashlib.sha256(body).hexdigest()
+    assert client.post(f"/upload_file?sha256={sha}", data=body).status_code == 200
+    app.extensions["renderq.blobs"].reserve_bytes = 2**60  # no room for anything new
+    again = client.post(f"/upload_file?sha256={sha}", data=body)
+    assert again.status_code == 200 and again.json == {"sha256": sha, "size": len(body)}
+    other = b"new bytes"
+    assert client.post(f"/upload_file?sha256={hashlib.sha256(other).hexdigest()}", data=other).status_code == 507

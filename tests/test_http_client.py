@@ -145,6 +145,21 @@ def test_unreachable_coordinator() -> None:
     assert caught.value.message.startswith(f"cannot reach the coordinator at {url} (")
 
 
+def test_connection_reset_while_connecting_is_unreachable(monkeypatch) -> None:
+    """A reset while the connection is being made (a dropped network) leaves no socket: unreachable, not a crash."""
+    import http.client
+
+    class ResetWhileConnecting(http.client.HTTPConnection):
+        def connect(self) -> None:
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    client = CoordinatorClient("http://127.0.0.1:9", timeout=2)
+    monkeypatch.setattr(client, "_connection", lambda: ResetWhileConnecting("127.0.0.1", 9))
+    with pytest.raises(CoordinatorUnreachable) as caught:
+        client.health()
+    assert "connection was cut" in caught.value.message
+
+
 def test_upload_streams_with_content_length_and_progress(stub: StubServer, tmp_path) -> None:
     def store(handler: BaseHTTPRequestHandler, query: dict, body: bytes) -> None:
         assert handler.headers["Content-Length"] == str(len(FILE_BYTES))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import urllib.parse
 
@@ -72,6 +73,9 @@ def upload_file():
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the file is larger than the coordinator's upload limit of {limit} bytes")
     blobs = current_app.extensions["renderq.blobs"]
+    if blobs.exists(sha256):
+        # Already stored (hashes name their content): nothing to write, so a nearly full disk is no reason to refuse.
+        return jsonify({"sha256": sha256, "size": os.path.getsize(blobs.path(sha256))})
     blobs.check_space(request.content_length or 0)
     stored, size = blobs.put_stream(request.stream, limit=limit, expected_sha256=sha256)
     return jsonify({"sha256": stored, "size": size})
