@@ -11,9 +11,11 @@ starts the real coordinator on it, then measures:
 - the bytes of one poll (the answer with its HTTP headers) when nothing changed, when one worker is switched OFF,
   and when one frame finishes.
 
-Prints the figures and exits 1 when one is past its target.
+Prints the figures and exits 1 when one is past its target (not with --quick: 50 workers, 20 tasks of 20 frames,
+one load, targets not enforced).
 
-    python benchmarks/status_page.py [--workers 500] [--tasks 200] [--frames-per-task 100] [--loads 5]
+    python benchmarks/status_page.py [--workers 500] [--tasks 200] [--frames-per-task 100] [--loads 5] [--quick]
+                                     [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import Results, add_arguments  # noqa: E402
 from harness import Farm  # noqa: E402
 
 from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec  # noqa: E402
@@ -85,10 +89,10 @@ def fill(data_dir: str, workers: int, tasks: int, frames_per_task: int, seed: in
 
     def fail(task_id: int, index: int, worker_id: int, lease: dict) -> None:
         """Fail the frame on as many workers as it takes to mark it failed (it is the lowest queued frame)."""
-        for attempt in range(scheduler.policy.max_attempts):
+        for attempt in range(scheduler.policy.frame_fail_workers):
             scheduler.report(worker_id, task_id, lease["frame"], lease["lease_id"], "failed",
                              error="Blender quit with a segmentation fault", log_tail="Segmentation fault")
-            if attempt + 1 == scheduler.policy.max_attempts:
+            if attempt + 1 == scheduler.policy.frame_fail_workers:
                 return
             worker_id = worker_ids[(index + attempt + 1) % len(worker_ids)]
             lease, _ = scheduler.claim(worker_id, prefer_task_id=task_id)
@@ -223,7 +227,10 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=200, help="tasks in the database (default 200)")
     parser.add_argument("--frames-per-task", type=int, default=100, help="frames of each task (default 100)")
     parser.add_argument("--loads", type=int, default=5, help="page loads to time (default 5)")
+    add_arguments(parser, "50 workers, 20 tasks of 20 frames, one load")
     args = parser.parse_args()
+    if args.quick:
+        args.workers, args.tasks, args.frames_per_task, args.loads = 50, 20, 20, 1
 
     with tempfile.TemporaryDirectory(prefix="renderq-status-bench-") as root:
         farm = Farm(root)
@@ -238,18 +245,16 @@ def main() -> int:
         finally:
             farm.stop()
 
-    failed = False
-    print()
+    results = Results("status_page", quick=args.quick)
+    results.add("workers in the database", args.workers, "",
+                note=f"{args.tasks} tasks, {args.tasks * args.frames_per_task} frames")
     for name, value in figures.items():
-        target = TARGETS.get(name)
-        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        verdict = ""
-        if target is not None:
-            ok = value <= target
-            failed |= not ok
-            verdict = f"  (target <= {target}: {'ok' if ok else 'MISSED'})"
-        print(f"{name:34} {shown}{verdict}")
-    return 1 if failed else 0
+        label, _, unit = name.rpartition(" (")  # "page load (s)" -> "page load", "s"
+        if any(figure.figure == label for figure in results.figures):
+            label = name  # "page load (bytes)" after "page load (s)"
+        results.add(label, round(value, 3) if isinstance(value, float) else value, unit.rstrip(")"),
+                    TARGETS.get(name))
+    return results.finish(args.json_out)
 
 
 def measure(farm: Farm, filled: dict, loads: int) -> dict[str, float | int]:

@@ -1,0 +1,472 @@
+"""A simulated RenderQ worker: one small process that speaks the real worker protocol over HTTP, without Blender.
+
+It registers, heartbeats at the interval the coordinator gives (sending the lease it holds and dropping it when the
+answer revokes it), claims frames, reports them "rendering", "renders" by sleeping a random frame time, uploads a
+small valid PNG that names the task, frame and lease, and reports the frame done. Now and then it fails a frame on
+purpose (--fail-rate), so the retry path is exercised too. When it finds it was stopped for a while (SIGSTOP, or
+starved of CPU), it may report its frame before heartbeating again (--report-first), as a real worker whose
+heartbeat thread lags may: the coordinator must then refuse the stale report.
+
+Every done report the coordinator acknowledged is appended to the --acks file as one JSON line
+{"task", "frame", "lease", "worker", "sha256", "time"}, flushed and fsynced before anything else happens, so a checker
+can count duplicate acknowledged frames even when this process is SIGKILLed right after. A refusal (409: the lease
+was lost, e.g. after a kill, a stall or a revoke) is normal under chaos: it is logged and the frame dropped.
+
+Standard library only, one thread, one connection per request (the coordinator limits open connections, and
+hundreds of these run at once). SIGINT/SIGTERM gives the held frame back and exits 0; the process also stops by
+itself after --max-seconds, or when the process that started it is gone.
+
+    python benchmarks/simworker.py --coordinator http://127.0.0.1:5000 --name sim-001 --acks sim-001.acks
+"""
+
+from __future__ import annotations
+
+import sys
+
+# Plain HTTP to a coordinator on this machine: keeping ssl (and OpenSSL) out of the process saves about 4 MB in each
+# of the hundreds of simulated workers a soak runs. http.client imports ssl only if it can. Only when run as a
+# program: a process that imports this module (the soak, for frame_png) keeps its ssl.
+if __name__ == "__main__" and "ssl" not in sys.modules:
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+
+import argparse
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import time
+import urllib.parse
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["SimWorker", "frame_png", "main"]
+
+# Longest wait between retries of a call the coordinator could not answer.
+MAX_BACKOFF = 5.0
+# The finest sleep: how quickly a stop request or a due heartbeat is noticed.
+TICK = 0.25
+# Waking up this much later than asked means the process was stopped or starved meanwhile.
+STALL_SECONDS = 2.0
+
+
+def frame_png(task_id: int, frame: int, lease_id: str, size: int = 8) -> bytes:
+    """A small valid grey PNG whose tEXt chunk names the task, frame and lease: each frame's file is unique.
+
+    The checker recomputes it to tell that the coordinator kept the file of the acknowledged lease.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    grey = (frame * 37) % 256
+    rows = b"".join(b"\x00" + bytes([grey]) * size for _ in range(size))
+    text = f"renderq-sim\x00task={task_id} frame={frame} lease={lease_id}".encode("ascii")
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0))
+            + chunk(b"tEXt", text)
+            + chunk(b"IDAT", zlib.compress(rows, 9))
+            + chunk(b"IEND", b""))
+
+
+class Refused(Exception):
+    """The coordinator answered with an error status (4xx or 5xx)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class Unreachable(Exception):
+    """No answer: connection refused or cut, or a timeout."""
+
+
+class Stopping(Exception):
+    """A retried call was abandoned because the worker is stopping or its lease is gone."""
+
+
+class Coordinator:
+    """The few requests a worker makes, each on its own connection."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0, slow_seconds: float = 2.0,
+                 on_slow: Callable[[str], None] | None = None) -> None:
+        parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"the coordinator address {url!r} must be an http:// URL")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.timeout = timeout
+        self.slow_seconds = slow_seconds
+        self.on_slow = on_slow
+        self.headers = {"User-Agent": "renderq-simworker/1", "Accept": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    def call(self, method: str, path: str, params: dict | None = None, body: Any = None,
+             raw: bytes | None = None) -> dict:
+        """One request; the decoded JSON answer, Refused for an error status, Unreachable when there is none."""
+        target = self.prefix + path
+        if params:
+            target += "?" + urllib.parse.urlencode(params)
+        headers = dict(self.headers)
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        elif raw is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        started = time.monotonic()
+        try:
+            connection.request(method, target, body=data, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            raise Unreachable(f"{type(error).__name__}: {error}") from None
+        finally:
+            connection.close()
+        elapsed = time.monotonic() - started
+        if elapsed >= self.slow_seconds and self.on_slow is not None:
+            self.on_slow(f"{method} {path} took {elapsed:.2f} s (HTTP {response.status})")
+        try:
+            answer = json.loads(payload) if payload else {}
+        except ValueError:
+            answer = {"error": payload[:200].decode("utf-8", "replace")}
+        if not 200 <= response.status < 300:
+            message = answer.get("error") if isinstance(answer, dict) else None
+            raise Refused(response.status, str(message or response.reason))
+        return answer
+
+
+class Lease:
+    """The one frame this worker holds."""
+
+    def __init__(self, claimed: dict, render_seconds: float) -> None:
+        self.task_id = int(claimed["task_id"])
+        self.frame = int(claimed["frame"])
+        self.lease_id = str(claimed["lease_id"])
+        self.render_seconds = render_seconds
+        self.started_at = time.time()
+        self.render_ends = time.monotonic() + render_seconds
+        self.revoked = False
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} frame {self.frame}"
+
+
+class SimWorker:
+    """The worker loop. `run()` returns the exit code once stopped."""
+
+    def __init__(self, coordinator: Coordinator, name: str, acks_path: str, *, frame_min: float, frame_max: float,
+                 fail_rate: float = 0.0, report_first: float = 0.5, poll_seconds: float = 2.0,
+                 max_seconds: float = 3600.0, blender_version: str = "3.4.1", seed: int | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.coordinator = coordinator
+        self.name = name
+        self.acks_path = acks_path
+        self.frame_min = frame_min
+        self.frame_max = frame_max
+        self.fail_rate = fail_rate
+        self.report_first = report_first
+        # The lease to report before heartbeating again, after a stall.
+        self.report_before_heartbeat: Lease | None = None
+        self.poll_seconds = poll_seconds
+        self.blender_version = blender_version
+        self.deadline = time.monotonic() + max_seconds
+        self.random = random.Random(seed)
+        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.worker_id: int | None = None
+        self.heartbeat_seconds = 2.0
+        self.next_heartbeat = 0.0
+        self.lease: Lease | None = None
+        self.stop_requested = False
+        self.parent_pid = os.getppid()
+
+    # -- control ----------------------------------------------------------------------------------------------------
+
+    def log(self, event: str, text: str = "") -> None:
+        """One line: time, worker, event word (refused409, server_error, slow, done, ...), details."""
+        self._log(f"{time.time():.3f} {self.name} {event} {text}".rstrip())
+
+    def request_stop(self, *_: object) -> None:
+        self.stop_requested = True
+
+    def should_stop(self) -> bool:
+        if self.stop_requested:
+            return True
+        if time.monotonic() > self.deadline:
+            self.log("stopping", "--max-seconds reached")
+            self.stop_requested = True
+        elif os.getppid() != self.parent_pid:
+            self.log("stopping", "the process that started this worker is gone")
+            self.stop_requested = True
+        return self.stop_requested
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self.register()
+            while not self.should_stop():
+                self.heartbeat_if_due()
+                if self.lease is None:
+                    if not self.claim():
+                        self.sleep_until(time.monotonic() + self.poll_seconds * self.random.uniform(0.75, 1.25))
+                elif self.lease.revoked:
+                    self.log("dropped", f"{self.lease}: lease revoked")
+                    self.lease = None
+                elif time.monotonic() >= self.lease.render_ends:
+                    self.finish(self.lease)
+                    self.lease = None
+                else:
+                    self.sleep_until(self.lease.render_ends)
+        except Stopping:
+            pass
+        except Refused as error:
+            self.log("fatal", f"the coordinator refused this worker: {error}")
+            return 1
+        self.give_back()
+        self.log("stopped")
+        return 0
+
+    def sleep_until(self, until: float) -> None:
+        """Sleep until `until` (monotonic), waking for due heartbeats and stop requests."""
+        while not self.should_stop():
+            now = time.monotonic()
+            if now >= until:
+                return
+            self.heartbeat_if_due()
+            nap = max(0.0, min(TICK, until - now, self.next_heartbeat - now))
+            time.sleep(nap)
+            late = time.monotonic() - (now + nap)
+            if late >= STALL_SECONDS and self.lease is not None and self.random.random() < self.report_first:
+                # The process was stopped (or starved) meanwhile. A real worker's report can then race its
+                # heartbeat thread; here the report goes first, so the coordinator must refuse a stale one.
+                self.report_before_heartbeat = self.lease
+                self.log("stalled", f"woke {late:.1f} s late; {self.lease} is reported before the next heartbeat")
+
+    def retrying(self, what: str, call: Callable[[], dict], lease: Lease | None = None) -> dict:
+        """Call until answered, backing off while the coordinator is unreachable or failing (5xx).
+
+        Refusals (4xx) are raised; Stopping when the worker stops or `lease` is revoked meanwhile.
+        """
+        delay = 0.25
+        while True:
+            try:
+                return call()
+            except Unreachable as error:
+                self.log("unreachable", f"{what}: {error}")
+            except Refused as error:
+                if error.status < 500:
+                    raise
+                self.log("server_error", f"{what}: {error}")
+            until = time.monotonic() + delay * self.random.uniform(0.5, 1.0)
+            self.sleep_until(until)
+            if self.stop_requested or (lease is not None and lease.revoked):
+                raise Stopping()
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    # -- protocol ---------------------------------------------------------------------------------------------------
+
+    def register(self) -> None:
+        body = {"name": self.name, "host": socket.gethostname(), "blender_version": self.blender_version,
+                "cpu_count": 1}
+        answer = self.retrying("register", lambda: self.coordinator.call("POST", "/register_worker", body=body))
+        self.worker_id = int(answer["worker_id"])
+        self.heartbeat_seconds = float(answer.get("heartbeat_seconds") or self.heartbeat_seconds)
+        self.next_heartbeat = time.monotonic() + self.heartbeat_seconds
+        self.lease = None
+        self.log("registered", f"worker_id={self.worker_id} heartbeat={self.heartbeat_seconds:g}s")
+
+    def heartbeat_if_due(self) -> None:
+        if time.monotonic() < self.next_heartbeat or self.worker_id is None:
+            return
+        if self.lease is not None and self.lease is self.report_before_heartbeat:
+            return
+        self.next_heartbeat = time.monotonic() + self.heartbeat_seconds
+        leases = [self.lease.lease_id] if self.lease is not None and not self.lease.revoked else []
+        try:
+            answer = self.coordinator.call("POST", "/update_worker",
+                                           body={"worker_id": self.worker_id, "leases": leases})
+        except Unreachable as error:
+            self.log("unreachable", f"heartbeat: {error}")
+            return
+        except Refused as error:
+            if error.status == 404:
+                self.log("unknown", f"heartbeat: {error}; registering again")
+                self.forget_lease()
+                self.register()
+            else:
+                self.log("server_error" if error.status >= 500 else "refused", f"heartbeat: {error}")
+            return
+        revoked = set(answer.get("revoked") or [])
+        if self.lease is not None and self.lease.lease_id in revoked:
+            self.lease.revoked = True
+            self.log("revoked", str(self.lease))
+
+    def forget_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.revoked = True
+            self.lease = None
+
+    def claim(self) -> bool:
+        """Claim a frame and report it rendering; False when there was nothing to claim."""
+        try:
+            answer = self.retrying("claim", lambda: self.coordinator.call(
+                "GET", "/get_task", params={"worker_id": self.worker_id}))
+        except Refused as error:
+            if error.status == 404:
+                self.log("unknown", f"claim: {error}; registering again")
+                self.register()
+                return False
+            raise
+        claimed = answer.get("frame")
+        if not claimed:
+            return False
+        lease = Lease(claimed, self.random.uniform(self.frame_min, self.frame_max))
+        self.lease = lease
+        self.log("claimed", f"{lease} lease={lease.lease_id} attempt={claimed.get('attempt')}")
+        self.report(lease, "rendering", started_at=lease.started_at)
+        return True
+
+    def report(self, lease: Lease, status: str, **fields: Any) -> bool:
+        """POST /update_task; True when accepted, False (and the lease dropped) when refused with 409."""
+        body = {"worker_id": self.worker_id, "task_id": lease.task_id, "frame": lease.frame,
+                "lease_id": lease.lease_id, "status": status, **fields}
+        try:
+            self.retrying(f"report {lease} {status}",
+                          lambda: self.coordinator.call("POST", "/update_task", body=body), lease)
+        except Stopping:
+            if self.stop_requested:
+                raise
+            return False
+        except Refused as error:
+            if error.status == 409:
+                self.log("refused409", f"{status} report of {lease} lease={lease.lease_id}: {error}")
+                lease.revoked = True
+                return False
+            raise
+        return True
+
+    def finish(self, lease: Lease) -> None:
+        """The fake render ended: fail it on purpose now and then, else upload the frame and report it done."""
+        if self.random.random() < self.fail_rate:
+            if self.report(lease, "failed", error="simulated render failure", log_tail="simulated"):
+                self.log("failed", str(lease))
+            return
+        png = frame_png(lease.task_id, lease.frame, lease.lease_id)
+        params = {"worker_id": self.worker_id, "task_id": lease.task_id, "frame": lease.frame,
+                  "lease_id": lease.lease_id, "filename": f"f_{lease.frame:04d}.png"}
+        try:
+            uploaded = self.retrying(f"upload {lease}", lambda: self.coordinator.call(
+                "POST", "/upload_frame", params=params, raw=png), lease)
+        except Stopping:
+            if self.stop_requested:
+                raise
+            return
+        except Refused as error:
+            if error.status == 409:
+                self.log("refused409", f"upload of {lease} lease={lease.lease_id}: {error}")
+                return
+            raise
+        ended_at = time.time()
+        if self.report(lease, "done", started_at=lease.started_at, ended_at=ended_at,
+                       render_seconds=lease.render_seconds):
+            self.acknowledge(lease, uploaded.get("sha256", ""))
+
+    def acknowledge(self, lease: Lease, sha256: str) -> None:
+        """Record an acknowledged done report durably before doing anything else."""
+        line = json.dumps({"task": lease.task_id, "frame": lease.frame, "lease": lease.lease_id,
+                           "worker": self.name, "sha256": sha256, "time": time.time()}) + "\n"
+        fd = os.open(self.acks_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.log("done", f"{lease} lease={lease.lease_id}")
+
+    def give_back(self) -> None:
+        """On a graceful stop, release the held frame so it need not wait for its lease to expire."""
+        lease, self.lease = self.lease, None
+        if lease is None or lease.revoked or self.worker_id is None:
+            return
+        body = {"worker_id": self.worker_id, "task_id": lease.task_id, "frame": lease.frame,
+                "lease_id": lease.lease_id, "status": "released"}
+        try:
+            self.coordinator.call("POST", "/update_task", body=body)
+            self.log("released", str(lease))
+        except Refused as error:
+            self.log("refused409" if error.status == 409 else "refused",
+                     f"release of {lease} lease={lease.lease_id}: {error}")
+        except Unreachable as error:
+            self.log("unreachable", f"release of {lease}: {error}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="simworker.py", description="Run one simulated RenderQ worker (no Blender) against a coordinator.")
+    parser.add_argument("--coordinator", required=True, metavar="URL",
+                        help="the coordinator's address, e.g. http://127.0.0.1:5000 (plain HTTP only)")
+    parser.add_argument("--name", required=True, help="this worker's name, unique on the farm")
+    parser.add_argument("--token", default=None,
+                        help="the worker token, sent as 'Authorization: Bearer' (default: $RENDERQ_TOKEN)")
+    parser.add_argument("--acks", required=True, metavar="FILE",
+                        help="file to append one JSON line to per acknowledged done report (fsynced)")
+    parser.add_argument("--frame-min", type=float, default=1.0, metavar="SECONDS",
+                        help="shortest fake frame time (default 1.0)")
+    parser.add_argument("--frame-max", type=float, default=3.0, metavar="SECONDS",
+                        help="longest fake frame time (default 3.0)")
+    parser.add_argument("--fail-rate", type=float, default=0.0, metavar="P",
+                        help="probability that a frame is reported failed instead of done (default 0)")
+    parser.add_argument("--report-first", type=float, default=0.5, metavar="P",
+                        help="after a stall (the process was stopped or starved for 2 s or more), the probability that "
+                        "it reports its frame before heartbeating again, as a real worker whose heartbeat thread lags "
+                        "may (default 0.5)")
+    parser.add_argument("--poll", type=float, default=2.0, metavar="SECONDS",
+                        help="seconds between claims while there is nothing to render (default 2.0)")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="seconds to wait for each answer (default 30)")
+    parser.add_argument("--slow", type=float, default=2.0, metavar="SECONDS",
+                        help="log each request whose answer took at least this long (default 2.0)")
+    parser.add_argument("--max-seconds", type=float, default=3600.0, metavar="SECONDS",
+                        help="stop by itself after this long (default 3600)")
+    parser.add_argument("--blender-version", default="3.4.1", metavar="VERSION",
+                        help="the Blender version this worker claims to have; it gets frames of tasks saved by that "
+                        "version or older (default 3.4.1)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for frame times and failures")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 < args.frame_min <= args.frame_max:
+        print("simworker: --frame-min must be more than 0 and at most --frame-max", file=sys.stderr)
+        return 2
+    if not 0 <= args.fail_rate < 1:
+        print("simworker: --fail-rate must be at least 0 and below 1", file=sys.stderr)
+        return 2
+    if not 0 <= args.report_first <= 1:
+        print("simworker: --report-first must be between 0 and 1", file=sys.stderr)
+        return 2
+    token = args.token if args.token is not None else os.environ.get("RENDERQ_TOKEN")
+    try:
+        coordinator = Coordinator(args.coordinator, token, args.timeout, args.slow)
+    except ValueError as error:
+        print(f"simworker: {error}", file=sys.stderr)
+        return 2
+    worker = SimWorker(coordinator, args.name, args.acks, frame_min=args.frame_min, frame_max=args.frame_max,
+                       fail_rate=args.fail_rate, report_first=args.report_first, poll_seconds=args.poll, max_seconds=args.max_seconds,
+                       blender_version=args.blender_version, seed=args.seed)
+    coordinator.on_slow = lambda text: worker.log("slow", text)
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The benchmark suite: its runner's verdicts on small stand-in scripts, and every registered benchmark run in quick
+mode (small sizes, nothing about timing checked), each with a row in the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from harness import ROOT, find_blender_or_none
+
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+RUN = os.path.join(BENCHMARKS, "run.py")
+
+
+def load_runner():
+    """benchmarks/run.py as a module (the folder is not a package)."""
+    sys.path.insert(0, BENCHMARKS)
+    spec = importlib.util.spec_from_file_location("benchmarks_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def stand_in(tmp_path, name: str, body: str) -> str:
+    """A benchmark script that reports through common.Results; `body` adds figures and may raise or exit."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(f"""\
+        import argparse, sys
+        sys.path.insert(0, {BENCHMARKS!r})
+        from common import Results, add_arguments
+
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        args = parser.parse_args()
+        results = Results({name!r}, quick=args.quick)
+        """) + textwrap.dedent(body) + "\nsys.exit(results.finish(args.json_out))\n")
+    return str(path)
+
+
+def run_stand_in(runner, tmp_path, name: str, body: str, quick: bool):
+    benchmark = runner.Benchmark(name, stand_in(tmp_path, name, body), "a stand-in")
+    return runner.run_benchmark(benchmark, quick=quick, command="python benchmarks/run.py", machine={},
+                                work_dir=str(tmp_path))
+
+
+def test_runner_verdicts_on_met_missed_and_failed_targets(tmp_path):
+    runner = load_runner()
+    met = 'results.add("latency", 0.05, "s", 0.1)\nresults.add("requests", 1234, "")\n'
+    missed = 'results.add("latency", 0.5, "s", 0.1)\n'
+    unmeasured = 'results.add("latency", None, "s", 0.1, note="no disk")\nresults.fail("no disk left")\n'
+
+    run = run_stand_in(runner, tmp_path, "met", met, quick=False)
+    assert (run.status, run.exit_code) == ("passed", 0)
+    assert [(f["figure"], f["value"], f["met"]) for f in run.figures] == [("latency", 0.05, True),
+                                                                         ("requests", 1234, None)]
+    run = run_stand_in(runner, tmp_path, "missed", missed, quick=False)
+    assert (run.status, run.exit_code) == ("missed", 1)
+    # In quick mode a target is shown, not enforced.
+    run = run_stand_in(runner, tmp_path, "missed_quick", missed, quick=True)
+    assert (run.status, run.exit_code, run.figures[0]["met"]) == ("passed", 0, False)
+    for quick in (False, True):
+        run = run_stand_in(runner, tmp_path, "unmeasured", unmeasured, quick=quick)
+        assert (run.status, run.exit_code) == ("failed", 2)
+        assert "no disk" in run.note
+    run = run_stand_in(runner, tmp_path, "crashes", 'raise RuntimeError("boom")\n', quick=True)
+    assert run.status == "failed"
+    assert any("RuntimeError: boom" in line for line in run.output_tail)
+
+    assert runner.exit_status([run_stand_in(runner, tmp_path, "missed", missed, quick=False)], quick=False) == 1
+
+
+def test_report_keeps_the_figures_of_benchmarks_not_run_again(tmp_path):
+    runner = load_runner()
+    names = [b.name for b in runner.registered()]
+    assert len(names) >= 2, "the suite should have several benchmarks"
+    report = tmp_path / "benchmarks.md"
+    machine = {"cpu": "Test CPU", "cores": "2", "ram": "1 GiB", "os": "Linux", "python": "3", "blender": "3.4.1"}
+
+    def run(name: str, value: float) -> object:
+        return runner.Run(name, "passed", "2025-01-01 00:00 UTC", f"python benchmarks/run.py --only {name}",
+                          f"python benchmarks/{name}.py", False, machine, 0, 1.0,
+                          [{"figure": "size | of it", "value": value, "unit": "MB", "target": 200, "compare": "<=",
+                            "met": True, "note": ""}])
+
+    runner.write_report(str(report), [run(names[0], 1.0), run(names[1], 2.0)])
+    earlier = runner.load_runs(str(report))
+    assert sorted(earlier) == sorted(names[:2])
+    earlier[names[1]] = run(names[1], 3.0)
+    runner.write_report(str(report), list(earlier.values()))
+    text = report.read_text()
+    assert re.search(rf"^\| {names[0]} \| size \\\| of it \| 1 MB \| ≤ 200 MB \| yes \|$", text, re.MULTILINE), text
+    assert re.search(rf"^\| {names[1]} \| size \\\| of it \| 3 MB \|", text, re.MULTILINE), text
+    assert "Test CPU, 2 cores, 1 GiB RAM" in text
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(find_blender_or_none() is None, reason="Blender is not installed")
+def test_quick_suite_runs_every_benchmark_and_reports_each(tmp_path):
+    runner = load_runner()
+    names = [benchmark.name for benchmark in runner.registered()]
+    real_report = os.path.join(ROOT, "docs", "benchmarks.md")
+    before = read_bytes(real_report)
+    report = tmp_path / "quick.md"
+
+    completed = subprocess.run([sys.executable, RUN, "--quick", "--report", str(report), "--timeout", "420"],
+                               cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               timeout=880, check=False)
+    output = completed.stdout.decode("utf-8", "replace")
+    assert completed.returncode == 0, f"the quick suite failed (exit {completed.returncode}):\n{output[-8000:]}"
+    text = report.read_text(encoding="utf-8")
+    assert "**Quick mode**" in text
+    runs = text.split("## Runs", 1)[1]
+    for name in names:
+        assert re.search(rf"^\| {re.escape(name)} \| passed \|", runs, re.MULTILINE), f"no passed run of {name}:\n{text}"
+    data = json.loads(re.search(r"<!-- renderq-benchmark-data\n(.*?)\n-->", text, re.DOTALL)[1])
+    assert sorted(entry["name"] for entry in data) == sorted(names)
+    # Quick figures never replace the real ones.
+    assert read_bytes(real_report) == before
