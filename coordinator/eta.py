@@ -4,23 +4,30 @@ What the coordinator knows exactly: each done frame's number, its render time (r
 inside Blender), which worker rendered it and when (on that worker's clock); which frames are left, which of them
 are being rendered, by whom and since when. From that:
 
-- The cost of a frame as a function of its number: a straight trend through the mean of the done frames. The slope
-  is a robust one (the median of slopes between frames half the done range apart, so a few heavy frames do not tip
-  it), shrunk towards flat as far as the done frames leave it uncertain. The level is the plain mean, so heavy frames
-  count at the rate they were seen: the sum over the frames left is what matters, not the typical frame.
+- The cost of a frame as a function of its number: a straight trend through the mean of the done frames. Its slope
+  is measured on the logarithm of the costs as the median of the slopes between pairs of frames (Theil-Sen), so
+  frames several times heavier than the rest do not tip it however they recur, and it is shrunk towards flat as far
+  as the done frames leave it uncertain. The level is the plain mean, so heavy frames count at the rate they were
+  seen: the sum over the frames left is what matters, not the typical frame. Each worker's first frame is left out
+  (a Blender session's first frame pays one-time costs).
 - Each worker's speed relative to the others, from its frames against that trend (shrunk towards the average while
   it has rendered few), and its overhead between frames (upload, report, setting up the next frame) from the gaps
   between its own consecutive frames: one clock, so clocks that disagree between machines do not matter.
 - The time left of a frame being rendered, given how long it has run: the mean over the done frames that ran at
-  least that long (relative to their prediction), so a frame that runs long is taken for one of the heavy ones.
+  least that long (relative to their prediction), so a frame that runs long is taken for one of the heavy ones. Such
+  a frame is also evidence that frames cost more than the done ones say: the frames not started yet are scaled by
+  what the frames in progress add to the done ones.
 - The frames left dealt out in claim order (lowest number first) to the workers on the task, each taking the next
-  frame when it is free: the estimate is when the last of them ends, so the tail of the last frames counts. Beyond
+  frame when it is free: the estimate is when the last of them ends, so the tail of the last frames counts. Before
   the last TAIL_FRAMES frames the work is spread evenly (water-filling), which is exact enough and keeps an estimate
   cheap for tasks of many frames.
 
+What cannot be known is not guessed: a heavy section that no done frame has shown, or a machine that gets slower
+(other work on it) while the task renders, only shows in the estimate once frames show it.
+
 `TaskEstimator` holds what depends only on the done and failed frames (the model and the frames left, priced); it
-is built in O(frames of the task) and `EtaCache` keeps it until one of those changes, so each estimate after that
-costs O(workers + TAIL_FRAMES). Everything is deterministic: the same frames give the same estimate.
+is built in O(done frames), the model from at most MODEL_FRAMES of them, and `EtaCache` keeps it until one of those
+changes, so each estimate after that costs O(workers + TAIL_FRAMES). Everything is deterministic: the same frames give the same estimate.
 
 `estimate_eta` is the first, simple estimate (mean of the recent frame times x frames left / workers), kept as the
 baseline the benchmark compares against.
@@ -31,34 +38,47 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import heapq
+import itertools
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 # A slope needs this many timed frames; fewer cannot tell a trend from noise and heavy frames.
 MIN_FRAMES_FOR_TREND = 6
 # Predicted costs stay within these multiples of the done frames' mean (a steep trend carried far must not go
 # negative or explode).
-COST_FLOOR = 0.2
-COST_CEILING = 6.0
-# A worker's speed counts fully once it has rendered many more frames than this; below, it leans on the average.
-SPEED_PRIOR_FRAMES = 6
+COST_FLOOR = 0.33
+COST_CEILING = 4.0
+# Workers' speeds differ by about this much (standard deviation of the logarithm of their speed ratios), and a
+# frame's time about its prediction by at least SPEED_NOISE_FLOOR: with few frames, a speed leans on the average.
+SPEED_PRIOR_SPREAD = 0.5
+SPEED_NOISE_FLOOR = 0.1
+MIN_FRAMES_FOR_SPEED = 3
 SPEED_LIMITS = (0.2, 5.0)
 SPEED_ROUNDS = 2
 # How hard an uncertain slope is pulled towards flat: kept slope / slope = t^2 / (t^2 + TREND_SHRINK), t the slope
 # over its standard error. About the square of the t value that few frames need before a trend is believable.
-TREND_SHRINK = 9.0
-TREND_PRIOR = 0.0
+TREND_SHRINK = 6.0
+# ... times (1 + SHRINK_DOF / (points - 2)): fewer points, harder pull.
+SHRINK_DOF = 4.0
+# Points further than this many robust standard deviations off the first line are left out of the second.
+OUTLIER_SPREADS = 3.0
 # The trend's slope is measured over at most this many points (pairs: its square / 2).
 TREND_POINTS = 48
+# The model is fitted to at most this many done frames, the latest by number.
+MODEL_FRAMES = 4096
+# How actual times spread about the prediction is kept as at most this many quantiles.
+RATIO_QUANTILES = 200
 # A frame running longer than any done frame did (relative to its prediction) is taken to have this share of its
 # prediction left.
 OVERRUN_SHARE_LEFT = 0.1
+# Each worker's first frame is left out of the model once this many other frames are timed.
+MIN_FRAMES_AFTER_WARM_UP = 3
 # A frame being rendered counts as evidence of frame costs up to this multiple of its prediction.
 EVIDENCE_CAP = 4.0
 # The last frames in claim order that are dealt out one by one; the frames before them are spread evenly.
-TAIL_FRAMES = 256
+TAIL_FRAMES = 128
 # A worker's own overhead is used from this many gaps on; before, the task's.
 MIN_GAPS_PER_WORKER = 3
 
@@ -127,8 +147,31 @@ class Trend:
         cost = self.level * (1.0 + self.relative_slope * (frame - self.center_frame))
         return min(self.high, max(self.low, cost))
 
+    def sum_over(self, frames: range) -> float:
+        """The sum of the costs of a range of frames (step > 0), in O(1): arithmetic series over the parts of the
+        range below, on and above the line's stretch between the bounds."""
+        n = len(frames)
+        if n == 0:
+            return 0.0
+        slope = self.level * self.relative_slope  # cost = intercept + slope x frame, within the bounds
+        intercept = self.level - slope * self.center_frame
+        if slope == 0:
+            return n * min(self.high, max(self.low, intercept))
+        # The frames before `first_cross` are clamped to first_value, those after `last_cross` to last_value.
+        if slope > 0:
+            first_value, last_value = self.low, self.high
+        else:
+            first_value, last_value = self.high, self.low
+        first_cross, last_cross = (first_value - intercept) / slope, (last_value - intercept) / slope
+        start, step = frames.start, frames.step
+        i1 = min(n, max(0, math.ceil((first_cross - start) / step)))
+        i2 = min(n, max(i1, math.floor((last_cross - start) / step) + 1))
+        count = i2 - i1
+        frame_sum = count * start + step * (i1 + i2 - 1) * count / 2
+        return first_value * i1 + intercept * count + slope * frame_sum + last_value * (n - i2)
+
     @classmethod
-    def fit(cls, frames: Sequence[int], costs: Sequence[float], span: float | None = None) -> "Trend":
+    def fit(cls, frames: Sequence[int], costs: Sequence[float]) -> Trend:
         """The trend of costs (positive) over frame numbers (same length, at least one, distinct frames).
 
         The slope is measured on the logarithm of the costs, where a heavy frame is heavy by the same factor
@@ -143,24 +186,39 @@ class Trend:
         slope = 0.0
         if n >= MIN_FRAMES_FOR_TREND:
             points = _pooled(sorted(zip(frames, costs)), TREND_POINTS)
-            slopes = [(points[j][1] - points[i][1]) / (points[j][0] - points[i][0])
-                      for i in range(len(points)) for j in range(i + 1, len(points))]
-            robust = _median(slopes)
-            # Its uncertainty: the spread of the points about the line over the spread of their frame numbers.
-            # Robust, so heavy frames that recur do not hide a clear trend, while noise over few frames does not
-            # pass for one.
-            center = sum(f for f, _ in points) / len(points)
-            residuals = [c - robust * (f - center) for f, c in points]
-            sxx = sum((f - center) ** 2 for f, _ in points)
-            se = _mad(residuals, _median(residuals)) / math.sqrt(sxx) if sxx > 0 else math.inf
+            robust, se = _theil_sen(points)
+            # Heavy frames placed unevenly among the light ones (all early, say) still pull the median a little:
+            # measured again without the points far off the line, the slope is that of the typical frames, which
+            # in logarithms is the slope of all of them.
+            offsets = [c - robust * f for f, c in points]
+            middle = _median(offsets)
+            spread = _mad(offsets, middle)
+            typical = [p for p, o in zip(points, offsets) if abs(o - middle) <= OUTLIER_SPREADS * spread]
+            if MIN_FRAMES_FOR_TREND <= len(typical) < len(points):
+                robust, se = _theil_sen(typical)
+            else:
+                typical = points
             if robust and math.isfinite(se):
-                if TREND_PRIOR and span:
-                    prior = TREND_PRIOR / span
-                    slope = robust * prior * prior / (prior * prior + se * se)
-                else:
-                    t_squared = (robust / se) ** 2 if se > 0 else math.inf
-                    slope = robust * (1.0 if math.isinf(t_squared) else t_squared / (t_squared + TREND_SHRINK))
+                # Pulled harder the fewer the points: their spread itself is uncertain then (as Student's t is
+                # wider than the normal for few degrees of freedom).
+                shrink = TREND_SHRINK * (1.0 + SHRINK_DOF / max(1, len(typical) - 2))
+                t_squared = (robust / se) ** 2 if se > 0 else math.inf
+                slope = robust * (1.0 if math.isinf(t_squared) else t_squared / (t_squared + shrink))
         return cls(mean_frame, mean_cost, slope, COST_FLOOR * mean_cost, COST_CEILING * mean_cost)
+
+
+def _theil_sen(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """The median of the slopes between all pairs of points, and its standard error: the robust spread of the points
+    about the line over the spread of their frame numbers."""
+    slopes = [(points[j][1] - points[i][1]) / (points[j][0] - points[i][0])
+              for i in range(len(points)) for j in range(i + 1, len(points))]
+    slope = _median(slopes)
+    center = sum(f for f, _ in points) / len(points)
+    residuals = [c - slope * (f - center) for f, c in points]
+    sxx = sum((f - center) ** 2 for f, _ in points)
+    if sxx <= 0:
+        return slope, math.inf
+    return slope, _mad(residuals, _median(residuals)) / math.sqrt(sxx)
 
 
 def _pooled(frame_costs: Sequence[tuple[int, float]], most: int) -> list[tuple[float, float]]:
@@ -179,8 +237,11 @@ class CostModel:
     """What a task's done frames say about the frames left: cost by frame number (for a worker of average speed),
     each worker's speed and overhead between frames, and how actual times spread about the prediction."""
 
-    def __init__(self, done: Iterable[DoneFrame], span: float | None = None) -> None:
-        timed = [d for d in done if _usable(d.render_seconds)]
+    def __init__(self, done: Iterable[DoneFrame]) -> None:
+        # In frame order, so that the same frames give the same model (to the last bit) in whatever order they come.
+        timed = sorted((d for d in done if _usable(d.render_seconds)), key=lambda d: d.frame)
+        # The latest frames by number, nearest to the frames left, keep the model's cost bounded.
+        timed = _without_warm_up(timed[-MODEL_FRAMES:])
         self.frames_measured = len(timed)
         self.measured_seconds = sum(d.render_seconds for d in timed)
         self._speeds: dict[int | None, float] = {}
@@ -191,15 +252,23 @@ class CostModel:
             self._ratio_suffix_sums: list[float] = [0.0]
             return
         frames = [d.frame for d in timed]
-        trend = Trend.fit(frames, [d.render_seconds for d in timed], span)
+        trend = Trend.fit(frames, [d.render_seconds for d in timed])
+        # Speeds come from the frames that fit the common pattern only. Heavy frames tend to fall to the same
+        # worker again and again (it is busy with one while the others take the light ones, then takes the next
+        # heavy one): counted, they would make that worker look slow.
+        typical = _typical(timed, trend)
         for _ in range(SPEED_ROUNDS):
-            speeds = _speeds(timed, trend)
+            speeds = _speeds(typical, trend)
             if not speeds:
                 break
             self._speeds = speeds
-            trend = Trend.fit(frames, [d.render_seconds / speeds.get(d.worker_id, 1.0) for d in timed], span)
+            trend = Trend.fit(frames, [d.render_seconds / speeds.get(d.worker_id, 1.0) for d in timed])
         self.trend = trend
-        self._ratios = sorted(d.render_seconds / self.seconds(d.frame, d.worker_id) for d in timed)
+        ratios = sorted(d.render_seconds / self.seconds(d.frame, d.worker_id) for d in timed)
+        # Evenly spaced order statistics stand for the rest, so a model of many frames stays small in the cache.
+        if len(ratios) > RATIO_QUANTILES:
+            ratios = [ratios[(2 * i + 1) * len(ratios) // (2 * RATIO_QUANTILES)] for i in range(RATIO_QUANTILES)]
+        self._ratios = ratios
         # _ratio_suffix_sums[i] = sum(self._ratios[i:])
         sums = [0.0] * (len(self._ratios) + 1)
         for i in range(len(self._ratios) - 1, -1, -1):
@@ -237,6 +306,19 @@ class CostModel:
         return max(0.0, expected * self._ratio_suffix_sums[first] / longer - elapsed)
 
 
+def _without_warm_up(timed: list[DoneFrame]) -> list[DoneFrame]:
+    """The frames without each worker's first one (by start time) while enough others remain: the first frame of a
+    Blender session pays one-time costs (loading kernels, syncing the scene) that the frames left will not."""
+    first: dict[int | None, DoneFrame] = {}
+    for d in timed:
+        if d.started_at is not None and (d.worker_id not in first or d.started_at < first[d.worker_id].started_at):
+            first[d.worker_id] = d
+    if len(timed) - len(first) < MIN_FRAMES_AFTER_WARM_UP:
+        return timed
+    warm_up = {id(d) for d in first.values()}
+    return [d for d in timed if id(d) not in warm_up]
+
+
 def _overheads(timed: Sequence[DoneFrame]) -> tuple[dict[int | None, float], float]:
     """Each worker's median gap between the end of a frame and the start of its next one, and the task's."""
     by_worker: dict[int | None, list[DoneFrame]] = {}
@@ -246,7 +328,7 @@ def _overheads(timed: Sequence[DoneFrame]) -> tuple[dict[int | None, float], flo
     gaps_by_worker: dict[int | None, list[float]] = {}
     for worker_id, frames in by_worker.items():
         frames.sort(key=lambda d: d.started_at)
-        gaps = [after.started_at - before.ended_at for before, after in zip(frames, frames[1:])]
+        gaps = [after.started_at - before.ended_at for before, after in itertools.pairwise(frames)]
         # A negative gap means clocks or times that do not add up; leave it out.
         gaps_by_worker[worker_id] = [g for g in gaps if g >= 0]
     every_gap = [g for gaps in gaps_by_worker.values() for g in gaps]
@@ -255,37 +337,61 @@ def _overheads(timed: Sequence[DoneFrame]) -> tuple[dict[int | None, float], flo
              if len(gaps) >= MIN_GAPS_PER_WORKER}, task_overhead)
 
 
+def _typical(timed: Sequence[DoneFrame], trend: Trend) -> list[DoneFrame]:
+    """The frames whose cost is within OUTLIER_SPREADS robust standard deviations of the trend (in logarithms)."""
+    offsets = [math.log(d.render_seconds / trend(d.frame)) for d in timed]
+    middle = _median(offsets)
+    spread = _mad(offsets, middle)
+    return [d for d, o in zip(timed, offsets, strict=True) if abs(o - middle) <= OUTLIER_SPREADS * spread]
+
+
 def _speeds(timed: Sequence[DoneFrame], trend: Trend) -> dict[int | None, float]:
-    """Each worker's speed against the trend (median of actual / predicted over its frames), shrunk towards 1 while
-    it has few frames, scaled so that the frame-weighted geometric mean is 1. Empty when only one worker rendered."""
-    ratios: dict[int | None, list[float]] = {}
+    """Each worker's speed against the trend: the median of log(actual / predicted) over its frames, pulled towards
+    the average as far as its frames leave it uncertain (a normal prior of SPEED_PRIOR_SPREAD; the frames' scatter
+    measured within each worker, over all of them), scaled so that the frame-weighted mean of the logs is 0. A worker
+    with fewer than MIN_FRAMES_FOR_SPEED frames counts as average. Empty when fewer than two workers qualify."""
+    logs: dict[int | None, list[float]] = {}
     for d in timed:
-        ratios.setdefault(d.worker_id, []).append(d.render_seconds / trend(d.frame))
-    if len(ratios) < 2:
+        logs.setdefault(d.worker_id, []).append(math.log(d.render_seconds / trend(d.frame)))
+    logs = {w: values for w, values in logs.items() if len(values) >= MIN_FRAMES_FOR_SPEED}
+    if len(logs) < 2:
         return {}
-    logs = {}
-    for worker_id, values in ratios.items():
-        weight = len(values) / (len(values) + SPEED_PRIOR_FRAMES)
-        logs[worker_id] = weight * math.log(_median(values))
-    total = sum(len(values) for values in ratios.values())
-    mean_log = sum(logs[w] * len(ratios[w]) for w in ratios) / total
+    middles = {w: _median(values) for w, values in logs.items()}
+    scatter = max(SPEED_NOISE_FLOOR, _mad([v - middles[w] for w, values in logs.items() for v in values], 0.0))
+    prior = SPEED_PRIOR_SPREAD ** 2
+    estimates = {w: middles[w] * prior / (prior + scatter * scatter / len(values)) for w, values in logs.items()}
+    total = sum(len(values) for values in logs.values())
+    mean = sum(estimates[w] * len(logs[w]) for w in logs) / total
     low, high = SPEED_LIMITS
-    return {w: min(high, max(low, math.exp(value - mean_log))) for w, value in logs.items()}
+    return {w: min(high, max(low, math.exp(value - mean))) for w, value in estimates.items()}
 
 
 class TaskEstimator:
     """A task's cost model and its frames left (neither done nor failed), priced once: estimates from it need only
     the frames in progress and the time."""
 
-    def __init__(self, model: CostModel, frames_left: Iterable[int]) -> None:
+    def __init__(self, model: CostModel, frames: range, gone: Collection[int] = ()) -> None:
+        """frames: all the task's frames in claim order (a range, lowest number first); gone: those done or failed.
+        Costs O(len(gone) + TAIL_FRAMES), whatever the length of the range."""
         self.model = model
-        left = sorted(frames_left)
-        self._left = set(left)
-        self._tail_frames = left[-TAIL_FRAMES:]
-        self._tail_start = self._tail_frames[0] if self._tail_frames else None
-        bulk = left[:len(left) - len(self._tail_frames)]
-        self._bulk_count = len(bulk)
-        self._bulk_cost = sum(model.cost(f) for f in bulk) if model.trend is not None else 0.0
+        gone = gone if isinstance(gone, (set, frozenset)) else set(gone)
+        tail: list[int] = []
+        for frame in reversed(frames):
+            if frame not in gone:
+                tail.append(frame)
+                if len(tail) == TAIL_FRAMES:
+                    break
+        tail.reverse()
+        before = frames[:frames.index(tail[0])] if tail else range(0)
+        gone_before = sorted(frame for frame in gone if frame in before)
+        self._bulk_count = len(before) - len(gone_before)
+        self._bulk_cost = 0.0
+        if model.trend is not None and self._bulk_count:
+            self._bulk_cost = max(0.0, model.trend.sum_over(before) - sum(map(model.cost, gone_before)))
+        self._tail_frames = tail
+        self._tail_costs = list(map(model.cost, tail)) if model.trend is not None else []
+        self._tail_start = tail[0] if tail else None
+        self.frames_left = self._bulk_count + len(tail)
 
     @property
     def measured(self) -> bool:
@@ -294,7 +400,7 @@ class TaskEstimator:
 
     def eta_seconds(self, active: Sequence[ActiveFrame], now: float) -> float | None:
         """Seconds until the last frame left is done, given the frames leased now; None while nothing is timed."""
-        if not self._left:
+        if not self.frames_left:
             return 0.0
         if not self.measured:
             return None
@@ -306,8 +412,8 @@ class TaskEstimator:
         # done ones say, weighed like one more done frame: all the frames not started yet are scaled by it.
         in_progress: dict[int, float] = {}
         observed = expected = model.measured_seconds
-        for a in active:
-            if a.frame not in self._left or a.frame in active_frames:
+        for a in sorted(active, key=lambda a: (a.frame, not a.rendering)):
+            if a.frame in active_frames:
                 continue
             active_frames.add(a.frame)
             held.setdefault(a.worker_id, []).append(a)
@@ -343,16 +449,19 @@ class TaskEstimator:
         if bulk_count > 0 and bulk_cost > 0:
             _water_fill(free_in, scale * bulk_cost, bulk_count, model)
         # Deal the last frames one by one, in claim order, to whichever worker is free first.
-        heap = [(seconds, order, worker_id) for order, (worker_id, seconds) in enumerate(free_in.items())]
+        workers = list(free_in)
+        speed = [scale * model.speed(w) for w in workers]
+        overhead = [model.overhead(w) for w in workers]
+        heap = [(free_in[w], i) for i, w in enumerate(workers)]
         heapq.heapify(heap)
-        latest = max(seconds for seconds, _, _ in heap)
-        for frame in self._tail_frames:
+        latest = max(free_in.values())
+        for frame, cost in zip(self._tail_frames, self._tail_costs):
             if frame in active_frames:
                 continue
-            seconds, order, worker_id = heapq.heappop(heap)
-            seconds += scale * model.seconds(frame, worker_id) + model.overhead(worker_id)
+            seconds, i = heap[0]
+            seconds += speed[i] * cost + overhead[i]
             latest = max(latest, seconds)
-            heapq.heappush(heap, (seconds, order, worker_id))
+            heapq.heapreplace(heap, (seconds, i))
         return latest
 
 
@@ -404,15 +513,15 @@ class EtaCache:
                    load_done: Callable[[list[int]], Mapping[int, Sequence[DoneFrame]]]) -> dict[int, TaskEstimator]:
         """The estimator of each task: the cached one while its state is unchanged, else one built from
         `load_done(task_ids)` (called at most once, with the tasks that need building)."""
-        states = {state.task_id: state for state in states}
+        by_id = {state.task_id: state for state in states}
         found: dict[int, TaskEstimator] = {}
         with self._lock:
-            for task_id, state in states.items():
+            for task_id, state in by_id.items():
                 entry = self._entries.get(task_id)
                 if entry is not None and entry[0] == state:
                     self._entries.move_to_end(task_id)
                     found[task_id] = entry[1]
-        stale = [task_id for task_id in states if task_id not in found]
+        stale = [task_id for task_id in by_id if task_id not in found]
         if not stale:
             return found
         done_by_task = load_done(stale)
@@ -420,13 +529,11 @@ class EtaCache:
         for task_id in stale:
             done = done_by_task.get(task_id, [])
             gone = {d.frame for d in done}
-            gone.update(states[task_id].failed_frames)
-            state = states[task_id]
-            model = CostModel(done, span=state.frame_end - state.frame_start + 1)
-            built[task_id] = TaskEstimator(model, (f for f in state.frames() if f not in gone))
+            gone.update(by_id[task_id].failed_frames)
+            built[task_id] = TaskEstimator(CostModel(done), by_id[task_id].frames(), gone)
         with self._lock:
             for task_id, estimator in built.items():
-                self._entries[task_id] = (states[task_id], estimator)
+                self._entries[task_id] = (by_id[task_id], estimator)
                 self._entries.move_to_end(task_id)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)

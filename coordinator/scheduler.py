@@ -28,6 +28,8 @@ PRIORITY_LIMIT = 1_000_000
 # A task's frame_timeout and no_progress_timeout: at least a second, at most a week.
 TIMEOUT_MIN_SECONDS = 1.0
 TIMEOUT_MAX_SECONDS = 7 * 86400.0
+# Seconds between the lease expiries a claim runs (the coordinator's reaper runs one every second too).
+EXPIRY_INTERVAL = 1.0
 
 
 @dataclasses.dataclass
@@ -96,6 +98,7 @@ class Scheduler:
         self.store = store
         self.policy = policy or Policy()
         self.clock = clock
+        self._last_expiry = float("-inf")
         self._eta = eta.EtaCache()
 
     # -- workers --------------------------------------------------------------------------------------------------
@@ -115,10 +118,12 @@ class Scheduler:
         }
 
     def heartbeat(self, worker_id: int, leases: Sequence[str]) -> dict:
-        worker = self._worker(worker_id)
         now = self.clock()
-        revoked = self.store.heartbeat(worker_id, list(leases), now, now + self.policy.lease_seconds)
-        return {"enabled": bool(worker["enabled"]), "revoked": revoked}
+        answer = self.store.heartbeat(worker_id, list(leases), now, now + self.policy.lease_seconds)
+        if answer is None:
+            raise NotFound(_no_worker(worker_id))
+        enabled, revoked = answer
+        return {"enabled": enabled, "revoked": revoked}
 
     def set_worker_enabled(self, enabled: bool, worker_id: int | None = None, name: str | None = None) -> dict:
         worker = self._worker(worker_id) if worker_id is not None else self._worker_by_name(name or "")
@@ -278,9 +283,9 @@ class Scheduler:
         return self.store.forget_task_files(task_id, self.clock())
 
     def frame(self, task_id: int, frame: int) -> dict:
-        self._task(task_id)
         row = self.store.get_frame(task_id, frame)
         if row is None:
+            self._task(task_id)  # a missing task is named as such
             raise NotFound(f"task {task_id} has no frame {frame}")
         return row
 
@@ -292,7 +297,11 @@ class Scheduler:
         if not worker["enabled"]:
             return None, "this worker is switched OFF"
         now = self.clock()
-        self.store.expire_leases(now, self.policy.frame_fail_workers)
+        # Frames of workers that stopped reporting go back to the queue before the claim looks. The reaper does it
+        # every second anyway, so claims do it at most that often instead of paying a write each.
+        if not self._last_expiry <= now < self._last_expiry + EXPIRY_INTERVAL:
+            self._last_expiry = now
+            self.store.expire_leases(now, self.policy.frame_fail_workers)
         lease_id = secrets.token_hex(16)
         frame = self.store.claim_frame(worker, lease_id, now, now + self.policy.lease_seconds, prefer_task_id,
                                        self.policy.bad_worker_failures)
@@ -319,11 +328,18 @@ class Scheduler:
 
     def check_lease(self, worker_id: int, task_id: int, frame: int, lease_id: str) -> dict:
         """The frame, if this worker holds this live lease on it; else Conflict (or NotFound)."""
+        row = self.store.get_frame(task_id, frame)
+        if row is not None and _holds(row, worker_id, lease_id):
+            # Only a registered worker is ever given a lease (and workers are never deleted): no need to look.
+            return row
         self._worker(worker_id)
         row = self.frame(task_id, frame)
-        if row["lease_id"] != lease_id or row["worker_id"] != worker_id or row["status"] not in ("leased", "rendering"):
-            raise Conflict(self._lost_lease_sentence(row, task_id, frame))
+        self._require_lease(row, worker_id, task_id, frame, lease_id)
         return row
+
+    def _require_lease(self, row: dict, worker_id: int, task_id: int, frame: int, lease_id: str) -> None:
+        if not _holds(row, worker_id, lease_id):
+            raise Conflict(self._lost_lease_sentence(row, task_id, frame))
 
     def record_output(self, worker_id: int, task_id: int, frame: int, lease_id: str, filename: str,
                       sha256: str, size: int) -> dict:
@@ -346,8 +362,11 @@ class Scheduler:
             raise BadRequest(f"status must be one of {', '.join(FRAME_REPORTS)}, not {status!r}")
         if needs_python and status != "released":
             raise BadRequest(f"'needs_python' goes with the status 'released', not {status!r}")
-        self._worker(worker_id)
-        current = self.frame(task_id, frame)
+        current = self.store.get_frame(task_id, frame)
+        if current is None or current["worker_id"] != worker_id:
+            # Not this worker's frame now: the refusals below, for an unknown worker or task first.
+            self._worker(worker_id)
+            current = self.frame(task_id, frame)
         if (current["lease_id"] == lease_id and current["worker_id"] == worker_id
                 and current["status"] == status and status in ("done", "failed")):
             return current
@@ -356,7 +375,7 @@ class Scheduler:
             # A repeat of a failure already counted; the frame went back to the queue then (and may be someone
             # else's now, so their lease is not shown).
             return {**current, "lease_id": None}
-        self.check_lease(worker_id, task_id, frame, lease_id)
+        self._require_lease(current, worker_id, task_id, frame, lease_id)
         now = self.clock()
         if status == "rendering":
             row = self.store.mark_rendering(task_id, frame, lease_id, started_at or now,
@@ -405,7 +424,7 @@ class Scheduler:
     def _worker(self, worker_id: int) -> dict:
         worker = self.store.get_worker(worker_id=worker_id)
         if worker is None:
-            raise NotFound(f"no worker with id {worker_id}; register first")
+            raise NotFound(_no_worker(worker_id))
         return worker
 
     def _worker_by_name(self, name: str) -> dict:
@@ -597,6 +616,15 @@ class Scheduler:
             "error": frame["error"],
             "log_tail": frame["log_tail"],
         }
+
+
+def _no_worker(worker_id: int) -> str:
+    return f"no worker with id {worker_id}; register first"
+
+
+def _holds(row: dict, worker_id: int, lease_id: str) -> bool:
+    """Whether the frame row is under this worker's live lease."""
+    return row["lease_id"] == lease_id and row["worker_id"] == worker_id and row["status"] in ("leased", "rendering")
 
 
 def check_timeout(field: str, seconds: float | None) -> None:

@@ -182,6 +182,8 @@ def _reap_leases(scheduler, stop: threading.Event) -> None:
             expired = scheduler.expire_leases()
             if expired:
                 log.info("requeued %d frame(s) whose worker stopped reporting", expired)
+            # Here rather than in whichever request's commit fills the WAL (see Store.checkpoint_in_background).
+            scheduler.store.checkpoint()
         except Exception as error:  # a busy or full database must not kill the reaper; the next round retries
             if not writes_failed:
                 log.error("lease reaper failed: %s", error)

@@ -154,7 +154,17 @@ ADDED_COLUMNS = {
 # Indexes on added columns, made once the columns exist.
 ADDED_INDEXES = (
     "CREATE INDEX IF NOT EXISTS frames_by_deadline ON frames(render_deadline) WHERE status = 'rendering'",
+    # The order claims hand out tasks in, so a claim reads tasks only until the first one it may take.
+    ("CREATE INDEX IF NOT EXISTS tasks_claimable ON tasks(priority DESC, task_id) "
+     "WHERE status IN ('queued', 'running')"),
 )
+
+# How long a statement waits for another connection's lock before failing, and how long the checkpoint's last
+# step waits for readers (writers wait for it meanwhile).
+BUSY_TIMEOUT_MS = 30_000
+CHECKPOINT_WAIT_MS = 20
+# The WAL starts over once it holds this many pages (SQLite's own checkpoint threshold: about 4 MB).
+WAL_RESTART_PAGES = 1000
 
 FRAME_COLUMNS = (
     "task_id, frame, status, worker_id, lease_id, lease_expires, attempts, failures, started_at, ended_at, "
@@ -163,13 +173,15 @@ FRAME_COLUMNS = (
 
 
 class Store:
-    """SQLite-backed state. One read connection per thread and one writer connection that threads take turns on;
-    WAL so readers never wait for the writer."""
+    """SQLite-backed state. One connection per thread; writers take turns (see transaction()), and WAL lets readers
+    go on meanwhile."""
 
     def __init__(self, path: str, *, synchronous: str = "full") -> None:
         self.path = path
         self.synchronous = synchronous.upper()
         self._local = threading.local()
+        # SQLite's default: the commit that fills the WAL past 1000 pages copies them into the database file.
+        self._autocheckpoint = 1000
         # Group commit (see transaction()): one thread writes at a time, and the writes of threads that queue up
         # behind each other share one COMMIT, so one fsync acknowledges many of them.
         self._write_lock = threading.Lock()
@@ -197,17 +209,22 @@ class Store:
         db = getattr(self._local, "db", None)
         if db is None:
             # check_same_thread=False: a write batch opened on this connection takes other threads' writes too.
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                 check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.execute("PRAGMA foreign_keys=OFF")
+            db.execute(f"PRAGMA wal_autocheckpoint={self._autocheckpoint}")
             self._local.db = db
         return db
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction: the block's writes all happen or none do, and are durable once it returns.
+
+        durable=False, for writes nobody is promised (a heartbeat's "last seen"): the block may return before its
+        batch is committed, so its thread is not held up by the fsync.
 
         Writers take turns. The first opens a transaction on its connection (BEGIN IMMEDIATE, so a claim never
         deadlocks upgrading a read lock); the writers queued behind it run their blocks in that same transaction,
@@ -260,7 +277,9 @@ class Store:
                 self._end_turn()
                 raise
         self._end_turn()
-        self._wait_for_commit(number)
+        # A batch that runs on this thread's connection (it came first) is waited for in any case.
+        if durable or first:
+            self._wait_for_commit(number)
 
     def _end_turn(self) -> None:
         """Commit the open batch unless another writer is next in line to add to it (and it is not full yet),
@@ -301,6 +320,42 @@ class Store:
             error = self._failed_batches.get(number)
             if error is not None:
                 raise sqlite3.OperationalError(f"the transaction could not be committed: {error}") from error
+
+    def checkpoint_in_background(self) -> None:
+        """Leave WAL checkpoints to checkpoint() (the coordinator's reaper thread calls it every second) instead of
+        the commit that happens to fill the WAL, which would copy pages and fsync the database file while every
+        other writer waits for it."""
+        self._autocheckpoint = 0
+        self._connection().execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy committed pages from the WAL into the database file, so the WAL can start over.
+
+        Most pages are copied while writers go on. The WAL starts over only after a checkpoint that copied all of
+        it, which writers appending all the time would never allow: so once it is long enough, the pages written
+        meanwhile are copied with the write lock held (a short pause, like a writer's turn).
+        """
+        db = self._connection()
+        _, wal_pages, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if wal_pages < WAL_RESTART_PAGES:
+            return
+        with self._queue_lock:
+            self._queued_writes += 1
+        self._write_lock.acquire()
+        with self._queue_lock:
+            self._queued_writes -= 1
+        try:
+            if self._batch.open:
+                self._finish_batch("COMMIT")  # this turn is ours: commit the open batch before copying it
+            # RESTART also waits for the readers still on the old pages, so the next writer starts the WAL over;
+            # only briefly, as writers wait meanwhile (the next second tries again).
+            db.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+            try:
+                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            finally:
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        finally:
+            self._write_lock.release()
 
     def read(self) -> sqlite3.Connection:
         """A connection for reads outside a transaction (each statement sees a consistent snapshot)."""
@@ -345,10 +400,16 @@ class Store:
     def list_workers(self) -> list[dict]:
         return [dict(r) for r in self.read().execute("SELECT * FROM workers ORDER BY name")]
 
-    def heartbeat(self, worker_id: int, leases: Sequence[str], now: float, lease_expires: float) -> list[str]:
-        """Mark the worker seen and renew the leases it still validly holds; return the ones it lost."""
-        with self.transaction() as db:
-            db.execute("UPDATE workers SET last_seen = ? WHERE worker_id = ?", (now, worker_id))
+    def heartbeat(self, worker_id: int, leases: Sequence[str], now: float,
+                  lease_expires: float) -> tuple[bool, list[str]] | None:
+        """Mark the worker seen and renew the leases it still validly holds: (whether it is switched ON, the
+        leases it lost), or None when there is no such worker. Not durable: a renewal lost in a crash is made good
+        by the lease extension after a restart and by the next heartbeat."""
+        with self.transaction(durable=False) as db:
+            seen = db.execute("UPDATE workers SET last_seen = ? WHERE worker_id = ? RETURNING enabled",
+                              (now, worker_id)).fetchone()
+            if seen is None:
+                return None
             valid: set[str] = set()
             for lease_id in leases:
                 row = db.execute(
@@ -358,7 +419,7 @@ class Store:
                 ).fetchone()
                 if row is not None:
                     valid.add(lease_id)
-            return [lease for lease in leases if lease not in valid]
+            return bool(seen["enabled"]), [lease for lease in leases if lease not in valid]
 
     def set_worker_enabled(self, worker_id: int, enabled: bool) -> None:
         """Switch a worker ON or OFF; OFF gives back the frames it claimed but has not started."""
@@ -414,7 +475,10 @@ class Store:
 
     def get_task(self, task_id: int) -> dict | None:
         row = self.read().execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        return _task_row(self.read(), row) if row else None
+        if row is None:
+            return None
+        # Only a task assigned to named workers has any in task_workers.
+        return _task_row(self.read(), row, None if row["manual"] else [])
 
     def list_tasks(self, status: str | None = None, limit: int = 1000) -> list[dict]:
         """Tasks newest first (optionally of one status), each with its assigned worker names."""
@@ -671,26 +735,30 @@ class Store:
         from (bad_worker_failures failed reports) and tasks that run Python, unless the worker allows it, are
         left out.
         """
+        values = {"name": worker["name"], "version": worker["blender_version_key"],
+                  "allows_python": int(bool(worker["allows_python"])), "worker_id": worker["worker_id"],
+                  "blocked_at": bad_worker_failures, "prefer": prefer_task_id}
         with self.transaction() as db:
-            # Paused (and ended) tasks are left out: their queued frames wait.
-            tasks = db.execute(
-                "SELECT t.task_id FROM tasks t WHERE t.status IN ('queued', 'running') "
-                "AND (t.manual = 0 OR EXISTS (SELECT 1 FROM task_workers w WHERE w.task_id = t.task_id "
-                "AND w.worker_name = :name)) "
-                "AND (t.blender_version_key = 0 OR t.blender_version_key = :version "
-                "OR (t.blender_version_exact = 0 AND t.blender_version_key < :version)) "
-                "AND (t.needs_python = 0 OR :allows_python = 1) "
-                "AND NOT EXISTS (SELECT 1 FROM task_worker_failures b WHERE b.task_id = t.task_id "
-                "AND b.worker_id = :worker_id AND b.failures >= :blocked_at) "
-                "AND EXISTS (SELECT 1 FROM frames f WHERE f.task_id = t.task_id AND f.status = 'queued') "
-                "ORDER BY t.priority DESC, (t.task_id = :prefer) DESC, t.task_id ASC LIMIT 1",
-                {"name": worker["name"], "prefer": prefer_task_id if prefer_task_id is not None else -1,
-                 "version": worker["blender_version_key"], "allows_python": int(bool(worker["allows_python"])),
-                 "worker_id": worker["worker_id"], "blocked_at": bad_worker_failures},
+            # Walks tasks_claimable in order and stops at the first task this worker may take: a claim does not
+            # look at (or sort) every open task. Paused (and ended) tasks are left out: their queued frames wait.
+            best = db.execute(
+                f"SELECT t.task_id, t.priority FROM tasks t INDEXED BY tasks_claimable "
+                f"WHERE t.status IN ('queued', 'running') "
+                f"AND {_CLAIMABLE_BY_WORKER} ORDER BY t.priority DESC, t.task_id ASC LIMIT 1",
+                values,
             ).fetchone()
-            if tasks is None:
+            if best is None:
                 return None
-            task_id = tasks["task_id"]
+            task_id = best["task_id"]
+            if prefer_task_id is not None and prefer_task_id != task_id:
+                # The worker's current task goes first among tasks of the same priority.
+                preferred = db.execute(
+                    f"SELECT t.task_id FROM tasks t WHERE t.task_id = :prefer AND t.status IN ('queued', 'running') "
+                    f"AND t.priority = :priority AND {_CLAIMABLE_BY_WORKER}",
+                    {**values, "priority": best["priority"]},
+                ).fetchone()
+                if preferred is not None:
+                    task_id = prefer_task_id
             row = db.execute(
                 "SELECT frame FROM frames f WHERE task_id = ? AND status = 'queued' AND NOT EXISTS ("
                 "SELECT 1 FROM frame_failures x WHERE x.task_id = f.task_id AND x.frame = f.frame "
@@ -898,6 +966,20 @@ class _Batch:
 
     def full(self) -> bool:
         return self.writes >= self.MAX_WRITES or time.monotonic() - self.started >= self.MAX_SECONDS
+
+
+# Whether the worker (named parameters name, version, allows_python, worker_id, blocked_at) may take a frame of the
+# open task t now: assigned to it (or to anyone), the right Blender, Python allowed if needed, not blocked, and a
+# frame queued. Each test is one index lookup.
+_CLAIMABLE_BY_WORKER = (
+    "(t.manual = 0 OR EXISTS (SELECT 1 FROM task_workers w WHERE w.task_id = t.task_id AND w.worker_name = :name)) "
+    "AND (t.blender_version_key = 0 OR t.blender_version_key = :version "
+    "OR (t.blender_version_exact = 0 AND t.blender_version_key < :version)) "
+    "AND (t.needs_python = 0 OR :allows_python = 1) "
+    "AND NOT EXISTS (SELECT 1 FROM task_worker_failures b WHERE b.task_id = t.task_id "
+    "AND b.worker_id = :worker_id AND b.failures >= :blocked_at) "
+    "AND EXISTS (SELECT 1 FROM frames f WHERE f.task_id = t.task_id AND f.status = 'queued')"
+)
 
 
 def _requeue(db: sqlite3.Connection, where: str, params: tuple) -> int:
