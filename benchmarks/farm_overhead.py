@@ -1,10 +1,22 @@
 """Farm overhead: one worker renders N frames through the farm, against plain `blender -b FILE -a`.
 
-Both sides render the same scene, frames and thread count, and both pay Blender's start-up and scene load
-once. The two are timed alternately so that drift in the machine's speed hits both. Prints the figures and
-exits 1 when farm / plain is above the target.
+Both sides render the same Blender-made Cycles scene, frames and thread count, and both pay Blender's start-up and
+scene load once. Plain Blender is timed from its process start to its exit; the farm from the submit request to the
+coordinator's record of the last frame done (upload and report included). The two are timed alternately (plain
+first in even rounds, the farm first in odd ones) so that drift in the machine's speed hits both; the target is on
+the ratio of the medians, every run is listed, and the ratio within each round is shown too (it is steadier when
+the machine's speed drifts).
 
-    python benchmarks/farm_overhead.py [--frames 24] [--rounds 1] [--target 1.10]
+Each side is also broken down into the same parts: start (submit or process start to the first frame's
+`render_pre`; for the farm the claim's pickup is shown apart), the exact frame times (`render_pre` to `render_write`,
+both sides), the gaps between frames, and the end (the last `render_write` to done or exit). The farm's frames are
+compared pixel for pixel with plain Blender's. The load average is shown: on a busy machine the figures are noise.
+
+Exits 1 when farm / plain is above the target or a frame differs; --quick renders 3 frames in one round and
+enforces no target.
+
+    python benchmarks/farm_overhead.py [--frames 24] [--rounds 3] [--threads 1] [--target 1.03] [--quick]
+        [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -12,91 +24,102 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import Results, add_arguments  # noqa: E402
 from harness import Farm  # noqa: E402
+from renders import farm_render, load_average, plain_animation, runs_note, same_pixels  # noqa: E402
 
 from renderq.scenes import make_scene  # noqa: E402
 from worker.blender_session import find_blender  # noqa: E402
 
 
-def plain_render(blender: str, blend: str, frames: int, threads: int, out_dir: str) -> float:
-    """Seconds for `blender -b FILE -a` over frames 1..N, start-up included."""
-    command = [blender, "-b", "-Y", blend, "-o", os.path.join(out_dir, "f_"), "-t", str(threads),
-               "-s", "1", "-e", str(frames), "-a"]
-    started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    elapsed = time.perf_counter() - started
-    rendered = [name for name in os.listdir(out_dir) if name.startswith("f_")]
-    if len(rendered) != frames:
-        raise SystemExit(f"plain Blender wrote {len(rendered)} frames, expected {frames}")
-    return elapsed
-
-
-def farm_render(farm: Farm, blend: str, frames: int) -> tuple[float, list[float]]:
-    """Seconds from submit until the farm has every frame, and the exact per-frame render times."""
-    sha = farm.api.upload_blend(blend)  # the upload is not part of rendering; plain Blender reads a local file
-    started = time.perf_counter()
-    task_id = farm.api.post("/submit_task", {"name": "overhead", "blend_sha256": sha,
-                                             "blend_filename": os.path.basename(blend), "frame_start": 1,
-                                             "frame_end": frames})["task_id"]
-    while True:
-        task = farm.api.task(task_id)
-        if task["status"] in ("done", "failed", "canceled"):
-            break
-        time.sleep(0.05)
-    elapsed = time.perf_counter() - started
-    if task["status"] != "done":
-        raise SystemExit(f"the farm task ended {task['status']}")
-    return elapsed, [f["render_seconds"] for f in task["frames"]]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=24, help="frames per render (default 24)")
-    parser.add_argument("--rounds", type=int, default=1, help="alternating farm/plain rounds (default 1)")
+    parser.add_argument("--frames", type=int, help="frames per render (default 24; quick 3)")
+    parser.add_argument("--rounds", type=int, help="alternating plain/farm rounds (default 3; quick 1)")
     parser.add_argument("--threads", type=int, default=1, help="render threads on both sides (default 1)")
-    parser.add_argument("--target", type=float, default=1.10, help="largest acceptable farm/plain ratio")
+    parser.add_argument("--target", type=float, default=1.03, help="largest acceptable farm/plain ratio")
+    add_arguments(parser, "3 frames, 1 round")
     args = parser.parse_args()
+    args.frames = args.frames or (3 if args.quick else 24)
+    args.rounds = args.rounds or (1 if args.quick else 3)
 
     blender = find_blender()
+    results = Results("farm_overhead", quick=args.quick)
+    plain_runs, farm_runs, loads = [], [], [load_average()]
+    pixels_same, pixels_problem = args.frames, ""
     with tempfile.TemporaryDirectory(prefix="renderq-overhead-") as root:
         blend = make_scene(os.path.join(root, "overhead.blend"), blender=blender, frames=args.frames)
         farm = Farm(os.path.join(root, "farm"), blender=blender)
         os.makedirs(farm.root, exist_ok=True)
         farm.start_coordinator()
         farm.start_worker("bench", threads=args.threads)
-        farm_times, plain_times, frame_times = [], [], []
         try:
+            # The upload is not part of rendering: plain Blender reads a local file too.
+            sha = farm.api.upload_blend(blend)
             for round_number in range(args.rounds):
                 out_dir = tempfile.mkdtemp(dir=root)
-                if round_number % 2 == 0:
-                    plain_times.append(plain_render(blender, blend, args.frames, args.threads, out_dir))
-                    farm_elapsed, frame_times = farm_render(farm, blend, args.frames)
-                    farm_times.append(farm_elapsed)
-                else:
-                    farm_elapsed, frame_times = farm_render(farm, blend, args.frames)
-                    farm_times.append(farm_elapsed)
-                    plain_times.append(plain_render(blender, blend, args.frames, args.threads, out_dir))
+                sides = ("plain", "farm") if round_number % 2 == 0 else ("farm", "plain")
+                for side in sides:
+                    if side == "plain":
+                        plain_runs.append(plain_animation(blender, blend, 1, args.frames, args.threads, out_dir))
+                    else:
+                        timeline, task = farm_render(farm, sha, os.path.basename(blend), 1, args.frames,
+                                                     f"overhead-{round_number}")
+                        farm_runs.append((timeline, task))
+                    loads.append(load_average())
+                # Every round's frames, not only the last: a difference may come and go.
+                same, problem = same_pixels(farm, farm_runs[-1][1], out_dir)
+                pixels_same = min(pixels_same, same)
+                pixels_problem = pixels_problem or problem
         finally:
             farm.stop()
 
-    farm_seconds = statistics.median(farm_times)
-    plain_seconds = statistics.median(plain_times)
-    ratio = farm_seconds / plain_seconds
-    print(f"frames: {args.frames}, threads: {args.threads}, rounds: {args.rounds}")
-    print(f"plain blender -b FILE -a: {plain_seconds:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in plain_times)})")
-    print(f"farm, one worker:         {farm_seconds:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in farm_times)})")
-    print(f"sum of exact frame times: {sum(frame_times):.2f} s  (mean {statistics.mean(frame_times):.3f} s/frame)")
-    print(f"farm / plain: {ratio:.3f}  (target <= {args.target:.2f}) {'OK' if ratio <= args.target else 'MISSED'}")
-    return 0 if ratio <= args.target else 1
+    farms = [timeline for timeline, _ in farm_runs]
+    plain_seconds = statistics.median(run.total for run in plain_runs)
+    farm_seconds = statistics.median(run.total for run in farms)
+    size = f"{args.frames} frames, {args.threads} thread(s), median of {args.rounds} alternating round(s)"
+    results.add(f"farm / plain blender -b FILE -a, {size}", round(farm_seconds / plain_seconds, 3), "", args.target)
+    paired = [farm.total / plain.total for farm, plain in zip(farms, plain_runs)]
+    results.add("farm / plain within each round, median", round(statistics.median(paired), 3), "",
+                note="rounds: " + ", ".join(f"{ratio:.3f}" for ratio in paired))
+    results.add("plain blender -b FILE -a, process start to exit", round(plain_seconds, 2), "s",
+                note=runs_note([run.total for run in plain_runs]))
+    results.add("farm, one worker, submit to last frame done", round(farm_seconds, 2), "s",
+                note=runs_note([run.total for run in farms]))
+
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 3)
+
+    results.add("start, plain: process start to first render_pre", median([r.to_first_frame for r in plain_runs]),
+                "s", note=runs_note([r.to_first_frame for r in plain_runs]))
+    results.add("start, farm: submit to first render_pre", median([r.to_first_frame for r in farms]), "s",
+                note=f"of which submit to claim {median([r.pickup or 0.0 for r in farms]):.3f} s; "
+                + runs_note([r.to_first_frame for r in farms]))
+    results.add("frame, plain: mean exact frame time", median([r.mean_frame for r in plain_runs]), "s",
+                note=runs_note([r.mean_frame for r in plain_runs], 3))
+    results.add("frame, farm: mean exact frame time", median([r.mean_frame for r in farms]), "s",
+                note=runs_note([r.mean_frame for r in farms], 3))
+    results.add("between frames, plain: mean render_write to next render_pre", median([r.mean_gap for r in plain_runs]),
+                "s", note=runs_note([r.mean_gap for r in plain_runs], 3))
+    results.add("between frames, farm: mean render_write to next render_pre", median([r.mean_gap for r in farms]),
+                "s", note=runs_note([r.mean_gap for r in farms], 3))
+    results.add("end, plain: last render_write to exit", median([r.tail for r in plain_runs]), "s",
+                note=runs_note([r.tail for r in plain_runs], 3))
+    results.add("end, farm: last render_write to done", median([r.tail for r in farms]), "s",
+                note=runs_note([r.tail for r in farms], 3))
+    results.add("farm frames with exactly plain Blender's pixels", pixels_same, f"of {args.frames}", args.frames,
+                ">=", note=pixels_problem)
+    results.add("load average (1 min) before, between and after the runs", round(max(loads), 2), "",
+                note="max; all: " + ", ".join(f"{load:.2f}" for load in loads) + f"; {os.cpu_count()} CPUs")
+    return results.finish(args.json_out)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ class FakeClient:
         self.failures: dict[tuple[str, int | None], list[Exception]] = {}
         self.blobs: dict[str, bytes] = {BLEND_SHA: BLEND_BYTES}
         self.manifests: dict[int, dict] = {}
+        # frame -> event: that frame's upload waits until the event is set (a slow network).
+        self.upload_gates: dict[int, threading.Event] = {}
+        # When each claim was made (time.monotonic()), in order.
+        self.claim_times: list[float] = []
 
     def _maybe_fail(self, call: str, frame: int | None = None) -> None:
         with self.lock:
@@ -137,6 +141,7 @@ class FakeClient:
             if not self.enabled:
                 return {"frame": None, "wait_reason": "this worker is switched OFF"}
             self.claims.append(prefer_task_id)
+            self.claim_times.append(time.monotonic())
             if not self.frames:
                 return {"frame": None, "wait_reason": "no frames waiting"}
             return {"frame": self.frames.pop(0), "wait_reason": None}
@@ -149,6 +154,9 @@ class FakeClient:
 
     def upload_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, path: str, filename: str) -> dict:
         self._maybe_fail("upload_frame", frame)
+        gate = self.upload_gates.get(frame)
+        if gate is not None:
+            assert gate.wait(30), f"the upload of frame {frame} was never let through"
         with open(path, "rb") as stream:
             content = stream.read()
         with self.lock:
@@ -185,6 +193,8 @@ class FakeSession:
     python_in_file: list[str] = []
     # Frames that hang until their limit: they come back as Blender stopped for crossing it.
     hang: set[int] = set()
+    # frame -> the exact render time to report for it, instead of the time it really took.
+    seconds: dict[int, float] = {}
 
     def __init__(self, blender: str, blend_path: str, output_dir: str, *, threads: int = 0,
                  on_log_line: Callable[[str], None] | None = None, start_timeout: float = 120.0,
@@ -252,7 +262,7 @@ class FakeSession:
         path = os.path.join(self.output_dir, f"f_{frame:04d}.png")
         with open(path, "wb") as out:
             out.write(b"PNG frame %d" % frame)
-        return FrameResult(frame, True, path, started, ended, ended - started, None, "")
+        return FrameResult(frame, True, path, started, ended, FakeSession.seconds.get(frame, ended - started), None, "")
 
     def abort(self, grace: float = 5.0) -> None:
         self.aborts += 1
@@ -271,6 +281,7 @@ def sessions():
     FakeSession.start_error = None
     FakeSession.python_in_file = []
     FakeSession.hang = set()
+    FakeSession.seconds = {}
     return FakeSession.instances
 
 
@@ -599,6 +610,91 @@ def test_second_signal_kills_blender_and_exits_at_once(tmp_path, sessions, monke
     assert exits == [1]
 
 
+# -- Blender does not wait on the network between frames -------------------------------------------------------------
+
+
+def test_the_next_frame_renders_while_the_last_one_is_uploaded_and_its_lease_stays_held(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
+    client.upload_gates[1] = upload = threading.Event()
+    FakeSession.holds[2] = frame_2 = threading.Event()
+    agent = make_agent(client, tmp_path)
+    running = Running(agent)
+    wait_until(lambda: "rendering" in client.statuses(2), "frame 2 to render while frame 1 is being uploaded")
+    assert client.statuses(1) == ["rendering"] and client.uploads == []
+    # Frame 1 is still this worker's: its lease is renewed until it is delivered.
+    beats = len(client.heartbeats)
+    wait_until(lambda: len(client.heartbeats) > beats and "L1" in client.heartbeats[-1], "a heartbeat renewing L1")
+    upload.set()
+    wait_until(lambda: client.statuses(1) == ["rendering", "done"], "frame 1 done")
+    assert sessions[0].rendering == 2 and "L1" not in agent.held_leases()
+    frame_2.set()
+    wait_until(lambda: "done" in client.statuses(2), "frame 2 done")
+    wait_until(lambda: not os.listdir(tmp_path / "work" / "tasks"), "the finished task's tree to be removed")
+    assert running.stop() == 0
+    assert [frame for frame, _, _ in client.uploads] == [1, 2] and len(sessions) == 1
+    assert not os.listdir(tmp_path / "work" / "output")
+
+
+def test_only_one_rendered_frame_waits_for_the_network_at_a_time(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2"), frame_info(7, 3, "L3")])
+    client.upload_gates[1] = upload = threading.Event()
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: sessions and sessions[0].rendered == [1, 2], "frame 2 rendered while frame 1 uploads")
+    time.sleep(0.3)
+    # Frame 2 is rendered, but frame 3 waits until frame 1 is delivered: the worker renders no further ahead.
+    assert sessions[0].rendered == [1, 2] and client.statuses(3) == []
+    upload.set()
+    wait_until(lambda: all("done" in client.statuses(frame) for frame in (1, 2, 3)), "every frame done")
+    assert running.stop() == 0
+    assert [frame for frame, _, _ in client.uploads] == [1, 2, 3]
+
+
+def test_a_stop_lets_the_frame_on_its_way_be_delivered_and_gives_back_the_one_rendering(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
+    client.upload_gates[1] = upload = threading.Event()
+    FakeSession.holds[2] = threading.Event()
+    agent = make_agent(client, tmp_path)
+    running = Running(agent)
+    wait_until(lambda: "rendering" in client.statuses(2), "frame 2 rendering while frame 1 uploads")
+    agent.request_stop()
+    wait_until(lambda: sessions[0].aborts >= 1, "the render of frame 2 to be aborted")
+    upload.set()
+    running.thread.join(10)
+    assert running.exit_code == 0
+    assert client.statuses(1) == ["rendering", "done"]
+    assert client.statuses(2) == ["rendering", "released"]
+    assert not agent.held_leases()
+
+
+def test_the_next_frame_is_claimed_shortly_before_the_current_one_should_end(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2"), frame_info(7, 3, "L3")])
+    # Frame 1 "took" 3 s here, so frame 2 is expected to end 3 s after it started: frame 3 is claimed then, less
+    # the lead (0.5 s + a tenth of the frame), not as soon as frame 2 starts.
+    FakeSession.seconds[1] = 3.0
+    FakeSession.holds[2] = frame_2 = threading.Event()
+    agent = make_agent(client, tmp_path)
+    running = Running(agent)
+    wait_until(lambda: "rendering" in client.statuses(2), "frame 2 rendering")
+    started = time.monotonic()
+    wait_until(lambda: "L3" in agent.held_leases(), "frame 3 to be claimed ahead", timeout=15)
+    claimed_after = client.claim_times[-1] - started
+    assert 1.2 < claimed_after < 5.0, claimed_after
+    frame_2.set()
+    wait_until(lambda: "done" in client.statuses(3), "frame 3 done")
+    assert running.stop() == 0
+    # One claim at the start, frame 2 ahead of frame 1's end (nothing to expect it from), frame 3 ahead of frame 2's.
+    assert client.claims[:3] == [None, 7, 7]
+
+
+def test_a_frame_that_ends_before_its_claim_time_leaves_the_claim_to_the_main_loop(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2"), frame_info(7, 3, "L3")])
+    FakeSession.seconds[1] = 30.0  # frame 2 is expected to take long, and ends at once
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "done" in client.statuses(3), "frame 3 done", timeout=10)
+    assert running.stop() == 0
+    assert sessions[0].rendered == [1, 2, 3]
+
+
 def test_registration_waits_for_the_coordinator(tmp_path, sessions):
     client = FakeClient([frame_info(7, 1, "L1")])
     client.failures[("register_worker", None)] = [CoordinatorUnreachable("http://farm", "connection refused")] * 3
@@ -667,6 +763,12 @@ def test_arguments_take_their_defaults_from_the_environment(monkeypatch):
             defaults.parse_args(["--cache-size", bad])
     assert default_work_dir("node-07").endswith(os.path.join("renderq", "worker-node-07"))
     assert parser.parse_args(["--threads", "2", "--name", "x"]).threads == 2
+    assert defaults.parse_args([]).poll_seconds == agent_module.DEFAULT_POLL_SECONDS
+    monkeypatch.setenv("RENDERQ_POLL_SECONDS", "0.25")
+    polling = argparse.ArgumentParser()
+    add_arguments(polling)
+    assert polling.parse_args([]).poll_seconds == 0.25
+    assert polling.parse_args(["--poll-seconds", "3"]).poll_seconds == 3.0
 
 
 # -- limits and Python in .blend files ------------------------------------------------------------------------------

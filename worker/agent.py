@@ -1,9 +1,17 @@
 """The RenderQ worker: claims frames from the coordinator, renders them with Blender and reports back.
 
-One Blender process per task stays open while this worker keeps getting frames of that task. As soon as a frame has
-started rendering, the next frame is claimed in the background (preferring the same task), so it is ready when the
-current one ends. Every network call that fails because the coordinator is away is retried with backoff; a frame
-whose lease was lost (409, or `revoked` by the heartbeat) is dropped.
+One Blender process per task stays open while this worker keeps getting frames of that task. Blender should never
+wait on the network between two frames, so:
+
+- the next frame is claimed in the background (preferring the same task) shortly before the current one is expected
+  to end (from the exact time of the task's previous frame here; at once when there is none), so it is ready when
+  the current one ends but not taken from another worker that could start it sooner;
+- a rendered frame is uploaded and reported done by a background thread while Blender renders the next one. At most
+  one frame is on its way at a time: the frame after that waits for it, so an unreachable coordinator cannot make
+  this worker render ahead of what it can deliver. Its lease stays held (and renewed) until it is delivered.
+
+Every network call that fails because the coordinator is away is retried with backoff; a frame whose lease was lost
+(409, or `revoked` by the heartbeat) is dropped.
 
 A task may limit how long a frame renders and how long Blender may stay silent; Blender is stopped past either
 limit, the frame is reported failed with the reason, and the next frame gets a new Blender.
@@ -43,6 +51,14 @@ T = TypeVar("T")
 
 # The coordinator's log_tail is for a human reading why a frame failed; the last lines are the useful ones.
 _MAX_LOG_TAIL_CHARS = 16 * 1024
+# How long an idle worker waits between claims. It is also how long a new task waits for an idle farm: a second is
+# small next to any render, and an idle claim is one cheap request.
+DEFAULT_POLL_SECONDS = 1.0
+# The next frame is claimed this long before the current one is expected to end (seconds, plus a fraction of the
+# expected frame time): enough for a claim to come back, short enough that the last frames of a task go to
+# whichever worker is free first.
+_PREFETCH_LEAD_SECONDS = 0.5
+_PREFETCH_LEAD_FRACTION = 0.1
 
 
 class _GaveUp(Exception):
@@ -158,7 +174,7 @@ class WorkerAgent:
         cpu_count: int | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
         session_factory: Callable[..., SessionLike] = BlenderSession,
-        poll_seconds: float = 2.0,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
         max_backoff: float = 10.0,
         log_interval: float = 1.0,
         abort_grace: float = 5.0,
@@ -187,6 +203,9 @@ class WorkerAgent:
 
         # One lock for everything the heartbeat, the prefetch helper and the main loop share.
         self._lock = threading.RLock()
+        # Building a task's tree and removing it never overlap (the delivery thread removes finished tasks' trees).
+        # Taken before self._lock, never while holding it.
+        self._tree_lock = threading.Lock()
         self._held: dict[str, Lease] = {}
         self._current: Lease | None = None
         self._prefetched: Lease | None = None
@@ -201,6 +220,10 @@ class WorkerAgent:
         self._manifests: dict[int, tuple[list[dict[str, Any]], str]] = {}
         self._rendering = False
         self._helper: threading.Thread | None = None
+        # The thread uploading and reporting the last rendered frame while the next one renders.
+        self._delivery: threading.Thread | None = None
+        # (task id, exact seconds of its last two frames rendered here): when to claim the next frame of that task.
+        self._frame_times: tuple[int, list[float]] | None = None
 
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -372,9 +395,11 @@ class WorkerAgent:
         return lease
 
     def _work_on(self, lease: Lease) -> None:
-        """Render one held frame and report its outcome; the lease is let go of in every case."""
+        """Render one held frame and report its outcome; the lease is let go of in every case (a rendered frame's
+        once the background delivery is done with it)."""
         with self._lock:
             self._current = lease
+        handed_over = False
         try:
             if lease.revoked:
                 log.info("%s: lease revoked before rendering; dropped", lease)
@@ -412,17 +437,57 @@ class WorkerAgent:
                 if not lease.revoked:
                     self._release(lease, "the worker is stopping")
                 return
+            if result.ok and not lease.revoked and not getattr(result, "aborted", False):
+                if result.render_seconds:
+                    self._note_frame_time(lease.task_id, float(result.render_seconds))
+                self._deliver_in_background(lease, result)
+                handed_over = True
+                return
             self._settle(lease, result)
         finally:
             with self._lock:
                 self._current = None
-                self._held.pop(lease.lease_id, None)
-            # A task whose Blender never started (its files could not be fetched) has no session to clean up after.
-            try:
-                self._end_task_if_done(lease.task_id)
-            except OSError as exc:
-                log.warning("could not clean the folder of task %s: %s", lease.task_id, exc)
-            self._shipper.flush()
+            if not handed_over:
+                self._let_go(lease)
+
+    def _let_go(self, lease: Lease) -> None:
+        """Forget a lease this worker is done with, and its task's files if nothing else needs them."""
+        with self._lock:
+            self._held.pop(lease.lease_id, None)
+        # A task whose Blender never started (its files could not be fetched) has no session to clean up after.
+        try:
+            self._end_task_if_done(lease.task_id)
+        except OSError as exc:
+            log.warning("could not clean the folder of task %s: %s", lease.task_id, exc)
+        self._shipper.flush()
+
+    def _deliver_in_background(self, lease: Lease, result: Any) -> None:
+        """Upload and report a rendered frame in a thread, so Blender can go on with the next one.
+
+        Waits first for the frame before it: one frame on its way at a time.
+        """
+        self._wait_for_delivery()
+        thread = threading.Thread(
+            target=self._delivery_thread, args=(lease, result), name=f"deliver-{lease.frame}", daemon=True
+        )
+        with self._lock:
+            self._delivery = thread
+        thread.start()
+
+    def _delivery_thread(self, lease: Lease, result: Any) -> None:
+        try:
+            self._settle(lease, result)
+        except Exception:
+            log.exception("%s: delivering the frame failed; its lease will run out on the coordinator", lease)
+        finally:
+            self._let_go(lease)
+
+    def _wait_for_delivery(self, timeout: float | None = None) -> None:
+        """Wait until the frame being delivered in the background (if any) is delivered or given up."""
+        with self._lock:
+            thread = self._delivery
+        if thread is not None:
+            thread.join(timeout)
 
     # -- Blender sessions ---------------------------------------------------------------------------------------
 
@@ -441,7 +506,8 @@ class WorkerAgent:
         if session is not None:
             return session
 
-        blend_path = self._prepare_tree(lease)
+        with self._tree_lock:
+            blend_path = self._prepare_tree(lease)
         threads = self.threads or int(lease.settings.get("threads") or 0)
         session = self._session_factory(
             self.blender,
@@ -519,11 +585,12 @@ class WorkerAgent:
 
     def _end_task_if_done(self, task_id: int) -> None:
         """Delete the task's tree and forget its manifest once no session is open on it and no frame of it is held."""
-        with self._lock:
-            if self._session_task_id == task_id or any(held.task_id == task_id for held in self._held.values()):
-                return
-            self._manifests.pop(task_id, None)
-        self.cache.remove_task(task_id)
+        with self._tree_lock:
+            with self._lock:
+                if self._session_task_id == task_id or any(held.task_id == task_id for held in self._held.values()):
+                    return
+                self._manifests.pop(task_id, None)
+            self.cache.remove_task(task_id)
 
     def _close_session(self, *, remove_task_files: bool) -> None:
         """Close the open Blender session, if any; optionally delete its task's tree and output folder.
@@ -597,7 +664,8 @@ class WorkerAgent:
         return result
 
     def _after_start(self, lease: Lease, wall_time: float) -> None:
-        """Background work once Blender began the frame: report "rendering", then claim the next frame."""
+        """Background work once Blender began the frame: report "rendering", then claim the next frame shortly
+        before this one is expected to end."""
         try:
             self._retry(
                 f"report {lease} rendering",
@@ -614,7 +682,31 @@ class WorkerAgent:
                 self._revoke([lease.lease_id])
                 return
             log.warning("%s: the coordinator refused the rendering report: %s", lease, exc)
+        delay = self._prefetch_delay(lease, wall_time)
+        if delay > 0 and lease.finished.wait(delay):
+            return  # the frame ended sooner than expected: the main loop claims the next one itself
         self._prefetch(lease)
+
+    def _note_frame_time(self, task_id: int, seconds: float) -> None:
+        with self._lock:
+            earlier = self._frame_times[1][-1:] if self._frame_times and self._frame_times[0] == task_id else []
+            self._frame_times = (task_id, [*earlier, seconds])
+
+    def _prefetch_delay(self, lease: Lease, wall_time: float) -> float:
+        """Seconds from now until the next frame should be claimed: a lead before the frame is expected to end, or
+        0 when there is nothing to expect it from.
+
+        The frame is expected to take as long as the shorter of the task's last two frames here: a session's first
+        frame takes longer (Blender sets up the renderer), and claiming a little early costs nothing.
+        """
+        with self._lock:
+            times = self._frame_times
+        if times is None or times[0] != lease.task_id:
+            return 0.0
+        expected = min(times[1])
+        lead = _PREFETCH_LEAD_SECONDS + _PREFETCH_LEAD_FRACTION * expected
+        # wall_time is Blender's clock at render_pre: the same machine's clock as ours.
+        return max(0.0, wall_time + expected - lead - time.time())
 
     def _prefetch(self, current: Lease) -> None:
         """Claim the frame to render after `current`, preferring its task; one try, the main loop claims otherwise."""
@@ -944,13 +1036,16 @@ class WorkerAgent:
     # -- shutdown -----------------------------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        """Give back every held frame, close Blender, flush the logs, stop the heartbeat."""
+        """Let the frame being delivered finish, give back every other held frame, close Blender, flush the logs,
+        stop the heartbeat."""
         self._stop.set()
         deadline = time.monotonic() + self.shutdown_seconds
         with self._lock:
             helper = self._helper
         if helper is not None:
             helper.join(timeout=max(0.0, deadline - time.monotonic()))
+        # A rendered frame on its way is delivered if the coordinator takes it now, else given back by its thread.
+        self._wait_for_delivery(timeout=max(0.0, deadline - time.monotonic()))
         with self._lock:
             leases = list(self._held.values())
             self._prefetched = None
@@ -1081,6 +1176,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "else 20G)",
     )
     parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=env.get("RENDERQ_POLL_SECONDS") or str(DEFAULT_POLL_SECONDS),
+        metavar="SECONDS",
+        help="how often an idle worker asks for work, which is also how long a new task may wait for it; shorter "
+        "means more requests to the coordinator (default: $RENDERQ_POLL_SECONDS, else "
+        f"{DEFAULT_POLL_SECONDS:g})",
+    )
+    parser.add_argument(
         "--allow-blend-python",
         action=argparse.BooleanOptionalAction,
         default=_env_flag(env.get("RENDERQ_ALLOW_BLEND_PYTHON")),
@@ -1127,6 +1231,9 @@ def main(args: argparse.Namespace) -> int:
     if args.threads < 0:
         log.error("--threads must be 0 or more, not %d", args.threads)
         return 2
+    if not (math.isfinite(args.poll_seconds) and 0.05 <= args.poll_seconds <= 3600):
+        log.error("--poll-seconds must be between 0.05 and 3600, not %g", args.poll_seconds)
+        return 2
     token = args.token
     if args.token_file:
         try:
@@ -1156,6 +1263,7 @@ def main(args: argparse.Namespace) -> int:
             blender_version=version,
             threads=args.threads,
             cache_size=args.cache_size,
+            poll_seconds=args.poll_seconds,
             allow_python=args.allow_blend_python,
         )
     except (OSError, CacheError) as exc:

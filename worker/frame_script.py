@@ -222,7 +222,15 @@ def remove_leftover(path: str) -> None:
 
 
 def render_frame(scene: bpy.types.Scene, frame: int) -> None:
-    """Render one frame through Blender's animation render, so its file naming is Blender's own."""
+    """Render one frame through Blender's animation render, the code path of `blender -b FILE -a`, so the pixels
+    and file naming are Blender's own.
+
+    `frame_set` first makes the scene's own keyed settings those of this frame, whatever frame this Blender rendered
+    before: the render copies some of them (stereo views, for one) before it evaluates the frame. Plain -a keeps
+    those at their value from when the file was loaded instead, so a file that keys them renders differently there.
+    frame_set costs an evaluation of the scene for the viewport besides the render's own; on the benchmark scene it
+    is lost in the noise.
+    """
     global current
     path = expected_path(scene, frame)
     # A leftover from an earlier attempt: with overwriting off Blender would skip the frame, and a planted link
