@@ -37,7 +37,6 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         bad_worker_failures=config.bad_worker_failures,
         frame_timeout=config.frame_timeout,
         no_progress_timeout=config.no_progress_timeout,
-        frame_time_window=config.frame_time_window,
     )
     scheduler = Scheduler(store, policy)
     app.extensions["renderq.store"] = store

@@ -21,7 +21,6 @@ class Config:
     public_url: str = ""
     data_dir: str = "renderq-data"
     poll_interval: float = 2.0
-    frame_time_window: int = 8
     alive_timeout: float = 15.0
     heartbeat_seconds: float = 2.0
     upload_limit: int = 4 * GIB
@@ -74,8 +73,6 @@ class Config:
         """Refuse settings that cannot work, with a sentence naming the setting."""
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, not {self.port}")
-        if self.frame_time_window < 1:
-            raise ValueError("frame time window must be at least 1")
         if self.alive_timeout <= self.heartbeat_seconds:
             raise ValueError("alive timeout must be longer than the worker heartbeat interval")
         if self.frame_fail_workers < 1:

@@ -46,7 +46,6 @@ class Policy:
     # Defaults of a task's timeouts, in seconds; frame_timeout 0 means no limit.
     frame_timeout: float = 0.0
     no_progress_timeout: float = 600.0
-    frame_time_window: int = 8
 
 
 @dataclasses.dataclass

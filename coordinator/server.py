@@ -26,8 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(RENDERQ_PUBLIC_URL)")
     parser.add_argument("--poll-interval", type=float, help="seconds between status page refreshes "
                         "(RENDERQ_POLL_INTERVAL, default 2)")
-    parser.add_argument("--frame-time-window", type=int, help="how many recent frame times the ETA averages "
-                        "(RENDERQ_FRAME_TIME_WINDOW, default 8)")
     parser.add_argument("--alive-timeout", type=float, help="seconds without an update before a worker counts as "
                         "dead and its frames are requeued (RENDERQ_ALIVE_TIMEOUT, default 15)")
     parser.add_argument("--heartbeat", dest="heartbeat_seconds", type=float,
@@ -66,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the coordinator until interrupted. Returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    fields = ("host", "port", "data_dir", "public_url", "poll_interval", "frame_time_window", "alive_timeout",
+    fields = ("host", "port", "data_dir", "public_url", "poll_interval", "alive_timeout",
               "heartbeat_seconds", "frame_fail_workers", "bad_worker_failures",
               "frame_timeout", "no_progress_timeout", "upload_limit", "disk_reserve", "http_threads", "open_status", "auth", "insecure")
     try:

@@ -544,20 +544,6 @@ class Store:
                 counts[r["task_id"]][r["status"]] = r["n"]
         return counts
 
-    def recent_frame_seconds_many(self, task_ids: Sequence[int], window: int) -> dict[int, list[float]]:
-        """Like recent_frame_seconds, for several tasks in one query."""
-        recent: dict[int, list[float]] = {task_id: [] for task_id in task_ids}
-        if task_ids:
-            for r in self.read().execute(
-                "SELECT task_id, render_seconds FROM (SELECT task_id, render_seconds, row_number() OVER "
-                "(PARTITION BY task_id ORDER BY ended_at DESC) AS n FROM frames WHERE status = 'done' "
-                "AND render_seconds IS NOT NULL AND task_id IN (SELECT value FROM json_each(?))) "
-                "WHERE n <= ? ORDER BY task_id, n",
-                (json.dumps(list(task_ids)), window),
-            ):
-                recent[r["task_id"]].append(r["render_seconds"])
-        return recent
-
     def done_frame_times_many(self, task_ids: Sequence[int]) -> dict[int, list[dict]]:
         """The done frames of each task, in one query: {task_id: [{frame, render_seconds, worker_id, started_at,
         ended_at}, ...]} by frame (what the ETA is estimated from)."""
@@ -615,15 +601,6 @@ class Store:
         ):
             failed_on.setdefault(r["frame"], []).append(r["name"])
         return failed_on
-
-    def recent_frame_seconds(self, task_id: int, window: int) -> list[float]:
-        """Exact render times of the task's most recently finished frames, newest first."""
-        rows = self.read().execute(
-            "SELECT render_seconds FROM frames WHERE task_id = ? AND status = 'done' AND render_seconds IS NOT NULL "
-            "ORDER BY ended_at DESC LIMIT ?",
-            (task_id, window),
-        )
-        return [r["render_seconds"] for r in rows]
 
     def set_task_priority(self, task_id: int, priority: int) -> bool:
         """Change a task's priority; the next claims use it. False when there is no such task."""

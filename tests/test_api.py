@@ -13,13 +13,13 @@ BLEND = b"BLENDER-v304REND" + b"\0" * 64
 
 
 def test_config_from_environment_and_flags():
-    environ = {"RENDERQ_PORT": "6000", "RENDERQ_ALIVE_TIMEOUT": "30", "RENDERQ_FRAME_TIME_WINDOW": "4",
+    environ = {"RENDERQ_PORT": "6000", "RENDERQ_ALIVE_TIMEOUT": "30",
                "RENDERQ_UPLOAD_LIMIT": "2G", "RENDERQ_FRAME_FAIL_WORKERS": "5", "RENDERQ_BAD_WORKER_FAILURES": "4",
                "RENDERQ_FRAME_TIMEOUT": "3600", "RENDERQ_NO_PROGRESS_TIMEOUT": "120", "RENDERQ_DATA_DIR": "/srv/farm"}
     config = Config.from_env(environ, port=7000, data_dir=None, bad_worker_failures=2)
-    assert (config.port, config.alive_timeout, config.frame_time_window, config.upload_limit,
+    assert (config.port, config.alive_timeout, config.upload_limit,
             config.frame_fail_workers, config.bad_worker_failures, config.frame_timeout, config.no_progress_timeout,
-            config.data_dir) == (7000, 30.0, 4, 2 * 1024**3, 5, 2, 3600.0, 120.0, "/srv/farm")
+            config.data_dir) == (7000, 30.0, 2 * 1024**3, 5, 2, 3600.0, 120.0, "/srv/farm")
     defaults = Config.from_env({})
     assert (defaults.frame_fail_workers, defaults.bad_worker_failures, defaults.frame_timeout,
             defaults.no_progress_timeout) == (3, 3, 0.0, 600.0)
@@ -28,7 +28,6 @@ def test_config_from_environment_and_flags():
 @pytest.mark.parametrize("environ, phrase", [
     ({"RENDERQ_PORT": "lots"}, "RENDERQ_PORT must be a number"),
     ({"RENDERQ_ALIVE_TIMEOUT": "1"}, "alive timeout must be longer"),
-    ({"RENDERQ_FRAME_TIME_WINDOW": "0"}, "frame time window"),
     ({"RENDERQ_FRAME_FAIL_WORKERS": "0"}, "frame fail workers must be at least 1"),
     ({"RENDERQ_BAD_WORKER_FAILURES": "0"}, "bad worker failures must be at least 1"),
     ({"RENDERQ_FRAME_TIMEOUT": "0.5"}, "frame timeout must be 0"),
