@@ -104,7 +104,8 @@ def shoot(page: Page, name: str) -> None:
 
 @needs_blender
 def test_live_pages_follow_a_real_render(farm, browser, scenes):
-    farm.start_coordinator(*FAST)
+    # Two workers: frame 3 is marked failed once it has failed on both (the default asks for three workers).
+    farm.start_coordinator(*FAST, "--frame-fail-workers", "2")
     farm.start_worker("node-01")
     farm.start_worker("node-02")
     failing = farm.api.submit(scenes("fail3", frames=4, fail_frames=[3]), 1, 4, name="fx_smoke_v2",
