@@ -61,26 +61,27 @@ class Settings:
         return AuthorizedClient(self.url, self.token, timeout=timeout)
 
 
-def settings_from_prefs(prefs) -> Settings:
-    """The coordinator settings from the add-on preferences (main thread)."""
-    return Settings(url=(prefs.coordinator_url or "").strip(), token=prefs.token or "")
-
-
 class Refused(Exception):
     """The action cannot start; the message is the sentence to show the artist."""
 
 
-def checked_settings(context: bpy.types.Context | None = None) -> Settings:
-    """The coordinator settings from the preferences, checked (online access, add-on enabled, URL); raises Refused."""
+def settings_from_prefs(context: bpy.types.Context | None = None) -> Settings:
+    """The coordinator settings from the add-on preferences, unchecked (main thread); raises Refused while the
+    add-on is not enabled."""
     from . import prefs
 
-    problem = online_access_problem()
-    if problem:
-        raise Refused(problem)
     preferences = prefs.get(context)
     if preferences is None:
         raise Refused("The RenderQ add-on is not enabled")
-    settings = settings_from_prefs(preferences)
+    return Settings(url=(preferences.coordinator_url or "").strip(), token=preferences.token or "")
+
+
+def checked_settings(context: bpy.types.Context | None = None) -> Settings:
+    """The coordinator settings from the preferences, checked (online access, add-on enabled, URL); raises Refused."""
+    problem = online_access_problem()
+    if problem:
+        raise Refused(problem)
+    settings = settings_from_prefs(context)
     problem = check_url(settings.url)
     if problem:
         raise Refused(problem)

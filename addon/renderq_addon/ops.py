@@ -9,7 +9,7 @@ import os
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
-from . import client, jobs, monitor, notify, prefs, state, submit
+from . import client, jobs, monitor, notify, state, submit
 
 
 def _refuse(operator: bpy.types.Operator, sentence: str) -> set[str]:
@@ -19,40 +19,52 @@ def _refuse(operator: bpy.types.Operator, sentence: str) -> set[str]:
     return {"CANCELLED"}
 
 
-class RENDERQ_OT_submit(bpy.types.Operator):
+class _StartsJob:
+    """An operator whose `start` checks what it can at once and starts a job.
+
+    `start` returns a sentence to report as INFO (or None) and raises `client.Refused` to refuse; every such
+    operator refuses the same way, which is why `execute` lives here once.
+    """
+
+    bl_options = {"REGISTER"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            message = self.start(context)
+        except client.Refused as refusal:
+            return _refuse(self, str(refusal))
+        if message is not None:
+            self.report({"INFO"}, message)
+        return {"FINISHED"}
+
+    def start(self, context: bpy.types.Context) -> str | None:
+        raise NotImplementedError
+
+
+class RENDERQ_OT_submit(_StartsJob, bpy.types.Operator):
     """Pack this file with its assets and send it to the render farm"""
 
     bl_idname = "renderq.submit"
     bl_label = "Submit to RenderQ"
-    bl_options = {"REGISTER"}
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def start(self, context: bpy.types.Context) -> str | None:
         state.set_error(None)
-        try:
-            message = submit.start(context)
-        except submit.Refused as refusal:
-            return _refuse(self, str(refusal))
-        self.report({"INFO"}, message)
-        return {"FINISHED"}
+        return submit.start(context)
 
 
-class RENDERQ_OT_test_connection(bpy.types.Operator):
+class RENDERQ_OT_test_connection(_StartsJob, bpy.types.Operator):
     """Check that the coordinator answers, runs a matching RenderQ and accepts the token"""
 
     bl_idname = "renderq.test_connection"
     bl_label = "Test Connection"
-    bl_options = {"REGISTER"}
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def start(self, context: bpy.types.Context) -> str | None:
         state.set_error(None)
         problem = client.online_access_problem()
         if problem:
             state.SESSION.connection = state.ConnectionCheck(ok=False, text=problem)
-            return _refuse(self, problem)
-        preferences = prefs.get(context)
-        if preferences is None:
-            return _refuse(self, "The RenderQ add-on is not enabled")
-        settings = client.settings_from_prefs(preferences)
+            raise client.Refused(problem)
+        settings = client.settings_from_prefs(context)
 
         def done(sentence: str) -> None:
             state.SESSION.connection = state.ConnectionCheck(ok=True, text=sentence)
@@ -65,61 +77,47 @@ class RENDERQ_OT_test_connection(bpy.types.Operator):
 
         if jobs.start("connection", lambda _progress: client.test_connection(settings), on_done=done, on_error=failed):
             state.SESSION.connection = state.ConnectionCheck(running=True)
-        self.report({"INFO"}, f"Testing the connection to {settings.url}...")
-        return {"FINISHED"}
+        return f"Testing the connection to {settings.url}..."
 
 
-class RENDERQ_OT_refresh_workers(bpy.types.Operator):
+class RENDERQ_OT_refresh_workers(_StartsJob, bpy.types.Operator):
     """Fetch the list of workers from the coordinator"""
 
     bl_idname = "renderq.refresh_workers"
     bl_label = "Refresh Workers"
-    bl_options = {"REGISTER"}
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        try:
-            monitor.refresh_workers()
-        except monitor.Refused as refusal:
-            return _refuse(self, str(refusal))
-        return {"FINISHED"}
+    def start(self, context: bpy.types.Context) -> str | None:
+        monitor.refresh_workers()
+        return None
 
 
-class RENDERQ_OT_refresh_tasks(bpy.types.Operator):
+class RENDERQ_OT_refresh_tasks(_StartsJob, bpy.types.Operator):
     """Fetch the state of your tasks from the coordinator now"""
 
     bl_idname = "renderq.refresh_tasks"
     bl_label = "Refresh Tasks"
-    bl_options = {"REGISTER"}
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        try:
-            monitor.poll()
-        except monitor.Refused as refusal:
-            return _refuse(self, str(refusal))
-        return {"FINISHED"}
+    def start(self, context: bpy.types.Context) -> str | None:
+        monitor.poll()
+        return None
 
 
-class RENDERQ_OT_cancel_task(bpy.types.Operator):
+class RENDERQ_OT_cancel_task(_StartsJob, bpy.types.Operator):
     """Cancel the frames of this task not rendered yet; rendered frames stay"""
 
     bl_idname = "renderq.cancel_task"
     bl_label = "Cancel Task"
-    bl_options = {"REGISTER"}
 
     task_id: IntProperty(name="Task", min=1, options={"SKIP_SAVE"})
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         return context.window_manager.invoke_confirm(self, event)
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def start(self, context: bpy.types.Context) -> str | None:
         if self.task_id < 1:
-            return _refuse(self, "Say which task to cancel (task_id)")
-        try:
-            monitor.cancel(self.task_id)
-        except monitor.Refused as refusal:
-            return _refuse(self, str(refusal))
-        self.report({"INFO"}, f"Canceling task {self.task_id}...")
-        return {"FINISHED"}
+            raise client.Refused("Say which task to cancel (task_id)")
+        monitor.cancel(self.task_id)
+        return f"Canceling task {self.task_id}..."
 
 
 def output_folder(scene: bpy.types.Scene) -> str:
@@ -135,46 +133,37 @@ def output_folder(scene: bpy.types.Scene) -> str:
     return os.path.normpath(folder)
 
 
-class RENDERQ_OT_download_frames(bpy.types.Operator):
+class RENDERQ_OT_download_frames(_StartsJob, bpy.types.Operator):
     """Download the task's rendered frames into the scene's output folder (frames already there are kept)"""
 
     bl_idname = "renderq.download_frames"
     bl_label = "Download Frames"
-    bl_options = {"REGISTER"}
 
     task_id: IntProperty(name="Task", min=1, options={"SKIP_SAVE"})
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def start(self, context: bpy.types.Context) -> str | None:
         if self.task_id < 1:
-            return _refuse(self, "Say which task's frames to download (task_id)")
-        try:
-            folder = output_folder(context.scene)
-            monitor.download(self.task_id, folder)
-        except monitor.Refused as refusal:
-            return _refuse(self, str(refusal))
-        self.report({"INFO"}, f"Downloading the frames of task {self.task_id} into {folder}...")
-        return {"FINISHED"}
+            raise client.Refused("Say which task's frames to download (task_id)")
+        folder = output_folder(context.scene)
+        monitor.download(self.task_id, folder)
+        return f"Downloading the frames of task {self.task_id} into {folder}..."
 
 
-class RENDERQ_OT_open_status_page(bpy.types.Operator):
+class RENDERQ_OT_open_status_page(_StartsJob, bpy.types.Operator):
     """Open the coordinator's status page in the web browser"""
 
     bl_idname = "renderq.open_status_page"
     bl_label = "Open Status Page"
-    bl_options = {"REGISTER"}
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        preferences = prefs.get(context)
-        if preferences is None:
-            return _refuse(self, "The RenderQ add-on is not enabled")
-        url = client.settings_from_prefs(preferences).url
+    def start(self, context: bpy.types.Context) -> str | None:
+        url = client.settings_from_prefs(context).url
         problem = client.check_url(url)
         if problem:
-            return _refuse(self, problem)
+            raise client.Refused(problem)
         if "://" not in url:
             url = "http://" + url
         bpy.ops.wm.url_open(url=url)
-        return {"FINISHED"}
+        return None
 
 
 class RENDERQ_OT_toggle_worker(bpy.types.Operator):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from . import state, text
+from . import state
 
 DEFAULT_COORDINATOR_URL = "http://127.0.0.1:5000"
 
@@ -46,16 +46,15 @@ class RENDERQ_AddonPreferences(bpy.types.AddonPreferences):
 
 def draw_connection_status(layout: bpy.types.UILayout, width: int = 70) -> None:
     """The outcome of the last connection test, if any."""
+    from .ui import alert_box  # not at the top: ui imports this module
+
     check = state.SESSION.connection
     if check.running:
         layout.label(text="Testing the connection...", icon="SORTTIME")
     elif check.ok is True:
         layout.label(text=check.text, icon="CHECKMARK")
     elif check.ok is False:
-        box = layout.box()
-        box.alert = True
-        for index, line in enumerate(text.wrap(check.text, width)):
-            box.label(text=line, icon="ERROR" if index == 0 else "BLANK1")
+        alert_box(layout, check.text, width=width)
 
 
 def get(context: bpy.types.Context | None = None) -> RENDERQ_AddonPreferences | None:
