@@ -37,7 +37,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import ROOT, describe_machine, find_blender, format_number, format_target
+from common import ROOT, describe_machine, find_blender, format_number, format_target, stop_process
 
 REPORT = os.path.join(ROOT, "docs", "benchmarks.md")
 DATA_MARK = "renderq-benchmark-data"
@@ -193,26 +193,13 @@ def _run_streaming(name: str, args: list[str], timeout: float | None) -> tuple[i
         popen.wait(timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _stop_group(popen)
+        # SIGINT first: the script stops its coordinators and workers itself.
+        stop_process(popen, timeout=60.0)
     except KeyboardInterrupt:
-        _stop_group(popen)
+        stop_process(popen, timeout=60.0)
         raise
     reader.join(10)
     return popen.returncode, list(tail), timed_out
-
-
-def _stop_group(popen: subprocess.Popen, grace: float = 60.0) -> None:
-    """SIGINT to the script (it stops its coordinators and workers), then SIGKILL to its whole process group."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(popen.pid, signal.SIGINT)
-    try:
-        popen.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(popen.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        popen.wait(10)
 
 
 def _read_figures(path: str) -> list[dict[str, Any]]:
