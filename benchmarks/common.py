@@ -380,6 +380,15 @@ def proc_memory(pid: int) -> dict[str, int]:
     return fields
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) the process itself has used, its children not included. Raises OSError
+    once the process is gone."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+        # The command name (field 2) may hold spaces; the fields after it are counted from its closing parenthesis.
+        fields = handle.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss(pid: int) -> int:
     """Resident memory of a process now, in bytes."""
     return proc_memory(pid)["VmRSS"]
