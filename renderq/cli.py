@@ -800,7 +800,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_server_part(module_name: str, label: str) -> Callable[[argparse.Namespace], int]:
-    """A command that hands over to coordinator.server or worker.agent."""
+    """A command that hands over to coordinator.server or worker.command_line."""
 
     def run(args: argparse.Namespace) -> int:
         module = _import_part(module_name, label)
@@ -865,11 +865,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     coordinator = add("coordinator", "run the coordinator (the farm's HTTP server)",
                       cmd_server_part("coordinator.server", "coordinator"), client=False)
     worker = add("worker", "run a worker that renders frames with Blender",
-                 cmd_server_part("worker.agent", "worker"), client=False)
+                 cmd_server_part("worker.command_line", "worker"), client=False)
     if command == "coordinator":
         _import_part("coordinator.server", "coordinator").add_arguments(coordinator)
     elif command == "worker":
-        _import_part("worker.agent", "worker").add_arguments(worker)
+        _import_part("worker.command_line", "worker").add_arguments(worker)
 
     submit = add("submit", "pack a .blend file with its assets, upload what the coordinator lacks and queue its frames",
                  cmd_submit)

@@ -115,7 +115,7 @@ def test_help_works(command: list[str], capsys) -> None:
     assert out.startswith("usage: renderq")
 
 
-@pytest.mark.parametrize("command, module", [("coordinator", "coordinator.server"), ("worker", "worker.agent")])
+@pytest.mark.parametrize("command, module", [("coordinator", "coordinator.server"), ("worker", "worker.command_line")])
 def test_help_of_server_parts(command: str, module: str, capsys) -> None:
     assert importlib.util.find_spec(module) is not None
     assert cli.main([command, "--help"]) == 0

@@ -14,7 +14,8 @@ import pytest
 
 from renderq.http_client import CoordinatorError, CoordinatorUnreachable
 from worker import agent as agent_module
-from worker.agent import WorkerAgent, add_arguments, default_work_dir
+from worker.agent import WorkerAgent
+from worker.command_line import add_arguments, default_work_dir
 from worker.blender_session import FrameResult, SessionError
 from worker.log_shipper import LogShipper
 
@@ -71,6 +72,7 @@ class FakeClient:
     timeout = 2.0
 
     def __init__(self, frames: list[dict] | None = None) -> None:
+        self.poll_advice: dict = {}
         self.lock = threading.Lock()
         self.frames = list(frames or [])
         self.calls: list[tuple] = []
@@ -143,7 +145,7 @@ class FakeClient:
             self.claims.append(prefer_task_id)
             self.claim_times.append(time.monotonic())
             if not self.frames:
-                return {"frame": None, "wait_reason": "no frames waiting"}
+                return {"frame": None, "wait_reason": "no frames waiting", **self.poll_advice}
             return {"frame": self.frames.pop(0), "wait_reason": None}
 
     def update_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, status: str, **fields) -> dict:
@@ -763,12 +765,32 @@ def test_arguments_take_their_defaults_from_the_environment(monkeypatch):
             defaults.parse_args(["--cache-size", bad])
     assert default_work_dir("node-07").endswith(os.path.join("renderq", "worker-node-07"))
     assert parser.parse_args(["--threads", "2", "--name", "x"]).threads == 2
-    assert defaults.parse_args([]).poll_seconds == agent_module.DEFAULT_POLL_SECONDS
+    # No setting: the worker waits as long as the coordinator advises.
+    assert defaults.parse_args([]).poll_seconds is None
     monkeypatch.setenv("RENDERQ_POLL_SECONDS", "0.25")
     polling = argparse.ArgumentParser()
     add_arguments(polling)
     assert polling.parse_args([]).poll_seconds == 0.25
     assert polling.parse_args(["--poll-seconds", "3"]).poll_seconds == 3.0
+
+
+def test_an_idle_worker_asks_again_as_often_as_the_coordinator_advises(tmp_path):
+    client = FakeClient([])
+    agent = make_agent(client, tmp_path, poll_seconds=None)
+    assert agent.idle_seconds == agent_module.DEFAULT_POLL_SECONDS
+    client.poll_advice = {"poll_seconds": 0.05}
+    running = Running(agent)
+    wait_until(lambda: len(client.claims) >= 6, "claims every 0.05 s")
+    client.poll_advice = {"poll_seconds": 1e9}  # nonsense is clamped, not obeyed
+    wait_until(lambda: agent.idle_seconds == agent_module.POLL_ADVICE_LIMITS[1], "advice taken")
+    claims = len(client.claims)
+    time.sleep(0.5)
+    assert len(client.claims) == claims
+    assert running.stop() == 0
+    # The owner's own setting wins over any advice.
+    fixed = make_agent(FakeClient([]), tmp_path, poll_seconds=0.5)
+    fixed._take_poll_advice({"poll_seconds": 5.0})
+    assert fixed.idle_seconds == 0.5
 
 
 # -- limits and Python in .blend files ------------------------------------------------------------------------------

@@ -26,24 +26,25 @@ Run it as `renderq worker ...` or `python -m worker.agent ...`.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
 import signal
 import socket
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar
 
-from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable, safe_file_name
-from worker.blender_session import BlenderSession, SessionError, blender_version, find_blender
-from worker.cache import DEFAULT_CACHE_SIZE, BlendCache, CacheError, TaskTree, format_size, parse_size
+from renderq.http_client import CoordinatorClient, CoordinatorError
+from worker.blender_session import BlenderSession, FrameResult, SessionError
+from worker.cache import DEFAULT_CACHE_SIZE, BlendCache, CacheError
+from worker.lease import Lease
 from worker.log_shipper import LogShipper
+from worker.prefetch import PrefetchTimer
+from worker.retry import GaveUp, retry
+from worker.task_files import TaskFiles
 
-__all__ = ["WorkerAgent", "Lease", "add_arguments", "main", "default_work_dir"]
+__all__ = ["WorkerAgent", "Lease", "DEFAULT_POLL_SECONDS"]
 
 log = logging.getLogger("renderq.worker")
 
@@ -51,18 +52,12 @@ T = TypeVar("T")
 
 # The coordinator's log_tail is for a human reading why a frame failed; the last lines are the useful ones.
 _MAX_LOG_TAIL_CHARS = 16 * 1024
-# How long an idle worker waits between claims. It is also how long a new task waits for an idle farm: a second is
-# small next to any render, and an idle claim is one cheap request.
+# How long an idle worker waits between claims when neither its owner nor the coordinator says otherwise. The
+# coordinator advises a wait that grows with the farm (its answers' poll_seconds): short on a small farm, so a new
+# task starts at once, long on a large one, so idle claims do not flood it.
 DEFAULT_POLL_SECONDS = 1.0
-# The next frame is claimed this long before the current one is expected to end (seconds, plus a fraction of the
-# expected frame time): enough for a claim to come back, short enough that the last frames of a task go to
-# whichever worker is free first.
-_PREFETCH_LEAD_SECONDS = 0.5
-_PREFETCH_LEAD_FRACTION = 0.1
-
-
-class _GaveUp(Exception):
-    """A retried call was abandoned: the lease was revoked, the worker is stopping, or its time ran out."""
+# Advice outside these bounds is taken for a mistake and clamped.
+POLL_ADVICE_LIMITS = (0.05, 300.0)
 
 
 class SessionLike(Protocol):
@@ -93,67 +88,6 @@ class SessionLike(Protocol):
     def python_found(self) -> list[str]: ...
 
 
-@dataclass(eq=False)
-class Lease:
-    """One frame this worker holds, as handed out by the coordinator's claim."""
-
-    task_id: int
-    frame: int
-    lease_id: str
-    task_name: str
-    blend_sha256: str
-    blend_filename: str
-    settings: dict[str, Any]
-    attempt: int = 1
-    # The main .blend's path inside the task's tree; None from coordinators that send one .blend per task.
-    main_file: str | None = None
-    # The task's limits in seconds (None: no limit), and whether it is marked as needing the file's Python.
-    frame_timeout: float | None = None
-    no_progress_timeout: float | None = None
-    needs_python: bool = False
-    revoked: bool = False
-    started_at: float | None = None
-    # Set when Blender is done with the frame, so background retries of the "rendering" report stop.
-    finished: threading.Event = field(default_factory=threading.Event)
-
-    @classmethod
-    def from_claim(cls, claimed: dict[str, Any]) -> "Lease":
-        """Build a lease from the `frame` object of a claim answer."""
-        return cls(
-            task_id=int(claimed["task_id"]),
-            frame=int(claimed["frame"]),
-            lease_id=str(claimed["lease_id"]),
-            task_name=str(claimed.get("task_name") or ""),
-            blend_sha256=str(claimed["blend_sha256"]),
-            blend_filename=str(claimed["blend_filename"]),
-            settings=dict(claimed.get("settings") or {}),
-            attempt=int(claimed.get("attempt") or 1),
-            main_file=str(claimed["main_file"]) if claimed.get("main_file") else None,
-            frame_timeout=_positive_seconds(claimed.get("frame_timeout")),
-            no_progress_timeout=_positive_seconds(claimed.get("no_progress_timeout")),
-            needs_python=claimed.get("needs_python") is True,
-        )
-
-    def __str__(self) -> str:
-        return f"task {self.task_id} frame {self.frame}"
-
-
-def _positive_seconds(value: Any) -> float | None:
-    """A limit from a claim: a positive finite number of seconds, else None (no limit)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if math.isfinite(seconds) and seconds > 0 else None
-
-
-def _retryable(exc: CoordinatorError) -> bool:
-    """Network trouble or a fault of the coordinator itself: worth trying again later."""
-    return isinstance(exc, CoordinatorUnreachable) or exc.status >= 500
-
-
 class WorkerAgent:
     """The worker loop. `run()` blocks until `request_stop()` (or a signal) and returns the exit code.
 
@@ -174,7 +108,7 @@ class WorkerAgent:
         cpu_count: int | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
         session_factory: Callable[..., SessionLike] = BlenderSession,
-        poll_seconds: float = DEFAULT_POLL_SECONDS,
+        poll_seconds: float | None = None,
         max_backoff: float = 10.0,
         log_interval: float = 1.0,
         abort_grace: float = 5.0,
@@ -189,7 +123,10 @@ class WorkerAgent:
         self.host = host or socket.gethostname()
         self.cpu_count = cpu_count or _usable_cpu_count()
         self.cache = BlendCache(work_dir, cache_size)
+        self._task_files = TaskFiles(client, self.cache, max_backoff=max_backoff)
+        # None: wait as long as the coordinator advises.
         self.poll_seconds = poll_seconds
+        self._advised_poll_seconds = DEFAULT_POLL_SECONDS
         self.max_backoff = max_backoff
         self.abort_grace = abort_grace
         self.shutdown_seconds = shutdown_seconds
@@ -201,11 +138,9 @@ class WorkerAgent:
         self.heartbeat_seconds = 2.0
         self.lease_seconds = 15.0
 
-        # One lock for everything the heartbeat, the prefetch helper and the main loop share.
+        # One lock for everything the heartbeat, the prefetch helper and the main loop share. self._task_files calls
+        # _task_in_use (which takes this lock) while holding its own: never call it while holding this one.
         self._lock = threading.RLock()
-        # Building a task's tree and removing it never overlap (the delivery thread removes finished tasks' trees).
-        # Taken before self._lock, never while holding it.
-        self._tree_lock = threading.Lock()
         self._held: dict[str, Lease] = {}
         self._current: Lease | None = None
         self._prefetched: Lease | None = None
@@ -216,14 +151,11 @@ class WorkerAgent:
         self._session_python = False  # whether the open session lets the file's Python run
         # Tasks whose files hold Python: rendered here only from a claim that marks them so, if this worker allows it.
         self._python_tasks: set[int] = set()
-        # task id -> (manifest files, main file): fetched once per task while this worker works on it.
-        self._manifests: dict[int, tuple[list[dict[str, Any]], str]] = {}
         self._rendering = False
         self._helper: threading.Thread | None = None
         # The thread uploading and reporting the last rendered frame while the next one renders.
         self._delivery: threading.Thread | None = None
-        # (task id, exact seconds of its last two frames rendered here): when to claim the next frame of that task.
-        self._frame_times: tuple[int, list[float]] | None = None
+        self._prefetch_timer = PrefetchTimer()
 
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -337,9 +269,20 @@ class WorkerAgent:
         if lease is None:
             # Nothing to do: Blender should not hold the scene's memory while idle.
             self._close_session(remove_task_files=True)
-            self._wait(self.poll_seconds)
+            self._wait(self.idle_seconds)
             return
         self._work_on(lease)
+
+    @property
+    def idle_seconds(self) -> float:
+        """How long to wait before asking for work again: the owner's --poll-seconds, else the coordinator's advice."""
+        return self.poll_seconds if self.poll_seconds is not None else self._advised_poll_seconds
+
+    def _take_poll_advice(self, answer: dict[str, Any]) -> None:
+        advice = answer.get("poll_seconds")
+        if isinstance(advice, (int, float)) and not isinstance(advice, bool) and math.isfinite(advice):
+            low, high = POLL_ADVICE_LIMITS
+            self._advised_poll_seconds = min(high, max(low, float(advice)))
 
     def _wait(self, seconds: float) -> None:
         self._wake.wait(seconds)
@@ -350,7 +293,7 @@ class WorkerAgent:
         self._close_session(remove_task_files=True)
         log.info("worker is OFF: claiming no frames until it is switched ON")
         while not self._stop.is_set() and not self.enabled:
-            self._wait(self.poll_seconds)
+            self._wait(self.idle_seconds)
         if not self._stop.is_set():
             log.info("worker is ON again")
 
@@ -366,7 +309,7 @@ class WorkerAgent:
                 lambda: self.client.claim_frame(self.worker_id, prefer_task_id=self._session_task_id),
                 give_up=self._stop.is_set,
             )
-        except _GaveUp:
+        except GaveUp:
             return None
         except CoordinatorError as exc:
             if exc.status == 404:
@@ -375,10 +318,11 @@ class WorkerAgent:
                 self._register()
             else:
                 log.warning("could not claim a frame: %s", exc)
-                self._wait(self.poll_seconds)
+                self._wait(self.idle_seconds)
             return None
         claimed = answer.get("frame")
         if not claimed:
+            self._take_poll_advice(answer)
             reason = answer.get("wait_reason")
             if reason != self._last_wait_reason:
                 log.info("no frame to render%s", f": {reason}" if reason else "")
@@ -390,7 +334,7 @@ class WorkerAgent:
             self._held[lease.lease_id] = lease
         log.info("claimed %s (%s, attempt %d)", lease, lease.task_name or "unnamed", lease.attempt)
         if self._stop.is_set() or not self.enabled:
-            self._release(lease, "the worker is stopping" if self._stop.is_set() else "the worker was switched OFF")
+            self._release(lease, self._why_not_working())
             return None
         return lease
 
@@ -410,7 +354,7 @@ class WorkerAgent:
                 return
             try:
                 session = self._ensure_session(lease)
-            except _GaveUp:
+            except GaveUp:
                 self._release(lease, "the worker is stopping")
                 return
             except (SessionError, CacheError, CoordinatorError, OSError) as exc:
@@ -424,7 +368,7 @@ class WorkerAgent:
                 log.info("%s: lease revoked before rendering; dropped", lease)
                 return
             if self._stop.is_set() or not self.enabled:
-                self._release(lease, "the worker is stopping" if self._stop.is_set() else "the worker was switched OFF")
+                self._release(lease, self._why_not_working())
                 return
             found = list(getattr(session, "python_found", None) or [])
             if found and not self._python_permitted(lease):
@@ -439,7 +383,7 @@ class WorkerAgent:
                 return
             if result.ok and not lease.revoked and not getattr(result, "aborted", False):
                 if result.render_seconds:
-                    self._note_frame_time(lease.task_id, float(result.render_seconds))
+                    self._prefetch_timer.note(lease.task_id, float(result.render_seconds))
                 self._deliver_in_background(lease, result)
                 handed_over = True
                 return
@@ -506,8 +450,7 @@ class WorkerAgent:
         if session is not None:
             return session
 
-        with self._tree_lock:
-            blend_path = self._prepare_tree(lease)
+        blend_path = self._task_files.prepare(lease, give_up=lambda: lease.revoked or self._stop.is_set())
         threads = self.threads or int(lease.settings.get("threads") or 0)
         session = self._session_factory(
             self.blender,
@@ -536,61 +479,16 @@ class WorkerAgent:
         with self._lock:
             self._session_busy = False
         if self._stop.is_set():
-            raise _GaveUp()
+            raise GaveUp()
         return session
-
-    def _prepare_tree(self, lease: Lease) -> str:
-        """Download the files of the task's tree that the cache lacks, build the tree, return its main .blend."""
-        files, main_file = self._task_manifest(lease)
-
-        def download(sha256: str, dest_path: str) -> None:
-            self._retry(
-                f"download file {sha256[:12]} of task {lease.task_id}",
-                lambda: self.client.download_file(sha256, dest_path),
-                give_up=lambda: lease.revoked or self._stop.is_set(),
-            )
-
-        tree = self.cache.materialize_tree(lease.task_id, files, main_file, download)
-        log.info("task %s: %s", lease.task_id, _describe_tree(tree))
-        return tree.main_path
-
-    def _task_manifest(self, lease: Lease) -> tuple[list[dict[str, Any]], str]:
-        """The task's files and main file: asked of the coordinator once per task, then kept in memory."""
-        if lease.main_file is None:
-            # A coordinator from before task trees: the task is its one .blend.
-            return [{"path": lease.blend_filename, "sha256": lease.blend_sha256}], lease.blend_filename
-        with self._lock:
-            known = self._manifests.get(lease.task_id)
-        if known is not None:
-            return known
-        answer = self._retry(
-            f"fetch the manifest of task {lease.task_id}",
-            lambda: self._fetch_manifest(lease.task_id),
-            give_up=lambda: lease.revoked or self._stop.is_set(),
-        )
-        files = answer.get("files") if isinstance(answer, dict) else None
-        if not isinstance(files, list):
-            raise CacheError(f"the coordinator sent no file list in the manifest of task {lease.task_id}")
-        known = (files, lease.main_file)
-        with self._lock:
-            self._manifests[lease.task_id] = known
-        return known
-
-    def _fetch_manifest(self, task_id: int) -> Any:
-        # Clients from before task trees lack task_manifest(); the generic request speaks the same API.
-        method = getattr(self.client, "task_manifest", None)
-        if callable(method):
-            return method(task_id)
-        return self.client.request("GET", "/task_manifest", params={"task_id": task_id})
 
     def _end_task_if_done(self, task_id: int) -> None:
         """Delete the task's tree and forget its manifest once no session is open on it and no frame of it is held."""
-        with self._tree_lock:
-            with self._lock:
-                if self._session_task_id == task_id or any(held.task_id == task_id for held in self._held.values()):
-                    return
-                self._manifests.pop(task_id, None)
-            self.cache.remove_task(task_id)
+        self._task_files.remove_unless(task_id, self._task_in_use)
+
+    def _task_in_use(self, task_id: int) -> bool:
+        with self._lock:
+            return self._session_task_id == task_id or any(held.task_id == task_id for held in self._held.values())
 
     def _close_session(self, *, remove_task_files: bool) -> None:
         """Close the open Blender session, if any; optionally delete its task's tree and output folder.
@@ -651,7 +549,10 @@ class WorkerAgent:
             )
         except Exception as exc:
             log.error("%s: Blender session failed: %s", lease, exc)
-            result = _SessionFailure(frame=lease.frame, error=str(exc))
+            result = FrameResult(
+                frame=lease.frame, ok=False, output_path=None, started_at=None, ended_at=None, render_seconds=None,
+                error=str(exc), log_tail="",
+            )
         finally:
             with self._lock:
                 self._rendering = False
@@ -674,7 +575,7 @@ class WorkerAgent:
                 ),
                 give_up=lambda: lease.finished.is_set() or lease.revoked or self._stop.is_set(),
             )
-        except _GaveUp:
+        except GaveUp:
             pass
         except CoordinatorError as exc:
             if exc.status == 409:
@@ -682,31 +583,10 @@ class WorkerAgent:
                 self._revoke([lease.lease_id])
                 return
             log.warning("%s: the coordinator refused the rendering report: %s", lease, exc)
-        delay = self._prefetch_delay(lease, wall_time)
+        delay = self._prefetch_timer.delay(lease.task_id, wall_time)
         if delay > 0 and lease.finished.wait(delay):
             return  # the frame ended sooner than expected: the main loop claims the next one itself
         self._prefetch(lease)
-
-    def _note_frame_time(self, task_id: int, seconds: float) -> None:
-        with self._lock:
-            earlier = self._frame_times[1][-1:] if self._frame_times and self._frame_times[0] == task_id else []
-            self._frame_times = (task_id, [*earlier, seconds])
-
-    def _prefetch_delay(self, lease: Lease, wall_time: float) -> float:
-        """Seconds from now until the next frame should be claimed: a lead before the frame is expected to end, or
-        0 when there is nothing to expect it from.
-
-        The frame is expected to take as long as the shorter of the task's last two frames here: a session's first
-        frame takes longer (Blender sets up the renderer), and claiming a little early costs nothing.
-        """
-        with self._lock:
-            times = self._frame_times
-        if times is None or times[0] != lease.task_id:
-            return 0.0
-        expected = min(times[1])
-        lead = _PREFETCH_LEAD_SECONDS + _PREFETCH_LEAD_FRACTION * expected
-        # wall_time is Blender's clock at render_pre: the same machine's clock as ours.
-        return max(0.0, wall_time + expected - lead - time.time())
 
     def _prefetch(self, current: Lease) -> None:
         """Claim the frame to render after `current`, preferring its task; one try, the main loop claims otherwise."""
@@ -732,7 +612,7 @@ class WorkerAgent:
         if keep:
             log.info("prefetched %s (%s, attempt %d)", lease, lease.task_name or "unnamed", lease.attempt)
         else:
-            self._release(lease, "the worker is stopping" if self._stop.is_set() else "the worker was switched OFF")
+            self._release(lease, self._why_not_working())
 
     # -- reporting ----------------------------------------------------------------------------------------------
 
@@ -792,7 +672,7 @@ class WorkerAgent:
             log.error("%s: the coordinator refused the frame's file: %s", lease, exc)
             self._report_failed(lease, f"the coordinator refused the rendered file: {exc}", result.log_tail)
             return
-        except _GaveUp:
+        except GaveUp:
             self._gave_up(lease)
             return
         try:
@@ -816,7 +696,7 @@ class WorkerAgent:
             else:
                 log.error("%s: the coordinator refused the done report: %s", lease, exc)
             return
-        except _GaveUp:
+        except GaveUp:
             self._gave_up(lease)
             return
         seconds = result.render_seconds
@@ -838,7 +718,7 @@ class WorkerAgent:
                 log.info("%s: lease lost before the failure report (%s); dropped", lease, exc)
             else:
                 log.error("%s: the coordinator refused the failure report: %s", lease, exc)
-        except _GaveUp:
+        except GaveUp:
             self._gave_up(lease)
 
     def _gave_up(self, lease: Lease) -> None:
@@ -867,7 +747,7 @@ class WorkerAgent:
             log.info("gave back %s: %s", lease, reason)
         except CoordinatorError as exc:
             log.info("%s: not given back (%s); the coordinator no longer holds it for us", lease, exc)
-        except _GaveUp:
+        except GaveUp:
             if not lease.revoked:
                 log.warning("%s: could not give it back; its lease will expire on the coordinator", lease)
         finally:
@@ -875,6 +755,10 @@ class WorkerAgent:
                 self._held.pop(lease.lease_id, None)
                 if self._prefetched is lease:
                     self._prefetched = None
+
+    def _why_not_working(self) -> str:
+        """Why a frame is given back unrendered once the worker stops or is switched OFF."""
+        return "the worker is stopping" if self._stop.is_set() else "the worker was switched OFF"
 
     def _python_permitted(self, lease: Lease) -> bool:
         """Whether the file's own Python may run for this frame: the task needs it and this worker allows it."""
@@ -899,7 +783,7 @@ class WorkerAgent:
         if not first or not self.allow_python:
             # A coordinator that hands the frame straight back to a worker that cannot take it must not make this
             # loop spin.
-            self._wait(self.poll_seconds)
+            self._wait(self.idle_seconds)
 
     def _release_prefetched(self, reason: str) -> None:
         with self._lock:
@@ -908,35 +792,8 @@ class WorkerAgent:
             self._release(lease, reason)
 
     def _retry(self, what: str, call: Callable[[], T], *, give_up: Callable[[], bool]) -> T:
-        """Call until it succeeds, backing off while the coordinator is unreachable or failing (5xx).
-
-        Refusals (4xx) are raised; `give_up()` is asked after every failure and raises _GaveUp when true.
-        """
-        delay = min(0.5, self.max_backoff)
-        failures = 0
-        while True:
-            try:
-                result = call()
-            except CoordinatorError as exc:
-                if not _retryable(exc):
-                    raise
-                failures += 1
-                if failures == 1:
-                    log.warning("cannot %s: %s; retrying", what, exc)
-                else:
-                    log.debug("cannot %s (try %d): %s", what, failures, exc)
-            else:
-                if failures:
-                    log.info("managed to %s after %d failed tries", what, failures)
-                return result
-            if give_up():
-                raise _GaveUp()
-            end = time.monotonic() + delay
-            while time.monotonic() < end:
-                if give_up():
-                    raise _GaveUp()
-                time.sleep(min(0.1, max(0.0, end - time.monotonic())))
-            delay = min(delay * 2, self.max_backoff)
+        """worker.retry.retry with this worker's backoff limit."""
+        return retry(what, call, give_up=give_up, max_backoff=self.max_backoff)
 
     # -- registration and heartbeat -----------------------------------------------------------------------------
 
@@ -950,13 +807,14 @@ class WorkerAgent:
                 ),
                 give_up=self._stop.is_set,
             )
-        except _GaveUp:
+        except GaveUp:
             return False
         with self._lock:
             self.worker_id = int(answer["worker_id"])
             self.heartbeat_seconds = float(answer.get("heartbeat_seconds") or self.heartbeat_seconds)
             self.lease_seconds = float(answer.get("lease_seconds") or self.lease_seconds)
             self._enabled = bool(answer.get("enabled", True))
+            self._take_poll_advice(answer)
         log.info(
             "registered as worker %s (%s, Blender %s, %d CPUs%s)%s",
             self.worker_id,
@@ -1063,33 +921,6 @@ class WorkerAgent:
         log.info("worker %s stopped", self.name)
 
 
-@dataclass
-class _SessionFailure:
-    """Stands in for a FrameResult when the session itself raised while rendering."""
-
-    frame: int
-    error: str
-    ok: bool = False
-    aborted: bool = False
-    timed_out: bool = False
-    needs_python: bool = False
-    output_path: str | None = None
-    started_at: float | None = None
-    ended_at: float | None = None
-    render_seconds: float | None = None
-    log_tail: str = ""
-
-
-def _describe_tree(tree: TaskTree) -> str:
-    """One line on what building a task's tree cost: files and bytes downloaded vs. found in the cache."""
-    return (
-        f"{tree.files} file{'' if tree.files == 1 else 's'} ({format_size(tree.total_bytes)}): "
-        f"downloaded {tree.downloaded_files} "
-        f"({format_size(tree.downloaded_bytes)}), found {tree.cached_files} in the cache "
-        f"({format_size(tree.cached_bytes)})"
-    )
-
-
 def _usable_cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -1104,185 +935,12 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-def default_work_dir(name: str) -> str:
-    """The default work folder of worker `name`: renderq/worker-<name> under the user's cache folder."""
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or os.path.expanduser("~\\AppData\\Local")
-    elif sys.platform == "darwin":
-        base = os.path.expanduser("~/Library/Caches")
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(base, "renderq", f"worker-{name}")
-
-
-# -- command line -------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `renderq worker` options; defaults come from RENDERQ_* environment variables."""
-    env = os.environ
-    parser.add_argument(
-        "--coordinator",
-        default=env.get("RENDERQ_COORDINATOR"),
-        metavar="URL",
-        help="the coordinator's address, e.g. http://farm:5000 (default: $RENDERQ_COORDINATOR)",
-    )
-    parser.add_argument(
-        "--token",
-        default=env.get("RENDERQ_TOKEN"),
-        metavar="TOKEN",
-        help="the coordinator's worker token (default: $RENDERQ_TOKEN); it is in the coordinator's data dir, file "
-        "worker_token. Prefer --token-file: a token on the command line is visible to other users of this machine",
-    )
-    parser.add_argument(
-        "--token-file",
-        default=env.get("RENDERQ_TOKEN_FILE"),
-        metavar="FILE",
-        help="read the worker token from FILE, e.g. a copy of the coordinator's worker_token "
-        "(default: $RENDERQ_TOKEN_FILE)",
-    )
-    parser.add_argument(
-        "--name",
-        default=env.get("RENDERQ_WORKER_NAME") or socket.gethostname(),
-        help="this worker's name, unique on the farm (default: $RENDERQ_WORKER_NAME, else the host name)",
-    )
-    parser.add_argument(
-        "--blender",
-        default=env.get("RENDERQ_BLENDER"),
-        metavar="PATH",
-        help="the Blender executable (default: $RENDERQ_BLENDER, else found on PATH)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=env.get("RENDERQ_THREADS") or "0",
-        metavar="N",
-        help="render threads per frame; 0 lets the task or Blender decide (default: $RENDERQ_THREADS, else 0)",
-    )
-    parser.add_argument(
-        "--work-dir",
-        default=env.get("RENDERQ_WORK_DIR"),
-        metavar="DIR",
-        help="where to cache the tasks' files and render (default: $RENDERQ_WORK_DIR, else a folder per worker "
-        "name in the user's cache folder)",
-    )
-    parser.add_argument(
-        "--cache-size",
-        type=_cache_size,
-        default=env.get("RENDERQ_CACHE_SIZE") or "20G",
-        metavar="SIZE",
-        help="the most the cached files may take, e.g. 20G or 500M (K, M, G, T count in 1024s); the least recently "
-        "used files are deleted beyond it, never those of a task being rendered (default: $RENDERQ_CACHE_SIZE, "
-        "else 20G)",
-    )
-    parser.add_argument(
-        "--poll-seconds",
-        type=float,
-        default=env.get("RENDERQ_POLL_SECONDS") or str(DEFAULT_POLL_SECONDS),
-        metavar="SECONDS",
-        help="how often an idle worker asks for work, which is also how long a new task may wait for it; shorter "
-        "means more requests to the coordinator (default: $RENDERQ_POLL_SECONDS, else "
-        f"{DEFAULT_POLL_SECONDS:g})",
-    )
-    parser.add_argument(
-        "--allow-blend-python",
-        action=argparse.BooleanOptionalAction,
-        default=_env_flag(env.get("RENDERQ_ALLOW_BLEND_PYTHON")),
-        help="RISKY: let Python stored in .blend files (scripts that run when the file opens, scripted drivers, "
-        "the handlers they add) run on this machine, for tasks marked as needing it. That code runs as this "
-        "worker's user and can read, change, delete or send anything that user can reach; anyone who may submit "
-        "tasks to the farm can put it there. Only use it when you trust every submitter. Without it, tasks whose "
-        "files hold Python wait for a worker that allows it (default: on when $RENDERQ_ALLOW_BLEND_PYTHON=1, else "
-        "off)",
-    )
-
-
-def _env_flag(value: str | None) -> bool:
-    """An on/off environment variable: 1, true, yes or on (any case) mean on."""
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _cache_size(text: str) -> int:
-    """Parse --cache-size for argparse."""
-    try:
-        size = parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if size <= 0:
-        raise argparse.ArgumentTypeError("the cache size must be more than 0")
-    return size
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run a worker until it is stopped; returns the exit code."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-    if not args.coordinator:
-        log.error("no coordinator given: use --coordinator URL or set RENDERQ_COORDINATOR")
-        return 2
-    name = (args.name or "").strip()
-    if not (1 <= len(name) <= 64) or not safe_file_name(name):
-        log.error("%r is not a usable worker name (1-64 characters, no '/', '\\', '..' or NUL)", args.name)
-        return 2
-    if args.threads < 0:
-        log.error("--threads must be 0 or more, not %d", args.threads)
-        return 2
-    if not (math.isfinite(args.poll_seconds) and 0.05 <= args.poll_seconds <= 3600):
-        log.error("--poll-seconds must be between 0.05 and 3600, not %g", args.poll_seconds)
-        return 2
-    token = args.token
-    if args.token_file:
-        try:
-            with open(args.token_file, encoding="utf-8") as handle:
-                token = handle.read().strip()
-        except OSError as exc:
-            log.error("cannot read the worker token from %s: %s", args.token_file, exc.strerror or exc)
-            return 2
-    try:
-        client = CoordinatorClient(args.coordinator, token=token or None)
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 2
-    try:
-        blender = find_blender(args.blender)
-        version = blender_version(blender)
-    except SessionError as exc:
-        log.error("cannot use Blender: %s", exc)
-        return 2
-    work_dir = args.work_dir or default_work_dir(name)
-    try:
-        agent = WorkerAgent(
-            client,
-            name,
-            work_dir,
-            blender=blender,
-            blender_version=version,
-            threads=args.threads,
-            cache_size=args.cache_size,
-            poll_seconds=args.poll_seconds,
-            allow_python=args.allow_blend_python,
-        )
-    except (OSError, CacheError) as exc:
-        log.error("cannot use the work folder %s: %s", work_dir, exc)
-        return 2
-    if args.allow_blend_python:
-        log.warning(
-            "Python stored in .blend files will run on this machine for tasks that need it "
-            "(--allow-blend-python): only do this when you trust everyone who submits tasks"
-        )
-    log.info(
-        "worker %s: Blender %s at %s, work folder %s, cache limit %s",
-        name, version, blender, work_dir, format_size(args.cache_size),
-    )
-    agent.install_signal_handlers()
-    return agent.run()
-
-
 if __name__ == "__main__":
+    import argparse
+    import sys
+
+    from worker.command_line import add_arguments, main
+
     _parser = argparse.ArgumentParser(prog="python -m worker.agent", description="Run a RenderQ worker.")
     add_arguments(_parser)
     sys.exit(main(_parser.parse_args()))

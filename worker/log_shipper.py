@@ -12,7 +12,8 @@ import time
 from collections import deque
 from typing import Callable
 
-from renderq.http_client import CoordinatorError, CoordinatorUnreachable
+from renderq.http_client import CoordinatorError
+from worker.retry import retryable
 
 __all__ = ["LogShipper"]
 
@@ -130,7 +131,7 @@ class LogShipper:
             try:
                 self._send(task_id, text)
             except CoordinatorError as exc:
-                if isinstance(exc, CoordinatorUnreachable) or exc.status >= 500:
+                if retryable(exc):
                     with self._cond:
                         self._put_back(task_id, last_seq, text)
                     log.debug("log lines for task %s kept for later: %s", task_id, exc)

@@ -1,0 +1,197 @@
+"""The `renderq worker` command: its options (with defaults from RENDERQ_* environment variables) and `main`,
+which checks them and runs a WorkerAgent."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import socket
+import sys
+
+from renderq.http_client import CoordinatorClient, safe_file_name
+from worker.agent import DEFAULT_POLL_SECONDS, WorkerAgent
+from worker.blender_session import SessionError, blender_version, find_blender
+from worker.cache import CacheError, format_size, parse_size
+
+__all__ = ["add_arguments", "default_work_dir", "main"]
+
+# The agent's logger, not one of this module's own: these lines belong to the worker's log and read as such.
+log = logging.getLogger("renderq.worker")
+
+
+def default_work_dir(name: str) -> str:
+    """The default work folder of worker `name`: renderq/worker-<name> under the user's cache folder."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.expanduser("~\\AppData\\Local")
+    elif sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Caches")
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "renderq", f"worker-{name}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `renderq worker` options; defaults come from RENDERQ_* environment variables."""
+    env = os.environ
+    parser.add_argument(
+        "--coordinator",
+        default=env.get("RENDERQ_COORDINATOR"),
+        metavar="URL",
+        help="the coordinator's address, e.g. http://farm:5000 (default: $RENDERQ_COORDINATOR)",
+    )
+    parser.add_argument(
+        "--token",
+        default=env.get("RENDERQ_TOKEN"),
+        metavar="TOKEN",
+        help="the coordinator's worker token (default: $RENDERQ_TOKEN); it is in the coordinator's data dir, file "
+        "worker_token. Prefer --token-file: a token on the command line is visible to other users of this machine",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=env.get("RENDERQ_TOKEN_FILE"),
+        metavar="FILE",
+        help="read the worker token from FILE, e.g. a copy of the coordinator's worker_token "
+        "(default: $RENDERQ_TOKEN_FILE)",
+    )
+    parser.add_argument(
+        "--name",
+        default=env.get("RENDERQ_WORKER_NAME") or socket.gethostname(),
+        help="this worker's name, unique on the farm (default: $RENDERQ_WORKER_NAME, else the host name)",
+    )
+    parser.add_argument(
+        "--blender",
+        default=env.get("RENDERQ_BLENDER"),
+        metavar="PATH",
+        help="the Blender executable (default: $RENDERQ_BLENDER, else found on PATH)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=env.get("RENDERQ_THREADS") or "0",
+        metavar="N",
+        help="render threads per frame; 0 lets the task or Blender decide (default: $RENDERQ_THREADS, else 0)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=env.get("RENDERQ_WORK_DIR"),
+        metavar="DIR",
+        help="where to cache the tasks' files and render (default: $RENDERQ_WORK_DIR, else a folder per worker "
+        "name in the user's cache folder)",
+    )
+    parser.add_argument(
+        "--cache-size",
+        type=_cache_size,
+        default=env.get("RENDERQ_CACHE_SIZE") or "20G",
+        metavar="SIZE",
+        help="the most the cached files may take, e.g. 20G or 500M (K, M, G, T count in 1024s); the least recently "
+        "used files are deleted beyond it, never those of a task being rendered (default: $RENDERQ_CACHE_SIZE, "
+        "else 20G)",
+    )
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=env.get("RENDERQ_POLL_SECONDS") or None,
+        metavar="SECONDS",
+        help="how often an idle worker asks for work, which is also how long a new task may wait for it; shorter "
+        "means more requests to the coordinator (default: $RENDERQ_POLL_SECONDS, else as the coordinator advises: "
+        "a quarter of a second on a small farm, longer on a large one so that idle workers together ask about 50 "
+        f"times a second; {DEFAULT_POLL_SECONDS:g} with a coordinator that gives no advice)",
+    )
+    parser.add_argument(
+        "--allow-blend-python",
+        action=argparse.BooleanOptionalAction,
+        default=_env_flag(env.get("RENDERQ_ALLOW_BLEND_PYTHON")),
+        help="RISKY: let Python stored in .blend files (scripts that run when the file opens, scripted drivers, "
+        "the handlers they add) run on this machine, for tasks marked as needing it. That code runs as this "
+        "worker's user and can read, change, delete or send anything that user can reach; anyone who may submit "
+        "tasks to the farm can put it there. Only use it when you trust every submitter. Without it, tasks whose "
+        "files hold Python wait for a worker that allows it (default: on when $RENDERQ_ALLOW_BLEND_PYTHON=1, else "
+        "off)",
+    )
+
+
+def _env_flag(value: str | None) -> bool:
+    """An on/off environment variable: 1, true, yes or on (any case) mean on."""
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _cache_size(text: str) -> int:
+    """Parse --cache-size for argparse."""
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError("the cache size must be more than 0")
+    return size
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run a worker until it is stopped; returns the exit code."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+    if not args.coordinator:
+        log.error("no coordinator given: use --coordinator URL or set RENDERQ_COORDINATOR")
+        return 2
+    name = (args.name or "").strip()
+    if not (1 <= len(name) <= 64) or not safe_file_name(name):
+        log.error("%r is not a usable worker name (1-64 characters, no '/', '\\', '..' or NUL)", args.name)
+        return 2
+    if args.threads < 0:
+        log.error("--threads must be 0 or more, not %d", args.threads)
+        return 2
+    if args.poll_seconds is not None and not (math.isfinite(args.poll_seconds) and 0.05 <= args.poll_seconds <= 3600):
+        log.error("--poll-seconds must be between 0.05 and 3600, not %g", args.poll_seconds)
+        return 2
+    token = args.token
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            log.error("cannot read the worker token from %s: %s", args.token_file, exc.strerror or exc)
+            return 2
+    try:
+        client = CoordinatorClient(args.coordinator, token=token or None)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        blender = find_blender(args.blender)
+        version = blender_version(blender)
+    except SessionError as exc:
+        log.error("cannot use Blender: %s", exc)
+        return 2
+    work_dir = args.work_dir or default_work_dir(name)
+    try:
+        agent = WorkerAgent(
+            client,
+            name,
+            work_dir,
+            blender=blender,
+            blender_version=version,
+            threads=args.threads,
+            cache_size=args.cache_size,
+            poll_seconds=args.poll_seconds,
+            allow_python=args.allow_blend_python,
+        )
+    except (OSError, CacheError) as exc:
+        log.error("cannot use the work folder %s: %s", work_dir, exc)
+        return 2
+    if args.allow_blend_python:
+        log.warning(
+            "Python stored in .blend files will run on this machine for tasks that need it "
+            "(--allow-blend-python): only do this when you trust everyone who submits tasks"
+        )
+    log.info(
+        "worker %s: Blender %s at %s, work folder %s, cache limit %s",
+        name, version, blender, work_dir, format_size(args.cache_size),
+    )
+    agent.install_signal_handlers()
+    return agent.run()

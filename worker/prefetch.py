@@ -1,0 +1,47 @@
+"""When to claim the next frame: shortly before the current one is expected to end, judged from the last frames."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+__all__ = ["PrefetchTimer"]
+
+# The next frame is claimed this long before the current one is expected to end (seconds, plus a fraction of the
+# expected frame time): enough for a claim to come back, short enough that the last frames of a task go to
+# whichever worker is free first.
+_PREFETCH_LEAD_SECONDS = 0.5
+_PREFETCH_LEAD_FRACTION = 0.1
+
+
+class PrefetchTimer:
+    """Remembers the exact render times of the last two frames of one task on this worker, and tells from them when
+    to claim the frame after the one rendering now. Safe to use from several threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (task id, exact seconds of its last two frames rendered here).
+        self._frame_times: tuple[int, list[float]] | None = None
+
+    def note(self, task_id: int, seconds: float) -> None:
+        """Record the exact render time of a frame of `task_id`; a frame of another task starts the record anew."""
+        with self._lock:
+            earlier = self._frame_times[1][-1:] if self._frame_times and self._frame_times[0] == task_id else []
+            self._frame_times = (task_id, [*earlier, seconds])
+
+    def delay(self, task_id: int, wall_time: float) -> float:
+        """Seconds from now until the next frame should be claimed, for a frame of `task_id` that Blender began at
+        `wall_time` (time.time()): a lead before the frame is expected to end, or 0 when there is nothing to expect
+        it from.
+
+        The frame is expected to take as long as the shorter of the task's last two frames here: a session's first
+        frame takes longer (Blender sets up the renderer), and claiming a little early costs nothing.
+        """
+        with self._lock:
+            times = self._frame_times
+        if times is None or times[0] != task_id:
+            return 0.0
+        expected = min(times[1])
+        lead = _PREFETCH_LEAD_SECONDS + _PREFETCH_LEAD_FRACTION * expected
+        # wall_time is Blender's clock at render_pre: the same machine's clock as ours.
+        return max(0.0, wall_time + expected - lead - time.time())
