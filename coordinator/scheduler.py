@@ -30,6 +30,8 @@ TIMEOUT_MIN_SECONDS = 1.0
 TIMEOUT_MAX_SECONDS = 7 * 86400.0
 # Seconds between the lease expiries a claim runs (the coordinator's reaper runs one every second too).
 EXPIRY_INTERVAL = 1.0
+# Seconds an answer on how often idle workers should ask for work is reused: counting the live workers reads them all.
+POLL_ADVICE_INTERVAL = 5.0
 
 
 @dataclasses.dataclass
@@ -46,6 +48,12 @@ class Policy:
     # Defaults of a task's timeouts, in seconds; frame_timeout 0 means no limit.
     frame_timeout: float = 0.0
     no_progress_timeout: float = 600.0
+    # Idle workers are told to ask for work so that all of them together ask about this often a second, each at
+    # most every idle_poll_limits[1] and at least every idle_poll_limits[0] seconds. A new task waits for the first
+    # of them to ask, about 1 / idle_claims_per_second seconds whatever the farm's size, and a large idle farm does
+    # not flood the coordinator.
+    idle_claims_per_second: float = 50.0
+    idle_poll_limits: tuple[float, float] = (0.25, 30.0)
 
 
 @dataclasses.dataclass
@@ -98,6 +106,7 @@ class Scheduler:
         self.policy = policy or Policy()
         self.clock = clock
         self._last_expiry = float("-inf")
+        self._poll_advice: tuple[float, float] = (float("-inf"), self.policy.idle_poll_limits[0])
         self._eta = eta.EtaCache()
 
     # -- workers --------------------------------------------------------------------------------------------------
@@ -114,7 +123,19 @@ class Scheduler:
             "allows_python": bool(worker["allows_python"]),
             "heartbeat_seconds": self.policy.heartbeat_seconds,
             "lease_seconds": self.policy.lease_seconds,
+            "poll_seconds": self.idle_poll_seconds(),
         }
+
+    def idle_poll_seconds(self) -> float:
+        """How long an idle worker should wait before asking for work again, from the number of live workers."""
+        now = self.clock()
+        counted_at, seconds = self._poll_advice
+        if not counted_at <= now < counted_at + POLL_ADVICE_INTERVAL:
+            live = self.store.count_workers_seen_since(now - self.policy.alive_timeout)
+            shortest, longest = self.policy.idle_poll_limits
+            seconds = min(longest, max(shortest, live / self.policy.idle_claims_per_second))
+            self._poll_advice = (now, seconds)
+        return seconds
 
     def heartbeat(self, worker_id: int, leases: Sequence[str]) -> dict:
         now = self.clock()

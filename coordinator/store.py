@@ -400,6 +400,10 @@ class Store:
     def list_workers(self) -> list[dict]:
         return [dict(r) for r in self.read().execute("SELECT * FROM workers ORDER BY name")]
 
+    def count_workers_seen_since(self, since: float) -> int:
+        """How many workers have been heard from at or after `since`."""
+        return self.read().execute("SELECT COUNT(*) FROM workers WHERE last_seen >= ?", (since,)).fetchone()[0]
+
     def heartbeat(self, worker_id: int, leases: Sequence[str], now: float,
                   lease_expires: float) -> tuple[bool, list[str]] | None:
         """Mark the worker seen and renew the leases it still validly holds: (whether it is switched ON, the

@@ -890,3 +890,30 @@ def test_a_restart_gives_rendering_frames_time_before_they_count_as_timed_out(tm
     assert second.expire_leases() == 0
     clock.now += 16  # the worker did not come back
     assert second.expire_leases() == 1 and second.frame(task_id, 1)["failures"] == 0
+
+
+def test_idle_poll_grows_with_the_live_farm_within_limits(scheduler, clock):
+    # One worker asks often, so a new task starts at once on a small farm.
+    register(scheduler, "solo")
+    assert scheduler.idle_poll_seconds() == 0.25
+    for n in range(200):
+        register(scheduler, f"node-{n:03d}")
+    # The advice is reused for a few seconds: counting the farm reads every worker.
+    assert scheduler.idle_poll_seconds() == 0.25
+    clock.now += 6
+    # 201 live workers over 50 claims a second.
+    assert scheduler.idle_poll_seconds() == pytest.approx(201 / 50)
+    assert scheduler.claim(register(scheduler, "late"))[0] is None
+    # Workers not heard from within the alive timeout do not count; the shortest poll is the floor.
+    clock.now += 60
+    assert scheduler.idle_poll_seconds() == 0.25
+
+
+def test_idle_poll_has_a_ceiling(tmp_path, clock):
+    scheduler = Scheduler(Store(str(tmp_path / "state.sqlite3")),
+                          Policy(idle_claims_per_second=1.0, idle_poll_limits=(0.5, 30.0)), clock)
+    for n in range(100):
+        register(scheduler, f"node-{n:03d}")
+    clock.now += 6
+    assert scheduler.idle_poll_seconds() == 30.0
+    assert scheduler.register_worker("one-more", "host", "3.4.1", 2)["poll_seconds"] == 30.0

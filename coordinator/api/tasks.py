@@ -155,8 +155,11 @@ def get_task():
     if request.method == "POST" and request.content_length:
         source.update(v.json_body())
     prefer = v.integer(source, "prefer_task_id", default=None)
-    frame, reason = _scheduler().claim(v.integer(source, "worker_id", minimum=1), prefer)
-    return jsonify({"frame": frame, "wait_reason": reason})
+    scheduler = _scheduler()
+    frame, reason = scheduler.claim(v.integer(source, "worker_id", minimum=1), prefer)
+    if frame is None:
+        return jsonify({"frame": None, "wait_reason": reason, "poll_seconds": scheduler.idle_poll_seconds()})
+    return jsonify({"frame": frame, "wait_reason": None})
 
 
 @tasks.post("/update_task")
