@@ -221,15 +221,24 @@ def remove_leftover(path: str) -> None:
         os.remove(path)
 
 
-def render_frame(scene: bpy.types.Scene, frame: int) -> None:
+def keys_its_own_settings(scene: bpy.types.Scene) -> bool:
+    """Whether the scene animates its own settings (render, view layers, sequencer strips): keys, drivers or NLA
+    on the scene itself. Objects, materials and worlds are animated by the render's own evaluation either way."""
+    animation = scene.animation_data
+    return animation is not None and (
+        animation.action is not None or len(animation.drivers) > 0 or len(animation.nla_tracks) > 0
+    )
+
+
+def render_frame(scene: bpy.types.Scene, frame: int, frame_set: bool = True) -> None:
     """Render one frame through Blender's animation render, the code path of `blender -b FILE -a`, so the pixels
     and file naming are Blender's own.
 
-    `frame_set` first makes the scene's own keyed settings those of this frame, whatever frame this Blender rendered
-    before: the render copies some of them (stereo views, for one) before it evaluates the frame. Plain -a keeps
-    those at their value from when the file was loaded instead, so a file that keys them renders differently there.
-    frame_set costs an evaluation of the scene for the viewport besides the render's own; on the benchmark scene it
-    is lost in the noise.
+    With `frame_set`, the scene's own keyed settings are first made those of this frame, whatever frame this
+    Blender rendered before: the render copies some of them (stereo views, for one) before it evaluates the frame.
+    Plain -a keeps those at their value from when the file was loaded instead, so a file that keys them renders
+    differently there. It costs an evaluation of the whole scene for the viewport besides the render's own (seconds
+    a frame on a heavy scene), so it is only done for a scene that keys its own settings.
     """
     global current
     path = expected_path(scene, frame)
@@ -239,7 +248,8 @@ def render_frame(scene: bpy.types.Scene, frame: int) -> None:
     current = FrameState(frame)
     error = None
     try:
-        scene.frame_set(frame)
+        if frame_set:
+            scene.frame_set(frame)
         scene.frame_start = frame
         scene.frame_end = frame
         bpy.ops.render.render(animation=True)
@@ -274,6 +284,7 @@ def main() -> None:
     original_output = scene.render.filepath
     os.makedirs(args.output_dir, exist_ok=True)
     scene.render.filepath = output_filepath(original_output, args.output_dir)
+    animated_settings = keys_its_own_settings(scene)
     for handlers, handler in HANDLERS:
         handlers.append(handler)
     channel.send(
@@ -299,7 +310,7 @@ def main() -> None:
             if message is None or message.get("type") == "quit":
                 break
             if message.get("type") == "render":
-                render_frame(scene, int(message["frame"]))
+                render_frame(scene, int(message["frame"]), frame_set=animated_settings)
     finally:
         for handlers, handler in HANDLERS:
             if handler in handlers:
