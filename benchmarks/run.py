@@ -81,6 +81,8 @@ KNOWN = (
     Benchmark("throughput", "throughput.py",
               "the largest farm of simulated workers one coordinator serves with every call under 100 ms"),
     Benchmark("eta_accuracy", "eta_accuracy.py", "how close the finish-time estimate comes", needs_blender=True),
+    Benchmark("eta_model", "eta_model.py",
+              "the finish-time estimator on 200 simulated renders of eta_accuracy's scene, without machine noise"),
 )
 
 

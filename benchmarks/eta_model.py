@@ -1,0 +1,113 @@
+"""ETA model: RenderQ's estimator on many simulated renders of eta_accuracy's scene, without a machine's noise.
+
+eta_accuracy renders one real task, so each of its checkpoints is one sample, and the machine's own speed changes
+(20-40% on a shared one) are mixed into it. This script separates the estimator from the machine: it simulates
+two workers rendering the same 80 frames with the same costs (every 4th frame 3x the samples, samples drifting 1x
+to 3x over the range; seconds = a + b x samples, fitted to a real run on this kind of machine), each frame's time
+scattered by --noise (log-normal), each worker's first frame slower by a warm-up. A worker holds its next frame
+while it finishes one, as the real worker's just-in-time claim does. At 10, 25, 50 and 75% done the real estimator
+(coordinator.eta, the code the coordinator runs) and the seed's are asked for the time left, and compared with the
+simulated finish.
+
+Figures: for each checkpoint, the median and 90th percentile of RenderQ's error over --runs renders, the share
+of renders where it is under 10%, and the seed's median. Deterministic (seeded); there are no targets, as the
+targets belong to eta_accuracy: this shows which of its misses the estimator causes and which the machine does.
+
+    python benchmarks/eta_model.py [--runs 200] [--noise 0.05] [--quick] [--json-out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import os
+import random
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from common import Results, add_arguments
+from eta_accuracy import CHECKPOINTS, FULL, TARGET_PERCENT, frame_samples
+
+from coordinator import eta
+
+# Seconds of a frame = FIXED_SECONDS + SECONDS_PER_SAMPLE x samples, at one render thread (320 x 180): from a real
+# eta_accuracy run here (frame 2, 16 samples, 1.27 s; frame 4, 52 samples, 3.6 s).
+FIXED_SECONDS = 0.19
+SECONDS_PER_SAMPLE = 0.066
+WARM_UP_SECONDS = 0.7  # a Blender session's first frame, on top
+GAP_SECONDS = 0.01  # between one frame's end and the next one's start on a worker
+WORKERS = 2
+
+
+def simulate(seed: int, samples: list[int], noise: float) -> dict[int, tuple[float, float]]:
+    """One simulated render: {checkpoint percent: (RenderQ's error %, the seed's error %)}."""
+    rng = random.Random(seed)
+    frames = len(samples)
+    seconds = [(FIXED_SECONDS + SECONDS_PER_SAMPLE * s) * math.exp(rng.gauss(0.0, noise)) for s in samples]
+    free = [(0.0, worker) for worker in range(WORKERS)]
+    renders = []  # (frame, worker, start, end), frames claimed lowest first by whichever worker is free first
+    for frame in range(1, frames + 1):
+        when, worker = heapq.heappop(free)
+        start = when + GAP_SECONDS
+        end = start + seconds[frame - 1] + (WARM_UP_SECONDS if when == 0.0 else 0.0)
+        renders.append((frame, worker, start, end))
+        heapq.heappush(free, (end, worker))
+    finish = max(end for *_, end in renders)
+    by_end = sorted(renders, key=lambda r: r[3])
+    errors = {}
+    for percent in CHECKPOINTS:
+        now = by_end[math.ceil(frames * percent / 100) - 1][3] + 1e-6
+        done = [r for r in renders if r[3] <= now]
+        active = [eta.ActiveFrame(f, w, True, s) for f, w, s, e in renders if s <= now < e]
+        # A worker between frames already holds its next one (claimed just in time).
+        busy = {a.worker_id for a in active}
+        for worker in set(range(WORKERS)) - busy:
+            upcoming = [r for r in renders if r[1] == worker and r[2] > now]
+            if upcoming:
+                active.append(eta.ActiveFrame(min(upcoming, key=lambda r: r[2])[0], worker, False))
+        model = eta.CostModel([eta.DoneFrame(f, e - s, w, s, e) for f, w, s, e in done])
+        estimator = eta.TaskEstimator(model, range(1, frames + 1), {r[0] for r in done})
+        left = finish - now
+        renderq = estimator.eta_seconds(active, now)
+        recent = [e - s for _, _, s, e in sorted(done, key=lambda r: r[3])[-8:]]
+        seed_eta = eta.estimate_eta(recent, frames - len(done), WORKERS)
+        errors[percent] = (abs(renderq - left) / left * 100, abs(seed_eta - left) / left * 100)
+    return errors
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, help="simulated renders (default 200; quick 20)")
+    parser.add_argument("--noise", type=float, default=0.05,
+                        help="scatter of a frame's time about its cost, as a log-normal sigma (default 0.05)")
+    add_arguments(parser, "20 renders")
+    args = parser.parse_args()
+    runs = args.runs or (20 if args.quick else 200)
+    samples = frame_samples(FULL.frames, FULL.base_samples)
+    results = Results("eta_model", quick=args.quick)
+    by_checkpoint: dict[int, list[tuple[float, float]]] = {percent: [] for percent in CHECKPOINTS}
+    for seed in range(runs):
+        for percent, errors in simulate(seed, samples, args.noise).items():
+            by_checkpoint[percent].append(errors)
+    about = f"{runs} simulated renders, {FULL.frames} frames, {WORKERS} workers, noise {args.noise:g}"
+    for percent, pairs in by_checkpoint.items():
+        ours = sorted(renderq for renderq, _ in pairs)
+        seeds = [seed_error for _, seed_error in pairs]
+        under = sum(1 for error in ours if error < TARGET_PERCENT) / len(ours) * 100
+        better = sum(1 for renderq, seed_error in pairs if renderq < seed_error) / len(pairs) * 100
+        results.add(f"RenderQ ETA error at {percent}% done, median", round(statistics.median(ours), 1),
+                    "% of time left", note=f"90th percentile {ours[int(0.9 * (len(ours) - 1))]:.1f}%; {about}")
+        results.add(f"renders with RenderQ's error under {TARGET_PERCENT:g}% at {percent}% done", round(under, 1),
+                    "%", note=f"below the seed's in {better:.0f}%")
+        results.add(f"seed ETA error at {percent}% done, median", round(statistics.median(seeds), 1),
+                    "% of time left")
+    return results.finish(args.json_out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
