@@ -42,6 +42,9 @@ from common import ROOT, describe_machine, find_blender, format_number, format_t
 REPORT = os.path.join(ROOT, "docs", "benchmarks.md")
 DATA_MARK = "renderq-benchmark-data"
 OUTPUT_TAIL_LINES = 40
+# Before each benchmark of the full suite, the machine must be this idle over 5 s, waiting at most this long.
+QUIET_IDLE_SHARE = 0.9
+QUIET_WAIT_SECONDS = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +63,8 @@ class Benchmark:
         return self.script if os.path.isabs(self.script) else os.path.join(HERE, self.script)
 
 
-# Every benchmark the suite knows, in the order they run; only those whose script exists are registered.
+# Every benchmark the suite knows, in the order they run; only those whose script exists are registered. The soak
+# runs last: its hundreds of processes leave the machine busy for a while after it ends.
 KNOWN = (
     Benchmark("farm_overhead", "farm_overhead.py",
               "one worker renders through the farm, against plain `blender -b FILE -a`", needs_blender=True),
@@ -68,11 +72,6 @@ KNOWN = (
               "status page load and poll sizes with 500 workers and 200 tasks in the database"),
     Benchmark("memory", "memory.py",
               "coordinator RSS with 5,000 workers and 100,000 frames, worker agent RSS, a 2 GiB upload",
-              needs_blender=True),
-    Benchmark("soak", "soak.py",
-              "real and simulated workers under kills and stalls: no frame lost or done twice",
-              suite_quick_args=("--duration", "20", "--sim-workers", "20", "--real-workers", "1",
-                                "--drain-timeout", "90", "--seed", "6"),
               needs_blender=True),
     Benchmark("scaling", "scaling.py", "two workers with one render thread each against one worker, same task",
               needs_blender=True),
@@ -83,6 +82,11 @@ KNOWN = (
     Benchmark("eta_accuracy", "eta_accuracy.py", "how close the finish-time estimate comes", needs_blender=True),
     Benchmark("eta_model", "eta_model.py",
               "the finish-time estimator on 200 simulated renders of eta_accuracy's scene, without machine noise"),
+    Benchmark("soak", "soak.py",
+              "real and simulated workers under kills and stalls: no frame lost or done twice",
+              suite_quick_args=("--duration", "20", "--sim-workers", "20", "--real-workers", "1",
+                                "--drain-timeout", "90", "--seed", "6"),
+              needs_blender=True),
 )
 
 
@@ -170,6 +174,41 @@ def run_benchmark(benchmark: Benchmark, *, quick: bool, command: str, machine: d
         problems = [f["note"] for f in run.figures if f.get("value") is None and f.get("note")]
         run.note = "; ".join(dict.fromkeys(problems)) or f"it exited with status {run.exit_code}"
     return run
+
+
+def idle_share(seconds: float = 5.0) -> float | None:
+    """The share of CPU time the whole machine spent idle over the next `seconds` (None without /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = [int(value) for value in handle.readline().split()[1:]]
+        # idle and iowait count as idle: nothing is running.
+        return fields[3] + fields[4], sum(fields)
+
+    try:
+        idle_before, total_before = sample()
+        time.sleep(seconds)
+        idle_after, total_after = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total_after - total_before
+    return (idle_after - idle_before) / total if total > 0 else None
+
+
+def wait_for_quiet_machine(least_idle: float = QUIET_IDLE_SHARE, longest: float = QUIET_WAIT_SECONDS) -> None:
+    """Wait until the machine is mostly idle (what the previous benchmark started has ended), at most `longest`
+    seconds: timing figures taken while it is still busy measure that, not RenderQ."""
+    deadline = time.monotonic() + longest
+    idle = idle_share()
+    waited = False
+    while idle is not None and idle < least_idle and time.monotonic() < deadline:
+        if not waited:
+            print(f"\n(waiting for a quiet machine: {idle:.0%} idle)", flush=True)
+            waited = True
+        idle = idle_share()
+    if waited:
+        verdict = "quiet" if idle is not None and idle >= least_idle else "still busy; going on"
+        print(f"(machine {verdict}: {idle:.0%} idle)", flush=True)
 
 
 def _run_streaming(name: str, args: list[str], timeout: float | None) -> tuple[int | None, list[str], bool]:
@@ -388,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="renderq-bench-run-") as work_dir:
         for benchmark in benchmarks:
             try:
+                if not args.quick:
+                    wait_for_quiet_machine()
                 run = run_benchmark(benchmark, quick=args.quick, command=command, machine=machine,
                                     work_dir=work_dir, timeout=args.timeout, blender_found=blender is not None)
             except KeyboardInterrupt:
