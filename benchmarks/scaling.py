@@ -11,7 +11,9 @@ same time and cannot be split, so it caps the speed-up; the figures include that
 (the one-worker run's time to its first frame kept whole, the rest halved). The default of 48 frames keeps the cap
 near 1.9: with 24 frames of a second it would be about 1.85 by itself. The exact frame times of both set-ups are
 shown as well: with two Blenders on two cores, everything else the machine does (the workers, the coordinator, other
-programs) takes its time from the renders.
+programs) takes its time from the renders. The same split is timed without the farm too (one plain `blender -b
+FILE -a` of all frames, against two at once of half the frames each): the speed-up the machine itself allows two
+one-thread renders, against which the farm's is shown.
 
 Exits 1 when the speed-up is below the target; --quick renders 4 frames in one round and enforces no target.
 
@@ -25,6 +27,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import Results, add_arguments  # noqa: E402
 from harness import Farm  # noqa: E402
-from renders import Timeline, farm_render, load_average, runs_note  # noqa: E402
+from renders import Timeline, farm_render, load_average, plain_animation, runs_note  # noqa: E402
 
 from renderq.scenes import make_scene  # noqa: E402
 from worker.blender_session import find_blender  # noqa: E402
@@ -68,6 +71,28 @@ def finish_spread(task: dict) -> float:
     return max(last.values()) - min(last.values()) if len(last) > 1 else 0.0
 
 
+def plain_speed_up_run(blender: str, blend: str, frames: int, root: str, two: bool) -> float:
+    """Seconds for plain `blender -b FILE -a` (one thread) to render frames 1..frames: in one process, or (`two`)
+    in two processes at once, one rendering the first half and one the second. No farm is involved: the ratio of
+    the two is what this machine itself gives two one-thread renders."""
+    out_dir = tempfile.mkdtemp(dir=root)
+    if not two:
+        return plain_animation(blender, blend, 1, frames, 1, out_dir).total
+    half = frames // 2
+    totals: list[float] = []
+    halves = [threading.Thread(target=lambda first, last: totals.append(
+        plain_animation(blender, blend, first, last, 1, out_dir).total), args=span)
+        for span in ((1, half), (half + 1, frames))]
+    started = time.monotonic()
+    for thread in halves:
+        thread.start()
+    for thread in halves:
+        thread.join()
+    if len(totals) != 2:
+        raise RuntimeError("a plain Blender render of half the frames failed")
+    return time.monotonic() - started
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, help="frames of the task (default 48; quick 4)")
@@ -99,6 +124,12 @@ def main() -> int:
                     loads.append(load_average())
         finally:
             farm.stop()
+        # The same comparison without the farm, alternating the same way: the speed-up this machine allows.
+        plain: dict[bool, list[float]] = {False: [], True: []}
+        for round_number in range(args.rounds):
+            for two in ((False, True) if round_number % 2 == 0 else (True, False)):
+                plain[two].append(plain_speed_up_run(blender, blend, args.frames, root, two))
+                loads.append(load_average())
 
     one = [timeline for timeline, _ in runs[1]]
     two = [timeline for timeline, _ in runs[2]]
@@ -115,6 +146,11 @@ def main() -> int:
                 note=runs_note([run.total for run in two]))
     results.add("speed-up the start allows (one-worker start kept whole, the rest halved)", round(cap, 3), "x",
                 note=f"start (submit to first render_pre) {start:.2f} s")
+    plain_speed_up = statistics.median(plain[False]) / statistics.median(plain[True])
+    results.add("speed-up plain Blender itself gets here: two `blender -b FILE -a` x 1 thread of half the frames "
+                "each at once, over one of all frames", round(plain_speed_up, 3), "x",
+                note="one: " + runs_note(plain[False]) + "; two: " + runs_note(plain[True]))
+    results.add("farm speed-up over plain Blender's own", round(one_seconds / two_seconds / plain_speed_up, 3), "")
     results.add("frame, one worker: mean exact frame time", round(statistics.median(r.mean_frame for r in one), 3),
                 "s", note=runs_note([r.mean_frame for r in one], 3))
     results.add("frame, two workers: mean exact frame time", round(statistics.median(r.mean_frame for r in two), 3),
