@@ -116,8 +116,8 @@ def submit(api: Any, sha: str, filename: str, first: int, last: int, name: str) 
 def wait_done(api: Any, task_id: int, timeout: float = 3600.0) -> dict:
     """The task once it ended; raises unless every frame is done.
 
-    Polls the light task list (no frames) a few times a second: the figures use the coordinator's own record of
-    the end, so polling sooner would only take CPU from the renders being measured.
+    Polls the light task list (no frames) once a second: the figures use the coordinator's own record of the end,
+    so polling more often would only take CPU from the renders being measured (plain Blender has no such poll).
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -126,7 +126,7 @@ def wait_done(api: Any, task_id: int, timeout: float = 3600.0) -> dict:
             break
         if time.monotonic() > deadline:
             raise RuntimeError(f"task {task_id} did not end within {timeout:g} s")
-        time.sleep(0.25)
+        time.sleep(1.0)
     task = api.task(task_id)
     if task["status"] != "done":
         raise RuntimeError(f"the farm task ended {task['status']}")
