@@ -1,0 +1,78 @@
+"""Argument types for the `renderq` parser: each turns one command-line word into a checked value."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+
+def parse_frames(text: str) -> tuple[int, int]:
+    """'12' -> (12, 12); '1-250' -> (1, 250). Raises argparse.ArgumentTypeError otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a frame or a frame range; write 12 or 1-250")
+    start = int(match.group(1))
+    end = int(match.group(2)) if match.group(2) is not None else start
+    if end < start:
+        raise argparse.ArgumentTypeError(f"the range {text!r} ends before it starts; write the first frame first")
+    return start, end
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1, for counts and steps."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; it must be at least 1")
+    return value
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 meaning "pick a free one"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
+    return value
+
+
+def blender_version_arg(text: str) -> str:
+    """A Blender major.minor such as 4.2, as `--blender-version` takes it."""
+    match = re.fullmatch(r"\s*(\d{1,3})\.(\d{1,3})\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Blender version; write major.minor, e.g. 4.2")
+    return f"{int(match.group(1))}.{int(match.group(2))}"
+
+
+def priority_arg(text: str) -> int:
+    """A task priority: a whole number, higher first."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a priority; priorities are whole numbers") from None
+
+
+def task_id_arg(text: str) -> int:
+    """A task id as printed by `renderq submit` and `renderq status`."""
+    try:
+        value = int(text.lstrip("#"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a task id; task ids are numbers") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a task id; task ids start at 1")
+    return value
+
+
+def seconds_arg(text: str) -> float:
+    """A number of seconds from 1 to 7 days, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 1 <= value <= 7 * 24 * 3600:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 second and 7 days")
+    return value

@@ -1,0 +1,282 @@
+"""The `renderq submit` command: find the frame range with Blender, pack the .blend, upload what the coordinator
+lacks, submit the task and, with --wait, follow it and fetch the frames."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from renderq.cli_common import EXIT_INTERRUPTED, EXIT_OK, UsageError, make_client
+from renderq.http_client import (
+    CoordinatorClient,
+    CoordinatorError,
+    CoordinatorUnreachable,
+)
+from renderq.progress import ProgressLine, bar, format_bytes
+from renderq.task_view import download_done_frames, report_outcome, wait_for_task
+
+if TYPE_CHECKING:
+    from renderq.packing import PackedFile, PackResult
+
+# Files above this size get an upload progress line; small ones go up before a line would be readable.
+UPLOAD_PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+BLENDER_READ_TIMEOUT = 120.0
+
+
+def find_blender(explicit: str | None = None) -> str | None:
+    """The Blender binary to use: the one given, else $RENDERQ_BLENDER, else `blender` on PATH."""
+    candidate = explicit or os.environ.get("RENDERQ_BLENDER")
+    if candidate:
+        return shutil.which(candidate) or (candidate if os.access(candidate, os.X_OK) else None)
+    return shutil.which("blender")
+
+
+_RANGE_MARK = "RENDERQ_FRAME_RANGE"
+_RANGE_SCRIPT = (
+    "import bpy; s = bpy.context.scene; "
+    f"print('{_RANGE_MARK}', s.frame_start, s.frame_end, s.frame_step, flush=True)"
+)
+
+
+def read_frame_range(blend_path: str, blender: str) -> tuple[int, int, int] | None:
+    """The active scene's (start, end, step) as Blender reads it from the file, or None when that fails."""
+    command = [
+        blender, "--background", "--factory-startup", "--disable-autoexec", "-noaudio",
+        blend_path, "--python-expr", _RANGE_SCRIPT,
+    ]
+    try:
+        result = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            errors="replace", timeout=BLENDER_READ_TIMEOUT, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == _RANGE_MARK:
+            try:
+                return int(parts[1]), int(parts[2]), int(parts[3])
+            except ValueError:
+                return None
+    return None
+
+
+def current_user() -> str:
+    """The login name recorded as the task's submitter; empty when it cannot be found."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+def timeouts_and_python(args: argparse.Namespace) -> dict[str, Any]:
+    """The optional submit fields given on the command line (the coordinator's defaults apply to the rest)."""
+    fields: dict[str, Any] = {}
+    if args.frame_timeout is not None:
+        fields["frame_timeout"] = args.frame_timeout
+    if args.no_progress_timeout is not None:
+        fields["no_progress_timeout"] = args.no_progress_timeout
+    if args.needs_python:
+        fields["needs_python"] = True
+    return fields
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Pack a .blend with its assets, upload what the coordinator lacks, submit the task; with --wait follow it
+    and fetch the frames."""
+    blend = Path(args.file)
+    if not blend.is_file():
+        raise UsageError(f"{args.file} is not a file")
+    step = args.step
+    if args.frames is not None:
+        frame_start, frame_end = args.frames
+    else:
+        blender = find_blender()
+        if blender is None:
+            raise UsageError(
+                "cannot read the frame range without Blender; give --frames (e.g. --frames 1-250) "
+                "or set RENDERQ_BLENDER to a Blender binary"
+            )
+        found = read_frame_range(str(blend), blender)
+        if found is None:
+            raise UsageError(f"Blender could not read the frame range of {blend}; give --frames (e.g. --frames 1-250)")
+        frame_start, frame_end, scene_step = found
+        if frame_end < frame_start:
+            raise UsageError(f"the scene in {blend} ends at frame {frame_end} before it starts; give --frames")
+        step = step or max(1, scene_step)
+    client = make_client(args)
+    line = ProgressLine()
+
+    # The staging folder holds only the .blend files BAT rewrote; it goes away once the task is submitted.
+    with tempfile.TemporaryDirectory(prefix="renderq-submit-") as staging:
+        try:
+            packed = pack_for_submit(str(blend), staging, line)
+        except KeyboardInterrupt:
+            line.finish()
+            print("packing interrupted; nothing was submitted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print_preflight(blend, packed)
+        if packed.missing and not args.allow_missing:
+            raise UsageError(
+                f"{len(packed.missing)} asset(s) are missing (listed above); relink them in Blender, "
+                "or submit anyway with --allow-missing"
+            )
+        try:
+            upload_missing_files(client, packed, line)
+        except KeyboardInterrupt:
+            line.finish()
+            print("upload interrupted; nothing was submitted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+        blender_version = args.blender_version or packed.blender_version
+        task = client.submit_task(
+            name=args.name or blend.stem,
+            manifest=packed.manifest(),
+            main_file=packed.main_file,
+            blender_version=blender_version,
+            blender_version_exact=args.blender_version is not None,
+            missing_assets=list(packed.missing),
+            frame_start=frame_start,
+            frame_end=frame_end,
+            frame_step=step or 1,
+            priority=args.priority,
+            workers=list(args.worker or []),
+            submitted_by=current_user(),
+            settings={},
+            **timeouts_and_python(args),
+        )
+    task_id = task["task_id"]
+    frames_text = f"{frame_start}-{frame_end}" if frame_end != frame_start else str(frame_start)
+    if (step or 1) > 1:
+        frames_text += f" step {step}"
+    exact = " exactly" if args.blender_version is not None else " or newer"
+    print(
+        f"submitted task {task_id} ({task.get('name', args.name or blend.stem)}, frames {frames_text}, "
+        f"Blender {blender_version}{exact})"
+    )
+    sys.stdout.flush()
+    if not args.wait:
+        return EXIT_OK
+
+    try:
+        task = wait_for_task(client, task_id, line)
+    except KeyboardInterrupt:
+        line.finish()
+        print(
+            f"stopped waiting; task {task_id} stays on the farm "
+            f"(see renderq status {task_id}; renderq cancel {task_id} stops it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    dest_dir = args.output or f"renderq-{task_id}"
+    paths, _ = download_done_frames(client, task, dest_dir, line)
+    return report_outcome(task, dest_dir, paths)
+
+
+def pack_for_submit(blend_path: str, staging_dir: str, line: ProgressLine) -> PackResult:
+    """Pack the .blend with renderq.packing, showing what it does on `line`; returns the PackResult.
+
+    Tracing and checking show on a terminal only; hashing shows when there is enough to hash for a line to be
+    readable.
+    """
+    # Imported here: BAT is only needed by `submit`, and other commands should start fast.
+    from renderq import packing
+
+    # BAT logs each missing file as a warning; the pre-flight lists them once, in the user's terms.
+    logging.getLogger("blender_asset_tracer").addHandler(logging.NullHandler())
+    name = os.path.basename(blend_path)
+    shown = False
+
+    def progress(stage: str, done: int, total: int) -> None:
+        nonlocal shown
+        if stage == "trace" and line.is_tty:
+            line.update(f"tracing {name}: {done} asset(s) found")
+            shown = True
+        elif stage == "verify" and line.is_tty:
+            line.update(f"checking that the packed tree of {name} is complete")
+            shown = True
+        elif stage == "hash" and (line.is_tty or total >= UPLOAD_PROGRESS_MIN_BYTES):
+            fraction = done / total if total else 1.0
+            line.update(f"hashing {bar(fraction)} {format_bytes(done)} of {format_bytes(total)}")
+            shown = True
+
+    try:
+        packed = packing.pack_project(blend_path, staging_dir, progress=progress)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    except packing.PackError as error:
+        raise UsageError(f"cannot pack {name}: {error}") from None
+    finally:
+        if shown and line.is_tty:
+            line.clear()
+        elif shown:
+            line.finish()
+    return packed
+
+
+def print_preflight(blend: Path, packed: PackResult) -> None:
+    """One line about the packed tree; the missing assets, one per line, on stderr."""
+    rewritten = f", {len(packed.rewritten)} .blend rewritten" if packed.rewritten else ""
+    print(
+        f"{blend.name}: {len(packed.files)} file(s), {format_bytes(packed.total_bytes)}{rewritten}, "
+        f"saved by Blender {packed.blender_version}"
+    )
+    if packed.missing:
+        print(f"missing assets ({len(packed.missing)}), referenced but not on disk:", file=sys.stderr)
+        for asset in packed.missing:
+            print(f"  {asset}", file=sys.stderr)
+    sys.stdout.flush()
+
+
+def upload_missing_files(client: CoordinatorClient, packed: PackResult, line: ProgressLine) -> tuple[int, int]:
+    """Upload the files of the packed tree that the coordinator lacks, each content once, on one progress line.
+
+    Prints e.g. "uploaded 2 of 7 files (1.2 MB); 5 already on the coordinator". Returns (files, bytes) uploaded.
+    """
+    by_hash: dict[str, PackedFile] = {}
+    for packed_file in packed.files:
+        by_hash.setdefault(packed_file.sha256, packed_file)
+    needed = [by_hash[sha256] for sha256 in client.missing_files(list(by_hash)) if sha256 in by_hash]
+    total_bytes = sum(f.size for f in needed)
+    show = bool(needed) and (line.is_tty or total_bytes >= UPLOAD_PROGRESS_MIN_BYTES)
+    sent_before = 0
+    for index, packed_file in enumerate(needed, start=1):
+
+        def progress(sent: int, _total: int, index: int = index) -> None:
+            if show:
+                fraction = (sent_before + sent) / total_bytes if total_bytes else 1.0
+                line.update(
+                    f"uploading {bar(fraction)} {index}/{len(needed)} files, "
+                    f"{format_bytes(sent_before + sent)} of {format_bytes(total_bytes)}"
+                )
+
+        try:
+            client.upload_file(packed_file.source, packed_file.sha256, progress=progress)
+        except CoordinatorUnreachable:
+            if show:
+                line.finish()
+            raise
+        except CoordinatorError as error:
+            if show:
+                line.finish()
+            hint = " (did it change while it was being uploaded?)" if error.status == 400 else ""
+            message = f"could not upload {packed_file.path}: {error.message}{hint}"
+            raise CoordinatorError(error.status, message) from None
+        sent_before += packed_file.size
+    if show:
+        line.finish()
+    already = len(by_hash) - len(needed)
+    text = f"uploaded {len(needed)} of {len(by_hash)} files ({format_bytes(total_bytes)})"
+    if already:
+        text += f"; {already} already on the coordinator"
+    print(text)
+    sys.stdout.flush()
+    return len(needed), total_bytes

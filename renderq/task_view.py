@@ -1,0 +1,218 @@
+"""Showing a task to the user: its progress and details, waiting for it to end, fetching its frames, the outcome."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from renderq.cli_common import EXIT_FAILED, EXIT_OK
+from renderq.http_client import (
+    CoordinatorClient,
+    CoordinatorError,
+    CoordinatorUnreachable,
+    file_sha256,
+    safe_file_name,
+)
+from renderq.progress import (
+    ProgressLine,
+    bar,
+    format_bytes,
+    format_duration,
+    format_frame_list,
+    format_table,
+    format_time,
+)
+
+FINAL_STATUSES = ("done", "failed", "canceled")
+POLL_SECONDS = 1.0
+# How long a waiting command keeps retrying a coordinator that stopped answering before it gives up.
+UNREACHABLE_PATIENCE = 120.0
+
+
+def progress_of(task: dict) -> dict:
+    """The task's progress block, with zeros when the coordinator left it out."""
+    progress = dict(task.get("progress") or {})
+    for key in ("total", "done", "failed", "rendering", "queued"):
+        progress.setdefault(key, 0)
+    progress.setdefault("percent", 100.0 * progress["done"] / progress["total"] if progress["total"] else 0.0)
+    return progress
+
+
+def task_progress_text(task: dict) -> str:
+    """One line: bar, frames done/total, percent, ETA, rendering and failed counts."""
+    progress = progress_of(task)
+    total = progress["total"]
+    fraction = progress["done"] / total if total else 0.0
+    eta = "-" if task.get("status") in FINAL_STATUSES else format_duration(progress.get("eta_seconds"))
+    return (
+        f"task {task.get('task_id')} {bar(fraction)} {progress['done']}/{total} "
+        f"{progress['percent']:5.1f}%  ETA {eta}  rendering {progress.get('rendering', 0)}  "
+        f"failed {progress['failed']}  {task.get('status', '?')}"
+    )
+
+
+def wait_for_task(
+    client: CoordinatorClient,
+    task_id: int,
+    line: ProgressLine,
+    *,
+    poll_seconds: float = POLL_SECONDS,
+    still_running: Callable[[], str | None] | None = None,
+) -> dict:
+    """Poll the task until it is done, failed or canceled, redrawing the progress line; return the last answer.
+
+    `still_running`, when given, is asked each round and may return a sentence that stops the wait with an error
+    (the demo uses it to notice a coordinator process that died).
+    """
+    unreachable_since: float | None = None
+    task: dict = {}
+    while True:
+        if still_running is not None:
+            problem = still_running()
+            if problem:
+                line.finish()
+                raise CoordinatorError(0, problem)
+        try:
+            task = client.get_task(task_id)
+            unreachable_since = None
+        except CoordinatorUnreachable as error:
+            # A coordinator restart should not end a long wait; a coordinator that is gone for good should.
+            now = time.monotonic()
+            unreachable_since = unreachable_since or now
+            if now - unreachable_since > UNREACHABLE_PATIENCE:
+                line.finish()
+                raise
+            line.update(f"task {task_id}: {error.message}; retrying")
+            time.sleep(poll_seconds)
+            continue
+        line.update(task_progress_text(task))
+        if task.get("status") in FINAL_STATUSES:
+            line.finish()
+            return task
+        time.sleep(poll_seconds)
+
+
+def waiting_text(reason: str) -> str:
+    """The coordinator's waiting reason as shown: 'waiting: no worker with Blender >= 4.2'."""
+    reason = reason.strip()
+    return reason if reason.lower().startswith("waiting") else f"waiting: {reason}"
+
+
+def print_task_detail(task: dict) -> None:
+    """A task's settings, progress and frame table."""
+    progress = progress_of(task)
+    step = task.get("frame_step", 1)
+    workers = ", ".join(task.get("workers") or []) or "any"
+    print(f"task {task.get('task_id')}: {task.get('name')}  [{task.get('status')}]")
+    if task.get("main_file"):
+        count = task.get("files_count")
+        size = task.get("files_bytes")
+        tree = f"{count} file(s)" if count is not None else ""
+        if size is not None:
+            tree += (", " if tree else "") + format_bytes(size)
+        print(f"  file       {task['main_file']}" + (f" ({tree})" if tree else ""))
+    else:
+        print(f"  file       {task.get('blend_filename')} ({str(task.get('blend_sha256', ''))[:12]})")
+    if task.get("blender_version"):
+        rule = "exactly" if task.get("blender_version_exact") else "or newer"
+        print(f"  blender    {task['blender_version']} {rule}")
+    missing_assets = task.get("missing_assets") or []
+    if missing_assets:
+        print(f"  missing    {len(missing_assets)} asset(s): {', '.join(missing_assets)}")
+    print(f"  frames     {task.get('frame_start')}-{task.get('frame_end')}" + (f" step {step}" if step != 1 else ""))
+    print(f"  priority   {task.get('priority', 0)}   workers: {workers}   by: {task.get('submitted_by') or '-'}")
+    print(
+        f"  times      created {format_time(task.get('created_at'))}, started {format_time(task.get('started_at'))},"
+        f" ended {format_time(task.get('ended_at'))}"
+    )
+    print(f"  progress   {task_progress_text(task)}")
+    if task.get("waiting_reason"):
+        print(f"  {waiting_text(task['waiting_reason'])}")
+    for current in progress.get("current") or []:
+        since = current.get("started_at")
+        running = f" for {format_duration(time.time() - since)}" if since else ""
+        print(f"  rendering  frame {current.get('frame')} on {current.get('worker')}{running}")
+    if task.get("failed_frames"):
+        print(f"  failed     {format_frame_list(task['failed_frames'])}")
+    blocked = task.get("blocked_workers") or []
+    if blocked:
+        names = ", ".join(f"{b.get('worker')} ({b.get('failures')} failures)" for b in blocked)
+        print(f"  blocked    {names}; `renderq retry {task.get('task_id')}` unblocks them")
+    frames = task.get("frames") or []
+    if not frames:
+        return
+    rows = []
+    for frame in frames:
+        seconds = frame.get("render_seconds")
+        note = frame.get("error") or frame.get("output") or ""
+        rows.append([
+            frame.get("frame"), frame.get("status", ""), frame.get("worker") or "-", frame.get("attempts", 0),
+            f"{seconds:.2f}" if isinstance(seconds, (int, float)) else "-", note.splitlines()[0] if note else "",
+        ])
+    print()
+    print(format_table(["FRAME", "STATUS", "WORKER", "TRIES", "SECONDS", "OUTPUT / ERROR"], rows, right=(0, 3, 4)))
+
+
+def not_rendered_frames(task: dict) -> list[int]:
+    """Frame numbers of the task that did not end done."""
+    frames = task.get("frames")
+    if frames is None:
+        return list(task.get("failed_frames") or [])
+    return [frame["frame"] for frame in frames if frame.get("status") != "done"]
+
+
+def download_done_frames(
+    client: CoordinatorClient, task: dict, dest_dir: str, line: ProgressLine | None = None
+) -> tuple[list[str], int]:
+    """Download the task's done frames into `dest_dir` under their Blender names.
+
+    Files already there with the same SHA-256 are kept. Returns (paths of all done frames, number skipped).
+    """
+    done = [frame for frame in task.get("frames") or [] if frame.get("status") == "done"]
+    if done:
+        os.makedirs(dest_dir, exist_ok=True)
+    paths: list[str] = []
+    skipped = 0
+    for index, frame in enumerate(done, start=1):
+        name = frame.get("output")
+        expected = frame.get("output_sha256")
+        if line is not None:
+            line.update(f"downloading {bar(index / len(done))} {index}/{len(done)} frames to {dest_dir}")
+        if name and safe_file_name(name) and expected:
+            existing = os.path.join(dest_dir, name)
+            # A link is never read through nor kept: download_frame refuses to write there.
+            if not os.path.islink(existing) and os.path.isfile(existing) and file_sha256(existing) == expected:
+                paths.append(existing)
+                skipped += 1
+                continue
+        paths.append(client.download_frame(task["task_id"], frame["frame"], dest_dir, expected_sha256=expected))
+    if line is not None and done:
+        line.finish()
+    return paths, skipped
+
+
+def report_outcome(task: dict, dest_dir: str, paths: list[str], out: Any = None) -> int:
+    """Say where the frames are and what did not render; exit status 0 only when every frame rendered."""
+    out = out or sys.stdout
+    progress = progress_of(task)
+    if paths:
+        print(f"{len(paths)} frame(s) of task {task['task_id']} are in {dest_dir}", file=out)
+    missing = not_rendered_frames(task)
+    if task.get("status") == "done" and not missing:
+        return EXIT_OK
+    failed = list(task.get("failed_frames") or []) or [
+        frame["frame"] for frame in task.get("frames") or [] if frame.get("status") == "failed"
+    ]
+    print(
+        f"task {task['task_id']} ended {task.get('status')}: {progress['done']} of {progress['total']} frames rendered",
+        file=sys.stderr,
+    )
+    if failed:
+        print(f"failed frames: {format_frame_list(failed)}", file=sys.stderr)
+    others = sorted(set(missing) - set(failed))
+    if others:
+        print(f"frames not rendered: {format_frame_list(others)}", file=sys.stderr)
+    return EXIT_FAILED
