@@ -80,9 +80,11 @@ def plain_speed_up_run(blender: str, blend: str, frames: int, root: str, two: bo
         return plain_animation(blender, blend, 1, frames, 1, out_dir).total
     half = frames // 2
     totals: list[float] = []
-    halves = [threading.Thread(target=lambda first, last: totals.append(
-        plain_animation(blender, blend, first, last, 1, out_dir).total), args=span)
-        for span in ((1, half), (half + 1, frames))]
+
+    def render(first: int, last: int) -> None:
+        totals.append(plain_animation(blender, blend, first, last, 1, out_dir).total)
+
+    halves = [threading.Thread(target=render, args=span) for span in ((1, half), (half + 1, frames))]
     started = time.monotonic()
     for thread in halves:
         thread.start()

@@ -260,6 +260,7 @@ class SimFarm:
                 if lease and lease in (answer.get("revoked") or []) and held["lease"] == lease:
                     held["revoked"] = True
             except Refused:
+                # call() has recorded the error; like a real worker's, the next heartbeat comes on schedule.
                 pass
             next_due += interval
             await asyncio.sleep(max(0.0, next_due - time.monotonic()))

@@ -12,7 +12,7 @@ from coordinator.store import Store
 
 
 class Boom(Exception):
-    pass
+    """A failure raised inside one writer's transaction."""
 
 
 def test_concurrent_writers_share_commits_without_losing_or_leaking_writes(tmp_path):
