@@ -311,7 +311,7 @@ def pack_project(
         # The coordinator and every worker refuse such a tree: say so before hashing and uploading it.
         check_path_set(check_relative_path(path) for path in attempt.placed)
     except ValueError as error:
-        raise PackError(f"the project cannot be rendered on every worker ({error}); rename that file") from None
+        raise PackError(f"the project cannot be rendered on every worker ({error}); rename that file or folder") from None
     files = _hash_placed(attempt.placed, progress)
     return PackResult(
         main_file=attempt.main_file,

@@ -60,7 +60,7 @@ def _component_problem(part: str) -> str | None:
 
 def _shown(path: str) -> str:
     """`path` quoted for a message: invisible characters escaped (repr does that), long paths cut short."""
-    return repr(path) if len(path) <= 100 else repr(path[:100]) + "..."
+    return repr(path) if len(path) <= 200 else repr(path[:200]) + "..."
 
 
 def check_relative_path(path: object) -> str:

@@ -20,7 +20,7 @@ import zipfile
 
 import pytest
 
-from harness import ROOT, Farm
+from harness import ROOT, Farm, find_blender_or_none
 from renderq.paths import (
     MAX_COMPONENT_BYTES,
     MAX_PATH_BYTES,
@@ -352,3 +352,18 @@ def test_download_of_a_task_with_clean_names_exits_0(farm, blobs, tmp_path):
     result = renderq("download", str(task_id), str(tmp_path / "out"), *farm.cli_flags(), cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(tmp_path / "out")) == ["\u00e9t\u00e9_0001.png", "\u00e9t\u00e9_0002.png"]
+
+
+# -- packing --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(find_blender_or_none() is None, reason="Blender is not installed (scripts/test.sh installs it)")
+def test_packing_refuses_a_tree_the_coordinator_would_refuse(tmp_path):
+    from project import make_project
+    from renderq.packing import PackError, pack_project
+
+    # An asset outside the project goes into the tree under its absolute path, here with a ':' in a folder name.
+    paths = make_project(str(tmp_path / "shot:01"), find_blender_or_none())
+    with pytest.raises(PackError, match=r"the project cannot be rendered on every worker \(the path "
+                                        r"'_outside_project/.*/shot:01/.*' holds ':'.*\); rename that file or folder"):
+        pack_project(paths["main"], str(tmp_path / "staging"), project_root=paths["project"])
