@@ -174,8 +174,9 @@ def download_done_frames(
     for number, why in fetched.skipped:
         print(f"renderq: frame {number} of task {task['task_id']} skipped: {why}", file=sys.stderr)
     if fetched.skipped:
-        print(f"renderq: {len(fetched.skipped)} frame(s) of task {task['task_id']} skipped, "
-              f"{len(fetched.paths)} downloaded", file=sys.stderr)
+        done = len(fetched.skipped) + len(fetched.paths)
+        print(f"renderq: {len(fetched.skipped)} of the {done} rendered frame(s) of task {task['task_id']} skipped",
+              file=sys.stderr)
     return fetched
 
 

@@ -336,7 +336,7 @@ def test_download_skips_and_reports_frames_it_cannot_save_and_fetches_the_rest(f
                          "the same file as frame 1's 'f_0001.png' on Windows or macOS")
     assert errors[2].startswith(f"renderq: frame 5 of task {legacy_task} skipped: ")
     assert errors[2].endswith("f_0005.png is a folder; refusing to write over it")
-    assert errors[3] == f"renderq: 3 frame(s) of task {legacy_task} skipped, 2 downloaded"
+    assert errors[3] == f"renderq: 3 of the 5 rendered frame(s) of task {legacy_task} skipped"
     assert f"2 frame(s) of task {legacy_task} are in {dest}" in result.stdout
     assert sorted(os.listdir(dest)) == ["f_0001.png", "f_0003.png", "f_0005.png"]
     assert (dest / "f_0001.png").read_bytes() == frame_bytes(1)

@@ -192,7 +192,7 @@ def test_a_frame_name_that_leaves_the_folder_is_refused(stand_in, tmp_path, outs
     assert download(stand_in, dest) != 0
     error = capsys.readouterr().err.splitlines()
     assert error[-2].startswith("renderq: frame 1 of task 7 skipped: the file name ")
-    assert error[-1] == "renderq: 1 frame(s) of task 7 skipped, 0 downloaded"
+    assert error[-1] == "renderq: 1 of the 1 rendered frame(s) of task 7 skipped"
     assert_untouched(outside)
     assert not dest.exists() or os.listdir(dest) == []
     assert stand_in.downloads == 0
