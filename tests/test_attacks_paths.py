@@ -7,6 +7,7 @@ and a download skips (and reports) a frame it cannot save instead of stopping.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import itertools
@@ -247,6 +248,18 @@ def test_a_second_frame_with_an_output_name_the_task_has_is_refused_with_409(far
     # The frame is still the worker's: under its own name it goes through.
     status, answer = worker.upload(lease, "f2.png", frame_bytes(2))
     assert status == 200, answer
+
+
+def test_two_frames_uploading_one_name_at_once_get_one_200_and_one_409(farm, blobs):
+    task_id = new_task(farm, blobs, 8)
+    worker = Worker(farm, "w-race")
+    leases = [worker.claim(task_id) for _ in range(8)]
+    # 256 KB each, so that the uploads overlap: both may pass the early check, and the recording decides.
+    with concurrent.futures.ThreadPoolExecutor(len(leases)) as pool:
+        statuses = list(pool.map(lambda lease: worker.upload(lease, "same.png", b"x" * 262_144)[0], leases))
+    assert sorted(statuses) == [200] + [409] * 7
+    outputs = [f["output"] for f in farm.api.task(task_id)["frames"]]
+    assert outputs.count("same.png") == 1
 
 
 def test_the_same_name_in_two_unicode_forms_is_one_output(farm, blobs):
