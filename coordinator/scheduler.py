@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from renderq.blend_header import key_to_version, version_key
+from renderq.paths import collision_key
 
 from . import eta
 from .errors import BadRequest, Conflict, Forbidden, NotFound
-from .store import Store
+from .store import OutputNameTaken, Store
 
 Clock = Callable[[], float]
 
@@ -361,10 +362,20 @@ class Scheduler:
         if not _holds(row, worker_id, lease_id):
             raise Conflict(self._lost_lease_sentence(row, task_id, frame))
 
+    def check_output_name(self, task_id: int, frame: int, filename: str) -> None:
+        """Refuse (409) an output name that another frame of the task has already, by renderq.paths.collision_key:
+        the frames zip and an artist's folder can hold only one of them."""
+        holder = self.store.output_holder(task_id, frame, collision_key(filename))
+        if holder is not None:
+            raise Conflict(_output_taken_sentence(task_id, frame, filename, holder["frame"], holder["output"]))
+
     def record_output(self, worker_id: int, task_id: int, frame: int, lease_id: str, filename: str,
                       sha256: str, size: int) -> dict:
         self.check_lease(worker_id, task_id, frame, lease_id)
-        row = self.store.record_output(task_id, frame, lease_id, filename, sha256, size)
+        try:
+            row = self.store.record_output(task_id, frame, lease_id, filename, collision_key(filename), sha256, size)
+        except OutputNameTaken as taken:
+            raise Conflict(_output_taken_sentence(task_id, frame, filename, taken.frame, taken.output)) from None
         if row is None:
             raise Conflict(self._lost_lease_sentence(self.frame(task_id, frame), task_id, frame))
         return row
@@ -640,6 +651,12 @@ class Scheduler:
 
 def _no_worker(worker_id: int) -> str:
     return f"no worker with id {worker_id}; register first"
+
+
+def _output_taken_sentence(task_id: int, frame: int, filename: str, other_frame: int, other_output: str) -> str:
+    return (f"frame {frame} of task {task_id} cannot have the output {filename!r}: frame {other_frame} has "
+            f"{other_output!r} already, and the frames of a task need different file names (case and Unicode "
+            "form aside)")
 
 
 def _holds(row: dict, worker_id: int, lease_id: str) -> bool:

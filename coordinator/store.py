@@ -142,6 +142,8 @@ ADDED_COLUMNS = {
     "frames": {
         # The coordinator's own time after which a frame still 'rendering' counts as timed out (NULL: never).
         "render_deadline": "REAL",
+        # renderq.paths.collision_key(output): two frames of a task may not have outputs with the same key.
+        "output_key": "TEXT",
     },
     "frame_failures": {
         # 1 once the frame was retried: the failure no longer counts towards marking the frame failed.
@@ -157,6 +159,7 @@ ADDED_INDEXES = (
     # The order claims hand out tasks in, so a claim reads tasks only until the first one it may take.
     ("CREATE INDEX IF NOT EXISTS tasks_claimable ON tasks(priority DESC, task_id) "
      "WHERE status IN ('queued', 'running')"),
+    "CREATE INDEX IF NOT EXISTS frames_by_output_key ON frames(task_id, output_key) WHERE output_key IS NOT NULL",
 )
 
 # How long a statement waits for another connection's lock before failing, and how long the checkpoint's last
@@ -779,16 +782,24 @@ class Store:
             return dict(row) if row else None
 
     def record_output(
-        self, task_id: int, frame: int, lease_id: str, filename: str, sha256: str, size: int
+        self, task_id: int, frame: int, lease_id: str, filename: str, key: str, sha256: str, size: int
     ) -> dict | None:
+        """Set the frame's output file; raises OutputNameTaken when another frame's output has the same `key`."""
         with self.transaction() as db:
+            holder = _output_holder(db, task_id, frame, key)
+            if holder is not None:
+                raise OutputNameTaken(holder["frame"], holder["output"])
             row = db.execute(
-                f"UPDATE frames SET output = ?, output_sha256 = ?, output_size = ? "
+                f"UPDATE frames SET output = ?, output_key = ?, output_sha256 = ?, output_size = ? "
                 f"WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering') "
                 f"RETURNING {FRAME_COLUMNS}",
-                (filename, sha256, size, task_id, frame, lease_id),
+                (filename, key, sha256, size, task_id, frame, lease_id),
             ).fetchone()
             return dict(row) if row else None
+
+    def output_holder(self, task_id: int, frame: int, key: str) -> dict | None:
+        """Another frame of the task whose output has collision key `key` ({"frame", "output"}), or None."""
+        return _output_holder(self._connection(), task_id, frame, key)
 
     def mark_done(
         self, task_id: int, frame: int, lease_id: str, worker_id: int, started_at: float | None,
@@ -961,6 +972,24 @@ _CLAIMABLE_BY_WORKER = (
     "AND b.worker_id = :worker_id AND b.failures >= :blocked_at) "
     "AND EXISTS (SELECT 1 FROM frames f WHERE f.task_id = t.task_id AND f.status = 'queued')"
 )
+
+
+class OutputNameTaken(Exception):
+    """Another frame of the task already has an output file of that name (by collision key)."""
+
+    def __init__(self, frame: int, output: str) -> None:
+        super().__init__(f"frame {frame} has the output {output!r}")
+        self.frame = frame
+        self.output = output
+
+
+def _output_holder(db: sqlite3.Connection, task_id: int, frame: int, key: str) -> dict | None:
+    # A cleared output (requeued frame) leaves a stale key behind: `output IS NOT NULL` ignores it.
+    row = db.execute(
+        "SELECT frame, output FROM frames WHERE task_id = ? AND output_key = ? AND frame != ? "
+        "AND output IS NOT NULL LIMIT 1", (task_id, key, frame),
+    ).fetchone()
+    return dict(row) if row else None
 
 
 def _requeue(db: sqlite3.Connection, where: str, params: tuple) -> int:

@@ -197,15 +197,16 @@ def cmd_download(args: argparse.Namespace) -> int:
         return EXIT_OK
     task = client.get_task(args.task)
     try:
-        paths, skipped = download_done_frames(client, task, args.dir, ProgressLine())
+        fetched = download_done_frames(client, task, args.dir, ProgressLine())
     except OSError as error:
         raise UsageError(f"cannot write to {args.dir}: {error.strerror or error}") from None
-    if not paths:
+    if not fetched.paths and not fetched.skipped:
         print(f"task {args.task} has no rendered frames yet")
         return EXIT_OK
-    kept = f" ({skipped} already there)" if skipped else ""
-    print(f"{len(paths)} frame(s) of task {args.task} are in {args.dir}{kept}")
-    return EXIT_OK
+    if fetched.paths:
+        kept = f" ({fetched.kept} already there)" if fetched.kept else ""
+        print(f"{len(fetched.paths)} frame(s) of task {args.task} are in {args.dir}{kept}")
+    return EXIT_FAILED if fetched.skipped else EXIT_OK
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

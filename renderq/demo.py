@@ -272,9 +272,9 @@ def run(args: argparse.Namespace) -> int:
         task = wait_for_task(client, task_id, line, poll_seconds=DEMO_POLL_SECONDS, still_running=problem)
         finished_at = time.monotonic()
         output = os.path.abspath(args.output)
-        paths, _ = download_done_frames(client, task, output, line)
+        fetched = download_done_frames(client, task, output, line)
         print_times(task, submitted_at, finished_at, started_at)
-        status = report_outcome(task, output, paths)
+        status = report_outcome(task, output, fetched.paths, skipped=len(fetched.skipped))
         if status != 0:
             keep_scratch = True
         return status

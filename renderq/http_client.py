@@ -15,6 +15,8 @@ import tempfile
 import urllib.parse
 from typing import Any, BinaryIO, Callable, Iterator
 
+from renderq.paths import is_safe_file_name
+
 __all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "check_not_link", "safe_file_name"]
 
 _USER_AGENT = "renderq-client/0.1.0"
@@ -50,15 +52,9 @@ class CoordinatorUnreachable(CoordinatorError):
 
 
 def safe_file_name(name: str | None) -> bool:
-    """Tell whether `name` is a plain file name that cannot escape the directory it is written into.
-
-    Refused: separators (`/`, `\\`), `..`, NUL, and a drive letter (`C:x` names another folder on Windows).
-    """
-    if not name or name in (".", ".."):
-        return False
-    if len(name) >= 2 and name[1] == ":" and name[0].isascii() and name[0].isalpha():
-        return False
-    return not any(bad in name for bad in ("/", "\\", "..", "\x00"))
+    """Tell whether `name` is a plain file name that cannot escape the directory it is written into and means the
+    same file on every system (the shared rule of renderq.paths)."""
+    return is_safe_file_name(name)
 
 
 def check_not_link(path: str) -> None:
@@ -444,15 +440,16 @@ class CoordinatorClient:
         """Queue the task's failed frames again with their failures reset; returns the task. Needs the admin token."""
         return self.request("POST", "/retry_failed_frames", json_body={"task_id": task_id})
 
-    def download_frame(self, task_id: int, frame: int, dest_dir: str, expected_sha256: str | None = None) -> str:
-        """Save a done frame into `dest_dir` under its Blender name and return the path.
+    def download_frame(self, task_id: int, frame: int, dest_dir: str, expected_sha256: str | None = None,
+                       save_as: str | None = None) -> str:
+        """Save a done frame into `dest_dir` under its Blender name (or `save_as`) and return the path.
 
-        A name from the coordinator that could leave `dest_dir` is refused. With `expected_sha256` (the frame's
-        output_sha256), a file that does not match is refused too.
+        A name that could leave `dest_dir` is refused. With `expected_sha256` (the frame's output_sha256), a file
+        that does not match is refused too.
         """
         conn, response = self._open("GET", "/download_frame", params={"task_id": task_id, "frame": frame})
         try:
-            name = response.headers.get_filename()
+            name = save_as or response.headers.get_filename()
             if not safe_file_name(name):
                 raise CoordinatorError(
                     0, f"the coordinator named frame {frame} of task {task_id} {name!r}, which is not a safe file name"

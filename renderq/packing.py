@@ -33,6 +33,7 @@ from blender_asset_tracer.pack import progress as pack_progress
 from blender_asset_tracer.trace import file_sequence
 
 from renderq import blend_header
+from renderq.paths import check_path_set, check_relative_path
 
 __all__ = ["PackError", "PackResult", "PackedFile", "pack_project", "read_blend_version", "OUTSIDE_PROJECT"]
 
@@ -306,6 +307,11 @@ def pack_project(
         except _NotSelfContained as problem:
             raise _incomplete_tree(problem) from None
 
+    try:
+        # The coordinator and every worker refuse such a tree: say so before hashing and uploading it.
+        check_path_set(check_relative_path(path) for path in attempt.placed)
+    except ValueError as error:
+        raise PackError(f"the project cannot be rendered on every worker ({error}); rename that file or folder") from None
     files = _hash_placed(attempt.placed, progress)
     return PackResult(
         main_file=attempt.main_file,

@@ -177,8 +177,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     dest_dir = args.output or f"renderq-{task_id}"
-    paths, _ = download_done_frames(client, task, dest_dir, line)
-    return report_outcome(task, dest_dir, paths)
+    fetched = download_done_frames(client, task, dest_dir, line)
+    return report_outcome(task, dest_dir, fetched.paths, skipped=len(fetched.skipped))
 
 
 def pack_for_submit(blend_path: str, staging_dir: str, line: ProgressLine) -> PackResult:

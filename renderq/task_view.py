@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from renderq.cli_common import EXIT_FAILED, EXIT_OK
-from renderq.http_client import (
-    CoordinatorClient,
-    CoordinatorError,
-    CoordinatorUnreachable,
-    file_sha256,
-    safe_file_name,
-)
+from renderq.frame_download import FetchedFrames, fetch_done_frames
+from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
 from renderq.progress import (
     ProgressLine,
     bar,
@@ -166,43 +160,36 @@ def not_rendered_frames(task: dict) -> list[int]:
 
 def download_done_frames(
     client: CoordinatorClient, task: dict, dest_dir: str, line: ProgressLine | None = None
-) -> tuple[list[str], int]:
-    """Download the task's done frames into `dest_dir` under their Blender names.
+) -> FetchedFrames:
+    """Download the task's done frames into `dest_dir` under their Blender names, keeping files already there with
+    the same SHA-256. A frame that cannot be saved under its name is skipped: one line each on stderr."""
 
-    Files already there with the same SHA-256 are kept. Returns (paths of all done frames, number skipped).
-    """
-    done = [frame for frame in task.get("frames") or [] if frame.get("status") == "done"]
-    if done:
-        os.makedirs(dest_dir, exist_ok=True)
-    paths: list[str] = []
-    skipped = 0
-    for index, frame in enumerate(done, start=1):
-        name = frame.get("output")
-        expected = frame.get("output_sha256")
+    def on_frame(index: int, count: int) -> None:
         if line is not None:
-            line.update(f"downloading {bar(index / len(done))} {index}/{len(done)} frames to {dest_dir}")
-        if name and safe_file_name(name) and expected:
-            existing = os.path.join(dest_dir, name)
-            # A link is never read through nor kept: download_frame refuses to write there.
-            if not os.path.islink(existing) and os.path.isfile(existing) and file_sha256(existing) == expected:
-                paths.append(existing)
-                skipped += 1
-                continue
-        paths.append(client.download_frame(task["task_id"], frame["frame"], dest_dir, expected_sha256=expected))
-    if line is not None and done:
+            line.update(f"downloading {bar(index / count)} {index}/{count} frames to {dest_dir}")
+
+    fetched = fetch_done_frames(client, task, dest_dir, on_frame)
+    if line is not None and (fetched.paths or fetched.skipped):
         line.finish()
-    return paths, skipped
+    for number, why in fetched.skipped:
+        print(f"renderq: frame {number} of task {task['task_id']} skipped: {why}", file=sys.stderr)
+    if fetched.skipped:
+        done = len(fetched.skipped) + len(fetched.paths)
+        print(f"renderq: {len(fetched.skipped)} of the {done} rendered frame(s) of task {task['task_id']} skipped",
+              file=sys.stderr)
+    return fetched
 
 
-def report_outcome(task: dict, dest_dir: str, paths: list[str], out: Any = None) -> int:
-    """Say where the frames are and what did not render; exit status 0 only when every frame rendered."""
+def report_outcome(task: dict, dest_dir: str, paths: list[str], out: Any = None, skipped: int = 0) -> int:
+    """Say where the frames are and what did not render; exit status 0 only when every frame rendered and none of
+    them was `skipped` by the download."""
     out = out or sys.stdout
     progress = progress_of(task)
     if paths:
         print(f"{len(paths)} frame(s) of task {task['task_id']} are in {dest_dir}", file=out)
     missing = not_rendered_frames(task)
     if task.get("status") == "done" and not missing:
-        return EXIT_OK
+        return EXIT_FAILED if skipped else EXIT_OK
     failed = list(task.get("failed_frames") or []) or [
         frame["frame"] for frame in task.get("frames") or [] if frame.get("status") == "failed"
     ]

@@ -235,8 +235,8 @@ def test_download_frame_hash_mismatch_leaves_nothing(stub: StubServer, tmp_path)
 
 
 def test_safe_file_name() -> None:
-    assert safe_file_name("f_0001.png")
-    for name in ("", ".", "..", "a/b", "a\\b", "x..y", "a\x00b", None):
+    assert safe_file_name("f_0001.png") and safe_file_name("x..y")
+    for name in ("", ".", "..", "a/b", "a\\b", "a\x00b", None, "CON", "nul.png", "a.png:ads", "trailing. "):
         assert not safe_file_name(name)
 
 

@@ -190,11 +190,12 @@ def test_a_frame_name_that_leaves_the_folder_is_refused(stand_in, tmp_path, outs
     stand_in.frame_name = stand_in.listed_name = name
     dest = tmp_path / "frames"
     assert download(stand_in, dest) != 0
-    error = capsys.readouterr().err
-    assert error.splitlines()[-1].startswith("renderq: the coordinator named frame 1 of task 7 ")
-    assert error.splitlines()[-1].endswith("which is not a safe file name")
+    error = capsys.readouterr().err.splitlines()
+    assert error[-2].startswith("renderq: frame 1 of task 7 skipped: the file name ")
+    assert error[-1] == "renderq: 1 of the 1 rendered frame(s) of task 7 skipped"
     assert_untouched(outside)
     assert not dest.exists() or os.listdir(dest) == []
+    assert stand_in.downloads == 0
 
 
 @pytest.mark.parametrize("same_bytes", [True, False])
@@ -226,10 +227,21 @@ def test_a_link_planted_where_the_zip_goes_is_not_written_through(stand_in, tmp_
 
 
 def test_a_hostile_name_in_the_frame_list_is_not_used_for_local_files(stand_in, tmp_path, outside, capsys):
-    # The frame list names a file outside; the download itself comes under a plain name.
+    # The frame list names a file outside; the download itself would come under a plain name.
     (outside / "keep.txt").write_bytes(FRAME_BYTES)
     stand_in.listed_name = "../outside/keep.txt"
     dest = tmp_path / "frames"
+    assert download(stand_in, dest) == 1
+    assert stand_in.downloads == 0  # skipped, not "already there" because of the file outside
+    assert "frame 1 of task 7 skipped" in capsys.readouterr().err
+    assert (outside / "keep.txt").read_bytes() == FRAME_BYTES
+    assert os.listdir(dest) == []
+
+
+def test_a_hostile_name_in_the_download_header_is_not_used_for_local_files(stand_in, tmp_path, outside, capsys):
+    # The frame list names the frame plainly; the coordinator's answer names a file outside.
+    stand_in.frame_name = "../outside/keep.txt"
+    dest = tmp_path / "frames"
     assert download(stand_in, dest) == 0
-    assert stand_in.downloads == 1  # not "already there" because of the file outside
-    assert (dest / "f_0001.png").read_bytes() == FRAME_BYTES
+    assert_untouched(outside)
+    assert os.listdir(dest) == ["f_0001.png"] and (dest / "f_0001.png").read_bytes() == FRAME_BYTES

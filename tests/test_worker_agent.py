@@ -510,6 +510,18 @@ def test_refused_upload_reports_the_frame_failed(tmp_path, sessions):
     assert "too large" in failed[0]["error"]
 
 
+def test_output_name_taken_by_another_frame_reports_the_frame_failed(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
+    client.failures[("upload_frame", 1)] = [CoordinatorError(409, "frame 1 of task 7 cannot have the output "
+                                                                  "'f_0001.png': frame 3 has 'F_0001.PNG' already")]
+    running = Running(make_agent(client, tmp_path))
+    wait_until(lambda: "done" in client.statuses(2), "frame 2 done")
+    assert running.stop() == 0
+    assert client.statuses(1) == ["rendering", "failed"]
+    failed = [fields for _, _, status, fields in client.reports if status == "failed"]
+    assert "frame 3 has 'F_0001.PNG' already" in failed[0]["error"]
+
+
 def test_failed_render_is_reported_with_its_log_tail_and_blender_restarted(tmp_path, sessions):
     client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
     FakeSession.fail_once.add(1)

@@ -100,7 +100,9 @@ def test_sizes_are_shown_for_people():
 
 @pytest.mark.parametrize(
     "bad", ["../x", "/etc/x", "a/../../x", "a\\b", "a//b", "a/", "./a", "a/./b", "..", "x\x00y", "", None, 5,
-            "C:/Windows/x", "c:x.blend", "a/D:/b", "a/D:b", "\\\\server\\share\\x", "C:\\x"]
+            "C:/Windows/x", "c:x.blend", "a/D:/b", "a/D:b", "\\\\server\\share\\x", "C:\\x",
+            "shot:01/a.png", "ab:c.png", "a/CON", "nul.png", "trailing. ", "a.png:ads", "\x7f", "a\u202eb.png",
+            "x" * 256]
 )
 def test_paths_that_could_leave_the_tree_are_refused(bad):
     with pytest.raises(CacheError):
@@ -108,7 +110,7 @@ def test_paths_that_could_leave_the_tree_are_refused(bad):
 
 
 @pytest.mark.parametrize("good", ["main.blend", "project/tex/wood 01.png", "_outside_project/C/Users/x.exr",
-                                  "..hidden.blend", "a..b/c", "shot:01/a.png", "ab:c.png"])
+                                  "..hidden.blend", "a..b/c", "shot_01/a.png", "\u00e9t\u00e9.png"])
 def test_ordinary_relative_paths_are_accepted(good):
     assert check_tree_path(good) == good
 
@@ -125,7 +127,8 @@ def test_manifest_dedups_repeated_entries_and_checks_the_main_file():
     "extra, message",
     [
         ({"path": "a/t.png", "sha256": sha(b"other")}, "two different files"),
-        ({"path": "a/main.blend/x", "sha256": sha(b"x")}, "both as a file and as the folder"),
+        ({"path": "a/main.blend/x", "sha256": sha(b"x")}, "needs it as a folder"),
+        ({"path": "A/T.PNG", "sha256": sha(b"png")}, "differ only in case"),
         ({"path": "b/x", "sha256": sha(b"png"), "size": 4}, "two different sizes"),
         ({"path": "b/x", "sha256": "not a hash"}, "not a SHA-256"),
         ({"path": "b/x", "sha256": sha(b"x"), "size": -1}, "not a byte count"),

@@ -666,9 +666,8 @@ class WorkerAgent:
                 give_up=give_up,
             )
         except CoordinatorError as exc:
-            if exc.status == 409:
-                log.info("%s: lease lost before the upload (%s); dropped", lease, exc)
-                return
+            # A 409 is a lost lease or an output name another frame of the task has. Either way the frame is
+            # reported failed: with the lease lost, that report is refused in turn and the frame dropped.
             log.error("%s: the coordinator refused the frame's file: %s", lease, exc)
             self._report_failed(lease, f"the coordinator refused the rendered file: {exc}", result.log_tail)
             return

@@ -15,9 +15,10 @@ it, so the least-recently-used order survives a restart of the worker without an
 Files used by a task currently materialized are never evicted. Cached files are made read-only, because a tree's
 hard link is the very same file: a scene that wrote into one would change the cache entry.
 
-Nothing here writes outside the cache root: manifest paths are checked (no `..`, no absolute paths, no drive letters
-or backslashes), and a symbolic link found where the cache expects its own folders or files is never followed; it is
-refused (a folder) or replaced (a cached file).
+Nothing here writes outside the cache root: manifest paths are checked with the path rule shared with the
+coordinator (renderq.paths: no `..`, no absolute paths, no drive letters or backslashes), and a symbolic link
+found where the cache expects its own folders or files is never followed; it is refused (a folder) or replaced (a
+cached file).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterable, Mapping
 
 from renderq.http_client import file_sha256
+from renderq.paths import check_path_set, check_relative_path
 
 __all__ = [
     "BlendCache",
@@ -55,7 +57,6 @@ log = logging.getLogger("renderq.worker.cache")
 DEFAULT_CACHE_SIZE = 20 * 1024**3
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _COPY_BLOCK = 1024 * 1024
@@ -102,23 +103,12 @@ class TreeFile:
 
 
 def check_tree_path(path: Any) -> str:
-    """Return `path` if it is a relative POSIX path that stays inside the folder it is placed in, else raise.
-
-    Refused: absolute paths, `.` and `..` components, empty components (`a//b`, a trailing `/`), backslashes (a
-    separator on Windows), drive letters (`C:` in any component: Windows joins `a/C:b` as `C:b`) and NUL.
-    """
-    if not isinstance(path, str) or not path:
-        raise CacheError(f"{path!r} is not a file path")
-    if "\x00" in path or "\\" in path:
-        raise CacheError(f"{path!r} is not a safe file path (backslash or NUL)")
-    if path.startswith("/"):
-        raise CacheError(f"{path!r} is an absolute path; the tree only takes relative ones")
-    for part in path.split("/"):
-        if part in ("", ".", ".."):
-            raise CacheError(f"{path!r} is not a safe file path (empty, '.' or '..' component)")
-        if _DRIVE_RE.match(part):
-            raise CacheError(f"{path!r} is not a safe file path (it names a drive)")
-    return path
+    """Return `path` if it passes the shared path rule (renderq.paths: relative, '/' separators, no `..`, drive
+    letter, reserved or invisible name), else raise CacheError."""
+    try:
+        return check_relative_path(path)
+    except ValueError as error:
+        raise CacheError(str(error)) from None
 
 
 def check_real_folder(path: str, create: bool = False) -> str:
@@ -177,13 +167,11 @@ def normalize_manifest(files: Iterable[Mapping[str, Any] | TreeFile], main_file:
         if known is not None and known.sha256 != sha256:
             raise CacheError(f"the manifest maps {path!r} to two different files")
         tree[path] = TreeFile(path, sha256, size)
-    for path in tree:
-        # "a" as a file and "a/b" cannot both exist.
-        parts = path.split("/")
-        for depth in range(1, len(parts)):
-            folder = "/".join(parts[:depth])
-            if folder in tree:
-                raise CacheError(f"the manifest has {folder!r} both as a file and as the folder of {path!r}")
+    try:
+        # "a" as a file and "a/b", or "a.png" and "A.PNG", cannot both exist on every file system.
+        check_path_set(tree)
+    except ValueError as error:
+        raise CacheError(f"the manifest cannot be written here: {error}") from None
     check_tree_path(main_file)
     if main_file not in tree:
         raise CacheError(f"the main file {main_file!r} is not in the task's manifest")

@@ -17,7 +17,8 @@ from typing import Any
 import bpy
 import bpy.utils.previews
 
-from renderq.http_client import CoordinatorError, file_sha256, safe_file_name
+from renderq.frame_download import fetch_done_frames
+from renderq.http_client import CoordinatorError
 
 from . import client, jobs, notify, prefs, state, text
 
@@ -250,19 +251,9 @@ def download(task_id: int, folder: str) -> None:
     def work(progress: Any) -> dict:
         coordinator = settings.client(timeout=client.TRANSFER_TIMEOUT)
         task = coordinator.get_task(task_id)
-        frames = [frame for frame in task.get("frames") or [] if frame.get("status") == "done"]
-        downloaded = skipped = 0
-        for index, frame in enumerate(frames, start=1):
-            progress((index, len(frames)))
-            name, expected = frame.get("output"), frame.get("output_sha256")
-            if name and expected and safe_file_name(name):
-                existing = os.path.join(folder, name)
-                if os.path.isfile(existing) and file_sha256(existing) == expected:
-                    skipped += 1
-                    continue
-            coordinator.download_frame(task_id, frame["frame"], folder, expected_sha256=expected)
-            downloaded += 1
-        return {"task": task, "downloaded": downloaded, "skipped": skipped}
+        fetched = fetch_done_frames(coordinator, task, folder, lambda index, count: progress((index, count)))
+        return {"task": task, "downloaded": len(fetched.paths) - fetched.kept, "kept": fetched.kept,
+                "skipped": fetched.skipped}
 
     def on_progress(payload: Any) -> None:
         index, count = payload
@@ -270,14 +261,20 @@ def download(task_id: int, folder: str) -> None:
 
     def done(answer: dict) -> None:
         state.remember_task(answer["task"])
-        downloaded, skipped = answer["downloaded"], answer["skipped"]
-        if downloaded + skipped == 0:
+        downloaded, kept, skipped = answer["downloaded"], answer["kept"], answer["skipped"]
+        if downloaded + kept + len(skipped) == 0:
             sentence = f"Task {task_id} has no rendered frames yet"
         else:
-            already = f" ({skipped} already there)" if skipped else ""
+            already = f" ({kept} already there)" if kept else ""
             sentence = f"Downloaded {downloaded} frame(s) of task {task_id} into {folder}{already}"
+        if skipped:
+            # Each skipped frame is named once in the console; the panel gets the count and the first reason.
+            for number, why in skipped:
+                print(f"RenderQ: frame {number} of task {task_id} skipped: {why}")
+            number, why = skipped[0]
+            sentence += f"; {len(skipped)} frame(s) skipped, e.g. frame {number}: {why}"
         state.SESSION.downloads[task_id] = sentence
-        notify.tell(sentence)
+        notify.tell(sentence, "WARNING" if skipped else "INFO")
 
     def failed(error: BaseException) -> None:
         sentence = f"Could not download the frames of task {task_id}: {client.error_sentence(error)}"

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import urllib.parse
+from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
+
+from renderq.paths import collision_key, is_safe_file_name
 
 from ..auth import admin_required, requires
 from ..blobs import is_sha256, looks_like_blend
@@ -94,13 +97,36 @@ def download_frames_zip():
     task_id = v.integer(request.args, "task_id", minimum=1)
     task = current_app.extensions["renderq.scheduler"].task_detail(task_id)
     blobs = current_app.extensions["renderq.blobs"]
-    entries = [(f["output"], blobs.path(f["output_sha256"])) for f in task["frames"]
-               if f["status"] == "done" and f["output_sha256"] and blobs.exists(f["output_sha256"])]
+    entries = _zip_entries([f for f in task["frames"]
+                            if f["status"] == "done" and f["output_sha256"] and blobs.exists(f["output_sha256"])],
+                           blobs.path)
     if not entries:
         raise NotFound(f"task {task_id} has no rendered frames to download")
     name = f"{task['name']}-frames.zip"
     return Response(stream_zip(entries), mimetype="application/zip",
                     headers={"Content-Disposition": _attachment(name)})
+
+
+def _zip_entries(frames: list[dict], blob_path: Callable[[str], str]) -> list[tuple[str, str]]:
+    """(name in the zip, stored file) of done frames, every name unique by renderq.paths.collision_key.
+
+    The coordinator refuses a second frame with an output name a task has, but frames stored before that rule (or
+    named against it) still get into the zip: under `frame_<number>` and their extension.
+    """
+    entries: list[tuple[str, str]] = []
+    taken: set[str] = set()
+    for frame in frames:
+        name = frame["output"]
+        if not is_safe_file_name(name) or collision_key(name) in taken:
+            suffix = os.path.splitext(name or "")[1]
+            suffix = suffix if is_safe_file_name("frame" + suffix) else ""
+            name, copy = f"frame_{frame['frame']}{suffix}", 1
+            while collision_key(name) in taken:
+                copy += 1
+                name = f"frame_{frame['frame']}_{copy}{suffix}"
+        taken.add(collision_key(name))
+        entries.append((name, blob_path(frame["output_sha256"])))
+    return entries
 
 
 def _attachment(filename: str) -> str:

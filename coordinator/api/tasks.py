@@ -7,6 +7,7 @@ import os
 from flask import Blueprint, current_app, jsonify, request, send_file
 
 from renderq.blend_header import read_blend_version, version_key
+from renderq.paths import check_file_name, check_path_set, check_relative_path
 
 from ..auth import admin_required, current_identity, requires
 from ..blobs import is_sha256, looks_like_blend
@@ -95,7 +96,7 @@ def _task_files(body: dict) -> tuple[dict[str, TaskFile], str]:
         for entry in manifest:
             if not isinstance(entry, dict):
                 raise BadRequest("each manifest entry must be an object with path, sha256 and size")
-            path = check_relative_path(v.text(entry, "path", max_length=4096))
+            path = _checked_path(v.text(entry, "path", max_length=4096), "a manifest path")
             sha256 = v.text(entry, "sha256", max_length=64)
             if not is_sha256(sha256):
                 raise BadRequest(f"the manifest entry {path!r} has no valid SHA-256")
@@ -103,14 +104,18 @@ def _task_files(body: dict) -> tuple[dict[str, TaskFile], str]:
             if path in files:
                 raise BadRequest(f"the manifest lists {path!r} twice")
             files[path] = TaskFile(path, sha256, size)
-        main_file = check_relative_path(v.text(body, "main_file", max_length=4096))
+        try:
+            check_path_set(files)
+        except ValueError as error:
+            raise BadRequest(f"the manifest cannot be written on every worker: {error}") from None
+        main_file = _checked_path(v.text(body, "main_file", max_length=4096), "'main_file'")
         if main_file not in files or not main_file.lower().endswith(".blend"):
             raise BadRequest(f"'main_file' must be a .blend listed in the manifest, not {main_file!r}")
     else:
         sha256 = v.text(body, "blend_sha256", max_length=64)
         if not is_sha256(sha256):
             raise BadRequest("'blend_sha256' must be a SHA-256 in lowercase hex")
-        main_file = v.name(body, "blend_filename", default="scene.blend")
+        main_file = _checked_file_name(v.name(body, "blend_filename", default="scene.blend"), "'blend_filename'")
         size = os.path.getsize(blobs.path(sha256)) if blobs.exists(sha256) else 0
         files = {main_file: TaskFile(main_file, sha256, size)}
     lacking = sorted({f.sha256 for f in files.values() if not blobs.exists(f.sha256)})
@@ -126,13 +131,20 @@ def _task_files(body: dict) -> tuple[dict[str, TaskFile], str]:
     return files, main_file
 
 
-def check_relative_path(path: str) -> str:
-    """A relative POSIX path that stays inside its tree."""
-    parts = path.split("/")
-    if (not path or path.startswith("/") or "\\" in path or "\0" in path or any(p in ("", ".", "..") for p in parts)
-            or any(ord(c) < 32 for c in path) or (len(parts[0]) >= 2 and parts[0][1] == ":")):
-        raise BadRequest(f"{path!r} is not a safe relative path (no '..', no absolute paths, '/' separators)")
-    return path
+def _checked_path(path: str, what: str) -> str:
+    """`path` if it passes the shared path rule (renderq.paths), else BadRequest naming `what` it is."""
+    try:
+        return check_relative_path(path)
+    except ValueError as error:
+        raise BadRequest(f"{what} cannot be written on every worker: {error}") from None
+
+
+def _checked_file_name(name: str, what: str) -> str:
+    """`name` if it is one file name under the shared path rule, else BadRequest naming `what` it is."""
+    try:
+        return check_file_name(name)
+    except ValueError as error:
+        raise BadRequest(f"{what} cannot be written on every machine: {error}") from None
 
 
 def _head(path: str) -> bytes:
@@ -190,9 +202,10 @@ def upload_frame():
     task_id = v.integer(args, "task_id", minimum=1)
     frame = v.integer(args, "frame")
     lease_id = v.text(args, "lease_id", max_length=64)
-    filename = v.name(args, "filename")
-    # Refuse a fenced-off worker before it spends the coordinator's disk.
+    filename = _checked_file_name(v.text(args, "filename", max_length=1024), "the frame's file name")
+    # Refuse a fenced-off worker, or a name another frame has, before it spends the coordinator's disk.
     _scheduler().check_lease(worker_id, task_id, frame, lease_id)
+    _scheduler().check_output_name(task_id, frame, filename)
     limit = current_app.config["RENDERQ"].upload_limit
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the file is larger than the coordinator's upload limit of {limit} bytes")
