@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import urllib.parse
@@ -92,14 +93,17 @@ def task_manifest():
 @requires("artist", open_read=True)
 def download_frames_zip():
     task_id = v.integer(request.args, "task_id", minimum=1)
-    task = current_app.extensions["renderq.scheduler"].task_detail(task_id)
+    scheduler = current_app.extensions["renderq.scheduler"]
+    task = scheduler.task_detail(task_id, with_frames=False)
     blobs = current_app.extensions["renderq.blobs"]
-    entries = [(f["output"], blobs.path(f["output_sha256"])) for f in task["frames"]
-               if f["status"] == "done" and f["output_sha256"] and blobs.exists(f["output_sha256"])]
-    if not entries:
+    # Read from the database a page at a time while the zip streams, not all of a big task's frames at once.
+    entries = ((f["output"], blobs.path(f["output_sha256"])) for f in scheduler.iter_frames(task_id, "done")
+               if f["output_sha256"] and blobs.exists(f["output_sha256"]))
+    first = next(entries, None)
+    if first is None:
         raise NotFound(f"task {task_id} has no rendered frames to download")
     name = f"{task['name']}-frames.zip"
-    return Response(stream_zip(entries), mimetype="application/zip",
+    return Response(stream_zip(itertools.chain([first], entries)), mimetype="application/zip",
                     headers={"Content-Disposition": _attachment(name)})
 
 
