@@ -15,12 +15,13 @@
   let summary = null;
   let frames = {}; // frame number (string) -> [status, worker, attempts, started_at, ended_at, seconds, output, error]
   let latestFrames = {}; // the latest rendered frames, from any page, in the same form
-  let page = 0; // the page of frames shown; the coordinator sends one page at a time
+  let framesPage = 0; // the page of frames shown; the coordinator sends one page at a time
   const cells = new Map(); // frame number (string) -> grid button
   let selected = null;
 
-  const frameOf = (key, from) => {
-    const f = (from || frames)[key];
+  const frameOf = (key) => frameIn(frames, key);
+  const frameIn = (source, key) => {
+    const f = source[key];
     return f && {number: Number(key), status: f[0], worker: f[1], attempts: f[2], started_at: f[3], ended_at: f[4],
                  seconds: f[5], output: f[6], error: f[7]};
   };
@@ -178,15 +179,15 @@
   }
 
   function showPage(wanted) {
-    page = wanted;
+    framesPage = wanted;
     feed.url = feedUrl();
     feed.version = null; // another page is another feed: start from its full snapshot
     selected = null;
     feed.pollNow();
   }
 
-  document.getElementById("page-prev").addEventListener("click", () => showPage(Math.max(0, page - 1)));
-  document.getElementById("page-next").addEventListener("click", () => showPage(page + 1));
+  document.getElementById("page-prev").addEventListener("click", () => showPage(Math.max(0, framesPage - 1)));
+  document.getElementById("page-next").addEventListener("click", () => showPage(framesPage + 1));
 
   // -- render time chart --------------------------------------------------------------------------------------------
 
@@ -245,7 +246,7 @@
   let latestKey = null;
 
   function renderThumbnails() {
-    const finished = Object.keys(latestFrames).map((key) => frameOf(key, latestFrames))
+    const finished = Object.keys(latestFrames).map((key) => frameIn(latestFrames, key))
       .filter((f) => f.status === "done" && f.output && SHOWN_IN_BROWSER.test(f.output))
       .sort((a, b) => (b.ended_at || 0) - (a.ended_at || 0) || b.number - a.number)
       .slice(0, THUMBNAILS);
@@ -341,9 +342,9 @@
   // -- feed ---------------------------------------------------------------------------------------------------------
 
   let chartPending = false;
-  const feedUrl = () => "/status/task_updates?task_id=" + taskId + "&page=" + page;
+  const feedUrl = () => "/status/task_updates?task_id=" + taskId + "&page=" + framesPage;
   const feed = new RQ.Feed(feedUrl(), (state, changes, full) => {
-    if (state.task.summary.page !== page) { // an answer about the page shown before: ask for this one
+    if (state.task.summary.page !== framesPage) { // an answer about the page shown before: ask for this one
       feed.version = null;
       feed.pollNow();
       return;
