@@ -57,8 +57,8 @@ class Config:
     max_task_frames: int = 100_000
     # A task's `settings` as JSON: copied into every lease, so kept small.
     max_settings_bytes: int = 64 * KIB
-    # Entries of a task's `missing_assets` (each a path of at most MAX_ASSET_PATH characters).
-    max_missing_assets: int = 10_000
+    # Entries of a task's `missing_assets` (each a path of at most 4,096 characters).
+    max_missing_assets: int = 1_000
     # One /append_log chunk of Blender's output, in bytes; a worker sends far smaller ones every few seconds.
     max_log_chunk: int = 1 * MIB
 

@@ -239,6 +239,8 @@ class Scheduler:
         described = self.describe_tasks([task])[0]
         described["settings"] = task["settings"]
         described["missing_assets"] = task["missing_assets"]
+        latest = self.latest_done_frames(task_id, 1)
+        described["latest_done"] = latest[0] if latest else None
         if with_frames:
             described["frames"], described["frames_next"] = self.frames_page(task_id, frames_after, frames_limit,
                                                                               frames_status)

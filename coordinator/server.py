@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-settings-bytes", type=parse_size, help="largest `settings` of a task as JSON, e.g. "
                         "64K; it is sent with every frame a worker leases (RENDERQ_MAX_SETTINGS_BYTES, default 64K)")
     parser.add_argument("--max-missing-assets", type=int, help="most entries in a task's list of missing assets "
-                        "(RENDERQ_MAX_MISSING_ASSETS, default 10000)")
+                        "(RENDERQ_MAX_MISSING_ASSETS, default 1000)")
     parser.add_argument("--max-log-chunk", type=parse_size, help="largest piece of log one /append_log request may "
                         "add, e.g. 1M (RENDERQ_MAX_LOG_CHUNK, default 1M)")
     parser.add_argument("--add-artist", metavar="NAME",
