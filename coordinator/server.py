@@ -76,7 +76,6 @@ def main(args: argparse.Namespace) -> int:
     fields = ("host", "port", "data_dir", "public_url", "poll_interval", "alive_timeout",
               "heartbeat_seconds", "frame_fail_workers", "bad_worker_failures",
               "frame_timeout", "no_progress_timeout", "upload_limit", "disk_reserve", "http_threads", "open_status", "auth", "insecure",
-              # Request limits
               "max_task_frames", "max_settings_bytes", "max_missing_assets", "max_log_chunk")
     try:
         config = Config.from_env(**{name: getattr(args, name, None) for name in fields})

@@ -109,8 +109,9 @@ def test_oversize_settings_and_missing_assets_are_refused(farm, blend):
     refused(farm, "POST", "/submit_task", submit_body(blend, missing_assets="tex/a.png"), 400, "list of paths")
     # Just within every limit is accepted, and the settings reach the task's detail and its leases only.
     settings = {"notes": "x" * 60_000}
+    missing = [f"tex/{n}.png" for n in range(1000)]
     task_id = farm.api.post("/submit_task", submit_body(blend, settings=settings, frame_end=1,
-                                                        missing_assets=[f"tex/{n}.png" for n in range(1000)]))["task_id"]
+                                                        missing_assets=missing))["task_id"]
     assert farm.api.task(task_id)["settings"] == settings
     listed = next(t for t in farm.api.get("/tasks")["tasks"] if t["task_id"] == task_id)
     assert "settings" not in listed and "missing_assets" not in listed and listed["missing_assets_count"] == 1000
