@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+KIB = 1024
+MIB = 1024**2
 GIB = 1024**3
 # A shorter admin token could be guessed through the login form.
 MIN_TOKEN_LENGTH = 16
@@ -47,6 +49,18 @@ class Config:
     insecure: bool = False
     # True lets anyone who reaches the coordinator read the status page; changes still need the admin token.
     open_status: bool = False
+
+    # Request limits: what one request may ask the coordinator to store or answer, so that no artist (or stolen
+    # token) can exhaust its memory. Each is checked before any work is done, with a 413 naming the limit.
+    # Frames of one task: 100,000 is about 70 minutes of 24 fps animation, and a task that large still reads back
+    # in bounded pages; a million frame rows took 700 MB of coordinator memory to build and list.
+    max_task_frames: int = 100_000
+    # A task's `settings` as JSON: copied into every lease, so kept small.
+    max_settings_bytes: int = 64 * KIB
+    # Entries of a task's `missing_assets` (each a path of at most 4,096 characters).
+    max_missing_assets: int = 1_000
+    # One /append_log chunk of Blender's output, in bytes; a worker sends far smaller ones every few seconds.
+    max_log_chunk: int = 1 * MIB
 
     @property
     def lease_seconds(self) -> float:
@@ -90,6 +104,11 @@ class Config:
             raise ValueError("disk reserve must not be negative")
         if self.sqlite_sync not in ("full", "normal"):
             raise ValueError("sqlite sync must be 'full' or 'normal'")
+        if self.max_task_frames < 1:
+            raise ValueError("max task frames must be at least 1")
+        for name in ("max_settings_bytes", "max_missing_assets", "max_log_chunk"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', ' ')} must not be negative")
         if self.poll_interval <= 0:
             raise ValueError("poll interval must be more than 0 seconds")
         for role in ("admin", "artist", "worker"):
@@ -100,11 +119,15 @@ class Config:
                                  "without spaces")
 
 
+# Fields given as sizes ("4G", "64K") in their RENDERQ_* variables.
+SIZE_FIELDS = ("upload_limit", "disk_reserve", "max_settings_bytes", "max_log_chunk")
+
+
 def _parse(name: str, type_name: Any, raw: str) -> Any:
     kind = str(type_name)
     try:
         if kind == "int":
-            return parse_size(raw) if name in ("upload_limit", "disk_reserve") else int(raw)
+            return parse_size(raw) if name in SIZE_FIELDS else int(raw)
         if kind == "float":
             return float(raw)
     except ValueError:

@@ -30,6 +30,9 @@ HISTORY = 120
 # A task page's feed is dropped after this long without a poll.
 TASK_FEED_IDLE_SECONDS = 120.0
 MAX_TASK_FEEDS = 64
+# A task page shows its frames this many at a time, and its latest rendered frames this many (from any page).
+TASK_PAGE_FRAMES = 1_000
+LATEST_FRAMES = 16
 
 
 class ChangeFeed:
@@ -118,17 +121,18 @@ class LiveStatus:
         self.scheduler = scheduler
         self.interval = interval
         self.farm = ChangeFeed(lambda: farm_sections(scheduler), interval)
-        self._task_feeds: dict[int, ChangeFeed] = {}
+        self._task_feeds: dict[tuple[int, int], ChangeFeed] = {}
         self._lock = threading.Lock()
 
-    def task_feed(self, task_id: int) -> ChangeFeed:
-        """The feed of one task (the caller checked that the task exists)."""
+    def task_feed(self, task_id: int, page: int = 0) -> ChangeFeed:
+        """The feed of one page of a task's frames (the caller checked that the task exists)."""
+        key = (task_id, page)
         with self._lock:
-            feed = self._task_feeds.get(task_id)
+            feed = self._task_feeds.get(key)
             if feed is None:
                 self._drop_idle_feeds()
-                feed = ChangeFeed(lambda: task_sections(self.scheduler, task_id), self.interval)
-                self._task_feeds[task_id] = feed
+                feed = ChangeFeed(lambda: task_sections(self.scheduler, task_id, page), self.interval)
+                self._task_feeds[key] = feed
             return feed
 
     def _drop_idle_feeds(self) -> None:
@@ -144,10 +148,10 @@ class LiveStatus:
         """An admin changed something: the next poll shows it without waiting for the interval."""
         self.farm.invalidate()
         with self._lock:
-            feeds = [self._task_feeds.get(task_id)] if task_id is not None else list(self._task_feeds.values())
+            feeds = [feed for (feed_task, _), feed in self._task_feeds.items()
+                     if task_id is None or feed_task == task_id]
         for feed in feeds:
-            if feed is not None:
-                feed.invalidate()
+            feed.invalidate()
 
 
 # -- what the snapshots hold -----------------------------------------------------------------------------------------
@@ -229,18 +233,24 @@ def frame_item(frame: dict) -> list[Any]:
             frame["error"]]
 
 
-def task_sections(scheduler: Scheduler, task_id: int) -> Sections:
-    """A task page's snapshot: the task's summary and all of its frames."""
-    task = scheduler.task_detail(task_id)
-    frames = task.pop("frames")
+def task_sections(scheduler: Scheduler, task_id: int, page: int = 0) -> Sections:
+    """A task page's snapshot: the task's summary, one page of its frames (TASK_PAGE_FRAMES of them; the summary
+    says which page of how many) and its latest rendered frames, whichever page they are on."""
+    task = scheduler.task_detail(task_id, with_frames=False)
+    # A task's frames are its range, so page n starts at a known frame number without counting rows.
+    first = task["frame_start"] + page * TASK_PAGE_FRAMES * task["frame_step"]
+    frames, _ = scheduler.frames_page(task_id, first - 1, TASK_PAGE_FRAMES)
+    latest = scheduler.latest_done_frames(task_id, LATEST_FRAMES)
     summary = task_item(task)
     summary.update(
+        page=page, pages=max(1, -(-task["progress"]["total"] // TASK_PAGE_FRAMES)), page_size=TASK_PAGE_FRAMES,
         frame_start=task["frame_start"], frame_end=task["frame_end"], frame_step=task["frame_step"],
         main_file=task["main_file"], blender_version=task["blender_version"],
         blender_version_exact=task["blender_version_exact"], assigned=task["workers"],
         files_count=task["files_count"], files_bytes=task["files_bytes"], files_deleted=task["files_deleted"],
-        missing_assets=len(task["missing_assets"]), canceled=task["progress"]["canceled"],
+        missing_assets=task["missing_assets_count"], canceled=task["progress"]["canceled"],
         leased=task["progress"]["leased"],
         blocked=[{"worker": b["worker"], "failures": b["failures"]} for b in task["blocked_workers"]],
     )
-    return {"task": {"summary": summary}, "frames": {str(f["frame"]): frame_item(f) for f in frames}}
+    return {"task": {"summary": summary}, "frames": {str(f["frame"]): frame_item(f) for f in frames},
+            "latest": {str(f["frame"]): frame_item(f) for f in latest}}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from renderq.blend_header import key_to_version, version_key
@@ -24,7 +24,14 @@ Clock = Callable[[], float]
 FRAME_REPORTS = ("rendering", "done", "failed", "released")
 TASK_STATES = ("queued", "running", "paused", "done", "failed", "canceled")
 OPEN_TASK_STATES = ("queued", "running", "paused")
+FRAME_STATES = ("queued", "leased", "rendering", "done", "failed", "canceled")
+# The hard ceiling whatever the coordinator's --max-task-frames (checked by the API before any work is done).
 MAX_FRAMES_PER_TASK = 1_000_000
+# Frames per page of a task's detail (GET /task) unless the client asks for another size, and the most it may ask.
+FRAMES_PAGE = 1_000
+MAX_FRAMES_PAGE = 10_000
+# A task's summary lists at most this many of its failed frames (progress.failed counts them all).
+FAILED_FRAMES_SHOWN = 1_000
 PRIORITY_LIMIT = 1_000_000
 # A task's frame_timeout and no_progress_timeout: at least a second, at most a week.
 TIMEOUT_MIN_SECONDS = 1.0
@@ -224,16 +231,52 @@ class Scheduler:
             raise BadRequest(f"status must be one of {', '.join(TASK_STATES)}, not {status!r}")
         return self.describe_tasks(self.store.list_tasks(status))
 
-    def task_detail(self, task_id: int, with_frames: bool = True) -> dict:
-        """One task's summary, with its frames unless with_frames is False."""
-        task = self._task(task_id)
+    def task_detail(self, task_id: int, with_frames: bool = True, *, frames_after: int | None = None,
+                    frames_limit: int = FRAMES_PAGE, frames_status: str | None = None) -> dict:
+        """One task's summary with its settings and missing assets, and unless with_frames is False one page of its
+        frames: at most frames_limit numbered above frames_after (optionally of one status), with `frames_next`,
+        the frames_after of the next page (None after the last)."""
+        task = self._task(task_id, detail=True)
         described = self.describe_tasks([task])[0]
+        described["settings"] = task["settings"]
+        described["missing_assets"] = task["missing_assets"]
+        latest = self.latest_done_frames(task_id, 1)
+        described["latest_done"] = latest[0] if latest else None
         if with_frames:
-            names = {w["worker_id"]: w["name"] for w in self.store.list_workers()}
-            failed_on = self.store.frame_failed_workers(task_id)
-            described["frames"] = [self._describe_frame(f, names, failed_on.get(f["frame"], []))
-                                   for f in self.store.frames_of(task_id)]
+            described["frames"], described["frames_next"] = self.frames_page(task_id, frames_after, frames_limit,
+                                                                              frames_status)
         return described
+
+    def frames_page(self, task_id: int, after: int | None, limit: int,
+                    status: str | None = None) -> tuple[list[dict], int | None]:
+        """At most `limit` frames of the task numbered above `after` (optionally of one status), described, and
+        the `after` of the next page (None after the last)."""
+        if status is not None and status not in FRAME_STATES:
+            raise BadRequest(f"frames_status must be one of {', '.join(FRAME_STATES)}, not {status!r}")
+        # One more than asked tells whether a next page exists.
+        rows = self.store.frames_page(task_id, after, limit + 1, status)
+        page = rows[:limit]
+        if not page:
+            return [], None
+        names = {w["worker_id"]: w["name"] for w in self.store.list_workers()}
+        failed_on = self.store.frame_failed_workers(task_id, page[0]["frame"], page[-1]["frame"])
+        return ([self._describe_frame(f, names, failed_on.get(f["frame"], [])) for f in page],
+                page[-1]["frame"] if len(rows) > limit else None)
+
+    def latest_done_frames(self, task_id: int, count: int) -> list[dict]:
+        """The task's `count` done frames that ended last, latest first."""
+        names = {w["worker_id"]: w["name"] for w in self.store.list_workers()}
+        return [self._describe_frame(f, names, []) for f in self.store.latest_done_frames(task_id, count)]
+
+    def iter_frames(self, task_id: int, status: str | None = None) -> Iterator[dict]:
+        """Every frame row of the task (optionally of one status) by number, read a page at a time."""
+        after = None
+        while True:
+            page = self.store.frames_page(task_id, after, FRAMES_PAGE, status)
+            yield from page
+            if len(page) < FRAMES_PAGE:
+                return
+            after = page[-1]["frame"]
 
     def cancel_task(self, task_id: int, by_owner: str | None = None) -> dict:
         """Cancel the task's frames not rendered yet. by_owner: the artist asking, who may cancel only their own
@@ -341,7 +384,7 @@ class Scheduler:
             "main_file": task["main_file"] or task["blend_filename"],
             "files_count": task["files_count"],
             "blender_version": task["blender_version"],
-            "settings": task["settings"],
+            "settings": self.store.task_settings(task["task_id"]),
             "frame_timeout": task["frame_timeout"],
             "no_progress_timeout": task["no_progress_timeout"],
             "needs_python": bool(task["needs_python"]),
@@ -464,8 +507,8 @@ class Scheduler:
             raise NotFound(f"no worker named {name!r}")
         return worker
 
-    def _task(self, task_id: int) -> dict:
-        task = self.store.get_task(task_id)
+    def _task(self, task_id: int, detail: bool = False) -> dict:
+        task = self.store.get_task(task_id, detail)
         if task is None:
             raise NotFound(f"no task with id {task_id}")
         return task
@@ -524,9 +567,9 @@ class Scheduler:
         return self._eta.estimators(states, self._done_frame_times) if states else {}
 
     def _done_frame_times(self, task_ids: list[int]) -> dict[int, list[eta.DoneFrame]]:
-        return {task_id: [eta.DoneFrame(r["frame"], r["render_seconds"], r["worker_id"], r["started_at"],
-                                        r["ended_at"]) for r in rows]
-                for task_id, rows in self.store.done_frame_times_many(task_ids).items()}
+        # The model reads only the last MODEL_FRAMES timed frames; the others only count as done.
+        return {task_id: [eta.DoneFrame(*row) for row in rows]
+                for task_id, rows in self.store.done_frame_times_many(task_ids, eta.MODEL_FRAMES).items()}
 
     def _describe_task(self, task: dict, counts: dict[str, int], current: list[dict],
                        estimator: eta.TaskEstimator | None, failed_frames: list[int], waiting_reason: str | None,
@@ -565,7 +608,7 @@ class Scheduler:
             "main_file": task["main_file"] or task["blend_filename"],
             "blender_version": task["blender_version"] or None,
             "blender_version_exact": bool(task["blender_version_exact"]),
-            "missing_assets": task["missing_assets"],
+            "missing_assets_count": task["missing_assets_count"],
             "files_count": task["files_count"],
             "files_bytes": task["files_bytes"],
             "files_deleted": task["files_deleted_at"] is not None,
@@ -573,7 +616,6 @@ class Scheduler:
             "frame_timeout": task["frame_timeout"],
             "no_progress_timeout": task["no_progress_timeout"],
             "waiting_reason": waiting_reason,
-            "settings": task["settings"],
             "created_at": task["created_at"],
             "started_at": task["started_at"],
             "ended_at": task["ended_at"],
@@ -594,7 +636,7 @@ class Scheduler:
                     for f in sorted(current, key=lambda f: f["frame"])
                 ],
             },
-            "failed_frames": failed_frames,
+            "failed_frames": failed_frames[:FAILED_FRAMES_SHOWN],
             "blocked_workers": blocked,
         }
 

@@ -45,6 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disk-reserve", type=parse_size, help="free space to keep on the data dir's disk; uploads "
                         "that would eat into it get a 507 error (RENDERQ_DISK_RESERVE, default 1G)")
     parser.add_argument("--http-threads", type=int, help="threads serving HTTP requests (RENDERQ_HTTP_THREADS, default 16)")
+    parser.add_argument("--max-task-frames", type=int, help="most frames one task may have; a larger submit gets "
+                        "a 413 error. Well below a million: every frame is a database row the coordinator builds, "
+                        "keeps and reports (RENDERQ_MAX_TASK_FRAMES, default 100000)")
+    parser.add_argument("--max-settings-bytes", type=parse_size, help="largest `settings` of a task as JSON, e.g. "
+                        "64K; it is sent with every frame a worker leases (RENDERQ_MAX_SETTINGS_BYTES, default 64K)")
+    parser.add_argument("--max-missing-assets", type=int, help="most entries in a task's list of missing assets "
+                        "(RENDERQ_MAX_MISSING_ASSETS, default 1000)")
+    parser.add_argument("--max-log-chunk", type=parse_size, help="largest piece of log one /append_log request may "
+                        "add, e.g. 1M (RENDERQ_MAX_LOG_CHUNK, default 1M)")
     parser.add_argument("--add-artist", metavar="NAME",
                         help="create an access token for one artist in the data dir (file artist_tokens), print it "
                         "and exit; tasks submitted with it belong to NAME, and only NAME (or an admin) may cancel "
@@ -66,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     fields = ("host", "port", "data_dir", "public_url", "poll_interval", "alive_timeout",
               "heartbeat_seconds", "frame_fail_workers", "bad_worker_failures",
-              "frame_timeout", "no_progress_timeout", "upload_limit", "disk_reserve", "http_threads", "open_status", "auth", "insecure")
+              "frame_timeout", "no_progress_timeout", "upload_limit", "disk_reserve", "http_threads", "open_status", "auth", "insecure",
+              "max_task_frames", "max_settings_bytes", "max_missing_assets", "max_log_chunk")
     try:
         config = Config.from_env(**{name: getattr(args, name, None) for name in fields})
     except ValueError as error:

@@ -169,6 +169,9 @@ CHECKPOINT_WAIT_MS = 20
 # The WAL starts over once it holds this many pages (SQLite's own checkpoint threshold: about 4 MB).
 WAL_RESTART_PAGES = 1000
 
+# Columns of a task read only for its detail (see Store.__init__).
+_DETAIL_ONLY_COLUMNS = ("settings", "missing_assets")
+
 FRAME_COLUMNS = (
     "task_id, frame, status, worker_id, lease_id, lease_expires, attempts, failures, started_at, ended_at, "
     "render_seconds, output, output_sha256, output_size, error, log_tail"
@@ -205,6 +208,12 @@ class Store:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         for index in ADDED_INDEXES:
             db.execute(index)
+        # A task's summary leaves out its settings and missing assets (only its detail and its leases need them), so
+        # listing many tasks reads none of that text.
+        columns = [row["name"] for row in db.execute("PRAGMA table_info(tasks)")
+                   if row["name"] not in _DETAIL_ONLY_COLUMNS]
+        self._summary_columns = (", ".join(columns)
+                                 + ", json_array_length(missing_assets) AS missing_assets_count")
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
@@ -480,8 +489,10 @@ class Store:
             )
             return task_id
 
-    def get_task(self, task_id: int) -> dict | None:
-        row = self.read().execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    def get_task(self, task_id: int, detail: bool = False) -> dict | None:
+        """One task's row; with `detail`, also its settings and missing assets."""
+        columns = f"{self._summary_columns}, settings, missing_assets" if detail else self._summary_columns
+        row = self.read().execute(f"SELECT {columns} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
             return None
         # Only a task assigned to named workers has any in task_workers.
@@ -492,17 +503,20 @@ class Store:
         db = self.read()
         if status:
             rows = db.execute(
-                "SELECT * FROM tasks WHERE status = ? ORDER BY task_id DESC LIMIT ?", (status, limit)
+                f"SELECT {self._summary_columns} FROM tasks WHERE status = ? ORDER BY task_id DESC LIMIT ?",
+                (status, limit)
             ).fetchall()
         else:
-            rows = db.execute("SELECT * FROM tasks ORDER BY task_id DESC LIMIT ?", (limit,)).fetchall()
+            rows = db.execute(f"SELECT {self._summary_columns} FROM tasks ORDER BY task_id DESC LIMIT ?",
+                              (limit,)).fetchall()
         return self._task_rows(db, rows)
 
     def list_tasks_for_status(self, newest: int) -> list[dict]:
         """The newest `newest` tasks plus every older task still open, newest first (the status page's list)."""
         db = self.read()
         rows = db.execute(
-            "SELECT * FROM tasks WHERE task_id IN (SELECT task_id FROM tasks ORDER BY task_id DESC LIMIT ?) "
+            f"SELECT {self._summary_columns} FROM tasks WHERE task_id IN "
+            "(SELECT task_id FROM tasks ORDER BY task_id DESC LIMIT ?) "
             "OR status IN ('queued', 'running', 'paused') ORDER BY task_id DESC",
             (newest,),
         ).fetchall()
@@ -519,13 +533,27 @@ class Store:
                 workers.setdefault(r["task_id"], []).append(r["worker_name"])
         return [_task_row(db, r, workers.get(r["task_id"], [])) for r in rows]
 
-    def frames_of(self, task_id: int) -> list[dict]:
-        return [
-            dict(r)
-            for r in self.read().execute(
-                f"SELECT {FRAME_COLUMNS} FROM frames WHERE task_id = ? ORDER BY frame", (task_id,)
-            )
-        ]
+    def task_settings(self, task_id: int) -> dict:
+        """A task's settings (what a lease carries to the worker)."""
+        row = self.read().execute("SELECT settings FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return json.loads(row["settings"] or "{}") if row else {}
+
+    def frames_page(self, task_id: int, after: int | None, limit: int, status: str | None = None) -> list[dict]:
+        """At most `limit` frames of the task numbered above `after` (from the first when None), optionally only
+        those in one status, by frame number."""
+        sql = f"SELECT {FRAME_COLUMNS} FROM frames WHERE task_id = ? AND frame > ?"
+        params: list[Any] = [task_id, after if after is not None else -(2**63)]
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        params.append(limit)
+        return [dict(r) for r in self.read().execute(sql + " ORDER BY frame LIMIT ?", params)]
+
+    def latest_done_frames(self, task_id: int, count: int) -> list[dict]:
+        """The task's `count` done frames that ended last, latest first."""
+        return [dict(r) for r in self.read().execute(
+            f"SELECT {FRAME_COLUMNS} FROM frames WHERE task_id = ? AND status = 'done' "
+            "ORDER BY ended_at DESC, frame DESC LIMIT ?", (task_id, count))]
 
     def get_frame(self, task_id: int, frame: int) -> dict | None:
         row = self.read().execute(
@@ -551,17 +579,25 @@ class Store:
                 counts[r["task_id"]][r["status"]] = r["n"]
         return counts
 
-    def done_frame_times_many(self, task_ids: Sequence[int]) -> dict[int, list[dict]]:
-        """The done frames of each task, in one query: {task_id: [{frame, render_seconds, worker_id, started_at,
-        ended_at}, ...]} by frame (what the ETA is estimated from)."""
-        done: dict[int, list[dict]] = {task_id: [] for task_id in task_ids}
+    def done_frame_times_many(self, task_ids: Sequence[int], timed_most: int | None = None
+                              ) -> dict[int, list[tuple]]:
+        """The done frames of each task, in one query: {task_id: [(frame, render_seconds, worker_id, started_at,
+        ended_at), ...]} by frame (what the ETA is estimated from). With `timed_most`, only the last that many
+        frames with a render time (by number) carry their times; the others are (frame, None, None, None, None),
+        so a task of many done frames costs a few small tuples each."""
+        done: dict[int, list[tuple]] = {task_id: [] for task_id in task_ids}
         if task_ids:
             for r in self.read().execute(
-                "SELECT task_id, frame, render_seconds, worker_id, started_at, ended_at FROM frames "
+                "SELECT task_id, frame, render_seconds, worker_id, started_at, ended_at, row_number() OVER ("
+                "PARTITION BY task_id, render_seconds > 0 ORDER BY frame DESC) AS from_last FROM frames "
                 "WHERE status = 'done' AND task_id IN (SELECT value FROM json_each(?)) ORDER BY task_id, frame",
                 (json.dumps(list(task_ids)),),
             ):
-                done[r["task_id"]].append(dict(r))
+                if timed_most is None or (r["render_seconds"] or 0) > 0 and r["from_last"] <= timed_most:
+                    done[r["task_id"]].append((r["frame"], r["render_seconds"], r["worker_id"], r["started_at"],
+                                               r["ended_at"]))
+                else:
+                    done[r["task_id"]].append((r["frame"], None, None, None, None))
         return done
 
     def failed_frame_numbers(self, task_ids: Sequence[int]) -> dict[int, list[int]]:
@@ -598,13 +634,14 @@ class Store:
             (task_id, frame, worker_id, lease_id),
         ).fetchone() is not None
 
-    def frame_failed_workers(self, task_id: int) -> dict[int, list[str]]:
-        """The workers each frame of the task has failed on since its last retry: {frame: [name, ...]}."""
+    def frame_failed_workers(self, task_id: int, first: int, last: int) -> dict[int, list[str]]:
+        """The workers each frame of the task from `first` to `last` has failed on since its last retry:
+        {frame: [name, ...]}."""
         failed_on: dict[int, list[str]] = {}
         for r in self.read().execute(
             "SELECT DISTINCT x.frame, w.name FROM frame_failures x JOIN workers w ON w.worker_id = x.worker_id "
-            "WHERE x.task_id = ? AND x.cleared = 0 ORDER BY x.frame, w.name",
-            (task_id,),
+            "WHERE x.task_id = ? AND x.frame BETWEEN ? AND ? AND x.cleared = 0 ORDER BY x.frame, w.name",
+            (task_id, first, last),
         ):
             failed_on.setdefault(r["frame"], []).append(r["name"])
         return failed_on
@@ -911,22 +948,33 @@ class Store:
             return offset + size
 
     def read_log(self, task_id: int, offset: int, max_bytes: int) -> tuple[bytes, int]:
-        """Log bytes from offset (at most about max_bytes) and the log's total size."""
+        """Log bytes from offset, at most max_bytes (cut between UTF-8 characters, at least one character), and the
+        log's total size."""
         db = self.read()
         total = db.execute("SELECT log_size FROM tasks WHERE task_id = ?", (task_id,)).fetchone()["log_size"]
+        if max_bytes <= 0:
+            return b"", total
+        # From the chunk holding `offset` on, found by the primary key rather than by reading every chunk before it.
         rows = db.execute(
-            "SELECT offset, size, text FROM logs WHERE task_id = ? AND offset + size > ? ORDER BY offset",
-            (task_id, offset),
+            "SELECT offset, text FROM logs WHERE task_id = ? AND offset >= coalesce("
+            "(SELECT max(offset) FROM logs WHERE task_id = ? AND offset <= ?), 0) ORDER BY offset",
+            (task_id, task_id, offset),
         )
         pieces: list[bytes] = []
         taken = 0
         for row in rows:
-            if taken >= max_bytes:
-                break
             chunk = row["text"].encode("utf-8")[max(0, offset - row["offset"]):]
             pieces.append(chunk)
             taken += len(chunk)
-        return b"".join(pieces), total
+            if taken >= max_bytes:
+                break
+        data = b"".join(pieces)
+        if len(data) > max_bytes:
+            end = max_bytes
+            while 0 < end < len(data) and data[end] & 0xC0 == 0x80:  # not inside a character
+                end -= 1
+            data = data[:end or _utf8_length(data)]
+        return data, total
 
 
 class _Batch:
@@ -1044,6 +1092,14 @@ def _record_failure(db: sqlite3.Connection, task_id: int, frame: int, lease_id: 
     return dict(row)
 
 
+def _utf8_length(data: bytes) -> int:
+    """Bytes of the first UTF-8 character in data (a reader always gets at least one)."""
+    end = 1
+    while end < len(data) and data[end] & 0xC0 == 0x80:
+        end += 1
+    return end
+
+
 def _finish_task_if_complete(db: sqlite3.Connection, task_id: int, now: float) -> None:
     open_frames = db.execute(
         "SELECT 1 FROM frames WHERE task_id = ? AND status IN ('queued', 'leased', 'rendering') LIMIT 1", (task_id,)
@@ -1058,8 +1114,10 @@ def _finish_task_if_complete(db: sqlite3.Connection, task_id: int, now: float) -
 
 def _task_row(db: sqlite3.Connection, row: sqlite3.Row, workers: list[str] | None = None) -> dict[str, Any]:
     task = dict(row)
-    task["settings"] = json.loads(task["settings"] or "{}")
-    task["missing_assets"] = json.loads(task.get("missing_assets") or "[]")
+    if "settings" in task:
+        task["settings"] = json.loads(task["settings"] or "{}")
+    if "missing_assets" in task:
+        task["missing_assets"] = json.loads(task["missing_assets"] or "[]")
     if workers is None:
         workers = [
             r["worker_name"]

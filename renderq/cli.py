@@ -195,7 +195,7 @@ def cmd_download(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot write to {args.dir}: {error.strerror or error}") from None
         print(f"the frames of task {args.task} are in {dest} ({format_bytes(os.path.getsize(dest))})")
         return EXIT_OK
-    task = client.get_task(args.task)
+    task = client.get_task(args.task, frames_status="done")
     try:
         fetched = download_done_frames(client, task, args.dir, ProgressLine())
     except OSError as error:
@@ -226,7 +226,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 continue  # more may be waiting beyond one answer's worth
             if not args.follow:
                 return EXIT_OK
-            status = client.get_task(args.task).get("status")
+            status = client.get_task(args.task, with_frames=False).get("status")
             if status in FINAL_STATUSES:
                 # One more read: lines may have arrived between the last read and the task ending.
                 final = client.get_log(args.task, offset)

@@ -25,6 +25,8 @@ _BLOCK_SIZE = 256 * 1024
 _MAX_ERROR_BODY = 64 * 1024
 # The coordinator answers /missing_files for at most 100,000 hashes per request; stay well below.
 _MISSING_FILES_BATCH = 20_000
+# Frames asked for per GET /task (the coordinator sends at most 10,000).
+_FRAMES_PAGE = 5_000
 
 
 class CoordinatorError(Exception):
@@ -416,9 +418,34 @@ class CoordinatorClient:
         """Task summaries, newest first, optionally only those with `status`."""
         return self.request("GET", "/tasks", params={"status": status}).get("tasks", [])
 
-    def get_task(self, task_id: int) -> dict:
-        """One task with its progress and frames."""
-        return self.request("GET", "/task", params={"task_id": task_id})
+    def get_task(self, task_id: int, *, with_frames: bool = True, frames_status: str | None = None) -> dict:
+        """One task with its progress and all its frames (only those in `frames_status` when given), read page by
+        page; with_frames=False: the summary alone, one small answer however many frames the task has."""
+        if not with_frames:
+            return self.request("GET", "/task", params={"task_id": task_id, "frames_limit": 0})
+        pages = self.iter_task_pages(task_id, frames_status)
+        task = next(pages)
+        frames = list(task.get("frames") or [])
+        for page in pages:
+            frames.extend(page.get("frames") or [])
+        task["frames"] = frames
+        task.pop("frames_next", None)
+        return task
+
+    def iter_task_pages(self, task_id: int, frames_status: str | None = None) -> Iterator[dict]:
+        """The task's answers page by page (GET /task with frames_after), each with one page of its frames."""
+        after: int | None = None
+        while True:
+            answer = self.request("GET", "/task", params={"task_id": task_id, "frames_after": after,
+                                                          "frames_limit": _FRAMES_PAGE,
+                                                          "frames_status": frames_status})
+            yield answer
+            following = answer.get("frames_next")
+            # Pages move forward only: a confused coordinator cannot keep the client reading forever.
+            if (not isinstance(following, int) or isinstance(following, bool)
+                    or (after is not None and following <= after)):
+                return
+            after = following
 
     def cancel_task(self, task_id: int) -> dict:
         """Cancel a task's frames that are not done; returns the task. Needs the admin token."""

@@ -56,7 +56,8 @@ def wait_for_task(
     poll_seconds: float = POLL_SECONDS,
     still_running: Callable[[], str | None] | None = None,
 ) -> dict:
-    """Poll the task until it is done, failed or canceled, redrawing the progress line; return the last answer.
+    """Poll the task's summary until it is done, failed or canceled, redrawing the progress line; return the task
+    then, with all its frames.
 
     `still_running`, when given, is asked each round and may return a sentence that stops the wait with an error
     (the demo uses it to notice a coordinator process that died).
@@ -70,7 +71,7 @@ def wait_for_task(
                 line.finish()
                 raise CoordinatorError(0, problem)
         try:
-            task = client.get_task(task_id)
+            task = client.get_task(task_id, with_frames=False)
             unreachable_since = None
         except CoordinatorUnreachable as error:
             # A coordinator restart should not end a long wait; a coordinator that is gone for good should.
@@ -85,7 +86,8 @@ def wait_for_task(
         line.update(task_progress_text(task))
         if task.get("status") in FINAL_STATUSES:
             line.finish()
-            return task
+            # The frames once, at the end (page by page): polling them every round would cost a big task dearly.
+            return client.get_task(task_id)
         time.sleep(poll_seconds)
 
 

@@ -119,8 +119,9 @@ def test_missing_texture_stops_the_submit_unless_allowed(farm, tmp_path):
     allowed = renderq("submit", project["main"], "--frames", "1", "--allow-missing", *farm.cli_flags(),
                       cwd=str(tmp_path))
     assert allowed.returncode == 0, allowed.stderr
-    task = farm.api.get("/tasks")["tasks"][0]
-    assert any("outside.png" in path for path in task["missing_assets"])
+    listed = farm.api.get("/tasks")["tasks"][0]
+    assert listed["missing_assets_count"] == 1  # the list counts them; the task's detail names them
+    assert any("outside.png" in path for path in farm.api.task(listed["task_id"])["missing_assets"])
 
 
 def test_download_zip_and_disk_hygiene(farm, tmp_path):

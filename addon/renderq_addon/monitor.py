@@ -26,6 +26,8 @@ POLL_INTERVAL = 2.0
 # The worker list refreshes itself this often while the scene on screen picks workers.
 WORKERS_INTERVAL = 5.0
 _TIMER_INTERVAL = 1.0
+# What only a task's detail (GET /task) carries, not the task list's summaries.
+DETAIL_KEYS = ("latest_done", "missing_assets", "settings")
 # A thumbnail is the rendered frame itself; past this size it is not worth fetching just for a preview.
 THUMBNAIL_MAX_BYTES = 64 * 1024 * 1024
 # Formats Blender's preview loader reads; others (e.g. multilayer EXR) get no thumbnail.
@@ -53,11 +55,11 @@ def _show_all_my_tasks() -> bool:
 
 
 def _tasks_to_follow() -> list[int]:
-    """Tasks of this session whose full state is needed: unfinished ones, and ended ones not fetched in full."""
+    """Tasks of this session whose detail is needed: unfinished ones, and ended ones whose detail was not fetched."""
     follow = []
     for task_id in state.SESSION.session_task_ids:
         task = state.SESSION.tasks.get(task_id)
-        if task is None or not state.is_final(task) or "frames" not in task:
+        if task is None or not state.is_final(task) or "latest_done" not in task:
             follow.append(task_id)
     return follow
 
@@ -75,7 +77,9 @@ def poll() -> bool:
         gone: list[int] = []
         for task_id in task_ids:
             try:
-                full.append(coordinator.get_task(task_id))
+                # The detail without frames: a task of many frames would cost a big answer every poll, and the
+                # thumbnail needs only the latest rendered frame, which the detail names.
+                full.append(coordinator.get_task(task_id, with_frames=False))
             except CoordinatorError as error:
                 if error.status != 404:
                     raise
@@ -123,10 +127,13 @@ def _update(task: dict) -> None:
     if not isinstance(task_id, int):
         return
     before = state.SESSION.tasks.get(task_id)
+    if before is not None:
+        # A summary from the task list must not wipe what the task's detail brought.
+        task = {**{key: before[key] for key in DETAIL_KEYS if key in before}, **task}
     state.remember_task(task)
     if state.is_final(task) and before is not None and not state.is_final(before):
         _announce_end(task)
-    if "frames" in task:
+    if "latest_done" in task or "frames" in task:
         _maybe_fetch_thumbnail(task)
 
 
@@ -150,6 +157,9 @@ def _announce_end(task: dict) -> None:
 
 def last_finished_frame(task: dict) -> dict | None:
     """The done frame that ended last, or None."""
+    if "latest_done" in task:
+        latest = task["latest_done"]
+        return latest if isinstance(latest, dict) else None
     done = [frame for frame in task.get("frames") or [] if frame.get("status") == "done"]
     if not done:
         return None
@@ -250,7 +260,7 @@ def download(task_id: int, folder: str) -> None:
 
     def work(progress: Any) -> dict:
         coordinator = settings.client(timeout=client.TRANSFER_TIMEOUT)
-        task = coordinator.get_task(task_id)
+        task = coordinator.get_task(task_id, frames_status="done")
         fetched = fetch_done_frames(coordinator, task, folder, lambda index, count: progress((index, count)))
         return {"task": task, "downloaded": len(fetched.paths) - fetched.kept, "kept": fetched.kept,
                 "skipped": fetched.skipped}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
@@ -95,25 +96,26 @@ def task_manifest():
 @requires("artist", open_read=True)
 def download_frames_zip():
     task_id = v.integer(request.args, "task_id", minimum=1)
-    task = current_app.extensions["renderq.scheduler"].task_detail(task_id)
+    scheduler = current_app.extensions["renderq.scheduler"]
+    task = scheduler.task_detail(task_id, with_frames=False)
     blobs = current_app.extensions["renderq.blobs"]
-    entries = _zip_entries([f for f in task["frames"]
-                            if f["status"] == "done" and f["output_sha256"] and blobs.exists(f["output_sha256"])],
-                           blobs.path)
-    if not entries:
+    # Read from the database a page at a time while the zip streams, not all of a big task's frames at once.
+    entries = _zip_entries((f for f in scheduler.iter_frames(task_id, "done")
+                            if f["output_sha256"] and blobs.exists(f["output_sha256"])), blobs.path)
+    first = next(entries, None)
+    if first is None:
         raise NotFound(f"task {task_id} has no rendered frames to download")
     name = f"{task['name']}-frames.zip"
-    return Response(stream_zip(entries), mimetype="application/zip",
+    return Response(stream_zip(itertools.chain([first], entries)), mimetype="application/zip",
                     headers={"Content-Disposition": _attachment(name)})
 
 
-def _zip_entries(frames: list[dict], blob_path: Callable[[str], str]) -> list[tuple[str, str]]:
+def _zip_entries(frames: Iterable[dict], blob_path: Callable[[str], str]) -> Iterator[tuple[str, str]]:
     """(name in the zip, stored file) of done frames, every name unique by renderq.paths.collision_key.
 
     The coordinator refuses a second frame with an output name a task has, but frames stored before that rule (or
     named against it) still get into the zip: under `frame_<number>` and their extension.
     """
-    entries: list[tuple[str, str]] = []
     taken: set[str] = set()
     for frame in frames:
         name = frame["output"]
@@ -125,8 +127,7 @@ def _zip_entries(frames: list[dict], blob_path: Callable[[str], str]) -> list[tu
                 copy += 1
                 name = f"frame_{frame['frame']}_{copy}{suffix}"
         taken.add(collision_key(name))
-        entries.append((name, blob_path(frame["output_sha256"])))
-    return entries
+        yield name, blob_path(frame["output_sha256"])
 
 
 def _attachment(filename: str) -> str:

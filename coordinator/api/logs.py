@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from ..auth import requires
+from ..errors import PayloadTooLarge
 from . import validation as v
 
 logs = Blueprint("logs", __name__)
@@ -17,12 +18,16 @@ MAX_LOG_READ = 1024 * 1024
 @requires("worker")
 def append_log():
     body = v.json_body()
-    size = current_app.extensions["renderq.scheduler"].append_log(
-        v.integer(body, "task_id", minimum=1),
-        v.integer(body, "worker_id", default=None, minimum=1),
-        v.text(body, "text", max_length=4 * 1024 * 1024),
-    )
-    return jsonify({"size": size})
+    task_id = v.integer(body, "task_id", minimum=1)
+    worker_id = v.integer(body, "worker_id", default=None, minimum=1)
+    text = v.text(body, "text", max_length=2**62)  # measured in bytes below
+    limit = current_app.config["RENDERQ"].max_log_chunk
+    # A character is at most 4 bytes in UTF-8: only text near the limit needs encoding to be measured.
+    size = len(text) if len(text) * 4 <= limit else len(text.encode("utf-8"))
+    if size > limit:
+        raise PayloadTooLarge(f"the log chunk has {size} bytes, more than this coordinator's limit of {limit} "
+                              "(--max-log-chunk); send it in smaller pieces")
+    return jsonify({"size": current_app.extensions["renderq.scheduler"].append_log(task_id, worker_id, text)})
 
 
 @logs.get("/get_log")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from flask import Blueprint, current_app, jsonify, request, send_file
@@ -12,10 +13,13 @@ from renderq.paths import check_file_name, check_path_set, check_relative_path
 from ..auth import admin_required, current_identity, requires
 from ..blobs import is_sha256, looks_like_blend
 from ..errors import BadRequest, NotFound, PayloadTooLarge
-from ..scheduler import TaskFile, TaskSpec
+from ..scheduler import FRAMES_PAGE, MAX_FRAMES_PAGE, TaskFile, TaskSpec
 from . import validation as v
 
 tasks = Blueprint("tasks", __name__)
+
+# The longest path accepted in a task's missing_assets (the longest path most systems allow).
+MAX_ASSET_PATH = 4096
 
 
 def _scheduler():
@@ -30,24 +34,25 @@ def _blobs():
 @requires("artist")
 def submit_task():
     body = v.json_body()
-    files, main_file = _task_files(body)
+    limits = current_app.config["RENDERQ"]
     frame_start = v.integer(body, "frame_start", minimum=-1_048_574, maximum=1_048_574)
     frame_end = v.integer(body, "frame_end", minimum=-1_048_574, maximum=1_048_574)
     frame_step = v.integer(body, "frame_step", default=1, minimum=1, maximum=1_048_574)
     if frame_end < frame_start:
         raise BadRequest(f"the frame range {frame_start}-{frame_end} is empty: the end is before the start")
+    # Counted from the range, before any file is looked at or any frame row built.
+    frame_count = (frame_end - frame_start) // frame_step + 1
+    if frame_count > limits.max_task_frames:
+        raise PayloadTooLarge(f"the task has {frame_count} frames, more than this coordinator's limit of "
+                              f"{limits.max_task_frames} per task (--max-task-frames); split it into smaller tasks")
+    settings = _settings(body, limits.max_settings_bytes)
+    missing_assets = _missing_assets(body, limits.max_missing_assets)
+    files, main_file = _task_files(body)
     workers = body.get("workers") or []
     if not isinstance(workers, list) or not all(isinstance(w, str) for w in workers) or len(workers) > 10_000:
         raise BadRequest("'workers' must be a list of worker names (empty for automatic assignment)")
     for worker in workers:
         v.check_name(worker, "workers")
-    settings = body.get("settings") or {}
-    if not isinstance(settings, dict):
-        raise BadRequest("'settings' must be a JSON object")
-    missing_assets = body.get("missing_assets") or []
-    if not isinstance(missing_assets, list) or not all(isinstance(m, str) and len(m) < 4096
-                                                       for m in missing_assets) or len(missing_assets) > 100_000:
-        raise BadRequest("'missing_assets' must be a list of paths (strings)")
     blender_version = v.text(body, "blender_version", default="", max_length=20)
     if blender_version and not version_key(blender_version):
         raise BadRequest(f"'blender_version' must look like 4.2, not {blender_version!r}")
@@ -77,6 +82,33 @@ def submit_task():
         no_progress_timeout=no_progress_timeout,
     )
     return jsonify(_scheduler().submit_task(spec)), 201
+
+
+def _settings(body: dict, max_bytes: int) -> dict:
+    """The task's `settings` object, at most max_bytes as JSON (it travels with every lease)."""
+    settings = body.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise BadRequest("'settings' must be a JSON object")
+    size = len(json.dumps(settings, separators=(",", ":")).encode("utf-8"))
+    if size > max_bytes:
+        raise PayloadTooLarge(f"'settings' takes {size} bytes as JSON, more than this coordinator's limit of "
+                              f"{max_bytes} (--max-settings-bytes)")
+    return settings
+
+
+def _missing_assets(body: dict, max_count: int) -> list[str]:
+    """The task's `missing_assets`: at most max_count paths, each at most MAX_ASSET_PATH characters."""
+    missing_assets = body.get("missing_assets") or []
+    if not isinstance(missing_assets, list) or not all(isinstance(m, str) for m in missing_assets):
+        raise BadRequest("'missing_assets' must be a list of paths (strings)")
+    if len(missing_assets) > max_count:
+        raise PayloadTooLarge(f"'missing_assets' lists {len(missing_assets)} paths, more than this coordinator's "
+                              f"limit of {max_count} (--max-missing-assets)")
+    too_long = next((m for m in missing_assets if len(m) > MAX_ASSET_PATH), None)
+    if too_long is not None:
+        raise BadRequest(f"a path in 'missing_assets' has {len(too_long)} characters; at most {MAX_ASSET_PATH} "
+                         "are allowed")
+    return missing_assets
 
 
 def _owner() -> str:
@@ -224,7 +256,13 @@ def list_tasks():
 @tasks.get("/task")
 @requires("artist")
 def task_detail():
-    return jsonify(_scheduler().task_detail(v.integer(request.args, "task_id", minimum=1)))
+    args = request.args
+    return jsonify(_scheduler().task_detail(
+        v.integer(args, "task_id", minimum=1),
+        frames_after=v.integer(args, "frames_after", default=None),
+        frames_limit=v.integer(args, "frames_limit", default=FRAMES_PAGE, minimum=0, maximum=MAX_FRAMES_PAGE),
+        frames_status=args.get("frames_status") or None,
+    ))
 
 
 def _changed(task_id: int) -> None:

@@ -14,11 +14,14 @@
 
   let summary = null;
   let frames = {}; // frame number (string) -> [status, worker, attempts, started_at, ended_at, seconds, output, error]
+  let latestFrames = {}; // the latest rendered frames, from any page, in the same form
+  let framesPage = 0; // the page of frames shown; the coordinator sends one page at a time
   const cells = new Map(); // frame number (string) -> grid button
   let selected = null;
 
-  const frameOf = (key) => {
-    const f = frames[key];
+  const frameOf = (key) => frameIn(frames, key);
+  const frameIn = (source, key) => {
+    const f = source[key];
     return f && {number: Number(key), status: f[0], worker: f[1], attempts: f[2], started_at: f[3], ended_at: f[4],
                  seconds: f[5], output: f[6], error: f[7]};
   };
@@ -162,6 +165,30 @@
     if (selected && changedKeys.includes(selected)) showDetail(selected);
   }
 
+  function renderPager() {
+    const s = summary;
+    const pager = document.getElementById("frame-pager");
+    pager.hidden = s.pages <= 1;
+    if (pager.hidden) return;
+    const first = s.frame_start + s.page * s.page_size * s.frame_step;
+    const last = Math.min(s.frame_end, first + (s.page_size - 1) * s.frame_step);
+    document.getElementById("page-note").textContent =
+      "frames " + first + "–" + last + " (page " + (s.page + 1) + " of " + s.pages + ", " + s.total + " frames)";
+    document.getElementById("page-prev").disabled = s.page <= 0;
+    document.getElementById("page-next").disabled = s.page >= s.pages - 1;
+  }
+
+  function showPage(wanted) {
+    framesPage = wanted;
+    feed.url = feedUrl();
+    feed.version = null; // another page is another feed: start from its full snapshot
+    selected = null;
+    feed.pollNow();
+  }
+
+  document.getElementById("page-prev").addEventListener("click", () => showPage(Math.max(0, framesPage - 1)));
+  document.getElementById("page-next").addEventListener("click", () => showPage(framesPage + 1));
+
   // -- render time chart --------------------------------------------------------------------------------------------
 
   function svg(tag, attrs, text) {
@@ -219,7 +246,7 @@
   let latestKey = null;
 
   function renderThumbnails() {
-    const finished = Object.keys(frames).map(frameOf)
+    const finished = Object.keys(latestFrames).map((key) => frameIn(latestFrames, key))
       .filter((f) => f.status === "done" && f.output && SHOWN_IN_BROWSER.test(f.output))
       .sort((a, b) => (b.ended_at || 0) - (a.ended_at || 0) || b.number - a.number)
       .slice(0, THUMBNAILS);
@@ -315,14 +342,22 @@
   // -- feed ---------------------------------------------------------------------------------------------------------
 
   let chartPending = false;
-  const feed = new RQ.Feed("/status/task_updates?task_id=" + taskId, (state, changes, full) => {
+  const feedUrl = () => "/status/task_updates?task_id=" + taskId + "&page=" + framesPage;
+  const feed = new RQ.Feed(feedUrl(), (state, changes, full) => {
+    if (state.task.summary.page !== framesPage) { // an answer about the page shown before: ask for this one
+      feed.version = null;
+      feed.pollNow();
+      return;
+    }
     summary = state.task.summary;
     frames = state.frames || {};
+    latestFrames = state.latest || {};
     renderSummary();
+    renderPager();
     if (full) renderGrid(null);
     else if (changes.frames) renderGrid(Object.keys(changes.frames));
+    if (full || changes.latest) renderThumbnails();
     if (full || changes.frames) {
-      renderThumbnails();
       if (!chartPending) {
         chartPending = true;
         requestAnimationFrame(() => { chartPending = false; renderChart(); });
