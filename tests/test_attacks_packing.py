@@ -1,0 +1,190 @@
+"""Submitting an untrusted .blend must not upload the artist's private files.
+
+The attack: a .blend (made by the real Blender, tests/blender_scripts/make_exposed_project.py) whose image
+datablocks name HOME/.ssh/id_rsa and a plain file outside the project folder, in a project folder holding a symbolic
+link that leads out of it. The real `renderq submit` runs against a real coordinator process with that HOME. Without
+--allow-outside it names every one of them and uploads nothing; with it, the plain file and the link's target go,
+and the key never does: a hidden file stops the whole submit.
+
+The survey itself is also run on real folders and links made here, for the cases of the hidden-name rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from harness import ROOT, Farm, find_blender_or_none
+from renderq import exposure
+
+BLENDER = find_blender_or_none()
+needs_blender = pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)")
+needs_links = pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32",
+                                 reason="symbolic links need privileges on Windows")
+
+MAKE_SCRIPT = os.path.join(ROOT, "tests", "blender_scripts", "make_exposed_project.py")
+FAST = ("--heartbeat", "1", "--alive-timeout", "4")
+
+
+def make_exposed_project(tmp_path: pathlib.Path) -> dict[str, str]:
+    """Build the attack project with Blender; return its paths (see make_exposed_project.py for the layout)."""
+    root, home = tmp_path / "work", tmp_path / "home"
+    completed = subprocess.run(
+        [BLENDER, "-b", "--factory-startup", "-Y", "--python-exit-code", "1", "--python", MAKE_SCRIPT, "--",
+         "--root", str(root), "--home", str(home)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", timeout=300, check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    project = root / "project"
+    return {
+        "home": str(home), "project": str(project), "attack": str(project / "attack.blend"),
+        "clean": str(project / "clean.blend"), "key": str(home / ".ssh" / "id_rsa"),
+        "plain": str(root / "elsewhere" / "plain.png"), "target": str(root / "private" / "target.png"),
+        "wood": str(project / "textures" / "wood.png"),
+    }
+
+
+def submit(farm: Farm, paths: dict[str, str], blend: str, *extra: str) -> subprocess.CompletedProcess:
+    """The real `renderq submit`, run as the user whose home folder is the test's."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "HOME": paths["home"]}
+    return subprocess.run(
+        [sys.executable, "-m", "renderq", "submit", paths[blend], "--frames", "1", *extra, *farm.cli_flags()],
+        capture_output=True, text=True, timeout=300, cwd=paths["project"], env=env, check=False,
+    )
+
+
+def stored_blobs(farm: Farm) -> list[str]:
+    """The files in the coordinator's content store."""
+    found = []
+    for folder, _dirs, names in os.walk(os.path.join(farm.data_dir, "files")):
+        if os.path.basename(folder) != "incoming":
+            found += names
+    return sorted(found)
+
+
+def sha256_of(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def on_coordinator(farm: Farm, *paths: str) -> list[bool]:
+    """Whether the coordinator holds each file's content, asked over HTTP."""
+    hashes = [sha256_of(path) for path in paths]
+    missing = set(farm.api.post("/missing_files", {"sha256": hashes})["missing"])
+    return [sha256 not in missing for sha256 in hashes]
+
+
+@needs_blender
+@needs_links
+def test_submit_names_every_file_from_outside_and_uploads_nothing(tmp_path, farm: Farm):
+    paths = make_exposed_project(tmp_path)
+    farm.start_coordinator(*FAST)
+    before = stored_blobs(farm)
+
+    refused = submit(farm, paths, "attack")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    sentence = refused.stderr.strip().splitlines()[-1]
+    assert sentence.startswith("renderq: nothing was uploaded: ")
+    assert f"{paths['key']} (in the hidden folder .ssh)" in sentence
+    assert "RenderQ never uploads those" in sentence
+    assert paths["plain"] in sentence
+    assert f"textures/linked.png -> {paths['target']}" in sentence
+    assert "--allow-outside" in sentence
+    assert "wood.png" not in sentence  # inside the project folder: nothing to ask
+    assert "Traceback" not in refused.stderr
+    assert stored_blobs(farm) == before
+    assert on_coordinator(farm, paths["key"], paths["plain"], paths["target"]) == [False, False, False]
+    assert farm.api.get("/tasks")["tasks"] == []
+
+    # Allowing files from outside the project folder does not allow the hidden key: still nothing goes up.
+    allowed = submit(farm, paths, "attack", "--allow-outside")
+    assert allowed.returncode == 2, allowed.stdout + allowed.stderr
+    sentence = allowed.stderr.strip().splitlines()[-1]
+    assert f"{paths['key']} (in the hidden folder .ssh)" in sentence
+    assert paths["plain"] not in sentence and "--allow-outside" not in sentence
+    assert stored_blobs(farm) == before
+    assert farm.api.get("/tasks")["tasks"] == []
+
+
+@needs_blender
+@needs_links
+def test_allow_outside_uploads_the_outside_file_and_the_link_target(tmp_path, farm: Farm):
+    paths = make_exposed_project(tmp_path)
+    farm.start_coordinator(*FAST)
+
+    refused = submit(farm, paths, "clean")
+    assert refused.returncode == 2 and "--allow-outside" in refused.stderr, refused.stdout + refused.stderr
+    assert stored_blobs(farm) == []
+
+    allowed = submit(farm, paths, "clean", "--allow-outside")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    # The pre-flight still lists what came from outside.
+    assert paths["plain"] in allowed.stderr and f"textures/linked.png -> {paths['target']}" in allowed.stderr
+    task_id = int(allowed.stdout.split("submitted task ")[1].split()[0])
+    manifest = {entry["path"]: entry["sha256"] for entry in farm.api.get(f"/task_manifest?task_id={task_id}")["files"]}
+    assert manifest["textures/linked.png"] == sha256_of(paths["target"])
+    assert sha256_of(paths["plain"]) in manifest.values()
+    assert on_coordinator(farm, paths["plain"], paths["target"], paths["key"]) == [True, True, False]
+
+
+# -- the survey on real folders and links ------------------------------------------------------------------------------
+
+
+def touch(path: pathlib.Path, data: bytes = b"x") -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@needs_links
+def test_hidden_names_are_judged_below_the_project_or_home_folder(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    # A project kept in a hidden folder works: only the part below the project folder is judged.
+    project = home / ".studio" / "shot"
+    inside = touch(project / "textures" / "wood.png")
+    env_file = touch(project / ".env")
+    git_file = touch(project / ".git" / "config")
+    aws = touch(home / ".aws" / "credentials")
+    shared = touch(tmp_path / "shared" / "sky.png")
+    elsewhere_hidden = touch(tmp_path / "mnt" / ".cache" / "x.png")
+    key = touch(home / ".ssh" / "id_rsa")
+    (project / "textures" / "key.png").symlink_to(key)
+    (project / "textures" / "alias.png").symlink_to(inside)  # a link that stays inside: harmless
+    (project / "sky").symlink_to(tmp_path / "shared", target_is_directory=True)
+
+    found = exposure.survey(
+        [inside, env_file, git_file, aws, shared, elsewhere_hidden, project / "textures" / "key.png",
+         project / "textures" / "alias.png", project / "sky" / "sky.png"],
+        project,
+    )
+    assert found.hidden == sorted([
+        ".env (a hidden file)",
+        ".git/config (in the hidden folder .git)",
+        f"{aws} (in the hidden folder .aws)",
+        f"{elsewhere_hidden} (in the hidden folder .cache)",
+        f"textures/key.png, a link to {key} (in the hidden folder .ssh)",
+    ])
+    assert found.outside == [str(shared)]
+    assert found.links == [f"sky -> {tmp_path / 'shared'}"]
+    sentence = exposure.refusal(found, str(project), allow_outside=True, remedy="allow it")
+    assert sentence.startswith("5 file(s) are hidden") and "allow it" not in sentence
+    assert exposure.refusal(exposure.survey([inside, project / "textures" / "alias.png"], project), str(project),
+                            allow_outside=False, remedy="allow it") is None
+
+
+def test_a_long_list_is_cut_with_a_count(tmp_path):
+    files = [touch(tmp_path / "outside" / f"f{n:02d}.png") for n in range(exposure.MAX_LISTED + 5)]
+    (tmp_path / "project").mkdir()
+    found = exposure.survey(files, tmp_path / "project")
+    sentence = exposure.refusal(found, str(tmp_path / "project"), allow_outside=False, remedy="say so")
+    assert sentence.startswith(f"{exposure.MAX_LISTED + 5} file(s) or link(s) lead outside the project folder")
+    assert str(files[exposure.MAX_LISTED - 1]) in sentence and str(files[exposure.MAX_LISTED]) not in sentence
+    assert " and 5 more; move the files into the project folder, or say so" in sentence
+    json.dumps(found.__dict__)  # plain data, for the add-on and logs
