@@ -32,9 +32,10 @@ MAKE_SCRIPT = os.path.join(ROOT, "tests", "blender_scripts", "make_exposed_proje
 FAST = ("--heartbeat", "1", "--alive-timeout", "4")
 
 
-def make_exposed_project(tmp_path: pathlib.Path) -> dict[str, str]:
-    """Build the attack project with Blender; return its paths (see make_exposed_project.py for the layout)."""
-    root, home = tmp_path / "work", tmp_path / "home"
+def make_exposed_project(tmp_path: pathlib.Path, home_name: str = "home") -> dict[str, str]:
+    """Build the attack project with Blender, the key in tmp_path/home_name; return its paths (see
+    make_exposed_project.py for the layout)."""
+    root, home = tmp_path / "work", tmp_path / home_name
     completed = subprocess.run(
         [BLENDER, "-b", "--factory-startup", "-Y", "--python-exit-code", "1", "--python", MAKE_SCRIPT, "--",
          "--root", str(root), "--home", str(home)],
@@ -131,6 +132,49 @@ def test_allow_outside_uploads_the_outside_file_and_the_link_target(tmp_path, fa
     assert manifest["textures/linked.png"] == sha256_of(paths["target"])
     assert sha256_of(paths["plain"]) in manifest.values()
     assert on_coordinator(farm, paths["plain"], paths["target"], paths["key"]) == [True, True, False]
+
+
+@needs_blender
+@needs_links
+def test_the_addon_lists_them_and_asks_for_the_checkbox(tmp_path, farm: Farm):
+    from addon_ui_scripts.addon_testing import build_addon_zip
+    from test_addon_blender34 import run_addon
+
+    # run_addon gives Blender the home folder home-<case>: the key is put there.
+    paths = make_exposed_project(tmp_path, home_name="home-outside")
+    farm.start_coordinator(*FAST)
+    addon_zip = build_addon_zip(str(tmp_path / "addon"))
+    result = run_addon(tmp_path, addon_zip, farm.url, "outside", paths["attack"], "--clean", paths["clean"],
+                       token=farm.token("artist"))
+
+    refused = result["refused"]
+    assert refused["task_id"] is None
+    assert refused["error"].startswith("Nothing was submitted: 1 file(s) are hidden"), refused["error"]
+    for named in (f"{paths['key']} (in the hidden folder .ssh)", paths["plain"],
+                  f"textures/linked.png -> {paths['target']}", "tick Allow Files Outside the Project Folder"):
+        assert named in refused["error"], (named, refused["error"])
+    assert refused["listed"] == [f"{paths['key']} (in the hidden folder .ssh)", paths["plain"],
+                                 f"textures/linked.png -> {paths['target']}"]
+    # The Submit panel shows the checkbox and the list.
+    assert "allow_outside" in result["drawn"]["props"]
+    assert "Outside the project folder, or hidden (3):" in result["drawn"]["labels"]
+    assert paths["plain"] in result["drawn"]["labels"]
+
+    # Ticked, the hidden key still stops it.
+    hidden = result["refused_hidden"]
+    assert hidden["task_id"] is None and paths["key"] in hidden["error"], hidden
+    assert "Allow Files Outside" not in hidden["error"] and paths["plain"] not in hidden["error"]
+
+    # Without the key: refused until the box is ticked, then the outside file and the link's target go.
+    assert result["clean_refused"]["task_id"] is None
+    assert "tick Allow Files Outside the Project Folder" in result["clean_refused"]["error"]
+    allowed = result["allowed"]
+    assert isinstance(allowed["task_id"], int) and allowed["error"] is None, allowed
+    manifest = farm.api.get(f"/task_manifest?task_id={allowed['task_id']}")["files"]
+    assert {entry["path"]: entry["sha256"] for entry in manifest}["textures/linked.png"] == sha256_of(paths["target"])
+    assert on_coordinator(farm, paths["plain"], paths["target"], paths["key"]) == [True, True, False]
+    # The only task on the farm: none of the refused submits made one.
+    assert [task["task_id"] for task in farm.api.get("/tasks")["tasks"]] == [allowed["task_id"]]
 
 
 # -- the survey on real folders and links ------------------------------------------------------------------------------
