@@ -20,10 +20,12 @@ import sys
 
 import pytest
 
+from addon_ui_scripts.addon_testing import bpy_python_or_none
 from harness import ROOT, Farm, find_blender_or_none
 from renderq import exposure
 
 BLENDER = find_blender_or_none()
+BPY_PYTHON = bpy_python_or_none()
 needs_blender = pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)")
 needs_links = pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32",
                                  reason="symbolic links need privileges on Windows")
@@ -147,6 +149,37 @@ def test_the_addon_lists_them_and_asks_for_the_checkbox(tmp_path, farm: Farm):
     result = run_addon(tmp_path, addon_zip, farm.url, "outside", paths["attack"], "--clean", paths["clean"],
                        token=farm.token("artist"))
 
+    # The Submit panel shows the checkbox and the list.
+    assert "allow_outside" in result["drawn"]["props"]
+    assert "Outside the project folder, or hidden (3):" in result["drawn"]["labels"]
+    assert paths["plain"] in result["drawn"]["labels"]
+    check_addon_submits(result, paths, farm)
+
+
+@needs_blender
+@needs_links
+@pytest.mark.skipif(BPY_PYTHON is None, reason="no Python with the bpy 5 module (scripts/test.sh makes .venv-bpy; "
+                                              "or set RENDERQ_BPY_PYTHON)")
+def test_the_addon_in_blender5_refuses_them_too(tmp_path, farm: Farm):
+    from addon_ui_scripts.addon_testing import blender_env, build_addon_zip, run_blender_side, script
+
+    paths = make_exposed_project(tmp_path)
+    farm.start_coordinator(*FAST)
+    addon_zip = build_addon_zip(str(tmp_path / "addon"))
+    result, output = run_blender_side(
+        [BPY_PYTHON, script("bpy5_outside.py"), "--", "--zip", addon_zip, "--url", farm.url,
+         "--token", farm.token("artist"), "--attack", paths["attack"], "--clean", paths["clean"]],
+        blender_env(paths["home"]), "submitting the attack project from the bpy 5 module", timeout=300,
+        log_path=str(tmp_path / "bpy5.log"),
+    )
+    assert result["blender"].startswith("5."), result
+    assert "Traceback" not in output, output[-3000:]
+    assert result["box_after_open"] is False
+    check_addon_submits(result, paths, farm)
+
+
+def check_addon_submits(result: dict, paths: dict[str, str], farm: Farm) -> None:
+    """What the add-on said and did for the four submits of the attack project (see the add-on scripts)."""
     refused = result["refused"]
     assert refused["task_id"] is None
     assert refused["error"].startswith("Nothing was submitted: 1 file(s) are hidden"), refused["error"]
@@ -155,10 +188,6 @@ def test_the_addon_lists_them_and_asks_for_the_checkbox(tmp_path, farm: Farm):
         assert named in refused["error"], (named, refused["error"])
     assert refused["listed"] == [f"{paths['key']} (in the hidden folder .ssh)", paths["plain"],
                                  f"textures/linked.png -> {paths['target']}"]
-    # The Submit panel shows the checkbox and the list.
-    assert "allow_outside" in result["drawn"]["props"]
-    assert "Outside the project folder, or hidden (3):" in result["drawn"]["labels"]
-    assert paths["plain"] in result["drawn"]["labels"]
 
     # Ticked, the hidden key still stops it.
     hidden = result["refused_hidden"]
