@@ -90,29 +90,34 @@ def timeouts_and_python(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
+def frames_to_submit(blend: Path, args: argparse.Namespace) -> tuple[int, int, int | None]:
+    """(start, end, step) from --frames and --step, else the scene's as Blender reads them; step None means 1."""
+    step = args.step
+    if args.frames is not None:
+        frame_start, frame_end = args.frames
+        return frame_start, frame_end, step
+    blender = find_blender()
+    if blender is None:
+        raise UsageError(
+            "cannot read the frame range without Blender; give --frames (e.g. --frames 1-250) "
+            "or set RENDERQ_BLENDER to a Blender binary"
+        )
+    found = read_frame_range(str(blend), blender)
+    if found is None:
+        raise UsageError(f"Blender could not read the frame range of {blend}; give --frames (e.g. --frames 1-250)")
+    frame_start, frame_end, scene_step = found
+    if frame_end < frame_start:
+        raise UsageError(f"the scene in {blend} ends at frame {frame_end} before it starts; give --frames")
+    return frame_start, frame_end, step or max(1, scene_step)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Pack a .blend with its assets, upload what the coordinator lacks, submit the task; with --wait follow it
     and fetch the frames."""
     blend = Path(args.file)
     if not blend.is_file():
         raise UsageError(f"{args.file} is not a file")
-    step = args.step
-    if args.frames is not None:
-        frame_start, frame_end = args.frames
-    else:
-        blender = find_blender()
-        if blender is None:
-            raise UsageError(
-                "cannot read the frame range without Blender; give --frames (e.g. --frames 1-250) "
-                "or set RENDERQ_BLENDER to a Blender binary"
-            )
-        found = read_frame_range(str(blend), blender)
-        if found is None:
-            raise UsageError(f"Blender could not read the frame range of {blend}; give --frames (e.g. --frames 1-250)")
-        frame_start, frame_end, scene_step = found
-        if frame_end < frame_start:
-            raise UsageError(f"the scene in {blend} ends at frame {frame_end} before it starts; give --frames")
-        step = step or max(1, scene_step)
+    frame_start, frame_end, step = frames_to_submit(blend, args)
     client = make_client(args)
     line = ProgressLine()
 

@@ -206,6 +206,20 @@ def check_addon_submits(result: dict, paths: dict[str, str], farm: Farm) -> None
     assert [task["task_id"] for task in farm.api.get("/tasks")["tasks"]] == [allowed["task_id"]]
 
 
+@needs_blender
+def test_outside_is_judged_against_the_folder_asked_for_not_the_wider_one(tmp_path):
+    """A library outside the project folder makes packing use a wider root (see test_packing.py); the files that
+    leave the project folder are still the ones listed."""
+    from project import make_project
+    from renderq.packing import pack_project
+
+    paths = make_project(str(tmp_path / "work"), BLENDER, library_outside=True)
+    result = pack_project(paths["main"], str(tmp_path / "staging"))
+    assert result.project_root == paths["root"] and result.project_folder == paths["project"]
+    assert result.exposure.outside == sorted([paths["library"], paths["outside"]])
+    assert result.exposure.links == [] and result.exposure.hidden == []
+
+
 # -- the survey on real folders and links ------------------------------------------------------------------------------
 
 

@@ -74,6 +74,7 @@ class SubmitOutcome:
     refusal: str = ""
     """Why files from outside the project folder or hidden files stopped it (see renderq.exposure)."""
     outside: list[str] = field(default_factory=list)
+    """What the panel then lists: hidden files, files from outside the project folder, links leading out of it."""
     files_total: int = 0
     files_uploaded: int = 0
     bytes_uploaded: int = 0
