@@ -369,6 +369,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         help="with --wait: where to put the frames (default: ./renderq-TASK_ID)")
     submit.add_argument("--allow-missing", action="store_true",
                         help="submit even when assets the file refers to are missing (they are recorded on the task)")
+    submit.add_argument("--allow-outside", action="store_true",
+                        help="upload files from outside the project folder (the .blend's folder) and the targets of "
+                             "links in it that lead out of it; without it the submit lists them and stops. Hidden "
+                             "files are never uploaded: a name starting with '.' below the project folder, else "
+                             "below your home folder, else anywhere in the path (~/.ssh/id_rsa, .env, .git/...)")
     submit.add_argument("--frame-timeout", type=seconds_arg, metavar="SECONDS",
                         help="stop and retry a frame that renders longer than this (default: the coordinator's "
                              "setting, usually no limit)")

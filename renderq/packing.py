@@ -34,6 +34,7 @@ from blender_asset_tracer.trace import file_sequence
 
 from renderq import blend_header
 from renderq.paths import check_path_set, check_relative_path
+from renderq.exposure import Exposure, survey
 
 __all__ = ["PackError", "PackResult", "PackedFile", "pack_project", "read_blend_version", "OUTSIDE_PROJECT"]
 
@@ -106,6 +107,10 @@ class PackResult:
     """Tree paths of the .blend files BAT rewrote (their bytes are in the staging folder)."""
     project_root: str = ""
     """The folder whose layout the tree keeps (wider than asked when that was needed, see pack_project)."""
+    project_folder: str = ""
+    """The folder the artist chose (or the .blend's): what `exposure` is judged against, never the wider one."""
+    exposure: Exposure = field(default_factory=Exposure)
+    """The files the tree takes from outside the project folder, and hidden ones (see renderq.exposure)."""
 
     def manifest(self) -> list[dict]:
         """The tree as sent to the coordinator: [{"path", "sha256", "size"}], sorted by path."""
@@ -271,6 +276,9 @@ def pack_project(
     the project is packed once more with the closest folder holding every dependency as its root (nothing is then
     outside; `PackResult.project_root` tells which root was used), and PackError is raised if that fails too.
 
+    Every file the tree would take from disk is judged against the project folder asked for (never the wider
+    one): `PackResult.exposure` lists what leaves it and what is hidden; `exposure.refusal` says what to refuse.
+
     `progress(stage, done, total)` is called with stage "trace" (assets found so far, total 0 as it is unknown),
     "verify" (0, 0) and "hash" (bytes hashed, total bytes).
 
@@ -312,6 +320,11 @@ def pack_project(
         check_path_set(check_relative_path(path) for path in attempt.placed)
     except ValueError as error:
         raise PackError(f"the project cannot be rendered on every worker ({error}); rename that file or folder") from None
+    # Copied files are their own sources; a rewritten .blend's bytes come from a .blend BAT found as a dependency.
+    # The main file is the artist's own choice and is not judged.
+    copied = {source for tree_path, source in attempt.placed.items() if tree_path not in attempt.rewritten}
+    found = {path for path in attempt.dependencies if path.is_file()}
+    exposure = survey((copied | found) - {blend}, root)
     files = _hash_placed(attempt.placed, progress)
     return PackResult(
         main_file=attempt.main_file,
@@ -322,6 +335,8 @@ def pack_project(
         staging_dir=str(staging),
         rewritten=sorted(attempt.rewritten),
         project_root=str(attempt.root),
+        project_folder=str(root),
+        exposure=exposure,
     )
 
 

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from renderq import exposure
 from renderq.cli_common import EXIT_INTERRUPTED, EXIT_OK, UsageError, make_client
 from renderq.http_client import (
     CoordinatorClient,
@@ -89,29 +90,34 @@ def timeouts_and_python(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
+def frames_to_submit(blend: Path, args: argparse.Namespace) -> tuple[int, int, int | None]:
+    """(start, end, step) from --frames and --step, else the scene's as Blender reads them; step None means 1."""
+    step = args.step
+    if args.frames is not None:
+        frame_start, frame_end = args.frames
+        return frame_start, frame_end, step
+    blender = find_blender()
+    if blender is None:
+        raise UsageError(
+            "cannot read the frame range without Blender; give --frames (e.g. --frames 1-250) "
+            "or set RENDERQ_BLENDER to a Blender binary"
+        )
+    found = read_frame_range(str(blend), blender)
+    if found is None:
+        raise UsageError(f"Blender could not read the frame range of {blend}; give --frames (e.g. --frames 1-250)")
+    frame_start, frame_end, scene_step = found
+    if frame_end < frame_start:
+        raise UsageError(f"the scene in {blend} ends at frame {frame_end} before it starts; give --frames")
+    return frame_start, frame_end, step or max(1, scene_step)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Pack a .blend with its assets, upload what the coordinator lacks, submit the task; with --wait follow it
     and fetch the frames."""
     blend = Path(args.file)
     if not blend.is_file():
         raise UsageError(f"{args.file} is not a file")
-    step = args.step
-    if args.frames is not None:
-        frame_start, frame_end = args.frames
-    else:
-        blender = find_blender()
-        if blender is None:
-            raise UsageError(
-                "cannot read the frame range without Blender; give --frames (e.g. --frames 1-250) "
-                "or set RENDERQ_BLENDER to a Blender binary"
-            )
-        found = read_frame_range(str(blend), blender)
-        if found is None:
-            raise UsageError(f"Blender could not read the frame range of {blend}; give --frames (e.g. --frames 1-250)")
-        frame_start, frame_end, scene_step = found
-        if frame_end < frame_start:
-            raise UsageError(f"the scene in {blend} ends at frame {frame_end} before it starts; give --frames")
-        step = step or max(1, scene_step)
+    frame_start, frame_end, step = frames_to_submit(blend, args)
     client = make_client(args)
     line = ProgressLine()
 
@@ -124,11 +130,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print("packing interrupted; nothing was submitted", file=sys.stderr)
             return EXIT_INTERRUPTED
         print_preflight(blend, packed)
-        if packed.missing and not args.allow_missing:
-            raise UsageError(
-                f"{len(packed.missing)} asset(s) are missing (listed above); relink them in Blender, "
-                "or submit anyway with --allow-missing"
-            )
+        refuse_before_upload(packed, args)
         try:
             upload_missing_files(client, packed, line)
         except KeyboardInterrupt:
@@ -222,8 +224,23 @@ def pack_for_submit(blend_path: str, staging_dir: str, line: ProgressLine) -> Pa
     return packed
 
 
+def refuse_before_upload(packed: PackResult, args: argparse.Namespace) -> None:
+    """Raise UsageError when the packed tree must not go up: hidden files, files from outside the project folder
+    without --allow-outside, missing assets without --allow-missing."""
+    refusal = exposure.refusal(packed.exposure, packed.project_folder, allow_outside=args.allow_outside,
+                               remedy="submit again with --allow-outside")
+    if refusal:
+        raise UsageError(f"nothing was uploaded: {refusal}")
+    if packed.missing and not args.allow_missing:
+        raise UsageError(
+            f"{len(packed.missing)} asset(s) are missing (listed above); relink them in Blender, "
+            "or submit anyway with --allow-missing"
+        )
+
+
 def print_preflight(blend: Path, packed: PackResult) -> None:
-    """One line about the packed tree; the missing assets, one per line, on stderr."""
+    """One line about the packed tree; the missing assets and the files from outside the project folder, one per
+    line, on stderr."""
     rewritten = f", {len(packed.rewritten)} .blend rewritten" if packed.rewritten else ""
     print(
         f"{blend.name}: {len(packed.files)} file(s), {format_bytes(packed.total_bytes)}{rewritten}, "
@@ -233,6 +250,14 @@ def print_preflight(blend: Path, packed: PackResult) -> None:
         print(f"missing assets ({len(packed.missing)}), referenced but not on disk:", file=sys.stderr)
         for asset in packed.missing:
             print(f"  {asset}", file=sys.stderr)
+    found = packed.exposure
+    for title, lines in ((f"from outside the project folder {packed.project_folder}", found.outside),
+                         ("links leading out of the project folder", found.links),
+                         ("hidden files, never uploaded", found.hidden)):
+        if lines:
+            print(f"{title} ({len(lines)}):", file=sys.stderr)
+            for line in lines:
+                print(f"  {line}", file=sys.stderr)
     sys.stdout.flush()
 
 

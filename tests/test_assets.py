@@ -72,8 +72,9 @@ def test_project_renders_without_shared_storage_and_matches_local(farm, tmp_path
     worker = farm.start_worker("a")  # its cache starts empty
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    # shared_assets/outside.png is outside the project folder: the artist allows it.
     submitted = renderq("submit", os.path.relpath(project["main"], elsewhere), "--frames", "1-2", "--name", "proj",
-                        *farm.cli_flags(), cwd=str(elsewhere))
+                        "--allow-outside", *farm.cli_flags(), cwd=str(elsewhere))
     assert submitted.returncode == 0, submitted.stderr + submitted.stdout
     assert uploaded(submitted.stdout) == (5, 5)
     # Nothing on this machine but the farm has the project now: the worker must use what was uploaded.
@@ -91,7 +92,8 @@ def test_project_renders_without_shared_storage_and_matches_local(farm, tmp_path
     os.rename(hidden, tmp_path / "src")
 
     # The same project again: no bytes of assets travel.
-    again = renderq("submit", project["main"], "--frames", "1", *farm.cli_flags(), cwd=str(elsewhere))
+    again = renderq("submit", project["main"], "--frames", "1", "--allow-outside", *farm.cli_flags(),
+                    cwd=str(elsewhere))
     assert again.returncode == 0, again.stderr
     assert uploaded(again.stdout) == (0, 5) and "(0 B)" in again.stdout
 
@@ -100,7 +102,8 @@ def test_project_renders_without_shared_storage_and_matches_local(farm, tmp_path
         changed = image.convert("RGB")
     changed.putpixel((0, 0), (255, 0, 255))
     changed.save(project["wood"])
-    third = renderq("submit", project["main"], "--frames", "1", *farm.cli_flags(), cwd=str(elsewhere))
+    third = renderq("submit", project["main"], "--frames", "1", "--allow-outside", *farm.cli_flags(),
+                    cwd=str(elsewhere))
     assert third.returncode == 0, third.stderr
     assert uploaded(third.stdout) == (1, 5)
 

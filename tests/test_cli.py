@@ -577,7 +577,8 @@ def test_submit_a_real_project_uploads_its_tree_once(fake: FakeCoordinator, tmp_
     from project import make_project
 
     paths = make_project(str(tmp_path / "work"), BLENDER)
-    assert cli.main(["submit", paths["main"], "--coordinator", fake.url]) == 0
+    # shared_assets/outside.png is outside the project folder: the artist allows it.
+    assert cli.main(["submit", paths["main"], "--coordinator", fake.url, "--allow-outside"]) == 0
     out = capsys.readouterr().out
     submitted = submitted_body(fake)
     assert (submitted["frame_start"], submitted["frame_end"]) == (1, 3)  # the scene's range, read with Blender
@@ -588,7 +589,7 @@ def test_submit_a_real_project_uploads_its_tree_once(fake: FakeCoordinator, tmp_
     assert f"uploaded 5 of 5 files ({cli.format_bytes(total)})" in out
 
     fake.requests.clear()
-    assert cli.main(["submit", paths["main"], "--coordinator", fake.url, "--frames", "1"]) == 0
+    assert cli.main(["submit", paths["main"], "--coordinator", fake.url, "--frames", "1", "--allow-outside"]) == 0
     assert "uploaded 0 of 5 files (0 B); 5 already on the coordinator" in capsys.readouterr().out
     assert "/upload_file" not in fake.paths()
 

@@ -23,7 +23,8 @@ Interface for scripts and tests:
                 renderq.cancel_task(task_id), renderq.download_frames(task_id), renderq.open_status_page
     preferences context.preferences.addons[<package>].preferences.coordinator_url / .token
     scene       scene.renderq: task_name, use_scene_range, frame_start, frame_end, frame_step, priority,
-                assignment ('AUTO' or 'MANUAL'), selected_workers (items with .name), allow_missing
+                assignment ('AUTO' or 'MANUAL'), selected_workers (items with .name), allow_missing,
+                allow_outside
     jobs.drain(timeout=0.0) -> bool
                 Runs the results of finished background jobs on the calling (main) thread, waiting up to
                 `timeout` seconds for running jobs; True when none is left running. Blender's timers do this in
@@ -31,10 +32,13 @@ Interface for scripts and tests:
     state.last_submitted_task_id() -> int | None   the task id of this session's last successful submit
     state.last_error() -> str | None               the last error sentence (cleared when a submit or a
                                                    connection test starts)
+    state.SESSION.outside_files                    what stopped the last submit: files from outside the
+                                                   project folder, links leading out, hidden files
 
 An operator refused at once (file never saved, movie output, online access off...) reports an ERROR, which Blender
 turns into a RuntimeError when the operator is called from a script; `state.last_error()` holds the sentence.
-Problems found later by a background job (missing assets, coordinator errors) are reported by the job and also
+Problems found later by a background job (missing assets, files from outside the project folder or hidden ones,
+coordinator errors) are reported by the job and also
 land in `state.last_error()`.
 """
 

@@ -70,6 +70,13 @@ class RENDERQ_PG_scene_settings(bpy.types.PropertyGroup):
         description="Submit even when some assets the file refers to are missing on disk",
         default=False,
     )
+    allow_outside: BoolProperty(
+        name="Allow Files Outside the Project Folder",
+        description="Upload the files this .blend uses from outside its folder, and the targets of links in the "
+                    "folder that lead out of it (listed after a submit stops for them). Hidden files such as "
+                    "~/.ssh/id_rsa or .env are never uploaded",
+        default=False,
+    )
 
 
 def frame_range(scene: bpy.types.Scene) -> tuple[int, int, int]:

@@ -45,6 +45,8 @@ class Session:
     submit: SubmitProgress = field(default_factory=SubmitProgress)
     missing_assets: list[str] = field(default_factory=list)
     """Assets the last submit found missing (shown until the next submit)."""
+    outside_files: list[str] = field(default_factory=list)
+    """Files and links from outside the project folder, and hidden files, that stopped the last submit."""
     connection: ConnectionCheck = field(default_factory=ConnectionCheck)
     workers: list[dict] = field(default_factory=list)
     workers_error: str = ""

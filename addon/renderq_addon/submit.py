@@ -22,7 +22,7 @@ from typing import Any
 
 import bpy
 
-from renderq import packing
+from renderq import exposure, packing
 from renderq.http_client import CoordinatorError, CoordinatorUnreachable
 
 from . import client, jobs, notify, props, state, text
@@ -59,16 +59,22 @@ class SubmitRequest:
     priority: int
     workers: list[str]
     allow_missing: bool
+    allow_outside: bool
     blender_version: str
     submitted_by: str
 
 
 @dataclass
 class SubmitOutcome:
-    """What the job did: a task, or the missing assets that stopped it before upload."""
+    """What the job did: a task, or what stopped it before upload (missing assets, files from outside the project
+    folder, hidden files)."""
 
     task: dict | None
     missing: list[str] = field(default_factory=list)
+    refusal: str = ""
+    """Why files from outside the project folder or hidden files stopped it (see renderq.exposure)."""
+    outside: list[str] = field(default_factory=list)
+    """What the panel then lists: hidden files, files from outside the project folder, links leading out of it."""
     files_total: int = 0
     files_uploaded: int = 0
     bytes_uploaded: int = 0
@@ -136,6 +142,7 @@ def check(context: bpy.types.Context) -> SubmitRequest:
         priority=settings_of_scene.priority,
         workers=workers,
         allow_missing=settings_of_scene.allow_missing,
+        allow_outside=settings_of_scene.allow_outside,
         blender_version=blender_major_minor(),
         submitted_by=client.current_user(),
     )
@@ -273,6 +280,7 @@ def start(context: bpy.types.Context) -> str:
     session = state.SESSION
     session.last_error = None
     session.missing_assets = []
+    session.outside_files = []
     session.submit = state.SubmitProgress(active=True, stage="trace", text="Packing...")
     started = jobs.start(
         JOB_KEY,
@@ -294,12 +302,18 @@ def start(context: bpy.types.Context) -> str:
 
 
 def run(request: SubmitRequest, progress: Callable[[Any], None]) -> SubmitOutcome:
-    """Pack, stop if assets are missing (unless allowed), upload what the coordinator lacks, submit the task."""
+    """Pack, stop for hidden files, files from outside the project folder and missing assets (unless allowed),
+    upload what the coordinator lacks, submit the task."""
     try:
         with tempfile.TemporaryDirectory(prefix="renderq-submit-") as staging:
             packed = packing.pack_project(
                 request.blend_to_pack, staging, progress=lambda stage, done, total: progress((stage, done, total))
             )
+            found = packed.exposure
+            refusal = exposure.refusal(found, packed.project_folder, allow_outside=request.allow_outside,
+                                       remedy="tick Allow Files Outside the Project Folder and submit again")
+            if refusal:
+                return SubmitOutcome(task=None, refusal=refusal, outside=found.hidden + found.outside + found.links)
             missing = list(packed.missing)
             if missing and not request.allow_missing:
                 return SubmitOutcome(task=None, missing=missing)
@@ -406,6 +420,13 @@ def _on_done(request: SubmitRequest, outcome: SubmitOutcome) -> None:
     session = state.SESSION
     session.submit = state.SubmitProgress()
     session.missing_assets = list(outcome.missing)
+    session.outside_files = list(outcome.outside)
+    if outcome.refusal:
+        notify.tell(f"Nothing was submitted: {outcome.refusal}", "ERROR", popup=True)
+        # The sentence names the first few; the console gets them all.
+        for line in outcome.outside:
+            print(f"RenderQ:   {line}", flush=True)
+        return
     if outcome.task is None:
         count = len(outcome.missing)
         first = outcome.missing[0] if outcome.missing else ""

@@ -42,6 +42,18 @@ def alert_box(layout: bpy.types.UILayout, sentence: str, icon: str = "ERROR", wi
         box.label(text=line, icon=icon if index == 0 else "BLANK1")
 
 
+def listed_box(layout: bpy.types.UILayout, title: str, lines: list[str], icon: str, shown: int = 12) -> None:
+    """A box with a title and the first `shown` lines of a list (nothing when the list is empty)."""
+    if not lines:
+        return
+    box = layout.box()
+    box.label(text=f"{title} ({len(lines)}):", icon=icon)
+    for line in lines[:shown]:
+        box.label(text=line)
+    if len(lines) > shown:
+        box.label(text=f"... and {len(lines) - shown} more (see the console)")
+
+
 class _SafePanel:
     """Runs `draw_body`, turning any exception into a line in the panel (Blender would print it every redraw)."""
 
@@ -123,6 +135,7 @@ class RENDERQ_PT_submit(_SafePanel, bpy.types.Panel):
             column.prop(settings, "frame_step", text="Step")
         layout.prop(settings, "priority")
         layout.prop(settings, "allow_missing")
+        layout.prop(settings, "allow_outside")
         layout.prop(settings, "assignment", expand=True)
         if settings.assignment == "MANUAL":
             self._draw_workers(layout, scene, line_width(context))
@@ -143,14 +156,8 @@ class RENDERQ_PT_submit(_SafePanel, bpy.types.Panel):
         if progress.active:
             fraction = progress.done / progress.total if progress.total else 0.0
             progress_bar(layout, fraction, progress.text)
-        missing = state.SESSION.missing_assets
-        if missing:
-            box = layout.box()
-            box.label(text=f"Missing assets ({len(missing)}):", icon="LIBRARY_DATA_BROKEN")
-            for path in missing[:12]:
-                box.label(text=path)
-            if len(missing) > 12:
-                box.label(text=f"... and {len(missing) - 12} more (see the console)")
+        listed_box(layout, "Missing assets", state.SESSION.missing_assets, "LIBRARY_DATA_BROKEN")
+        listed_box(layout, "Outside the project folder, or hidden", state.SESSION.outside_files, "ERROR")
 
     def _draw_workers(self, layout: bpy.types.UILayout, scene: bpy.types.Scene, width: int) -> None:
         """The live worker list with a pick toggle per worker."""

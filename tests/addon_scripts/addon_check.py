@@ -13,6 +13,10 @@ Cases:
     unsaved     no file open: the submit is refused with a sentence
     refusals    a movie output is refused at once; then a missing image stops the submit before upload
     allow_missing   a missing image with "allow missing" ticked: submitted, the missing asset recorded
+    outside     the open file is tests/blender_scripts/make_exposed_project.py's attack.blend (a hidden key, a file
+                outside the project folder, a link leading out): refused with the list, also once "Allow Files
+                Outside the Project Folder" is ticked (the key); then --clean (the same without the key) is opened:
+                refused until the box is ticked, then submitted; the Submit panel draws the box and the list
     follow      list the user's tasks, wait until --task-id is done, download its frames into the output folder;
                 test the connection to the coordinator, to a closed port and to a web server that is not RenderQ
 """
@@ -38,8 +42,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="addon_check.py")
     parser.add_argument("--zip", required=True)
     parser.add_argument("--url", required=True)
-    parser.add_argument("--case", required=True, choices=("submit", "unsaved", "refusals", "allow_missing", "follow"))
+    parser.add_argument("--case", required=True, choices=("submit", "unsaved", "refusals", "allow_missing", "outside",
+                                                                 "follow"))
     parser.add_argument("--task-id", type=int, default=0)
+    parser.add_argument("--clean", default="", help="outside: the project's .blend without the hidden key")
     return parser.parse_args(argv)
 
 
@@ -196,6 +202,61 @@ def case_allow_missing() -> dict:
     return {"task_id": state.last_submitted_task_id(), "missing_listed": list(state.SESSION.missing_assets)}
 
 
+def submit_and_drain() -> dict:
+    """Submit the open file and wait for the job; what the add-on then says and lists."""
+    from renderq_addon import state
+
+    assert bpy.ops.renderq.submit() == {"FINISHED"}
+    drain_all()
+    return {"error": state.last_error(), "listed": list(state.SESSION.outside_files),
+            "task_id": state.last_submitted_task_id()}
+
+
+class _Recorder:
+    """Stands in for a panel's layout: records every call, and every row, box or column made from it is itself."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name: str):
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return self
+
+        return record
+
+
+def submit_panel_draws() -> dict:
+    """What the Submit panel draws: the properties it shows and its labels (background mode has no interface)."""
+    from renderq_addon import ui
+
+    layout = _Recorder()
+    panel = type("Panel", (), {"layout": layout, "_draw_workers": lambda *args: None})()
+    ui.RENDERQ_PT_submit.draw_body(panel, bpy.context)
+    return {
+        "props": [args[1] for name, args, _ in layout.calls if name == "prop"],
+        "labels": [kwargs.get("text", "") for name, _, kwargs in layout.calls if name == "label"],
+    }
+
+
+def case_outside(clean: str) -> dict:
+    settings = bpy.context.scene.renderq
+    assert settings.allow_outside is False
+    refused = submit_and_drain()
+    drawn = submit_panel_draws()
+    settings.allow_outside = True
+    refused_hidden = submit_and_drain()
+    # The same project without the key, as a new file: its box starts unticked.
+    bpy.ops.wm.open_mainfile(filepath=clean)
+    settings = bpy.context.scene.renderq
+    assert settings.allow_outside is False
+    clean_refused = submit_and_drain()
+    settings.allow_outside = True
+    allowed = submit_and_drain()
+    return {"refused": refused, "drawn": drawn, "refused_hidden": refused_hidden, "clean_refused": clean_refused,
+            "allowed": allowed}
+
+
 class _NotRenderQ(http.server.BaseHTTPRequestHandler):
     """A web server that is not a RenderQ coordinator."""
 
@@ -273,6 +334,8 @@ def main() -> None:
         result = case_refusals()
     elif args.case == "allow_missing":
         result = case_allow_missing()
+    elif args.case == "outside":
+        result = case_outside(args.clean)
     else:
         result = case_follow(args.task_id, preferences)
     result["blender"] = list(bpy.app.version)
