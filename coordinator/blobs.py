@@ -10,10 +10,13 @@ import uuid
 from collections.abc import Callable
 from typing import BinaryIO
 
+from renderq.private_files import PRIVATE_FOLDER, make_private
+
 from .errors import BadRequest, InsufficientStorage, PayloadTooLarge
 
 CHUNK = 1024 * 1024
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+PREFIX_PATTERN = re.compile(r"^[0-9a-f]{2}$")
 
 BLEND_MAGICS = (b"BLENDER", b"\x1f\x8b", b"\x28\xb5\x2f\xfd")  # plain, gzip, zstd
 
@@ -34,10 +37,19 @@ class BlobStore:
         self.root = root
         self.reserve_bytes = reserve_bytes
         self.incoming = os.path.join(root, "incoming")
-        os.makedirs(self.incoming, exist_ok=True)
+        os.makedirs(self.incoming, mode=PRIVATE_FOLDER, exist_ok=True)
+        self._make_folders_private()
         # Leftovers of uploads cut off by a crash are never referenced: clear them.
         for leftover in os.listdir(self.incoming):
             os.unlink(os.path.join(self.incoming, leftover))
+
+    def _make_folders_private(self) -> None:
+        """Folders 0700, including those an older version made 0755: other local users then reach no stored file,
+        whatever its own mode, without touching every file."""
+        folders = [self.root, self.incoming]
+        folders += [os.path.join(self.root, name) for name in os.listdir(self.root) if PREFIX_PATTERN.match(name)]
+        for folder in folders:
+            make_private(folder, PRIVATE_FOLDER)
 
     def path(self, sha256: str) -> str:
         return os.path.join(self.root, sha256[:2], sha256)
@@ -110,7 +122,7 @@ class BlobStore:
             if expected_sha256 is not None and sha256 != expected_sha256:
                 raise BadRequest(f"the upload's SHA-256 is {sha256}, not {expected_sha256} as announced")
             final = self.path(sha256)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.makedirs(os.path.dirname(final), mode=PRIVATE_FOLDER, exist_ok=True)
             os.replace(temp_path, final)
             _fsync_dir(os.path.dirname(final))
             return sha256, size

@@ -10,6 +10,8 @@ import signal
 import sys
 import threading
 
+from renderq.private_files import PRIVATE_UMASK, make_private_tree_top
+
 from .auth import is_loopback
 from .config import Config, parse_size
 
@@ -72,6 +74,9 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"renderq coordinator: {error}", file=sys.stderr)
         return 2
+    # Everything the coordinator creates (database and its -wal/-shm, tokens, uploads and their temp files) is then
+    # the owner's only, whatever umask it was started with.
+    os.umask(PRIVATE_UMASK)
     if getattr(args, "add_artist", None):
         return add_artist(config, args.add_artist)
     return serve(config)
@@ -112,6 +117,8 @@ def serve(config: Config) -> int:
         print(f"renderq coordinator: another coordinator is already using {os.path.abspath(config.data_dir)}; "
               "refusing to start a second one on the same data", file=sys.stderr)
         return 1
+    # A data dir made by an older version (or under a looser umask) becomes private too.
+    make_private_tree_top(config.data_dir)
     try:
         app = create_app(config)
     except (OSError, ValueError) as error:
