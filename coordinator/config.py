@@ -48,6 +48,11 @@ class Config:
     # True lets anyone who reaches the coordinator read the status page; changes still need the admin token.
     open_status: bool = False
 
+    # Orphan files
+    # Seconds an uploaded file that no task uses is kept before it is deleted: the longest an upload may wait for
+    # the submit that uses it (a file the client is told is already stored gets this long again).
+    orphan_grace: float = 86400.0
+
     @property
     def lease_seconds(self) -> float:
         """A lease lives as long as a worker counts as alive: both end when its updates stop."""
@@ -90,6 +95,8 @@ class Config:
             raise ValueError("disk reserve must not be negative")
         if self.sqlite_sync not in ("full", "normal"):
             raise ValueError("sqlite sync must be 'full' or 'normal'")
+        if not 1 <= self.orphan_grace <= 365 * 86400:
+            raise ValueError(f"orphan grace must be from 1 to {365 * 86400} seconds (365 days)")
         if self.poll_interval <= 0:
             raise ValueError("poll interval must be more than 0 seconds")
         for role in ("admin", "artist", "worker"):

@@ -7,15 +7,22 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
+import time
 
 from renderq.private_files import PRIVATE_UMASK, make_private_tree_top
 
 from .auth import is_loopback
+from .blobs import BlobStore
 from .config import Config, parse_size
+from .store import Store
 
 log = logging.getLogger("renderq.coordinator")
+
+# Orphan files are looked for once at start and then this often (or every grace period, when that is shorter).
+ORPHAN_SWEEP_SECONDS = 600.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--open-status", action="store_true", default=None,
                         help="let anyone who reaches the coordinator read the status page; changes still need the "
                         "admin token (RENDERQ_OPEN_STATUS=1)")
+    parser.add_argument("--orphan-grace", type=float, metavar="SECONDS",
+                        help="an uploaded file that no task uses is deleted once it is this old: the longest an "
+                        "upload may wait for the submit that uses it (RENDERQ_ORPHAN_GRACE, default 86400, a day)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -68,7 +78,8 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     fields = ("host", "port", "data_dir", "public_url", "poll_interval", "alive_timeout",
               "heartbeat_seconds", "frame_fail_workers", "bad_worker_failures",
-              "frame_timeout", "no_progress_timeout", "upload_limit", "disk_reserve", "http_threads", "open_status", "auth", "insecure")
+              "frame_timeout", "no_progress_timeout", "upload_limit", "disk_reserve", "http_threads", "open_status", "auth", "insecure",
+              "orphan_grace")
     try:
         config = Config.from_env(**{name: getattr(args, name, None) for name in fields})
     except ValueError as error:
@@ -128,7 +139,8 @@ def serve(config: Config) -> int:
     scheduler.recover_after_restart()
     scheduler.store.checkpoint_in_background()
     stop = threading.Event()
-    threading.Thread(target=_reap_leases, args=(scheduler, stop), name="lease-reaper", daemon=True).start()
+    sweeper = OrphanSweeper(app.extensions["renderq.blobs"], scheduler.store, config.orphan_grace)
+    threading.Thread(target=_reap_leases, args=(scheduler, stop, sweeper), name="lease-reaper", daemon=True).start()
 
     server = waitress.create_server(
         app,
@@ -174,9 +186,37 @@ def _lock_data_dir(data_dir: str):
     return handle
 
 
-def _reap_leases(scheduler, stop: threading.Event) -> None:
+class OrphanSweeper:
+    """Deletes uploaded files no task uses once they are older than the grace period, a bounded part per round."""
+
+    def __init__(self, blobs: BlobStore, store: Store, grace: float) -> None:
+        self.blobs = blobs
+        self.store = store
+        self.grace = grace
+        self.interval = min(ORPHAN_SWEEP_SECONDS, grace)
+        self._next = 0.0  # the first call sweeps
+
+    def maybe_sweep(self) -> None:
+        """Sweep if a round is due; a failure is logged, and the next round tries again."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        try:
+            files, freed = self.blobs.sweep_orphans(time.time() - self.grace, self.store.referenced_blobs)
+        except (OSError, sqlite3.Error) as error:
+            log.error("the sweep for unused files failed: %s", error)
+            return
+        if files:
+            log.info("deleted %d stored file(s) that no task used for over %g s, freeing %d bytes",
+                     files, self.grace, freed)
+
+
+def _reap_leases(scheduler, stop: threading.Event, sweeper: OrphanSweeper) -> None:
     writes_failed = False
+    sweeper.maybe_sweep()
     while not stop.wait(1.0):
+        sweeper.maybe_sweep()
         try:
             if writes_failed:
                 # While the database refused writes (a full disk), no worker could renew its leases either: do not
