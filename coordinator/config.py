@@ -49,8 +49,8 @@ class Config:
     open_status: bool = False
 
     # Orphan files
-    # Seconds an uploaded file that no task uses is kept before it is deleted: the longest an upload may wait for
-    # the submit that uses it (a file the client is told is already stored gets this long again).
+    # Seconds a stored file that no task uses (an upload, a frame output) is kept before it is deleted: the longest
+    # an upload may wait for the submit that uses it (a file the client is told is already stored gets this again).
     orphan_grace: float = 86400.0
 
     @property
