@@ -67,7 +67,7 @@ class BlobStore:
     def _make_folders_private(self) -> None:
         """Folders 0700, including those an older version made 0755: other local users then reach no stored file,
         whatever its own mode, without touching every file."""
-        folders = [self.root, self.incoming]
+        folders = [os.path.realpath(self.root), self.incoming]
         folders += [os.path.join(self.root, name) for name in os.listdir(self.root) if PREFIX_PATTERN.match(name)]
         for folder in folders:
             make_private(folder, PRIVATE_FOLDER)

@@ -41,9 +41,10 @@ def make_private_tree_top(folder: str) -> None:
     """Make a folder 0700 and what is directly in it private: files 0600, folders 0700.
 
     Cheap on any size of tree: only the top level is listed. Deeper files stay as they are, which is enough once
-    every folder above them is private (each caller tightens its own deeper folders).
+    every folder above them is private (each caller tightens its own deeper folders). The folder itself may be a
+    link the owner made (to a larger disk): its target is made private.
     """
-    make_private(folder, PRIVATE_FOLDER)
+    make_private(os.path.realpath(folder), PRIVATE_FOLDER)
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):

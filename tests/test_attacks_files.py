@@ -21,6 +21,7 @@ import pytest
 from coordinator.blobs import BlobStore
 from coordinator.store import Store
 from harness import Farm, find_blender_or_none, wait_for
+from renderq.private_files import make_private_tree_top
 from test_farm import blender_children
 from worker.blender_session import TOKEN_ENV, blender_environment
 
@@ -109,6 +110,16 @@ def test_a_data_dir_left_open_by_an_older_version_is_closed_at_start(farm: Farm,
     for folder in ("files", "files/incoming", f"files/{sha256[:2]}"):
         assert mode(os.path.join(data, folder)) == 0o700, folder
     assert stored(farm, sha256)
+
+
+def test_a_data_dir_that_is_a_link_to_another_disk_is_made_private_where_it_points(tmp_path, loose_umask):
+    target = tmp_path / "big-disk" / "renderq-data"
+    target.mkdir(parents=True, mode=0o755)
+    (target / "renderq.sqlite3").write_bytes(b"")
+    link = tmp_path / "renderq-data"
+    link.symlink_to(target)
+    make_private_tree_top(str(link))
+    assert mode(str(target)) == 0o700 and mode(str(target / "renderq.sqlite3")) == 0o600
 
 
 # -- orphan files -----------------------------------------------------------------------------------------------------
