@@ -95,7 +95,7 @@ def test_a_data_dir_left_open_by_an_older_version_is_closed_at_start(farm: Farm,
     sha256 = upload(farm, b"an upload from before the fix")
     farm.coordinator.stop()
     # What an older coordinator left under umask 022: everything readable by every local user.
-    for folder, folders, files in os.walk(farm.data_dir):
+    for folder, _, files in os.walk(farm.data_dir):
         os.chmod(folder, 0o755)
         for name in files:
             os.chmod(os.path.join(folder, name), 0o644)
@@ -135,7 +135,7 @@ def test_files_no_task_uses_are_deleted_after_the_grace_period_and_used_ones_sta
     status, task = submit(farm, {"main.blend": BLEND, "tex/wood.png": texture})
     assert status == 201, task
     # A frame rendered and then failed leaves its output used by nothing; a done frame's output is used.
-    status, worker = farm.api.call("POST", "/register_worker", {"name": "w", "blender_version": "3.4.1"})
+    worker = farm.api.post("/register_worker", {"name": "w", "blender_version": "3.4.1"})
     lease = farm.api.get(f"/get_task?worker_id={worker['worker_id']}")["frame"]
     base = f"worker_id={worker['worker_id']}&task_id={lease['task_id']}&frame=1&lease_id={lease['lease_id']}"
     status, failed_output = farm.api.call("POST", f"/upload_frame?{base}&filename=f_0001.png", raw=b"bad frame")
@@ -145,6 +145,7 @@ def test_files_no_task_uses_are_deleted_after_the_grace_period_and_used_ones_sta
     lease = farm.api.get(f"/get_task?worker_id={worker['worker_id']}")["frame"]
     base = f"worker_id={worker['worker_id']}&task_id={lease['task_id']}&frame=1&lease_id={lease['lease_id']}"
     status, done_output = farm.api.call("POST", f"/upload_frame?{base}&filename=f_0001.png", raw=b"good frame")
+    assert status == 200, done_output
     farm.api.post("/update_task", {"worker_id": worker["worker_id"], "task_id": lease["task_id"], "frame": 1,
                                    "lease_id": lease["lease_id"], "status": "done", "render_seconds": 1.0})
 
