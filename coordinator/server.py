@@ -7,7 +7,6 @@ import fcntl
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -69,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let anyone who reaches the coordinator read the status page; changes still need the "
                         "admin token (RENDERQ_OPEN_STATUS=1)")
     parser.add_argument("--orphan-grace", type=float, metavar="SECONDS",
-                        help="an uploaded file that no task uses is deleted once it is this old: the longest an "
-                        "upload may wait for the submit that uses it (RENDERQ_ORPHAN_GRACE, default 86400, a day)")
+                        help="a stored file that no task uses (an upload, a frame's output) is deleted once it is "
+                        "this old: the longest an upload may wait for the submit that uses it "
+                        "(RENDERQ_ORPHAN_GRACE, default 86400, a day)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -187,7 +187,7 @@ def _lock_data_dir(data_dir: str):
 
 
 class OrphanSweeper:
-    """Deletes uploaded files no task uses once they are older than the grace period, a bounded part per round."""
+    """Deletes stored files no task uses once they are older than the grace period, a bounded part per round."""
 
     def __init__(self, blobs: BlobStore, store: Store, grace: float) -> None:
         self.blobs = blobs
@@ -204,7 +204,7 @@ class OrphanSweeper:
         self._next = now + self.interval
         try:
             files, freed = self.blobs.sweep_orphans(time.time() - self.grace, self.store.referenced_blobs)
-        except (OSError, sqlite3.Error) as error:
+        except Exception as error:  # noqa: BLE001 - a failed sweep must not stop the lease reaper that runs it
             log.error("the sweep for unused files failed: %s", error)
             return
         if files:
