@@ -62,6 +62,11 @@ class Config:
     # One /append_log chunk of Blender's output, in bytes; a worker sends far smaller ones every few seconds.
     max_log_chunk: int = 1 * MIB
 
+    # Orphan files
+    # Seconds a stored file that no task uses (an upload, a frame output) is kept before it is deleted: the longest
+    # an upload may wait for the submit that uses it (a file the client is told is already stored gets this again).
+    orphan_grace: float = 86400.0
+
     @property
     def lease_seconds(self) -> float:
         """A lease lives as long as a worker counts as alive: both end when its updates stop."""
@@ -109,6 +114,8 @@ class Config:
         for name in ("max_settings_bytes", "max_missing_assets", "max_log_chunk"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', ' ')} must not be negative")
+        if not 1 <= self.orphan_grace <= 365 * 86400:
+            raise ValueError(f"orphan grace must be from 1 to {365 * 86400} seconds (365 days)")
         if self.poll_interval <= 0:
             raise ValueError("poll interval must be more than 0 seconds")
         for role in ("admin", "artist", "worker"):

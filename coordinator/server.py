@@ -9,11 +9,19 @@ import os
 import signal
 import sys
 import threading
+import time
+
+from renderq.private_files import PRIVATE_UMASK, make_private_tree_top
 
 from .auth import is_loopback
+from .blobs import BlobStore
 from .config import Config, parse_size
+from .store import Store
 
 log = logging.getLogger("renderq.coordinator")
+
+# Orphan files are looked for once at start and then this often (or every grace period, when that is shorter).
+ORPHAN_SWEEP_SECONDS = 600.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--open-status", action="store_true", default=None,
                         help="let anyone who reaches the coordinator read the status page; changes still need the "
                         "admin token (RENDERQ_OPEN_STATUS=1)")
+    parser.add_argument("--orphan-grace", type=float, metavar="SECONDS",
+                        help="a stored file that no task uses (an upload, a frame's output) is deleted once it is "
+                        "this old: the longest an upload may wait for the submit that uses it "
+                        "(RENDERQ_ORPHAN_GRACE, default 86400, a day)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -76,12 +88,16 @@ def main(args: argparse.Namespace) -> int:
     fields = ("host", "port", "data_dir", "public_url", "poll_interval", "alive_timeout",
               "heartbeat_seconds", "frame_fail_workers", "bad_worker_failures",
               "frame_timeout", "no_progress_timeout", "upload_limit", "disk_reserve", "http_threads", "open_status", "auth", "insecure",
-              "max_task_frames", "max_settings_bytes", "max_missing_assets", "max_log_chunk")
+              "max_task_frames", "max_settings_bytes", "max_missing_assets", "max_log_chunk",
+              "orphan_grace")
     try:
         config = Config.from_env(**{name: getattr(args, name, None) for name in fields})
     except ValueError as error:
         print(f"renderq coordinator: {error}", file=sys.stderr)
         return 2
+    # Everything the coordinator creates (database and its -wal/-shm, tokens, uploads and their temp files) is then
+    # the owner's only, whatever umask it was started with.
+    os.umask(PRIVATE_UMASK)
     if getattr(args, "add_artist", None):
         return add_artist(config, args.add_artist)
     return serve(config)
@@ -122,6 +138,8 @@ def serve(config: Config) -> int:
         print(f"renderq coordinator: another coordinator is already using {os.path.abspath(config.data_dir)}; "
               "refusing to start a second one on the same data", file=sys.stderr)
         return 1
+    # A data dir made by an older version (or under a looser umask) becomes private too.
+    make_private_tree_top(config.data_dir)
     try:
         app = create_app(config)
     except (OSError, ValueError) as error:
@@ -131,7 +149,8 @@ def serve(config: Config) -> int:
     scheduler.recover_after_restart()
     scheduler.store.checkpoint_in_background()
     stop = threading.Event()
-    threading.Thread(target=_reap_leases, args=(scheduler, stop), name="lease-reaper", daemon=True).start()
+    sweeper = OrphanSweeper(app.extensions["renderq.blobs"], scheduler.store, config.orphan_grace)
+    threading.Thread(target=_reap_leases, args=(scheduler, stop, sweeper), name="lease-reaper", daemon=True).start()
 
     server = waitress.create_server(
         app,
@@ -177,9 +196,37 @@ def _lock_data_dir(data_dir: str):
     return handle
 
 
-def _reap_leases(scheduler, stop: threading.Event) -> None:
+class OrphanSweeper:
+    """Deletes stored files no task uses once they are older than the grace period, a bounded part per round."""
+
+    def __init__(self, blobs: BlobStore, store: Store, grace: float) -> None:
+        self.blobs = blobs
+        self.store = store
+        self.grace = grace
+        self.interval = min(ORPHAN_SWEEP_SECONDS, grace)
+        self._next = 0.0  # the first call sweeps
+
+    def maybe_sweep(self) -> None:
+        """Sweep if a round is due; a failure is logged, and the next round tries again."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        try:
+            files, freed = self.blobs.sweep_orphans(time.time() - self.grace, self.store.referenced_blobs)
+        except Exception as error:  # noqa: BLE001 - a failed sweep must not stop the lease reaper that runs it
+            log.error("the sweep for unused files failed: %s", error)
+            return
+        if files:
+            log.info("deleted %d stored file(s) that no task used for over %g s, freeing %d bytes",
+                     files, self.grace, freed)
+
+
+def _reap_leases(scheduler, stop: threading.Event, sweeper: OrphanSweeper) -> None:
     writes_failed = False
+    sweeper.maybe_sweep()
     while not stop.wait(1.0):
+        sweeper.maybe_sweep()
         try:
             if writes_failed:
                 # While the database refused writes (a full disk), no worker could renew its leases either: do not

@@ -160,6 +160,8 @@ ADDED_INDEXES = (
     ("CREATE INDEX IF NOT EXISTS tasks_claimable ON tasks(priority DESC, task_id) "
      "WHERE status IN ('queued', 'running')"),
     "CREATE INDEX IF NOT EXISTS frames_by_output_key ON frames(task_id, output_key) WHERE output_key IS NOT NULL",
+    # Tasks from before task trees have no task_files rows: the orphan sweep finds their .blend through this.
+    "CREATE INDEX IF NOT EXISTS tasks_by_untreed_blend ON tasks(blend_sha256) WHERE main_file = ''",
 )
 
 # How long a statement waits for another connection's lock before failing, and how long the checkpoint's last
@@ -914,6 +916,19 @@ class Store:
                               "GROUP BY task_id"):
             usage[row["task_id"]] = usage.get(row["task_id"], 0) + (row["n"] or 0)
         return usage
+
+    def referenced_blobs(self, hashes: Sequence[str]) -> set[str]:
+        """Those of the hashes a stored task uses: a file of its tree, a frame's output, or (tasks from before task
+        trees) its .blend while its files are kept. The orphan sweep deletes only the others."""
+        listed = json.dumps(list(hashes))
+        rows = self.read().execute(
+            "SELECT sha256 FROM task_files WHERE sha256 IN (SELECT value FROM json_each(:h)) UNION "
+            "SELECT output_sha256 FROM frames WHERE output_sha256 IN (SELECT value FROM json_each(:h)) UNION "
+            "SELECT blend_sha256 FROM tasks WHERE main_file = '' AND files_deleted_at IS NULL "
+            "AND blend_sha256 IN (SELECT value FROM json_each(:h))",
+            {"h": listed},
+        ).fetchall()
+        return {row[0] for row in rows}
 
     def forget_task_files(self, task_id: int, now: float) -> list[str]:
         """Drop an ended task's file records; returns the hashes no other task still uses (safe to delete)."""

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import pytest
 
@@ -200,8 +200,9 @@ class FakeSession:
 
     def __init__(self, blender: str, blend_path: str, output_dir: str, *, threads: int = 0,
                  on_log_line: Callable[[str], None] | None = None, start_timeout: float = 120.0,
-                 allow_python: bool = False, stop_grace: float = 5.0) -> None:
+                 allow_python: bool = False, stop_grace: float = 5.0, hidden_values: Collection[str] = ()) -> None:
         self.blend_path = blend_path
+        self.hidden_values = tuple(hidden_values)
         self.output_dir = output_dir
         self.threads = threads
         self.allow_python = allow_python

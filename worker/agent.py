@@ -460,6 +460,7 @@ class WorkerAgent:
             on_log_line=lambda line, task_id=lease.task_id: self._shipper.add(task_id, line),
             allow_python=python,
             stop_grace=self.abort_grace,
+            hidden_values=(self.client.token,) if getattr(self.client, "token", None) else (),
         )
         with self._lock:
             self._session, self._session_task_id, self._session_python = session, lease.task_id, python

@@ -38,13 +38,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Mapping
 
 __all__ = [
     "BlenderNotFoundError",
     "BlenderSession",
     "FrameResult",
     "SessionError",
+    "blender_environment",
     "blender_version",
     "find_blender",
 ]
@@ -57,6 +58,11 @@ PROTOCOL = 1
 SYNC_PREFIX = "\x1erenderq-frame-done "
 # The token reaches Blender through its environment: a command line is readable by every local user.
 TOKEN_ENV = "RENDERQ_SESSION_TOKEN"
+# RenderQ's settings that carry a secret or name a file holding one (RENDERQ_TOKEN, RENDERQ_TOKEN_FILE,
+# RENDERQ_WORKER_TOKEN...): Blender needs none of them, and a scene's Python could read them.
+_SECRET_SETTING = re.compile(r"^RENDERQ_\w*(TOKEN|SECRET|PASSWORD|KEY)", re.IGNORECASE)
+# A hidden value shorter than this is no secret (and would match far too much).
+_MIN_HIDDEN_LENGTH = 8
 LOG_TAIL_LINES = 60
 _LOG_LINES_KEPT = 400
 _HELLO_READ_SECONDS = 5.0
@@ -85,6 +91,18 @@ class SessionError(Exception):
 
 class BlenderNotFoundError(SessionError):
     """No Blender executable was found."""
+
+
+def blender_environment(environ: Mapping[str, str], hidden: Collection[str] = ()) -> dict[str, str]:
+    """The environment Blender is started with: the worker's, less every RenderQ setting that carries a secret and
+    every variable whose value holds one of the `hidden` values (the worker's token, under whatever name it was
+    given). What Blender needs (PATH, HOME, DISPLAY, locale, OCIO...) passes unchanged."""
+    secrets_held = [value for value in hidden if value and len(value) >= _MIN_HIDDEN_LENGTH]
+    return {
+        name: value
+        for name, value in environ.items()
+        if not _SECRET_SETTING.match(name) and not any(secret in value for secret in secrets_held)
+    }
 
 
 # -- finding Blender ------------------------------------------------------------------------------------------------
@@ -226,7 +244,8 @@ class BlenderSession:
 
     `start()` launches Blender and waits until the file is open; `render()` renders one frame and blocks until it
     is written or failed; `abort()` (from any thread) stops Blender at once; `close()` asks it to quit.
-    Every line Blender prints goes to `on_log_line`, called from a reader thread.
+    Every line Blender prints goes to `on_log_line`, called from a reader thread. Blender gets the worker's
+    environment without its secrets: no RenderQ token setting, and no variable holding one of `hidden_values`.
     """
 
     def __init__(
@@ -240,6 +259,7 @@ class BlenderSession:
         start_timeout: float = 120.0,
         allow_python: bool = False,
         stop_grace: float = 5.0,
+        hidden_values: Collection[str] = (),
     ) -> None:
         self.blender = blender
         self.blend_path = os.path.abspath(blend_path)
@@ -249,6 +269,8 @@ class BlenderSession:
         self.start_timeout = start_timeout
         self.allow_python = allow_python
         self.stop_grace = stop_grace
+        # Secrets of the worker (its token) that must not reach Blender's environment under any name.
+        self.hidden_values = tuple(hidden_values)
         self.hello: dict[str, Any] | None = None  # what the script reported once the file was open
 
         self._proc: subprocess.Popen | None = None
@@ -308,7 +330,8 @@ class BlenderSession:
             listener.bind(("127.0.0.1", 0))
             listener.listen(8)
             command = self._command(listener.getsockname()[1])
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env = blender_environment(os.environ, self.hidden_values)
+            env["PYTHONUNBUFFERED"] = "1"
             env[TOKEN_ENV] = token
             try:
                 self._proc = _spawn(

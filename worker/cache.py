@@ -36,6 +36,7 @@ from typing import Any, Callable, Collection, Iterable, Mapping
 
 from renderq.http_client import file_sha256
 from renderq.paths import check_path_set, check_relative_path
+from renderq.private_files import PRIVATE_FOLDER, make_private
 
 __all__ = [
     "BlendCache",
@@ -118,7 +119,7 @@ def check_real_folder(path: str, create: bool = False) -> str:
     """
     if create:
         try:
-            os.mkdir(path)
+            os.mkdir(path, PRIVATE_FOLDER)
         except FileExistsError:
             pass
     try:
@@ -248,9 +249,12 @@ class BlendCache:
         self._files_dir = os.path.join(self.root, "files")
         self._tasks_dir = os.path.join(self.root, "tasks")
         self._output_dir = os.path.join(self.root, "output")
-        os.makedirs(self.root, exist_ok=True)
+        os.makedirs(self.root, mode=PRIVATE_FOLDER, exist_ok=True)
+        # The studio's .blend files and frames are the owner's only, also in a work dir made by an older version:
+        # with the root and its folders 0700 no other user of the machine reaches any file below them.
+        make_private(os.path.realpath(self.root), PRIVATE_FOLDER)
         for folder in (self._files_dir, self._tasks_dir, self._output_dir):
-            check_real_folder(folder, create=True)
+            make_private(check_real_folder(folder, create=True), PRIVATE_FOLDER)
         self._lock = threading.RLock()
         self._fetch_locks: dict[str, threading.Lock] = {}
         # task id -> hashes its tree uses; these are never evicted.
@@ -440,7 +444,7 @@ class BlendCache:
         """Create the tree's folders and files; refuse anything already there that this build did not create."""
         check_real_folder(self._tasks_dir)
         try:
-            os.mkdir(folder)
+            os.mkdir(folder, PRIVATE_FOLDER)
         except FileExistsError:
             info = os.lstat(folder)
             if stat.S_ISLNK(info.st_mode):
@@ -455,7 +459,7 @@ class BlendCache:
                 if sub in made:
                     continue
                 try:
-                    os.mkdir(os.path.join(folder, *parts[:depth]))
+                    os.mkdir(os.path.join(folder, *parts[:depth]), PRIVATE_FOLDER)
                 except FileExistsError:
                     raise CacheError(f"{sub!r} already exists in the folder of task {task_id}") from None
                 made.add(sub)

@@ -64,7 +64,8 @@ def missing_files():
                                                                          for h in hashes):
         raise BadRequest("'sha256' must be a list of SHA-256 hashes in lowercase hex")
     blobs = current_app.extensions["renderq.blobs"]
-    return jsonify({"missing": sorted({h for h in hashes if not blobs.exists(h)})})
+    # The files reported present get a new grace period as orphans: the client will submit a task using them.
+    return jsonify({"missing": sorted({h for h in hashes if not blobs.touch(h)})})
 
 
 @files.post("/upload_file")
@@ -77,7 +78,7 @@ def upload_file():
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the file is larger than the coordinator's upload limit of {limit} bytes")
     blobs = current_app.extensions["renderq.blobs"]
-    if blobs.exists(sha256):
+    if blobs.touch(sha256):
         # Already stored (hashes name their content): nothing to write, so a nearly full disk is no reason to refuse.
         return jsonify({"sha256": sha256, "size": os.path.getsize(blobs.path(sha256))})
     blobs.check_space(request.content_length or 0)
@@ -151,8 +152,10 @@ def disk_usage():
 def delete_task_files():
     body = v.json_body()
     task_id = v.integer(body, "task_id", minimum=1)
-    unused = current_app.extensions["renderq.scheduler"].forget_task_files(task_id)
-    blobs = current_app.extensions["renderq.blobs"]
-    freed = sum(blobs.delete(sha256) for sha256 in unused)
+    scheduler = current_app.extensions["renderq.scheduler"]
+    unused = scheduler.forget_task_files(task_id)
+    # Checked again with the blob store's guard held: a task submitted meanwhile may use one of them.
+    deleted, freed = current_app.extensions["renderq.blobs"].delete_unreferenced(unused,
+                                                                                 scheduler.store.referenced_blobs)
     current_app.extensions["renderq.live"].changed(task_id)
-    return jsonify({"task_id": task_id, "files_deleted": len(unused), "bytes_freed": freed})
+    return jsonify({"task_id": task_id, "files_deleted": deleted, "bytes_freed": freed})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 
 from flask import Blueprint, current_app, jsonify, request, send_file
 
@@ -81,7 +82,13 @@ def submit_task():
         frame_timeout=frame_timeout,
         no_progress_timeout=no_progress_timeout,
     )
-    return jsonify(_scheduler().submit_task(spec)), 201
+    blobs = _blobs()
+    # The orphan sweep may have deleted a file since the checks above (one uploaded long ago and used by no task):
+    # reserved, each is checked once more and then kept until the task that uses it is stored.
+    with blobs.reserved(spec_file.sha256 for spec_file in spec.files):
+        _require_uploaded(spec.files)
+        task = _scheduler().submit_task(spec)
+    return jsonify(task), 201
 
 
 def _settings(body: dict, max_bytes: int) -> dict:
@@ -150,10 +157,7 @@ def _task_files(body: dict) -> tuple[dict[str, TaskFile], str]:
         main_file = _checked_file_name(v.name(body, "blend_filename", default="scene.blend"), "'blend_filename'")
         size = os.path.getsize(blobs.path(sha256)) if blobs.exists(sha256) else 0
         files = {main_file: TaskFile(main_file, sha256, size)}
-    lacking = sorted({f.sha256 for f in files.values() if not blobs.exists(f.sha256)})
-    if lacking:
-        raise BadRequest(f"{len(lacking)} file(s) of the task are not uploaded yet (first: {lacking[0]}); "
-                         "ask /missing_files and upload them first")
+    _require_uploaded(files.values())
     for entry in files.values():
         actual = os.path.getsize(blobs.path(entry.sha256))
         if actual != entry.size:
@@ -161,6 +165,15 @@ def _task_files(body: dict) -> tuple[dict[str, TaskFile], str]:
     if not looks_like_blend(_head(blobs.path(files[main_file].sha256))):
         raise BadRequest(f"the main file {main_file!r} is not a .blend file")
     return files, main_file
+
+
+def _require_uploaded(files: Iterable[TaskFile]) -> None:
+    """Refuse a task whose files are not all stored."""
+    blobs = _blobs()
+    lacking = sorted({f.sha256 for f in files if not blobs.exists(f.sha256)})
+    if lacking:
+        raise BadRequest(f"{len(lacking)} file(s) of the task are not uploaded yet (first: {lacking[0]}); "
+                         "ask /missing_files and upload them first")
 
 
 def _checked_path(path: str, what: str) -> str:
