@@ -103,7 +103,10 @@ class Attacker:
         self.connect_failures = collections.Counter()
         self.answered_cuts = collections.Counter()
         self.cut_after: dict[str, list[float]] = {"idle": [], "slowloris": []}
+        # Sampled once a second in the window: sockets connected, and sockets whose connect has not completed yet
+        # (the server's accept queue was full).
         self.in_play: dict[str, list[int]] = {"idle": [], "slowloris": []}
+        self.connecting: dict[str, list[int]] = {"idle": [], "slowloris": []}
 
     def open(self, kind: str) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -178,9 +181,12 @@ class Attacker:
             self.open(kind)
 
     def run(self) -> dict[str, Any]:
-        for kind, count in self.wanted.items():
-            for _ in range(count):
-                self.open(kind)
+        # Both kinds interleaved, so that neither gets all the room in the server's accept queue.
+        total = sum(self.wanted.values())
+        for number in range(total):
+            for kind, count in self.wanted.items():
+                if number * count // total != (number + 1) * count // total:
+                    self.open(kind)
         next_sample = time.time()
         while time.time() < self.until:
             for key, mask in self.selector.select(timeout=0.1):
@@ -198,10 +204,12 @@ class Attacker:
                     for kind in self.wanted:
                         self.in_play[kind].append(sum(1 for h in self.held.values()
                                                       if h.kind == kind and h.connected is not None))
+                        self.connecting[kind].append(sum(1 for h in self.held.values()
+                                                         if h.kind == kind and h.connected is None))
         for held in list(self.held.values()):
             held.sock.close()
         return {"opened": self.opened, "connect_failures": self.connect_failures, "cut_after": self.cut_after,
-                "answered_cuts": self.answered_cuts, "in_play": self.in_play}
+                "answered_cuts": self.answered_cuts, "in_play": self.in_play, "connecting": self.connecting}
 
 
 def attack(config_json: str) -> int:
@@ -226,6 +234,8 @@ class Beat:
     outcome: str
     round_trip: float
     waited: float
+    # True for a heartbeat the worker could not send because it was blocked: see read_worker_logs.
+    filled_in: bool = False
 
 
 @dataclasses.dataclass
@@ -238,8 +248,13 @@ class WorkerLogs:
     tracebacks: int
 
 
-def read_worker_logs(texts: dict[str, str]) -> WorkerLogs:
-    """Parse the simulated workers' logs, by worker name."""
+def read_worker_logs(texts: dict[str, str], interval: float) -> WorkerLogs:
+    """Parse the simulated workers' logs, by worker name; `interval` is the heartbeat interval in seconds.
+
+    A worker blocked in one call for several intervals sends one late heartbeat where a worker with a heartbeat
+    thread would have sent several, each waiting too. Those are filled in, one per interval skipped, each having
+    waited an interval less than the one before (the usual correction for coordinated omission): otherwise the
+    worst stretches would weigh least in the percentiles."""
     beats: list[Beat] = []
     lost: set[tuple[str, str]] = set()
     done: list[float] = []
@@ -247,7 +262,13 @@ def read_worker_logs(texts: dict[str, str]) -> WorkerLogs:
     for text in texts.values():
         for match in HEARTBEAT.finditer(text):
             waited = float(match[3]) + max(0.0, float(match[5]))
-            beats.append(Beat(float(match[1]) - waited / 1000.0, match[2], match[4], float(match[3]), waited))
+            due = float(match[1]) - waited / 1000.0
+            beats.append(Beat(due, match[2], match[4], float(match[3]), waited))
+            skipped = 1
+            while waited - skipped * interval * 1000.0 > float(match[3]):
+                beats.append(Beat(due + skipped * interval, match[2], match[4], float(match[3]),
+                                  waited - skipped * interval * 1000.0, filled_in=True))
+                skipped += 1
         lost.update((match[1], match[2]) for match in LEASE_LOST.finditer(text))
         done.extend(float(match[1]) for match in DONE.finditer(text))
         tracebacks += text.count(TRACEBACK)
@@ -259,11 +280,12 @@ def heartbeat_figures(beats: list[Beat], start: float, end: float) -> dict[str, 
     them and per worker; and the round trips alone."""
     window = [beat for beat in beats if start <= beat.due < end]
     every = [beat.waited for beat in window]
+    sent = [beat for beat in window if not beat.filled_in]
     per_worker: dict[str, list[float]] = collections.defaultdict(list)
     answered: dict[str, list[float]] = collections.defaultdict(list)
     for beat in window:
         per_worker[beat.worker].append(beat.waited)
-        if beat.outcome == "ok":
+        if beat.outcome == "ok" and not beat.filled_in:
             answered[beat.worker].append(beat.due + beat.waited / 1000.0)
     worst = max(per_worker, key=lambda name: percentile(per_worker[name], 0.99), default=None)
     # The longest stretch of the window a worker spent without an answered heartbeat: past the alive timeout, its
@@ -274,12 +296,13 @@ def heartbeat_figures(beats: list[Beat], start: float, end: float) -> dict[str, 
         longest_gap = max(longest_gap, max(b - a for a, b in zip(marks, marks[1:])))
     return {
         "count": len(window),
-        "failed": sum(1 for beat in window if beat.outcome != "ok"),
-        "outcomes": collections.Counter(beat.outcome for beat in window if beat.outcome != "ok"),
+        "filled_in": len(window) - len(sent),
+        "failed": sum(1 for beat in sent if beat.outcome != "ok"),
+        "outcomes": collections.Counter(beat.outcome for beat in sent if beat.outcome != "ok"),
         "p50": percentile(every, 0.5),
         "p99": percentile(every, 0.99),
         "max": max(every, default=None),
-        "round_trip_p99": percentile([beat.round_trip for beat in window], 0.99),
+        "round_trip_p99": percentile([beat.round_trip for beat in sent], 0.99),
         "worst_worker": worst,
         "worst_worker_p99": percentile(per_worker[worst], 0.99) if worst else None,
         "workers": len(per_worker),
@@ -339,6 +362,8 @@ class Farm:
                            "--acks", os.path.join(self.run_dir, "acks", f"{name}.jsonl"),
                            "--frame-min", str(args.frame_min), "--frame-max", str(args.frame_max),
                            "--timeout", str(args.request_timeout), "--log-heartbeats", "--seed", str(number),
+                           # A call held up by the server is no stalled process: heartbeats must not wait for it.
+                           "--report-first", "0",
                            "--max-seconds", str(seconds + 600)]
                 child = Child(name, "sim", command, os.path.join(self.run_dir, "logs", f"{name}.log"), env)
                 child.start()
@@ -401,17 +426,23 @@ class Farm:
             child.wait_stopped(deadline)
 
     def frames_done(self) -> int | None:
+        """Frames done over every task, as the coordinator counts them; None when it does not answer."""
         with contextlib.suppress(OSError, HttpError, ValueError, KeyError, TypeError):
             tasks = self.coordinator.client("admin", timeout=30).get("/tasks")["tasks"]
             return sum(task["progress"]["done"] for task in tasks)
         return None
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """Stop every process started: the attacker, the workers, the coordinator last, after asking it how many
+        frames were done (returned, None when it did not answer)."""
         if self.attacker is not None and self.attacker.poll() is None:
             self.attacker.kill()
             self.attacker.wait(10)
-        self.stop_workers()
+        with phase("stop the workers"):
+            self.stop_workers()
+        done = self.frames_done() if self.coordinator.popen is not None else None
         self.coordinator.stop()
+        return done
 
 
 def run(args: argparse.Namespace, run_dir: str) -> Outcome:
@@ -423,13 +454,10 @@ def run(args: argparse.Namespace, run_dir: str) -> Outcome:
     finally:
         # Nothing may interrupt the clean-up: it is what stops the hundreds of processes started.
         handlers = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with phase("stop the workers"):
-            farm.stop_workers()
-        done = farm.frames_done()
-        farm.stop()
+        done = farm.stop()
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
-    logs = read_worker_logs({child.name: child.log_text() for child in farm.workers})
+    logs = read_worker_logs({child.name: child.log_text() for child in farm.workers}, args.heartbeat)
     output = farm.coordinator.output()
     return Outcome(calm=heartbeat_figures(logs.beats, calm_from, measure_from - args.ramp),
                    attack=heartbeat_figures(logs.beats, measure_from, until), logs=logs, attacker=attacker,
@@ -446,7 +474,8 @@ def record(results: Results, outcome: Outcome, args: argparse.Namespace) -> None
                 f"in the {args.duration:g} s window")
     results.add("heartbeat p99 under attack", _round(attack["p99"]), "ms", TARGET_HEARTBEAT_P99_MS,
                 note=f"{attack['count']:,} heartbeats of {attack['workers']} workers, each from when it was due to "
-                "its answer (or failure): a wait behind the worker's other calls counts")
+                f"its answer (or failure): a wait behind the worker's other calls counts; {attack['filled_in']:,} of "
+                "them filled in for intervals a blocked worker skipped")
     results.add("heartbeat round-trip p99 under attack", _round(attack["round_trip_p99"]), "ms",
                 note="the requests alone, from sending to the answer")
     results.add("heartbeat p50 under attack", _round(attack["p50"]), "ms")
@@ -476,9 +505,10 @@ def record_attack(results: Results, attacker: dict[str, Any]) -> None:
     for kind, label in (("idle", "idle connections"), ("slowloris", "slowloris sockets")):
         cuts = attacker["cut_after"][kind]
         in_play = attacker["in_play"][kind]
+        connecting = max(attacker["connecting"][kind], default=0)
         results.add(f"{label} held open (fewest during the window)", min(in_play) if in_play else None,
-                    note=f"{attacker['opened'].get(kind, 0):,} opened in all; "
-                    f"{attacker['connect_failures'].get(kind, 0):,} connects failed")
+                    note=f"{attacker['opened'].get(kind, 0):,} opened in all; {connecting:,} at most still "
+                    f"connecting at once; {attacker['connect_failures'].get(kind, 0):,} connects failed")
         results.add(f"{label} cut by the server", len(cuts),
                     note=f"{attacker['answered_cuts'].get(kind, 0):,} of them with an answer first" if cuts else "")
         results.add(f"{label}: median time held before the cut", _round(percentile(cuts, 0.5), 2), "s")
