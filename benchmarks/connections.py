@@ -580,8 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(run_dir, exist_ok=True)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
+    # The folder is named only when kept: the output's last lines go into docs/benchmarks.md.
     print(f"connections: {args.workers} simulated workers, {args.idle} idle + {args.slowloris} slowloris sockets, "
-          f"{args.duration:g} s window, folder {run_dir}", flush=True)
+          f"{args.duration:g} s window" + (f", folder {run_dir}" if args.keep else ""), flush=True)
     outcome: Outcome | None = None
     try:
         outcome = run(args, run_dir)
