@@ -80,7 +80,6 @@ class Held:
 
     kind: str  # "idle" or "slowloris"
     sock: socket.socket
-    opened: float
     connected: float | None = None
     next_byte: float = 0.0
     answered: bool = False
@@ -117,7 +116,7 @@ class Attacker:
             self.connect_failures[kind] += 1
             self.reopen_at.append((time.monotonic() + RECONNECT_DELAY, kind))
             return
-        held = Held(kind, sock, time.monotonic())
+        held = Held(kind, sock)
         self.held[sock.fileno()] = held
         self.opened[kind] += 1
         self.selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, held)
@@ -221,7 +220,7 @@ def attack(config_json: str) -> int:
     return 0
 
 
-# -- what the workers saw -----------------------------------------------------------------------------------------------
+# -- what the workers saw ----------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -310,7 +309,7 @@ def heartbeat_figures(beats: list[Beat], start: float, end: float) -> dict[str, 
     }
 
 
-# -- the run ------------------------------------------------------------------------------------------------------------
+# -- the run -----------------------------------------------------------------------------------------------------------
 
 
 class ConnectionsError(Exception):
@@ -406,9 +405,9 @@ class Farm:
                   "measure_from": measure_from}
         with phase(f"attack: {args.idle} idle + {args.slowloris} slowloris connections for {args.duration:g} s "
                    f"(after {args.ramp:g} s to open them)"):
-            self.attacker = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--attack", json.dumps(config)],
-                                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=renderq_env(),
-                                             start_new_session=True)
+            command = [sys.executable, os.path.abspath(__file__), "--attack", json.dumps(config)]
+            self.attacker = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                             env=renderq_env(), start_new_session=True)
             while time.time() < self.attack_until:
                 self.check_alive()
                 time.sleep(min(1.0, max(0.0, self.attack_until - time.time())))
