@@ -12,6 +12,9 @@ Every done report the coordinator acknowledged is appended to the --acks file as
 can count duplicate acknowledged frames even when this process is SIGKILLed right after. A refusal (409: the lease
 was lost, e.g. after a kill, a stall or a revoke) is normal under chaos: it is logged and the frame dropped.
 
+With --log-heartbeats it logs every heartbeat's round trip, outcome and lateness (a heartbeat falls due while the
+one thread is busy with another call), for latency figures (benchmarks/connections.py).
+
 Standard library only, one thread, one connection per request (the coordinator limits open connections, and
 hundreds of these run at once). SIGINT/SIGTERM gives the held frame back and exits 0; the process also stops by
 itself after --max-seconds, or when the process that started it is gone.
