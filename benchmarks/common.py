@@ -187,6 +187,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit (children inherit it): a process holding
+    thousands of sockets needs it. Returns the soft limit now in force (-1 where there is no such limit)."""
+    try:
+        import resource
+    except ImportError:  # Windows: no per-process descriptor limit to raise
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
+
+
 def renderq_env(**extra: str) -> dict[str, str]:
     """The environment for a `python -m renderq` child: this checkout importable, output unbuffered."""
     env = dict(os.environ)

@@ -41,6 +41,10 @@ from common import ROOT, describe_machine, find_blender, format_number, format_t
 
 REPORT = os.path.join(ROOT, "docs", "benchmarks.md")
 DATA_MARK = "renderq-benchmark-data"
+# Text between these lines of the report is written by hand (notes, earlier figures worth keeping) and kept as it is
+# when the report is written again.
+NOTES_START = "<!-- renderq-benchmark-notes: written by hand, kept when run.py writes this file again -->"
+NOTES_END = "<!-- /renderq-benchmark-notes -->"
 OUTPUT_TAIL_LINES = 40
 # Before each benchmark of the full suite, the machine must be this idle over 5 s, waiting at most this long.
 QUIET_IDLE_SHARE = 0.9
@@ -79,6 +83,8 @@ KNOWN = (
               needs_blender=True),
     Benchmark("throughput", "throughput.py",
               "the largest farm of simulated workers one coordinator serves with every call under 100 ms"),
+    Benchmark("connections", "connections.py",
+              "1,000 idle and 200 slowloris connections against 200 simulated workers: heartbeat p99, leases lost"),
     Benchmark("eta_accuracy", "eta_accuracy.py", "how close the finish-time estimate comes", needs_blender=True),
     Benchmark("eta_model", "eta_model.py",
               "the finish-time estimator on 200 simulated renders of eta_accuracy's scene, without machine noise"),
@@ -290,14 +296,29 @@ def load_runs(path: str) -> dict[str, Run]:
     return {run.name: run for run in runs}
 
 
+def load_notes(path: str) -> str:
+    """The hand-written notes of an earlier report, markers included; "" when there are none."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError:
+        return ""
+    start = text.find(NOTES_START)
+    end = text.find(NOTES_END, start)
+    return text[start:end + len(NOTES_END)] if start >= 0 and end >= 0 else ""
+
+
 def write_report(path: str, runs: list[Run]) -> None:
     """The Markdown report: every figure, then each run's date, command and machine; the data block at the end lets a
-    later `--only` run keep the other benchmarks' figures."""
+    later `--only` run keep the other benchmarks' figures. The notes written by hand in the earlier report are
+    kept."""
     quick = any(run.quick for run in runs)
+    notes = load_notes(path)
     lines = ["# RenderQ benchmark figures", ""]
-    lines.append("Written by `python benchmarks/run.py`; do not edit by hand, run it again (with `--only NAME` to "
-                 "refresh one benchmark and keep the others). How each benchmark measures is described at the top "
-                 "of its script in `benchmarks/`. Sizes are in decimal megabytes (1 MB = 1,000,000 bytes).")
+    lines.append("Written by `python benchmarks/run.py`; do not edit by hand (except the notes after the machines, which "
+                 "it keeps), run it again (with `--only NAME` to refresh one benchmark and keep the others). How each "
+                 "benchmark measures is described at the top of its script in `benchmarks/`. Sizes are in decimal "
+                 "megabytes (1 MB = 1,000,000 bytes).")
     lines.append("")
     if quick:
         lines += [("**Quick mode**: small sizes to check that every benchmark still runs; these are not the "
@@ -328,6 +349,8 @@ def write_report(path: str, runs: list[Run]) -> None:
     lines += ["", "## Machines", ""]
     for text, letter in machines.items():
         lines.append(f"- **{letter}**: {text}")
+    if notes:
+        lines += ["", notes]
     unhappy = [run for run in runs if run.status not in ("passed",) and run.output_tail]
     if unhappy:
         lines += ["", "## Output of the runs that did not pass", ""]

@@ -12,6 +12,9 @@ Every done report the coordinator acknowledged is appended to the --acks file as
 can count duplicate acknowledged frames even when this process is SIGKILLed right after. A refusal (409: the lease
 was lost, e.g. after a kill, a stall or a revoke) is normal under chaos: it is logged and the frame dropped.
 
+With --log-heartbeats it logs every heartbeat's round trip, outcome and lateness (a heartbeat falls due while the
+one thread is busy with another call), for latency figures (benchmarks/connections.py).
+
 Standard library only, one thread, one connection per request (the coordinator limits open connections, and
 hundreds of these run at once). SIGINT/SIGTERM gives the held frame back and exits 0; the process also stops by
 itself after --max-seconds, or when the process that started it is gone.
@@ -81,7 +84,11 @@ class Refused(Exception):
 
 
 class Unreachable(Exception):
-    """No answer: connection refused or cut, or a timeout."""
+    """No answer: connection refused or cut, or a timeout. `kind` names the error (TimeoutError, ...)."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class Stopping(Exception):
@@ -126,7 +133,7 @@ class Coordinator:
             response = connection.getresponse()
             payload = response.read()
         except (OSError, http.client.HTTPException) as error:
-            raise Unreachable(f"{type(error).__name__}: {error}") from None
+            raise Unreachable(f"{type(error).__name__}: {error}", type(error).__name__) from None
         finally:
             connection.close()
         elapsed = time.monotonic() - started
@@ -164,7 +171,7 @@ class SimWorker:
     def __init__(self, coordinator: Coordinator, name: str, acks_path: str, *, frame_min: float, frame_max: float,
                  fail_rate: float = 0.0, report_first: float = 0.5, poll_seconds: float = 2.0,
                  max_seconds: float = 3600.0, blender_version: str = "3.4.1", seed: int | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log_heartbeats: bool = False, log: Callable[[str], None] | None = None) -> None:
         self.coordinator = coordinator
         self.name = name
         self.acks_path = acks_path
@@ -175,6 +182,7 @@ class SimWorker:
         # The lease to report before heartbeating again, after a stall.
         self.report_before_heartbeat: Lease | None = None
         self.poll_seconds = poll_seconds
+        self.log_heartbeats = log_heartbeats
         self.blender_version = blender_version
         self.deadline = time.monotonic() + max_seconds
         self.random = random.Random(seed)
@@ -287,15 +295,19 @@ class SimWorker:
             return
         if self.lease is not None and self.lease is self.report_before_heartbeat:
             return
+        due = self.next_heartbeat
         self.next_heartbeat = time.monotonic() + self.heartbeat_seconds
         leases = [self.lease.lease_id] if self.lease is not None and not self.lease.revoked else []
+        started = time.monotonic()
         try:
             answer = self.coordinator.call("POST", "/update_worker",
                                            body={"worker_id": self.worker_id, "leases": leases})
         except Unreachable as error:
+            self.time_heartbeat(due, started, error.kind or "unreachable")
             self.log("unreachable", f"heartbeat: {error}")
             return
         except Refused as error:
+            self.time_heartbeat(due, started, f"http{error.status}")
             if error.status == 404:
                 self.log("unknown", f"heartbeat: {error}; registering again")
                 self.forget_lease()
@@ -303,10 +315,18 @@ class SimWorker:
             else:
                 self.log("server_error" if error.status >= 500 else "refused", f"heartbeat: {error}")
             return
+        self.time_heartbeat(due, started, "ok")
         revoked = set(answer.get("revoked") or [])
         if self.lease is not None and self.lease.lease_id in revoked:
             self.lease.revoked = True
-            self.log("revoked", str(self.lease))
+            self.log("revoked", f"{self.lease} lease={self.lease.lease_id}")
+
+    def time_heartbeat(self, due: float, started: float, outcome: str) -> None:
+        """With --log-heartbeats, log the heartbeat's round trip from `started`, failures included, and how late it
+        started after it was `due` (both monotonic): a worker blocked in another call sends its heartbeat late."""
+        if self.log_heartbeats:
+            now = time.monotonic()
+            self.log("heartbeat", f"{(now - started) * 1000:.1f} ms {outcome} late {(started - due) * 1000:.1f} ms")
 
     def forget_lease(self) -> None:
         if self.lease is not None:
@@ -439,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the Blender version this worker claims to have; it gets frames of tasks saved by that "
                         "version or older (default 3.4.1)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for frame times and failures")
+    parser.add_argument("--log-heartbeats", action="store_true",
+                        help="log every heartbeat's round trip in milliseconds, its outcome (ok, http404, "
+                        "TimeoutError, ...) and how late it was sent, for latency figures")
     return parser
 
 
@@ -461,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     worker = SimWorker(coordinator, args.name, args.acks, frame_min=args.frame_min, frame_max=args.frame_max,
                        fail_rate=args.fail_rate, report_first=args.report_first, poll_seconds=args.poll, max_seconds=args.max_seconds,
-                       blender_version=args.blender_version, seed=args.seed)
+                       blender_version=args.blender_version, seed=args.seed, log_heartbeats=args.log_heartbeats)
     coordinator.on_slow = lambda text: worker.log("slow", text)
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)

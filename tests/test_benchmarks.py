@@ -98,6 +98,9 @@ def test_report_keeps_the_figures_of_benchmarks_not_run_again(tmp_path):
                             "met": True, "note": ""}])
 
     runner.write_report(str(report), [run(names[0], 1.0), run(names[1], 2.0)])
+    # Notes written by hand into the report survive the next run.
+    notes = f"{runner.NOTES_START}\n## Before a change\n\nkept | as written\n{runner.NOTES_END}"
+    report.write_text(report.read_text().replace("## Machines", notes + "\n\n## Machines"))
     earlier = runner.load_runs(str(report))
     assert sorted(earlier) == sorted(names[:2])
     earlier[names[1]] = run(names[1], 3.0)
@@ -106,6 +109,7 @@ def test_report_keeps_the_figures_of_benchmarks_not_run_again(tmp_path):
     assert re.search(rf"^\| {names[0]} \| size \\\| of it \| 1 MB \| ≤ 200 MB \| yes \|$", text, re.MULTILINE), text
     assert re.search(rf"^\| {names[1]} \| size \\\| of it \| 3 MB \|", text, re.MULTILINE), text
     assert "Test CPU, 2 cores, 1 GiB RAM" in text
+    assert text.count(notes) == 1, text
 
 
 @pytest.mark.timeout(900)
