@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from .migrations import qualify_owners
+
 ACTIVE_FRAME_STATES = ("leased", "rendering")
 # A paused task is still open: its frames may be rendering, and resuming hands the queued ones out again.
 OPEN_TASK_STATES = ("queued", "running", "paused")
@@ -202,7 +204,7 @@ class Store:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         for index in ADDED_INDEXES:
             db.execute(index)
-        _qualify_owners(db)
+        qualify_owners(db)
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
@@ -962,27 +964,6 @@ _CLAIMABLE_BY_WORKER = (
     "AND b.worker_id = :worker_id AND b.failures >= :blocked_at) "
     "AND EXISTS (SELECT 1 FROM frames f WHERE f.task_id = t.task_id AND f.status = 'queued')"
 )
-
-
-def _qualify_owners(db: sqlite3.Connection) -> None:
-    """Once per database: turn the owners of tasks submitted before owners were role-qualified into identities.
-
-    A named artist's tasks recorded the bare name ("alice"); now their owner is "artist:alice", so that no artist
-    name can equal a role's identity. "admin", "artist" and "anonymous" stay as they are: they may also have been
-    named artists' tasks, which cannot be told apart now, and the role keeps them (the safe side: an artist with
-    such a name loses the right to cancel those tasks, an admin still may).
-    """
-    db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        if db.execute("SELECT 1 FROM migrations WHERE name = 'qualified_owners'").fetchone() is None:
-            db.execute("UPDATE tasks SET owner = 'artist:' || owner "
-                       "WHERE owner NOT IN ('', 'admin', 'artist', 'anonymous', 'worker')")
-            db.execute("INSERT INTO migrations (name, applied_at) VALUES ('qualified_owners', ?)", (time.time(),))
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
 
 
 def _requeue(db: sqlite3.Connection, where: str, params: tuple) -> int:
