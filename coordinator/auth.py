@@ -58,6 +58,8 @@ def needs_token(role: str) -> str:
 WRONG_TOKEN = "the token sent is not one of the coordinator's access tokens"
 CROSS_SITE = "refused: a change with the login cookie must come from the status page itself"
 CROSS_SITE_OPEN = "refused: a change sent by a web page must come from this coordinator's own status page"
+FOREIGN_HOST = ("refused: this coordinator runs without access tokens, so it answers only when reached by its IP "
+                "address, localhost or its --public-url, not by another name (a web page could point that name here)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +226,36 @@ def setup(app: Flask, config: Config) -> TokenBook:
         PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
     )
     app.extensions["renderq.tokens"] = book
+    if not config.auth:
+        app.before_request(_refuse_foreign_host)
     return book
+
+
+def _refuse_foreign_host() -> Any:
+    """Without tokens, answer only requests that reached us by a name no other site can own (see host_is_ours)."""
+    return None if host_is_ours() else _refusal(403, FOREIGN_HOST)
+
+
+def host_is_ours() -> bool:
+    """True when the request's Host is an IP address, a localhost name, or the host of --public-url / --host.
+
+    Another site's page can point its own domain name at this machine (DNS rebinding) and so become same-origin
+    with us; its requests then carry that name as Host. An IP address or localhost cannot be taken over that way.
+    """
+    try:
+        hostname = (urllib.parse.urlsplit("//" + request.host).hostname or "").lower()
+    except ValueError:  # a malformed Host, e.g. an unclosed IPv6 bracket
+        return False
+    if hostname == "localhost" or hostname.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(hostname)
+        return True
+    except ValueError:
+        pass
+    config = current_app.config["RENDERQ"]
+    named = {urllib.parse.urlsplit(config.public_url).hostname, config.host}
+    return hostname in {name.lower() for name in named if name}
 
 
 def _read_or_create_secret(path: str) -> tuple[str, bool]:

@@ -242,6 +242,24 @@ def test_no_auth_refuses_changes_from_other_sites(farm):
     assert farm.api.task(task_id)["status"] == "canceled"
 
 
+def test_no_auth_answers_no_name_another_site_could_point_here(farm):
+    # DNS rebinding: evil.example first resolves to the attacker's server, then to 127.0.0.1; its page is then
+    # same-origin with the coordinator, and its requests carry Host: evil.example.
+    farm.start_coordinator("--no-auth")
+    task_id = seed_task(farm)
+    rebound = f"evil.example:{farm.port}"
+    origin = f"http://{rebound}"
+    status, _, answer = send(farm, "GET", "/tasks", headers={"Host": rebound})
+    assert status == 403 and b"error" in answer and b"shot" not in answer, answer
+    status, _, _ = send(farm, "POST", "/cancel_task", '{"task_id": %d}' % task_id,
+                        {"Host": rebound, "Origin": origin, "Content-Type": "application/json"})
+    assert status == 403 and farm.api.task(task_id)["status"] == "queued"
+    assert send(farm, "GET", "/", headers={"Host": rebound})[0] == 403
+    # The names that stay ours: an IP address, localhost.
+    for host in (f"127.0.0.1:{farm.port}", f"localhost:{farm.port}", "[::1]"):
+        assert send(farm, "GET", "/tasks", headers={"Host": host})[0] == 200, host
+
+
 @needs_browser
 def test_a_web_page_cannot_change_a_coordinator_without_tokens(farm):
     farm.start_coordinator("--no-auth")
