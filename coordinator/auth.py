@@ -496,7 +496,8 @@ def safe_next(target: str | None) -> str:
     """Where to go after logging in: a path on this coordinator only, never another site; "/" for anything else.
 
     The answer is rebuilt from the parsed path (and query), never passed on as given: browsers drop tabs and
-    newlines from a Location and read a backslash as a slash, so "/\t/evil.example" would reach another site.
+    newlines from a Location and read a backslash as a slash, so "/%09/evil.example" (a tab) would reach another
+    site.
     """
     if not target or "\\" in target or any(not c.isprintable() or c.isspace() for c in target):
         return "/"
@@ -513,5 +514,5 @@ def safe_next(target: str | None) -> str:
     return rebuilt
 
 
-# Characters a path may hold as they are (RFC 3986 pchar without '%', which stays too so escapes are kept).
+# Characters kept as they are in the rebuilt target: RFC 3986's path characters, and '%' so that escapes stay escapes.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
