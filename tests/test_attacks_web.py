@@ -291,11 +291,11 @@ HOSTILE_LABEL = "\x1b]0;owned\x07\x1b[2J\x1b[31mboss\u202eevil\x9b1m\x7f"
 HOSTILE_ERROR = "\x1b[1A\x1b[2Kframe 1 done\r\x1b]8;;http://evil.example\x07click\x1b]8;;\x07\nsecond line \x85"
 
 
-def renderq(farm: Farm, *args: str) -> subprocess.CompletedProcess:
+def renderq(farm: Farm, *args: str, token: str | None = None, exit_code: int = 0) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", "renderq", *args, "--coordinator", farm.url, "--token",
-                           farm.admin_token()], capture_output=True, text=True, encoding="utf-8",
+                           token or farm.admin_token()], capture_output=True, text=True, encoding="utf-8",
                           env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=60)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == exit_code, done.stderr
     return done
 
 
@@ -310,11 +310,19 @@ def test_renderq_prints_no_escape_sequences_from_other_people(farm):
     farm.api.post("/append_log", {"task_id": task_id, "text": "Fra:1 " + HOSTILE_ERROR + "\n"})
     wait_for(lambda: farm.api.task(task_id)["frames"][0]["error"] == HOSTILE_ERROR, 10, "the failure to be stored")
 
+    # An artist name from a hand-edited artist_tokens file reaches other artists in the coordinator's refusals.
+    eve, bob = "e" * 40, "b" * 40
+    with open(os.path.join(farm.data_dir, "artist_tokens"), "w", encoding="utf-8") as handle:
+        handle.write(f"eve\x1b[2J\x1b]0;pwned\x07\u202e {eve}\nbob {bob}\n")
+    eves = seed_task(farm, eve)
+
     table = renderq(farm, "status")
     detail = renderq(farm, "status", str(task_id))
     workers = renderq(farm, "workers")
     logs = renderq(farm, "logs", str(task_id))
-    for done in (table, detail, workers, logs):
+    refused = renderq(farm, "cancel", str(eves), token=bob, exit_code=1)
+    assert "belongs to artist:eve" in refused.stderr
+    for done in (table, detail, workers, logs, refused):
         for stream in (done.stdout, done.stderr):
             assert not TERMINAL_CONTROLS.search(stream), (done.args[3:5], stream)
     # What the text said is still there, shown as text; the owner (from the token) stands beside the label.
@@ -331,6 +339,18 @@ def test_the_status_page_shows_the_owner_beside_the_label(farm):
     assert (item["owner"], item["by"]) == ("admin", "the boss")
     page = farm.api.get(f"/tasks/{task_id}").decode()
     assert re.search(r'id="task-owner"[^>]*>admin<', page) and "the boss" in page
+
+
+def test_printable_leaves_text_and_drops_what_a_terminal_would_act_on():
+    from renderq.progress import format_table, printable
+
+    every_control = "".join(map(chr, [*range(0x20), 0x7F, *range(0x80, 0xA0), 0x61C, 0x200E, 0x200F,
+                                       *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029]))
+    assert not TERMINAL_CONTROLS.search(printable(every_control, multiline=True).replace("\t", "").replace("\n", ""))
+    assert printable("a\tb\nc\r\x1b[31md") == "a b c [31md"
+    assert printable("a\tb\nc", multiline=True) == "a\tb\nc"
+    assert printable("Blender 4.2 · é ✓ 日本") == "Blender 4.2 · é ✓ 日本"
+    assert not TERMINAL_CONTROLS.search(format_table(["A"], [["x\x1b[2Jy\x9b"], ["z\u202e"]]))
 
 
 # -- sessions that outlive their logout ----------------------------------------------------------------------------------
