@@ -16,8 +16,6 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .migrations import qualify_owners
-
 ACTIVE_FRAME_STATES = ("leased", "rendering")
 # A paused task is still open: its frames may be rendering, and resuming hands the queued ones out again.
 OPEN_TASK_STATES = ("queued", "running", "paused")
@@ -204,7 +202,6 @@ class Store:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         for index in ADDED_INDEXES:
             db.execute(index)
-        qualify_owners(db)
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 

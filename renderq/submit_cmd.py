@@ -20,7 +20,7 @@ from renderq.http_client import (
     CoordinatorError,
     CoordinatorUnreachable,
 )
-from renderq.progress import ProgressLine, bar, format_bytes, printable
+from renderq.progress import ProgressLine, bar, format_bytes
 from renderq.task_view import download_done_frames, report_outcome, wait_for_task
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ def print_preflight(blend: Path, packed: PackResult) -> None:
     if packed.missing:
         print(f"missing assets ({len(packed.missing)}), referenced but not on disk:", file=sys.stderr)
         for asset in packed.missing:
-            print(f"  {printable(asset)}", file=sys.stderr)  # a path from the .blend, which anyone may have made
+            print(f"  {asset}", file=sys.stderr)
     sys.stdout.flush()
 
 
