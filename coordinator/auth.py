@@ -19,7 +19,9 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import posixpath
 import secrets
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 from flask import Flask, current_app, g, jsonify, redirect, request, session, url_for
 
 from .config import Config
+from .sessions import LoginSessions
 
 ROLES = ("worker", "artist", "admin")
 TOKEN_FILES = {"admin": "admin_token", "artist": "artist_token", "worker": "worker_token"}
@@ -38,6 +41,10 @@ CSRF_HEADER = "X-CSRF-Token"
 SESSION_LIFETIME = datetime.timedelta(days=14)
 # The identity of everyone when auth is off.
 ANONYMOUS_ADMIN = "anonymous"
+# A named artist's owner identity is "artist:NAME": the role prefix keeps it apart from the role identities
+# ("admin", "artist", "worker", "anonymous"), whatever NAME is.
+ARTIST_OWNER_PREFIX = "artist:"
+RESERVED_ARTIST_NAMES = ("admin", "artist", "worker", "anonymous")
 
 NEEDS_TOKEN = ("this needs an access token: send it as 'Authorization: Bearer TOKEN', or log in on the status page "
                "(the tokens are in the coordinator's data dir: admin_token, artist_token, worker_token)")
@@ -50,11 +57,18 @@ def needs_token(role: str) -> str:
             f"data dir, files {role}_token" + ("" if role == "admin" else " and admin_token") + ")")
 WRONG_TOKEN = "the token sent is not one of the coordinator's access tokens"
 CROSS_SITE = "refused: a change with the login cookie must come from the status page itself"
+CROSS_SITE_OPEN = "refused: a change sent by a web page must come from this coordinator's own status page"
+FOREIGN_HOST = ("refused: this coordinator runs without access tokens, so it answers only when reached by its IP "
+                "address, localhost or its --public-url, not by another name (a web page could point that name here)")
 
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
-    """Who sent a request: their role and, for artists, their name (the owner recorded on their tasks)."""
+    """Who sent a request: their role and their owner identity, recorded as the owner of the tasks they submit.
+
+    `name` is role-qualified, so no two kinds of sender share it: "admin", "artist" (the shared artist token),
+    "artist:NAME" (a named artist's token), "anonymous" (everyone, when auth is off).
+    """
 
     role: str
     name: str
@@ -122,7 +136,7 @@ class TokenBook:
                 found = Identity(role, "admin" if role == "admin" else role)
         for name, value in self._named_artists():
             if token_matches(token, value):
-                found = Identity("artist", name)
+                found = Identity("artist", artist_owner(name))
         return found
 
     def _named_artists(self) -> list[tuple[str, str]]:
@@ -160,10 +174,25 @@ def read_artist_tokens(path: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def add_artist_token(data_dir: str, name: str) -> str:
-    """Create a token for one named artist in the data dir's artist_tokens file (0600); returns the token."""
+def artist_owner(name: str) -> str:
+    """The owner identity of the tasks a named artist submits."""
+    return ARTIST_OWNER_PREFIX + name
+
+
+def check_artist_name(name: str) -> None:
+    """Refuse (ValueError with a sentence) a name that is no valid artist name or that names a role."""
     if not name or not name.isprintable() or " " in name or len(name) > 64:
         raise ValueError("an artist's name must be 1 to 64 printable characters without spaces")
+    if ":" in name:
+        raise ValueError(f"an artist's name must not contain ':', not {name!r}")
+    if name.lower() in RESERVED_ARTIST_NAMES:
+        raise ValueError(f"{name!r} is reserved for a role ({', '.join(RESERVED_ARTIST_NAMES)}); "
+                         "choose the artist's own name")
+
+
+def add_artist_token(data_dir: str, name: str) -> str:
+    """Create a token for one named artist in the data dir's artist_tokens file (0600); returns the token."""
+    check_artist_name(name)
     path = os.path.join(data_dir, ARTIST_TOKENS_FILE)
     if os.path.exists(path) and any(existing == name for existing, _ in read_artist_tokens(path)):
         raise ValueError(f"there is already a token for {name!r} in {path}")
@@ -197,7 +226,36 @@ def setup(app: Flask, config: Config) -> TokenBook:
         PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
     )
     app.extensions["renderq.tokens"] = book
+    if not config.auth:
+        app.before_request(_refuse_foreign_host)
     return book
+
+
+def _refuse_foreign_host() -> Any:
+    """Without tokens, answer only requests that reached us by a name no other site can own (see host_is_ours)."""
+    return None if host_is_ours() else _refusal(403, FOREIGN_HOST)
+
+
+def host_is_ours() -> bool:
+    """True when the request's Host is an IP address, a localhost name, or the host of --public-url / --host.
+
+    Another site's page can point its own domain name at this machine (DNS rebinding) and so become same-origin
+    with us; its requests then carry that name as Host. An IP address or localhost cannot be taken over that way.
+    """
+    try:
+        hostname = (urllib.parse.urlsplit("//" + request.host).hostname or "").lower()
+    except ValueError:  # a malformed Host, e.g. an unclosed IPv6 bracket
+        return False
+    if hostname == "localhost" or hostname.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(hostname)
+        return True
+    except ValueError:
+        pass
+    config = current_app.config["RENDERQ"]
+    named = {urllib.parse.urlsplit(config.public_url).hostname, config.host}
+    return hostname in {name.lower() for name in named if name}
 
 
 def _read_or_create_secret(path: str) -> tuple[str, bool]:
@@ -246,10 +304,19 @@ def bearer_token() -> str | None:
     return value.strip()
 
 
+def _login_sessions() -> LoginSessions:
+    return current_app.extensions["renderq.sessions"]
+
+
 def session_is_admin() -> bool:
-    """True when the request carries a login cookie for the current admin token."""
+    """True when the request carries a login cookie for the current admin token, of a session not ended yet."""
     marker = session.get("admin")
-    return isinstance(marker, str) and hmac.compare_digest(marker, _fingerprint(_book().admin))
+    session_id = session.get("sid")
+    if not isinstance(marker, str) or not hmac.compare_digest(marker, _fingerprint(_book().admin)):
+        return False
+    # The signed cookie alone would stay valid for its whole lifetime, copies included; the server's record ends
+    # with logout.
+    return isinstance(session_id, str) and _login_sessions().is_live(session_id, time.time())
 
 
 def identity() -> Identity | None:
@@ -272,14 +339,19 @@ def log_in(token: str) -> bool:
     """Start an admin session when `token` is the admin token; False (and no session) otherwise."""
     if not token_matches(token.strip(), _book().admin):
         return False
-    session.clear()
+    log_out()  # a session id someone may have planted in this browser before is not carried on
     session.permanent = True
     session["admin"] = _fingerprint(_book().admin)
+    session["sid"] = _login_sessions().start(time.time(), SESSION_LIFETIME.total_seconds())
     session["csrf"] = secrets.token_urlsafe(24)
     return True
 
 
 def log_out() -> None:
+    """End the login session on the server too, so no copy of its cookie works any more."""
+    session_id = session.get("sid")
+    if isinstance(session_id, str):
+        _login_sessions().end(session_id)
     session.clear()
 
 
@@ -321,6 +393,10 @@ def check_allowed(role: str, open_read: bool = False) -> tuple[int, str] | None:
     `open_read`: a read that the status page makes, allowed to anyone when the coordinator runs with open_status.
     """
     if not _book().enabled:
+        # Without tokens the browser needs no cookie to change things, so any page it shows could: only our own
+        # page (or a client that is not a browser, which sends no Origin) may.
+        if _is_change() and not same_origin():
+            return 403, CROSS_SITE_OPEN
         g.renderq_identity = Identity("admin", ANONYMOUS_ADMIN)
         return None
     given = bearer_token()
@@ -417,7 +493,26 @@ def reader_required(page: bool = False) -> Callable[[Callable[..., Any]], Callab
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after logging in: a path on this coordinator only, never another site."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Where to go after logging in: a path on this coordinator only, never another site; "/" for anything else.
+
+    The answer is rebuilt from the parsed path (and query), never passed on as given: browsers drop tabs and
+    newlines from a Location and read a backslash as a slash, so "/%09/evil.example" (a tab) would reach another
+    site.
+    """
+    if not target or "\\" in target or any(not c.isprintable() or c.isspace() for c in target):
         return "/"
-    return target
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return "/"
+    # normpath keeps a leading "//" (POSIX allows it), which a browser reads as another host: one slash only.
+    path = "/" + posixpath.normpath(parts.path).lstrip("/")
+    if parts.path.endswith("/") and path != "/":
+        path += "/"
+    rebuilt = urllib.parse.quote(path, safe=_PATH_SAFE)
+    if parts.query:
+        rebuilt += "?" + urllib.parse.quote(parts.query, safe=_PATH_SAFE + "?=&")
+    return rebuilt
+
+
+# Characters kept as they are in the rebuilt target: RFC 3986's path characters, and '%' so that escapes stay escapes.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"

@@ -29,6 +29,12 @@ class PayloadTooLarge(RenderQError):
     status = 413
 
 
+class UnsupportedMediaType(RenderQError):
+    """A body sent with the wrong Content-Type (JSON must be declared as application/json)."""
+
+    status = 415
+
+
 class InsufficientStorage(RenderQError):
     status = 507
 

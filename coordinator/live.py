@@ -187,7 +187,8 @@ def task_item(task: dict) -> dict[str, Any]:
     return {
         "id": task["task_id"],
         "name": task["name"],
-        "by": task["submitted_by"],
+        "owner": task["owner"],  # who submitted, from their token
+        "by": task["submitted_by"],  # a label the client chose: shown, never trusted
         "status": task["status"],
         "priority": task["priority"],
         "created_at": task["created_at"],

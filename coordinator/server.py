@@ -64,8 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "add, e.g. 1M (RENDERQ_MAX_LOG_CHUNK, default 1M)")
     parser.add_argument("--add-artist", metavar="NAME",
                         help="create an access token for one artist in the data dir (file artist_tokens), print it "
-                        "and exit; tasks submitted with it belong to NAME, and only NAME (or an admin) may cancel "
-                        "them. The running coordinator picks it up without a restart")
+                        "and exit; tasks submitted with it belong to artist:NAME, and only NAME (or an admin) may "
+                        "cancel them. The names admin, artist, worker, anonymous and names with ':' are refused. "
+                        "The running coordinator picks it up without a restart")
     parser.add_argument("--no-auth", dest="auth", action="store_false", default=None,
                         help="ask for no access tokens: anyone who reaches the coordinator may submit, cancel, "
                         "read and delete. Allowed on a loopback address only, unless --insecure is given too "

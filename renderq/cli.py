@@ -33,7 +33,7 @@ from renderq.cli_common import (
     print_json,
 )
 from renderq.http_client import CoordinatorError
-from renderq.progress import ProgressLine, format_bytes, format_duration, format_table
+from renderq.progress import ProgressLine, format_bytes, format_duration, format_table, printable
 from renderq.submit_cmd import (  # noqa: F401  (re-exported)
     BLENDER_READ_TIMEOUT,
     UPLOAD_PROGRESS_MIN_BYTES,
@@ -86,10 +86,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             progress = progress_of(task)
             eta = "-" if task.get("status") in FINAL_STATUSES else format_duration(progress.get("eta_seconds"))
             rows.append([
-                task.get("task_id"), task.get("name", ""), task.get("status", ""),
+                task.get("task_id"), task.get("name", ""), task.get("owner") or "-", task.get("status", ""),
                 f"{progress['done']}/{progress['total']}", f"{progress['percent']:.0f}%", eta, progress["failed"],
             ])
-        print(format_table(["ID", "NAME", "STATUS", "DONE", "%", "ETA", "FAILED"], rows, right=(0, 3, 4, 5, 6)))
+        # OWNER is who submitted (from their token); the free-text submitted_by label is in the task's details.
+        print(format_table(["ID", "NAME", "OWNER", "STATUS", "DONE", "%", "ETA", "FAILED"], rows,
+                           right=(0, 4, 5, 6, 7)))
         for task in tasks:
             if task.get("waiting_reason"):
                 print(f"task {task.get('task_id')}: {waiting_text(task['waiting_reason'])}")
@@ -218,7 +220,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             answer = client.get_log(args.task, offset)
             text = answer.get("text") or ""
             if text:
-                sys.stdout.write(text)
+                sys.stdout.write(printable(text, multiline=True))  # Blender's output, and whatever a scene printed
                 sys.stdout.flush()
             next_offset = int(answer.get("next_offset", offset))
             if text and next_offset > offset:
@@ -230,7 +232,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if status in FINAL_STATUSES:
                 # One more read: lines may have arrived between the last read and the task ending.
                 final = client.get_log(args.task, offset)
-                sys.stdout.write(final.get("text") or "")
+                sys.stdout.write(printable(final.get("text") or "", multiline=True))
                 sys.stdout.flush()
                 return EXIT_OK
             time.sleep(POLL_SECONDS)
@@ -480,13 +482,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UsageError as error:
-        print(f"renderq: {error}", file=sys.stderr)
+        print(f"renderq: {printable(error)}", file=sys.stderr)
         return EXIT_USAGE
     except CoordinatorError as error:
-        print(f"renderq: {error}; {TOKEN_HINT}" if error.status == 401 else f"renderq: {error}", file=sys.stderr)
+        message = printable(error)
+        print(f"renderq: {message}; {TOKEN_HINT}" if error.status == 401 else f"renderq: {message}", file=sys.stderr)
         return EXIT_FAILED
     except PartMissing as error:
-        print(f"renderq: {error}", file=sys.stderr)
+        print(f"renderq: {printable(error)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("renderq: interrupted", file=sys.stderr)
@@ -500,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except OSError as error:
         where = f": {error.filename}" if error.filename else ""
-        print(f"renderq: {error.strerror or error}{where}", file=sys.stderr)
+        print(f"renderq: {printable(error.strerror or error)}{printable(where)}", file=sys.stderr)
         return EXIT_FAILED
 
 

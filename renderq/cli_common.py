@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 from typing import Any
 
-from renderq.http_client import CoordinatorClient
+from renderq.http_client import CoordinatorClient, CoordinatorError
+from renderq.progress import printable, printable_answer
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -18,10 +20,26 @@ class UsageError(Exception):
     """Bad input from the user: printed as one sentence, exit status 2."""
 
 
+class TerminalClient(CoordinatorClient):
+    """The commands' client: every text in the coordinator's answers and refusals is made printable as it arrives.
+
+    Names, labels, errors and logs come from other people (and a coordinator may be hostile); cleaning them at the
+    door means no printing path can pass an escape sequence to the user's terminal.
+    """
+
+    def _json_call(self, *args: Any, **kwargs: Any) -> Any:
+        return printable_answer(super()._json_call(*args, **kwargs))
+
+    def _refusal(self, response: http.client.HTTPResponse) -> CoordinatorError:
+        error = super()._refusal(response)
+        error.message = printable(error.message)
+        return error
+
+
 def make_client(args: argparse.Namespace) -> CoordinatorClient:
     """The client for --coordinator (with --token, when given); a malformed URL is a usage error."""
     try:
-        return CoordinatorClient(args.coordinator, token=getattr(args, "token", None) or None)
+        return TerminalClient(args.coordinator, token=getattr(args, "token", None) or None)
     except ValueError as error:
         raise UsageError(str(error)) from None
 

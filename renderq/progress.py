@@ -1,11 +1,40 @@
-"""Terminal output helpers: a one-line progress display redrawn in place, durations, sizes and plain tables."""
+"""Terminal output helpers: a one-line progress display redrawn in place, durations, sizes and plain tables, and
+`printable`, which every text from a coordinator passes before it reaches the terminal."""
 
 from __future__ import annotations
 
 import shutil
 import sys
 import time
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
+
+# Characters a terminal acts on instead of showing: the C0 controls (ESC starts the escape sequences that retitle a
+# window, move the cursor or clear the screen), DEL, the C1 controls (CSI and OSC among them, ESC's 8-bit twins), the
+# Unicode line separators, and the bidirectional marks that make text show in another order than it reads (U+202E).
+_BIDI_MARKS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_UNSHOWN = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, *map(ord, _BIDI_MARKS)]
+_ONE_LINE = {code: None for code in _UNSHOWN} | {ord(c): " " for c in "\t\n\r\u2028\u2029"}
+_MULTI_LINE = {code: None for code in _UNSHOWN} | {ord("\t"): "\t", ord("\n"): "\n"}
+# Fields of a coordinator's answer that hold several lines (a log, a frame's error): they keep their line breaks.
+MULTI_LINE_FIELDS = frozenset({"text", "error", "log_tail"})
+
+
+def printable(text: object, *, multiline: bool = False) -> str:
+    """`text` made safe to print: control characters and bidirectional marks removed; line breaks and tabs become
+    spaces, or stay with `multiline`. Every text another party could have written goes through this."""
+    return str(text).translate(_MULTI_LINE if multiline else _ONE_LINE)
+
+
+def printable_answer(answer: Any, *, multiline: bool = False) -> Any:
+    """A decoded JSON answer with every string in it made printable (the MULTI_LINE_FIELDS keeping their lines)."""
+    if isinstance(answer, str):
+        return printable(answer, multiline=multiline)
+    if isinstance(answer, list):
+        return [printable_answer(item) for item in answer]
+    if isinstance(answer, dict):
+        return {printable(key): printable_answer(value, multiline=key in MULTI_LINE_FIELDS)
+                for key, value in answer.items()}
+    return answer
 
 # When output goes to a file or pipe, an in-place line would be a mess of carriage returns;
 # print a fresh line instead, but only this often.
@@ -25,6 +54,7 @@ class ProgressLine:
 
     def update(self, text: str, *, force: bool = False) -> None:
         """Show `text` as the current status."""
+        text = printable(text)
         if self.is_tty:
             width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
             text = text[:width]
@@ -117,8 +147,9 @@ def format_frame_list(frames: Sequence[int]) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> str:
-    """Columns padded to their widest cell; the column indexes in `right` are right-aligned."""
-    cells = [[str(cell) for cell in row] for row in rows]
+    """Columns padded to their widest cell; the column indexes in `right` are right-aligned. Cells are made
+    printable (one line each)."""
+    cells = [[printable(cell) for cell in row] for row in rows]
     widths = [len(header) for header in headers]
     for row in cells:
         for index, cell in enumerate(row):

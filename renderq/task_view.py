@@ -18,6 +18,7 @@ from renderq.progress import (
     format_frame_list,
     format_table,
     format_time,
+    printable_answer,
 )
 
 FINAL_STATUSES = ("done", "failed", "canceled")
@@ -99,6 +100,7 @@ def waiting_text(reason: str) -> str:
 
 def print_task_detail(task: dict) -> None:
     """A task's settings, progress and frame table."""
+    task = printable_answer(task)  # whichever client fetched it: other people's text reaches the terminal clean
     progress = progress_of(task)
     step = task.get("frame_step", 1)
     workers = ", ".join(task.get("workers") or []) or "any"
@@ -119,7 +121,9 @@ def print_task_detail(task: dict) -> None:
     if missing_assets:
         print(f"  missing    {len(missing_assets)} asset(s): {', '.join(missing_assets)}")
     print(f"  frames     {task.get('frame_start')}-{task.get('frame_end')}" + (f" step {step}" if step != 1 else ""))
-    print(f"  priority   {task.get('priority', 0)}   workers: {workers}   by: {task.get('submitted_by') or '-'}")
+    label = f"   (submitted as \"{task['submitted_by']}\")" if task.get("submitted_by") else ""
+    print(f"  owner      {task.get('owner') or '-'}{label}")
+    print(f"  priority   {task.get('priority', 0)}   workers: {workers}")
     print(
         f"  times      created {format_time(task.get('created_at'))}, started {format_time(task.get('started_at'))},"
         f" ended {format_time(task.get('ended_at'))}"

@@ -63,12 +63,15 @@ class Api:
         self.token = token
 
     def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
-             timeout: float = 30.0, token: str | None = None) -> tuple[int, Any]:
-        """One request; `token` overrides the client's own ("" sends none)."""
+             timeout: float = 30.0, token: str | None = None, content_type: str | None = None) -> tuple[int, Any]:
+        """One request; `token` overrides the client's own ("" sends none). A `body` goes as JSON; `raw` bytes
+        with `content_type` (none when not given)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if body is not None and raw is None:
             request.add_header("Content-Type", "application/json")
+        elif content_type is not None:
+            request.add_header("Content-Type", content_type)
         token = self.token if token is None else token
         if token:
             request.add_header("Authorization", f"Bearer {token}")

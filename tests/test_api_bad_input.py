@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 
@@ -62,7 +63,11 @@ def submit_body(state: dict, **changes) -> dict:
 
 
 CASES = {
-    "malformed json": lambda s: ("POST", "/submit_task", None, b"{not json", 400),
+    # (method, path, JSON body, raw body, expected status[, the raw body's Content-Type])
+    "malformed json": lambda s: ("POST", "/submit_task", None, b"{not json", 400, "application/json"),
+    "json sent as text/plain": lambda s: ("POST", "/submit_task", None, json.dumps(submit_body(s)).encode(), 415,
+                                          "text/plain"),
+    "json sent without a type": lambda s: ("POST", "/cancel_task", None, b'{"task_id": 1}', 415),
     "json not an object": lambda s: ("POST", "/submit_task", [1, 2], None, 400),
     "missing frame_start": lambda s: ("POST", "/submit_task", submit_body(s, frame_start=...), None, 400),
     "frame_end a string": lambda s: ("POST", "/submit_task", submit_body(s, frame_end="ten"), None, 400),
@@ -129,9 +134,9 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_refused_and_changes_nothing(farm, state, case):
-    method, path, body, raw, expected = CASES[case](state)
+    method, path, body, raw, expected, *content_type = CASES[case](state)
     before = snapshot(farm)
-    status, answer = farm.api.call(method, path, body=body, raw=raw)
+    status, answer = farm.api.call(method, path, body=body, raw=raw, content_type=(content_type or [None])[0])
     assert status == expected, answer
     assert isinstance(answer, dict) and isinstance(answer.get("error"), str) and answer["error"], answer
     assert snapshot(farm) == before

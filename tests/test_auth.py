@@ -149,7 +149,7 @@ def test_an_artist_cancels_only_their_own_tasks(app, client, stranger, farm_stat
         return answer.json["task_id"]
 
     alices = submit(alice)
-    assert client.get(f"/task?task_id={alices}").json["owner"] == "alice"
+    assert client.get(f"/task?task_id={alices}").json["owner"] == "artist:alice"
     refused = stranger.post("/cancel_task", json={"task_id": alices}, headers={"Authorization": f"Bearer {bob}"})
     assert refused.status_code == 403 and "alice" in refused.json["error"]
     assert client.get(f"/task?task_id={alices}").json["status"] == "queued"
@@ -237,5 +237,5 @@ def test_add_artist_prints_a_token_that_works(tmp_path):
     assert done.returncode == 0, done.stderr
     token = done.stdout.split("token ", 1)[1].split()[0]
     app = create_app(Config(data_dir=str(tmp_path / "data")))
-    assert app.extensions["renderq.tokens"].identify(token) == auth.Identity("artist", "carol")
+    assert app.extensions["renderq.tokens"].identify(token) == auth.Identity("artist", "artist:carol")
     assert run_coordinator(tmp_path, "--add-artist", "carol").returncode == 2

@@ -7,15 +7,19 @@ from typing import Any
 
 from flask import request
 
-from ..errors import BadRequest
+from ..errors import BadRequest, UnsupportedMediaType
 
 MAX_NAME_LENGTH = 200
 
 
 def json_body() -> dict[str, Any]:
-    """The request's JSON object; malformed or non-object bodies are refused."""
+    """The request's JSON object; malformed or non-object bodies, and bodies not sent as JSON, are refused."""
+    # A web page may send text/plain to another site without asking it first (no CORS preflight), but never
+    # application/json: requiring the JSON type keeps other sites' pages from making changes here.
+    if not request.is_json:
+        raise UnsupportedMediaType("the request body must be JSON, sent with 'Content-Type: application/json'")
     try:
-        body = request.get_json(force=True, silent=True)
+        body = request.get_json(silent=True)
     except RecursionError:  # the JSON parser recurses once per level of nesting
         raise BadRequest("the request body is nested too deeply") from None
     if not isinstance(body, dict):

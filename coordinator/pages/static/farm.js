@@ -44,6 +44,15 @@
     return names.length > 3 ? shown + " +" + (names.length - 3) : shown;
   }
 
+  /** Who submitted the task (its owner, from their token); the free-text label they gave stays secondary. */
+  function ownerCell(task) {
+    const cell = el("td", {className: "opt owner", text: task.owner || "–"});
+    if (task.by && task.by !== task.owner) {
+      cell.append(el("div", {className: "small label", text: "as “" + task.by + "”"}));
+    }
+    return cell;
+  }
+
   function fillTaskRow(row, task) {
     const nameCell = el("td", {className: "name"},
                         el("a", {href: "/tasks/" + task.id, text: task.name}));
@@ -58,7 +67,7 @@
     row.replaceChildren(
       el("td", {className: "num", text: String(task.id)}),
       nameCell,
-      el("td", {className: "opt small", text: task.by || ""}),
+      ownerCell(task),
       el("td", {}, RQ.statusPill(task.status)),
       priority,
       el("td", {className: "progress-col"}, bar, el("div", {className: "bar-text", text: task.percent + " %"})),
