@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Iterable
 
 __all__ = ["MAX_COMPONENT_BYTES", "MAX_PATH_BYTES", "check_file_name", "check_path_set", "check_relative_path",
-           "collision_key", "is_safe_file_name"]
+           "collision_key", "invisible_character", "is_safe_file_name"]
 
 MAX_COMPONENT_BYTES = 255
 MAX_PATH_BYTES = 1024
@@ -38,6 +38,12 @@ _DEVICE_NAMES = frozenset(
 # Unicode categories refused anywhere: control (C0, DEL, C1), format (invisible, bidi), surrogate, line/paragraph
 # separators.
 _REFUSED_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
+
+
+def invisible_character(text: str) -> str | None:
+    """The first control, invisible format or line-separator character in `text`, or None. Names shown to people
+    (tasks, workers) are refused with one too: it could hide or reorder what they read."""
+    return next((char for char in text if unicodedata.category(char) in _REFUSED_CATEGORIES), None)
 
 
 def _component_problem(part: str) -> str | None:

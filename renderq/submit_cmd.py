@@ -21,7 +21,7 @@ from renderq.http_client import (
     CoordinatorError,
     CoordinatorUnreachable,
 )
-from renderq.progress import ProgressLine, bar, format_bytes
+from renderq.progress import ProgressLine, bar, format_bytes, printable
 from renderq.task_view import download_done_frames, report_outcome, wait_for_task
 
 if TYPE_CHECKING:
@@ -243,21 +243,22 @@ def print_preflight(blend: Path, packed: PackResult) -> None:
     line, on stderr."""
     rewritten = f", {len(packed.rewritten)} .blend rewritten" if packed.rewritten else ""
     print(
-        f"{blend.name}: {len(packed.files)} file(s), {format_bytes(packed.total_bytes)}{rewritten}, "
+        f"{printable(blend.name)}: {len(packed.files)} file(s), {format_bytes(packed.total_bytes)}{rewritten}, "
         f"saved by Blender {packed.blender_version}"
     )
     if packed.missing:
         print(f"missing assets ({len(packed.missing)}), referenced but not on disk:", file=sys.stderr)
         for asset in packed.missing:
-            print(f"  {asset}", file=sys.stderr)
+            print(f"  {printable(asset)}", file=sys.stderr)
     found = packed.exposure
     for title, lines in ((f"from outside the project folder {packed.project_folder}", found.outside),
                          ("links leading out of the project folder", found.links),
                          ("hidden files, never uploaded", found.hidden)):
         if lines:
-            print(f"{title} ({len(lines)}):", file=sys.stderr)
+            print(f"{printable(title)} ({len(lines)}):", file=sys.stderr)
             for line in lines:
-                print(f"  {line}", file=sys.stderr)
+                # The names come from the .blend, which someone else may have made.
+                print(f"  {printable(line)}", file=sys.stderr)
     sys.stdout.flush()
 
 

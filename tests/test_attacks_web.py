@@ -301,8 +301,11 @@ def renderq(farm: Farm, *args: str, token: str | None = None, exit_code: int = 0
 
 def test_renderq_prints_no_escape_sequences_from_other_people(farm):
     farm.start_coordinator()
-    task_id = seed_task(farm, name="shot\u202e\x7f\x9b", submitted_by=HOSTILE_LABEL)
-    worker = farm.api.post("/register_worker", {"name": "node\x9b2J\u202e", "blender_version": "3.4.1"})
+    # Names are refused at the door; free text (the label, errors, logs) is stored and must be cleaned when printed.
+    status, _ = farm.api.call("POST", "/register_worker", {"name": "node\x9b2J\u202e", "blender_version": "3.4.1"})
+    assert status == 400
+    task_id = seed_task(farm, name="shot", submitted_by=HOSTILE_LABEL)
+    worker = farm.api.post("/register_worker", {"name": "node", "blender_version": "3.4.1"})
     lease = farm.api.get(f"/get_task?worker_id={worker['worker_id']}")["frame"]
     farm.api.post("/update_task", {"worker_id": worker["worker_id"], "task_id": task_id, "frame": lease["frame"],
                                    "lease_id": lease["lease_id"], "status": "failed", "error": HOSTILE_ERROR,

@@ -7,6 +7,8 @@ from typing import Any
 
 from flask import request
 
+from renderq.paths import invisible_character
+
 from ..errors import BadRequest, UnsupportedMediaType
 
 MAX_NAME_LENGTH = 200
@@ -118,7 +120,7 @@ def name(source: dict[str, Any], key: str, *, default: Any = ...) -> str:
 def check_name(value: str, key: str) -> None:
     if not value.strip():
         raise BadRequest(f"'{key}' must not be empty")
-    if "/" in value or "\\" in value or ".." in value or any(ord(c) < 32 for c in value):
-        raise BadRequest(f"'{key}' must not contain '/', '\\', '..', NUL or control characters: {value!r}")
+    if "/" in value or "\\" in value or ".." in value or invisible_character(value) is not None:
+        raise BadRequest(f"'{key}' must not contain '/', '\\', '..', control or invisible characters: {value!r}")
     if len(value) > MAX_NAME_LENGTH:
         raise BadRequest(f"'{key}' is longer than {MAX_NAME_LENGTH} characters")
