@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,6 +46,10 @@ DOWNLOAD_ENDPOINTS = frozenset({"files.download_file", "tasks.download_frame", "
 TRANSFER_ENDPOINTS = UPLOAD_ENDPOINTS | DOWNLOAD_ENDPOINTS
 # Without a valid token a request sends a few form fields at most (the login form, a change from the status page).
 ANONYMOUS_BODY_LIMIT = 64 * 1024
+# After an answer that came before the body was read, the rest of the body is read and dropped when it is at most
+# this many bytes, for at most this many seconds; a larger rest is not waited for, the connection just closes.
+DRAIN_BYTES = 16 * 1024 * 1024
+DRAIN_SECONDS = 2.0
 
 _NO_BODY: Message = {"type": "http.request", "body": b"", "more_body": False}
 
@@ -67,6 +72,11 @@ class RequestHead:
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
+
+    @property
+    def unread_at_start(self) -> float:
+        """Bytes of body still to come before any is read (a chunked body: as many as the gate would drain)."""
+        return DRAIN_BYTES if self.chunked else self.content_length or 0
 
     @classmethod
     def of(cls, scope: Scope) -> "RequestHead":
@@ -120,10 +130,10 @@ class Gate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # no lifespan events (the server runs without them) and no WebSocket routes
-        has_body = True
+        unread: float = DRAIN_BYTES  # the body left unread if the gate refuses the request
         try:
             head = RequestHead.of(scope)
-            has_body = head.has_body
+            unread = head.unread_at_start
             plan = self._plan(head)
             if plan.streamed:
                 upload = self._admit_upload(head, receive)
@@ -132,16 +142,17 @@ class Gate:
         except _ClientGone:
             return
         except (RenderQError, HTTPException) as refusal:
-            await _refuse(send, refusal, close=has_body)
+            # A client that stopped sending gets no time to send the rest.
+            await _refuse(send, receive, refusal, math.inf if isinstance(refusal, RequestTimeout) else unread)
             return
         pool = self._transfers if plan.limit and plan.endpoint in TRANSFER_ENDPOINTS else self._api
         if not plan.limit:
-            # Flask's own check refuses it without reading anything; the unread body is not waited for.
-            await pool(scope, _no_body, _closing_unless(lambda: not has_body, send))
+            # Flask's own check refuses it without reading anything.
+            await pool(scope, _no_body, _finishing(send, receive, lambda: unread))
         elif plan.streamed:
             self._uploads.add(upload)
             try:
-                await pool(scope, upload.receive, _closing_unless(lambda: upload.done, send))
+                await pool(scope, upload.receive, _finishing(send, receive, upload.unread))
             finally:
                 self._uploads.discard(upload)
         else:
@@ -232,6 +243,12 @@ class _UploadBody:
         """Bytes announced but not received yet."""
         return max(0, self._announced - self.received)
 
+    def unread(self) -> float:
+        """Bytes of the body not read yet (a chunked body: as many as the gate would drain)."""
+        if self.done:
+            return 0
+        return self.still_coming if self._announced else DRAIN_BYTES
+
     async def receive(self) -> Message:
         """The next part of the body; errors reach the view as exceptions from its read, so Flask answers them."""
         if self.done:
@@ -283,23 +300,49 @@ def _with_length(scope: Scope, head: RequestHead, length: int) -> Scope:
     return {**scope, "headers": headers}
 
 
-def _closing_unless(body_done: Callable[[], bool], send: Send) -> Send:
-    """`send`, closing the connection after an answer that comes before the whole body was read."""
+def _finishing(send: Send, receive: Receive, unread: Callable[[], float]) -> Send:
+    """`send`, for an answer that may come before the whole body was read: that closes the connection, after the
+    rest of a small body was drained."""
+    closing = False
 
     async def wrapped(message: Message) -> None:
-        if message["type"] == "http.response.start" and not body_done():
+        nonlocal closing
+        if message["type"] == "http.response.start" and unread():
+            closing = True
             message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        elif message["type"] == "http.response.body" and closing and not message.get("more_body", False):
+            await send({**message, "more_body": True})
+            await _drain(receive, unread())
+            message = {"type": "http.response.body", "body": b"", "more_body": False}
         await send(message)
 
     return wrapped
+
+
+async def _drain(receive: Receive, unread: float) -> None:
+    """Read and drop the rest of a body, if small, so that a client which sends its whole body before reading
+    (most do) gets the answer already sent rather than a broken pipe. Dropped bytes cost no disk and no thread."""
+    if not 0 < unread <= DRAIN_BYTES:
+        return
+    drained = 0
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while drained <= DRAIN_BYTES:
+                message = await receive()
+                drained += len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return
 
 
 def _too_large(limit: int) -> str:
     return f"the request body is larger than {limit} bytes, the most the coordinator reads for this request"
 
 
-async def _refuse(send: Send, refusal: RenderQError | HTTPException, close: bool) -> None:
-    """Answer with a JSON error ({"error": sentence}) from the gate itself."""
+async def _refuse(send: Send, receive: Receive, refusal: RenderQError | HTTPException, unread: float) -> None:
+    """Answer with a JSON error ({"error": sentence}) from the gate itself, before the body (`unread` bytes of it)
+    was read."""
     if isinstance(refusal, RenderQError):
         status, message, extra = refusal.status, refusal.message, []
     else:
@@ -308,7 +351,6 @@ async def _refuse(send: Send, refusal: RenderQError | HTTPException, close: bool
                  for name, value in refusal.get_headers() if name.lower() == "allow"]
     body = json.dumps({"error": message}, separators=(",", ":")).encode("utf-8")
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode("ascii")), *extra]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    finish = _finishing(send, receive, lambda: unread)
+    await finish({"type": "http.response.start", "status": status, "headers": headers})
+    await finish({"type": "http.response.body", "body": body, "more_body": False})

@@ -10,9 +10,16 @@ import signal
 import socket
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from .auth import is_loopback
 from .config import Config, parse_size
+
+if TYPE_CHECKING:
+    import uvicorn
+    from flask import Flask
+
+    from .http_gate import Gate
 
 log = logging.getLogger("renderq.coordinator")
 
@@ -139,6 +146,7 @@ def serve(config: Config) -> int:
         return 1
     try:
         app = create_app(config)
+        server, gate = _http_server(app, config)
         listener = _listen(config.host, config.port)
     except (OSError, ValueError) as error:
         print(f"renderq coordinator: {error}", file=sys.stderr)
@@ -149,7 +157,6 @@ def serve(config: Config) -> int:
     stop = threading.Event()
     threading.Thread(target=_reap_leases, args=(scheduler, stop), name="lease-reaper", daemon=True).start()
 
-    server, gate = _http_server(app, config)
     port = listener.getsockname()[1]
     url = config.public_url or f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '') else config.host}:{port}"
     print(f"RenderQ coordinator listening on {url} (data in {os.path.abspath(config.data_dir)})", flush=True)
@@ -171,7 +178,7 @@ def serve(config: Config) -> int:
     return 0
 
 
-def _http_server(app, config: Config):
+def _http_server(app: Flask, config: Config) -> tuple[uvicorn.Server, Gate]:
     """The uvicorn server running the HTTP gate in front of `app`, with the connection guards; (server, gate)."""
     import uvicorn
 
@@ -216,7 +223,6 @@ def _listen(host: str, port: int) -> socket.socket:
     except OSError as error:
         listener.close()
         raise OSError(f"cannot listen on {host or '0.0.0.0'}:{port}: {error.strerror or error}") from None
-    listener.set_inheritable(True)
     return listener
 
 

@@ -360,6 +360,15 @@ def test_an_upload_over_the_limit_gets_413_before_it_is_read_and_a_normal_one_is
     assert tree_size(guarded.temp_dir) == 0
 
 
+def test_a_client_that_sends_its_whole_body_before_reading_still_gets_the_refusal(guarded):
+    # urllib, like most clients, reads nothing until it has sent the whole body: the coordinator drains a few MB.
+    status, answer = Api(guarded.url, guarded.token("artist")).call(
+        "POST", "/upload_blend?filename=big.blend", raw=b"BLENDER" + bytes(UPLOAD_LIMIT + MIB))
+    assert status == 413 and "upload limit" in answer["error"]
+    status, answer = Api(guarded.url).call("POST", "/submit_task", raw=bytes(2 * MIB), token="")
+    assert status == 401 and "artist token" in answer["error"]
+
+
 def test_a_chunked_upload_past_the_limit_is_cut_with_413(guarded):
     sock = connect(guarded)
     try:
@@ -467,3 +476,30 @@ def test_uploads_in_progress_count_against_the_reserve(nearly_full):
     finally:
         first.close()
         second.close()
+
+
+def test_without_auth_the_size_rules_still_hold(tmp_path):
+    farm = start_farm(str(tmp_path / "open"), "--no-auth")
+    try:
+        sock = connect(farm)
+        try:
+            sock.sendall(head("POST", "/submit_task", {"Content-Type": "application/json",
+                                                       "Content-Length": str(100 * MIB)}))
+            status, headers, body = read_answer(sock, timeout=5)
+            assert status == 413 and "larger than" in error_of(body)
+        finally:
+            sock.close()
+    finally:
+        farm.stop()
+
+
+def test_http_settings_are_read_and_checked():
+    from coordinator.config import Config
+
+    config = Config.from_env({"RENDERQ_BODY_LIMIT": "8M", "RENDERQ_MAX_CONNECTIONS": "2000",
+                              "RENDERQ_HEADER_TIMEOUT": "2.5"})
+    assert (config.body_limit, config.max_connections, config.header_timeout) == (8 * MIB, 2000, 2.5)
+    with pytest.raises(ValueError, match="longer than the worker heartbeat"):
+        Config.from_env({"RENDERQ_KEEP_ALIVE_TIMEOUT": "1"})
+    with pytest.raises(ValueError, match="header timeout must be more than 0"):
+        Config.from_env({"RENDERQ_HEADER_TIMEOUT": "0"})
