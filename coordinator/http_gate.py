@@ -10,9 +10,9 @@ token against the role of the route's `@requires` decorator, and checks the anno
   progress still announce) minus the disk reserve; a chunked one is counted as it arrives; one that stalls is cut;
 - any other body is read whole in the event loop, within the body timeout and the body limit (a small fixed limit
   without a token), before a thread runs the view, so a slow client never holds a thread.
-Flask runs in two thread pools: one for uploads and downloads, which may take long, and one for everything else,
-so heartbeats never wait behind slow transfers. The views keep their own checks: the gate is an early door, not the
-only one.
+Flask runs in two thread pools (see wsgi_bridge.py): one for uploads and downloads, which may take long, and one
+for everything else, so heartbeats never wait behind slow transfers. The views keep their own checks: the gate is
+an early door, not the only one.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from a2wsgi import WSGIMiddleware
 from flask import Flask
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.http import parse_cookie
@@ -33,6 +32,7 @@ from werkzeug.routing import RequestRedirect
 from .auth import parse_bearer
 from .config import Config
 from .errors import BadRequest, PayloadTooLarge, RenderQError, RequestTimeout
+from .wsgi_bridge import WsgiPool
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -118,14 +118,14 @@ class Gate:
         self._urls = app.url_map.bind("localhost")
         self._session_cookie = app.config["SESSION_COOKIE_NAME"]
         wsgi = _terminated_input(app)
-        self._api = WSGIMiddleware(wsgi, workers=config.http_threads)
-        self._transfers = WSGIMiddleware(wsgi, workers=config.transfer_threads)
+        self._api = WsgiPool(wsgi, config.http_threads, "http")
+        self._transfers = WsgiPool(wsgi, config.transfer_threads, "transfer")
         self._uploads: set[_UploadBody] = set()
 
     def close(self) -> None:
         """Stop the thread pools: queued requests are dropped, running ones finish on their own."""
         for pool in (self._api, self._transfers):
-            pool.executor.shutdown(wait=False, cancel_futures=True)
+            pool.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

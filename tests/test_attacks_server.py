@@ -224,7 +224,7 @@ def test_an_oversized_head_gets_431(guarded):
         sock.close()
 
 
-# -- bodies -----------------------------------------------------------------------------------------------------------
+# -- bodies ----------------------------------------------------------------------------------------------------------
 
 def test_a_gigabyte_without_a_token_is_refused_before_it_is_read(guarded):
     temp_before = tree_size(guarded.temp_dir)
@@ -324,7 +324,7 @@ def test_a_trickled_small_body_is_cut_after_the_body_timeout(guarded):
         sock.close()
 
 
-# -- uploads ------------------------------------------------------------------------------------------------------------
+# -- uploads ---------------------------------------------------------------------------------------------------------
 
 def upload_head(farm: Farm, content: bytes, length: int | None = None) -> bytes:
     sha256 = hashlib.sha256(content).hexdigest()
@@ -503,3 +503,19 @@ def test_http_settings_are_read_and_checked():
         Config.from_env({"RENDERQ_KEEP_ALIVE_TIMEOUT": "1"})
     with pytest.raises(ValueError, match="header timeout must be more than 0"):
         Config.from_env({"RENDERQ_HEADER_TIMEOUT": "0"})
+
+
+def test_requests_on_a_kept_alive_connection_answer_at_once(guarded):
+    # Nagle's algorithm left on made every answer after the first wait for the client's delayed ACK (40 ms).
+    sock = connect(guarded)
+    try:
+        took = []
+        for _ in range(10):
+            started = time.monotonic()
+            sock.sendall(head("GET", "/health", {}))
+            status, headers, _ = read_answer(sock)
+            took.append(time.monotonic() - started)
+            assert status == 200 and headers.get("connection") != "close"
+        assert sorted(took)[5] < 0.03, took
+    finally:
+        sock.close()
