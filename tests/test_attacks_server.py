@@ -10,12 +10,15 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from harness import Api, Farm
+from coordinator.config import Config
+from harness import ROOT, Api, Farm
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -494,8 +497,6 @@ def test_without_auth_the_size_rules_still_hold(tmp_path):
 
 
 def test_http_settings_are_read_and_checked():
-    from coordinator.config import Config
-
     config = Config.from_env({"RENDERQ_BODY_LIMIT": "8M", "RENDERQ_MAX_CONNECTIONS": "2000",
                               "RENDERQ_HEADER_TIMEOUT": "2.5"})
     assert (config.body_limit, config.max_connections, config.header_timeout) == (8 * MIB, 2000, 2.5)
@@ -519,3 +520,16 @@ def test_requests_on_a_kept_alive_connection_answer_at_once(guarded):
         assert sorted(took)[5] < 0.03, took
     finally:
         sock.close()
+
+
+def test_the_open_file_limit_is_raised_to_fit_the_connections():
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096 + 256:
+        pytest.skip(f"the hard open-file limit ({hard}) is below what 4096 connections need")
+    code = ("import resource; from coordinator.server import _fit_connections; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
+            "print(_fit_connections(4096), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    fitting, raised = map(int, result.stdout.split())
+    assert fitting == 4096 and raised >= 4096 + 256, result.stdout
