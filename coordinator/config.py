@@ -115,7 +115,6 @@ class Config:
                 raise ValueError(f"the {role} token must be at least {MIN_TOKEN_LENGTH} printable characters, "
                                  "without spaces")
 
-
     def _validate_http(self) -> None:
         for name in ("http_threads", "transfer_threads", "max_connections"):
             if getattr(self, name) < 1:
