@@ -14,9 +14,9 @@ Three parts, each against a real `renderq coordinator` process, memory read from
   its own memory, so it is not counted). Target: under 60 MB.
 - upload: a generated 2 GiB body streamed through POST /upload_file with its SHA-256, from a generator in 1 MiB
   chunks (the client stays small). The figure is the coordinator's peak RSS during the upload minus its RSS just
-  before. Target: growth under 50 MB. The file is stored twice over on the way (waitress spools the request body to
-  a temporary file before the app reads it, then the blob store writes it), so it needs twice its size free on disk,
-  plus the disk reserve: checked first.
+  before. Target: growth under 50 MB. The body is streamed from the socket into the blob store's file in the data
+  dir (the HTTP gate spools nothing elsewhere), so it needs its size free on disk plus the disk reserve: checked
+  first.
 
 Sizes are in decimal MB (1 MB = 1,000,000 bytes). Quick mode: 200 workers and 800 frames, a 2-frame render,
 a 200 MB upload; the targets are shown but not enforced.
@@ -349,13 +349,13 @@ def measure_upload(results: Results, root: str, sizes: Sizes) -> None:
     label = f"{size / GIB:g} GiB" if size >= GIB else f"{megabytes(size):g} MB"
     figure = f"coordinator RSS growth storing a {label} upload"
     reserve = 256 * MIB
-    # waitress spools the body to a temporary file (kept under root: TMPDIR) while the blob store writes its copy.
-    needed = 2 * size + reserve + 256 * MIB
+    # The body goes straight into the blob store's file in the data dir (under root): one copy.
+    needed = size + reserve + 256 * MIB
     free = free_disk(root)
     if free < needed:
         results.add(figure, None, "MB", UPLOAD_GROWTH_TARGET_MB, note="not enough free disk")
         results.fail(f"not enough free disk for the {label} upload: it needs {needed / GIB:.1f} GiB free under "
-                     f"{root} (the body is spooled once and stored once, plus the disk reserve), and only "
+                     f"{root} (the body is stored once, plus the disk reserve), and only "
                      f"{free / GIB:.1f} GiB is free; pass --keep DIR on a bigger disk")
         return
     with phase(f"hashing the generated {label} body"):

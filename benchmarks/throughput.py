@@ -23,7 +23,7 @@ Tasks are submitted up front with enough frames for every step; --history-frames
 that many frames already done (in finished tasks), so work that grows with the history shows up.
 
 --profile samples the coordinator with py-spy (if installed; a dev tool, not a dependency) during each step's
-measurement and prints where its time goes: per part (waitress, Flask, JSON, store, frame files, ...), then the
+measurement and prints where its time goes: per part (HTTP server, Flask, JSON, store, frame files, ...), then the
 functions with the most samples, with what they call and on their own. --profile-mode gil (the default) samples the
 thread holding the GIL, i.e. the coordinator's one core of Python; idle samples every thread, waiting too (for the
 write lock, a commit, the disk). The samples are kept as collapsed stacks (flame graph input) in the run directory.
@@ -417,12 +417,16 @@ PROFILE_PARTS = (
     ("coordinator/store.py", (), "store: SQL statements"),
     ("coordinator/blobs.py", (), "frame files: write, fsync, rename"),
     ("coordinator/auth.py", (), "access tokens"),
+    ("coordinator/http_", (), "HTTP server: sockets, HTTP parsing, the gate, threads"),
     ("coordinator/", (), "coordinator: endpoints and scheduler"),
     ("json/", (), "JSON"),
     ("flask/", (), "Flask and Werkzeug"),
     ("werkzeug/", (), "Flask and Werkzeug"),
     ("itsdangerous/", (), "Flask and Werkzeug"),
-    ("waitress/", (), "waitress: sockets, HTTP parsing, threads"),
+    ("uvicorn/", (), "HTTP server: sockets, HTTP parsing, the gate, threads"),
+    ("httptools/", (), "HTTP server: sockets, HTTP parsing, the gate, threads"),
+    ("a2wsgi/", (), "HTTP server: sockets, HTTP parsing, the gate, threads"),
+    ("asyncio/", (), "HTTP server: sockets, HTTP parsing, the gate, threads"),
     ("logging/", (), "logging"),
 )
 

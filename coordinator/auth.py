@@ -297,7 +297,11 @@ def _fingerprint(token: str) -> str:
 
 def bearer_token() -> str | None:
     """The token of an `Authorization: Bearer` header, or None when the request has none."""
-    header = request.headers.get("Authorization", "")
+    return parse_bearer(request.headers.get("Authorization", ""))
+
+
+def parse_bearer(header: str) -> str | None:
+    """The token of an `Authorization` header's value when it is `Bearer <token>`, else None."""
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer":
         return None

@@ -37,6 +37,21 @@ class Config:
     # Uploads are refused (507) once they would leave less than this free on the data dir's disk.
     disk_reserve: int = 1 * GIB
     http_threads: int = 16
+    # HTTP server
+    # Threads for uploads and downloads, apart from http_threads, so slow transfers never hold up heartbeats.
+    transfer_threads: int = 16
+    # Connections beyond this are answered 503 and closed; the open-file limit is raised at start to fit them.
+    max_connections: int = 4096
+    # Seconds a client has to send a request's headers, counted from connecting or from the request's first byte.
+    header_timeout: float = 10.0
+    # Seconds a client has to send the whole body of a request other than an upload.
+    body_timeout: float = 30.0
+    # Seconds an upload or a download may stall (no byte moving) before its connection is cut.
+    transfer_idle_timeout: float = 60.0
+    # Seconds an idle connection stays open between requests: longer than the worker heartbeat, so it is reused.
+    keep_alive_timeout: float = 30.0
+    # The largest body of any request but an upload (those are capped by upload_limit).
+    body_limit: int = 4 * 1024**2
     # "full" fsyncs every commit so a power cut loses nothing acknowledged; "normal" survives kill -9 only.
     sqlite_sync: str = "full"
     # Empty: each token is read from (or created in) the data dir's admin_token, artist_token, worker_token file.
@@ -118,6 +133,7 @@ class Config:
             raise ValueError(f"orphan grace must be from 1 to {365 * 86400} seconds (365 days)")
         if self.poll_interval <= 0:
             raise ValueError("poll interval must be more than 0 seconds")
+        self._validate_http()
         for role in ("admin", "artist", "worker"):
             token = getattr(self, f"{role}_token")
             if token and (len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or token != token.strip()
@@ -125,9 +141,22 @@ class Config:
                 raise ValueError(f"the {role} token must be at least {MIN_TOKEN_LENGTH} printable characters, "
                                  "without spaces")
 
+    def _validate_http(self) -> None:
+        for name in ("http_threads", "transfer_threads", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
+        for name in ("header_timeout", "body_timeout", "transfer_idle_timeout", "keep_alive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.replace('_', ' ')} must be more than 0 seconds")
+        if self.keep_alive_timeout <= self.heartbeat_seconds:
+            raise ValueError("keep-alive timeout must be longer than the worker heartbeat interval, so a worker's "
+                             "connection stays open between its updates")
+        if self.body_limit < 1024:
+            raise ValueError("body limit must be at least 1024 bytes")
+
 
 # Fields given as sizes ("4G", "64K") in their RENDERQ_* variables.
-SIZE_FIELDS = ("upload_limit", "disk_reserve", "max_settings_bytes", "max_log_chunk")
+SIZE_FIELDS = ("upload_limit", "disk_reserve", "max_settings_bytes", "max_log_chunk", "body_limit")
 
 
 def _parse(name: str, type_name: Any, raw: str) -> Any:

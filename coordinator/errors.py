@@ -43,3 +43,9 @@ class Forbidden(RenderQError):
     """The caller is known but may not do this (an artist canceling someone else's task)."""
 
     status = 403
+
+
+class RequestTimeout(RenderQError):
+    """The client stopped sending its request (a body that does not arrive in time, an upload that stalls)."""
+
+    status = 408

@@ -1,15 +1,17 @@
-"""`renderq coordinator`: serve the app with waitress, one coordinator per data dir, leases reaped in the background."""
+"""`renderq coordinator`: serve the app with uvicorn behind the HTTP gate, one coordinator per data dir, leases
+reaped in the background."""
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from renderq.private_files import PRIVATE_UMASK, make_private_tree_top
 
@@ -17,6 +19,12 @@ from .auth import is_loopback
 from .blobs import BlobStore
 from .config import Config, parse_size
 from .store import Store
+
+if TYPE_CHECKING:
+    import uvicorn
+    from flask import Flask
+
+    from .http_gate import Gate
 
 log = logging.getLogger("renderq.coordinator")
 
@@ -62,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(RENDERQ_MAX_MISSING_ASSETS, default 1000)")
     parser.add_argument("--max-log-chunk", type=parse_size, help="largest piece of log one /append_log request may "
                         "add, e.g. 1M (RENDERQ_MAX_LOG_CHUNK, default 1M)")
+    add_http_arguments(parser)
     parser.add_argument("--add-artist", metavar="NAME",
                         help="create an access token for one artist in the data dir (file artist_tokens), print it "
                         "and exit; tasks submitted with it belong to artist:NAME, and only NAME (or an admin) may "
@@ -83,6 +92,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(RENDERQ_ORPHAN_GRACE, default 86400, a day)")
 
 
+def add_http_arguments(parser: argparse.ArgumentParser) -> None:
+    """The HTTP server's flags: how many connections, threads and bytes it takes, and how long it waits."""
+    parser.add_argument("--transfer-threads", type=int, help="threads for uploads and downloads, apart from "
+                        "--http-threads, so slow transfers never hold up workers' updates "
+                        "(RENDERQ_TRANSFER_THREADS, default 16)")
+    parser.add_argument("--max-connections", type=int, help="most open connections; more are answered 503 and "
+                        "closed (RENDERQ_MAX_CONNECTIONS, default 4096)")
+    parser.add_argument("--header-timeout", type=float, help="seconds a client has to send a request's headers; "
+                        "an idle or trickling connection is closed after it (RENDERQ_HEADER_TIMEOUT, default 10)")
+    parser.add_argument("--body-timeout", type=float, help="seconds a client has to send the whole body of a "
+                        "request other than an upload; 408 after it (RENDERQ_BODY_TIMEOUT, default 30)")
+    parser.add_argument("--transfer-idle-timeout", type=float, help="seconds an upload or a download may stall, no "
+                        "byte moving, before its connection is cut (RENDERQ_TRANSFER_IDLE_TIMEOUT, default 60)")
+    parser.add_argument("--keep-alive-timeout", type=float, help="seconds an idle connection stays open between "
+                        "requests; longer than --heartbeat (RENDERQ_KEEP_ALIVE_TIMEOUT, default 30)")
+    parser.add_argument("--body-limit", type=parse_size, help="largest body of a request other than an upload, "
+                        "e.g. 4M; larger ones get a 413 error before they are read (RENDERQ_BODY_LIMIT, default 4M)")
+
+
+HTTP_FIELDS = ("transfer_threads", "max_connections", "header_timeout", "body_timeout", "transfer_idle_timeout",
+               "keep_alive_timeout", "body_limit")
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the coordinator until interrupted. Returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -90,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
               "heartbeat_seconds", "frame_fail_workers", "bad_worker_failures",
               "frame_timeout", "no_progress_timeout", "upload_limit", "disk_reserve", "http_threads", "open_status", "auth", "insecure",
               "max_task_frames", "max_settings_bytes", "max_missing_assets", "max_log_chunk",
-              "orphan_grace")
+              "orphan_grace", *HTTP_FIELDS)
     try:
         config = Config.from_env(**{name: getattr(args, name, None) for name in fields})
     except ValueError as error:
@@ -121,8 +153,7 @@ def add_artist(config: Config, name: str) -> int:
 
 
 def serve(config: Config) -> int:
-    import waitress
-
+    """Serve the coordinator until SIGINT or SIGTERM. Returns the process exit code."""
     from .app import create_app
 
     if not config.auth and not is_loopback(config.host):
@@ -143,6 +174,8 @@ def serve(config: Config) -> int:
     make_private_tree_top(config.data_dir)
     try:
         app = create_app(config)
+        server, gate = _http_server(app, config)
+        listener = _listen(config.host, config.port)
     except (OSError, ValueError) as error:
         print(f"renderq coordinator: {error}", file=sys.stderr)
         return 1
@@ -153,40 +186,109 @@ def serve(config: Config) -> int:
     sweeper = OrphanSweeper(app.extensions["renderq.blobs"], scheduler.store, config.orphan_grace)
     threading.Thread(target=_reap_leases, args=(scheduler, stop, sweeper), name="lease-reaper", daemon=True).start()
 
-    server = waitress.create_server(
-        app,
-        host=config.host,
-        port=config.port,
-        threads=config.http_threads,
-        # Our own check answers oversize uploads with a JSON 413; waitress's cap only guards far beyond it.
-        max_request_body_size=config.upload_limit + 16 * 1024 * 1024,
-        channel_timeout=300,
-        ident="RenderQ",
-    )
-    port = server.effective_port
+    port = listener.getsockname()[1]
     url = config.public_url or f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '') else config.host}:{port}"
     print(f"RenderQ coordinator listening on {url} (data in {os.path.abspath(config.data_dir)})", flush=True)
     readers = "anyone on the network can read it" if config.open_status else "log in with the admin token"
     print(f"status page: {url}/ ({readers})", flush=True)
     for line in app.extensions["renderq.tokens"].describe():
         print(line, flush=True)
+    # uvicorn takes SIGINT and SIGTERM while it serves, shuts down, then raises the signal again: both end here.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server.run()
+        server.run(sockets=[listener])
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
-        server.close()
+        gate.close()
+        listener.close()
     print("RenderQ coordinator stopped", flush=True)
     return 0
+
+
+def _http_server(app: Flask, config: Config) -> tuple[uvicorn.Server, Gate]:
+    """The uvicorn server running the HTTP gate in front of `app`, with the connection guards; (server, gate)."""
+    import uvicorn
+
+    from .http_gate import Gate
+    from .http_protocol import ConnectionLimits, guarded_protocol
+
+    max_connections = _fit_connections(config.max_connections)
+    gate = Gate(app, config)
+    limits = ConnectionLimits(header_timeout=config.header_timeout, stall_timeout=config.transfer_idle_timeout,
+                              max_connections=max_connections)
+    uvicorn_config = uvicorn.Config(
+        gate,
+        http=guarded_protocol(limits),
+        ws="none",
+        lifespan="off",
+        interface="asgi3",
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,  # X-Forwarded-For from anyone on the network is not to be believed
+        server_header=False,
+        headers=[("server", "RenderQ")],
+        timeout_keep_alive=config.keep_alive_timeout,  # type: ignore[arg-type]  # a float works as well
+        backlog=2048,
+        # A stopping coordinator lets requests in flight finish for a few seconds, not an upload's hour.
+        timeout_graceful_shutdown=5,
+    )
+    # Its per-request warnings (a malformed request) would let anyone fill the log; its errors still show.
+    logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
+    return uvicorn.Server(uvicorn_config), gate
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free port), for the server to accept on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # Named as TCP, so that asyncio switches Nagle's algorithm off on every accepted connection: with it on, an
+    # answer's body waits for the client's delayed ACK of its head, 40 ms on every request of a kept-alive connection.
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        if sys.platform != "win32":
+            # Restart at once on the same port; on Windows this option would let another process share the port.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(2048)
+    except OSError as error:
+        listener.close()
+        raise OSError(f"cannot listen on {host or '0.0.0.0'}:{port}: {error.strerror or error}") from None
+    return listener
+
+
+# Files the coordinator holds open besides its connections: the database, blobs being written, logs, the listener.
+_OTHER_FILES = 256
+
+
+def _fit_connections(wanted: int) -> int:
+    """Raise the process's open-file limit so `wanted` connections fit; returns how many fit."""
+    try:
+        import resource
+    except ImportError:  # Windows: sockets do not count against an open-file limit there
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + _OTHER_FILES
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as error:
+            log.warning("could not raise the open-file limit to %d: %s", target, error)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        fitting = max(1, soft - _OTHER_FILES)
+        print(f"WARNING: the open-file limit ({soft}) leaves room for {fitting} connections, not the "
+              f"{wanted} of --max-connections; raise it (ulimit -n) for a larger farm", file=sys.stderr, flush=True)
+        return fitting
+    return wanted
 
 
 def _lock_data_dir(data_dir: str):
     """Hold an exclusive lock on the data dir for the process's lifetime; None if another process has it."""
     handle = open(os.path.join(data_dir, "coordinator.lock"), "a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock_file(handle)
     except OSError:
         handle.close()
         return None
@@ -195,6 +297,19 @@ def _lock_data_dir(data_dir: str):
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def _lock_file(handle) -> None:
+    """Take an exclusive lock on an open file without waiting; OSError when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 class OrphanSweeper:
