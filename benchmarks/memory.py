@@ -391,7 +391,7 @@ def measure_upload(results: Results, root: str, sizes: Sizes) -> None:
     results.add(figure, megabytes(sampler.peak - before), "MB", UPLOAD_GROWTH_TARGET_MB,
                 note=f"{megabytes(before)} MB before, {megabytes(sampler.peak)} MB at the peak"
                      + ("" if sampler.hwm_reset else "; sampled every 20 ms (VmHWM could not be reset)"))
-    results.add(f"upload rate, {label} (spooled, hashed, fsynced)", round(size / MB / seconds, 1), "MB/s")
+    results.add(f"upload rate, {label} (streamed, hashed, fsynced)", round(size / MB / seconds, 1), "MB/s")
     if client_hwm_reset:
         results.add("the uploading client's own RSS growth", megabytes(self_peak_rss() - client_before), "MB")
 
