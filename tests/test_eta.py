@@ -347,7 +347,9 @@ def test_the_scheduler_reports_the_estimate_from_frames_in_progress_and_drift(tm
         end = start + cost[lease["frame"]]
         clock.now = max(clock.now, start)
         scheduler.report(worker, task_id, lease["frame"], lease["lease_id"], "rendering", started_at=start)
-        scheduler.record_output(worker, task_id, lease["frame"], lease["lease_id"], "f.png", "b" * 64, 10)
+        # Each frame its own file name: a task's frames may not share one.
+        scheduler.record_output(worker, task_id, lease["frame"], lease["lease_id"], f"f{lease['frame']}.png",
+                                "b" * 64, 10)
         clock.now = max(clock.now, end)
         scheduler.report(worker, task_id, lease["frame"], lease["lease_id"], "done", started_at=start,
                          ended_at=end, render_seconds=end - start)
