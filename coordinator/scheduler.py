@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from renderq.blend_header import version_key
-from renderq.model import FRAME_ACTIVE, FRAME_FINAL, TASK_OPEN, FrameReport, FrameStatus, TaskStatus
+from renderq.model import FRAME_ACTIVE, FRAME_FINAL, TASK_OPEN, TASK_RETRYABLE, FrameReport, FrameStatus, TaskStatus
 from renderq.paths import collision_key
 
 from . import eta
@@ -228,7 +228,7 @@ class Scheduler(FarmReader):
         """Queue the task's failed frames again with their failures reset, and unblock the workers blocked from
         it; the task runs again. A task with blocked workers but no failed frames is only unblocked."""
         task = self._task(task_id)
-        if task["status"] == TaskStatus.CANCELED:
+        if task["status"] not in TASK_RETRYABLE:
             raise Conflict(f"task {task_id} was canceled; submit it again to render its failed frames")
         blocked = self.store.blocked_workers_many([task_id], self.policy.bad_worker_failures)[task_id]
         if not task["frames_failed"] and not blocked:

@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [
-    "FRAME_ACTIVE", "FRAME_FINAL", "FRAME_OPEN", "TASK_CLAIMABLE", "TASK_FINAL", "TASK_OPEN",
+    "FRAME_ACTIVE", "FRAME_FINAL", "FRAME_OPEN", "TASK_CLAIMABLE", "TASK_FINAL", "TASK_OPEN", "TASK_RESUMABLE",
+    "TASK_RETRYABLE",
     "Frame", "FrameReport", "FrameResult", "FrameStatus", "Lease", "Progress", "Task", "TaskStatus", "Worker",
-    "WorkerState", "page_statuses",
+    "WorkerState", "ordered", "page_statuses",
 ]
 
 log = logging.getLogger("renderq.model")
@@ -95,8 +96,11 @@ class WorkerState(_Status):
 # A paused task is still open: its frames may be rendering, and resuming hands the queued ones out again.
 TASK_OPEN = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.PAUSED})
 TASK_FINAL = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELED})
-# The tasks whose queued frames are handed out (and may be paused).
+# The tasks whose queued frames are handed out (and may be paused); a paused one may be resumed.
 TASK_CLAIMABLE = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
+TASK_RESUMABLE = frozenset({TaskStatus.PAUSED})
+# The tasks whose failed frames may be retried: a canceled task is submitted again instead.
+TASK_RETRYABLE = frozenset(TaskStatus) - {TaskStatus.CANCELED}
 # Frames a worker holds under a lease.
 FRAME_ACTIVE = frozenset({FrameStatus.LEASED, FrameStatus.RENDERING})
 FRAME_OPEN = frozenset({FrameStatus.QUEUED, FrameStatus.LEASED, FrameStatus.RENDERING})
@@ -115,6 +119,8 @@ def page_statuses() -> dict[str, list[str]]:
         "task_final": list(ordered(TASK_FINAL)),
         "task_open": list(ordered(TASK_OPEN)),
         "task_claimable": list(ordered(TASK_CLAIMABLE)),
+        "task_resumable": list(ordered(TASK_RESUMABLE)),
+        "task_retryable": list(ordered(TASK_RETRYABLE)),
         "frame_final": list(ordered(FRAME_FINAL)),
     }
 
