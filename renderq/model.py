@@ -231,7 +231,7 @@ class Progress(_Record):
 
 @dataclasses.dataclass
 class Task(_Record):
-    """A task as GET /task and GET /list_tasks describe it; the detail-only fields are None in a summary."""
+    """A task as GET /task and GET /tasks describe it; the detail-only fields are None in a summary."""
 
     task_id: int
     name: str = ""
@@ -328,6 +328,11 @@ class Lease(_Record):
     frame_timeout: float | None = None
     no_progress_timeout: float | None = None
     needs_python: bool = False
+    # The Blender version the task asks for ("" when any), how many files its tree has, and the lease's length
+    # in seconds: told by the claim, read by nothing in the worker yet.
+    blender_version: str = ""
+    files_count: int | None = None
+    lease_seconds: float | None = None
     revoked: bool = False
     started_at: float | None = None
     # Set when Blender is done with the frame, so background retries of the "rendering" report stop.
