@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from renderq.blend_header import key_to_version
-from renderq.model import TASK_CLAIMABLE, TASK_OPEN, FrameStatus, TaskStatus
+from renderq.model import TASK_CLAIMABLE, TASK_OPEN, Frame, FrameStatus, TaskStatus, Worker
 
 from . import eta
 from .errors import BadRequest, NotFound
@@ -62,30 +62,30 @@ class FarmReader:
         return [self.describe_worker(w, current.get(w["worker_id"], [])) for w in self.store.list_workers()]
 
     def describe_worker(self, worker: dict, current: list[dict] | None = None) -> dict:
+        """A store worker row as GET /list_workers shows it (the model's Worker), with the frames it holds."""
         if current is None:
             current = self.store.current_frames(worker["worker_id"])
-        now = self.clock()
         done = worker["frames_done"]
-        return {
-            "worker_id": worker["worker_id"],
-            "name": worker["name"],
-            "host": worker["host"],
-            "blender_version": worker["blender_version"],
-            "cpu_count": worker["cpu_count"],
-            "enabled": bool(worker["enabled"]),
-            "allows_python": bool(worker["allows_python"]),
-            "alive": now - worker["last_seen"] < self.policy.alive_timeout,
-            "last_seen": worker["last_seen"],
-            "registered_at": worker["registered_at"],
-            "current": [
+        return Worker(
+            worker_id=worker["worker_id"],
+            name=worker["name"],
+            host=worker["host"],
+            blender_version=worker["blender_version"],
+            cpu_count=worker["cpu_count"],
+            enabled=bool(worker["enabled"]),
+            allows_python=bool(worker["allows_python"]),
+            alive=self.clock() - worker["last_seen"] < self.policy.alive_timeout,
+            last_seen=worker["last_seen"],
+            registered_at=worker["registered_at"],
+            current=[
                 {"task_id": f["task_id"], "task_name": f["task_name"], "frame": f["frame"], "status": f["status"],
                  "started_at": f["started_at"]}
                 for f in sorted(current, key=lambda f: (f["task_id"], f["frame"]))
             ],
-            "frames_done": done,
-            "frames_failed": worker["frames_failed"],
-            "mean_frame_seconds": worker["render_seconds_total"] / done if done else None,
-        }
+            frames_done=done,
+            frames_failed=worker["frames_failed"],
+            mean_frame_seconds=worker["render_seconds_total"] / done if done else None,
+        ).to_dict()
 
     def list_tasks(self, status: str | None = None) -> list[dict]:
         """Task summaries, newest first, optionally of one status."""
@@ -294,22 +294,23 @@ class FarmReader:
 
     @staticmethod
     def _describe_frame(frame: dict, names: dict[int, str], failed_on: list[str]) -> dict:
-        return {
-            "frame": frame["frame"],
-            "status": frame["status"],
-            "worker": names.get(frame["worker_id"]) if frame["worker_id"] is not None else None,
-            "attempts": frame["attempts"],
-            "failures": frame["failures"],
-            "failed_on": failed_on,
-            "started_at": frame["started_at"],
-            "ended_at": frame["ended_at"],
-            "render_seconds": frame["render_seconds"],
-            "output": frame["output"],
-            "output_sha256": frame["output_sha256"],
-            "output_size": frame["output_size"],
-            "error": frame["error"],
-            "log_tail": frame["log_tail"],
-        }
+        """A store frame row as GET /task lists it (the model's Frame): the worker by name, not by id."""
+        return Frame(
+            frame=frame["frame"],
+            status=frame["status"],
+            worker=names.get(frame["worker_id"]) if frame["worker_id"] is not None else None,
+            attempts=frame["attempts"],
+            failures=frame["failures"],
+            failed_on=failed_on,
+            started_at=frame["started_at"],
+            ended_at=frame["ended_at"],
+            render_seconds=frame["render_seconds"],
+            output=frame["output"],
+            output_sha256=frame["output_sha256"],
+            output_size=frame["output_size"],
+            error=frame["error"],
+            log_tail=frame["log_tail"],
+        ).to_dict()
 
 
 def no_worker_sentence(worker_id: int) -> str:

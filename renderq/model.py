@@ -135,6 +135,8 @@ class _Record:
     list field holds a list of them) and the reader of each."""
 
     _nested: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+    # The fields that hold a record or a list of them (to_dict turns those into dicts too).
+    _record_fields: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_dict(cls: type[R], mapping: Mapping[str, Any]) -> R:
@@ -164,8 +166,21 @@ class _Record:
         return reader(value)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as plain JSON-ready values (statuses stay `str` enums, which encode as their strings)."""
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        """The record as JSON-ready values, keys in field order (statuses stay `str` enums, which encode as their
+        strings). Nested records become dicts; other values are not copied."""
+        # A dataclass's __dict__ holds exactly its fields, in order; only the fields holding records need more.
+        values = dict(self.__dict__)
+        for name in self._record_fields:
+            values[name] = _plain(values[name])
+        return values
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Record):
+        return value.to_dict()
+    if isinstance(value, list) and value and isinstance(value[0], _Record):
+        return [item.to_dict() for item in value]
+    return value
 
 
 def _status(kind: type[_Status]) -> Callable[[Any], Any]:
@@ -273,6 +288,7 @@ class Task(_Record):
         "status": _status(TaskStatus), "progress": Progress.from_dict, "latest_done": Frame.from_dict,
         "frames": Frame.from_dict,
     }
+    _record_fields: ClassVar[tuple[str, ...]] = ("progress", "latest_done", "frames")
 
     @property
     def is_final(self) -> bool:
