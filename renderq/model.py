@@ -33,10 +33,10 @@ class _Status(str, enum.Enum):
     """A status that is its own string: `TaskStatus.DONE == "done"`, and f-strings show "done"."""
 
     def __str__(self) -> str:
-        return self.value
+        return str.__str__(self)
 
     def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
+        return str.__format__(str.__str__(self), spec)
 
     @classmethod
     def values(cls) -> tuple[str, ...]:

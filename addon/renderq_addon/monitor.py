@@ -19,7 +19,7 @@ import bpy.utils.previews
 
 from renderq.frame_download import fetch_done_frames
 from renderq.http_client import CoordinatorError
-from renderq.model import Frame, TaskStatus
+from renderq.model import Frame, FrameStatus, TaskStatus
 
 from . import client, jobs, notify, prefs, state, text
 
@@ -264,7 +264,7 @@ def download(task_id: int, folder: str) -> None:
 
     def work(progress: Any) -> dict:
         coordinator = settings.client(timeout=client.TRANSFER_TIMEOUT)
-        task = coordinator.get_task(task_id, frames_status="done")
+        task = coordinator.get_task(task_id, frames_status=FrameStatus.DONE)
         fetched = fetch_done_frames(coordinator, task, folder, lambda index, count: progress((index, count)))
         return {"task": task, "downloaded": len(fetched.paths) - fetched.kept, "kept": fetched.kept,
                 "skipped": fetched.skipped}
