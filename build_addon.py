@@ -6,7 +6,7 @@ zip's single top-level folder `renderq_addon/`.
 
 The add-on's own sources come from addon/renderq_addon/. The modules it shares with the command line
 (renderq/http_client.py, renderq/packing.py, renderq/exposure.py, renderq/blend_header.py, renderq/paths.py,
-renderq/frame_download.py) and the blender_asset_tracer package
+renderq/frame_download.py, renderq/model.py) and the blender_asset_tracer package
 (from the Python running this script) are copied into `renderq_addon/vendor/` at build time, never into the
 repository. BAT's `shaman`, `s3` and `cli` parts are left out: they need `requests` or `boto3`, which Blender's
 Python may lack, and the add-on does not use them.
@@ -38,7 +38,7 @@ MANIFEST_NAME = "blender_manifest.toml"
 
 # The renderq modules the add-on imports, plus the package's __init__ so that `renderq` is a package.
 VENDORED_RENDERQ = ("__init__.py", "http_client.py", "packing.py", "exposure.py", "blend_header.py", "paths.py",
-                    "frame_download.py")
+                    "frame_download.py", "model.py")
 BAT_PACKAGE = "blender_asset_tracer"
 BAT_DISTRIBUTION = "blender-asset-tracer"
 # Relative to the BAT package: parts that need third-party modules (requests, boto3) or are a command line.

@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .scheduler import OPEN_TASK_STATES, Scheduler
+from renderq.model import TASK_OPEN, page_statuses
+
+from .scheduler import Scheduler
 
 Sections = dict[str, dict[str, Any]]
 Clock = Callable[[], float]
@@ -215,14 +217,16 @@ def farm_sections(scheduler: Scheduler) -> Sections:
         "alive": sum(1 for w in workers if w["alive"]),
         "on": sum(1 for w in workers if w["enabled"] and w["alive"]),
         "busy": sum(1 for w in workers if w["current"]),
-        "open_tasks": sum(1 for t in tasks if t["status"] in OPEN_TASK_STATES),
+        "open_tasks": sum(1 for t in tasks if t["status"] in TASK_OPEN),
         "frames_rendering": sum(t["progress"]["rendering"] for t in tasks),
-        "frames_queued": sum(t["progress"]["queued"] for t in tasks if t["status"] in OPEN_TASK_STATES),
+        "frames_queued": sum(t["progress"]["queued"] for t in tasks if t["status"] in TASK_OPEN),
     }
     return {
         "workers": {str(w["worker_id"]): worker_item(w) for w in workers},
         "tasks": {str(t["task_id"]): task_item(t) for t in tasks},
-        "farm": {"totals": totals},
+        # The status sets the page's script needs, from the model (they never change, so only a full snapshot
+        # carries them and the page keeps them).
+        "farm": {"totals": totals, "statuses": page_statuses()},
     }
 
 
@@ -253,5 +257,5 @@ def task_sections(scheduler: Scheduler, task_id: int, page: int = 0) -> Sections
         leased=task["progress"]["leased"],
         blocked=[{"worker": b["worker"], "failures": b["failures"]} for b in task["blocked_workers"]],
     )
-    return {"task": {"summary": summary}, "frames": {str(f["frame"]): frame_item(f) for f in frames},
+    return {"task": {"summary": summary, "statuses": page_statuses()}, "frames": {str(f["frame"]): frame_item(f) for f in frames},
             "latest": {str(f["frame"]): frame_item(f) for f in latest}}

@@ -1,4 +1,4 @@
-"""Who renders which frame: registration, leases, reports, retries, cancel and progress.
+"""Who renders which frame: registration, leases, reports, retries, cancel; the read side is coordinator.reading.
 
 Plain Python over the store, with an injectable clock, so every rule here is testable without Flask or HTTP.
 The coordinator's clock alone decides when a lease expires; times sent by workers are only recorded.
@@ -9,29 +9,25 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from renderq.blend_header import key_to_version, version_key
+from renderq.blend_header import version_key
+from renderq.model import FRAME_ACTIVE, FRAME_FINAL, TASK_OPEN, TASK_RETRYABLE, FrameReport, FrameStatus, TaskStatus
 from renderq.paths import collision_key
 
 from . import eta
 from .errors import BadRequest, Conflict, Forbidden, NotFound
+from .reading import FRAMES_PAGE, MAX_FRAMES_PAGE, FarmReader, no_worker_sentence
 from .store import OutputNameTaken, Store
+
+__all__ = ["FRAMES_PAGE", "MAX_FRAMES_PAGE", "MAX_FRAMES_PER_TASK", "Policy", "Scheduler", "TaskFile", "TaskSpec",
+           "check_timeout"]
 
 Clock = Callable[[], float]
 
-FRAME_REPORTS = ("rendering", "done", "failed", "released")
-TASK_STATES = ("queued", "running", "paused", "done", "failed", "canceled")
-OPEN_TASK_STATES = ("queued", "running", "paused")
-FRAME_STATES = ("queued", "leased", "rendering", "done", "failed", "canceled")
 # The hard ceiling whatever the coordinator's --max-task-frames (checked by the API before any work is done).
 MAX_FRAMES_PER_TASK = 1_000_000
-# Frames per page of a task's detail (GET /task) unless the client asks for another size, and the most it may ask.
-FRAMES_PAGE = 1_000
-MAX_FRAMES_PAGE = 10_000
-# A task's summary lists at most this many of its failed frames (progress.failed counts them all).
-FAILED_FRAMES_SHOWN = 1_000
 PRIORITY_LIMIT = 1_000_000
 # A task's frame_timeout and no_progress_timeout: at least a second, at most a week.
 TIMEOUT_MIN_SECONDS = 1.0
@@ -106,8 +102,8 @@ class TaskSpec:
         return range(self.frame_start, self.frame_end + 1, self.frame_step)
 
 
-class Scheduler:
-    """The farm's rules, applied to the state in a Store."""
+class Scheduler(FarmReader):
+    """The farm's rules, applied to the state in a Store (its descriptions of tasks and workers: FarmReader)."""
 
     def __init__(self, store: Store, policy: Policy | None = None, clock: Clock = time.time) -> None:
         self.store = store
@@ -149,7 +145,7 @@ class Scheduler:
         now = self.clock()
         answer = self.store.heartbeat(worker_id, list(leases), now, now + self.policy.lease_seconds)
         if answer is None:
-            raise NotFound(_no_worker(worker_id))
+            raise NotFound(no_worker_sentence(worker_id))
         enabled, revoked = answer
         return {"enabled": enabled, "revoked": revoked}
 
@@ -157,38 +153,6 @@ class Scheduler:
         worker = self._worker(worker_id) if worker_id is not None else self._worker_by_name(name or "")
         self.store.set_worker_enabled(worker["worker_id"], enabled)
         return self.describe_worker(self._worker(worker["worker_id"]))
-
-    def list_workers(self) -> list[dict]:
-        current: dict[int, list[dict]] = {}
-        for frame in self.store.current_frames():
-            current.setdefault(frame["worker_id"], []).append(frame)
-        return [self.describe_worker(w, current.get(w["worker_id"], [])) for w in self.store.list_workers()]
-
-    def describe_worker(self, worker: dict, current: list[dict] | None = None) -> dict:
-        if current is None:
-            current = self.store.current_frames(worker["worker_id"])
-        now = self.clock()
-        done = worker["frames_done"]
-        return {
-            "worker_id": worker["worker_id"],
-            "name": worker["name"],
-            "host": worker["host"],
-            "blender_version": worker["blender_version"],
-            "cpu_count": worker["cpu_count"],
-            "enabled": bool(worker["enabled"]),
-            "allows_python": bool(worker["allows_python"]),
-            "alive": now - worker["last_seen"] < self.policy.alive_timeout,
-            "last_seen": worker["last_seen"],
-            "registered_at": worker["registered_at"],
-            "current": [
-                {"task_id": f["task_id"], "task_name": f["task_name"], "frame": f["frame"], "status": f["status"],
-                 "started_at": f["started_at"]}
-                for f in sorted(current, key=lambda f: (f["task_id"], f["frame"]))
-            ],
-            "frames_done": done,
-            "frames_failed": worker["frames_failed"],
-            "mean_frame_seconds": worker["render_seconds_total"] / done if done else None,
-        }
 
     # -- tasks ----------------------------------------------------------------------------------------------------
 
@@ -225,59 +189,6 @@ class Scheduler:
         task_id = self.store.insert_task(task, list(frames), list(spec.workers), files)
         return self.task_detail(task_id, with_frames=False)
 
-    def list_tasks(self, status: str | None = None) -> list[dict]:
-        """Task summaries, newest first, optionally of one status."""
-        if status is not None and status not in TASK_STATES:
-            raise BadRequest(f"status must be one of {', '.join(TASK_STATES)}, not {status!r}")
-        return self.describe_tasks(self.store.list_tasks(status))
-
-    def task_detail(self, task_id: int, with_frames: bool = True, *, frames_after: int | None = None,
-                    frames_limit: int = FRAMES_PAGE, frames_status: str | None = None) -> dict:
-        """One task's summary with its settings and missing assets, and unless with_frames is False one page of its
-        frames: at most frames_limit numbered above frames_after (optionally of one status), with `frames_next`,
-        the frames_after of the next page (None after the last)."""
-        task = self._task(task_id, detail=True)
-        described = self.describe_tasks([task])[0]
-        described["settings"] = task["settings"]
-        described["missing_assets"] = task["missing_assets"]
-        latest = self.latest_done_frames(task_id, 1)
-        described["latest_done"] = latest[0] if latest else None
-        if with_frames:
-            described["frames"], described["frames_next"] = self.frames_page(task_id, frames_after, frames_limit,
-                                                                              frames_status)
-        return described
-
-    def frames_page(self, task_id: int, after: int | None, limit: int,
-                    status: str | None = None) -> tuple[list[dict], int | None]:
-        """At most `limit` frames of the task numbered above `after` (optionally of one status), described, and
-        the `after` of the next page (None after the last)."""
-        if status is not None and status not in FRAME_STATES:
-            raise BadRequest(f"frames_status must be one of {', '.join(FRAME_STATES)}, not {status!r}")
-        # One more than asked tells whether a next page exists.
-        rows = self.store.frames_page(task_id, after, limit + 1, status)
-        page = rows[:limit]
-        if not page:
-            return [], None
-        names = {w["worker_id"]: w["name"] for w in self.store.list_workers()}
-        failed_on = self.store.frame_failed_workers(task_id, page[0]["frame"], page[-1]["frame"])
-        return ([self._describe_frame(f, names, failed_on.get(f["frame"], [])) for f in page],
-                page[-1]["frame"] if len(rows) > limit else None)
-
-    def latest_done_frames(self, task_id: int, count: int) -> list[dict]:
-        """The task's `count` done frames that ended last, latest first."""
-        names = {w["worker_id"]: w["name"] for w in self.store.list_workers()}
-        return [self._describe_frame(f, names, []) for f in self.store.latest_done_frames(task_id, count)]
-
-    def iter_frames(self, task_id: int, status: str | None = None) -> Iterator[dict]:
-        """Every frame row of the task (optionally of one status) by number, read a page at a time."""
-        after = None
-        while True:
-            page = self.store.frames_page(task_id, after, FRAMES_PAGE, status)
-            yield from page
-            if len(page) < FRAMES_PAGE:
-                return
-            after = page[-1]["frame"]
-
     def cancel_task(self, task_id: int, by_owner: str | None = None) -> dict:
         """Cancel the task's frames not rendered yet. by_owner: the artist asking, who may cancel only their own
         tasks (None: an admin, who may cancel any)."""
@@ -301,7 +212,7 @@ class Scheduler:
         """Stop handing out the task's queued frames; frames being rendered finish."""
         task = self._task(task_id)
         if not self.store.pause_task(task_id):
-            if task["status"] == "paused":
+            if task["status"] == TaskStatus.PAUSED:
                 raise Conflict(f"task {task_id} is already paused")
             raise Conflict(f"task {task_id} has already ended ({task['status']})")
         return self.task_detail(task_id, with_frames=False)
@@ -317,7 +228,7 @@ class Scheduler:
         """Queue the task's failed frames again with their failures reset, and unblock the workers blocked from
         it; the task runs again. A task with blocked workers but no failed frames is only unblocked."""
         task = self._task(task_id)
-        if task["status"] == "canceled":
+        if task["status"] not in TASK_RETRYABLE:
             raise Conflict(f"task {task_id} was canceled; submit it again to render its failed frames")
         blocked = self.store.blocked_workers_many([task_id], self.policy.bad_worker_failures)[task_id]
         if not task["frames_failed"] and not blocked:
@@ -342,7 +253,7 @@ class Scheduler:
     def forget_task_files(self, task_id: int) -> list[str]:
         """Forget an ended task's inputs and frames; returns the hashes no other task uses."""
         task = self._task(task_id)
-        if task["status"] in OPEN_TASK_STATES:
+        if task["status"] in TASK_OPEN:
             raise Conflict(f"task {task_id} is still {task['status']}; cancel it before deleting its files")
         return self.store.forget_task_files(task_id, self.clock())
 
@@ -432,9 +343,9 @@ class Scheduler:
         "released" with needs_python: the worker found that the file runs Python it may not run; the task is
         marked as needing a worker that allows Python and the frame is queued again without counting a failure.
         """
-        if status not in FRAME_REPORTS:
-            raise BadRequest(f"status must be one of {', '.join(FRAME_REPORTS)}, not {status!r}")
-        if needs_python and status != "released":
+        if status not in FrameReport.values():
+            raise BadRequest(f"status must be one of {', '.join(FrameReport.values())}, not {status!r}")
+        if needs_python and status != FrameReport.RELEASED:
             raise BadRequest(f"'needs_python' goes with the status 'released', not {status!r}")
         current = self.store.get_frame(task_id, frame)
         if current is None or current["worker_id"] != worker_id:
@@ -442,26 +353,26 @@ class Scheduler:
             self._worker(worker_id)
             current = self.frame(task_id, frame)
         if (current["lease_id"] == lease_id and current["worker_id"] == worker_id
-                and current["status"] == status and status in ("done", "failed")):
+                and current["status"] == status and status in (FrameReport.DONE, FrameReport.FAILED)):
             return current
-        if (status == "failed" and current["lease_id"] != lease_id
+        if (status == FrameReport.FAILED and current["lease_id"] != lease_id
                 and self.store.failure_reported(task_id, frame, lease_id, worker_id)):
             # A repeat of a failure already counted; the frame went back to the queue then (and may be someone
             # else's now, so their lease is not shown).
             return {**current, "lease_id": None}
         self._require_lease(current, worker_id, task_id, frame, lease_id)
         now = self.clock()
-        if status == "rendering":
+        if status == FrameReport.RENDERING:
             row = self.store.mark_rendering(task_id, frame, lease_id, started_at or now,
                                             now + self.policy.lease_seconds, now + 2 * self.policy.lease_seconds)
-            if row is None and current["status"] == "rendering":
+            if row is None and current["status"] == FrameStatus.RENDERING:
                 row = current
-        elif status == "done":
+        elif status == FrameReport.DONE:
             if current["output_sha256"] is None:
                 raise Conflict(f"frame {frame} of task {task_id} has no uploaded file yet; upload it first")
             row = self.store.mark_done(task_id, frame, lease_id, worker_id, started_at, ended_at or now,
                                        render_seconds, now)
-        elif status == "failed":
+        elif status == FrameReport.FAILED:
             row = self.store.mark_failed(task_id, frame, lease_id, worker_id, error or "the render failed",
                                          (log_tail or "")[-20000:], self.policy.frame_fail_workers, now)
         else:
@@ -495,204 +406,12 @@ class Scheduler:
 
     # -- helpers --------------------------------------------------------------------------------------------------
 
-    def _worker(self, worker_id: int) -> dict:
-        worker = self.store.get_worker(worker_id=worker_id)
-        if worker is None:
-            raise NotFound(_no_worker(worker_id))
-        return worker
-
-    def _worker_by_name(self, name: str) -> dict:
-        worker = self.store.get_worker(name=name)
-        if worker is None:
-            raise NotFound(f"no worker named {name!r}")
-        return worker
-
-    def _task(self, task_id: int, detail: bool = False) -> dict:
-        task = self.store.get_task(task_id, detail)
-        if task is None:
-            raise NotFound(f"no task with id {task_id}")
-        return task
-
     def _lost_lease_sentence(self, row: dict, task_id: int, frame: int) -> str:
-        if row["status"] == "canceled":
+        if row["status"] == FrameStatus.CANCELED:
             return f"frame {frame} of task {task_id} was canceled"
-        if row["status"] in ("done", "failed"):
+        if row["status"] in FRAME_FINAL:
             return f"frame {frame} of task {task_id} is already {row['status']}"
         return f"this worker no longer holds the lease on frame {frame} of task {task_id}"
-
-    def describe_tasks(self, tasks: list[dict]) -> list[dict]:
-        """Summaries (progress, ETA, who renders, why it waits) of store task rows, with a fixed number of queries
-        whatever the number of tasks."""
-        open_ids = [t["task_id"] for t in tasks if t["status"] in OPEN_TASK_STATES]
-        # Frames of an ended task no longer change state, so its counts come from the task row itself;
-        # only open tasks need counting.
-        counts = self.store.frame_counts_many(open_ids)
-        current: dict[int, list[dict]] = {}
-        if open_ids:
-            frames = (self.store.current_frames(task_id=open_ids[0]) if len(open_ids) == 1
-                      else self.store.current_frames())
-            for frame in frames:
-                current.setdefault(frame["task_id"], []).append(frame)
-        with_failures = [t["task_id"] for t in tasks if t["frames_failed"]]
-        failed = self.store.failed_frame_numbers(with_failures)
-        estimators = self._eta_estimators(tasks, counts, failed)
-        blocked = self.store.blocked_workers_many([t["task_id"] for t in tasks], self.policy.bad_worker_failures)
-        workers: list[dict] | None = None
-        described = []
-        for task in tasks:
-            task_id = task["task_id"]
-            if task_id in counts:
-                task_counts = counts[task_id]
-            else:
-                task_counts = {"done": task["frames_done"], "failed": task["frames_failed"],
-                               "canceled": task["frames_total"] - task["frames_done"] - task["frames_failed"]}
-            waiting_reason = None
-            if (task["status"] in ("queued", "running") and task_counts.get("queued")
-                    and not (task_counts.get("rendering", 0) + task_counts.get("leased", 0))):
-                if workers is None:
-                    workers = self.store.list_workers()
-                waiting_reason = self._waiting_reason(task, workers, blocked[task_id])
-            described.append(self._describe_task(task, task_counts, current.get(task_id, []),
-                                                 estimators.get(task_id), failed.get(task_id, []), waiting_reason,
-                                                 blocked[task_id]))
-        return described
-
-    def _eta_estimators(self, tasks: list[dict], counts: dict[int, dict[str, int]],
-                        failed: dict[int, list[int]]) -> dict[int, eta.TaskEstimator]:
-        """Finish-time estimators of the tasks queued or running: cached while their done and failed frames stay
-        the same, else built from their done frames (one query for all of those)."""
-        states = [eta.TaskState(t["task_id"], t["created_at"], t["frame_start"], t["frame_end"], t["frame_step"],
-                                counts[t["task_id"]].get("done", 0), tuple(failed.get(t["task_id"], ())))
-                  for t in tasks if t["status"] in ("queued", "running")]
-        return self._eta.estimators(states, self._done_frame_times) if states else {}
-
-    def _done_frame_times(self, task_ids: list[int]) -> dict[int, list[eta.DoneFrame]]:
-        # The model reads only the last MODEL_FRAMES timed frames; the others only count as done.
-        return {task_id: [eta.DoneFrame(*row) for row in rows]
-                for task_id, rows in self.store.done_frame_times_many(task_ids, eta.MODEL_FRAMES).items()}
-
-    def _describe_task(self, task: dict, counts: dict[str, int], current: list[dict],
-                       estimator: eta.TaskEstimator | None, failed_frames: list[int], waiting_reason: str | None,
-                       blocked: list[dict]) -> dict:
-        task_id = task["task_id"]
-        total = task["frames_total"]
-        done = counts.get("done", 0)
-        failed = counts.get("failed", 0)
-        rendering = counts.get("rendering", 0)
-        leased = counts.get("leased", 0)
-        queued = counts.get("queued", 0)
-        workers_rendering = len({f["worker_id"] for f in current if f["status"] == "rendering"})
-        if task["status"] == "paused":
-            estimate = None  # nothing new starts until it is resumed
-        elif task["status"] not in ("queued", "running") or not queued + leased + rendering:
-            estimate = 0.0
-        elif estimator is None:
-            estimate = None
-        else:
-            estimate = estimator.eta_seconds(
-                [eta.ActiveFrame(f["frame"], f["worker_id"], f["status"] == "rendering", f["started_at"])
-                 for f in current], self.clock())
-        return {
-            "task_id": task_id,
-            "name": task["name"],
-            "status": task["status"],
-            "priority": task["priority"],
-            "frame_start": task["frame_start"],
-            "frame_end": task["frame_end"],
-            "frame_step": task["frame_step"],
-            "workers": task["workers"],
-            "submitted_by": task["submitted_by"],
-            "owner": task["owner"],
-            "blend_sha256": task["blend_sha256"],
-            "blend_filename": task["blend_filename"],
-            "main_file": task["main_file"] or task["blend_filename"],
-            "blender_version": task["blender_version"] or None,
-            "blender_version_exact": bool(task["blender_version_exact"]),
-            "missing_assets_count": task["missing_assets_count"],
-            "files_count": task["files_count"],
-            "files_bytes": task["files_bytes"],
-            "files_deleted": task["files_deleted_at"] is not None,
-            "needs_python": bool(task["needs_python"]),
-            "frame_timeout": task["frame_timeout"],
-            "no_progress_timeout": task["no_progress_timeout"],
-            "waiting_reason": waiting_reason,
-            "created_at": task["created_at"],
-            "started_at": task["started_at"],
-            "ended_at": task["ended_at"],
-            "progress": {
-                "total": total,
-                "done": done,
-                "failed": failed,
-                "rendering": rendering,
-                "leased": leased,
-                "queued": queued,
-                "canceled": counts.get("canceled", 0),
-                "percent": round(100.0 * done / total, 1) if total else 100.0,
-                "eta_seconds": estimate,
-                "workers_rendering": workers_rendering,
-                "current": [
-                    {"worker": f["worker_name"], "frame": f["frame"],
-                     "status": f["status"], "started_at": f["started_at"]}
-                    for f in sorted(current, key=lambda f: f["frame"])
-                ],
-            },
-            "failed_frames": failed_frames[:FAILED_FRAMES_SHOWN],
-            "blocked_workers": blocked,
-        }
-
-    def _waiting_reason(self, task: dict, all_workers: list[dict], blocked: list[dict]) -> str | None:
-        """Why no worker takes the task's frames, when no live worker may render it; None when one could."""
-        now = self.clock()
-        workers = [w for w in all_workers if w["enabled"] and now - w["last_seen"] < self.policy.alive_timeout]
-        if not workers:
-            return "waiting: no worker is alive and switched ON"
-        if task["workers"]:
-            workers = [w for w in workers if w["name"] in task["workers"]]
-            if not workers:
-                return f"waiting: none of its workers ({', '.join(task['workers'])}) is alive and switched ON"
-        needed = task["blender_version_key"]
-        if needed:
-            if task["blender_version_exact"]:
-                workers = [w for w in workers if w["blender_version_key"] == needed]
-                if not workers:
-                    return f"waiting: no worker with Blender {key_to_version(needed)}"
-            else:
-                workers = [w for w in workers if w["blender_version_key"] >= needed]
-                if not workers:
-                    return f"waiting: no worker with Blender >= {key_to_version(needed)}"
-        if task["needs_python"]:
-            workers = [w for w in workers if w["allows_python"]]
-            if not workers:
-                return ("waiting: the file runs Python (scripts or drivers); "
-                        "it needs a worker started with --allow-blend-python")
-        blocked_ids = {b["worker_id"] for b in blocked}
-        if all(w["worker_id"] in blocked_ids for w in workers):
-            return (f"waiting: every worker that could render it has failed it {self.policy.bad_worker_failures} "
-                    "times and is blocked; retry its failed frames to unblock them")
-        return None
-
-    @staticmethod
-    def _describe_frame(frame: dict, names: dict[int, str], failed_on: list[str]) -> dict:
-        return {
-            "frame": frame["frame"],
-            "status": frame["status"],
-            "worker": names.get(frame["worker_id"]) if frame["worker_id"] is not None else None,
-            "attempts": frame["attempts"],
-            "failures": frame["failures"],
-            "failed_on": failed_on,
-            "started_at": frame["started_at"],
-            "ended_at": frame["ended_at"],
-            "render_seconds": frame["render_seconds"],
-            "output": frame["output"],
-            "output_sha256": frame["output_sha256"],
-            "output_size": frame["output_size"],
-            "error": frame["error"],
-            "log_tail": frame["log_tail"],
-        }
-
-
-def _no_worker(worker_id: int) -> str:
-    return f"no worker with id {worker_id}; register first"
 
 
 def _output_taken_sentence(task_id: int, frame: int, filename: str, other_frame: int, other_output: str) -> str:
@@ -703,7 +422,7 @@ def _output_taken_sentence(task_id: int, frame: int, filename: str, other_frame:
 
 def _holds(row: dict, worker_id: int, lease_id: str) -> bool:
     """Whether the frame row is under this worker's live lease."""
-    return row["lease_id"] == lease_id and row["worker_id"] == worker_id and row["status"] in ("leased", "rendering")
+    return row["lease_id"] == lease_id and row["worker_id"] == worker_id and row["status"] in FRAME_ACTIVE
 
 
 def check_timeout(field: str, seconds: float | None) -> None:

@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-ACTIVE_FRAME_STATES = ("leased", "rendering")
-# A paused task is still open: its frames may be rendering, and resuming hands the queued ones out again.
-OPEN_TASK_STATES = ("queued", "running", "paused")
+# The status strings in the SQL below are renderq.model's TaskStatus and FrameStatus values (its sets, such as
+# TASK_OPEN and FRAME_ACTIVE, are spelled out as literals so SQLite can use the partial indexes);
+# tests/test_model.py checks every one of them against the model.
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (

@@ -33,6 +33,7 @@ from renderq.cli_common import (
     print_json,
 )
 from renderq.http_client import CoordinatorError
+from renderq.model import TaskStatus
 from renderq.progress import ProgressLine, format_bytes, format_duration, format_table, printable
 from renderq.submit_cmd import (  # noqa: F401  (re-exported)
     BLENDER_READ_TIMEOUT,
@@ -392,8 +393,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     status = add("status", "show tasks, or one task with its frames", cmd_status)
     status.add_argument("task", nargs="?", type=task_id_arg, metavar="TASK", help="a task id (default: all tasks)")
     status.add_argument("--status", dest="filter", metavar="STATUS",
-                        choices=["queued", "running", "paused", "done", "failed", "canceled"],
-                        help="list only tasks with this status (queued, running, paused, done, failed, canceled)")
+                        choices=TaskStatus.values(),
+                        help=f"list only tasks with this status ({', '.join(TaskStatus.values())})")
     status.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
 
     workers = add("workers", "show the workers, their state and what they render", cmd_workers)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable, file_sha256
+from renderq.model import Frame
 from renderq.paths import check_file_name, collision_key
 
 __all__ = ["FetchedFrames", "fetch_done_frames"]
@@ -39,7 +40,7 @@ def fetch_done_frames(client: CoordinatorClient, task: dict, dest_dir: str,
                       on_frame: Callable[[int, int], None] | None = None) -> FetchedFrames:
     """Download the done frames of `task` (a /task answer) into `dest_dir`, keeping files already there with the
     same SHA-256; `on_frame(index, count)` is called before each frame."""
-    done = [frame for frame in task.get("frames") or [] if frame.get("status") == "done"]
+    done = [frame for frame in map(Frame.from_dict, task.get("frames") or []) if frame.is_done]
     if done:
         os.makedirs(dest_dir, exist_ok=True)
     fetched = FetchedFrames()
@@ -47,7 +48,7 @@ def fetch_done_frames(client: CoordinatorClient, task: dict, dest_dir: str,
     for index, frame in enumerate(done, start=1):
         if on_frame is not None:
             on_frame(index, len(done))
-        number, name = frame.get("frame"), frame.get("output")
+        number, name = frame.frame, frame.output
         problem = _name_problem(name, saved)
         if problem:
             fetched.skipped.append((number, problem))
@@ -70,9 +71,9 @@ def _name_problem(name: object, saved: dict[str, tuple[int, str]]) -> str | None
     return None
 
 
-def _save(client: CoordinatorClient, task_id: int, frame: dict, dest_dir: str, fetched: FetchedFrames) -> str | None:
+def _save(client: CoordinatorClient, task_id: int, frame: Frame, dest_dir: str, fetched: FetchedFrames) -> str | None:
     """The frame's path in `dest_dir` once it is there, or None when it was skipped (noted in `fetched`)."""
-    number, name, expected = frame["frame"], frame["output"], frame.get("output_sha256")
+    number, name, expected = frame.frame, frame.output, frame.output_sha256
     existing = os.path.join(dest_dir, name)
     # A link is never read through nor kept: download_frame refuses to write there.
     if expected and not os.path.islink(existing) and os.path.isfile(existing) and file_sha256(existing) == expected:

@@ -10,6 +10,7 @@ from typing import Any
 from renderq.cli_common import EXIT_FAILED, EXIT_OK
 from renderq.frame_download import FetchedFrames, fetch_done_frames
 from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
+from renderq.model import TASK_FINAL, Frame, FrameStatus, Progress, TaskStatus
 from renderq.progress import (
     ProgressLine,
     bar,
@@ -21,19 +22,16 @@ from renderq.progress import (
     printable_answer,
 )
 
-FINAL_STATUSES = ("done", "failed", "canceled")
+# The model's set, under the name the command line imports it by.
+FINAL_STATUSES = TASK_FINAL
 POLL_SECONDS = 1.0
 # How long a waiting command keeps retrying a coordinator that stopped answering before it gives up.
 UNREACHABLE_PATIENCE = 120.0
 
 
 def progress_of(task: dict) -> dict:
-    """The task's progress block, with zeros when the coordinator left it out."""
-    progress = dict(task.get("progress") or {})
-    for key in ("total", "done", "failed", "rendering", "queued"):
-        progress.setdefault(key, 0)
-    progress.setdefault("percent", 100.0 * progress["done"] / progress["total"] if progress["total"] else 0.0)
-    return progress
+    """The task's progress block, with zeros (and a percent) for what the coordinator left out."""
+    return Progress.from_dict(task.get("progress") or {}).to_dict()
 
 
 def task_progress_text(task: dict) -> str:
@@ -161,7 +159,7 @@ def not_rendered_frames(task: dict) -> list[int]:
     frames = task.get("frames")
     if frames is None:
         return list(task.get("failed_frames") or [])
-    return [frame["frame"] for frame in frames if frame.get("status") != "done"]
+    return [frame.frame for frame in map(Frame.from_dict, frames) if not frame.is_done]
 
 
 def download_done_frames(
@@ -194,10 +192,10 @@ def report_outcome(task: dict, dest_dir: str, paths: list[str], out: Any = None,
     if paths:
         print(f"{len(paths)} frame(s) of task {task['task_id']} are in {dest_dir}", file=out)
     missing = not_rendered_frames(task)
-    if task.get("status") == "done" and not missing:
+    if task.get("status") == TaskStatus.DONE and not missing:
         return EXIT_FAILED if skipped else EXIT_OK
     failed = list(task.get("failed_frames") or []) or [
-        frame["frame"] for frame in task.get("frames") or [] if frame.get("status") == "failed"
+        frame["frame"] for frame in task.get("frames") or [] if frame.get("status") == FrameStatus.FAILED
     ]
     print(
         f"task {task['task_id']} ended {task.get('status')}: {progress['done']} of {progress['total']} frames rendered",

@@ -74,7 +74,7 @@ def test_bl_info_and_manifest_carry_the_project_version(built_zip):
 def test_the_shared_modules_and_bat_are_vendored_without_what_blender_lacks(built_zip, names):
     vendor = f"{PACKAGE}/vendor"
     for module in ("__init__.py", "http_client.py", "packing.py", "exposure.py", "blend_header.py", "paths.py",
-                   "frame_download.py"):
+                   "frame_download.py", "model.py"):
         assert f"{vendor}/renderq/{module}" in names
         with open(os.path.join(ROOT, "renderq", module), "rb") as original:
             assert read(built_zip, f"{vendor}/renderq/{module}") == original.read()
@@ -97,7 +97,7 @@ def test_the_vendored_modules_import_with_the_standard_library_alone(built_zip, 
     # -S: no site-packages at all, like a Blender whose Python has neither requests nor zstandard.
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); "
-        "import renderq.packing, renderq.http_client, renderq.frame_download; "
+        "import renderq.packing, renderq.http_client, renderq.frame_download, renderq.model; "
         "assert 'requests' not in sys.modules and 'zstandard' not in sys.modules, sorted(sys.modules); "
         "assert renderq.packing.__file__.startswith(sys.argv[1]); print('ok')"
     )

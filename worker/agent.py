@@ -36,7 +36,8 @@ import time
 from typing import Any, Callable, Protocol, TypeVar
 
 from renderq.http_client import CoordinatorClient, CoordinatorError
-from worker.blender_session import BlenderSession, FrameResult, SessionError
+from renderq.model import FrameResult
+from worker.blender_session import BlenderSession, SessionError
 from worker.cache import DEFAULT_CACHE_SIZE, BlendCache, CacheError
 from worker.lease import Lease
 from worker.log_shipper import LogShipper
@@ -72,7 +73,7 @@ class SessionLike(Protocol):
         *,
         frame_timeout: float | None = None,
         no_progress_timeout: float | None = None,
-    ) -> Any: ...
+    ) -> FrameResult: ...
 
     def abort(self, grace: float = 5.0) -> None: ...
 
@@ -381,7 +382,7 @@ class WorkerAgent:
                 if not lease.revoked:
                     self._release(lease, "the worker is stopping")
                 return
-            if result.ok and not lease.revoked and not getattr(result, "aborted", False):
+            if result.ok and not lease.revoked and not result.aborted:
                 if result.render_seconds:
                     self._prefetch_timer.note(lease.task_id, float(result.render_seconds))
                 self._deliver_in_background(lease, result)
@@ -405,7 +406,7 @@ class WorkerAgent:
             log.warning("could not clean the folder of task %s: %s", lease.task_id, exc)
         self._shipper.flush()
 
-    def _deliver_in_background(self, lease: Lease, result: Any) -> None:
+    def _deliver_in_background(self, lease: Lease, result: FrameResult) -> None:
         """Upload and report a rendered frame in a thread, so Blender can go on with the next one.
 
         Waits first for the frame before it: one frame on its way at a time.
@@ -418,7 +419,7 @@ class WorkerAgent:
             self._delivery = thread
         thread.start()
 
-    def _delivery_thread(self, lease: Lease, result: Any) -> None:
+    def _delivery_thread(self, lease: Lease, result: FrameResult) -> None:
         try:
             self._settle(lease, result)
         except Exception:
@@ -515,7 +516,7 @@ class WorkerAgent:
         except Exception:
             log.exception("aborting Blender failed")
 
-    def _render(self, session: SessionLike, lease: Lease) -> Any | None:
+    def _render(self, session: SessionLike, lease: Lease) -> FrameResult | None:
         """Render the frame; returns the FrameResult, or None when it was not begun (lease revoked, stopping)."""
 
         def on_started(wall_time: float) -> None:
@@ -550,10 +551,7 @@ class WorkerAgent:
             )
         except Exception as exc:
             log.error("%s: Blender session failed: %s", lease, exc)
-            result = FrameResult(
-                frame=lease.frame, ok=False, output_path=None, started_at=None, ended_at=None, render_seconds=None,
-                error=str(exc), log_tail="",
-            )
+            result = FrameResult.failure(lease.frame, str(exc))
         finally:
             with self._lock:
                 self._rendering = False
@@ -617,18 +615,18 @@ class WorkerAgent:
 
     # -- reporting ----------------------------------------------------------------------------------------------
 
-    def _settle(self, lease: Lease, result: Any) -> None:
+    def _settle(self, lease: Lease, result: FrameResult) -> None:
         """Report a rendered (or failed, or aborted) frame, then delete its output file."""
-        output_path = getattr(result, "output_path", None)
+        output_path = result.output_path
         try:
             if lease.revoked:
                 log.info("%s: lease revoked; result dropped", lease)
-            elif getattr(result, "aborted", False) or (not result.ok and self._stop.is_set()):
+            elif result.aborted or (not result.ok and self._stop.is_set()):
                 # Aborted by our own stop (or a stray abort): the frame was not rendered, so it is given back.
                 self._release(lease, "the worker is stopping" if self._stop.is_set() else "the render was aborted")
             elif result.ok:
                 self._deliver(lease, result)
-            elif getattr(result, "needs_python", False):
+            elif result.needs_python:
                 self._close_session(remove_task_files=False)
                 self._release_needs_python(lease, [])
             else:
@@ -640,7 +638,7 @@ class WorkerAgent:
             if output_path:
                 _remove_quietly(output_path)
 
-    def _deliver(self, lease: Lease, result: Any) -> None:
+    def _deliver(self, lease: Lease, result: FrameResult) -> None:
         """Upload the frame's file, then report it done; retried until the coordinator takes it or the lease is lost."""
         path = result.output_path
         if not path or not os.path.isfile(path):

@@ -36,9 +36,10 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping
+
+from renderq.model import FrameResult
 
 __all__ = [
     "BlenderNotFoundError",
@@ -66,23 +67,6 @@ _MIN_HIDDEN_LENGTH = 8
 LOG_TAIL_LINES = 60
 _LOG_LINES_KEPT = 400
 _HELLO_READ_SECONDS = 5.0
-
-
-@dataclass
-class FrameResult:
-    """What became of one frame asked of a BlenderSession."""
-
-    frame: int
-    ok: bool  # render_write seen AND the file exists
-    output_path: str | None  # absolute path of the written file
-    started_at: float | None  # wall clock (time.time() inside Blender) at render_pre
-    ended_at: float | None  # wall clock at render_write
-    render_seconds: float | None  # render_write - render_pre, monotonic, inside Blender
-    error: str | None  # plain sentence when not ok
-    log_tail: str  # the last lines of Blender output seen during this frame
-    aborted: bool = False  # True when abort() stopped it
-    timed_out: bool = False  # True when a limit of render() stopped it
-    needs_python: bool = False  # True when refused because the file holds Python this session may not run
 
 
 class SessionError(Exception):

@@ -19,6 +19,7 @@ import bpy.utils.previews
 
 from renderq.frame_download import fetch_done_frames
 from renderq.http_client import CoordinatorError
+from renderq.model import Frame, FrameStatus, TaskStatus
 
 from . import client, jobs, notify, prefs, state, text
 
@@ -146,7 +147,7 @@ def _announce_end(task: dict) -> None:
     done, total = state.as_int(progress.get("done")), state.as_int(progress.get("total"))
     name = task.get("name", "")
     status = task.get("status")
-    if status == "done":
+    if status == TaskStatus.DONE:
         notify.tell(f"Task {task_id} ({name}) is done: {done} of {total} frames rendered", "INFO", popup=True)
         return
     failed = task.get("failed_frames") or []
@@ -155,15 +156,18 @@ def _announce_end(task: dict) -> None:
                 "WARNING", popup=True)
 
 
-def last_finished_frame(task: dict) -> dict | None:
-    """The done frame that ended last, or None."""
-    if "latest_done" in task:
-        latest = task["latest_done"]
-        return latest if isinstance(latest, dict) else None
-    done = [frame for frame in task.get("frames") or [] if frame.get("status") == "done"]
+def last_finished_frame(task: dict) -> Frame | None:
+    """The done frame that ended last, or None (also when the coordinator's answer describes no frame)."""
+    try:
+        if "latest_done" in task:
+            latest = task["latest_done"]
+            return Frame.from_dict(latest) if isinstance(latest, dict) else None
+        done = [frame for frame in map(Frame.from_dict, task.get("frames") or []) if frame.is_done]
+    except ValueError:
+        return None
     if not done:
         return None
-    return max(done, key=lambda frame: (frame.get("ended_at") or 0.0, frame.get("frame") or 0))
+    return max(done, key=lambda frame: (frame.ended_at or 0.0, frame.frame or 0))
 
 
 # -- thumbnails ------------------------------------------------------------------------------------------------------
@@ -177,18 +181,18 @@ def _maybe_fetch_thumbnail(task: dict) -> None:
         return
     task_id = task["task_id"]
     shown = state.SESSION.thumbnails.get(task_id)
-    if shown is not None and shown[0] == frame.get("frame"):
+    if shown is not None and shown[0] == frame.frame:
         return
-    name = frame.get("output") or ""
-    if not name.lower().endswith(_THUMBNAIL_SUFFIXES) or state.as_int(frame.get("output_size")) > THUMBNAIL_MAX_BYTES:
+    name = frame.output if isinstance(frame.output, str) else ""
+    if not name.lower().endswith(_THUMBNAIL_SUFFIXES) or state.as_int(frame.output_size) > THUMBNAIL_MAX_BYTES:
         return
     try:
         settings = _settings()
     except Refused:
         return
-    folder = os.path.join(_thumbnails_folder(), f"task-{task_id}-frame-{frame['frame']}")
-    frame_number = frame["frame"]
-    expected = frame.get("output_sha256")
+    frame_number = frame.frame
+    folder = os.path.join(_thumbnails_folder(), f"task-{task_id}-frame-{frame_number}")
+    expected = frame.output_sha256
 
     def work(_progress: Any) -> str:
         os.makedirs(folder, exist_ok=True)
@@ -260,7 +264,7 @@ def download(task_id: int, folder: str) -> None:
 
     def work(progress: Any) -> dict:
         coordinator = settings.client(timeout=client.TRANSFER_TIMEOUT)
-        task = coordinator.get_task(task_id, frames_status="done")
+        task = coordinator.get_task(task_id, frames_status=FrameStatus.DONE)
         fetched = fetch_done_frames(coordinator, task, folder, lambda index, count: progress((index, count)))
         return {"task": task, "downloaded": len(fetched.paths) - fetched.kept, "kept": fetched.kept,
                 "skipped": fetched.skipped}

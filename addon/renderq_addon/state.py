@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-FINAL_STATUSES = ("done", "failed", "canceled")
+from renderq.model import TASK_FINAL
 
 
 @dataclass
@@ -114,7 +114,7 @@ def shown_task_ids(include_mine: bool) -> list[int]:
 
 def is_final(task: dict | None) -> bool:
     """Whether a task has ended (done, failed or canceled)."""
-    return bool(task) and task.get("status") in FINAL_STATUSES
+    return bool(task) and task.get("status") in TASK_FINAL
 
 
 def age(timestamp: float) -> float:

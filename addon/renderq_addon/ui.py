@@ -11,6 +11,8 @@ import traceback
 
 import bpy
 
+from renderq.model import TaskStatus
+
 from . import client, jobs, monitor, notify, prefs, props, state, submit, text
 
 _reported_draw_errors: set[str] = set()
@@ -264,12 +266,12 @@ class RENDERQ_PT_tasks(_SafePanel, bpy.types.Panel):
 
 
 _STATUS_ICONS = {
-    "queued": "SORTTIME",
-    "running": "RENDER_ANIMATION",
-    "done": "CHECKMARK",
-    "failed": "ERROR",
-    "canceled": "CANCEL",
-    "paused": "PAUSE",
+    TaskStatus.QUEUED: "SORTTIME",
+    TaskStatus.RUNNING: "RENDER_ANIMATION",
+    TaskStatus.DONE: "CHECKMARK",
+    TaskStatus.FAILED: "ERROR",
+    TaskStatus.CANCELED: "CANCEL",
+    TaskStatus.PAUSED: "PAUSE",
 }
 
 _CLASSES = (RENDERQ_PT_main, RENDERQ_PT_submit, RENDERQ_PT_tasks)

@@ -7,7 +7,8 @@
   const workerRows = new Map(); // worker id -> <tr>
   const taskBody = document.getElementById("task-rows");
   const workerBody = document.getElementById("worker-rows");
-  const FINAL = new Set(["done", "failed", "canceled"]);
+  // The status sets, from renderq.model through the feed's first snapshot (farm.statuses): no copy of our own.
+  let statuses = {task_final: [], task_resumable: []};
   let filter = "";
   let tasks = {};
 
@@ -59,7 +60,8 @@
     if (task.waiting) nameCell.append(el("div", {className: "small waiting", text: task.waiting}));
     const bar = RQ.makeBar();
     RQ.setBar(bar, task.done, task.failed, task.rendering, task.total);
-    const eta = FINAL.has(task.status) ? "–" : task.status === "paused" ? "paused" : RQ.duration(task.eta);
+    const eta = statuses.task_final.includes(task.status) ? "–"
+      : statuses.task_resumable.includes(task.status) ? "paused" : RQ.duration(task.eta);
     // Keep the priority box that an admin is typing in.
     const oldPriority = row.querySelector(".priority-input");
     const keepPriority = oldPriority && document.activeElement === oldPriority;
@@ -233,6 +235,7 @@
 
   const feed = new RQ.Feed("/status/updates", (state, changes, full) => {
     tasks = state.tasks || {};
+    statuses = (state.farm || {}).statuses || statuses;
     if (full) {
       renderTasks(null);
       renderWorkers(state.workers || {}, null);

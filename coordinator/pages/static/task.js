@@ -6,7 +6,9 @@
   const {el} = RQ;
   const page = document.getElementById("task-page");
   const taskId = Number(page.dataset.taskId);
-  const FINAL = new Set(["done", "failed", "canceled"]);
+  // The status sets, from renderq.model through the feed's first snapshot (task.statuses): no copy of our own.
+  let statuses = {task_final: [], task_claimable: [], task_resumable: [], task_retryable: []};
+  const isFinal = (status) => statuses.task_final.includes(status);
   const SHOWN_IN_BROWSER = /\.(png|jpe?g|webp|gif)$/i;
   const THUMBNAILS = 16;
   const LOG_KEEP_CHARS = 400000; // older log text is dropped from the page (the whole log stays on the server)
@@ -40,7 +42,7 @@
     document.getElementById("stat-percent").textContent = s.percent + " %";
     document.getElementById("stat-frames").textContent = s.done + " / " + s.failed + " / " + s.total;
     document.getElementById("stat-eta").textContent =
-      FINAL.has(s.status) ? "–" : s.status === "paused" ? "paused" : RQ.duration(s.eta);
+      isFinal(s.status) ? "–" : statuses.task_resumable.includes(s.status) ? "paused" : RQ.duration(s.eta);
     const elapsed = document.getElementById("stat-elapsed");
     delete elapsed.dataset.since;
     if (!s.started_at) elapsed.textContent = "–";
@@ -61,12 +63,11 @@
     const priority = document.getElementById("task-priority");
     if (document.activeElement !== priority) priority.value = String(s.priority);
     if (RQ.isAdmin) {
-      const open = !FINAL.has(s.status);
-      document.getElementById("action-pause").disabled = !(s.status === "queued" || s.status === "running");
-      document.getElementById("action-resume").disabled = s.status !== "paused";
-      document.getElementById("action-cancel").disabled = !open;
+      document.getElementById("action-pause").disabled = !statuses.task_claimable.includes(s.status);
+      document.getElementById("action-resume").disabled = !statuses.task_resumable.includes(s.status);
+      document.getElementById("action-cancel").disabled = isFinal(s.status);
       document.getElementById("action-retry").disabled =
-        !((s.failed > 0 || blocked.length > 0) && s.status !== "canceled");
+        !((s.failed > 0 || blocked.length > 0) && statuses.task_retryable.includes(s.status));
     }
     document.getElementById("action-zip").hidden = s.done === 0 || s.files_deleted;
   }
@@ -320,7 +321,7 @@
     } catch (error) {
       // The feed shows that the coordinator is unreachable; the log tries again at the next round.
     }
-    const ended = summary !== null && FINAL.has(summary.status);
+    const ended = summary !== null && isFinal(summary.status);
     if (ended && logFinalRead) { // one more read after the end picked up the last lines
       logActive = false;
       return;
@@ -330,7 +331,7 @@
   }
 
   function followLog() {
-    if (!FINAL.has(summary.status)) logFinalRead = false; // retried or resumed: keep following
+    if (!isFinal(summary.status)) logFinalRead = false; // retried or resumed: keep following
     if (!logActive) {
       logActive = true;
       readLog();
@@ -350,6 +351,7 @@
       return;
     }
     summary = state.task.summary;
+    statuses = state.task.statuses || statuses;
     frames = state.frames || {};
     latestFrames = state.latest || {};
     renderSummary();

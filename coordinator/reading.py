@@ -1,0 +1,318 @@
+"""Reading the farm for people: task summaries with progress, finish estimates and why a task waits, pages of a
+task's frames, and the workers with what they render.
+
+The read side of the Scheduler (which inherits it): nothing here changes the farm's state. Every answer costs a
+fixed number of queries whatever the number of tasks or frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from renderq.blend_header import key_to_version
+from renderq.model import TASK_CLAIMABLE, TASK_OPEN, Frame, FrameStatus, TaskStatus, Worker
+
+from . import eta
+from .errors import BadRequest, NotFound
+from .store import Store
+
+if TYPE_CHECKING:
+    from .scheduler import Policy
+
+Clock = Callable[[], float]
+
+# Frames per page of a task's detail (GET /task) unless the client asks for another size, and the most it may ask.
+FRAMES_PAGE = 1_000
+MAX_FRAMES_PAGE = 10_000
+# A task's summary lists at most this many of its failed frames (progress.failed counts them all).
+FAILED_FRAMES_SHOWN = 1_000
+
+
+class FarmReader:
+    """Task, frame and worker descriptions from the state in a Store (the Scheduler sets the attributes)."""
+
+    store: Store
+    policy: Policy
+    clock: Clock
+    _eta: eta.EtaCache
+
+    def _worker(self, worker_id: int) -> dict:
+        worker = self.store.get_worker(worker_id=worker_id)
+        if worker is None:
+            raise NotFound(no_worker_sentence(worker_id))
+        return worker
+
+    def _worker_by_name(self, name: str) -> dict:
+        worker = self.store.get_worker(name=name)
+        if worker is None:
+            raise NotFound(f"no worker named {name!r}")
+        return worker
+
+    def _task(self, task_id: int, detail: bool = False) -> dict:
+        task = self.store.get_task(task_id, detail)
+        if task is None:
+            raise NotFound(f"no task with id {task_id}")
+        return task
+
+    def list_workers(self) -> list[dict]:
+        current: dict[int, list[dict]] = {}
+        for frame in self.store.current_frames():
+            current.setdefault(frame["worker_id"], []).append(frame)
+        return [self.describe_worker(w, current.get(w["worker_id"], [])) for w in self.store.list_workers()]
+
+    def describe_worker(self, worker: dict, current: list[dict] | None = None) -> dict:
+        """A store worker row as GET /list_workers shows it (the model's Worker), with the frames it holds."""
+        if current is None:
+            current = self.store.current_frames(worker["worker_id"])
+        done = worker["frames_done"]
+        return Worker(
+            worker_id=worker["worker_id"],
+            name=worker["name"],
+            host=worker["host"],
+            blender_version=worker["blender_version"],
+            cpu_count=worker["cpu_count"],
+            enabled=bool(worker["enabled"]),
+            allows_python=bool(worker["allows_python"]),
+            alive=self.clock() - worker["last_seen"] < self.policy.alive_timeout,
+            last_seen=worker["last_seen"],
+            registered_at=worker["registered_at"],
+            current=[
+                {"task_id": f["task_id"], "task_name": f["task_name"], "frame": f["frame"], "status": f["status"],
+                 "started_at": f["started_at"]}
+                for f in sorted(current, key=lambda f: (f["task_id"], f["frame"]))
+            ],
+            frames_done=done,
+            frames_failed=worker["frames_failed"],
+            mean_frame_seconds=worker["render_seconds_total"] / done if done else None,
+        ).to_dict()
+
+    def list_tasks(self, status: str | None = None) -> list[dict]:
+        """Task summaries, newest first, optionally of one status."""
+        if status is not None and status not in TaskStatus.values():
+            raise BadRequest(f"status must be one of {', '.join(TaskStatus.values())}, not {status!r}")
+        return self.describe_tasks(self.store.list_tasks(status))
+
+    def task_detail(self, task_id: int, with_frames: bool = True, *, frames_after: int | None = None,
+                    frames_limit: int = FRAMES_PAGE, frames_status: str | None = None) -> dict:
+        """One task's summary with its settings and missing assets, and unless with_frames is False one page of its
+        frames: at most frames_limit numbered above frames_after (optionally of one status), with `frames_next`,
+        the frames_after of the next page (None after the last)."""
+        task = self._task(task_id, detail=True)
+        described = self.describe_tasks([task])[0]
+        described["settings"] = task["settings"]
+        described["missing_assets"] = task["missing_assets"]
+        latest = self.latest_done_frames(task_id, 1)
+        described["latest_done"] = latest[0] if latest else None
+        if with_frames:
+            described["frames"], described["frames_next"] = self.frames_page(task_id, frames_after, frames_limit,
+                                                                              frames_status)
+        return described
+
+    def frames_page(self, task_id: int, after: int | None, limit: int,
+                    status: str | None = None) -> tuple[list[dict], int | None]:
+        """At most `limit` frames of the task numbered above `after` (optionally of one status), described, and
+        the `after` of the next page (None after the last)."""
+        if status is not None and status not in FrameStatus.values():
+            raise BadRequest(f"frames_status must be one of {', '.join(FrameStatus.values())}, not {status!r}")
+        # One more than asked tells whether a next page exists.
+        rows = self.store.frames_page(task_id, after, limit + 1, status)
+        page = rows[:limit]
+        if not page:
+            return [], None
+        names = {w["worker_id"]: w["name"] for w in self.store.list_workers()}
+        failed_on = self.store.frame_failed_workers(task_id, page[0]["frame"], page[-1]["frame"])
+        return ([self._describe_frame(f, names, failed_on.get(f["frame"], [])) for f in page],
+                page[-1]["frame"] if len(rows) > limit else None)
+
+    def latest_done_frames(self, task_id: int, count: int) -> list[dict]:
+        """The task's `count` done frames that ended last, latest first."""
+        names = {w["worker_id"]: w["name"] for w in self.store.list_workers()}
+        return [self._describe_frame(f, names, []) for f in self.store.latest_done_frames(task_id, count)]
+
+    def iter_frames(self, task_id: int, status: str | None = None) -> Iterator[dict]:
+        """Every frame row of the task (optionally of one status) by number, read a page at a time."""
+        after = None
+        while True:
+            page = self.store.frames_page(task_id, after, FRAMES_PAGE, status)
+            yield from page
+            if len(page) < FRAMES_PAGE:
+                return
+            after = page[-1]["frame"]
+
+    def describe_tasks(self, tasks: list[dict]) -> list[dict]:
+        """Summaries (progress, ETA, who renders, why it waits) of store task rows, with a fixed number of queries
+        whatever the number of tasks."""
+        open_ids = [t["task_id"] for t in tasks if t["status"] in TASK_OPEN]
+        # Frames of an ended task no longer change state, so its counts come from the task row itself;
+        # only open tasks need counting.
+        counts = self.store.frame_counts_many(open_ids)
+        current: dict[int, list[dict]] = {}
+        if open_ids:
+            frames = (self.store.current_frames(task_id=open_ids[0]) if len(open_ids) == 1
+                      else self.store.current_frames())
+            for frame in frames:
+                current.setdefault(frame["task_id"], []).append(frame)
+        with_failures = [t["task_id"] for t in tasks if t["frames_failed"]]
+        failed = self.store.failed_frame_numbers(with_failures)
+        estimators = self._eta_estimators(tasks, counts, failed)
+        blocked = self.store.blocked_workers_many([t["task_id"] for t in tasks], self.policy.bad_worker_failures)
+        workers: list[dict] | None = None
+        described = []
+        for task in tasks:
+            task_id = task["task_id"]
+            if task_id in counts:
+                task_counts = counts[task_id]
+            else:
+                task_counts = {FrameStatus.DONE: task["frames_done"], FrameStatus.FAILED: task["frames_failed"],
+                               FrameStatus.CANCELED: task["frames_total"] - task["frames_done"]
+                               - task["frames_failed"]}
+            waiting_reason = None
+            if (task["status"] in TASK_CLAIMABLE and task_counts.get(FrameStatus.QUEUED)
+                    and not (task_counts.get(FrameStatus.RENDERING, 0) + task_counts.get(FrameStatus.LEASED, 0))):
+                if workers is None:
+                    workers = self.store.list_workers()
+                waiting_reason = self._waiting_reason(task, workers, blocked[task_id])
+            described.append(self._describe_task(task, task_counts, current.get(task_id, []),
+                                                 estimators.get(task_id), failed.get(task_id, []), waiting_reason,
+                                                 blocked[task_id]))
+        return described
+
+    def _eta_estimators(self, tasks: list[dict], counts: dict[int, dict[str, int]],
+                        failed: dict[int, list[int]]) -> dict[int, eta.TaskEstimator]:
+        """Finish-time estimators of the tasks queued or running: cached while their done and failed frames stay
+        the same, else built from their done frames (one query for all of those)."""
+        states = [eta.TaskState(t["task_id"], t["created_at"], t["frame_start"], t["frame_end"], t["frame_step"],
+                                counts[t["task_id"]].get(FrameStatus.DONE, 0), tuple(failed.get(t["task_id"], ())))
+                  for t in tasks if t["status"] in TASK_CLAIMABLE]
+        return self._eta.estimators(states, self._done_frame_times) if states else {}
+
+    def _done_frame_times(self, task_ids: list[int]) -> dict[int, list[eta.DoneFrame]]:
+        # The model reads only the last MODEL_FRAMES timed frames; the others only count as done.
+        return {task_id: [eta.DoneFrame(*row) for row in rows]
+                for task_id, rows in self.store.done_frame_times_many(task_ids, eta.MODEL_FRAMES).items()}
+
+    def _describe_task(self, task: dict, counts: dict[str, int], current: list[dict],
+                       estimator: eta.TaskEstimator | None, failed_frames: list[int], waiting_reason: str | None,
+                       blocked: list[dict]) -> dict:
+        task_id = task["task_id"]
+        total = task["frames_total"]
+        done = counts.get(FrameStatus.DONE, 0)
+        failed = counts.get(FrameStatus.FAILED, 0)
+        rendering = counts.get(FrameStatus.RENDERING, 0)
+        leased = counts.get(FrameStatus.LEASED, 0)
+        queued = counts.get(FrameStatus.QUEUED, 0)
+        workers_rendering = len({f["worker_id"] for f in current if f["status"] == FrameStatus.RENDERING})
+        if task["status"] == TaskStatus.PAUSED:
+            estimate = None  # nothing new starts until it is resumed
+        elif task["status"] not in TASK_CLAIMABLE or not queued + leased + rendering:
+            estimate = 0.0
+        elif estimator is None:
+            estimate = None
+        else:
+            estimate = estimator.eta_seconds(
+                [eta.ActiveFrame(f["frame"], f["worker_id"], f["status"] == FrameStatus.RENDERING, f["started_at"])
+                 for f in current], self.clock())
+        return {
+            "task_id": task_id,
+            "name": task["name"],
+            "status": task["status"],
+            "priority": task["priority"],
+            "frame_start": task["frame_start"],
+            "frame_end": task["frame_end"],
+            "frame_step": task["frame_step"],
+            "workers": task["workers"],
+            "submitted_by": task["submitted_by"],
+            "owner": task["owner"],
+            "blend_sha256": task["blend_sha256"],
+            "blend_filename": task["blend_filename"],
+            "main_file": task["main_file"] or task["blend_filename"],
+            "blender_version": task["blender_version"] or None,
+            "blender_version_exact": bool(task["blender_version_exact"]),
+            "missing_assets_count": task["missing_assets_count"],
+            "files_count": task["files_count"],
+            "files_bytes": task["files_bytes"],
+            "files_deleted": task["files_deleted_at"] is not None,
+            "needs_python": bool(task["needs_python"]),
+            "frame_timeout": task["frame_timeout"],
+            "no_progress_timeout": task["no_progress_timeout"],
+            "waiting_reason": waiting_reason,
+            "created_at": task["created_at"],
+            "started_at": task["started_at"],
+            "ended_at": task["ended_at"],
+            "progress": {
+                "total": total,
+                "done": done,
+                "failed": failed,
+                "rendering": rendering,
+                "leased": leased,
+                "queued": queued,
+                "canceled": counts.get(FrameStatus.CANCELED, 0),
+                "percent": round(100.0 * done / total, 1) if total else 100.0,
+                "eta_seconds": estimate,
+                "workers_rendering": workers_rendering,
+                "current": [
+                    {"worker": f["worker_name"], "frame": f["frame"],
+                     "status": f["status"], "started_at": f["started_at"]}
+                    for f in sorted(current, key=lambda f: f["frame"])
+                ],
+            },
+            "failed_frames": failed_frames[:FAILED_FRAMES_SHOWN],
+            "blocked_workers": blocked,
+        }
+
+    def _waiting_reason(self, task: dict, all_workers: list[dict], blocked: list[dict]) -> str | None:
+        """Why no worker takes the task's frames, when no live worker may render it; None when one could."""
+        now = self.clock()
+        workers = [w for w in all_workers if w["enabled"] and now - w["last_seen"] < self.policy.alive_timeout]
+        if not workers:
+            return "waiting: no worker is alive and switched ON"
+        if task["workers"]:
+            workers = [w for w in workers if w["name"] in task["workers"]]
+            if not workers:
+                return f"waiting: none of its workers ({', '.join(task['workers'])}) is alive and switched ON"
+        needed = task["blender_version_key"]
+        if needed:
+            if task["blender_version_exact"]:
+                workers = [w for w in workers if w["blender_version_key"] == needed]
+                if not workers:
+                    return f"waiting: no worker with Blender {key_to_version(needed)}"
+            else:
+                workers = [w for w in workers if w["blender_version_key"] >= needed]
+                if not workers:
+                    return f"waiting: no worker with Blender >= {key_to_version(needed)}"
+        if task["needs_python"]:
+            workers = [w for w in workers if w["allows_python"]]
+            if not workers:
+                return ("waiting: the file runs Python (scripts or drivers); "
+                        "it needs a worker started with --allow-blend-python")
+        blocked_ids = {b["worker_id"] for b in blocked}
+        if all(w["worker_id"] in blocked_ids for w in workers):
+            return (f"waiting: every worker that could render it has failed it {self.policy.bad_worker_failures} "
+                    "times and is blocked; retry its failed frames to unblock them")
+        return None
+
+    @staticmethod
+    def _describe_frame(frame: dict, names: dict[int, str], failed_on: list[str]) -> dict:
+        """A store frame row as GET /task lists it (the model's Frame): the worker by name, not by id."""
+        return Frame(
+            frame=frame["frame"],
+            status=frame["status"],
+            worker=names.get(frame["worker_id"]) if frame["worker_id"] is not None else None,
+            attempts=frame["attempts"],
+            failures=frame["failures"],
+            failed_on=failed_on,
+            started_at=frame["started_at"],
+            ended_at=frame["ended_at"],
+            render_seconds=frame["render_seconds"],
+            output=frame["output"],
+            output_sha256=frame["output_sha256"],
+            output_size=frame["output_size"],
+            error=frame["error"],
+            log_tail=frame["log_tail"],
+        ).to_dict()
+
+
+def no_worker_sentence(worker_id: int) -> str:
+    """The refusal for an unknown worker id."""
+    return f"no worker with id {worker_id}; register first"
