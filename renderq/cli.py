@@ -1,7 +1,7 @@
 """The `renderq` command: run a coordinator or a worker, submit and follow tasks, manage workers.
 
-The argument types, the task display, and `submit` live in their own modules; their names are imported here so
-that `renderq.cli` still offers them.
+The argument types, the task display, and `submit` live in their own modules; this one builds the parser and
+runs the small commands.
 """
 
 from __future__ import annotations
@@ -33,30 +33,20 @@ from renderq.cli_common import (
     print_json,
 )
 from renderq.http_client import CoordinatorError
-from renderq.progress import ProgressLine, format_bytes, format_duration, format_table, printable
-from renderq.submit_cmd import (  # noqa: F401  (re-exported)
-    BLENDER_READ_TIMEOUT,
-    UPLOAD_PROGRESS_MIN_BYTES,
-    cmd_submit,
-    current_user,
-    find_blender,
-    pack_for_submit,
-    print_preflight,
-    read_frame_range,
-    timeouts_and_python,
-    upload_missing_files,
+from renderq.progress import (
+    ProgressLine,
+    format_bytes,
+    format_duration,
+    format_table,
+    printable,
 )
-from renderq.task_view import (  # noqa: F401  (re-exported)
+from renderq.submit_cmd import cmd_submit
+from renderq.task_view import (
     FINAL_STATUSES,
     POLL_SECONDS,
-    UNREACHABLE_PATIENCE,
     download_done_frames,
-    not_rendered_frames,
     print_task_detail,
     progress_of,
-    report_outcome,
-    task_progress_text,
-    wait_for_task,
     waiting_text,
 )
 

@@ -6,7 +6,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,16 +14,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO
 
-from renderq.cli import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    download_done_frames,
-    find_blender,
-    report_outcome,
-    wait_for_task,
+from renderq.blender_path import BlenderNotFoundError, find_blender
+from renderq.cli_common import EXIT_FAILED, EXIT_INTERRUPTED
+from renderq.http_client import (
+    CoordinatorClient,
+    CoordinatorError,
+    CoordinatorUnreachable,
 )
-from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
+from renderq.ports import free_port
 from renderq.progress import ProgressLine, format_table
+from renderq.task_view import download_done_frames, report_outcome, wait_for_task
 
 START_TIMEOUT = 30.0
 REGISTER_TIMEOUT = 60.0
@@ -57,13 +56,6 @@ class Child:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_child(label: str, renderq_args: list[str], log_path: str) -> Child:
@@ -190,13 +182,10 @@ def print_times(task: dict, submitted_at: float, finished_at: float, started_at:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit status (0 when every frame rendered)."""
-    blender = find_blender(args.blender)
-    if blender is None:
-        print(
-            "renderq: the demo needs Blender: install it (on Debian: apt-get install blender) "
-            "or point --blender or RENDERQ_BLENDER at a Blender binary",
-            file=sys.stderr,
-        )
+    try:
+        blender = find_blender(args.blender)
+    except BlenderNotFoundError as error:
+        print(f"renderq: the demo needs Blender: {error}", file=sys.stderr)
         return EXIT_FAILED
     try:
         from renderq.scenes import make_scene

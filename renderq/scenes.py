@@ -1,5 +1,8 @@
 """Small animated Cycles scenes made by Blender itself, for demos, benchmarks and tests.
 
+It lives in the kernel because `renderq demo` ships it; it needs only the standard library and the kernel's
+Blender finder, never the worker.
+
 `make_scene` runs Blender with `blender_scripts/make_scene.py`, which builds and saves the scene. At the default
 settings a frame takes about a second on one CPU thread.
 """
@@ -11,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from worker.blender_session import SessionError, find_blender
+from renderq.blender_path import BlenderNotFoundError, find_blender
 
 __all__ = ["SceneError", "make_scene", "MAKE_SCENE_SCRIPT"]
 
@@ -19,8 +22,8 @@ MAKE_SCENE_SCRIPT = Path(__file__).with_name("blender_scripts") / "make_scene.py
 _OUTPUT_TAIL_LINES = 40
 
 
-class SceneError(SessionError):
-    """Blender could not build or save the scene."""
+class SceneError(RuntimeError):
+    """Blender could not be found, or could not build or save the scene."""
 
 
 def make_scene(
@@ -71,7 +74,10 @@ def make_scene(
         raise ValueError("resolution must be positive")
     if samples < 1:
         raise ValueError("samples must be at least 1")
-    executable = find_blender(blender)
+    try:
+        executable = find_blender(blender)
+    except BlenderNotFoundError as exc:
+        raise SceneError(str(exc)) from None
     out = os.path.abspath(path)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     command = [

@@ -7,7 +7,6 @@ import argparse
 import getpass
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from renderq import exposure
+from renderq.blender_path import BlenderNotFoundError, find_blender
 from renderq.cli_common import EXIT_INTERRUPTED, EXIT_OK, UsageError, make_client
 from renderq.http_client import (
     CoordinatorClient,
@@ -30,14 +30,6 @@ if TYPE_CHECKING:
 # Files above this size get an upload progress line; small ones go up before a line would be readable.
 UPLOAD_PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 BLENDER_READ_TIMEOUT = 120.0
-
-
-def find_blender(explicit: str | None = None) -> str | None:
-    """The Blender binary to use: the one given, else $RENDERQ_BLENDER, else `blender` on PATH."""
-    candidate = explicit or os.environ.get("RENDERQ_BLENDER")
-    if candidate:
-        return shutil.which(candidate) or (candidate if os.access(candidate, os.X_OK) else None)
-    return shutil.which("blender")
 
 
 _RANGE_MARK = "RENDERQ_FRAME_RANGE"
@@ -96,12 +88,10 @@ def frames_to_submit(blend: Path, args: argparse.Namespace) -> tuple[int, int, i
     if args.frames is not None:
         frame_start, frame_end = args.frames
         return frame_start, frame_end, step
-    blender = find_blender()
-    if blender is None:
-        raise UsageError(
-            "cannot read the frame range without Blender; give --frames (e.g. --frames 1-250) "
-            "or set RENDERQ_BLENDER to a Blender binary"
-        )
+    try:
+        blender = find_blender()
+    except BlenderNotFoundError as error:
+        raise UsageError(f"cannot read the frame range without Blender; give --frames (e.g. --frames 1-250): {error}")
     found = read_frame_range(str(blend), blender)
     if found is None:
         raise UsageError(f"Blender could not read the frame range of {blend}; give --frames (e.g. --frames 1-250)")
