@@ -30,16 +30,18 @@ const RQ = (() => {
     return Date.now() / 1000 + clockOffset;
   }
 
+  /** Seconds for people, by the one rule of renderq/units.py's format_duration: "4.2s", "42s", "3m 05s",
+   * "1h 02m", "2d 03h" (tests/test_units.py compares the two); a dash when unknown. */
   function duration(seconds) {
     if (seconds === null || seconds === undefined || !isFinite(seconds)) return "–";
     if (seconds < 0) seconds = 0;
-    if (seconds < 10) return seconds.toFixed(1) + " s";
-    if (seconds < 60) return Math.round(seconds) + " s";
+    if (seconds < 10) return seconds.toFixed(1) + "s";
     const s = Math.round(seconds);
+    if (s < 60) return s + "s";
     const pad = (n) => String(n).padStart(2, "0");
-    if (s < 3600) return Math.floor(s / 60) + "m" + pad(s % 60) + "s";
-    if (s < 86400) return Math.floor(s / 3600) + "h" + pad(Math.floor((s % 3600) / 60)) + "m";
-    return Math.floor(s / 86400) + "d" + pad(Math.floor((s % 86400) / 3600)) + "h";
+    if (s < 3600) return Math.floor(s / 60) + "m " + pad(s % 60) + "s";
+    if (s < 86400) return Math.floor(s / 3600) + "h " + pad(Math.floor((s % 3600) / 60)) + "m";
+    return Math.floor(s / 86400) + "d " + pad(Math.floor((s % 86400) / 3600)) + "h";
   }
 
   function clock(timestamp, withMillis) {
