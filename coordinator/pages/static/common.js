@@ -204,6 +204,36 @@ const RQ = (() => {
               el("span", {className: "bar-rendering"}));
   }
 
+  /** Keep the rows of `body` (one per key of `items`, held in the Map `rows`) in step with `items`: rows of the
+   * `changedKeys` are made with make(key), refilled with fill(row, item) or removed when their item went; null
+   * redraws every row. New rows put the body back in order(a, b) of keys. The farm's tasks and workers share it. */
+  function reconcileRows(body, rows, items, changedKeys, {make, fill, order}) {
+    const keys = changedKeys || Object.keys(items);
+    let added = false;
+    if (!changedKeys) {
+      rows.clear();
+      body.replaceChildren();
+    }
+    for (const key of keys) {
+      const item = items[key];
+      let row = rows.get(key);
+      if (!item) {
+        if (row) { row.remove(); rows.delete(key); }
+        continue;
+      }
+      if (!row) {
+        row = make(key);
+        rows.set(key, row);
+        added = true;
+      }
+      fill(row, item);
+    }
+    if (added) {
+      // Appending an element that is already in the body moves it: this puts every row in its place.
+      for (const key of [...rows.keys()].sort(order)) body.append(rows.get(key));
+    }
+  }
+
   function statusPill(status) {
     return el("span", {className: "pill status-" + status, text: status});
   }
@@ -217,5 +247,5 @@ const RQ = (() => {
   }
 
   return {el, duration, clock, ago, serverNow, refreshClocks, setLive, toast, Feed, action, setBar, makeBar,
-          statusPill, isAdmin, pollInterval};
+          reconcileRows, statusPill, isAdmin, pollInterval};
 })();
