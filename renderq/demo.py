@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO
 
+from renderq import submit
 from renderq.blender_path import BlenderNotFoundError, find_blender
 from renderq.cli_common import EXIT_FAILED, EXIT_INTERRUPTED
 from renderq.http_client import (
@@ -180,6 +181,22 @@ def print_times(task: dict, submitted_at: float, finished_at: float, started_at:
     print("frames per worker: " + ", ".join(f"{name} {count}" for name, count in sorted(per_worker.items())))
 
 
+def submit_scene(client: CoordinatorClient, blend_path: str, frames: int, scratch: str) -> dict:
+    """Pack the demo scene and submit it through the pipeline the CLI and the add-on use; returns the task."""
+    from renderq import packing  # BAT loads only once the demo gets here
+
+    try:
+        packed = packing.pack_project(blend_path, os.path.join(scratch, "staging"))
+    except (ValueError, packing.PackError) as error:
+        raise DemoError(f"could not pack the demo scene: {error}") from error
+    submit_plan = submit.plan(client, packed)
+    task, _uploaded = submit.execute(client, submit_plan, {
+        "name": "demo", "blender_version": packed.blender_version, "frame_start": 1, "frame_end": frames,
+        "frame_step": 1, "priority": 0, "workers": [], "submitted_by": "renderq demo", "settings": {},
+    })
+    return task
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit status (0 when every frame rendered)."""
     try:
@@ -241,13 +258,8 @@ def run(args: argparse.Namespace) -> int:
             raise DemoError(f"could not make the demo scene: {error}") from error
         wait_for_workers(client, workers, names, line)
 
-        stored = client.upload_blend(blend_path)
+        task = submit_scene(client, blend_path, args.frames, scratch)
         submitted_at = time.monotonic()
-        task = client.submit_task(
-            name="demo", blend_sha256=stored["sha256"], blend_filename=stored.get("filename", "demo.blend"),
-            frame_start=1, frame_end=args.frames, frame_step=1, priority=0, workers=[],
-            submitted_by="renderq demo", settings={},
-        )
         task_id = task["task_id"]
         print(f"submitted task {task_id}: frames 1-{args.frames}")
 
