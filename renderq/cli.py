@@ -59,17 +59,25 @@ DEFAULT_COORDINATOR = "http://127.0.0.1:5000"
 TOKEN_HINT = "pass the token with --token TOKEN or set RENDERQ_TOKEN"
 
 
+def rows_to_show(args: argparse.Namespace, answer: dict, key: str, nothing: str) -> list[dict]:
+    """The list under `key` in a listing answer, for a table; empty once it is dealt with (printed whole as JSON
+    with --json, or `nothing` said because the list is empty)."""
+    if args.json:
+        print_json(answer)
+        return []
+    items = answer.get(key, [])
+    if not items:
+        print(nothing)
+    return items
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Show all tasks, or one task with its frames."""
     client = make_client(args)
     if args.task is None:
-        answer = client.request("GET", "/tasks", params={"status": args.filter})
-        if args.json:
-            print_json(answer)
-            return EXIT_OK
-        tasks = answer.get("tasks", [])
+        tasks = rows_to_show(args, client.request("GET", "/tasks", params={"status": args.filter}), "tasks",
+                             "no tasks")
         if not tasks:
-            print("no tasks")
             return EXIT_OK
         rows = []
         for task in tasks:
@@ -98,13 +106,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_workers(args: argparse.Namespace) -> int:
     """Show the registered workers."""
     client = make_client(args)
-    answer = client.request("GET", "/list_workers")
-    if args.json:
-        print_json(answer)
-        return EXIT_OK
-    workers = answer.get("workers", [])
+    workers = rows_to_show(args, client.request("GET", "/list_workers"), "workers", "no workers registered")
     if not workers:
-        print("no workers registered")
         return EXIT_OK
     rows = []
     for worker in workers:
