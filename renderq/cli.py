@@ -345,43 +345,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     submit = add("submit", "pack a .blend file with its assets, upload what the coordinator lacks and queue its frames",
                  cmd_submit)
-    submit.add_argument("file", metavar="FILE.blend", help="the .blend file to render")
-    submit.add_argument("--name", help="the task's name (default: the file name without .blend)")
-    submit.add_argument(
-        "--frames", type=parse_frames, metavar="A-B",
-        help="the frames to render, one number or a range such as 1-250 "
-             "(default: the scene's range, read with Blender when it is installed)",
-    )
-    submit.add_argument("--step", type=positive_int, metavar="N",
-                        help="render every Nth frame of the range (default: the scene's step, else 1)")
-    submit.add_argument("--worker", action="append", metavar="NAME",
-                        help="only let this worker render the task; repeat for several (default: any worker)")
-    submit.add_argument("--priority", type=int, default=0, metavar="P",
-                        help="higher priorities render first (default: %(default)s)")
-    submit.add_argument("--wait", action="store_true",
-                        help="show progress until the task ends, then download its frames")
-    submit.add_argument("--output", metavar="DIR",
-                        help="with --wait: where to put the frames (default: ./renderq-TASK_ID)")
-    submit.add_argument("--allow-missing", action="store_true",
-                        help="submit even when assets the file refers to are missing (they are recorded on the task)")
-    submit.add_argument("--allow-outside", action="store_true",
-                        help="upload files from outside the project folder (the .blend's folder) and the targets of "
-                             "links in it that lead out of it; without it the submit lists them and stops. Hidden "
-                             "files are never uploaded: a name starting with '.' below the project folder, else "
-                             "below your home folder, else anywhere in the path (~/.ssh/id_rsa, .env, .git/...)")
-    submit.add_argument("--frame-timeout", type=seconds_arg, metavar="SECONDS",
-                        help="stop and retry a frame that renders longer than this (default: the coordinator's "
-                             "setting, usually no limit)")
-    submit.add_argument("--no-progress-timeout", type=seconds_arg, metavar="SECONDS",
-                        help="stop and retry a frame when Blender prints nothing for this long (default: the "
-                             "coordinator's setting, usually 600)")
-    submit.add_argument("--needs-python", action="store_true",
-                        help="the file's own Python (drivers, registered scripts) must run to render it right; only "
-                             "workers started with --allow-blend-python take it (workers also detect this themselves)")
-    submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
-                        help="render only on workers with exactly this Blender major.minor "
-                             "(default: the version that saved the file, or newer)")
+    add_submit_arguments(submit)
 
+    add_task_and_worker_commands(add)
+
+    demo = add("demo", "run a coordinator and local workers, render a small animation, show the times",
+               cmd_demo, client=False)
+    add_demo_arguments(demo)
+    return parser
+
+
+def add_task_and_worker_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The commands that look at and change tasks and workers; `add(name, help, handler)` makes each one."""
     status = add("status", "show tasks, or one task with its frames", cmd_status)
     status.add_argument("task", nargs="?", type=task_id_arg, metavar="TASK", help="a task id (default: all tasks)")
     status.add_argument("--status", dest="filter", metavar="STATUS",
@@ -433,8 +408,49 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        cmd_delete_files)
     delete_files.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
 
-    demo = add("demo", "run a coordinator and local workers, render a small animation, show the times",
-               cmd_demo, client=False)
+
+def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
+    """The flags of `renderq submit`."""
+    submit.add_argument("file", metavar="FILE.blend", help="the .blend file to render")
+    submit.add_argument("--name", help="the task's name (default: the file name without .blend)")
+    submit.add_argument(
+        "--frames", type=parse_frames, metavar="A-B",
+        help="the frames to render, one number or a range such as 1-250 "
+             "(default: the scene's range, read with Blender when it is installed)",
+    )
+    submit.add_argument("--step", type=positive_int, metavar="N",
+                        help="render every Nth frame of the range (default: the scene's step, else 1)")
+    submit.add_argument("--worker", action="append", metavar="NAME",
+                        help="only let this worker render the task; repeat for several (default: any worker)")
+    submit.add_argument("--priority", type=int, default=0, metavar="P",
+                        help="higher priorities render first (default: %(default)s)")
+    submit.add_argument("--wait", action="store_true",
+                        help="show progress until the task ends, then download its frames")
+    submit.add_argument("--output", metavar="DIR",
+                        help="with --wait: where to put the frames (default: ./renderq-TASK_ID)")
+    submit.add_argument("--allow-missing", action="store_true",
+                        help="submit even when assets the file refers to are missing (they are recorded on the task)")
+    submit.add_argument("--allow-outside", action="store_true",
+                        help="upload files from outside the project folder (the .blend's folder) and the targets of "
+                             "links in it that lead out of it; without it the submit lists them and stops. Hidden "
+                             "files are never uploaded: a name starting with '.' below the project folder, else "
+                             "below your home folder, else anywhere in the path (~/.ssh/id_rsa, .env, .git/...)")
+    submit.add_argument("--frame-timeout", type=seconds_arg, metavar="SECONDS",
+                        help="stop and retry a frame that renders longer than this (default: the coordinator's "
+                             "setting, usually no limit)")
+    submit.add_argument("--no-progress-timeout", type=seconds_arg, metavar="SECONDS",
+                        help="stop and retry a frame when Blender prints nothing for this long (default: the "
+                             "coordinator's setting, usually 600)")
+    submit.add_argument("--needs-python", action="store_true",
+                        help="the file's own Python (drivers, registered scripts) must run to render it right; only "
+                             "workers started with --allow-blend-python take it (workers also detect this themselves)")
+    submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
+                        help="render only on workers with exactly this Blender major.minor "
+                             "(default: the version that saved the file, or newer)")
+
+
+def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
+    """The flags of `renderq demo`."""
     demo.add_argument("--workers", type=positive_int, default=2, metavar="N",
                       help="how many local workers to start (default: %(default)s)")
     demo.add_argument("--frames", type=positive_int, default=24, metavar="N",
@@ -442,12 +458,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--port", type=port_number, default=0, metavar="PORT",
                       help="the coordinator's port on 127.0.0.1 (default: a free one)")
     demo.add_argument("--blender", metavar="PATH",
-                      help="the Blender binary (default: $RENDERQ_BLENDER, else blender on PATH)")
+                      help="the Blender binary (default: $RENDERQ_BLENDER, else blender on PATH, else where the "
+                           "official installers put it)")
     demo.add_argument("--output", metavar="DIR", default="renderq-demo",
                       help="where to put the rendered frames (default: ./%(default)s)")
     demo.add_argument("--keep", action="store_true",
                       help="keep the demo's scratch folder (coordinator data, worker folders, logs) and print where")
-    return parser
 
 
 def _command_in(argv: Sequence[str]) -> str | None:

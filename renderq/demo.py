@@ -24,6 +24,7 @@ from renderq.http_client import (
 )
 from renderq.ports import free_port
 from renderq.progress import ProgressLine, format_table
+from renderq.scenes import make_scene
 from renderq.task_view import download_done_frames, report_outcome, wait_for_task
 
 START_TIMEOUT = 30.0
@@ -197,6 +198,35 @@ def submit_scene(client: CoordinatorClient, blend_path: str, frames: int, scratc
     return task
 
 
+def start_workers(names: list[str], url: str, scratch: str, blender: str, workers: list[Child]) -> None:
+    """Start one worker per name, each with its own folder in `scratch`, appending each to `workers` as it starts
+    (so that a failure halfway still stops those already running)."""
+    data_dir = os.path.join(scratch, "data")
+    for name in names:
+        work_dir = os.path.join(scratch, name)
+        os.makedirs(work_dir, exist_ok=True)
+        workers.append(start_child(
+            name,
+            ["worker", "--coordinator", url, "--name", name, "--threads", "1", "--work-dir", work_dir,
+             "--blender", blender, "--token-file", os.path.join(data_dir, "worker_token")],
+            os.path.join(scratch, f"{name}.log"),
+        ))
+
+
+def stop_all_uninterrupted(workers: list[Child], coordinator: Child | None) -> None:
+    """stop_all with Ctrl-C ignored meanwhile: a second Ctrl-C must not leave children running halfway through
+    shutdown (every wait in it is bounded)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals cannot be changed, and cannot arrive here either
+        previous = None
+    try:
+        stop_all(workers, coordinator)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit status (0 when every frame rendered)."""
     try:
@@ -204,12 +234,6 @@ def run(args: argparse.Namespace) -> int:
     except BlenderNotFoundError as error:
         print(f"renderq: the demo needs Blender: {error}", file=sys.stderr)
         return EXIT_FAILED
-    try:
-        from renderq.scenes import make_scene
-    except ImportError as error:
-        print(f"renderq: cannot make the demo scene: {error}", file=sys.stderr)
-        return EXIT_FAILED
-
     try:
         # A shell that starts the demo in the background leaves SIGINT ignored, and children inherit that:
         # they would then only stop by SIGKILL, without giving their frames back.
@@ -233,22 +257,11 @@ def run(args: argparse.Namespace) -> int:
             os.path.join(scratch, "coordinator.log"),
         )
         wait_for_coordinator(client, coordinator)
-        data_dir = os.path.join(scratch, "data")
         # The demo is the farm's admin: it submits with the admin token; its workers use the worker token file.
-        with open(os.path.join(data_dir, "admin_token"), encoding="utf-8") as handle:
+        with open(os.path.join(scratch, "data", "admin_token"), encoding="utf-8") as handle:
             client.token = handle.read().strip()
-
         names = [f"demo-worker-{index}" for index in range(1, args.workers + 1)]
-        for name in names:
-            work_dir = os.path.join(scratch, name)
-            os.makedirs(work_dir, exist_ok=True)
-            workers.append(start_child(
-                name,
-                ["worker", "--coordinator", url, "--name", name, "--threads", "1",
-                 "--work-dir", work_dir, "--blender", blender,
-                 "--token-file", os.path.join(data_dir, "worker_token")],
-                os.path.join(scratch, f"{name}.log"),
-            ))
+        start_workers(names, url, scratch, blender, workers)
 
         # Build the scene while the workers start up: both take a few seconds.
         print(f"making a {args.frames}-frame Cycles animation with {blender}")
@@ -289,16 +302,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"renderq: {error}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        # A second Ctrl-C must not leave children running halfway through shutdown; every wait here is bounded.
-        try:
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        except ValueError:  # not the main thread: signals cannot be changed, and cannot arrive here either
-            previous = None
-        try:
-            stop_all(workers, coordinator)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+        stop_all_uninterrupted(workers, coordinator)
         if keep_scratch:
             print(f"kept the demo's scratch folder (coordinator data, worker folders, logs): {scratch}")
         else:
