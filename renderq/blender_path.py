@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 
-__all__ = ["BlenderNotFoundError", "INSTALL_HINT", "find_blender", "find_blender_or_none", "known_install_places"]
+__all__ = ["INSTALL_HINT", "BlenderNotFoundError", "find_blender", "find_blender_or_none", "known_install_places"]
 
 INSTALL_HINT = (
     "install Blender 3.4 or newer (your distribution's 'blender' package or an official build), "

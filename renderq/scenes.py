@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from renderq.blender_path import BlenderNotFoundError, find_blender
 
-__all__ = ["SceneError", "make_scene", "MAKE_SCENE_SCRIPT"]
+__all__ = ["MAKE_SCENE_SCRIPT", "SceneError", "make_scene"]
 
 MAKE_SCENE_SCRIPT = Path(__file__).with_name("blender_scripts") / "make_scene.py"
 _OUTPUT_TAIL_LINES = 40

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from harness import Farm, find_blender_or_none
+
 from renderq import packing, submit
 from renderq.http_client import CoordinatorClient
 

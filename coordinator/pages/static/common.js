@@ -205,8 +205,9 @@ const RQ = (() => {
   }
 
   /** Keep the rows of `body` (one per key of `items`, held in the Map `rows`) in step with `items`: rows of the
-   * `changedKeys` are made with make(key), refilled with fill(row, item) or removed when their item went; null
-   * redraws every row. New rows put the body back in order(a, b) of keys. The farm's tasks and workers share it. */
+   * `changedKeys` are made with make(key), refilled with fill(row, item, key) or removed when their item went;
+   * null redraws every row. New rows put the body back in order(a, b) of keys. The farm's task and worker tables
+   * and the task page's frame grid share it. */
   function reconcileRows(body, rows, items, changedKeys, {make, fill, order}) {
     const keys = changedKeys || Object.keys(items);
     let added = false;
@@ -215,7 +216,7 @@ const RQ = (() => {
       body.replaceChildren();
     }
     for (const key of keys) {
-      const item = items[key];
+      const item = Object.hasOwn(items, key) ? items[key] : undefined; // a key like "__proto__" is no row
       let row = rows.get(key);
       if (!item) {
         if (row) { row.remove(); rows.delete(key); }
@@ -226,7 +227,7 @@ const RQ = (() => {
         rows.set(key, row);
         added = true;
       }
-      fill(row, item);
+      fill(row, item, key);
     }
     if (added) {
       // Appending an element that is already in the body moves it: this puts every row in its place.
