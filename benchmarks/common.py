@@ -39,6 +39,12 @@ from collections.abc import Iterator
 from typing import Any, Self
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# The one rule for finding Blender and the one free-port probe, shared with the product and the tests.
+from renderq.blender_path import find_blender_or_none as find_blender  # noqa: E402  (ROOT must be on the path)
+from renderq.ports import free_port  # noqa: E402  (ROOT must be on the path)
 MB = 1_000_000
 MIB = 1024 * 1024
 GIB = 1024**3
@@ -179,12 +185,6 @@ def add_arguments(parser: argparse.ArgumentParser, quick_help: str = "") -> None
 
 
 # -- processes ---------------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def raise_open_files_limit() -> int:
@@ -506,14 +506,6 @@ def describe_machine(blender: str | None = None) -> dict[str, str]:
         "python": platform.python_version(),
         "blender": blender_version_text(blender),
     }
-
-
-def find_blender() -> str | None:
-    """The Blender executable: $RENDERQ_BLENDER when it exists, else `blender` on PATH, else None."""
-    explicit = os.environ.get("RENDERQ_BLENDER")
-    if explicit and os.path.exists(explicit):
-        return explicit
-    return shutil.which("blender")
 
 
 def blender_version_text(blender: str | None = None) -> str:

@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from renderq.units import parse_size
+
 KIB = 1024
 MIB = 1024**2
 GIB = 1024**3
@@ -183,12 +185,3 @@ def _parse_bool(raw: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(raw)
-
-
-def parse_size(text: str) -> int:
-    """'500M', '4G', '1048576' -> bytes."""
-    text = text.strip().upper().removesuffix("B")
-    factors = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-    if text and text[-1] in factors:
-        return int(float(text[:-1]) * factors[text[-1]])
-    return int(text)

@@ -1,7 +1,7 @@
 """The `renderq` command: run a coordinator or a worker, submit and follow tasks, manage workers.
 
-The argument types, the task display, and `submit` live in their own modules; their names are imported here so
-that `renderq.cli` still offers them.
+The argument types, the task display, and `submit` live in their own modules; this one builds the parser and
+runs the small commands.
 """
 
 from __future__ import annotations
@@ -34,30 +34,20 @@ from renderq.cli_common import (
 )
 from renderq.http_client import CoordinatorError
 from renderq.model import TaskStatus
-from renderq.progress import ProgressLine, format_bytes, format_duration, format_table, printable
-from renderq.submit_cmd import (  # noqa: F401  (re-exported)
-    BLENDER_READ_TIMEOUT,
-    UPLOAD_PROGRESS_MIN_BYTES,
-    cmd_submit,
-    current_user,
-    find_blender,
-    pack_for_submit,
-    print_preflight,
-    read_frame_range,
-    timeouts_and_python,
-    upload_missing_files,
+from renderq.progress import (
+    ProgressLine,
+    format_bytes,
+    format_duration,
+    format_table,
+    printable,
 )
-from renderq.task_view import (  # noqa: F401  (re-exported)
+from renderq.submit_cmd import cmd_submit
+from renderq.task_view import (
     FINAL_STATUSES,
     POLL_SECONDS,
-    UNREACHABLE_PATIENCE,
     download_done_frames,
-    not_rendered_frames,
     print_task_detail,
     progress_of,
-    report_outcome,
-    task_progress_text,
-    wait_for_task,
     waiting_text,
 )
 
@@ -70,17 +60,25 @@ DEFAULT_COORDINATOR = "http://127.0.0.1:5000"
 TOKEN_HINT = "pass the token with --token TOKEN or set RENDERQ_TOKEN"
 
 
+def rows_to_show(args: argparse.Namespace, answer: dict, key: str, nothing: str) -> list[dict]:
+    """The list under `key` in a listing answer, for a table; empty once it is dealt with (printed whole as JSON
+    with --json, or `nothing` said because the list is empty)."""
+    if args.json:
+        print_json(answer)
+        return []
+    items = answer.get(key, [])
+    if not items:
+        print(nothing)
+    return items
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Show all tasks, or one task with its frames."""
     client = make_client(args)
     if args.task is None:
-        answer = client.request("GET", "/tasks", params={"status": args.filter})
-        if args.json:
-            print_json(answer)
-            return EXIT_OK
-        tasks = answer.get("tasks", [])
+        tasks = rows_to_show(args, client.request("GET", "/tasks", params={"status": args.filter}), "tasks",
+                             "no tasks")
         if not tasks:
-            print("no tasks")
             return EXIT_OK
         rows = []
         for task in tasks:
@@ -109,13 +107,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_workers(args: argparse.Namespace) -> int:
     """Show the registered workers."""
     client = make_client(args)
-    answer = client.request("GET", "/list_workers")
-    if args.json:
-        print_json(answer)
-        return EXIT_OK
-    workers = answer.get("workers", [])
+    workers = rows_to_show(args, client.request("GET", "/list_workers"), "workers", "no workers registered")
     if not workers:
-        print("no workers registered")
         return EXIT_OK
     rows = []
     for worker in workers:
@@ -353,43 +346,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     submit = add("submit", "pack a .blend file with its assets, upload what the coordinator lacks and queue its frames",
                  cmd_submit)
-    submit.add_argument("file", metavar="FILE.blend", help="the .blend file to render")
-    submit.add_argument("--name", help="the task's name (default: the file name without .blend)")
-    submit.add_argument(
-        "--frames", type=parse_frames, metavar="A-B",
-        help="the frames to render, one number or a range such as 1-250 "
-             "(default: the scene's range, read with Blender when it is installed)",
-    )
-    submit.add_argument("--step", type=positive_int, metavar="N",
-                        help="render every Nth frame of the range (default: the scene's step, else 1)")
-    submit.add_argument("--worker", action="append", metavar="NAME",
-                        help="only let this worker render the task; repeat for several (default: any worker)")
-    submit.add_argument("--priority", type=int, default=0, metavar="P",
-                        help="higher priorities render first (default: %(default)s)")
-    submit.add_argument("--wait", action="store_true",
-                        help="show progress until the task ends, then download its frames")
-    submit.add_argument("--output", metavar="DIR",
-                        help="with --wait: where to put the frames (default: ./renderq-TASK_ID)")
-    submit.add_argument("--allow-missing", action="store_true",
-                        help="submit even when assets the file refers to are missing (they are recorded on the task)")
-    submit.add_argument("--allow-outside", action="store_true",
-                        help="upload files from outside the project folder (the .blend's folder) and the targets of "
-                             "links in it that lead out of it; without it the submit lists them and stops. Hidden "
-                             "files are never uploaded: a name starting with '.' below the project folder, else "
-                             "below your home folder, else anywhere in the path (~/.ssh/id_rsa, .env, .git/...)")
-    submit.add_argument("--frame-timeout", type=seconds_arg, metavar="SECONDS",
-                        help="stop and retry a frame that renders longer than this (default: the coordinator's "
-                             "setting, usually no limit)")
-    submit.add_argument("--no-progress-timeout", type=seconds_arg, metavar="SECONDS",
-                        help="stop and retry a frame when Blender prints nothing for this long (default: the "
-                             "coordinator's setting, usually 600)")
-    submit.add_argument("--needs-python", action="store_true",
-                        help="the file's own Python (drivers, registered scripts) must run to render it right; only "
-                             "workers started with --allow-blend-python take it (workers also detect this themselves)")
-    submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
-                        help="render only on workers with exactly this Blender major.minor "
-                             "(default: the version that saved the file, or newer)")
+    add_submit_arguments(submit)
 
+    add_task_and_worker_commands(add)
+
+    demo = add("demo", "run a coordinator and local workers, render a small animation, show the times",
+               cmd_demo, client=False)
+    add_demo_arguments(demo)
+    return parser
+
+
+def add_task_and_worker_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The commands that look at and change tasks and workers; `add(name, help, handler)` makes each one."""
     status = add("status", "show tasks, or one task with its frames", cmd_status)
     status.add_argument("task", nargs="?", type=task_id_arg, metavar="TASK", help="a task id (default: all tasks)")
     status.add_argument("--status", dest="filter", metavar="STATUS",
@@ -441,8 +409,49 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        cmd_delete_files)
     delete_files.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
 
-    demo = add("demo", "run a coordinator and local workers, render a small animation, show the times",
-               cmd_demo, client=False)
+
+def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
+    """The flags of `renderq submit`."""
+    submit.add_argument("file", metavar="FILE.blend", help="the .blend file to render")
+    submit.add_argument("--name", help="the task's name (default: the file name without .blend)")
+    submit.add_argument(
+        "--frames", type=parse_frames, metavar="A-B",
+        help="the frames to render, one number or a range such as 1-250 "
+             "(default: the scene's range, read with Blender when it is installed)",
+    )
+    submit.add_argument("--step", type=positive_int, metavar="N",
+                        help="render every Nth frame of the range (default: the scene's step, else 1)")
+    submit.add_argument("--worker", action="append", metavar="NAME",
+                        help="only let this worker render the task; repeat for several (default: any worker)")
+    submit.add_argument("--priority", type=int, default=0, metavar="P",
+                        help="higher priorities render first (default: %(default)s)")
+    submit.add_argument("--wait", action="store_true",
+                        help="show progress until the task ends, then download its frames")
+    submit.add_argument("--output", metavar="DIR",
+                        help="with --wait: where to put the frames (default: ./renderq-TASK_ID)")
+    submit.add_argument("--allow-missing", action="store_true",
+                        help="submit even when assets the file refers to are missing (they are recorded on the task)")
+    submit.add_argument("--allow-outside", action="store_true",
+                        help="upload files from outside the project folder (the .blend's folder) and the targets of "
+                             "links in it that lead out of it; without it the submit lists them and stops. Hidden "
+                             "files are never uploaded: a name starting with '.' below the project folder, else "
+                             "below your home folder, else anywhere in the path (~/.ssh/id_rsa, .env, .git/...)")
+    submit.add_argument("--frame-timeout", type=seconds_arg, metavar="SECONDS",
+                        help="stop and retry a frame that renders longer than this (default: the coordinator's "
+                             "setting, usually no limit)")
+    submit.add_argument("--no-progress-timeout", type=seconds_arg, metavar="SECONDS",
+                        help="stop and retry a frame when Blender prints nothing for this long (default: the "
+                             "coordinator's setting, usually 600)")
+    submit.add_argument("--needs-python", action="store_true",
+                        help="the file's own Python (drivers, registered scripts) must run to render it right; only "
+                             "workers started with --allow-blend-python take it (workers also detect this themselves)")
+    submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
+                        help="render only on workers with exactly this Blender major.minor "
+                             "(default: the version that saved the file, or newer)")
+
+
+def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
+    """The flags of `renderq demo`."""
     demo.add_argument("--workers", type=positive_int, default=2, metavar="N",
                       help="how many local workers to start (default: %(default)s)")
     demo.add_argument("--frames", type=positive_int, default=24, metavar="N",
@@ -450,12 +459,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--port", type=port_number, default=0, metavar="PORT",
                       help="the coordinator's port on 127.0.0.1 (default: a free one)")
     demo.add_argument("--blender", metavar="PATH",
-                      help="the Blender binary (default: $RENDERQ_BLENDER, else blender on PATH)")
+                      help="the Blender binary (default: $RENDERQ_BLENDER, else blender on PATH, else where the "
+                           "official installers put it)")
     demo.add_argument("--output", metavar="DIR", default="renderq-demo",
                       help="where to put the rendered frames (default: ./%(default)s)")
     demo.add_argument("--keep", action="store_true",
                       help="keep the demo's scratch folder (coordinator data, worker folders, logs) and print where")
-    return parser
 
 
 def _command_in(argv: Sequence[str]) -> str | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
+from collections.abc import Callable
 
 
 def parse_frames(text: str) -> tuple[int, int]:
@@ -18,26 +20,29 @@ def parse_frames(text: str) -> tuple[int, int]:
     return start, end
 
 
+def _number(text: str, kind: Callable[[str], float], not_one: str, low: float, high: float,
+            out_of_range: Callable[[float], str]) -> float:
+    """`text` read by `kind` (int or float) and checked to lie in [low, high]: `not_one` says it is no number,
+    out_of_range(value) that it is out of range."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(not_one) from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(out_of_range(value))
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer of at least 1, for counts and steps."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is too small; it must be at least 1")
-    return value
+    return int(_number(text, int, f"{text!r} is not a whole number", 1, math.inf,
+                       lambda value: f"{value} is too small; it must be at least 1"))
 
 
 def port_number(text: str) -> int:
     """A TCP port, 0 meaning "pick a free one"."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
-    return value
+    return int(_number(text, int, f"{text!r} is not a port number", 0, 65535,
+                       lambda value: f"{value} is not a port number (0-65535)"))
 
 
 def blender_version_arg(text: str) -> str:
@@ -58,21 +63,11 @@ def priority_arg(text: str) -> int:
 
 def task_id_arg(text: str) -> int:
     """A task id as printed by `renderq submit` and `renderq status`."""
-    try:
-        value = int(text.lstrip("#"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a task id; task ids are numbers") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a task id; task ids start at 1")
-    return value
+    return int(_number(text.lstrip("#"), int, f"{text!r} is not a task id; task ids are numbers", 1, math.inf,
+                       lambda value: f"{value} is not a task id; task ids start at 1"))
 
 
 def seconds_arg(text: str) -> float:
     """A number of seconds from 1 to 7 days, for argparse."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 1 <= value <= 7 * 24 * 3600:
-        raise argparse.ArgumentTypeError(f"{text} is not between 1 second and 7 days")
-    return value
+    return _number(text, float, f"{text!r} is not a number of seconds", 1, 7 * 24 * 3600,
+                   lambda _value: f"{text} is not between 1 second and 7 days")

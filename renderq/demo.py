@@ -6,7 +6,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,16 +14,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO
 
-from renderq.cli import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    download_done_frames,
-    find_blender,
-    report_outcome,
-    wait_for_task,
+from renderq import submit
+from renderq.blender_path import BlenderNotFoundError, find_blender
+from renderq.cli_common import EXIT_FAILED, EXIT_INTERRUPTED
+from renderq.http_client import (
+    CoordinatorClient,
+    CoordinatorError,
+    CoordinatorUnreachable,
 )
-from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
+from renderq.ports import free_port
 from renderq.progress import ProgressLine, format_table
+from renderq.scenes import make_scene
+from renderq.task_view import download_done_frames, report_outcome, wait_for_task
 
 START_TIMEOUT = 30.0
 REGISTER_TIMEOUT = 60.0
@@ -57,13 +58,6 @@ class Child:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_child(label: str, renderq_args: list[str], log_path: str) -> Child:
@@ -188,22 +182,58 @@ def print_times(task: dict, submitted_at: float, finished_at: float, started_at:
     print("frames per worker: " + ", ".join(f"{name} {count}" for name, count in sorted(per_worker.items())))
 
 
+def submit_scene(client: CoordinatorClient, blend_path: str, frames: int, scratch: str) -> dict:
+    """Pack the demo scene and submit it through the pipeline the CLI and the add-on use; returns the task."""
+    from renderq import packing  # BAT loads only once the demo gets here
+
+    try:
+        packed = packing.pack_project(blend_path, os.path.join(scratch, "staging"))
+    except (ValueError, packing.PackError) as error:
+        raise DemoError(f"could not pack the demo scene: {error}") from error
+    submit_plan = submit.plan(client, packed)
+    task, _uploaded = submit.execute(client, submit_plan, {
+        "name": "demo", "blender_version": packed.blender_version, "frame_start": 1, "frame_end": frames,
+        "frame_step": 1, "priority": 0, "workers": [], "submitted_by": "renderq demo", "settings": {},
+    })
+    return task
+
+
+def start_workers(names: list[str], url: str, scratch: str, blender: str, workers: list[Child]) -> None:
+    """Start one worker per name, each with its own folder in `scratch`, appending each to `workers` as it starts
+    (so that a failure halfway still stops those already running)."""
+    data_dir = os.path.join(scratch, "data")
+    for name in names:
+        work_dir = os.path.join(scratch, name)
+        os.makedirs(work_dir, exist_ok=True)
+        workers.append(start_child(
+            name,
+            ["worker", "--coordinator", url, "--name", name, "--threads", "1", "--work-dir", work_dir,
+             "--blender", blender, "--token-file", os.path.join(data_dir, "worker_token")],
+            os.path.join(scratch, f"{name}.log"),
+        ))
+
+
+def stop_all_uninterrupted(workers: list[Child], coordinator: Child | None) -> None:
+    """stop_all with Ctrl-C ignored meanwhile: a second Ctrl-C must not leave children running halfway through
+    shutdown (every wait in it is bounded)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals cannot be changed, and cannot arrive here either
+        previous = None
+    try:
+        stop_all(workers, coordinator)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit status (0 when every frame rendered)."""
-    blender = find_blender(args.blender)
-    if blender is None:
-        print(
-            "renderq: the demo needs Blender: install it (on Debian: apt-get install blender) "
-            "or point --blender or RENDERQ_BLENDER at a Blender binary",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
     try:
-        from renderq.scenes import make_scene
-    except ImportError as error:
-        print(f"renderq: cannot make the demo scene: {error}", file=sys.stderr)
+        blender = find_blender(args.blender)
+    except BlenderNotFoundError as error:
+        print(f"renderq: the demo needs Blender: {error}", file=sys.stderr)
         return EXIT_FAILED
-
     try:
         # A shell that starts the demo in the background leaves SIGINT ignored, and children inherit that:
         # they would then only stop by SIGKILL, without giving their frames back.
@@ -227,22 +257,11 @@ def run(args: argparse.Namespace) -> int:
             os.path.join(scratch, "coordinator.log"),
         )
         wait_for_coordinator(client, coordinator)
-        data_dir = os.path.join(scratch, "data")
         # The demo is the farm's admin: it submits with the admin token; its workers use the worker token file.
-        with open(os.path.join(data_dir, "admin_token"), encoding="utf-8") as handle:
+        with open(os.path.join(scratch, "data", "admin_token"), encoding="utf-8") as handle:
             client.token = handle.read().strip()
-
         names = [f"demo-worker-{index}" for index in range(1, args.workers + 1)]
-        for name in names:
-            work_dir = os.path.join(scratch, name)
-            os.makedirs(work_dir, exist_ok=True)
-            workers.append(start_child(
-                name,
-                ["worker", "--coordinator", url, "--name", name, "--threads", "1",
-                 "--work-dir", work_dir, "--blender", blender,
-                 "--token-file", os.path.join(data_dir, "worker_token")],
-                os.path.join(scratch, f"{name}.log"),
-            ))
+        start_workers(names, url, scratch, blender, workers)
 
         # Build the scene while the workers start up: both take a few seconds.
         print(f"making a {args.frames}-frame Cycles animation with {blender}")
@@ -252,13 +271,8 @@ def run(args: argparse.Namespace) -> int:
             raise DemoError(f"could not make the demo scene: {error}") from error
         wait_for_workers(client, workers, names, line)
 
-        stored = client.upload_blend(blend_path)
+        task = submit_scene(client, blend_path, args.frames, scratch)
         submitted_at = time.monotonic()
-        task = client.submit_task(
-            name="demo", blend_sha256=stored["sha256"], blend_filename=stored.get("filename", "demo.blend"),
-            frame_start=1, frame_end=args.frames, frame_step=1, priority=0, workers=[],
-            submitted_by="renderq demo", settings={},
-        )
         task_id = task["task_id"]
         print(f"submitted task {task_id}: frames 1-{args.frames}")
 
@@ -288,16 +302,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"renderq: {error}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        # A second Ctrl-C must not leave children running halfway through shutdown; every wait here is bounded.
-        try:
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        except ValueError:  # not the main thread: signals cannot be changed, and cannot arrive here either
-            previous = None
-        try:
-            stop_all(workers, coordinator)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+        stop_all_uninterrupted(workers, coordinator)
         if keep_scratch:
             print(f"kept the demo's scratch folder (coordinator data, worker folders, logs): {scratch}")
         else:

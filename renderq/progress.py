@@ -8,6 +8,10 @@ import sys
 import time
 from typing import Any, Sequence, TextIO
 
+# Re-exported: the CLI's modules take every formatter from here.
+from renderq.units import format_bytes as format_bytes
+from renderq.units import format_duration as format_duration
+
 # Characters a terminal acts on instead of showing: the C0 controls (ESC starts the escape sequences that retitle a
 # window, move the cursor or clear the screen), DEL, the C1 controls (CSI and OSC among them, ESC's 8-bit twins), the
 # Unicode line separators, and the bidirectional marks that make text show in another order than it reads (U+202E).
@@ -96,32 +100,6 @@ def bar(fraction: float, width: int = 24) -> str:
     fraction = min(1.0, max(0.0, fraction))
     filled = int(round(fraction * width))
     return "[" + "#" * filled + "-" * (width - filled) + "]"
-
-
-def format_duration(seconds: float | None) -> str:
-    """12s, 3m05s, 1h02m; '-' when unknown."""
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, float(seconds))
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = int(round(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def format_bytes(size: float) -> str:
-    """1.2 MB style sizes (powers of 1024)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
 
 
 def format_time(timestamp: float | None) -> str:

@@ -1,5 +1,8 @@
 """Small animated Cycles scenes made by Blender itself, for demos, benchmarks and tests.
 
+It lives in the kernel because `renderq demo` ships it; it needs only the standard library and the kernel's
+Blender finder, never the worker.
+
 `make_scene` runs Blender with `blender_scripts/make_scene.py`, which builds and saves the scene. At the default
 settings a frame takes about a second on one CPU thread.
 """
@@ -8,19 +11,19 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from worker.blender_session import SessionError, find_blender
+from renderq.blender_path import BlenderNotFoundError, find_blender
 
-__all__ = ["SceneError", "make_scene", "MAKE_SCENE_SCRIPT"]
+__all__ = ["MAKE_SCENE_SCRIPT", "SceneError", "make_scene"]
 
 MAKE_SCENE_SCRIPT = Path(__file__).with_name("blender_scripts") / "make_scene.py"
 _OUTPUT_TAIL_LINES = 40
 
 
-class SceneError(SessionError):
-    """Blender could not build or save the scene."""
+class SceneError(RuntimeError):
+    """Blender could not be found, or could not build or save the scene."""
 
 
 def make_scene(
@@ -71,7 +74,10 @@ def make_scene(
         raise ValueError("resolution must be positive")
     if samples < 1:
         raise ValueError("samples must be at least 1")
-    executable = find_blender(blender)
+    try:
+        executable = find_blender(blender)
+    except BlenderNotFoundError as exc:
+        raise SceneError(str(exc)) from None
     out = os.path.abspath(path)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     command = [
@@ -86,20 +92,14 @@ def make_scene(
         "--output", output,
         "--file-format", file_format,
     ]
-    if fail_frames:
-        command += ["--fail-frames", ",".join(str(int(frame)) for frame in fail_frames)]
-        command += ["--fail-mechanism", fail_mechanism]
-    if heavy:
-        command.append("--heavy")
-    if python_marker:
-        command.append("--python-marker")
-    if hang_frames:
-        command += ["--hang-frames", ",".join(str(int(frame)) for frame in hang_frames)]
-        command += ["--hang-print-seconds", str(float(hang_print_seconds))]
-    if frame_samples:
-        if any(int(count) < 1 for count in frame_samples):
-            raise ValueError("frame_samples must all be at least 1")
-        command += ["--frame-samples", ",".join(str(int(count)) for count in frame_samples)]
+    command += _test_options(fail_frames, fail_mechanism, heavy, python_marker, hang_frames, hang_print_seconds,
+                             frame_samples)
+    _run_blender(command, out, timeout, executable)
+    return out
+
+
+def _run_blender(command: list[str], out: str, timeout: float, executable: str) -> None:
+    """Run the scene script; SceneError with the tail of Blender's output when no scene was saved at `out`."""
     try:
         completed = subprocess.run(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -115,4 +115,24 @@ def make_scene(
             f"Blender could not build the scene {out} (exit code {completed.returncode})\n"
             f"--- last lines of Blender's output ---\n{tail}"
         )
-    return out
+
+
+def _test_options(fail_frames: Sequence[int], fail_mechanism: str, heavy: bool, python_marker: bool,
+                  hang_frames: Sequence[int], hang_print_seconds: float, frame_samples: Sequence[int]) -> list[str]:
+    """The make_scene.py flags for make_scene's options of the same names (see its docstring)."""
+    command: list[str] = []
+    if fail_frames:
+        command += ["--fail-frames", ",".join(str(int(frame)) for frame in fail_frames)]
+        command += ["--fail-mechanism", fail_mechanism]
+    if heavy:
+        command.append("--heavy")
+    if python_marker:
+        command.append("--python-marker")
+    if hang_frames:
+        command += ["--hang-frames", ",".join(str(int(frame)) for frame in hang_frames)]
+        command += ["--hang-print-seconds", str(float(hang_print_seconds))]
+    if frame_samples:
+        if any(int(count) < 1 for count in frame_samples):
+            raise ValueError("frame_samples must all be at least 1")
+        command += ["--frame-samples", ",".join(str(int(count)) for count in frame_samples)]
+    return command

@@ -7,37 +7,26 @@ import argparse
 import getpass
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from renderq import exposure
+from renderq import exposure, submit
+from renderq.blender_path import BlenderNotFoundError, find_blender
 from renderq.cli_common import EXIT_INTERRUPTED, EXIT_OK, UsageError, make_client
-from renderq.http_client import (
-    CoordinatorClient,
-    CoordinatorError,
-    CoordinatorUnreachable,
-)
+from renderq.http_client import CoordinatorError
 from renderq.progress import ProgressLine, bar, format_bytes, printable
 from renderq.task_view import download_done_frames, report_outcome, wait_for_task
 
 if TYPE_CHECKING:
-    from renderq.packing import PackedFile, PackResult
+    from renderq.packing import PackResult
 
 # Files above this size get an upload progress line; small ones go up before a line would be readable.
 UPLOAD_PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 BLENDER_READ_TIMEOUT = 120.0
-
-
-def find_blender(explicit: str | None = None) -> str | None:
-    """The Blender binary to use: the one given, else $RENDERQ_BLENDER, else `blender` on PATH."""
-    candidate = explicit or os.environ.get("RENDERQ_BLENDER")
-    if candidate:
-        return shutil.which(candidate) or (candidate if os.access(candidate, os.X_OK) else None)
-    return shutil.which("blender")
 
 
 _RANGE_MARK = "RENDERQ_FRAME_RANGE"
@@ -96,12 +85,10 @@ def frames_to_submit(blend: Path, args: argparse.Namespace) -> tuple[int, int, i
     if args.frames is not None:
         frame_start, frame_end = args.frames
         return frame_start, frame_end, step
-    blender = find_blender()
-    if blender is None:
-        raise UsageError(
-            "cannot read the frame range without Blender; give --frames (e.g. --frames 1-250) "
-            "or set RENDERQ_BLENDER to a Blender binary"
-        )
+    try:
+        blender = find_blender()
+    except BlenderNotFoundError as error:
+        raise UsageError(f"cannot read the frame range without Blender; give --frames (e.g. --frames 1-250): {error}")
     found = read_frame_range(str(blend), blender)
     if found is None:
         raise UsageError(f"Blender could not read the frame range of {blend}; give --frames (e.g. --frames 1-250)")
@@ -131,18 +118,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         print_preflight(blend, packed)
         refuse_before_upload(packed, args)
-        try:
-            upload_missing_files(client, packed, line)
-        except KeyboardInterrupt:
-            line.finish()
-            print("upload interrupted; nothing was submitted", file=sys.stderr)
-            return EXIT_INTERRUPTED
-
         blender_version = args.blender_version or packed.blender_version
-        task = client.submit_task(
+        task_fields = dict(
             name=args.name or blend.stem,
-            manifest=packed.manifest(),
-            main_file=packed.main_file,
             blender_version=blender_version,
             blender_version_exact=args.blender_version is not None,
             missing_assets=list(packed.missing),
@@ -155,6 +133,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
             settings={},
             **timeouts_and_python(args),
         )
+        try:
+            submit_plan = submit.plan(client, packed)
+            task, uploaded = submit.execute(client, submit_plan, task_fields, upload_progress(line))
+        except KeyboardInterrupt:
+            line.finish()
+            print("upload interrupted; nothing was submitted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except CoordinatorError:
+            line.finish()
+            raise
+        print_uploaded(submit_plan, uploaded)
     task_id = task["task_id"]
     frames_text = f"{frame_start}-{frame_end}" if frame_end != frame_start else str(frame_start)
     if (step or 1) > 1:
@@ -262,47 +251,28 @@ def print_preflight(blend: Path, packed: PackResult) -> None:
     sys.stdout.flush()
 
 
-def upload_missing_files(client: CoordinatorClient, packed: PackResult, line: ProgressLine) -> tuple[int, int]:
-    """Upload the files of the packed tree that the coordinator lacks, each content once, on one progress line.
+def upload_progress(line: ProgressLine) -> Callable[[str, int, int], None]:
+    """The pipeline's upload progress shown on `line`: on a terminal, or when there is enough to upload for a line
+    to be readable."""
+    shown = False
 
-    Prints e.g. "uploaded 2 of 7 files (1.2 MB); 5 already on the coordinator". Returns (files, bytes) uploaded.
-    """
-    by_hash: dict[str, PackedFile] = {}
-    for packed_file in packed.files:
-        by_hash.setdefault(packed_file.sha256, packed_file)
-    needed = [by_hash[sha256] for sha256 in client.missing_files(list(by_hash)) if sha256 in by_hash]
-    total_bytes = sum(f.size for f in needed)
-    show = bool(needed) and (line.is_tty or total_bytes >= UPLOAD_PROGRESS_MIN_BYTES)
-    sent_before = 0
-    for index, packed_file in enumerate(needed, start=1):
+    def progress(stage: str, done: int, total: int) -> None:
+        nonlocal shown
+        if stage == "upload" and total and (line.is_tty or total >= UPLOAD_PROGRESS_MIN_BYTES):
+            line.update(f"uploading {bar(done / total)} {format_bytes(done)} of {format_bytes(total)}")
+            shown = True
+        elif stage == "submit" and shown:
+            line.finish()
+            shown = False
 
-        def progress(sent: int, _total: int, index: int = index) -> None:
-            if show:
-                fraction = (sent_before + sent) / total_bytes if total_bytes else 1.0
-                line.update(
-                    f"uploading {bar(fraction)} {index}/{len(needed)} files, "
-                    f"{format_bytes(sent_before + sent)} of {format_bytes(total_bytes)}"
-                )
+    return progress
 
-        try:
-            client.upload_file(packed_file.source, packed_file.sha256, progress=progress)
-        except CoordinatorUnreachable:
-            if show:
-                line.finish()
-            raise
-        except CoordinatorError as error:
-            if show:
-                line.finish()
-            hint = " (did it change while it was being uploaded?)" if error.status == 400 else ""
-            message = f"could not upload {packed_file.path}: {error.message}{hint}"
-            raise CoordinatorError(error.status, message) from None
-        sent_before += packed_file.size
-    if show:
-        line.finish()
-    already = len(by_hash) - len(needed)
-    text = f"uploaded {len(needed)} of {len(by_hash)} files ({format_bytes(total_bytes)})"
+
+def print_uploaded(submit_plan: submit.SubmitPlan, uploaded: submit.Uploaded) -> None:
+    """E.g. "uploaded 2 of 7 files (1.2 MiB); 5 already on the coordinator"."""
+    text = f"uploaded {uploaded.files} of {submit_plan.files_total} files ({format_bytes(uploaded.bytes)})"
+    already = submit_plan.files_total - uploaded.files
     if already:
         text += f"; {already} already on the coordinator"
     print(text)
     sys.stdout.flush()
-    return len(needed), total_bytes

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -17,21 +16,12 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from renderq.blender_path import find_blender_or_none
+from renderq.ports import free_port
+
+__all__ = ["find_blender_or_none", "free_port"]  # re-exported: the tests take both from here
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def find_blender_or_none() -> str | None:
-    explicit = os.environ.get("RENDERQ_BLENDER")
-    if explicit and os.path.exists(explicit):
-        return explicit
-    return shutil.which("blender")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll until predicate returns something truthy; fail the test with `what` after timeout seconds."""

@@ -74,7 +74,7 @@ def test_bl_info_and_manifest_carry_the_project_version(built_zip):
 def test_the_shared_modules_and_bat_are_vendored_without_what_blender_lacks(built_zip, names):
     vendor = f"{PACKAGE}/vendor"
     for module in ("__init__.py", "http_client.py", "packing.py", "exposure.py", "blend_header.py", "paths.py",
-                   "frame_download.py", "model.py"):
+                   "frame_download.py", "model.py", "units.py", "submit.py"):
         assert f"{vendor}/renderq/{module}" in names
         with open(os.path.join(ROOT, "renderq", module), "rb") as original:
             assert read(built_zip, f"{vendor}/renderq/{module}") == original.read()

@@ -8,7 +8,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,23 +16,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 import pytest
+from harness import find_blender_or_none, free_port
 
-from harness import find_blender_or_none
 from renderq import cli, packing
 from renderq.http_client import CoordinatorClient
 from renderq.packing import PackedFile, PackResult
-from renderq.progress import format_duration, format_frame_list
+from renderq.progress import format_frame_list
+from renderq.units import format_bytes, format_duration
 
 CLIENT_COMMANDS = [
     "submit", "status", "workers", "worker-enable", "worker-disable", "cancel", "download", "logs", "disk",
     "delete-files",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -392,7 +386,7 @@ def test_submit_uploads_only_what_the_coordinator_lacks(
     assert len(uploaded) == 2
     assert all(hashlib.sha256(r[3]).hexdigest() == r[2]["sha256"] for r in uploaded)
     assert "uploaded 2 of 3 files (" in out and "1 already on the coordinator" in out
-    assert "shot_010.blend: 3 file(s), 1.2 KB, 1 .blend rewritten, saved by Blender 3.4" in out
+    assert "shot_010.blend: 3 file(s), 1.2 KiB, 1 .blend rewritten, saved by Blender 3.4" in out
 
     assert cli.main(["submit", str(blend_file), "--coordinator", fake.url, "--frames", "1"]) == 0
     assert "uploaded 0 of 3 files (0 B); 3 already on the coordinator" in capsys.readouterr().out
@@ -511,7 +505,7 @@ def test_status_shows_why_a_task_waits(fake: FakeCoordinator, capsys) -> None:
     assert cli.main(["status", "7", "--coordinator", fake.url]) == 0
     detail = capsys.readouterr().out
     assert "  waiting: no worker with Blender >= 4.2\n" in detail
-    assert "shots/main.blend (5 file(s), 2.0 KB)" in detail
+    assert "shots/main.blend (5 file(s), 2.0 KiB)" in detail
     assert "4.2 or newer" in detail and "textures/gone.png" in detail
     assert cli.main(["status", "--coordinator", fake.url]) == 0
     assert "task 7: waiting: no worker with Blender >= 4.2" in capsys.readouterr().out
@@ -520,10 +514,10 @@ def test_status_shows_why_a_task_waits(fake: FakeCoordinator, capsys) -> None:
 def test_disk_and_delete_files(fake: FakeCoordinator, capsys) -> None:
     assert cli.main(["disk", "--coordinator", fake.url]) == 0
     out = capsys.readouterr().out
-    assert "40.0 GB free of 100.0 GB" in out
-    assert "shot_010" in out and "3.0 MB" in out and "shot_005" in out
+    assert "40.0 GiB free of 100.0 GiB" in out
+    assert "shot_010" in out and "3.0 MiB" in out and "shot_005" in out
     assert cli.main(["delete-files", "7", "--coordinator", fake.url]) == 0
-    assert capsys.readouterr().out == "task 7: deleted 12 file(s), freed 3.0 MB\n"
+    assert capsys.readouterr().out == "task 7: deleted 12 file(s), freed 3.0 MiB\n"
     assert cli.main(["delete-files", "5", "--coordinator", fake.url]) == 1
     assert capsys.readouterr().err == "renderq: task 5 is still running; cancel it first\n"
 
@@ -586,7 +580,7 @@ def test_submit_a_real_project_uploads_its_tree_once(fake: FakeCoordinator, tmp_
     assert submitted["blender_version"] == "3.4"
     total = sum(entry["size"] for entry in submitted["manifest"])
     assert sum(len(data) for data in fake.stored.values()) == total
-    assert f"uploaded 5 of 5 files ({cli.format_bytes(total)})" in out
+    assert f"uploaded 5 of 5 files ({format_bytes(total)})" in out
 
     fake.requests.clear()
     assert cli.main(["submit", paths["main"], "--coordinator", fake.url, "--frames", "1", "--allow-outside"]) == 0
@@ -601,8 +595,8 @@ def test_formatting_helpers() -> None:
     assert format_frame_list([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
     assert format_frame_list([]) == ""
     assert format_duration(None) == "-"
-    assert format_duration(75) == "1m15s"
-    assert format_duration(3725) == "1h02m"
+    assert format_duration(75) == "1m 15s"
+    assert format_duration(3725) == "1h 02m"
 
 
 # -- the admin token and the task controls ---------------------------------------------------------------------------

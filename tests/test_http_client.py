@@ -5,15 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
 import pytest
+from harness import free_port
 
-from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable, safe_file_name
+from renderq.http_client import (
+    CoordinatorClient,
+    CoordinatorError,
+    CoordinatorUnreachable,
+    safe_file_name,
+)
 
 FILE_BYTES = b"BLENDER-v304" + bytes(range(256)) * 1000
 FILE_SHA = hashlib.sha256(FILE_BYTES).hexdigest()
@@ -84,12 +89,6 @@ class StubServer:
 def stub() -> Iterator[StubServer]:
     with StubServer() as server:
         yield server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_json_call_sends_body_and_returns_answer(stub: StubServer) -> None:

@@ -9,12 +9,9 @@ import subprocess
 import pytest
 
 from renderq.scenes import SceneError, make_scene
-from worker.blender_session import SessionError, find_blender
+from renderq.blender_path import find_blender_or_none
 
-try:
-    BLENDER: str | None = find_blender()
-except SessionError:
-    BLENDER = None
+BLENDER: str | None = find_blender_or_none()
 
 pytestmark = pytest.mark.skipif(
     BLENDER is None, reason="Blender is not installed (set RENDERQ_BLENDER or put it on PATH)"

@@ -28,7 +28,6 @@ import os
 import queue
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -39,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping
 
+from renderq import blender_path
 from renderq.model import FrameResult
 
 __all__ = [
@@ -73,8 +73,8 @@ class SessionError(Exception):
     """Blender could not be found, could not start, or could not open the file; the message says why."""
 
 
-class BlenderNotFoundError(SessionError):
-    """No Blender executable was found."""
+class BlenderNotFoundError(SessionError, blender_path.BlenderNotFoundError):
+    """No Blender executable was found (both a SessionError and the kernel's error)."""
 
 
 def blender_environment(environ: Mapping[str, str], hidden: Collection[str] = ()) -> dict[str, str]:
@@ -91,42 +91,14 @@ def blender_environment(environ: Mapping[str, str], hidden: Collection[str] = ()
 
 # -- finding Blender ------------------------------------------------------------------------------------------------
 
-_INSTALL_HINT = (
-    "install Blender 3.4 or newer (your distribution's 'blender' package or an official build), "
-    "then put it on PATH, set RENDERQ_BLENDER to the executable, or pass its path"
-)
-
-
-def _executable(path: str) -> str | None:
-    """`path` made absolute if it is an executable file; a bare name is looked up on PATH."""
-    if os.sep not in path and not os.path.exists(path):
-        return shutil.which(path)
-    if os.path.isfile(path) and os.access(path, os.X_OK):
-        return os.path.abspath(path)
-    return None
-
 
 def find_blender(explicit: str | None = None) -> str:
-    """The Blender executable to use: `explicit`, else $RENDERQ_BLENDER, else `blender` on PATH.
-
-    Raises BlenderNotFoundError naming what to install. A path that is given but unusable is an error, not a
-    reason to fall back to another Blender.
-    """
-    if explicit:
-        found = _executable(explicit)
-        if found is None:
-            raise BlenderNotFoundError(f"Blender was not found at {explicit!r}: {_INSTALL_HINT}")
-        return found
-    from_env = os.environ.get("RENDERQ_BLENDER")
-    if from_env:
-        found = _executable(from_env)
-        if found is None:
-            raise BlenderNotFoundError(f"RENDERQ_BLENDER={from_env!r} is not an executable file: {_INSTALL_HINT}")
-        return found
-    found = shutil.which("blender")
-    if found is None:
-        raise BlenderNotFoundError(f"Blender was not found on PATH: {_INSTALL_HINT}")
-    return found
+    """The Blender executable to use, by the kernel's one rule (renderq.blender_path); raises BlenderNotFoundError,
+    which the worker's callers catch as a SessionError."""
+    try:
+        return blender_path.find_blender(explicit)
+    except blender_path.BlenderNotFoundError as exc:
+        raise BlenderNotFoundError(str(exc)) from None
 
 
 @functools.lru_cache(maxsize=16)

@@ -38,6 +38,10 @@ from renderq.http_client import file_sha256
 from renderq.paths import check_path_set, check_relative_path
 from renderq.private_files import PRIVATE_FOLDER, make_private
 
+# The kernel's one size grammar and byte format; kept under the names the worker has always imported from here.
+from renderq.units import format_bytes as format_size
+from renderq.units import parse_size
+
 __all__ = [
     "BlendCache",
     "CacheEntry",
@@ -58,37 +62,11 @@ log = logging.getLogger("renderq.worker.cache")
 DEFAULT_CACHE_SIZE = 20 * 1024**3
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _COPY_BLOCK = 1024 * 1024
 
 
 class CacheError(Exception):
     """A cache request that cannot be honoured: bad hash or path, unsafe tree, download that does not match."""
-
-
-# -- sizes ----------------------------------------------------------------------------------------------------------
-
-
-def parse_size(text: str) -> int:
-    """Bytes in a size such as `20G`, `500M`, `1.5G` or `1048576` (K, M, G, T are powers of 1024)."""
-    match = _SIZE_RE.match(str(text))
-    if not match:
-        raise ValueError(f"{text!r} is not a size such as 20G or 500M")
-    number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit.lower()])
-
-
-def format_size(size: int) -> str:
-    """A byte count for people: `512 B`, `1.5 MiB`, `20.0 GiB`."""
-    if size < 1024:
-        return f"{size} B"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit}"
 
 
 # -- manifests ------------------------------------------------------------------------------------------------------

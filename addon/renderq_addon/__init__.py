@@ -63,6 +63,8 @@ vendored.load()
 
 from . import client, jobs, monitor, notify, ops, prefs, props, state, submit, ui  # noqa: F401
 
+state.ADDON_VERSION = VERSION
+
 # Registration order: data types before the operators and panels that use them; unregistered in reverse.
 _MODULES = (prefs, props, state, jobs, monitor, ops, ui)
 

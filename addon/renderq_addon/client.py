@@ -20,6 +20,8 @@ from renderq.http_client import (
     CoordinatorUnreachable,
 )
 
+from . import prefs, state
+
 # Quick answers keep the interface honest: a coordinator that takes longer than this is reported unreachable.
 CHECK_TIMEOUT = 5.0
 # Uploads of big files must not time out between two blocks.
@@ -68,8 +70,6 @@ class Refused(Exception):
 def settings_from_prefs(context: bpy.types.Context | None = None) -> Settings:
     """The coordinator settings from the add-on preferences, unchecked (main thread); raises Refused while the
     add-on is not enabled."""
-    from . import prefs
-
     preferences = prefs.get(context)
     if preferences is None:
         raise Refused("The RenderQ add-on is not enabled")
@@ -112,11 +112,7 @@ def online_access_problem() -> str | None:
 
 def addon_version() -> str:
     """This add-on's version, e.g. "0.1.0" (bl_info's, which build_addon.py keeps equal to the project's)."""
-    from . import (
-        VERSION,  # the package's __init__ is fully loaded by the time anything calls this
-    )
-
-    return ".".join(str(part) for part in VERSION)
+    return ".".join(str(part) for part in state.ADDON_VERSION)
 
 
 def current_user() -> str:

@@ -6,6 +6,7 @@ import bpy
 from bpy.props import BoolProperty, StringProperty
 
 from . import state
+from .widgets import alert_box
 
 DEFAULT_COORDINATOR_URL = "http://127.0.0.1:5000"
 
@@ -46,8 +47,6 @@ class RENDERQ_AddonPreferences(bpy.types.AddonPreferences):
 
 def draw_connection_status(layout: bpy.types.UILayout, width: int = 70) -> None:
     """The outcome of the last connection test, if any."""
-    from .ui import alert_box  # not at the top: ui imports this module
-
     check = state.SESSION.connection
     if check.running:
         layout.label(text="Testing the connection...", icon="SORTTIME")

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from renderq.model import TASK_FINAL
+# bl_info's version, set once by the package's __init__ as it loads: the modules read it here rather than import
+# the package that imports them.
+ADDON_VERSION: tuple[int, ...] = (0, 0, 0)
 
 
 @dataclass

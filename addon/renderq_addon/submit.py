@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
-import posixpath
 import secrets
 import tempfile
 import threading
@@ -23,7 +22,7 @@ from typing import Any
 import bpy
 
 from renderq import exposure, packing
-from renderq.http_client import CoordinatorError, CoordinatorUnreachable
+from renderq import submit as pipeline
 
 from . import client, jobs, notify, props, state, text
 
@@ -303,12 +302,14 @@ def start(context: bpy.types.Context) -> str:
 
 def run(request: SubmitRequest, progress: Callable[[Any], None]) -> SubmitOutcome:
     """Pack, stop for hidden files, files from outside the project folder and missing assets (unless allowed),
-    upload what the coordinator lacks, submit the task."""
+    then the shared pipeline (renderq.submit): upload what the coordinator lacks, submit the task."""
+
+    def report(stage: str, done: int, total: int) -> None:
+        progress((stage, done, total))
+
     try:
         with tempfile.TemporaryDirectory(prefix="renderq-submit-") as staging:
-            packed = packing.pack_project(
-                request.blend_to_pack, staging, progress=lambda stage, done, total: progress((stage, done, total))
-            )
+            packed = packing.pack_project(request.blend_to_pack, staging, progress=report)
             found = packed.exposure
             refusal = exposure.refusal(found, packed.project_folder, allow_outside=request.allow_outside,
                                        remedy="tick Allow Files Outside the Project Folder and submit again")
@@ -317,81 +318,27 @@ def run(request: SubmitRequest, progress: Callable[[Any], None]) -> SubmitOutcom
             missing = list(packed.missing)
             if missing and not request.allow_missing:
                 return SubmitOutcome(task=None, missing=missing)
-            manifest, main_file, sources = _named_after_original(packed, request)
             coordinator = request.settings.client(timeout=client.TRANSFER_TIMEOUT)
-            uploaded, uploaded_bytes = _upload_missing(coordinator, manifest, sources, progress)
-            progress(("submit", 0, 0))
-            task = coordinator.submit_task(
-                name=request.task_name,
-                manifest=manifest,
-                main_file=main_file,
-                blender_version=request.blender_version,
-                blender_version_exact=False,
-                missing_assets=missing,
-                frame_start=request.frame_start,
-                frame_end=request.frame_end,
-                frame_step=request.frame_step,
-                priority=request.priority,
-                workers=list(request.workers),
-                submitted_by=request.submitted_by,
-                settings={},
-            )
-            return SubmitOutcome(task=task, missing=missing, files_total=len({e["sha256"] for e in manifest}),
-                                 files_uploaded=uploaded, bytes_uploaded=uploaded_bytes)
+            # A packed copy of unsaved changes is submitted under the original's name.
+            submit_plan = pipeline.plan(coordinator, packed, request.original_name if request.copy_path else None)
+            task, uploaded = pipeline.execute(coordinator, submit_plan, {
+                "name": request.task_name,
+                "blender_version": request.blender_version,
+                "blender_version_exact": False,
+                "missing_assets": missing,
+                "frame_start": request.frame_start,
+                "frame_end": request.frame_end,
+                "frame_step": request.frame_step,
+                "priority": request.priority,
+                "workers": list(request.workers),
+                "submitted_by": request.submitted_by,
+                "settings": {},
+            }, report)
+            return SubmitOutcome(task=task, missing=missing, files_total=submit_plan.files_total,
+                                 files_uploaded=uploaded.files, bytes_uploaded=uploaded.bytes)
     finally:
         if request.copy_path:
             remove_copy(request.copy_path)
-
-
-def _named_after_original(
-    packed: packing.PackResult, request: SubmitRequest
-) -> tuple[list[dict], str, dict[str, str]]:
-    """The manifest with the main file named after the original; also the local source of each hash.
-
-    When the copy was packed, the task must still render `shot.blend`, not `.renderq-shot-1a2b.blend`: output
-    paths and anything else derived from the file name then match what the artist would get.
-    """
-    main_file = packed.main_file
-    if request.copy_path:
-        main_file = posixpath.join(posixpath.dirname(packed.main_file), request.original_name)
-    manifest: list[dict] = []
-    sources: dict[str, str] = {}
-    for packed_file in packed.files:
-        path = packed_file.path
-        if path == packed.main_file:
-            path = main_file
-        elif path == main_file:
-            continue  # the saved original, linked back from a library: the copy of the current state replaces it
-        manifest.append({"path": path, "sha256": packed_file.sha256, "size": packed_file.size})
-        sources.setdefault(packed_file.sha256, packed_file.source)
-    manifest.sort(key=lambda entry: entry["path"])
-    return manifest, main_file, sources
-
-
-def _upload_missing(
-    coordinator: client.AuthorizedClient, manifest: list[dict], sources: dict[str, str],
-    progress: Callable[[Any], None],
-) -> tuple[int, int]:
-    """Upload the files the coordinator does not have, each content once; return (files, bytes) uploaded."""
-    sizes = {entry["sha256"]: entry["size"] for entry in manifest}
-    needed = [sha256 for sha256 in coordinator.missing_files(list(sizes)) if sha256 in sizes]
-    total = sum(sizes[sha256] for sha256 in needed)
-    sent_before = 0
-    progress(("upload", 0, total))
-    for sha256 in needed:
-        def on_bytes(sent: int, _size: int, before: int = sent_before) -> None:
-            progress(("upload", before + sent, total))
-
-        try:
-            coordinator.upload_file(sources[sha256], sha256, progress=on_bytes)
-        except CoordinatorUnreachable:
-            raise
-        except CoordinatorError as error:
-            names = [entry["path"] for entry in manifest if entry["sha256"] == sha256]
-            hint = " (did it change while it was being uploaded?)" if error.status == 400 else ""
-            raise CoordinatorError(error.status, f"could not upload {names[0]}: {error.message}{hint}") from None
-        sent_before += sizes[sha256]
-    return len(needed), total
 
 
 # -- results, on the main thread -----------------------------------------------------------------------------------

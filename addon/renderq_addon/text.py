@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# One convention with the CLI and the status page (renderq/units.py, bundled); re-exported for the panels.
+from renderq.units import format_bytes as format_bytes
+from renderq.units import format_duration as format_duration
+
 _BAR_WIDTH = 20
 
 
@@ -18,30 +22,6 @@ def wrap(sentence: str, width: int = 60) -> list[str]:
     if current:
         lines.append(current)
     return lines or [""]
-
-
-def format_bytes(count: float) -> str:
-    """1536 -> '1.5 KB'."""
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(value) < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"
-
-
-def format_duration(seconds: float | None) -> str:
-    """95 -> '1m 35s'; None -> '-'."""
-    if seconds is None or seconds < 0:
-        return "-"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
 
 
 def text_bar(fraction: float, width: int = _BAR_WIDTH) -> str:

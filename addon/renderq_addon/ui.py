@@ -14,6 +14,7 @@ import bpy
 from renderq.model import TaskStatus
 
 from . import client, jobs, monitor, notify, prefs, props, state, submit, text
+from .widgets import alert_box, listed_box
 
 _reported_draw_errors: set[str] = set()
 
@@ -34,26 +35,6 @@ def line_width(context: bpy.types.Context) -> int:
     if region is None or region.width <= 0:
         return 60
     return max(30, int(region.width / (7.0 * scale)) - 6)
-
-
-def alert_box(layout: bpy.types.UILayout, sentence: str, icon: str = "ERROR", width: int = 60) -> None:
-    """A red box with a sentence wrapped over several labels."""
-    box = layout.box()
-    box.alert = True
-    for index, line in enumerate(text.wrap(sentence, width)):
-        box.label(text=line, icon=icon if index == 0 else "BLANK1")
-
-
-def listed_box(layout: bpy.types.UILayout, title: str, lines: list[str], icon: str, shown: int = 12) -> None:
-    """A box with a title and the first `shown` lines of a list (nothing when the list is empty)."""
-    if not lines:
-        return
-    box = layout.box()
-    box.label(text=f"{title} ({len(lines)}):", icon=icon)
-    for line in lines[:shown]:
-        box.label(text=line)
-    if len(lines) > shown:
-        box.label(text=f"... and {len(lines) - shown} more (see the console)")
 
 
 class _SafePanel:

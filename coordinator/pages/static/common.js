@@ -30,16 +30,18 @@ const RQ = (() => {
     return Date.now() / 1000 + clockOffset;
   }
 
+  /** Seconds for people, by the one rule of renderq/units.py's format_duration: "4.2s", "42s", "3m 05s",
+   * "1h 02m", "2d 03h" (tests/test_units.py compares the two); a dash when unknown. */
   function duration(seconds) {
     if (seconds === null || seconds === undefined || !isFinite(seconds)) return "–";
     if (seconds < 0) seconds = 0;
-    if (seconds < 10) return seconds.toFixed(1) + " s";
-    if (seconds < 60) return Math.round(seconds) + " s";
+    if (seconds < 10) return seconds.toFixed(1) + "s";
     const s = Math.round(seconds);
+    if (s < 60) return s + "s";
     const pad = (n) => String(n).padStart(2, "0");
-    if (s < 3600) return Math.floor(s / 60) + "m" + pad(s % 60) + "s";
-    if (s < 86400) return Math.floor(s / 3600) + "h" + pad(Math.floor((s % 3600) / 60)) + "m";
-    return Math.floor(s / 86400) + "d" + pad(Math.floor((s % 86400) / 3600)) + "h";
+    if (s < 3600) return Math.floor(s / 60) + "m " + pad(s % 60) + "s";
+    if (s < 86400) return Math.floor(s / 3600) + "h " + pad(Math.floor((s % 3600) / 60)) + "m";
+    return Math.floor(s / 86400) + "d " + pad(Math.floor((s % 86400) / 3600)) + "h";
   }
 
   function clock(timestamp, withMillis) {
@@ -202,6 +204,37 @@ const RQ = (() => {
               el("span", {className: "bar-rendering"}));
   }
 
+  /** Keep the rows of `body` (one per key of `items`, held in the Map `rows`) in step with `items`: rows of the
+   * `changedKeys` are made with make(key), refilled with fill(row, item, key) or removed when their item went;
+   * null redraws every row. New rows put the body back in order(a, b) of keys. The farm's task and worker tables
+   * and the task page's frame grid share it. */
+  function reconcileRows(body, rows, items, changedKeys, {make, fill, order}) {
+    const keys = changedKeys || Object.keys(items);
+    let added = false;
+    if (!changedKeys) {
+      rows.clear();
+      body.replaceChildren();
+    }
+    for (const key of keys) {
+      const item = Object.hasOwn(items, key) ? items[key] : undefined; // a key like "__proto__" is no row
+      let row = rows.get(key);
+      if (!item) {
+        if (row) { row.remove(); rows.delete(key); }
+        continue;
+      }
+      if (!row) {
+        row = make(key);
+        rows.set(key, row);
+        added = true;
+      }
+      fill(row, item, key);
+    }
+    if (added) {
+      // Appending an element that is already in the body moves it: this puts every row in its place.
+      for (const key of [...rows.keys()].sort(order)) body.append(rows.get(key));
+    }
+  }
+
   function statusPill(status) {
     return el("span", {className: "pill status-" + status, text: status});
   }
@@ -215,5 +248,5 @@ const RQ = (() => {
   }
 
   return {el, duration, clock, ago, serverNow, refreshClocks, setLive, toast, Feed, action, setBar, makeBar,
-          statusPill, isAdmin, pollInterval};
+          reconcileRows, statusPill, isAdmin, pollInterval};
 })();

@@ -83,31 +83,11 @@
   }
 
   function renderTasks(changedKeys) {
-    const keys = changedKeys || Object.keys(tasks);
-    let added = false;
-    if (!changedKeys) {
-      taskRows.clear();
-      taskBody.replaceChildren();
-    }
-    for (const key of keys) {
-      const task = tasks[key];
-      let row = taskRows.get(key);
-      if (!task) {
-        if (row) { row.remove(); taskRows.delete(key); }
-        continue;
-      }
-      if (!row) {
-        row = el("tr", {dataset: {taskId: key}});
-        taskRows.set(key, row);
-        added = true;
-      }
-      fillTaskRow(row, task);
-    }
-    if (added) {
-      // Newest first: appending moves each row to its place.
-      const ordered = [...taskRows.keys()].sort((a, b) => Number(b) - Number(a));
-      for (const key of ordered) taskBody.append(taskRows.get(key));
-    }
+    RQ.reconcileRows(taskBody, taskRows, tasks, changedKeys, {
+      make: (key) => el("tr", {dataset: {taskId: key}}),
+      fill: fillTaskRow,
+      order: (a, b) => Number(b) - Number(a), // newest first
+    });
     updateFilterCounts();
   }
 
@@ -195,31 +175,11 @@
   }
 
   function renderWorkers(workers, changedKeys) {
-    const keys = changedKeys || Object.keys(workers);
-    let added = false;
-    if (!changedKeys) {
-      workerRows.clear();
-      workerBody.replaceChildren();
-    }
-    for (const key of keys) {
-      const worker = workers[key];
-      let row = workerRows.get(key);
-      if (!worker) {
-        if (row) { row.remove(); workerRows.delete(key); }
-        continue;
-      }
-      if (!row) {
-        row = el("tr", {dataset: {workerId: key}});
-        workerRows.set(key, row);
-        added = true;
-      }
-      fillWorkerRow(row, worker);
-    }
-    if (added) {
-      const ordered = [...workerRows.keys()].sort(
-        (a, b) => workers[a].name.localeCompare(workers[b].name));
-      for (const key of ordered) workerBody.append(workerRows.get(key));
-    }
+    RQ.reconcileRows(workerBody, workerRows, workers, changedKeys, {
+      make: (key) => el("tr", {dataset: {workerId: key}}),
+      fill: fillWorkerRow,
+      order: (a, b) => workers[a].name.localeCompare(workers[b].name),
+    });
     document.getElementById("workers-empty").hidden = workerRows.size > 0;
   }
 

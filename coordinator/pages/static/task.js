@@ -128,24 +128,20 @@
     box.replaceChildren(list);
   }
 
-  function paintCell(key) {
+  function makeCell(key) {
+    const cell = el("button", {type: "button", dataset: {frame: key}});
+    cell.addEventListener("click", () => {
+      if (selected) cells.get(selected)?.classList.remove("selected");
+      selected = key;
+      cell.classList.add("selected");
+      showDetail(key);
+    });
+    cell.addEventListener("mouseenter", () => { if (!selected) showDetail(key); });
+    return cell;
+  }
+
+  function paintCell(cell, _row, key) {
     const frame = frameOf(key);
-    let cell = cells.get(key);
-    if (!frame) {
-      if (cell) { cell.remove(); cells.delete(key); }
-      return;
-    }
-    if (!cell) {
-      cell = el("button", {type: "button", dataset: {frame: key}});
-      cell.addEventListener("click", () => {
-        if (selected) cells.get(selected)?.classList.remove("selected");
-        selected = key;
-        cell.classList.add("selected");
-        showDetail(key);
-      });
-      cell.addEventListener("mouseenter", () => { if (!selected) showDetail(key); });
-      cells.set(key, cell);
-    }
     cell.className = "frame f-" + frame.status + (selected === key ? " selected" : "");
     cell.textContent = String(frame.number);
     cell.title = describe(frame);
@@ -153,17 +149,9 @@
   }
 
   function renderGrid(changedKeys) {
-    const grid = document.getElementById("frame-grid");
-    if (!changedKeys) {
-      cells.clear();
-      grid.replaceChildren();
-      const keys = Object.keys(frames).sort((a, b) => Number(a) - Number(b));
-      for (const key of keys) paintCell(key);
-      grid.append(...keys.map((key) => cells.get(key)));
-      return;
-    }
-    for (const key of changedKeys) paintCell(key);
-    if (selected && changedKeys.includes(selected)) showDetail(selected);
+    RQ.reconcileRows(document.getElementById("frame-grid"), cells, frames, changedKeys,
+                     {make: makeCell, fill: paintCell, order: (a, b) => Number(a) - Number(b)});
+    if (changedKeys && selected && changedKeys.includes(selected)) showDetail(selected);
   }
 
   function renderPager() {
