@@ -14,7 +14,6 @@ from .blobs import BlobStore
 from .config import Config
 from .errors import RenderQError
 from .live import LiveStatus
-from .migrations import migrate
 from .scheduler import Policy, Scheduler
 from .sessions import LoginSessions
 from .store import Store
@@ -42,7 +41,6 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     )
     scheduler = Scheduler(store, policy)
     app.extensions["renderq.store"] = store
-    migrate(store)
     app.extensions["renderq.sessions"] = LoginSessions(store)
     app.extensions["renderq.scheduler"] = scheduler
     app.extensions["renderq.live"] = LiveStatus(scheduler, config.poll_interval)
