@@ -30,16 +30,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.json.sort_keys = False
 
     store = Store(os.path.join(config.data_dir, "renderq.sqlite3"), synchronous=config.sqlite_sync)
-    policy = Policy(
-        lease_seconds=config.lease_seconds,
-        alive_timeout=config.alive_timeout,
-        heartbeat_seconds=config.heartbeat_seconds,
-        frame_fail_workers=config.frame_fail_workers,
-        bad_worker_failures=config.bad_worker_failures,
-        frame_timeout=config.frame_timeout,
-        no_progress_timeout=config.no_progress_timeout,
-    )
-    scheduler = Scheduler(store, policy)
+    scheduler = Scheduler(store, Policy.from_config(config))
     app.extensions["renderq.store"] = store
     app.extensions["renderq.sessions"] = LoginSessions(store)
     app.extensions["renderq.scheduler"] = scheduler

@@ -14,10 +14,11 @@ import time
 from typing import TYPE_CHECKING
 
 from renderq.private_files import PRIVATE_UMASK, make_private_tree_top
+from renderq.settings import parse_size
 
 from .auth import is_loopback
 from .blobs import BlobStore
-from .config import Config, parse_size
+from .config import Config
 from .store import Store
 
 if TYPE_CHECKING:

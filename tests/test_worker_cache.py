@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from renderq.settings import parse_size
 from worker.cache import (
     BlendCache,
     CacheEntry,
@@ -20,7 +21,6 @@ from worker.cache import (
     choose_evictions,
     format_size,
     normalize_manifest,
-    parse_size,
 )
 
 BLEND_BYTES = b"BLENDER-v304" + b"\x00" * 200

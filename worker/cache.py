@@ -50,7 +50,6 @@ __all__ = [
     "choose_evictions",
     "format_size",
     "normalize_manifest",
-    "parse_size",
 ]
 
 log = logging.getLogger("renderq.worker.cache")
@@ -58,8 +57,6 @@ log = logging.getLogger("renderq.worker.cache")
 DEFAULT_CACHE_SIZE = 20 * 1024**3
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _COPY_BLOCK = 1024 * 1024
 
 
@@ -68,15 +65,6 @@ class CacheError(Exception):
 
 
 # -- sizes ----------------------------------------------------------------------------------------------------------
-
-
-def parse_size(text: str) -> int:
-    """Bytes in a size such as `20G`, `500M`, `1.5G` or `1048576` (K, M, G, T are powers of 1024)."""
-    match = _SIZE_RE.match(str(text))
-    if not match:
-        raise ValueError(f"{text!r} is not a size such as 20G or 500M")
-    number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit.lower()])
 
 
 def format_size(size: int) -> str:
