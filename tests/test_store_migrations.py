@@ -87,3 +87,18 @@ def test_bare_owners_of_an_older_database_become_artist_identities(tmp_path):
         db.execute("DROP TABLE migrations")
     db.close()
     assert [t["owner"] for t in Store(path).list_tasks()] == ["admin", "artist:bob"]
+
+
+def test_a_coordinator_serves_an_early_database_after_upgrading_it(farm):
+    os.makedirs(farm.data_dir)
+    database_from("store_early.sql", os.path.join(farm.data_dir, "renderq.sqlite3"))
+    farm.start_coordinator()
+    task = farm.api.task(1)
+    assert task["name"] == "early" and task["status"] == "queued"
+    assert "node-1" in farm.api.workers()
+    farm.coordinator.stop()
+    farm.start_coordinator()  # a second start applies nothing and still serves it
+    assert farm.api.task(1)["name"] == "early"
+    db = sqlite3.connect(os.path.join(farm.data_dir, "renderq.sqlite3"))
+    assert [r[0] for r in db.execute("SELECT count(*) FROM _yoyo_migration")] == [len(ALL_MIGRATIONS)]
+    db.close()
