@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 from coordinator.store import Store
 from coordinator.store.schema import MIGRATIONS_DIR, applied_migrations
@@ -102,3 +103,16 @@ def test_a_coordinator_serves_an_early_database_after_upgrading_it(farm):
     db = sqlite3.connect(os.path.join(farm.data_dir, "renderq.sqlite3"))
     assert [r[0] for r in db.execute("SELECT count(*) FROM _yoyo_migration")] == [len(ALL_MIGRATIONS)]
     db.close()
+
+
+def test_a_lock_left_by_a_coordinator_killed_mid_migration_does_not_stop_the_next_start(tmp_path):
+    path = str(tmp_path / "db.sqlite3")
+    Store(path).close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, '2026-01-01', 99999)")
+        db.execute("DELETE FROM _yoyo_migration WHERE migration_id = '0004_qualified_owners'")
+    db.close()
+    started = time.monotonic()
+    assert Store(path).migrations_applied == ["0004_qualified_owners"]
+    assert time.monotonic() - started < 5  # yoyo would wait 10 s for the lock, then refuse
