@@ -199,3 +199,11 @@ def test_a_second_coordinator_on_the_same_data_dir_refuses_to_start(farm):
         timeout=60)
     assert second.returncode == 1 and "another coordinator is already using" in second.stderr, second.stderr
     assert farm.api.call("GET", "/health")[0] == 200
+
+
+def test_the_programs_import_without_the_modules_only_posix_has():
+    # What Windows lacks: before, a top-level need for any of them kept the coordinator from importing there.
+    code = ("import sys\nfor name in ('fcntl', 'resource', 'termios', 'pwd', 'grp'): sys.modules[name] = None\n"
+            "import coordinator.server, coordinator.app, worker.cache, worker.command_line, worker.blender_session\n"
+            "print('imported')")
+    assert run_python(code).communicate(timeout=60)[0].strip() == "imported"
