@@ -6,7 +6,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from renderq.settings import env_value, parse_bool, parse_size
+from renderq.settings import env_value, parse_bool
+from renderq.units import parse_size
 
 KIB = 1024
 MIB = 1024**2

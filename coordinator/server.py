@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from renderq.platform import hold_lock_file
 from renderq.private_files import PRIVATE_UMASK, make_private_tree_top
-from renderq.settings import parse_size
+from renderq.units import parse_size
 
 from .auth import is_loopback
 from .blobs import BlobStore

@@ -1,34 +1,24 @@
 """How every RenderQ program reads its settings: a flag, else a RENDERQ_* environment variable, else the default.
 
 The coordinator (coordinator/config.py) and the worker (worker/command_line.py) both read their variables through
-env_value, with the parsers below, so a variable means the same thing and is refused with the same sentence
+env_value, with the parsers below (sizes: renderq.units), so a variable means the same thing and is refused with the same sentence
 everywhere. Standard library only: the add-on and the kernel use it too.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
+
+from .units import parse_size
 
 ENV_PREFIX = "RENDERQ_"
 
 T = TypeVar("T")
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
-
-
-def parse_size(text: str) -> int:
-    """Bytes in a size such as `20G`, `500M`, `1.5G`, `2 GiB` or `1048576` (K, M, G, T are powers of 1024)."""
-    match = _SIZE_RE.match(str(text))
-    if not match:
-        raise ValueError(f"{text!r} is not a size such as 20G or 500M")
-    number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit.lower()])
 
 
 def parse_bool(text: str) -> bool:

@@ -11,7 +11,8 @@ import pytest
 
 from coordinator.config import Config
 from coordinator.scheduler import Policy
-from renderq.settings import env_value, parse_bool, parse_size
+from renderq.settings import env_value, parse_bool
+from renderq.units import parse_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from renderq.settings import parse_size
 from worker.cache import (
     BlendCache,
     CacheEntry,
@@ -21,6 +20,7 @@ from worker.cache import (
     choose_evictions,
     format_size,
     normalize_manifest,
+    parse_size,
 )
 
 BLEND_BYTES = b"BLENDER-v304" + b"\x00" * 200

@@ -39,6 +39,10 @@ from renderq.paths import check_path_set, check_relative_path
 from renderq.platform import hold_lock_file, link_or_copy
 from renderq.private_files import PRIVATE_FOLDER, make_private
 
+# The kernel's one size grammar and byte format; kept under the names the worker has always imported from here.
+from renderq.units import format_bytes as format_size
+from renderq.units import parse_size
+
 __all__ = [
     "BlendCache",
     "CacheEntry",
@@ -51,6 +55,7 @@ __all__ = [
     "choose_evictions",
     "format_size",
     "normalize_manifest",
+    "parse_size",
 ]
 
 log = logging.getLogger("renderq.worker.cache")
@@ -64,21 +69,6 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 class CacheError(Exception):
     """A cache request that cannot be honoured: bad hash or path, unsafe tree, download that does not match."""
-
-
-# -- sizes ----------------------------------------------------------------------------------------------------------
-
-
-def format_size(size: int) -> str:
-    """A byte count for people: `512 B`, `1.5 MiB`, `20.0 GiB`."""
-    if size < 1024:
-        return f"{size} B"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit}"
 
 
 # -- manifests ------------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from renderq.http_client import CoordinatorClient, safe_file_name
-from renderq.settings import env_value, parse_bool, parse_size
+from renderq.settings import env_value, parse_bool
+from renderq.units import parse_size
 from worker.agent import DEFAULT_POLL_SECONDS, WorkerAgent
 from worker.blender_session import SessionError, blender_version, find_blender
 from worker.cache import DEFAULT_CACHE_SIZE, CacheError, format_size

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from .files import FileQueries
 from .frames import FrameQueries
-from .rows import ACTIVE_FRAME_STATES, DETAIL_ONLY_COLUMNS, FRAME_COLUMNS, OPEN_TASK_STATES, OutputNameTaken
+from .rows import DETAIL_ONLY_COLUMNS, FRAME_COLUMNS, OutputNameTaken
 from .schema import upgrade
 from .tasks import TaskQueries
 from .workers import WorkerQueries
 
-__all__ = ["ACTIVE_FRAME_STATES", "FRAME_COLUMNS", "OPEN_TASK_STATES", "OutputNameTaken", "Store"]
+__all__ = ["FRAME_COLUMNS", "OutputNameTaken", "Store"]
 
 
 class Store(WorkerQueries, TaskQueries, FrameQueries, FileQueries):

@@ -1,4 +1,4 @@
-"""What the store's parts share: status groups, column lists, and the statements several of them run."""
+"""What the store's parts share: column lists, and the statements several of them run."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 import sqlite3
 from typing import Any
 
-ACTIVE_FRAME_STATES = ("leased", "rendering")
-# A paused task is still open: its frames may be rendering, and resuming hands the queued ones out again.
-OPEN_TASK_STATES = ("queued", "running", "paused")
+# The status strings in the SQL of the store's parts are renderq.model's TaskStatus and FrameStatus values (its sets,
+# such as TASK_OPEN and FRAME_ACTIVE, are spelled out as literals so SQLite can use the partial indexes);
+# tests/test_model.py checks every one of them against the model.
 
 # Columns of a task read only for its detail (see Store.__init__).
 DETAIL_ONLY_COLUMNS = ("settings", "missing_assets")

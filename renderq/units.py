@@ -1,0 +1,62 @@
+"""Sizes and durations, read and written one way everywhere: the CLI, the worker, the coordinator's settings and
+the add-on (which bundles this module). The status page's `RQ.duration` (coordinator/pages/static/common.js)
+writes durations by the same rule; tests/test_units.py holds the two to it.
+
+Sizes are binary: K, M, G and T are powers of 1024, written KiB, MiB, GiB and TiB. Durations are "42s",
+"3m 05s", "1h 02m", "2d 03h": the two largest units, the second padded, so that columns line up.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = ["format_bytes", "format_duration", "parse_size"]
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB")
+UNKNOWN = "-"
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as "500M", "4G", "1.5G", "20GiB", "512kb" or "1048576" (K, M, G, T: powers of 1024).
+
+    Raises ValueError with a plain sentence for anything else (negative, empty, unknown unit).
+    """
+    match = _SIZE_RE.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a size such as 500M, 4G or 1048576 (bytes)")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_FACTORS[unit.lower()])
+
+
+def format_bytes(size: float) -> str:
+    """A byte count for people: "512 B", "1.5 KiB", "20.0 GiB"."""
+    value = float(size)
+    if abs(value) < 1024:
+        return f"{value:.0f} B"
+    unit = _BYTE_UNITS[0]
+    for unit in _BYTE_UNITS:
+        value /= 1024
+        if abs(value) < 1024:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """ "4.2s" under ten seconds, then "42s", "3m 05s", "1h 02m", "2d 03h"; "-" when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return UNKNOWN
+    seconds = max(0.0, float(seconds))
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = math.floor(seconds + 0.5)  # half up, as the page's Math.round does
+    if whole < 60:
+        return f"{whole}s"
+    for big, small, name, small_name in ((86400, 3600, "d", "h"), (3600, 60, "h", "m"), (60, 1, "m", "s")):
+        if whole >= big:
+            major, rest = divmod(whole, big)
+            return f"{major}{name} {rest // small:02d}{small_name}"
+    return f"{whole}s"  # not reached: whole >= 60 here
