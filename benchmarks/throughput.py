@@ -412,9 +412,9 @@ class Profiler:
 
 # The parts of the coordinator a sample is charged to: the first rule matching a frame, from the innermost out.
 PROFILE_PARTS = (
-    ("coordinator/store.py", ("transaction", "_end_turn", "_finish_batch", "_wait_for_commit"),
+    ("coordinator/store/connection.py", ("transaction", "_end_turn", "_finish_batch", "_wait_for_commit"),
      "store: write turns and commits"),
-    ("coordinator/store.py", (), "store: SQL statements"),
+    ("coordinator/store/", (), "store: SQL statements"),
     ("coordinator/blobs.py", (), "frame files: write, fsync, rename"),
     ("coordinator/auth.py", (), "access tokens"),
     ("coordinator/http_", (), "HTTP server: sockets, HTTP parsing, the gate, threads"),

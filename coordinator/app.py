@@ -14,7 +14,6 @@ from .blobs import BlobStore
 from .config import Config
 from .errors import RenderQError
 from .live import LiveStatus
-from .migrations import migrate
 from .scheduler import Policy, Scheduler
 from .sessions import LoginSessions
 from .store import Store
@@ -31,18 +30,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.json.sort_keys = False
 
     store = Store(os.path.join(config.data_dir, "renderq.sqlite3"), synchronous=config.sqlite_sync)
-    policy = Policy(
-        lease_seconds=config.lease_seconds,
-        alive_timeout=config.alive_timeout,
-        heartbeat_seconds=config.heartbeat_seconds,
-        frame_fail_workers=config.frame_fail_workers,
-        bad_worker_failures=config.bad_worker_failures,
-        frame_timeout=config.frame_timeout,
-        no_progress_timeout=config.no_progress_timeout,
-    )
-    scheduler = Scheduler(store, policy)
+    scheduler = Scheduler(store, Policy.from_config(config))
     app.extensions["renderq.store"] = store
-    migrate(store)
     app.extensions["renderq.sessions"] = LoginSessions(store)
     app.extensions["renderq.scheduler"] = scheduler
     app.extensions["renderq.live"] = LiveStatus(scheduler, config.poll_interval)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from renderq.settings import env_value, parse_bool
 from renderq.units import parse_size
 
 KIB = 1024
@@ -92,12 +92,11 @@ class Config:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
         """Defaults, then RENDERQ_<FIELD> variables, then the given overrides (None means "not given")."""
-        environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            raw = environ.get("RENDERQ_" + field.name.upper())
-            if raw is not None and raw != "":
-                values[field.name] = _parse(field.name, field.type, raw)
+            value = env_value(field.name, _parser(field), environ)
+            if value is not None:
+                values[field.name] = value
         for name, value in overrides.items():
             if value is not None:
                 values[name] = value
@@ -161,27 +160,9 @@ class Config:
 SIZE_FIELDS = ("upload_limit", "disk_reserve", "max_settings_bytes", "max_log_chunk", "body_limit")
 
 
-def _parse(name: str, type_name: Any, raw: str) -> Any:
-    kind = str(type_name)
-    try:
-        if kind == "int":
-            return parse_size(raw) if name in SIZE_FIELDS else int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError:
-        raise ValueError(f"RENDERQ_{name.upper()} must be a number, not {raw!r}") from None
-    if kind == "bool":
-        try:
-            return _parse_bool(raw)
-        except ValueError:
-            raise ValueError(f"RENDERQ_{name.upper()} must be 1 or 0 (true or false), not {raw!r}") from None
-    return raw
-
-
-def _parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
+def _parser(field: dataclasses.Field) -> Callable[[str], Any]:
+    """How a field's RENDERQ_* variable is read, from the field's type."""
+    kind = str(field.type)
+    if kind == "int":
+        return parse_size if field.name in SIZE_FIELDS else int
+    return {"float": float, "bool": parse_bool}.get(kind, str)

@@ -40,16 +40,14 @@ POLL_ADVICE_INTERVAL = 5.0
 
 @dataclasses.dataclass
 class Policy:
-    """The scheduler's knobs (from the coordinator's Config)."""
+    """The scheduler's knobs. A field named as one of Config's comes from it (see from_config); Config's comments
+    say what each means."""
 
     lease_seconds: float = 15.0
     alive_timeout: float = 15.0
     heartbeat_seconds: float = 2.0
-    # A frame is marked failed once it has failed on this many different workers.
     frame_fail_workers: int = 3
-    # A worker that failed frames of a task this many times gets no more frames of it (until a retry).
     bad_worker_failures: int = 3
-    # Defaults of a task's timeouts, in seconds; frame_timeout 0 means no limit.
     frame_timeout: float = 0.0
     no_progress_timeout: float = 600.0
     # Idle workers are told to ask for work so that all of them together ask about this often a second, each at
@@ -58,6 +56,12 @@ class Policy:
     # not flood the coordinator.
     idle_claims_per_second: float = 50.0
     idle_poll_limits: tuple[float, float] = (0.25, 30.0)
+
+    @classmethod
+    def from_config(cls, config: object) -> Policy:
+        """The policy of a coordinator's Config: every field Config also has is taken from it."""
+        return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)
+                      if hasattr(config, field.name)})
 
 
 @dataclasses.dataclass

@@ -13,11 +13,13 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from renderq.platform import hold_lock_file
 from renderq.private_files import PRIVATE_UMASK, make_private_tree_top
+from renderq.units import parse_size
 
 from .auth import is_loopback
 from .blobs import BlobStore
-from .config import Config, parse_size
+from .config import Config
 from .store import Store
 
 if TYPE_CHECKING:
@@ -165,7 +167,7 @@ def serve(config: Config) -> int:
         print("WARNING: auth is off and the coordinator listens on the network (--insecure): anyone who reaches "
               "it can submit, cancel, read and delete tasks", file=sys.stderr, flush=True)
     os.makedirs(config.data_dir, exist_ok=True)
-    lock = _lock_data_dir(config.data_dir)
+    lock = hold_lock_file(os.path.join(config.data_dir, "coordinator.lock"))
     if lock is None:
         print(f"renderq coordinator: another coordinator is already using {os.path.abspath(config.data_dir)}; "
               "refusing to start a second one on the same data", file=sys.stderr)
@@ -282,34 +284,6 @@ def _fit_connections(wanted: int) -> int:
               f"{wanted} of --max-connections; raise it (ulimit -n) for a larger farm", file=sys.stderr, flush=True)
         return fitting
     return wanted
-
-
-def _lock_data_dir(data_dir: str):
-    """Hold an exclusive lock on the data dir for the process's lifetime; None if another process has it."""
-    handle = open(os.path.join(data_dir, "coordinator.lock"), "a+")
-    try:
-        _lock_file(handle)
-    except OSError:
-        handle.close()
-        return None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-def _lock_file(handle) -> None:
-    """Take an exclusive lock on an open file without waiting; OSError when another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        return
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 class OrphanSweeper:

@@ -1,61 +1,66 @@
-"""Which Blender saved a .blend: read from the file's header, for plain, gzip- and zstd-compressed files.
+"""Which Blender saved a .blend: read from the file's header by blender-asset-tracer (BAT), for plain, gzip- and
+zstd-compressed files, in the header of Blender up to 4.x and in Blender 5's.
 
-Standard library only (zstandard when it is installed), so the coordinator, the command line and the add-on
-can all use it.
+BAT parses the header; only the file's first bytes are decompressed (BAT's own opener would decompress all of it
+into a temporary file, too much for the coordinator reading every uploaded .blend). The add-on bundles BAT too.
 """
 
 from __future__ import annotations
 
-import gzip
+import io
+import pathlib
 import re
+from typing import BinaryIO
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-# Blender up to 4.x: 'BLENDER' + pointer size ('_' 32-bit, '-' 64-bit) + endianness ('v'/'V') + 3 digits.
-OLD_HEADER = re.compile(rb"^BLENDER[_-][vV](\d)(\d\d)")
-# Blender 5.0 and later: 'BLENDER' + header size + '-' + format version + endianness + 4 digits.
-NEW_HEADER = re.compile(rb"^BLENDER\d\d-\d\d[vV](\d\d)(\d\d)")
+from blender_asset_tracer.blendfile import exceptions as bat_exceptions
+from blender_asset_tracer.blendfile import magic_compression
+from blender_asset_tracer.blendfile.header import BlendFileHeader
 
-
-def header_bytes(path: str, count: int = 32) -> bytes:
-    """The first bytes of the uncompressed .blend data."""
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-        handle.seek(0)
-        if head.startswith(GZIP_MAGIC):
-            with gzip.GzipFile(fileobj=handle) as unpacked:
-                return unpacked.read(count)
-        if head.startswith(ZSTD_MAGIC):
-            try:
-                import zstandard
-            except ImportError:
-                raise ValueError(f"{path} is zstd-compressed; install the 'zstandard' package to read it") from None
-            with zstandard.ZstdDecompressor().stream_reader(handle) as unpacked:
-                return unpacked.read(count)
-        return handle.read(count)
+# The longest header (Blender 5's): 'BLENDER' + size + '-' + format version + endianness + 4 digits.
+HEADER_BYTES = 17
 
 
-def version_from_header(head: bytes) -> str | None:
-    """'3.4' from b'BLENDER-v304...', '5.0' from b'BLENDER17-01v0500...'; None when not a .blend header."""
-    match = OLD_HEADER.match(head)
-    if match:
-        return f"{int(match.group(1))}.{int(match.group(2))}"
-    match = NEW_HEADER.match(head)
-    if match:
-        return f"{int(match.group(1))}.{int(match.group(2))}"
-    return None
+def read_header(path: str) -> BlendFileHeader:
+    """BAT's parse of the file's header; ValueError naming the file when it is not a .blend file."""
+    try:
+        handle = open(path, "rb")
+    except OSError as error:
+        raise ValueError(f"{path} could not be read as a .blend file: {error.strerror or error}") from None
+    with handle:
+        try:
+            return BlendFileHeader(io.BytesIO(_first_bytes(handle)), pathlib.Path(path))
+        except _NoZstandard:
+            raise ValueError(f"{path} is zstd-compressed; install the 'zstandard' package to read it") from None
+        except bat_exceptions.BlendFileError as error:
+            raise ValueError(f"{path} is not a .blend file ({error.args[0]})") from None
+        except Exception as error:  # noqa: BLE001 - a damaged gzip or zstd stream, a header field not a number
+            raise ValueError(f"{path} is not a .blend file ({error or type(error).__name__})") from None
+
+
+class _NoZstandard(Exception):
+    """The file is zstd-compressed and the zstandard module is missing."""
+
+
+def _first_bytes(handle: BinaryIO) -> bytes:
+    """The file's first HEADER_BYTES once decompressed (BlendFileError when it starts like no .blend file)."""
+    compression = magic_compression.find_compression_type(handle)
+    handle.seek(0)
+    if compression == magic_compression.Compression.UNRECOGNISED:
+        raise bat_exceptions.BlendFileError("not a .blend, gzip or zstd file", pathlib.Path(handle.name))
+    if compression == magic_compression.Compression.NONE:
+        return handle.read(HEADER_BYTES)
+    if compression == magic_compression.Compression.ZSTD and not magic_compression.has_zstandard:
+        raise _NoZstandard()
+    # BAT's own decompressor for what it found (a private helper, stable across the 1.x versions we allow).
+    with magic_compression._decompressor(handle, "rb", compression) as stream:
+        return stream.read(HEADER_BYTES)
 
 
 def read_blend_version(path: str) -> str:
-    """The major.minor of the Blender that saved the file; ValueError when it is not a .blend file."""
-    try:
-        head = header_bytes(path)
-    except (OSError, EOFError) as error:
-        raise ValueError(f"{path} could not be read as a .blend file: {error}") from None
-    version = version_from_header(head)
-    if version is None:
-        raise ValueError(f"{path} is not a .blend file")
-    return version
+    """The major.minor of the Blender that saved the file ('BLENDER-v304' -> '3.4', 'BLENDER17-01v0500' -> '5.0');
+    ValueError when it is not a .blend file."""
+    version = read_header(path).version
+    return f"{version // 100}.{version % 100}"
 
 
 def version_key(version: str) -> int:

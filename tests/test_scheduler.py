@@ -866,6 +866,9 @@ def test_a_data_dir_from_before_these_rules_gets_their_columns(tmp_path, clock):
                           ("tasks", "owner"), ("workers", "allows_python"), ("frames", "render_deadline"),
                           ("frame_failures", "cleared"), ("frame_failures", "lease_id")]:
         db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    # ... and to before numbered migrations: no record of any.
+    for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%yoyo%'").fetchall():
+        db.execute(f"DROP TABLE {table}")
     db.commit()
     db.close()
     scheduler = Scheduler(Store(path), Policy(), clock)

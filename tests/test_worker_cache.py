@@ -438,6 +438,7 @@ def test_lru_order_survives_a_new_cache_on_the_same_folder(tmp_path):
     use(first, clock, 2, {"b": b}, store, at=20)
     use(first, clock, 3, {"a": a}, store, at=30)  # ...but used last
 
+    first.close()
     again = BlendCache(root, 200, clock=clock)  # a restarted worker
     again.clear_tasks()
     clock.now = 40
@@ -454,6 +455,7 @@ def test_a_smaller_limit_is_applied_when_the_worker_starts(tmp_path):
     big = BlendCache(root, 1000, clock=clock)
     use(big, clock, 1, {"a": a}, store, at=10)
     use(big, clock, 2, {"b": b}, store, at=20)
+    big.close()
     small = BlendCache(root, 150, clock=clock)
     small.clear_tasks()
     assert [entry.sha256 for entry in small.entries()] == [sha(b)]
@@ -567,3 +569,22 @@ def test_a_legacy_blend_that_is_a_link_is_not_adopted(tmp_path, outside):
     assert cache.path_for(BLEND_SHA) is None and not legacy.exists()
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o644
     assert_untouched(outside)
+
+
+def test_two_caches_cannot_share_a_root(tmp_path):
+    root = str(tmp_path / "cache")
+    first = BlendCache(root)
+    with pytest.raises(CacheError, match="another worker is already using the work folder"):
+        BlendCache(root)
+    first.close()
+    BlendCache(root).close()  # a restarted worker may use it again
+
+
+def test_a_refused_root_lets_go_of_its_lock(tmp_path, outside):
+    root = tmp_path / "cache"
+    root.mkdir()
+    os.symlink(outside, root / "files")
+    with pytest.raises(CacheError, match="symbolic link"):
+        BlendCache(str(root))
+    os.unlink(root / "files")
+    BlendCache(str(root)).close()

@@ -916,6 +916,7 @@ class WorkerAgent:
         self._heartbeat_stop.set()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=5.0)
+        self.cache.close()  # a stopped worker lets go of its work folder
         log.info("worker %s stopped", self.name)
 
 

@@ -31,14 +31,12 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping
 
-from renderq import blender_path
+from renderq import blender_path, platform
 from renderq.model import FrameResult
 
 __all__ = [
@@ -127,56 +125,6 @@ def blender_version(blender: str) -> str:
 
 
 # -- starting Blender -----------------------------------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_prctl = _load_prctl()
-_spawner: ThreadPoolExecutor | None = None
-_spawner_lock = threading.Lock()
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """A preexec_fn asking Linux to SIGKILL the child when the worker dies. Runs between fork and exec, so it
-    only calls what was bound beforehand."""
-    prctl, getppid, kill, getpid = _prctl, os.getppid, os.kill, os.getpid
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if getppid() != parent_pid:  # the worker died before the request took effect
-            kill(getpid(), signal.SIGKILL)
-
-    return preexec
-
-
-def _spawn(command: list[str], **popen_args: Any) -> subprocess.Popen:
-    """Popen, with Blender tied to this process's life where the system allows it.
-
-    Linux sends the death signal when the *thread* that forked the child ends, so the fork happens on one
-    long-lived thread rather than on whichever (possibly short-lived) thread starts a session.
-    """
-    global _spawner
-    if _prctl is None:
-        return subprocess.Popen(command, **popen_args)
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blender-spawner")
-        spawner = _spawner
-    preexec = _die_with_parent(os.getpid())
-    return spawner.submit(subprocess.Popen, command, preexec_fn=preexec, **popen_args).result()
-
 
 def _describe_exit(code: int | None) -> str:
     if code is None:
@@ -290,12 +238,13 @@ class BlenderSession:
             env["PYTHONUNBUFFERED"] = "1"
             env[TOKEN_ENV] = token
             try:
-                self._proc = _spawn(
+                # In its own process group (a Ctrl-C in the worker's terminal must not reach Blender directly),
+                # and killed with the worker where the system can do that.
+                self._proc = platform.spawn_tied(
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
-                    start_new_session=True,  # a Ctrl-C in the worker's terminal must not reach Blender directly
                     env=env,
                 )
             except OSError as exc:
@@ -467,10 +416,9 @@ class BlenderSession:
                 return
             # Once the render breaks, the script reads this and returns, and Blender exits by itself.
             self._send({"type": "quit"})
-            if os.name == "posix":
-                self._signal(signal.SIGINT)
+            platform.interrupt_child(proc)
             if not self._wait_exit(grace):
-                log.warning("Blender (pid %s) did not stop within %.1f s of SIGINT; killing it", proc.pid, grace)
+                log.warning("Blender (pid %s) did not stop within %.1f s of an interrupt; killing it", proc.pid, grace)
                 self._kill_now()
 
     def close(self, grace: float = 5.0) -> None:
@@ -660,26 +608,9 @@ class BlenderSession:
         except subprocess.TimeoutExpired:
             return False
 
-    def _signal(self, sig: int) -> None:
-        """POSIX only: signal Blender's process group (its own, from start_new_session), so anything Blender
-        started goes too."""
-        proc = self._proc
-        # Until Popen has reaped the child, its pid (and process group) cannot be reused by another process.
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            try:
-                proc.send_signal(sig)
-            except OSError:
-                pass
-
     def _kill_now(self) -> None:
-        if os.name == "posix":
-            self._signal(signal.SIGKILL)
-        elif self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
+        if self._proc is not None:
+            platform.kill_child(self._proc)
         self._wait_exit(10.0)
 
 

@@ -36,6 +36,7 @@ from typing import Any, Callable, Collection, Iterable, Mapping
 
 from renderq.http_client import file_sha256
 from renderq.paths import check_path_set, check_relative_path
+from renderq.platform import hold_lock_file, link_or_copy
 from renderq.private_files import PRIVATE_FOLDER, make_private
 
 # The kernel's one size grammar and byte format; kept under the names the worker has always imported from here.
@@ -60,9 +61,10 @@ __all__ = [
 log = logging.getLogger("renderq.worker.cache")
 
 DEFAULT_CACHE_SIZE = 20 * 1024**3
+# The file under the cache root whose lock tells that a worker uses the root.
+ROOT_LOCK_NAME = "worker.lock"
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_COPY_BLOCK = 1024 * 1024
 
 
 class CacheError(Exception):
@@ -231,14 +233,30 @@ class BlendCache:
         # The studio's .blend files and frames are the owner's only, also in a work dir made by an older version:
         # with the root and its folders 0700 no other user of the machine reaches any file below them.
         make_private(os.path.realpath(self.root), PRIVATE_FOLDER)
-        for folder in (self._files_dir, self._tasks_dir, self._output_dir):
-            make_private(check_real_folder(folder, create=True), PRIVATE_FOLDER)
+        # Before touching anything below the root: a second worker here would evict, delete and half-download the
+        # first one's files under its feet. Held until close() (or the process ends, however it ends).
+        self._root_lock = hold_lock_file(os.path.join(self.root, ROOT_LOCK_NAME))
+        if self._root_lock is None:
+            raise CacheError(f"another worker is already using the work folder {self.root}; a work folder cannot "
+                             "be shared: give each worker its own (--work-dir)")
+        try:
+            for folder in (self._files_dir, self._tasks_dir, self._output_dir):
+                make_private(check_real_folder(folder, create=True), PRIVATE_FOLDER)
+        except BaseException:
+            self.close()
+            raise
         self._lock = threading.RLock()
         self._fetch_locks: dict[str, threading.Lock] = {}
         # task id -> hashes its tree uses; these are never evicted.
         self._live: dict[int, frozenset[str]] = {}
         self._remove_partial_downloads()
         self._adopt_legacy_blends()
+
+    def close(self) -> None:
+        """Let go of the cache root, so another BlendCache (a restarted worker) may use it."""
+        if self._root_lock is not None:
+            self._root_lock.close()
+            self._root_lock = None
 
     # -- cached files -------------------------------------------------------------------------------------------
 
@@ -527,19 +545,9 @@ class BlendCache:
 def _place(source: str, target: str) -> None:
     """Hard-link `source` to `target`, or copy it where linking fails; `target` must not exist."""
     try:
-        os.link(source, target)
-        return
+        link_or_copy(source, target)
     except FileExistsError:
         raise CacheError(f"{target} already exists; refusing to build over it") from None
-    except OSError:
-        pass  # another file system, or too many links: copy instead
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        handle = os.open(target, flags, 0o644)
-    except FileExistsError:
-        raise CacheError(f"{target} already exists; refusing to build over it") from None
-    with open(source, "rb") as stream, os.fdopen(handle, "wb") as out:
-        shutil.copyfileobj(stream, out, _COPY_BLOCK)
 
 
 def _is_plain_file(path: str) -> bool:

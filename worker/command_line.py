@@ -9,11 +9,15 @@ import math
 import os
 import socket
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from renderq.http_client import CoordinatorClient, safe_file_name
+from renderq.settings import env_value, parse_bool
+from renderq.units import parse_size
 from worker.agent import DEFAULT_POLL_SECONDS, WorkerAgent
 from worker.blender_session import SessionError, blender_version, find_blender
-from worker.cache import CacheError, format_size, parse_size
+from worker.cache import DEFAULT_CACHE_SIZE, CacheError, format_size
 
 __all__ = ["add_arguments", "default_work_dir", "main"]
 
@@ -33,57 +37,75 @@ def default_work_dir(name: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `renderq worker` options; defaults come from RENDERQ_* environment variables."""
-    env = os.environ
+    """Add the `renderq worker` options; defaults come from RENDERQ_* environment variables (renderq.settings).
+
+    A variable that cannot be parsed stops the command with a sentence naming it.
+    """
+    try:
+        _add_arguments(parser, _env_defaults())
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def _env_defaults() -> dict[str, object]:
+    """Each option's RENDERQ_* variable, parsed (None where unset)."""
+    parsers: dict[str, Callable[[str], object]] = {
+        "coordinator": str, "token": str, "token_file": str, "worker_name": str, "blender": str, "threads": int,
+        "work_dir": str, "cache_size": _cache_size, "poll_seconds": float, "allow_blend_python": parse_bool,
+    }
+    return {name: env_value(name, parse) for name, parse in parsers.items()}
+
+
+def _add_arguments(parser: argparse.ArgumentParser, env: dict[str, Any]) -> None:
     parser.add_argument(
         "--coordinator",
-        default=env.get("RENDERQ_COORDINATOR"),
+        default=env["coordinator"],
         metavar="URL",
         help="the coordinator's address, e.g. http://farm:5000 (default: $RENDERQ_COORDINATOR)",
     )
     parser.add_argument(
         "--token",
-        default=env.get("RENDERQ_TOKEN"),
+        default=env["token"],
         metavar="TOKEN",
         help="the coordinator's worker token (default: $RENDERQ_TOKEN); it is in the coordinator's data dir, file "
         "worker_token. Prefer --token-file: a token on the command line is visible to other users of this machine",
     )
     parser.add_argument(
         "--token-file",
-        default=env.get("RENDERQ_TOKEN_FILE"),
+        default=env["token_file"],
         metavar="FILE",
         help="read the worker token from FILE, e.g. a copy of the coordinator's worker_token "
         "(default: $RENDERQ_TOKEN_FILE)",
     )
     parser.add_argument(
         "--name",
-        default=env.get("RENDERQ_WORKER_NAME") or socket.gethostname(),
+        default=env["worker_name"] or socket.gethostname(),
         help="this worker's name, unique on the farm (default: $RENDERQ_WORKER_NAME, else the host name)",
     )
     parser.add_argument(
         "--blender",
-        default=env.get("RENDERQ_BLENDER"),
+        default=env["blender"],
         metavar="PATH",
         help="the Blender executable (default: $RENDERQ_BLENDER, else found on PATH)",
     )
     parser.add_argument(
         "--threads",
         type=int,
-        default=env.get("RENDERQ_THREADS") or "0",
+        default=env["threads"] or 0,
         metavar="N",
         help="render threads per frame; 0 lets the task or Blender decide (default: $RENDERQ_THREADS, else 0)",
     )
     parser.add_argument(
         "--work-dir",
-        default=env.get("RENDERQ_WORK_DIR"),
+        default=env["work_dir"],
         metavar="DIR",
         help="where to cache the tasks' files and render (default: $RENDERQ_WORK_DIR, else a folder per worker "
         "name in the user's cache folder)",
     )
     parser.add_argument(
         "--cache-size",
-        type=_cache_size,
-        default=env.get("RENDERQ_CACHE_SIZE") or "20G",
+        type=_cache_size_arg,
+        default=env["cache_size"] or DEFAULT_CACHE_SIZE,
         metavar="SIZE",
         help="the most the cached files may take, e.g. 20G or 500M (K, M, G, T count in 1024s); the least recently "
         "used files are deleted beyond it, never those of a task being rendered (default: $RENDERQ_CACHE_SIZE, "
@@ -92,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--poll-seconds",
         type=float,
-        default=env.get("RENDERQ_POLL_SECONDS") or None,
+        default=env["poll_seconds"],
         metavar="SECONDS",
         help="how often an idle worker asks for work, which is also how long a new task may wait for it; shorter "
         "means more requests to the coordinator (default: $RENDERQ_POLL_SECONDS, else as the coordinator advises: "
@@ -102,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-blend-python",
         action=argparse.BooleanOptionalAction,
-        default=_env_flag(env.get("RENDERQ_ALLOW_BLEND_PYTHON")),
+        default=bool(env["allow_blend_python"]),
         help="RISKY: let Python stored in .blend files (scripts that run when the file opens, scripted drivers, "
         "the handlers they add) run on this machine, for tasks marked as needing it. That code runs as this "
         "worker's user and can read, change, delete or send anything that user can reach; anyone who may submit "
@@ -112,19 +134,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _env_flag(value: str | None) -> bool:
-    """An on/off environment variable: 1, true, yes or on (any case) mean on."""
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+def _cache_size_arg(text: str) -> int:
+    """--cache-size for argparse, which shows an ArgumentTypeError's own sentence."""
+    try:
+        return _cache_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cache_size(text: str) -> int:
-    """Parse --cache-size for argparse."""
-    try:
-        size = parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    """A cache size in bytes, more than 0."""
+    size = parse_size(text)
     if size <= 0:
-        raise argparse.ArgumentTypeError("the cache size must be more than 0")
+        raise ValueError("the cache size must be more than 0")
     return size
 
 

@@ -1,0 +1,241 @@
+"""The store's connections and its write transactions (group commit), under the queries of the other parts.
+
+One connection per thread. Every write is one transaction inside `BEGIN IMMEDIATE`; concurrent transactions share
+their COMMIT (group commit), and each still returns only once its writes are durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+
+# How long a statement waits for another connection's lock before failing, and how long the checkpoint's last
+# step waits for readers (writers wait for it meanwhile).
+BUSY_TIMEOUT_MS = 30_000
+CHECKPOINT_WAIT_MS = 20
+# The WAL starts over once it holds this many pages (SQLite's own checkpoint threshold: about 4 MB).
+WAL_RESTART_PAGES = 1000
+
+
+class StoreConnection:
+    """One SQLite connection per thread; writers take turns (see transaction()), and WAL lets readers go on
+    meanwhile. The query parts (workers, tasks, frames, files) build on it."""
+
+    def __init__(self, path: str, *, synchronous: str = "full") -> None:
+        self.path = path
+        self.synchronous = synchronous.upper()
+        self._local = threading.local()
+        # SQLite's default: the commit that fills the WAL past 1000 pages copies them into the database file.
+        self._autocheckpoint = 1000
+        # Group commit (see transaction()): one thread writes at a time, and the writes of threads that queue up
+        # behind each other share one COMMIT, so one fsync acknowledges many of them.
+        self._write_lock = threading.Lock()
+        self._batch = _Batch()
+        # Writers waiting for the write lock: the one holding it commits when there are none.
+        self._queue_lock = threading.Lock()
+        self._queued_writes = 0
+        self._committed = threading.Condition()
+        self._committed_batch = 0
+        self._failed_batches: dict[int, BaseException] = {}
+
+    # -- plumbing -------------------------------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            # check_same_thread=False: a write batch opened on this connection takes other threads' writes too.
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                 check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.execute("PRAGMA foreign_keys=OFF")
+            db.execute(f"PRAGMA wal_autocheckpoint={self._autocheckpoint}")
+            self._local.db = db
+        return db
+
+    @contextlib.contextmanager
+    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction: the block's writes all happen or none do, and are durable once it returns.
+
+        durable=False, for writes nobody is promised (a heartbeat's "last seen"): the block may return before its
+        batch is committed, so its thread is not held up by the fsync.
+
+        Writers take turns. The first opens a transaction on its connection (BEGIN IMMEDIATE, so a claim never
+        deadlocks upgrading a read lock); the writers queued behind it run their blocks in that same transaction,
+        each inside its own savepoint, so a block that raises undoes only its own writes. The last writer in line
+        (or the one that fills the batch) commits for all of them, and every block returns only after that
+        COMMIT: under load one fsync acknowledges many writes instead of each paying its own, and no thread sleeps
+        in SQLite's busy handler.
+        """
+        with self._queue_lock:
+            self._queued_writes += 1
+        self._write_lock.acquire()
+        with self._queue_lock:
+            self._queued_writes -= 1
+        batch = self._batch
+        first = not batch.open
+        try:
+            if first:
+                db = self._connection()
+                db.execute("BEGIN IMMEDIATE")
+                batch.begin(db)
+            else:
+                db = batch.db
+                db.execute("SAVEPOINT write")
+            batch.writes += 1
+            number = batch.number
+        except BaseException:
+            self._end_turn()
+            raise
+        try:
+            yield db
+        except BaseException:
+            if first:
+                # Nobody joined yet (they wait for the write lock): the whole transaction is this block's.
+                self._finish_batch("ROLLBACK")
+                self._write_lock.release()
+                raise
+            try:
+                db.execute("ROLLBACK TO write")
+                db.execute("RELEASE write")
+            finally:
+                self._end_turn()
+            # The batch may run on this thread's connection: wait until it is free before this thread reads again.
+            with contextlib.suppress(sqlite3.Error):
+                self._wait_for_commit(number)
+            raise
+        if not first:
+            try:
+                db.execute("RELEASE write")
+            except BaseException:
+                self._end_turn()
+                raise
+        self._end_turn()
+        # A batch that runs on this thread's connection (it came first) is waited for in any case.
+        if durable or first:
+            self._wait_for_commit(number)
+
+    def _end_turn(self) -> None:
+        """Commit the open batch unless another writer is next in line to add to it (and it is not full yet),
+        then give up the write lock. Called holding the write lock."""
+        try:
+            if self._batch.open and (not self._queued_writes or self._batch.full()):
+                self._finish_batch("COMMIT")
+        finally:
+            self._write_lock.release()
+
+    def _finish_batch(self, statement: str) -> None:
+        """COMMIT (or ROLLBACK) the open batch and wake the writers waiting for it."""
+        batch = self._batch
+        number = batch.number
+        error: BaseException | None = None
+        try:
+            batch.db.execute(statement)
+        except BaseException as problem:  # noqa: BLE001 - every writer in the batch is told, below
+            error = problem
+            with contextlib.suppress(sqlite3.Error):
+                batch.db.execute("ROLLBACK")
+        batch.end()
+        with self._committed:
+            self._committed_batch = number
+            if error is not None:
+                self._failed_batches[number] = error
+                for old in [n for n in self._failed_batches if n < number - 100]:
+                    del self._failed_batches[old]
+            self._committed.notify_all()
+
+    def _wait_for_commit(self, number: int) -> None:
+        """Return once batch `number` is committed; raise its COMMIT's error if it failed."""
+        if self._committed_batch < number:
+            with self._committed:
+                while self._committed_batch < number:
+                    self._committed.wait()
+        if self._failed_batches:
+            error = self._failed_batches.get(number)
+            if error is not None:
+                raise sqlite3.OperationalError(f"the transaction could not be committed: {error}") from error
+
+    def checkpoint_in_background(self) -> None:
+        """Leave WAL checkpoints to checkpoint() (the coordinator's reaper thread calls it every second) instead of
+        the commit that happens to fill the WAL, which would copy pages and fsync the database file while every
+        other writer waits for it."""
+        self._autocheckpoint = 0
+        self._connection().execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy committed pages from the WAL into the database file, so the WAL can start over.
+
+        Most pages are copied while writers go on. The WAL starts over only after a checkpoint that copied all of
+        it, which writers appending all the time would never allow: so once it is long enough, the pages written
+        meanwhile are copied with the write lock held (a short pause, like a writer's turn).
+        """
+        db = self._connection()
+        _, wal_pages, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if wal_pages < WAL_RESTART_PAGES:
+            return
+        with self._queue_lock:
+            self._queued_writes += 1
+        self._write_lock.acquire()
+        with self._queue_lock:
+            self._queued_writes -= 1
+        try:
+            if self._batch.open:
+                self._finish_batch("COMMIT")  # this turn is ours: commit the open batch before copying it
+            # RESTART also waits for the readers still on the old pages, so the next writer starts the WAL over;
+            # only briefly, as writers wait meanwhile (the next second tries again).
+            db.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+            try:
+                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            finally:
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        finally:
+            self._write_lock.release()
+
+    def read(self) -> sqlite3.Connection:
+        """A connection for reads outside a transaction (each statement sees a consistent snapshot)."""
+        return self._connection()
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+class _Batch:
+    """The write transaction open on one thread's connection: the writes sharing one COMMIT."""
+
+    # A batch commits once it holds this many writes or is this old, even with writers still in line, so a
+    # steady stream of writes cannot keep the first ones waiting for their COMMIT.
+    MAX_WRITES = 200
+    MAX_SECONDS = 0.02
+
+    def __init__(self) -> None:
+        self.db: sqlite3.Connection | None = None
+        self.number = 0
+        self.writes = 0
+        self.started = 0.0
+
+    @property
+    def open(self) -> bool:
+        return self.db is not None
+
+    def begin(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.number += 1
+        self.writes = 0
+        self.started = time.monotonic()
+
+    def end(self) -> None:
+        self.db = None
+
+    def full(self) -> bool:
+        return self.writes >= self.MAX_WRITES or time.monotonic() - self.started >= self.MAX_SECONDS
+
+
+# Whether the worker (named parameters name, version, allows_python, worker_id, blocked_at) may take a frame of the
+# open task t now: assigned to it (or to anyone), the right Blender, Python allowed if needed, not blocked, and a

@@ -1,0 +1,117 @@
+"""What the store's parts share: column lists, and the statements several of them run."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+# The status strings in the SQL of the store's parts are renderq.model's TaskStatus and FrameStatus values (its sets,
+# such as TASK_OPEN and FRAME_ACTIVE, are spelled out as literals so SQLite can use the partial indexes);
+# tests/test_model.py checks every one of them against the model.
+
+# Columns of a task read only for its detail (see Store.__init__).
+DETAIL_ONLY_COLUMNS = ("settings", "missing_assets")
+
+FRAME_COLUMNS = (
+    "task_id, frame, status, worker_id, lease_id, lease_expires, attempts, failures, started_at, ended_at, "
+    "render_seconds, output, output_sha256, output_size, error, log_tail"
+)
+
+
+class OutputNameTaken(Exception):
+    """Another frame of the task already has an output file of that name (by collision key)."""
+
+    def __init__(self, frame: int, output: str) -> None:
+        super().__init__(f"frame {frame} has the output {output!r}")
+        self.frame = frame
+        self.output = output
+
+
+def output_holder(db: sqlite3.Connection, task_id: int, frame: int, key: str) -> dict | None:
+    # A cleared output (requeued frame) leaves a stale key behind: `output IS NOT NULL` ignores it.
+    row = db.execute(
+        "SELECT frame, output FROM frames WHERE task_id = ? AND output_key = ? AND frame != ? "
+        "AND output IS NOT NULL LIMIT 1", (task_id, key, frame),
+    ).fetchone()
+    return dict(row) if row else None
+
+
+def requeue(db: sqlite3.Connection, where: str, params: tuple) -> int:
+    cursor = db.execute(
+        f"UPDATE frames SET status = 'queued', worker_id = NULL, lease_id = NULL, lease_expires = NULL, "
+        f"render_deadline = NULL, output = NULL, output_sha256 = NULL, output_size = NULL WHERE {where}",
+        params,
+    )
+    return cursor.rowcount
+
+
+def record_failure(db: sqlite3.Connection, task_id: int, frame: int, lease_id: str, worker_id: int, error: str,
+                    log_tail: str, frame_fail_workers: int, now: float, *, keep_lease: bool) -> dict | None:
+    """Count a failed render of a frame held under lease_id against its worker (for the frame and the task), then
+    requeue the frame, or mark it failed once that many different workers failed it. keep_lease leaves a failed
+    frame's lease on it, so the worker's repeated final report is recognised; a timeout kills the lease."""
+    held = db.execute(
+        "SELECT 1 FROM frames WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')",
+        (task_id, frame, lease_id),
+    ).fetchone()
+    if held is None:
+        return None
+    db.execute(
+        "INSERT INTO frame_failures (task_id, frame, worker_id, failed_at, error, lease_id) VALUES (?, ?, ?, ?, ?, ?)",
+        (task_id, frame, worker_id, now, error, lease_id if keep_lease else None),
+    )
+    # Uses frame_failures_by_frame: as many rows as this frame has failed since its last retry.
+    workers_failed = db.execute(
+        "SELECT count(DISTINCT worker_id) FROM frame_failures WHERE task_id = ? AND frame = ? AND cleared = 0",
+        (task_id, frame),
+    ).fetchone()[0]
+    final = workers_failed >= frame_fail_workers
+    row = db.execute(
+        f"UPDATE frames SET failures = failures + 1, error = ?, log_tail = ?, "
+        f"attempts = CASE WHEN status = 'leased' THEN attempts + 1 ELSE attempts END, "
+        f"status = ?, ended_at = CASE WHEN ? THEN ? ELSE ended_at END, "
+        f"worker_id = CASE WHEN ? THEN worker_id ELSE NULL END, lease_id = ?, "
+        f"lease_expires = NULL, render_deadline = NULL, output = NULL, output_sha256 = NULL, output_size = NULL "
+        f"WHERE task_id = ? AND frame = ? RETURNING {FRAME_COLUMNS}",
+        (error, log_tail, "failed" if final else "queued", final, now, final,
+         lease_id if final and keep_lease else None, task_id, frame),
+    ).fetchone()
+    db.execute(
+        "INSERT INTO task_worker_failures (task_id, worker_id, failures) VALUES (?, ?, 1) "
+        "ON CONFLICT (task_id, worker_id) DO UPDATE SET failures = failures + 1",
+        (task_id, worker_id),
+    )
+    db.execute("UPDATE workers SET frames_failed = frames_failed + 1 WHERE worker_id = ?", (worker_id,))
+    if final:
+        db.execute("UPDATE tasks SET frames_failed = frames_failed + 1 WHERE task_id = ?", (task_id,))
+        finish_task_if_complete(db, task_id, now)
+    return dict(row)
+
+
+def finish_task_if_complete(db: sqlite3.Connection, task_id: int, now: float) -> None:
+    open_frames = db.execute(
+        "SELECT 1 FROM frames WHERE task_id = ? AND status IN ('queued', 'leased', 'rendering') LIMIT 1", (task_id,)
+    ).fetchone()
+    if open_frames is None:
+        db.execute(
+            "UPDATE tasks SET status = CASE WHEN frames_failed > 0 THEN 'failed' ELSE 'done' END, ended_at = ? "
+            "WHERE task_id = ? AND status IN ('queued', 'running', 'paused')",
+            (now, task_id),
+        )
+
+
+def task_row(db: sqlite3.Connection, row: sqlite3.Row, workers: list[str] | None = None) -> dict[str, Any]:
+    task = dict(row)
+    if "settings" in task:
+        task["settings"] = json.loads(task["settings"] or "{}")
+    if "missing_assets" in task:
+        task["missing_assets"] = json.loads(task["missing_assets"] or "[]")
+    if workers is None:
+        workers = [
+            r["worker_name"]
+            for r in db.execute("SELECT worker_name FROM task_workers WHERE task_id = ? ORDER BY worker_name",
+                                (task["task_id"],))
+        ]
+    task["workers"] = workers
+    return task
