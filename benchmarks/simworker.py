@@ -483,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simworker: {error}", file=sys.stderr)
         return 2
     worker = SimWorker(coordinator, args.name, args.acks, frame_min=args.frame_min, frame_max=args.frame_max,
-                       fail_rate=args.fail_rate, report_first=args.report_first, poll_seconds=args.poll, max_seconds=args.max_seconds,
+                       fail_rate=args.fail_rate, report_first=args.report_first, poll_seconds=args.poll,
+                       max_seconds=args.max_seconds,
                        blender_version=args.blender_version, seed=args.seed, log_heartbeats=args.log_heartbeats)
     coordinator.on_slow = lambda text: worker.log("slow", text)
     signal.signal(signal.SIGTERM, worker.request_stop)

@@ -85,7 +85,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         if "full" in str(error).lower():
             return jsonify({"error": "the coordinator's disk is full: nothing was changed; free space on its data "
                                      "dir and try again"}), 507
-        app.logger.exception("database error", exc_info=error)
+        app.logger.error("database error", exc_info=error)
         return jsonify({"error": "the coordinator's database failed; see its log"}), 500
 
     @app.errorhandler(HTTPException)

@@ -269,7 +269,7 @@ def _read_or_create_secret(path: str) -> tuple[str, bool]:
         with open(path, encoding="utf-8") as handle:
             value = handle.read().strip()
         if not value:
-            raise ValueError(f"{path} is empty; delete it and restart the coordinator to create a new one")
+            raise ValueError(f"{path} is empty; delete it and restart the coordinator to create a new one") from None
         return value, False
     # Hex: nothing for a shell to interpret, and never a leading '-' that a command line would take for an option.
     value = secrets.token_hex(32)

@@ -27,7 +27,8 @@ What cannot be known is not guessed: a heavy section that no done frame has show
 
 `TaskEstimator` holds what depends only on the done and failed frames (the model and the frames left, priced); it
 is built in O(done frames), the model from at most MODEL_FRAMES of them, and `EtaCache` keeps it until one of those
-changes, so each estimate after that costs O(workers + TAIL_FRAMES). Everything is deterministic: the same frames give the same estimate.
+changes, so each estimate after that costs O(workers + TAIL_FRAMES). Everything is deterministic: the same frames
+give the same estimate.
 
 `estimate_eta` is the first, simple estimate (mean of the recent frame times x frames left / workers), kept as the
 baseline the benchmark compares against.
@@ -185,7 +186,7 @@ class Trend:
         mean_cost = sum(costs) / n
         slope = 0.0
         if n >= MIN_FRAMES_FOR_TREND:
-            points = _pooled(sorted(zip(frames, costs)), TREND_POINTS)
+            points = _pooled(sorted(zip(frames, costs, strict=True)), TREND_POINTS)
             robust, se = _theil_sen(points)
             # Heavy frames placed unevenly among the light ones (all early, say) still pull the median a little:
             # measured again without the points far off the line, the slope is that of the typical frames, which
@@ -193,7 +194,7 @@ class Trend:
             offsets = [c - robust * f for f, c in points]
             middle = _median(offsets)
             spread = _mad(offsets, middle)
-            typical = [p for p, o in zip(points, offsets) if abs(o - middle) <= OUTLIER_SPREADS * spread]
+            typical = [p for p, o in zip(points, offsets, strict=True) if abs(o - middle) <= OUTLIER_SPREADS * spread]
             if MIN_FRAMES_FOR_TREND <= len(typical) < len(points):
                 robust, se = _theil_sen(typical)
             else:
@@ -455,7 +456,8 @@ class TaskEstimator:
         heap = [(free_in[w], i) for i, w in enumerate(workers)]
         heapq.heapify(heap)
         latest = max(free_in.values())
-        for frame, cost in zip(self._tail_frames, self._tail_costs):
+        # Without a trend there are no costs, and so no frames to deal.
+        for frame, cost in zip(self._tail_frames, self._tail_costs, strict=False):
             if frame in active_frames:
                 continue
             seconds, i = heap[0]

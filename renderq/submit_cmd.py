@@ -276,7 +276,7 @@ def upload_missing_files(client: CoordinatorClient, packed: PackResult, line: Pr
     sent_before = 0
     for index, packed_file in enumerate(needed, start=1):
 
-        def progress(sent: int, _total: int, index: int = index) -> None:
+        def progress(sent: int, _total: int, index: int = index, sent_before: int = sent_before) -> None:
             if show:
                 fraction = (sent_before + sent) / total_bytes if total_bytes else 1.0
                 line.update(

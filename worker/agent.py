@@ -548,7 +548,7 @@ class WorkerAgent:
                 frame_timeout=lease.frame_timeout,
                 no_progress_timeout=lease.no_progress_timeout,
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed session fails this frame only; the agent goes on
             log.error("%s: Blender session failed: %s", lease, exc)
             result = FrameResult(
                 frame=lease.frame, ok=False, output_path=None, started_at=None, ended_at=None, render_seconds=None,

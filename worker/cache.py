@@ -448,9 +448,11 @@ class BlendCache:
         except FileExistsError:
             info = os.lstat(folder)
             if stat.S_ISLNK(info.st_mode):
-                raise CacheError(f"the folder of task {task_id} is a symbolic link; refusing to follow it")
+                raise CacheError(f"the folder of task {task_id} is a symbolic link; refusing to follow it") from None
             if not stat.S_ISDIR(info.st_mode) or os.listdir(folder):
-                raise CacheError(f"the folder of task {task_id} already holds files; refusing to build over them")
+                raise CacheError(
+                    f"the folder of task {task_id} already holds files; refusing to build over them"
+                ) from None
         made = {""}
         for path in sorted(tree):
             parts = path.split("/")
