@@ -303,14 +303,14 @@ def _lock_data_dir(data_dir: str):
 
 def _lock_file(handle) -> None:
     """Take an exclusive lock on an open file without waiting; OSError when another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
+    if sys.platform == "win32":
         import msvcrt
 
         handle.seek(0)
         msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
         return
+    import fcntl
+
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 

@@ -212,9 +212,9 @@ class Store:
             db.execute(index)
         # A task's summary leaves out its settings and missing assets (only its detail and its leases need them), so
         # listing many tasks reads none of that text.
-        columns = [row["name"] for row in db.execute("PRAGMA table_info(tasks)")
-                   if row["name"] not in _DETAIL_ONLY_COLUMNS]
-        self._summary_columns = (", ".join(columns)
+        summary_columns = [row["name"] for row in db.execute("PRAGMA table_info(tasks)")
+                           if row["name"] not in _DETAIL_ONLY_COLUMNS]
+        self._summary_columns = (", ".join(summary_columns)
                                  + ", json_array_length(missing_assets) AS missing_assets_count")
 
     # -- plumbing -------------------------------------------------------------------------------------------------
@@ -260,6 +260,7 @@ class Store:
                 db.execute("BEGIN IMMEDIATE")
                 batch.begin(db)
             else:
+                assert batch.db is not None, "an open batch has its connection"
                 db = batch.db
                 db.execute("SAVEPOINT write")
             batch.writes += 1
@@ -308,13 +309,15 @@ class Store:
         """COMMIT (or ROLLBACK) the open batch and wake the writers waiting for it."""
         batch = self._batch
         number = batch.number
+        db = batch.db
+        assert db is not None, "only an open batch is finished"
         error: BaseException | None = None
         try:
-            batch.db.execute(statement)
+            db.execute(statement)
         except BaseException as problem:  # noqa: BLE001 - every writer in the batch is told, below
             error = problem
             with contextlib.suppress(sqlite3.Error):
-                batch.db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
         batch.end()
         with self._committed:
             self._committed_batch = number
@@ -489,6 +492,7 @@ class Store:
                 "INSERT OR IGNORE INTO task_workers (task_id, worker_name) VALUES (?, ?)",
                 ((task_id, name) for name in worker_names),
             )
+            assert task_id is not None, "an INSERT sets lastrowid"
             return task_id
 
     def get_task(self, task_id: int, detail: bool = False) -> dict | None:

@@ -61,10 +61,10 @@ def fetch_done_frames(client: CoordinatorClient, task: dict, dest_dir: str,
 
 def _name_problem(name: object, saved: dict[str, tuple[int, str]]) -> str | None:
     try:
-        check_file_name(name)
+        checked = check_file_name(name)
     except ValueError as error:
         return str(error)
-    other = saved.get(collision_key(name))
+    other = saved.get(collision_key(checked))
     if other is not None:
         return f"its file name {name!r} would be the same file as frame {other[0]}'s {other[1]!r} on Windows or macOS"
     return None

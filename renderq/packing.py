@@ -401,7 +401,8 @@ def _pack_once(
     # trace an edited file from stale data.
     blendfile.close_all_cached()
     try:
-        with _NoCopyPacker(blend, root, str(staging)) as packer:
+        packer = _NoCopyPacker(blend, root, str(staging))  # not `as`: BAT's __enter__ is typed as returning Packer
+        with packer:
             packer.progress_cb = relay
             packer.strategise()
             packer.execute()

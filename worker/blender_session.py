@@ -196,6 +196,7 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     """A preexec_fn asking Linux to SIGKILL the child when the worker dies. Runs between fork and exec, so it
     only calls what was bound beforehand."""
     prctl, getppid, kill, getpid = _prctl, os.getppid, os.kill, os.getpid
+    assert prctl is not None, "only called where prctl was found"
 
     def preexec() -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -219,7 +220,7 @@ def _spawn(command: list[str], **popen_args: Any) -> subprocess.Popen:
             _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blender-spawner")
         spawner = _spawner
     preexec = _die_with_parent(os.getpid())
-    return spawner.submit(subprocess.Popen, command, preexec_fn=preexec, **popen_args).result()
+    return spawner.submit(lambda: subprocess.Popen(command, preexec_fn=preexec, **popen_args)).result()
 
 
 def _describe_exit(code: int | None) -> str:
@@ -416,7 +417,7 @@ class BlenderSession:
                 try:
                     message = self._events.get(timeout=0.25)
                 except queue.Empty:
-                    if self._proc.poll() is None:
+                    if self._exit_code() is None:
                         continue
                     message = {"type": "_closed"}
                 last_event = time.monotonic()
@@ -461,7 +462,7 @@ class BlenderSession:
                 elif timed_out is not None:
                     error = timed_out
                 elif finished is None:
-                    error = f"Blender {_describe_exit(self._proc.poll())} while rendering frame {frame}"
+                    error = f"Blender {_describe_exit(self._exit_code())} while rendering frame {frame}"
                 elif finished.get("error"):
                     error = f"Render error: {_plain_render_error(str(finished['error']))}"
                 elif written_path is not None:
@@ -571,7 +572,7 @@ class BlenderSession:
         while True:
             if self._aborted.is_set():
                 raise SessionError("Blender's start was aborted")
-            code = self._proc.poll()
+            code = self._exit_code()
             if code is not None:
                 self._wait_log(lambda: self._log_eof, 3.0)
                 raise SessionError(
@@ -673,6 +674,10 @@ class BlenderSession:
         )
         values.update(fields)
         return FrameResult(frame=frame, log_tail=self._log_tail(log_start), **values)
+
+    def _exit_code(self) -> int | None:
+        """Blender's exit status; None while it runs (or before it was started)."""
+        return self._proc.poll() if self._proc is not None else None
 
     def _not_running_reason(self) -> str:
         if self._proc is None:

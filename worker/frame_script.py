@@ -97,13 +97,13 @@ class FrameState:
 
     def __init__(self, frame: int) -> None:
         self.frame = frame
-        self.started_monotonic = None
-        self.written_path = None
+        self.started_monotonic: float | None = None
+        self.written_path: str | None = None
         self.canceled = False
 
 
-channel = None
-current = None
+channel: Channel  # opened by main() before any handler is registered
+current: FrameState | None = None
 
 
 def expected_path(scene: bpy.types.Scene, frame: int) -> str:
