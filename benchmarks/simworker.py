@@ -30,7 +30,7 @@ import sys
 # of the hundreds of simulated workers a soak runs. http.client imports ssl only if it can. Only when run as a
 # program: a process that imports this module (the soak, for frame_png) keeps its ssl.
 if __name__ == "__main__" and "ssl" not in sys.modules:
-    sys.modules["ssl"] = None  # type: ignore[assignment]
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # None there makes `import ssl` fail
 
 import argparse
 import http.client

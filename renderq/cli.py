@@ -34,7 +34,7 @@ from renderq.cli_common import (
 )
 from renderq.http_client import CoordinatorError
 from renderq.progress import ProgressLine, format_bytes, format_duration, format_table, printable
-from renderq.submit_cmd import (  # noqa: F401  (re-exported)
+from renderq.submit_cmd import (  # noqa: F401 - re-exported
     BLENDER_READ_TIMEOUT,
     UPLOAD_PROGRESS_MIN_BYTES,
     cmd_submit,
@@ -46,7 +46,7 @@ from renderq.submit_cmd import (  # noqa: F401  (re-exported)
     timeouts_and_python,
     upload_missing_files,
 )
-from renderq.task_view import (  # noqa: F401  (re-exported)
+from renderq.task_view import (  # noqa: F401 - re-exported
     FINAL_STATUSES,
     POLL_SECONDS,
     UNREACHABLE_PATIENCE,

@@ -37,7 +37,7 @@ def watch_connects(port: int) -> None:
                              "at": time.monotonic()})
         return original(self, address)
 
-    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.socket.connect = connect  # type: ignore[method-assign]  # on purpose: it records who connects
 
 
 def main() -> None:
