@@ -43,8 +43,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 # The one rule for finding Blender and the one free-port probe, shared with the product and the tests.
-from renderq.blender_path import find_blender_or_none as find_blender  # noqa: E402  (ROOT must be on the path)
-from renderq.ports import free_port  # noqa: E402  (ROOT must be on the path)
+from renderq.blender_path import find_blender_or_none as find_blender
+from renderq.ports import free_port
 MB = 1_000_000
 MIB = 1024 * 1024
 GIB = 1024**3
@@ -307,7 +307,7 @@ def stop_process(popen: subprocess.Popen, timeout: float = 20.0) -> None:
         popen.wait(10)
 
 
-# -- HTTP ---------------------------------------------------------------------------------------------------------------
+# -- HTTP --------------------------------------------------------------------------------------------------------------
 
 
 class HttpError(Exception):
@@ -379,7 +379,7 @@ class HttpClient:
         return answer
 
 
-# -- memory -------------------------------------------------------------------------------------------------------------
+# -- memory ------------------------------------------------------------------------------------------------------------
 
 
 def proc_memory(pid: int) -> dict[str, int]:
@@ -475,7 +475,7 @@ def self_peak_rss() -> int:
     return proc_memory(os.getpid())["VmHWM"]
 
 
-# -- the machine --------------------------------------------------------------------------------------------------------
+# -- the machine -------------------------------------------------------------------------------------------------------
 
 
 def describe_machine(blender: str | None = None) -> dict[str, str]:

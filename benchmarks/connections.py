@@ -33,6 +33,7 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import itertools
 import json
 import os
 import re
@@ -292,7 +293,7 @@ def heartbeat_figures(beats: list[Beat], start: float, end: float) -> dict[str, 
     longest_gap = 0.0
     for name in per_worker:
         marks = [start, *sorted(answered[name]), end]
-        longest_gap = max(longest_gap, max(b - a for a, b in zip(marks, marks[1:])))
+        longest_gap = max(longest_gap, max(b - a for a, b in itertools.pairwise(marks)))
     return {
         "count": len(window),
         "filled_in": len(window) - len(sent),

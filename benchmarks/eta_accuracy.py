@@ -288,7 +288,7 @@ def main() -> int:
             results.fail(f"the task ended {task['status']}, not done; see the logs in {root}")
         else:
             report(results, polls, task, samples)
-    except Exception as error:  # noqa: BLE001  (a benchmark that could not run says why and exits EXIT_FAILED)
+    except Exception as error:  # noqa: BLE001 - a benchmark that could not run says why and exits EXIT_FAILED
         results.fail(f"{type(error).__name__}: {error}")
     finally:
         for worker in workers:

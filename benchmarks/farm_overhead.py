@@ -35,12 +35,12 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import Results, add_arguments, cpu_seconds  # noqa: E402
-from harness import Farm  # noqa: E402
-from renders import farm_render, load_average, plain_animation, runs_note, same_pixels  # noqa: E402
+from common import Results, add_arguments, cpu_seconds
+from harness import Farm
+from renders import farm_render, load_average, plain_animation, runs_note, same_pixels
 
-from renderq.scenes import make_scene  # noqa: E402
-from worker.blender_session import find_blender  # noqa: E402
+from renderq.scenes import make_scene
+from worker.blender_session import find_blender
 
 
 def farm_cpu(farm: Farm) -> float:
@@ -98,7 +98,7 @@ def main() -> int:
     farms = [timeline for timeline, _ in farm_runs]
     plain_seconds = statistics.median(run.total for run in plain_runs)
     farm_seconds = statistics.median(run.total for run in farms)
-    paired = [farm.total / plain.total for farm, plain in zip(farms, plain_runs)]
+    paired = [farm.total / plain.total for farm, plain in zip(farms, plain_runs, strict=True)]
     size = f"{args.frames} frames, {args.threads} thread(s), median over {args.rounds} alternating round(s)"
     results.add(f"farm / plain blender -b FILE -a within a round, {size}", round(statistics.median(paired), 3), "",
                 args.target, note="rounds: " + ", ".join(f"{ratio:.3f}" for ratio in paired))

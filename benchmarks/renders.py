@@ -10,6 +10,7 @@ sides come from the same machine's clock, so "submit to first frame" and "proces
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import statistics
 import subprocess
@@ -100,7 +101,7 @@ def _timeline(started: float, ended: float, frames: list[tuple[tuple[float, floa
     """frames: ((pre wall, pre monotonic), (write wall, write monotonic)) in render order, one Blender process."""
     frames = sorted(frames, key=lambda pair: pair[0][0])
     seconds = [write[1] - pre[1] for pre, write in frames]
-    gaps = [after[0][1] - before[1][1] for before, after in zip(frames, frames[1:])]
+    gaps = [after[0][1] - before[1][1] for before, after in itertools.pairwise(frames)]
     return Timeline(total=ended - started, to_first_frame=frames[0][0][0] - started, frame_seconds=seconds,
                     gaps=gaps, tail=ended - frames[-1][1][0], pickup=pickup)
 
@@ -147,7 +148,7 @@ def farm_timeline(task: dict, submitted: float) -> Timeline:
     gaps: list[float] = []
     for worker_frames in by_worker.values():
         ordered = sorted(worker_frames, key=lambda f: f["started_at"])
-        gaps += [after["started_at"] - before["ended_at"] for before, after in zip(ordered, ordered[1:])]
+        gaps += [after["started_at"] - before["ended_at"] for before, after in itertools.pairwise(ordered)]
     first = min(float(f["started_at"]) for f in frames)
     last = max(float(f["ended_at"]) for f in frames)
     pickup = float(task["started_at"]) - submitted if task.get("started_at") else None

@@ -315,10 +315,10 @@ def write_report(path: str, runs: list[Run]) -> None:
     quick = any(run.quick for run in runs)
     notes = load_notes(path)
     lines = ["# RenderQ benchmark figures", ""]
-    lines.append("Written by `python benchmarks/run.py`; do not edit by hand (except the notes after the machines, which "
-                 "it keeps), run it again (with `--only NAME` to refresh one benchmark and keep the others). How each "
-                 "benchmark measures is described at the top of its script in `benchmarks/`. Sizes are in decimal "
-                 "megabytes (1 MB = 1,000,000 bytes).")
+    lines.append("Written by `python benchmarks/run.py`; do not edit by hand (except the notes after the machines, "
+                 "which it keeps), run it again (with `--only NAME` to refresh one benchmark and keep the others). "
+                 "How each benchmark measures is described at the top of its script in `benchmarks/`. Sizes are in "
+                 "decimal megabytes (1 MB = 1,000,000 bytes).")
     lines.append("")
     if quick:
         lines += [("**Quick mode**: small sizes to check that every benchmark still runs; these are not the "
@@ -339,7 +339,8 @@ def write_report(path: str, runs: list[Run]) -> None:
     machines: dict[str, str] = {}
     for run in runs:
         machines.setdefault(_machine_text(run.machine), chr(ord("A") + len(machines)))
-    lines += ["", "## Runs", "", "| Benchmark | Result | Date | Time | Command | Machine |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Runs", "", "| Benchmark | Result | Date | Time | Command | Machine |",
+              "|---|---|---|---|---|---|"]
     for run in runs:
         result = run.status + (f": {run.note}" if run.note and run.status != "passed" else "")
         seconds = f"{run.seconds:,.0f} s" if run.exit_code is not None else ""

@@ -35,12 +35,12 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import Results, add_arguments  # noqa: E402
-from harness import Farm  # noqa: E402
-from renders import Timeline, farm_render, load_average, plain_animation, runs_note  # noqa: E402
+from common import Results, add_arguments
+from harness import Farm
+from renders import Timeline, farm_render, load_average, plain_animation, runs_note
 
-from renderq.scenes import make_scene  # noqa: E402
-from worker.blender_session import find_blender  # noqa: E402
+from renderq.scenes import make_scene
+from worker.blender_session import find_blender
 
 WORKERS = ("one", "two")
 HEARTBEAT_SECONDS = 2.0  # the coordinator's default heartbeat interval

@@ -34,12 +34,12 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import Results, add_arguments  # noqa: E402
-from harness import Farm  # noqa: E402
-from renders import farm_render, load_average, plain_animation, plain_frame_by_frame, runs_note  # noqa: E402
+from common import Results, add_arguments
+from harness import Farm
+from renders import farm_render, load_average, plain_animation, plain_frame_by_frame, runs_note
 
-from renderq.scenes import make_scene  # noqa: E402
-from worker.blender_session import find_blender  # noqa: E402
+from renderq.scenes import make_scene
+from worker.blender_session import find_blender
 
 # Adds a grid mesh of N x N faces that no object uses, kept by a fake user: loaded with the file, never rendered.
 HEAVY_EXPR = """\

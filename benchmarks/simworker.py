@@ -30,7 +30,7 @@ import sys
 # of the hundreds of simulated workers a soak runs. http.client imports ssl only if it can. Only when run as a
 # program: a process that imports this module (the soak, for frame_png) keeps its ssl.
 if __name__ == "__main__" and "ssl" not in sys.modules:
-    sys.modules["ssl"] = None  # type: ignore[assignment]
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # None there makes `import ssl` fail
 
 import argparse
 import http.client
@@ -483,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simworker: {error}", file=sys.stderr)
         return 2
     worker = SimWorker(coordinator, args.name, args.acks, frame_min=args.frame_min, frame_max=args.frame_max,
-                       fail_rate=args.fail_rate, report_first=args.report_first, poll_seconds=args.poll, max_seconds=args.max_seconds,
+                       fail_rate=args.fail_rate, report_first=args.report_first, poll_seconds=args.poll,
+                       max_seconds=args.max_seconds,
                        blender_version=args.blender_version, seed=args.seed, log_heartbeats=args.log_heartbeats)
     coordinator.on_slow = lambda text: worker.log("slow", text)
     signal.signal(signal.SIGTERM, worker.request_stop)

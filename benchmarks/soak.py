@@ -289,7 +289,7 @@ class Soak:
         self.counts = Counts()
         self.blend_sha256 = ""
         self.started = time.monotonic()
-        self.chaos_log = open(os.path.join(self.logs, "chaos.log"), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self.chaos_log = open(os.path.join(self.logs, "chaos.log"), "a", buffering=1, encoding="utf-8")
 
     def note(self, event: str, child: Child, text: str = "") -> None:
         """One line in logs/chaos.log, to line up with the workers' logs afterwards."""

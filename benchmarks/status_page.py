@@ -37,11 +37,11 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import Results, add_arguments  # noqa: E402
-from harness import Farm  # noqa: E402
+from common import Results, add_arguments
+from harness import Farm
 
-from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec  # noqa: E402
-from coordinator.store import Store  # noqa: E402
+from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec
+from coordinator.store import Store
 
 POLL_INTERVAL = 2.0
 ALIVE_TIMEOUT = 3600.0  # the filled workers must stay alive while the benchmark runs, without heartbeats
@@ -74,8 +74,10 @@ def fill(data_dir: str, workers: int, tasks: int, frames_per_task: int, seed: in
     clock = Clock(start)
     store = Store(os.path.join(data_dir, "renderq.sqlite3"), synchronous="normal")
     scheduler = Scheduler(store, Policy(lease_seconds=ALIVE_TIMEOUT, alive_timeout=ALIVE_TIMEOUT), clock)
-    worker_ids = [scheduler.register_worker(f"node-{n:03d}", f"rack{n // 40}-{n:03d}.farm.lan", "3.4.1", 16)["worker_id"]
-                  for n in range(workers)]
+    worker_ids = [
+        scheduler.register_worker(f"node-{n:03d}", f"rack{n // 40}-{n:03d}.farm.lan", "3.4.1", 16)["worker_id"]
+        for n in range(workers)
+    ]
 
     turn = itertools.count()
 

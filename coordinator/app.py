@@ -7,6 +7,7 @@ import sqlite3
 from typing import Any
 
 from flask import Flask, jsonify
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from . import auth
@@ -19,6 +20,12 @@ from .sessions import LoginSessions
 from .store import Store
 
 
+class _KeyOrderJSON(DefaultJSONProvider):
+    """JSON answers keep their keys in the order the code wrote them (Flask sorts them by default)."""
+
+    sort_keys = False
+
+
 def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     """Build the coordinator's Flask app over the data dir in config (created if missing)."""
     config = config or Config.from_env(**overrides)
@@ -27,7 +34,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.config["RENDERQ"] = config
     auth.setup(app, config)
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads are capped by our own streaming check, with a JSON error
-    app.json.sort_keys = False
+    app.json = _KeyOrderJSON(app)
 
     store = Store(os.path.join(config.data_dir, "renderq.sqlite3"), synchronous=config.sqlite_sync)
     scheduler = Scheduler(store, Policy.from_config(config))
@@ -74,7 +81,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         if "full" in str(error).lower():
             return jsonify({"error": "the coordinator's disk is full: nothing was changed; free space on its data "
                                      "dir and try again"}), 507
-        app.logger.exception("database error", exc_info=error)
+        app.logger.error("database error", exc_info=error)
         return jsonify({"error": "the coordinator's database failed; see its log"}), 500
 
     @app.errorhandler(HTTPException)

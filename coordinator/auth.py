@@ -269,7 +269,7 @@ def _read_or_create_secret(path: str) -> tuple[str, bool]:
         with open(path, encoding="utf-8") as handle:
             value = handle.read().strip()
         if not value:
-            raise ValueError(f"{path} is empty; delete it and restart the coordinator to create a new one")
+            raise ValueError(f"{path} is empty; delete it and restart the coordinator to create a new one") from None
         return value, False
     # Hex: nothing for a shell to interpret, and never a leading '-' that a command line would take for an option.
     value = secrets.token_hex(32)
@@ -292,7 +292,9 @@ def _book() -> TokenBook:
 def _fingerprint(token: str) -> str:
     # The session cookie is signed but readable: it holds a keyed hash of the token, never the token. A changed
     # token (new file, new RENDERQ_ADMIN_TOKEN) no longer matches it, which logs every browser out.
-    return hmac.new(current_app.secret_key.encode("utf-8"), token.encode("utf-8"), hashlib.sha256).hexdigest()
+    key = current_app.secret_key
+    assert isinstance(key, str), "setup() sets the session key from its file"
+    return hmac.new(key.encode("utf-8"), token.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def bearer_token() -> str | None:

@@ -165,4 +165,5 @@ def _parser(field: dataclasses.Field) -> Callable[[str], Any]:
     kind = str(field.type)
     if kind == "int":
         return parse_size if field.name in SIZE_FIELDS else int
-    return {"float": float, "bool": parse_bool}.get(kind, str)
+    parsers: dict[str, Callable[[str], Any]] = {"float": float, "bool": parse_bool}
+    return parsers.get(kind, str)

@@ -27,7 +27,8 @@ What cannot be known is not guessed: a heavy section that no done frame has show
 
 `TaskEstimator` holds what depends only on the done and failed frames (the model and the frames left, priced); it
 is built in O(done frames), the model from at most MODEL_FRAMES of them, and `EtaCache` keeps it until one of those
-changes, so each estimate after that costs O(workers + TAIL_FRAMES). Everything is deterministic: the same frames give the same estimate.
+changes, so each estimate after that costs O(workers + TAIL_FRAMES). Everything is deterministic: the same frames
+give the same estimate.
 
 `estimate_eta` is the first, simple estimate (mean of the recent frame times x frames left / workers), kept as the
 baseline the benchmark compares against.
@@ -105,6 +106,12 @@ class DoneFrame:
     worker_id: int | None = None
     started_at: float | None = None  # worker's clock, at render_pre
     ended_at: float | None = None  # worker's clock, at render_write
+
+    @property
+    def seconds(self) -> float:
+        """render_seconds of a frame the model counts: only those with a usable time get that far."""
+        assert self.render_seconds is not None, "an untimed frame reached the cost model"
+        return self.render_seconds
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -185,7 +192,7 @@ class Trend:
         mean_cost = sum(costs) / n
         slope = 0.0
         if n >= MIN_FRAMES_FOR_TREND:
-            points = _pooled(sorted(zip(frames, costs)), TREND_POINTS)
+            points = _pooled(sorted(zip(frames, costs, strict=True)), TREND_POINTS)
             robust, se = _theil_sen(points)
             # Heavy frames placed unevenly among the light ones (all early, say) still pull the median a little:
             # measured again without the points far off the line, the slope is that of the typical frames, which
@@ -193,7 +200,7 @@ class Trend:
             offsets = [c - robust * f for f, c in points]
             middle = _median(offsets)
             spread = _mad(offsets, middle)
-            typical = [p for p, o in zip(points, offsets) if abs(o - middle) <= OUTLIER_SPREADS * spread]
+            typical = [p for p, o in zip(points, offsets, strict=True) if abs(o - middle) <= OUTLIER_SPREADS * spread]
             if MIN_FRAMES_FOR_TREND <= len(typical) < len(points):
                 robust, se = _theil_sen(typical)
             else:
@@ -243,7 +250,7 @@ class CostModel:
         # The latest frames by number, nearest to the frames left, keep the model's cost bounded.
         timed = _without_warm_up(timed[-MODEL_FRAMES:])
         self.frames_measured = len(timed)
-        self.measured_seconds = sum(d.render_seconds for d in timed)
+        self.measured_seconds: float = sum(d.seconds for d in timed)
         self._speeds: dict[int | None, float] = {}
         self._overheads, self._overhead = _overheads(timed)
         if not timed:
@@ -252,7 +259,7 @@ class CostModel:
             self._ratio_suffix_sums: list[float] = [0.0]
             return
         frames = [d.frame for d in timed]
-        trend = Trend.fit(frames, [d.render_seconds for d in timed])
+        trend = Trend.fit(frames, [d.seconds for d in timed])
         # Speeds come from the frames that fit the common pattern only. Heavy frames tend to fall to the same
         # worker again and again (it is busy with one while the others take the light ones, then takes the next
         # heavy one): counted, they would make that worker look slow.
@@ -262,9 +269,9 @@ class CostModel:
             if not speeds:
                 break
             self._speeds = speeds
-            trend = Trend.fit(frames, [d.render_seconds / speeds.get(d.worker_id, 1.0) for d in timed])
+            trend = Trend.fit(frames, [d.seconds / speeds.get(d.worker_id, 1.0) for d in timed])
         self.trend = trend
-        ratios = sorted(d.render_seconds / self.seconds(d.frame, d.worker_id) for d in timed)
+        ratios = sorted(d.seconds / self.seconds(d.frame, d.worker_id) for d in timed)
         # Evenly spaced order statistics stand for the rest, so a model of many frames stays small in the cache.
         if len(ratios) > RATIO_QUANTILES:
             ratios = [ratios[(2 * i + 1) * len(ratios) // (2 * RATIO_QUANTILES)] for i in range(RATIO_QUANTILES)]
@@ -309,26 +316,29 @@ class CostModel:
 def _without_warm_up(timed: list[DoneFrame]) -> list[DoneFrame]:
     """The frames without each worker's first one (by start time) while enough others remain: the first frame of a
     Blender session pays one-time costs (loading kernels, syncing the scene) that the frames left will not."""
-    first: dict[int | None, DoneFrame] = {}
+    first: dict[int | None, tuple[float, DoneFrame]] = {}  # worker -> (start, frame)
     for d in timed:
-        if d.started_at is not None and (d.worker_id not in first or d.started_at < first[d.worker_id].started_at):
-            first[d.worker_id] = d
+        if d.started_at is None:
+            continue
+        known = first.get(d.worker_id)
+        if known is None or d.started_at < known[0]:
+            first[d.worker_id] = (d.started_at, d)
     if len(timed) - len(first) < MIN_FRAMES_AFTER_WARM_UP:
         return timed
-    warm_up = {id(d) for d in first.values()}
+    warm_up = {id(d) for _, d in first.values()}
     return [d for d in timed if id(d) not in warm_up]
 
 
 def _overheads(timed: Sequence[DoneFrame]) -> tuple[dict[int | None, float], float]:
     """Each worker's median gap between the end of a frame and the start of its next one, and the task's."""
-    by_worker: dict[int | None, list[DoneFrame]] = {}
+    by_worker: dict[int | None, list[tuple[float, float]]] = {}  # worker -> (start, end) of its frames
     for d in timed:
         if d.started_at is not None and d.ended_at is not None:
-            by_worker.setdefault(d.worker_id, []).append(d)
+            by_worker.setdefault(d.worker_id, []).append((d.started_at, d.ended_at))
     gaps_by_worker: dict[int | None, list[float]] = {}
-    for worker_id, frames in by_worker.items():
-        frames.sort(key=lambda d: d.started_at)
-        gaps = [after.started_at - before.ended_at for before, after in itertools.pairwise(frames)]
+    for worker_id, spans in by_worker.items():
+        spans.sort(key=lambda span: span[0])
+        gaps = [after[0] - before[1] for before, after in itertools.pairwise(spans)]
         # A negative gap means clocks or times that do not add up; leave it out.
         gaps_by_worker[worker_id] = [g for g in gaps if g >= 0]
     every_gap = [g for gaps in gaps_by_worker.values() for g in gaps]
@@ -339,7 +349,7 @@ def _overheads(timed: Sequence[DoneFrame]) -> tuple[dict[int | None, float], flo
 
 def _typical(timed: Sequence[DoneFrame], trend: Trend) -> list[DoneFrame]:
     """The frames whose cost is within OUTLIER_SPREADS robust standard deviations of the trend (in logarithms)."""
-    offsets = [math.log(d.render_seconds / trend(d.frame)) for d in timed]
+    offsets = [math.log(d.seconds / trend(d.frame)) for d in timed]
     middle = _median(offsets)
     spread = _mad(offsets, middle)
     return [d for d, o in zip(timed, offsets, strict=True) if abs(o - middle) <= OUTLIER_SPREADS * spread]
@@ -352,7 +362,7 @@ def _speeds(timed: Sequence[DoneFrame], trend: Trend) -> dict[int | None, float]
     with fewer than MIN_FRAMES_FOR_SPEED frames counts as average. Empty when fewer than two workers qualify."""
     logs: dict[int | None, list[float]] = {}
     for d in timed:
-        logs.setdefault(d.worker_id, []).append(math.log(d.render_seconds / trend(d.frame)))
+        logs.setdefault(d.worker_id, []).append(math.log(d.seconds / trend(d.frame)))
     logs = {w: values for w, values in logs.items() if len(values) >= MIN_FRAMES_FOR_SPEED}
     if len(logs) < 2:
         return {}
@@ -455,7 +465,8 @@ class TaskEstimator:
         heap = [(free_in[w], i) for i, w in enumerate(workers)]
         heapq.heapify(heap)
         latest = max(free_in.values())
-        for frame, cost in zip(self._tail_frames, self._tail_costs):
+        # Without a trend there are no costs, and so no frames to deal.
+        for frame, cost in zip(self._tail_frames, self._tail_costs, strict=False):
             if frame in active_frames:
                 continue
             seconds, i = heap[0]

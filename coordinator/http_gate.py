@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
@@ -32,12 +32,7 @@ from werkzeug.routing import RequestRedirect
 from .auth import parse_bearer
 from .config import Config
 from .errors import BadRequest, PayloadTooLarge, RenderQError, RequestTimeout
-from .wsgi_bridge import WsgiPool
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from .wsgi_bridge import Message, Receive, Scope, Send, WsgiPool
 
 # The routes whose body is a file: the only ones that take more than the body limit.
 UPLOAD_ENDPOINTS = frozenset({"files.upload_blend", "files.upload_file", "tasks.upload_frame"})

@@ -53,6 +53,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ConnectionLimits
 
+    # Narrower than asyncio's BaseTransport, as in uvicorn's own protocol: a TCP server hands it a Transport.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0

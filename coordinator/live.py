@@ -257,5 +257,6 @@ def task_sections(scheduler: Scheduler, task_id: int, page: int = 0) -> Sections
         leased=task["progress"]["leased"],
         blocked=[{"worker": b["worker"], "failures": b["failures"]} for b in task["blocked_workers"]],
     )
-    return {"task": {"summary": summary, "statuses": page_statuses()}, "frames": {str(f["frame"]): frame_item(f) for f in frames},
+    return {"task": {"summary": summary, "statuses": page_statuses()},
+            "frames": {str(f["frame"]): frame_item(f) for f in frames},
             "latest": {str(f["frame"]): frame_item(f) for f in latest}}

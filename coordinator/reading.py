@@ -18,7 +18,7 @@ from .errors import BadRequest, NotFound
 from .store import Store
 
 if TYPE_CHECKING:
-    from .scheduler import Policy
+    from .policy import Policy
 
 Clock = Callable[[], float]
 

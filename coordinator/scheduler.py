@@ -18,6 +18,7 @@ from renderq.paths import collision_key
 
 from . import eta
 from .errors import BadRequest, Conflict, Forbidden, NotFound
+from .policy import Policy
 from .reading import FRAMES_PAGE, MAX_FRAMES_PAGE, FarmReader, no_worker_sentence
 from .store import OutputNameTaken, Store
 
@@ -36,32 +37,6 @@ TIMEOUT_MAX_SECONDS = 7 * 86400.0
 EXPIRY_INTERVAL = 1.0
 # Seconds an answer on how often idle workers should ask for work is reused: counting the live workers reads them all.
 POLL_ADVICE_INTERVAL = 5.0
-
-
-@dataclasses.dataclass
-class Policy:
-    """The scheduler's knobs. A field named as one of Config's comes from it (see from_config); Config's comments
-    say what each means."""
-
-    lease_seconds: float = 15.0
-    alive_timeout: float = 15.0
-    heartbeat_seconds: float = 2.0
-    frame_fail_workers: int = 3
-    bad_worker_failures: int = 3
-    frame_timeout: float = 0.0
-    no_progress_timeout: float = 600.0
-    # Idle workers are told to ask for work so that all of them together ask about this often a second, each at
-    # most every idle_poll_limits[1] and at least every idle_poll_limits[0] seconds. A new task waits for the first
-    # of them to ask, about 1 / idle_claims_per_second seconds whatever the farm's size, and a large idle farm does
-    # not flood the coordinator.
-    idle_claims_per_second: float = 50.0
-    idle_poll_limits: tuple[float, float] = (0.25, 30.0)
-
-    @classmethod
-    def from_config(cls, config: object) -> Policy:
-        """The policy of a coordinator's Config: every field Config also has is taken from it."""
-        return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)
-                      if hasattr(config, field.name)})
 
 
 @dataclasses.dataclass

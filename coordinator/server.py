@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(RENDERQ_UPLOAD_LIMIT, default 4G)")
     parser.add_argument("--disk-reserve", type=parse_size, help="free space to keep on the data dir's disk; uploads "
                         "that would eat into it get a 507 error (RENDERQ_DISK_RESERVE, default 1G)")
-    parser.add_argument("--http-threads", type=int, help="threads serving HTTP requests (RENDERQ_HTTP_THREADS, default 16)")
+    parser.add_argument("--http-threads", type=int,
+                        help="threads serving HTTP requests (RENDERQ_HTTP_THREADS, default 16)")
     parser.add_argument("--max-task-frames", type=int, help="most frames one task may have; a larger submit gets "
                         "a 413 error. Well below a million: every frame is a database row the coordinator builds, "
                         "keeps and reports (RENDERQ_MAX_TASK_FRAMES, default 100000)")
@@ -122,7 +123,8 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     fields = ("host", "port", "data_dir", "public_url", "poll_interval", "alive_timeout",
               "heartbeat_seconds", "frame_fail_workers", "bad_worker_failures",
-              "frame_timeout", "no_progress_timeout", "upload_limit", "disk_reserve", "http_threads", "open_status", "auth", "insecure",
+              "frame_timeout", "no_progress_timeout", "upload_limit", "disk_reserve", "http_threads", "open_status",
+              "auth", "insecure",
               "max_task_frames", "max_settings_bytes", "max_missing_assets", "max_log_chunk",
               "orphan_grace", *HTTP_FIELDS)
     try:
@@ -329,7 +331,7 @@ def _reap_leases(scheduler, stop: threading.Event, sweeper: OrphanSweeper) -> No
                 log.info("requeued %d frame(s) whose worker stopped reporting", expired)
             # Here rather than in whichever request's commit fills the WAL (see Store.checkpoint_in_background).
             scheduler.store.checkpoint()
-        except Exception as error:  # a busy or full database must not kill the reaper; the next round retries
+        except Exception as error:  # noqa: BLE001 - a busy or full database must not kill the reaper; next round retries
             if not writes_failed:
                 log.error("lease reaper failed: %s", error)
             writes_failed = True

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from a2wsgi.wsgi import Body, build_environ
+from a2wsgi.wsgi_typing import Environ
 
+# ASGI's messages and callables, as the gate (http_gate.py) and this bridge pass them.
+Scope = dict[str, Any]
 Message = dict[str, Any]
-Send = Callable[[Message], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+# A coroutine, not any awaitable: a thread hands it to the loop with run_coroutine_threadsafe.
+Send = Callable[[Message], Coroutine[Any, Any, None]]
 
 WHOLE_ANSWER = 256 * 1024
 STREAM_PART = 256 * 1024
@@ -53,8 +58,9 @@ class WsgiPool:
         self.app = app
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Message]], send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
+        # The gate passes ASGI's scope and messages as plain dicts; a2wsgi types them as TypedDicts of the same shape.
         environ = build_environ(scope, Body(loop, receive))  # type: ignore[arg-type]
         answer = await loop.run_in_executor(self.executor, self._run, environ, loop, send)
         if not answer.streamed:
@@ -65,7 +71,7 @@ class WsgiPool:
         """Drop the requests still queued; the running ones finish on their own."""
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def _run(self, environ: dict[str, Any], loop: asyncio.AbstractEventLoop, send: Send) -> _Answer:
+    def _run(self, environ: Environ, loop: asyncio.AbstractEventLoop, send: Send) -> _Answer:
         """In a thread: run the view and gather its answer, or stream it when it grows too large."""
         answer = _Answer()
 

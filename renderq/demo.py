@@ -128,7 +128,7 @@ def wait_for_coordinator(client: CoordinatorClient, coordinator: Child) -> None:
             if time.monotonic() > deadline:
                 raise DemoError(
                     f"the coordinator did not answer within {START_TIMEOUT:g} s; see {coordinator.log_path}"
-                )
+                ) from None
             time.sleep(0.2)
 
 

@@ -48,32 +48,36 @@ def fetch_done_frames(client: CoordinatorClient, task: dict, dest_dir: str,
     for index, frame in enumerate(done, start=1):
         if on_frame is not None:
             on_frame(index, len(done))
-        number, name = frame.frame, frame.output
-        problem = _name_problem(name, saved)
-        if problem:
+        number = frame.frame
+        name, problem = _checked_name(frame.output, saved)
+        if name is None:
             fetched.skipped.append((number, problem))
             continue
         saved[collision_key(name)] = (number, name)
-        path = _save(client, task["task_id"], frame, dest_dir, fetched)
+        path = _save(client, task["task_id"], frame, name, dest_dir, fetched)
         if path:
             fetched.paths.append(path)
     return fetched
 
 
-def _name_problem(name: object, saved: dict[str, tuple[int, str]]) -> str | None:
+def _checked_name(name: object, saved: dict[str, tuple[int, str]]) -> tuple[str | None, str]:
+    """(the name, "") when the frame can be saved under it; else (None, why not)."""
     try:
-        check_file_name(name)
+        checked = check_file_name(name)
     except ValueError as error:
-        return str(error)
-    other = saved.get(collision_key(name))
+        return None, str(error)
+    other = saved.get(collision_key(checked))
     if other is not None:
-        return f"its file name {name!r} would be the same file as frame {other[0]}'s {other[1]!r} on Windows or macOS"
-    return None
+        return None, (f"its file name {name!r} would be the same file as frame {other[0]}'s {other[1]!r} on Windows "
+                      "or macOS")
+    return checked, ""
 
 
-def _save(client: CoordinatorClient, task_id: int, frame: Frame, dest_dir: str, fetched: FetchedFrames) -> str | None:
-    """The frame's path in `dest_dir` once it is there, or None when it was skipped (noted in `fetched`)."""
-    number, name, expected = frame.frame, frame.output, frame.output_sha256
+def _save(client: CoordinatorClient, task_id: int, frame: Frame, name: str, dest_dir: str,
+          fetched: FetchedFrames) -> str | None:
+    """The frame's path in `dest_dir` under its checked `name` once it is there, or None when it was skipped (noted
+    in `fetched`)."""
+    number, expected = frame.frame, frame.output_sha256
     existing = os.path.join(dest_dir, name)
     # A link is never read through nor kept: download_frame refuses to write there.
     if expected and not os.path.islink(existing) and os.path.isfile(existing) and file_sha256(existing) == expected:

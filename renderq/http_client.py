@@ -13,7 +13,7 @@ import os
 import socket
 import tempfile
 import urllib.parse
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, TypeGuard
 
 from renderq.paths import is_safe_file_name
 
@@ -53,7 +53,7 @@ class CoordinatorUnreachable(CoordinatorError):
         self.reason = reason
 
 
-def safe_file_name(name: str | None) -> bool:
+def safe_file_name(name: str | None) -> TypeGuard[str]:
     """Tell whether `name` is a plain file name that cannot escape the directory it is written into and means the
     same file on every system (the shared rule of renderq.paths)."""
     return is_safe_file_name(name)

@@ -144,7 +144,7 @@ class _Record:
         defaulted; ValueError when a required one is missing or the mapping is no mapping."""
         if not isinstance(mapping, Mapping):
             raise ValueError(f"a {cls.__name__} must be an object, not {type(mapping).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+        known = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]  # cls is a dataclass; mypy types it as the base
         unknown = sorted(key for key in mapping if key not in known)
         if unknown:
             log.debug("%s: ignoring unknown keys %s", cls.__name__, ", ".join(map(str, unknown)))

@@ -67,7 +67,7 @@ def read_blend_version(path: str) -> str:
     """
     try:
         return blend_header.read_blend_version(path)
-    except Exception as error:  # noqa: BLE001 - zstandard raises its own ZstdError on a damaged stream
+    except Exception as error:  # zstandard raises its own ZstdError on a damaged stream
         message = str(error)
         if isinstance(error, ValueError) and message.endswith("is not a .blend file"):
             raise
@@ -319,7 +319,9 @@ def pack_project(
         # The coordinator and every worker refuse such a tree: say so before hashing and uploading it.
         check_path_set(check_relative_path(path) for path in attempt.placed)
     except ValueError as error:
-        raise PackError(f"the project cannot be rendered on every worker ({error}); rename that file or folder") from None
+        raise PackError(
+            f"the project cannot be rendered on every worker ({error}); rename that file or folder"
+        ) from None
     # Copied files are their own sources; a rewritten .blend's bytes come from a .blend BAT found as a dependency.
     # The main file is the artist's own choice and is not judged.
     copied = {source for tree_path, source in attempt.placed.items() if tree_path not in attempt.rewritten}
@@ -399,7 +401,8 @@ def _pack_once(
     # trace an edited file from stale data.
     blendfile.close_all_cached()
     try:
-        with _NoCopyPacker(blend, root, str(staging)) as packer:
+        packer = _NoCopyPacker(blend, root, str(staging))  # not `as`: BAT's __enter__ is typed as returning Packer
+        with packer:
             packer.progress_cb = relay
             packer.strategise()
             packer.execute()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable
+from typing import TypeGuard
 
 __all__ = ["MAX_COMPONENT_BYTES", "MAX_PATH_BYTES", "check_file_name", "check_path_set", "check_relative_path",
            "collision_key", "invisible_character", "is_safe_file_name"]
@@ -96,7 +97,7 @@ def check_file_name(name: object) -> str:
         raise ValueError(str(error).replace("the path ", "the file name ", 1)) from None
 
 
-def is_safe_file_name(name: object) -> bool:
+def is_safe_file_name(name: object) -> TypeGuard[str]:
     """True when `name` passes check_file_name."""
     try:
         check_file_name(name)

@@ -161,7 +161,7 @@ def spawn_tied(command: list[str], system: str = SYSTEM, **popen_args: Any) -> s
             _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="child-spawner")
         spawner = _spawner
     preexec = _die_with_parent(os.getpid())
-    return spawner.submit(subprocess.Popen, command, preexec_fn=preexec, **popen_args).result()
+    return spawner.submit(lambda: subprocess.Popen(command, preexec_fn=preexec, **popen_args)).result()
 
 
 def interrupt_child(proc: subprocess.Popen, system: str = SYSTEM) -> None:

@@ -111,17 +111,13 @@ def format_time(timestamp: float | None) -> str:
 
 def format_frame_list(frames: Sequence[int]) -> str:
     """[1, 2, 3, 7, 9, 10] -> '1-3, 7, 9-10'."""
-    ordered = sorted(set(frames))
-    parts: list[str] = []
-    start = previous = None
-    for frame in ordered + [None]:  # the None closes the last run
-        if start is not None and frame is not None and frame == previous + 1:
-            previous = frame
-            continue
-        if start is not None:
-            parts.append(str(start) if start == previous else f"{start}-{previous}")
-        start = previous = frame
-    return ", ".join(parts)
+    runs: list[list[int]] = []  # [first, last] of each run of consecutive frames
+    for frame in sorted(set(frames)):
+        if runs and frame == runs[-1][1] + 1:
+            runs[-1][1] = frame
+        else:
+            runs.append([frame, frame])
+    return ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> str:

@@ -1,8 +1,8 @@
 """How every RenderQ program reads its settings: a flag, else a RENDERQ_* environment variable, else the default.
 
 The coordinator (coordinator/config.py) and the worker (worker/command_line.py) both read their variables through
-env_value, with the parsers below (sizes: renderq.units), so a variable means the same thing and is refused with the same sentence
-everywhere. Standard library only: the add-on and the kernel use it too.
+env_value, with the parsers below (sizes: renderq.units), so a variable means the same thing and is refused with the
+same sentence everywhere. Standard library only: the add-on and the kernel use it too.
 """
 
 from __future__ import annotations

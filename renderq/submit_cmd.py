@@ -88,7 +88,8 @@ def frames_to_submit(blend: Path, args: argparse.Namespace) -> tuple[int, int, i
     try:
         blender = find_blender()
     except BlenderNotFoundError as error:
-        raise UsageError(f"cannot read the frame range without Blender; give --frames (e.g. --frames 1-250): {error}")
+        raise UsageError(f"cannot read the frame range without Blender; give --frames (e.g. --frames 1-250): "
+                         f"{error}") from None
     found = read_frame_range(str(blend), blender)
     if found is None:
         raise UsageError(f"Blender could not read the frame range of {blend}; give --frames (e.g. --frames 1-250)")

@@ -37,12 +37,11 @@ def format_bytes(size: float) -> str:
     value = float(size)
     if abs(value) < 1024:
         return f"{value:.0f} B"
-    unit = _BYTE_UNITS[0]
-    for unit in _BYTE_UNITS:
+    for unit in _BYTE_UNITS[:-1]:
         value /= 1024
         if abs(value) < 1024:
-            break
-    return f"{value:.1f} {unit}"
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} {_BYTE_UNITS[-1]}"
 
 
 def format_duration(seconds: float | None) -> str:

@@ -44,7 +44,8 @@ def make_project(
     Keys: root, project (the project folder), main, library, wood, outside, prop (absolute paths).
     `texture_color` is wood.png's colour (0-1 per channel); `compress` saves main.blend compressed (zstd in
     Blender 3.x); `library_outside` puts the library outside the project folder and its texture inside it;
-    `library_absolute` links the library by its absolute path; `extras` adds an image sequence, an absolute path and a sound (keys sequence, absolute, sound).
+    `library_absolute` links the library by its absolute path; `extras` adds an image sequence, an absolute path
+    and a sound (keys sequence, absolute, sound).
     """
     root = os.path.abspath(root)
     command = [

@@ -80,7 +80,8 @@ CASES = {
     "task name with slash": lambda s: ("POST", "/submit_task", submit_body(s, name="a/b"), None, 400),
     "task name with dotdot": lambda s: ("POST", "/submit_task", submit_body(s, name="..x"), None, 400),
     "task name with NUL": lambda s: ("POST", "/submit_task", submit_body(s, name="a\0b"), None, 400),
-    "task name with a bidi override": lambda s: ("POST", "/submit_task", submit_body(s, name="gnp.\u202eexe"), None, 400),
+    "task name with a bidi override":
+        lambda s: ("POST", "/submit_task", submit_body(s, name="gnp.\u202eexe"), None, 400),
     "task name with an escape": lambda s: ("POST", "/submit_task", submit_body(s, name="a\x1b[2Jb"), None, 400),
     "worker name with DEL": lambda s: ("POST", "/register_worker", {"name": "a\x7f"}, None, 400),
     "worker list not names": lambda s: ("POST", "/submit_task", submit_body(s, workers="node"), None, 400),

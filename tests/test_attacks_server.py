@@ -53,7 +53,7 @@ def guarded(tmp_path_factory):
                       env={"TMPDIR": temp_dir, "RENDERQ_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
                            "RENDERQ_BODY_TIMEOUT": str(BODY_TIMEOUT),
                            "RENDERQ_TRANSFER_IDLE_TIMEOUT": str(IDLE_TIMEOUT)})
-    farm.temp_dir = temp_dir  # type: ignore[attr-defined]
+    farm.temp_dir = temp_dir  # type: ignore[attr-defined]  # the TMPDIR the tests check stays empty
     yield farm
     farm.stop()
 

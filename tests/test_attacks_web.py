@@ -138,7 +138,7 @@ def test_the_browser_stays_on_the_coordinator_after_logging_in(farm):
             browser.close()
 
 
-# -- owners that pass for a role -----------------------------------------------------------------------------------------
+# -- owners that pass for a role ---------------------------------------------------------------------------------------
 
 
 def run_coordinator(data_dir: str, *flags: str) -> subprocess.CompletedProcess:
@@ -205,7 +205,7 @@ def test_an_old_database_gets_role_qualified_owners(farm):
     assert farm.api.task(bobs)["owner"] == "artist:bob"
 
 
-# -- cross-site changes to a coordinator without tokens ------------------------------------------------------------------
+# -- cross-site changes to a coordinator without tokens ----------------------------------------------------------------
 
 
 def test_no_auth_refuses_changes_from_other_sites(farm):
@@ -286,7 +286,7 @@ def test_a_web_page_cannot_change_a_coordinator_without_tokens(farm):
     assert task["status"] == "queued" and task["files_deleted"] is False
 
 
-# -- what `renderq` prints -----------------------------------------------------------------------------------------------
+# -- what `renderq` prints ---------------------------------------------------------------------------------------------
 
 HOSTILE_LABEL = "\x1b]0;owned\x07\x1b[2J\x1b[31mboss\u202eevil\x9b1m\x7f"
 HOSTILE_ERROR = "\x1b[1A\x1b[2Kframe 1 done\r\x1b]8;;http://evil.example\x07click\x1b]8;;\x07\nsecond line \x85"
@@ -357,7 +357,7 @@ def test_printable_leaves_text_and_drops_what_a_terminal_would_act_on():
     assert not TERMINAL_CONTROLS.search(format_table(["A"], [["x\x1b[2Jy\x9b"], ["z\u202e"]]))
 
 
-# -- sessions that outlive their logout ----------------------------------------------------------------------------------
+# -- sessions that outlive their logout --------------------------------------------------------------------------------
 
 
 def test_logout_ends_the_session_for_every_copy_of_its_cookie(farm):

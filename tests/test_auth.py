@@ -163,7 +163,8 @@ def test_an_artist_cancels_only_their_own_tasks(app, client, stranger, farm_stat
     # Admin-only controls stay refused to artists, even on their own tasks.
     mine = submit(alice)
     for path in ("/pause_task", "/set_task_priority", "/retry_failed_frames"):
-        answer = stranger.post(path, json={"task_id": mine, "priority": 3}, headers={"Authorization": f"Bearer {alice}"})
+        answer = stranger.post(path, json={"task_id": mine, "priority": 3},
+                               headers={"Authorization": f"Bearer {alice}"})
         assert answer.status_code == 403
 
 

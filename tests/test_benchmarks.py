@@ -130,7 +130,8 @@ def test_quick_suite_runs_every_benchmark_and_reports_each(tmp_path):
     assert "**Quick mode**" in text
     runs = text.split("## Runs", 1)[1]
     for name in names:
-        assert re.search(rf"^\| {re.escape(name)} \| passed \|", runs, re.MULTILINE), f"no passed run of {name}:\n{text}"
+        passed_row = rf"^\| {re.escape(name)} \| passed \|"
+        assert re.search(passed_row, runs, re.MULTILINE), f"no passed run of {name}:\n{text}"
     data = json.loads(re.search(r"<!-- renderq-benchmark-data\n(.*?)\n-->", text, re.DOTALL)[1])
     assert sorted(entry["name"] for entry in data) == sorted(names)
     # Quick figures never replace the real ones.

@@ -43,7 +43,7 @@ def run_python(code: str) -> subprocess.Popen:
                             env={**os.environ, "PYTHONPATH": ROOT})
 
 
-# -- file locks ---------------------------------------------------------------------------------------------------------
+# -- file locks ----------------------------------------------------------------------------------------------------
 
 
 def test_a_lock_file_keeps_out_another_process_until_it_is_closed(tmp_path):
@@ -67,7 +67,7 @@ def test_a_lock_held_elsewhere_is_reported_as_lock_held(tmp_path):
     held.close()
 
 
-# -- hard links -----------------------------------------------------------------------------------------------------------
+# -- hard links ----------------------------------------------------------------------------------------------------
 
 
 def test_link_or_copy_links_where_it_can(tmp_path):
@@ -103,7 +103,7 @@ def test_link_or_copy_never_builds_over_a_file_or_through_a_link(tmp_path, link)
     assert outside.read_bytes() == b"keep"
 
 
-# -- child processes ----------------------------------------------------------------------------------------------------
+# -- child processes -----------------------------------------------------------------------------------------------
 
 PARENT = """
 import sys, time
@@ -172,7 +172,7 @@ def test_the_windows_branch_signals_the_child_itself():
         child.stdout.close()
 
 
-# -- the programs that use them -----------------------------------------------------------------------------------------
+# -- the programs that use them ------------------------------------------------------------------------------------
 
 
 def test_a_second_worker_on_the_same_work_dir_refuses_to_start(farm):

@@ -276,7 +276,8 @@ def test_scripts_in_names_and_logs_are_shown_as_text(farm, browser):
                                              "frame_start": 1, "frame_end": 2})["task_id"]
     farm.api.post("/register_worker", {"name": "<b onmouseover=alert(3)>w", "host": "<script>alert(4)</script>",
                                        "blender_version": "3.4.1", "cpu_count": 2})
-    farm.api.post("/append_log", {"task_id": task_id, "text": "<script>alert(5)</script><img src=x onerror=alert(6)>\n"})
+    hostile_log = "<script>alert(5)</script><img src=x onerror=alert(6)>\n"
+    farm.api.post("/append_log", {"task_id": task_id, "text": hostile_log})
     page = Page(browser, farm)
     try:
         page.log_in()

@@ -179,6 +179,13 @@ class WorkerAgent:
         with self._lock:
             return self._enabled
 
+    @property
+    def _registered_id(self) -> int:
+        """This worker's id, for the calls that only come after registering."""
+        if self.worker_id is None:
+            raise RuntimeError("the worker called the coordinator before it registered")
+        return self.worker_id
+
     def held_leases(self) -> list[str]:
         """The lease ids this worker holds right now (what the heartbeat renews)."""
         with self._lock:
@@ -228,7 +235,7 @@ class WorkerAgent:
             # Locks may be held by the very code this handler interrupted: hand the work to a thread.
             threading.Thread(target=self.request_stop, name="stop", daemon=True).start()
 
-        previous = {}
+        previous: dict[int, Any] = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, on_signal)
         return previous
@@ -307,7 +314,7 @@ class WorkerAgent:
         try:
             answer = self._retry(
                 "claim a frame",
-                lambda: self.client.claim_frame(self.worker_id, prefer_task_id=self._session_task_id),
+                lambda: self.client.claim_frame(self._registered_id, prefer_task_id=self._session_task_id),
                 give_up=self._stop.is_set,
             )
         except GaveUp:
@@ -549,7 +556,7 @@ class WorkerAgent:
                 frame_timeout=lease.frame_timeout,
                 no_progress_timeout=lease.no_progress_timeout,
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed session fails this frame only; the agent goes on
             log.error("%s: Blender session failed: %s", lease, exc)
             result = FrameResult.failure(lease.frame, str(exc))
         finally:
@@ -570,7 +577,7 @@ class WorkerAgent:
             self._retry(
                 f"report {lease} rendering",
                 lambda: self.client.update_frame(
-                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, "rendering", started_at=wall_time
+                    self._registered_id, lease.task_id, lease.frame, lease.lease_id, "rendering", started_at=wall_time
                 ),
                 give_up=lambda: lease.finished.is_set() or lease.revoked or self._stop.is_set(),
             )
@@ -595,7 +602,7 @@ class WorkerAgent:
             if self._prefetched is not None:
                 return
         try:
-            answer = self.client.claim_frame(self.worker_id, prefer_task_id=current.task_id)
+            answer = self.client.claim_frame(self._registered_id, prefer_task_id=current.task_id)
         except CoordinatorError as exc:
             log.debug("prefetch claim failed: %s", exc)
             return
@@ -660,7 +667,7 @@ class WorkerAgent:
             self._retry(
                 f"upload {lease}",
                 lambda: self.client.upload_frame(
-                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, path, filename
+                    self._registered_id, lease.task_id, lease.frame, lease.lease_id, path, filename
                 ),
                 give_up=give_up,
             )
@@ -677,7 +684,7 @@ class WorkerAgent:
             self._retry(
                 f"report {lease} done",
                 lambda: self.client.update_frame(
-                    self.worker_id,
+                    self._registered_id,
                     lease.task_id,
                     lease.frame,
                     lease.lease_id,
@@ -707,7 +714,8 @@ class WorkerAgent:
             self._retry(
                 f"report {lease} failed",
                 lambda: self.client.update_frame(
-                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, "failed", error=error, log_tail=tail
+                    self._registered_id, lease.task_id, lease.frame, lease.lease_id, "failed", error=error,
+                    log_tail=tail,
                 ),
                 give_up=lambda: lease.revoked or self._stop.is_set(),
             )
@@ -738,7 +746,7 @@ class WorkerAgent:
             self._retry(
                 f"give back {lease}",
                 lambda: self.client.update_frame(
-                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, "released", **fields
+                    self._registered_id, lease.task_id, lease.frame, lease.lease_id, "released", **fields
                 ),
                 give_up=lambda: lease.revoked or time.monotonic() >= deadline,
             )
@@ -835,7 +843,7 @@ class WorkerAgent:
         """Renew the held leases; act on revoked leases and on the ON/OFF switch."""
         leases = self.held_leases()
         try:
-            answer = self.client.update_worker(self.worker_id, leases)
+            answer = self.client.update_worker(self._registered_id, leases)
         except CoordinatorError as exc:
             if not self._heartbeat_failing:
                 log.warning("heartbeat failed: %s", exc)
@@ -887,7 +895,7 @@ class WorkerAgent:
             self._prefetched = None
 
     def _send_log(self, task_id: int, text: str) -> None:
-        self.client.append_log(task_id, self.worker_id, text)
+        self.client.append_log(task_id, self._registered_id, text)
 
     # -- shutdown -----------------------------------------------------------------------------------------------
 

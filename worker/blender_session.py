@@ -321,7 +321,7 @@ class BlenderSession:
                 try:
                     message = self._events.get(timeout=0.25)
                 except queue.Empty:
-                    if self._proc.poll() is None:
+                    if self._exit_code() is None:
                         continue
                     message = {"type": "_closed"}
                 last_event = time.monotonic()
@@ -366,7 +366,7 @@ class BlenderSession:
                 elif timed_out is not None:
                     error = timed_out
                 elif finished is None:
-                    error = f"Blender {_describe_exit(self._proc.poll())} while rendering frame {frame}"
+                    error = f"Blender {_describe_exit(self._exit_code())} while rendering frame {frame}"
                 elif finished.get("error"):
                     error = f"Render error: {_plain_render_error(str(finished['error']))}"
                 elif written_path is not None:
@@ -475,7 +475,7 @@ class BlenderSession:
         while True:
             if self._aborted.is_set():
                 raise SessionError("Blender's start was aborted")
-            code = self._proc.poll()
+            code = self._exit_code()
             if code is not None:
                 self._wait_log(lambda: self._log_eof, 3.0)
                 raise SessionError(
@@ -577,6 +577,10 @@ class BlenderSession:
         )
         values.update(fields)
         return FrameResult(frame=frame, log_tail=self._log_tail(log_start), **values)
+
+    def _exit_code(self) -> int | None:
+        """Blender's exit status; None while it runs (or before it was started)."""
+        return self._proc.poll() if self._proc is not None else None
 
     def _not_running_reason(self) -> str:
         if self._proc is None:

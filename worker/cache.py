@@ -23,6 +23,7 @@ cached file).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -130,11 +131,12 @@ def normalize_manifest(files: Iterable[Mapping[str, Any] | TreeFile], main_file:
     sizes: dict[str, int] = {}
     for item in files:
         if isinstance(item, TreeFile):
-            raw_path, raw_sha, raw_size = item.path, item.sha256, item.size
+            raw: tuple[object, object, object] = (item.path, item.sha256, item.size)
         elif isinstance(item, Mapping):
-            raw_path, raw_sha, raw_size = item.get("path"), item.get("sha256"), item.get("size")
+            raw = (item.get("path"), item.get("sha256"), item.get("size"))
         else:
             raise CacheError(f"{item!r} is not a manifest entry")
+        raw_path, raw_sha, raw_size = raw
         path = check_tree_path(raw_path)
         sha256 = _check_sha256(raw_sha)
         size = None
@@ -414,7 +416,7 @@ class BlendCache:
             )
         total_bytes = downloaded_bytes = 0
         for sha256, size in sizes.items():
-            path = self.fetch(sha256, lambda dest, sha256=sha256: download(sha256, dest), size)
+            path = self.fetch(sha256, functools.partial(download, sha256), size)
             file_size = os.path.getsize(path)
             total_bytes += file_size
             if sha256 in missing:
@@ -444,9 +446,11 @@ class BlendCache:
         except FileExistsError:
             info = os.lstat(folder)
             if stat.S_ISLNK(info.st_mode):
-                raise CacheError(f"the folder of task {task_id} is a symbolic link; refusing to follow it")
+                raise CacheError(f"the folder of task {task_id} is a symbolic link; refusing to follow it") from None
             if not stat.S_ISDIR(info.st_mode) or os.listdir(folder):
-                raise CacheError(f"the folder of task {task_id} already holds files; refusing to build over them")
+                raise CacheError(
+                    f"the folder of task {task_id} already holds files; refusing to build over them"
+                ) from None
         made = {""}
         for path in sorted(tree):
             parts = path.split("/")

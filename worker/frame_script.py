@@ -97,13 +97,13 @@ class FrameState:
 
     def __init__(self, frame: int) -> None:
         self.frame = frame
-        self.started_monotonic = None
-        self.written_path = None
+        self.started_monotonic: float | None = None
+        self.written_path: str | None = None
         self.canceled = False
 
 
-channel = None
-current = None
+channel: Channel  # opened by main() before any handler is registered
+current: FrameState | None = None
 
 
 def expected_path(scene: bpy.types.Scene, frame: int) -> str:
@@ -118,7 +118,7 @@ def on_render_pre(scene, *_args) -> None:
         if current is not None and current.started_monotonic is None:
             current.started_monotonic = time.monotonic()
             channel.send("started", frame=current.frame, time=time.time())
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - a handler reports only; it must never raise into Blender
         print(f"renderq: render_pre handler failed: {error}", flush=True)
 
 
@@ -131,7 +131,7 @@ def on_render_write(scene, *_args) -> None:
             current.written_path = path
             seconds = now_monotonic - current.started_monotonic if current.started_monotonic is not None else None
             channel.send("written", frame=current.frame, path=path, time=now_wall, render_seconds=seconds)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - a handler reports only; it must never raise into Blender
         print(f"renderq: render_write handler failed: {error}", flush=True)
 
 
@@ -141,7 +141,7 @@ def on_render_cancel(scene, *_args) -> None:
         if current is not None:
             current.canceled = True
             channel.send("canceled", frame=current.frame, time=time.time())
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - a handler reports only; it must never raise into Blender
         print(f"renderq: render_cancel handler failed: {error}", flush=True)
 
 
@@ -255,7 +255,7 @@ def render_frame(scene: bpy.types.Scene, frame: int, frame_set: bool = True) -> 
         bpy.ops.render.render(animation=True)
     except RuntimeError as exc:
         error = str(exc).strip() or "the render operator failed"
-    except Exception as exc:  # never let one frame end the session
+    except Exception as exc:  # noqa: BLE001 - one frame's failure must never end the session
         error = f"{type(exc).__name__}: {exc}"
     state, current = current, None
     ok = error is None and state.written_path is not None and os.path.isfile(state.written_path)

@@ -42,6 +42,8 @@ coordinator errors) are reported by the job and also
 land in `state.last_error()`.
 """
 
+from . import vendored
+
 # Blender 3.x reads this literal; extensions (4.2+) read blender_manifest.toml. build_addon.py checks both versions
 # against pyproject.toml.
 bl_info = {
@@ -57,11 +59,10 @@ bl_info = {
 VERSION: tuple[int, ...] = bl_info["version"]
 
 # The bundled modules must be importable before the other modules import them, hence this side effect at import.
-from . import vendored
-
 vendored.load()
 
-from . import client, jobs, monitor, notify, ops, prefs, props, state, submit, ui  # noqa: F401
+# After load(), and all of them: scripts reach them as attributes of the package (jobs.drain, state.last_error).
+from . import client, jobs, monitor, notify, ops, prefs, props, state, submit, ui  # noqa: E402, F401 - see above
 
 state.ADDON_VERSION = VERSION
 

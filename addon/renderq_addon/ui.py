@@ -54,7 +54,7 @@ class _SafePanel:
                 traceback.print_exc()
             try:
                 self.layout.label(text="RenderQ could not draw this panel; see the console", icon="ERROR")
-            except Exception:  # noqa: BLE001, S110 - the traceback is printed above; nothing more can be drawn
+            except Exception:  # noqa: BLE001 - the traceback is printed above; nothing more can be drawn
                 pass
 
     def draw_body(self, context: bpy.types.Context) -> None:

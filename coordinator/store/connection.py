@@ -84,7 +84,7 @@ class StoreConnection:
                 db.execute("BEGIN IMMEDIATE")
                 batch.begin(db)
             else:
-                db = batch.db
+                db = batch.connection
                 db.execute("SAVEPOINT write")
             batch.writes += 1
             number = batch.number
@@ -134,11 +134,11 @@ class StoreConnection:
         number = batch.number
         error: BaseException | None = None
         try:
-            batch.db.execute(statement)
+            batch.connection.execute(statement)
         except BaseException as problem:  # noqa: BLE001 - every writer in the batch is told, below
             error = problem
             with contextlib.suppress(sqlite3.Error):
-                batch.db.execute("ROLLBACK")
+                batch.connection.execute("ROLLBACK")
         batch.end()
         with self._committed:
             self._committed_batch = number
@@ -223,6 +223,13 @@ class _Batch:
     @property
     def open(self) -> bool:
         return self.db is not None
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The open batch's connection; only asked for while a batch is open."""
+        if self.db is None:
+            raise RuntimeError("no write batch is open")
+        return self.db
 
     def begin(self, db: sqlite3.Connection) -> None:
         self.db = db

@@ -45,6 +45,7 @@ class TaskQueries(StoreConnection):
                 "INSERT OR IGNORE INTO task_workers (task_id, worker_name) VALUES (?, ?)",
                 ((task_id, name) for name in worker_names),
             )
+            assert task_id is not None, "an INSERT sets lastrowid"
             return task_id
 
     def get_task(self, task_id: int, detail: bool = False) -> dict | None:

@@ -113,7 +113,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hang-print-seconds", type=float, default=0.0,
                         help="while hanging, print a line this often (0: stay silent)")
     parser.add_argument("--frame-samples", default="",
-                        help="comma-separated Cycles samples of frames 1, 2, ...: keyed per frame, so frame cost varies")
+                        help="comma-separated Cycles samples of frames 1, 2, ...: keyed per frame, so frame cost "
+                             "varies")
     return parser.parse_args(argv)
 
 

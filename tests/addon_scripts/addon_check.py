@@ -67,7 +67,8 @@ def drain_all(timeout: float = DRAIN_TIMEOUT) -> None:
 
     deadline = time.monotonic() + timeout
     while not jobs.drain(0.5):
-        assert time.monotonic() < deadline, f"background jobs still running after {timeout:.0f} s: {jobs.running_keys()}"
+        still_running = jobs.running_keys()
+        assert time.monotonic() < deadline, f"background jobs still running after {timeout:.0f} s: {still_running}"
 
 
 def refused(operator) -> str:

@@ -109,7 +109,7 @@ def run(main: Any) -> None:
     """Run `main`, and make any error the process's exit status (a bpy script would otherwise just go on)."""
     try:
         main()
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - any failure, SystemExit too, must become the exit status
         import traceback
 
         traceback.print_exc()

@@ -12,9 +12,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bpy  # noqa: E402
+import bpy
 
-import common  # noqa: E402
+import common
 
 
 def main() -> None:

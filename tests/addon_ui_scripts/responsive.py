@@ -18,9 +18,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bpy  # noqa: E402
+import bpy
 
-import common  # noqa: E402
+import common
 
 OPERATORS = ("submit", "test_connection", "refresh_workers")
 connects: list[dict[str, Any]] = []
@@ -37,7 +37,7 @@ def watch_connects(port: int) -> None:
                              "at": time.monotonic()})
         return original(self, address)
 
-    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.socket.connect = connect  # type: ignore[method-assign]  # on purpose: it records who connects
 
 
 def main() -> None:

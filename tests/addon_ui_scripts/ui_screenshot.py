@@ -22,9 +22,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bpy  # noqa: E402
+import bpy
 
-import common  # noqa: E402
+import common
 
 # Seconds the interface gets to settle and draw between steps.
 SETTLE = 1.0
@@ -174,8 +174,7 @@ def start(out_dir: str, worker: str, wait: float) -> None:
             return next(scenario)
         except StopIteration:
             return None
-        except BaseException:
-            # A failing step must end Blender with an error, not leave the interface open until the test's timeout.
+        except BaseException:  # noqa: BLE001 - a failing step must end Blender, not leave it open until the timeout
             traceback.print_exc()
             sys.stdout.flush()
             sys.stderr.flush()
