@@ -20,6 +20,8 @@ from renderq.http_client import (
     CoordinatorClient,
     CoordinatorError,
     CoordinatorUnreachable,
+    Invalid,
+    TooLarge,
 )
 from renderq.progress import ProgressLine, bar, format_bytes, printable
 from renderq.task_view import download_done_frames, report_outcome, wait_for_task
@@ -293,9 +295,10 @@ def upload_missing_files(client: CoordinatorClient, packed: PackResult, line: Pr
         except CoordinatorError as error:
             if show:
                 line.finish()
-            hint = " (did it change while it was being uploaded?)" if error.status == 400 else ""
+            changed = isinstance(error, Invalid) and not isinstance(error, TooLarge)  # the hash did not match
+            hint = " (did it change while it was being uploaded?)" if changed else ""
             message = f"could not upload {packed_file.path}: {error.message}{hint}"
-            raise CoordinatorError(error.status, message) from None
+            raise type(error)(error.status, message) from None
         sent_before += packed_file.size
     if show:
         line.finish()

@@ -103,8 +103,10 @@ def test_json_call_sends_body_and_returns_answer(stub: StubServer) -> None:
 def test_query_parameters_skip_none(stub: StubServer) -> None:
     stub.routes[("GET", "/get_task")] = lambda h, q, b: send_json(h, 200, {"frame": None, "wait_reason": "idle"})
     client = CoordinatorClient(stub.url + "/")
-    assert client.claim_frame(3) == {"frame": None, "wait_reason": "idle"}
-    client.claim_frame(3, prefer_task_id=7)
+    # claim_frame now POSTs /frames/claim: the seed's query-string route shows the rule for parameters.
+    assert client.request("GET", "/get_task", params={"worker_id": 3, "prefer_task_id": None}) == {
+        "frame": None, "wait_reason": "idle"}
+    client.request("GET", "/get_task", params={"worker_id": 3, "prefer_task_id": 7})
     assert stub.requests[0][2] == {"worker_id": "3"}
     assert stub.requests[1][2] == {"worker_id": "3", "prefer_task_id": "7"}
 

@@ -18,6 +18,9 @@ from renderq.http_client import (
     CoordinatorClient,
     CoordinatorError,
     CoordinatorUnreachable,
+    Forbidden,
+    NotFound,
+    Unauthorized,
 )
 
 # Quick answers keep the interface honest: a coordinator that takes longer than this is reported unreachable.
@@ -131,13 +134,11 @@ def error_sentence(error: BaseException) -> str:
     """One plain sentence for a failed coordinator call."""
     if isinstance(error, CoordinatorUnreachable):
         return f"Cannot reach the coordinator at {_base_url_of(error)} ({error.reason})"
+    if isinstance(error, Unauthorized) and not isinstance(error, Forbidden):
+        return (f"The coordinator refused the access token (HTTP {error.status}): "
+                "check the token in the RenderQ add-on preferences")
     if isinstance(error, CoordinatorError):
-        if error.status == 401:
-            return (f"The coordinator refused the access token (HTTP {error.status}): "
-                    "check the token in the RenderQ add-on preferences")
-        if error.status == 403:
-            return _capitalized(error.message)  # e.g. another artist's task, or a token of the wrong kind
-        return _capitalized(error.message)
+        return _capitalized(error.message)  # a 403 too: another artist's task, or a token of the wrong kind
     if isinstance(error, ValueError):
         return _capitalized(str(error))
     if isinstance(error, OSError):
@@ -175,10 +176,10 @@ def test_connection(settings: Settings) -> str:
         health = client.health()
     except CoordinatorUnreachable as error:
         raise ConnectionProblem(error_sentence(error)) from None
+    except Unauthorized as error:
+        raise ConnectionProblem(error_sentence(error)) from None
     except CoordinatorError as error:
-        if error.status in (401, 403):
-            raise ConnectionProblem(error_sentence(error)) from None
-        if error.status == 404 or 200 <= error.status < 300:
+        if isinstance(error, NotFound) or 200 <= error.status < 300:
             # No /health page, or one that is not JSON: some other web server.
             raise ConnectionProblem(f"{settings.url} answers, but it is not a RenderQ coordinator") from None
         raise ConnectionProblem(f"The coordinator answered with an error: {error.message}") from None

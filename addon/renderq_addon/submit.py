@@ -23,7 +23,7 @@ from typing import Any
 import bpy
 
 from renderq import exposure, packing
-from renderq.http_client import CoordinatorError, CoordinatorUnreachable
+from renderq.http_client import CoordinatorError, CoordinatorUnreachable, Invalid, TooLarge
 
 from . import client, jobs, notify, props, state, text
 
@@ -388,8 +388,9 @@ def _upload_missing(
             raise
         except CoordinatorError as error:
             names = [entry["path"] for entry in manifest if entry["sha256"] == sha256]
-            hint = " (did it change while it was being uploaded?)" if error.status == 400 else ""
-            raise CoordinatorError(error.status, f"could not upload {names[0]}: {error.message}{hint}") from None
+            changed = isinstance(error, Invalid) and not isinstance(error, TooLarge)  # the hash did not match
+            hint = " (did it change while it was being uploaded?)" if changed else ""
+            raise type(error)(error.status, f"could not upload {names[0]}: {error.message}{hint}") from None
         sent_before += sizes[sha256]
     return len(needed), total
 
