@@ -133,9 +133,10 @@ class CoordinatorClient:
         return CoordinatorUnreachable(self.base_url, describe_failure(exc, self.timeout))
 
     def _open(self, method: str, path: str, *, params: dict | None = None, body: bytes | _ProgressReader | None = None,
-              headers: dict[str, str] | None = None, lease_fenced: bool = False,
+              headers: dict[str, str] | None = None, lease_fenced: bool = False, refusals: bool = True,
               ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send one request and return the connection and its response; non-2xx answers raise a typed error.
+        """Send one request and return the connection and its response; non-2xx answers raise a typed error
+        (unless `refusals` is False).
 
         The caller reads the response and hands the connection back with _release.
         """
@@ -147,7 +148,7 @@ class CoordinatorClient:
         conn = self._connection()
         try:
             response = self._exchange(conn, method, target, body, all_headers)
-            if not 200 <= response.status < 300:
+            if refusals and not 200 <= response.status < 300:
                 raise self._refusal(response, lease_fenced)
             return conn, response
         except CoordinatorError:
@@ -212,12 +213,7 @@ class CoordinatorClient:
                    lease_fenced: bool = False) -> Any:
         conn, response = self._open(method, path, params=params, body=body, headers=headers,
                                     lease_fenced=lease_fenced)
-        try:
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise self._unreachable(exc) from exc
-        self._release(conn, response)
+        raw = self._read_all(conn, response)
         if not raw:
             return {}
         try:
@@ -225,6 +221,15 @@ class CoordinatorClient:
         except ValueError:
             message = f"the coordinator at {self.base_url} sent an answer that is not JSON"
             raise CoordinatorError(response.status, message) from None
+
+    def _read_all(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> bytes:
+        try:
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise self._unreachable(exc) from exc
+        self._release(conn, response)
+        return raw
 
     def _stream_to(self, response: http.client.HTTPResponse, dest_dir: str, label: str) -> tuple[str, str]:
         """Write a response body into a temp file in `dest_dir`; return (temp path, SHA-256).
@@ -262,15 +267,18 @@ class CoordinatorClient:
                 data: bytes | None = None, lease_fenced: bool = False) -> Any:
         """Make one API call (a JSON body, or raw bytes as `data`) and return the decoded answer; non-2xx answers
         raise the typed CoordinatorError for their status (LeaseLost for 409 when `lease_fenced`)."""
-        body = data
-        headers: dict[str, str] = {}
-        if json_body is not None:
-            body = json.dumps(json_body).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        elif data is not None:
-            headers["Content-Type"] = "application/octet-stream"
+        body, headers = _encoded(json_body, data)
         return self._json_call(method.upper(), path, params=params, body=body, headers=headers,
                                lease_fenced=lease_fenced)
+
+    def send(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
+             data: bytes | None = None) -> tuple[int, str, bytes]:
+        """One request whatever the answer: (HTTP status, Content-Type, body). Only a failed exchange raises
+        (Unavailable); for tools that measure the coordinator and want its refusals as they are."""
+        body, headers = _encoded(json_body, data)
+        conn, response = self._open(method.upper(), path, params=params, body=body, headers=headers, refusals=False)
+        raw = self._read_all(conn, response)
+        return response.status, response.getheader("Content-Type") or "", raw
 
     def health(self) -> dict:
         """GET /health: {"ok", "version", "time"}."""
@@ -301,12 +309,8 @@ class CoordinatorClient:
         """Switch a worker ON or OFF, named by id or by name; returns the worker. Needs the admin token."""
         if (worker_id is None) == (name is None):
             raise ValueError("name the worker by exactly one of worker_id or name")
-        body: dict[str, Any] = {"enabled": bool(enabled)}
-        if worker_id is not None:
-            body["worker_id"] = worker_id
-        else:
-            body["name"] = name
-        return self.request("POST", "/set_worker_enabled", json_body=body)
+        named = {"worker_id": worker_id} if worker_id is not None else {"name": name}
+        return self.request("POST", "/set_worker_enabled", json_body={"enabled": bool(enabled), **named})
 
     # -- files --------------------------------------------------------------------------------------------------
 
@@ -407,9 +411,7 @@ class CoordinatorClient:
 
     def upload_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, path: str, filename: str) -> dict:
         """Stream a rendered frame's file to the coordinator under its Blender name `filename`."""
-        params = {
-            "worker_id": worker_id, "task_id": task_id, "frame": frame, "lease_id": lease_id, "filename": filename,
-        }
+        params = {"worker_id": worker_id, "task_id": task_id, "frame": frame, "lease_id": lease_id, "filename": filename}
         return self._upload("/upload_frame", params, path, lease_fenced=True)
 
     def list_tasks(self, status: str | None = None) -> list[dict]:
@@ -547,6 +549,15 @@ class CoordinatorClient:
     def get_log(self, task_id: int, offset: int = 0) -> dict:
         """Read a task's log from byte `offset`: {"text", "offset", "next_offset"}."""
         return self.request("GET", "/get_log", params={"task_id": task_id, "offset": offset})
+
+
+def _encoded(json_body: Any, data: bytes | None) -> tuple[bytes | None, dict[str, str]]:
+    """A request body and its Content-Type: `json_body` as JSON, else `data` as bytes, else none."""
+    if json_body is not None:
+        return json.dumps(json_body).encode("utf-8"), {"Content-Type": "application/json"}
+    if data is not None:
+        return data, {"Content-Type": "application/octet-stream"}
+    return None, {}
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
