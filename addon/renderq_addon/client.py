@@ -7,10 +7,8 @@ before it starts a job; the rest runs inside jobs.
 from __future__ import annotations
 
 import getpass
-import http.client
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import bpy
 
@@ -30,26 +28,10 @@ TRANSFER_TIMEOUT = 60.0
 
 
 class AuthorizedClient(CoordinatorClient):
-    """The coordinator client, sending `Authorization: Bearer <token>` with every request when a token is set."""
+    """The coordinator client with the add-on's token, sent as `Authorization: Bearer <token>` when one is set."""
 
     def __init__(self, base_url: str, token: str = "", timeout: float = 30.0) -> None:
-        super().__init__(base_url, timeout=timeout)
-        token = token.strip()
-        self._auth_headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    def _open(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict | None = None,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        # Every request of the base client goes through _open, so this is the one place to add the header.
-        merged = dict(self._auth_headers)
-        merged.update(headers or {})
-        return super()._open(method, path, params=params, body=body, headers=merged)
+        super().__init__(base_url, timeout=timeout, token=token.strip() or None)
 
 
 @dataclass(frozen=True)
