@@ -232,7 +232,8 @@ class SimWorker:
     def retrying(self, what: str, call: Callable[[], dict], lease: Lease | None = None) -> dict:
         """Call until answered, backing off while the coordinator is unreachable or failing (5xx).
 
-        Refusals (4xx: typed errors of renderq.http_client) are raised; Stopping when the worker stops or `lease` is revoked meanwhile.
+        Refusals (4xx: typed errors of renderq.http_client) are raised; Stopping when the worker stops or `lease` is
+        revoked meanwhile.
         """
         delay = 0.25
         while True:
@@ -447,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simworker: {error}", file=sys.stderr)
         return 2
     worker = SimWorker(coordinator, args.name, args.acks, frame_min=args.frame_min, frame_max=args.frame_max,
-                       fail_rate=args.fail_rate, report_first=args.report_first, poll_seconds=args.poll, max_seconds=args.max_seconds,
+                       fail_rate=args.fail_rate, report_first=args.report_first, poll_seconds=args.poll,
+                       max_seconds=args.max_seconds,
                        blender_version=args.blender_version, seed=args.seed, log_heartbeats=args.log_heartbeats)
     coordinator.on_slow = lambda text: worker.log("slow", text)
     signal.signal(signal.SIGTERM, worker.request_stop)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import http.client
 import socket
 
-__all__ = ["Conflict", "CoordinatorError", "CoordinatorUnreachable", "DiskFull", "DownloadRefused", "Forbidden", "Invalid",
-           "LeaseLost", "NotFound", "TooLarge", "Unauthorized", "Unavailable", "describe_failure", "error_for"]
+__all__ = ["Conflict", "CoordinatorError", "CoordinatorUnreachable", "DiskFull", "DownloadRefused", "Forbidden",
+           "Invalid", "LeaseLost", "NotFound", "TooLarge", "Unauthorized", "Unavailable", "describe_failure",
+           "error_for"]
 
 
 class CoordinatorError(Exception):

@@ -411,8 +411,8 @@ class CoordinatorClient:
 
     def upload_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, path: str, filename: str) -> dict:
         """Stream a rendered frame's file to the coordinator under its Blender name `filename`."""
-        params = {"worker_id": worker_id, "task_id": task_id, "frame": frame, "lease_id": lease_id, "filename": filename}
-        return self._upload("/upload_frame", params, path, lease_fenced=True)
+        return self._upload("/upload_frame", {"worker_id": worker_id, "task_id": task_id, "frame": frame,
+                                              "lease_id": lease_id, "filename": filename}, path, lease_fenced=True)
 
     def list_tasks(self, status: str | None = None) -> list[dict]:
         """Task summaries, newest first, optionally only those with `status`."""
