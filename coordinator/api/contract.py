@@ -82,6 +82,7 @@ def _resolve(spec: dict, node: dict) -> dict:
     return spec
 
 
+@functools.lru_cache(maxsize=1024)
 def _operation(rule: str, method: str) -> Operation | None:
     return _operations().get((re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule), method.lower()))
 
