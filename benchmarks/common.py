@@ -1,5 +1,5 @@
 """Shared pieces of the benchmark scripts: the result format, a coordinator process with its tokens, memory read
-from /proc, a small keep-alive HTTP client, and a description of the machine.
+from /proc, keep-alive HTTP calls through the product's client, and a description of the machine.
 
 The result format, which `benchmarks/run.py` relies on. Every benchmark script
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import http.client
 import json
 import math
 import os
@@ -34,7 +33,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from typing import Any, Self
 
@@ -45,6 +43,7 @@ if ROOT not in sys.path:
 # The one rule for finding Blender and the one free-port probe, shared with the product and the tests.
 from renderq.blender_path import find_blender_or_none as find_blender
 from renderq.ports import free_port
+from renderq.http_client import CoordinatorClient
 MB = 1_000_000
 MIB = 1024 * 1024
 GIB = 1024**3
@@ -315,56 +314,34 @@ class HttpError(Exception):
 
 
 class HttpClient:
-    """JSON over HTTP/1.1 with one keep-alive connection per thread, standard library only.
-
-    Independent of the code under test, and cheap enough that a benchmark's client does not become the bottleneck.
-    """
+    """The benchmarks' JSON calls as (status, answer) pairs, made by the product's own client
+    (renderq.http_client.CoordinatorClient): one keep-alive connection per thread, standard library only."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 120.0) -> None:
-        parts = urllib.parse.urlsplit(url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
+        self.url = url
         self.token = token
         self.timeout = timeout
-        self._local = threading.local()
+        self._clients: dict[str | None, CoordinatorClient] = {}
 
-    def _connection(self) -> http.client.HTTPConnection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            self._local.connection = connection
-        return connection
+    def _client(self, token: str | None) -> CoordinatorClient:
+        client = self._clients.get(token)
+        if client is None:
+            client = self._clients.setdefault(token, CoordinatorClient(self.url, timeout=self.timeout, token=token))
+        return client
 
     def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
+        """Close this thread's connections."""
+        for client in list(self._clients.values()):
+            client.close()
 
     def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
              token: str | None = None) -> tuple[int, Any]:
-        """One request: (status, parsed JSON or the raw bytes). Retries once on a connection the server closed."""
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        headers = {"Content-Type": "application/json" if raw is None else "application/octet-stream"}
-        token = self.token if token is None else token
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        for attempt in (1, 2):
-            connection = self._connection()
-            try:
-                connection.request(method, path, body=data, headers=headers)
-                response = connection.getresponse()
-                payload = response.read()
-                break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self.close()
-                if attempt == 2:
-                    raise
-        if response.getheader("Connection", "").lower() == "close":
-            self.close()
-        if "json" in (response.getheader("Content-Type") or ""):
-            return response.status, json.loads(payload)
-        return response.status, payload
+        """One request: (status, parsed JSON or the raw bytes). A connection the server closed is replaced."""
+        client = self._client(self.token if token is None else token)
+        status, content_type, payload = client.send(method, path, json_body=body, data=raw)
+        if "json" in content_type:
+            return status, json.loads(payload)
+        return status, payload
 
     def get(self, path: str, token: str | None = None) -> Any:
         status, answer = self.call("GET", path, token=token)

@@ -1,8 +1,9 @@
 """A simulated RenderQ worker: one small process that speaks the real worker protocol over HTTP, without Blender.
 
 It registers, heartbeats at the interval the coordinator gives (sending the lease it holds and dropping it when the
-answer revokes it), claims frames, reports them "rendering", "renders" by sleeping a random frame time, uploads a
-small valid PNG that names the task, frame and lease, and reports the frame done. Now and then it fails a frame on
+answer revokes it), claims frames (POST /frames/claim), reports them "rendering", "renders" by sleeping a random
+frame time, and delivers a small valid PNG that names the task, frame and lease in one request with its done report
+(POST /frames/finish). Now and then it fails a frame on
 purpose (--fail-rate), so the retry path is exercised too. When it finds it was stopped for a while (SIGSTOP, or
 starved of CPU), it may report its frame before heartbeating again (--report-first), as a real worker whose
 heartbeat thread lags may: the coordinator must then refuse the stale report.
@@ -15,8 +16,8 @@ was lost, e.g. after a kill, a stall or a revoke) is normal under chaos: it is l
 With --log-heartbeats it logs every heartbeat's round trip, outcome and lateness (a heartbeat falls due while the
 one thread is busy with another call), for latency figures (benchmarks/connections.py).
 
-Standard library only, one thread, one connection per request (the coordinator limits open connections, and
-hundreds of these run at once). SIGINT/SIGTERM gives the held frame back and exits 0; the process also stops by
+Standard library and the product's own client (renderq.http_client, as the real worker), one thread, one keep-alive
+connection. SIGINT/SIGTERM gives the held frame back and exits 0; the process also stops by
 itself after --max-seconds, or when the process that started it is gone.
 
     python benchmarks/simworker.py --coordinator http://127.0.0.1:5000 --name sim-001 --acks sim-001.acks
@@ -33,7 +34,6 @@ if __name__ == "__main__" and "ssl" not in sys.modules:
     sys.modules["ssl"] = None  # type: ignore[assignment]  # None there makes `import ssl` fail
 
 import argparse
-import http.client
 import json
 import os
 import random
@@ -41,10 +41,21 @@ import signal
 import socket
 import struct
 import time
-import urllib.parse
 import zlib
 from collections.abc import Callable
 from typing import Any
+
+# Run as a script from benchmarks/: the product's client comes from this checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from renderq.http_client import (
+    CoordinatorClient,
+    CoordinatorError,
+    CoordinatorUnreachable,
+    LeaseLost,
+    NotFound,
+    Unavailable,
+)
 
 __all__ = ["SimWorker", "frame_png", "main"]
 
@@ -75,78 +86,39 @@ def frame_png(task_id: int, frame: int, lease_id: str, size: int = 8) -> bytes:
             + chunk(b"IEND", b""))
 
 
-class Refused(Exception):
-    """The coordinator answered with an error status (4xx or 5xx)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-
-
-class Unreachable(Exception):
-    """No answer: connection refused or cut, or a timeout. `kind` names the error (TimeoutError, ...)."""
-
-    def __init__(self, message: str, kind: str = "") -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
 class Stopping(Exception):
     """A retried call was abandoned because the worker is stopping or its lease is gone."""
 
 
 class Coordinator:
-    """The few requests a worker makes, each on its own connection."""
+    """The worker's client (renderq.http_client) with each call timed: a slow answer is logged."""
 
     def __init__(self, url: str, token: str | None, timeout: float = 30.0, slow_seconds: float = 2.0,
                  on_slow: Callable[[str], None] | None = None) -> None:
-        parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
-        if parts.scheme != "http" or not parts.hostname:
+        if not url.startswith("http://") and "://" in url:
             raise ValueError(f"the coordinator address {url!r} must be an http:// URL")
-        self.host = parts.hostname
-        self.port = parts.port or 80
-        self.prefix = parts.path.rstrip("/")
-        self.timeout = timeout
+        self.client = CoordinatorClient(url, timeout=timeout, token=token)
         self.slow_seconds = slow_seconds
         self.on_slow = on_slow
-        self.headers = {"User-Agent": "renderq-simworker/1", "Accept": "application/json"}
-        if token:
-            self.headers["Authorization"] = f"Bearer {token}"
 
-    def call(self, method: str, path: str, params: dict | None = None, body: Any = None,
-             raw: bytes | None = None) -> dict:
-        """One request; the decoded JSON answer, Refused for an error status, Unreachable when there is none."""
-        target = self.prefix + path
-        if params:
-            target += "?" + urllib.parse.urlencode(params)
-        headers = dict(self.headers)
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        elif raw is not None:
-            headers["Content-Type"] = "application/octet-stream"
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+    def timed(self, what: str, call: Callable[[], dict]) -> dict:
+        """Make one call; log it as slow when its answer (or its failure) took `slow_seconds` or more."""
         started = time.monotonic()
+        outcome = "ok"
         try:
-            connection.request(method, target, body=data, headers=headers)
-            response = connection.getresponse()
-            payload = response.read()
-        except (OSError, http.client.HTTPException) as error:
-            raise Unreachable(f"{type(error).__name__}: {error}", type(error).__name__) from None
+            return call()
+        except CoordinatorError as error:
+            outcome = f"HTTP {error.status}" if error.status else "no answer"
+            raise
         finally:
-            connection.close()
-        elapsed = time.monotonic() - started
-        if elapsed >= self.slow_seconds and self.on_slow is not None:
-            self.on_slow(f"{method} {path} took {elapsed:.2f} s (HTTP {response.status})")
-        try:
-            answer = json.loads(payload) if payload else {}
-        except ValueError:
-            answer = {"error": payload[:200].decode("utf-8", "replace")}
-        if not 200 <= response.status < 300:
-            message = answer.get("error") if isinstance(answer, dict) else None
-            raise Refused(response.status, str(message or response.reason))
-        return answer
+            elapsed = time.monotonic() - started
+            if elapsed >= self.slow_seconds and self.on_slow is not None:
+                self.on_slow(f"{what} took {elapsed:.2f} s ({outcome})")
+
+
+def failure_kind(error: CoordinatorUnreachable) -> str:
+    """The name of the socket error behind an unreachable coordinator (TimeoutError, ConnectionRefusedError...)."""
+    return type(error.__cause__).__name__ if error.__cause__ is not None else "unreachable"
 
 
 class Lease:
@@ -234,7 +206,7 @@ class SimWorker:
                     self.sleep_until(self.lease.render_ends)
         except Stopping:
             pass
-        except Refused as error:
+        except CoordinatorError as error:
             self.log("fatal", f"the coordinator refused this worker: {error}")
             return 1
         self.give_back()
@@ -260,17 +232,16 @@ class SimWorker:
     def retrying(self, what: str, call: Callable[[], dict], lease: Lease | None = None) -> dict:
         """Call until answered, backing off while the coordinator is unreachable or failing (5xx).
 
-        Refusals (4xx) are raised; Stopping when the worker stops or `lease` is revoked meanwhile.
+        Refusals (4xx: typed errors of renderq.http_client) are raised; Stopping when the worker stops or `lease` is
+        revoked meanwhile.
         """
         delay = 0.25
         while True:
             try:
-                return call()
-            except Unreachable as error:
+                return self.coordinator.timed(what, call)
+            except CoordinatorUnreachable as error:
                 self.log("unreachable", f"{what}: {error}")
-            except Refused as error:
-                if error.status < 500:
-                    raise
+            except Unavailable as error:
                 self.log("server_error", f"{what}: {error}")
             until = time.monotonic() + delay * self.random.uniform(0.5, 1.0)
             self.sleep_until(until)
@@ -281,9 +252,9 @@ class SimWorker:
     # -- protocol ---------------------------------------------------------------------------------------------------
 
     def register(self) -> None:
-        body = {"name": self.name, "host": socket.gethostname(), "blender_version": self.blender_version,
-                "cpu_count": 1}
-        answer = self.retrying("register", lambda: self.coordinator.call("POST", "/register_worker", body=body))
+        client = self.coordinator.client
+        answer = self.retrying("register", lambda: client.register_worker(self.name, socket.gethostname(),
+                                                                          self.blender_version, 1))
         self.worker_id = int(answer["worker_id"])
         self.heartbeat_seconds = float(answer.get("heartbeat_seconds") or self.heartbeat_seconds)
         self.next_heartbeat = time.monotonic() + self.heartbeat_seconds
@@ -299,21 +270,23 @@ class SimWorker:
         self.next_heartbeat = time.monotonic() + self.heartbeat_seconds
         leases = [self.lease.lease_id] if self.lease is not None and not self.lease.revoked else []
         started = time.monotonic()
+        worker_id = self.worker_id
         try:
-            answer = self.coordinator.call("POST", "/update_worker",
-                                           body={"worker_id": self.worker_id, "leases": leases})
-        except Unreachable as error:
-            self.time_heartbeat(due, started, error.kind or "unreachable")
+            answer = self.coordinator.timed("heartbeat",
+                                            lambda: self.coordinator.client.update_worker(worker_id, leases))
+        except CoordinatorUnreachable as error:
+            self.time_heartbeat(due, started, failure_kind(error))
             self.log("unreachable", f"heartbeat: {error}")
             return
-        except Refused as error:
+        except NotFound as error:
             self.time_heartbeat(due, started, f"http{error.status}")
-            if error.status == 404:
-                self.log("unknown", f"heartbeat: {error}; registering again")
-                self.forget_lease()
-                self.register()
-            else:
-                self.log("server_error" if error.status >= 500 else "refused", f"heartbeat: {error}")
+            self.log("unknown", f"heartbeat: {error}; registering again")
+            self.forget_lease()
+            self.register()
+            return
+        except CoordinatorError as error:
+            self.time_heartbeat(due, started, f"http{error.status}")
+            self.log("server_error" if isinstance(error, Unavailable) else "refused", f"heartbeat: {error}")
             return
         self.time_heartbeat(due, started, "ok")
         revoked = set(answer.get("revoked") or [])
@@ -335,15 +308,13 @@ class SimWorker:
 
     def claim(self) -> bool:
         """Claim a frame and report it rendering; False when there was nothing to claim."""
+        worker_id = self.worker_id
         try:
-            answer = self.retrying("claim", lambda: self.coordinator.call(
-                "GET", "/get_task", params={"worker_id": self.worker_id}))
-        except Refused as error:
-            if error.status == 404:
-                self.log("unknown", f"claim: {error}; registering again")
-                self.register()
-                return False
-            raise
+            answer = self.retrying("claim", lambda: self.coordinator.client.claim_frame(worker_id))
+        except NotFound as error:
+            self.log("unknown", f"claim: {error}; registering again")
+            self.register()
+            return False
         claimed = answer.get("frame")
         if not claimed:
             return False
@@ -354,49 +325,44 @@ class SimWorker:
         return True
 
     def report(self, lease: Lease, status: str, **fields: Any) -> bool:
-        """POST /update_task; True when accepted, False (and the lease dropped) when refused with 409."""
-        body = {"worker_id": self.worker_id, "task_id": lease.task_id, "frame": lease.frame,
-                "lease_id": lease.lease_id, "status": status, **fields}
+        """POST /update_task; True when accepted, False (and the lease dropped) when the lease was lost (409)."""
+        worker_id = self.worker_id
         try:
-            self.retrying(f"report {lease} {status}",
-                          lambda: self.coordinator.call("POST", "/update_task", body=body), lease)
+            self.retrying(f"report {lease} {status}", lambda: self.coordinator.client.update_frame(
+                worker_id, lease.task_id, lease.frame, lease.lease_id, status, **fields), lease)
         except Stopping:
             if self.stop_requested:
                 raise
             return False
-        except Refused as error:
-            if error.status == 409:
-                self.log("refused409", f"{status} report of {lease} lease={lease.lease_id}: {error}")
-                lease.revoked = True
-                return False
-            raise
+        except LeaseLost as error:
+            self.log("refused409", f"{status} report of {lease} lease={lease.lease_id}: {error}")
+            lease.revoked = True
+            return False
         return True
 
     def finish(self, lease: Lease) -> None:
-        """The fake render ended: fail it on purpose now and then, else upload the frame and report it done."""
+        """The fake render ended: fail it on purpose now and then, else deliver the frame (file and done report in
+        one request)."""
         if self.random.random() < self.fail_rate:
             if self.report(lease, "failed", error="simulated render failure", log_tail="simulated"):
                 self.log("failed", str(lease))
             return
         png = frame_png(lease.task_id, lease.frame, lease.lease_id)
         params = {"worker_id": self.worker_id, "task_id": lease.task_id, "frame": lease.frame,
-                  "lease_id": lease.lease_id, "filename": f"f_{lease.frame:04d}.png"}
+                  "lease_id": lease.lease_id, "filename": f"f_{lease.frame:04d}.png", "started_at": lease.started_at,
+                  "ended_at": time.time(), "render_seconds": lease.render_seconds}
         try:
-            uploaded = self.retrying(f"upload {lease}", lambda: self.coordinator.call(
-                "POST", "/upload_frame", params=params, raw=png), lease)
+            finished = self.retrying(f"finish {lease}", lambda: self.coordinator.client.request(
+                "POST", "/frames/finish", params=params, data=png, lease_fenced=True), lease)
         except Stopping:
             if self.stop_requested:
                 raise
             return
-        except Refused as error:
-            if error.status == 409:
-                self.log("refused409", f"upload of {lease} lease={lease.lease_id}: {error}")
-                return
-            raise
-        ended_at = time.time()
-        if self.report(lease, "done", started_at=lease.started_at, ended_at=ended_at,
-                       render_seconds=lease.render_seconds):
-            self.acknowledge(lease, uploaded.get("sha256", ""))
+        except LeaseLost as error:
+            self.log("refused409", f"done report of {lease} lease={lease.lease_id}: {error}")
+            lease.revoked = True
+            return
+        self.acknowledge(lease, (finished.get("frame") or {}).get("output_sha256") or "")
 
     def acknowledge(self, lease: Lease, sha256: str) -> None:
         """Record an acknowledged done report durably before doing anything else."""
@@ -415,16 +381,15 @@ class SimWorker:
         lease, self.lease = self.lease, None
         if lease is None or lease.revoked or self.worker_id is None:
             return
-        body = {"worker_id": self.worker_id, "task_id": lease.task_id, "frame": lease.frame,
-                "lease_id": lease.lease_id, "status": "released"}
         try:
-            self.coordinator.call("POST", "/update_task", body=body)
+            self.coordinator.client.update_frame(self.worker_id, lease.task_id, lease.frame, lease.lease_id,
+                                                 "released")
             self.log("released", str(lease))
-        except Refused as error:
-            self.log("refused409" if error.status == 409 else "refused",
-                     f"release of {lease} lease={lease.lease_id}: {error}")
-        except Unreachable as error:
+        except CoordinatorUnreachable as error:
             self.log("unreachable", f"release of {lease}: {error}")
+        except CoordinatorError as error:
+            self.log("refused409" if isinstance(error, LeaseLost) else "refused",
+                     f"release of {lease} lease={lease.lease_id}: {error}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,7 +35,8 @@ from .errors import BadRequest, PayloadTooLarge, RenderQError, RequestTimeout
 from .wsgi_bridge import Message, Receive, Scope, Send, WsgiPool
 
 # The routes whose body is a file: the only ones that take more than the body limit.
-UPLOAD_ENDPOINTS = frozenset({"files.upload_blend", "files.upload_file", "tasks.upload_frame"})
+UPLOAD_ENDPOINTS = frozenset({"files.upload_blend", "files.upload_file", "tasks.upload_frame",
+                              "tasks.finish_frame"})
 # Routes whose answer is a file, which a slow client may take long to read.
 DOWNLOAD_ENDPOINTS = frozenset({"files.download_file", "tasks.download_frame", "files.download_frames_zip"})
 TRANSFER_ENDPOINTS = UPLOAD_ENDPOINTS | DOWNLOAD_ENDPOINTS

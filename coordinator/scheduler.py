@@ -313,6 +313,34 @@ class Scheduler(FarmReader):
             raise Conflict(self._lost_lease_sentence(self.frame(task_id, frame), task_id, frame))
         return row
 
+    def check_finish(self, worker_id: int, task_id: int, frame: int, lease_id: str, filename: str) -> dict | None:
+        """Before a finished frame's file is read: None when it may be stored (live lease, free name); the frame
+        when this finish was already applied (a repeat after a lost answer); else Conflict or NotFound."""
+        row = self.store.get_frame(task_id, frame)
+        if row is not None and row["status"] == "done" and row["lease_id"] == lease_id \
+                and row["worker_id"] == worker_id:
+            return row
+        self.check_lease(worker_id, task_id, frame, lease_id)
+        self.check_output_name(task_id, frame, filename)
+        return None
+
+    def finish_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, output: tuple[str, str, int], *,
+                     started_at: float | None = None, ended_at: float | None = None,
+                     render_seconds: float | None = None) -> dict:
+        """Store a rendered frame's output (filename, sha256, size) and mark it done: one transaction, fenced by the
+        lease, so a worker that lost its lease changes nothing (Conflict)."""
+        filename, sha256, size = output
+        now = self.clock()
+        try:
+            row = self.store.finish_frame(task_id, frame, lease_id, worker_id,
+                                          (filename, collision_key(filename), sha256, size),
+                                          started_at, ended_at or now, render_seconds, now)
+        except OutputNameTaken as taken:
+            raise Conflict(_output_taken_sentence(task_id, frame, filename, taken.frame, taken.output)) from None
+        if row is None:
+            raise Conflict(self._lost_lease_sentence(self.frame(task_id, frame), task_id, frame))
+        return row
+
     def report(self, worker_id: int, task_id: int, frame: int, lease_id: str, status: str, *,
                started_at: float | None = None, ended_at: float | None = None,
                render_seconds: float | None = None, error: str | None = None, log_tail: str | None = None,

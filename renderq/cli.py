@@ -32,7 +32,7 @@ from renderq.cli_common import (
     make_client,
     print_json,
 )
-from renderq.http_client import CoordinatorError
+from renderq.http_client import CoordinatorError, Forbidden, Unauthorized
 from renderq.model import TaskStatus
 from renderq.progress import (
     ProgressLine,
@@ -496,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except CoordinatorError as error:
         message = printable(error)
-        print(f"renderq: {message}; {TOKEN_HINT}" if error.status == 401 else f"renderq: {message}", file=sys.stderr)
+        token_refused = isinstance(error, Unauthorized) and not isinstance(error, Forbidden)
+        print(f"renderq: {message}; {TOKEN_HINT}" if token_refused else f"renderq: {message}", file=sys.stderr)
         return EXIT_FAILED
     except PartMissing as error:
         print(f"renderq: {printable(error)}", file=sys.stderr)

@@ -30,8 +30,8 @@ class TerminalClient(CoordinatorClient):
     def _json_call(self, *args: Any, **kwargs: Any) -> Any:
         return printable_answer(super()._json_call(*args, **kwargs))
 
-    def _refusal(self, response: http.client.HTTPResponse) -> CoordinatorError:
-        error = super()._refusal(response)
+    def _refusal(self, response: http.client.HTTPResponse, lease_fenced: bool = False) -> CoordinatorError:
+        error = super()._refusal(response, lease_fenced)
         error.message = printable(error.message)
         return error
 

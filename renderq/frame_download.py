@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable, file_sha256
+from renderq.http_client import CoordinatorClient, DownloadRefused, NotFound, file_sha256
 from renderq.model import Frame
 from renderq.paths import check_file_name, collision_key
 
@@ -85,12 +85,8 @@ def _save(client: CoordinatorClient, task_id: int, frame: Frame, name: str, dest
         return existing
     try:
         return client.download_frame(task_id, number, dest_dir, expected_sha256=expected, save_as=name)
-    except CoordinatorUnreachable:
-        raise
-    except CoordinatorError as error:
-        # 0: refused here (a link or folder in the way, a file that does not match); 404: gone meanwhile.
-        if error.status not in (0, 404):
-            raise
+    except (DownloadRefused, NotFound) as error:
+        # Refused here (a link or folder in the way, a file that does not match), or gone meanwhile.
         fetched.skipped.append((number, error.message))
     except OSError as error:
         if error.errno not in _NAME_ERRNOS:

@@ -1,7 +1,9 @@
 """A small client for the RenderQ coordinator's HTTP API (see docs/api.md).
 
-Standard library only, so the Blender add-on can bundle this file unchanged.
-Every call opens its own connection, which keeps one client safe to share between threads.
+Standard library only, so the Blender add-on can bundle this file unchanged (Blender's Python may lack `requests`).
+Each thread keeps one keep-alive connection, so one client is safe to share between threads and a worker's
+heartbeats and reports do not pay a TCP handshake each. Refusals raise typed errors (LeaseLost, Unauthorized,
+NotFound, Invalid, Unavailable), all CoordinatorError with the HTTP `status` kept.
 """
 
 from __future__ import annotations
@@ -10,14 +12,21 @@ import hashlib
 import http.client
 import json
 import os
+import select
 import socket
 import tempfile
+import threading
 import urllib.parse
 from typing import Any, BinaryIO, Callable, Iterator, TypeGuard
 
+from renderq.client_errors import (Conflict, CoordinatorError, CoordinatorUnreachable, DiskFull, DownloadRefused,
+                                   Forbidden, Invalid, LeaseLost, NotFound, TooLarge, Unauthorized, Unavailable,
+                                   describe_failure, error_for)
 from renderq.paths import is_safe_file_name
 
-__all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "check_not_link", "safe_file_name"]
+__all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "Conflict", "DiskFull", "DownloadRefused",
+           "Forbidden", "Invalid", "LeaseLost", "NotFound", "TooLarge", "Unauthorized", "Unavailable", "check_not_link",
+           "error_for", "safe_file_name"]
 
 _USER_AGENT = "renderq-client/0.1.0"
 _BLOCK_SIZE = 256 * 1024
@@ -29,30 +38,6 @@ _MISSING_FILES_BATCH = 20_000
 _FRAMES_PAGE = 5_000
 
 
-class CoordinatorError(Exception):
-    """The coordinator refused a request, or the exchange with it failed.
-
-    `status` is the HTTP status of the refusal, or 0 when there was no HTTP error answer (coordinator unreachable,
-    a download that does not match its hash). `message` is one plain sentence.
-    """
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class CoordinatorUnreachable(CoordinatorError):
-    """The coordinator could not be reached: connection refused, unknown host, timeout, connection cut."""
-
-    def __init__(self, base_url: str, reason: str) -> None:
-        super().__init__(0, f"cannot reach the coordinator at {base_url} ({reason})")
-        self.reason = reason
-
-
 def safe_file_name(name: str | None) -> TypeGuard[str]:
     """Tell whether `name` is a plain file name that cannot escape the directory it is written into and means the
     same file on every system (the shared rule of renderq.paths)."""
@@ -62,29 +47,9 @@ def safe_file_name(name: str | None) -> TypeGuard[str]:
 def check_not_link(path: str) -> None:
     """Raise CoordinatorError when `path` is a symbolic link (or a folder): a download never writes through one."""
     if os.path.islink(path):
-        raise CoordinatorError(0, f"{path} is a symbolic link; refusing to write through it")
+        raise DownloadRefused(f"{path} is a symbolic link; refusing to write through it")
     if os.path.isdir(path):
-        raise CoordinatorError(0, f"{path} is a folder; refusing to write over it")
-
-
-def _describe_failure(exc: BaseException, timeout: float) -> str:
-    """Turn a socket-level exception into a short human reason."""
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return f"no answer within {timeout:g} s"
-    if isinstance(exc, socket.gaierror):
-        return f"host name not found: {exc.strerror or exc}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return "the connection was closed without an answer"
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-        return "the connection was cut"
-    if isinstance(exc, http.client.IncompleteRead):
-        return "the answer was cut short"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror[0].lower() + exc.strerror[1:]
-    text = str(exc) or type(exc).__name__
-    return text
+        raise DownloadRefused(f"{path} is a folder; refusing to write over it")
 
 
 class _ProgressReader:
@@ -94,6 +59,11 @@ class _ProgressReader:
         self._stream = stream
         self._total = total
         self._progress = progress
+        self._sent = 0
+
+    def rewind(self) -> None:
+        """Start again from the first byte, to send the body once more on a fresh connection."""
+        self._stream.seek(0)
         self._sent = 0
 
     def read(self, size: int = -1) -> bytes:
@@ -125,13 +95,31 @@ class CoordinatorClient:
         self._scheme = parts.scheme
         self._netloc = parts.netloc
         self._prefix = parts.path.rstrip("/")
+        self._local = threading.local()
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
     def _connection(self) -> http.client.HTTPConnection:
-        if self._scheme == "https":
-            return http.client.HTTPSConnection(self._netloc, timeout=self.timeout, blocksize=_BLOCK_SIZE)
-        return http.client.HTTPConnection(self._netloc, timeout=self.timeout, blocksize=_BLOCK_SIZE)
+        """This thread's keep-alive connection; a new one when there is none or the coordinator closed it."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+            conn.close()  # http.client reconnects on the next request
+        if conn is None:
+            kind = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            conn = kind(self._netloc, timeout=self.timeout, blocksize=_BLOCK_SIZE)
+            self._local.conn = conn
+        return conn
+
+    def _release(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse | None) -> None:
+        """Keep the connection for the next call if its answer was read to the end, else close it."""
+        if response is None or not response.isclosed():
+            conn.close()
+
+    def close(self) -> None:
+        """Close this thread's connection (the next call opens a new one)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
 
     def _target(self, path: str, params: dict | None) -> str:
         target = self._prefix + "/" + path.lstrip("/")
@@ -142,43 +130,26 @@ class CoordinatorClient:
         return target
 
     def _unreachable(self, exc: BaseException) -> CoordinatorUnreachable:
-        return CoordinatorUnreachable(self.base_url, _describe_failure(exc, self.timeout))
+        return CoordinatorUnreachable(self.base_url, describe_failure(exc, self.timeout))
 
-    def _open(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict | None = None,
-        body: bytes | _ProgressReader | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send one request and return the open connection and its response; non-2xx answers raise.
+    def _open(self, method: str, path: str, *, params: dict | None = None, body: bytes | _ProgressReader | None = None,
+              headers: dict[str, str] | None = None, lease_fenced: bool = False, refusals: bool = True,
+              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send one request and return the connection and its response; non-2xx answers raise a typed error
+        (unless `refusals` is False).
 
-        The caller reads the response and closes the connection.
+        The caller reads the response and hands the connection back with _release.
         """
         all_headers = {"User-Agent": _USER_AGENT, "Accept": "application/json"}
         if self.token:
             all_headers["Authorization"] = f"Bearer {self.token}"
         all_headers.update(headers or {})
+        target = self._target(path, params)
         conn = self._connection()
         try:
-            try:
-                conn.request(method, self._target(path, params), body=body, headers=all_headers)
-            except (BrokenPipeError, ConnectionResetError) as send_error:
-                # A coordinator that refuses an upload (too big, not a .blend) may answer and close before it has
-                # read the whole body; its answer is more useful than the broken pipe. A reset while connecting
-                # leaves no socket at all, and so no answer to read.
-                if conn.sock is None:
-                    raise self._unreachable(send_error) from send_error
-                try:
-                    response = conn.getresponse()
-                except (OSError, http.client.HTTPException):
-                    raise self._unreachable(send_error) from send_error
-            else:
-                response = conn.getresponse()
-            if not 200 <= response.status < 300:
-                raise self._refusal(response)
+            response = self._exchange(conn, method, target, body, all_headers)
+            if refusals and not 200 <= response.status < 300:
+                raise self._refusal(response, lease_fenced)
             return conn, response
         except CoordinatorError:
             conn.close()
@@ -190,8 +161,41 @@ class CoordinatorClient:
             conn.close()
             raise
 
-    def _refusal(self, response: http.client.HTTPResponse) -> CoordinatorError:
-        """Build the error for a non-2xx answer from its {"error": ...} body."""
+    def _exchange(self, conn: http.client.HTTPConnection, method: str, target: str,
+                  body: bytes | _ProgressReader | None, headers: dict[str, str]) -> http.client.HTTPResponse:
+        reused = conn.sock is not None
+        try:
+            conn.request(method, target, body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError) as send_error:
+            # A coordinator that refuses an upload (too big, not a .blend) may answer and close before it has
+            # read the whole body; its answer is more useful than the broken pipe. A reset while connecting
+            # leaves no socket at all, and so no answer to read.
+            if conn.sock is None:
+                raise self._unreachable(send_error) from send_error
+            try:
+                return conn.getresponse()
+            except (OSError, http.client.HTTPException):
+                if reused:
+                    return self._resend(conn, method, target, body, headers)
+                raise self._unreachable(send_error) from send_error
+        try:
+            return conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            # The coordinator closed the idle connection just as this request went out: it never saw it.
+            if reused:
+                return self._resend(conn, method, target, body, headers)
+            raise
+
+    def _resend(self, conn: http.client.HTTPConnection, method: str, target: str,
+                body: bytes | _ProgressReader | None, headers: dict[str, str]) -> http.client.HTTPResponse:
+        conn.close()
+        if isinstance(body, _ProgressReader):
+            body.rewind()
+        conn.request(method, target, body=body, headers=headers)
+        return conn.getresponse()
+
+    def _refusal(self, response: http.client.HTTPResponse, lease_fenced: bool = False) -> CoordinatorError:
+        """Build the typed error for a non-2xx answer from its {"error": ...} body."""
         message = ""
         try:
             raw = response.read(_MAX_ERROR_BODY)
@@ -202,24 +206,14 @@ class CoordinatorClient:
             pass
         if not message:
             message = f"the coordinator answered HTTP {response.status} {response.reason}".rstrip()
-        return CoordinatorError(response.status, message)
+        return error_for(response.status, message, lease_fenced=lease_fenced)
 
-    def _json_call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict | None = None,
-        body: bytes | _ProgressReader | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Any:
-        conn, response = self._open(method, path, params=params, body=body, headers=headers)
-        try:
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(exc) from exc
-        finally:
-            conn.close()
+    def _json_call(self, method: str, path: str, *, params: dict | None = None,
+                   body: bytes | _ProgressReader | None = None, headers: dict[str, str] | None = None,
+                   lease_fenced: bool = False) -> Any:
+        conn, response = self._open(method, path, params=params, body=body, headers=headers,
+                                    lease_fenced=lease_fenced)
+        raw = self._read_all(conn, response)
         if not raw:
             return {}
         try:
@@ -227,6 +221,15 @@ class CoordinatorClient:
         except ValueError:
             message = f"the coordinator at {self.base_url} sent an answer that is not JSON"
             raise CoordinatorError(response.status, message) from None
+
+    def _read_all(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> bytes:
+        try:
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise self._unreachable(exc) from exc
+        self._release(conn, response)
+        return raw
 
     def _stream_to(self, response: http.client.HTTPResponse, dest_dir: str, label: str) -> tuple[str, str]:
         """Write a response body into a temp file in `dest_dir`; return (temp path, SHA-256).
@@ -250,8 +253,8 @@ class CoordinatorClient:
                     size += len(block)
                     out.write(block)
             if expected_size is not None and expected_size.isdigit() and int(expected_size) != size:
-                raise CoordinatorError(
-                    0, f"the download of {label} was cut short ({size} of {expected_size} bytes)"
+                raise DownloadRefused(
+                    f"the download of {label} was cut short ({size} of {expected_size} bytes)"
                 )
             return temp_path, digest.hexdigest()
         except BaseException:
@@ -260,14 +263,22 @@ class CoordinatorClient:
 
     # -- generic ------------------------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, *, params: dict | None = None, json_body: dict | None = None) -> dict:
-        """Make one JSON API call and return the decoded answer; non-2xx answers raise CoordinatorError."""
-        body = None
-        headers: dict[str, str] = {}
-        if json_body is not None:
-            body = json.dumps(json_body).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        return self._json_call(method.upper(), path, params=params, body=body, headers=headers)
+    def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
+                data: bytes | None = None, lease_fenced: bool = False) -> Any:
+        """Make one API call (a JSON body, or raw bytes as `data`) and return the decoded answer; non-2xx answers
+        raise the typed CoordinatorError for their status (LeaseLost for 409 when `lease_fenced`)."""
+        body, headers = _encoded(json_body, data)
+        return self._json_call(method.upper(), path, params=params, body=body, headers=headers,
+                               lease_fenced=lease_fenced)
+
+    def send(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
+             data: bytes | None = None) -> tuple[int, str, bytes]:
+        """One request whatever the answer: (HTTP status, Content-Type, body). Only a failed exchange raises
+        (Unavailable); for tools that measure the coordinator and want its refusals as they are."""
+        body, headers = _encoded(json_body, data)
+        conn, response = self._open(method.upper(), path, params=params, body=body, headers=headers, refusals=False)
+        raw = self._read_all(conn, response)
+        return response.status, response.getheader("Content-Type") or "", raw
 
     def health(self) -> dict:
         """GET /health: {"ok", "version", "time"}."""
@@ -282,12 +293,9 @@ class CoordinatorClient:
 
         `allows_python`: the worker lets Python stored in .blend files run, for tasks that need it.
         """
-        return self.request(
-            "POST",
-            "/register_worker",
-            json_body={"name": name, "host": host, "blender_version": blender_version, "cpu_count": cpu_count,
-                       "allows_python": bool(allows_python)},
-        )
+        return self.request("POST", "/register_worker", json_body={
+            "name": name, "host": host, "blender_version": blender_version, "cpu_count": cpu_count,
+            "allows_python": bool(allows_python)})
 
     def update_worker(self, worker_id: int, leases: list[str]) -> dict:
         """Heartbeat: renew the leases the worker holds; the answer lists those `revoked` and whether `enabled`."""
@@ -301,35 +309,22 @@ class CoordinatorClient:
         """Switch a worker ON or OFF, named by id or by name; returns the worker. Needs the admin token."""
         if (worker_id is None) == (name is None):
             raise ValueError("name the worker by exactly one of worker_id or name")
-        body: dict[str, Any] = {"enabled": bool(enabled)}
-        if worker_id is not None:
-            body["worker_id"] = worker_id
-        else:
-            body["name"] = name
-        return self.request("POST", "/set_worker_enabled", json_body=body)
+        named = {"worker_id": worker_id} if worker_id is not None else {"name": name}
+        return self.request("POST", "/set_worker_enabled", json_body={"enabled": bool(enabled), **named})
 
     # -- files --------------------------------------------------------------------------------------------------
 
-    def _upload(
-        self,
-        path_in_api: str,
-        params: dict,
-        file_path: str,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> dict:
+    def _upload(self, path_in_api: str, params: dict, file_path: str,
+                progress: Callable[[int, int], None] | None = None, lease_fenced: bool = False) -> dict:
         with open(file_path, "rb") as stream:
             total = os.fstat(stream.fileno()).st_size
             if progress is not None:
                 progress(0, total)
             # http.client reads the wrapper block by block, so the file never sits whole in memory; an explicit
             # Content-Length keeps it from switching to chunked encoding.
-            return self._json_call(
-                "POST",
-                path_in_api,
-                params=params,
-                body=_ProgressReader(stream, total, progress),
-                headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
-            )
+            return self._json_call("POST", path_in_api, params=params, body=_ProgressReader(stream, total, progress),
+                                   headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
+                                   lease_fenced=lease_fenced)
 
     def upload_blend(
         self, path: str, filename: str | None = None, progress: Callable[[int, int], None] | None = None
@@ -348,10 +343,10 @@ class CoordinatorClient:
         try:
             temp_path, actual = self._stream_to(response, dest_dir, f"file {sha256}")
         finally:
-            conn.close()
+            self._release(conn, response)
         if actual.lower() != sha256.lower():
             _remove_quietly(temp_path)
-            raise CoordinatorError(0, f"the downloaded file has SHA-256 {actual}, not the {sha256} asked for")
+            raise DownloadRefused(f"the downloaded file has SHA-256 {actual}, not the {sha256} asked for")
         try:
             os.replace(temp_path, dest_path)
         except OSError:
@@ -387,8 +382,20 @@ class CoordinatorClient:
         return self.request("POST", "/submit_task", json_body=fields)
 
     def claim_frame(self, worker_id: int, prefer_task_id: int | None = None) -> dict:
-        """Claim the worker's next frame: {"frame": {...} or None, "wait_reason": ...}."""
-        return self.request("GET", "/get_task", params={"worker_id": worker_id, "prefer_task_id": prefer_task_id})
+        """Claim the worker's next frame (POST /frames/claim): {"frame": {...} or None, "wait_reason", ...}."""
+        return self.request("POST", "/frames/claim", json_body={"worker_id": worker_id,
+                                                                "prefer_task_id": prefer_task_id})
+
+    def finish_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, path: str, filename: str, *,
+                     started_at: float | None = None, ended_at: float | None = None,
+                     render_seconds: float | None = None) -> dict:
+        """Deliver a rendered frame in one request (POST /frames/finish): its file under its Blender name
+        `filename`, and its done report. Returns {"frame": {...}}; LeaseLost when the lease is gone (nothing of
+        the frame is then stored)."""
+        params = {"worker_id": worker_id, "task_id": task_id, "frame": frame, "lease_id": lease_id,
+                  "filename": filename, "started_at": started_at, "ended_at": ended_at,
+                  "render_seconds": render_seconds}
+        return self._upload("/frames/finish", params, path, lease_fenced=True)
 
     def update_frame(
         self, worker_id: int, task_id: int, frame: int, lease_id: str, status: str, **fields: Any
@@ -397,22 +404,15 @@ class CoordinatorClient:
 
         Fields whose value is None are left out.
         """
-        body: dict[str, Any] = {
-            "worker_id": worker_id,
-            "task_id": task_id,
-            "frame": frame,
-            "lease_id": lease_id,
-            "status": status,
-        }
+        body: dict[str, Any] = {"worker_id": worker_id, "task_id": task_id, "frame": frame, "lease_id": lease_id,
+                                "status": status}
         body.update({key: value for key, value in fields.items() if value is not None})
-        return self.request("POST", "/update_task", json_body=body)
+        return self.request("POST", "/update_task", json_body=body, lease_fenced=True)
 
     def upload_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, path: str, filename: str) -> dict:
         """Stream a rendered frame's file to the coordinator under its Blender name `filename`."""
-        params = {
-            "worker_id": worker_id, "task_id": task_id, "frame": frame, "lease_id": lease_id, "filename": filename,
-        }
-        return self._upload("/upload_frame", params, path)
+        return self._upload("/upload_frame", {"worker_id": worker_id, "task_id": task_id, "frame": frame,
+                                              "lease_id": lease_id, "filename": filename}, path, lease_fenced=True)
 
     def list_tasks(self, status: str | None = None) -> list[dict]:
         """Task summaries, newest first, optionally only those with `status`."""
@@ -478,19 +478,19 @@ class CoordinatorClient:
         try:
             name = save_as or response.headers.get_filename()
             if not safe_file_name(name):
-                raise CoordinatorError(
-                    0, f"the coordinator named frame {frame} of task {task_id} {name!r}, which is not a safe file name"
+                raise DownloadRefused(
+                    f"the coordinator named frame {frame} of task {task_id} {name!r}, which is not a safe file name"
                 )
             os.makedirs(dest_dir, exist_ok=True)
             final_path = os.path.join(dest_dir, name)
             check_not_link(final_path)
             temp_path, actual = self._stream_to(response, dest_dir, f"frame {frame} of task {task_id}")
         finally:
-            conn.close()
+            self._release(conn, response)
         if expected_sha256 and actual.lower() != expected_sha256.lower():
             _remove_quietly(temp_path)
-            raise CoordinatorError(
-                0, f"frame {frame} of task {task_id} arrived with SHA-256 {actual}, not {expected_sha256}"
+            raise DownloadRefused(
+                f"frame {frame} of task {task_id} arrived with SHA-256 {actual}, not {expected_sha256}"
             )
         try:
             # rename() replaces a name, never writing through a link that appeared there meanwhile.
@@ -518,7 +518,7 @@ class CoordinatorClient:
             check_not_link(dest_path)
             temp_path, _ = self._stream_to(response, dest_dir, f"the frames of task {task_id}")
         finally:
-            conn.close()
+            self._release(conn, response)
         try:
             os.replace(temp_path, dest_path)
         except OSError:
@@ -549,6 +549,24 @@ class CoordinatorClient:
     def get_log(self, task_id: int, offset: int = 0) -> dict:
         """Read a task's log from byte `offset`: {"text", "offset", "next_offset"}."""
         return self.request("GET", "/get_log", params={"task_id": task_id, "offset": offset})
+
+
+def _encoded(json_body: Any, data: bytes | None) -> tuple[bytes | None, dict[str, str]]:
+    """A request body and its Content-Type: `json_body` as JSON, else `data` as bytes, else none."""
+    if json_body is not None:
+        return json.dumps(json_body).encode("utf-8"), {"Content-Type": "application/json"}
+    if data is not None:
+        return data, {"Content-Type": "application/octet-stream"}
+    return None, {}
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether an idle keep-alive socket was closed by the other side: it then reads as ready (at end of file)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _param_text(value: Any) -> str:

@@ -19,6 +19,8 @@ from renderq.http_client import (
     CoordinatorClient,
     CoordinatorError,
     CoordinatorUnreachable,
+    Invalid,
+    TooLarge,
 )
 
 if TYPE_CHECKING:  # packing needs blender_asset_tracer; only its types are needed here
@@ -108,8 +110,9 @@ def upload_needed(client: CoordinatorClient, submit_plan: SubmitPlan, progress: 
             raise  # about the coordinator, not this file
         except CoordinatorError as error:
             name = next(entry["path"] for entry in submit_plan.manifest if entry["sha256"] == sha256)
-            hint = " (did it change while it was being uploaded?)" if error.status == 400 else ""
-            raise CoordinatorError(error.status, f"could not upload {name}: {error.message}{hint}") from None
+            changed = isinstance(error, Invalid) and not isinstance(error, TooLarge)  # the hash did not match
+            hint = " (did it change while it was being uploaded?)" if changed else ""
+            raise type(error)(error.status, f"could not upload {name}: {error.message}{hint}") from None
         sent_before += sizes[sha256]
     return Uploaded(files=len(submit_plan.needed), bytes=total)
 

@@ -60,7 +60,7 @@ _renderq_setup() {
     local wanted
     wanted="$(sha256sum "$_renderq_root/pyproject.toml" | cut -d' ' -f1)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] ||
-        ! "$venv/bin/python" -c 'import renderq, coordinator, worker, flask, uvicorn, httptools, a2wsgi, requests, pytest, PIL' >/dev/null 2>&1; then
+        ! "$venv/bin/python" -c 'import renderq, coordinator, worker, flask, uvicorn, httptools, a2wsgi, yaml, jsonschema_rs, pytest, PIL' >/dev/null 2>&1; then
         _renderq_say "installing RenderQ and its test tools into $venv"
         "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$_renderq_root[test]" || return 1
         echo "$wanted" >"$stamp"

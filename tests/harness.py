@@ -269,6 +269,9 @@ class TcpProxy:
     never answered) until `restore()`, which closes the blackholed ones. Every relayed connection is kept in
     `exchanges`; `on_forward(exchange)` runs before each chunk of a request goes on to the coordinator (the chunk is
     already in `exchange.request`), so a fault can be timed to a request.
+
+    Each connection carries one exchange: the proxy adds `Connection: close` to the coordinator's answer, so a
+    keep-alive client opens a new connection for its next request and every request is seen in `exchanges`.
     """
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
@@ -344,7 +347,8 @@ class TcpProxy:
             _reset(client)
             _reset(upstream)
             return
-        answer = threading.Thread(target=self._pump, args=(upstream, client, exchange.response, None), daemon=True)
+        answer = threading.Thread(target=self._pump, args=(upstream, client, exchange.response, None, True),
+                                  daemon=True)
         answer.start()
         self._pump(client, upstream, exchange.request, exchange)
         answer.join()
@@ -355,13 +359,19 @@ class TcpProxy:
         upstream.close()
 
     def _pump(self, source: socket.socket, dest: socket.socket, record: bytearray,
-              exchange: Exchange | None) -> None:
+              exchange: Exchange | None, answer: bool = False) -> None:
         try:
             while True:
                 # Small reads, so a request's body passes in several chunks a fault can fall between.
                 chunk = source.recv(16384)
                 if not chunk:
                     break
+                if answer and not record and chunk.startswith(b"HTTP/1.") and b"\r\n" in chunk:
+                    status_line, rest = chunk.split(b"\r\n", 1)
+                    dest.sendall(status_line + b"\r\nConnection: close\r\n")
+                    record += chunk[:Exchange.KEPT]
+                    dest.sendall(rest)
+                    continue
                 if len(record) < Exchange.KEPT:
                     record += chunk[:Exchange.KEPT - len(record)]
                 if exchange is not None and self.on_forward is not None:

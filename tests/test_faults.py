@@ -171,7 +171,8 @@ def claimed_leases(exchanges: list[Exchange]) -> dict[tuple[int, int], str]:
     """(task id, frame) -> the last lease id the coordinator handed out through the proxy."""
     leases = {}
     for exchange in exchanges:
-        if exchange.path.startswith("/get_task") and exchange.status == 200:
+        # The claim: POST /frames/claim, or the seed's GET /get_task.
+        if exchange.path.startswith(("/frames/claim", "/get_task")) and exchange.status == 200:
             claimed = json.loads(exchange.response_body).get("frame")
             if claimed:
                 leases[(claimed["task_id"], claimed["frame"])] = claimed["lease_id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,8 +103,10 @@ def test_json_call_sends_body_and_returns_answer(stub: StubServer) -> None:
 def test_query_parameters_skip_none(stub: StubServer) -> None:
     stub.routes[("GET", "/get_task")] = lambda h, q, b: send_json(h, 200, {"frame": None, "wait_reason": "idle"})
     client = CoordinatorClient(stub.url + "/")
-    assert client.claim_frame(3) == {"frame": None, "wait_reason": "idle"}
-    client.claim_frame(3, prefer_task_id=7)
+    # claim_frame now POSTs /frames/claim: the seed's query-string route shows the rule for parameters.
+    assert client.request("GET", "/get_task", params={"worker_id": 3, "prefer_task_id": None}) == {
+        "frame": None, "wait_reason": "idle"}
+    client.request("GET", "/get_task", params={"worker_id": 3, "prefer_task_id": 7})
     assert stub.requests[0][2] == {"worker_id": "3"}
     assert stub.requests[1][2] == {"worker_id": "3", "prefer_task_id": "7"}
 
@@ -268,3 +271,58 @@ def test_token_goes_with_every_request_when_given() -> None:
     assert seen == ["Bearer the-admin-token"] * 5 + [None]
     assert bodies["/set_task_priority"] == {"task_id": 7, "priority": 3}
     assert bodies["/pause_task"] == {"task_id": 7}
+
+
+def test_a_keep_alive_connection_closed_as_the_request_arrives_is_replaced_once() -> None:
+    """The coordinator closes an idle connection just as the next request goes out: it never saw that request, so
+    the client sends it again on a new connection (and only then)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted: list[int] = []
+    answer = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"ok": true}'
+
+    def read_request(conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def serve() -> None:
+        first, _ = listener.accept()
+        accepted.append(1)
+        read_request(first)
+        first.sendall(answer)
+        read_request(first)  # the second request arrives ... and the connection is closed unanswered
+        first.close()
+        second, _ = listener.accept()
+        accepted.append(2)
+        read_request(second)
+        second.sendall(answer)
+        second.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    client = CoordinatorClient(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=5)
+    assert client.health() == {"ok": True}
+    assert client.health() == {"ok": True}
+    server.join(5)
+    listener.close()
+    assert accepted == [1, 2]
+
+
+def test_each_refusal_status_has_its_error_type_and_keeps_the_status() -> None:
+    from renderq.http_client import (Conflict, DiskFull, Forbidden, Invalid, LeaseLost, NotFound, TooLarge,
+                                     Unauthorized, Unavailable, error_for)
+
+    expected = {400: Invalid, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: TooLarge,
+                415: Invalid, 500: Unavailable, 503: Unavailable, 507: DiskFull}
+    for status, kind in expected.items():
+        error = error_for(status, "a sentence")
+        assert type(error) is kind and error.status == status and str(error) == "a sentence"
+    assert type(error_for(409, "lost", lease_fenced=True)) is LeaseLost
+    assert isinstance(error_for(409, "lost", lease_fenced=True), Conflict)
+    assert type(error_for(418, "odd")) is CoordinatorError

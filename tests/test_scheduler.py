@@ -920,3 +920,22 @@ def test_idle_poll_has_a_ceiling(tmp_path, clock):
     clock.now += 6
     assert scheduler.idle_poll_seconds() == 30.0
     assert scheduler.register_worker("one-more", "host", "3.4.1", 2)["poll_seconds"] == 30.0
+
+
+def test_finish_frame_is_one_transaction_fenced_by_the_lease(scheduler):
+    """The lease is lost after the check that comes before the file is read (the file is then already stored):
+    the transaction that records the output and the done state applies nothing."""
+    task_id = submit(scheduler, 1, 1)
+    worker = register(scheduler, "w1")
+    lease, _ = scheduler.claim(worker)
+    assert scheduler.check_finish(worker, task_id, 1, lease["lease_id"], "f_0001.png") is None
+    scheduler.report(worker, task_id, 1, lease["lease_id"], "released")  # lost while the file streamed in
+    with pytest.raises(Conflict):
+        scheduler.finish_frame(worker, task_id, 1, lease["lease_id"], ("f_0001.png", "b" * 64, 10))
+    frame = scheduler.frame(task_id, 1)
+    assert frame["status"] == "queued" and frame["output_sha256"] is None and frame["output"] is None
+    lease, _ = scheduler.claim(worker)
+    done = scheduler.finish_frame(worker, task_id, 1, lease["lease_id"], ("f_0001.png", "c" * 64, 10),
+                                  render_seconds=2.0)
+    assert done["status"] == "done" and done["output_sha256"] == "c" * 64
+    assert scheduler.check_finish(worker, task_id, 1, lease["lease_id"], "f_0001.png")["status"] == "done"

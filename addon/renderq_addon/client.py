@@ -7,10 +7,8 @@ before it starts a job; the rest runs inside jobs.
 from __future__ import annotations
 
 import getpass
-import http.client
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import bpy
 
@@ -18,6 +16,9 @@ from renderq.http_client import (
     CoordinatorClient,
     CoordinatorError,
     CoordinatorUnreachable,
+    Forbidden,
+    NotFound,
+    Unauthorized,
 )
 
 from . import prefs, state
@@ -29,26 +30,10 @@ TRANSFER_TIMEOUT = 60.0
 
 
 class AuthorizedClient(CoordinatorClient):
-    """The coordinator client, sending `Authorization: Bearer <token>` with every request when a token is set."""
+    """The coordinator client with the add-on's token, sent as `Authorization: Bearer <token>` when one is set."""
 
     def __init__(self, base_url: str, token: str = "", timeout: float = 30.0) -> None:
-        super().__init__(base_url, timeout=timeout)
-        token = token.strip()
-        self._auth_headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    def _open(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict | None = None,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        # Every request of the base client goes through _open, so this is the one place to add the header.
-        merged = dict(self._auth_headers)
-        merged.update(headers or {})
-        return super()._open(method, path, params=params, body=body, headers=merged)
+        super().__init__(base_url, timeout=timeout, token=token.strip() or None)
 
 
 @dataclass(frozen=True)
@@ -127,13 +112,11 @@ def error_sentence(error: BaseException) -> str:
     """One plain sentence for a failed coordinator call."""
     if isinstance(error, CoordinatorUnreachable):
         return f"Cannot reach the coordinator at {_base_url_of(error)} ({error.reason})"
+    if isinstance(error, Unauthorized) and not isinstance(error, Forbidden):
+        return (f"The coordinator refused the access token (HTTP {error.status}): "
+                "check the token in the RenderQ add-on preferences")
     if isinstance(error, CoordinatorError):
-        if error.status == 401:
-            return (f"The coordinator refused the access token (HTTP {error.status}): "
-                    "check the token in the RenderQ add-on preferences")
-        if error.status == 403:
-            return _capitalized(error.message)  # e.g. another artist's task, or a token of the wrong kind
-        return _capitalized(error.message)
+        return _capitalized(error.message)  # a 403 too: another artist's task, or a token of the wrong kind
     if isinstance(error, ValueError):
         return _capitalized(str(error))
     if isinstance(error, OSError):
@@ -171,10 +154,10 @@ def test_connection(settings: Settings) -> str:
         health = client.health()
     except CoordinatorUnreachable as error:
         raise ConnectionProblem(error_sentence(error)) from None
+    except Unauthorized as error:
+        raise ConnectionProblem(error_sentence(error)) from None
     except CoordinatorError as error:
-        if error.status in (401, 403):
-            raise ConnectionProblem(error_sentence(error)) from None
-        if error.status == 404 or 200 <= error.status < 300:
+        if isinstance(error, NotFound) or 200 <= error.status < 300:
             # No /health page, or one that is not JSON: some other web server.
             raise ConnectionProblem(f"{settings.url} answers, but it is not a RenderQ coordinator") from None
         raise ConnectionProblem(f"The coordinator answered with an error: {error.message}") from None

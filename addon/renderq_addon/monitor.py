@@ -18,7 +18,7 @@ import bpy
 import bpy.utils.previews
 
 from renderq.frame_download import fetch_done_frames
-from renderq.http_client import CoordinatorError
+from renderq.http_client import NotFound
 from renderq.model import Frame, FrameStatus, TaskStatus
 
 from . import client, jobs, notify, prefs, state, text
@@ -81,9 +81,7 @@ def poll() -> bool:
                 # The detail without frames: a task of many frames would cost a big answer every poll, and the
                 # thumbnail needs only the latest rendered frame, which the detail names.
                 full.append(coordinator.get_task(task_id, with_frames=False))
-            except CoordinatorError as error:
-                if error.status != 404:
-                    raise
+            except NotFound:
                 gone.append(task_id)  # deleted on the coordinator (or another coordinator now)
         mine = None
         if list_mine:

@@ -205,15 +205,27 @@ def _version_of(sha256: str) -> str:
         return ""
 
 
+@tasks.post("/frames/claim")
+@requires("worker")
+def claim_frame():
+    """Claim the worker's next frame (a POST: it changes what the farm holds)."""
+    body = v.json_body()
+    return _claim(int(body["worker_id"]), body.get("prefer_task_id"))
+
+
 @tasks.route("/get_task", methods=["GET", "POST"])
 @requires("worker")
 def get_task():
+    """The seed's claim route, kept for its clients: its GET changes state, so new clients POST /frames/claim."""
     source = dict(request.args)
     if request.method == "POST" and request.content_length:
         source.update(v.json_body())
-    prefer = v.integer(source, "prefer_task_id", default=None)
+    return _claim(v.integer(source, "worker_id", minimum=1), v.integer(source, "prefer_task_id", default=None))
+
+
+def _claim(worker_id: int, prefer_task_id: int | None):
     scheduler = _scheduler()
-    frame, reason = scheduler.claim(v.integer(source, "worker_id", minimum=1), prefer)
+    frame, reason = scheduler.claim(worker_id, prefer_task_id)
     if frame is None:
         return jsonify({"frame": None, "wait_reason": reason, "poll_seconds": scheduler.idle_poll_seconds()})
     return jsonify({"frame": frame, "wait_reason": None})
@@ -222,21 +234,42 @@ def get_task():
 @tasks.post("/update_task")
 @requires("worker")
 def update_task():
-    body = v.json_body()
+    body = v.json_body()  # typed and bounded by openapi.yaml
     frame = _scheduler().report(
-        worker_id=v.integer(body, "worker_id", minimum=1),
-        task_id=v.integer(body, "task_id", minimum=1),
-        frame=v.integer(body, "frame"),
-        lease_id=v.text(body, "lease_id", max_length=64),
-        status=v.text(body, "status", max_length=20),
-        started_at=v.number(body, "started_at"),
-        ended_at=v.number(body, "ended_at"),
-        render_seconds=v.number(body, "render_seconds"),
-        error=v.text(body, "error", default=None, max_length=10_000),
-        log_tail=v.text(body, "log_tail", default=None, max_length=100_000),
-        needs_python=v.boolean(body, "needs_python") if body.get("needs_python") is not None else False,
+        worker_id=body["worker_id"], task_id=body["task_id"], frame=body["frame"], lease_id=body["lease_id"],
+        status=body["status"], started_at=body.get("started_at"), ended_at=body.get("ended_at"),
+        render_seconds=body.get("render_seconds"), error=body.get("error"), log_tail=body.get("log_tail"),
+        needs_python=bool(body.get("needs_python")),
     )
     return jsonify({"frame": frame})
+
+
+@tasks.post("/frames/finish")
+@requires("worker")
+def finish_frame():
+    """One request for a rendered frame: its file as the body, its report in the query string, fenced by the lease.
+
+    The lease and the file name are checked before a byte is stored; the file streams into the blob store; the
+    output and the done report are then written in one transaction that matches only while the lease is live.
+    """
+    fields = v.query()
+    who = (fields["worker_id"], fields["task_id"], fields["frame"], fields["lease_id"])
+    filename = _checked_file_name(fields["filename"], "the frame's file name")
+    repeat = _scheduler().check_finish(*who, filename)
+    if repeat is not None:
+        return jsonify({"frame": repeat})
+    sha256, size = _store_frame_file()
+    frame = _scheduler().finish_frame(*who, (filename, sha256, size), started_at=fields.get("started_at"),
+                                      ended_at=fields.get("ended_at"), render_seconds=fields.get("render_seconds"))
+    return jsonify({"frame": frame})
+
+
+def _store_frame_file() -> tuple[str, int]:
+    """Stream the request body into the blob store: (sha256, size), refused when over the upload limit."""
+    limit = current_app.config["RENDERQ"].upload_limit
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the file is larger than the coordinator's upload limit of {limit} bytes")
+    return _blobs().put_stream(request.stream, limit=limit)
 
 
 @tasks.post("/upload_frame")
@@ -251,10 +284,7 @@ def upload_frame():
     # Refuse a fenced-off worker, or a name another frame has, before it spends the coordinator's disk.
     _scheduler().check_lease(worker_id, task_id, frame, lease_id)
     _scheduler().check_output_name(task_id, frame, filename)
-    limit = current_app.config["RENDERQ"].upload_limit
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the file is larger than the coordinator's upload limit of {limit} bytes")
-    sha256, size = _blobs().put_stream(request.stream, limit=limit)
+    sha256, size = _store_frame_file()
     _scheduler().record_output(worker_id, task_id, frame, lease_id, filename, sha256, size)
     return jsonify({"sha256": sha256, "size": size, "filename": filename})
 

@@ -10,6 +10,7 @@ from flask import request
 from renderq.paths import invisible_character
 
 from ..errors import BadRequest, UnsupportedMediaType
+from . import contract
 
 MAX_NAME_LENGTH = 200
 
@@ -29,7 +30,16 @@ def json_body() -> dict[str, Any]:
     # JSON may escape half a UTF-16 pair ("\ud800"); such a string cannot be stored or encoded as UTF-8.
     if _SURROGATE_ESCAPE.search(request.get_data()) and _has_lone_surrogate(body):
         raise BadRequest("the request body holds a lone surrogate escape (\\udXXX): not valid Unicode text")
+    if request.url_rule is not None:
+        contract.check_body(request.url_rule.rule, request.method, body)
     return body
+
+
+def query() -> dict[str, Any]:
+    """The request's documented query parameters, typed and checked against openapi.yaml."""
+    if request.url_rule is None:
+        return dict(request.args)
+    return contract.query(request.url_rule.rule, request.method, request.args)
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")

@@ -17,13 +17,11 @@ def _scheduler():
 @workers.post("/register_worker")
 @requires("worker")
 def register_worker():
-    body = v.json_body()
+    body = v.json_body()  # typed and bounded by openapi.yaml
+    v.check_name(body["name"], "name")
     worker = _scheduler().register_worker(
-        name=v.name(body, "name"),
-        host=v.text(body, "host", default="", max_length=255),
-        blender_version=v.text(body, "blender_version", default="", max_length=64),
-        cpu_count=v.integer(body, "cpu_count", default=0, minimum=0, maximum=100_000),
-        allows_python=v.boolean(body, "allows_python") if body.get("allows_python") is not None else False,
+        name=body["name"], host=body.get("host", ""), blender_version=body.get("blender_version", ""),
+        cpu_count=body.get("cpu_count", 0), allows_python=bool(body.get("allows_python")),
     )
     return jsonify(worker)
 
@@ -31,11 +29,9 @@ def register_worker():
 @workers.post("/update_worker")
 @requires("worker")
 def update_worker():
-    body = v.json_body()
-    leases = body.get("leases", [])
-    if not isinstance(leases, list) or not all(isinstance(lease, str) for lease in leases) or len(leases) > 1000:
-        raise v.BadRequest("'leases' must be a list of lease ids (strings)")
-    return jsonify(_scheduler().heartbeat(v.integer(body, "worker_id", minimum=1), leases))
+    """The heartbeat: renews the leases the worker still holds."""
+    body = v.json_body()  # typed and bounded by openapi.yaml
+    return jsonify(_scheduler().heartbeat(body["worker_id"], body.get("leases", [])))
 
 
 @workers.get("/list_workers")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from .connection import StoreConnection
 from .rows import FRAME_COLUMNS, OutputNameTaken, finish_task_if_complete, output_holder, record_failure, requeue
 
@@ -140,24 +142,28 @@ class FrameQueries(StoreConnection):
     ) -> dict | None:
         """Finish a frame exactly once: the update only matches while this lease is live."""
         with self.transaction() as db:
-            row = db.execute(
-                f"UPDATE frames SET status = 'done', started_at = coalesce(?, started_at), ended_at = ?, "
-                f"render_seconds = ?, lease_expires = NULL, render_deadline = NULL, error = NULL, "
-                f"attempts = CASE WHEN attempts = 0 THEN 1 ELSE attempts END "
-                f"WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering') "
-                f"AND output_sha256 IS NOT NULL RETURNING {FRAME_COLUMNS}",
-                (started_at, ended_at, render_seconds, task_id, frame, lease_id),
-            ).fetchone()
-            if row is None:
+            return _mark_done(db, task_id, frame, lease_id, worker_id, started_at, ended_at, render_seconds, now)
+
+    def finish_frame(
+        self, task_id: int, frame: int, lease_id: str, worker_id: int, output: tuple[str, str, str, int],
+        started_at: float | None, ended_at: float, render_seconds: float | None, now: float,
+    ) -> dict | None:
+        """Record the frame's output (filename, collision key, sha256, size) and mark it done in one transaction,
+        fenced by the lease: None (and nothing written) when the lease is not live; OutputNameTaken as
+        record_output."""
+        filename, key, sha256, size = output
+        with self.transaction() as db:
+            holder = output_holder(db, task_id, frame, key)
+            if holder is not None:
+                raise OutputNameTaken(holder["frame"], holder["output"])
+            updated = db.execute(
+                "UPDATE frames SET output = ?, output_key = ?, output_sha256 = ?, output_size = ? "
+                "WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')",
+                (filename, key, sha256, size, task_id, frame, lease_id),
+            ).rowcount
+            if not updated:
                 return None
-            db.execute("UPDATE tasks SET frames_done = frames_done + 1 WHERE task_id = ?", (task_id,))
-            db.execute(
-                "UPDATE workers SET frames_done = frames_done + 1, "
-                "render_seconds_total = render_seconds_total + coalesce(?, 0) WHERE worker_id = ?",
-                (render_seconds, worker_id),
-            )
-            finish_task_if_complete(db, task_id, now)
-            return dict(row)
+            return _mark_done(db, task_id, frame, lease_id, worker_id, started_at, ended_at, render_seconds, now)
 
     def mark_failed(
         self, task_id: int, frame: int, lease_id: str, worker_id: int, error: str, log_tail: str,
@@ -193,3 +199,26 @@ class FrameQueries(StoreConnection):
                 "WHERE status IN ('leased', 'rendering')",
                 (lease_expires, lease_expires),
             )
+
+
+def _mark_done(db: sqlite3.Connection, task_id: int, frame: int, lease_id: str, worker_id: int,
+               started_at: float | None, ended_at: float, render_seconds: float | None, now: float) -> dict | None:
+    """Mark a frame with an output done and count it, inside the caller's transaction; None if the lease is gone."""
+    row = db.execute(
+        f"UPDATE frames SET status = 'done', started_at = coalesce(?, started_at), ended_at = ?, "
+        f"render_seconds = ?, lease_expires = NULL, render_deadline = NULL, error = NULL, "
+        f"attempts = CASE WHEN attempts = 0 THEN 1 ELSE attempts END "
+        f"WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering') "
+        f"AND output_sha256 IS NOT NULL RETURNING {FRAME_COLUMNS}",
+        (started_at, ended_at, render_seconds, task_id, frame, lease_id),
+    ).fetchone()
+    if row is None:
+        return None
+    db.execute("UPDATE tasks SET frames_done = frames_done + 1 WHERE task_id = ?", (task_id,))
+    db.execute(
+        "UPDATE workers SET frames_done = frames_done + 1, "
+        "render_seconds_total = render_seconds_total + coalesce(?, 0) WHERE worker_id = ?",
+        (render_seconds, worker_id),
+    )
+    finish_task_if_complete(db, task_id, now)
+    return dict(row)
