@@ -1,51 +1,54 @@
 """Domain errors: each carries the HTTP status the API layer answers with and a plain sentence."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class RenderQError(Exception):
     """A request the coordinator refuses; nothing stored was changed."""
 
     status = 400
 
+    def __init_subclass__(cls, status: int | None = None, **kwargs: Any) -> None:
+        # Each error class names its status once, in its header: `class NotFound(RenderQError, status=404)`; a
+        # subclass that names none keeps its parent's.
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class BadRequest(RenderQError):
-    status = 400
+class BadRequest(RenderQError, status=400):
+    """The request is malformed or names a value the coordinator cannot accept."""
 
 
-class NotFound(RenderQError):
-    status = 404
+class NotFound(RenderQError, status=404):
+    """The task, worker, frame or file the request names does not exist."""
 
 
-class Conflict(RenderQError):
+class Conflict(RenderQError, status=409):
     """The request is well formed but contradicts the current state (a lost lease, an ended task)."""
 
-    status = 409
+
+class PayloadTooLarge(RenderQError, status=413):
+    """The request is larger than a configured limit allows."""
 
 
-class PayloadTooLarge(RenderQError):
-    status = 413
-
-
-class UnsupportedMediaType(RenderQError):
+class UnsupportedMediaType(RenderQError, status=415):
     """A body sent with the wrong Content-Type (JSON must be declared as application/json)."""
 
-    status = 415
+
+class InsufficientStorage(RenderQError, status=507):
+    """Storing the upload would eat into the disk reserve of the data dir."""
 
 
-class InsufficientStorage(RenderQError):
-    status = 507
-
-
-class Forbidden(RenderQError):
+class Forbidden(RenderQError, status=403):
     """The caller is known but may not do this (an artist canceling someone else's task)."""
 
-    status = 403
 
-
-class RequestTimeout(RenderQError):
+class RequestTimeout(RenderQError, status=408):
     """The client stopped sending its request (a body that does not arrive in time, an upload that stalls)."""
-
-    status = 408

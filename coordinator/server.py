@@ -4,6 +4,7 @@ reaped in the background."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -11,7 +12,8 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from renderq.platform import hold_lock_file
 from renderq.private_files import PRIVATE_UMASK, make_private_tree_top
@@ -34,46 +36,91 @@ log = logging.getLogger("renderq.coordinator")
 ORPHAN_SWEEP_SECONDS = 600.0
 
 
+class Flag(NamedTuple):
+    """One value flag of `renderq coordinator`: it sets the Config field named by `dest` (else by the flag)."""
+
+    name: str
+    type: Callable[[str], Any]
+    help: str
+    dest: str | None = None
+    metavar: str | None = None
+
+
+# Each help names the flag's RENDERQ_* variable and default, as the README's table does.
+SERVE_FLAGS = (
+    Flag("--host", str, "address to listen on (RENDERQ_HOST, default 0.0.0.0)"),
+    Flag("--port", int, "port to listen on, 0 for any free port (RENDERQ_PORT, default 5000)"),
+    Flag("--data-dir", str, "where the database, .blend files and frames are kept "
+         "(RENDERQ_DATA_DIR, default ./renderq-data)"),
+    Flag("--public-url", str, "URL that clients should use to reach this coordinator (RENDERQ_PUBLIC_URL)"),
+    Flag("--poll-interval", float, "seconds between status page refreshes (RENDERQ_POLL_INTERVAL, default 2)"),
+    Flag("--alive-timeout", float, "seconds without an update before a worker counts as dead and its frames are "
+         "requeued (RENDERQ_ALIVE_TIMEOUT, default 15)"),
+    Flag("--heartbeat", float, "seconds between worker updates (RENDERQ_HEARTBEAT_SECONDS, default 2)",
+         dest="heartbeat_seconds"),
+    Flag("--frame-fail-workers", int, "a frame is marked failed once it has failed on this many different workers "
+         "(RENDERQ_FRAME_FAIL_WORKERS, default 3)"),
+    Flag("--bad-worker-failures", int, "a worker that failed frames of a task this many times gets no more frames "
+         "of it until its failed frames are retried (RENDERQ_BAD_WORKER_FAILURES, default 3)"),
+    Flag("--frame-timeout", float, "default longest render of one frame in seconds, 0 for no limit; a task may set "
+         "its own (RENDERQ_FRAME_TIMEOUT, default 0)"),
+    Flag("--no-progress-timeout", float, "default seconds Blender may show no progress before the frame counts as "
+         "failed; a task may set its own (RENDERQ_NO_PROGRESS_TIMEOUT, default 600)"),
+    Flag("--upload-limit", parse_size, "largest accepted upload, e.g. 4G (RENDERQ_UPLOAD_LIMIT, default 4G)"),
+    Flag("--disk-reserve", parse_size, "free space to keep on the data dir's disk; uploads that would eat into it "
+         "get a 507 error (RENDERQ_DISK_RESERVE, default 1G)"),
+    Flag("--http-threads", int, "threads serving HTTP requests (RENDERQ_HTTP_THREADS, default 16)"),
+    Flag("--max-task-frames", int, "most frames one task may have; a larger submit gets a 413 error. Well below a "
+         "million: every frame is a database row the coordinator builds, keeps and reports "
+         "(RENDERQ_MAX_TASK_FRAMES, default 100000)"),
+    Flag("--max-settings-bytes", parse_size, "largest `settings` of a task as JSON, e.g. 64K; it is sent with every "
+         "frame a worker leases (RENDERQ_MAX_SETTINGS_BYTES, default 64K)"),
+    Flag("--max-missing-assets", int, "most entries in a task's list of missing assets "
+         "(RENDERQ_MAX_MISSING_ASSETS, default 1000)"),
+    Flag("--max-log-chunk", parse_size, "largest piece of log one /append_log request may add, e.g. 1M "
+         "(RENDERQ_MAX_LOG_CHUNK, default 1M)"),
+)
+
+# The HTTP server's flags: how many connections, threads and bytes it takes, and how long it waits.
+HTTP_FLAGS = (
+    Flag("--transfer-threads", int, "threads for uploads and downloads, apart from --http-threads, so slow "
+         "transfers never hold up workers' updates (RENDERQ_TRANSFER_THREADS, default 16)"),
+    Flag("--max-connections", int, "most open connections; more are answered 503 and closed "
+         "(RENDERQ_MAX_CONNECTIONS, default 4096)"),
+    Flag("--header-timeout", float, "seconds a client has to send a request's headers; an idle or trickling "
+         "connection is closed after it (RENDERQ_HEADER_TIMEOUT, default 10)"),
+    Flag("--body-timeout", float, "seconds a client has to send the whole body of a request other than an upload; "
+         "408 after it (RENDERQ_BODY_TIMEOUT, default 30)"),
+    Flag("--transfer-idle-timeout", float, "seconds an upload or a download may stall, no byte moving, before its "
+         "connection is cut (RENDERQ_TRANSFER_IDLE_TIMEOUT, default 60)"),
+    Flag("--keep-alive-timeout", float, "seconds an idle connection stays open between requests; longer than "
+         "--heartbeat (RENDERQ_KEEP_ALIVE_TIMEOUT, default 30)"),
+    Flag("--body-limit", parse_size, "largest body of a request other than an upload, e.g. 4M; larger ones get a "
+         "413 error before they are read (RENDERQ_BODY_LIMIT, default 4M)"),
+)
+
+ORPHAN_GRACE_FLAG = Flag("--orphan-grace", float, "a stored file that no task uses (an upload, a frame's output) is "
+                         "deleted once it is this old: the longest an upload may wait for the submit that uses it "
+                         "(RENDERQ_ORPHAN_GRACE, default 86400, a day)", metavar="SECONDS")
+
+
+def add_flags(parser: argparse.ArgumentParser, flags: Iterable[Flag]) -> None:
+    """Declare value flags; each defaults to None, so that Config.from_env keeps its RENDERQ_* value."""
+    for flag in flags:
+        options: dict[str, Any] = {"help": flag.help}
+        if flag.type is not str:
+            options["type"] = flag.type
+        if flag.dest:
+            options["dest"] = flag.dest
+        if flag.metavar:
+            options["metavar"] = flag.metavar
+        parser.add_argument(flag.name, **options)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `renderq coordinator`; each overrides its RENDERQ_* environment variable."""
-    parser.add_argument("--host", help="address to listen on (RENDERQ_HOST, default 0.0.0.0)")
-    parser.add_argument("--port", type=int, help="port to listen on, 0 for any free port (RENDERQ_PORT, default 5000)")
-    parser.add_argument("--data-dir", help="where the database, .blend files and frames are kept "
-                        "(RENDERQ_DATA_DIR, default ./renderq-data)")
-    parser.add_argument("--public-url", help="URL that clients should use to reach this coordinator "
-                        "(RENDERQ_PUBLIC_URL)")
-    parser.add_argument("--poll-interval", type=float, help="seconds between status page refreshes "
-                        "(RENDERQ_POLL_INTERVAL, default 2)")
-    parser.add_argument("--alive-timeout", type=float, help="seconds without an update before a worker counts as "
-                        "dead and its frames are requeued (RENDERQ_ALIVE_TIMEOUT, default 15)")
-    parser.add_argument("--heartbeat", dest="heartbeat_seconds", type=float,
-                        help="seconds between worker updates (RENDERQ_HEARTBEAT_SECONDS, default 2)")
-    parser.add_argument("--frame-fail-workers", type=int, help="a frame is marked failed once it has failed on this "
-                        "many different workers (RENDERQ_FRAME_FAIL_WORKERS, default 3)")
-    parser.add_argument("--bad-worker-failures", type=int, help="a worker that failed frames of a task this many "
-                        "times gets no more frames of it until its failed frames are retried "
-                        "(RENDERQ_BAD_WORKER_FAILURES, default 3)")
-    parser.add_argument("--frame-timeout", type=float, help="default longest render of one frame in seconds, 0 for "
-                        "no limit; a task may set its own (RENDERQ_FRAME_TIMEOUT, default 0)")
-    parser.add_argument("--no-progress-timeout", type=float, help="default seconds Blender may show no progress "
-                        "before the frame counts as failed; a task may set its own "
-                        "(RENDERQ_NO_PROGRESS_TIMEOUT, default 600)")
-    parser.add_argument("--upload-limit", type=parse_size, help="largest accepted upload, e.g. 4G "
-                        "(RENDERQ_UPLOAD_LIMIT, default 4G)")
-    parser.add_argument("--disk-reserve", type=parse_size, help="free space to keep on the data dir's disk; uploads "
-                        "that would eat into it get a 507 error (RENDERQ_DISK_RESERVE, default 1G)")
-    parser.add_argument("--http-threads", type=int,
-                        help="threads serving HTTP requests (RENDERQ_HTTP_THREADS, default 16)")
-    parser.add_argument("--max-task-frames", type=int, help="most frames one task may have; a larger submit gets "
-                        "a 413 error. Well below a million: every frame is a database row the coordinator builds, "
-                        "keeps and reports (RENDERQ_MAX_TASK_FRAMES, default 100000)")
-    parser.add_argument("--max-settings-bytes", type=parse_size, help="largest `settings` of a task as JSON, e.g. "
-                        "64K; it is sent with every frame a worker leases (RENDERQ_MAX_SETTINGS_BYTES, default 64K)")
-    parser.add_argument("--max-missing-assets", type=int, help="most entries in a task's list of missing assets "
-                        "(RENDERQ_MAX_MISSING_ASSETS, default 1000)")
-    parser.add_argument("--max-log-chunk", type=parse_size, help="largest piece of log one /append_log request may "
-                        "add, e.g. 1M (RENDERQ_MAX_LOG_CHUNK, default 1M)")
-    add_http_arguments(parser)
+    add_flags(parser, SERVE_FLAGS)
+    add_flags(parser, HTTP_FLAGS)
     parser.add_argument("--add-artist", metavar="NAME",
                         help="create an access token for one artist in the data dir (file artist_tokens), print it "
                         "and exit; tasks submitted with it belong to artist:NAME, and only NAME (or an admin) may "
@@ -89,46 +136,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--open-status", action="store_true", default=None,
                         help="let anyone who reaches the coordinator read the status page; changes still need the "
                         "admin token (RENDERQ_OPEN_STATUS=1)")
-    parser.add_argument("--orphan-grace", type=float, metavar="SECONDS",
-                        help="a stored file that no task uses (an upload, a frame's output) is deleted once it is "
-                        "this old: the longest an upload may wait for the submit that uses it "
-                        "(RENDERQ_ORPHAN_GRACE, default 86400, a day)")
-
-
-def add_http_arguments(parser: argparse.ArgumentParser) -> None:
-    """The HTTP server's flags: how many connections, threads and bytes it takes, and how long it waits."""
-    parser.add_argument("--transfer-threads", type=int, help="threads for uploads and downloads, apart from "
-                        "--http-threads, so slow transfers never hold up workers' updates "
-                        "(RENDERQ_TRANSFER_THREADS, default 16)")
-    parser.add_argument("--max-connections", type=int, help="most open connections; more are answered 503 and "
-                        "closed (RENDERQ_MAX_CONNECTIONS, default 4096)")
-    parser.add_argument("--header-timeout", type=float, help="seconds a client has to send a request's headers; "
-                        "an idle or trickling connection is closed after it (RENDERQ_HEADER_TIMEOUT, default 10)")
-    parser.add_argument("--body-timeout", type=float, help="seconds a client has to send the whole body of a "
-                        "request other than an upload; 408 after it (RENDERQ_BODY_TIMEOUT, default 30)")
-    parser.add_argument("--transfer-idle-timeout", type=float, help="seconds an upload or a download may stall, no "
-                        "byte moving, before its connection is cut (RENDERQ_TRANSFER_IDLE_TIMEOUT, default 60)")
-    parser.add_argument("--keep-alive-timeout", type=float, help="seconds an idle connection stays open between "
-                        "requests; longer than --heartbeat (RENDERQ_KEEP_ALIVE_TIMEOUT, default 30)")
-    parser.add_argument("--body-limit", type=parse_size, help="largest body of a request other than an upload, "
-                        "e.g. 4M; larger ones get a 413 error before they are read (RENDERQ_BODY_LIMIT, default 4M)")
-
-
-HTTP_FIELDS = ("transfer_threads", "max_connections", "header_timeout", "body_timeout", "transfer_idle_timeout",
-               "keep_alive_timeout", "body_limit")
+    add_flags(parser, [ORPHAN_GRACE_FLAG])
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the coordinator until interrupted. Returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    fields = ("host", "port", "data_dir", "public_url", "poll_interval", "alive_timeout",
-              "heartbeat_seconds", "frame_fail_workers", "bad_worker_failures",
-              "frame_timeout", "no_progress_timeout", "upload_limit", "disk_reserve", "http_threads", "open_status",
-              "auth", "insecure",
-              "max_task_frames", "max_settings_bytes", "max_missing_assets", "max_log_chunk",
-              "orphan_grace", *HTTP_FIELDS)
+    # Every flag's destination is its Config field's name; a flag not given is None, which from_env passes over.
+    given = {field.name: getattr(args, field.name, None) for field in dataclasses.fields(Config)}
     try:
-        config = Config.from_env(**{name: getattr(args, name, None) for name in fields})
+        config = Config.from_env(**given)
     except ValueError as error:
         print(f"renderq coordinator: {error}", file=sys.stderr)
         return 2

@@ -297,23 +297,17 @@ def pack_project(
     staging = _absolute(staging_dir)
 
     attempt = _pack_once(blend, root, staging, progress)
-    if progress is not None:
-        progress("verify", 0, 0)
-    try:
-        _verify_tree(attempt)
-    except _NotSelfContained as first_problem:
+    problem = _tree_problem(attempt, progress)
+    if problem is not None:
         wider = _common_folder([blend.parent, *attempt.dependencies])
         if wider is None or wider == root:
-            raise _incomplete_tree(first_problem) from None
-        log.info("repacking %s with %s as the project folder: %s", blend, wider, first_problem)
+            raise _incomplete_tree(problem)
+        log.info("repacking %s with %s as the project folder: %s", blend, wider, problem)
         attempt.discard_staged()
         attempt = _pack_once(blend, wider, staging, progress)
-        if progress is not None:
-            progress("verify", 0, 0)
-        try:
-            _verify_tree(attempt)
-        except _NotSelfContained as problem:
-            raise _incomplete_tree(problem) from None
+        problem = _tree_problem(attempt, progress)
+        if problem is not None:
+            raise _incomplete_tree(problem)
 
     try:
         # The coordinator and every worker refuse such a tree: say so before hashing and uploading it.
@@ -342,11 +336,7 @@ def pack_project(
     )
 
 
-class _NotSelfContained(Exception):
-    """The packed tree refers to something outside itself (one sentence per problem)."""
-
-
-def _incomplete_tree(problem: _NotSelfContained) -> PackError:
+def _incomplete_tree(problem: str) -> PackError:
     # Seen when a .blend BAT must move (one linked by an absolute path) keeps relative paths of its own.
     return PackError(
         f"the packed tree would not be self-contained: {problem}. Making the paths relative in Blender "
@@ -498,12 +488,14 @@ def _link_or_stand_in(source: pathlib.Path, link: pathlib.Path) -> None:
         link.touch()
 
 
-def _verify_tree(attempt: _Attempt) -> None:
-    """Trace the packed tree itself; raise _NotSelfContained when it refers to anything outside itself.
+def _tree_problem(attempt: _Attempt, progress: ProgressCallback | None) -> str | None:
+    """Trace the packed tree itself: what it refers to outside itself (one sentence per problem), None if nothing.
 
     The tree is laid out with links in a scratch folder, so the trace sees exactly the paths a worker will have.
     References to assets that were already missing are expected to stay unresolved.
     """
+    if progress is not None:
+        progress("verify", 0, 0)
     missing_tree_paths = attempt.missing_tree_paths()
     with tempfile.TemporaryDirectory(prefix="renderq-verify-") as scratch:
         tree = _absolute(scratch) / "tree"
@@ -520,8 +512,7 @@ def _verify_tree(attempt: _Attempt) -> None:
             raise PackError(f"the packed tree could not be traced again: {error}") from None
         finally:
             blendfile.close_all_cached()
-    if problems:
-        raise _NotSelfContained("; ".join(sorted(set(problems))[:5]))
+    return "; ".join(sorted(set(problems))[:5]) or None
 
 
 def _check_usage(usage: trace.result.BlockUsage, tree: pathlib.Path, missing_tree_paths: set[str]) -> str | None:

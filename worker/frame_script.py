@@ -34,6 +34,7 @@ every console line Blender printed for the frame.
 """
 
 import argparse
+import functools
 import json
 import os
 import socket
@@ -110,39 +111,46 @@ def expected_path(scene: bpy.types.Scene, frame: int) -> str:
     return os.path.abspath(bpy.path.abspath(scene.render.frame_path(frame=frame)))
 
 
-# Handlers only report: an exception in a handler does not fail the render, so they must never raise either.
-@persistent
-def on_render_pre(scene, *_args) -> None:
-    try:
-        # Only the first: a scene strip or compositor render of another scene fires the handler again.
-        if current is not None and current.started_monotonic is None:
-            current.started_monotonic = time.monotonic()
-            channel.send("started", frame=current.frame, time=time.time())
-    except Exception as error:  # noqa: BLE001 - a handler reports only; it must never raise into Blender
-        print(f"renderq: render_pre handler failed: {error}", flush=True)
+def reporting_handler(handler):
+    """Make `handler(scene)` a persistent Blender render handler that reports only.
+
+    An exception in a handler does not fail the render, so a handler must never raise either: its error is printed.
+    """
+
+    @functools.wraps(handler)
+    def guarded(scene, *_args) -> None:
+        try:
+            handler(scene)
+        except Exception as error:  # noqa: BLE001 - a handler reports only; it must never raise into Blender
+            event = handler.__name__.removeprefix("on_")
+            print(f"renderq: {event} handler failed: {error}", flush=True)
+
+    return persistent(guarded)
 
 
-@persistent
-def on_render_write(scene, *_args) -> None:
-    try:
-        if current is not None:
-            now_wall, now_monotonic = time.time(), time.monotonic()
-            path = expected_path(scene, current.frame)
-            current.written_path = path
-            seconds = now_monotonic - current.started_monotonic if current.started_monotonic is not None else None
-            channel.send("written", frame=current.frame, path=path, time=now_wall, render_seconds=seconds)
-    except Exception as error:  # noqa: BLE001 - a handler reports only; it must never raise into Blender
-        print(f"renderq: render_write handler failed: {error}", flush=True)
+@reporting_handler
+def on_render_pre(scene) -> None:
+    # Only the first: a scene strip or compositor render of another scene fires the handler again.
+    if current is not None and current.started_monotonic is None:
+        current.started_monotonic = time.monotonic()
+        channel.send("started", frame=current.frame, time=time.time())
 
 
-@persistent
-def on_render_cancel(scene, *_args) -> None:
-    try:
-        if current is not None:
-            current.canceled = True
-            channel.send("canceled", frame=current.frame, time=time.time())
-    except Exception as error:  # noqa: BLE001 - a handler reports only; it must never raise into Blender
-        print(f"renderq: render_cancel handler failed: {error}", flush=True)
+@reporting_handler
+def on_render_write(scene) -> None:
+    if current is not None:
+        now_wall, now_monotonic = time.time(), time.monotonic()
+        path = expected_path(scene, current.frame)
+        current.written_path = path
+        seconds = now_monotonic - current.started_monotonic if current.started_monotonic is not None else None
+        channel.send("written", frame=current.frame, path=path, time=now_wall, render_seconds=seconds)
+
+
+@reporting_handler
+def on_render_cancel(scene) -> None:
+    if current is not None:
+        current.canceled = True
+        channel.send("canceled", frame=current.frame, time=time.time())
 
 
 HANDLERS = (
