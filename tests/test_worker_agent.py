@@ -17,7 +17,10 @@ from worker import agent as agent_module
 from worker.agent import WorkerAgent
 from worker.command_line import add_arguments, default_work_dir
 from worker.blender_session import FrameResult, SessionError
+from worker.lease import Lease
 from worker.log_shipper import LogShipper
+from worker.reporter import POLL_ADVICE_LIMITS
+from worker.settings import DEFAULT_POLL_SECONDS, WorkerSettings
 
 from harness import wait_for
 
@@ -210,6 +213,7 @@ class FakeSession:
         self.limits: list[tuple[int, float | None, float | None]] = []
         self.on_log_line = on_log_line or (lambda line: None)
         self.rendering: int | None = None
+        self.started: tuple[int, float] | None = None
         self.rendered: list[int] = []
         self.aborts = 0
         self.closed = False
@@ -236,8 +240,11 @@ class FakeSession:
         self._alive = True
         self.on_log_line("Blender 3.4.1 (fake)")
 
-    def render(self, frame: int, on_started: Callable[[float], None] | None = None, *,
-               frame_timeout: float | None = None, no_progress_timeout: float | None = None) -> FrameResult:
+    def started_at(self, frame: int) -> float | None:
+        return self.started[1] if self.started and self.started[0] == frame else None
+
+    def render(self, frame: int, *, frame_timeout: float | None = None,
+               no_progress_timeout: float | None = None) -> FrameResult:
         self.limits.append((frame, frame_timeout, no_progress_timeout))
         if frame in FakeSession.hang:
             FakeSession.hang.discard(frame)
@@ -248,8 +255,7 @@ class FakeSession:
         self.rendering = frame
         started = time.time()
         self.on_log_line(f"Fra:{frame} Mem:10M | Rendering")
-        if on_started is not None:
-            on_started(started)
+        self.started = (frame, started)
         hold = FakeSession.holds.get(frame)
         while hold is not None and not hold.wait(0.01) and not self._abort.is_set():
             pass
@@ -288,11 +294,12 @@ def sessions():
     return FakeSession.instances
 
 
-def make_agent(client: FakeClient, tmp_path, **options) -> WorkerAgent:
-    settings = dict(session_factory=FakeSession, poll_seconds=0.05, max_backoff=0.05, log_interval=0.05,
-                    abort_grace=0.1, shutdown_seconds=2.0, host="test-host", cpu_count=2)
+def make_agent(client: FakeClient, tmp_path, session_factory=FakeSession, **options) -> WorkerAgent:
+    settings = dict(poll_seconds=0.05, max_backoff=0.05, log_interval=0.05, abort_grace=0.1, shutdown_seconds=2.0,
+                    host="test-host", cpu_count=2)
     settings.update(options)
-    return WorkerAgent(client, "node-01", str(tmp_path / "work"), **settings)
+    return WorkerAgent(client, WorkerSettings("node-01", str(tmp_path / "work"), **settings),
+                       session_factory=session_factory)
 
 
 class Running:
@@ -598,7 +605,7 @@ def test_second_signal_kills_blender_and_exits_at_once(tmp_path, sessions, monke
     agent = make_agent(client, tmp_path)
     session = FakeSession("blender", __file__, str(tmp_path))
     session._alive = True
-    agent._session = session
+    agent.loop._session = session
     killed: list[tuple[int, int]] = []
     exits: list[int] = []
 
@@ -790,19 +797,19 @@ def test_arguments_take_their_defaults_from_the_environment(monkeypatch):
 def test_an_idle_worker_asks_again_as_often_as_the_coordinator_advises(tmp_path):
     client = FakeClient([])
     agent = make_agent(client, tmp_path, poll_seconds=None)
-    assert agent.idle_seconds == agent_module.DEFAULT_POLL_SECONDS
+    assert agent.idle_seconds == DEFAULT_POLL_SECONDS
     client.poll_advice = {"poll_seconds": 0.05}
     running = Running(agent)
     wait_until(lambda: len(client.claims) >= 6, "claims every 0.05 s")
     client.poll_advice = {"poll_seconds": 1e9}  # nonsense is clamped, not obeyed
-    wait_until(lambda: agent.idle_seconds == agent_module.POLL_ADVICE_LIMITS[1], "advice taken")
+    wait_until(lambda: agent.idle_seconds == POLL_ADVICE_LIMITS[1], "advice taken")
     claims = len(client.claims)
     time.sleep(0.5)
     assert len(client.claims) == claims
     assert running.stop() == 0
     # The owner's own setting wins over any advice.
     fixed = make_agent(FakeClient([]), tmp_path, poll_seconds=0.5)
-    fixed._take_poll_advice({"poll_seconds": 5.0})
+    fixed.reporter.take_poll_advice({"poll_seconds": 5.0})
     assert fixed.idle_seconds == 0.5
 
 
@@ -826,13 +833,13 @@ def test_a_frame_past_its_limit_fails_with_the_reason_and_the_next_frame_gets_a_
 
 
 def test_claims_without_limits_render_without_them():
-    lease = agent_module.Lease.from_claim(frame_info(7, 1, "L1"))
+    lease = Lease.from_claim(frame_info(7, 1, "L1"))
     assert (lease.frame_timeout, lease.no_progress_timeout, lease.needs_python) == (None, None, False)
     for bad in (None, "soon", -5, 0, True, float("inf"), float("nan"), [3]):
-        odd = agent_module.Lease.from_claim({**frame_info(7, 1, "L1"), "frame_timeout": bad,
+        odd = Lease.from_claim({**frame_info(7, 1, "L1"), "frame_timeout": bad,
                                              "no_progress_timeout": bad, "needs_python": "yes"})
         assert (odd.frame_timeout, odd.no_progress_timeout, odd.needs_python) == (None, None, False), bad
-    given = agent_module.Lease.from_claim({**frame_info(7, 1, "L1"), "frame_timeout": "90.5",
+    given = Lease.from_claim({**frame_info(7, 1, "L1"), "frame_timeout": "90.5",
                                            "no_progress_timeout": 30, "needs_python": True})
     assert (given.frame_timeout, given.no_progress_timeout, given.needs_python) == (90.5, 30.0, True)
 
@@ -890,7 +897,7 @@ def test_a_file_without_python_renders_on_either_kind_of_worker(tmp_path, sessio
 
 def test_a_render_the_session_refuses_for_its_python_is_given_back_too(tmp_path, sessions):
     class RefusingSession(FakeSession):
-        def render(self, frame, on_started=None, **limits):
+        def render(self, frame, **limits):
             return FrameResult(frame, False, None, None, None, None, "Frame 1 was not rendered: the file holds "
                                "Python this session may not run", "", needs_python=True)
 
@@ -908,8 +915,8 @@ def test_a_rendered_file_that_is_a_link_is_not_uploaded(tmp_path, sessions):
     secret.write_bytes(b"not for the farm")
 
     class LinkingSession(FakeSession):
-        def render(self, frame, on_started=None, **limits):
-            result = super().render(frame, on_started, **limits)
+        def render(self, frame, **limits):
+            result = super().render(frame, **limits)
             os.remove(result.output_path)
             os.symlink(secret, result.output_path)
             return result
