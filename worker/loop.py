@@ -127,6 +127,7 @@ class WorkerLoop:
         # Tasks whose files hold Python: rendered here only from a claim that marks them so, if this worker allows it.
         self._python_tasks: set[int] = set()
         self._ahead: Future[Lease | None] | None = None
+        self._outputs_sent = 0  # numbers the names rendered files wait under
         self._prefetch_timer = PrefetchTimer()
         self._steps: dict[State, Callable[[Turn | None], Step]] = {
             State.IDLE: self._idle,
@@ -281,14 +282,15 @@ class WorkerLoop:
         if result.ok and not result.aborted and not lease.revoked:
             if result.render_seconds:
                 self._prefetch_timer.note(lease.task_id, float(result.render_seconds))
-            if self._checked_output(lease, result, turn.rendering_report):
+            waiting_path = self._checked_output(lease, result, turn.rendering_report)
+            if waiting_path is not None:
                 self._wait_for_room(lease)
                 if lease.revoked:
-                    _remove_quietly(result.output_path)
+                    _remove_quietly(waiting_path)
                     return self._drop(lease, "before delivery")
                 self.reporter.finish(FrameDone(
-                    lease, str(result.output_path), result.started_at, result.ended_at, result.render_seconds,
-                    result.log_tail, after=turn.rendering_report,
+                    lease, waiting_path, os.path.basename(str(result.output_path)), result.started_at,
+                    result.ended_at, result.render_seconds, result.log_tail, after=turn.rendering_report,
                 ))
             return State.IDLE, None
         _remove_quietly(result.output_path)
@@ -508,9 +510,10 @@ class WorkerLoop:
         except OSError as exc:
             log.warning("could not clean the folder of task %s: %s", task_id, exc)
 
-    def _checked_output(self, lease: Lease, result: FrameResult, rendering_report: Future | None) -> bool:
-        """Whether the rendered file may be sent: a plain file in the task's output folder (never what a link there
-        points to). Otherwise the frame is reported failed."""
+    def _checked_output(self, lease: Lease, result: FrameResult, rendering_report: Future | None) -> str | None:
+        """Where the rendered file waits for delivery, if it may be sent: a plain file in the task's output folder
+        (never what a link there points to), renamed so that a later render of the same frame (after its lease was
+        lost) cannot overwrite it. Otherwise the frame is reported failed and None returned."""
         path = result.output_path
         error = None
         if not path or not os.path.isfile(path):
@@ -522,10 +525,17 @@ class WorkerLoop:
                 log.error("%s: %s", lease, exc)
                 error = str(exc)
         if error is None:
-            return True
+            assert path is not None
+            self._outputs_sent += 1
+            waiting = os.path.join(os.path.dirname(path), f".sending-{self._outputs_sent}-{os.path.basename(path)}")
+            try:
+                os.replace(path, waiting)
+                return waiting
+            except OSError as exc:
+                error = f"the rendered file could not be set aside for delivery: {exc}"
         _remove_quietly(path)
         self.reporter.finish(FrameFailed(lease, error, result.log_tail or "", after=rendering_report))
-        return False
+        return None
 
 
 def _remove_quietly(path: str | None) -> None:

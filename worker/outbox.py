@@ -28,7 +28,10 @@ class FrameDone:
     """A rendered frame: its file goes up, then the frame is reported done."""
 
     lease: Lease
+    # Where the file waits (a name of its own, so a later render of the same frame cannot overwrite it) and the name
+    # Blender gave it, which the coordinator keeps.
     path: str
+    filename: str
     started_at: float | None
     ended_at: float | None
     render_seconds: float | None

@@ -310,10 +310,14 @@ class Reporter:
             self._retry(
                 f"upload {lease}",
                 lambda: self.client.upload_frame(
-                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, done.path, os.path.basename(done.path)
+                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, done.path, done.filename
                 ),
                 give_up=give_up,
             )
+        except OSError as exc:
+            log.error("%s: cannot read the rendered file: %s", lease, exc)
+            self._report_failed(lease, f"the rendered file could not be read: {exc}", done.log_tail, give_up)
+            return
         except CoordinatorError as exc:
             # A 409 is a lost lease or an output name another frame of the task has. Either way the frame is
             # reported failed: with the lease lost, that report is refused in turn and the frame dropped.
