@@ -284,6 +284,11 @@ class FakeSession:
 
 @pytest.fixture
 def sessions():
+    return reset_fake_blender()
+
+
+def reset_fake_blender() -> list[FakeSession]:
+    """Forget the fake Blender's plan and sessions of earlier tests; returns the list its sessions are kept in."""
     FakeSession.instances = []
     FakeSession.holds = {}
     FakeSession.fail_once = set()

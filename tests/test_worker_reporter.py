@@ -12,12 +12,19 @@ import json
 import threading
 import time
 
+import pytest
 from harness import TcpProxy, wait_for
+from test_worker_agent import BLEND_BYTES, FakeSession, Running, reset_fake_blender
+
 from renderq.http_client import CoordinatorClient
-from test_worker_agent import BLEND_BYTES, FakeSession, Running, sessions  # noqa: F401 -- sessions is a fixture
 from worker.agent import WorkerAgent
 from worker.loop import State
 from worker.settings import WorkerSettings
+
+
+@pytest.fixture
+def sessions() -> list[FakeSession]:
+    return reset_fake_blender()
 
 
 def start_farm(farm, *flags: str) -> int:

@@ -34,7 +34,8 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from renderq.http_client import CoordinatorClient
 from worker.blender_session import BlenderSession
@@ -134,7 +135,7 @@ class WorkerAgent:
             log.info("%s received (send it again to exit at once)", signal.Signals(signum).name)
             self.request_stop()
 
-        previous = {}
+        previous: dict[int, Any] = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, on_signal)
         return previous

@@ -24,10 +24,11 @@ import logging
 import os
 import queue
 import time
+from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from renderq.http_client import CoordinatorError
 from worker.blender_session import BlenderSession, FrameResult, SessionError
@@ -255,8 +256,8 @@ class WorkerLoop:
                 self._abort(session)
                 aborted = True
                 continue
-            if lease.started_at is None and self._note_start(turn):
-                claim_ahead_at = time.monotonic() + self._prefetch_timer.delay(lease.task_id, lease.started_at)
+            if lease.started_at is None and (started := self._note_start(turn)) is not None:
+                claim_ahead_at = time.monotonic() + self._prefetch_timer.delay(lease.task_id, started)
             if claim_ahead_at is not None and time.monotonic() >= claim_ahead_at:
                 claim_ahead_at = None
                 if self._ahead is None:
@@ -268,7 +269,7 @@ class WorkerLoop:
         lease.finished.set()
         try:
             turn.result = render.result()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- whatever broke the session fails this frame, not the worker
             log.error("%s: Blender session failed: %s", lease, exc)
             turn.result = FrameResult(
                 frame=lease.frame, ok=False, output_path=None, started_at=None, ended_at=None, render_seconds=None,
@@ -320,15 +321,14 @@ class WorkerLoop:
             return min(_WATCH_SECONDS, max(0.0, claim_ahead_at - time.monotonic()))
         return _WATCH_SECONDS
 
-    def _note_start(self, turn: Turn) -> bool:
-        """Once Blender began the frame: its start time is noted and reported; True then."""
+    def _note_start(self, turn: Turn) -> float | None:
+        """Once Blender began the frame, its start time (wall clock), noted and reported; None before."""
         assert turn.session is not None
         lease = turn.lease
-        lease.started_at = turn.session.started_at(lease.frame)
-        if lease.started_at is None:
-            return False
-        turn.rendering_report = self.reporter.report_rendering(lease, lease.started_at)
-        return True
+        started = lease.started_at = turn.session.started_at(lease.frame)
+        if started is not None:
+            turn.rendering_report = self.reporter.report_rendering(lease, started)
+        return started
 
     def _watch_switch(self) -> None:
         """Switched OFF while busy: the frame claimed ahead goes back to the queue now, the current one is finished."""

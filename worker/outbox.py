@@ -8,13 +8,15 @@ coordinator that comes back sees this worker's frames end in the order they ende
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any
 
 from worker.lease import Lease
 
@@ -60,7 +62,7 @@ class FrameGivenBack:
     after: Future | None = None
 
 
-Result = Union[FrameDone, FrameFailed, FrameGivenBack]
+Result = FrameDone | FrameFailed | FrameGivenBack
 
 
 class Outbox:
@@ -110,7 +112,7 @@ class Outbox:
                 # The result stays queued while it is sent: it still counts as on its way.
                 result = self._queue[0]
             try:
-                self._send(result, lambda result=result: self._give_up(result))
+                self._send(result, functools.partial(self._give_up, result))
             except Exception:
                 log.exception("%s: sending its result failed; its lease will run out on the coordinator", result.lease)
             with self._cond:

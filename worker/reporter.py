@@ -21,9 +21,10 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import Future
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from renderq.http_client import CoordinatorClient, CoordinatorError
 from worker.lease import Lease
@@ -99,6 +100,13 @@ class Reporter:
         }
 
     @property
+    def registered_id(self) -> int:
+        """This worker's id on the coordinator; only asked for once registered."""
+        if self.worker_id is None:
+            raise RuntimeError("the worker is not registered yet")
+        return self.worker_id
+
+    @property
     def hidden_values(self) -> tuple[str, ...]:
         """Secrets Blender's environment must not hold: the worker's token."""
         token = getattr(self.client, "token", None)
@@ -160,7 +168,7 @@ class Reporter:
     def _heartbeat_once(self) -> None:
         """Renew the held leases; take note of revoked ones and of the ON/OFF switch."""
         try:
-            answer = self.client.update_worker(self.worker_id, self.held.ids())
+            answer = self.client.update_worker(self.registered_id, self.held.ids())
         except CoordinatorError as exc:
             if not self._heartbeat_failing:
                 log.warning("heartbeat failed: %s", exc)
@@ -183,7 +191,7 @@ class Reporter:
         try:
             answer = self._retry(
                 "claim a frame",
-                lambda: self.client.claim_frame(self.worker_id, prefer_task_id=prefer_task_id),
+                lambda: self.client.claim_frame(self.registered_id, prefer_task_id=prefer_task_id),
                 give_up=lambda: self.control.stopping,
             )
         except GaveUp:
@@ -212,7 +220,7 @@ class Reporter:
         log.info("claimed %s (%s, attempt %d)", lease, lease.task_name or "unnamed", lease.attempt)
         return lease
 
-    def claim_ahead(self, current: Lease) -> "Future[Lease | None]":
+    def claim_ahead(self, current: Lease) -> Future[Lease | None]:
         """Claim the frame to render after `current` (preferring its task) on the ahead lane: one try, after the
         current frame's rendering report; the loop claims in the usual way otherwise."""
 
@@ -220,7 +228,7 @@ class Reporter:
             if self.control.stopping or not self.control.enabled or current.revoked:
                 return None
             try:
-                answer = self.client.claim_frame(self.worker_id, prefer_task_id=current.task_id)
+                answer = self.client.claim_frame(self.registered_id, prefer_task_id=current.task_id)
             except CoordinatorError as exc:
                 log.debug("prefetch claim failed: %s", exc)
                 return None
@@ -240,7 +248,7 @@ class Reporter:
 
     # -- reports ------------------------------------------------------------------------------------------------
 
-    def report_rendering(self, lease: Lease, wall_time: float) -> "Future[None]":
+    def report_rendering(self, lease: Lease, wall_time: float) -> Future[None]:
         """Tell the coordinator Blender began the frame, on the ahead lane; retried until the frame ends.
 
         A 409 means the lease is lost: the lease is marked revoked and the loop stops the render.
@@ -251,7 +259,7 @@ class Reporter:
                 self._retry(
                     f"report {lease} rendering",
                     lambda: self.client.update_frame(
-                        self.worker_id, lease.task_id, lease.frame, lease.lease_id, "rendering", started_at=wall_time
+                        self.registered_id, lease.task_id, lease.frame, lease.lease_id, "rendering", started_at=wall_time
                     ),
                     give_up=lambda: lease.finished.is_set() or lease.revoked or self.control.stopping,
                 )
@@ -310,7 +318,7 @@ class Reporter:
             self._retry(
                 f"upload {lease}",
                 lambda: self.client.upload_frame(
-                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, done.path, done.filename
+                    self.registered_id, lease.task_id, lease.frame, lease.lease_id, done.path, done.filename
                 ),
                 give_up=give_up,
             )
@@ -344,7 +352,7 @@ class Reporter:
             self._retry(
                 f"report {lease} {status}",
                 lambda: self.client.update_frame(
-                    self.worker_id, lease.task_id, lease.frame, lease.lease_id, status, **fields
+                    self.registered_id, lease.task_id, lease.frame, lease.lease_id, status, **fields
                 ),
                 give_up=give_up,
             )
@@ -388,7 +396,7 @@ class Reporter:
         return self._retry(f"fetch the manifest of task {task_id}", fetch, give_up=give_up)
 
     def _send_log(self, task_id: int, text: str) -> None:
-        self.client.append_log(task_id, self.worker_id, text)
+        self.client.append_log(task_id, self.registered_id, text)
 
     # -- shutdown -----------------------------------------------------------------------------------------------
 
@@ -404,7 +412,7 @@ class Reporter:
 
     # -- plumbing -----------------------------------------------------------------------------------------------
 
-    def _watched(self, future: "Future[T]") -> "Future[T]":
+    def _watched(self, future: Future[T]) -> Future[T]:
         """The loop is woken when the future is done."""
         future.add_done_callback(lambda _future: self.control.wake())
         return future

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from worker.lease import Lease
 
@@ -134,7 +135,7 @@ class Lane:
         self.name = name
         self._calls: queue.SimpleQueue[tuple[Callable[[], object], Future] | None] = queue.SimpleQueue()
 
-    def submit(self, call: Callable[[], T]) -> "Future[T]":
+    def submit(self, call: Callable[[], T]) -> Future[T]:
         """Queue `call`; its Future holds what it returns or raises."""
         future: Future[T] = Future()
         self._calls.put((call, future))
@@ -151,7 +152,7 @@ class Lane:
                 continue
             try:
                 future.set_result(call())
-            except BaseException as exc:  # handed to whoever waits on the Future, which logs or re-raises it
+            except Exception as exc:  # noqa: BLE001 -- handed to whoever waits on the Future, which reports it
                 future.set_exception(exc)
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from worker.cache import BlendCache, CacheError, TaskTree, format_size
 from worker.lease import Lease
