@@ -955,3 +955,22 @@ def test_allow_blend_python_flag_and_its_environment_variable(monkeypatch):
     overruled = argparse.ArgumentParser()
     add_arguments(overruled)
     assert overruled.parse_args(["--no-allow-blend-python"]).allow_blend_python is False
+
+
+def test_nothing_in_the_worker_imports_its_command_line():
+    """command_line.py sits on top of the worker: it builds the settings and starts the agent, never the reverse."""
+    import ast
+    import glob
+
+    folder = os.path.dirname(agent_module.__file__)
+    importers = []
+    for path in glob.glob(os.path.join(folder, "*.py")):
+        if os.path.basename(path) in ("command_line.py", "__main__.py"):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        if any(name == "worker.command_line" for name in names):
+            importers.append(os.path.basename(path))
+    assert importers == []
