@@ -72,18 +72,32 @@ def sessions():
         session.close(grace=1.0)
 
 
+class Started:
+    """Waits, as the worker's loop does, until the session says Blender began the frame."""
+
+    def __init__(self, session: BlenderSession, frame: int) -> None:
+        self.session, self.frame = session, frame
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.session.started_at(self.frame) is None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+
 def render_in_thread(session: BlenderSession, frame: int):
-    """Start render(frame) in a thread; returns (started event, holder dict filled with the result, thread)."""
-    started = threading.Event()
+    """Start render(frame) in a thread; returns (a waiter for its start, holder dict filled with the result, thread)."""
     holder: dict[str, object] = {}
 
     def run() -> None:
-        holder["result"] = session.render(frame, on_started=lambda wall_time: started.set())
+        holder["result"] = session.render(frame)
         holder["returned_at"] = time.monotonic()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return started, holder, thread
+    return Started(session, frame), holder, thread
 
 
 @needs_blender
@@ -97,8 +111,8 @@ def test_renders_several_frames_in_one_process(scenes, sessions, tmp_path):
     assert session.hello["output_path"] == "//render/f_"
 
     for frame in (1, 2, 3):
-        started: list[float] = []
-        result = session.render(frame, on_started=started.append)
+        assert session.started_at(frame) is None
+        result = session.render(frame)
         assert isinstance(result, FrameResult)
         assert result.ok, result.error
         assert result.error is None and not result.aborted
@@ -106,7 +120,7 @@ def test_renders_several_frames_in_one_process(scenes, sessions, tmp_path):
         with open(result.output_path, "rb") as image:
             assert image.read(8) == PNG_SIGNATURE
         assert result.started_at is not None and result.ended_at is not None
-        assert started == [result.started_at]
+        assert session.started_at(frame) == result.started_at
         assert result.started_at < result.ended_at
         assert result.render_seconds is not None and result.render_seconds > 0
         assert abs((result.ended_at - result.started_at) - result.render_seconds) < 0.5

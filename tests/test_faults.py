@@ -211,7 +211,7 @@ def test_worker_cut_off_for_30_seconds_loses_its_frames_and_goes_on(farm, scenes
         assert held <= set(frames_by_worker(task)["b"])
         # a's stale reports were refused (409) or its heartbeat was told the leases were revoked; none was taken.
         after = proxy.exchanges[restored_from:]
-        reports = [e for e in after if e.path.startswith(("/update_task", "/upload_frame"))
+        reports = [e for e in after if e.path.startswith(("/update_task", "/upload_frame", "/frames/finish"))
                    and any(lease.encode() in e.request for lease in stale)]
         assert all(e.status == 409 for e in reports), [(e.path, e.status, e.response_body) for e in reports]
         revoked = [lease for e in after if e.path.startswith("/update_worker") and e.status == 200
@@ -302,7 +302,7 @@ def test_coordinator_killed_while_a_worker_uploads_a_frame(farm, scenes):
 
     def kill_mid_upload(exchange: Exchange) -> None:
         # Called before each chunk goes on: kill once the head and some of a frame's body have reached it.
-        if not killed and exchange.path.startswith("/upload_frame") and exchange.forwarded > 0:
+        if not killed and exchange.path.startswith(("/frames/finish", "/upload_frame")) and exchange.forwarded > 0:
             killed.append(exchange)
             farm.coordinator.kill_group()
 

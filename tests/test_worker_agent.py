@@ -12,12 +12,15 @@ from typing import Any, Callable, Collection
 
 import pytest
 
-from renderq.http_client import CoordinatorError, CoordinatorUnreachable
+from renderq.http_client import CoordinatorUnreachable, Invalid, LeaseLost, NotFound, TooLarge, Unavailable
 from worker import agent as agent_module
 from worker.agent import WorkerAgent
 from worker.command_line import add_arguments, default_work_dir
 from worker.blender_session import FrameResult, SessionError
+from worker.lease import Lease
 from worker.log_shipper import LogShipper
+from worker.reporter import POLL_ADVICE_LIMITS
+from worker.settings import DEFAULT_POLL_SECONDS, WorkerSettings
 
 from harness import wait_for
 
@@ -116,7 +119,7 @@ class FakeClient:
         self._maybe_fail("download_file")
         self.calls.append(("download_file", sha256))
         if sha256 not in self.blobs:
-            raise CoordinatorError(404, "no such file")
+            raise NotFound(404, "no such file")
         with open(dest_path, "wb") as out:
             out.write(self.blobs[sha256])
 
@@ -131,7 +134,7 @@ class FakeClient:
         task_id = int(params["task_id"])
         self.calls.append(("task_manifest", task_id))
         if task_id not in self.manifests:
-            raise CoordinatorError(404, "no such task")
+            raise NotFound(404, "no such task")
         return self.manifests[task_id]
 
     def calls_of(self, name: str) -> list[tuple]:
@@ -154,8 +157,16 @@ class FakeClient:
             self.reports.append((frame, lease_id, status, fields))
         return {"frame": {"frame": frame, "status": status}}
 
+    def finish_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, path: str, filename: str,
+                     **fields) -> dict:
+        """The one-request delivery: the file, then the done report, as the coordinator stores them together."""
+        self.upload_frame(worker_id, task_id, frame, lease_id, path, filename)
+        with self.lock:
+            self.reports.append((frame, lease_id, "done", {k: v for k, v in fields.items() if v is not None}))
+        return {"frame": {"frame": frame, "status": "done"}}
+
     def upload_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, path: str, filename: str) -> dict:
-        self._maybe_fail("upload_frame", frame)
+        self._maybe_fail("finish_frame", frame)
         gate = self.upload_gates.get(frame)
         if gate is not None:
             assert gate.wait(30), f"the upload of frame {frame} was never let through"
@@ -210,6 +221,7 @@ class FakeSession:
         self.limits: list[tuple[int, float | None, float | None]] = []
         self.on_log_line = on_log_line or (lambda line: None)
         self.rendering: int | None = None
+        self.started: tuple[int, float] | None = None
         self.rendered: list[int] = []
         self.aborts = 0
         self.closed = False
@@ -236,8 +248,11 @@ class FakeSession:
         self._alive = True
         self.on_log_line("Blender 3.4.1 (fake)")
 
-    def render(self, frame: int, on_started: Callable[[float], None] | None = None, *,
-               frame_timeout: float | None = None, no_progress_timeout: float | None = None) -> FrameResult:
+    def started_at(self, frame: int) -> float | None:
+        return self.started[1] if self.started and self.started[0] == frame else None
+
+    def render(self, frame: int, *, frame_timeout: float | None = None,
+               no_progress_timeout: float | None = None) -> FrameResult:
         self.limits.append((frame, frame_timeout, no_progress_timeout))
         if frame in FakeSession.hang:
             FakeSession.hang.discard(frame)
@@ -248,8 +263,7 @@ class FakeSession:
         self.rendering = frame
         started = time.time()
         self.on_log_line(f"Fra:{frame} Mem:10M | Rendering")
-        if on_started is not None:
-            on_started(started)
+        self.started = (frame, started)
         hold = FakeSession.holds.get(frame)
         while hold is not None and not hold.wait(0.01) and not self._abort.is_set():
             pass
@@ -278,6 +292,11 @@ class FakeSession:
 
 @pytest.fixture
 def sessions():
+    return reset_fake_blender()
+
+
+def reset_fake_blender() -> list[FakeSession]:
+    """Forget the fake Blender's plan and sessions of earlier tests; returns the list its sessions are kept in."""
     FakeSession.instances = []
     FakeSession.holds = {}
     FakeSession.fail_once = set()
@@ -288,11 +307,12 @@ def sessions():
     return FakeSession.instances
 
 
-def make_agent(client: FakeClient, tmp_path, **options) -> WorkerAgent:
-    settings = dict(session_factory=FakeSession, poll_seconds=0.05, max_backoff=0.05, log_interval=0.05,
-                    abort_grace=0.1, shutdown_seconds=2.0, host="test-host", cpu_count=2)
+def make_agent(client: FakeClient, tmp_path, session_factory=FakeSession, **options) -> WorkerAgent:
+    settings = dict(poll_seconds=0.05, max_backoff=0.05, log_interval=0.05, abort_grace=0.1, shutdown_seconds=2.0,
+                    host="test-host", cpu_count=2)
     settings.update(options)
-    return WorkerAgent(client, "node-01", str(tmp_path / "work"), **settings)
+    return WorkerAgent(client, WorkerSettings("node-01", str(tmp_path / "work"), **settings),
+                       session_factory=session_factory)
 
 
 class Running:
@@ -478,7 +498,9 @@ def test_revoked_lease_aborts_the_current_render_and_drops_it(tmp_path, sessions
 
 def test_conflict_on_done_drops_the_frame_quietly(tmp_path, sessions, caplog):
     client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
-    client.failures[("update_frame:done", 1)] = [CoordinatorError(409, "the lease is no longer current")]
+    # The delivery is refused, and so is the failure report that follows it: the lease is gone.
+    client.failures[("finish_frame", 1)] = [LeaseLost(409, "the lease is no longer current")]
+    client.failures[("update_frame:failed", 1)] = [LeaseLost(409, "the lease is no longer current")]
     caplog.set_level(logging.INFO, logger="renderq.worker")
     agent = make_agent(client, tmp_path)
     running = Running(agent)
@@ -490,8 +512,8 @@ def test_conflict_on_done_drops_the_frame_quietly(tmp_path, sessions, caplog):
 
 def test_unreachable_coordinator_is_retried_until_the_frame_is_uploaded(tmp_path, sessions):
     client = FakeClient([frame_info(7, 1, "L1")])
-    client.failures[("upload_frame", 1)] = [CoordinatorUnreachable("http://farm", "connection refused")] * 3
-    client.failures[("update_frame:done", 1)] = [CoordinatorError(503, "busy"), CoordinatorUnreachable("x", "y")]
+    client.failures[("finish_frame", 1)] = ([CoordinatorUnreachable("http://farm", "connection refused")] * 3
+                                            + [Unavailable(503, "busy"), CoordinatorUnreachable("x", "y")])
     client.failures[("claim_frame", None)] = [CoordinatorUnreachable("http://farm", "connection refused")]
     agent = make_agent(client, tmp_path)
     running = Running(agent)
@@ -503,7 +525,7 @@ def test_unreachable_coordinator_is_retried_until_the_frame_is_uploaded(tmp_path
 
 def test_refused_upload_reports_the_frame_failed(tmp_path, sessions):
     client = FakeClient([frame_info(7, 1, "L1")])
-    client.failures[("upload_frame", 1)] = [CoordinatorError(413, "the file is too large")]
+    client.failures[("finish_frame", 1)] = [TooLarge(413, "the file is too large")]
     running = Running(make_agent(client, tmp_path))
     wait_until(lambda: "failed" in client.statuses(1), "frame 1 failed")
     running.stop()
@@ -513,7 +535,7 @@ def test_refused_upload_reports_the_frame_failed(tmp_path, sessions):
 
 def test_output_name_taken_by_another_frame_reports_the_frame_failed(tmp_path, sessions):
     client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
-    client.failures[("upload_frame", 1)] = [CoordinatorError(409, "frame 1 of task 7 cannot have the output "
+    client.failures[("finish_frame", 1)] = [LeaseLost(409, "frame 1 of task 7 cannot have the output "
                                                                   "'f_0001.png': frame 3 has 'F_0001.PNG' already")]
     running = Running(make_agent(client, tmp_path))
     wait_until(lambda: "done" in client.statuses(2), "frame 2 done")
@@ -598,7 +620,7 @@ def test_second_signal_kills_blender_and_exits_at_once(tmp_path, sessions, monke
     agent = make_agent(client, tmp_path)
     session = FakeSession("blender", __file__, str(tmp_path))
     session._alive = True
-    agent._session = session
+    agent.loop._session = session
     killed: list[tuple[int, int]] = []
     exits: list[int] = []
 
@@ -720,7 +742,7 @@ def test_registration_waits_for_the_coordinator(tmp_path, sessions):
 
 def test_refused_registration_exits_with_an_error(tmp_path, sessions):
     client = FakeClient()
-    client.failures[("register_worker", None)] = [CoordinatorError(400, "bad name")]
+    client.failures[("register_worker", None)] = [Invalid(400, "bad name")]
     assert make_agent(client, tmp_path).run() == 1
 
 
@@ -790,19 +812,19 @@ def test_arguments_take_their_defaults_from_the_environment(monkeypatch):
 def test_an_idle_worker_asks_again_as_often_as_the_coordinator_advises(tmp_path):
     client = FakeClient([])
     agent = make_agent(client, tmp_path, poll_seconds=None)
-    assert agent.idle_seconds == agent_module.DEFAULT_POLL_SECONDS
+    assert agent.idle_seconds == DEFAULT_POLL_SECONDS
     client.poll_advice = {"poll_seconds": 0.05}
     running = Running(agent)
     wait_until(lambda: len(client.claims) >= 6, "claims every 0.05 s")
     client.poll_advice = {"poll_seconds": 1e9}  # nonsense is clamped, not obeyed
-    wait_until(lambda: agent.idle_seconds == agent_module.POLL_ADVICE_LIMITS[1], "advice taken")
+    wait_until(lambda: agent.idle_seconds == POLL_ADVICE_LIMITS[1], "advice taken")
     claims = len(client.claims)
     time.sleep(0.5)
     assert len(client.claims) == claims
     assert running.stop() == 0
     # The owner's own setting wins over any advice.
     fixed = make_agent(FakeClient([]), tmp_path, poll_seconds=0.5)
-    fixed._take_poll_advice({"poll_seconds": 5.0})
+    fixed.reporter.take_poll_advice({"poll_seconds": 5.0})
     assert fixed.idle_seconds == 0.5
 
 
@@ -826,13 +848,13 @@ def test_a_frame_past_its_limit_fails_with_the_reason_and_the_next_frame_gets_a_
 
 
 def test_claims_without_limits_render_without_them():
-    lease = agent_module.Lease.from_claim(frame_info(7, 1, "L1"))
+    lease = Lease.from_claim(frame_info(7, 1, "L1"))
     assert (lease.frame_timeout, lease.no_progress_timeout, lease.needs_python) == (None, None, False)
     for bad in (None, "soon", -5, 0, True, float("inf"), float("nan"), [3]):
-        odd = agent_module.Lease.from_claim({**frame_info(7, 1, "L1"), "frame_timeout": bad,
+        odd = Lease.from_claim({**frame_info(7, 1, "L1"), "frame_timeout": bad,
                                              "no_progress_timeout": bad, "needs_python": "yes"})
         assert (odd.frame_timeout, odd.no_progress_timeout, odd.needs_python) == (None, None, False), bad
-    given = agent_module.Lease.from_claim({**frame_info(7, 1, "L1"), "frame_timeout": "90.5",
+    given = Lease.from_claim({**frame_info(7, 1, "L1"), "frame_timeout": "90.5",
                                            "no_progress_timeout": 30, "needs_python": True})
     assert (given.frame_timeout, given.no_progress_timeout, given.needs_python) == (90.5, 30.0, True)
 
@@ -890,7 +912,7 @@ def test_a_file_without_python_renders_on_either_kind_of_worker(tmp_path, sessio
 
 def test_a_render_the_session_refuses_for_its_python_is_given_back_too(tmp_path, sessions):
     class RefusingSession(FakeSession):
-        def render(self, frame, on_started=None, **limits):
+        def render(self, frame, **limits):
             return FrameResult(frame, False, None, None, None, None, "Frame 1 was not rendered: the file holds "
                                "Python this session may not run", "", needs_python=True)
 
@@ -908,8 +930,8 @@ def test_a_rendered_file_that_is_a_link_is_not_uploaded(tmp_path, sessions):
     secret.write_bytes(b"not for the farm")
 
     class LinkingSession(FakeSession):
-        def render(self, frame, on_started=None, **limits):
-            result = super().render(frame, on_started, **limits)
+        def render(self, frame, **limits):
+            result = super().render(frame, **limits)
             os.remove(result.output_path)
             os.symlink(secret, result.output_path)
             return result
@@ -943,3 +965,22 @@ def test_allow_blend_python_flag_and_its_environment_variable(monkeypatch):
     overruled = argparse.ArgumentParser()
     add_arguments(overruled)
     assert overruled.parse_args(["--no-allow-blend-python"]).allow_blend_python is False
+
+
+def test_nothing_in_the_worker_imports_its_command_line():
+    """command_line.py sits on top of the worker: it builds the settings and starts the agent, never the reverse."""
+    import ast
+    import glob
+
+    folder = os.path.dirname(agent_module.__file__)
+    importers = []
+    for path in glob.glob(os.path.join(folder, "*.py")):
+        if os.path.basename(path) in ("command_line.py", "__main__.py"):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        if any(name == "worker.command_line" for name in names):
+            importers.append(os.path.basename(path))
+    assert importers == []

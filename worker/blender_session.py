@@ -176,6 +176,8 @@ class BlenderSession:
         # Secrets of the worker (its token) that must not reach Blender's environment under any name.
         self.hidden_values = tuple(hidden_values)
         self.hello: dict[str, Any] | None = None  # what the script reported once the file was open
+        # (frame, wall time) of the last frame Blender began; replaced whole, so other threads read it safely.
+        self._started: tuple[int, float] | None = None
 
         self._proc: subprocess.Popen | None = None
         self._conn: socket.socket | None = None
@@ -272,10 +274,17 @@ class BlenderSession:
             hello.get("blender_version"), self.pid, self.blend_path, hello.get("scene"),
         )
 
+    def started_at(self, frame: int) -> float | None:
+        """When Blender began `frame` (its wall clock at render_pre), once it has; None before.
+
+        Whoever waits on render() in another thread polls this, so the session never calls back into its caller.
+        """
+        started = self._started
+        return started[1] if started is not None and started[0] == frame else None
+
     def render(
         self,
         frame: int,
-        on_started: Callable[[float], None] | None = None,
         *,
         frame_timeout: float | None = None,
         no_progress_timeout: float | None = None,
@@ -283,10 +292,10 @@ class BlenderSession:
         """Render one frame; blocks until it is written, failed, Blender died, a limit was crossed, or abort() was
         called.
 
-        `on_started(wall_time)` is called (in this thread) as soon as Blender begins the frame. `frame_timeout`
-        limits the seconds from asking for the frame to its end; `no_progress_timeout` the seconds without a line of
-        Blender output or a handler event. Crossing either stops Blender (SIGINT, `stop_grace`, SIGKILL) and fails
-        the frame with `timed_out` set.
+        `started_at(frame)` tells other threads once Blender began the frame. `frame_timeout` limits the seconds
+        from asking for the frame to its end; `no_progress_timeout` the seconds without a line of Blender output or
+        a handler event. Crossing either stops Blender (SIGINT, `stop_grace`, SIGKILL) and fails the frame with
+        `timed_out` set.
         """
         frame = int(frame)
         with self._render_lock:
@@ -332,11 +341,8 @@ class BlenderSession:
                     continue  # left over from an earlier frame
                 if kind == "started":
                     started_at = _float_or_none(message.get("time"))
-                    if on_started is not None and started_at is not None:
-                        try:
-                            on_started(started_at)
-                        except Exception:
-                            log.exception("on_started callback failed for frame %s", frame)
+                    if started_at is not None:
+                        self._started = (frame, started_at)
                 elif kind == "written":
                     written_path = message.get("path") or None
                     ended_at = _float_or_none(message.get("time"))

@@ -1,5 +1,7 @@
 """The `renderq worker` command: its options (with defaults from RENDERQ_* environment variables) and `main`,
-which checks them and runs a WorkerAgent."""
+which checks them, builds the worker's settings and runs a WorkerAgent.
+
+This module sits above the worker: it imports the agent, and nothing in worker/ imports it."""
 
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from typing import Any
 from renderq.http_client import CoordinatorClient, safe_file_name
 from renderq.settings import env_value, parse_bool
 from renderq.units import parse_size
-from worker.agent import DEFAULT_POLL_SECONDS, WorkerAgent
+from worker.agent import WorkerAgent
 from worker.blender_session import SessionError, blender_version, find_blender
 from worker.cache import DEFAULT_CACHE_SIZE, CacheError, format_size
+from worker.settings import DEFAULT_POLL_SECONDS, WorkerSettings
 
 __all__ = ["add_arguments", "default_work_dir", "main"]
 
@@ -191,18 +194,18 @@ def main(args: argparse.Namespace) -> int:
         log.error("cannot use Blender: %s", exc)
         return 2
     work_dir = args.work_dir or default_work_dir(name)
+    settings = WorkerSettings(
+        name=name,
+        work_dir=work_dir,
+        blender=blender,
+        blender_version=version,
+        threads=args.threads,
+        cache_size=args.cache_size,
+        poll_seconds=args.poll_seconds,
+        allow_python=args.allow_blend_python,
+    )
     try:
-        agent = WorkerAgent(
-            client,
-            name,
-            work_dir,
-            blender=blender,
-            blender_version=version,
-            threads=args.threads,
-            cache_size=args.cache_size,
-            poll_seconds=args.poll_seconds,
-            allow_python=args.allow_blend_python,
-        )
+        agent = WorkerAgent(client, settings)
     except (OSError, CacheError) as exc:
         log.error("cannot use the work folder %s: %s", work_dir, exc)
         return 2

@@ -55,9 +55,9 @@ class LogShipper:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the sender thread."""
+        """Start the sender thread (for a shipper used on its own; the worker agent runs `run` itself)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="log-shipper", daemon=True)
+            self._thread = threading.Thread(target=self.run, name="log-shipper", daemon=True)
             self._thread.start()
 
     def add(self, task_id: int, line: str) -> None:
@@ -98,7 +98,8 @@ class LogShipper:
 
     # -- sender thread ------------------------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The sender: post the buffered lines about every `interval` seconds until `close()`."""
         delay = self._interval
         failures = 0
         next_try = 0.0

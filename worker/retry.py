@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Callable, TypeVar
 
-from renderq.http_client import CoordinatorError, CoordinatorUnreachable
+from renderq.http_client import CoordinatorError, Unavailable
 
 __all__ = ["GaveUp", "retry", "retryable"]
 
@@ -22,7 +22,7 @@ class GaveUp(Exception):
 
 def retryable(exc: CoordinatorError) -> bool:
     """Network trouble or a fault of the coordinator itself: worth trying again later."""
-    return isinstance(exc, CoordinatorUnreachable) or exc.status >= 500
+    return isinstance(exc, Unavailable)
 
 
 def retry(what: str, call: Callable[[], T], *, give_up: Callable[[], bool], max_backoff: float) -> T:

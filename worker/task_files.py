@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from renderq.http_client import CoordinatorClient
 from worker.cache import BlendCache, CacheError, TaskTree, format_size
 from worker.lease import Lease
-from worker.retry import retry
 
 __all__ = ["TaskFiles"]
 
@@ -17,20 +15,24 @@ __all__ = ["TaskFiles"]
 log = logging.getLogger("renderq.worker")
 
 
+class Fetcher(Protocol):
+    """What TaskFiles asks of the coordinator (worker.reporter.Reporter): each call retried until `give_up()`."""
+
+    def download_file(self, sha256: str, dest_path: str, give_up: Callable[[], bool]) -> None: ...
+
+    def task_manifest(self, task_id: int, give_up: Callable[[], bool]) -> Any: ...
+
+
 class TaskFiles:
     """The trees of the tasks this worker renders: each task's manifest is asked of the coordinator once, its tree
     is built in the cache (downloading only what the cache lacks), and both go when the worker is done with it.
 
-    Building a tree and removing one never overlap: they share a lock, which is taken before any lock of the
-    caller's that `in_use` takes.
+    Only the worker's loop uses it, so building a tree and removing one never overlap.
     """
 
-    def __init__(self, client: CoordinatorClient, cache: BlendCache, *, max_backoff: float) -> None:
-        self.client = client
+    def __init__(self, fetcher: Fetcher, cache: BlendCache) -> None:
+        self.fetcher = fetcher
         self.cache = cache
-        self.max_backoff = max_backoff
-        # The delivery thread removes finished tasks' trees while the main loop may be building the next one.
-        self._lock = threading.Lock()
         # task id -> (manifest files, main file): fetched once per task while this worker works on it.
         self._manifests: dict[int, tuple[list[dict[str, Any]], str]] = {}
 
@@ -39,28 +41,21 @@ class TaskFiles:
 
         Network calls are retried until `give_up()` is true, which raises GaveUp.
         """
-        with self._lock:
-            files, main_file = self._manifest(lease, give_up)
+        files, main_file = self._manifest(lease, give_up)
 
-            def download(sha256: str, dest_path: str) -> None:
-                retry(
-                    f"download file {sha256[:12]} of task {lease.task_id}",
-                    lambda: self.client.download_file(sha256, dest_path),
-                    give_up=give_up,
-                    max_backoff=self.max_backoff,
-                )
+        def download(sha256: str, dest_path: str) -> None:
+            self.fetcher.download_file(sha256, dest_path, give_up)
 
-            tree = self.cache.materialize_tree(lease.task_id, files, main_file, download)
-            log.info("task %s: %s", lease.task_id, _describe_tree(tree))
-            return tree.main_path
+        tree = self.cache.materialize_tree(lease.task_id, files, main_file, download)
+        log.info("task %s: %s", lease.task_id, _describe_tree(tree))
+        return tree.main_path
 
     def remove_unless(self, task_id: int, in_use: Callable[[int], bool]) -> None:
         """Delete the task's tree and forget its manifest, unless `in_use(task_id)` says they are still needed."""
-        with self._lock:
-            if in_use(task_id):
-                return
-            self._manifests.pop(task_id, None)
-            self.cache.remove_task(task_id)
+        if in_use(task_id):
+            return
+        self._manifests.pop(task_id, None)
+        self.cache.remove_task(task_id)
 
     def _manifest(self, lease: Lease, give_up: Callable[[], bool]) -> tuple[list[dict[str, Any]], str]:
         """The task's files and main file: asked of the coordinator once per task, then kept in memory."""
@@ -70,25 +65,13 @@ class TaskFiles:
         known = self._manifests.get(lease.task_id)
         if known is not None:
             return known
-        answer = retry(
-            f"fetch the manifest of task {lease.task_id}",
-            lambda: self._fetch_manifest(lease.task_id),
-            give_up=give_up,
-            max_backoff=self.max_backoff,
-        )
+        answer = self.fetcher.task_manifest(lease.task_id, give_up)
         files = answer.get("files") if isinstance(answer, dict) else None
         if not isinstance(files, list):
             raise CacheError(f"the coordinator sent no file list in the manifest of task {lease.task_id}")
         known = (files, lease.main_file)
         self._manifests[lease.task_id] = known
         return known
-
-    def _fetch_manifest(self, task_id: int) -> Any:
-        # Clients from before task trees lack task_manifest(); the generic request speaks the same API.
-        method = getattr(self.client, "task_manifest", None)
-        if callable(method):
-            return method(task_id)
-        return self.client.request("GET", "/task_manifest", params={"task_id": task_id})
 
 
 def _describe_tree(tree: TaskTree) -> str:
