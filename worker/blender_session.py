@@ -28,7 +28,6 @@ import os
 import queue
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import threading
@@ -38,6 +37,7 @@ from typing import Any, Callable, Collection, Mapping
 
 from renderq import blender_path, platform
 from renderq.model import FrameResult
+from worker.frame_events import FrameEvents, describe_exit
 
 __all__ = [
     "BlenderNotFoundError",
@@ -125,23 +125,6 @@ def blender_version(blender: str) -> str:
 
 
 # -- starting Blender -----------------------------------------------------------------------------------------------
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "is still running"
-    if code < 0:
-        try:
-            return f"exited with code {code} ({signal.Signals(-code).name})"
-        except ValueError:
-            pass
-    return f"exited with code {code}"
-
-
-def _plain_render_error(text: str) -> str:
-    """Blender's operator error ("Error: No border area selected\\n") as a plain phrase."""
-    text = " ".join(text.split())
-    return re.sub(r"^Error:\s*", "", text) or "unknown error"
-
 
 class BlenderSession:
     """One Blender process rendering frames of one .blend, one frame at a time, into `output_dir`.
@@ -310,50 +293,11 @@ class BlenderSession:
                     error=f"Frame {frame} was not rendered: the file holds Python this session may not run "
                     f"({'; '.join(self.python_found)})",
                 )
-            requested = last_event = time.monotonic()
-            timed_out: str | None = None
+            events = FrameEvents(frame)
             if not self._send({"type": "render", "frame": frame}):
                 self._wait_exit(5.0)
-            started_at = ended_at = render_seconds = None
-            written_path: str | None = None
-            canceled = False
-            finished: dict[str, Any] | None = None
-            while True:
-                if timed_out is None:
-                    timed_out = self._limit_crossed(
-                        frame, requested, last_event, frame_timeout, no_progress_timeout
-                    )
-                    if timed_out is not None:
-                        log.warning("Blender (pid %s): %s", self.pid, timed_out)
-                        # Blocks for the grace period at most; what Blender still sends waits in the queue.
-                        self._halt(self.stop_grace)
-                try:
-                    message = self._events.get(timeout=0.25)
-                except queue.Empty:
-                    if self._exit_code() is None:
-                        continue
-                    message = {"type": "_closed"}
-                last_event = time.monotonic()
-                kind = message.get("type")
-                if kind == "_closed":
-                    break
-                if message.get("frame") != frame:
-                    continue  # left over from an earlier frame
-                if kind == "started":
-                    started_at = _float_or_none(message.get("time"))
-                    if started_at is not None:
-                        self._started = (frame, started_at)
-                elif kind == "written":
-                    written_path = message.get("path") or None
-                    ended_at = _float_or_none(message.get("time"))
-                    render_seconds = _float_or_none(message.get("render_seconds"))
-                elif kind == "canceled":
-                    canceled = True
-                elif kind == "finished":
-                    finished = message
-                    break
-
-            if finished is not None:
+            self._follow(events, frame_timeout, no_progress_timeout)
+            if events.finished is not None:
                 self._wait_log(lambda: self._sync_count > sync_start, 2.0)
             else:
                 # The channel closed mid-frame: Blender died or was stopped; let it finish dying for the tail.
@@ -361,32 +305,45 @@ class BlenderSession:
                     self._kill_now()
                 self._channel_open = False
                 self._wait_log(lambda: self._log_eof, 3.0)
-
             aborted = self._aborted.is_set()
-            # A frame that crossed its limit fails even if Blender finished it while being stopped.
-            ok = written_path is not None and os.path.isfile(written_path) and timed_out is None
-            error = None
-            if not ok:
-                if aborted:
-                    error = f"Rendering frame {frame} was aborted"
-                elif timed_out is not None:
-                    error = timed_out
-                elif finished is None:
-                    error = f"Blender {_describe_exit(self._exit_code())} while rendering frame {frame}"
-                elif finished.get("error"):
-                    error = f"Render error: {_plain_render_error(str(finished['error']))}"
-                elif written_path is not None:
-                    error = f"Blender reported frame {frame} written to {written_path}, but the file does not exist"
-                elif canceled:
-                    error = f"Blender canceled the render of frame {frame}"
-                else:
-                    error = f"Blender finished frame {frame} without writing a file"
+            ok = events.ok
             return self._result(
                 frame, log_start,
-                ok=ok, output_path=written_path if ok else None, started_at=started_at, ended_at=ended_at,
-                render_seconds=render_seconds, error=error, aborted=aborted,
-                timed_out=timed_out is not None and not aborted,
+                ok=ok, output_path=events.written_path if ok else None, started_at=events.started_at,
+                ended_at=events.ended_at, render_seconds=events.render_seconds,
+                error=events.failure(aborted, self._exit_code()), aborted=aborted,
+                timed_out=events.timed_out is not None and not aborted,
             )
+
+    def _follow(self, events: FrameEvents, frame_timeout: float | None, no_progress_timeout: float | None) -> None:
+        """Take the frame script's events for `events.frame` until it says the frame is finished or the channel
+        closes; stop Blender (SIGINT, `stop_grace`, SIGKILL) once the frame crosses a limit."""
+        frame = events.frame
+        requested = last_event = time.monotonic()
+        while True:
+            if events.timed_out is None:
+                events.timed_out = self._limit_crossed(frame, requested, last_event, frame_timeout,
+                                                       no_progress_timeout)
+                if events.timed_out is not None:
+                    log.warning("Blender (pid %s): %s", self.pid, events.timed_out)
+                    # Blocks for the grace period at most; what Blender still sends waits in the queue.
+                    self._halt(self.stop_grace)
+            try:
+                message = self._events.get(timeout=0.25)
+            except queue.Empty:
+                if self._exit_code() is None:
+                    continue
+                return  # Blender is gone
+            last_event = time.monotonic()
+            if message.get("type") == "_closed":
+                return
+            if message.get("frame") != frame:
+                continue  # left over from an earlier frame
+            finished = events.take(message)
+            if message.get("type") == "started" and events.started_at is not None:
+                self._started = (frame, events.started_at)
+            if finished:
+                return
 
     def _limit_crossed(
         self,
@@ -485,7 +442,7 @@ class BlenderSession:
             if code is not None:
                 self._wait_log(lambda: self._log_eof, 3.0)
                 raise SessionError(
-                    f"Blender {_describe_exit(code)} before it was ready to render {self.blend_path}"
+                    f"Blender {describe_exit(code)} before it was ready to render {self.blend_path}"
                     f"{self._log_tail_for_error()}"
                 )
             if time.monotonic() > deadline:
@@ -593,7 +550,7 @@ class BlenderSession:
             return "Blender was not started"
         code = self._proc.poll()
         if code is not None:
-            return f"Blender {_describe_exit(code)}"
+            return f"Blender {describe_exit(code)}"
         return "Blender's side channel is closed"
 
     def _send(self, message: dict[str, Any]) -> bool:
@@ -622,10 +579,3 @@ class BlenderSession:
         if self._proc is not None:
             platform.kill_child(self._proc)
         self._wait_exit(10.0)
-
-
-def _float_or_none(value: Any) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
