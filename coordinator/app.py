@@ -55,6 +55,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     for blueprint in (health, workers, tasks, files, logs, pages, openapi):
         app.register_blueprint(blueprint)
+    from .api import contract
+
+    contract.load()
 
     @app.after_request
     def page_headers(response):

@@ -106,7 +106,7 @@ def test_oversize_settings_and_missing_assets_are_refused(farm, blend):
             413, "1001 paths", "1000", "--max-missing-assets")
     refused(farm, "POST", "/submit_task", submit_body(blend, missing_assets=["tex/" + "a" * 5000 + ".png"]), 400,
             "4096")
-    refused(farm, "POST", "/submit_task", submit_body(blend, missing_assets="tex/a.png"), 400, "list of paths")
+    refused(farm, "POST", "/submit_task", submit_body(blend, missing_assets="tex/a.png"), 400, "must be a list")
     # Just within every limit is accepted, and the settings reach the task's detail and its leases only.
     settings = {"notes": "x" * 60_000}
     missing = [f"tex/{n}.png" for n in range(1000)]

@@ -49,6 +49,11 @@ class Operation:
         self.query = jsonschema_rs.Draft202012Validator(self.query_schema)
 
 
+def load() -> None:
+    """Read and compile the contract now (the app does it at start), so no request pays for it."""
+    _operations()
+
+
 @functools.cache
 def _operations() -> dict[tuple[str, str], Operation]:
     """{(OpenAPI path, lower-case method): Operation} of every operation in the shipped document."""
