@@ -23,6 +23,7 @@ cached file).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -53,6 +54,7 @@ __all__ = [
     "TreeFile",
     "check_real_folder",
     "check_tree_path",
+    "remove_quietly",
     "choose_evictions",
     "format_size",
     "normalize_manifest",
@@ -280,12 +282,12 @@ class BlendCache:
         with self._lock_for(sha256):
             if os.path.islink(final_path):
                 log.warning("cached file %s is a symbolic link; removing it and downloading the file", sha256[:12])
-                _remove_quietly(final_path)
+                remove_quietly(final_path)
             if os.path.isfile(final_path):
                 if size is None or os.path.getsize(final_path) == size:
                     return final_path
                 log.warning("cached file %s has the wrong size; downloading it again", sha256[:12])
-                _remove_quietly(final_path)
+                remove_quietly(final_path)
             handle, temp_path = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=self._files_dir)
             os.close(handle)
             try:
@@ -299,7 +301,7 @@ class BlendCache:
                 os.chmod(temp_path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
                 os.replace(temp_path, final_path)
             finally:
-                _remove_quietly(temp_path)
+                remove_quietly(temp_path)
             self._touch(final_path)
             log.debug("cached file %s (%d bytes)", sha256[:12], actual_size)
             return final_path
@@ -337,7 +339,7 @@ class BlendCache:
             total = sum(entry.size for entry in entries) + incoming
             for entry in choose_evictions(entries, self.max_bytes, pinned, incoming):
                 with self._lock_for(entry.sha256):
-                    _remove_quietly(self._file_path(entry.sha256))
+                    remove_quietly(self._file_path(entry.sha256))
                 total -= entry.size
                 log.info("evicted file %s (%s) from the cache", entry.sha256[:12], format_size(entry.size))
             return total
@@ -528,7 +530,7 @@ class BlendCache:
         # Left by a worker that died mid-download; nothing else of this root is running (one process per root).
         for entry in os.listdir(self._files_dir):
             if entry.startswith(".download-"):
-                _remove_quietly(os.path.join(self._files_dir, entry))
+                remove_quietly(os.path.join(self._files_dir, entry))
 
     def _adopt_legacy_blends(self) -> None:
         """Move .blend files cached by earlier versions (blends/<sha256>.blend) into files/, under the limit."""
@@ -571,7 +573,7 @@ def _remove_tree(path: str) -> None:
     if stat.S_ISDIR(info.st_mode):
         shutil.rmtree(path, ignore_errors=True)
     else:
-        _remove_quietly(path)
+        remove_quietly(path)
 
 
 def _task_name(task_id: int) -> str:
@@ -587,8 +589,9 @@ def _task_name(task_id: int) -> str:
     return str(number)
 
 
-def _remove_quietly(path: str) -> None:
-    try:
+def remove_quietly(path: str | None) -> None:
+    """Delete a file if it is there; a file already gone (or never made) is no error."""
+    if not path:
+        return
+    with contextlib.suppress(OSError):
         os.remove(path)
-    except OSError:
-        pass

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from renderq.http_client import CoordinatorError
 from worker.blender_session import BlenderSession, FrameResult, SessionError
-from worker.cache import BlendCache, CacheError
+from worker.cache import BlendCache, CacheError, remove_quietly
 from worker.lease import Lease
 from worker.outbox import FrameDone, FrameFailed, FrameGivenBack
 from worker.prefetch import PrefetchTimer
@@ -287,14 +287,14 @@ class WorkerLoop:
             if waiting_path is not None:
                 self._wait_for_room(lease)
                 if lease.revoked:
-                    _remove_quietly(waiting_path)
+                    remove_quietly(waiting_path)
                     return self._drop(lease, "before delivery")
                 self.reporter.finish(FrameDone(
                     lease, waiting_path, os.path.basename(str(result.output_path)), result.started_at,
                     result.ended_at, result.render_seconds, result.log_tail, after=turn.rendering_report,
                 ))
             return State.IDLE, None
-        _remove_quietly(result.output_path)
+        remove_quietly(result.output_path)
         if lease.revoked:
             return self._drop(lease, "while rendering")
         if result.aborted or self.control.stopping:
@@ -533,15 +533,6 @@ class WorkerLoop:
                 return waiting
             except OSError as exc:
                 error = f"the rendered file could not be set aside for delivery: {exc}"
-        _remove_quietly(path)
+        remove_quietly(path)
         self.reporter.finish(FrameFailed(lease, error, result.log_tail or "", after=rendering_report))
         return None
-
-
-def _remove_quietly(path: str | None) -> None:
-    if not path:
-        return
-    try:
-        os.remove(path)
-    except OSError:
-        pass

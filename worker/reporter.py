@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from renderq.http_client import Conflict, CoordinatorClient, CoordinatorError, NotFound, Unauthorized
+from worker.cache import remove_quietly
 from worker.lease import Lease
 from worker.log_shipper import LogShipper
 from worker.outbox import FrameDone, FrameFailed, FrameGivenBack, Outbox, Result
@@ -307,7 +308,7 @@ class Reporter:
             self._abandon(result)
         finally:
             if isinstance(result, FrameDone):
-                _remove_quietly(result.path)
+                remove_quietly(result.path)
             self.held.drop(lease)
             self.settled.put(lease.task_id)
             self.shipper.flush()
@@ -430,10 +431,3 @@ def _usable_cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
