@@ -13,6 +13,7 @@ import yaml
 from harness import Api, free_port
 
 from coordinator.api.openapi import spec_bytes
+from coordinator.scheduler import FRAMES_PAGE, MAX_FRAMES_PAGE, MAX_FRAMES_PER_TASK
 
 from renderq.http_client import (
     Conflict,
@@ -202,3 +203,15 @@ def test_upload_query_strings_are_checked_before_a_byte_is_stored(running, path,
     status, answer = Api(farm.url, farm.token("admin")).call("POST", path, raw=BLEND + b"new bytes")
     assert (status, answer) == (400, {"error": error})
     assert sorted(os.listdir(files)) == before
+
+
+def test_the_documents_bounds_are_the_ones_the_scheduler_pages_by():
+    """The routes take these bounds from openapi.yaml alone; the scheduler's own defaults must say the same."""
+    spec = yaml.safe_load(spec_bytes())
+
+    def schema(path: str, name: str) -> dict:
+        return next(p["schema"] for p in spec["paths"][path]["get"]["parameters"] if p.get("name") == name)
+
+    assert (schema("/task", "frames_limit")["default"], schema("/task", "frames_limit")["maximum"]) == (
+        FRAMES_PAGE, MAX_FRAMES_PAGE)
+    assert schema("/status/task_updates", "page")["maximum"] == MAX_FRAMES_PER_TASK
