@@ -33,6 +33,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # the tests' scenes (frames of chosen cost)
 sys.path.insert(0, HERE)
 
 from common import (
@@ -49,7 +50,7 @@ from common import (
 )
 
 from coordinator.eta import estimate_eta  # the seed's estimator, kept as the baseline
-from renderq.scenes import make_scene
+from scenes import make_scene
 
 CHECKPOINTS = (10, 25, 50, 75)
 TARGET_PERCENT = 10.0

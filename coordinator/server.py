@@ -12,11 +12,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 from renderq.platform import hold_lock_file
 from renderq.private_files import PRIVATE_UMASK, make_private_tree_top
+from renderq.settings import Flag, add_flags
 from renderq.units import parse_size
 
 from .auth import is_loopback
@@ -34,16 +34,6 @@ log = logging.getLogger("renderq.coordinator")
 
 # Orphan files are looked for once at start and then this often (or every grace period, when that is shorter).
 ORPHAN_SWEEP_SECONDS = 600.0
-
-
-class Flag(NamedTuple):
-    """One value flag of `renderq coordinator`: it sets the Config field named by `dest` (else by the flag)."""
-
-    name: str
-    type: Callable[[str], Any]
-    help: str
-    dest: str | None = None
-    metavar: str | None = None
 
 
 # Each help names the flag's RENDERQ_* variable and default, as the README's table does.
@@ -102,19 +92,6 @@ HTTP_FLAGS = (
 ORPHAN_GRACE_FLAG = Flag("--orphan-grace", float, "a stored file that no task uses (an upload, a frame's output) is "
                          "deleted once it is this old: the longest an upload may wait for the submit that uses it "
                          "(RENDERQ_ORPHAN_GRACE, default 86400, a day)", metavar="SECONDS")
-
-
-def add_flags(parser: argparse.ArgumentParser, flags: Iterable[Flag]) -> None:
-    """Declare value flags; each defaults to None, so that Config.from_env keeps its RENDERQ_* value."""
-    for flag in flags:
-        options: dict[str, Any] = {"help": flag.help}
-        if flag.type is not str:
-            options["type"] = flag.type
-        if flag.dest:
-            options["dest"] = flag.dest
-        if flag.metavar:
-            options["metavar"] = flag.metavar
-        parser.add_argument(flag.name, **options)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

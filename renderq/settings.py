@@ -2,14 +2,16 @@
 
 The coordinator (coordinator/config.py) and the worker (worker/command_line.py) both read their variables through
 env_value, with the parsers below (sizes: renderq.units), so a variable means the same thing and is refused with the
-same sentence everywhere. Standard library only: the add-on and the kernel use it too.
+same sentence everywhere, and declare their value flags as Flag rows given to add_flags. Standard library only: the
+add-on and the kernel use it too.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Callable, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 from .units import parse_size
 
@@ -62,3 +64,32 @@ def env_value(setting: str, parse: Callable[[str], T], environ: Mapping[str, str
         if expected is None:  # a parser of the program's own says what is wrong
             raise ValueError(f"{name}: {exc}") from None
         raise ValueError(f"{name} must be {expected}, not {raw!r}") from None
+
+
+class Flag(NamedTuple):
+    """One value flag of a program: it sets the setting named by `dest` (else by the flag, `--work-dir` -> work_dir)."""
+
+    name: str
+    type: Callable[[str], Any]
+    help: str
+    dest: str | None = None
+    metavar: str | None = None
+
+    @property
+    def setting(self) -> str:
+        return self.dest or self.name.lstrip("-").replace("-", "_")
+
+
+def add_flags(parser: argparse.ArgumentParser, flags: Iterable[Flag],
+              defaults: Mapping[str, Any] | None = None) -> None:
+    """Declare value flags on `parser`; each defaults to `defaults[its setting]`, else None (the program then keeps
+    its RENDERQ_* value or its own default)."""
+    for flag in flags:
+        options: dict[str, Any] = {"help": flag.help, "default": (defaults or {}).get(flag.setting)}
+        if flag.type is not str:
+            options["type"] = flag.type
+        if flag.dest:
+            options["dest"] = flag.dest
+        if flag.metavar:
+            options["metavar"] = flag.metavar
+        parser.add_argument(flag.name, **options)

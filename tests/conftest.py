@@ -46,7 +46,7 @@ def admin() -> dict[str, str]:
 def scenes(tmp_path_factory):
     """Scenes generated with the real Blender once per test session, by name and options."""
     from harness import find_blender_or_none
-    from renderq.scenes import make_scene
+    from scenes import make_scene
 
     folder = tmp_path_factory.mktemp("scenes")
     made: dict[tuple, str] = {}

@@ -9,7 +9,11 @@ import os
 import socket
 
 import pytest
-from harness import free_port
+import yaml
+from harness import Api, free_port
+
+from coordinator.api.openapi import spec_bytes
+from coordinator.scheduler import FRAMES_PAGE, MAX_FRAMES_PAGE, MAX_FRAMES_PER_TASK
 
 from renderq.http_client import (
     Conflict,
@@ -141,3 +145,73 @@ def test_two_calls_share_one_connection_and_a_closed_one_is_replaced(running):
     farm.start_coordinator()
     assert worker.update_worker(worker_id, [])["enabled"] is True
     assert _local_port(worker) != first
+
+
+def _query_parameters() -> list[tuple[str, str, str, str]]:
+    """(path, method, name, type) of every typed query parameter the shipped openapi.yaml documents."""
+    spec = yaml.safe_load(spec_bytes())
+    found = []
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if "$ref" in parameter:
+                    parameter = spec["components"]["parameters"][parameter["$ref"].rsplit("/", 1)[-1]]
+                schema = parameter["schema"]
+                if "$ref" in schema:
+                    schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+                if parameter["in"] == "query" and schema.get("type") in ("integer", "boolean"):
+                    found.append((path, method, parameter["name"], schema["type"]))
+    return found
+
+
+def test_every_documented_query_parameter_is_checked_by_the_contract(running):
+    farm, *_, task_id, _ = running
+    api = Api(farm.url, farm.token("admin"))
+    parameters = _query_parameters()
+    assert len(parameters) >= 20  # the seed's routes and the new ones, read from the document
+    for path, method, name, kind in parameters:
+        # Every other integer a valid one, so that the refusal can only be about `name`.
+        others = "&".join(f"{other}=1" for p, m, other, k in parameters
+                          if (p, m) == (path, method) and other != name and k == "integer")
+        status, answer = api.call(method.upper(), f"{path}?{others}&{name}=not-{kind}")
+        noun = "a whole number" if kind == "integer" else "true or false"
+        assert (status, answer) == (400, {"error": f"'{name}' must be {noun}, not 'not-{kind}'"}), (path, name)
+    assert api.call("GET", f"/task?task_id={task_id}")[1]["progress"]["queued"] == 3  # nothing was claimed
+
+
+@pytest.mark.parametrize(("query", "error"), [
+    ("/download_file?sha256=abc", "'sha256' must be a SHA-256 in lowercase hex, not 'abc'"),
+    ("/tasks?status=lost", "'status' must be one of queued, running, paused, done, failed, canceled, not 'lost'"),
+    ("/task?task_id=1&frames_limit=10001", "'frames_limit' must be a whole number from 0 to 10000, not 10001"),
+    ("/get_log?task_id=1&max_bytes=-1", "'max_bytes' must be a whole number from 0 to 1048576, not -1"),
+    ("/task_manifest?task_id=0", "'task_id' must be a whole number at least 1, not 0"),
+])
+def test_query_strings_are_refused_with_the_contracts_sentence(running, query, error):
+    farm = running[0]
+    assert Api(farm.url, farm.token("admin")).call("GET", query) == (400, {"error": error})
+
+
+@pytest.mark.parametrize(("path", "error"), [
+    ("/upload_blend?filename=notes.txt",
+     "'filename' must be a file name ending in .blend, without '/', '\\' or '..', not 'notes.txt'"),
+    ("/upload_file?sha256=ABC", "'sha256' must be a SHA-256 in lowercase hex, not 'ABC'"),
+])
+def test_upload_query_strings_are_checked_before_a_byte_is_stored(running, path, error):
+    farm = running[0]
+    files = os.path.join(farm.data_dir, "files")
+    before = sorted(os.listdir(files))
+    status, answer = Api(farm.url, farm.token("admin")).call("POST", path, raw=BLEND + b"new bytes")
+    assert (status, answer) == (400, {"error": error})
+    assert sorted(os.listdir(files)) == before
+
+
+def test_the_documents_bounds_are_the_ones_the_scheduler_pages_by():
+    """The routes take these bounds from openapi.yaml alone; the scheduler's own defaults must say the same."""
+    spec = yaml.safe_load(spec_bytes())
+
+    def schema(path: str, name: str) -> dict:
+        return next(p["schema"] for p in spec["paths"][path]["get"]["parameters"] if p.get("name") == name)
+
+    assert (schema("/task", "frames_limit")["default"], schema("/task", "frames_limit")["maximum"]) == (
+        FRAMES_PAGE, MAX_FRAMES_PAGE)
+    assert schema("/status/task_updates", "page")["maximum"] == MAX_FRAMES_PER_TASK

@@ -1,4 +1,5 @@
-"""renderq.scenes.make_scene against the real Blender: the saved file holds what was asked for."""
+"""The scene builders against the real Blender: the demo's (renderq.scenes) and the tests' (tests/scenes.py) save
+files that hold what was asked for."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import subprocess
 
 import pytest
 
-from renderq.scenes import SceneError, make_scene
+from scenes import SceneError, make_scene
+
+from renderq import scenes as demo_scenes
 from renderq.blender_path import find_blender_or_none
 
 BLENDER: str | None = find_blender_or_none()
@@ -47,8 +50,9 @@ def inspect(blend: str) -> dict:
     return json.loads(line[len("INSPECT "):])
 
 
-def test_scene_has_the_requested_settings(tmp_path):
-    blend = make_scene(
+@pytest.mark.parametrize("builder", [demo_scenes.make_scene, make_scene], ids=["demo", "tests"])
+def test_scene_has_the_requested_settings(tmp_path, builder):
+    blend = builder(
         str(tmp_path / "sub" / "scene.blend"), blender=BLENDER, frames=5, resolution=(80, 40), samples=3,
         output="//frames/shot_####_x", file_format="JPEG",
     )

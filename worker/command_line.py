@@ -12,10 +12,9 @@ import os
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from renderq.http_client import CoordinatorClient, safe_file_name
-from renderq.settings import env_value, parse_bool
+from renderq.settings import Flag, add_flags, env_value, parse_bool
 from renderq.units import parse_size
 from worker.agent import WorkerAgent
 from worker.blender_session import SessionError, blender_version, find_blender
@@ -45,89 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     A variable that cannot be parsed stops the command with a sentence naming it.
     """
     try:
-        _add_arguments(parser, _env_defaults())
+        defaults = _defaults()
     except ValueError as exc:
         parser.error(str(exc))
-
-
-def _env_defaults() -> dict[str, object]:
-    """Each option's RENDERQ_* variable, parsed (None where unset)."""
-    parsers: dict[str, Callable[[str], object]] = {
-        "coordinator": str, "token": str, "token_file": str, "worker_name": str, "blender": str, "threads": int,
-        "work_dir": str, "cache_size": _cache_size, "poll_seconds": float, "allow_blend_python": parse_bool,
-    }
-    return {name: env_value(name, parse) for name, parse in parsers.items()}
-
-
-def _add_arguments(parser: argparse.ArgumentParser, env: dict[str, Any]) -> None:
-    parser.add_argument(
-        "--coordinator",
-        default=env["coordinator"],
-        metavar="URL",
-        help="the coordinator's address, e.g. http://farm:5000 (default: $RENDERQ_COORDINATOR)",
-    )
-    parser.add_argument(
-        "--token",
-        default=env["token"],
-        metavar="TOKEN",
-        help="the coordinator's worker token (default: $RENDERQ_TOKEN); it is in the coordinator's data dir, file "
-        "worker_token. Prefer --token-file: a token on the command line is visible to other users of this machine",
-    )
-    parser.add_argument(
-        "--token-file",
-        default=env["token_file"],
-        metavar="FILE",
-        help="read the worker token from FILE, e.g. a copy of the coordinator's worker_token "
-        "(default: $RENDERQ_TOKEN_FILE)",
-    )
-    parser.add_argument(
-        "--name",
-        default=env["worker_name"] or socket.gethostname(),
-        help="this worker's name, unique on the farm (default: $RENDERQ_WORKER_NAME, else the host name)",
-    )
-    parser.add_argument(
-        "--blender",
-        default=env["blender"],
-        metavar="PATH",
-        help="the Blender executable (default: $RENDERQ_BLENDER, else found on PATH)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=env["threads"] or 0,
-        metavar="N",
-        help="render threads per frame; 0 lets the task or Blender decide (default: $RENDERQ_THREADS, else 0)",
-    )
-    parser.add_argument(
-        "--work-dir",
-        default=env["work_dir"],
-        metavar="DIR",
-        help="where to cache the tasks' files and render (default: $RENDERQ_WORK_DIR, else a folder per worker "
-        "name in the user's cache folder)",
-    )
-    parser.add_argument(
-        "--cache-size",
-        type=_cache_size_arg,
-        default=env["cache_size"] or DEFAULT_CACHE_SIZE,
-        metavar="SIZE",
-        help="the most the cached files may take, e.g. 20G or 500M (K, M, G, T count in 1024s); the least recently "
-        "used files are deleted beyond it, never those of a task being rendered (default: $RENDERQ_CACHE_SIZE, "
-        "else 20G)",
-    )
-    parser.add_argument(
-        "--poll-seconds",
-        type=float,
-        default=env["poll_seconds"],
-        metavar="SECONDS",
-        help="how often an idle worker asks for work, which is also how long a new task may wait for it; shorter "
-        "means more requests to the coordinator (default: $RENDERQ_POLL_SECONDS, else as the coordinator advises: "
-        "a quarter of a second on a small farm, longer on a large one so that idle workers together ask about 50 "
-        f"times a second; {DEFAULT_POLL_SECONDS:g} with a coordinator that gives no advice)",
-    )
+    add_flags(parser, WORKER_FLAGS, defaults)
     parser.add_argument(
         "--allow-blend-python",
         action=argparse.BooleanOptionalAction,
-        default=bool(env["allow_blend_python"]),
+        default=defaults["allow_blend_python"],
         help="RISKY: let Python stored in .blend files (scripts that run when the file opens, scripted drivers, "
         "the handlers they add) run on this machine, for tasks marked as needing it. That code runs as this "
         "worker's user and can read, change, delete or send anything that user can reach; anyone who may submit "
@@ -135,6 +59,19 @@ def _add_arguments(parser: argparse.ArgumentParser, env: dict[str, Any]) -> None
         "files hold Python wait for a worker that allows it (default: on when $RENDERQ_ALLOW_BLEND_PYTHON=1, else "
         "off)",
     )
+
+
+def _defaults() -> dict[str, object]:
+    """Each option's default: its RENDERQ_* variable parsed, else the built-in one (None: decided later)."""
+    parsers: dict[str, Callable[[str], object]] = {
+        "coordinator": str, "token": str, "token_file": str, "worker_name": str, "blender": str, "threads": int,
+        "work_dir": str, "cache_size": _cache_size, "poll_seconds": float, "allow_blend_python": parse_bool,
+    }
+    env = {name: env_value(name, parse) for name, parse in parsers.items()}
+    # --name's variable is RENDERQ_WORKER_NAME: RENDERQ_NAME would say nothing about whose name it is.
+    return {**env, "name": env["worker_name"] or socket.gethostname(), "threads": env["threads"] or 0,
+            "cache_size": env["cache_size"] or DEFAULT_CACHE_SIZE,
+            "allow_blend_python": bool(env["allow_blend_python"])}
 
 
 def _cache_size_arg(text: str) -> int:
@@ -151,6 +88,32 @@ def _cache_size(text: str) -> int:
     if size <= 0:
         raise ValueError("the cache size must be more than 0")
     return size
+
+
+# The value options; their defaults come from _defaults(). Each help names its RENDERQ_* variable.
+WORKER_FLAGS = (
+    Flag("--coordinator", str, "the coordinator's address, e.g. http://farm:5000 (default: $RENDERQ_COORDINATOR)",
+         metavar="URL"),
+    Flag("--token", str, "the coordinator's worker token (default: $RENDERQ_TOKEN); it is in the coordinator's data "
+         "dir, file worker_token. Prefer --token-file: a token on the command line is visible to other users of "
+         "this machine", metavar="TOKEN"),
+    Flag("--token-file", str, "read the worker token from FILE, e.g. a copy of the coordinator's worker_token "
+         "(default: $RENDERQ_TOKEN_FILE)", metavar="FILE"),
+    Flag("--name", str, "this worker's name, unique on the farm (default: $RENDERQ_WORKER_NAME, else the host name)"),
+    Flag("--blender", str, "the Blender executable (default: $RENDERQ_BLENDER, else found on PATH)", metavar="PATH"),
+    Flag("--threads", int, "render threads per frame; 0 lets the task or Blender decide (default: $RENDERQ_THREADS, "
+         "else 0)", metavar="N"),
+    Flag("--work-dir", str, "where to cache the tasks' files and render (default: $RENDERQ_WORK_DIR, else a folder "
+         "per worker name in the user's cache folder)", metavar="DIR"),
+    Flag("--cache-size", _cache_size_arg, "the most the cached files may take, e.g. 20G or 500M (K, M, G, T count "
+         "in 1024s); the least recently used files are deleted beyond it, never those of a task being rendered "
+         "(default: $RENDERQ_CACHE_SIZE, else 20G)", metavar="SIZE"),
+    Flag("--poll-seconds", float, "how often an idle worker asks for work, which is also how long a new task may "
+         "wait for it; shorter means more requests to the coordinator (default: $RENDERQ_POLL_SECONDS, else as the "
+         "coordinator advises: a quarter of a second on a small farm, longer on a large one so that idle workers "
+         f"together ask about 50 times a second; {DEFAULT_POLL_SECONDS:g} with a coordinator that gives no advice)",
+         metavar="SECONDS"),
+)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -34,6 +34,8 @@ class Operation:
         self.body_schema = {**schema, **components} if schema else {}
         self.body = jsonschema_rs.Draft202012Validator(self.body_schema) if schema else None
         self.query_types: dict[str, str] = {}
+        # Documented defaults of absent parameters: the view reads them from the document, never a copy of its own.
+        self.query_defaults: dict[str, Any] = {}
         properties: dict[str, Any] = {}
         required: list[str] = []
         for parameter in operation.get("parameters", []):
@@ -42,7 +44,10 @@ class Operation:
                 continue
             parameter_schema = parameter.get("schema", {})
             properties[parameter["name"]] = parameter_schema
-            self.query_types[parameter["name"]] = _resolve(spec, parameter_schema).get("type", "string")
+            resolved = _resolve(spec, parameter_schema)
+            self.query_types[parameter["name"]] = resolved.get("type", "string")
+            if "default" in resolved:
+                self.query_defaults[parameter["name"]] = resolved["default"]
             if parameter.get("required"):
                 required.append(parameter["name"])
         self.query_schema = {"type": "object", "properties": properties, "required": required, **components}
@@ -100,7 +105,8 @@ def check_body(rule: str, method: str, body: Any) -> None:
 
 
 def query(rule: str, method: str, args: Mapping[str, str]) -> dict[str, Any]:
-    """The operation's documented query parameters, converted to their types and checked against their schemas."""
+    """The operation's documented query parameters, converted to their types and checked against their schemas;
+    an absent (or empty) one with a documented default has that default, other absent ones are left out."""
     operation = _operation(rule, method)
     if operation is None:
         return dict(args)
@@ -109,7 +115,7 @@ def query(rule: str, method: str, args: Mapping[str, str]) -> dict[str, Any]:
         if name in args and args[name] != "":
             values[name] = _converted(name, args[name], kind)
     _raise_first_error(operation.query, operation.query_schema, values)
-    return values
+    return {**operation.query_defaults, **values}
 
 
 def _converted(name: str, text: str, kind: str) -> Any:
@@ -169,7 +175,7 @@ def _sentence(error: Any, root: dict) -> str:
         return f"'{field}' lists more than {schema['maxItems']} items"
     if kind == "Enum":
         return f"'{field}' must be one of {', '.join(map(str, schema['enum']))}, not {value}"
-    if kind == "Type":
+    if kind == "Type" or (kind == "Pattern" and "x-noun" in schema):
         return f"'{field}' must be {noun}, not {value}"
     return _cut(f"'{field}' does not match the API (see /openapi.yaml): {error.message}")
 

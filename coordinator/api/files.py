@@ -13,9 +13,9 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from renderq.paths import collision_key, is_safe_file_name
 
 from ..auth import admin_required, requires
-from ..blobs import is_sha256, looks_like_blend
+from ..blobs import looks_like_blend
 from ..zipstream import stream_zip
-from ..errors import BadRequest, NotFound, PayloadTooLarge
+from ..errors import NotFound, PayloadTooLarge
 from . import validation as v
 
 files = Blueprint("files", __name__)
@@ -30,9 +30,8 @@ def _check_blend_head(head: bytes) -> str | None:
 @files.post("/upload_blend")
 @requires("artist")
 def upload_blend():
-    filename = v.name(request.args, "filename", default="scene.blend")
-    if not filename.lower().endswith(".blend"):
-        raise BadRequest(f"'filename' must end in .blend, not {filename!r}")
+    filename = v.query()["filename"]  # a .blend's name, by the contract's pattern and default
+    v.check_name(filename, "filename")
     limit = current_app.config["RENDERQ"].upload_limit
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the file is larger than the coordinator's upload limit of {limit} bytes")
@@ -46,9 +45,7 @@ def upload_blend():
 @files.get("/download_file")
 @requires("worker")
 def download_file():
-    sha256 = request.args.get("sha256", "")
-    if not is_sha256(sha256):
-        raise BadRequest("'sha256' must be a SHA-256 in lowercase hex")
+    sha256 = v.query()["sha256"]
     blobs = current_app.extensions["renderq.blobs"]
     if not blobs.exists(sha256):
         raise NotFound(f"no stored file has SHA-256 {sha256}")
@@ -58,11 +55,7 @@ def download_file():
 @files.post("/missing_files")
 @requires("artist")
 def missing_files():
-    body = v.json_body()
-    hashes = body.get("sha256")
-    if not isinstance(hashes, list) or len(hashes) > 100_000 or not all(isinstance(h, str) and is_sha256(h)
-                                                                         for h in hashes):
-        raise BadRequest("'sha256' must be a list of SHA-256 hashes in lowercase hex")
+    hashes = v.json_body()["sha256"]  # at most 100,000 SHA-256s, by the contract
     blobs = current_app.extensions["renderq.blobs"]
     # The files reported present get a new grace period as orphans: the client will submit a task using them.
     return jsonify({"missing": sorted({h for h in hashes if not blobs.touch(h)})})
@@ -71,9 +64,7 @@ def missing_files():
 @files.post("/upload_file")
 @requires("artist")
 def upload_file():
-    sha256 = request.args.get("sha256", "")
-    if not is_sha256(sha256):
-        raise BadRequest("'sha256' must be the file's SHA-256 in lowercase hex")
+    sha256 = v.query()["sha256"]
     limit = current_app.config["RENDERQ"].upload_limit
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the file is larger than the coordinator's upload limit of {limit} bytes")
@@ -89,14 +80,13 @@ def upload_file():
 @files.get("/task_manifest")
 @requires("worker")
 def task_manifest():
-    return jsonify(current_app.extensions["renderq.scheduler"].task_manifest(
-        v.integer(request.args, "task_id", minimum=1)))
+    return jsonify(current_app.extensions["renderq.scheduler"].task_manifest(v.query()["task_id"]))
 
 
 @files.get("/download_frames_zip")
 @requires("artist", open_read=True)
 def download_frames_zip():
-    task_id = v.integer(request.args, "task_id", minimum=1)
+    task_id = v.query()["task_id"]
     scheduler = current_app.extensions["renderq.scheduler"]
     task = scheduler.task_detail(task_id, with_frames=False)
     blobs = current_app.extensions["renderq.blobs"]
@@ -150,8 +140,7 @@ def disk_usage():
 @files.post("/delete_task_files")
 @admin_required
 def delete_task_files():
-    body = v.json_body()
-    task_id = v.integer(body, "task_id", minimum=1)
+    task_id = v.json_body()["task_id"]
     scheduler = current_app.extensions["renderq.scheduler"]
     unused = scheduler.forget_task_files(task_id)
     # Checked again with the blob store's guard held: a task submitted meanwhile may use one of them.

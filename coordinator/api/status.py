@@ -8,7 +8,6 @@ from renderq import __version__
 
 from .. import auth
 from ..errors import NotFound
-from ..scheduler import MAX_FRAMES_PER_TASK
 from . import validation as v
 
 pages = Blueprint("pages", __name__)
@@ -34,7 +33,7 @@ def _page_context() -> dict:
 
 
 def _since() -> int | None:
-    return v.integer(request.args, "since", default=None, minimum=0)
+    return v.query().get("since")
 
 
 @pages.get("/")
@@ -70,8 +69,8 @@ def farm_updates():
 @auth.reader_required()
 def task_updates():
     """What changed in one task and one page of its frames (`page`, from 0) since version `since`."""
-    task_id = v.integer(request.args, "task_id", minimum=1)
-    page = v.integer(request.args, "page", default=0, minimum=0, maximum=MAX_FRAMES_PER_TASK)
+    fields = v.query()
+    task_id, page = fields["task_id"], fields["page"]
     _scheduler().task_detail(task_id, with_frames=False)  # 404 for an unknown task, before a feed is made
     answer = _live().task_feed(task_id, page).updates(_since())
     answer["time"] = _scheduler().clock()

@@ -8,20 +8,16 @@ from collections.abc import Iterable
 
 from flask import Blueprint, current_app, jsonify, request, send_file
 
-from renderq.blend_header import read_blend_version, version_key
+from renderq.blend_header import read_blend_version
 from renderq.paths import check_file_name, check_path_set, check_relative_path
 
 from ..auth import admin_required, current_identity, requires
-from ..blobs import is_sha256, looks_like_blend
+from ..blobs import looks_like_blend
 from ..errors import BadRequest, NotFound, PayloadTooLarge
-from ..scheduler import FRAMES_PAGE, MAX_FRAMES_PAGE, TaskFile, TaskSpec
+from ..scheduler import TaskFile, TaskSpec
 from . import validation as v
 
 tasks = Blueprint("tasks", __name__)
-
-# The longest path accepted in a task's missing_assets (the longest path most systems allow).
-MAX_ASSET_PATH = 4096
-
 
 def _scheduler():
     return current_app.extensions["renderq.scheduler"]
@@ -34,11 +30,9 @@ def _blobs():
 @tasks.post("/submit_task")
 @requires("artist")
 def submit_task():
-    body = v.json_body()
+    body = v.json_body()  # typed and bounded by openapi.yaml (TaskSubmission)
     limits = current_app.config["RENDERQ"]
-    frame_start = v.integer(body, "frame_start", minimum=-1_048_574, maximum=1_048_574)
-    frame_end = v.integer(body, "frame_end", minimum=-1_048_574, maximum=1_048_574)
-    frame_step = v.integer(body, "frame_step", default=1, minimum=1, maximum=1_048_574)
+    frame_start, frame_end, frame_step = body["frame_start"], body["frame_end"], body.get("frame_step", 1)
     if frame_end < frame_start:
         raise BadRequest(f"the frame range {frame_start}-{frame_end} is empty: the end is before the start")
     # Counted from the range, before any file is looked at or any frame row built.
@@ -49,38 +43,29 @@ def submit_task():
     settings = _settings(body, limits.max_settings_bytes)
     missing_assets = _missing_assets(body, limits.max_missing_assets)
     files, main_file = _task_files(body)
-    workers = body.get("workers") or []
-    if not isinstance(workers, list) or not all(isinstance(w, str) for w in workers) or len(workers) > 10_000:
-        raise BadRequest("'workers' must be a list of worker names (empty for automatic assignment)")
+    workers = body.get("workers", [])
     for worker in workers:
         v.check_name(worker, "workers")
-    blender_version = v.text(body, "blender_version", default="", max_length=20)
-    if blender_version and not version_key(blender_version):
-        raise BadRequest(f"'blender_version' must look like 4.2, not {blender_version!r}")
-    if not blender_version:
-        blender_version = _version_of(files[main_file].sha256)
-    exact = v.boolean(body, "blender_version_exact") if "blender_version_exact" in body else False
-    needs_python = v.boolean(body, "needs_python") if body.get("needs_python") is not None else False
-    frame_timeout = v.number(body, "frame_timeout")
-    no_progress_timeout = v.number(body, "no_progress_timeout")
+    name = body.get("name", main_file.rsplit("/", 1)[-1].removesuffix(".blend"))
+    v.check_name(name, "name")
     spec = TaskSpec(
-        name=v.name(body, "name", default=main_file.rsplit("/", 1)[-1].removesuffix(".blend")),
+        name=name,
         files=list(files.values()),
         main_file=main_file,
         frame_start=frame_start,
         frame_end=frame_end,
         frame_step=frame_step,
-        priority=v.integer(body, "priority", default=0, minimum=-1_000_000, maximum=1_000_000),
+        priority=body.get("priority", 0),
         workers=sorted(set(workers)),
-        submitted_by=v.text(body, "submitted_by", default="", max_length=200),
+        submitted_by=body.get("submitted_by", ""),
         owner=_owner(),
         settings=settings,
-        blender_version=blender_version,
-        blender_version_exact=exact,
+        blender_version=body.get("blender_version") or _version_of(files[main_file].sha256),
+        blender_version_exact=body.get("blender_version_exact", False),
         missing_assets=missing_assets,
-        needs_python=needs_python,
-        frame_timeout=frame_timeout,
-        no_progress_timeout=no_progress_timeout,
+        needs_python=body.get("needs_python", False),
+        frame_timeout=_seconds(body.get("frame_timeout")),
+        no_progress_timeout=_seconds(body.get("no_progress_timeout")),
     )
     blobs = _blobs()
     # The orphan sweep may have deleted a file since the checks above (one uploaded long ago and used by no task):
@@ -91,11 +76,14 @@ def submit_task():
     return jsonify(task), 201
 
 
+def _seconds(value: float | None) -> float | None:
+    """A duration the contract typed as a JSON number (an integer or not), as the float the store keeps."""
+    return None if value is None else float(value)
+
+
 def _settings(body: dict, max_bytes: int) -> dict:
     """The task's `settings` object, at most max_bytes as JSON (it travels with every lease)."""
-    settings = body.get("settings") or {}
-    if not isinstance(settings, dict):
-        raise BadRequest("'settings' must be a JSON object")
+    settings = body.get("settings", {})
     size = len(json.dumps(settings, separators=(",", ":")).encode("utf-8"))
     if size > max_bytes:
         raise PayloadTooLarge(f"'settings' takes {size} bytes as JSON, more than this coordinator's limit of "
@@ -104,17 +92,11 @@ def _settings(body: dict, max_bytes: int) -> dict:
 
 
 def _missing_assets(body: dict, max_count: int) -> list[str]:
-    """The task's `missing_assets`: at most max_count paths, each at most MAX_ASSET_PATH characters."""
-    missing_assets = body.get("missing_assets") or []
-    if not isinstance(missing_assets, list) or not all(isinstance(m, str) for m in missing_assets):
-        raise BadRequest("'missing_assets' must be a list of paths (strings)")
+    """The task's `missing_assets`: at most max_count paths (a limit of this coordinator's, so not the contract's)."""
+    missing_assets = body.get("missing_assets", [])
     if len(missing_assets) > max_count:
         raise PayloadTooLarge(f"'missing_assets' lists {len(missing_assets)} paths, more than this coordinator's "
                               f"limit of {max_count} (--max-missing-assets)")
-    too_long = next((m for m in missing_assets if len(m) > MAX_ASSET_PATH), None)
-    if too_long is not None:
-        raise BadRequest(f"a path in 'missing_assets' has {len(too_long)} characters; at most {MAX_ASSET_PATH} "
-                         "are allowed")
     return missing_assets
 
 
@@ -125,36 +107,31 @@ def _owner() -> str:
 
 
 def _task_files(body: dict) -> tuple[dict[str, TaskFile], str]:
-    """The task's tree from `manifest` + `main_file`, or the one-file tree of `blend_sha256`; all uploaded."""
+    """The task's tree from `manifest` + `main_file`, or the one-file tree of `blend_sha256`; all uploaded.
+
+    The contract has typed every field; what is checked here is what a schema cannot say: the path rule, paths
+    that clash, and the stored files themselves.
+    """
     blobs = _blobs()
-    if body.get("manifest") is not None:
-        manifest = body["manifest"]
-        if not isinstance(manifest, list) or not manifest or len(manifest) > 100_000:
-            raise BadRequest("'manifest' must be a non-empty list of {path, sha256, size}")
+    if "manifest" in body:
+        if "main_file" not in body:
+            raise BadRequest("'main_file' is required with 'manifest': name the .blend to render")
         files: dict[str, TaskFile] = {}
-        for entry in manifest:
-            if not isinstance(entry, dict):
-                raise BadRequest("each manifest entry must be an object with path, sha256 and size")
-            path = _checked_path(v.text(entry, "path", max_length=4096), "a manifest path")
-            sha256 = v.text(entry, "sha256", max_length=64)
-            if not is_sha256(sha256):
-                raise BadRequest(f"the manifest entry {path!r} has no valid SHA-256")
-            size = v.integer(entry, "size", minimum=0)
+        for entry in body["manifest"]:
+            path = _checked_path(entry["path"], "a manifest path")
             if path in files:
                 raise BadRequest(f"the manifest lists {path!r} twice")
-            files[path] = TaskFile(path, sha256, size)
+            files[path] = TaskFile(path, entry["sha256"], entry["size"])
         try:
             check_path_set(files)
         except ValueError as error:
             raise BadRequest(f"the manifest cannot be written on every worker: {error}") from None
-        main_file = _checked_path(v.text(body, "main_file", max_length=4096), "'main_file'")
+        main_file = _checked_path(body["main_file"], "'main_file'")
         if main_file not in files or not main_file.lower().endswith(".blend"):
             raise BadRequest(f"'main_file' must be a .blend listed in the manifest, not {main_file!r}")
     else:
-        sha256 = v.text(body, "blend_sha256", max_length=64)
-        if not is_sha256(sha256):
-            raise BadRequest("'blend_sha256' must be a SHA-256 in lowercase hex")
-        main_file = _checked_file_name(v.name(body, "blend_filename", default="scene.blend"), "'blend_filename'")
+        sha256 = body["blend_sha256"]
+        main_file = _checked_file_name(body.get("blend_filename", "scene.blend"), "'blend_filename'")
         size = os.path.getsize(blobs.path(sha256)) if blobs.exists(sha256) else 0
         files = {main_file: TaskFile(main_file, sha256, size)}
     _require_uploaded(files.values())
@@ -275,12 +252,9 @@ def _store_frame_file() -> tuple[str, int]:
 @tasks.post("/upload_frame")
 @requires("worker")
 def upload_frame():
-    args = request.args
-    worker_id = v.integer(args, "worker_id", minimum=1)
-    task_id = v.integer(args, "task_id", minimum=1)
-    frame = v.integer(args, "frame")
-    lease_id = v.text(args, "lease_id", max_length=64)
-    filename = _checked_file_name(v.text(args, "filename", max_length=1024), "the frame's file name")
+    fields = v.query()
+    worker_id, task_id, frame, lease_id = fields["worker_id"], fields["task_id"], fields["frame"], fields["lease_id"]
+    filename = _checked_file_name(fields["filename"], "the frame's file name")
     # Refuse a fenced-off worker, or a name another frame has, before it spends the coordinator's disk.
     _scheduler().check_lease(worker_id, task_id, frame, lease_id)
     _scheduler().check_output_name(task_id, frame, filename)
@@ -292,20 +266,16 @@ def upload_frame():
 @tasks.get("/tasks")
 @requires("artist")
 def list_tasks():
-    status = request.args.get("status") or None
-    return jsonify({"tasks": _scheduler().list_tasks(status)})
+    return jsonify({"tasks": _scheduler().list_tasks(v.query().get("status"))})
 
 
 @tasks.get("/task")
 @requires("artist")
 def task_detail():
-    args = request.args
-    return jsonify(_scheduler().task_detail(
-        v.integer(args, "task_id", minimum=1),
-        frames_after=v.integer(args, "frames_after", default=None),
-        frames_limit=v.integer(args, "frames_limit", default=FRAMES_PAGE, minimum=0, maximum=MAX_FRAMES_PAGE),
-        frames_status=args.get("frames_status") or None,
-    ))
+    fields = v.query()
+    return jsonify(_scheduler().task_detail(fields["task_id"], frames_after=fields.get("frames_after"),
+                                            frames_limit=fields["frames_limit"],
+                                            frames_status=fields.get("frames_status")))
 
 
 def _changed(task_id: int) -> None:
@@ -320,7 +290,7 @@ def cancel_task():
     who = current_identity()
     # Admins cancel anything; an artist only the tasks submitted with their own token.
     by_owner = None if who is None or who.role == "admin" else who.name
-    task = _scheduler().cancel_task(v.integer(body, "task_id", minimum=1), by_owner=by_owner)
+    task = _scheduler().cancel_task(body["task_id"], by_owner=by_owner)
     _changed(task["task_id"])
     return jsonify(task)
 
@@ -329,7 +299,7 @@ def cancel_task():
 @admin_required
 def set_task_priority():
     body = v.json_body()
-    task = _scheduler().set_task_priority(v.integer(body, "task_id", minimum=1), v.integer(body, "priority"))
+    task = _scheduler().set_task_priority(body["task_id"], body["priority"])
     _changed(task["task_id"])
     return jsonify(task)
 
@@ -337,7 +307,7 @@ def set_task_priority():
 @tasks.post("/pause_task")
 @admin_required
 def pause_task():
-    task = _scheduler().pause_task(v.integer(v.json_body(), "task_id", minimum=1))
+    task = _scheduler().pause_task(v.json_body()["task_id"])
     _changed(task["task_id"])
     return jsonify(task)
 
@@ -345,7 +315,7 @@ def pause_task():
 @tasks.post("/resume_task")
 @admin_required
 def resume_task():
-    task = _scheduler().resume_task(v.integer(v.json_body(), "task_id", minimum=1))
+    task = _scheduler().resume_task(v.json_body()["task_id"])
     _changed(task["task_id"])
     return jsonify(task)
 
@@ -353,7 +323,7 @@ def resume_task():
 @tasks.post("/retry_failed_frames")
 @admin_required
 def retry_failed_frames():
-    task = _scheduler().retry_failed_frames(v.integer(v.json_body(), "task_id", minimum=1))
+    task = _scheduler().retry_failed_frames(v.json_body()["task_id"])
     _changed(task["task_id"])
     return jsonify(task)
 
@@ -376,9 +346,8 @@ def _inline_type(path: str) -> str | None:
 @tasks.get("/download_frame")
 @requires("artist", open_read=True)
 def download_frame():
-    task_id = v.integer(request.args, "task_id", minimum=1)
-    number = v.integer(request.args, "frame")
-    inline = v.boolean(request.args, "inline") if "inline" in request.args else False
+    fields = v.query()
+    task_id, number, inline = fields["task_id"], fields["frame"], fields.get("inline", False)
     frame = _scheduler().frame(task_id, number)
     if frame["status"] == "done" and not frame["output_sha256"]:
         raise NotFound(f"the files of task {task_id} were deleted")

@@ -1,4 +1,7 @@
-"""Turn request bodies and query strings into checked values, or a BadRequest naming the field."""
+"""Request bodies and query strings, checked against the contract (contract.py), or a BadRequest naming the field.
+
+What stays here is what a schema cannot say: JSON that is not text, and the name rule of paths and pages.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +14,6 @@ from renderq.paths import invisible_character
 
 from ..errors import BadRequest, UnsupportedMediaType
 from . import contract
-
-MAX_NAME_LENGTH = 200
-
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object; malformed or non-object bodies, and bodies not sent as JSON, are refused."""
@@ -64,7 +64,8 @@ def _has_lone_surrogate(value: Any) -> bool:
 
 def integer(source: dict[str, Any], key: str, *, default: Any = ..., minimum: int | None = None,
             maximum: int | None = None) -> int:
-    """An integer field; bools and numeric strings from query strings are handled explicitly."""
+    """An integer field of a body or query string merged by hand, which the contract cannot check as one: only the
+    seed's claim route (`/get_task`, fields in the query, the body or both) has such a source."""
     if key not in source or source[key] is None:
         if default is ...:
             raise BadRequest(f"'{key}' is required")
@@ -86,51 +87,10 @@ def integer(source: dict[str, Any], key: str, *, default: Any = ..., minimum: in
     return value
 
 
-def number(source: dict[str, Any], key: str, *, default: Any = None) -> float | None:
-    """An optional float field (a time or a duration)."""
-    value = source.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > 1e12:
-        raise BadRequest(f"'{key}' must be a number, not {value!r}")
-    return float(value)
-
-
-def text(source: dict[str, Any], key: str, *, default: Any = ..., max_length: int = 100_000) -> str:
-    if key not in source or source[key] is None:
-        if default is ...:
-            raise BadRequest(f"'{key}' is required")
-        return default
-    value = source[key]
-    if not isinstance(value, str):
-        raise BadRequest(f"'{key}' must be a string, not {type(value).__name__}")
-    if len(value) > max_length:
-        raise BadRequest(f"'{key}' is longer than {max_length} characters")
-    return value
-
-
-def boolean(source: dict[str, Any], key: str) -> bool:
-    value = source.get(key)
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "on", "off"):
-        return value.lower() in ("true", "1", "on")
-    if not isinstance(value, bool):
-        raise BadRequest(f"'{key}' must be true or false")
-    return value
-
-
-def name(source: dict[str, Any], key: str, *, default: Any = ...) -> str:
-    """A name that will appear in paths and pages: no '/', '\\', '..', NUL or control characters."""
-    value = text(source, key, default=default, max_length=MAX_NAME_LENGTH)
-    if value is default and default is not ...:
-        return value
-    check_name(value, key)
-    return value
-
-
 def check_name(value: str, key: str) -> None:
+    """Refuse a name the contract's Name schema lets through but paths and pages cannot take (its description says
+    so: the path rule's character test, which a pattern would only copy)."""
     if not value.strip():
         raise BadRequest(f"'{key}' must not be empty")
     if "/" in value or "\\" in value or ".." in value or invisible_character(value) is not None:
         raise BadRequest(f"'{key}' must not contain '/', '\\', '..', control or invisible characters: {value!r}")
-    if len(value) > MAX_NAME_LENGTH:
-        raise BadRequest(f"'{key}' is longer than {MAX_NAME_LENGTH} characters")

@@ -43,12 +43,13 @@ def list_workers():
 @workers.post("/set_worker_enabled")
 @admin_required
 def set_worker_enabled():
-    body = v.json_body()
-    enabled = v.boolean(body, "enabled")
+    body = v.json_body()  # typed and bounded by openapi.yaml
+    enabled = body["enabled"]
     if body.get("worker_id") is not None:
-        worker = _scheduler().set_worker_enabled(enabled, worker_id=v.integer(body, "worker_id", minimum=1))
+        worker = _scheduler().set_worker_enabled(enabled, worker_id=body["worker_id"])
     elif body.get("name") is not None:
-        worker = _scheduler().set_worker_enabled(enabled, name=v.name(body, "name"))
+        v.check_name(body["name"], "name")
+        worker = _scheduler().set_worker_enabled(enabled, name=body["name"])
     else:
         raise v.BadRequest("give 'worker_id' or 'name' of the worker to switch")
     current_app.extensions["renderq.live"].changed()
