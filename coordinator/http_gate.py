@@ -32,6 +32,7 @@ from werkzeug.routing import RequestRedirect
 from .auth import parse_bearer
 from .config import Config
 from .errors import BadRequest, PayloadTooLarge, RenderQError, RequestTimeout
+from .fast_routes import FastRoutes
 from .wsgi_bridge import Message, Receive, Scope, Send, WsgiPool
 
 # The routes whose body is a file: the only ones that take more than the body limit.
@@ -98,6 +99,8 @@ class Plan:
     endpoint: str | None
     limit: int
     streamed: bool
+    # Answered by the fast routes (fast_routes.py), not Flask.
+    fast: bool = False
 
 
 class Gate:
@@ -117,11 +120,13 @@ class Gate:
         self._api = WsgiPool(wsgi, config.http_threads, "http")
         self._transfers = WsgiPool(wsgi, config.transfer_threads, "transfer")
         self._uploads: set[_UploadBody] = set()
+        self._fast = FastRoutes(app)
 
     def close(self) -> None:
         """Stop the thread pools: queued requests are dropped, running ones finish on their own."""
         for pool in (self._api, self._transfers):
             pool.close()
+        self._fast.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,6 +145,9 @@ class Gate:
         except (RenderQError, HTTPException) as refusal:
             # A client that stopped sending gets no time to send the rest.
             await _refuse(send, receive, refusal, math.inf if isinstance(refusal, RequestTimeout) else unread)
+            return
+        if plan.fast:
+            await self._fast.answer(plan.endpoint or "", scope, body, send)
             return
         pool = self._transfers if plan.limit and plan.endpoint in TRANSFER_ENDPOINTS else self._api
         if not plan.limit:
@@ -166,6 +174,12 @@ class Gate:
             return Plan(endpoint, 0, streamed=False)
         if not trusted:
             return Plan(endpoint, ANONYMOUS_BODY_LIMIT, streamed=False)
+        # A worker's frequent calls with a worker (or admin) token skip Flask; without tokens, Flask's own
+        # same-origin check applies, so they go through it.
+        fast_limit = self._fast.body_limit(endpoint, head.content_length, head.chunked) \
+            if self._tokens.enabled else None
+        if fast_limit is not None:
+            return Plan(endpoint, fast_limit, streamed=False, fast=True)
         if endpoint in UPLOAD_ENDPOINTS:
             return Plan(endpoint, self._config.upload_limit, streamed=True)
         return Plan(endpoint, self._config.body_limit, streamed=False)
