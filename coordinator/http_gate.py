@@ -115,6 +115,7 @@ class Gate:
         self._tokens = app.extensions["renderq.tokens"]
         self._blobs = app.extensions["renderq.blobs"]
         self._urls = app.url_map.bind("localhost")
+        self._static_routes = _static_routes(app)
         self._session_cookie = app.config["SESSION_COOKIE_NAME"]
         wsgi = _terminated_input(app)
         self._api = WsgiPool(wsgi, config.http_threads, "http")
@@ -164,10 +165,12 @@ class Gate:
 
     def _plan(self, head: RequestHead) -> Plan:
         """Match the route and weigh the credentials; refuses (an exception) a route that does not exist."""
-        try:
-            endpoint, _ = self._urls.match(head.path, method=head.method)
-        except RequestRedirect:
-            return Plan(None, ANONYMOUS_BODY_LIMIT, streamed=False)  # Flask answers with the redirect
+        endpoint = self._static_routes.get((head.path, head.method))
+        if endpoint is None:
+            try:
+                endpoint, _ = self._urls.match(head.path, method=head.method)
+            except RequestRedirect:
+                return Plan(None, ANONYMOUS_BODY_LIMIT, streamed=False)  # Flask answers with the redirect
         role = getattr(self._app.view_functions.get(endpoint), "renderq_role", None)
         trusted, entitled = self._credentials(head, role)
         if not entitled:
@@ -207,21 +210,11 @@ class Gate:
             raise PayloadTooLarge(_too_large(limit))
         if not head.has_body:
             return b""
-        parts: list[bytes] = []
-        size = 0
+        if _arrived_whole(receive):
+            return await _take_body(receive, limit)  # nothing to wait for: no timer to arm
         try:
             async with asyncio.timeout(self._config.body_timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _ClientGone()
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(_too_large(limit))
-                    parts.append(chunk)
-                    if not message.get("more_body", False):
-                        return b"".join(parts)
+                return await _take_body(receive, limit)
         except TimeoutError:
             raise RequestTimeout(f"the request body did not arrive within {self._config.body_timeout:g} "
                                  "seconds") from None
@@ -235,6 +228,32 @@ class Gate:
         # Uploads in progress will still write what they announced: count it as already gone.
         self._blobs.check_space(announced + sum(upload.still_coming for upload in self._uploads))
         return _UploadBody(receive, announced, limit, self._config.transfer_idle_timeout)
+
+
+async def _take_body(receive: Receive, limit: int) -> bytes:
+    """Read a body to its end, refusing it past `limit` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(_too_large(limit))
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _arrived_whole(receive: Receive) -> bool:
+    """Whether the server already holds the request's whole body, so reading it cannot wait. Most bodies of the
+    workers' calls arrive with their head; arming a timer for them cost more than the rest of reading them. (This
+    reads uvicorn's request cycle, whose version is pinned for http_protocol.py anyway.)"""
+    cycle = getattr(receive, "__self__", None)
+    return (cycle is not None and getattr(cycle, "more_body", True) is False
+            and getattr(cycle, "message_event", None) is not None and cycle.message_event.is_set())
 
 
 class _UploadBody:
@@ -275,6 +294,18 @@ class _UploadBody:
             raise PayloadTooLarge(f"the upload is larger than the coordinator's upload limit of {self._limit} bytes")
         self.done = not message.get("more_body", False)
         return message
+
+
+def _static_routes(app: Flask) -> dict[tuple[str, str], str]:
+    """{(path, method): endpoint} of the routes without variable parts: an exact path is looked up in this dict,
+    as matching it through the URL map costs more than the rest of a heartbeat. Other paths use the map."""
+    routes: dict[tuple[str, str], str] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.arguments or rule.host or rule.subdomain:
+            continue
+        for method in rule.methods or ():
+            routes.setdefault((rule.rule, method), rule.endpoint)
+    return routes
 
 
 def _terminated_input(app: Flask) -> Callable[..., Any]:
