@@ -162,6 +162,9 @@ class Reporter:
             advice = answer.get(field)
             if isinstance(advice, (int, float)) and not isinstance(advice, bool) and math.isfinite(advice):
                 setattr(self, field, min(high, max(low, float(advice))))
+        # Blender's output is shipped as often as the worker beats, or as its own setting asks if that is rarer:
+        # a farm too large for a heartbeat a second each is too large for a log post a second each too.
+        self.shipper.interval = max(self.settings.log_interval, self.heartbeat_seconds)
 
     def take_poll_advice(self, answer: dict[str, Any]) -> None:
         """Remember the coordinator's advised wait between idle claims, clamped to sane bounds."""
