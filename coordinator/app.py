@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from . import auth
 from .blobs import BlobStore
 from .config import Config
-from .errors import RenderQError
+from .errors import RenderQError, database_refusal
 from .live import LiveStatus
 from .scheduler import Policy, Scheduler
 from .sessions import LoginSessions
@@ -79,13 +79,10 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     @app.errorhandler(sqlite3.OperationalError)
     def database_error(error: sqlite3.OperationalError):
-        # A full disk must say so (and nothing was stored: the transaction rolled back); other database errors
-        # stay server errors, logged with their traceback.
-        if "full" in str(error).lower():
-            return jsonify({"error": "the coordinator's disk is full: nothing was changed; free space on its data "
-                                     "dir and try again"}), 507
-        app.logger.error("database error", exc_info=error)
-        return jsonify({"error": "the coordinator's database failed; see its log"}), 500
+        status, sentence = database_refusal(error)
+        if status == 500:
+            app.logger.error("database error", exc_info=error)
+        return jsonify({"error": sentence}), status
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

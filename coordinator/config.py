@@ -43,7 +43,7 @@ class Config:
     # Threads for uploads and downloads, apart from http_threads, so slow transfers never hold up heartbeats.
     transfer_threads: int = 16
     # Connections beyond this are answered 503 and closed; the open-file limit is raised at start to fit them.
-    max_connections: int = 4096
+    max_connections: int = 10_000
     # Seconds a client has to send a request's headers, counted from connecting or from the request's first byte.
     header_timeout: float = 10.0
     # Seconds a client has to send the whole body of a request other than an upload.

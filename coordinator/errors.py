@@ -52,3 +52,12 @@ class Forbidden(RenderQError, status=403):
 
 class RequestTimeout(RenderQError, status=408):
     """The client stopped sending its request (a body that does not arrive in time, an upload that stalls)."""
+
+
+def database_refusal(error: Exception) -> tuple[int, str]:
+    """The (status, sentence) a database error is answered with: a full disk says so (its transaction rolled
+    back, nothing was stored); any other is a server error, to be logged with its traceback."""
+    if "full" in str(error).lower():
+        return 507, ("the coordinator's disk is full: nothing was changed; free space on its data dir and try "
+                     "again")
+    return 500, "the coordinator's database failed; see its log"

@@ -32,6 +32,7 @@ from werkzeug.routing import RequestRedirect
 from .auth import parse_bearer
 from .config import Config
 from .errors import BadRequest, PayloadTooLarge, RenderQError, RequestTimeout
+from .fast_routes import FastRoutes
 from .wsgi_bridge import Message, Receive, Scope, Send, WsgiPool
 
 # The routes whose body is a file: the only ones that take more than the body limit.
@@ -98,6 +99,8 @@ class Plan:
     endpoint: str | None
     limit: int
     streamed: bool
+    # Answered by the fast routes (fast_routes.py), not Flask.
+    fast: bool = False
 
 
 class Gate:
@@ -112,16 +115,19 @@ class Gate:
         self._tokens = app.extensions["renderq.tokens"]
         self._blobs = app.extensions["renderq.blobs"]
         self._urls = app.url_map.bind("localhost")
+        self._static_routes = _static_routes(app)
         self._session_cookie = app.config["SESSION_COOKIE_NAME"]
         wsgi = _terminated_input(app)
         self._api = WsgiPool(wsgi, config.http_threads, "http")
         self._transfers = WsgiPool(wsgi, config.transfer_threads, "transfer")
         self._uploads: set[_UploadBody] = set()
+        self._fast = FastRoutes(app)
 
     def close(self) -> None:
         """Stop the thread pools: queued requests are dropped, running ones finish on their own."""
         for pool in (self._api, self._transfers):
             pool.close()
+        self._fast.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -141,6 +147,9 @@ class Gate:
             # A client that stopped sending gets no time to send the rest.
             await _refuse(send, receive, refusal, math.inf if isinstance(refusal, RequestTimeout) else unread)
             return
+        if plan.fast:
+            await self._fast.answer(plan.endpoint or "", scope, body, send)
+            return
         pool = self._transfers if plan.limit and plan.endpoint in TRANSFER_ENDPOINTS else self._api
         if not plan.limit:
             # Flask's own check refuses it without reading anything.
@@ -156,16 +165,24 @@ class Gate:
 
     def _plan(self, head: RequestHead) -> Plan:
         """Match the route and weigh the credentials; refuses (an exception) a route that does not exist."""
-        try:
-            endpoint, _ = self._urls.match(head.path, method=head.method)
-        except RequestRedirect:
-            return Plan(None, ANONYMOUS_BODY_LIMIT, streamed=False)  # Flask answers with the redirect
+        endpoint = self._static_routes.get((head.path, head.method))
+        if endpoint is None:
+            try:
+                endpoint, _ = self._urls.match(head.path, method=head.method)
+            except RequestRedirect:
+                return Plan(None, ANONYMOUS_BODY_LIMIT, streamed=False)  # Flask answers with the redirect
         role = getattr(self._app.view_functions.get(endpoint), "renderq_role", None)
         trusted, entitled = self._credentials(head, role)
         if not entitled:
             return Plan(endpoint, 0, streamed=False)
         if not trusted:
             return Plan(endpoint, ANONYMOUS_BODY_LIMIT, streamed=False)
+        # A worker's frequent calls with a worker (or admin) token skip Flask; without tokens, Flask's own
+        # same-origin check applies, so they go through it.
+        fast_limit = self._fast.body_limit(endpoint, head.content_length, head.chunked) \
+            if self._tokens.enabled else None
+        if fast_limit is not None:
+            return Plan(endpoint, fast_limit, streamed=False, fast=True)
         if endpoint in UPLOAD_ENDPOINTS:
             return Plan(endpoint, self._config.upload_limit, streamed=True)
         return Plan(endpoint, self._config.body_limit, streamed=False)
@@ -193,21 +210,11 @@ class Gate:
             raise PayloadTooLarge(_too_large(limit))
         if not head.has_body:
             return b""
-        parts: list[bytes] = []
-        size = 0
+        if _arrived_whole(receive):
+            return await _take_body(receive, limit)  # nothing to wait for: no timer to arm
         try:
             async with asyncio.timeout(self._config.body_timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _ClientGone()
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(_too_large(limit))
-                    parts.append(chunk)
-                    if not message.get("more_body", False):
-                        return b"".join(parts)
+                return await _take_body(receive, limit)
         except TimeoutError:
             raise RequestTimeout(f"the request body did not arrive within {self._config.body_timeout:g} "
                                  "seconds") from None
@@ -221,6 +228,32 @@ class Gate:
         # Uploads in progress will still write what they announced: count it as already gone.
         self._blobs.check_space(announced + sum(upload.still_coming for upload in self._uploads))
         return _UploadBody(receive, announced, limit, self._config.transfer_idle_timeout)
+
+
+async def _take_body(receive: Receive, limit: int) -> bytes:
+    """Read a body to its end, refusing it past `limit` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(_too_large(limit))
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _arrived_whole(receive: Receive) -> bool:
+    """Whether the server already holds the request's whole body, so reading it cannot wait. Most bodies of the
+    workers' calls arrive with their head; arming a timer for them cost more than the rest of reading them. (This
+    reads uvicorn's request cycle, whose version is pinned for http_protocol.py anyway.)"""
+    cycle = getattr(receive, "__self__", None)
+    return (cycle is not None and getattr(cycle, "more_body", True) is False
+            and getattr(cycle, "message_event", None) is not None and cycle.message_event.is_set())
 
 
 class _UploadBody:
@@ -261,6 +294,18 @@ class _UploadBody:
             raise PayloadTooLarge(f"the upload is larger than the coordinator's upload limit of {self._limit} bytes")
         self.done = not message.get("more_body", False)
         return message
+
+
+def _static_routes(app: Flask) -> dict[tuple[str, str], str]:
+    """{(path, method): endpoint} of the routes without variable parts: an exact path is looked up in this dict,
+    as matching it through the URL map costs more than the rest of a heartbeat. Other paths use the map."""
+    routes: dict[tuple[str, str], str] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.arguments or rule.host or rule.subdomain:
+            continue
+        for method in rule.methods or ():
+            routes.setdefault((rule.rule, method), rule.endpoint)
+    return routes
 
 
 def _terminated_input(app: Flask) -> Callable[..., Any]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["Policy"]
+__all__ = ["LEASE_HEARTBEATS", "Policy"]
+
+# A lease of a large farm lives this many of its heartbeat intervals: a worker may miss a few before losing it.
+LEASE_HEARTBEATS = 4.0
 
 
 @dataclasses.dataclass
@@ -29,6 +32,18 @@ class Policy:
     # not flood the coordinator.
     idle_claims_per_second: float = 50.0
     idle_poll_limits: tuple[float, float] = (0.25, 30.0)
+    # Heartbeats of the whole farm a second that the coordinator asks for at most: a large farm is told to beat
+    # less often (up to heartbeat_limit seconds apart), and its leases grow with the interval so that a lease
+    # always spans LEASE_HEARTBEATS heartbeats. A small farm keeps heartbeat_seconds and lease_seconds.
+    heartbeats_per_second: float = 250.0
+    heartbeat_limit: float = 20.0
+
+    def liveness(self, live_workers: int) -> tuple[float, float]:
+        """(seconds between a worker's heartbeats, seconds a lease lives unrenewed) for a farm of that many live
+        workers; the lease is also how long a silent worker still counts as alive."""
+        interval = min(max(self.heartbeat_seconds, live_workers / self.heartbeats_per_second),
+                       max(self.heartbeat_seconds, self.heartbeat_limit))
+        return interval, max(self.lease_seconds, LEASE_HEARTBEATS * interval)
 
     @classmethod
     def from_config(cls, config: object) -> Policy:

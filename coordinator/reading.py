@@ -27,6 +27,8 @@ FRAMES_PAGE = 1_000
 MAX_FRAMES_PAGE = 10_000
 # A task's summary lists at most this many of its failed frames (progress.failed counts them all).
 FAILED_FRAMES_SHOWN = 1_000
+# Seconds an answer that counts the live workers (for the advised heartbeat and idle poll) is reused.
+ADVICE_INTERVAL = 5.0
 
 
 class FarmReader:
@@ -36,6 +38,28 @@ class FarmReader:
     policy: Policy
     clock: Clock
     _eta: eta.EtaCache
+
+    # (when the live workers were counted, how many there were): see live_workers().
+    _live_count: tuple[float, int]
+
+    def live_workers(self) -> int:
+        """Workers heard from within a lease of the farm's last count (each beats several times a lease):
+        counted at most every ADVICE_INTERVAL seconds, as it reads every worker."""
+        now = self.clock()
+        counted_at, count = self._live_count
+        if not counted_at <= now < counted_at + ADVICE_INTERVAL:
+            lease_seconds = max(self.policy.alive_timeout, self.policy.liveness(count)[1])
+            count = self.store.count_workers_seen_since(now - lease_seconds)
+            self._live_count = (now, count)
+        return count
+
+    def liveness(self) -> tuple[float, float]:
+        """(heartbeat interval, lease seconds) the coordinator gives workers now, from the farm's size."""
+        return self.policy.liveness(self.live_workers())
+
+    def alive_seconds(self) -> float:
+        """How long a worker counts as alive after it was last heard from: as long as its leases live."""
+        return max(self.policy.alive_timeout, self.liveness()[1])
 
     def _worker(self, worker_id: int) -> dict:
         worker = self.store.get_worker(worker_id=worker_id)
@@ -74,7 +98,7 @@ class FarmReader:
             cpu_count=worker["cpu_count"],
             enabled=bool(worker["enabled"]),
             allows_python=bool(worker["allows_python"]),
-            alive=self.clock() - worker["last_seen"] < self.policy.alive_timeout,
+            alive=self.clock() - worker["last_seen"] < self.alive_seconds(),
             last_seen=worker["last_seen"],
             registered_at=worker["registered_at"],
             current=[
@@ -264,7 +288,7 @@ class FarmReader:
     def _waiting_reason(self, task: dict, all_workers: list[dict], blocked: list[dict]) -> str | None:
         """Why no worker takes the task's frames, when no live worker may render it; None when one could."""
         now = self.clock()
-        workers = [w for w in all_workers if w["enabled"] and now - w["last_seen"] < self.policy.alive_timeout]
+        workers = [w for w in all_workers if w["enabled"] and now - w["last_seen"] < self.alive_seconds()]
         if not workers:
             return "waiting: no worker is alive and switched ON"
         if task["workers"]:

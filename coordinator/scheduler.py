@@ -35,8 +35,6 @@ TIMEOUT_MIN_SECONDS = 1.0
 TIMEOUT_MAX_SECONDS = 7 * 86400.0
 # Seconds between the lease expiries a claim runs (the coordinator's reaper runs one every second too).
 EXPIRY_INTERVAL = 1.0
-# Seconds an answer on how often idle workers should ask for work is reused: counting the live workers reads them all.
-POLL_ADVICE_INTERVAL = 5.0
 
 
 @dataclasses.dataclass
@@ -89,7 +87,7 @@ class Scheduler(FarmReader):
         self.policy = policy or Policy()
         self.clock = clock
         self._last_expiry = float("-inf")
-        self._poll_advice: tuple[float, float] = (float("-inf"), self.policy.idle_poll_limits[0])
+        self._live_count = (float("-inf"), 0)
         self._eta = eta.EtaCache()
 
     # -- workers --------------------------------------------------------------------------------------------------
@@ -104,29 +102,27 @@ class Scheduler(FarmReader):
             "name": worker["name"],
             "enabled": bool(worker["enabled"]),
             "allows_python": bool(worker["allows_python"]),
-            "heartbeat_seconds": self.policy.heartbeat_seconds,
-            "lease_seconds": self.policy.lease_seconds,
+            "heartbeat_seconds": self.liveness()[0],
+            "lease_seconds": self.liveness()[1],
             "poll_seconds": self.idle_poll_seconds(),
         }
 
     def idle_poll_seconds(self) -> float:
         """How long an idle worker should wait before asking for work again, from the number of live workers."""
-        now = self.clock()
-        counted_at, seconds = self._poll_advice
-        if not counted_at <= now < counted_at + POLL_ADVICE_INTERVAL:
-            live = self.store.count_workers_seen_since(now - self.policy.alive_timeout)
-            shortest, longest = self.policy.idle_poll_limits
-            seconds = min(longest, max(shortest, live / self.policy.idle_claims_per_second))
-            self._poll_advice = (now, seconds)
-        return seconds
+        shortest, longest = self.policy.idle_poll_limits
+        return min(longest, max(shortest, self.live_workers() / self.policy.idle_claims_per_second))
 
     def heartbeat(self, worker_id: int, leases: Sequence[str]) -> dict:
+        """Mark the worker seen and renew its leases: whether it is ON, the leases it lost, and how often to beat
+        and how long a lease lives from now on (both grow with the farm)."""
         now = self.clock()
-        answer = self.store.heartbeat(worker_id, list(leases), now, now + self.policy.lease_seconds)
+        heartbeat_seconds, lease_seconds = self.liveness()
+        answer = self.store.heartbeat(worker_id, list(leases), now, now + lease_seconds)
         if answer is None:
             raise NotFound(no_worker_sentence(worker_id))
         enabled, revoked = answer
-        return {"enabled": enabled, "revoked": revoked}
+        return {"enabled": enabled, "revoked": revoked, "heartbeat_seconds": heartbeat_seconds,
+                "lease_seconds": lease_seconds}
 
     def set_worker_enabled(self, enabled: bool, worker_id: int | None = None, name: str | None = None) -> dict:
         worker = self._worker(worker_id) if worker_id is not None else self._worker_by_name(name or "")
@@ -257,7 +253,8 @@ class Scheduler(FarmReader):
             self._last_expiry = now
             self.store.expire_leases(now, self.policy.frame_fail_workers)
         lease_id = secrets.token_hex(16)
-        frame = self.store.claim_frame(worker, lease_id, now, now + self.policy.lease_seconds, prefer_task_id,
+        lease_seconds = self.liveness()[1]
+        frame = self.store.claim_frame(worker, lease_id, now, now + lease_seconds, prefer_task_id,
                                        self.policy.bad_worker_failures)
         if frame is None:
             return None, "no frames waiting"
@@ -266,7 +263,7 @@ class Scheduler(FarmReader):
             "task_id": frame["task_id"],
             "frame": frame["frame"],
             "lease_id": lease_id,
-            "lease_seconds": self.policy.lease_seconds,
+            "lease_seconds": lease_seconds,
             "attempt": frame["attempts"] + 1,
             "task_name": task["name"],
             "blend_sha256": task["blend_sha256"],
@@ -279,6 +276,13 @@ class Scheduler(FarmReader):
             "no_progress_timeout": task["no_progress_timeout"],
             "needs_python": bool(task["needs_python"]),
         }, None
+
+    def claim_answer(self, worker_id: int, prefer_task_id: int | None = None) -> dict:
+        """A claim as the API answers it: the frame, or why there is none and when to ask again."""
+        frame, reason = self.claim(worker_id, prefer_task_id)
+        if frame is None:
+            return {"frame": None, "wait_reason": reason, "poll_seconds": self.idle_poll_seconds()}
+        return {"frame": frame, "wait_reason": None}
 
     def check_lease(self, worker_id: int, task_id: int, frame: int, lease_id: str) -> dict:
         """The frame, if this worker holds this live lease on it; else Conflict (or NotFound)."""
@@ -370,8 +374,9 @@ class Scheduler(FarmReader):
         self._require_lease(current, worker_id, task_id, frame, lease_id)
         now = self.clock()
         if status == FrameReport.RENDERING:
+            lease_seconds = self.liveness()[1]
             row = self.store.mark_rendering(task_id, frame, lease_id, started_at or now,
-                                            now + self.policy.lease_seconds, now + 2 * self.policy.lease_seconds)
+                                            now + lease_seconds, now + 2 * lease_seconds)
             if row is None and current["status"] == FrameStatus.RENDERING:
                 row = current
         elif status == FrameReport.DONE:
@@ -395,7 +400,7 @@ class Scheduler(FarmReader):
 
     def recover_after_restart(self) -> None:
         """Workers could not report while the coordinator was down: do not count that against their leases."""
-        self.store.extend_all_leases(self.clock() + self.policy.lease_seconds)
+        self.store.extend_all_leases(self.clock() + self.liveness()[1])
 
     # -- logs -----------------------------------------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ HTTP_FLAGS = (
     Flag("--transfer-threads", int, "threads for uploads and downloads, apart from --http-threads, so slow "
          "transfers never hold up workers' updates (RENDERQ_TRANSFER_THREADS, default 16)"),
     Flag("--max-connections", int, "most open connections; more are answered 503 and closed "
-         "(RENDERQ_MAX_CONNECTIONS, default 4096)"),
+         "(RENDERQ_MAX_CONNECTIONS, default 10000)"),
     Flag("--header-timeout", float, "seconds a client has to send a request's headers; an idle or trickling "
          "connection is closed after it (RENDERQ_HEADER_TIMEOUT, default 10)"),
     Flag("--body-timeout", float, "seconds a client has to send the whole body of a request other than an upload; "

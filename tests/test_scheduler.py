@@ -101,10 +101,32 @@ def test_heartbeat_renews_and_reports_revoked(scheduler, clock):
     lease, _ = scheduler.claim(a)
     for _ in range(5):
         clock.now += 10
-        assert scheduler.heartbeat(a, [lease["lease_id"]]) == {"enabled": True, "revoked": []}
+        assert scheduler.heartbeat(a, [lease["lease_id"]]) == {"enabled": True, "revoked": [],
+                                                               "heartbeat_seconds": 2.0, "lease_seconds": 15.0}
     assert scheduler.expire_leases() == 0
     scheduler.cancel_task(task_id)
     assert scheduler.heartbeat(a, [lease["lease_id"]])["revoked"] == [lease["lease_id"]]
+
+
+def test_a_large_farm_is_asked_to_beat_less_often_with_leases_of_several_beats(tmp_path, clock):
+    policy = Policy(heartbeats_per_second=10.0, heartbeat_limit=20.0)
+    scheduler = Scheduler(Store(str(tmp_path / "farm.sqlite3")), policy, clock=clock)
+    submit(scheduler, 1, 4)
+    first = register(scheduler, "w0")
+    assert scheduler.heartbeat(first, [])["heartbeat_seconds"] == 2.0  # a small farm keeps the default
+    for number in range(1, 100):
+        register(scheduler, f"w{number}")
+    clock.now += 6  # the farm's size is counted again every few seconds
+    answer = scheduler.heartbeat(first, [])
+    # 100 live workers at 10 heartbeats a second for the farm: one every 10 s each, leases of 4 beats.
+    assert answer["heartbeat_seconds"] == 10.0 and answer["lease_seconds"] == 40.0
+    lease, _ = scheduler.claim(first)
+    assert lease["lease_seconds"] == 40.0
+    clock.now += 30  # longer than the default lease, within the farm's: the frame is still the worker's
+    assert scheduler.expire_leases() == 0
+    assert scheduler.heartbeat(first, [lease["lease_id"]])["revoked"] == []
+    assert next(w for w in scheduler.list_workers() if w["worker_id"] == first)["alive"]
+    assert Policy(heartbeats_per_second=10.0).liveness(1_000_000) == (20.0, 80.0)  # at most heartbeat_limit apart
 
 
 def test_failed_frame_retried_elsewhere_then_failed_on_three_different_workers(scheduler):
@@ -172,7 +194,7 @@ def test_off_worker_takes_nothing_and_gives_back_unstarted(scheduler):
     scheduler.set_worker_enabled(False, name="a")
     assert scheduler.claim(a) == (None, "this worker is switched OFF")
     answer = scheduler.heartbeat(a, [rendering["lease_id"], prefetched["lease_id"]])
-    assert answer == {"enabled": False, "revoked": [prefetched["lease_id"]]}
+    assert (answer["enabled"], answer["revoked"]) == (False, [prefetched["lease_id"]])
     finish(scheduler, a, rendering)  # the frame it was rendering still counts
 
 

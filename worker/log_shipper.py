@@ -54,6 +54,16 @@ class LogShipper:
         self._closing = False
         self._thread: threading.Thread | None = None
 
+    @property
+    def interval(self) -> float:
+        """Seconds between sends while lines keep coming."""
+        return self._interval
+
+    @interval.setter
+    def interval(self, seconds: float) -> None:
+        # Read by the sender at its next wait: a new interval applies from the send after next.
+        self._interval = seconds
+
     def start(self) -> None:
         """Start the sender thread (for a shipper used on its own; the worker agent runs `run` itself)."""
         if self._thread is None:

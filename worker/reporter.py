@@ -45,6 +45,9 @@ T = TypeVar("T")
 _MAX_LOG_TAIL_CHARS = 16 * 1024
 # Poll advice outside these bounds is taken for a mistake and clamped.
 POLL_ADVICE_LIMITS = (0.05, 300.0)
+# Bounds on the coordinator's advised heartbeat interval and lease length, in seconds.
+HEARTBEAT_LIMITS = (0.5, 60.0)
+LEASE_LIMITS = (2.0, 3600.0)
 
 
 class RegistrationRefused(Exception):
@@ -141,8 +144,7 @@ class Reporter:
                 f"the coordinator refused to register worker {settings.name!r}: {exc}{hint}"
             ) from None
         self.worker_id = int(answer["worker_id"])
-        self.heartbeat_seconds = float(answer.get("heartbeat_seconds") or self.heartbeat_seconds)
-        self.lease_seconds = float(answer.get("lease_seconds") or self.lease_seconds)
+        self.take_liveness_advice(answer)
         self.control.set_enabled(bool(answer.get("enabled", True)))
         self.take_poll_advice(answer)
         log.info(
@@ -152,6 +154,17 @@ class Reporter:
             "" if self.control.enabled else "; it is switched OFF",
         )
         return True
+
+    def take_liveness_advice(self, answer: dict[str, Any]) -> None:
+        """Beat as often as the coordinator asks (a large farm is asked to beat less often) and note how long its
+        leases live; values out of sane bounds are clamped."""
+        for field, (low, high) in (("heartbeat_seconds", HEARTBEAT_LIMITS), ("lease_seconds", LEASE_LIMITS)):
+            advice = answer.get(field)
+            if isinstance(advice, (int, float)) and not isinstance(advice, bool) and math.isfinite(advice):
+                setattr(self, field, min(high, max(low, float(advice))))
+        # Blender's output is shipped as often as the worker beats, or as its own setting asks if that is rarer:
+        # a farm too large for a heartbeat a second each is too large for a log post a second each too.
+        self.shipper.interval = max(self.settings.log_interval, self.heartbeat_seconds)
 
     def take_poll_advice(self, answer: dict[str, Any]) -> None:
         """Remember the coordinator's advised wait between idle claims, clamped to sane bounds."""
@@ -179,6 +192,7 @@ class Reporter:
         if self._heartbeat_failing:
             log.info("heartbeat reaches the coordinator again")
             self._heartbeat_failing = False
+        self.take_liveness_advice(answer)
         for lease in self.held.revoke(list(answer.get("revoked") or [])):
             log.warning("lease of %s revoked by the coordinator", lease)
             self.control.wake()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from ..auth import requires
-from ..errors import PayloadTooLarge
+from .. import worker_calls
 from . import validation as v
 
 logs = Blueprint("logs", __name__)
@@ -14,15 +14,9 @@ logs = Blueprint("logs", __name__)
 @logs.post("/append_log")
 @requires("worker")
 def append_log():
-    body = v.json_body()  # typed by openapi.yaml; the text's length is this coordinator's limit, measured below
-    task_id, worker_id, text = body["task_id"], body.get("worker_id"), body["text"]
-    limit = current_app.config["RENDERQ"].max_log_chunk
-    # A character is at most 4 bytes in UTF-8: only text near the limit needs encoding to be measured.
-    size = len(text) if len(text) * 4 <= limit else len(text.encode("utf-8"))
-    if size > limit:
-        raise PayloadTooLarge(f"the log chunk has {size} bytes, more than this coordinator's limit of {limit} "
-                              "(--max-log-chunk); send it in smaller pieces")
-    return jsonify({"size": current_app.extensions["renderq.scheduler"].append_log(task_id, worker_id, text)})
+    body = v.json_body()  # typed by openapi.yaml
+    worker_calls.check_log_chunk(body["text"], current_app.config["RENDERQ"].max_log_chunk)
+    return jsonify(worker_calls.append_log(current_app.extensions["renderq.scheduler"], body))
 
 
 @logs.get("/get_log")

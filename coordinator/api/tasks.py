@@ -9,8 +9,9 @@ from collections.abc import Iterable
 from flask import Blueprint, current_app, jsonify, request, send_file
 
 from renderq.blend_header import read_blend_version
-from renderq.paths import check_file_name, check_path_set, check_relative_path
+from renderq.paths import check_path_set, check_relative_path
 
+from .. import worker_calls
 from ..auth import admin_required, current_identity, requires
 from ..blobs import looks_like_blend
 from ..errors import BadRequest, NotFound, PayloadTooLarge
@@ -161,12 +162,7 @@ def _checked_path(path: str, what: str) -> str:
         raise BadRequest(f"{what} cannot be written on every worker: {error}") from None
 
 
-def _checked_file_name(name: str, what: str) -> str:
-    """`name` if it is one file name under the shared path rule, else BadRequest naming `what` it is."""
-    try:
-        return check_file_name(name)
-    except ValueError as error:
-        raise BadRequest(f"{what} cannot be written on every machine: {error}") from None
+_checked_file_name = v.file_name
 
 
 def _head(path: str) -> bytes:
@@ -186,8 +182,7 @@ def _version_of(sha256: str) -> str:
 @requires("worker")
 def claim_frame():
     """Claim the worker's next frame (a POST: it changes what the farm holds)."""
-    body = v.json_body()
-    return _claim(int(body["worker_id"]), body.get("prefer_task_id"))
+    return jsonify(worker_calls.claim(_scheduler(), v.json_body()))
 
 
 @tasks.route("/get_task", methods=["GET", "POST"])
@@ -197,28 +192,14 @@ def get_task():
     source = dict(request.args)
     if request.method == "POST" and request.content_length:
         source.update(v.json_body())
-    return _claim(v.integer(source, "worker_id", minimum=1), v.integer(source, "prefer_task_id", default=None))
-
-
-def _claim(worker_id: int, prefer_task_id: int | None):
-    scheduler = _scheduler()
-    frame, reason = scheduler.claim(worker_id, prefer_task_id)
-    if frame is None:
-        return jsonify({"frame": None, "wait_reason": reason, "poll_seconds": scheduler.idle_poll_seconds()})
-    return jsonify({"frame": frame, "wait_reason": None})
+    return jsonify(_scheduler().claim_answer(v.integer(source, "worker_id", minimum=1),
+                                             v.integer(source, "prefer_task_id", default=None)))
 
 
 @tasks.post("/update_task")
 @requires("worker")
 def update_task():
-    body = v.json_body()  # typed and bounded by openapi.yaml
-    frame = _scheduler().report(
-        worker_id=body["worker_id"], task_id=body["task_id"], frame=body["frame"], lease_id=body["lease_id"],
-        status=body["status"], started_at=body.get("started_at"), ended_at=body.get("ended_at"),
-        render_seconds=body.get("render_seconds"), error=body.get("error"), log_tail=body.get("log_tail"),
-        needs_python=bool(body.get("needs_python")),
-    )
-    return jsonify({"frame": frame})
+    return jsonify(worker_calls.report(_scheduler(), v.json_body()))  # typed and bounded by openapi.yaml
 
 
 @tasks.post("/frames/finish")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from .. import worker_calls
 from ..auth import admin_required, requires
 from . import validation as v
 
@@ -30,8 +31,7 @@ def register_worker():
 @requires("worker")
 def update_worker():
     """The heartbeat: renews the leases the worker still holds."""
-    body = v.json_body()  # typed and bounded by openapi.yaml
-    return jsonify(_scheduler().heartbeat(body["worker_id"], body.get("leases", [])))
+    return jsonify(worker_calls.heartbeat(_scheduler(), v.json_body()))  # typed and bounded by openapi.yaml
 
 
 @workers.get("/list_workers")

@@ -71,6 +71,12 @@ class StoreConnection:
         COMMIT: under load one fsync acknowledges many writes instead of each paying its own, and no thread sleeps
         in SQLite's busy handler.
         """
+        outer = getattr(self._local, "batch", None)
+        if outer is not None:
+            # Inside batch() on this thread: a savepoint of its transaction, committed with the rest of it.
+            with _savepoint(outer):
+                yield outer
+            return
         with self._queue_lock:
             self._queued_writes += 1
         self._write_lock.acquire()
@@ -118,6 +124,18 @@ class StoreConnection:
         # A batch that runs on this thread's connection (it came first) is waited for in any case.
         if durable or first:
             self._wait_for_commit(number)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run many transactions of this thread as one: each transaction() inside becomes a savepoint (a block
+        that raises undoes only its own writes), and they share one COMMIT when the block ends, durable before
+        batch() returns. For a thread that applies queued requests in turns (coordinator.batcher)."""
+        with self.transaction() as db:
+            self._local.batch = db
+            try:
+                yield
+            finally:
+                self._local.batch = None
 
     def _end_turn(self) -> None:
         """Commit the open batch unless another writer is next in line to add to it (and it is not full yet),
@@ -196,14 +214,28 @@ class StoreConnection:
             self._write_lock.release()
 
     def read(self) -> sqlite3.Connection:
-        """A connection for reads outside a transaction (each statement sees a consistent snapshot)."""
-        return self._connection()
+        """A connection for reads outside a transaction (each statement sees a consistent snapshot); inside
+        batch(), the batch's own, so a read sees the writes made before it in the batch."""
+        return getattr(self._local, "batch", None) or self._connection()
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
             self._local.db = None
+
+
+@contextlib.contextmanager
+def _savepoint(db: sqlite3.Connection) -> Iterator[None]:
+    """A savepoint: its writes are undone if the block raises, and kept (until the enclosing COMMIT) if not."""
+    db.execute("SAVEPOINT nested")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK TO nested")
+        db.execute("RELEASE nested")
+        raise
+    db.execute("RELEASE nested")
 
 
 class _Batch:
