@@ -77,11 +77,7 @@ class StoreConnection:
             with _savepoint(outer):
                 yield outer
             return
-        with self._queue_lock:
-            self._queued_writes += 1
-        self._write_lock.acquire()
-        with self._queue_lock:
-            self._queued_writes -= 1
+        self._take_write_turn()
         batch = self._batch
         first = not batch.open
         try:
@@ -136,6 +132,14 @@ class StoreConnection:
                 yield
             finally:
                 self._local.batch = None
+
+    def _take_write_turn(self) -> None:
+        """Wait for the write lock, counted meanwhile as a writer in line (so the holder leaves its batch open)."""
+        with self._queue_lock:
+            self._queued_writes += 1
+        self._write_lock.acquire()
+        with self._queue_lock:
+            self._queued_writes -= 1
 
     def _end_turn(self) -> None:
         """Commit the open batch unless another writer is next in line to add to it (and it is not full yet),
@@ -195,11 +199,7 @@ class StoreConnection:
         _, wal_pages, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if wal_pages < WAL_RESTART_PAGES:
             return
-        with self._queue_lock:
-            self._queued_writes += 1
-        self._write_lock.acquire()
-        with self._queue_lock:
-            self._queued_writes -= 1
+        self._take_write_turn()
         try:
             if self._batch.open:
                 self._finish_batch("COMMIT")  # this turn is ours: commit the open batch before copying it
