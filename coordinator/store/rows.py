@@ -29,9 +29,11 @@ class OutputNameTaken(Exception):
 
 
 def output_holder(db: sqlite3.Connection, task_id: int, frame: int, key: str) -> dict | None:
-    # A cleared output (requeued frame) leaves a stale key behind: `output IS NOT NULL` ignores it.
+    # A cleared output (requeued frame) leaves a stale key behind: `output IS NOT NULL` ignores it. Without the
+    # index named, SQLite walks every frame of the task (20,000 of them: 2 ms per finished frame).
     row = db.execute(
-        "SELECT frame, output FROM frames WHERE task_id = ? AND output_key = ? AND frame != ? "
+        "SELECT frame, output FROM frames INDEXED BY frames_by_output_key WHERE task_id = ? AND output_key = ? "
+        "AND frame != ? "
         "AND output IS NOT NULL LIMIT 1", (task_id, key, frame),
     ).fetchone()
     return dict(row) if row else None
