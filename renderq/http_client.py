@@ -1,8 +1,10 @@
 """A small client for the RenderQ coordinator's HTTP API (see docs/api.md).
 
 Standard library only, so the Blender add-on can bundle this file unchanged (Blender's Python may lack `requests`).
-Each thread keeps one keep-alive connection, so one client is safe to share between threads and a worker's
-heartbeats and reports do not pay a TCP handshake each. Refusals raise typed errors (LeaseLost, Unauthorized,
+A client keeps its idle keep-alive connections in a small pool that its threads share: a call takes an idle one
+(or opens one), and gives it back once its answer is read. So one client is safe to share between threads, a
+worker's heartbeats and reports do not pay a TCP handshake each, and a worker whose five threads call now and then
+holds one or two connections, not one per thread (a farm of thousands of workers counts them on the coordinator). Refusals raise typed errors (LeaseLost, Unauthorized,
 NotFound, Invalid, Unavailable), all CoordinatorError with the HTTP `status` kept.
 """
 
@@ -32,6 +34,8 @@ _USER_AGENT = "renderq-client/0.1.0"
 _BLOCK_SIZE = 256 * 1024
 # Error bodies are short JSON sentences; a proxy's HTML page must not fill memory.
 _MAX_ERROR_BODY = 64 * 1024
+# Idle connections one client keeps for its next calls; more are closed when handed back.
+_MAX_IDLE_CONNECTIONS = 4
 # The coordinator answers /missing_files for at most 100,000 hashes per request; stay well below.
 _MISSING_FILES_BATCH = 20_000
 # Frames asked for per GET /task (the coordinator sends at most 10,000).
@@ -95,30 +99,40 @@ class CoordinatorClient:
         self._scheme = parts.scheme
         self._netloc = parts.netloc
         self._prefix = parts.path.rstrip("/")
-        self._local = threading.local()
+        self._idle: list[http.client.HTTPConnection] = []
+        self._idle_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
     def _connection(self) -> http.client.HTTPConnection:
-        """This thread's keep-alive connection; a new one when there is none or the coordinator closed it."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
-            conn.close()  # http.client reconnects on the next request
-        if conn is None:
-            kind = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            conn = kind(self._netloc, timeout=self.timeout, blocksize=_BLOCK_SIZE)
-            self._local.conn = conn
-        return conn
+        """An idle keep-alive connection from the pool, or a new one (connected by its first request)."""
+        while True:
+            with self._idle_lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                kind = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+                return kind(self._netloc, timeout=self.timeout, blocksize=_BLOCK_SIZE)
+            if conn.sock is not None and _closed_by_peer(conn.sock):
+                conn.close()  # the coordinator let it go while it was idle: try the next
+                continue
+            return conn
 
     def _release(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse | None) -> None:
-        """Keep the connection for the next call if its answer was read to the end, else close it."""
-        if response is None or not response.isclosed():
+        """Give the connection back to the pool if its answer was read to the end, else close it."""
+        if response is None or not response.isclosed() or conn.sock is None:
             conn.close()
+            return
+        with self._idle_lock:
+            if len(self._idle) < _MAX_IDLE_CONNECTIONS:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def close(self) -> None:
-        """Close this thread's connection (the next call opens a new one)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close the idle connections (the next call opens a new one)."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
             conn.close()
 
     def _target(self, path: str, params: dict | None) -> str:

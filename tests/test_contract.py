@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 
 import pytest
 import yaml
@@ -130,7 +131,9 @@ def test_refusals_arrive_as_typed_errors_keeping_their_status(running):
 
 
 def _local_port(client: CoordinatorClient) -> int:
-    sock: socket.socket = client._local.conn.sock
+    """The local port of the client's one idle connection."""
+    assert len(client._idle) == 1
+    sock: socket.socket = client._idle[0].sock
     return sock.getsockname()[1]
 
 
@@ -145,6 +148,19 @@ def test_two_calls_share_one_connection_and_a_closed_one_is_replaced(running):
     farm.start_coordinator()
     assert worker.update_worker(worker_id, [])["enabled"] is True
     assert _local_port(worker) != first
+
+
+def test_threads_that_call_in_turn_share_one_connection(running):
+    """A worker's threads (heartbeat, log, claims, deliveries) calling now and then hold one connection, not one
+    each: a farm of thousands of workers would otherwise hold five times as many on the coordinator."""
+    _, _, worker, worker_id, _, _ = running
+    worker.update_worker(worker_id, [])
+    first = _local_port(worker)
+    for _ in range(4):
+        thread = threading.Thread(target=worker.update_worker, args=(worker_id, []))
+        thread.start()
+        thread.join()
+    assert _local_port(worker) == first
 
 
 def _query_parameters() -> list[tuple[str, str, str, str]]:
