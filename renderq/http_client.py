@@ -4,8 +4,9 @@ Standard library only, so the Blender add-on can bundle this file unchanged (Ble
 A client keeps its idle keep-alive connections in a small pool that its threads share: a call takes an idle one
 (or opens one), and gives it back once its answer is read. So one client is safe to share between threads, a
 worker's heartbeats and reports do not pay a TCP handshake each, and a worker whose five threads call now and then
-holds one or two connections, not one per thread (a farm of thousands of workers counts them on the coordinator). Refusals raise typed errors (LeaseLost, Unauthorized,
-NotFound, Invalid, Unavailable), all CoordinatorError with the HTTP `status` kept.
+holds one or two connections, not one per thread (a farm of thousands of workers counts them on the coordinator).
+Refusals raise typed errors (LeaseLost, Unauthorized, NotFound, Invalid, Unavailable), all CoordinatorError with the
+HTTP `status` kept.
 """
 
 from __future__ import annotations
