@@ -1,0 +1,554 @@
+"""The throughput benchmark's load generator: one process simulating a share of the farm over raw HTTP/1.1.
+
+benchmarks/throughput.py starts a few of these, each with a JSON config, and reads back one JSON line of what it saw.
+Each simulated worker makes the calls the real worker makes (worker/reporter.py and worker/loop.py over
+renderq/http_client.py), in the same order and at the same moments, with only Blender replaced by a sleep:
+
+- register (POST /register_worker); then a heartbeat (POST /update_worker with the leases it holds) every
+  `heartbeat_seconds` the coordinator advises, taking a new `heartbeat_seconds` or `lease_seconds` from any answer
+  that carries one (the advice may change as the farm grows);
+- when idle, claim a frame (POST /frames/claim), waiting the advised `poll_seconds` when there is none;
+- as the frame starts, report it rendering (POST /update_task) and then, at the moment the worker's own prefetch
+  timer (worker/prefetch.py) picks, claim the next frame preferring the same task, both on the "ahead" lane;
+- when the frame ends, deliver its file and done report in one request (POST /frames/finish), after the rendering
+  report, then ship the "frame N done" log line at once (POST /append_log);
+- while a frame renders, ship Blender's output to the task log every --log-seconds (the worker's log_interval).
+
+A lease is lost when a heartbeat answer revokes one the worker still holds and the frame is then dropped, or when a
+call on it is refused with 409. Every simulated worker keeps its connections open between calls, as the real
+client does: a call takes one of the worker's idle connections or opens another, so a worker holds as many as it
+has had calls in flight at once. The HTTP is the least that works: prebuilt request heads, asyncio protocols, a
+parser for the status line, Content-Length and the body, so that the generator's CPU stays far below the
+coordinator's.
+
+    python benchmarks/loadgen.py CONFIG_JSON
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import random
+import resource
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from simworker import frame_png
+from worker.prefetch import PrefetchTimer
+from worker.reporter import POLL_ADVICE_LIMITS
+
+# How long a simulated worker waits after a call that failed before trying again.
+RETRY_SECONDS = 1.0
+# The longest one request may take before it counts as failed (the real client's default timeout).
+REQUEST_TIMEOUT = 30.0
+# Blender's console lines shipped per log post while a frame renders (a Cycles render prints several a second).
+BLENDER_LINES = "".join(f"Fra:{{frame}} Mem:312.40M (Peak 412.10M) | Time:00:0{i}.50 | Sample {i * 8}/64\n"
+                        for i in range(1, 5))
+
+
+class Refused(Exception):
+    """A call that failed: the coordinator refused it (`status` set) or did not answer (`status` 0)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- HTTP -------------------------------------------------------------------------------------------------------------
+
+
+def parse_answer(buffer: bytearray) -> tuple[int, bytes, bool] | None:
+    """(status, body, keep the connection) of the answer at the start of `buffer`, removed from it; None while the
+    answer is incomplete. ValueError for an answer this parser does not take (no Content-Length)."""
+    head_end = buffer.find(b"\r\n\r\n")
+    if head_end < 0:
+        if len(buffer) > 65536:
+            raise ValueError("an answer head longer than 64 KiB")
+        return None
+    head = bytes(buffer[:head_end]).lower()
+    at = head.find(b"\r\ncontent-length:")
+    if at < 0:
+        raise ValueError("an answer without Content-Length")
+    line_end = head.find(b"\r\n", at + 2)
+    length = int(head[at + 17:line_end if line_end >= 0 else len(head)])
+    body_start = head_end + 4
+    if len(buffer) < body_start + length:
+        return None
+    body = bytes(buffer[body_start:body_start + length])
+    del buffer[:body_start + length]
+    return int(head[9:12]), body, b"\r\nconnection: close" not in head
+
+
+class Connection(asyncio.Protocol):
+    """One kept-alive HTTP/1.1 connection carrying one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        try:
+            answer = parse_answer(self.buffer)
+        except ValueError as error:
+            self.waiter = None
+            waiter.set_exception(error)
+            return
+        if answer is not None:
+            self.waiter = None
+            waiter.set_result(answer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError("the coordinator closed the connection before answering"))
+
+    def time_out(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError(f"no answer within {REQUEST_TIMEOUT:g} s"))
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def exchange(self, request: bytes) -> tuple[int, bytes, bool]:
+        """Send one request, wait for its answer: (status, body, keep the connection)."""
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        waiter = self.waiter = loop.create_future()
+        timer = loop.call_later(REQUEST_TIMEOUT, self.time_out)
+        self.transport.write(request)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+
+class Coordinator:
+    """Where the simulated workers call: the address, the prebuilt request heads, and how connections open."""
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host = host
+        self.port = port
+        self.head = (f"HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+                     "User-Agent: renderq-throughput\r\nContent-Length: ").encode("latin-1")
+        self.opened = 0
+
+    def request(self, target: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
+        """The bytes of one POST."""
+        return (b"POST " + target.encode("latin-1") + b" " + self.head + str(len(body)).encode()
+                + b"\r\nContent-Type: " + content_type + b"\r\n\r\n" + body)
+
+    async def connect(self) -> Connection:
+        _, protocol = await asyncio.get_running_loop().create_connection(Connection, self.host, self.port)
+        self.opened += 1
+        return protocol
+
+
+class Connections:
+    """One simulated worker's kept-alive connections: a call takes an idle one or opens another."""
+
+    __slots__ = ("coordinator", "idle")
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.idle: list[Connection] = []
+
+    async def call(self, request: bytes) -> tuple[int, bytes]:
+        """One request: (status, body). Raises OSError (TimeoutError too) or ValueError when not answered."""
+        while self.idle:
+            connection = self.idle.pop()
+            if connection.closed:
+                continue
+            try:
+                return self._kept(connection, await connection.exchange(request))
+            except ConnectionError:
+                break  # closed by the coordinator (idle too long) as the request went out: again on a new one
+        connection = await self.coordinator.connect()
+        try:
+            return self._kept(connection, await connection.exchange(request))
+        except BaseException:
+            connection.close()
+            raise
+
+    def _kept(self, connection: Connection, answer: tuple[int, bytes, bool]) -> tuple[int, bytes]:
+        status, body, keep = answer
+        if keep and not connection.closed:
+            self.idle.append(connection)
+        else:
+            connection.close()
+        return status, body
+
+    def close(self) -> None:
+        for connection in self.idle:
+            connection.close()
+        self.idle.clear()
+
+
+# -- what one process saw ---------------------------------------------------------------------------------------------
+
+
+class Stats:
+    """What one process saw: latencies (ms) and outcomes per endpoint inside the measurement window."""
+
+    def __init__(self, measure_from: float, measure_until: float) -> None:
+        self.measure_from = measure_from
+        self.measure_until = measure_until
+        self.latencies: dict[str, list[float]] = collections.defaultdict(list)
+        self.errors: collections.Counter = collections.Counter()
+        self.error_examples: list[str] = []
+        self.counts: collections.Counter = collections.Counter()
+        self.loop_lag_ms: list[float] = []
+        self.advice: dict[str, float] = {}
+
+    def in_window(self, when: float) -> bool:
+        return self.measure_from <= when < self.measure_until
+
+    def record(self, endpoint: str, started_wall: float, seconds: float, error: str | None) -> None:
+        if not self.measure_from <= started_wall < self.measure_until:
+            return
+        self.latencies[endpoint].append(seconds * 1000.0)
+        if error is not None:
+            self.errors[endpoint] += 1
+            if len(self.error_examples) < 5:
+                self.error_examples.append(f"{endpoint}: {error}")
+
+    def count(self, what: str, number: int = 1) -> None:
+        if self.measure_from <= time.time() < self.measure_until:
+            self.counts[what] += number
+
+
+# -- the simulated worker ---------------------------------------------------------------------------------------------
+
+
+class Held:
+    """A frame the simulated worker holds."""
+
+    __slots__ = ("task_id", "frame", "lease_id", "revoked")
+
+    def __init__(self, claimed: dict[str, Any]) -> None:
+        self.task_id: int = claimed["task_id"]
+        self.frame: int = claimed["frame"]
+        self.lease_id: str = claimed["lease_id"]
+        self.revoked = False
+
+
+class SimWorker:
+    """One simulated worker: the calls of the real worker's threads, as coroutines of one event loop."""
+
+    def __init__(self, farm: SimFarm, name: str) -> None:
+        self.farm = farm
+        self.stats = farm.stats
+        self.name = name
+        self.http = Connections(farm.coordinator)
+        self.worker_id = 0
+        self.heartbeat_seconds = 2.0
+        self.lease_seconds = 15.0
+        self.poll_seconds = 2.0
+        self.held: dict[str, Held] = {}
+        self.prefetch = PrefetchTimer()
+        self.rendering: Held | None = None
+        self.delivering: asyncio.Task | None = None
+
+    async def call(self, endpoint: str, target: str, body: Any, raw: bytes | None = None) -> bytes:
+        """Time one POST under `endpoint`; its answer's body, or Refused (after recording it) unless 2xx."""
+        coordinator = self.farm.coordinator
+        if raw is None:
+            request = coordinator.request(target, json.dumps(body, separators=(",", ":")).encode())
+        else:
+            request = coordinator.request(target, raw, b"application/octet-stream")
+        wall = time.time()
+        started = time.perf_counter()
+        try:
+            status, answer = await self.http.call(request)
+        except (OSError, ValueError) as exc:
+            self.stats.record(endpoint, wall, time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
+            raise Refused(f"{type(exc).__name__}: {exc}") from None
+        if 200 <= status < 300:
+            self.stats.record(endpoint, wall, time.perf_counter() - started, None)
+            return answer
+        message = f"HTTP {status}: {answer[:300].decode('utf-8', 'replace')}"
+        if status == 409:
+            # A lost lease is counted as such (lost_leases), not as an error.
+            self.stats.record(endpoint, wall, time.perf_counter() - started, None)
+        else:
+            self.stats.record(endpoint, wall, time.perf_counter() - started, message)
+        raise Refused(message, status)
+
+    def take_advice(self, answer: dict[str, Any]) -> None:
+        """New heartbeat interval and lease length whenever an answer carries them, as the farm grows."""
+        for key in ("heartbeat_seconds", "lease_seconds"):
+            value = answer.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                setattr(self, key, float(value))
+                self.stats.advice[key] = float(value)
+
+    def lose(self, lease: Held) -> None:
+        """The frame of `lease` is dropped: its lease was lost."""
+        self.held.pop(lease.lease_id, None)
+        self.stats.count("lost_leases")
+
+    async def run(self) -> None:
+        """Register, then heartbeats and log shipping beside the loop of claims and frames."""
+        if not await self.register():
+            return
+        helpers = [asyncio.ensure_future(self.heartbeats())]
+        if self.farm.config["log_seconds"] > 0:
+            helpers.append(asyncio.ensure_future(self.ship_logs()))
+        try:
+            ahead: asyncio.Future | None = None
+            while not self.farm.stopping:
+                lease = await ahead if ahead is not None else await self.claim(None)
+                if lease is None:
+                    if ahead is None:
+                        await asyncio.sleep(self.poll_seconds)
+                    ahead = None
+                    continue
+                ahead = await self.render(lease)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            self.http.close()
+
+    async def register(self) -> bool:
+        body = {"name": self.name, "host": "throughput", "blender_version": "3.4.1", "cpu_count": 1,
+                "allows_python": False}
+        while not self.farm.stopping:
+            try:
+                answer = json.loads(await self.call("register", "/register_worker", body))
+            except Refused:
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            self.worker_id = int(answer["worker_id"])
+            self.take_advice(answer)
+            self.take_poll_advice(answer)
+            return True
+        return False
+
+    def take_poll_advice(self, answer: dict[str, Any]) -> None:
+        advice = answer.get("poll_seconds")
+        if isinstance(advice, (int, float)) and not isinstance(advice, bool):
+            low, high = POLL_ADVICE_LIMITS
+            self.poll_seconds = min(high, max(low, float(advice)))
+
+    async def heartbeats(self) -> None:
+        """Renew the held leases every advised interval (after the last heartbeat, as the worker's thread waits)."""
+        while not self.farm.stopping:
+            await asyncio.sleep(self.heartbeat_seconds)
+            try:
+                answer = json.loads(await self.call("update_worker", "/update_worker",
+                                                    {"worker_id": self.worker_id, "leases": list(self.held)}))
+            except Refused:
+                continue  # recorded; like the real worker's, the next heartbeat comes on schedule
+            self.stats.count("updates")
+            self.take_advice(answer)
+            for lease_id in answer.get("revoked") or ():
+                lease = self.held.get(lease_id)
+                if lease is not None:
+                    # Lost once the frame is dropped for it; a finish already on its way may still be taken.
+                    lease.revoked = True
+
+    async def claim(self, prefer_task_id: int | None) -> Held | None:
+        """Claim a frame; None when there is none (the poll advice taken) or the call failed."""
+        try:
+            answer = json.loads(await self.call("claim", "/frames/claim",
+                                                {"worker_id": self.worker_id, "prefer_task_id": prefer_task_id}))
+        except Refused as refused:
+            if refused.status == 404:
+                await self.register()  # the coordinator forgot this worker: register again, as the real one does
+            else:
+                await asyncio.sleep(RETRY_SECONDS)
+            return None
+        claimed = answer.get("frame")
+        if not claimed:
+            self.stats.count("claims_empty")
+            self.take_poll_advice(answer)
+            return None
+        self.stats.count("dispatched")
+        lease = Held(claimed)
+        self.held[lease.lease_id] = lease
+        return lease
+
+    async def render(self, lease: Held) -> asyncio.Future | None:
+        """Render one frame: the rendering report and the claim ahead on their lane, the delivery after; returns
+        the claim of the next frame when one was made."""
+        if lease.revoked:
+            self.lose(lease)
+            return None
+        loop = asyncio.get_running_loop()
+        started_wall, started = time.time(), loop.time()
+        render_seconds = self.farm.config["frame_seconds"] * self.farm.random.uniform(0.8, 1.2)
+        ends = started + render_seconds
+        rendering = asyncio.ensure_future(self.report_rendering(lease, started_wall))
+        claim_at = started + self.prefetch.delay(lease.task_id, started_wall)
+        ahead = None
+        self.rendering = lease
+        try:
+            if claim_at < ends:
+                await asyncio.sleep(max(0.0, claim_at - loop.time()))
+                if not lease.revoked:
+                    ahead = asyncio.ensure_future(self.claim_ahead(rendering, lease.task_id))
+            await asyncio.sleep(max(0.0, ends - loop.time()))
+        finally:
+            self.rendering = None
+        if lease.revoked:
+            self.lose(lease)
+            return ahead
+        self.prefetch.note(lease.task_id, render_seconds)
+        previous = self.delivering
+        self.delivering = asyncio.ensure_future(
+            self.deliver(lease, previous, rendering, (started_wall, time.time(), render_seconds)))
+        return ahead
+
+    async def report_rendering(self, lease: Held, started_at: float) -> None:
+        try:
+            await self.call("report_rendering", "/update_task",
+                            {"worker_id": self.worker_id, "task_id": lease.task_id, "frame": lease.frame,
+                             "lease_id": lease.lease_id, "status": "rendering", "started_at": started_at})
+        except Refused as refused:
+            if refused.status == 409:
+                lease.revoked = True
+
+    async def claim_ahead(self, rendering: asyncio.Future, task_id: int) -> Held | None:
+        """The prefetch claim, after the rendering report on the same lane."""
+        await rendering
+        try:
+            answer = json.loads(await self.call("claim", "/frames/claim",
+                                                {"worker_id": self.worker_id, "prefer_task_id": task_id}))
+        except Refused:
+            return None  # the loop claims in the usual way
+        claimed = answer.get("frame")
+        if not claimed:
+            self.stats.count("claims_empty")
+            return None
+        self.stats.count("dispatched")
+        lease = Held(claimed)
+        self.held[lease.lease_id] = lease
+        return lease
+
+    async def deliver(self, lease: Held, previous: asyncio.Future | None, rendering: asyncio.Future,
+                      times: tuple[float, float, float]) -> None:
+        """The frame's file and done report in one request, after earlier deliveries and the rendering report."""
+        for earlier in (previous, rendering):
+            if earlier is not None:
+                with contextlib.suppress(Exception):
+                    await earlier
+        if lease.revoked:
+            self.lose(lease)
+            return
+        started_at, ended_at, seconds = times
+        target = (f"/frames/finish?worker_id={self.worker_id}&task_id={lease.task_id}&frame={lease.frame}"
+                  f"&lease_id={lease.lease_id}&filename=f_{lease.frame:05d}.png&started_at={started_at!r}"
+                  f"&ended_at={ended_at!r}&render_seconds={seconds!r}")
+        try:
+            await self.call("finish", target, None, raw=frame_png(lease.task_id, lease.frame, lease.lease_id))
+        except Refused as refused:
+            if refused.status == 409:
+                self.lose(lease)
+            else:
+                self.held.pop(lease.lease_id, None)  # the real worker retries, then lets its lease expire
+            return
+        self.held.pop(lease.lease_id, None)
+        self.stats.count("completed")
+        # The worker adds "frame N done" to the task log and flushes the shipper: one post right away.
+        await self.post_log(lease.task_id, f"[{self.name}] frame {lease.frame} done in {seconds:.2f} s\n")
+
+    async def ship_logs(self) -> None:
+        """Blender's output of the frame rendering now, posted every log interval, as the log shipper does."""
+        interval = self.farm.config["log_seconds"]
+        await asyncio.sleep(self.farm.random.uniform(0, interval))
+        while not self.farm.stopping:
+            lease = self.rendering
+            if lease is not None:
+                await self.post_log(lease.task_id, BLENDER_LINES.format(frame=lease.frame))
+            await asyncio.sleep(interval)
+
+    async def post_log(self, task_id: int, text: str) -> None:
+        with contextlib.suppress(Refused):
+            await self.call("append_log", "/append_log",
+                            {"task_id": task_id, "worker_id": self.worker_id, "text": text})
+
+
+class SimFarm:
+    """Many simulated workers in one process, all on one event loop."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.coordinator = Coordinator(config["host"], config["port"], config["token"])
+        self.stats = Stats(config["measure_from"], config["measure_until"])
+        self.random = random.Random(config["seed"])
+        self.stopping = False
+
+    async def start_worker(self, index: int) -> None:
+        config = self.config
+        global_index = config["first_index"] + index
+        start = config["start_at"] + config["ramp"] * global_index / config["total_workers"]
+        await asyncio.sleep(max(0.0, start - time.time()))
+        await SimWorker(self, f"{config['prefix']}-{global_index:05d}").run()
+
+    async def loop_lag(self) -> None:
+        """How late the event loop wakes: latency the client itself adds when it is short of CPU."""
+        while not self.stopping:
+            before = time.perf_counter()
+            await asyncio.sleep(0.05)
+            lag = (time.perf_counter() - before - 0.05) * 1000.0
+            if self.stats.in_window(time.time()):
+                self.stats.loop_lag_ms.append(lag)
+
+    async def run(self) -> dict[str, Any]:
+        config = self.config
+        workers = [asyncio.ensure_future(self.start_worker(i)) for i in range(config["count"])]
+        lag = asyncio.ensure_future(self.loop_lag())
+        await asyncio.sleep(max(0.0, config["measure_from"] - time.time()))
+        cpu_start, opened_start = own_cpu_seconds(), self.coordinator.opened
+        await asyncio.sleep(max(0.0, config["measure_until"] - time.time()))
+        cpu_seconds = own_cpu_seconds() - cpu_start
+        opened = self.coordinator.opened - opened_start
+        self.stopping = True
+        for task in [*workers, lag]:
+            task.cancel()
+        await asyncio.gather(*workers, lag, return_exceptions=True)
+        stats = self.stats
+        return {"latencies": stats.latencies, "errors": stats.errors, "error_examples": stats.error_examples,
+                "counts": {**stats.counts, "connections_opened": opened, "connections_total": self.coordinator.opened},
+                "loop_lag_ms": stats.loop_lag_ms, "cpu_seconds": cpu_seconds, "advice": stats.advice}
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the workers of one config (a JSON object, the only argument); print what was seen as one JSON line."""
+    config = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a socket per connection: thousands
+    result = asyncio.run(SimFarm(config).run())
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
