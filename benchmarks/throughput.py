@@ -253,7 +253,8 @@ def run_step(coordinator: Coordinator, workers: int, args: argparse.Namespace, r
     """Run one load level; returns its aggregated figures."""
     frame_seconds = 1.0 / args.frames_per_worker_second
     ramp = frame_seconds
-    settle = max(4.0, 2 * (args.heartbeat or 2.0))
+    # Until every worker is past its first claim ahead (made as its first frame starts) and claims at the steady pace.
+    settle = max(4.0, frame_seconds, 2 * (args.heartbeat or 2.0))
     start_at = time.time() + 2.0 + workers / 2000.0  # time for the processes to start
     measure_from = start_at + ramp + settle
     measure_until = measure_from + args.duration
@@ -359,6 +360,7 @@ def aggregate(outputs: list[dict[str, Any]], workers: int, frame_seconds: float,
         "machine_cpu": machine_cores,
         "other_cpu": max(0.0, machine_cores - coordinator_seconds / window - generator_cpu / window),
         "cores": cores,
+        "event_loop": ", ".join(sorted({output.get("event_loop", "asyncio") for output in outputs})),
         "passed": (worst_p99 is not None and worst_p99 < TARGET_P99_MS and not errors
                    and not counts["lost_leases"]),
     }
@@ -378,7 +380,8 @@ def print_step(result: dict[str, Any]) -> None:
     print(f"    CPU (cores busy): coordinator {result['coordinator_cpu']:.2f} "
           f"({result['coordinator_system_cpu']:.2f} of it in the kernel; "
           f"{result['coordinator_ms_per_request']:.2f} ms per request), load generator "
-          f"{result['generator_cpu']:.2f} ({result['generator_ms_per_request']:.3f} ms per request), "
+          f"{result['generator_cpu']:.2f} ({result['generator_ms_per_request']:.3f} ms per request, "
+          f"{result['event_loop']}), "
           f"everything else {result['other_cpu']:.2f} of {result['cores']}; "
           f"generator event-loop lag p99 {_ms(result['loop_lag_p99_ms'])}", flush=True)
     print(f"    advised heartbeat {_seconds(result['heartbeat_seconds'])}, lease {_seconds(result['lease_seconds'])}; "
@@ -502,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                 fill_history(coordinator.data_dir, history)
         with phase("start the coordinator"):
             coordinator.start()
-        per_step = [w * args.frames_per_worker_second * (1.0 / args.frames_per_worker_second + 8.0
+        per_step = [w * args.frames_per_worker_second * (2.0 / args.frames_per_worker_second + 8.0
                                                          + args.duration + 10) for w in steps]
         # Room for the refining steps too (each smaller than the largest step).
         frames_needed = int((sum(per_step) + args.refine * max(per_step)) * 1.3) + 1000
