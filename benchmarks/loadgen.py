@@ -100,7 +100,7 @@ class Connection(asyncio.Protocol):
         self.deadline = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands a TCP connection its Transport
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -412,7 +412,8 @@ class SimWorker:
         return lease
 
     def claim_body(self, prefer_task_id: int | None) -> str:
-        return f'{{"worker_id":{self.worker_id},"prefer_task_id":{"null" if prefer_task_id is None else prefer_task_id}}}'
+        prefer = "null" if prefer_task_id is None else prefer_task_id
+        return f'{{"worker_id":{self.worker_id},"prefer_task_id":{prefer}}}'
 
     async def render(self, lease: Held) -> asyncio.Future | None:
         """Render one frame: the rendering report and the claim ahead on their lane, the delivery after; returns
