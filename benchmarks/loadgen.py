@@ -35,20 +35,20 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+from rawhttp import Connections, Coordinator, Periodic
 from simworker import frame_png
 from worker.prefetch import PrefetchTimer
 from worker.reporter import POLL_ADVICE_LIMITS
 
 # How long a simulated worker waits after a call that failed before trying again.
 RETRY_SECONDS = 1.0
-# The longest one request may take before it counts as failed (the real client's default timeout).
-REQUEST_TIMEOUT = 30.0
 # Blender's console lines shipped per log post while a frame renders (a Cycles render prints several a second).
 BLENDER_LINES_JSON = json.dumps("".join(f"Fra:{{frame}} Mem:312.40M (Peak 412.10M) | Time:00:0{i}.50 | Sample "
                                          f"{i * 8}/64\n" for i in range(1, 5)))
@@ -60,168 +60,6 @@ class Refused(Exception):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
-
-
-# -- HTTP -------------------------------------------------------------------------------------------------------------
-
-
-def parse_answer(buffer: bytearray) -> tuple[int, bytes, bool] | None:
-    """(status, body, keep the connection) of the answer at the start of `buffer`, removed from it; None while the
-    answer is incomplete. ValueError for an answer this parser does not take (no Content-Length)."""
-    head_end = buffer.find(b"\r\n\r\n")
-    if head_end < 0:
-        if len(buffer) > 65536:
-            raise ValueError("an answer head longer than 64 KiB")
-        return None
-    head = bytes(buffer[:head_end]).lower()
-    at = head.find(b"\r\ncontent-length:")
-    if at < 0:
-        raise ValueError("an answer without Content-Length")
-    line_end = head.find(b"\r\n", at + 2)
-    length = int(head[at + 17:line_end if line_end >= 0 else len(head)])
-    body_start = head_end + 4
-    if len(buffer) < body_start + length:
-        return None
-    body = bytes(buffer[body_start:body_start + length])
-    del buffer[:body_start + length]
-    return int(head[9:12]), body, b"\r\nconnection: close" not in head
-
-
-class Connection(asyncio.Protocol):
-    """One kept-alive HTTP/1.1 connection carrying one request at a time."""
-
-    __slots__ = ("transport", "buffer", "waiter", "closed", "deadline")
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future | None = None
-        self.closed = False
-        self.deadline = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # asyncio hands a TCP connection its Transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            return
-        try:
-            answer = parse_answer(self.buffer)
-        except ValueError as error:
-            self.waiter = None
-            waiter.set_exception(error)
-            return
-        if answer is not None:
-            self.waiter = None
-            waiter.set_result(answer)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionError("the coordinator closed the connection before answering"))
-
-    def time_out(self) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(TimeoutError(f"no answer within {REQUEST_TIMEOUT:g} s"))
-        self.close()
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    async def exchange(self, request: bytes, waiting: set[Connection]) -> tuple[int, bytes, bool]:
-        """Send one request, wait for its answer: (status, body, keep the connection). `waiting` holds the
-        connections waiting for an answer, for the sweep that times them out (cheaper than a timer each)."""
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        waiter = self.waiter = loop.create_future()
-        self.deadline = loop.time() + REQUEST_TIMEOUT
-        waiting.add(self)
-        self.transport.write(request)
-        try:
-            return await waiter
-        finally:
-            waiting.discard(self)
-
-
-class Coordinator:
-    """Where the simulated workers call: the address, the prebuilt request heads, and how connections open."""
-
-    def __init__(self, host: str, port: int, token: str) -> None:
-        self.host = host
-        self.port = port
-        self.head = (f"HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
-                     "User-Agent: renderq-throughput\r\nContent-Length: ").encode("latin-1")
-        self.opened = 0
-        self.waiting: set[Connection] = set()
-
-    def request(self, target: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
-        """The bytes of one POST."""
-        return (b"POST " + target.encode("latin-1") + b" " + self.head + str(len(body)).encode()
-                + b"\r\nContent-Type: " + content_type + b"\r\n\r\n" + body)
-
-    async def connect(self) -> Connection:
-        _, protocol = await asyncio.get_running_loop().create_connection(Connection, self.host, self.port)
-        self.opened += 1
-        return protocol
-
-    async def time_out_late_answers(self) -> None:
-        """Every second, fail the requests that have waited longer than REQUEST_TIMEOUT."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(1.0)
-            now = loop.time()
-            for connection in [c for c in self.waiting if c.deadline < now]:
-                connection.time_out()
-
-
-class Connections:
-    """One simulated worker's kept-alive connections: a call takes an idle one or opens another."""
-
-    __slots__ = ("coordinator", "idle")
-
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
-        self.idle: list[Connection] = []
-
-    async def call(self, request: bytes) -> tuple[int, bytes]:
-        """One request: (status, body). Raises OSError (TimeoutError too) or ValueError when not answered."""
-        waiting = self.coordinator.waiting
-        while self.idle:
-            connection = self.idle.pop()
-            if connection.closed:
-                continue
-            try:
-                return self._kept(connection, await connection.exchange(request, waiting))
-            except ConnectionError:
-                break  # closed by the coordinator (idle too long) as the request went out: again on a new one
-            except BaseException:
-                connection.close()
-                raise
-        connection = await self.coordinator.connect()
-        try:
-            return self._kept(connection, await connection.exchange(request, waiting))
-        except BaseException:
-            connection.close()
-            raise
-
-    def _kept(self, connection: Connection, answer: tuple[int, bytes, bool]) -> tuple[int, bytes]:
-        status, body, keep = answer
-        if keep and not connection.closed:
-            self.idle.append(connection)
-        else:
-            connection.close()
-        return status, body
-
-    def close(self) -> None:
-        for connection in self.idle:
-            connection.close()
-        self.idle.clear()
 
 
 # -- what one process saw ---------------------------------------------------------------------------------------------
@@ -332,9 +170,15 @@ class SimWorker:
         """Register, then heartbeats and log shipping beside the loop of claims and frames."""
         if not await self.register():
             return
-        helpers = [asyncio.ensure_future(self.heartbeats())]
-        if self.farm.config["log_seconds"] > 0:
-            helpers.append(asyncio.ensure_future(self.ship_logs()))
+        coordinator = self.farm.coordinator
+        helpers = [Periodic(coordinator, self.heartbeat_request, self.heartbeat_answered,
+                            lambda: self.heartbeat_seconds, self.timer("update_worker"))]
+        helpers[0].start(self.heartbeat_seconds)
+        log_seconds = self.farm.config["log_seconds"]
+        if log_seconds > 0:
+            helpers.append(Periodic(coordinator, self.blender_lines_request, lambda status, body: None,
+                                    lambda: log_seconds, self.timer("append_log")))
+            helpers[1].start(self.farm.random.uniform(0, log_seconds))
         try:
             ahead: asyncio.Future | None = None
             while not self.farm.stopping:
@@ -347,7 +191,7 @@ class SimWorker:
                 ahead = await self.render(lease)
         finally:
             for helper in helpers:
-                helper.cancel()
+                helper.stop()
             self.http.close()
 
     async def register(self) -> bool:
@@ -371,25 +215,39 @@ class SimWorker:
             low, high = POLL_ADVICE_LIMITS
             self.poll_seconds = min(high, max(low, float(advice)))
 
-    async def heartbeats(self) -> None:
-        """Renew the held leases every advised interval (after the last heartbeat, as the worker's thread waits)."""
-        while not self.farm.stopping:
-            await asyncio.sleep(self.heartbeat_seconds)
-            try:
-                # The JSON bodies of the frequent calls are formatted by hand: lease ids are hex, numbers numbers.
-                leases = '","'.join(self.held)
-                answer = json.loads(await self.call(
-                    "update_worker", "/update_worker",
-                    f'{{"worker_id":{self.worker_id},"leases":[{chr(34) + leases + chr(34) if leases else ""}]}}'))
-            except Refused:
-                continue  # recorded; like the real worker's, the next heartbeat comes on schedule
-            self.stats.count("updates")
-            self.take_advice(answer)
-            for lease_id in answer.get("revoked") or ():
-                lease = self.held.get(lease_id)
-                if lease is not None:
-                    # Lost once the frame is dropped for it; a finish already on its way may still be taken.
-                    lease.revoked = True
+    def heartbeat_request(self) -> bytes:
+        """The heartbeat renewing the held leases (due every advised interval after the last one ended, as the
+        worker's heartbeat thread waits). The JSON bodies of the frequent calls are formatted by hand: lease ids are
+        hex, the rest numbers."""
+        leases = '","'.join(self.held)
+        return self.farm.coordinator.request(
+            "/update_worker",
+            f'{{"worker_id":{self.worker_id},"leases":[{chr(34) + leases + chr(34) if leases else ""}]}}'.encode())
+
+    def heartbeat_answered(self, status: int, body: bytes) -> None:
+        """Take the advice and the revoked leases of a heartbeat's answer (a refusal is recorded, nothing more:
+        like the real worker's, the next heartbeat comes on schedule)."""
+        if not 200 <= status < 300:
+            return
+        answer = json.loads(body)
+        self.stats.count("updates")
+        self.take_advice(answer)
+        for lease_id in answer.get("revoked") or ():
+            lease = self.held.get(lease_id)
+            if lease is not None:
+                # Lost once the frame is dropped for it; a finish already on its way may still be taken.
+                lease.revoked = True
+
+    def timer(self, endpoint: str) -> Callable[[float, float, str | None, int], None]:
+        """What records a periodic call's outcome under `endpoint`, as `call` does."""
+        record = self.stats.record
+
+        def timed(wall: float, seconds: float, error: str | None, status: int) -> None:
+            if error is None and not (200 <= status < 300 or status == 409):
+                error = f"HTTP {status}"
+            record(endpoint, wall, seconds, error)
+
+        return timed
 
     async def claim(self, prefer_task_id: int | None) -> Held | None:
         """Claim a frame; None when there is none (the poll advice taken) or the call failed."""
@@ -498,15 +356,15 @@ class SimWorker:
         # The worker adds "frame N done" to the task log and flushes the shipper: one post right away.
         await self.post_log(lease.task_id, json.dumps(f"[{self.name}] frame {lease.frame} done in {seconds:.2f} s\n"))
 
-    async def ship_logs(self) -> None:
-        """Blender's output of the frame rendering now, posted every log interval, as the log shipper does."""
-        interval = self.farm.config["log_seconds"]
-        await asyncio.sleep(self.farm.random.uniform(0, interval))
-        while not self.farm.stopping:
-            lease = self.rendering
-            if lease is not None:
-                await self.post_log(lease.task_id, BLENDER_LINES_JSON.replace("{frame}", str(lease.frame)))
-            await asyncio.sleep(interval)
+    def blender_lines_request(self) -> bytes | None:
+        """Blender's output of the frame rendering now, posted every log interval as the log shipper does; None
+        while no frame renders."""
+        lease = self.rendering
+        if lease is None:
+            return None
+        text = BLENDER_LINES_JSON.replace("{frame}", str(lease.frame))
+        return self.farm.coordinator.request(
+            "/append_log", f'{{"task_id":{lease.task_id},"worker_id":{self.worker_id},"text":{text}}}'.encode())
 
     async def post_log(self, task_id: int, text_json: str) -> None:
         """Post log lines (`text_json`: the text as a JSON string) to the task's log."""
@@ -548,6 +406,7 @@ class SimFarm:
         sweep = asyncio.ensure_future(self.coordinator.time_out_late_answers())
         await asyncio.sleep(max(0.0, config["measure_from"] - time.time()))
         cpu_start, opened_start = own_cpu_seconds(), self.coordinator.opened
+        resent_start = self.coordinator.resent
         await asyncio.sleep(max(0.0, config["measure_until"] - time.time()))
         cpu_seconds = own_cpu_seconds() - cpu_start
         opened = self.coordinator.opened - opened_start
@@ -557,7 +416,8 @@ class SimFarm:
         await asyncio.gather(*workers, lag, sweep, return_exceptions=True)
         stats = self.stats
         return {"latencies": stats.latencies, "errors": stats.errors, "error_examples": stats.error_examples,
-                "counts": {**stats.counts, "connections_opened": opened, "connections_total": self.coordinator.opened},
+                "counts": {**stats.counts, "connections_opened": opened, "connections_total": self.coordinator.opened,
+                           "resent": self.coordinator.resent - resent_start},
                 "loop_lag_ms": stats.loop_lag_ms, "cpu_seconds": cpu_seconds, "advice": stats.advice}
 
 

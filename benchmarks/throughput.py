@@ -344,6 +344,7 @@ def aggregate(outputs: list[dict[str, Any]], workers: int, frame_seconds: float,
         "error_examples": examples[:5],
         "connections_opened": counts["connections_opened"],
         "connections_total": counts["connections_total"],
+        "resent": counts["resent"],
         "heartbeat_seconds": advice.get("heartbeat_seconds"),
         "lease_seconds": advice.get("lease_seconds"),
         "p50_ms": percentile(every, 0.5),
@@ -386,7 +387,8 @@ def print_step(result: dict[str, Any]) -> None:
           f"generator event-loop lag p99 {_ms(result['loop_lag_p99_ms'])}", flush=True)
     print(f"    advised heartbeat {_seconds(result['heartbeat_seconds'])}, lease {_seconds(result['lease_seconds'])}; "
           f"{result['connections_total']} connections opened in all, {result['connections_opened']} during the "
-          "window", flush=True)
+          f"window; {result['resent']} requests sent again after the coordinator closed their kept-alive "
+          "connection", flush=True)
     if result["machine_cpu"] > 0.9 * result["cores"]:
         print(f"    the machine's CPU was all in use ({result['machine_cpu']:.2f} of {result['cores']} cores): "
               f"{result['generator_cpu']:.2f} of them the load generator's", flush=True)
