@@ -540,11 +540,12 @@ def report(results: Results, ran: list[dict[str, Any]], args: argparse.Namespace
         note = (f"the smallest farm that failed, {first_failure['workers']} workers: "
                 f"worst p99 {_ms(first_failure['worst_p99_ms'])}, {first_failure['errors']} errors, "
                 f"{first_failure['lost_leases']} lost leases")
-    best = passed or (ran[0] if ran else {})
+    smallest = min(ran, key=lambda r: r["workers"], default={})
+    best = passed or smallest
     results.add("largest farm with p99 < 100 ms", passed["workers"] if passed else 0, "workers", TARGET_WORKERS,
                 ">=", note)
     if passed is None and ran:
-        print(f"no step passed: the figures below are those of the smallest step ({ran[0]['workers']} workers)",
+        print(f"no step passed: the figures below are those of the smallest step ({smallest['workers']} workers)",
               flush=True)
     heartbeat = best.get("heartbeat_seconds")
     results.add("advised heartbeat at that farm", heartbeat, "s")
