@@ -16,10 +16,9 @@ renderq/http_client.py), in the same order and at the same moments, with only Bl
 
 A lease is lost when a heartbeat answer revokes one the worker still holds and the frame is then dropped, or when a
 call on it is refused with 409. Every simulated worker keeps its connections open between calls, as the real
-client does: a call takes one of the worker's idle connections or opens another, so a worker holds as many as it
-has had calls in flight at once. The HTTP is the least that works: prebuilt request heads, asyncio protocols, a
-parser for the status line, Content-Length and the body, so that the generator's CPU stays far below the
-coordinator's.
+client does (one per thread): the heartbeats and the log lines have one each, driven by loop callbacks alone; the
+other calls take one of the worker's idle connections or open another. The HTTP (benchmarks/rawhttp.py) is the
+least that works, so that the generator's CPU stays far below the coordinator's.
 
     python benchmarks/loadgen.py CONFIG_JSON
 """

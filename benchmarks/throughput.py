@@ -65,9 +65,10 @@ TARGET_P99_MS = 100.0
 # is under 0.3 of a core.
 TARGET_GENERATOR_MS_PER_REQUEST = 0.2
 DEFAULT_STEPS = (1000, 2000, 3500, 5000, 6500)
-# Connections one simulated worker may hold at once (heartbeat, delivery, the ahead lane, its log lines): the
-# coordinator is started with room for this many per worker of the largest step.
-CONNECTIONS_PER_WORKER = 3
+# Connections one simulated worker holds (its heartbeats, its log lines, and one or two for claims, reports and
+# deliveries): the coordinator is started with room for this many per worker of the largest step (it fits them to
+# its open-file limit, and says so when that is too low).
+CONNECTIONS_PER_WORKER = 4
 # A tiny file that passes the coordinator's .blend checks (the header of a Blender 3.4 file).
 FAKE_BLEND = b"BLENDER-v304" + b"REND" + bytes(1012)
 ENDPOINTS = ("register", "update_worker", "claim", "report_rendering", "finish", "append_log")
