@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile-mode", choices=("gil", "active", "idle"), default="gil",
                         help="what the profile samples: the thread holding the GIL (default), every thread on a "
                         "CPU, or every thread, waiting or not")
-    parser.add_argument("--py-spy", help="the py-spy executable (default: py-spy on PATH)")
+    parser.add_argument("--py-spy", help="the py-spy executable (default: py-spy on PATH or beside this Python)")
     parser.add_argument("--keep", metavar="DIR", help="run in DIR and keep it (data dir, logs, profiles)")
     return parser
 
@@ -489,9 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         args.frames_per_worker_second = 0.5
     args.duration = args.duration or (6.0 if quick else 30.0)
     history = args.history_frames if args.history_frames is not None else (2_000 if quick else 100_000)
-    args.py_spy = None
-    if args.profile:
-        args.py_spy = args.py_spy or shutil.which("py-spy")
+    if not args.profile:
+        args.py_spy = None
+    else:
+        # On PATH, or beside this Python (a virtual environment's bin, when it is not on PATH).
+        args.py_spy = (args.py_spy or shutil.which("py-spy")
+                       or shutil.which("py-spy", path=os.path.dirname(sys.executable)))
         if args.py_spy is None:
             print("--profile needs py-spy (pip install py-spy, a dev tool); running without the profile",
                   flush=True)
