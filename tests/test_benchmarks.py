@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from harness import ROOT, find_blender_or_none
@@ -136,3 +137,80 @@ def test_quick_suite_runs_every_benchmark_and_reports_each(tmp_path):
     assert sorted(entry["name"] for entry in data) == sorted(names)
     # Quick figures never replace the real ones.
     assert read_bytes(real_report) == before
+
+
+# -- the throughput benchmark's load generator, against a real coordinator ------------------------------------------
+
+
+def start_load_generator(farm, workers: int, *, frame_seconds: float, log_seconds: float, measure_in: float,
+                         measure_for: float) -> tuple[subprocess.Popen, float]:
+    """benchmarks/loadgen.py simulating `workers` workers on `farm`; (its process, the window's start)."""
+    now = time.time()
+    measure_from = now + measure_in
+    config = {"host": "127.0.0.1", "port": farm.port, "token": farm.token("worker"), "prefix": "gen",
+              "first_index": 0, "count": workers, "total_workers": workers, "frame_seconds": frame_seconds,
+              "log_seconds": log_seconds, "start_at": now + 0.5, "ramp": 0.5, "measure_from": measure_from,
+              "measure_until": measure_from + measure_for, "seed": 1}
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    popen = subprocess.Popen([sys.executable, os.path.join(BENCHMARKS, "loadgen.py"), json.dumps(config)],
+                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+    return popen, measure_from
+
+
+def load_generator_output(popen: subprocess.Popen) -> dict:
+    out, _ = popen.communicate(timeout=60)
+    assert popen.returncode == 0, out[-3000:]
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def submit_fake_task(farm, frames: int) -> int:
+    """A task of `frames` frames over a stand-in .blend (the benchmark's own), submitted over HTTP."""
+    sys.path.insert(0, BENCHMARKS)
+    from throughput import FAKE_BLEND
+
+    status, answer = farm.api.call("POST", "/upload_blend?filename=bench.blend", raw=FAKE_BLEND,
+                                   content_type="application/octet-stream")
+    assert status == 200, answer
+    return farm.api.post("/submit_task", {"name": "generated", "blend_sha256": answer["sha256"],
+                                          "blend_filename": "bench.blend", "frame_start": 1,
+                                          "frame_end": frames})["task_id"]
+
+
+@pytest.mark.timeout(120)
+def test_load_generator_speaks_the_worker_protocol_at_the_advised_heartbeat(farm):
+    farm.start_coordinator("--heartbeat", "0.5")
+    task_id = submit_fake_task(farm, 500)
+    popen, _ = start_load_generator(farm, 4, frame_seconds=1.0, log_seconds=0.4, measure_in=3.0, measure_for=4.0)
+    seen = load_generator_output(popen)
+
+    # The calls of today's worker, and no seed route: claim, rendering report, one-request finish, log lines.
+    assert set(seen["latencies"]) == {"update_worker", "claim", "report_rendering", "finish", "append_log"}, seen
+    assert not seen["errors"], seen["error_examples"]
+    counts = seen["counts"]
+    assert counts.get("lost_leases", 0) == 0 and counts["completed"] >= 8, counts
+    # Heartbeats at the interval the coordinator advised (0.5 s): about 4 workers x 4 s / 0.5 s.
+    assert seen["advice"]["heartbeat_seconds"] == 0.5
+    assert 20 <= counts["updates"] <= 36, counts
+    # Kept-alive connections: none opened while measured, once every worker has its few.
+    assert counts["connections_opened"] == 0 and counts["connections_total"] <= 4 * 4, counts
+    # The coordinator holds each finished frame's file and report, and the task log the "frame done" lines.
+    frames = farm.api.get(f"/task?task_id={task_id}&frames_status=done")["frames"]
+    assert len(frames) >= counts["completed"] and all(f["output"].startswith("f_") for f in frames), frames[:3]
+    log = farm.api.get(f"/get_log?task_id={task_id}")["text"]
+    assert re.search(r"^\[gen-\d+\] frame \d+ done in ", log, re.MULTILINE), log[-500:]
+    assert "Sample 8/64" in log, log[-500:]
+
+
+@pytest.mark.timeout(120)
+def test_load_generator_counts_the_leases_it_loses(farm):
+    farm.start_coordinator("--heartbeat", "0.5")
+    task_id = submit_fake_task(farm, 500)
+    popen, measure_from = start_load_generator(farm, 4, frame_seconds=2.0, log_seconds=0, measure_in=2.5,
+                                               measure_for=4.0)
+    time.sleep(max(0.0, measure_from + 0.5 - time.time()))
+    # Canceling the task takes every frame the simulated workers hold: their next heartbeat or finish says so.
+    farm.api.post("/cancel_task", {"task_id": task_id})
+    seen = load_generator_output(popen)
+
+    assert seen["counts"].get("lost_leases", 0) >= 4, seen["counts"]
+    assert not seen["errors"], seen["error_examples"]
