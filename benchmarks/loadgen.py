@@ -12,7 +12,8 @@ renderq/http_client.py), in the same order and at the same moments, with only Bl
   timer (worker/prefetch.py) picks, claim the next frame preferring the same task, both on the "ahead" lane;
 - when the frame ends, deliver its file and done report in one request (POST /frames/finish), after the rendering
   report, then ship the "frame N done" log line at once (POST /append_log);
-- while a frame renders, ship Blender's output to the task log every --log-seconds (the worker's log_interval).
+- while a frame renders, ship Blender's output to the task log every --log-seconds (the worker's log_interval),
+  or every heartbeat interval when the coordinator advises a longer one, as the worker's shipper does.
 
 A lease is lost when a heartbeat answer revokes one the worker still holds and the frame is then dropped, or when a
 call on it is refused with 409. Every simulated worker keeps its connections open between calls, as the real
@@ -175,8 +176,9 @@ class SimWorker:
         helpers[0].start(self.heartbeat_seconds)
         log_seconds = self.farm.config["log_seconds"]
         if log_seconds > 0:
+            # As the worker's shipper: every log_interval, or every heartbeat interval when the farm beats rarer.
             helpers.append(Periodic(coordinator, self.blender_lines_request, lambda status, body: None,
-                                    lambda: log_seconds, self.timer("append_log")))
+                                    lambda: max(log_seconds, self.heartbeat_seconds), self.timer("append_log")))
             helpers[1].start(self.farm.random.uniform(0, log_seconds))
         try:
             ahead: asyncio.Future | None = None
