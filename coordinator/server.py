@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -193,6 +194,7 @@ def serve(config: Config) -> int:
         print(line, flush=True)
     # uvicorn takes SIGINT and SIGTERM while it serves, shuts down, then raises the signal again: both end here.
     signal.signal(signal.SIGTERM, _interrupt)
+    _tune_garbage_collector()
     try:
         server.run(sockets=[listener])
     except KeyboardInterrupt:
@@ -235,6 +237,20 @@ def _http_server(app: Flask, config: Config) -> tuple[uvicorn.Server, Gate]:
     # Its per-request warnings (a malformed request) would let anyone fill the log; its errors still show.
     logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
     return uvicorn.Server(uvicorn_config), gate
+
+
+def _tune_garbage_collector() -> None:
+    """Keep Python's cycle collector from pausing the coordinator for long.
+
+    A farm of thousands of workers keeps thousands of connections open, each some fifty objects, and the
+    collector's full passes walked all of them: pauses of 100-170 ms every few seconds at 1,000 workers, the whole
+    of the heartbeats' p99. The objects made while starting (modules, the app, the contract) are frozen out of its
+    passes, and its first generation holds 20,000 objects rather than 700, so the objects of requests in flight
+    are rarely promoted and full passes come seldom. Cycles are still collected: only less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 def _listen(host: str, port: int) -> socket.socket:
