@@ -440,7 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = uvloop.run(SimFarm(config).run())
     result["event_loop"] = "uvloop" if "uvloop" in sys.modules else "asyncio"
-    sys.stdout.write(json.dumps(result) + "\n")
+    # The result is larger than a pipe's buffer, and after uvloop a write to the pipe may take only part of it
+    # (seen: the first 64 KiB, silently): write until all of it went.
+    line = (json.dumps(result) + "\n").encode()
+    sys.stdout.flush()
+    while line:
+        line = line[os.write(sys.stdout.fileno(), line):]
     return 0
 
 
