@@ -429,6 +429,9 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
                         help="show progress until the task ends, then download its frames")
     submit.add_argument("--output", metavar="DIR",
                         help="with --wait: where to put the frames (default: ./renderq-TASK_ID)")
+    submit.add_argument("--timings", action="store_true",
+                        help="print on stderr when each step ended (frame range, pack, submit, each frame on disk): "
+                             "where the wait goes")
     submit.add_argument("--allow-missing", action="store_true",
                         help="submit even when assets the file refers to are missing (they are recorded on the task)")
     submit.add_argument("--allow-outside", action="store_true",

@@ -18,7 +18,7 @@ from renderq import exposure, submit
 from renderq.blender_path import BlenderNotFoundError, find_blender
 from renderq.cli_common import EXIT_INTERRUPTED, EXIT_OK, UsageError, make_client
 from renderq.http_client import CoordinatorError
-from renderq.progress import ProgressLine, bar, format_bytes, printable
+from renderq.progress import ProgressLine, StepTimes, bar, format_bytes, printable
 from renderq.task_view import download_done_frames, report_outcome, wait_for_task
 
 if TYPE_CHECKING:
@@ -105,7 +105,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     blend = Path(args.file)
     if not blend.is_file():
         raise UsageError(f"{args.file} is not a file")
+    timings = StepTimes(args.timings)
     frame_start, frame_end, step = frames_to_submit(blend, args)
+    timings.mark("frame range")
     client = make_client(args)
     line = ProgressLine()
 
@@ -117,6 +119,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             line.finish()
             print("packing interrupted; nothing was submitted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        timings.mark("pack", f"{packed.total_bytes} bytes")
         print_preflight(blend, packed)
         refuse_before_upload(packed, args)
         blender_version = args.blender_version or packed.blender_version
@@ -144,6 +147,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         except CoordinatorError:
             line.finish()
             raise
+        timings.mark("submit", f"{uploaded.bytes} bytes uploaded")
         print_uploaded(submit_plan, uploaded)
     task_id = task["task_id"]
     frames_text = f"{frame_start}-{frame_end}" if frame_end != frame_start else str(frame_start)
@@ -170,6 +174,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     dest_dir = args.output or f"renderq-{task_id}"
     fetched = download_done_frames(client, task, dest_dir, line)
+    timings.mark("download", f"{len(fetched.paths)} frames")
     return report_outcome(task, dest_dir, fetched.paths, skipped=len(fetched.skipped))
 
 
