@@ -119,7 +119,8 @@ def farm_run(farm: Farm, blend: str, frames: int, out: str) -> Run:
 def breakdown(task: dict, marks: dict[str, float], started: float, last_on_disk: float) -> dict[str, float]:
     """The farm run's parts (seconds), in the order they happen; each part ends where the next begins."""
     frames = task["frames"]
-    points = [("start-up", marks.get("frame range")), ("pack", marks.get("pack")),
+    # Before the frame range was read from the packed file, Blender read it first: that was start-up's end.
+    points = [("start-up", marks.get("start-up", marks.get("frame range"))), ("pack", marks.get("pack")),
               ("upload", marks.get("submit")), ("first claim", task.get("started_at")),
               ("Blender start", min(float(f["started_at"]) for f in frames)),
               ("frames", max(float(f["ended_at"]) for f in frames)), ("download", last_on_disk)]
