@@ -60,7 +60,7 @@ for seed, path in enumerate(paths):
     image.pack()
     bpy.ops.wm.save_as_mainfile(filepath=path, copy=True, compress=False)
 """
-_TIMING_LINE = re.compile(r"^timing: (?P<step>[\w ]+?) at \+[\d.]+ s \(epoch (?P<epoch>[\d.]+)\)")
+_TIMING_LINE = re.compile(r"^timing: (?P<step>[\w -]+?) at \+[\d.]+ s \(epoch (?P<epoch>[\d.]+)\)")
 _TASK_LINE = re.compile(r"^submitted task (?P<task>\d+) ")
 
 
