@@ -430,8 +430,8 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("--output", metavar="DIR",
                         help="with --wait: where to put the frames (default: ./renderq-TASK_ID)")
     submit.add_argument("--timings", action="store_true",
-                        help="print on stderr when each step ended (start-up, pack, submit, each frame on disk, download): "
-                             "where the wait goes")
+                        help="print on stderr when each step ended (start-up, pack, submit, each frame on disk, "
+                             "download): where the wait goes")
     submit.add_argument("--allow-missing", action="store_true",
                         help="submit even when assets the file refers to are missing (they are recorded on the task)")
     submit.add_argument("--allow-outside", action="store_true",

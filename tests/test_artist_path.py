@@ -14,6 +14,7 @@ from blender_asset_tracer import trace
 from harness import ROOT, find_blender_or_none
 from project import make_project
 from renderq.packing import pack_project, read_frame_range
+from renderq.task_view import next_poll_seconds
 
 BLENDER = find_blender_or_none()
 needs_blender = pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)")
@@ -95,10 +96,23 @@ def test_submit_wait_saves_each_frame_as_it_is_done_and_a_resubmit_uploads_nothi
     assert sorted(os.listdir(out)) == ["f_0001.png", "f_0002.png", "f_0003.png", "f_0004.png"]
     task_id = int(re.search(r"submitted task (\d+)", again.stdout)[1])
     task = farm.api.task(task_id)
-    on_disk = {int(detail.split()[1]): epoch for step, epoch, detail in timing_marks(again.stderr)
-               if step == "frame on disk"}
-    assert sorted(on_disk) == [1, 2, 3, 4], again.stderr
+    saved = [(int(detail.split()[1]), epoch) for step, epoch, detail in timing_marks(again.stderr)
+             if step == "frame on disk"]
+    # Each frame downloaded once: the final download only fetches what the wait had not.
+    assert sorted(number for number, _ in saved) == [1, 2, 3, 4], again.stderr
+    on_disk = dict(saved)
     # The first frames were on disk while later ones still rendered, not all at the end.
     last_started = max(frame["started_at"] for frame in task["frames"])
     assert on_disk[1] < last_started < on_disk[4], (on_disk, last_started)
     assert [step for step, _, _ in timing_marks(again.stderr)][-1] == "download"
+
+
+@pytest.mark.parametrize(("progress", "seconds"), [
+    ({"total": 12, "done": 11, "eta_seconds": 1.0}, 0.125),  # one-second frames: polled 8 times a frame
+    ({"total": 12, "done": 2, "eta_seconds": 600.0}, 1.0),  # minute-long frames: the usual second
+    ({"total": 1000, "done": 0, "eta_seconds": 10.0}, 0.1),  # a big farm's frames: never more than 10 a second
+    ({"total": 12, "done": 0}, 1.0),  # no estimate yet
+    ({"total": 12, "done": 12, "eta_seconds": 0.0}, 1.0),
+])
+def test_the_wait_polls_faster_only_while_frames_finish_often(progress: dict, seconds: float) -> None:
+    assert next_poll_seconds({"progress": progress}, 1.0) == pytest.approx(seconds)
