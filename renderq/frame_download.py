@@ -63,8 +63,9 @@ class FrameFetcher:
         for index, frame in enumerate(new, start=1):
             if on_frame is not None:
                 on_frame(index, len(new))
-            self._seen[frame.frame] = frame.output_sha256 or ""
             self._fetch_one(frame)
+            # Only once handled: a frame whose download was cut off is offered again by the next call.
+            self._seen[frame.frame] = frame.output_sha256 or ""
         return self.fetched
 
     def _fetch_one(self, frame: Frame) -> None:
