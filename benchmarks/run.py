@@ -72,6 +72,9 @@ class Benchmark:
 KNOWN = (
     Benchmark("farm_overhead", "farm_overhead.py",
               "one worker renders through the farm, against plain `blender -b FILE -a`", needs_blender=True),
+    Benchmark("artist_wait", "artist_wait.py",
+              "`renderq submit --wait` of a 12-frame task with an 8 MB .blend, against plain `blender -b FILE -a`",
+              needs_blender=True),
     Benchmark("status_page", "status_page.py",
               "status page load and poll sizes with 500 workers and 200 tasks in the database"),
     Benchmark("memory", "memory.py",

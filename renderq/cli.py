@@ -417,7 +417,7 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
     submit.add_argument(
         "--frames", type=parse_frames, metavar="A-B",
         help="the frames to render, one number or a range such as 1-250 "
-             "(default: the scene's range, read with Blender when it is installed)",
+             "(default: the scene's range, read from the file)",
     )
     submit.add_argument("--step", type=positive_int, metavar="N",
                         help="render every Nth frame of the range (default: the scene's step, else 1)")
@@ -429,6 +429,9 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
                         help="show progress until the task ends, then download its frames")
     submit.add_argument("--output", metavar="DIR",
                         help="with --wait: where to put the frames (default: ./renderq-TASK_ID)")
+    submit.add_argument("--timings", action="store_true",
+                        help="print on stderr when each step ended (start-up, pack, submit, each frame on disk, "
+                             "download): where the wait goes")
     submit.add_argument("--allow-missing", action="store_true",
                         help="submit even when assets the file refers to are missing (they are recorded on the task)")
     submit.add_argument("--allow-outside", action="store_true",

@@ -17,7 +17,7 @@ from renderq.http_client import CoordinatorClient, DownloadRefused, NotFound, fi
 from renderq.model import Frame
 from renderq.paths import check_file_name, collision_key
 
-__all__ = ["FetchedFrames", "fetch_done_frames"]
+__all__ = ["FetchedFrames", "FrameFetcher", "fetch_done_frames"]
 
 # Write errors caused by the one name (too long or not allowed by this file system), not by the folder.
 _NAME_ERRNOS = frozenset(code for code in (errno.ENAMETOOLONG, errno.EINVAL, getattr(errno, "EILSEQ", None))
@@ -36,38 +36,68 @@ class FetchedFrames:
     """(frame number, why) of each done frame not saved."""
 
 
+class FrameFetcher:
+    """Downloads a task's done frames into `dest_dir`, each frame once however often it is offered: called while the
+    task renders, each frame arrives as soon as it is done; called again at the end, only what is new is fetched.
+
+    A frame is fetched again only when its output changed (a re-render). `on_saved(number)` is called after each
+    frame is in the folder."""
+
+    def __init__(self, client: CoordinatorClient, task_id: int, dest_dir: str,
+                 on_saved: Callable[[int], None] | None = None) -> None:
+        self.client = client
+        self.task_id = task_id
+        self.dest_dir = dest_dir
+        self.on_saved = on_saved
+        self.fetched = FetchedFrames()
+        self._saved: dict[str, tuple[int, str]] = {}  # collision key -> (frame, name) of the frames saved so far
+        self._seen: dict[int, str] = {}  # frame number -> the output SHA-256 already handled
+
+    def fetch(self, frames: list[dict], on_frame: Callable[[int, int], None] | None = None) -> FetchedFrames:
+        """Fetch the done frames among `frames` (a /task answer's) not handled yet; `on_frame(index, count)` before
+        each. Returns everything fetched so far."""
+        done = [frame for frame in map(Frame.from_dict, frames) if frame.is_done]
+        new = [frame for frame in done if self._seen.get(frame.frame) != (frame.output_sha256 or "")]
+        if new:
+            os.makedirs(self.dest_dir, exist_ok=True)
+        for index, frame in enumerate(new, start=1):
+            if on_frame is not None:
+                on_frame(index, len(new))
+            self._fetch_one(frame)
+            # Only once handled: a frame whose download was cut off is offered again by the next call.
+            self._seen[frame.frame] = frame.output_sha256 or ""
+        return self.fetched
+
+    def _fetch_one(self, frame: Frame) -> None:
+        number = frame.frame
+        name, problem = _checked_name(frame.output, self._saved, number)
+        if name is None:
+            self.fetched.skipped.append((number, problem))
+            return
+        self._saved[collision_key(name)] = (number, name)
+        path = _save(self.client, self.task_id, frame, name, self.dest_dir, self.fetched)
+        if path:
+            if path not in self.fetched.paths:
+                self.fetched.paths.append(path)
+            if self.on_saved is not None:
+                self.on_saved(number)
+
+
 def fetch_done_frames(client: CoordinatorClient, task: dict, dest_dir: str,
                       on_frame: Callable[[int, int], None] | None = None) -> FetchedFrames:
     """Download the done frames of `task` (a /task answer) into `dest_dir`, keeping files already there with the
     same SHA-256; `on_frame(index, count)` is called before each frame."""
-    done = [frame for frame in map(Frame.from_dict, task.get("frames") or []) if frame.is_done]
-    if done:
-        os.makedirs(dest_dir, exist_ok=True)
-    fetched = FetchedFrames()
-    saved: dict[str, tuple[int, str]] = {}  # collision key -> (frame, name) of the frames saved so far
-    for index, frame in enumerate(done, start=1):
-        if on_frame is not None:
-            on_frame(index, len(done))
-        number = frame.frame
-        name, problem = _checked_name(frame.output, saved)
-        if name is None:
-            fetched.skipped.append((number, problem))
-            continue
-        saved[collision_key(name)] = (number, name)
-        path = _save(client, task["task_id"], frame, name, dest_dir, fetched)
-        if path:
-            fetched.paths.append(path)
-    return fetched
+    return FrameFetcher(client, task["task_id"], dest_dir).fetch(task.get("frames") or [], on_frame)
 
 
-def _checked_name(name: object, saved: dict[str, tuple[int, str]]) -> tuple[str | None, str]:
-    """(the name, "") when the frame can be saved under it; else (None, why not)."""
+def _checked_name(name: object, saved: dict[str, tuple[int, str]], number: int) -> tuple[str | None, str]:
+    """(the name, "") when frame `number` can be saved under it; else (None, why not)."""
     try:
         checked = check_file_name(name)
     except ValueError as error:
         return None, str(error)
     other = saved.get(collision_key(checked))
-    if other is not None:
+    if other is not None and other[0] != number:
         return None, (f"its file name {name!r} would be the same file as frame {other[0]}'s {other[1]!r} on Windows "
                       "or macOS")
     return checked, ""

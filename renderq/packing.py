@@ -7,8 +7,10 @@ absolute path without its root (BAT's layout), and every .blend that refers to a
 relative paths point at the new place.
 
 Only the rewritten .blend files are written (into the staging folder); every other file is hashed where it is and
-uploaded from there, so packing a project with gigabytes of textures copies nothing. Before returning, the tree is
-traced again (as links, not copies) to prove that it refers to nothing outside itself.
+uploaded from there, so packing a project with gigabytes of textures copies nothing. When BAT had to change a path
+(a rewritten .blend, a file placed outside the project's layout), the tree is traced again (as links, not copies)
+to prove that it refers to nothing outside itself; otherwise the tree is the project's own layout and the one trace
+suffices.
 
 Imports only the standard library, `blender_asset_tracer` and standard-library-only `renderq` modules, so the
 Blender add-on can bundle it.
@@ -36,7 +38,8 @@ from renderq import blend_header
 from renderq.paths import check_path_set, check_relative_path
 from renderq.exposure import Exposure, survey
 
-__all__ = ["PackError", "PackResult", "PackedFile", "pack_project", "read_blend_version", "OUTSIDE_PROJECT"]
+__all__ = ["PackError", "PackResult", "PackedFile", "pack_project", "read_blend_version", "read_frame_range",
+           "OUTSIDE_PROJECT"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,25 @@ def read_blend_version(path: str) -> str:
             raise
         detail = message[len(path):].lstrip(" :") if message.startswith(path) else message
         raise ValueError(f"{path} is not a .blend file ({detail})") from None
+
+
+def read_frame_range(path: str) -> tuple[int, int, int] | None:
+    """The (start, end, step) of the scene a .blend was saved with (the one `blender -b FILE -a` renders), read by
+    BAT without starting Blender; None when the file cannot be read or does not say."""
+    try:
+        bfile = blendfile.BlendFile(pathlib.Path(path))
+    except (*_BAT_READ_ERRORS, OSError):
+        return None
+    try:
+        scene = bfile.find_blocks_from_code(b"GLOB")[0].get_pointer(b"curscene")
+        if scene is None:
+            return None
+        start, end, step = (int(scene.get((b"r", name))) for name in (b"sfra", b"efra", b"frame_step"))
+    except (*_BAT_READ_ERRORS, IndexError, KeyError, TypeError, ValueError):
+        return None
+    finally:
+        bfile.close()
+    return start, end, max(1, step)
 
 
 class PackError(Exception):
@@ -152,12 +174,16 @@ class _ProgressRelay(pack_progress.Callback):
 
 
 class _PlacementRecorder(transfer.FileTransferer):
-    """A BAT file transferer that records where each file goes instead of copying it.
+    """A BAT file transferer that records where each file goes instead of copying it, as BAT queues it.
 
     BAT queues a *copy* for every original file and a *move* for every .blend it rewrote into its own temporary
     folder. Copies are only recorded (the original is uploaded as it is); moves are carried out into the staging
-    folder, because BAT deletes its temporary folder when the packer closes. They are carried out only once the
-    queue is finished: BAT stats a file just *after* queueing it, so moving it at once races with that stat.
+    folder, because BAT deletes its temporary folder when the packer closes. They are carried out only once BAT has
+    queued everything: BAT stats a file just *after* queueing it, so moving it at once races with that stat.
+
+    No thread runs: recording is instant, and BAT's thread would add half a second to every pack (its queue and
+    progress loops poll with a 0.5 s timeout before they notice the end). A problem is recorded with `error_set`,
+    which makes BAT's packer stop with Aborted, as it does for a failed copy.
     """
 
     def __init__(self, target: pathlib.Path) -> None:
@@ -191,14 +217,32 @@ class _PlacementRecorder(transfer.FileTransferer):
             raise PackError(f"two different files would both be {tree_path} in the packed tree: {earlier} and {source}")
         self.placed[tree_path] = source
 
-    def run(self) -> None:
-        # Keep draining the queue even after a problem: BAT's main thread blocks on a full queue otherwise.
-        for src, dst, action in self.iter_queue():
-            try:
-                self._place(src, dst, action)
-            except (OSError, ValueError, PackError) as error:
-                self.problems.append(f"{src}: {error}")
-        # The queue is finished (or aborted): nothing will be queued, nor stat'ed, any more.
+    def _record(self, src: pathlib.Path, dst: pathlib.PurePath, action: transfer.Action) -> None:
+        if self.has_error or self._abort.is_set():
+            return
+        try:
+            self._place(src, dst, action)
+        except (OSError, ValueError, PackError) as error:
+            self.problems.append(f"{src}: {error}")
+            self.error_set("; ".join(self.problems[:3]))
+
+    def queue_copy(self, src: pathlib.Path, dst: pathlib.PurePath) -> None:
+        self._record(src, dst, transfer.Action.COPY)
+
+    def queue_move(self, src: pathlib.Path, dst: pathlib.PurePath) -> None:
+        self._record(src, dst, transfer.Action.MOVE)
+
+    def start(self) -> None:
+        """No thread to start: each file is recorded as it is queued."""
+
+    def run(self) -> None:  # never runs (see start); BAT's abstract base class asks for it
+        pass
+
+    def done_and_join(self) -> None:
+        """Everything is queued: carry out the moves into the staging folder."""
+        self.done.set()
+        if self.has_error:
+            return
         for src, final in self._moves:
             try:
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -272,7 +316,7 @@ def pack_project(
     modified.
 
     BAT keeps relative paths inside the project as they are, even in a library it moves under `_outside_project/`,
-    which breaks them. The tree is therefore traced again before it is returned; when it is not self-contained,
+    which breaks them. A tree where BAT changed a path is therefore traced again; when it is not self-contained,
     the project is packed once more with the closest folder holding every dependency as its root (nothing is then
     outside; `PackResult.project_root` tells which root was used), and PackError is raised if that fails too.
 
@@ -355,6 +399,17 @@ class _Attempt:
     rewritten: set[str]
     missing: set[pathlib.Path]
     dependencies: list[pathlib.Path]
+
+    @property
+    def needs_verifying(self) -> bool:
+        """Whether BAT changed any path: a .blend it rewrote, or a file it placed out of the project's layout.
+
+        BAT keeps a reference as it is only when it is relative to its .blend and inside the project; when no
+        .blend was rewritten and every file keeps its place below the project folder, every reference therefore
+        resolves in the tree exactly as it does in the project, and tracing the tree again would find nothing new.
+        """
+        outside = OUTSIDE_PROJECT + "/"
+        return bool(self.rewritten) or any(path.startswith(outside) for path in self.placed)
 
     def missing_tree_paths(self) -> set[str]:
         """Where the missing assets would be in the tree (references to them stay unresolved)."""
@@ -494,6 +549,8 @@ def _tree_problem(attempt: _Attempt, progress: ProgressCallback | None) -> str |
     The tree is laid out with links in a scratch folder, so the trace sees exactly the paths a worker will have.
     References to assets that were already missing are expected to stay unresolved.
     """
+    if not attempt.needs_verifying:
+        return None
     if progress is not None:
         progress("verify", 0, 0)
     missing_tree_paths = attempt.missing_tree_paths()

@@ -136,3 +136,24 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], right
         return "  ".join(padded).rstrip()
 
     return "\n".join([line(list(headers))] + [line(row) for row in cells])
+
+
+class StepTimes:
+    """When each step of a command ended, one line each on stderr (`--timings`): where an artist's wait goes.
+
+    Each line reads `timing: STEP at +S s (epoch E)[ DETAIL]`: seconds since the command started and the wall clock,
+    so that a benchmark can line the steps up with the coordinator's frame times."""
+
+    def __init__(self, enabled: bool, out: TextIO | None = None) -> None:
+        self.enabled = enabled
+        self.started = time.time()
+        self._out = out
+
+    def mark(self, step: str, detail: str = "") -> None:
+        """Note that `step` has just ended."""
+        if not self.enabled:
+            return
+        now = time.time()
+        suffix = f" {detail}" if detail else ""
+        print(f"timing: {step} at +{now - self.started:.3f} s (epoch {now:.3f}){suffix}", file=self._out or sys.stderr,
+              flush=True)

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 from renderq import exposure, submit
 from renderq.blender_path import BlenderNotFoundError, find_blender
 from renderq.cli_common import EXIT_INTERRUPTED, EXIT_OK, UsageError, make_client
-from renderq.http_client import CoordinatorError
-from renderq.progress import ProgressLine, bar, format_bytes, printable
-from renderq.task_view import download_done_frames, report_outcome, wait_for_task
+from renderq.frame_download import FrameFetcher
+from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
+from renderq.model import FrameStatus
+from renderq.progress import ProgressLine, StepTimes, bar, format_bytes, printable
+from renderq.task_view import download_done_frames, progress_of, report_outcome, wait_for_task
 
 if TYPE_CHECKING:
     from renderq.packing import PackResult
@@ -80,11 +82,24 @@ def timeouts_and_python(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def frames_to_submit(blend: Path, args: argparse.Namespace) -> tuple[int, int, int | None]:
-    """(start, end, step) from --frames and --step, else the scene's as Blender reads them; step None means 1."""
+    """(start, end, step) from --frames and --step, else the scene's as the file says (read without Blender; with
+    Blender when that fails); step None means 1."""
+    # Imported here: BAT is only needed by `submit`, and other commands should start fast.
+    from renderq.packing import read_frame_range as read_from_file
+
     step = args.step
     if args.frames is not None:
         frame_start, frame_end = args.frames
         return frame_start, frame_end, step
+    found = read_from_file(str(blend)) or _frame_range_from_blender(blend)
+    frame_start, frame_end, scene_step = found
+    if frame_end < frame_start:
+        raise UsageError(f"the scene in {blend} ends at frame {frame_end} before it starts; give --frames")
+    return frame_start, frame_end, step or max(1, scene_step)
+
+
+def _frame_range_from_blender(blend: Path) -> tuple[int, int, int]:
+    """The scene's frame range as Blender reads it: for a file whose range BAT could not read."""
     try:
         blender = find_blender()
     except BlenderNotFoundError as error:
@@ -93,73 +108,30 @@ def frames_to_submit(blend: Path, args: argparse.Namespace) -> tuple[int, int, i
     found = read_frame_range(str(blend), blender)
     if found is None:
         raise UsageError(f"Blender could not read the frame range of {blend}; give --frames (e.g. --frames 1-250)")
-    frame_start, frame_end, scene_step = found
-    if frame_end < frame_start:
-        raise UsageError(f"the scene in {blend} ends at frame {frame_end} before it starts; give --frames")
-    return frame_start, frame_end, step or max(1, scene_step)
+    return found
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Pack a .blend with its assets, upload what the coordinator lacks, submit the task; with --wait follow it
-    and fetch the frames."""
+    and fetch the frames as they finish."""
     blend = Path(args.file)
     if not blend.is_file():
         raise UsageError(f"{args.file} is not a file")
-    frame_start, frame_end, step = frames_to_submit(blend, args)
+    timings = StepTimes(args.timings)
+    frame_range = frames_to_submit(blend, args)
     client = make_client(args)
     line = ProgressLine()
-
-    # The staging folder holds only the .blend files BAT rewrote; it goes away once the task is submitted.
-    with tempfile.TemporaryDirectory(prefix="renderq-submit-") as staging:
-        try:
-            packed = pack_for_submit(str(blend), staging, line)
-        except KeyboardInterrupt:
-            line.finish()
-            print("packing interrupted; nothing was submitted", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        print_preflight(blend, packed)
-        refuse_before_upload(packed, args)
-        blender_version = args.blender_version or packed.blender_version
-        task_fields = dict(
-            name=args.name or blend.stem,
-            blender_version=blender_version,
-            blender_version_exact=args.blender_version is not None,
-            missing_assets=list(packed.missing),
-            frame_start=frame_start,
-            frame_end=frame_end,
-            frame_step=step or 1,
-            priority=args.priority,
-            workers=list(args.worker or []),
-            submitted_by=current_user(),
-            settings={},
-            **timeouts_and_python(args),
-        )
-        try:
-            submit_plan = submit.plan(client, packed)
-            task, uploaded = submit.execute(client, submit_plan, task_fields, upload_progress(line))
-        except KeyboardInterrupt:
-            line.finish()
-            print("upload interrupted; nothing was submitted", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        except CoordinatorError:
-            line.finish()
-            raise
-        print_uploaded(submit_plan, uploaded)
-    task_id = task["task_id"]
-    frames_text = f"{frame_start}-{frame_end}" if frame_end != frame_start else str(frame_start)
-    if (step or 1) > 1:
-        frames_text += f" step {step}"
-    exact = " exactly" if args.blender_version is not None else " or newer"
-    print(
-        f"submitted task {task_id} ({task.get('name', args.name or blend.stem)}, frames {frames_text}, "
-        f"Blender {blender_version}{exact})"
-    )
-    sys.stdout.flush()
+    submitted = pack_and_submit(blend, frame_range, args, client, line, timings)
+    if submitted is None:
+        return EXIT_INTERRUPTED
+    task_id = submitted["task_id"]
     if not args.wait:
         return EXIT_OK
-
+    dest_dir = args.output or f"renderq-{task_id}"
+    fetcher = FrameFetcher(client, task_id, dest_dir,
+                           on_saved=lambda number: timings.mark("frame on disk", f"frame {number}"))
     try:
-        task = wait_for_task(client, task_id, line)
+        task = wait_for_task(client, task_id, line, on_summary=fetch_as_done(client, task_id, fetcher))
     except KeyboardInterrupt:
         line.finish()
         print(
@@ -168,9 +140,74 @@ def cmd_submit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    dest_dir = args.output or f"renderq-{task_id}"
-    fetched = download_done_frames(client, task, dest_dir, line)
+    fetched = download_done_frames(client, task, dest_dir, line, fetcher)
+    timings.mark("download", f"{len(fetched.paths)} frames")
     return report_outcome(task, dest_dir, fetched.paths, skipped=len(fetched.skipped))
+
+
+def pack_and_submit(blend: Path, frame_range: tuple[int, int, int | None], args: argparse.Namespace,
+                    client: CoordinatorClient, line: ProgressLine, timings: StepTimes) -> dict | None:
+    """Pack, refuse what must not go up, upload what the coordinator lacks and submit; the task, or None when the
+    artist interrupted it (nothing was submitted then)."""
+    timings.mark("start-up")
+    # The staging folder holds only the .blend files BAT rewrote; it goes away once the task is submitted.
+    with tempfile.TemporaryDirectory(prefix="renderq-submit-") as staging:
+        try:
+            packed = pack_for_submit(str(blend), staging, line)
+        except KeyboardInterrupt:
+            line.finish()
+            print("packing interrupted; nothing was submitted", file=sys.stderr)
+            return None
+        timings.mark("pack", f"{packed.total_bytes} bytes")
+        frame_start, frame_end, step = frame_range
+        print_preflight(blend, packed)
+        refuse_before_upload(packed, args)
+        blender_version = args.blender_version or packed.blender_version
+        task_fields = dict(
+            name=args.name or blend.stem, blender_version=blender_version,
+            blender_version_exact=args.blender_version is not None, missing_assets=list(packed.missing),
+            frame_start=frame_start, frame_end=frame_end, frame_step=step or 1, priority=args.priority,
+            workers=list(args.worker or []), submitted_by=current_user(), settings={}, **timeouts_and_python(args),
+        )
+        try:
+            submit_plan = submit.plan(client, packed)
+            task, uploaded = submit.execute(client, submit_plan, task_fields, upload_progress(line))
+        except KeyboardInterrupt:
+            line.finish()
+            print("upload interrupted; nothing was submitted", file=sys.stderr)
+            return None
+        except CoordinatorError:
+            line.finish()
+            raise
+        timings.mark("submit", f"{uploaded.bytes} bytes uploaded")
+        print_uploaded(submit_plan, uploaded)
+    frames_text = f"{frame_start}-{frame_end}" if frame_end != frame_start else str(frame_start)
+    if (step or 1) > 1:
+        frames_text += f" step {step}"
+    exact = " exactly" if args.blender_version is not None else " or newer"
+    print(f"submitted task {task['task_id']} ({task.get('name', args.name or blend.stem)}, frames {frames_text}, "
+          f"Blender {blender_version}{exact})")
+    sys.stdout.flush()
+    return task
+
+
+def fetch_as_done(client: CoordinatorClient, task_id: int, fetcher: FrameFetcher) -> Callable[[dict], None]:
+    """The wait's summary hook that downloads each frame as soon as the summary counts it done: the frames list is
+    read only when the done count grew. A coordinator that does not answer now is left to the final download."""
+    counted = 0
+
+    def on_summary(summary: dict) -> None:
+        nonlocal counted
+        done = progress_of(summary)["done"]
+        if done <= counted:
+            return
+        try:
+            fetcher.fetch(client.get_task(task_id, frames_status=FrameStatus.DONE).get("frames") or [])
+        except CoordinatorUnreachable:
+            return
+        counted = done
+
+    return on_summary
 
 
 def pack_for_submit(blend_path: str, staging_dir: str, line: ProgressLine) -> PackResult:

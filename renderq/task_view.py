@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from renderq.cli_common import EXIT_FAILED, EXIT_OK
-from renderq.frame_download import FetchedFrames, fetch_done_frames
+from renderq.frame_download import FetchedFrames, FrameFetcher
 from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
 from renderq.model import TASK_FINAL, Frame, FrameStatus, Progress, TaskStatus
 from renderq.progress import (
@@ -25,6 +25,10 @@ from renderq.progress import (
 # The model's set, under the name the command line imports it by.
 FINAL_STATUSES = TASK_FINAL
 POLL_SECONDS = 1.0
+# While frames finish faster than POLL_SECONDS, the wait polls this many times per expected frame completion (never
+# more often than QUICKEST_POLL_SECONDS): the last frame is then noticed a small fraction of a frame after it ends.
+POLLS_PER_FRAME = 8
+QUICKEST_POLL_SECONDS = 0.1
 # How long a waiting command keeps retrying a coordinator that stopped answering before it gives up.
 UNREACHABLE_PATIENCE = 120.0
 
@@ -54,12 +58,14 @@ def wait_for_task(
     *,
     poll_seconds: float = POLL_SECONDS,
     still_running: Callable[[], str | None] | None = None,
+    on_summary: Callable[[dict], None] | None = None,
 ) -> dict:
     """Poll the task's summary until it is done, failed or canceled, redrawing the progress line; return the task
     then, with all its frames.
 
     `still_running`, when given, is asked each round and may return a sentence that stops the wait with an error
-    (the demo uses it to notice a coordinator process that died).
+    (the demo uses it to notice a coordinator process that died). `on_summary`, when given, gets each summary read
+    (the last one too, before the frames are read): `submit --wait` downloads the frames done so far in it.
     """
     unreachable_since: float | None = None
     task: dict = {}
@@ -83,11 +89,24 @@ def wait_for_task(
             time.sleep(poll_seconds)
             continue
         line.update(task_progress_text(task))
+        if on_summary is not None:
+            on_summary(task)
         if task.get("status") in FINAL_STATUSES:
             line.finish()
             # The frames once, at the end (page by page): polling them every round would cost a big task dearly.
             return client.get_task(task_id)
-        time.sleep(poll_seconds)
+        time.sleep(next_poll_seconds(task, poll_seconds))
+
+
+def next_poll_seconds(task: dict, longest: float) -> float:
+    """How long to wait before reading the task's summary again: `longest`, or less while frames finish more often
+    than that (from the task's finish estimate), so that the wait ends soon after the last frame."""
+    progress = progress_of(task)
+    remaining = progress["total"] - progress["done"] - progress["failed"] - progress.get("canceled", 0)
+    eta = progress.get("eta_seconds")
+    if not isinstance(eta, (int, float)) or eta <= 0 or remaining <= 0:
+        return longest
+    return min(longest, max(QUICKEST_POLL_SECONDS, eta / remaining / POLLS_PER_FRAME))
 
 
 def waiting_text(reason: str) -> str:
@@ -163,16 +182,19 @@ def not_rendered_frames(task: dict) -> list[int]:
 
 
 def download_done_frames(
-    client: CoordinatorClient, task: dict, dest_dir: str, line: ProgressLine | None = None
+    client: CoordinatorClient, task: dict, dest_dir: str, line: ProgressLine | None = None,
+    fetcher: FrameFetcher | None = None,
 ) -> FetchedFrames:
     """Download the task's done frames into `dest_dir` under their Blender names, keeping files already there with
-    the same SHA-256. A frame that cannot be saved under its name is skipped: one line each on stderr."""
+    the same SHA-256; with a `fetcher` that already fetched frames while the task rendered, only the rest. A frame
+    that cannot be saved under its name is skipped: one line each on stderr."""
 
     def on_frame(index: int, count: int) -> None:
         if line is not None:
             line.update(f"downloading {bar(index / count)} {index}/{count} frames to {dest_dir}")
 
-    fetched = fetch_done_frames(client, task, dest_dir, on_frame)
+    fetcher = fetcher or FrameFetcher(client, task["task_id"], dest_dir)
+    fetched = fetcher.fetch(task.get("frames") or [], on_frame)
     if line is not None and (fetched.paths or fetched.skipped):
         line.finish()
     for number, why in fetched.skipped:
