@@ -33,7 +33,8 @@ def json_object(raw: bytes, mimetype: str, rule: str | None, method: str) -> dic
         body = _DECODER.decode(raw.decode("utf-8"))
     except RecursionError:  # the JSON parser recurses once per level of nesting
         raise BadRequest("the request body is nested too deeply") from None
-        body = _DECODER.decode(raw.decode("utf-8"))
+    except ValueError:  # not JSON, or not UTF-8
+        body = None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     # JSON may escape half a UTF-16 pair ("\ud800"); such a string cannot be stored or encoded as UTF-8.
