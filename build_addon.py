@@ -39,7 +39,8 @@ MANIFEST_NAME = "blender_manifest.toml"
 
 # The renderq modules the add-on imports, plus the package's __init__ so that `renderq` is a package.
 VENDORED_RENDERQ = ("__init__.py", "http_client.py", "client_errors.py", "packing.py", "exposure.py",
-                    "blend_header.py", "paths.py", "frame_download.py", "model.py", "units.py", "submit.py")
+                    "blend_header.py", "paths.py", "frame_download.py", "model.py", "units.py", "submit.py",
+                    "local_files.py")
 BAT_PACKAGE = "blender_asset_tracer"
 BAT_DISTRIBUTION = "blender-asset-tracer"
 # Relative to the BAT package: parts that need third-party modules (requests, boto3) or are a command line.
@@ -268,8 +269,8 @@ def collect_entries(addon_dir: Path = ADDON_DIR, root: Path = ROOT) -> list[tupl
         entries[f"{PACKAGE}/vendor/{BAT_PACKAGE}/LICENSE.txt"] = license_file.read_bytes()
     entries[f"{PACKAGE}/vendor/README.txt"] = (
         "Copied here by build_addon.py; edit the originals, not these copies.\n"
-        "renderq: http_client.py, client_errors.py, packing.py, exposure.py, blend_header.py, paths.py, "
-        "frame_download.py from the "
+        "renderq: http_client.py, client_errors.py, local_files.py, packing.py, exposure.py, blend_header.py, "
+        "paths.py, frame_download.py from the "
         "RenderQ repository (GPL-3.0-or-later).\n"
         f"{BAT_PACKAGE} {bat_version} (GPL-2.0-or-later), without its cli, pack/shaman and pack/s3 parts.\n"
     ).encode()

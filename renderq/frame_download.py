@@ -13,7 +13,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from renderq.http_client import CoordinatorClient, DownloadRefused, NotFound, file_sha256
+from renderq.http_client import CoordinatorClient, DownloadRefused, NotFound
+from renderq.local_files import file_sha256
 from renderq.model import Frame
 from renderq.paths import check_file_name, collision_key
 

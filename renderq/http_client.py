@@ -20,19 +20,20 @@ import socket
 import tempfile
 import threading
 import urllib.parse
-from typing import Any, BinaryIO, Callable, Iterator, TypeGuard
+from typing import Any, BinaryIO, Callable, Iterator
 
 from renderq.client_errors import (Conflict, CoordinatorError, CoordinatorUnreachable, DiskFull, DownloadRefused,
                                    Forbidden, Invalid, LeaseLost, NotFound, TooLarge, Unauthorized, Unavailable,
                                    describe_failure, error_for)
+from renderq.local_files import BLOCK_SIZE, check_not_link, file_sha256, remove_quietly
 from renderq.paths import is_safe_file_name
 
 __all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "Conflict", "DiskFull", "DownloadRefused",
            "Forbidden", "Invalid", "LeaseLost", "NotFound", "TooLarge", "Unauthorized", "Unavailable", "check_not_link",
-           "error_for", "safe_file_name"]
+           "error_for", "file_sha256"]
 
 _USER_AGENT = "renderq-client/0.1.0"
-_BLOCK_SIZE = 256 * 1024
+_BLOCK_SIZE = BLOCK_SIZE
 # Error bodies are short JSON sentences; a proxy's HTML page must not fill memory.
 _MAX_ERROR_BODY = 64 * 1024
 # Idle connections one client keeps for its next calls; more are closed when handed back.
@@ -43,18 +44,6 @@ _MISSING_FILES_BATCH = 20_000
 _FRAMES_PAGE = 5_000
 
 
-def safe_file_name(name: str | None) -> TypeGuard[str]:
-    """Tell whether `name` is a plain file name that cannot escape the directory it is written into and means the
-    same file on every system (the shared rule of renderq.paths)."""
-    return is_safe_file_name(name)
-
-
-def check_not_link(path: str) -> None:
-    """Raise CoordinatorError when `path` is a symbolic link (or a folder): a download never writes through one."""
-    if os.path.islink(path):
-        raise DownloadRefused(f"{path} is a symbolic link; refusing to write through it")
-    if os.path.isdir(path):
-        raise DownloadRefused(f"{path} is a folder; refusing to write over it")
 
 
 class _ProgressReader:
@@ -273,7 +262,7 @@ class CoordinatorClient:
                 )
             return temp_path, digest.hexdigest()
         except BaseException:
-            _remove_quietly(temp_path)
+            remove_quietly(temp_path)
             raise
 
     # -- generic ------------------------------------------------------------------------------------------------
@@ -360,12 +349,12 @@ class CoordinatorClient:
         finally:
             self._release(conn, response)
         if actual.lower() != sha256.lower():
-            _remove_quietly(temp_path)
+            remove_quietly(temp_path)
             raise DownloadRefused(f"the downloaded file has SHA-256 {actual}, not the {sha256} asked for")
         try:
             os.replace(temp_path, dest_path)
         except OSError:
-            _remove_quietly(temp_path)
+            remove_quietly(temp_path)
             raise
 
     def missing_files(self, hashes: list[str]) -> list[str]:
@@ -492,7 +481,7 @@ class CoordinatorClient:
         conn, response = self._open("GET", "/download_frame", params={"task_id": task_id, "frame": frame})
         try:
             name = save_as or response.headers.get_filename()
-            if not safe_file_name(name):
+            if not is_safe_file_name(name):
                 raise DownloadRefused(
                     f"the coordinator named frame {frame} of task {task_id} {name!r}, which is not a safe file name"
                 )
@@ -503,7 +492,7 @@ class CoordinatorClient:
         finally:
             self._release(conn, response)
         if expected_sha256 and actual.lower() != expected_sha256.lower():
-            _remove_quietly(temp_path)
+            remove_quietly(temp_path)
             raise DownloadRefused(
                 f"frame {frame} of task {task_id} arrived with SHA-256 {actual}, not {expected_sha256}"
             )
@@ -511,7 +500,7 @@ class CoordinatorClient:
             # rename() replaces a name, never writing through a link that appeared there meanwhile.
             os.replace(temp_path, final_path)
         except OSError:
-            _remove_quietly(temp_path)
+            remove_quietly(temp_path)
             raise
         return final_path
 
@@ -537,7 +526,7 @@ class CoordinatorClient:
         try:
             os.replace(temp_path, dest_path)
         except OSError:
-            _remove_quietly(temp_path)
+            remove_quietly(temp_path)
             raise
         return dest_path
 
@@ -590,26 +579,3 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def iter_file_blocks(path: str, block_size: int = _BLOCK_SIZE) -> Iterator[bytes]:
-    """Yield a file's bytes block by block (used to hash files without reading them whole)."""
-    with open(path, "rb") as stream:
-        while True:
-            block = stream.read(block_size)
-            if not block:
-                return
-            yield block
-
-
-def file_sha256(path: str) -> str:
-    """The SHA-256 of a file, read block by block."""
-    digest = hashlib.sha256()
-    for block in iter_file_blocks(path):
-        digest.update(block)
-    return digest.hexdigest()

@@ -18,8 +18,8 @@ from renderq.http_client import (
     CoordinatorClient,
     CoordinatorError,
     CoordinatorUnreachable,
-    safe_file_name,
 )
+from renderq.paths import is_safe_file_name
 
 FILE_BYTES = b"BLENDER-v304" + bytes(range(256)) * 1000
 FILE_SHA = hashlib.sha256(FILE_BYTES).hexdigest()
@@ -237,9 +237,9 @@ def test_download_frame_hash_mismatch_leaves_nothing(stub: StubServer, tmp_path)
 
 
 def test_safe_file_name() -> None:
-    assert safe_file_name("f_0001.png") and safe_file_name("x..y")
+    assert is_safe_file_name("f_0001.png") and is_safe_file_name("x..y")
     for name in ("", ".", "..", "a/b", "a\\b", "a\x00b", None, "CON", "nul.png", "a.png:ads", "trailing. "):
-        assert not safe_file_name(name)
+        assert not is_safe_file_name(name)
 
 
 def test_set_worker_enabled_needs_one_name() -> None:

@@ -23,7 +23,6 @@ cached file).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -36,7 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterable, Mapping
 
-from renderq.http_client import file_sha256
+from renderq.local_files import file_sha256, remove_quietly
 from renderq.paths import check_path_set, check_relative_path
 from renderq.platform import hold_lock_file, link_or_copy
 from renderq.private_files import PRIVATE_FOLDER, make_private
@@ -54,7 +53,6 @@ __all__ = [
     "TreeFile",
     "check_real_folder",
     "check_tree_path",
-    "remove_quietly",
     "choose_evictions",
     "format_size",
     "normalize_manifest",
@@ -588,10 +586,3 @@ def _task_name(task_id: int) -> str:
         raise CacheError(f"{task_id!r} is not a task id")
     return str(number)
 
-
-def remove_quietly(path: str | None) -> None:
-    """Delete a file if it is there; a file already gone (or never made) is no error."""
-    if not path:
-        return
-    with contextlib.suppress(OSError):
-        os.remove(path)

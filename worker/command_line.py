@@ -13,7 +13,8 @@ import socket
 import sys
 from collections.abc import Callable
 
-from renderq.http_client import CoordinatorClient, safe_file_name
+from renderq.http_client import CoordinatorClient
+from renderq.paths import is_safe_file_name
 from renderq.settings import Flag, add_flags, env_value, parse_bool
 from renderq.units import parse_size
 from worker.agent import WorkerAgent
@@ -128,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
         log.error("no coordinator given: use --coordinator URL or set RENDERQ_COORDINATOR")
         return 2
     name = (args.name or "").strip()
-    if not (1 <= len(name) <= 64) or not safe_file_name(name):
+    if not (1 <= len(name) <= 64) or not is_safe_file_name(name):
         log.error("%r is not a usable worker name (1-64 characters, no '/', '\\', '..' or NUL)", args.name)
         return 2
     if args.threads < 0:

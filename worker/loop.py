@@ -32,7 +32,8 @@ from typing import Protocol
 
 from renderq.http_client import CoordinatorError
 from worker.blender_session import BlenderSession, FrameResult, SessionError
-from worker.cache import BlendCache, CacheError, remove_quietly
+from renderq.local_files import remove_quietly
+from worker.cache import BlendCache, CacheError
 from worker.lease import Lease
 from worker.outbox import FrameDone, FrameFailed, FrameGivenBack
 from worker.prefetch import PrefetchTimer

@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from renderq.http_client import Conflict, CoordinatorClient, CoordinatorError, NotFound, Unauthorized
-from worker.cache import remove_quietly
+from renderq.local_files import remove_quietly
 from worker.lease import Lease
 from worker.log_shipper import LogShipper
 from worker.outbox import FrameDone, FrameFailed, FrameGivenBack, Outbox, Result

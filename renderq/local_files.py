@@ -1,0 +1,49 @@
+"""Local files on their way to or from the coordinator: hashing them block by block, refusing to write through a
+link, and removing a temporary file that may already be gone. Standard library only (the add-on bundles it)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+
+from renderq.client_errors import DownloadRefused
+
+__all__ = ["BLOCK_SIZE", "check_not_link", "file_sha256", "iter_file_blocks", "remove_quietly"]
+
+BLOCK_SIZE = 256 * 1024
+
+
+def check_not_link(path: str) -> None:
+    """Refuse (DownloadRefused) when `path` is a symbolic link (or a folder): a download never writes through one."""
+    if os.path.islink(path):
+        raise DownloadRefused(f"{path} is a symbolic link; refusing to write through it")
+    if os.path.isdir(path):
+        raise DownloadRefused(f"{path} is a folder; refusing to write over it")
+
+
+def remove_quietly(path: str | None) -> None:
+    """Delete a file if it is there; a file already gone (or never made) is no error."""
+    if not path:
+        return
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def iter_file_blocks(path: str, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
+    """Yield a file's bytes block by block (used to hash files without reading them whole)."""
+    with open(path, "rb") as stream:
+        while True:
+            block = stream.read(block_size)
+            if not block:
+                return
+            yield block
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file, read block by block."""
+    digest = hashlib.sha256()
+    for block in iter_file_blocks(path):
+        digest.update(block)
+    return digest.hexdigest()
