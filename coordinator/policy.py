@@ -31,7 +31,7 @@ class Policy:
     # of them to ask, about 1 / idle_claims_per_second seconds whatever the farm's size, and a large idle farm does
     # not flood the coordinator.
     idle_claims_per_second: float = 50.0
-    idle_poll_limits: tuple[float, float] = (0.25, 30.0)
+    idle_poll_limits: tuple[float, float] = (0.1, 30.0)
     # Heartbeats of the whole farm a second that the coordinator asks for at most: a large farm is told to beat
     # less often (up to heartbeat_limit seconds apart), and its leases grow with the interval so that a lease
     # always spans LEASE_HEARTBEATS heartbeats. A small farm keeps heartbeat_seconds and lease_seconds.

@@ -920,18 +920,18 @@ def test_a_restart_gives_rendering_frames_time_before_they_count_as_timed_out(tm
 def test_idle_poll_grows_with_the_live_farm_within_limits(scheduler, clock):
     # One worker asks often, so a new task starts at once on a small farm.
     register(scheduler, "solo")
-    assert scheduler.idle_poll_seconds() == 0.25
+    assert scheduler.idle_poll_seconds() == 0.1
     for n in range(200):
         register(scheduler, f"node-{n:03d}")
     # The advice is reused for a few seconds: counting the farm reads every worker.
-    assert scheduler.idle_poll_seconds() == 0.25
+    assert scheduler.idle_poll_seconds() == 0.1
     clock.now += 6
     # 201 live workers over 50 claims a second.
     assert scheduler.idle_poll_seconds() == pytest.approx(201 / 50)
     assert scheduler.claim(register(scheduler, "late"))[0] is None
     # Workers not heard from within the alive timeout do not count; the shortest poll is the floor.
     clock.now += 60
-    assert scheduler.idle_poll_seconds() == 0.25
+    assert scheduler.idle_poll_seconds() == 0.1
 
 
 def test_idle_poll_has_a_ceiling(tmp_path, clock):
