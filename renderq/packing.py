@@ -235,8 +235,8 @@ class _PlacementRecorder(transfer.FileTransferer):
     def start(self) -> None:
         """No thread to start: each file is recorded as it is queued."""
 
-    def run(self) -> None:  # never runs (see start); BAT's abstract base class asks for it
-        pass
+    def run(self) -> None:
+        """Never runs (see start): BAT's abstract base class asks for it."""
 
     def done_and_join(self) -> None:
         """Everything is queued: carry out the moves into the staging folder."""
