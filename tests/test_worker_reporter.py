@@ -44,6 +44,20 @@ def start_worker(farm, proxy: TcpProxy, tmp_path) -> Running:
     return Running(WorkerAgent(client, settings, session_factory=FakeSession))
 
 
+def rendering_one_holding_two(farm, tmp_path, alive_timeout: float) -> tuple[int, TcpProxy, Running]:
+    """A farm whose worker, behind a proxy, renders frame 1 and holds the lease of frame 2 (claimed ahead)."""
+    task_id = start_farm(farm, "--alive-timeout", f"{alive_timeout:g}")
+    proxy = TcpProxy(farm.port)
+    running = start_worker(farm, proxy, tmp_path)
+    try:
+        wait_for(lambda: frames(farm, task_id)[1]["status"] == "rendering", 30, "frame 1 to render")
+        wait_for(lambda: len(running.agent.held_leases()) == 2, 30, "frame 2 to be claimed ahead")
+    except BaseException:
+        proxy.close()
+        raise
+    return task_id, proxy, running
+
+
 def frames(farm, task_id: int) -> dict[int, dict]:
     return {frame["frame"]: frame for frame in farm.api.task(task_id)["frames"]}
 
@@ -61,14 +75,10 @@ def sent_after(proxy: TcpProxy, start: int, path: str) -> list[tuple[int, int | 
 
 
 def test_results_wait_in_order_while_the_coordinator_is_away_and_arrive_when_it_is_back(farm, sessions, tmp_path):
-    task_id = start_farm(farm, "--alive-timeout", "60")
-    proxy = TcpProxy(farm.port)
     FakeSession.holds[1] = frame_1 = threading.Event()
-    running = start_worker(farm, proxy, tmp_path)
+    task_id, proxy, running = rendering_one_holding_two(farm, tmp_path, alive_timeout=60)
     agent = running.agent
     try:
-        wait_for(lambda: frames(farm, task_id)[1]["status"] == "rendering", 30, "frame 1 to render")
-        wait_for(lambda: len(agent.held_leases()) == 2, 30, "frame 2 to be claimed ahead")
         proxy.cut("refuse")
         frame_1.set()
         # Both held frames are rendered while the coordinator cannot be reached: frame 1 waits in the buffer, frame
@@ -94,15 +104,11 @@ def test_results_wait_in_order_while_the_coordinator_is_away_and_arrive_when_it_
 
 
 def test_a_result_whose_lease_was_lost_while_away_is_dropped_and_its_render_stopped(farm, sessions, tmp_path):
-    task_id = start_farm(farm, "--alive-timeout", "2")
-    proxy = TcpProxy(farm.port)
     FakeSession.holds[1] = frame_1 = threading.Event()
     FakeSession.holds[2] = frame_2 = threading.Event()
-    running = start_worker(farm, proxy, tmp_path)
+    task_id, proxy, running = rendering_one_holding_two(farm, tmp_path, alive_timeout=2)
     agent = running.agent
     try:
-        wait_for(lambda: frames(farm, task_id)[1]["status"] == "rendering", 30, "frame 1 to render")
-        wait_for(lambda: len(agent.held_leases()) == 2, 30, "frame 2 to be claimed ahead")
         lost = set(agent.held_leases())
         proxy.cut("refuse")
         frame_1.set()  # frame 1 is rendered and buffered, frame 2 renders and does not end on its own

@@ -14,17 +14,16 @@ from typing import Any
 
 __all__ = ["FrameEvents", "describe_exit"]
 
+# Signal numbers by name; a number outside the enum (a real-time signal) is shown as the number alone.
+_SIGNAL_NAMES = {number.value: number.name for number in signal.Signals}
+
 
 def describe_exit(code: int | None) -> str:
     """How Blender's process ended, for a sentence ("exited with code -9 (SIGKILL)")."""
     if code is None:
         return "is still running"
-    if code < 0:
-        try:
-            return f"exited with code {code} ({signal.Signals(-code).name})"
-        except ValueError:
-            pass
-    return f"exited with code {code}"
+    name = _SIGNAL_NAMES.get(-code) if code < 0 else None
+    return f"exited with code {code} ({name})" if name else f"exited with code {code}"
 
 
 def _plain_render_error(text: str) -> str:

@@ -281,7 +281,7 @@ class Reporter:
                     give_up=lambda: lease.finished.is_set() or lease.revoked or self.control.stopping,
                 )
             except GaveUp:
-                pass
+                return  # the frame ended (its result says the rest), was revoked, or the worker stops
             except CoordinatorError as exc:
                 if _lease_lost(exc):
                     log.info("%s: lease lost (%s); stopping its render", lease, exc)
