@@ -497,3 +497,11 @@ def test_a_hang_that_keeps_printing_is_stopped_at_the_frame_limit(scenes, sessio
     assert hung.error == "timed out: frame 1 rendered longer than the task's limit of 6 s"
     assert "still hanging on frame 1" in hung.log_tail
     assert not session.alive
+
+
+def test_blenders_end_is_told_with_the_signals_name_when_it_has_one() -> None:
+    from worker.frame_events import describe_exit
+
+    assert describe_exit(-9) == "exited with code -9 (SIGKILL)"
+    assert describe_exit(-99) == "exited with code -99"  # no such signal: the number alone
+    assert describe_exit(1) == "exited with code 1" and describe_exit(None) == "is still running"
