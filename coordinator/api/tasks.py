@@ -132,7 +132,7 @@ def _task_files(body: dict) -> tuple[dict[str, TaskFile], str]:
             raise BadRequest(f"'main_file' must be a .blend listed in the manifest, not {main_file!r}")
     else:
         sha256 = body["blend_sha256"]
-        main_file = _checked_file_name(body.get("blend_filename", "scene.blend"), "'blend_filename'")
+        main_file = v.file_name(body.get("blend_filename", "scene.blend"), "'blend_filename'")
         size = os.path.getsize(blobs.path(sha256)) if blobs.exists(sha256) else 0
         files = {main_file: TaskFile(main_file, sha256, size)}
     _require_uploaded(files.values())
@@ -160,9 +160,6 @@ def _checked_path(path: str, what: str) -> str:
         return check_relative_path(path)
     except ValueError as error:
         raise BadRequest(f"{what} cannot be written on every worker: {error}") from None
-
-
-_checked_file_name = v.file_name
 
 
 def _head(path: str) -> bytes:
@@ -212,7 +209,7 @@ def finish_frame():
     """
     fields = v.query()
     who = (fields["worker_id"], fields["task_id"], fields["frame"], fields["lease_id"])
-    filename = _checked_file_name(fields["filename"], "the frame's file name")
+    filename = v.file_name(fields["filename"], "the frame's file name")
     repeat = _scheduler().check_finish(*who, filename)
     if repeat is not None:
         return jsonify({"frame": repeat})
@@ -235,7 +232,7 @@ def _store_frame_file() -> tuple[str, int]:
 def upload_frame():
     fields = v.query()
     worker_id, task_id, frame, lease_id = fields["worker_id"], fields["task_id"], fields["frame"], fields["lease_id"]
-    filename = _checked_file_name(fields["filename"], "the frame's file name")
+    filename = v.file_name(fields["filename"], "the frame's file name")
     # Refuse a fenced-off worker, or a name another frame has, before it spends the coordinator's disk.
     _scheduler().check_lease(worker_id, task_id, frame, lease_id)
     _scheduler().check_output_name(task_id, frame, filename)
