@@ -13,7 +13,10 @@ renderq/http_client.py), in the same order and at the same moments, with only Bl
 - when the frame ends, deliver its file and done report in one request (POST /frames/finish), after the rendering
   report, then ship the "frame N done" log line at once (POST /append_log);
 - while a frame renders, ship Blender's output to the task log every --log-seconds (the worker's log_interval),
-  or every heartbeat interval when the coordinator advises a longer one, as the worker's shipper does.
+  or every heartbeat interval when the coordinator advises a longer one, as the worker's shipper does;
+- when the coordinator's answers say `batch_reports` (a farm whose heartbeats were spread out), the frame's start
+  rides on the next claim or heartbeat and the log lines on the next heartbeat, as worker/riding.py and the
+  shipper's `take_ride` do: a frame is then a claim and a finish.
 
 A lease is lost when a heartbeat answer revokes one the worker still holds and the frame is then dropped, or when a
 call on it is refused with 409. Every simulated worker keeps its connections open between calls, as the real
@@ -50,8 +53,22 @@ from worker.reporter import POLL_ADVICE_LIMITS
 # How long a simulated worker waits after a call that failed before trying again.
 RETRY_SECONDS = 1.0
 # Blender's console lines shipped per log post while a frame renders (a Cycles render prints several a second).
-BLENDER_LINES_JSON = json.dumps("".join(f"Fra:{{frame}} Mem:312.40M (Peak 412.10M) | Time:00:0{i}.50 | Sample "
-                                         f"{i * 8}/64\n" for i in range(1, 5)))
+BLENDER_LINES = "".join(f"Fra:{{frame}} Mem:312.40M (Peak 412.10M) | Time:00:0{i}.50 | Sample {i * 8}/64\n"
+                        for i in range(1, 5))
+BLENDER_LINES_JSON = json.dumps(BLENDER_LINES)
+
+
+def merged_lines(lines: list[tuple[int, str]]) -> list[str]:
+    """The heartbeat's `logs` items (JSON) for buffered (task id, text): one per run of one task's lines."""
+    items: list[str] = []
+    run_task, run_text = lines[0][0], [lines[0][1]]
+    for task_id, text in lines[1:]:
+        if task_id != run_task:
+            items.append(f'{{"task_id":{run_task},"text":{json.dumps("".join(run_text))}}}')
+            run_task, run_text = task_id, []
+        run_text.append(text)
+    items.append(f'{{"task_id":{run_task},"text":{json.dumps("".join(run_text))}}}')
+    return items
 
 
 class Refused(Exception):
@@ -126,6 +143,10 @@ class SimWorker:
         self.prefetch = PrefetchTimer()
         self.rendering: Held | None = None
         self.delivering: asyncio.Task | None = None
+        # A large farm's riders (batch_reports): frames' starts as JSON by lease id, and log lines as JSON objects.
+        self.batch_reports = False
+        self.starts: dict[str, str] = {}
+        self.lines: list[tuple[int, str]] = []  # (task id, text), merged per run of one task as the shipper does
 
     async def call(self, endpoint: str, target: str, body: str, raw: bytes | None = None) -> bytes:
         """Time one POST of the JSON text `body` (or the bytes `raw`) under `endpoint`; its answer's body, or
@@ -160,6 +181,9 @@ class SimWorker:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
                 setattr(self, key, float(value))
                 self.stats.advice[key] = float(value)
+        if "batch_reports" in answer:
+            self.batch_reports = bool(answer["batch_reports"])
+            self.stats.advice["batch_reports"] = self.batch_reports
 
     def lose(self, lease: Held) -> None:
         """The frame of `lease` is dropped: its lease was lost."""
@@ -221,9 +245,17 @@ class SimWorker:
         worker's heartbeat thread waits). The JSON bodies of the frequent calls are formatted by hand: lease ids are
         hex, the rest numbers."""
         leases = '","'.join(self.held)
+        riders = ""
+        if self.starts:
+            riders += f',"rendering":[{",".join(self.starts.values())}]'
+            self.starts = {}
+        if self.lines:
+            riders += f',"logs":[{",".join(merged_lines(self.lines))}]'
+            self.lines = []
         return self.farm.coordinator.request(
             "/update_worker",
-            f'{{"worker_id":{self.worker_id},"leases":[{chr(34) + leases + chr(34) if leases else ""}]}}'.encode())
+            f'{{"worker_id":{self.worker_id},"leases":[{chr(34) + leases + chr(34) if leases else ""}]{riders}}}'
+            .encode())
 
     def heartbeat_answered(self, status: int, body: bytes) -> None:
         """Take the advice and the revoked leases of a heartbeat's answer (a refusal is recorded, nothing more:
@@ -272,7 +304,11 @@ class SimWorker:
 
     def claim_body(self, prefer_task_id: int | None) -> str:
         prefer = "null" if prefer_task_id is None else prefer_task_id
-        return f'{{"worker_id":{self.worker_id},"prefer_task_id":{prefer}}}'
+        riders = ""
+        if self.starts:
+            riders = f',"rendering":[{",".join(self.starts.values())}]'
+            self.starts = {}
+        return f'{{"worker_id":{self.worker_id},"prefer_task_id":{prefer}{riders}}}'
 
     async def render(self, lease: Held) -> asyncio.Future | None:
         """Render one frame: the rendering report and the claim ahead on their lane, the delivery after; returns
@@ -306,6 +342,10 @@ class SimWorker:
         return ahead
 
     async def report_rendering(self, lease: Held, started_at: float) -> None:
+        if self.batch_reports:
+            self.starts[lease.lease_id] = (f'{{"task_id":{lease.task_id},"frame":{lease.frame},'
+                                           f'"lease_id":"{lease.lease_id}","started_at":{started_at!r}}}')
+            return
         try:
             await self.call("report_rendering", "/update_task",
                             f'{{"worker_id":{self.worker_id},"task_id":{lease.task_id},"frame":{lease.frame},'
@@ -337,6 +377,7 @@ class SimWorker:
             if earlier is not None:
                 with contextlib.suppress(Exception):
                     await earlier
+        self.starts.pop(lease.lease_id, None)  # the finish says when the frame started
         if lease.revoked:
             self.lose(lease)
             return
@@ -364,11 +405,18 @@ class SimWorker:
         if lease is None:
             return None
         text = BLENDER_LINES_JSON.replace("{frame}", str(lease.frame))
+        if self.batch_reports:
+            self.lines.append((lease.task_id, BLENDER_LINES.replace("{frame}", str(lease.frame))))
+            return None
         return self.farm.coordinator.request(
             "/append_log", f'{{"task_id":{lease.task_id},"worker_id":{self.worker_id},"text":{text}}}'.encode())
 
     async def post_log(self, task_id: int, text_json: str) -> None:
-        """Post log lines (`text_json`: the text as a JSON string) to the task's log."""
+        """Post log lines (`text_json`: the text as a JSON string) to the task's log, or keep them for the next
+        heartbeat on a large farm."""
+        if self.batch_reports:
+            self.lines.append((task_id, json.loads(text_json)))
+            return
         with contextlib.suppress(Refused):
             await self.call("append_log", "/append_log",
                             f'{{"task_id":{task_id},"worker_id":{self.worker_id},"text":{text_json}}}')

@@ -27,6 +27,9 @@ class Config:
     poll_interval: float = 2.0
     alive_timeout: float = 15.0
     heartbeat_seconds: float = 2.0
+    # Heartbeats a second the whole farm is asked for at most: a larger farm is asked to beat less often, and to
+    # send its "rendering" reports and log lines with its heartbeats and claims.
+    heartbeats_per_second: float = 250.0
     upload_limit: int = 4 * GIB
     # A frame is marked failed once it has failed on this many different workers.
     frame_fail_workers: int = 3

@@ -51,7 +51,8 @@ class FastRoutes:
         self._batcher = Batcher(app.extensions["renderq.store"])
         self._files = ThreadPoolExecutor(max_workers=FRAME_FILE_THREADS, thread_name_prefix="frame-files")
         self._handlers: dict[str, Handler] = {
-            "workers.update_worker": self._json_call("/update_worker", worker_calls.heartbeat),
+            "workers.update_worker": self._json_call("/update_worker", worker_calls.heartbeat,
+                                                      self._check_ridden_logs),
             "tasks.claim_frame": self._json_call("/frames/claim", worker_calls.claim),
             "tasks.update_task": self._json_call("/update_task", worker_calls.report),
             "logs.append_log": self._json_call("/append_log", worker_calls.append_log, self._check_log),
@@ -105,6 +106,9 @@ class FastRoutes:
 
     def _check_log(self, fields: dict[str, Any]) -> None:
         worker_calls.check_log_chunk(fields["text"], self._config.max_log_chunk)
+
+    def _check_ridden_logs(self, fields: dict[str, Any]) -> None:
+        worker_calls.check_ridden_logs(fields, self._config.max_log_chunk)
 
     async def _finish(self, scope: Scope, body: bytes) -> dict[str, Any]:
         query = urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)

@@ -8,7 +8,7 @@ fixed number of queries whatever the number of tasks or frames.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from renderq.blend_header import key_to_version
 from renderq.model import TASK_CLAIMABLE, TASK_OPEN, Frame, FrameStatus, TaskStatus, Worker
@@ -54,8 +54,17 @@ class FarmReader:
         return count
 
     def liveness(self) -> tuple[float, float]:
-        """(heartbeat interval, lease seconds) the coordinator gives workers now, from the farm's size."""
-        return self.policy.liveness(self.live_workers())
+        """(heartbeat interval, lease seconds) the coordinator gives workers now, from the farm's size (at least the
+        worker asking, which the count may not see yet)."""
+        return self.policy.liveness(max(1, self.live_workers()))
+
+    def liveness_advice(self) -> dict[str, Any]:
+        """What the heartbeat and registration answers tell a worker about beating: how often, how long its leases
+        live, and whether it should send its "rendering" reports and log lines with its next heartbeat or claim
+        (`batch_reports`: the farm is large enough that its heartbeats were spread out)."""
+        heartbeat_seconds, lease_seconds = self.liveness()
+        return {"heartbeat_seconds": heartbeat_seconds, "lease_seconds": lease_seconds,
+                "batch_reports": heartbeat_seconds > self.policy.heartbeat_seconds}
 
     def alive_seconds(self) -> float:
         """How long a worker counts as alive after it was last heard from: as long as its leases live."""

@@ -102,8 +102,7 @@ class Scheduler(FarmReader):
             "name": worker["name"],
             "enabled": bool(worker["enabled"]),
             "allows_python": bool(worker["allows_python"]),
-            "heartbeat_seconds": self.liveness()[0],
-            "lease_seconds": self.liveness()[1],
+            **self.liveness_advice(),
             "poll_seconds": self.idle_poll_seconds(),
         }
 
@@ -116,13 +115,12 @@ class Scheduler(FarmReader):
         """Mark the worker seen and renew its leases: whether it is ON, the leases it lost, and how often to beat
         and how long a lease lives from now on (both grow with the farm)."""
         now = self.clock()
-        heartbeat_seconds, lease_seconds = self.liveness()
-        answer = self.store.heartbeat(worker_id, list(leases), now, now + lease_seconds)
+        advice = self.liveness_advice()
+        answer = self.store.heartbeat(worker_id, list(leases), now, now + advice["lease_seconds"])
         if answer is None:
             raise NotFound(no_worker_sentence(worker_id))
         enabled, revoked = answer
-        return {"enabled": enabled, "revoked": revoked, "heartbeat_seconds": heartbeat_seconds,
-                "lease_seconds": lease_seconds}
+        return {"enabled": enabled, "revoked": revoked, **advice}
 
     def set_worker_enabled(self, enabled: bool, worker_id: int | None = None, name: str | None = None) -> dict:
         worker = self._worker(worker_id) if worker_id is not None else self._worker_by_name(name or "")

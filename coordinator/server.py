@@ -49,6 +49,9 @@ SERVE_FLAGS = (
          "requeued (RENDERQ_ALIVE_TIMEOUT, default 15)"),
     Flag("--heartbeat", float, "seconds between worker updates (RENDERQ_HEARTBEAT_SECONDS, default 2)",
          dest="heartbeat_seconds"),
+    Flag("--heartbeats-per-second", float, "most heartbeats a second the whole farm is asked for: a larger farm is "
+         "asked to beat less often (up to every 20 s) and to send its frames' start reports and log lines with "
+         "its heartbeats and claims (RENDERQ_HEARTBEATS_PER_SECOND, default 250)"),
     Flag("--frame-fail-workers", int, "a frame is marked failed once it has failed on this many different workers "
          "(RENDERQ_FRAME_FAIL_WORKERS, default 3)"),
     Flag("--bad-worker-failures", int, "a worker that failed frames of a task this many times gets no more frames "

@@ -9,18 +9,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import PayloadTooLarge
+from .errors import Conflict, NotFound, PayloadTooLarge
 from .scheduler import Scheduler
 
 
 def heartbeat(scheduler: Scheduler, fields: dict[str, Any]) -> dict[str, Any]:
-    """POST /update_worker: renew the worker's leases."""
-    return scheduler.heartbeat(fields["worker_id"], fields.get("leases", []))
+    """POST /update_worker: take the reports and log lines riding on it, then renew the worker's leases."""
+    worker_id = fields["worker_id"]
+    _take_rendering_reports(scheduler, worker_id, fields.get("rendering", ()))
+    for chunk in fields.get("logs", ()):
+        try:
+            scheduler.append_log(chunk["task_id"], worker_id, chunk["text"])
+        except NotFound:
+            continue  # the task was deleted meanwhile: its log is gone too, as a post of its own would find
+    return scheduler.heartbeat(worker_id, fields.get("leases", []))
 
 
 def claim(scheduler: Scheduler, fields: dict[str, Any]) -> dict[str, Any]:
-    """POST /frames/claim: the worker's next frame, or why there is none."""
-    return scheduler.claim_answer(int(fields["worker_id"]), fields.get("prefer_task_id"))
+    """POST /frames/claim: take the rendering reports riding on it, then the worker's next frame, or why there is
+    none."""
+    worker_id = int(fields["worker_id"])
+    _take_rendering_reports(scheduler, worker_id, fields.get("rendering", ()))
+    return scheduler.claim_answer(worker_id, fields.get("prefer_task_id"))
+
+
+def _take_rendering_reports(scheduler: Scheduler, worker_id: int, reports: Any) -> None:
+    """Apply the "rendering" reports a large farm's worker sends with its next call instead of on their own.
+
+    A report on a lease the worker lost changes nothing: the heartbeat's `revoked` tells the worker, and a claim
+    must not fail because of an older frame.
+    """
+    for started in reports:
+        try:
+            scheduler.report(worker_id=worker_id, task_id=started["task_id"], frame=started["frame"],
+                             lease_id=started["lease_id"], status="rendering", started_at=started.get("started_at"))
+        except (Conflict, NotFound):
+            continue
 
 
 def report(scheduler: Scheduler, fields: dict[str, Any]) -> dict[str, Any]:
@@ -41,6 +65,11 @@ def check_log_chunk(text: str, limit: int) -> None:
     if size > limit:
         raise PayloadTooLarge(f"the log chunk has {size} bytes, more than this coordinator's limit of {limit} "
                               "(--max-log-chunk); send it in smaller pieces")
+
+
+def check_ridden_logs(fields: dict[str, Any], limit: int) -> None:
+    """Refuse (413) a heartbeat whose log lines add up to more than `limit` bytes, as one chunk of its own would."""
+    check_log_chunk("".join(chunk["text"] for chunk in fields.get("logs", ())), limit)
 
 
 def append_log(scheduler: Scheduler, fields: dict[str, Any]) -> dict[str, Any]:

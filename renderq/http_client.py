@@ -20,7 +20,7 @@ import socket
 import tempfile
 import threading
 import urllib.parse
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 from renderq.client_errors import (Conflict, CoordinatorError, CoordinatorUnreachable, DiskFull, DownloadRefused,
                                    Forbidden, Invalid, LeaseLost, NotFound, TooLarge, Unauthorized, Unavailable,
@@ -301,9 +301,18 @@ class CoordinatorClient:
             "name": name, "host": host, "blender_version": blender_version, "cpu_count": cpu_count,
             "allows_python": bool(allows_python)})
 
-    def update_worker(self, worker_id: int, leases: list[str]) -> dict:
-        """Heartbeat: renew the leases the worker holds; the answer lists those `revoked` and whether `enabled`."""
-        return self.request("POST", "/update_worker", json_body={"worker_id": worker_id, "leases": list(leases)})
+    def update_worker(self, worker_id: int, leases: list[str], *, rendering: Sequence[dict] = (),
+                      logs: Sequence[dict] = ()) -> dict:
+        """Heartbeat: renew the leases the worker holds; the answer lists those `revoked` and whether `enabled`.
+
+        On a large farm, "rendering" reports ({task_id, frame, lease_id, started_at}) and log lines ({task_id,
+        text}) ride on it instead of taking a request each."""
+        body: dict[str, Any] = {"worker_id": worker_id, "leases": list(leases)}
+        if rendering:
+            body["rendering"] = list(rendering)
+        if logs:
+            body["logs"] = list(logs)
+        return self.request("POST", "/update_worker", json_body=body)
 
     def list_workers(self) -> list[dict]:
         """All registered workers."""
@@ -385,10 +394,14 @@ class CoordinatorClient:
         """Submit a task (fields as in POST /submit_task); returns the task."""
         return self.request("POST", "/submit_task", json_body=fields)
 
-    def claim_frame(self, worker_id: int, prefer_task_id: int | None = None) -> dict:
-        """Claim the worker's next frame (POST /frames/claim): {"frame": {...} or None, "wait_reason", ...}."""
-        return self.request("POST", "/frames/claim", json_body={"worker_id": worker_id,
-                                                                "prefer_task_id": prefer_task_id})
+    def claim_frame(self, worker_id: int, prefer_task_id: int | None = None, *,
+                    rendering: Sequence[dict] = ()) -> dict:
+        """Claim the worker's next frame (POST /frames/claim): {"frame": {...} or None, "wait_reason", ...}; the
+        "rendering" reports of a large farm's worker ride on it."""
+        body: dict[str, Any] = {"worker_id": worker_id, "prefer_task_id": prefer_task_id}
+        if rendering:
+            body["rendering"] = list(rendering)
+        return self.request("POST", "/frames/claim", json_body=body)
 
     def finish_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, path: str, filename: str, *,
                      started_at: float | None = None, ended_at: float | None = None,

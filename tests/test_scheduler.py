@@ -102,7 +102,8 @@ def test_heartbeat_renews_and_reports_revoked(scheduler, clock):
     for _ in range(5):
         clock.now += 10
         assert scheduler.heartbeat(a, [lease["lease_id"]]) == {"enabled": True, "revoked": [],
-                                                               "heartbeat_seconds": 2.0, "lease_seconds": 15.0}
+                                                               "heartbeat_seconds": 2.0, "lease_seconds": 15.0,
+                                                               "batch_reports": False}
     assert scheduler.expire_leases() == 0
     scheduler.cancel_task(task_id)
     assert scheduler.heartbeat(a, [lease["lease_id"]])["revoked"] == [lease["lease_id"]]
@@ -113,13 +114,15 @@ def test_a_large_farm_is_asked_to_beat_less_often_with_leases_of_several_beats(t
     scheduler = Scheduler(Store(str(tmp_path / "farm.sqlite3")), policy, clock=clock)
     submit(scheduler, 1, 4)
     first = register(scheduler, "w0")
-    assert scheduler.heartbeat(first, [])["heartbeat_seconds"] == 2.0  # a small farm keeps the default
+    small = scheduler.heartbeat(first, [])
+    assert small["heartbeat_seconds"] == 2.0 and not small["batch_reports"]  # a small farm keeps the defaults
     for number in range(1, 100):
         register(scheduler, f"w{number}")
     clock.now += 6  # the farm's size is counted again every few seconds
     answer = scheduler.heartbeat(first, [])
     # 100 live workers at 10 heartbeats a second for the farm: one every 10 s each, leases of 4 beats.
     assert answer["heartbeat_seconds"] == 10.0 and answer["lease_seconds"] == 40.0
+    assert answer["batch_reports"]  # and its workers send reports and log lines with heartbeats and claims
     lease, _ = scheduler.claim(first)
     assert lease["lease_seconds"] == 40.0
     clock.now += 30  # longer than the default lease, within the farm's: the frame is still the worker's

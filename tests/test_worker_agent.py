@@ -84,6 +84,10 @@ class FakeClient:
         self.logs: list[tuple[int, str]] = []
         self.claims: list[int | None] = []
         self.heartbeats: list[list[str]] = []
+        # Reports and log lines that rode on heartbeats and claims (a large farm's batch_reports).
+        self.riders: list[tuple[str, dict]] = []
+        # Added to the answers of registration and heartbeats (e.g. a large farm's batch_reports).
+        self.advice: dict = {}
         self.revoke: set[str] = set()
         self.enabled = True
         self.failures: dict[tuple[str, int | None], list[Exception]] = {}
@@ -107,13 +111,15 @@ class FakeClient:
         self.calls.append(("register_worker", name))
         self.allows_python = allows_python
         return {"worker_id": 4, "name": name, "enabled": self.enabled, "heartbeat_seconds": 0.05,
-                "lease_seconds": 15.0}
+                "lease_seconds": 15.0, **self.advice}
 
-    def update_worker(self, worker_id: int, leases: list[str]) -> dict:
+    def update_worker(self, worker_id: int, leases: list[str], *, rendering: tuple = (), logs: tuple = ()) -> dict:
         self._maybe_fail("update_worker")
         with self.lock:
             self.heartbeats.append(list(leases))
-            return {"enabled": self.enabled, "revoked": [lease for lease in leases if lease in self.revoke]}
+            self.riders.extend(("heartbeat", rider) for rider in (*rendering, *logs))
+            return {"enabled": self.enabled, "revoked": [lease for lease in leases if lease in self.revoke],
+                    **self.advice}
 
     def download_file(self, sha256: str, dest_path: str) -> None:
         self._maybe_fail("download_file")
@@ -140,9 +146,10 @@ class FakeClient:
     def calls_of(self, name: str) -> list[tuple]:
         return [call for call in self.calls if call[0] == name]
 
-    def claim_frame(self, worker_id: int, prefer_task_id: int | None = None) -> dict:
+    def claim_frame(self, worker_id: int, prefer_task_id: int | None = None, *, rendering: tuple = ()) -> dict:
         self._maybe_fail("claim_frame")
         with self.lock:
+            self.riders.extend(("claim", rider) for rider in rendering)
             if not self.enabled:
                 return {"frame": None, "wait_reason": "this worker is switched OFF"}
             self.claims.append(prefer_task_id)
@@ -356,6 +363,28 @@ def test_frames_of_one_task_share_one_session_and_are_reported(tmp_path, session
     assert os.path.isfile(work / "files" / BLEND_SHA)
     log = client.log_text()
     assert "[node-01] Fra:1 Mem:10M | Rendering\n" in log and "[node-01] Fra:2" in log
+
+
+def test_on_a_large_farm_starts_and_log_lines_ride_on_claims_and_heartbeats(tmp_path, sessions):
+    client = FakeClient([frame_info(7, 1, "L1"), frame_info(7, 2, "L2")])
+    client.advice = {"batch_reports": True}
+    FakeSession.holds[2] = gate = threading.Event()
+    running = Running(make_agent(client, tmp_path, log_interval=60.0))
+    wait_until(lambda: client.statuses(1) == ["done"], "frame 1 done")
+    wait_until(lambda: any(rider.get("lease_id") == "L2" for _, rider in client.riders), "frame 2's start to ride")
+    gate.set()
+    wait_until(lambda: client.statuses(2) == ["done"], "frame 2 done")
+    wait_until(lambda: any("frame 2 done" in rider.get("text", "") for _, rider in client.riders),
+               "frame 2's log line to ride on a heartbeat")
+    posted_while_running = list(client.logs)  # at stop, what is left is posted: the heartbeats have ended
+    assert running.stop() == 0
+    # No report of its own for a frame's start, no log post of its own while the heartbeats carry them.
+    assert all(status == "done" for _, _, status, _ in client.reports)
+    starts = [rider for _, rider in client.riders if "lease_id" in rider]
+    assert {rider["lease_id"] for rider in starts} <= {"L1", "L2"} and all(r["started_at"] for r in starts)
+    assert posted_while_running == []
+    ridden = "".join(rider["text"] for _, rider in client.riders if "text" in rider)
+    assert "[node-01] Fra:2" in ridden and "[node-01] frame 1 done" in ridden
 
 
 def test_tree_task_fetches_its_manifest_once_and_opens_the_main_file_inside_the_tree(tmp_path, sessions):

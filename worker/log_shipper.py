@@ -2,6 +2,9 @@
 
 Rendering must never wait on the network, so `add` only appends to a buffer; a sender thread posts the buffered
 lines about once a second, in order, and keeps them (up to a cap) while the coordinator cannot be reached.
+
+On a large farm (`riding`), the lines go with the worker's heartbeats instead (`take_ride`): the sender thread then
+posts only a backlog too large for one heartbeat, and what is left when the worker stops.
 """
 
 from __future__ import annotations
@@ -51,8 +54,11 @@ class LogShipper:
         self._done_seq = 0
         self._dropped: dict[int, int] = {}
         self._wake = False
+        # A flush that waits for its lines (close, tests) sends even while the lines ride on heartbeats.
+        self._must_send = False
         self._closing = False
         self._thread: threading.Thread | None = None
+        self.riding = False
 
     @property
     def interval(self) -> float:
@@ -92,6 +98,7 @@ class LogShipper:
         with self._cond:
             target = self._added_seq
             self._wake = True
+            self._must_send = self._must_send or timeout > 0
             self._cond.notify_all()
             if timeout <= 0:
                 return self._done_seq >= target
@@ -119,6 +126,9 @@ class LogShipper:
                 self._wake = False
                 if self._closing:
                     return
+                if self.riding and not self._must_send and self._pending_chars < _MAX_REQUEST_CHARS:
+                    continue  # the heartbeats carry the lines
+                self._must_send = False
                 if time.monotonic() < next_try:
                     # Still backing off after a failure: an early flush must not hammer a coordinator that is down.
                     delay = next_try - time.monotonic()
@@ -155,14 +165,39 @@ class LogShipper:
                 self._done_seq = max(self._done_seq, last_seq)
                 self._cond.notify_all()
 
-    def _take_batch(self) -> tuple[int, int, str]:
+    def take_ride(self) -> list[tuple[int, int, str]]:
+        """Take the buffered lines (one heartbeat's worth at most) to send with a heartbeat: (task id, last sequence
+        number, text) per run of one task's lines. Hand them back with `ridden` or `put_back_ride`."""
+        batches: list[tuple[int, int, str]] = []
+        size = 0
+        with self._cond:
+            while self._pending and size < _MAX_REQUEST_CHARS:
+                batch = self._take_batch(_MAX_REQUEST_CHARS - size)
+                batches.append(batch)
+                size += len(batch[2])
+        return batches
+
+    def ridden(self, batches: list[tuple[int, int, str]]) -> None:
+        """The heartbeat that carried these batches was answered: they are sent."""
+        if batches:
+            with self._cond:
+                self._done_seq = max(self._done_seq, max(last_seq for _, last_seq, _ in batches))
+                self._cond.notify_all()
+
+    def put_back_ride(self, batches: list[tuple[int, int, str]]) -> None:
+        """The heartbeat that carried these batches failed: they go back to the front, in order."""
+        with self._cond:
+            for task_id, last_seq, text in reversed(batches):
+                self._put_back(task_id, last_seq, text)
+
+    def _take_batch(self, max_chars: int = _MAX_REQUEST_CHARS) -> tuple[int, int, str]:
         """Pop the longest run of lines of one task (bounded in size); caller holds the lock."""
         seq, task_id, text = self._pending.popleft()
         parts = [text]
         size = len(text)
         last_seq = seq
         while self._pending and self._pending[0][1] == task_id:
-            if size + len(self._pending[0][2]) > _MAX_REQUEST_CHARS:
+            if size + len(self._pending[0][2]) > max_chars:
                 break
             last_seq, _, text = self._pending.popleft()
             parts.append(text)

@@ -32,6 +32,7 @@ from worker.lease import Lease
 from worker.log_shipper import LogShipper
 from worker.outbox import FrameDone, FrameFailed, FrameGivenBack, Outbox, Result
 from worker.retry import GaveUp, retry
+from worker.riding import PendingStarts, start_reports
 from worker.settings import DEFAULT_POLL_SECONDS, WorkerSettings
 from worker.shared import Control, HeldLeases, Lane
 
@@ -90,6 +91,9 @@ class Reporter:
         self.heartbeat_seconds = 2.0
         self.lease_seconds = 15.0
         self.advised_poll_seconds = DEFAULT_POLL_SECONDS
+        # A large farm's coordinator asks for the frames' starts and the log lines to ride on heartbeats and claims.
+        self.batch_reports = False
+        self.starts = PendingStarts()
         self._ahead = Lane("ahead")
         self._heartbeat_stop = threading.Event()
         self._heartbeat_failing = False
@@ -163,8 +167,12 @@ class Reporter:
             if isinstance(advice, (int, float)) and not isinstance(advice, bool) and math.isfinite(advice):
                 setattr(self, field, min(high, max(low, float(advice))))
         # Blender's output is shipped as often as the worker beats, or as its own setting asks if that is rarer:
-        # a farm too large for a heartbeat a second each is too large for a log post a second each too.
+        # a farm too large for a heartbeat a second each is too large for a log post a second each too; on a farm
+        # that large, the lines and the frames' starts ride on the heartbeats and claims.
         self.shipper.interval = max(self.settings.log_interval, self.heartbeat_seconds)
+        if "batch_reports" in answer:
+            self.batch_reports = bool(answer["batch_reports"])
+            self.shipper.riding = self.batch_reports
 
     def take_poll_advice(self, answer: dict[str, Any]) -> None:
         """Remember the coordinator's advised wait between idle claims, clamped to sane bounds."""
@@ -181,14 +189,22 @@ class Reporter:
                 log.exception("heartbeat failed")
 
     def _heartbeat_once(self) -> None:
-        """Renew the held leases; take note of revoked ones and of the ON/OFF switch."""
+        """Renew the held leases (the frames' starts and the log lines riding along); take note of revoked ones and
+        of the ON/OFF switch."""
+        starts = self.starts.take()
+        lines = self.shipper.take_ride() if self.shipper.riding else []
         try:
-            answer = self.client.update_worker(self.registered_id, self.held.ids())
+            answer = self.client.update_worker(
+                self.registered_id, self.held.ids(), rendering=start_reports(starts),
+                logs=[{"task_id": task_id, "text": text} for task_id, _, text in lines])
         except CoordinatorError as exc:
+            self.starts.put_back(starts)
+            self.shipper.put_back_ride(lines)
             if not self._heartbeat_failing:
                 log.warning("heartbeat failed: %s", exc)
             self._heartbeat_failing = True
             return
+        self.shipper.ridden(lines)
         if self._heartbeat_failing:
             log.info("heartbeat reaches the coordinator again")
             self._heartbeat_failing = False
@@ -204,15 +220,19 @@ class Reporter:
 
     def claim(self, prefer_task_id: int | None) -> Lease | None:
         """Claim a frame, retrying while the coordinator is away; None when there is none (or the worker stops)."""
+        starts = self.starts.take()
         try:
             answer = self._retry(
                 "claim a frame",
-                lambda: self.client.claim_frame(self.registered_id, prefer_task_id=prefer_task_id),
+                lambda: self.client.claim_frame(self.registered_id, prefer_task_id=prefer_task_id,
+                                                rendering=start_reports(starts)),
                 give_up=lambda: self.control.stopping,
             )
         except GaveUp:
+            self.starts.put_back(starts)
             return None
         except CoordinatorError as exc:
+            self.starts.put_back(starts)
             if _unknown_worker(exc):
                 log.warning("the coordinator no longer knows this worker (%s); registering again", exc)
                 self.held.revoke_all()
@@ -243,9 +263,12 @@ class Reporter:
         def claim() -> Lease | None:
             if self.control.stopping or not self.control.enabled or current.revoked:
                 return None
+            starts = self.starts.take()
             try:
-                answer = self.client.claim_frame(self.registered_id, prefer_task_id=current.task_id)
+                answer = self.client.claim_frame(self.registered_id, prefer_task_id=current.task_id,
+                                                 rendering=start_reports(starts))
             except CoordinatorError as exc:
+                self.starts.put_back(starts)
                 log.debug("prefetch claim failed: %s", exc)
                 return None
             claimed = answer.get("frame")
@@ -267,8 +290,14 @@ class Reporter:
     def report_rendering(self, lease: Lease, wall_time: float) -> Future[None]:
         """Tell the coordinator Blender began the frame, on the ahead lane; retried until the frame ends.
 
-        A 409 means the lease is lost: the lease is marked revoked and the loop stops the render.
+        A 409 means the lease is lost: the lease is marked revoked and the loop stops the render. On a large farm
+        the report rides on the next heartbeat or claim instead, and the future is done at once.
         """
+        if self.batch_reports:
+            self.starts.add(lease, wall_time)
+            riding: Future[None] = Future()
+            riding.set_result(None)
+            return riding
 
         def report() -> None:
             try:
@@ -306,6 +335,7 @@ class Reporter:
     def _send_result(self, result: Result, give_up: Callable[[], bool]) -> None:
         """The outbox's sender: deliver one result, then let go of its lease and its file."""
         lease = result.lease
+        self.starts.drop(lease)  # the result says when the frame started
         try:
             if result.after is not None:
                 # The rendering report first: it gives up once the frame has ended, so this wait is short.

@@ -31,7 +31,9 @@ def register_worker():
 @requires("worker")
 def update_worker():
     """The heartbeat: renews the leases the worker still holds."""
-    return jsonify(worker_calls.heartbeat(_scheduler(), v.json_body()))  # typed and bounded by openapi.yaml
+    body = v.json_body()  # typed and bounded by openapi.yaml
+    worker_calls.check_ridden_logs(body, current_app.config["RENDERQ"].max_log_chunk)
+    return jsonify(worker_calls.heartbeat(_scheduler(), body))
 
 
 @workers.get("/list_workers")

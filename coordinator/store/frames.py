@@ -207,7 +207,9 @@ def _mark_done(db: sqlite3.Connection, task_id: int, frame: int, lease_id: str, 
     row = db.execute(
         f"UPDATE frames SET status = 'done', started_at = coalesce(?, started_at), ended_at = ?, "
         f"render_seconds = ?, lease_expires = NULL, render_deadline = NULL, error = NULL, "
-        f"attempts = CASE WHEN attempts = 0 THEN 1 ELSE attempts END "
+        # A frame done straight from 'leased' had no rendering report (a large farm's start reports may lose the
+        # race to the result): its attempt is counted here.
+        f"attempts = CASE WHEN status = 'leased' THEN attempts + 1 ELSE attempts END "
         f"WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering') "
         f"AND output_sha256 IS NOT NULL RETURNING {FRAME_COLUMNS}",
         (started_at, ended_at, render_seconds, task_id, frame, lease_id),
