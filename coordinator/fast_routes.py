@@ -119,10 +119,16 @@ class FastRoutes:
         who = (fields["worker_id"], fields["task_id"], fields["frame"], fields["lease_id"])
         filename = file_name(fields["filename"], "the frame's file name")
         scheduler = self._scheduler
-        repeat = await self._batcher.call(lambda: scheduler.check_finish(*who, filename))
+
+        def check_and_store() -> tuple[dict | None, tuple[str, int]]:
+            # The check only reads (committed rows, on this thread's own connection): no turn of the store thread
+            # is needed before the file is stored, and the finish below stays fenced by the lease anyway.
+            repeat = scheduler.check_finish(*who, filename)
+            return (repeat, ("", 0)) if repeat is not None else (None, self._store_file(body))
+
+        repeat, stored = await asyncio.get_running_loop().run_in_executor(self._files, check_and_store)
         if repeat is not None:
             return {"frame": repeat}
-        stored = await asyncio.get_running_loop().run_in_executor(self._files, self._store_file, body)
         frame = await self._batcher.call(lambda: scheduler.finish_frame(
             *who, (filename, *stored), started_at=fields.get("started_at"), ended_at=fields.get("ended_at"),
             render_seconds=fields.get("render_seconds")))
