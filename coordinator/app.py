@@ -15,6 +15,7 @@ from .blobs import BlobStore
 from .config import Config
 from .errors import RenderQError, database_refusal
 from .live import LiveStatus
+from .metrics import Metrics
 from .scheduler import Policy, Scheduler
 from .sessions import LoginSessions
 from .store import Store
@@ -42,6 +43,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.extensions["renderq.sessions"] = LoginSessions(store)
     app.extensions["renderq.scheduler"] = scheduler
     app.extensions["renderq.live"] = LiveStatus(scheduler, config.poll_interval)
+    app.extensions["renderq.metrics"] = Metrics(scheduler)
     app.extensions["renderq.blobs"] = BlobStore(os.path.join(config.data_dir, "files"),
                                                         reserve_bytes=config.disk_reserve)
 
@@ -79,6 +81,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     @app.errorhandler(sqlite3.OperationalError)
     def database_error(error: sqlite3.OperationalError):
+        app.extensions["renderq.metrics"].errors.labels("database").inc()
         status, sentence = database_refusal(error)
         if status == 500:
             app.logger.error("database error", exc_info=error)

@@ -26,7 +26,7 @@ from . import worker_calls
 from .api import contract
 from .api.validation import file_name, json_object
 from .batcher import Batcher
-from .errors import RenderQError, database_refusal
+from .errors import InsufficientStorage, RenderQError, database_refusal
 from .scheduler import Scheduler
 from .wsgi_bridge import Scope, Send
 
@@ -48,6 +48,7 @@ class FastRoutes:
         self._scheduler = app.extensions["renderq.scheduler"]
         self._blobs = app.extensions["renderq.blobs"]
         self._config = app.config["RENDERQ"]
+        self._metrics = app.extensions["renderq.metrics"]
         self._batcher = Batcher(app.extensions["renderq.store"])
         self._files = ThreadPoolExecutor(max_workers=FRAME_FILE_THREADS, thread_name_prefix="frame-files")
         self._handlers: dict[str, Handler] = {
@@ -77,6 +78,7 @@ class FastRoutes:
         except RenderQError as refusal:
             status, answer = refusal.status, {"error": refusal.message}
         except sqlite3.Error as error:
+            self._metrics.errors.labels("database").inc()
             status, sentence = database_refusal(error)
             if status == 500:
                 log.error("database error", exc_info=error)
@@ -135,7 +137,11 @@ class FastRoutes:
         return {"frame": frame}
 
     def _store_file(self, body: bytes) -> tuple[str, int]:
-        return self._blobs.put_stream(io.BytesIO(body), limit=self._config.upload_limit)
+        try:
+            return self._blobs.put_stream(io.BytesIO(body), limit=self._config.upload_limit)
+        except (OSError, InsufficientStorage):
+            self._metrics.errors.labels("object_store").inc()
+            raise
 
 
 def _json(scope: Scope, body: bytes, rule: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -122,6 +123,7 @@ class Gate:
         self._transfers = WsgiPool(wsgi, config.transfer_threads, "transfer")
         self._uploads: set[_UploadBody] = set()
         self._fast = FastRoutes(app)
+        self._metrics = app.extensions["renderq.metrics"]
 
     def close(self) -> None:
         """Stop the thread pools: queued requests are dropped, running ones finish on their own."""
@@ -132,6 +134,15 @@ class Gate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # no lifespan events (the server runs without them) and no WebSocket routes
+        started = time.perf_counter()
+        endpoint: str | None = None
+        try:
+            endpoint = await self._serve(scope, receive, send)
+        finally:
+            self._metrics.observe_request(endpoint, started)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> str | None:
+        """Answer one request; returns its endpoint (None when no route matched or the head was refused)."""
         unread: float = DRAIN_BYTES  # the body left unread if the gate refuses the request
         try:
             head = RequestHead.of(scope)
@@ -142,14 +153,14 @@ class Gate:
             else:
                 body = await self._read_body(receive, head, plan.limit) if plan.limit else b""
         except _ClientGone:
-            return
+            return None
         except (RenderQError, HTTPException) as refusal:
             # A client that stopped sending gets no time to send the rest.
             await _refuse(send, receive, refusal, math.inf if isinstance(refusal, RequestTimeout) else unread)
-            return
+            return None
         if plan.fast:
             await self._fast.answer(plan.endpoint or "", scope, body, send)
-            return
+            return plan.endpoint
         pool = self._transfers if plan.limit and plan.endpoint in TRANSFER_ENDPOINTS else self._api
         if not plan.limit:
             # Flask's own check refuses it without reading anything.
@@ -162,6 +173,7 @@ class Gate:
                 self._uploads.discard(upload)
         else:
             await pool(_with_length(scope, head, len(body)), _replay(body, receive), send)
+        return plan.endpoint
 
     def _plan(self, head: RequestHead) -> Plan:
         """Match the route and weigh the credentials; refuses (an exception) a route that does not exist."""

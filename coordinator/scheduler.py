@@ -89,6 +89,9 @@ class Scheduler(FarmReader):
         self._last_expiry = float("-inf")
         self._live_count = (float("-inf"), 0)
         self._eta = eta.EtaCache()
+        # Told of what happened, for the coordinator's metrics: ("dispatched" | "finished" | "expired" |
+        # "report:<status>", how many). Plain callbacks keep the scheduler free of any metrics library.
+        self.count: Callable[[str, int], None] = _count_nothing
 
     # -- workers --------------------------------------------------------------------------------------------------
 
@@ -249,13 +252,14 @@ class Scheduler(FarmReader):
         # every second anyway, so claims do it at most that often instead of paying a write each.
         if not self._last_expiry <= now < self._last_expiry + EXPIRY_INTERVAL:
             self._last_expiry = now
-            self.store.expire_leases(now, self.policy.frame_fail_workers)
+            self.count("expired", self.store.expire_leases(now, self.policy.frame_fail_workers))
         lease_id = secrets.token_hex(16)
         lease_seconds = self.liveness()[1]
         frame = self.store.claim_frame(worker, lease_id, now, now + lease_seconds, prefer_task_id,
                                        self.policy.bad_worker_failures)
         if frame is None:
             return None, "no frames waiting"
+        self.count("dispatched", 1)
         task = self._task(frame["task_id"])
         return {
             "task_id": frame["task_id"],
@@ -341,6 +345,7 @@ class Scheduler(FarmReader):
             raise Conflict(_output_taken_sentence(task_id, frame, filename, taken.frame, taken.output)) from None
         if row is None:
             raise Conflict(self._lost_lease_sentence(self.frame(task_id, frame), task_id, frame))
+        self.count("finished", 1)
         return row
 
     def report(self, worker_id: int, task_id: int, frame: int, lease_id: str, status: str, *,
@@ -389,12 +394,17 @@ class Scheduler(FarmReader):
             row = self.store.release_frame(task_id, frame, lease_id, needs_python)
         if row is None:
             raise Conflict(self._lost_lease_sentence(self.frame(task_id, frame), task_id, frame))
+        self.count(f"report:{status}", 1)
+        if status == FrameReport.DONE:
+            self.count("finished", 1)
         return row
 
     def expire_leases(self) -> int:
         """Requeue frames whose worker stopped reporting; fail frames rendering far past their frame timeout
         (frame_timeout + 2 lease lengths: the worker should have stopped them itself). Returns how many."""
-        return self.store.expire_leases(self.clock(), self.policy.frame_fail_workers)
+        expired = self.store.expire_leases(self.clock(), self.policy.frame_fail_workers)
+        self.count("expired", expired)
+        return expired
 
     def recover_after_restart(self) -> None:
         """Workers could not report while the coordinator was down: do not count that against their leases."""
@@ -444,3 +454,7 @@ def check_timeout(field: str, seconds: float | None) -> None:
             or not TIMEOUT_MIN_SECONDS <= seconds <= TIMEOUT_MAX_SECONDS):
         raise BadRequest(f"'{field}' must be a number of seconds from {TIMEOUT_MIN_SECONDS:g} to "
                          f"{TIMEOUT_MAX_SECONDS:g} (7 days), not {seconds!r}")
+
+
+def _count_nothing(event: str, number: int) -> None:
+    """The scheduler's default `count`: no metrics kept."""

@@ -964,3 +964,17 @@ def test_finish_frame_is_one_transaction_fenced_by_the_lease(scheduler):
                                   render_seconds=2.0)
     assert done["status"] == "done" and done["output_sha256"] == "c" * 64
     assert scheduler.check_finish(worker, task_id, 1, lease["lease_id"], "f_0001.png")["status"] == "done"
+
+
+def test_the_scheduler_tells_the_metrics_what_happened(scheduler, clock):
+    events: list[tuple[str, int]] = []
+    scheduler.count = lambda event, number: events.append((event, number)) if number else None
+    submit(scheduler, 1, 2)
+    a = register(scheduler, "a")
+    lease, _ = scheduler.claim(a)
+    finish(scheduler, a, lease)  # the older way: a rendering report, the file, then a done report
+    scheduler.claim(a)
+    clock.now += 100  # past the lease: the second frame goes back to the queue
+    scheduler.expire_leases()
+    assert events == [("dispatched", 1), ("report:rendering", 1), ("report:done", 1), ("finished", 1),
+                      ("dispatched", 1), ("expired", 1)]
