@@ -5,9 +5,9 @@ One zip serves every supported Blender: 3.4 to 4.1 install it from Preferences >
 zip's single top-level folder `renderq_addon/`.
 
 The add-on's own sources come from addon/renderq_addon/. The modules it shares with the command line
-(renderq/http_client.py with renderq/client_errors.py, renderq/packing.py, renderq/exposure.py,
-renderq/blend_header.py, renderq/paths.py, renderq/frame_download.py, renderq/model.py, renderq/units.py,
-renderq/submit.py) and the blender_asset_tracer package
+(renderq/http_client.py with renderq/client_errors.py and renderq/addresses.py, renderq/packing.py,
+renderq/exposure.py, renderq/blend_header.py, renderq/paths.py, renderq/frame_download.py, renderq/model.py,
+renderq/units.py, renderq/submit.py) and the blender_asset_tracer package
 (from the Python running this script) are copied into `renderq_addon/vendor/` at build time, never into the
 repository. BAT's `shaman`, `s3` and `cli` parts are left out: they need `requests` or `boto3`, which Blender's
 Python may lack, and the add-on does not use them.
@@ -40,7 +40,7 @@ MANIFEST_NAME = "blender_manifest.toml"
 # The renderq modules the add-on imports, plus the package's __init__ so that `renderq` is a package.
 VENDORED_RENDERQ = ("__init__.py", "http_client.py", "client_errors.py", "packing.py", "exposure.py",
                     "blend_header.py", "paths.py", "frame_download.py", "model.py", "units.py", "submit.py",
-                    "local_files.py")
+                    "local_files.py", "addresses.py")
 BAT_PACKAGE = "blender_asset_tracer"
 BAT_DISTRIBUTION = "blender-asset-tracer"
 # Relative to the BAT package: parts that need third-party modules (requests, boto3) or are a command line.
@@ -269,8 +269,8 @@ def collect_entries(addon_dir: Path = ADDON_DIR, root: Path = ROOT) -> list[tupl
         entries[f"{PACKAGE}/vendor/{BAT_PACKAGE}/LICENSE.txt"] = license_file.read_bytes()
     entries[f"{PACKAGE}/vendor/README.txt"] = (
         "Copied here by build_addon.py; edit the originals, not these copies.\n"
-        "renderq: http_client.py, client_errors.py, local_files.py, packing.py, exposure.py, blend_header.py, "
-        "paths.py, frame_download.py from the "
+        "renderq: http_client.py, client_errors.py, local_files.py, addresses.py, packing.py, exposure.py, "
+        "blend_header.py, paths.py, frame_download.py from the "
         "RenderQ repository (GPL-3.0-or-later).\n"
         f"{BAT_PACKAGE} {bat_version} (GPL-2.0-or-later), without its cli, pack/shaman and pack/s3 parts.\n"
     ).encode()

@@ -314,7 +314,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--coordinator",
         metavar="URL",
         default=os.environ.get("RENDERQ_COORDINATOR") or DEFAULT_COORDINATOR,
-        help=f"the coordinator's address (default: $RENDERQ_COORDINATOR, else {DEFAULT_COORDINATOR})",
+        help=f"the coordinator's address, or a cluster's as a comma-separated list (the next is used when one stops "
+        f"answering; default: $RENDERQ_COORDINATOR, else {DEFAULT_COORDINATOR})",
     )
     client_flags.add_argument(
         "--token",

@@ -20,12 +20,13 @@ import socket
 import tempfile
 import threading
 import urllib.parse
-from typing import Any, BinaryIO, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from renderq.client_errors import (Conflict, CoordinatorError, CoordinatorUnreachable, DiskFull, DownloadRefused,
                                    Forbidden, Invalid, LeaseLost, NotFound, TooLarge, Unauthorized, Unavailable,
                                    describe_failure, error_for)
-from renderq.local_files import BLOCK_SIZE, check_not_link, file_sha256, remove_quietly
+from renderq.addresses import Address, Addresses
+from renderq.local_files import BLOCK_SIZE, ProgressReader, check_not_link, file_sha256, remove_quietly
 from renderq.paths import is_safe_file_name
 
 __all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "Conflict", "DiskFull", "DownloadRefused",
@@ -46,62 +47,41 @@ _FRAMES_PAGE = 5_000
 
 
 
-class _ProgressReader:
-    """A file wrapper that reports how many bytes http.client has read from it so far."""
-
-    def __init__(self, stream: BinaryIO, total: int, progress: Callable[[int, int], None] | None) -> None:
-        self._stream = stream
-        self._total = total
-        self._progress = progress
-        self._sent = 0
-
-    def rewind(self) -> None:
-        """Start again from the first byte, to send the body once more on a fresh connection."""
-        self._stream.seek(0)
-        self._sent = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self._sent += len(data)
-        if self._progress is not None and data:
-            self._progress(self._sent, self._total)
-        return data
-
-
 class CoordinatorClient:
     """Calls the coordinator's API; each method is one request (see docs/api.md for the answers)."""
 
     def __init__(self, base_url: str, timeout: float = 30.0, token: str | None = None) -> None:
-        """`base_url` is like http://farm:5000 (a path prefix is kept, for a coordinator behind a proxy).
+        """`base_url` is like http://farm:5000 (a path prefix is kept, for a coordinator behind a proxy), or a
+        cluster's coordinators as a comma-separated list: a call that one of them does not answer (no connection,
+        or 503) goes to the next, which stays in use (renderq/addresses.py).
 
         `token`, when given, is the coordinator's admin token, sent as `Authorization: Bearer` with every request;
         the calls that change the farm (cancel, pause, priority, worker ON/OFF, deleting files) need it.
         """
-        base_url = base_url.strip().rstrip("/")
-        if "://" not in base_url:
-            base_url = "http://" + base_url
-        parts = urllib.parse.urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"the coordinator address {base_url!r} is not an http:// or https:// URL")
-        self.base_url = base_url
+        self.addresses = Addresses(base_url)
         self.timeout = timeout
         self.token = token.strip() if token else None
-        self._scheme = parts.scheme
-        self._netloc = parts.netloc
-        self._prefix = parts.path.rstrip("/")
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[tuple[Address, http.client.HTTPConnection]] = []
         self._idle_lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        """The address of the coordinator calls go to now."""
+        return self.addresses.current.url
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
-    def _connection(self) -> http.client.HTTPConnection:
-        """An idle keep-alive connection from the pool, or a new one (connected by its first request)."""
+    def _connection(self, address: Address) -> http.client.HTTPConnection:
+        """An idle keep-alive connection to `address` from the pool, or a new one (connected by its first
+        request)."""
         while True:
             with self._idle_lock:
-                conn = self._idle.pop() if self._idle else None
+                conn = self._idle.pop()[1] if self._idle and self._idle[-1][0] == address else None
             if conn is None:
-                kind = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-                return kind(self._netloc, timeout=self.timeout, blocksize=_BLOCK_SIZE)
+                kind = http.client.HTTPSConnection if address.scheme == "https" else http.client.HTTPConnection
+                conn = kind(address.netloc, timeout=self.timeout, blocksize=_BLOCK_SIZE)
+                conn.renderq_address = address  # type: ignore[attr-defined]  # which pool it goes back to
+                return conn
             if conn.sock is not None and _closed_by_peer(conn.sock):
                 conn.close()  # the coordinator let it go while it was idle: try the next
                 continue
@@ -112,9 +92,11 @@ class CoordinatorClient:
         if response is None or not response.isclosed() or conn.sock is None:
             conn.close()
             return
+        address = self.addresses.current
         with self._idle_lock:
-            if len(self._idle) < _MAX_IDLE_CONNECTIONS:
-                self._idle.append(conn)
+            # Connections to an address no longer in use are not kept: calls go to the current one.
+            if len(self._idle) < _MAX_IDLE_CONNECTIONS and getattr(conn, "renderq_address", None) == address:
+                self._idle.append((address, conn))
                 return
         conn.close()
 
@@ -122,11 +104,11 @@ class CoordinatorClient:
         """Close the idle connections (the next call opens a new one)."""
         with self._idle_lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for _, conn in idle:
             conn.close()
 
-    def _target(self, path: str, params: dict | None) -> str:
-        target = self._prefix + "/" + path.lstrip("/")
+    def _target(self, path: str, params: dict | None, prefix: str = "") -> str:
+        target = prefix + "/" + path.lstrip("/")
         if params:
             clean = {key: _param_text(value) for key, value in params.items() if value is not None}
             if clean:
@@ -136,7 +118,7 @@ class CoordinatorClient:
     def _unreachable(self, exc: BaseException) -> CoordinatorUnreachable:
         return CoordinatorUnreachable(self.base_url, describe_failure(exc, self.timeout))
 
-    def _open(self, method: str, path: str, *, params: dict | None = None, body: bytes | _ProgressReader | None = None,
+    def _open(self, method: str, path: str, *, params: dict | None = None, body: bytes | ProgressReader | None = None,
               headers: dict[str, str] | None = None, lease_fenced: bool = False, refusals: bool = True,
               ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send one request and return the connection and its response; non-2xx answers raise a typed error
@@ -148,10 +130,26 @@ class CoordinatorClient:
         if self.token:
             all_headers["Authorization"] = f"Bearer {self.token}"
         all_headers.update(headers or {})
-        target = self._target(path, params)
-        conn = self._connection()
+        address = self.addresses.current
+        for tries_left in range(len(self.addresses.all) - 1, -1, -1):
+            try:
+                return self._open_at(address, method, self._target(path, params, address.prefix), body,
+                                     all_headers, lease_fenced, refusals)
+            except (CoordinatorUnreachable, Unavailable):
+                if not tries_left:
+                    raise
+            address = self.addresses.move_on(address)
+            if isinstance(body, ProgressReader):
+                body.rewind()
+        raise AssertionError("unreachable: the last try raises")
+
+    def _open_at(self, address: Address, method: str, target: str, body: bytes | ProgressReader | None,
+                 headers: dict[str, str], lease_fenced: bool, refusals: bool,
+                 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """_open's request to one coordinator."""
+        conn = self._connection(address)
         try:
-            response = self._exchange(conn, method, target, body, all_headers)
+            response = self._exchange(conn, method, target, body, headers)
             if refusals and not 200 <= response.status < 300:
                 raise self._refusal(response, lease_fenced)
             return conn, response
@@ -166,7 +164,7 @@ class CoordinatorClient:
             raise
 
     def _exchange(self, conn: http.client.HTTPConnection, method: str, target: str,
-                  body: bytes | _ProgressReader | None, headers: dict[str, str]) -> http.client.HTTPResponse:
+                  body: bytes | ProgressReader | None, headers: dict[str, str]) -> http.client.HTTPResponse:
         reused = conn.sock is not None
         try:
             conn.request(method, target, body=body, headers=headers)
@@ -191,9 +189,9 @@ class CoordinatorClient:
             raise
 
     def _resend(self, conn: http.client.HTTPConnection, method: str, target: str,
-                body: bytes | _ProgressReader | None, headers: dict[str, str]) -> http.client.HTTPResponse:
+                body: bytes | ProgressReader | None, headers: dict[str, str]) -> http.client.HTTPResponse:
         conn.close()
-        if isinstance(body, _ProgressReader):
+        if isinstance(body, ProgressReader):
             body.rewind()
         conn.request(method, target, body=body, headers=headers)
         return conn.getresponse()
@@ -213,7 +211,7 @@ class CoordinatorClient:
         return error_for(response.status, message, lease_fenced=lease_fenced)
 
     def _json_call(self, method: str, path: str, *, params: dict | None = None,
-                   body: bytes | _ProgressReader | None = None, headers: dict[str, str] | None = None,
+                   body: bytes | ProgressReader | None = None, headers: dict[str, str] | None = None,
                    lease_fenced: bool = False) -> Any:
         conn, response = self._open(method, path, params=params, body=body, headers=headers,
                                     lease_fenced=lease_fenced)
@@ -335,7 +333,7 @@ class CoordinatorClient:
                 progress(0, total)
             # http.client reads the wrapper block by block, so the file never sits whole in memory; an explicit
             # Content-Length keeps it from switching to chunked encoding.
-            return self._json_call("POST", path_in_api, params=params, body=_ProgressReader(stream, total, progress),
+            return self._json_call("POST", path_in_api, params=params, body=ProgressReader(stream, total, progress),
                                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
                                    lease_fenced=lease_fenced)
 
@@ -590,5 +588,4 @@ def _param_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
 

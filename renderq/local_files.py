@@ -1,12 +1,14 @@
-"""Local files on their way to or from the coordinator: hashing them block by block, refusing to write through a
-link, and removing a temporary file that may already be gone. Standard library only (the add-on bundles it)."""
+"""Local files on their way to or from the coordinator: hashing them block by block, reading them for an upload
+with its progress, refusing to write through a link, and removing a temporary file that may already be gone.
+Standard library only (the add-on bundles it)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from renderq.client_errors import DownloadRefused
 
@@ -47,3 +49,25 @@ def file_sha256(path: str) -> str:
     for block in iter_file_blocks(path):
         digest.update(block)
     return digest.hexdigest()
+
+
+class ProgressReader:
+    """A file wrapper that reports how many bytes http.client has read from it so far."""
+
+    def __init__(self, stream: BinaryIO, total: int, progress: Callable[[int, int], None] | None) -> None:
+        self._stream = stream
+        self._total = total
+        self._progress = progress
+        self._sent = 0
+
+    def rewind(self) -> None:
+        """Start again from the first byte, to send the body once more on a fresh connection."""
+        self._stream.seek(0)
+        self._sent = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._sent += len(data)
+        if self._progress is not None and data:
+            self._progress(self._sent, self._total)
+        return data

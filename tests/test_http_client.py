@@ -18,6 +18,7 @@ from renderq.http_client import (
     CoordinatorClient,
     CoordinatorError,
     CoordinatorUnreachable,
+    Unavailable,
 )
 from renderq.paths import is_safe_file_name
 
@@ -156,7 +157,7 @@ def test_connection_reset_while_connecting_is_unreachable(monkeypatch) -> None:
             raise ConnectionResetError(104, "Connection reset by peer")
 
     client = CoordinatorClient("http://127.0.0.1:9", timeout=2)
-    monkeypatch.setattr(client, "_connection", lambda: ResetWhileConnecting("127.0.0.1", 9))
+    monkeypatch.setattr(client, "_connection", lambda address: ResetWhileConnecting("127.0.0.1", 9))
     with pytest.raises(CoordinatorUnreachable) as caught:
         client.health()
     assert "connection was cut" in caught.value.message
@@ -326,3 +327,28 @@ def test_each_refusal_status_has_its_error_type_and_keeps_the_status() -> None:
     assert type(error_for(409, "lost", lease_fenced=True)) is LeaseLost
     assert isinstance(error_for(409, "lost", lease_fenced=True), Conflict)
     assert type(error_for(418, "odd")) is CoordinatorError
+
+
+def test_a_list_of_coordinators_moves_on_from_one_that_does_not_answer(stub: StubServer) -> None:
+    with StubServer() as second:
+        for server, name in ((stub, "first"), (second, "second")):
+            server.routes[("GET", "/health")] = lambda h, q, b, name=name: send_json(h, 200, {"ok": True, "by": name})
+        dead = f"http://127.0.0.1:{free_port()}"
+        client = CoordinatorClient(f"{dead}, {stub.url}/,{second.url}", timeout=5)
+        assert [a.url for a in client.addresses.all] == [dead, stub.url, second.url]
+        assert client.health()["by"] == "first" and client.base_url == stub.url
+        assert client.health()["by"] == "first"  # it stays with the one that answered
+        # A coordinator that answers 503 (its database is away, say) is passed over too, for the next one.
+        stub.routes[("GET", "/health")] = lambda h, q, b: send_json(h, 503, {"error": "the database is down"})
+        assert client.health()["by"] == "second" and client.base_url == second.url
+        # When none answers, the last refusal is the error.
+        second.routes[("GET", "/health")] = lambda h, q, b: send_json(h, 503, {"error": "the database is down"})
+        with pytest.raises(Unavailable, match="the database is down"):
+            client.health()
+
+
+def test_a_bad_address_in_the_list_is_named() -> None:
+    with pytest.raises(ValueError, match="'ftp://farm' is not an http"):
+        CoordinatorClient("http://farm-a:5000,ftp://farm")
+    with pytest.raises(ValueError, match="no coordinator address"):
+        CoordinatorClient(" , ")

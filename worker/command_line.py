@@ -93,7 +93,8 @@ def _cache_size(text: str) -> int:
 
 # The value options; their defaults come from _defaults(). Each help names its RENDERQ_* variable.
 WORKER_FLAGS = (
-    Flag("--coordinator", str, "the coordinator's address, e.g. http://farm:5000 (default: $RENDERQ_COORDINATOR)",
+    Flag("--coordinator", str, "the coordinator's address, e.g. http://farm:5000, or a cluster's as a comma-separated "
+         "list (the worker moves to the next when one stops answering; default: $RENDERQ_COORDINATOR)",
          metavar="URL"),
     Flag("--token", str, "the coordinator's worker token (default: $RENDERQ_TOKEN); it is in the coordinator's data "
          "dir, file worker_token. Prefer --token-file: a token on the command line is visible to other users of "

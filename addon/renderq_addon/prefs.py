@@ -19,7 +19,8 @@ class RENDERQ_AddonPreferences(bpy.types.AddonPreferences):
 
     coordinator_url: StringProperty(
         name="Coordinator URL",
-        description="Address of the RenderQ coordinator, e.g. http://farm:5000",
+        description="Address of the RenderQ coordinator, e.g. http://farm:5000, or a cluster's as a comma-separated "
+        "list (the next is used when one stops answering)",
         default=DEFAULT_COORDINATOR_URL,
     )
     token: StringProperty(
