@@ -13,6 +13,7 @@ nothing, and one worker changing sends that worker.
 from __future__ import annotations
 
 import collections
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ Clock = Callable[[], float]
 NEWEST_TASKS = 500
 # How many change sets a feed keeps; a page further behind than that gets a full snapshot.
 HISTORY = 120
+# Versions grow by this much per change set; below it, each feed's own tag (see ChangeFeed).
+VERSION_STEP = 1 << 16
 # A task page's feed is dropped after this long without a poll.
 TASK_FEED_IDLE_SECONDS = 120.0
 MAX_TASK_FEEDS = 64
@@ -49,9 +52,13 @@ class ChangeFeed:
         self._sections: Sections | None = None
         self._built_at = 0.0
         self._stale = True
-        # Versions continue across coordinator restarts (they start from the wall clock in milliseconds), so a
-        # page still open on a previous coordinator can never mistake an old version for a current one.
-        self._version = int(time.time() * 1000)
+        # Versions continue across coordinator restarts (they start from the wall clock in seconds), so a page
+        # still open on a previous coordinator can never mistake an old version for a current one; and their low
+        # bits are this feed's own random tag, so a page whose polls a load balancer sends to another coordinator
+        # of a cluster gets a full snapshot there, never changes counted from a version that is not theirs. (Under
+        # 2**53: the page keeps versions as JavaScript numbers.)
+        self._tag = secrets.randbelow(VERSION_STEP)
+        self._version = int(time.time()) * VERSION_STEP + self._tag
         self._history: collections.deque[tuple[int, Sections]] = collections.deque(maxlen=history)
         self.last_used = clock()
 
@@ -81,7 +88,7 @@ class ChangeFeed:
             changes = diff_sections(self._sections, sections)
             self._sections = sections
             if changes:
-                self._version += 1
+                self._version += VERSION_STEP
                 self._history.append((self._version, changes))
 
     def updates(self, since: int | None) -> dict[str, Any]:
@@ -91,8 +98,8 @@ class ChangeFeed:
             version, sections, history = self._version, self._sections, list(self._history)
             next_build = max(0.0, self.interval - (self._clock() - self._built_at))
         answer: dict[str, Any] = {"version": version, "next_poll": round(next_build, 3)}
-        oldest_known = history[0][0] - 1 if history else version
-        if since is not None and oldest_known <= since <= version:
+        oldest_known = history[0][0] - VERSION_STEP if history else version
+        if since is not None and since % VERSION_STEP == self._tag and oldest_known <= since <= version:
             merged: Sections = {}
             for number, changes in history:
                 if number > since:
