@@ -42,6 +42,8 @@ class Config:
     # Uploads are refused (507) once they would leave less than this free on the data dir's disk.
     disk_reserve: int = 1 * GIB
     http_threads: int = 16
+    # Processes serving on one port and data dir (coordinator/processes.py): more than one uses more cores.
+    processes: int = 1
     # HTTP server
     # Threads for uploads and downloads, apart from http_threads, so slow transfers never hold up heartbeats.
     transfer_threads: int = 16
@@ -146,7 +148,7 @@ class Config:
                                  "without spaces")
 
     def _validate_http(self) -> None:
-        for name in ("http_threads", "transfer_threads", "max_connections"):
+        for name in ("http_threads", "transfer_threads", "max_connections", "processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
         for name in ("header_timeout", "body_timeout", "transfer_idle_timeout", "keep_alive_timeout"):

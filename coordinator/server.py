@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from renderq.platform import hold_lock_file
@@ -23,6 +24,7 @@ from renderq.units import parse_size
 from .auth import is_loopback
 from .blobs import BlobStore
 from .config import Config
+from .processes import serve_in_processes
 from .store import Store
 
 if TYPE_CHECKING:
@@ -64,6 +66,8 @@ SERVE_FLAGS = (
     Flag("--disk-reserve", parse_size, "free space to keep on the data dir's disk; uploads that would eat into it "
          "get a 507 error (RENDERQ_DISK_RESERVE, default 1G)"),
     Flag("--http-threads", int, "threads serving HTTP requests (RENDERQ_HTTP_THREADS, default 16)"),
+    Flag("--processes", int, "processes serving requests on the one port and data dir, to use more than one core "
+         "of the machine: a farm of thousands of workers (RENDERQ_PROCESSES, default 1)"),
     Flag("--max-task-frames", int, "most frames one task may have; a larger submit gets a 413 error. Well below a "
          "million: every frame is a database row the coordinator builds, keeps and reports "
          "(RENDERQ_MAX_TASK_FRAMES, default 100000)"),
@@ -156,8 +160,6 @@ def add_artist(config: Config, name: str) -> int:
 
 def serve(config: Config) -> int:
     """Serve the coordinator until SIGINT or SIGTERM. Returns the process exit code."""
-    from .app import create_app
-
     if not config.auth and not is_loopback(config.host):
         if not config.insecure:
             print(f"renderq coordinator: refusing to serve without access tokens on {config.host or '0.0.0.0'}, "
@@ -175,26 +177,44 @@ def serve(config: Config) -> int:
     # A data dir made by an older version (or under a looser umask) becomes private too.
     make_private_tree_top(config.data_dir)
     try:
+        listener = _listen(config.host, config.port)
+    except OSError as error:
+        print(f"renderq coordinator: {error}", file=sys.stderr)
+        return 1
+    try:
+        if config.processes > 1:
+            print(f"RenderQ coordinator serving with {config.processes} processes", flush=True)
+            return serve_in_processes(config.processes, listener,
+                                      lambda index, ready: _serve_process(config, listener, index, ready))
+        return _serve_process(config, listener, 0, lambda: None)
+    except ValueError as error:
+        print(f"renderq coordinator: {error}", file=sys.stderr)
+        return 2
+    finally:
+        listener.close()
+
+
+def _serve_process(config: Config, listener: socket.socket, index: int, ready: Callable[[], None]) -> int:
+    """One serving process (the only one, or one of --processes): the app on `listener` until SIGINT or SIGTERM.
+    `ready()` is called once the app is made; process 0 also sweeps unused files and prints the addresses."""
+    from .app import create_app
+
+    try:
         app = create_app(config)
         server, gate = _http_server(app, config)
-        listener = _listen(config.host, config.port)
     except (OSError, ValueError) as error:
         print(f"renderq coordinator: {error}", file=sys.stderr)
         return 1
+    ready()
     scheduler = app.extensions["renderq.scheduler"]
     scheduler.recover_after_restart()
     scheduler.store.checkpoint_in_background()
     stop = threading.Event()
-    sweeper = OrphanSweeper(app.extensions["renderq.blobs"], scheduler.store, config.orphan_grace)
+    sweeper = OrphanSweeper(app.extensions["renderq.blobs"], scheduler.store, config.orphan_grace) \
+        if index == 0 else None
     threading.Thread(target=_reap_leases, args=(scheduler, stop, sweeper), name="lease-reaper", daemon=True).start()
-
-    port = listener.getsockname()[1]
-    url = config.public_url or f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '') else config.host}:{port}"
-    print(f"RenderQ coordinator listening on {url} (data in {os.path.abspath(config.data_dir)})", flush=True)
-    readers = "anyone on the network can read it" if config.open_status else "log in with the admin token"
-    print(f"status page: {url}/ ({readers})", flush=True)
-    for line in app.extensions["renderq.tokens"].describe():
-        print(line, flush=True)
+    if index == 0:
+        _print_addresses(app, config, listener.getsockname()[1])
     # uvicorn takes SIGINT and SIGTERM while it serves, shuts down, then raises the signal again: both end here.
     signal.signal(signal.SIGTERM, _interrupt)
     _tune_garbage_collector()
@@ -205,9 +225,18 @@ def serve(config: Config) -> int:
     finally:
         stop.set()
         gate.close()
-        listener.close()
-    print("RenderQ coordinator stopped", flush=True)
+    if index == 0:
+        print("RenderQ coordinator stopped", flush=True)
     return 0
+
+
+def _print_addresses(app: Flask, config: Config, port: int) -> None:
+    url = config.public_url or f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '') else config.host}:{port}"
+    print(f"RenderQ coordinator listening on {url} (data in {os.path.abspath(config.data_dir)})", flush=True)
+    readers = "anyone on the network can read it" if config.open_status else "log in with the admin token"
+    print(f"status page: {url}/ ({readers})", flush=True)
+    for line in app.extensions["renderq.tokens"].describe():
+        print(line, flush=True)
 
 
 def _http_server(app: Flask, config: Config) -> tuple[uvicorn.Server, Gate]:
@@ -327,11 +356,13 @@ class OrphanSweeper:
                      files, self.grace, freed)
 
 
-def _reap_leases(scheduler, stop: threading.Event, sweeper: OrphanSweeper) -> None:
+def _reap_leases(scheduler, stop: threading.Event, sweeper: OrphanSweeper | None) -> None:
     writes_failed = False
-    sweeper.maybe_sweep()
-    while not stop.wait(1.0):
+    if sweeper is not None:
         sweeper.maybe_sweep()
+    while not stop.wait(1.0):
+        if sweeper is not None:
+            sweeper.maybe_sweep()
         try:
             if writes_failed:
                 # While the database refused writes (a full disk), no worker could renew its leases either: do not
