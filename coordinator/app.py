@@ -11,7 +11,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from . import auth
-from .blobs import BlobStore
+from .blobs import open_blob_store
 from .config import Config
 from .errors import RenderQError, database_refusal
 from .live import LiveStatus
@@ -42,8 +42,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.extensions["renderq.sessions"] = LoginSessions(store)
     app.extensions["renderq.scheduler"] = scheduler
     app.extensions["renderq.live"] = LiveStatus(scheduler, config.poll_interval)
-    app.extensions["renderq.blobs"] = BlobStore(os.path.join(config.data_dir, "files"),
-                                                        reserve_bytes=config.disk_reserve)
+    app.extensions["renderq.blobs"] = open_blob_store(config)
 
     from .api.files import files
     from .api.health import health
