@@ -20,12 +20,13 @@ import socket
 import tempfile
 import threading
 import urllib.parse
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from renderq.client_errors import (Conflict, CoordinatorError, CoordinatorUnreachable, DiskFull, DownloadRefused,
                                    Forbidden, Invalid, LeaseLost, NotFound, TooLarge, Unauthorized, Unavailable,
                                    describe_failure, error_for)
-from renderq.local_files import BLOCK_SIZE, check_not_link, file_sha256, remove_quietly
+from renderq.local_files import BLOCK_SIZE, ProgressReader, check_not_link, file_sha256, remove_quietly
+from renderq.object_store import REDIRECTS, STORE_CONNECTIONS, open_presigned, send_presigned
 from renderq.paths import is_safe_file_name
 
 __all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "Conflict", "DiskFull", "DownloadRefused",
@@ -42,30 +43,8 @@ _MAX_IDLE_CONNECTIONS = 4
 _MISSING_FILES_BATCH = 20_000
 # Frames asked for per GET /task (the coordinator sends at most 10,000).
 _FRAMES_PAGE = 5_000
-
-
-
-
-class _ProgressReader:
-    """A file wrapper that reports how many bytes http.client has read from it so far."""
-
-    def __init__(self, stream: BinaryIO, total: int, progress: Callable[[int, int], None] | None) -> None:
-        self._stream = stream
-        self._total = total
-        self._progress = progress
-        self._sent = 0
-
-    def rewind(self) -> None:
-        """Start again from the first byte, to send the body once more on a fresh connection."""
-        self._stream.seek(0)
-        self._sent = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self._sent += len(data)
-        if self._progress is not None and data:
-            self._progress(self._sent, self._total)
-        return data
+# A file at least this large is put straight into the farm's object store when the coordinator offers it.
+DIRECT_UPLOAD_BYTES = 8 * 1024 * 1024
 
 
 class CoordinatorClient:
@@ -109,7 +88,7 @@ class CoordinatorClient:
 
     def _release(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse | None) -> None:
         """Give the connection back to the pool if its answer was read to the end, else close it."""
-        if response is None or not response.isclosed() or conn.sock is None:
+        if response is None or not response.isclosed() or conn.sock is None or isinstance(conn, STORE_CONNECTIONS):
             conn.close()
             return
         with self._idle_lock:
@@ -136,11 +115,12 @@ class CoordinatorClient:
     def _unreachable(self, exc: BaseException) -> CoordinatorUnreachable:
         return CoordinatorUnreachable(self.base_url, describe_failure(exc, self.timeout))
 
-    def _open(self, method: str, path: str, *, params: dict | None = None, body: bytes | _ProgressReader | None = None,
+    def _open(self, method: str, path: str, *, params: dict | None = None, body: bytes | ProgressReader | None = None,
               headers: dict[str, str] | None = None, lease_fenced: bool = False, refusals: bool = True,
               ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send one request and return the connection and its response; non-2xx answers raise a typed error
-        (unless `refusals` is False).
+        (unless `refusals` is False). A GET redirected (to a presigned URL of the farm's object store) is followed
+        once, without the token.
 
         The caller reads the response and hands the connection back with _release.
         """
@@ -152,9 +132,12 @@ class CoordinatorClient:
         conn = self._connection()
         try:
             response = self._exchange(conn, method, target, body, all_headers)
-            if refusals and not 200 <= response.status < 300:
-                raise self._refusal(response, lease_fenced)
-            return conn, response
+            if method != "GET" or response.status not in REDIRECTS:
+                if refusals and not 200 <= response.status < 300:
+                    raise self._refusal(response, lease_fenced)
+                return conn, response
+            location = urllib.parse.urljoin(self.base_url + "/", response.getheader("Location") or "")
+            response.read()
         except CoordinatorError:
             conn.close()
             raise
@@ -164,9 +147,11 @@ class CoordinatorClient:
         except BaseException:
             conn.close()
             raise
+        self._release(conn, response)
+        return open_presigned(location, self.timeout)
 
     def _exchange(self, conn: http.client.HTTPConnection, method: str, target: str,
-                  body: bytes | _ProgressReader | None, headers: dict[str, str]) -> http.client.HTTPResponse:
+                  body: bytes | ProgressReader | None, headers: dict[str, str]) -> http.client.HTTPResponse:
         reused = conn.sock is not None
         try:
             conn.request(method, target, body=body, headers=headers)
@@ -191,9 +176,9 @@ class CoordinatorClient:
             raise
 
     def _resend(self, conn: http.client.HTTPConnection, method: str, target: str,
-                body: bytes | _ProgressReader | None, headers: dict[str, str]) -> http.client.HTTPResponse:
+                body: bytes | ProgressReader | None, headers: dict[str, str]) -> http.client.HTTPResponse:
         conn.close()
-        if isinstance(body, _ProgressReader):
+        if isinstance(body, ProgressReader):
             body.rewind()
         conn.request(method, target, body=body, headers=headers)
         return conn.getresponse()
@@ -213,7 +198,7 @@ class CoordinatorClient:
         return error_for(response.status, message, lease_fenced=lease_fenced)
 
     def _json_call(self, method: str, path: str, *, params: dict | None = None,
-                   body: bytes | _ProgressReader | None = None, headers: dict[str, str] | None = None,
+                   body: bytes | ProgressReader | None = None, headers: dict[str, str] | None = None,
                    lease_fenced: bool = False) -> Any:
         conn, response = self._open(method, path, params=params, body=body, headers=headers,
                                     lease_fenced=lease_fenced)
@@ -326,7 +311,7 @@ class CoordinatorClient:
                 progress(0, total)
             # http.client reads the wrapper block by block, so the file never sits whole in memory; an explicit
             # Content-Length keeps it from switching to chunked encoding.
-            return self._json_call("POST", path_in_api, params=params, body=_ProgressReader(stream, total, progress),
+            return self._json_call("POST", path_in_api, params=params, body=ProgressReader(stream, total, progress),
                                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
                                    lease_fenced=lease_fenced)
 
@@ -375,9 +360,25 @@ class CoordinatorClient:
 
         The coordinator hashes what it receives and refuses (400) bytes that do not match `sha256`, so a file that
         changed since it was hashed is never stored under the old hash. `progress(sent_bytes, total_bytes)` is
-        called as it goes. Returns {"sha256", "size"}.
+        called as it goes. A large file goes straight to the farm's object store when the coordinator offers it
+        (POST /upload_target), and counts once the coordinator has checked its hash there. Returns
+        {"sha256", "size"}.
         """
-        return self._upload("/upload_file", {"sha256": sha256}, path, progress)
+        size = os.path.getsize(path)
+        target = self._upload_target(size) if size >= DIRECT_UPLOAD_BYTES else None
+        if target is None:
+            return self._upload("/upload_file", {"sha256": sha256}, path, progress)
+        with open(path, "rb") as stream:
+            send_presigned(target, ProgressReader(stream, size, progress), size, self.timeout)
+        return self.request("POST", "/upload_done", json_body={"sha256": sha256, "upload_id": target["upload_id"]})
+
+    def _upload_target(self, size: int) -> dict | None:
+        """Where to put a large file straight into the farm's object store, or None: through the coordinator."""
+        try:
+            target = self.request("POST", "/upload_target", json_body={"size": size})
+        except NotFound:
+            return None  # a coordinator older than direct uploads
+        return target if isinstance(target, dict) and target.get("url") else None
 
     # -- tasks and frames ---------------------------------------------------------------------------------------
 

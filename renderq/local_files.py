@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from renderq.client_errors import DownloadRefused
 
-__all__ = ["BLOCK_SIZE", "check_not_link", "file_sha256", "iter_file_blocks", "remove_quietly"]
+__all__ = ["BLOCK_SIZE", "ProgressReader", "check_not_link", "file_sha256", "iter_file_blocks", "remove_quietly"]
 
 BLOCK_SIZE = 256 * 1024
 
@@ -47,3 +48,26 @@ def file_sha256(path: str) -> str:
     for block in iter_file_blocks(path):
         digest.update(block)
     return digest.hexdigest()
+
+
+class ProgressReader:
+    """A file wrapper that reports how many bytes an HTTP request has read from it so far, for an upload's
+    progress."""
+
+    def __init__(self, stream: BinaryIO, total: int, progress: Callable[[int, int], None] | None) -> None:
+        self._stream = stream
+        self._total = total
+        self._progress = progress
+        self._sent = 0
+
+    def rewind(self) -> None:
+        """Start again from the first byte, to send the body once more on a fresh connection."""
+        self._stream.seek(0)
+        self._sent = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._sent += len(data)
+        if self._progress is not None and data:
+            self._progress(self._sent, self._total)
+        return data
