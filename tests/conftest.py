@@ -9,6 +9,9 @@ import pytest
 from coordinator.app import create_app
 from coordinator.config import Config
 
+# The SeaweedFS fixtures (seaweedfs, s3_bucket) for the tests of the S3 blob engine.
+pytest_plugins = ["seaweedfs"]
+
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ARTIST_TOKEN = "test-artist-token-0123456789"
 WORKER_TOKEN = "test-worker-token-0123456789"

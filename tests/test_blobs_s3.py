@@ -1,0 +1,190 @@
+"""Task files and frames in an S3 bucket: a real coordinator process started with `--blob-store s3://...` over a real
+SeaweedFS, real workers, real HTTP.
+
+Workers and artists hold only the farm's tokens: the bucket refuses unsigned requests, so every download that works
+went through a presigned URL the coordinator handed out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import urllib.parse
+
+import pytest
+from harness import TcpProxy, wait_for
+from seaweedfs import credentials_env
+
+from renderq.http_client import DIRECT_UPLOAD_BYTES, CoordinatorClient, DownloadRefused
+
+PREFIX = "farm"
+BLEND_HEAD = b"BLENDER-v304RENDERQ TEST"
+
+
+def start_s3_coordinator(farm, monkeypatch, endpoint: str, bucket: str, *extra: str) -> None:
+    """Start the farm's coordinator on the bucket; only it gets the store's credentials (its environment), never a
+    worker started afterwards."""
+    for name, value in credentials_env().items():
+        monkeypatch.setenv(name, value)
+    farm.start_coordinator("--blob-store", f"s3://{bucket}/{PREFIX}", "--s3-endpoint", endpoint, *extra)
+    for name in credentials_env():
+        monkeypatch.delenv(name)
+
+
+def keys(seaweedfs, bucket: str, under: str = "") -> dict[str, int]:
+    """Key -> size of every object in the bucket under PREFIX/under."""
+    found: dict[str, int] = {}
+    pages = seaweedfs.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{PREFIX}/{under}")
+    for page in pages:
+        for obj in page.get("Contents", []):
+            found[obj["Key"]] = obj["Size"]
+    return found
+
+
+def get_without_following(url: str, token: str) -> http.client.HTTPResponse:
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=30)
+    conn.request("GET", parts.path + "?" + parts.query, headers={"Authorization": f"Bearer {token}"} if token else {})
+    return conn.getresponse()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def s3_farm(farm, monkeypatch, seaweedfs, s3_bucket):
+    start_s3_coordinator(farm, monkeypatch, seaweedfs.endpoint, s3_bucket)
+    return farm
+
+
+def test_a_task_renders_with_its_files_and_frames_in_the_bucket(s3_farm, s3_bucket, seaweedfs, scenes,
+                                                                 tmp_path):
+    farm = s3_farm
+    if farm.blender is None:
+        pytest.skip("no Blender here")
+    task_id = farm.api.submit(scenes("basic", frames=2), 1, 2)
+    farm.start_worker("a")
+    task = farm.api.wait_task_ended(task_id, 300)
+    assert task["status"] == "done", task
+    stored = keys(seaweedfs, s3_bucket)
+    outputs = {frame["output_sha256"] for frame in task["frames"]}
+    assert len(outputs) == 2 and all(f"{PREFIX}/{h}" in stored for h in outputs), stored
+    # The coordinator kept nothing of them on its own disk: the spool folder is empty.
+    files_dir = os.path.join(farm.data_dir, "files")
+    assert os.listdir(os.path.join(files_dir, "incoming")) == [] and set(os.listdir(files_dir)) == {"incoming"}
+    # A download is a redirect to the store, which serves it without any token; the worker fetched the .blend so.
+    answer = get_without_following(f"{farm.url}/download_frame?task_id={task_id}&frame=1", farm.token("artist"))
+    assert answer.status == 302
+    location = answer.getheader("Location")
+    assert location.startswith(seaweedfs.endpoint) and "X-Amz-Signature" in location
+    unsigned = location.split("?", 1)[0]
+    assert get_without_following(unsigned, "").status == 403  # the bucket itself is closed
+    client = CoordinatorClient(farm.url, token=farm.token("artist"))
+    saved = client.download_frame(task_id, 1, str(tmp_path / "out"), expected_sha256=task["frames"][0]["output_sha256"])
+    assert os.path.getsize(saved) == stored[f"{PREFIX}/{task['frames'][0]['output_sha256']}"]
+    # The status page's thumbnails stay on the coordinator's origin: inline is sent by it, not redirected.
+    status, body = farm.api.call("GET", f"/download_frame?task_id={task_id}&frame=1&inline=true")
+    assert status == 200 and body.startswith(b"\x89PNG")
+    status, body = farm.api.call("GET", f"/download_frames_zip?task_id={task_id}")
+    assert status == 200 and body.startswith(b"PK")
+
+
+def test_a_large_file_goes_straight_to_the_bucket_and_counts_once_checked(s3_farm, s3_bucket, seaweedfs,
+                                                                          tmp_path):
+    farm = s3_farm
+    data = os.urandom(DIRECT_UPLOAD_BYTES + 1000)
+    path = tmp_path / "texture.exr"
+    path.write_bytes(data)
+    client = CoordinatorClient(farm.url, token=farm.token("artist"))
+    assert client.missing_files([sha(data)]) == [sha(data)]
+    assert client.upload_file(str(path), sha(data)) == {"sha256": sha(data), "size": len(data)}
+    assert client.missing_files([sha(data)]) == []
+    assert keys(seaweedfs, s3_bucket, "incoming/") == {}  # the uploaded object was moved to its hash
+    assert keys(seaweedfs, s3_bucket)[f"{PREFIX}/{sha(data)}"] == len(data)
+    # A worker fetches it through the redirect, without the store's credentials.
+    worker = CoordinatorClient(farm.url, token=farm.token("worker"))
+    worker.download_file(sha(data), str(tmp_path / "fetched"))
+    assert (tmp_path / "fetched").read_bytes() == data
+
+
+def test_an_upload_that_does_not_match_its_hash_is_refused_and_deleted(s3_farm, s3_bucket, seaweedfs):
+    farm = s3_farm
+    claimed = sha(b"what the artist announced")
+    # Through the coordinator.
+    status, answer = farm.api.call("POST", f"/upload_file?sha256={claimed}", raw=b"other bytes",
+                                   content_type="application/octet-stream")
+    assert status == 400 and "SHA-256" in answer["error"]
+    # Straight into the store: the coordinator reads it back, refuses it and deletes it.
+    target = farm.api.post("/upload_target", {"size": 11})
+    assert target["url"] and target["method"] == "PUT"
+    parts = urllib.parse.urlsplit(target["url"])
+    conn = http.client.HTTPConnection(parts.netloc, timeout=30)
+    conn.request("PUT", parts.path + "?" + parts.query, body=b"other bytes")
+    assert conn.getresponse().status == 200
+    assert len(keys(seaweedfs, s3_bucket, "incoming/")) == 1
+    status, answer = farm.api.call("POST", "/upload_done", {"sha256": claimed, "upload_id": target["upload_id"]})
+    assert status == 400 and "SHA-256" in answer["error"], answer
+    assert keys(seaweedfs, s3_bucket) == {}
+    status, answer = farm.api.call("POST", "/upload_done", {"sha256": claimed, "upload_id": target["upload_id"]})
+    assert status == 400 and "nothing was uploaded" in answer["error"]
+    status, answer = farm.api.call("POST", "/upload_done", {"sha256": claimed, "upload_id": "../../etc"})
+    assert status == 400
+
+
+def test_garbage_collection_deletes_an_orphan_from_the_bucket(farm, monkeypatch, seaweedfs, s3_bucket):
+    start_s3_coordinator(farm, monkeypatch, seaweedfs.endpoint, s3_bucket, "--orphan-grace", "2")
+    blend = BLEND_HEAD + b"\0" * 100
+    status, answer = farm.api.call("POST", "/upload_blend?filename=scene.blend", raw=blend,
+                                   content_type="application/octet-stream")
+    assert status == 200, answer
+    used = answer["sha256"]
+    farm.api.post("/submit_task", {"name": "kept", "blend_sha256": used, "frame_start": 1, "frame_end": 1})
+    orphan = b"uploaded, never submitted"
+    status, _ = farm.api.call("POST", f"/upload_file?sha256={sha(orphan)}", raw=orphan,
+                              content_type="application/octet-stream")
+    assert status == 200 and f"{PREFIX}/{sha(orphan)}" in keys(seaweedfs, s3_bucket)
+    wait_for(lambda: f"{PREFIX}/{sha(orphan)}" not in keys(seaweedfs, s3_bucket), 30,
+             "the orphan sweep to delete the unused object")
+    assert f"{PREFIX}/{used}" in keys(seaweedfs, s3_bucket)  # a file a task uses stays
+
+
+def test_the_object_store_down_is_a_clear_503(farm, monkeypatch, seaweedfs, s3_bucket, tmp_path):
+    endpoint = urllib.parse.urlsplit(seaweedfs.endpoint)
+    proxy = TcpProxy(endpoint.port)
+    try:
+        start_s3_coordinator(farm, monkeypatch, proxy.url, s3_bucket)
+        data = b"a file of the task"
+        status, _ = farm.api.call("POST", f"/upload_file?sha256={sha(data)}", raw=data,
+                                  content_type="application/octet-stream")
+        assert status == 200
+        proxy.cut("refuse")
+        for method, path, body, raw in (("POST", "/missing_files", {"sha256": [sha(data)]}, None),
+                                        ("POST", f"/upload_file?sha256={sha(b'x')}", None, b"x"),
+                                        ("GET", f"/download_file?sha256={sha(data)}", None, None)):
+            status, answer = farm.api.call(method, path, body, raw=raw, content_type=raw and "application/octet-stream")
+            assert status == 503, (path, status, answer)
+            assert "object store" in answer["error"], answer
+        # A worker's client reports it plainly too, and the coordinator is still up.
+        worker = CoordinatorClient(farm.url, token=farm.token("worker"))
+        with pytest.raises(Exception, match="object store"):
+            worker.download_file(sha(data), str(tmp_path / "fetched"))
+        proxy.restore()
+        worker.download_file(sha(data), str(tmp_path / "fetched"))
+        assert (tmp_path / "fetched").read_bytes() == data
+    finally:
+        proxy.close()
+
+
+def test_a_presigned_download_that_fails_is_refused_plainly(s3_farm, tmp_path):
+    """The client turns a store's refusal (an expired or forged URL) into a sentence, and sends no token there."""
+    farm = s3_farm
+    data = b"frame bytes"
+    farm.api.call("POST", f"/upload_file?sha256={sha(data)}", raw=data, content_type="application/octet-stream")
+    answer = get_without_following(f"{farm.url}/download_file?sha256={sha(data)}", farm.token("worker"))
+    forged = answer.getheader("Location").replace("X-Amz-Signature=", "X-Amz-Signature=0")
+    from renderq.object_store import open_presigned
+
+    with pytest.raises(DownloadRefused, match="object store"):
+        open_presigned(forged, 10)
