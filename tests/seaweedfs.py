@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,8 @@ ACCESS_KEY = "renderq-test-key"
 SECRET_KEY = "renderq-test-secret-0123456789"
 # weed also listens on each port + 10000 (gRPC), so both must be free.
 GRPC_OFFSET = 10000
+# Ports weed listens on, and with GRPC_OFFSET, stay below Linux's ephemeral ports (32768 and up).
+PORT_RANGE = (12000, 22000)
 
 
 def weed_binary() -> str | None:
@@ -35,16 +38,16 @@ def weed_binary() -> str | None:
 
 
 def _free_port_pair(taken: set[int]) -> int:
-    """A loopback port p such that p and p + GRPC_OFFSET are both free now."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port in taken or port + GRPC_OFFSET > 65535:
+    """A loopback port p such that p and p + GRPC_OFFSET are both free now, both below the ephemeral range: weed's
+    own outgoing connections take ephemeral ports, and one could take a port chosen there before weed listens."""
+    for _ in range(500):
+        port = random.randrange(PORT_RANGE[0], PORT_RANGE[1])
+        if port in taken or port + GRPC_OFFSET in taken:
             continue
         try:
-            with socket.socket() as other:
-                other.bind(("127.0.0.1", port + GRPC_OFFSET))
+            for candidate in (port, port + GRPC_OFFSET):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
         except OSError:
             continue
         taken.update({port, port + GRPC_OFFSET})
@@ -140,3 +143,23 @@ def s3_bucket(seaweedfs: SeaweedFS) -> str:
     name = f"renderq-{uuid.uuid4().hex[:12]}"
     seaweedfs.client().create_bucket(Bucket=name)
     return name
+
+
+BLOB_ENGINES = ("local", "s3")
+
+
+@pytest.fixture(params=BLOB_ENGINES)
+def blob_store(request, tmp_path, monkeypatch) -> Any:
+    """A blob store of each engine in turn: the local folder, then a bucket of the session's SeaweedFS."""
+    from coordinator.blobs import BlobStore
+
+    root = str(tmp_path / "files")
+    if request.param == "local":
+        return BlobStore(root, reserve_bytes=0)
+    from coordinator.blobs_s3 import S3BlobStore
+
+    bucket = request.getfixturevalue("s3_bucket")
+    for name, value in credentials_env().items():
+        monkeypatch.setenv(name, value)
+    return S3BlobStore(f"s3://{bucket}/files", root, endpoint=request.getfixturevalue("seaweedfs").endpoint,
+                       reserve_bytes=0)

@@ -18,7 +18,6 @@ import time
 
 import pytest
 
-from coordinator.blobs import BlobStore
 from coordinator.store import Store
 from harness import Farm, find_blender_or_none, wait_for
 from renderq.private_files import make_private_tree_top
@@ -207,10 +206,11 @@ def test_submits_racing_the_sweep_never_store_a_task_without_its_files(farm: Far
     assert [sha256 for sha256 in accepted if not stored(farm, sha256)] == []
 
 
-def test_a_reserved_file_is_never_swept(tmp_path):
-    """The guard itself: a file reserved by a submit stays, whatever its age, until the task is stored."""
+def test_a_reserved_file_is_never_swept(tmp_path, blob_store):
+    """The guard itself: a file reserved by a submit stays, whatever its age, until the task is stored (on each
+    blob engine)."""
     store = Store(str(tmp_path / "db.sqlite3"))
-    blobs = BlobStore(str(tmp_path / "files"), reserve_bytes=0)
+    blobs = blob_store
     sha256, _ = blobs.put_stream(io.BytesIO(BLEND), limit=10**7)
     later = time.time() + 10
     with blobs.reserved([sha256]):
