@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from renderq.private_files import PRIVATE_FOLDER, make_private
 
-from .errors import BadRequest, InsufficientStorage, NotFound, PayloadTooLarge
+from .errors import BadRequest, InsufficientStorage, NotFound, PayloadTooLarge, RenderQError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -61,6 +61,10 @@ def looks_like_blend(head: bytes) -> bool:
 class ContentStore:
     """What every engine shares: files named by their SHA-256, uploads spooled and hashed in `root`/incoming before
     they are published, reservations and the orphan sweep. An engine supplies the primitives marked below."""
+
+    # Whether a spooled upload is fsynced before it is published: it becomes the stored file itself on the local
+    # engine, while the S3 engine only reads it once to copy it into the bucket.
+    sync_spool = True
 
     def __init__(self, root: str, *, reserve_bytes: int = 64 * 1024 * 1024) -> None:
         self.root = root
@@ -238,8 +242,9 @@ class ContentStore:
         try:
             with open(temp_path, "wb") as out:
                 sha256, size = self._spool(stream, out, limit, check_head)
-                out.flush()
-                os.fsync(out.fileno())
+                if self.sync_spool:
+                    out.flush()
+                    os.fsync(out.fileno())
             if expected_sha256 is not None and sha256 != expected_sha256:
                 raise BadRequest(f"the upload's SHA-256 is {sha256}, not {expected_sha256} as announced")
             # Reserved while it is published, so an orphan sweep that saw an old copy of this file does not delete
@@ -391,5 +396,9 @@ def open_blob_store(config: "Config") -> ContentStore:
     except ImportError:
         raise ValueError("--blob-store s3://... needs boto3: install RenderQ with its s3 extra "
                          "(pip install 'renderq[s3]')") from None
-    return S3BlobStore(config.blob_store, root, endpoint=config.s3_endpoint, region=config.s3_region,
-                       reserve_bytes=config.disk_reserve)
+    try:
+        return S3BlobStore(config.blob_store, root, endpoint=config.s3_endpoint,
+                           public_endpoint=config.s3_public_endpoint, region=config.s3_region,
+                           reserve_bytes=config.disk_reserve)
+    except RenderQError as error:  # the store cannot be reached at start: a sentence, not a traceback
+        raise ValueError(error.message) from None

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import boto3
 import botocore.config
 from boto3.exceptions import Boto3Error
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .blobs import CHUNK, SWEEP_SCAN_LIMIT, ContentStore, Referenced, is_sha256
 from .errors import BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable
@@ -56,7 +56,9 @@ class _Missing(Exception):
 class S3BlobStore(ContentStore):
     """Blobs in `bucket` under `prefix`; `root` on the coordinator's disk spools uploads on their way in."""
 
-    def __init__(self, url: str, root: str, *, endpoint: str = "", region: str = "",
+    sync_spool = False
+
+    def __init__(self, url: str, root: str, *, endpoint: str = "", public_endpoint: str = "", region: str = "",
                  reserve_bytes: int = 64 * 1024 * 1024) -> None:
         self.bucket, self.prefix = parse_blob_url(url)
         super().__init__(root, reserve_bytes=reserve_bytes)
@@ -67,8 +69,16 @@ class S3BlobStore(ContentStore):
             s3={"addressing_style": "path" if endpoint else "auto"})
         # Credentials and, unless given here, the endpoint and region come from the usual AWS_* variables.
         self._s3 = boto3.client("s3", endpoint_url=endpoint or None, region_name=region or None, config=config)
+        # Presigned URLs name the address workers and artists reach the store at, when it differs from the
+        # coordinator's; signing them makes no request.
+        self._signer = self._s3 if not public_endpoint else boto3.client(
+            "s3", endpoint_url=public_endpoint, region_name=region or None,
+            config=config.merge(botocore.config.Config(s3={"addressing_style": "path"})))
         self.where = f"s3://{self.bucket}/{self.prefix}"
-        self._call("head_bucket", Bucket=self.bucket)  # refuse to start on a store that cannot be reached
+        try:
+            self._call("head_bucket", Bucket=self.bucket)  # refuse to start on a store that cannot serve
+        except _Missing:
+            raise ServiceUnavailable(f"the object store has no bucket {self.bucket!r}; create it") from None
 
     # -- keys and calls ---------------------------------------------------------------------------------------------
 
@@ -93,6 +103,9 @@ class S3BlobStore(ContentStore):
                 raise ServiceUnavailable(f"the object store has no bucket {self.bucket!r}; create it") from None
             raise ServiceUnavailable(f"the object store refused a request for {self.where} ({code or error}); "
                                      "see the coordinator's log") from None
+        except NoCredentialsError:
+            raise ServiceUnavailable("the coordinator has no credentials for the object store: set "
+                                     "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
         except (BotoCoreError, Boto3Error) as error:
             raise ServiceUnavailable(f"the object store of {self.where} cannot be reached ({error}); nothing was "
                                      "changed, try again later") from None
@@ -129,7 +142,7 @@ class S3BlobStore(ContentStore):
     def download_url(self, sha256: str, filename: str) -> str | None:
         """A presigned GET of the object that saves it as `filename`; the client sends no farm token there."""
         quoted = urllib.parse.quote(filename, safe="")
-        return self._s3.generate_presigned_url("get_object", ExpiresIn=PRESIGN_SECONDS, Params={
+        return self._signer.generate_presigned_url("get_object", ExpiresIn=PRESIGN_SECONDS, Params={
             "Bucket": self.bucket, "Key": self._key(sha256), "ResponseContentType": "application/octet-stream",
             "ResponseContentDisposition": f"attachment; filename*=UTF-8''{quoted}"})
 
@@ -207,7 +220,7 @@ class S3BlobStore(ContentStore):
     def upload_target(self, size: int) -> dict[str, Any] | None:
         """Where a client puts a large file itself: {"upload_id", "url", "method", "headers"}."""
         upload_id = uuid.uuid4().hex
-        url = self._s3.generate_presigned_url("put_object", ExpiresIn=PRESIGN_SECONDS, Params={
+        url = self._signer.generate_presigned_url("put_object", ExpiresIn=PRESIGN_SECONDS, Params={
             "Bucket": self.bucket, "Key": self._incoming_key(upload_id)})
         return {"upload_id": upload_id, "url": url, "method": "PUT", "headers": {}}
 

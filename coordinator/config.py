@@ -91,6 +91,8 @@ class Config:
     # The store's address (empty: AWS_ENDPOINT_URL, else Amazon S3) and region (empty: AWS_REGION).
     s3_endpoint: str = ""
     s3_region: str = ""
+    # The store's address as workers and artists reach it, in the presigned URLs (empty: s3_endpoint).
+    s3_public_endpoint: str = ""
 
     @property
     def lease_seconds(self) -> float:

@@ -98,6 +98,8 @@ BLOB_STORE_FLAGS = (
     Flag("--s3-endpoint", str, "address of the S3-compatible store, e.g. http://store:8333 (RENDERQ_S3_ENDPOINT, "
          "default AWS_ENDPOINT_URL, else Amazon S3)", metavar="URL"),
     Flag("--s3-region", str, "region of the bucket (RENDERQ_S3_REGION, default AWS_REGION)"),
+    Flag("--s3-public-endpoint", str, "address of the store as workers and artists reach it, put in the presigned "
+         "URLs they download and upload at (RENDERQ_S3_PUBLIC_ENDPOINT, default --s3-endpoint)", metavar="URL"),
 )
 
 ORPHAN_GRACE_FLAG = Flag("--orphan-grace", float, "a stored file that no task uses (an upload, a frame's output) is "

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import subprocess
+import sys
 import urllib.parse
 
 import pytest
@@ -188,3 +190,28 @@ def test_a_presigned_download_that_fails_is_refused_plainly(s3_farm, tmp_path):
 
     with pytest.raises(DownloadRefused, match="object store"):
         open_presigned(forged, 10)
+
+
+def test_presigned_urls_name_the_public_endpoint(farm, monkeypatch, seaweedfs, s3_bucket, tmp_path):
+    """The coordinator reaches the store at one address, workers at another (--s3-public-endpoint)."""
+    public = TcpProxy(urllib.parse.urlsplit(seaweedfs.endpoint).port)
+    try:
+        start_s3_coordinator(farm, monkeypatch, seaweedfs.endpoint, s3_bucket, "--s3-public-endpoint", public.url)
+        data = b"a texture"
+        farm.api.call("POST", f"/upload_file?sha256={sha(data)}", raw=data, content_type="application/octet-stream")
+        answer = get_without_following(f"{farm.url}/download_file?sha256={sha(data)}", farm.token("worker"))
+        assert answer.status == 302 and answer.getheader("Location").startswith(public.url + "/")
+        CoordinatorClient(farm.url, token=farm.token("worker")).download_file(sha(data), str(tmp_path / "f"))
+        assert (tmp_path / "f").read_bytes() == data and public.exchanges
+    finally:
+        public.close()
+
+
+def test_a_coordinator_whose_bucket_is_missing_refuses_to_start_with_a_sentence(seaweedfs, tmp_path):
+    env = {**os.environ, **credentials_env(), "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+    done = subprocess.run([sys.executable, "-m", "renderq", "coordinator", "--host", "127.0.0.1", "--port", "0",
+                           "--data-dir", str(tmp_path / "data"), "--blob-store", "s3://no-such-bucket/farm",
+                           "--s3-endpoint", seaweedfs.endpoint], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "renderq coordinator: the object store has no bucket 'no-such-bucket'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
