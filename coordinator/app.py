@@ -11,7 +11,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from . import auth
-from .blobs import open_blob_store
+from .blobs import BlobStore, ContentStore
 from .config import Config
 from .errors import RenderQError, database_refusal
 from .live import LiveStatus
@@ -88,3 +88,21 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         return jsonify({"error": error.description or error.name}), error.code
 
     return app
+
+
+def open_blob_store(config: Config) -> ContentStore:
+    """The blob store a coordinator's settings name: the data dir's `files` folder, or an S3 bucket."""
+    root = os.path.join(config.data_dir, "files")
+    if not config.blob_store:
+        return BlobStore(root, reserve_bytes=config.disk_reserve)
+    try:
+        from .blobs_s3 import S3BlobStore
+    except ImportError:
+        raise ValueError("--blob-store s3://... needs boto3: install RenderQ with its s3 extra "
+                         "(pip install 'renderq[s3]')") from None
+    try:
+        return S3BlobStore(config.blob_store, root, endpoint=config.s3_endpoint,
+                           public_endpoint=config.s3_public_endpoint, region=config.s3_region,
+                           reserve_bytes=config.disk_reserve)
+    except RenderQError as error:  # the store cannot be reached at start: a sentence, not a traceback
+        raise ValueError(error.message) from None

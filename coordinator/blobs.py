@@ -24,14 +24,11 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from renderq.private_files import PRIVATE_FOLDER, make_private
 
-from .errors import BadRequest, InsufficientStorage, NotFound, PayloadTooLarge, RenderQError
-
-if TYPE_CHECKING:
-    from .config import Config
+from .errors import BadRequest, InsufficientStorage, NotFound, PayloadTooLarge
 
 CHUNK = 1024 * 1024
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -384,21 +381,3 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def open_blob_store(config: "Config") -> ContentStore:
-    """The blob store a coordinator's settings name: the data dir's `files` folder, or an S3 bucket."""
-    root = os.path.join(config.data_dir, "files")
-    if not config.blob_store:
-        return BlobStore(root, reserve_bytes=config.disk_reserve)
-    try:
-        from .blobs_s3 import S3BlobStore
-    except ImportError:
-        raise ValueError("--blob-store s3://... needs boto3: install RenderQ with its s3 extra "
-                         "(pip install 'renderq[s3]')") from None
-    try:
-        return S3BlobStore(config.blob_store, root, endpoint=config.s3_endpoint,
-                           public_endpoint=config.s3_public_endpoint, region=config.s3_region,
-                           reserve_bytes=config.disk_reserve)
-    except RenderQError as error:  # the store cannot be reached at start: a sentence, not a traceback
-        raise ValueError(error.message) from None
