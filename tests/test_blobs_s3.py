@@ -215,3 +215,20 @@ def test_a_coordinator_whose_bucket_is_missing_refuses_to_start_with_a_sentence(
     assert done.returncode != 0
     assert "renderq coordinator: the object store has no bucket 'no-such-bucket'" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_direct_upload_larger_than_announced_and_than_the_limit_is_refused(farm, monkeypatch, seaweedfs,
+                                                                             s3_bucket):
+    """Announcing a small file, then putting a large one straight into the store, stores nothing."""
+    start_s3_coordinator(farm, monkeypatch, seaweedfs.endpoint, s3_bucket, "--upload-limit", "2K")
+    status, answer = farm.api.call("POST", "/upload_target", {"size": 4096})
+    assert status == 413 and "upload limit" in answer["error"]
+    target = farm.api.post("/upload_target", {"size": 100})
+    parts = urllib.parse.urlsplit(target["url"])
+    conn = http.client.HTTPConnection(parts.netloc, timeout=30)
+    data = os.urandom(3000)
+    conn.request("PUT", parts.path + "?" + parts.query, body=data)
+    assert conn.getresponse().status == 200
+    status, answer = farm.api.call("POST", "/upload_done", {"sha256": sha(data), "upload_id": target["upload_id"]})
+    assert status == 413 and "limit" in answer["error"], answer
+    assert keys(seaweedfs, s3_bucket) == {}
