@@ -225,6 +225,21 @@ def test_a_reserved_file_is_never_swept(tmp_path, blob_store):
     assert blobs.sweep_orphans(later, store.referenced_blobs)[0] == 1 and not blobs.exists(unused)
 
 
+
+def test_a_file_asked_for_again_is_kept_a_new_grace_period(tmp_path, blob_store):
+    """touch (a /missing_files answer "stored") starts the grace period over on each blob engine: on S3, where an
+    object's time cannot be set, through its marker object, which goes with it."""
+    store = Store(str(tmp_path / "db.sqlite3"))
+    sha256, _ = blob_store.put_stream(io.BytesIO(b"uploaded for an earlier task " + secrets.token_bytes(8)),
+                                      limit=10**7)
+    time.sleep(2.1)
+    asked_at = time.time()
+    assert blob_store.touch_many([sha256, "f" * 64]) == {sha256}
+    assert blob_store.sweep_orphans(asked_at - 1, store.referenced_blobs) == (0, 0)
+    assert blob_store.exists(sha256)
+    assert blob_store.sweep_orphans(time.time() + 5, store.referenced_blobs)[0] == 1
+    assert not blob_store.exists(sha256) and not blob_store.touch(sha256)
+
 # -- Blender's environment --------------------------------------------------------------------------------------------
 
 
