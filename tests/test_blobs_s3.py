@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import subprocess
 import sys
 import urllib.parse
 
 import pytest
-from harness import TcpProxy, wait_for
+from harness import ROOT, TcpProxy, wait_for
 from seaweedfs import credentials_env
 
 from renderq.http_client import DIRECT_UPLOAD_BYTES, CoordinatorClient, DownloadRefused
@@ -66,9 +67,16 @@ def test_a_task_renders_with_its_files_and_frames_in_the_bucket(s3_farm, s3_buck
     farm = s3_farm
     if farm.blender is None:
         pytest.skip("no Blender here")
-    task_id = farm.api.submit(scenes("basic", frames=2), 1, 2)
     farm.start_worker("a")
-    task = farm.api.wait_task_ended(task_id, 300)
+    # The artist's real command line: it uploads the file, waits, and saves each frame through the redirects.
+    out = tmp_path / "frames"
+    submitted = subprocess.run([sys.executable, "-m", "renderq", "submit", scenes("basic", frames=2), "--frames", "1-2",
+                                "--wait", "--output", str(out), *farm.cli_flags()], capture_output=True, text=True,
+                               timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert sorted(os.listdir(out)) == ["f_0001.png", "f_0002.png"]
+    task_id = int(re.search(r"submitted task (\d+)", submitted.stdout)[1])
+    task = farm.api.task(task_id)
     assert task["status"] == "done", task
     stored = keys(seaweedfs, s3_bucket)
     outputs = {frame["output_sha256"] for frame in task["frames"]}
@@ -86,6 +94,8 @@ def test_a_task_renders_with_its_files_and_frames_in_the_bucket(s3_farm, s3_buck
     client = CoordinatorClient(farm.url, token=farm.token("artist"))
     saved = client.download_frame(task_id, 1, str(tmp_path / "out"), expected_sha256=task["frames"][0]["output_sha256"])
     assert os.path.getsize(saved) == stored[f"{PREFIX}/{task['frames'][0]['output_sha256']}"]
+    with open(saved, "rb") as fetched:
+        assert fetched.read() == (out / "f_0001.png").read_bytes()
     # The status page's thumbnails stay on the coordinator's origin: inline is sent by it, not redirected.
     status, body = farm.api.call("GET", f"/download_frame?task_id={task_id}&frame=1&inline=true")
     assert status == 200 and body.startswith(b"\x89PNG")
