@@ -72,7 +72,7 @@ def submit_task():
     # The orphan sweep may have deleted a file since the checks above (one uploaded long ago and used by no task):
     # reserved, each is checked once more and then kept until the task that uses it is stored.
     with blobs.reserved(spec_file.sha256 for spec_file in spec.files):
-        _require_uploaded(spec.files)
+        _require_uploaded(spec.files, refresh=True)
         task = _scheduler().submit_task(spec)
     return jsonify(task), 201
 
@@ -145,10 +145,14 @@ def _task_files(body: dict) -> tuple[dict[str, TaskFile], str]:
     return files, main_file
 
 
-def _require_uploaded(files: Iterable[TaskFile]) -> None:
-    """Refuse a task whose files are not all stored."""
+def _require_uploaded(files: Iterable[TaskFile], refresh: bool = False) -> None:
+    """Refuse a task whose files are not all stored. With `refresh`, each file's grace period as an orphan starts
+    over too: the reservation that guards it holds in this process only, and another coordinator sharing the
+    object store sweeps only files older than the grace period."""
     blobs = _blobs()
-    lacking = sorted({f.sha256 for f in files if not blobs.exists(f.sha256)})
+    hashes = {f.sha256 for f in files}
+    present = blobs.touch_many(hashes) if refresh else {sha256 for sha256 in hashes if blobs.exists(sha256)}
+    lacking = sorted(hashes - present)
     if lacking:
         raise BadRequest(f"{len(lacking)} file(s) of the task are not uploaded yet (first: {lacking[0]}); "
                          "ask /missing_files and upload them first")
