@@ -171,10 +171,20 @@ def test_the_object_store_down_is_a_clear_503(farm, monkeypatch, seaweedfs, s3_b
         status, _ = farm.api.call("POST", f"/upload_file?sha256={sha(data)}", raw=data,
                                   content_type="application/octet-stream")
         assert status == 200
+        # A worker holding a frame, to deliver it (the fast route) while the store is away.
+        status, blend = farm.api.call("POST", "/upload_blend?filename=a.blend", raw=BLEND_HEAD,
+                                      content_type="application/octet-stream")
+        task_id = farm.api.post("/submit_task", {"name": "t", "blend_sha256": blend["sha256"], "frame_start": 1,
+                                                 "frame_end": 1})["task_id"]
+        worker_id = farm.api.post("/register_worker", {"name": "w", "blender_version": "3.4.1"})["worker_id"]
+        lease = farm.api.post("/frames/claim", {"worker_id": worker_id})["frame"]
+        finish = (f"/frames/finish?worker_id={worker_id}&task_id={task_id}&frame=1&lease_id={lease['lease_id']}"
+                  "&filename=f_0001.png")
         proxy.cut("refuse")
         for method, path, body, raw in (("POST", "/missing_files", {"sha256": [sha(data)]}, None),
                                         ("POST", f"/upload_file?sha256={sha(b'x')}", None, b"x"),
-                                        ("GET", f"/download_file?sha256={sha(data)}", None, None)):
+                                        ("GET", f"/download_file?sha256={sha(data)}", None, None),
+                                        ("POST", finish, None, b"rendered pixels")):
             status, answer = farm.api.call(method, path, body, raw=raw, content_type=raw and "application/octet-stream")
             assert status == 503, (path, status, answer)
             assert "object store" in answer["error"], answer
@@ -182,9 +192,13 @@ def test_the_object_store_down_is_a_clear_503(farm, monkeypatch, seaweedfs, s3_b
         worker = CoordinatorClient(farm.url, token=farm.token("worker"))
         with pytest.raises(Exception, match="object store"):
             worker.download_file(sha(data), str(tmp_path / "fetched"))
+        held = farm.api.task(task_id)["frames"][0]
+        assert held["status"] == "leased" and not held["output_sha256"], held  # nothing half-done was recorded
         proxy.restore()
         worker.download_file(sha(data), str(tmp_path / "fetched"))
         assert (tmp_path / "fetched").read_bytes() == data
+        status, answer = farm.api.call("POST", finish, raw=b"rendered pixels", content_type="application/octet-stream")
+        assert status == 200 and answer["frame"]["status"] == "done", answer
     finally:
         proxy.close()
 
