@@ -40,7 +40,7 @@ MANIFEST_NAME = "blender_manifest.toml"
 # The renderq modules the add-on imports, plus the package's __init__ so that `renderq` is a package.
 VENDORED_RENDERQ = ("__init__.py", "http_client.py", "client_errors.py", "packing.py", "exposure.py",
                     "blend_header.py", "paths.py", "frame_download.py", "model.py", "units.py", "submit.py",
-                    "local_files.py", "addresses.py")
+                    "local_files.py", "addresses.py", "object_store.py")
 BAT_PACKAGE = "blender_asset_tracer"
 BAT_DISTRIBUTION = "blender-asset-tracer"
 # Relative to the BAT package: parts that need third-party modules (requests, boto3) or are a command line.

@@ -11,9 +11,9 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from . import auth
-from .blobs import BlobStore
+from .blobs import BlobStore, ContentStore
 from .config import Config
-from .errors import RenderQError, database_refusal
+from .errors import RenderQError, ServiceUnavailable, database_refusal
 from .live import LiveStatus
 from .metrics import Metrics
 from .scheduler import Policy, Scheduler
@@ -44,8 +44,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.extensions["renderq.scheduler"] = scheduler
     app.extensions["renderq.live"] = LiveStatus(scheduler, config.poll_interval)
     app.extensions["renderq.metrics"] = Metrics(scheduler)
-    app.extensions["renderq.blobs"] = BlobStore(os.path.join(config.data_dir, "files"),
-                                                        reserve_bytes=config.disk_reserve)
+    app.extensions["renderq.blobs"] = open_blob_store(config)
 
     from .api.files import files
     from .api.health import health
@@ -77,6 +76,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     @app.errorhandler(RenderQError)
     def domain_error(error: RenderQError):
+        if isinstance(error, ServiceUnavailable):  # only the object store says so
+            app.extensions["renderq.metrics"].errors.labels("object_store").inc()
         return jsonify({"error": error.message}), error.status
 
     @app.errorhandler(sqlite3.OperationalError)
@@ -92,3 +93,21 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         return jsonify({"error": error.description or error.name}), error.code
 
     return app
+
+
+def open_blob_store(config: Config) -> ContentStore:
+    """The blob store a coordinator's settings name: the data dir's `files` folder, or an S3 bucket."""
+    root = os.path.join(config.data_dir, "files")
+    if not config.blob_store:
+        return BlobStore(root, reserve_bytes=config.disk_reserve)
+    try:
+        from .blobs_s3 import S3BlobStore
+    except ImportError:
+        raise ValueError("--blob-store s3://... needs boto3: install RenderQ with its s3 extra "
+                         "(pip install 'renderq[s3]')") from None
+    try:
+        return S3BlobStore(config.blob_store, root, endpoint=config.s3_endpoint,
+                           public_endpoint=config.s3_public_endpoint, region=config.s3_region,
+                           reserve_bytes=config.disk_reserve)
+    except RenderQError as error:  # the store cannot be reached at start: a sentence, not a traceback
+        raise ValueError(error.message) from None

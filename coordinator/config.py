@@ -89,6 +89,16 @@ class Config:
     # an upload may wait for the submit that uses it (a file the client is told is already stored gets this again).
     orphan_grace: float = 86400.0
 
+    # Object store
+    # Empty: files are kept in the data dir. `s3://bucket/prefix`: in that bucket of an S3-compatible store, whose
+    # credentials come from the usual AWS_* variables.
+    blob_store: str = ""
+    # The store's address (empty: AWS_ENDPOINT_URL, else Amazon S3) and region (empty: AWS_REGION).
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    # The store's address as workers and artists reach it, in the presigned URLs (empty: s3_endpoint).
+    s3_public_endpoint: str = ""
+
     @property
     def lease_seconds(self) -> float:
         """A lease lives as long as a worker counts as alive: both end when its updates stop."""
@@ -137,6 +147,8 @@ class Config:
                 raise ValueError(f"{name.replace('_', ' ')} must not be negative")
         if not 1 <= self.orphan_grace <= 365 * 86400:
             raise ValueError(f"orphan grace must be from 1 to {365 * 86400} seconds (365 days)")
+        if self.blob_store and not (self.blob_store.startswith("s3://") and len(self.blob_store) > 5):
+            raise ValueError(f"blob store must be empty (the data dir) or s3://bucket/prefix, not {self.blob_store!r}")
         if self.poll_interval <= 0:
             raise ValueError("poll interval must be more than 0 seconds")
         self._validate_http()

@@ -46,6 +46,10 @@ class InsufficientStorage(RenderQError, status=507):
     """Storing the upload would eat into the disk reserve of the data dir."""
 
 
+class ServiceUnavailable(RenderQError, status=503):
+    """A service the coordinator relies on (the object store) cannot serve the request now; nothing was changed."""
+
+
 class Forbidden(RenderQError, status=403):
     """The caller is known but may not do this (an artist canceling someone else's task)."""
 

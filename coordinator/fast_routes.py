@@ -26,7 +26,7 @@ from . import worker_calls
 from .api import contract
 from .api.validation import file_name, json_object
 from .batcher import Batcher
-from .errors import InsufficientStorage, RenderQError, database_refusal
+from .errors import InsufficientStorage, RenderQError, ServiceUnavailable, database_refusal
 from .scheduler import Scheduler
 from .wsgi_bridge import Scope, Send
 
@@ -139,7 +139,7 @@ class FastRoutes:
     def _store_file(self, body: bytes) -> tuple[str, int]:
         try:
             return self._blobs.put_stream(io.BytesIO(body), limit=self._config.upload_limit)
-        except (OSError, InsufficientStorage):
+        except (OSError, InsufficientStorage, ServiceUnavailable):
             self._metrics.errors.labels("object_store").inc()
             raise
 

@@ -22,7 +22,7 @@ from renderq.settings import Flag, add_flags
 from renderq.units import parse_size
 
 from .auth import is_loopback
-from .blobs import BlobStore
+from .blobs import ContentStore
 from .config import Config
 from .processes import serve_in_processes
 from .store import Store
@@ -97,6 +97,18 @@ HTTP_FLAGS = (
          "413 error before they are read (RENDERQ_BODY_LIMIT, default 4M)"),
 )
 
+# Where task files and frames are kept.
+BLOB_STORE_FLAGS = (
+    Flag("--blob-store", str, "keep task files and frames in an S3-compatible bucket, s3://bucket/prefix, instead "
+         "of the data dir; credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; needs the s3 extra "
+         "(RENDERQ_BLOB_STORE, default: the data dir)", metavar="URL"),
+    Flag("--s3-endpoint", str, "address of the S3-compatible store, e.g. http://store:8333 (RENDERQ_S3_ENDPOINT, "
+         "default AWS_ENDPOINT_URL, else Amazon S3)", metavar="URL"),
+    Flag("--s3-region", str, "region of the bucket (RENDERQ_S3_REGION, default AWS_REGION)"),
+    Flag("--s3-public-endpoint", str, "address of the store as workers and artists reach it, put in the presigned "
+         "URLs they download and upload at (RENDERQ_S3_PUBLIC_ENDPOINT, default --s3-endpoint)", metavar="URL"),
+)
+
 ORPHAN_GRACE_FLAG = Flag("--orphan-grace", float, "a stored file that no task uses (an upload, a frame's output) is "
                          "deleted once it is this old: the longest an upload may wait for the submit that uses it "
                          "(RENDERQ_ORPHAN_GRACE, default 86400, a day)", metavar="SECONDS")
@@ -122,6 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let anyone who reaches the coordinator read the status page; changes still need the "
                         "admin token (RENDERQ_OPEN_STATUS=1)")
     add_flags(parser, [ORPHAN_GRACE_FLAG])
+    add_flags(parser, BLOB_STORE_FLAGS)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -333,7 +346,7 @@ def _fit_connections(wanted: int) -> int:
 class OrphanSweeper:
     """Deletes stored files no task uses once they are older than the grace period, a bounded part per round."""
 
-    def __init__(self, blobs: BlobStore, store: Store, grace: float) -> None:
+    def __init__(self, blobs: ContentStore, store: Store, grace: float) -> None:
         self.blobs = blobs
         self.store = store
         self.grace = grace

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
 
 CHUNK = 1024 * 1024
 
@@ -28,12 +29,14 @@ class _Spout(io.RawIOBase):
         return chunk
 
 
-def stream_zip(entries: Iterable[tuple[str, str]]) -> Iterator[bytes]:
-    """Yield a zip archive of (name in archive, path on disk); images are stored, not recompressed."""
+def stream_zip(entries: Iterable[tuple[str, str]], open_source: Callable[[str], BinaryIO]) -> Iterator[bytes]:
+    """Yield a zip archive of (name in archive, source), each source's bytes read from open_source(source) (a
+    stored file by its hash); images are stored, not recompressed."""
     spout = _Spout()
     with zipfile.ZipFile(spout, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, path in entries:
-            with archive.open(zipfile.ZipInfo(name), "w", force_zip64=True) as member, open(path, "rb") as source:
+        for name, source_name in entries:
+            member_info = zipfile.ZipInfo(name)
+            with archive.open(member_info, "w", force_zip64=True) as member, open_source(source_name) as source:
                 while chunk := source.read(CHUNK):
                     member.write(chunk)
                     yield spout.drain()

@@ -15,18 +15,16 @@ import hashlib
 import http.client
 import json
 import os
-import select
-import socket
 import tempfile
-import threading
 import urllib.parse
 from typing import Any, Callable, Iterator, Sequence
 
 from renderq.client_errors import (Conflict, CoordinatorError, CoordinatorUnreachable, DiskFull, DownloadRefused,
                                    Forbidden, Invalid, LeaseLost, NotFound, TooLarge, Unauthorized, Unavailable,
                                    describe_failure, error_for)
-from renderq.addresses import Address, Addresses
+from renderq.addresses import Address, Addresses, IdleConnections
 from renderq.local_files import BLOCK_SIZE, ProgressReader, check_not_link, file_sha256, remove_quietly
+from renderq.object_store import REDIRECTS, STORE_CONNECTIONS, open_presigned, send_presigned
 from renderq.paths import is_safe_file_name
 
 __all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "Conflict", "DiskFull", "DownloadRefused",
@@ -43,8 +41,8 @@ _MAX_IDLE_CONNECTIONS = 4
 _MISSING_FILES_BATCH = 20_000
 # Frames asked for per GET /task (the coordinator sends at most 10,000).
 _FRAMES_PAGE = 5_000
-
-
+# A file at least this large is put straight into the farm's object store when the coordinator offers it.
+DIRECT_UPLOAD_BYTES = 8 * 1024 * 1024
 
 
 class CoordinatorClient:
@@ -61,8 +59,7 @@ class CoordinatorClient:
         self.addresses = Addresses(base_url)
         self.timeout = timeout
         self.token = token.strip() if token else None
-        self._idle: list[tuple[Address, http.client.HTTPConnection]] = []
-        self._idle_lock = threading.Lock()
+        self._pool = IdleConnections(timeout, _BLOCK_SIZE, _MAX_IDLE_CONNECTIONS)
 
     @property
     def base_url(self) -> str:
@@ -72,40 +69,18 @@ class CoordinatorClient:
     # -- plumbing -------------------------------------------------------------------------------------------------
 
     def _connection(self, address: Address) -> http.client.HTTPConnection:
-        """An idle keep-alive connection to `address` from the pool, or a new one (connected by its first
-        request)."""
-        while True:
-            with self._idle_lock:
-                conn = self._idle.pop()[1] if self._idle and self._idle[-1][0] == address else None
-            if conn is None:
-                kind = http.client.HTTPSConnection if address.scheme == "https" else http.client.HTTPConnection
-                conn = kind(address.netloc, timeout=self.timeout, blocksize=_BLOCK_SIZE)
-                conn.renderq_address = address  # type: ignore[attr-defined]  # which pool it goes back to
-                return conn
-            if conn.sock is not None and _closed_by_peer(conn.sock):
-                conn.close()  # the coordinator let it go while it was idle: try the next
-                continue
-            return conn
+        return self._pool.take(address)
 
     def _release(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse | None) -> None:
         """Give the connection back to the pool if its answer was read to the end, else close it."""
-        if response is None or not response.isclosed() or conn.sock is None:
+        if isinstance(conn, STORE_CONNECTIONS):  # the object store's: never pooled with the coordinators'
             conn.close()
             return
-        address = self.addresses.current
-        with self._idle_lock:
-            # Connections to an address no longer in use are not kept: calls go to the current one.
-            if len(self._idle) < _MAX_IDLE_CONNECTIONS and getattr(conn, "renderq_address", None) == address:
-                self._idle.append((address, conn))
-                return
-        conn.close()
+        self._pool.give_back(conn, response, self.addresses.current)
 
     def close(self) -> None:
         """Close the idle connections (the next call opens a new one)."""
-        with self._idle_lock:
-            idle, self._idle = self._idle, []
-        for _, conn in idle:
-            conn.close()
+        self._pool.close()
 
     def _target(self, path: str, params: dict | None, prefix: str = "") -> str:
         target = prefix + "/" + path.lstrip("/")
@@ -122,7 +97,8 @@ class CoordinatorClient:
               headers: dict[str, str] | None = None, lease_fenced: bool = False, refusals: bool = True,
               ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send one request and return the connection and its response; non-2xx answers raise a typed error
-        (unless `refusals` is False).
+        (unless `refusals` is False). A GET redirected (to a presigned URL of the farm's object store) is followed
+        once, without the token.
 
         The caller reads the response and hands the connection back with _release.
         """
@@ -150,9 +126,12 @@ class CoordinatorClient:
         conn = self._connection(address)
         try:
             response = self._exchange(conn, method, target, body, headers)
-            if refusals and not 200 <= response.status < 300:
-                raise self._refusal(response, lease_fenced)
-            return conn, response
+            if method != "GET" or response.status not in REDIRECTS:
+                if refusals and not 200 <= response.status < 300:
+                    raise self._refusal(response, lease_fenced)
+                return conn, response
+            location = urllib.parse.urljoin(address.url + "/", response.getheader("Location") or "")
+            response.read()
         except CoordinatorError:
             conn.close()
             raise
@@ -162,6 +141,8 @@ class CoordinatorClient:
         except BaseException:
             conn.close()
             raise
+        self._release(conn, response)
+        return open_presigned(location, self.timeout)
 
     def _exchange(self, conn: http.client.HTTPConnection, method: str, target: str,
                   body: bytes | ProgressReader | None, headers: dict[str, str]) -> http.client.HTTPResponse:
@@ -382,9 +363,25 @@ class CoordinatorClient:
 
         The coordinator hashes what it receives and refuses (400) bytes that do not match `sha256`, so a file that
         changed since it was hashed is never stored under the old hash. `progress(sent_bytes, total_bytes)` is
-        called as it goes. Returns {"sha256", "size"}.
+        called as it goes. A large file goes straight to the farm's object store when the coordinator offers it
+        (POST /upload_target), and counts once the coordinator has checked its hash there. Returns
+        {"sha256", "size"}.
         """
-        return self._upload("/upload_file", {"sha256": sha256}, path, progress)
+        size = os.path.getsize(path)
+        target = self._upload_target(size) if size >= DIRECT_UPLOAD_BYTES else None
+        if target is None:
+            return self._upload("/upload_file", {"sha256": sha256}, path, progress)
+        with open(path, "rb") as stream:
+            send_presigned(target, ProgressReader(stream, size, progress), size, self.timeout)
+        return self.request("POST", "/upload_done", json_body={"sha256": sha256, "upload_id": target["upload_id"]})
+
+    def _upload_target(self, size: int) -> dict | None:
+        """Where to put a large file straight into the farm's object store, or None: through the coordinator."""
+        try:
+            target = self.request("POST", "/upload_target", json_body={"size": size})
+        except NotFound:
+            return None  # a coordinator older than direct uploads
+        return target if isinstance(target, dict) and target.get("url") else None
 
     # -- tasks and frames ---------------------------------------------------------------------------------------
 
@@ -573,15 +570,6 @@ def _encoded(json_body: Any, data: bytes | None) -> tuple[bytes | None, dict[str
     if data is not None:
         return data, {"Content-Type": "application/octet-stream"}
     return None, {}
-
-
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """Whether an idle keep-alive socket was closed by the other side: it then reads as ready (at end of file)."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
 
 
 def _param_text(value: Any) -> str:

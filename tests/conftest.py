@@ -9,16 +9,30 @@ import pytest
 from coordinator.app import create_app
 from coordinator.config import Config
 
+# The SeaweedFS fixtures (seaweedfs, s3_bucket) for the tests of the S3 blob engine.
+pytest_plugins = ["seaweedfs"]
+
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ARTIST_TOKEN = "test-artist-token-0123456789"
 WORKER_TOKEN = "test-worker-token-0123456789"
 
 
 @pytest.fixture
-def app(tmp_path):
-    """The coordinator app on an empty data dir, with a small upload limit so limits are testable."""
+def app(request, tmp_path, monkeypatch):
+    """The coordinator app on an empty data dir, with a small upload limit so limits are testable.
+
+    Files go to the data dir; a test parametrized with `@pytest.mark.parametrize("app", BLOB_ENGINES,
+    indirect=True)` runs once on it and once on a bucket of the session's SeaweedFS."""
+    blob_options = {}
+    if getattr(request, "param", "local") == "s3":
+        from seaweedfs import credentials_env
+
+        for name, value in credentials_env().items():
+            monkeypatch.setenv(name, value)
+        blob_options = {"blob_store": f"s3://{request.getfixturevalue('s3_bucket')}/files",
+                        "s3_endpoint": request.getfixturevalue("seaweedfs").endpoint}
     config = Config(data_dir=str(tmp_path / "data"), upload_limit=1024 * 1024, admin_token=ADMIN_TOKEN,
-                    artist_token=ARTIST_TOKEN, worker_token=WORKER_TOKEN)
+                    artist_token=ARTIST_TOKEN, worker_token=WORKER_TOKEN, **blob_options)
     return create_app(config)
 
 

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from coordinator.config import Config
+from seaweedfs import BLOB_ENGINES
 
 BLEND = b"BLENDER-v304REND" + b"\0" * 64
 
@@ -88,6 +89,7 @@ def _upload_tree(client, files: dict[str, bytes]) -> list[dict]:
     return manifest
 
 
+@pytest.mark.parametrize("app", BLOB_ENGINES, indirect=True)
 def test_content_addressed_upload_only_missing_and_verified(client, app):
     manifest = _upload_tree(client, {"project/main.blend": BLEND, "project/textures/wood.png": TEXTURE})
     hashes = [m["sha256"] for m in manifest]
@@ -104,6 +106,7 @@ def test_content_addressed_upload_only_missing_and_verified(client, app):
     assert client.post("/missing_files", json={"sha256": [_sha(changed)]}).json == {"missing": [_sha(changed)]}
 
 
+@pytest.mark.parametrize("app", BLOB_ENGINES, indirect=True)
 def test_submit_a_tree_and_read_its_manifest_and_version(client):
     manifest = _upload_tree(client, {"project/main.blend": BLEND, "project/textures/wood.png": TEXTURE})
     task = client.post("/submit_task", json={"manifest": manifest, "main_file": "project/main.blend",
@@ -128,6 +131,7 @@ def test_manifest_paths_must_stay_inside_the_tree(client, path):
     assert client.get("/tasks").json["tasks"] == []
 
 
+@pytest.mark.parametrize("app", BLOB_ENGINES, indirect=True)
 def test_manifest_must_be_uploaded_and_main_file_a_blend(client):
     manifest = _upload_tree(client, {"main.blend": BLEND, "tex.png": TEXTURE})
     lacking = manifest + [{"path": "other.png", "sha256": "e" * 64, "size": 3}]
@@ -140,6 +144,7 @@ def test_manifest_must_be_uploaded_and_main_file_a_blend(client):
                                              "frame_end": 1}).status_code == 400
 
 
+@pytest.mark.parametrize("app", BLOB_ENGINES, indirect=True)
 def test_disk_usage_zip_and_delete(client, app, admin):
     import io
     import zipfile

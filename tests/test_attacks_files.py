@@ -18,7 +18,6 @@ import time
 
 import pytest
 
-from coordinator.blobs import BlobStore
 from coordinator.store import Store
 from harness import Farm, find_blender_or_none, wait_for
 from renderq.private_files import make_private_tree_top
@@ -207,10 +206,11 @@ def test_submits_racing_the_sweep_never_store_a_task_without_its_files(farm: Far
     assert [sha256 for sha256 in accepted if not stored(farm, sha256)] == []
 
 
-def test_a_reserved_file_is_never_swept(tmp_path):
-    """The guard itself: a file reserved by a submit stays, whatever its age, until the task is stored."""
+def test_a_reserved_file_is_never_swept(tmp_path, blob_store):
+    """The guard itself: a file reserved by a submit stays, whatever its age, until the task is stored (on each
+    blob engine)."""
     store = Store(str(tmp_path / "db.sqlite3"))
-    blobs = BlobStore(str(tmp_path / "files"), reserve_bytes=0)
+    blobs = blob_store
     sha256, _ = blobs.put_stream(io.BytesIO(BLEND), limit=10**7)
     later = time.time() + 10
     with blobs.reserved([sha256]):
@@ -224,6 +224,21 @@ def test_a_reserved_file_is_never_swept(tmp_path):
     unused, _ = blobs.put_stream(io.BytesIO(b"used by no task"), limit=10**7)
     assert blobs.sweep_orphans(later, store.referenced_blobs)[0] == 1 and not blobs.exists(unused)
 
+
+
+def test_a_file_asked_for_again_is_kept_a_new_grace_period(tmp_path, blob_store):
+    """touch (a /missing_files answer "stored") starts the grace period over on each blob engine: on S3, where an
+    object's time cannot be set, through its marker object, which goes with it."""
+    store = Store(str(tmp_path / "db.sqlite3"))
+    sha256, _ = blob_store.put_stream(io.BytesIO(b"uploaded for an earlier task " + secrets.token_bytes(8)),
+                                      limit=10**7)
+    time.sleep(2.1)
+    asked_at = time.time()
+    assert blob_store.touch_many([sha256, "f" * 64]) == {sha256}
+    assert blob_store.sweep_orphans(asked_at - 1, store.referenced_blobs) == (0, 0)
+    assert blob_store.exists(sha256)
+    assert blob_store.sweep_orphans(time.time() + 5, store.referenced_blobs)[0] == 1
+    assert not blob_store.exists(sha256) and not blob_store.touch(sha256)
 
 # -- Blender's environment --------------------------------------------------------------------------------------------
 

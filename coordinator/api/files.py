@@ -6,9 +6,10 @@ import itertools
 import os
 import shutil
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
-from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file
+from werkzeug.wrappers import Response as AnyResponse
 
 from renderq.paths import collision_key, is_safe_file_name
 
@@ -42,14 +43,25 @@ def upload_blend():
     return jsonify({"sha256": sha256, "size": size, "filename": filename})
 
 
+def send_blob(sha256: str, download_name: str, *, direct: bool = True, **send_options) -> AnyResponse:
+    """Answer with a stored file: a redirect to the blob store's own URL for it when it has one and `direct`, so
+    the bytes skip the coordinator (the client follows it without the farm's token), else the bytes themselves
+    with Flask's send_file and these options."""
+    blobs = current_app.extensions["renderq.blobs"]
+    url = blobs.download_url(sha256, download_name) if direct else None
+    if url:
+        return redirect(url, 302)
+    path = blobs.local_path(sha256)
+    return send_file(path or blobs.open(sha256), download_name=download_name, **send_options)
+
+
 @files.get("/download_file")
 @requires("worker")
 def download_file():
     sha256 = v.query()["sha256"]
-    blobs = current_app.extensions["renderq.blobs"]
-    if not blobs.exists(sha256):
+    if not current_app.extensions["renderq.blobs"].exists(sha256):
         raise NotFound(f"no stored file has SHA-256 {sha256}")
-    return send_file(blobs.path(sha256), mimetype="application/octet-stream", max_age=0)
+    return send_blob(sha256, sha256, mimetype="application/octet-stream", max_age=0)
 
 
 @files.post("/missing_files")
@@ -58,7 +70,8 @@ def missing_files():
     hashes = v.json_body()["sha256"]  # at most 100,000 SHA-256s, by the contract
     blobs = current_app.extensions["renderq.blobs"]
     # The files reported present get a new grace period as orphans: the client will submit a task using them.
-    return jsonify({"missing": sorted({h for h in hashes if not blobs.touch(h)})})
+    stored = blobs.touch_many(hashes)
+    return jsonify({"missing": sorted({h for h in hashes if h not in stored})})
 
 
 @files.post("/upload_file")
@@ -71,10 +84,33 @@ def upload_file():
     blobs = current_app.extensions["renderq.blobs"]
     if blobs.touch(sha256):
         # Already stored (hashes name their content): nothing to write, so a nearly full disk is no reason to refuse.
-        return jsonify({"sha256": sha256, "size": os.path.getsize(blobs.path(sha256))})
+        return jsonify({"sha256": sha256, "size": blobs.size(sha256) or 0})
     blobs.check_space(request.content_length or 0)
     stored, size = blobs.put_stream(request.stream, limit=limit, expected_sha256=sha256)
     return jsonify({"sha256": stored, "size": size})
+
+
+@files.post("/upload_target")
+@requires("artist")
+def upload_target():
+    """Where the client may put a large file straight into the object store: {"upload_id", "url", "method",
+    "headers"}, or {"url": null} when it uploads through POST /upload_file (the coordinator keeps its files)."""
+    body = v.json_body()
+    limit = current_app.config["RENDERQ"].upload_limit
+    if body["size"] > limit:
+        raise PayloadTooLarge(f"the file is larger than the coordinator's upload limit of {limit} bytes")
+    target = current_app.extensions["renderq.blobs"].upload_target(body["size"])
+    return jsonify(target or {"url": None})
+
+
+@files.post("/upload_done")
+@requires("artist")
+def upload_done():
+    """Count a direct upload once the object store's copy hashes to `sha256`; refused (400) and deleted if not."""
+    body = v.json_body()
+    blobs = current_app.extensions["renderq.blobs"]
+    sha256, size = blobs.finish_upload(body["sha256"], body["upload_id"], current_app.config["RENDERQ"].upload_limit)
+    return jsonify({"sha256": sha256, "size": size})
 
 
 @files.get("/task_manifest")
@@ -91,18 +127,18 @@ def download_frames_zip():
     task = scheduler.task_detail(task_id, with_frames=False)
     blobs = current_app.extensions["renderq.blobs"]
     # Read from the database a page at a time while the zip streams, not all of a big task's frames at once.
-    entries = _zip_entries((f for f in scheduler.iter_frames(task_id, "done")
-                            if f["output_sha256"] and blobs.exists(f["output_sha256"])), blobs.path)
+    entries = _zip_entries(f for f in scheduler.iter_frames(task_id, "done")
+                           if f["output_sha256"] and blobs.exists(f["output_sha256"]))
     first = next(entries, None)
     if first is None:
         raise NotFound(f"task {task_id} has no rendered frames to download")
     name = f"{task['name']}-frames.zip"
-    return Response(stream_zip(itertools.chain([first], entries)), mimetype="application/zip",
+    return Response(stream_zip(itertools.chain([first], entries), blobs.open), mimetype="application/zip",
                     headers={"Content-Disposition": _attachment(name)})
 
 
-def _zip_entries(frames: Iterable[dict], blob_path: Callable[[str], str]) -> Iterator[tuple[str, str]]:
-    """(name in the zip, stored file) of done frames, every name unique by renderq.paths.collision_key.
+def _zip_entries(frames: Iterable[dict]) -> Iterator[tuple[str, str]]:
+    """(name in the zip, SHA-256 of the stored file) of done frames, every name unique by renderq.paths.collision_key.
 
     The coordinator refuses a second frame with an output name a task has, but frames stored before that rule (or
     named against it) still get into the zip: under `frame_<number>` and their extension.
@@ -118,7 +154,7 @@ def _zip_entries(frames: Iterable[dict], blob_path: Callable[[str], str]) -> Ite
                 copy += 1
                 name = f"frame_{frame['frame']}_{copy}{suffix}"
         taken.add(collision_key(name))
-        yield name, blob_path(frame["output_sha256"])
+        yield name, frame["output_sha256"]
 
 
 def _attachment(filename: str) -> str:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 
-from flask import Blueprint, current_app, jsonify, request, send_file
+from flask import Blueprint, current_app, jsonify, request
 
 from renderq.blend_header import read_blend_version
 from renderq.paths import check_path_set, check_relative_path
@@ -17,6 +16,7 @@ from ..blobs import looks_like_blend
 from ..errors import BadRequest, NotFound, PayloadTooLarge
 from ..scheduler import TaskFile, TaskSpec
 from . import validation as v
+from .files import send_blob
 
 tasks = Blueprint("tasks", __name__)
 
@@ -72,7 +72,7 @@ def submit_task():
     # The orphan sweep may have deleted a file since the checks above (one uploaded long ago and used by no task):
     # reserved, each is checked once more and then kept until the task that uses it is stored.
     with blobs.reserved(spec_file.sha256 for spec_file in spec.files):
-        _require_uploaded(spec.files)
+        _require_uploaded(spec.files, refresh=True)
         task = _scheduler().submit_task(spec)
     return jsonify(task), 201
 
@@ -133,22 +133,26 @@ def _task_files(body: dict) -> tuple[dict[str, TaskFile], str]:
     else:
         sha256 = body["blend_sha256"]
         main_file = v.file_name(body.get("blend_filename", "scene.blend"), "'blend_filename'")
-        size = os.path.getsize(blobs.path(sha256)) if blobs.exists(sha256) else 0
+        size = blobs.size(sha256) or 0
         files = {main_file: TaskFile(main_file, sha256, size)}
     _require_uploaded(files.values())
     for entry in files.values():
-        actual = os.path.getsize(blobs.path(entry.sha256))
+        actual = blobs.size(entry.sha256)
         if actual != entry.size:
             raise BadRequest(f"the manifest says {entry.path!r} has {entry.size} bytes, but its file has {actual}")
-    if not looks_like_blend(_head(blobs.path(files[main_file].sha256))):
+    if not looks_like_blend(blobs.head(files[main_file].sha256)):
         raise BadRequest(f"the main file {main_file!r} is not a .blend file")
     return files, main_file
 
 
-def _require_uploaded(files: Iterable[TaskFile]) -> None:
-    """Refuse a task whose files are not all stored."""
+def _require_uploaded(files: Iterable[TaskFile], refresh: bool = False) -> None:
+    """Refuse a task whose files are not all stored. With `refresh`, each file's grace period as an orphan starts
+    over too: the reservation that guards it holds in this process only, and another coordinator sharing the
+    object store sweeps only files older than the grace period."""
     blobs = _blobs()
-    lacking = sorted({f.sha256 for f in files if not blobs.exists(f.sha256)})
+    hashes = {f.sha256 for f in files}
+    present = blobs.touch_many(hashes) if refresh else {sha256 for sha256 in hashes if blobs.exists(sha256)}
+    lacking = sorted(hashes - present)
     if lacking:
         raise BadRequest(f"{len(lacking)} file(s) of the task are not uploaded yet (first: {lacking[0]}); "
                          "ask /missing_files and upload them first")
@@ -162,15 +166,11 @@ def _checked_path(path: str, what: str) -> str:
         raise BadRequest(f"{what} cannot be written on every worker: {error}") from None
 
 
-def _head(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(64)
-
-
 def _version_of(sha256: str) -> str:
     """The Blender version in the stored .blend's header; '' when it cannot be read (no version rule then)."""
     try:
-        return read_blend_version(_blobs().path(sha256))
+        with _blobs().head_file(sha256) as path:
+            return read_blend_version(path)
     except ValueError:
         return ""
 
@@ -312,9 +312,8 @@ INLINE_IMAGES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/j
                  (b"RIFF", "image/webp"), (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"))
 
 
-def _inline_type(path: str) -> str | None:
-    with open(path, "rb") as handle:
-        head = handle.read(16)
+def _inline_type(sha256: str) -> str | None:
+    head = _blobs().head(sha256, 16)
     for magic, mimetype in INLINE_IMAGES:
         if head.startswith(magic) and (mimetype != "image/webp" or head[8:12] == b"WEBP"):
             return mimetype
@@ -331,17 +330,16 @@ def download_frame():
         raise NotFound(f"the files of task {task_id} were deleted")
     if frame["status"] != "done" or not frame["output_sha256"]:
         raise NotFound(f"frame {number} of task {task_id} is not rendered yet ({frame['status']})")
-    path = _blobs().path(frame["output_sha256"])
+    sha256 = frame["output_sha256"]
     if inline:
-        mimetype = _inline_type(path)
+        mimetype = _inline_type(sha256)
         if mimetype is None:
             raise BadRequest(f"frame {number} of task {task_id} ({frame['output']}) is not an image a browser "
                              "can show; download it instead")
         # A done frame's file never changes (a re-render gets a new hash), so the browser may keep it a while.
-        response = send_file(path, mimetype=mimetype, download_name=frame["output"], max_age=3600,
-                             etag=frame["output_sha256"])
+        # Sent by the coordinator, never redirected: the page's own origin and these headers must hold.
+        response = send_blob(sha256, frame["output"], direct=False, mimetype=mimetype, max_age=3600, etag=sha256)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
         return response
-    return send_file(path, as_attachment=True, download_name=frame["output"],
-                     mimetype="application/octet-stream", max_age=0)
+    return send_blob(sha256, frame["output"], as_attachment=True, mimetype="application/octet-stream", max_age=0)
