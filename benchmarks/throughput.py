@@ -86,11 +86,28 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 
 def process_cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process, from /proc."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
+    """(user, system) CPU seconds of a process and of its serving processes (a coordinator with --processes),
+    from /proc."""
+    user = system = 0.0
     ticks = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / ticks, int(fields[12]) / ticks
+    for one in (pid, *serving_processes(pid)):
+        try:
+            with open(f"/proc/{one}/stat", encoding="ascii") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # a serving process that ended meanwhile
+        user += int(fields[11]) / ticks
+        system += int(fields[12]) / ticks
+    return user, system
+
+
+def serving_processes(pid: int) -> list[int]:
+    """The children of a process (the serving processes of a coordinator started with --processes)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            return [int(child) for child in handle.read().split()]
+    except FileNotFoundError:
+        return []
 
 
 def other_load(own_pid: int, seconds: float = 3.0) -> float:
