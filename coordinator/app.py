@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from typing import Any
 
 from flask import Flask, jsonify
@@ -36,7 +35,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads are capped by our own streaming check, with a JSON error
     app.json = _KeyOrderJSON(app)
 
-    store = Store(os.path.join(config.data_dir, "renderq.sqlite3"), synchronous=config.sqlite_sync)
+    store = Store(config.database or os.path.join(config.data_dir, "renderq.sqlite3"), synchronous=config.sqlite_sync)
     scheduler = Scheduler(store, Policy.from_config(config))
     app.extensions["renderq.store"] = store
     app.extensions["renderq.sessions"] = LoginSessions(store)
@@ -77,12 +76,14 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     def domain_error(error: RenderQError):
         return jsonify({"error": error.message}), error.status
 
-    @app.errorhandler(sqlite3.OperationalError)
-    def database_error(error: sqlite3.OperationalError):
+    def database_error(error: Exception):
         status, sentence = database_refusal(error)
         if status == 500:
             app.logger.error("database error", exc_info=error)
         return jsonify({"error": sentence}), status
+
+    for error_class in store.engine.errors:
+        app.register_error_handler(error_class, database_error)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

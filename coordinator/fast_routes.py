@@ -14,7 +14,6 @@ import asyncio
 import io
 import json
 import logging
-import sqlite3
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +48,7 @@ class FastRoutes:
         self._blobs = app.extensions["renderq.blobs"]
         self._config = app.config["RENDERQ"]
         self._batcher = Batcher(app.extensions["renderq.store"])
+        self._database_errors = app.extensions["renderq.store"].engine.errors
         self._files = ThreadPoolExecutor(max_workers=FRAME_FILE_THREADS, thread_name_prefix="frame-files")
         self._handlers: dict[str, Handler] = {
             "workers.update_worker": self._json_call("/update_worker", worker_calls.heartbeat),
@@ -75,7 +75,7 @@ class FastRoutes:
             answer = await self._handlers[endpoint](scope, body)
         except RenderQError as refusal:
             status, answer = refusal.status, {"error": refusal.message}
-        except sqlite3.Error as error:
+        except self._database_errors as error:
             status, sentence = database_refusal(error)
             if status == 500:
                 log.error("database error", exc_info=error)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a Flask app over a fresh data dir, its test client, and the admin token's header."""
+"""Shared fixtures: a Flask app over a fresh data dir, its test client, and the admin token's header; the store's
+engine and database, which a module marked `both_engines` runs under SQLite and under PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,16 +10,67 @@ import pytest
 from coordinator.app import create_app
 from coordinator.config import Config
 
+ENGINES = ("sqlite", "postgresql")
+
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ARTIST_TOKEN = "test-artist-token-0123456789"
 WORKER_TOKEN = "test-worker-token-0123456789"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_engines: run each test that uses the `engine` fixture (directly or "
+                            "through database, app, client or farm) once on SQLite and once on PostgreSQL")
+    config.addinivalue_line("markers", "sqlite_only: a test of SQLite itself, left out of both_engines")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marked = metafunc.definition.get_closest_marker("both_engines")
+    if marked and "engine" in metafunc.fixturenames and not metafunc.definition.get_closest_marker("sqlite_only"):
+        metafunc.parametrize("engine", ENGINES, indirect=True)
+
+
 @pytest.fixture
-def app(tmp_path):
+def engine(request) -> str:
+    """The store's engine for this test: "sqlite" unless its module is marked both_engines."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL server for the whole session (tests/postgres.py), stopped at its end."""
+    from postgres import PostgresCluster, missing
+
+    reason = missing()
+    if reason:
+        pytest.skip(f"PostgreSQL tests cannot run: {reason}")
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def database(engine, tmp_path, request):
+    """What the store is opened on: a new SQLite file's path, or the URL of a new PostgreSQL database."""
+    if engine == "sqlite":
+        yield str(tmp_path / "state.sqlite3")
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.create_database()
+    yield url
+    cluster.drop_database(url)
+
+
+def coordinator_database(engine: str, database: str) -> str:
+    """The coordinator's `database` setting for the engine: SQLite stays in its data dir as by default."""
+    return database if engine == "postgresql" else ""
+
+
+@pytest.fixture
+def app(tmp_path, engine, database):
     """The coordinator app on an empty data dir, with a small upload limit so limits are testable."""
     config = Config(data_dir=str(tmp_path / "data"), upload_limit=1024 * 1024, admin_token=ADMIN_TOKEN,
-                    artist_token=ARTIST_TOKEN, worker_token=WORKER_TOKEN)
+                    artist_token=ARTIST_TOKEN, worker_token=WORKER_TOKEN,
+                    database=coordinator_database(engine, database))
     return create_app(config)
 
 
@@ -62,11 +114,12 @@ def scenes(tmp_path_factory):
 
 
 @pytest.fixture
-def farm(tmp_path):
+def farm(tmp_path, engine, database):
     """A coordinator and workers of our own (started by the test) in a temporary folder, stopped afterwards."""
     from harness import Farm, find_blender_or_none
 
-    farm = Farm(str(tmp_path / "farm"), blender=find_blender_or_none())
+    farm = Farm(str(tmp_path / "farm"), blender=find_blender_or_none(),
+                database=coordinator_database(engine, database))
     os.makedirs(farm.root, exist_ok=True)
     yield farm
     farm.stop()

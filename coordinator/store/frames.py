@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from .connection import StoreConnection
+from .engine import Database
 from .rows import FRAME_COLUMNS, OutputNameTaken, finish_task_if_complete, output_holder, record_failure, requeue
 
 # Whether the worker (named parameters name, version, allows_python, worker_id, blocked_at) may take a frame of the
@@ -61,7 +60,7 @@ class FrameQueries(StoreConnection):
             # Walks tasks_claimable in order and stops at the first task this worker may take: a claim does not
             # look at (or sort) every open task. Paused (and ended) tasks are left out: their queued frames wait.
             best = db.execute(
-                f"SELECT t.task_id, t.priority FROM tasks t INDEXED BY tasks_claimable "
+                f"SELECT t.task_id, t.priority FROM tasks t {self.engine.indexed_by('tasks_claimable')} "
                 f"WHERE t.status IN ('queued', 'running') "
                 f"AND {_CLAIMABLE_BY_WORKER} ORDER BY t.priority DESC, t.task_id ASC LIMIT 1",
                 values,
@@ -78,22 +77,28 @@ class FrameQueries(StoreConnection):
                 ).fetchone()
                 if preferred is not None:
                     task_id = prefer_task_id
+            # The frame row stays locked until the COMMIT (PostgreSQL): another coordinator's claim skips it.
             row = db.execute(
                 "SELECT frame FROM frames f WHERE task_id = ? AND status = 'queued' AND NOT EXISTS ("
                 "SELECT 1 FROM frame_failures x WHERE x.task_id = f.task_id AND x.frame = f.frame "
-                "AND x.worker_id = ?) ORDER BY frame LIMIT 1",
+                f"AND x.worker_id = ?) ORDER BY frame LIMIT 1{self.engine.skip_locked}",
                 (task_id, worker["worker_id"]),
             ).fetchone()
             if row is None:
                 row = db.execute(
-                    "SELECT frame FROM frames WHERE task_id = ? AND status = 'queued' ORDER BY frame LIMIT 1",
+                    "SELECT frame FROM frames WHERE task_id = ? AND status = 'queued' "
+                    f"ORDER BY frame LIMIT 1{self.engine.skip_locked}",
                     (task_id,),
                 ).fetchone()
+            if row is None:
+                return None  # every queued frame of the task is being claimed by other coordinators just now
             frame = db.execute(
                 f"UPDATE frames SET status = 'leased', worker_id = ?, lease_id = ?, lease_expires = ? "
                 f"WHERE task_id = ? AND frame = ? AND status = 'queued' RETURNING {FRAME_COLUMNS}",
                 (worker["worker_id"], lease_id, lease_expires, task_id, row["frame"]),
             ).fetchone()
+            if frame is None:
+                return None
             db.execute(
                 "UPDATE tasks SET status = 'running', started_at = coalesce(started_at, ?) "
                 "WHERE task_id = ? AND status = 'queued'",
@@ -121,7 +126,7 @@ class FrameQueries(StoreConnection):
     ) -> dict | None:
         """Set the frame's output file; raises OutputNameTaken when another frame's output has the same `key`."""
         with self.transaction() as db:
-            holder = output_holder(db, task_id, frame, key)
+            holder = output_holder(self.engine, db, task_id, frame, key)
             if holder is not None:
                 raise OutputNameTaken(holder["frame"], holder["output"])
             row = db.execute(
@@ -134,7 +139,7 @@ class FrameQueries(StoreConnection):
 
     def output_holder(self, task_id: int, frame: int, key: str) -> dict | None:
         """Another frame of the task whose output has collision key `key` ({"frame", "output"}), or None."""
-        return output_holder(self._connection(), task_id, frame, key)
+        return output_holder(self.engine, self._connection(), task_id, frame, key)
 
     def mark_done(
         self, task_id: int, frame: int, lease_id: str, worker_id: int, started_at: float | None,
@@ -153,7 +158,7 @@ class FrameQueries(StoreConnection):
         record_output."""
         filename, key, sha256, size = output
         with self.transaction() as db:
-            holder = output_holder(db, task_id, frame, key)
+            holder = output_holder(self.engine, db, task_id, frame, key)
             if holder is not None:
                 raise OutputNameTaken(holder["frame"], holder["output"])
             updated = db.execute(
@@ -194,14 +199,15 @@ class FrameQueries(StoreConnection):
         frames as timed out: the worker may have reported its own timeout while the coordinator was down)."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE frames SET lease_expires = max(coalesce(lease_expires, 0), ?), "
-                "render_deadline = CASE WHEN render_deadline IS NULL THEN NULL ELSE max(render_deadline, ?) END "
+                "UPDATE frames SET "
+                "lease_expires = CASE WHEN lease_expires > :until THEN lease_expires ELSE :until END, "
+                "render_deadline = CASE WHEN render_deadline < :until THEN :until ELSE render_deadline END "
                 "WHERE status IN ('leased', 'rendering')",
-                (lease_expires, lease_expires),
+                {"until": lease_expires},
             )
 
 
-def _mark_done(db: sqlite3.Connection, task_id: int, frame: int, lease_id: str, worker_id: int,
+def _mark_done(db: Database, task_id: int, frame: int, lease_id: str, worker_id: int,
                started_at: float | None, ended_at: float, render_seconds: float | None, now: float) -> dict | None:
     """Mark a frame with an output done and count it, inside the caller's transaction; None if the lease is gone."""
     row = db.execute(

@@ -19,9 +19,9 @@ class WorkerQueries(StoreConnection):
             if row is None:
                 worker_id = db.execute(
                     "INSERT INTO workers (name, host, blender_version, blender_version_key, cpu_count, "
-                    "registered_at, last_seen, allows_python) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "registered_at, last_seen, allows_python) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING worker_id",
                     (name, host, blender_version, version_key, cpu_count, now, now, int(allows_python)),
-                ).lastrowid
+                ).fetchone()[0]
             else:
                 worker_id = row["worker_id"]
                 db.execute(

@@ -1,0 +1,171 @@
+"""PostgreSQL, the store's engine for a farm past one machine: several coordinators may share one database.
+
+The query parts' SQL is written once, in SQLite's spelling; this engine runs it through psycopg 3 after turning its
+`?` and `:name` parameters into psycopg's. Migrations write their tables in SQLite's types, which postgres_ddl maps
+to PostgreSQL's (64-bit integers, double precision, identity keys, byte-wise text order as SQLite's).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+
+from .engine import Cursor, Database, Engine
+
+# The first half of every advisory lock key RenderQ takes, so its locks never meet another program's on the
+# same database ("RQ" and a version).
+ADVISORY_LOCK_CLASS = 0x5251_0001
+# The advisory lock (second half) held while one coordinator migrates the schema: the others wait for it.
+MIGRATION_LOCK = 1
+
+
+class PostgresEngine(Engine):
+    """A PostgreSQL database named by a postgresql:// URL (user, password, host, port, database, options)."""
+
+    name = "postgresql"
+    # Several coordinators may claim at once: each skips the frames another one's claim in flight has locked, so
+    # no frame is handed out twice and no claim waits for another.
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    errors = (psycopg.Error,)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def connect(self) -> Database:
+        return PostgresDatabase(psycopg.connect(self.url, autocommit=True, row_factory=_row_factory,
+                                                application_name="renderq-coordinator"))
+
+    def is_broken(self, db: Database) -> bool:
+        return isinstance(db, PostgresDatabase) and db.connection.closed
+
+    def in_list(self, param: str) -> str:
+        return f"= ANY({param})"
+
+    def list_value(self, values: Sequence[Any]) -> Any:
+        return list(values)
+
+    def json_length(self, column: str) -> str:
+        return f"json_array_length({column}::json)"
+
+    def table_columns(self, db: Database, table: str) -> list[str]:
+        return [row["column_name"] for row in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = ? ORDER BY ordinal_position", (table,))]
+
+    def commit_failed(self, error: BaseException) -> BaseException:
+        return psycopg.OperationalError(f"the transaction could not be committed: {error}")
+
+    def upgrade(self) -> list[str]:
+        from .schema import upgrade_postgres
+
+        return upgrade_postgres(self.url)
+
+    def try_lock(self, db: Database, name: str) -> bool:
+        row = db.execute("SELECT pg_try_advisory_xact_lock(?, hashtext(?))", (ADVISORY_LOCK_CLASS, name)).fetchone()
+        return bool(row[0])
+
+
+class PostgresDatabase:
+    """A psycopg connection that takes the store's SQL (see the module docstring)."""
+
+    def __init__(self, connection: psycopg.Connection) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, params: Any = None, /) -> Cursor:
+        if params is None:
+            return self.connection.execute(sql)
+        return self.connection.execute(psycopg_sql(sql), params)
+
+    def executemany(self, sql: str, params: Iterable[Any], /) -> Cursor:
+        cursor = self.connection.cursor()
+        cursor.executemany(psycopg_sql(sql), params)
+        return cursor
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def psycopg_sql(sql: str) -> str:
+    """SQL with `?` and `:name` parameters in psycopg's style (%s, %(name)s); a literal % is doubled. Quoted
+    strings and names keep their `?` and `:`; `::` casts are left alone."""
+    out: list[str] = []
+    quote = ""
+    i = 0
+    while i < len(sql):
+        char = sql[i]
+        if char == "%":
+            out.append("%%")
+        elif quote:
+            out.append(char)
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+            out.append(char)
+        elif char == "?":
+            out.append("%s")
+        elif char == ":" and (name := _PARAMETER_NAME.match(sql, i + 1)) and sql[i - 1:i] != ":":
+            out.append(f"%({name.group()})s")
+            i = name.end()
+            continue
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out)
+
+
+_PARAMETER_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+class Row:
+    """A row read by column name or by position, and turned into a dict by dict(row), as sqlite3.Row is."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, values: Sequence[Any], index: dict[str, int]) -> None:
+        self._values = values
+        self._index = index
+
+    def __getitem__(self, key: int | str) -> Any:
+        return self._values[self._index[key] if isinstance(key, str) else key]
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Row({dict(zip(self._index, self._values))!r})"
+
+
+def _row_factory(cursor: Any) -> Any:
+    index = {column.name: position for position, column in enumerate(cursor.description or ())}
+    return lambda values: Row(values, index)
+
+
+# SQLite's column types in PostgreSQL's: SQLite's INTEGER holds 64 bits and its REAL is a double; its text sorts
+# and compares byte by byte (COLLATE "C"), so both engines list names in the same order.
+_DDL_TYPES = (
+    (re.compile(r"--[^\n]*"), ""),
+    (re.compile(r"\bINTEGER PRIMARY KEY\b"), "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bTEXT\b"), 'TEXT COLLATE "C"'),
+    (re.compile(r"\)\s*WITHOUT ROWID"), ")"),
+)
+
+
+def postgres_ddl(sql: str) -> str:
+    """A migration's table definitions, written for SQLite, for PostgreSQL."""
+    for pattern, replacement in _DDL_TYPES:
+        sql = pattern.sub(replacement, sql)
+    return sql
