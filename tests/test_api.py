@@ -9,6 +9,9 @@ import pytest
 
 from coordinator.config import Config
 
+# The in-process app runs on both store engines where it uses the `app` fixture (conftest.py).
+pytestmark = pytest.mark.both_engines
+
 BLEND = b"BLENDER-v304REND" + b"\0" * 64
 
 
@@ -297,10 +300,15 @@ def test_the_same_done_report_twice_is_counted_once(client):
     assert client.get("/list_workers").json["workers"][0]["frames_done"] == 1
 
 
-def test_a_full_disk_under_the_database_is_a_507_sentence(app, client, monkeypatch):
-    import sqlite3
-
+def test_a_full_disk_under_the_database_is_a_507_sentence(app, client, monkeypatch, engine):
     def full(*args, **kwargs):
+        # What each engine's driver raises when the database's disk is full.
+        if engine == "postgresql":
+            import psycopg
+
+            raise psycopg.errors.DiskFull('could not extend file "base/16384/16385": No space left on device')
+        import sqlite3
+
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(app.extensions["renderq.scheduler"], "register_worker", full)
