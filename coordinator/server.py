@@ -318,7 +318,11 @@ class OrphanSweeper:
             return
         self._next = now + self.interval
         try:
-            files, freed = self.blobs.sweep_orphans(time.time() - self.grace, self.store.referenced_blobs)
+            # Coordinators sharing one database take turns: while another one sweeps, this round is skipped.
+            with self.store.exclusive("orphan sweep") as ours:
+                if not ours:
+                    return
+                files, freed = self.blobs.sweep_orphans(time.time() - self.grace, self.store.referenced_blobs)
         except Exception as error:  # noqa: BLE001 - a failed sweep must not stop the lease reaper that runs it
             log.error("the sweep for unused files failed: %s", error)
             return

@@ -61,12 +61,16 @@ class PostgresCluster:
     def start(self) -> "PostgresCluster":
         """initdb and start the server; returns self once it takes connections."""
         self._run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale")
+        self._start_server()
+        return self
+
+    def _start_server(self) -> None:
         options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
                    f"-c max_connections={MAX_CONNECTIONS} -c fsync=off -c synchronous_commit=off "
                    "-c full_page_writes=off -c shared_buffers=32MB")
+        # -l: the server writes to its log, not to pg_ctl's output (which would stay open as long as it runs).
         self._run("pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.folder, "server.log"),
                   "-w", "start")
-        return self
 
     def stop(self) -> None:
         """Stop the server (fast: open connections are cut) and delete its files."""
@@ -77,7 +81,8 @@ class PostgresCluster:
 
     def restart(self) -> None:
         """Stop the server and start it again on the same port and data (a database restart under the tests)."""
-        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "restart")
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+        self._start_server()
 
     def create_database(self) -> str:
         """A new empty database; returns its URL."""

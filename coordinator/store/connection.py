@@ -213,6 +213,13 @@ class StoreConnection:
         finally:
             self._write_lock.release()
 
+    @contextlib.contextmanager
+    def exclusive(self, job: str) -> Iterator[bool]:
+        """For a job that one coordinator at a time runs (the orphan file sweep): yields True when this one runs it
+        now, False when another coordinator on the same database does (PostgreSQL's advisory lock)."""
+        with self.engine.hold(self._connection(), job) as ours:
+            yield ours
+
     def read(self) -> Database:
         """A connection for reads outside a transaction (each statement sees a consistent snapshot); inside
         batch(), the batch's own, so a read sees the writes made before it in the batch."""

@@ -8,6 +8,7 @@ engine-specific lives in sqlite.py or postgres.py, nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -90,6 +91,12 @@ class Engine:
         same database holds it (then False: that coordinator does the job). One coordinator owns a SQLite file, so
         there it is always taken."""
         return True
+
+    @contextlib.contextmanager
+    def hold(self, db: Database, name: str) -> Iterator[bool]:
+        """Outside transactions: hold the lock `name` for the block, unless another coordinator holds it; yields
+        whether it was taken (see try_lock)."""
+        yield True
 
 
 def engine_for(database: str, *, synchronous: str = "full") -> Engine:

@@ -26,8 +26,11 @@ class FrameQueries(StoreConnection):
     def expire_leases(self, now: float, frame_fail_workers: int) -> int:
         """Requeue every frame whose lease ran out (its worker stopped reporting), and fail, as a failure of its
         worker, every frame still rendering past its render deadline (its worker never reported the timeout).
-        Returns how many frames were taken back."""
+        Returns how many frames were taken back. One coordinator at a time sweeps; the others' sweeps meanwhile do
+        nothing and return 0."""
         with self.transaction() as db:
+            if not self.engine.try_lock(db, "lease sweep"):
+                return 0
             expired = requeue(db, "status IN ('leased', 'rendering') AND lease_expires < ?", (now,))
             overdue = db.execute(
                 "SELECT f.task_id, f.frame, f.worker_id, f.lease_id, t.frame_timeout FROM frames f "

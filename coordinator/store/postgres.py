@@ -7,12 +7,14 @@ to PostgreSQL's (64-bit integers, double precision, identity keys, byte-wise tex
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from .engine import Cursor, Database, Engine
 
@@ -36,8 +38,7 @@ class PostgresEngine(Engine):
         self.url = url
 
     def connect(self) -> Database:
-        return PostgresDatabase(psycopg.connect(self.url, autocommit=True, row_factory=_row_factory,
-                                                application_name="renderq-coordinator"))
+        return PostgresDatabase(self.url)
 
     def is_broken(self, db: Database) -> bool:
         return isinstance(db, PostgresDatabase) and db.connection.closed
@@ -68,14 +69,45 @@ class PostgresEngine(Engine):
         row = db.execute("SELECT pg_try_advisory_xact_lock(?, hashtext(?))", (ADVISORY_LOCK_CLASS, name)).fetchone()
         return bool(row[0])
 
+    @contextlib.contextmanager
+    def hold(self, db: Database, name: str) -> Iterator[bool]:
+        # A session lock: PostgreSQL frees it when the holder's connection ends, so a coordinator killed mid-job
+        # leaves nothing to clear.
+        taken = bool(db.execute("SELECT pg_try_advisory_lock(?, hashtext(?))",
+                                (ADVISORY_LOCK_CLASS, name)).fetchone()[0])
+        try:
+            yield taken
+        finally:
+            if taken:
+                with contextlib.suppress(psycopg.Error):
+                    db.execute("SELECT pg_advisory_unlock(?, hashtext(?))", (ADVISORY_LOCK_CLASS, name))
+
 
 class PostgresDatabase:
-    """A psycopg connection that takes the store's SQL (see the module docstring)."""
+    """A psycopg connection that takes the store's SQL (see the module docstring), and connects again when the
+    server dropped it (a restart) while no transaction was open on it."""
 
-    def __init__(self, connection: psycopg.Connection) -> None:
-        self.connection = connection
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.connection = self._connect()
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True, row_factory=_row_factory,
+                               application_name="renderq-coordinator")
 
     def execute(self, sql: str, params: Any = None, /) -> Cursor:
+        idle = self.connection.info.transaction_status == TransactionStatus.IDLE
+        try:
+            return self._execute(sql, params)
+        except psycopg.OperationalError:
+            if not (idle and self.connection.closed):
+                raise
+        # The connection was lost outside a transaction: the statement (a read, or the BEGIN of a transaction; the
+        # store writes only inside transactions) did nothing, so it runs again on a new connection.
+        self.connection = self._connect()
+        return self._execute(sql, params)
+
+    def _execute(self, sql: str, params: Any) -> Cursor:
         if params is None:
             return self.connection.execute(sql)
         return self.connection.execute(psycopg_sql(sql), params)
