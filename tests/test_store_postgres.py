@@ -101,3 +101,16 @@ def test_a_coordinator_on_postgresql_keeps_its_state_there_and_survives_a_databa
         status, answer = api.call("POST", "/register_worker", {"name": name, "blender_version": "3.4.1"})
         assert status == 200, answer
     assert sorted(api.workers()) == ["w1", "w2", "w3"]
+
+
+def test_a_coordinator_whose_database_cannot_be_reached_says_so_and_exits(tmp_path):
+    from harness import Process, free_port
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/farm"  # nothing listens there
+    coordinator = Process(["coordinator", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(tmp_path / "data"),
+                           "--database", url], str(tmp_path / "coordinator.log"))
+    try:
+        assert coordinator.wait(30) == 1
+    finally:
+        coordinator.kill_group()
+    assert "cannot open the database: connection failed" in coordinator.output()

@@ -29,8 +29,12 @@ class Store(WorkerQueries, TaskQueries, FrameQueries, FileQueries):
 
     def __init__(self, database: str, *, synchronous: str = "full") -> None:
         super().__init__(database, synchronous=synchronous)
-        db = self._connection()  # first, so a SQLite file is in WAL mode before the migrations write to it
-        self.migrations_applied = self.engine.upgrade()
+        try:
+            db = self._connection()  # first, so a SQLite file is in WAL mode before the migrations write to it
+            self.migrations_applied = self.engine.upgrade()
+        except self.engine.errors as error:
+            # The coordinator prints this sentence and exits (an unreachable server, a wrong password, ...).
+            raise ValueError(f"cannot open the database: {error}".strip()) from error
         # A task's summary leaves out its settings and missing assets (only its detail and its leases need them), so
         # listing many tasks reads none of that text.
         columns = [name for name in self.engine.table_columns(db, "tasks") if name not in DETAIL_ONLY_COLUMNS]

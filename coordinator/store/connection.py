@@ -12,7 +12,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .engine import Database, Engine, engine_for
+from .engine import Database, Engine
+from .engines import engine_for
 from .sqlite import BUSY_TIMEOUT_MS
 
 # How long the checkpoint's last step waits for readers (writers wait for it meanwhile).
@@ -61,11 +62,12 @@ class StoreConnection:
         durable=False, for writes nobody is promised (a heartbeat's "last seen"): the block may return before its
         batch is committed, so its thread is not held up by the fsync.
 
-        Writers take turns. The first opens a transaction on its connection (the engine's `begin`); the writers queued behind it run their blocks in that same transaction,
-        each inside its own savepoint, so a block that raises undoes only its own writes. The last writer in line
-        (or the one that fills the batch) commits for all of them, and every block returns only after that
-        COMMIT: under load one fsync acknowledges many writes instead of each paying its own, and no thread sleeps
-        in SQLite's busy handler.
+        Writers of this process take turns. The first opens a transaction on its connection (the engine's
+        `begin`); the writers queued behind it run their blocks in that same transaction, each inside its own
+        savepoint, so a block that raises undoes only its own writes. The last writer in line (or the one that
+        fills the batch) commits for all of them, and every block returns only after that COMMIT: under load one
+        fsync acknowledges many writes instead of each paying its own, and no thread sleeps in SQLite's busy
+        handler. (Coordinators sharing a PostgreSQL database each have their own turns; row locks order them.)
         """
         outer = getattr(self._local, "batch", None)
         if outer is not None:

@@ -3,7 +3,7 @@
 The query parts write their SQL once, in SQLite's spelling (`?` and `:name` parameters); an engine connects, runs that
 SQL on its database (PostgreSQL's translates the parameter style) and supplies the few fragments that differ
 (index hints, lists as parameters, row locks for claims, reading a table's columns, its migrations). Everything
-engine-specific lives in sqlite.py or postgres.py, nowhere else.
+engine-specific lives in sqlite.py or postgres.py, nowhere else; engines.py picks one for a database string.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 class Cursor(Protocol):
     """What the store reads from a statement it ran (sqlite3.Cursor and psycopg's cursor both are this)."""
 
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 
@@ -48,7 +49,7 @@ class Engine:
     # Whether the database has a write-ahead log the coordinator checkpoints itself (SQLite's WAL).
     checkpoints = False
     # The exceptions the engine's driver raises for a database error.
-    errors: tuple[type[BaseException], ...] = ()
+    errors: tuple[type[Exception], ...] = ()
 
     def connect(self) -> Database:
         """A new connection in autocommit mode (transactions are opened with `begin`)."""
@@ -97,17 +98,6 @@ class Engine:
         """Outside transactions: hold the lock `name` for the block, unless another coordinator holds it; yields
         whether it was taken (see try_lock)."""
         yield True
-
-
-def engine_for(database: str, *, synchronous: str = "full") -> Engine:
-    """The engine a database string names: a postgresql:// URL, else the path of a SQLite file."""
-    if database.startswith(POSTGRES_SCHEMES):
-        from .postgres import PostgresEngine  # psycopg is needed only by a coordinator on PostgreSQL
-
-        return PostgresEngine(database)
-    from .sqlite import SQLiteEngine
-
-    return SQLiteEngine(database, synchronous=synchronous)
 
 
 def is_postgres_url(database: str) -> bool:

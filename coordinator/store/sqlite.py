@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from .engine import Database, Engine
+from .schema import upgrade_sqlite
 
 # How long a statement waits for another connection's lock before failing.
 BUSY_TIMEOUT_MS = 30_000
@@ -37,7 +38,8 @@ class SQLiteEngine(Engine):
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA foreign_keys=OFF")
         db.execute(f"PRAGMA wal_autocheckpoint={self.autocheckpoint}")
-        return db
+        # sqlite3 types its parameters more narrowly than Database's Any; it takes every value the store passes.
+        return cast(Database, db)
 
     def indexed_by(self, index: str) -> str:
         return f"INDEXED BY {index}"
@@ -55,6 +57,4 @@ class SQLiteEngine(Engine):
         return sqlite3.OperationalError(f"the transaction could not be committed: {error}")
 
     def upgrade(self) -> list[str]:
-        from .schema import upgrade_sqlite
-
         return upgrade_sqlite(self.path)
