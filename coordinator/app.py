@@ -31,11 +31,12 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     os.makedirs(config.data_dir, exist_ok=True)
     app = Flask(__name__, template_folder="pages/templates", static_folder="pages/static")
     app.config["RENDERQ"] = config
-    auth.setup(app, config)
+    store = Store(config.database or os.path.join(config.data_dir, "renderq.sqlite3"), synchronous=config.sqlite_sync)
+    # Coordinators sharing a database share its tokens: a token works on any of them.
+    auth.setup(app, config, store.share_secret)
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads are capped by our own streaming check, with a JSON error
     app.json = _KeyOrderJSON(app)
 
-    store = Store(config.database or os.path.join(config.data_dir, "renderq.sqlite3"), synchronous=config.sqlite_sync)
     scheduler = Scheduler(store, Policy.from_config(config))
     app.extensions["renderq.store"] = store
     app.extensions["renderq.sessions"] = LoginSessions(store)

@@ -114,3 +114,25 @@ def test_a_coordinator_whose_database_cannot_be_reached_says_so_and_exits(tmp_pa
     finally:
         coordinator.kill_group()
     assert "cannot open the database: connection failed" in coordinator.output()
+
+
+@on_postgres
+def test_coordinators_on_one_database_share_their_tokens(farm, tmp_path):
+    from harness import Farm
+
+    farm.start_coordinator()
+    second = Farm(str(tmp_path / "second"), database=farm.database)
+    os.makedirs(second.root)
+    try:
+        second.start_coordinator()
+        for role in ("admin", "artist", "worker"):
+            assert second.token(role) == farm.token(role)  # its files hold the farm's tokens, not new ones
+        # A worker registered through one coordinator is known to the other, with the same token.
+        status, _ = farm.api.call("POST", "/register_worker", {"name": "w1", "blender_version": "3.4.1"},
+                                  token=farm.token("worker"))
+        assert status == 200
+        assert "w1" in second.api.workers()
+        status, _ = second.api.call("GET", "/list_workers", token="not-the-farm-token-0123456789")
+        assert status == 401
+    finally:
+        second.stop()

@@ -6,13 +6,15 @@ claim), so no two threads or coordinators can hand out the same frame, and a rep
 lease. The store knows nothing about policy: the scheduler passes in the clock, lease lengths and limits.
 
 The parts: engine (what an engine provides; sqlite and postgres are the two), connection (connections and group
-commit), schema (numbered migrations, shared by both engines), workers, tasks, frames (claims and reports) and files
-(file records and logs); rows holds what several of them share.
+commit), schema (numbered migrations, shared by both engines), workers, tasks, frames (claims and reports), files
+(file records and logs) and farm (secrets the coordinators of one database share); rows holds what several of them
+share.
 """
 
 from __future__ import annotations
 
 from .engine import is_postgres_url
+from .farm import FarmQueries
 from .files import FileQueries
 from .frames import FrameQueries
 from .rows import DETAIL_ONLY_COLUMNS, FRAME_COLUMNS, OutputNameTaken
@@ -22,7 +24,7 @@ from .workers import WorkerQueries
 __all__ = ["FRAME_COLUMNS", "OutputNameTaken", "Store", "is_postgres_url"]
 
 
-class Store(WorkerQueries, TaskQueries, FrameQueries, FileQueries):
+class Store(WorkerQueries, TaskQueries, FrameQueries, FileQueries, FarmQueries):
     """The farm's state in the database `database` names: a postgresql:// URL, else a SQLite file's path. One
     connection per thread; writers take turns (see transaction()), and readers go on meanwhile. Opening a store
     brings its database's schema up to date."""

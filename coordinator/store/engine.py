@@ -48,6 +48,8 @@ class Engine:
     skip_locked = ""
     # Whether the database has a write-ahead log the coordinator checkpoints itself (SQLite's WAL).
     checkpoints = False
+    # Whether several coordinators may share the database (then they share the farm's secrets through it).
+    shared = False
     # The exceptions the engine's driver raises for a database error.
     errors: tuple[type[Exception], ...] = ()
 

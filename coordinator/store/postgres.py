@@ -37,6 +37,7 @@ class PostgresEngine(Engine):
     # Several coordinators may claim at once: each skips the frames another one's claim in flight has locked, so
     # no frame is handed out twice and no claim waits for another.
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    shared = True
     errors = (psycopg.Error,)
 
     def __init__(self, url: str) -> None:
