@@ -122,3 +122,54 @@ def test_coordinators_on_one_database_never_hand_out_a_frame_twice(database):
     assert sorted(done) == list(range(1, frames + 1))
     task = Scheduler(Store(database), Policy()).task_detail(task_id, with_frames=False)
     assert task["status"] == "done" and task["progress"]["done"] == frames
+
+
+def test_turns_of_coordinators_on_one_database_never_deadlock(database, engine):
+    """Three coordinators' batchers (one transaction per turn) finishing frames of four tasks at once: their turns
+    lock the tasks' rows in any order, yet no call fails, none waits for a deadlock to be found, and every frame is
+    done exactly once (on PostgreSQL a call that would wait for another turn's locks gives way and goes first in
+    the next turn)."""
+    import asyncio
+
+    from coordinator.batcher import Batcher
+
+    if engine == "postgresql":
+        import psycopg
+
+        # PostgreSQL would end a deadlock after a second by failing one side; here it never does, so turns that
+        # deadlocked would wait until the time limit below.
+        with psycopg.connect(database, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database.rsplit("/", 1)[1]}" SET deadlock_timeout = \'1h\'')
+    schedulers = [Scheduler(Store(database), Policy()) for _ in range(3)]
+    tasks = [schedulers[0].submit_task(TaskSpec(name=f"shot{n}", files=[TaskFile("shot.blend", "a" * 64, 100)],
+                                                main_file="shot.blend", frame_start=1, frame_end=40))["task_id"]
+             for n in range(4)]
+    batchers = [Batcher(scheduler.store) for scheduler in schedulers]
+    done: list[tuple[int, int]] = []
+
+    import functools
+
+    async def worker(number: int) -> None:
+        scheduler, batcher = schedulers[number % 3], batchers[number % 3]
+        worker_id = (await batcher.call(lambda: scheduler.register_worker(f"w{number}", "h", "3.4.1", 2)))["worker_id"]
+        while True:
+            lease, _ = await batcher.call(lambda: scheduler.claim(worker_id, prefer_task_id=tasks[number % 4]))
+            if lease is None:
+                return
+            task_id, frame = lease["task_id"], lease["frame"]
+            await batcher.call(functools.partial(scheduler.finish_frame, worker_id, task_id, frame, lease["lease_id"],
+                                                 (f"f_{frame:04d}.png", "b" * 64, 10)))
+            await batcher.call(lambda: scheduler.heartbeat(worker_id, []))
+            done.append((task_id, frame))
+
+    async def farm() -> None:
+        await asyncio.gather(*(worker(number) for number in range(24)))
+
+    try:
+        asyncio.run(asyncio.wait_for(farm(), 60))
+    finally:
+        for batcher in batchers:
+            batcher.close()
+    assert sorted(done) == sorted((task_id, frame) for task_id in tasks for frame in range(1, 41))
+    for task_id in tasks:
+        assert schedulers[1].task_detail(task_id, with_frames=False)["status"] == "done"

@@ -67,13 +67,19 @@ class StoreConnection:
         savepoint, so a block that raises undoes only its own writes. The last writer in line (or the one that
         fills the batch) commits for all of them, and every block returns only after that COMMIT: under load one
         fsync acknowledges many writes instead of each paying its own, and no thread sleeps in SQLite's busy
-        handler. (Coordinators sharing a PostgreSQL database each have their own turns; row locks order them.)
+        handler.
+
+        On PostgreSQL (no group_commit) each block is a transaction of its own on its thread's connection, run
+        alongside the others: row locks order them, and its server commits many at once itself.
         """
         outer = getattr(self._local, "batch", None)
         if outer is not None:
-            # Inside batch() on this thread: a savepoint of its transaction, committed with the rest of it.
-            with _savepoint(outer):
+            with self._batch_savepoint(outer):
                 yield outer
+            return
+        if not self.engine.group_commit:
+            with self._own_transaction() as db:
+                yield db
             return
         self._take_write_turn()
         batch = self._batch
@@ -123,13 +129,41 @@ class StoreConnection:
     def batch(self) -> Iterator[None]:
         """Run many transactions of this thread as one: each transaction() inside becomes a savepoint (a block
         that raises undoes only its own writes), and they share one COMMIT when the block ends, durable before
-        batch() returns. For a thread that applies queued requests in turns (coordinator.batcher)."""
+        batch() returns. For a thread that applies queued requests in turns (coordinator.batcher).
+
+        After the first block, a block that would wait long for a row another coordinator locked gives way
+        instead (the engine's lock_conflict, see give_way): the caller runs it again first in its next batch."""
         with self.transaction() as db:
             self._local.batch = db
+            self._local.batch_blocks = 0
             try:
                 yield
             finally:
                 self._local.batch = None
+
+    @contextlib.contextmanager
+    def _batch_savepoint(self, outer: Database) -> Iterator[None]:
+        """A block inside batch() on this thread: a savepoint of its transaction, committed with the rest of it."""
+        self._local.batch_blocks += 1
+        if self._local.batch_blocks == 2:
+            # The batch holds the first block's row locks now: waiting for another batch that waits for these
+            # would be a deadlock, so the blocks after it wait only briefly.
+            self.engine.give_way(outer)
+        with _savepoint(outer):
+            yield
+
+    @contextlib.contextmanager
+    def _own_transaction(self) -> Iterator[Database]:
+        """A transaction of the block alone, on this thread's connection (engines without group commit)."""
+        db = self._connection()
+        db.execute(self.engine.begin)
+        try:
+            yield db
+        except BaseException:
+            with contextlib.suppress(*self.engine.errors):
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def _take_write_turn(self) -> None:
         """Wait for the write lock, counted meanwhile as a writer in line (so the holder leaves its batch open)."""

@@ -46,10 +46,15 @@ class Engine:
     begin = "BEGIN"
     # Appended to the claim's SELECT of a frame: other coordinators' claims in flight skip the rows it locks.
     skip_locked = ""
+    # Appended to a SELECT that checks a row the transaction then changes: locks it against other coordinators.
+    for_update = ""
     # Whether the database has a write-ahead log the coordinator checkpoints itself (SQLite's WAL).
     checkpoints = False
     # Whether several coordinators may share the database (then they share the farm's secrets through it).
     shared = False
+    # Whether the writers of one process share transactions and their COMMIT (see StoreConnection.transaction):
+    # SQLite takes one writer at a time, so its writers queue and commit together; PostgreSQL runs them side by side.
+    group_commit = True
     # The exceptions the engine's driver raises for a database error.
     errors: tuple[type[Exception], ...] = ()
 
@@ -88,6 +93,15 @@ class Engine:
     def upgrade(self) -> list[str]:
         """Apply the migrations the database has not had yet; returns their ids, in order."""
         raise NotImplementedError
+
+    def give_way(self, db: Database) -> None:
+        """Inside a batch's transaction: from now on a statement that waits long for another session's row lock
+        fails (is_lock_conflict) instead of waiting. Nothing to do where one process owns the database."""
+
+    def is_lock_conflict(self, error: BaseException) -> bool:
+        """Whether `error` is a write that gave way to (or deadlocked with) another session's locks: undone, and
+        to be run again."""
+        return False
 
     def try_lock(self, db: Database, name: str) -> bool:
         """Inside a transaction on `db`: take the lock `name` until it ends, unless another coordinator on the

@@ -63,13 +63,14 @@ class FileQueries(StoreConnection):
         """Append to a task's log; returns the log's new size in bytes."""
         size = len(text.encode("utf-8"))
         with self.transaction() as db:
-            row = db.execute("SELECT log_size FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-            offset = row["log_size"]
+            # The task's row is updated first: it stays locked until the COMMIT, so appends to one log (from any
+            # thread or coordinator) take turns and never get the same offset.
+            end = db.execute("UPDATE tasks SET log_size = log_size + ? WHERE task_id = ? RETURNING log_size",
+                             (size, task_id)).fetchone()["log_size"]
             if size:
                 db.execute('INSERT INTO logs (task_id, "offset", size, text) VALUES (?, ?, ?, ?)',
-                           (task_id, offset, size, text))
-                db.execute("UPDATE tasks SET log_size = ? WHERE task_id = ?", (offset + size, task_id))
-            return offset + size
+                           (task_id, end - size, size, text))
+            return end
 
     def read_log(self, task_id: int, offset: int, max_bytes: int) -> tuple[bytes, int]:
         """Log bytes from offset, at most max_bytes (cut between UTF-8 characters, at least one character), and the

@@ -41,8 +41,8 @@ class FrameQueries(StoreConnection):
                 error = (f"timed out: frame {row['frame']} was still rendering long after the task's frame timeout "
                          f"of {row['frame_timeout'] or 0:g} s, and its worker did not report it")
                 # The lease dies with it, so that worker's later reports about the frame are refused.
-                record_failure(db, row["task_id"], row["frame"], row["lease_id"], row["worker_id"], error, "",
-                                frame_fail_workers, now, keep_lease=False)
+                record_failure(self.engine, db, row["task_id"], row["frame"], row["lease_id"], row["worker_id"],
+                               error, "", frame_fail_workers, now, keep_lease=False)
             return expired + len(overdue)
 
     def claim_frame(
@@ -180,8 +180,8 @@ class FrameQueries(StoreConnection):
         """Record a failed render: requeue it, or mark it failed once it has failed on frame_fail_workers
         different workers since its last retry. None when the lease is not live."""
         with self.transaction() as db:
-            return record_failure(db, task_id, frame, lease_id, worker_id, error, log_tail, frame_fail_workers,
-                                   now, keep_lease=True)
+            return record_failure(self.engine, db, task_id, frame, lease_id, worker_id, error, log_tail,
+                                  frame_fail_workers, now, keep_lease=True)
 
     def release_frame(self, task_id: int, frame: int, lease_id: str, needs_python: bool = False) -> dict | None:
         """Give a frame back unrendered; an attempt that never started does not count. With needs_python the

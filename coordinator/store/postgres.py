@@ -28,6 +28,11 @@ from .schema import LogData, apply_pending
 ADVISORY_LOCK_CLASS = 0x5251_0001
 # The advisory lock (second half) held while one coordinator migrates the schema: the others wait for it.
 MIGRATION_LOCK = 1
+# The longest a call after the first of a batch waits for a row lock: longer than another coordinator's batch
+# holds its locks (about 20 ms and its COMMIT), far shorter than PostgreSQL's deadlock check (1 s).
+BATCH_LOCK_WAIT_MS = 50
+# SQLSTATEs of a statement that gave way to another session's locks: lock_not_available, deadlock_detected.
+LOCK_CONFLICTS = ("55P03", "40P01")
 
 
 class PostgresEngine(Engine):
@@ -37,7 +42,9 @@ class PostgresEngine(Engine):
     # Several coordinators may claim at once: each skips the frames another one's claim in flight has locked, so
     # no frame is handed out twice and no claim waits for another.
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    for_update = " FOR UPDATE"
     shared = True
+    group_commit = False
     errors = (psycopg.Error,)
 
     def __init__(self, url: str) -> None:
@@ -68,6 +75,12 @@ class PostgresEngine(Engine):
 
     def upgrade(self) -> list[str]:
         return upgrade_postgres(self.url)
+
+    def give_way(self, db: Database) -> None:
+        db.execute(f"SET LOCAL lock_timeout = {BATCH_LOCK_WAIT_MS}")
+
+    def is_lock_conflict(self, error: BaseException) -> bool:
+        return getattr(error, "sqlstate", None) in LOCK_CONFLICTS
 
     def try_lock(self, db: Database, name: str) -> bool:
         row = db.execute("SELECT pg_try_advisory_xact_lock(?, hashtext(?))", (ADVISORY_LOCK_CLASS, name)).fetchone()

@@ -50,13 +50,16 @@ def requeue(db: Database, where: str, params: tuple) -> int:
     return cursor.rowcount
 
 
-def record_failure(db: Database, task_id: int, frame: int, lease_id: str, worker_id: int, error: str,
+def record_failure(engine: Engine, db: Database, task_id: int, frame: int, lease_id: str, worker_id: int, error: str,
                     log_tail: str, frame_fail_workers: int, now: float, *, keep_lease: bool) -> dict | None:
     """Count a failed render of a frame held under lease_id against its worker (for the frame and the task), then
     requeue the frame, or mark it failed once that many different workers failed it. keep_lease leaves a failed
     frame's lease on it, so the worker's repeated final report is recognised; a timeout kills the lease."""
+    # Locked (PostgreSQL) until the end of the transaction: no other coordinator's report changes the frame between
+    # this check and the update below.
     held = db.execute(
-        "SELECT 1 FROM frames WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')",
+        "SELECT 1 FROM frames WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')"
+        + engine.for_update,
         (task_id, frame, lease_id),
     ).fetchone()
     if held is None:
