@@ -1,8 +1,8 @@
 """The store's connections and its write transactions (group commit), under the queries of the other parts.
 
 One connection per thread, of the engine the database string names (engine.py: SQLite or PostgreSQL). Every write is
-one transaction; concurrent transactions of this process share their COMMIT (group commit), and each still returns
-only once its writes are durable.
+one transaction, returned from only once its writes are durable. On SQLite concurrent transactions of this process
+share their COMMIT (group commit); on PostgreSQL they run side by side, and a batcher's turn shares one COMMIT.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ WAL_RESTART_PAGES = 1000
 
 
 class StoreConnection:
-    """One connection per thread; writers of this process take turns (see transaction()), and readers go on
-    meanwhile. The query parts (workers, tasks, frames, files) build on it.
+    """One connection per thread; writers of this process take turns on SQLite (see transaction()), and readers go
+    on meanwhile. The query parts (workers, tasks, frames, files, farm) build on it.
 
     `database` is a postgresql:// URL or the path of a SQLite file; `synchronous` is SQLite's ("full" or
     "normal")."""

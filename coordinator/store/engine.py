@@ -87,7 +87,7 @@ class Engine:
         raise NotImplementedError
 
     def commit_failed(self, error: BaseException) -> BaseException:
-        """The error every writer of a batch whose COMMIT failed is given."""
+        """The error every writer of a group commit whose COMMIT failed is given (engines with group_commit)."""
         raise NotImplementedError
 
     def upgrade(self) -> list[str]:

@@ -70,9 +70,6 @@ class PostgresEngine(Engine):
             "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
             "AND table_name = ? ORDER BY ordinal_position", (table,))]
 
-    def commit_failed(self, error: BaseException) -> BaseException:
-        return psycopg.OperationalError(f"the transaction could not be committed: {error}")
-
     def upgrade(self) -> list[str]:
         return upgrade_postgres(self.url)
 
