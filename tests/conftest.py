@@ -1,5 +1,5 @@
 """Shared fixtures: a Flask app over a fresh data dir, its test client, and the admin token's header; the store's
-engine and database, which a module marked `both_engines` runs under SQLite and under PostgreSQL."""
+database engine and database, which a module marked `both_databases` runs under SQLite and under PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from coordinator.app import create_app
 from coordinator.config import Config
 
-ENGINES = ("sqlite", "postgresql")
+DB_ENGINES = ("sqlite", "postgresql")
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ARTIST_TOKEN = "test-artist-token-0123456789"
@@ -18,20 +18,20 @@ WORKER_TOKEN = "test-worker-token-0123456789"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "both_engines: run each test that uses the `engine` fixture (directly or "
-                            "through database, app, client or farm) once on SQLite and once on PostgreSQL")
-    config.addinivalue_line("markers", "sqlite_only: a test of SQLite itself, left out of both_engines")
+    config.addinivalue_line("markers", "both_databases: run each test that uses the `db_engine` fixture (directly "
+                            "or through database, app, client or farm) once on SQLite and once on PostgreSQL")
+    config.addinivalue_line("markers", "sqlite_only: a test of SQLite itself, left out of both_databases")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    marked = metafunc.definition.get_closest_marker("both_engines")
-    if marked and "engine" in metafunc.fixturenames and not metafunc.definition.get_closest_marker("sqlite_only"):
-        metafunc.parametrize("engine", ENGINES, indirect=True)
+    marked = metafunc.definition.get_closest_marker("both_databases")
+    if marked and "db_engine" in metafunc.fixturenames and not metafunc.definition.get_closest_marker("sqlite_only"):
+        metafunc.parametrize("db_engine", DB_ENGINES, indirect=True)
 
 
 @pytest.fixture
-def engine(request) -> str:
-    """The store's engine for this test: "sqlite" unless its module is marked both_engines."""
+def db_engine(request) -> str:
+    """The store's database engine for this test: "sqlite" unless its module is marked both_databases."""
     return getattr(request, "param", "sqlite")
 
 
@@ -49,9 +49,9 @@ def postgres_cluster():
 
 
 @pytest.fixture
-def database(engine, tmp_path, request):
+def database(db_engine, tmp_path, request):
     """What the store is opened on: a new SQLite file's path, or the URL of a new PostgreSQL database."""
-    if engine == "sqlite":
+    if db_engine == "sqlite":
         yield str(tmp_path / "state.sqlite3")
         return
     cluster = request.getfixturevalue("postgres_cluster")
@@ -60,17 +60,17 @@ def database(engine, tmp_path, request):
     cluster.drop_database(url)
 
 
-def coordinator_database(engine: str, database: str) -> str:
+def coordinator_database(db_engine: str, database: str) -> str:
     """The coordinator's `database` setting for the engine: SQLite stays in its data dir as by default."""
-    return database if engine == "postgresql" else ""
+    return database if db_engine == "postgresql" else ""
 
 
 @pytest.fixture
-def app(tmp_path, engine, database):
+def app(tmp_path, db_engine, database):
     """The coordinator app on an empty data dir, with a small upload limit so limits are testable."""
     config = Config(data_dir=str(tmp_path / "data"), upload_limit=1024 * 1024, admin_token=ADMIN_TOKEN,
                     artist_token=ARTIST_TOKEN, worker_token=WORKER_TOKEN,
-                    database=coordinator_database(engine, database))
+                    database=coordinator_database(db_engine, database))
     return create_app(config)
 
 
@@ -114,12 +114,12 @@ def scenes(tmp_path_factory):
 
 
 @pytest.fixture
-def farm(tmp_path, engine, database):
+def farm(tmp_path, db_engine, database):
     """A coordinator and workers of our own (started by the test) in a temporary folder, stopped afterwards."""
     from harness import Farm, find_blender_or_none
 
     farm = Farm(str(tmp_path / "farm"), blender=find_blender_or_none(),
-                database=coordinator_database(engine, database))
+                database=coordinator_database(db_engine, database))
     os.makedirs(farm.root, exist_ok=True)
     yield farm
     farm.stop()

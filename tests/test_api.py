@@ -10,7 +10,7 @@ import pytest
 from coordinator.config import Config
 
 # The in-process app runs on both store engines where it uses the `app` fixture (conftest.py).
-pytestmark = pytest.mark.both_engines
+pytestmark = pytest.mark.both_databases
 
 BLEND = b"BLENDER-v304REND" + b"\0" * 64
 
@@ -300,10 +300,10 @@ def test_the_same_done_report_twice_is_counted_once(client):
     assert client.get("/list_workers").json["workers"][0]["frames_done"] == 1
 
 
-def test_a_full_disk_under_the_database_is_a_507_sentence(app, client, monkeypatch, engine):
+def test_a_full_disk_under_the_database_is_a_507_sentence(app, client, monkeypatch, db_engine):
     def full(*args, **kwargs):
-        # What each engine's driver raises when the database's disk is full.
-        if engine == "postgresql":
+        # What each database engine's driver raises when the database's disk is full.
+        if db_engine == "postgresql":
             import psycopg
 
             raise psycopg.errors.DiskFull('could not extend file "base/16384/16385": No space left on device')

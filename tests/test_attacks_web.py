@@ -20,7 +20,7 @@ import pytest
 from harness import ROOT, Farm, wait_for
 
 # The app's state is kept on both store engines (conftest.py).
-pytestmark = pytest.mark.both_engines
+pytestmark = pytest.mark.both_databases
 
 BLEND = b"BLENDER-v304REND" + bytes(64)
 EVIL = "http://evil.example"

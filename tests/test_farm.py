@@ -18,7 +18,7 @@ from harness import ROOT, Farm, find_blender_or_none, wait_for
 BLENDER = find_blender_or_none()
 # Each test with a farm runs twice: its coordinator on SQLite, then on PostgreSQL (conftest.py).
 pytestmark = [pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)"),
-              pytest.mark.both_engines]
+              pytest.mark.both_databases]
 
 FAST = ("--heartbeat", "1", "--alive-timeout", "4")
 

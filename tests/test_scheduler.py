@@ -26,7 +26,7 @@ def clock():
 
 
 # Every test runs on both store engines (conftest.py), but those that read SQLite's own query plans and trace.
-pytestmark = pytest.mark.both_engines
+pytestmark = pytest.mark.both_databases
 
 
 @pytest.fixture

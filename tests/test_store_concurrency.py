@@ -13,7 +13,7 @@ import pytest
 from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec
 from coordinator.store import Store
 
-pytestmark = pytest.mark.both_engines
+pytestmark = pytest.mark.both_databases
 
 
 class Boom(Exception):
@@ -124,7 +124,7 @@ def test_coordinators_on_one_database_never_hand_out_a_frame_twice(database):
     assert task["status"] == "done" and task["progress"]["done"] == frames
 
 
-def test_turns_of_coordinators_on_one_database_never_deadlock(database, engine):
+def test_turns_of_coordinators_on_one_database_never_deadlock(database, db_engine):
     """Three coordinators' batchers (one transaction per turn) finishing frames of four tasks at once: their turns
     lock the tasks' rows in any order, yet no call fails, none waits for a deadlock to be found, and every frame is
     done exactly once (on PostgreSQL a call that would wait for another turn's locks gives way and goes first in
@@ -133,7 +133,7 @@ def test_turns_of_coordinators_on_one_database_never_deadlock(database, engine):
 
     from coordinator.batcher import Batcher
 
-    if engine == "postgresql":
+    if db_engine == "postgresql":
         import psycopg
 
         # PostgreSQL would end a deadlock after a second by failing one side; here it never does, so turns that

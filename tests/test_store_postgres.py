@@ -1,6 +1,7 @@
 """The coordinator on PostgreSQL: picked by --database or RENDERQ_DATABASE, migrated once however many coordinators
 start together, still serving after the database restarts, and one coordinator at a time running the jobs that must
-run once (the lease sweep, the orphan file sweep). The tests shared with SQLite are marked both_engines elsewhere."""
+run once (the lease sweep, the orphan file sweep). The tests shared with SQLite are marked both_databases
+elsewhere."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from coordinator.store.schema import MIGRATIONS_DIR, applied_migrations
 
 ALL_MIGRATIONS = sorted(os.path.splitext(name)[0] for name in os.listdir(MIGRATIONS_DIR)
                         if name.endswith((".sql", ".py")))
-on_postgres = pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+on_postgres = pytest.mark.parametrize("db_engine", ["postgresql"], indirect=True)
 
 
 def test_the_database_setting_picks_postgresql_and_refuses_anything_else():
