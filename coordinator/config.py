@@ -56,8 +56,8 @@ class Config:
     keep_alive_timeout: float = 30.0
     # The largest body of any request but an upload (those are capped by upload_limit).
     body_limit: int = 4 * 1024**2
-    # Empty: SQLite, in the data dir's renderq.sqlite3. A postgresql://user:password@host:port/name URL: that
-    # PostgreSQL database, which several coordinators may share.
+    # Empty: SQLite, in the data dir's renderq.sqlite3. A postgresql://user@host:port/name URL: that PostgreSQL
+    # database, which several coordinators may share (libpq reads its password from PGPASSWORD or ~/.pgpass).
     database: str = ""
     # "full" fsyncs every commit so a power cut loses nothing acknowledged; "normal" survives kill -9 only.
     sqlite_sync: str = "full"

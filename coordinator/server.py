@@ -43,9 +43,9 @@ SERVE_FLAGS = (
     Flag("--port", int, "port to listen on, 0 for any free port (RENDERQ_PORT, default 5000)"),
     Flag("--data-dir", str, "where the database, .blend files and frames are kept "
          "(RENDERQ_DATA_DIR, default ./renderq-data)"),
-    Flag("--database", str, "a postgresql://user:password@host:port/name URL to keep the farm's state in that "
-         "PostgreSQL database, which several coordinators may share; without it, SQLite in the data dir "
-         "(RENDERQ_DATABASE)"),
+    Flag("--database", str, "a postgresql://user@host:port/name URL to keep the farm's state in that PostgreSQL "
+         "database, which several coordinators may share (its password in PGPASSWORD or ~/.pgpass, not on the "
+         "command line); without it, SQLite in the data dir (RENDERQ_DATABASE)", metavar="URL"),
     Flag("--public-url", str, "URL that clients should use to reach this coordinator (RENDERQ_PUBLIC_URL)"),
     Flag("--poll-interval", float, "seconds between status page refreshes (RENDERQ_POLL_INTERVAL, default 2)"),
     Flag("--alive-timeout", float, "seconds without an update before a worker counts as dead and its frames are "
