@@ -76,6 +76,32 @@ def test_one_coordinator_at_a_time_sweeps_expired_leases(database):
 
 
 @on_postgres
+def test_a_lease_taken_back_by_one_coordinator_is_refused_by_the_other(database):
+    from coordinator.errors import Conflict
+
+    clock_now = [1000.0]
+    first = Scheduler(Store(database), Policy(), clock=lambda: clock_now[0])
+    second = Scheduler(Store(database), Policy(), clock=lambda: clock_now[0])
+    task_id = first.submit_task(TaskSpec(name="shot", files=[TaskFile("shot.blend", "a" * 64, 100)],
+                                         main_file="shot.blend", frame_start=1, frame_end=1))["task_id"]
+    silent = first.register_worker("silent", "host", "3.4.1", 2)["worker_id"]
+    lease, _ = first.claim(silent)
+    clock_now[0] += 3600
+    assert second.expire_leases() == 1  # the other coordinator's reaper took the frame back
+    other = second.register_worker("other", "host", "3.4.1", 2)["worker_id"]
+    again, _ = second.claim(other)
+    assert again["frame"] == lease["frame"]
+    for coordinator in (first, second):
+        with pytest.raises(Conflict):
+            coordinator.report(silent, task_id, lease["frame"], lease["lease_id"], "rendering")
+        with pytest.raises(Conflict):
+            coordinator.finish_frame(silent, task_id, lease["frame"], lease["lease_id"], ("f_0001.png", "b" * 64, 10))
+    second.finish_frame(other, task_id, again["frame"], again["lease_id"], ("f_0001.png", "c" * 64, 10))
+    task = first.task_detail(task_id, with_frames=False)
+    assert task["status"] == "done" and task["progress"]["done"] == 1
+
+
+@on_postgres
 def test_one_coordinator_at_a_time_sweeps_orphan_files(database):
     first, second = Store(database), Store(database)
     with first.exclusive("orphan sweep") as mine:
