@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from typing import Any
 
 from flask import Flask, jsonify
@@ -33,11 +32,12 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     os.makedirs(config.data_dir, exist_ok=True)
     app = Flask(__name__, template_folder="pages/templates", static_folder="pages/static")
     app.config["RENDERQ"] = config
-    auth.setup(app, config)
+    store = Store(config.database or os.path.join(config.data_dir, "renderq.sqlite3"), synchronous=config.sqlite_sync)
+    # Coordinators sharing a database share its tokens: a token works on any of them.
+    auth.setup(app, config, store.share_secret)
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads are capped by our own streaming check, with a JSON error
     app.json = _KeyOrderJSON(app)
 
-    store = Store(os.path.join(config.data_dir, "renderq.sqlite3"), synchronous=config.sqlite_sync)
     scheduler = Scheduler(store, Policy.from_config(config))
     app.extensions["renderq.store"] = store
     app.extensions["renderq.sessions"] = LoginSessions(store)
@@ -80,13 +80,15 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
             app.extensions["renderq.metrics"].errors.labels("object_store").inc()
         return jsonify({"error": error.message}), error.status
 
-    @app.errorhandler(sqlite3.OperationalError)
-    def database_error(error: sqlite3.OperationalError):
+    def database_error(error: Exception):
         app.extensions["renderq.metrics"].errors.labels("database").inc()
         status, sentence = database_refusal(error)
         if status == 500:
             app.logger.error("database error", exc_info=error)
         return jsonify({"error": sentence}), status
+
+    for error_class in store.engine.errors:
+        app.register_error_handler(error_class, database_error)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

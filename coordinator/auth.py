@@ -60,6 +60,16 @@ def needs_token(role: str) -> str:
 WRONG_TOKEN = "the token sent is not one of the coordinator's access tokens"
 CROSS_SITE = "refused: a change with the login cookie must come from the status page itself"
 CROSS_SITE_OPEN = "refused: a change sent by a web page must come from this coordinator's own status page"
+# How the coordinators sharing one database agree on a secret: (name, this coordinator's value) -> the farm's value
+# (Store.share_secret). A coordinator alone keeps its own.
+ShareSecret = Callable[[str, str], str]
+
+
+def keep_own_secret(name: str, value: str) -> str:
+    """The ShareSecret of a coordinator alone on its database: its own value."""
+    return value
+
+
 FOREIGN_HOST = ("refused: this coordinator runs without access tokens, so it answers only when reached by its IP "
                 "address, localhost or its --public-url, not by another name (a web page could point that name here)")
 
@@ -100,7 +110,7 @@ class TokenSource:
 class TokenBook:
     """The coordinator's tokens and who each one is; looked up in constant time per token."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, share: ShareSecret = keep_own_secret) -> None:
         self.enabled = config.auth
         self.sources: list[TokenSource] = []
         self._by_role: dict[str, str] = {}
@@ -111,7 +121,7 @@ class TokenBook:
                 self.sources.append(TokenSource(role, None, False))
             else:
                 path = os.path.abspath(os.path.join(config.data_dir, TOKEN_FILES[role]))
-                value, created = _read_or_create_secret(path)
+                value, created = _read_or_create_secret(path, share)
                 self._by_role[role] = value
                 self.sources.append(TokenSource(role, path, created))
         if len(set(self._by_role.values())) != len(self._by_role):
@@ -224,10 +234,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def setup(app: Flask, config: Config) -> TokenBook:
-    """Load (or create) the tokens and the session key, and configure the session cookie."""
-    book = TokenBook(config)
-    app.secret_key, _ = _read_or_create_secret(os.path.join(config.data_dir, SECRET_FILE))
+def setup(app: Flask, config: Config, share: ShareSecret = keep_own_secret) -> TokenBook:
+    """Load (or create) the tokens and the session key, and configure the session cookie. `share` makes them the
+    same on every coordinator of one database."""
+    book = TokenBook(config, share)
+    app.secret_key, _ = _read_or_create_secret(os.path.join(config.data_dir, SECRET_FILE), share)
     app.config.update(
         SESSION_COOKIE_NAME="renderq_session",
         SESSION_COOKIE_HTTPONLY=True,
@@ -268,8 +279,26 @@ def host_is_ours() -> bool:
     return hostname in {name.lower() for name in named if name}
 
 
-def _read_or_create_secret(path: str) -> tuple[str, bool]:
-    """The secret stored in `path`, created (random, mode 0600) when missing; (value, created)."""
+def _read_or_create_secret(path: str, share: ShareSecret = keep_own_secret) -> tuple[str, bool]:
+    """The secret stored in `path`, created (random, mode 0600) when missing; (value, created). When the farm's
+    coordinators hold another value for it (`share`), the file is given that one."""
+    value, created = _read_or_create_secret_file(path)
+    agreed = share(os.path.basename(path), value)
+    if agreed != value:
+        _write_secret(path, agreed)
+    return agreed, created
+
+
+def _write_secret(path: str, value: str) -> None:
+    """Replace the secret in `path` at once (mode 0600): a reader sees the old one or the new one."""
+    temporary = f"{path}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
+    os.replace(temporary, path)
+
+
+def _read_or_create_secret_file(path: str) -> tuple[str, bool]:
     try:
         # O_EXCL: two coordinators starting at once cannot both write a different secret.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

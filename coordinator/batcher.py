@@ -5,6 +5,10 @@ so one that fails undoes only itself): one COMMIT, and one fsync, for all of the
 call's answer handed back to the event loop, in one wake-up for the whole turn, so no answer promises a write that
 a crash could still lose. Compared with a thread per request, the calls pay no thread hand-off each and never
 wait for a lock: under load the turns simply grow.
+
+With coordinators sharing a PostgreSQL database, a call after the first of a turn that would wait for another
+coordinator's row lock gives way (the store undoes it, see Store.batch) and runs first in the next turn, where it
+may wait: so two coordinators' turns never wait for each other in a deadlock.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ log = logging.getLogger(__name__)
 
 Result = TypeVar("Result")
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+# A queued call: its work, its future, and how many times it gave way to another coordinator's locks.
+_Call = tuple[Callable[[], Any], "asyncio.Future[Any]", int]
 
 # The most calls one turn runs: a turn's transaction holds the write lock, and other writers (submits, the page's
 # changes) wait meanwhile.
 MAX_CALLS_PER_TURN = 256
+# A call that gave way this many times is answered with the error (each later try goes first in its turn).
+MAX_GIVE_WAYS = 5
 
 
 class Batcher:
@@ -33,7 +41,7 @@ class Batcher:
 
     def __init__(self, store: Store, name: str = "store-turns") -> None:
         self._store = store
-        self._pending: collections.deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = collections.deque()
+        self._pending: collections.deque[_Call] = collections.deque()
         self._wake = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -45,7 +53,7 @@ class Batcher:
         with self._wake:
             if self._closing:
                 raise RuntimeError("the coordinator is stopping")
-            self._pending.append((work, future))
+            self._pending.append((work, future, 0))
             self._wake.notify()
         return await future
 
@@ -63,26 +71,36 @@ class Batcher:
                 if self._closing:
                     return
                 turn = [self._pending.popleft() for _ in range(min(len(self._pending), MAX_CALLS_PER_TURN))]
-            outcomes = self._apply(turn)
+            outcomes, gave_way = self._apply(turn)
+            if gave_way:
+                with self._wake:
+                    self._pending.extendleft(reversed(gave_way))
+            if not outcomes:
+                continue
             loop = turn[0][1].get_loop()
             try:
                 loop.call_soon_threadsafe(_settle, outcomes)
             except RuntimeError:  # the loop was closed: the server is gone, and so are the clients
                 return
 
-    def _apply(self, turn: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> list[_Outcome]:
+    def _apply(self, turn: list[_Call]) -> tuple[list[_Outcome], list[_Call]]:
+        """Run the turn's calls in one transaction: their outcomes, and the calls that gave way (to run again)."""
         outcomes: list[_Outcome] = []
+        gave_way: list[_Call] = []
         try:
             with self._store.batch():
-                for work, future in turn:
+                for work, future, give_ways in turn:
                     try:
                         outcomes.append((future, work(), None))
                     except Exception as problem:  # noqa: BLE001 - it is the answer of that one call
-                        outcomes.append((future, None, problem))
+                        if self._store.engine.is_lock_conflict(problem) and give_ways < MAX_GIVE_WAYS:
+                            gave_way.append((work, future, give_ways + 1))
+                        else:
+                            outcomes.append((future, None, problem))
         except Exception as problem:  # noqa: BLE001 - the COMMIT failed: no call of the turn happened
             log.warning("a turn of %d worker calls could not be committed: %s", len(turn), problem)
-            outcomes = [(future, None, problem) for _, future in turn]
-        return outcomes
+            return [(future, None, problem) for _, future, _ in turn], []
+        return outcomes, gave_way
 
 
 def _settle(outcomes: list[_Outcome]) -> None:

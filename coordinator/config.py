@@ -9,6 +9,8 @@ from typing import Any
 from renderq.settings import env_value, parse_bool
 from renderq.units import parse_size
 
+from .store.engine import is_postgres_url
+
 KIB = 1024
 MIB = 1024**2
 GIB = 1024**3
@@ -59,6 +61,9 @@ class Config:
     keep_alive_timeout: float = 30.0
     # The largest body of any request but an upload (those are capped by upload_limit).
     body_limit: int = 4 * 1024**2
+    # Empty: SQLite, in the data dir's renderq.sqlite3. A postgresql://user@host:port/name URL: that PostgreSQL
+    # database, which several coordinators may share (libpq reads its password from PGPASSWORD or ~/.pgpass).
+    database: str = ""
     # "full" fsyncs every commit so a power cut loses nothing acknowledged; "normal" survives kill -9 only.
     sqlite_sync: str = "full"
     # Empty: each token is read from (or created in) the data dir's admin_token, artist_token, worker_token file.
@@ -138,6 +143,8 @@ class Config:
             raise ValueError("upload limit must be at least 1024 bytes")
         if self.disk_reserve < 0:
             raise ValueError("disk reserve must not be negative")
+        if self.database and not is_postgres_url(self.database):
+            raise ValueError("database must be a postgresql:// URL, or left empty for SQLite in the data dir")
         if self.sqlite_sync not in ("full", "normal"):
             raise ValueError("sqlite sync must be 'full' or 'normal'")
         if self.max_task_frames < 1:

@@ -61,7 +61,8 @@ class RequestTimeout(RenderQError, status=408):
 def database_refusal(error: Exception) -> tuple[int, str]:
     """The (status, sentence) a database error is answered with: a full disk says so (its transaction rolled
     back, nothing was stored); any other is a server error, to be logged with its traceback."""
-    if "full" in str(error).lower():
+    # SQLite says "database or disk is full"; PostgreSQL gives SQLSTATE 53100 (disk_full).
+    if "full" in str(error).lower() or getattr(error, "sqlstate", None) == "53100":
         return 507, ("the coordinator's disk is full: nothing was changed; free space on its data dir and try "
                      "again")
     return 500, "the coordinator's database failed; see its log"

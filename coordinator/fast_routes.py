@@ -14,7 +14,6 @@ import asyncio
 import io
 import json
 import logging
-import sqlite3
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +49,7 @@ class FastRoutes:
         self._config = app.config["RENDERQ"]
         self._metrics = app.extensions["renderq.metrics"]
         self._batcher = Batcher(app.extensions["renderq.store"])
+        self._database_errors = app.extensions["renderq.store"].engine.errors
         self._files = ThreadPoolExecutor(max_workers=FRAME_FILE_THREADS, thread_name_prefix="frame-files")
         self._handlers: dict[str, Handler] = {
             "workers.update_worker": self._json_call("/update_worker", worker_calls.heartbeat,
@@ -77,7 +77,7 @@ class FastRoutes:
             answer = await self._handlers[endpoint](scope, body)
         except RenderQError as refusal:
             status, answer = refusal.status, {"error": refusal.message}
-        except sqlite3.Error as error:
+        except self._database_errors as error:
             self._metrics.errors.labels("database").inc()
             status, sentence = database_refusal(error)
             if status == 500:

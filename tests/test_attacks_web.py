@@ -19,6 +19,9 @@ import pytest
 
 from harness import ROOT, Farm, wait_for
 
+# The app's state is kept on both store engines (conftest.py).
+pytestmark = pytest.mark.both_databases
+
 BLEND = b"BLENDER-v304REND" + bytes(64)
 EVIL = "http://evil.example"
 # What a terminal acts on instead of showing: C0 controls other than tab and newline, DEL, C1 controls, the
@@ -183,6 +186,7 @@ def test_no_artist_token_acts_for_a_role(farm):
     assert cancel(shared, farm.token("artist")) == 200
 
 
+@pytest.mark.sqlite_only  # an old database is a SQLite file: PostgreSQL came after owners were qualified
 def test_an_old_database_gets_role_qualified_owners(farm):
     assert run_coordinator(farm.data_dir, "--add-artist", "bob").returncode == 0
     bob = open(os.path.join(farm.data_dir, "artist_tokens"), encoding="utf-8").read().split()[1]

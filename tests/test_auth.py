@@ -17,6 +17,9 @@ from coordinator.app import create_app
 from coordinator.config import Config
 from harness import ROOT, free_port
 
+# The app's state is kept on both store engines (conftest.py).
+pytestmark = pytest.mark.both_databases
+
 BLEND = b"BLENDER-v304REND" + b"\0" * 512
 TOKENS = {"admin": ADMIN_TOKEN, "artist": ARTIST_TOKEN, "worker": WORKER_TOKEN}
 # Reachable by anyone: nothing private is in them.

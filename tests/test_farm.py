@@ -16,7 +16,9 @@ from PIL import Image
 from harness import ROOT, Farm, find_blender_or_none, wait_for
 
 BLENDER = find_blender_or_none()
-pytestmark = pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)")
+# Each test with a farm runs twice: its coordinator on SQLite, then on PostgreSQL (conftest.py).
+pytestmark = [pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)"),
+              pytest.mark.both_databases]
 
 FAST = ("--heartbeat", "1", "--alive-timeout", "4")
 

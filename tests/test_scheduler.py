@@ -25,9 +25,13 @@ def clock():
     return FakeClock()
 
 
+# Every test runs on both store engines (conftest.py), but those that read SQLite's own query plans and trace.
+pytestmark = pytest.mark.both_databases
+
+
 @pytest.fixture
-def scheduler(tmp_path, clock):
-    return Scheduler(Store(str(tmp_path / "state.sqlite3")), Policy(lease_seconds=15, alive_timeout=15), clock)
+def scheduler(database, clock):
+    return Scheduler(Store(database), Policy(lease_seconds=15, alive_timeout=15), clock)
 
 
 def submit(scheduler: Scheduler, start=1, end=4, **fields) -> int:
@@ -109,9 +113,9 @@ def test_heartbeat_renews_and_reports_revoked(scheduler, clock):
     assert scheduler.heartbeat(a, [lease["lease_id"]])["revoked"] == [lease["lease_id"]]
 
 
-def test_a_large_farm_is_asked_to_beat_less_often_with_leases_of_several_beats(tmp_path, clock):
+def test_a_large_farm_is_asked_to_beat_less_often_with_leases_of_several_beats(database, clock):
     policy = Policy(heartbeats_per_second=10.0, heartbeat_limit=20.0)
-    scheduler = Scheduler(Store(str(tmp_path / "farm.sqlite3")), policy, clock=clock)
+    scheduler = Scheduler(Store(database), policy, clock=clock)
     submit(scheduler, 1, 4)
     first = register(scheduler, "w0")
     small = scheduler.heartbeat(first, [])
@@ -251,14 +255,13 @@ def test_estimate_eta_edges():
     assert estimate_eta([1.0, 3.0], 4, 0) == 8.0
 
 
-def test_restart_extends_leases(tmp_path, clock):
-    path = str(tmp_path / "state.sqlite3")
-    first = Scheduler(Store(path), Policy(), clock)
+def test_restart_extends_leases(database, clock):
+    first = Scheduler(Store(database), Policy(), clock)
     submit(first, 1, 1)
     a = register(first, "a")
     lease, _ = first.claim(a)
     clock.now += 60  # the coordinator was down for a minute
-    second = Scheduler(Store(path), Policy(), clock)
+    second = Scheduler(Store(database), Policy(), clock)
     second.recover_after_restart()
     assert second.expire_leases() == 0
     assert second.heartbeat(a, [lease["lease_id"]])["revoked"] == []
@@ -485,6 +488,7 @@ def test_summaries_in_bulk_match_the_frames(scheduler):
     assert summaries[done]["progress"]["eta_seconds"] == 0.0
 
 
+@pytest.mark.sqlite_only
 def test_listing_tasks_costs_the_same_queries_for_many_tasks(scheduler):
     a = register(scheduler, "a")
 
@@ -636,6 +640,7 @@ def full_scans(scheduler: Scheduler, statements: list[str]) -> list[str]:
     return scans
 
 
+@pytest.mark.sqlite_only
 def test_claims_and_the_lease_reaper_use_indexes_not_the_failure_history(scheduler, clock):
     scheduler.policy.frame_fail_workers = 1
     a, b = register(scheduler, "a"), register(scheduler, "b")
@@ -811,7 +816,8 @@ def farm_counts(scheduler: Scheduler) -> tuple:
     db = scheduler.store.read()
     return tuple(tuple(tuple(row) for row in db.execute(sql)) for sql in (
         "SELECT * FROM tasks ORDER BY task_id", "SELECT * FROM workers ORDER BY worker_id",
-        "SELECT * FROM frame_failures ORDER BY rowid", "SELECT * FROM task_worker_failures ORDER BY task_id, worker_id",
+        "SELECT * FROM frame_failures ORDER BY task_id, frame, failed_at, worker_id",
+        "SELECT * FROM task_worker_failures ORDER BY task_id, worker_id",
         "SELECT * FROM frames ORDER BY task_id, frame"))
 
 
@@ -905,15 +911,14 @@ def test_a_data_dir_from_before_these_rules_gets_their_columns(tmp_path, clock):
     assert task["owner"] == "anna" and task["frame_timeout"] == 60 and len(task["blocked_workers"]) == 1
 
 
-def test_a_restart_gives_rendering_frames_time_before_they_count_as_timed_out(tmp_path, clock):
-    path = str(tmp_path / "state.sqlite3")
-    first = Scheduler(Store(path), Policy(), clock)
+def test_a_restart_gives_rendering_frames_time_before_they_count_as_timed_out(database, clock):
+    first = Scheduler(Store(database), Policy(), clock)
     task_id = submit(first, 1, 1, frame_timeout=10)
     a = register(first, "a")
     lease, _ = first.claim(a)
     first.report(a, task_id, 1, lease["lease_id"], "rendering")
     clock.now += 120  # the coordinator was down for two minutes
-    second = Scheduler(Store(path), Policy(), clock)
+    second = Scheduler(Store(database), Policy(), clock)
     second.recover_after_restart()
     assert second.expire_leases() == 0
     clock.now += 16  # the worker did not come back

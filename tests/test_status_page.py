@@ -16,6 +16,9 @@ from coordinator.config import Config
 from coordinator.live import VERSION_STEP, ChangeFeed
 from coordinator.scheduler import TaskFile, TaskSpec
 
+# The app's state is kept on both store engines (conftest.py).
+pytestmark = pytest.mark.both_databases
+
 BLEND = b"BLENDER-v304REND" + b"\0" * 64
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 ORIGIN = "http://localhost"

@@ -1,22 +1,27 @@
 """Group commit under concurrency: every acknowledged write is there, every failed one is wholly undone, and the WAL
-stays bounded when the coordinator checkpoints it."""
+stays bounded when the coordinator checkpoints it. Several stores on one database (as several coordinators on one
+PostgreSQL) never hand out a frame twice and count every frame done exactly once. Both engines, but the WAL."""
 
 from __future__ import annotations
 
 import os
 import random
-import sqlite3
 import threading
 
+import pytest
+
+from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec
 from coordinator.store import Store
+
+pytestmark = pytest.mark.both_databases
 
 
 class Boom(Exception):
     """A failure raised inside one writer's transaction."""
 
 
-def test_concurrent_writers_share_commits_without_losing_or_leaking_writes(tmp_path):
-    store = Store(str(tmp_path / "db.sqlite3"))
+def test_concurrent_writers_share_commits_without_losing_or_leaking_writes(database):
+    store = Store(database)
     with store.transaction() as db:
         db.execute("CREATE TABLE scratch (writer INTEGER, n INTEGER, part INTEGER)")
     acknowledged: list[tuple[int, int]] = []
@@ -50,13 +55,14 @@ def test_concurrent_writers_share_commits_without_losing_or_leaking_writes(tmp_p
     assert not errors
     with store.transaction():
         pass  # the last non-durable writes are committed with this one
-    check = sqlite3.connect(str(tmp_path / "db.sqlite3"))
+    check = Store(database).read()  # a connection of its own: it sees only what was committed
     rows = check.execute("SELECT writer, n, COUNT(*) FROM scratch GROUP BY writer, n").fetchall()
     assert all(count == 2 for _, _, count in rows)
     assert sorted((writer, n) for writer, n, _ in rows) == sorted(acknowledged)
     assert len(acknowledged) > 400
 
 
+@pytest.mark.sqlite_only
 def test_checkpoints_keep_the_wal_bounded(tmp_path):
     path = str(tmp_path / "db.sqlite3")
     store = Store(path)
@@ -70,3 +76,100 @@ def test_checkpoints_keep_the_wal_bounded(tmp_path):
                 db.execute("INSERT INTO scratch VALUES (?)", (os.urandom(64 * 1024),))
         store.checkpoint()
     assert os.path.getsize(path + "-wal") < 12 * 1024 * 1024
+
+
+def test_coordinators_on_one_database_never_hand_out_a_frame_twice(database):
+    """Three stores on one database, as three coordinators, each with workers claiming and finishing in threads:
+    every frame is leased to one worker at a time, done exactly once, and the task ends done."""
+    schedulers = [Scheduler(Store(database), Policy()) for _ in range(3)]
+    frames = 120
+    task_id = schedulers[0].submit_task(TaskSpec(name="shot", files=[TaskFile("shot.blend", "a" * 64, 100)],
+                                                 main_file="shot.blend", frame_start=1, frame_end=frames))["task_id"]
+    leased: list[tuple[int, str]] = []
+    done: list[int] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker(number: int) -> None:
+        scheduler = schedulers[number % len(schedulers)]
+        try:
+            worker_id = scheduler.register_worker(f"w{number}", "host", "3.4.1", 2)["worker_id"]
+            while True:
+                lease, _ = scheduler.claim(worker_id)
+                if lease is None:
+                    with lock:
+                        if len(done) == frames:
+                            return
+                    continue
+                with lock:
+                    leased.append((lease["frame"], lease["lease_id"]))
+                frame = lease["frame"]
+                scheduler.report(worker_id, task_id, frame, lease["lease_id"], "rendering", started_at=1.0)
+                scheduler.finish_frame(worker_id, task_id, frame, lease["lease_id"],
+                                       (f"f_{frame:04d}.png", "b" * 64, 10), render_seconds=0.1)
+                with lock:
+                    done.append(frame)
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(number,)) for number in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    assert sorted(frame for frame, _ in leased) == list(range(1, frames + 1))  # no frame leased twice
+    assert sorted(done) == list(range(1, frames + 1))
+    task = Scheduler(Store(database), Policy()).task_detail(task_id, with_frames=False)
+    assert task["status"] == "done" and task["progress"]["done"] == frames
+
+
+def test_turns_of_coordinators_on_one_database_never_deadlock(database, db_engine):
+    """Three coordinators' batchers (one transaction per turn) finishing frames of four tasks at once: their turns
+    lock the tasks' rows in any order, yet no call fails, none waits for a deadlock to be found, and every frame is
+    done exactly once (on PostgreSQL a call that would wait for another turn's locks gives way and goes first in
+    the next turn)."""
+    import asyncio
+
+    from coordinator.batcher import Batcher
+
+    if db_engine == "postgresql":
+        import psycopg
+
+        # PostgreSQL would end a deadlock after a second by failing one side; here it never does, so turns that
+        # deadlocked would wait until the time limit below.
+        with psycopg.connect(database, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database.rsplit("/", 1)[1]}" SET deadlock_timeout = \'1h\'')
+    schedulers = [Scheduler(Store(database), Policy()) for _ in range(3)]
+    tasks = [schedulers[0].submit_task(TaskSpec(name=f"shot{n}", files=[TaskFile("shot.blend", "a" * 64, 100)],
+                                                main_file="shot.blend", frame_start=1, frame_end=40))["task_id"]
+             for n in range(4)]
+    batchers = [Batcher(scheduler.store) for scheduler in schedulers]
+    done: list[tuple[int, int]] = []
+
+    import functools
+
+    async def worker(number: int) -> None:
+        scheduler, batcher = schedulers[number % 3], batchers[number % 3]
+        worker_id = (await batcher.call(lambda: scheduler.register_worker(f"w{number}", "h", "3.4.1", 2)))["worker_id"]
+        while True:
+            lease, _ = await batcher.call(lambda: scheduler.claim(worker_id, prefer_task_id=tasks[number % 4]))
+            if lease is None:
+                return
+            task_id, frame = lease["task_id"], lease["frame"]
+            await batcher.call(functools.partial(scheduler.finish_frame, worker_id, task_id, frame, lease["lease_id"],
+                                                 (f"f_{frame:04d}.png", "b" * 64, 10)))
+            await batcher.call(lambda: scheduler.heartbeat(worker_id, []))
+            done.append((task_id, frame))
+
+    async def farm() -> None:
+        await asyncio.gather(*(worker(number) for number in range(24)))
+
+    try:
+        asyncio.run(asyncio.wait_for(farm(), 60))
+    finally:
+        for batcher in batchers:
+            batcher.close()
+    assert sorted(done) == sorted((task_id, frame) for task_id in tasks for frame in range(1, 41))
+    for task_id in tasks:
+        assert schedulers[1].task_detail(task_id, with_frames=False)["status"] == "done"

@@ -1,35 +1,38 @@
 """The store's connections and its write transactions (group commit), under the queries of the other parts.
 
-One connection per thread. Every write is one transaction inside `BEGIN IMMEDIATE`; concurrent transactions share
-their COMMIT (group commit), and each still returns only once its writes are durable.
+One connection per thread, of the engine the database string names (engine.py: SQLite or PostgreSQL). Every write is
+one transaction, returned from only once its writes are durable. On SQLite concurrent transactions of this process
+share their COMMIT (group commit); on PostgreSQL they run side by side, and a batcher's turn shares one COMMIT.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 
-# How long a statement waits for another connection's lock before failing, and how long the checkpoint's last
-# step waits for readers (writers wait for it meanwhile).
-BUSY_TIMEOUT_MS = 30_000
+from .engine import Database, Engine
+from .engines import engine_for
+from .sqlite import BUSY_TIMEOUT_MS
+
+# How long the checkpoint's last step waits for readers (writers wait for it meanwhile).
 CHECKPOINT_WAIT_MS = 20
 # The WAL starts over once it holds this many pages (SQLite's own checkpoint threshold: about 4 MB).
 WAL_RESTART_PAGES = 1000
 
 
 class StoreConnection:
-    """One SQLite connection per thread; writers take turns (see transaction()), and WAL lets readers go on
-    meanwhile. The query parts (workers, tasks, frames, files) build on it."""
+    """One connection per thread; writers of this process take turns on SQLite (see transaction()), and readers go
+    on meanwhile. The query parts (workers, tasks, frames, files, farm) build on it.
 
-    def __init__(self, path: str, *, synchronous: str = "full") -> None:
-        self.path = path
-        self.synchronous = synchronous.upper()
+    `database` is a postgresql:// URL or the path of a SQLite file; `synchronous` is SQLite's ("full" or
+    "normal")."""
+
+    def __init__(self, database: str, *, synchronous: str = "full") -> None:
+        self.database = database
+        self.engine: Engine = engine_for(database, synchronous=synchronous)
         self._local = threading.local()
-        # SQLite's default: the commit that fills the WAL past 1000 pages copies them into the database file.
-        self._autocheckpoint = 1000
         # Group commit (see transaction()): one thread writes at a time, and the writes of threads that queue up
         # behind each other share one COMMIT, so one fsync acknowledges many of them.
         self._write_lock = threading.Lock()
@@ -43,39 +46,40 @@ class StoreConnection:
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> Database:
         db = getattr(self._local, "db", None)
-        if db is None:
-            # check_same_thread=False: a write batch opened on this connection takes other threads' writes too.
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                                 check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self.synchronous}")
-            db.execute("PRAGMA foreign_keys=OFF")
-            db.execute(f"PRAGMA wal_autocheckpoint={self._autocheckpoint}")
+        if db is None or self.engine.is_broken(db):
+            # A connection the server dropped (PostgreSQL restarted) is replaced: the statement that found it
+            # broken failed, the next one gets a new connection.
+            db = self.engine.connect()
             self._local.db = db
         return db
 
     @contextlib.contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(self, durable: bool = True) -> Iterator[Database]:
         """A write transaction: the block's writes all happen or none do, and are durable once it returns.
 
         durable=False, for writes nobody is promised (a heartbeat's "last seen"): the block may return before its
         batch is committed, so its thread is not held up by the fsync.
 
-        Writers take turns. The first opens a transaction on its connection (BEGIN IMMEDIATE, so a claim never
-        deadlocks upgrading a read lock); the writers queued behind it run their blocks in that same transaction,
-        each inside its own savepoint, so a block that raises undoes only its own writes. The last writer in line
-        (or the one that fills the batch) commits for all of them, and every block returns only after that
-        COMMIT: under load one fsync acknowledges many writes instead of each paying its own, and no thread sleeps
-        in SQLite's busy handler.
+        Writers of this process take turns. The first opens a transaction on its connection (the engine's
+        `begin`); the writers queued behind it run their blocks in that same transaction, each inside its own
+        savepoint, so a block that raises undoes only its own writes. The last writer in line (or the one that
+        fills the batch) commits for all of them, and every block returns only after that COMMIT: under load one
+        fsync acknowledges many writes instead of each paying its own, and no thread sleeps in SQLite's busy
+        handler.
+
+        On PostgreSQL (no group_commit) each block is a transaction of its own on its thread's connection, run
+        alongside the others: row locks order them, and its server commits many at once itself.
         """
         outer = getattr(self._local, "batch", None)
         if outer is not None:
-            # Inside batch() on this thread: a savepoint of its transaction, committed with the rest of it.
-            with _savepoint(outer):
+            with self._batch_savepoint(outer):
                 yield outer
+            return
+        if not self.engine.group_commit:
+            with self._own_transaction() as db:
+                yield db
             return
         self._take_write_turn()
         batch = self._batch
@@ -83,11 +87,11 @@ class StoreConnection:
         try:
             if first:
                 db = self._connection()
-                db.execute("BEGIN IMMEDIATE")
+                db.execute(self.engine.begin)
                 batch.begin(db)
             else:
                 db = batch.connection
-                db.execute("SAVEPOINT write")
+                db.execute("SAVEPOINT turn")
             batch.writes += 1
             number = batch.number
         except BaseException:
@@ -102,17 +106,17 @@ class StoreConnection:
                 self._write_lock.release()
                 raise
             try:
-                db.execute("ROLLBACK TO write")
-                db.execute("RELEASE write")
+                db.execute("ROLLBACK TO SAVEPOINT turn")
+                db.execute("RELEASE SAVEPOINT turn")
             finally:
                 self._end_turn()
             # The batch may run on this thread's connection: wait until it is free before this thread reads again.
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(*self.engine.errors):
                 self._wait_for_commit(number)
             raise
         if not first:
             try:
-                db.execute("RELEASE write")
+                db.execute("RELEASE SAVEPOINT turn")
             except BaseException:
                 self._end_turn()
                 raise
@@ -125,13 +129,41 @@ class StoreConnection:
     def batch(self) -> Iterator[None]:
         """Run many transactions of this thread as one: each transaction() inside becomes a savepoint (a block
         that raises undoes only its own writes), and they share one COMMIT when the block ends, durable before
-        batch() returns. For a thread that applies queued requests in turns (coordinator.batcher)."""
+        batch() returns. For a thread that applies queued requests in turns (coordinator.batcher).
+
+        After the first block, a block that would wait long for a row another coordinator locked gives way
+        instead (the engine's lock_conflict, see give_way): the caller runs it again first in its next batch."""
         with self.transaction() as db:
             self._local.batch = db
+            self._local.batch_blocks = 0
             try:
                 yield
             finally:
                 self._local.batch = None
+
+    @contextlib.contextmanager
+    def _batch_savepoint(self, outer: Database) -> Iterator[None]:
+        """A block inside batch() on this thread: a savepoint of its transaction, committed with the rest of it."""
+        self._local.batch_blocks += 1
+        if self._local.batch_blocks == 2:
+            # The batch holds the first block's row locks now: waiting for another batch that waits for these
+            # would be a deadlock, so the blocks after it wait only briefly.
+            self.engine.give_way(outer)
+        with _savepoint(outer):
+            yield
+
+    @contextlib.contextmanager
+    def _own_transaction(self) -> Iterator[Database]:
+        """A transaction of the block alone, on this thread's connection (engines without group commit)."""
+        db = self._connection()
+        db.execute(self.engine.begin)
+        try:
+            yield db
+        except BaseException:
+            with contextlib.suppress(*self.engine.errors):
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def _take_write_turn(self) -> None:
         """Wait for the write lock, counted meanwhile as a writer in line (so the holder leaves its batch open)."""
@@ -159,7 +191,7 @@ class StoreConnection:
             batch.connection.execute(statement)
         except BaseException as problem:  # noqa: BLE001 - every writer in the batch is told, below
             error = problem
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(*self.engine.errors):
                 batch.connection.execute("ROLLBACK")
         batch.end()
         with self._committed:
@@ -179,13 +211,15 @@ class StoreConnection:
         if self._failed_batches:
             error = self._failed_batches.get(number)
             if error is not None:
-                raise sqlite3.OperationalError(f"the transaction could not be committed: {error}") from error
+                raise self.engine.commit_failed(error) from error
 
     def checkpoint_in_background(self) -> None:
         """Leave WAL checkpoints to checkpoint() (the coordinator's reaper thread calls it every second) instead of
         the commit that happens to fill the WAL, which would copy pages and fsync the database file while every
-        other writer waits for it."""
-        self._autocheckpoint = 0
+        other writer waits for it. (Only SQLite has a WAL to checkpoint.)"""
+        if not self.engine.checkpoints:
+            return
+        self.engine.autocheckpoint = 0  # type: ignore[attr-defined]  # the SQLite engine's, for new connections
         self._connection().execute("PRAGMA wal_autocheckpoint=0")
 
     def checkpoint(self) -> None:
@@ -195,6 +229,8 @@ class StoreConnection:
         it, which writers appending all the time would never allow: so once it is long enough, the pages written
         meanwhile are copied with the write lock held (a short pause, like a writer's turn).
         """
+        if not self.engine.checkpoints:
+            return
         db = self._connection()
         _, wal_pages, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if wal_pages < WAL_RESTART_PAGES:
@@ -213,7 +249,14 @@ class StoreConnection:
         finally:
             self._write_lock.release()
 
-    def read(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def exclusive(self, job: str) -> Iterator[bool]:
+        """For a job that one coordinator at a time runs (the orphan file sweep): yields True when this one runs it
+        now, False when another coordinator on the same database does (PostgreSQL's advisory lock)."""
+        with self.engine.hold(self._connection(), job) as ours:
+            yield ours
+
+    def read(self) -> Database:
         """A connection for reads outside a transaction (each statement sees a consistent snapshot); inside
         batch(), the batch's own, so a read sees the writes made before it in the batch."""
         return getattr(self._local, "batch", None) or self._connection()
@@ -226,16 +269,16 @@ class StoreConnection:
 
 
 @contextlib.contextmanager
-def _savepoint(db: sqlite3.Connection) -> Iterator[None]:
+def _savepoint(db: Database) -> Iterator[None]:
     """A savepoint: its writes are undone if the block raises, and kept (until the enclosing COMMIT) if not."""
     db.execute("SAVEPOINT nested")
     try:
         yield
     except BaseException:
-        db.execute("ROLLBACK TO nested")
-        db.execute("RELEASE nested")
+        db.execute("ROLLBACK TO SAVEPOINT nested")
+        db.execute("RELEASE SAVEPOINT nested")
         raise
-    db.execute("RELEASE nested")
+    db.execute("RELEASE SAVEPOINT nested")
 
 
 class _Batch:
@@ -247,7 +290,7 @@ class _Batch:
     MAX_SECONDS = 0.02
 
     def __init__(self) -> None:
-        self.db: sqlite3.Connection | None = None
+        self.db: Database | None = None
         self.number = 0
         self.writes = 0
         self.started = 0.0
@@ -257,13 +300,13 @@ class _Batch:
         return self.db is not None
 
     @property
-    def connection(self) -> sqlite3.Connection:
+    def connection(self) -> Database:
         """The open batch's connection; only asked for while a batch is open."""
         if self.db is None:
             raise RuntimeError("no write batch is open")
         return self.db
 
-    def begin(self, db: sqlite3.Connection) -> None:
+    def begin(self, db: Database) -> None:
         self.db = db
         self.number += 1
         self.writes = 0

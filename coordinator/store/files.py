@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from .connection import StoreConnection
@@ -19,23 +18,24 @@ class FileQueries(StoreConnection):
         """Bytes each task's inputs and rendered frames take (a file shared by two tasks counts for both)."""
         usage: dict[int, int] = {}
         db = self.read()
-        for row in db.execute("SELECT task_id, sum(size) AS n FROM task_files GROUP BY task_id"):
+        # CAST: PostgreSQL sums 64-bit integers as numeric.
+        for row in db.execute("SELECT task_id, CAST(sum(size) AS BIGINT) AS n FROM task_files GROUP BY task_id"):
             usage[row["task_id"]] = row["n"] or 0
-        for row in db.execute("SELECT task_id, sum(output_size) AS n FROM frames WHERE output_sha256 IS NOT NULL "
-                              "GROUP BY task_id"):
+        for row in db.execute("SELECT task_id, CAST(sum(output_size) AS BIGINT) AS n FROM frames "
+                              "WHERE output_sha256 IS NOT NULL GROUP BY task_id"):
             usage[row["task_id"]] = usage.get(row["task_id"], 0) + (row["n"] or 0)
         return usage
 
     def referenced_blobs(self, hashes: Sequence[str]) -> set[str]:
         """Those of the hashes a stored task uses: a file of its tree, a frame's output, or (tasks from before task
         trees) its .blend while its files are kept. The orphan sweep deletes only the others."""
-        listed = json.dumps(list(hashes))
+        listed = self.engine.in_list(":h")
         rows = self.read().execute(
-            "SELECT sha256 FROM task_files WHERE sha256 IN (SELECT value FROM json_each(:h)) UNION "
-            "SELECT output_sha256 FROM frames WHERE output_sha256 IN (SELECT value FROM json_each(:h)) UNION "
+            f"SELECT sha256 FROM task_files WHERE sha256 {listed} UNION "
+            f"SELECT output_sha256 FROM frames WHERE output_sha256 {listed} UNION "
             "SELECT blend_sha256 FROM tasks WHERE main_file = '' AND files_deleted_at IS NULL "
-            "AND blend_sha256 IN (SELECT value FROM json_each(:h))",
-            {"h": listed},
+            f"AND blend_sha256 {listed}",
+            {"h": self.engine.list_value(hashes)},
         ).fetchall()
         return {row[0] for row in rows}
 
@@ -63,13 +63,14 @@ class FileQueries(StoreConnection):
         """Append to a task's log; returns the log's new size in bytes."""
         size = len(text.encode("utf-8"))
         with self.transaction() as db:
-            row = db.execute("SELECT log_size FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-            offset = row["log_size"]
+            # The task's row is updated first: it stays locked until the COMMIT, so appends to one log (from any
+            # thread or coordinator) take turns and never get the same offset.
+            end = db.execute("UPDATE tasks SET log_size = log_size + ? WHERE task_id = ? RETURNING log_size",
+                             (size, task_id)).fetchone()["log_size"]
             if size:
-                db.execute("INSERT INTO logs (task_id, offset, size, text) VALUES (?, ?, ?, ?)",
-                           (task_id, offset, size, text))
-                db.execute("UPDATE tasks SET log_size = ? WHERE task_id = ?", (offset + size, task_id))
-            return offset + size
+                db.execute('INSERT INTO logs (task_id, "offset", size, text) VALUES (?, ?, ?, ?)',
+                           (task_id, end - size, size, text))
+            return end
 
     def read_log(self, task_id: int, offset: int, max_bytes: int) -> tuple[bytes, int]:
         """Log bytes from offset, at most max_bytes (cut between UTF-8 characters, at least one character), and the
@@ -79,9 +80,10 @@ class FileQueries(StoreConnection):
         if max_bytes <= 0:
             return b"", total
         # From the chunk holding `offset` on, found by the primary key rather than by reading every chunk before it.
+        # "offset" is quoted: PostgreSQL reserves the word.
         rows = db.execute(
-            "SELECT offset, text FROM logs WHERE task_id = ? AND offset >= coalesce("
-            "(SELECT max(offset) FROM logs WHERE task_id = ? AND offset <= ?), 0) ORDER BY offset",
+            'SELECT "offset", text FROM logs WHERE task_id = ? AND "offset" >= coalesce('
+            '(SELECT max("offset") FROM logs WHERE task_id = ? AND "offset" <= ?), 0) ORDER BY "offset"',
             (task_id, task_id, offset),
         )
         pieces: list[bytes] = []

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from .connection import StoreConnection
+from .engine import Database
 from .rows import FRAME_COLUMNS, OutputNameTaken, finish_task_if_complete, output_holder, record_failure, requeue
 
 # Whether the worker (named parameters name, version, allows_python, worker_id, blocked_at) may take a frame of the
@@ -27,8 +26,11 @@ class FrameQueries(StoreConnection):
     def expire_leases(self, now: float, frame_fail_workers: int) -> int:
         """Requeue every frame whose lease ran out (its worker stopped reporting), and fail, as a failure of its
         worker, every frame still rendering past its render deadline (its worker never reported the timeout).
-        Returns how many frames were taken back."""
+        Returns how many frames were taken back. One coordinator at a time sweeps; the others' sweeps meanwhile do
+        nothing and return 0."""
         with self.transaction() as db:
+            if not self.engine.try_lock(db, "lease sweep"):
+                return 0
             expired = requeue(db, "status IN ('leased', 'rendering') AND lease_expires < ?", (now,))
             overdue = db.execute(
                 "SELECT f.task_id, f.frame, f.worker_id, f.lease_id, t.frame_timeout FROM frames f "
@@ -39,8 +41,8 @@ class FrameQueries(StoreConnection):
                 error = (f"timed out: frame {row['frame']} was still rendering long after the task's frame timeout "
                          f"of {row['frame_timeout'] or 0:g} s, and its worker did not report it")
                 # The lease dies with it, so that worker's later reports about the frame are refused.
-                record_failure(db, row["task_id"], row["frame"], row["lease_id"], row["worker_id"], error, "",
-                                frame_fail_workers, now, keep_lease=False)
+                record_failure(self.engine, db, row["task_id"], row["frame"], row["lease_id"], row["worker_id"],
+                               error, "", frame_fail_workers, now, keep_lease=False)
             return expired + len(overdue)
 
     def claim_frame(
@@ -61,7 +63,7 @@ class FrameQueries(StoreConnection):
             # Walks tasks_claimable in order and stops at the first task this worker may take: a claim does not
             # look at (or sort) every open task. Paused (and ended) tasks are left out: their queued frames wait.
             best = db.execute(
-                f"SELECT t.task_id, t.priority FROM tasks t INDEXED BY tasks_claimable "
+                f"SELECT t.task_id, t.priority FROM tasks t {self.engine.indexed_by('tasks_claimable')} "
                 f"WHERE t.status IN ('queued', 'running') "
                 f"AND {_CLAIMABLE_BY_WORKER} ORDER BY t.priority DESC, t.task_id ASC LIMIT 1",
                 values,
@@ -78,22 +80,28 @@ class FrameQueries(StoreConnection):
                 ).fetchone()
                 if preferred is not None:
                     task_id = prefer_task_id
+            # The frame row stays locked until the COMMIT (PostgreSQL): another coordinator's claim skips it.
             row = db.execute(
                 "SELECT frame FROM frames f WHERE task_id = ? AND status = 'queued' AND NOT EXISTS ("
                 "SELECT 1 FROM frame_failures x WHERE x.task_id = f.task_id AND x.frame = f.frame "
-                "AND x.worker_id = ?) ORDER BY frame LIMIT 1",
+                f"AND x.worker_id = ?) ORDER BY frame LIMIT 1{self.engine.skip_locked}",
                 (task_id, worker["worker_id"]),
             ).fetchone()
             if row is None:
                 row = db.execute(
-                    "SELECT frame FROM frames WHERE task_id = ? AND status = 'queued' ORDER BY frame LIMIT 1",
+                    "SELECT frame FROM frames WHERE task_id = ? AND status = 'queued' "
+                    f"ORDER BY frame LIMIT 1{self.engine.skip_locked}",
                     (task_id,),
                 ).fetchone()
+            if row is None:
+                return None  # every queued frame of the task is being claimed by other coordinators just now
             frame = db.execute(
                 f"UPDATE frames SET status = 'leased', worker_id = ?, lease_id = ?, lease_expires = ? "
                 f"WHERE task_id = ? AND frame = ? AND status = 'queued' RETURNING {FRAME_COLUMNS}",
                 (worker["worker_id"], lease_id, lease_expires, task_id, row["frame"]),
             ).fetchone()
+            if frame is None:
+                return None
             db.execute(
                 "UPDATE tasks SET status = 'running', started_at = coalesce(started_at, ?) "
                 "WHERE task_id = ? AND status = 'queued'",
@@ -121,7 +129,7 @@ class FrameQueries(StoreConnection):
     ) -> dict | None:
         """Set the frame's output file; raises OutputNameTaken when another frame's output has the same `key`."""
         with self.transaction() as db:
-            holder = output_holder(db, task_id, frame, key)
+            holder = output_holder(self.engine, db, task_id, frame, key)
             if holder is not None:
                 raise OutputNameTaken(holder["frame"], holder["output"])
             row = db.execute(
@@ -134,7 +142,7 @@ class FrameQueries(StoreConnection):
 
     def output_holder(self, task_id: int, frame: int, key: str) -> dict | None:
         """Another frame of the task whose output has collision key `key` ({"frame", "output"}), or None."""
-        return output_holder(self._connection(), task_id, frame, key)
+        return output_holder(self.engine, self._connection(), task_id, frame, key)
 
     def mark_done(
         self, task_id: int, frame: int, lease_id: str, worker_id: int, started_at: float | None,
@@ -153,7 +161,7 @@ class FrameQueries(StoreConnection):
         record_output."""
         filename, key, sha256, size = output
         with self.transaction() as db:
-            holder = output_holder(db, task_id, frame, key)
+            holder = output_holder(self.engine, db, task_id, frame, key)
             if holder is not None:
                 raise OutputNameTaken(holder["frame"], holder["output"])
             updated = db.execute(
@@ -172,8 +180,8 @@ class FrameQueries(StoreConnection):
         """Record a failed render: requeue it, or mark it failed once it has failed on frame_fail_workers
         different workers since its last retry. None when the lease is not live."""
         with self.transaction() as db:
-            return record_failure(db, task_id, frame, lease_id, worker_id, error, log_tail, frame_fail_workers,
-                                   now, keep_lease=True)
+            return record_failure(self.engine, db, task_id, frame, lease_id, worker_id, error, log_tail,
+                                  frame_fail_workers, now, keep_lease=True)
 
     def release_frame(self, task_id: int, frame: int, lease_id: str, needs_python: bool = False) -> dict | None:
         """Give a frame back unrendered; an attempt that never started does not count. With needs_python the
@@ -194,14 +202,15 @@ class FrameQueries(StoreConnection):
         frames as timed out: the worker may have reported its own timeout while the coordinator was down)."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE frames SET lease_expires = max(coalesce(lease_expires, 0), ?), "
-                "render_deadline = CASE WHEN render_deadline IS NULL THEN NULL ELSE max(render_deadline, ?) END "
+                "UPDATE frames SET "
+                "lease_expires = CASE WHEN lease_expires > :until THEN lease_expires ELSE :until END, "
+                "render_deadline = CASE WHEN render_deadline < :until THEN :until ELSE render_deadline END "
                 "WHERE status IN ('leased', 'rendering')",
-                (lease_expires, lease_expires),
+                {"until": lease_expires},
             )
 
 
-def _mark_done(db: sqlite3.Connection, task_id: int, frame: int, lease_id: str, worker_id: int,
+def _mark_done(db: Database, task_id: int, frame: int, lease_id: str, worker_id: int,
                started_at: float | None, ended_at: float, render_seconds: float | None, now: float) -> dict | None:
     """Mark a frame with an output done and count it, inside the caller's transaction; None if the lease is gone."""
     row = db.execute(

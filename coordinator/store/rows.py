@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
+
+from .engine import Database, Engine
 
 # The status strings in the SQL of the store's parts are renderq.model's TaskStatus and FrameStatus values (its sets,
 # such as TASK_OPEN and FRAME_ACTIVE, are spelled out as literals so SQLite can use the partial indexes);
@@ -28,18 +29,19 @@ class OutputNameTaken(Exception):
         self.output = output
 
 
-def output_holder(db: sqlite3.Connection, task_id: int, frame: int, key: str) -> dict | None:
+def output_holder(engine: Engine, db: Database, task_id: int, frame: int, key: str) -> dict | None:
     # A cleared output (requeued frame) leaves a stale key behind: `output IS NOT NULL` ignores it. Without the
     # index named, SQLite walks every frame of the task (20,000 of them: 2 ms per finished frame).
     row = db.execute(
-        "SELECT frame, output FROM frames INDEXED BY frames_by_output_key WHERE task_id = ? AND output_key = ? "
+        f"SELECT frame, output FROM frames {engine.indexed_by('frames_by_output_key')} "
+        "WHERE task_id = ? AND output_key = ? "
         "AND frame != ? "
         "AND output IS NOT NULL LIMIT 1", (task_id, key, frame),
     ).fetchone()
     return dict(row) if row else None
 
 
-def requeue(db: sqlite3.Connection, where: str, params: tuple) -> int:
+def requeue(db: Database, where: str, params: tuple) -> int:
     cursor = db.execute(
         f"UPDATE frames SET status = 'queued', worker_id = NULL, lease_id = NULL, lease_expires = NULL, "
         f"render_deadline = NULL, output = NULL, output_sha256 = NULL, output_size = NULL WHERE {where}",
@@ -48,13 +50,16 @@ def requeue(db: sqlite3.Connection, where: str, params: tuple) -> int:
     return cursor.rowcount
 
 
-def record_failure(db: sqlite3.Connection, task_id: int, frame: int, lease_id: str, worker_id: int, error: str,
+def record_failure(engine: Engine, db: Database, task_id: int, frame: int, lease_id: str, worker_id: int, error: str,
                     log_tail: str, frame_fail_workers: int, now: float, *, keep_lease: bool) -> dict | None:
     """Count a failed render of a frame held under lease_id against its worker (for the frame and the task), then
     requeue the frame, or mark it failed once that many different workers failed it. keep_lease leaves a failed
     frame's lease on it, so the worker's repeated final report is recognised; a timeout kills the lease."""
+    # Locked (PostgreSQL) until the end of the transaction: no other coordinator's report changes the frame between
+    # this check and the update below.
     held = db.execute(
-        "SELECT 1 FROM frames WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')",
+        "SELECT 1 FROM frames WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')"
+        + engine.for_update,
         (task_id, frame, lease_id),
     ).fetchone()
     if held is None:
@@ -81,7 +86,7 @@ def record_failure(db: sqlite3.Connection, task_id: int, frame: int, lease_id: s
     ).fetchone()
     db.execute(
         "INSERT INTO task_worker_failures (task_id, worker_id, failures) VALUES (?, ?, 1) "
-        "ON CONFLICT (task_id, worker_id) DO UPDATE SET failures = failures + 1",
+        "ON CONFLICT (task_id, worker_id) DO UPDATE SET failures = task_worker_failures.failures + 1",
         (task_id, worker_id),
     )
     db.execute("UPDATE workers SET frames_failed = frames_failed + 1 WHERE worker_id = ?", (worker_id,))
@@ -91,7 +96,7 @@ def record_failure(db: sqlite3.Connection, task_id: int, frame: int, lease_id: s
     return dict(row)
 
 
-def finish_task_if_complete(db: sqlite3.Connection, task_id: int, now: float) -> None:
+def finish_task_if_complete(db: Database, task_id: int, now: float) -> None:
     open_frames = db.execute(
         "SELECT 1 FROM frames WHERE task_id = ? AND status IN ('queued', 'leased', 'rendering') LIMIT 1", (task_id,)
     ).fetchone()
@@ -103,7 +108,7 @@ def finish_task_if_complete(db: sqlite3.Connection, task_id: int, now: float) ->
         )
 
 
-def task_row(db: sqlite3.Connection, row: sqlite3.Row, workers: list[str] | None = None) -> dict[str, Any]:
+def task_row(db: Database, row: Any, workers: list[str] | None = None) -> dict[str, Any]:
     task = dict(row)
     if "settings" in task:
         task["settings"] = json.loads(task["settings"] or "{}")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from .connection import StoreConnection
+from .engine import Database
 from .rows import FRAME_COLUMNS, requeue, task_row
 
 
@@ -29,7 +29,7 @@ class TaskQueries(StoreConnection):
                 "VALUES (:name, :priority, :frame_start, :frame_end, :frame_step, :frames_total, :manual, "
                 ":submitted_by, :blend_sha256, :blend_filename, :settings, :created_at, :main_file, "
                 ":blender_version, :blender_version_key, :blender_version_exact, :missing_assets, :files_count, "
-                ":files_bytes, :frame_timeout, :no_progress_timeout, :needs_python, :owner)",
+                ":files_bytes, :frame_timeout, :no_progress_timeout, :needs_python, :owner) RETURNING task_id",
                 {"frame_timeout": None, "no_progress_timeout": 600.0, "owner": "", **task,
                  "needs_python": int(bool(task.get("needs_python"))),
                  "frames_total": len(frame_numbers), "manual": int(bool(worker_names)),
@@ -37,15 +37,14 @@ class TaskQueries(StoreConnection):
                  "missing_assets": json.dumps(list(task.get("missing_assets") or [])),
                  "blender_version_exact": int(bool(task.get("blender_version_exact"))),
                  "files_count": len(files), "files_bytes": sum(size for _, _, size in files)},
-            ).lastrowid
+            ).fetchone()[0]
             db.executemany("INSERT INTO task_files (task_id, path, sha256, size) VALUES (?, ?, ?, ?)",
                            ((task_id, path, sha256, size) for path, sha256, size in files))
             db.executemany("INSERT INTO frames (task_id, frame) VALUES (?, ?)", ((task_id, n) for n in frame_numbers))
             db.executemany(
-                "INSERT OR IGNORE INTO task_workers (task_id, worker_name) VALUES (?, ?)",
+                "INSERT INTO task_workers (task_id, worker_name) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 ((task_id, name) for name in worker_names),
             )
-            assert task_id is not None, "an INSERT sets lastrowid"
             return task_id
 
     def get_task(self, task_id: int, detail: bool = False) -> dict | None:
@@ -81,14 +80,14 @@ class TaskQueries(StoreConnection):
         ).fetchall()
         return self._task_rows(db, rows)
 
-    def _task_rows(self, db: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[dict]:
+    def _task_rows(self, db: Database, rows: list[Any]) -> list[dict]:
         # One query for the assigned workers of all the rows, not one per task.
         workers: dict[int, list[str]] = {}
         manual = [r["task_id"] for r in rows if r["manual"]]
         if manual:
-            for r in db.execute("SELECT task_id, worker_name FROM task_workers WHERE task_id IN "
-                                "(SELECT value FROM json_each(?)) ORDER BY task_id, worker_name",
-                                (json.dumps(manual),)):
+            for r in db.execute("SELECT task_id, worker_name FROM task_workers WHERE task_id "
+                                f"{self.engine.in_list('?')} ORDER BY task_id, worker_name",
+                                (self.engine.list_value(manual),)):
                 workers.setdefault(r["task_id"], []).append(r["worker_name"])
         return [task_row(db, r, workers.get(r["task_id"], [])) for r in rows]
 
@@ -136,9 +135,9 @@ class TaskQueries(StoreConnection):
         counts: dict[int, dict[str, int]] = {task_id: {} for task_id in task_ids}
         if task_ids:
             for r in self.read().execute(
-                "SELECT task_id, status, count(*) AS n FROM frames WHERE task_id IN "
-                "(SELECT value FROM json_each(?)) GROUP BY task_id, status",
-                (json.dumps(list(task_ids)),),
+                f"SELECT task_id, status, count(*) AS n FROM frames WHERE task_id {self.engine.in_list('?')} "
+                "GROUP BY task_id, status",
+                (self.engine.list_value(task_ids),),
             ):
                 counts[r["task_id"]][r["status"]] = r["n"]
         return counts
@@ -154,8 +153,8 @@ class TaskQueries(StoreConnection):
             for r in self.read().execute(
                 "SELECT task_id, frame, render_seconds, worker_id, started_at, ended_at, row_number() OVER ("
                 "PARTITION BY task_id, render_seconds > 0 ORDER BY frame DESC) AS from_last FROM frames "
-                "WHERE status = 'done' AND task_id IN (SELECT value FROM json_each(?)) ORDER BY task_id, frame",
-                (json.dumps(list(task_ids)),),
+                f"WHERE status = 'done' AND task_id {self.engine.in_list('?')} ORDER BY task_id, frame",
+                (self.engine.list_value(task_ids),),
             ):
                 if timed_most is None or (r["render_seconds"] or 0) > 0 and r["from_last"] <= timed_most:
                     done[r["task_id"]].append((r["frame"], r["render_seconds"], r["worker_id"], r["started_at"],
@@ -169,9 +168,9 @@ class TaskQueries(StoreConnection):
         failed: dict[int, list[int]] = {task_id: [] for task_id in task_ids}
         if task_ids:
             for r in self.read().execute(
-                "SELECT task_id, frame FROM frames WHERE status = 'failed' AND task_id IN "
-                "(SELECT value FROM json_each(?)) ORDER BY task_id, frame",
-                (json.dumps(list(task_ids)),),
+                f"SELECT task_id, frame FROM frames WHERE status = 'failed' AND task_id {self.engine.in_list('?')} "
+                "ORDER BY task_id, frame",
+                (self.engine.list_value(task_ids),),
             ):
                 failed[r["task_id"]].append(r["frame"])
         return failed
@@ -183,9 +182,9 @@ class TaskQueries(StoreConnection):
         if task_ids:
             for r in self.read().execute(
                 "SELECT b.task_id, b.worker_id, b.failures, w.name FROM task_worker_failures b "
-                "LEFT JOIN workers w ON w.worker_id = b.worker_id WHERE b.failures >= ? AND b.task_id IN "
-                "(SELECT value FROM json_each(?)) ORDER BY b.task_id, w.name, b.worker_id",
-                (bad_worker_failures, json.dumps(list(task_ids))),
+                "LEFT JOIN workers w ON w.worker_id = b.worker_id WHERE b.failures >= ? AND b.task_id "
+                f"{self.engine.in_list('?')} ORDER BY b.task_id, w.name, b.worker_id",
+                (bad_worker_failures, self.engine.list_value(task_ids)),
             ):
                 blocked[r["task_id"]].append({"worker": r["name"], "worker_id": r["worker_id"],
                                               "failures": r["failures"]})
@@ -263,10 +262,11 @@ class TaskQueries(StoreConnection):
             unblocked = db.execute("DELETE FROM task_worker_failures WHERE task_id = ?", (task_id,)).rowcount
             if count:
                 db.execute(
-                    "UPDATE tasks SET frames_failed = max(0, frames_failed - ?), ended_at = NULL, "
+                    "UPDATE tasks SET frames_failed = CASE WHEN frames_failed > ? THEN frames_failed - ? ELSE 0 END, "
+                    "ended_at = NULL, "
                     "status = CASE WHEN status = 'paused' THEN 'paused' "
                     "WHEN started_at IS NULL THEN 'queued' ELSE 'running' END WHERE task_id = ?",
-                    (count, task_id),
+                    (count, count, task_id),
                 )
             return count, unblocked
 

@@ -15,15 +15,18 @@ class WorkerQueries(StoreConnection):
                       now: float, allows_python: bool = False) -> dict:
         """Register a worker by name. A returning name keeps its id; frames it still held are requeued."""
         with self.transaction() as db:
-            row = db.execute("SELECT worker_id FROM workers WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                worker_id = db.execute(
-                    "INSERT INTO workers (name, host, blender_version, blender_version_key, cpu_count, "
-                    "registered_at, last_seen, allows_python) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, host, blender_version, version_key, cpu_count, now, now, int(allows_python)),
-                ).lastrowid
-            else:
+            # ON CONFLICT: a worker of that name registering at the same moment elsewhere (another thread or
+            # coordinator) inserts it first; this one then updates it, as a returning worker.
+            row = db.execute(
+                "INSERT INTO workers (name, host, blender_version, blender_version_key, cpu_count, "
+                "registered_at, last_seen, allows_python) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO NOTHING RETURNING worker_id",
+                (name, host, blender_version, version_key, cpu_count, now, now, int(allows_python)),
+            ).fetchone()
+            if row is not None:
                 worker_id = row["worker_id"]
+            else:
+                worker_id = db.execute("SELECT worker_id FROM workers WHERE name = ?", (name,)).fetchone()[0]
                 db.execute(
                     "UPDATE workers SET host = ?, blender_version = ?, blender_version_key = ?, cpu_count = ?, "
                     "registered_at = ?, last_seen = ?, allows_python = ? WHERE worker_id = ?",

@@ -5,6 +5,8 @@ Each is added only where it is missing, so this step also brings any earlier dat
 
 from yoyo import step
 
+from coordinator.store.schema import add_missing_columns
+
 __depends__ = {"0001_tables"}
 
 COLUMNS = {
@@ -42,15 +44,9 @@ COLUMNS = {
 }
 
 
-def add_missing_columns(db) -> None:
-    """ALTER TABLE ... ADD COLUMN for each column the table lacks (SQLite has no ADD COLUMN IF NOT EXISTS)."""
-    cursor = db.cursor()
-    for table, columns in COLUMNS.items():
-        cursor.execute(f"PRAGMA table_info({table})")
-        present = {row[1] for row in cursor.fetchall()}
-        for column, declaration in columns.items():
-            if column not in present:
-                cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+def add_columns(db) -> None:
+    """Add the columns a table lacks, in the database's engine."""
+    add_missing_columns(db, COLUMNS)
 
 
-steps = [step(add_missing_columns)]
+steps = [step(add_columns)]

@@ -1,5 +1,14 @@
--- The tables as the first release made them. IF NOT EXISTS: a database from before numbered migrations has them.
+"""The tables as the first release made them. IF NOT EXISTS: a database from before numbered migrations has them.
 
+Written in SQLite's types; execute_ddl gives PostgreSQL its own. (Until both engines, this was 0001_tables.sql: yoyo
+knows a migration by its id, so a database that had it does not run it again.)
+"""
+
+from yoyo import step
+
+from coordinator.store.schema import execute_ddl
+
+TABLES = """
 CREATE TABLE IF NOT EXISTS workers (
     worker_id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -90,8 +99,17 @@ CREATE TABLE IF NOT EXISTS task_worker_failures (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS logs (
     task_id INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
     size INTEGER NOT NULL,
     text TEXT NOT NULL,
-    PRIMARY KEY (task_id, offset)
+    PRIMARY KEY (task_id, "offset")
 ) WITHOUT ROWID;
+"""
+
+
+def create_tables(db) -> None:
+    """Create the first release's tables and indexes."""
+    execute_ddl(db, TABLES)
+
+
+steps = [step(create_tables)]

@@ -1,0 +1,60 @@
+"""SQLite, the store's embedded engine: one file in the data dir, no server (the default)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, cast
+
+from .engine import Database, Engine
+from .schema import upgrade_sqlite
+
+# How long a statement waits for another connection's lock before failing.
+BUSY_TIMEOUT_MS = 30_000
+
+
+class SQLiteEngine(Engine):
+    """A SQLite file in WAL mode; `synchronous` is "full" (a power cut loses nothing acknowledged) or "normal"."""
+
+    name = "sqlite"
+    # IMMEDIATE takes the write lock at once, so a claim never deadlocks upgrading a read lock.
+    begin = "BEGIN IMMEDIATE"
+    checkpoints = True
+    errors = (sqlite3.Error,)
+
+    def __init__(self, path: str, *, synchronous: str = "full") -> None:
+        self.path = path
+        self.synchronous = synchronous.upper()
+        # SQLite's default: the commit that fills the WAL past 1000 pages copies them into the database file.
+        self.autocheckpoint = 1000
+
+    def connect(self) -> Database:
+        # check_same_thread=False: a write batch opened on this connection takes other threads' writes too.
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                             check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute("PRAGMA foreign_keys=OFF")
+        db.execute(f"PRAGMA wal_autocheckpoint={self.autocheckpoint}")
+        # sqlite3 types its parameters more narrowly than Database's Any; it takes every value the store passes.
+        return cast(Database, db)
+
+    def indexed_by(self, index: str) -> str:
+        return f"INDEXED BY {index}"
+
+    def in_list(self, param: str) -> str:
+        return f"IN (SELECT value FROM json_each({param}))"
+
+    def list_value(self, values: Sequence[Any]) -> Any:
+        return json.dumps(list(values))
+
+    def table_columns(self, db: Database, table: str) -> list[str]:
+        return [row["name"] for row in db.execute(f"PRAGMA table_info({table})")]
+
+    def commit_failed(self, error: BaseException) -> BaseException:
+        return sqlite3.OperationalError(f"the transaction could not be committed: {error}")
+
+    def upgrade(self) -> list[str]:
+        return upgrade_sqlite(self.path)
