@@ -12,6 +12,7 @@ import pytest
 from harness import Farm, find_blender_or_none
 
 BLENDER = find_blender_or_none()
+pytestmark = pytest.mark.both_databases  # on SQLite and on PostgreSQL alike
 # One heartbeat a second for the whole farm: any farm beats at least every 2 s at once, so batch_reports is on.
 LARGE = ("--heartbeats-per-second", "0.4", "--alive-timeout", "20", "--max-log-chunk", "1K")
 BLEND = b"BLENDER-v304REND" + b"\0" * 64

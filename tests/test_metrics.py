@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import Farm
+
+# The farm's state in the metrics, and the riders, on SQLite and on PostgreSQL alike.
+pytestmark = pytest.mark.both_databases
 
 BLEND = b"BLENDER-v304REND" + b"\0" * 64
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
