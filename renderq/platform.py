@@ -58,6 +58,27 @@ def lock_file(handle: IO[Any], system: str = SYSTEM) -> None:
         raise LockHeld(error.errno, f"{getattr(handle, 'name', 'the file')} is locked by another process") from error
 
 
+class ProcessTurns:
+    """A lock the processes sharing a file take in turn, waiting in the kernel (no polling): `take()` blocks until
+    no other process holds it, `give()` lets the next one in. One per process: its threads take turns by other
+    means. Where a process cannot wait on a file lock (Windows), taking it does nothing."""
+
+    def __init__(self, path: str, system: str = SYSTEM) -> None:
+        self._handle = open(path, "a+", encoding="utf-8") if system != "win32" else None
+
+    def take(self) -> None:
+        if self._handle is not None:
+            import fcntl
+
+            fcntl.flock(self._handle, fcntl.LOCK_EX)
+
+    def give(self) -> None:
+        if self._handle is not None:
+            import fcntl
+
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+
+
 def hold_lock_file(path: str, system: str = SYSTEM) -> IO[str] | None:
     """Open (or create) `path`, lock it and write this process's id into it; the open file, which keeps the lock
     while it stays open, or None when another process holds it."""

@@ -87,7 +87,12 @@ class StoreConnection:
         try:
             if first:
                 db = self._connection()
-                db.execute(self.engine.begin)
+                self.engine.take_write_turn()
+                try:
+                    db.execute(self.engine.begin)
+                except BaseException:
+                    self.engine.give_write_turn()
+                    raise
                 batch.begin(db)
             else:
                 db = batch.connection
@@ -193,6 +198,8 @@ class StoreConnection:
             error = problem
             with contextlib.suppress(*self.engine.errors):
                 batch.connection.execute("ROLLBACK")
+        finally:
+            self.engine.give_write_turn()
         batch.end()
         with self._committed:
             self._committed_batch = number

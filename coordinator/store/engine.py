@@ -62,6 +62,12 @@ class Engine:
         """A new connection in autocommit mode (transactions are opened with `begin`)."""
         raise NotImplementedError
 
+    def take_write_turn(self) -> None:
+        """Before a group of writers opens its transaction: wait for the other processes' groups (see SQLite's)."""
+
+    def give_write_turn(self) -> None:
+        """After the group's COMMIT or ROLLBACK: the next process's group may begin."""
+
     def is_broken(self, db: Database) -> bool:
         """Whether the connection was lost (the server restarted), so a new one must be made."""
         return False

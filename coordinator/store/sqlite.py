@@ -7,6 +7,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, cast
 
+from renderq.platform import ProcessTurns
+
 from .engine import Database, Engine
 from .schema import upgrade_sqlite
 
@@ -28,6 +30,10 @@ class SQLiteEngine(Engine):
         self.synchronous = synchronous.upper()
         # SQLite's default: the commit that fills the WAL past 1000 pages copies them into the database file.
         self.autocheckpoint = 1000
+        # The processes of one coordinator (--processes) write in turns through a lock they wait on in the kernel.
+        # Without it they would wait in SQLite's busy handler, which sleeps and polls: a process whose writes come
+        # back to back keeps the lock while another sleeps, and that one's answers wait up to seconds.
+        self._turns: ProcessTurns | None = None
 
     def connect(self) -> Database:
         # check_same_thread=False: a write batch opened on this connection takes other threads' writes too.
@@ -40,6 +46,15 @@ class SQLiteEngine(Engine):
         db.execute(f"PRAGMA wal_autocheckpoint={self.autocheckpoint}")
         # sqlite3 types its parameters more narrowly than Database's Any; it takes every value the store passes.
         return cast(Database, db)
+
+    def take_write_turn(self) -> None:
+        if self._turns is None:
+            self._turns = ProcessTurns(self.path + ".writers")
+        self._turns.take()
+
+    def give_write_turn(self) -> None:
+        if self._turns is not None:
+            self._turns.give()
 
     def indexed_by(self, index: str) -> str:
         return f"INDEXED BY {index}"
