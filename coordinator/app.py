@@ -34,7 +34,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app.config["RENDERQ"] = config
     store = Store(config.database or os.path.join(config.data_dir, "renderq.sqlite3"), synchronous=config.sqlite_sync)
     # Coordinators sharing a database share its tokens: a token works on any of them.
-    auth.setup(app, config, store.share_secret)
+    auth.setup(app, config, store.share_secret, store.artist_tokens)
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads are capped by our own streaming check, with a JSON error
     app.json = _KeyOrderJSON(app)
 

@@ -110,7 +110,8 @@ class TokenSource:
 class TokenBook:
     """The coordinator's tokens and who each one is; looked up in constant time per token."""
 
-    def __init__(self, config: Config, share: ShareSecret = keep_own_secret) -> None:
+    def __init__(self, config: Config, share: ShareSecret = keep_own_secret,
+                 shared_artists: Callable[[], list[tuple[str, str]]] = list) -> None:
         self.enabled = config.auth
         self.sources: list[TokenSource] = []
         self._by_role: dict[str, str] = {}
@@ -127,6 +128,8 @@ class TokenBook:
         if len(set(self._by_role.values())) != len(self._by_role):
             raise ValueError("the admin, artist and worker tokens must all differ")
         self._artists_path = os.path.join(config.data_dir, ARTIST_TOKENS_FILE)
+        # Named artists kept in a database the coordinators of a cluster share (Store.artist_tokens).
+        self._shared_artists = shared_artists
         self._artists_stamp: tuple[int, int] | None = None
         self._artists: list[tuple[str, str]] = []
         self._artists_checked = float("-inf")
@@ -165,12 +168,12 @@ class TokenBook:
             info = os.stat(self._artists_path)
         except FileNotFoundError:
             self._artists, self._artists_stamp = [], None
-            return []
-        stamp = (info.st_mtime_ns, info.st_size)
-        if stamp != self._artists_stamp:
-            self._artists = read_artist_tokens(self._artists_path)
-            self._artists_stamp = stamp
-        return self._artists
+        else:
+            stamp = (info.st_mtime_ns, info.st_size)
+            if stamp != self._artists_stamp:
+                self._artists = read_artist_tokens(self._artists_path)
+                self._artists_stamp = stamp
+        return self._artists + self._shared_artists()
 
     def describe(self) -> list[str]:
         lines = [source.describe() for source in self.sources]
@@ -234,10 +237,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def setup(app: Flask, config: Config, share: ShareSecret = keep_own_secret) -> TokenBook:
+def setup(app: Flask, config: Config, share: ShareSecret = keep_own_secret,
+          shared_artists: Callable[[], list[tuple[str, str]]] = list) -> TokenBook:
     """Load (or create) the tokens and the session key, and configure the session cookie. `share` makes them the
     same on every coordinator of one database."""
-    book = TokenBook(config, share)
+    book = TokenBook(config, share, shared_artists)
     app.secret_key, _ = _read_or_create_secret(os.path.join(config.data_dir, SECRET_FILE), share)
     app.config.update(
         SESSION_COOKIE_NAME="renderq_session",

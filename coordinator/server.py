@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -159,17 +160,25 @@ def main(args: argparse.Namespace) -> int:
 
 
 def add_artist(config: Config, name: str) -> int:
-    """Create one artist's token in the data dir and print it."""
-    from .auth import ARTIST_TOKENS_FILE, add_artist_token
+    """Create one artist's token and print it: in the database when it is a cluster's (every coordinator of it
+    knows the artist at once), else in the data dir."""
+    from .auth import ARTIST_TOKENS_FILE, add_artist_token, check_artist_name
 
-    os.makedirs(config.data_dir, exist_ok=True)
     try:
-        token = add_artist_token(config.data_dir, name)
+        if config.database:
+            check_artist_name(name)
+            token = secrets.token_hex(32)
+            if not Store(config.database).add_artist_token(name, token):
+                raise ValueError(f"there is already a token for {name!r} in the database")
+            where = "kept in the database, for every coordinator of the farm"
+        else:
+            os.makedirs(config.data_dir, exist_ok=True)
+            token = add_artist_token(config.data_dir, name)
+            where = f"kept in {os.path.abspath(os.path.join(config.data_dir, ARTIST_TOKENS_FILE))}"
     except (OSError, ValueError) as error:
         print(f"renderq coordinator: {error}", file=sys.stderr)
         return 2
-    path = os.path.abspath(os.path.join(config.data_dir, ARTIST_TOKENS_FILE))
-    print(f"artist {name}: token {token}\n(kept in {path}; give it to {name} for the add-on's preferences or "
+    print(f"artist {name}: token {token}\n({where}; give it to {name} for the add-on's preferences or "
           "RENDERQ_TOKEN)")
     return 0
 

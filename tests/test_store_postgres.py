@@ -163,3 +163,34 @@ def test_coordinators_on_one_database_share_their_tokens(farm, tmp_path):
         assert status == 401
     finally:
         second.stop()
+
+
+@on_postgres
+def test_a_named_artist_added_on_the_database_works_on_every_coordinator_at_once(farm, tmp_path):
+    import subprocess
+    import sys
+
+    from harness import ROOT, Farm
+
+    farm.start_coordinator()
+    second = Farm(str(tmp_path / "second"), database=farm.database)
+    os.makedirs(second.root)
+    try:
+        second.start_coordinator()
+        added = subprocess.run([sys.executable, "-m", "renderq", "coordinator", "--data-dir", str(tmp_path / "cli"),
+                                "--database", farm.database, "--add-artist", "dave"],
+                               capture_output=True, text=True, cwd=ROOT, timeout=60,
+                               env=dict(os.environ, PYTHONPATH=ROOT))
+        assert added.returncode == 0, added.stderr
+        assert "kept in the database" in added.stdout
+        token = added.stdout.split("token ", 1)[1].split()[0]
+        for coordinator in (farm, second):  # both running coordinators know dave now, without a restart
+            status, answer = coordinator.api.call("GET", "/tasks", token=token)
+            assert status == 200, answer
+        again = subprocess.run([sys.executable, "-m", "renderq", "coordinator", "--data-dir", str(tmp_path / "cli"),
+                                "--database", farm.database, "--add-artist", "dave"],
+                               capture_output=True, text=True, cwd=ROOT, timeout=60,
+                               env=dict(os.environ, PYTHONPATH=ROOT))
+        assert again.returncode == 2 and "already a token for 'dave'" in again.stderr
+    finally:
+        second.stop()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from .connection import StoreConnection
 
+# The names named artists' tokens are kept under in farm_secrets: this prefix and the artist's name.
+ARTIST_SECRET = "artist_token:"
+
 
 class FarmQueries(StoreConnection):
     """The farm's secrets, shared by the coordinators of a PostgreSQL database."""
@@ -19,3 +22,18 @@ class FarmQueries(StoreConnection):
             db.execute("INSERT INTO farm_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
                        (name, proposed))
             return db.execute("SELECT value FROM farm_secrets WHERE name = ?", (name,)).fetchone()[0]
+
+    def add_artist_token(self, name: str, token: str) -> bool:
+        """Keep a named artist's token where every coordinator on the database finds it; False (nothing changed)
+        when that artist has one already."""
+        with self.transaction() as db:
+            row = db.execute("INSERT INTO farm_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING "
+                             "RETURNING name", (ARTIST_SECRET + name, token)).fetchone()
+        return row is not None
+
+    def artist_tokens(self) -> list[tuple[str, str]]:
+        """(name, token) of the named artists kept in the database (only a shared one keeps any)."""
+        if not self.engine.shared:
+            return []
+        rows = self.read().execute("SELECT name, value FROM farm_secrets WHERE name LIKE ?", (ARTIST_SECRET + "%",))
+        return [(row[0][len(ARTIST_SECRET):], row[1]) for row in rows]
