@@ -5,8 +5,12 @@ elsewhere."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -143,8 +147,9 @@ def test_a_coordinator_whose_database_cannot_be_reached_says_so_and_exits(tmp_pa
     assert "cannot open the database: connection failed" in coordinator.output()
 
 
-@on_postgres
-def test_coordinators_on_one_database_share_their_tokens(farm, tmp_path):
+@contextlib.contextmanager
+def second_coordinator(farm, tmp_path) -> Iterator:
+    """A second coordinator process on the same database as `farm`'s (started first), stopped afterwards."""
     from harness import Farm
 
     farm.start_coordinator()
@@ -152,6 +157,14 @@ def test_coordinators_on_one_database_share_their_tokens(farm, tmp_path):
     os.makedirs(second.root)
     try:
         second.start_coordinator()
+        yield second
+    finally:
+        second.stop()
+
+
+@on_postgres
+def test_coordinators_on_one_database_share_their_tokens(farm, tmp_path):
+    with second_coordinator(farm, tmp_path) as second:
         for role in ("admin", "artist", "worker"):
             assert second.token(role) == farm.token(role)  # its files hold the farm's tokens, not new ones
         # A worker registered through one coordinator is known to the other, with the same token.
@@ -161,36 +174,26 @@ def test_coordinators_on_one_database_share_their_tokens(farm, tmp_path):
         assert "w1" in second.api.workers()
         status, _ = second.api.call("GET", "/list_workers", token="not-the-farm-token-0123456789")
         assert status == 401
-    finally:
-        second.stop()
+
+
+def add_artist(database: str, data_dir: str, name: str) -> subprocess.CompletedProcess:
+    """`renderq coordinator --add-artist NAME` on the cluster's database."""
+    from harness import ROOT
+
+    return subprocess.run([sys.executable, "-m", "renderq", "coordinator", "--data-dir", data_dir,
+                           "--database", database, "--add-artist", name],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
 
 
 @on_postgres
 def test_a_named_artist_added_on_the_database_works_on_every_coordinator_at_once(farm, tmp_path):
-    import subprocess
-    import sys
-
-    from harness import ROOT, Farm
-
-    farm.start_coordinator()
-    second = Farm(str(tmp_path / "second"), database=farm.database)
-    os.makedirs(second.root)
-    try:
-        second.start_coordinator()
-        added = subprocess.run([sys.executable, "-m", "renderq", "coordinator", "--data-dir", str(tmp_path / "cli"),
-                                "--database", farm.database, "--add-artist", "dave"],
-                               capture_output=True, text=True, cwd=ROOT, timeout=60,
-                               env=dict(os.environ, PYTHONPATH=ROOT))
+    with second_coordinator(farm, tmp_path) as second:
+        added = add_artist(farm.database, str(tmp_path / "cli"), "dave")
         assert added.returncode == 0, added.stderr
         assert "kept in the database" in added.stdout
         token = added.stdout.split("token ", 1)[1].split()[0]
         for coordinator in (farm, second):  # both running coordinators know dave now, without a restart
             status, answer = coordinator.api.call("GET", "/tasks", token=token)
             assert status == 200, answer
-        again = subprocess.run([sys.executable, "-m", "renderq", "coordinator", "--data-dir", str(tmp_path / "cli"),
-                                "--database", farm.database, "--add-artist", "dave"],
-                               capture_output=True, text=True, cwd=ROOT, timeout=60,
-                               env=dict(os.environ, PYTHONPATH=ROOT))
+        again = add_artist(farm.database, str(tmp_path / "cli"), "dave")
         assert again.returncode == 2 and "already a token for 'dave'" in again.stderr
-    finally:
-        second.stop()
