@@ -10,7 +10,7 @@ import os
 import sys
 
 from renderq import demo
-from renderq.cli_common import EXIT_FAILED
+from renderq.cli_common import EXIT_FAILED, EXIT_USAGE
 from renderq.demo_servers import Postgres, SeaweedFS, ServerError, missing_parts
 from renderq.http_client import CoordinatorClient
 from renderq.ports import free_port
@@ -18,10 +18,15 @@ from renderq.ports import free_port
 CLUSTER_COORDINATORS = 3
 # The key prefix of the farm's files in the demo's bucket.
 BLOB_PREFIX = "farm"
+MAX_PORT = 65535
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the cluster demo; returns the exit status (0 when every frame rendered)."""
+    if args.port and args.port + CLUSTER_COORDINATORS - 1 > MAX_PORT:
+        print(f"renderq: --port {args.port} leaves no room for {CLUSTER_COORDINATORS} coordinators (the last port is "
+              f"{MAX_PORT})", file=sys.stderr)
+        return EXIT_USAGE
     missing = missing_parts()
     if missing:
         print("renderq: the cluster demo needs " + "; ".join(missing)
@@ -31,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def coordinator_ports(first: int) -> list[int]:
-    """The coordinators' ports: `first` and the ones after it, else free ones."""
+    """The coordinators' ports: `first` and the ones after it (run() checks they exist), else free ones."""
     if first:
         return [first + index for index in range(CLUSTER_COORDINATORS)]
     ports: list[int] = []
@@ -44,6 +49,7 @@ def coordinator_ports(first: int) -> list[int]:
 
 def start_cluster(args: argparse.Namespace, scratch: str, farm: demo.DemoFarm) -> None:
     """Start PostgreSQL, SeaweedFS and the coordinators on them into `farm` (their stops go on farm.servers)."""
+    ports = coordinator_ports(args.port)
     print(f"starting PostgreSQL, SeaweedFS, {CLUSTER_COORDINATORS} coordinators sharing them and {args.workers} "
           f"worker(s); scratch folder {scratch}")
     store = SeaweedFS(os.path.join(scratch, "seaweedfs"))
@@ -60,7 +66,7 @@ def start_cluster(args: argparse.Namespace, scratch: str, farm: demo.DemoFarm) -
     print(f"SeaweedFS: S3 at {store.endpoint}, bucket {store.bucket}")
 
     urls = []
-    for index, port in enumerate(coordinator_ports(args.port), start=1):
+    for index, port in enumerate(ports, start=1):
         url = f"http://127.0.0.1:{port}"
         urls.append(url)
         # Each has its own data dir (its copy of the farm's tokens, its temporary files); the farm's state is in

@@ -120,6 +120,15 @@ def test_ctrl_c_stops_the_cluster_demo_and_everything_it_started(tmp_path):
     assert_everything_stopped(what_it_started(stdout))
 
 
+def test_cluster_demo_refuses_a_first_port_with_no_room_for_three_coordinators(tmp_path):
+    refused = subprocess.run([sys.executable, "-m", "renderq", "demo", "--cluster", "--port", "65534"],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path, env=demo_env())
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == ("renderq: --port 65534 leaves no room for 3 coordinators (the last port is "
+                                      "65535)")
+    assert refused.stdout == ""  # nothing started, no scratch folder made
+
+
 def parse_unit(path: str) -> configparser.ConfigParser:
     """A strict parse: no key twice in a section, no section twice, no text outside a section."""
     unit = configparser.ConfigParser(strict=True, interpolation=None, delimiters=("=",), comment_prefixes=("#", ";"))
