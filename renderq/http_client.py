@@ -24,7 +24,7 @@ from renderq.client_errors import (Conflict, CoordinatorError, CoordinatorUnreac
                                    describe_failure, error_for)
 from renderq.addresses import Address, Addresses, IdleConnections
 from renderq.local_files import BLOCK_SIZE, ProgressReader, check_not_link, file_sha256, remove_quietly
-from renderq.object_store import REDIRECTS, STORE_CONNECTIONS, open_presigned, send_presigned
+from renderq.object_store import REDIRECTS, is_store_connection, open_presigned, send_presigned
 from renderq.paths import is_safe_file_name
 
 __all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "Conflict", "DiskFull", "DownloadRefused",
@@ -73,7 +73,7 @@ class CoordinatorClient:
 
     def _release(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse | None) -> None:
         """Give the connection back to the pool if its answer was read to the end, else close it."""
-        if isinstance(conn, STORE_CONNECTIONS):  # the object store's: never pooled with the coordinators'
+        if is_store_connection(conn):  # the object store's: never pooled with the coordinators'
             conn.close()
             return
         self._pool.give_back(conn, response, self.addresses.current)

@@ -1,8 +1,9 @@
 """Transfers straight between a client and the farm's object store, at presigned URLs the coordinator hands out.
 
 A presigned URL carries its own short-lived signature, so these requests send no token of the farm: the object store
-never sees one. Their connections are never pooled with the coordinator's (StoreConnection marks them). Standard
-library only: part of the kernel the add-on bundles.
+never sees one. Their connections are never pooled with the coordinator's (is_store_connection tells them apart).
+Standard library only: part of the kernel the add-on bundles, and usable in a process without ssl (the simulated
+workers leave it out), so https is only looked up for an https URL.
 """
 
 from __future__ import annotations
@@ -13,22 +14,16 @@ from typing import Any
 
 from renderq.client_errors import DownloadRefused, Unavailable, describe_failure
 
-__all__ = ["REDIRECTS", "STORE_CONNECTIONS", "open_presigned", "send_presigned"]
+__all__ = ["REDIRECTS", "is_store_connection", "open_presigned", "send_presigned"]
 
 # Answers that send a GET elsewhere: the coordinator redirects downloads to the object store.
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_ERROR_BODY = 64 * 1024
 
 
-class StoreConnection(http.client.HTTPConnection):
-    """A connection to the object store, closed after its one request."""
-
-
-class StoreHTTPSConnection(http.client.HTTPSConnection):
-    """A TLS connection to the object store, closed after its one request."""
-
-
-STORE_CONNECTIONS = (StoreConnection, StoreHTTPSConnection)
+def is_store_connection(conn: http.client.HTTPConnection) -> bool:
+    """Whether `conn` goes to the object store (closed after its one request, never pooled)."""
+    return bool(getattr(conn, "renderq_store", False))
 
 
 def _connect(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
@@ -36,9 +31,11 @@ def _connect(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]
     parts = urllib.parse.urlsplit(url or "")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise DownloadRefused(f"the coordinator sent the client to {url!r}, which is not an http:// or https:// URL")
-    kind = StoreHTTPSConnection if parts.scheme == "https" else StoreConnection
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return kind(parts.netloc, timeout=timeout), target
+    conn = kind(parts.netloc, timeout=timeout)
+    conn.renderq_store = True  # type: ignore[attr-defined]  # see is_store_connection
+    return conn, target
 
 
 def _exchange(url: str, method: str, body: Any, headers: dict[str, str],

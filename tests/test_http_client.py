@@ -352,3 +352,16 @@ def test_a_bad_address_in_the_list_is_named() -> None:
         CoordinatorClient("http://farm-a:5000,ftp://farm")
     with pytest.raises(ValueError, match="no coordinator address"):
         CoordinatorClient(" , ")
+
+
+def test_the_client_imports_in_a_process_without_ssl() -> None:
+    """The simulated workers of the benchmarks leave ssl out to save memory: the client must not need it to load."""
+    import subprocess
+    import sys
+
+    from harness import ROOT
+
+    code = "import sys; sys.modules['ssl'] = None; import renderq.http_client; print('loaded')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr
