@@ -1,6 +1,10 @@
-"""What every coordinator on one database must agree on: the farm's secrets (tokens, the session key)."""
+"""What every coordinator on one database must agree on: the farm's secrets (tokens, the session key), and the
+news of an admin's change that their status pages show."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
 
 from .connection import StoreConnection
 
@@ -19,3 +23,20 @@ class FarmQueries(StoreConnection):
             db.execute("INSERT INTO farm_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
                        (name, proposed))
             return db.execute("SELECT value FROM farm_secrets WHERE name = ?", (name,)).fetchone()[0]
+
+    def announce(self, channel: str, payload: str) -> None:
+        """Tell the other coordinators on the database (and this one's other processes) listening on `channel`
+        that something changed, at once. Best effort: when the database cannot be reached the change still stands,
+        and their pages see it at their next poll interval anyway."""
+        if not self.engine.shared:
+            return
+        try:
+            self.engine.notify(self.read(), channel, payload)
+        except self.engine.errors:
+            pass
+
+    def follow_announcements(self, channel: str, on_message: Callable[[str | None], None],
+                             stop: threading.Event) -> None:
+        """Call `on_message` with each announcement on `channel` (None: some may have been missed) until `stop` is
+        set; returns at once on a database no other coordinator shares."""
+        self.engine.listen(channel, on_message, stop)

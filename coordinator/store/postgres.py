@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+import psycopg.sql
 from psycopg.pq import TransactionStatus
 
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
@@ -33,6 +35,9 @@ MIGRATION_LOCK = 1
 BATCH_LOCK_WAIT_MS = 50
 # SQLSTATEs of a statement that gave way to another session's locks: lock_not_available, deadlock_detected.
 LOCK_CONFLICTS = ("55P03", "40P01")
+# How often a listener whose connection was lost (a database restart, a cut network) tries again, in seconds; also
+# how long it waits for a notification before it looks whether it should stop.
+LISTEN_RETRY_SECONDS = 1.0
 
 
 class PostgresEngine(Engine):
@@ -95,6 +100,22 @@ class PostgresEngine(Engine):
             if taken:
                 with contextlib.suppress(psycopg.Error):
                     db.execute("SELECT pg_advisory_unlock(?, hashtext(?))", (ADVISORY_LOCK_CLASS, name))
+
+    def notify(self, db: Database, channel: str, payload: str) -> None:
+        db.execute("SELECT pg_notify(?, ?)", (channel, payload))
+
+    def listen(self, channel: str, on_message: Callable[[str | None], None], stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, application_name="renderq-listener") as connection:
+                    connection.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+                    # Notifications sent while this one was not listening are lost: everything may have changed.
+                    on_message(None)
+                    while not stop.is_set():
+                        for notification in connection.notifies(timeout=LISTEN_RETRY_SECONDS):
+                            on_message(notification.payload)
+            except psycopg.Error:
+                stop.wait(LISTEN_RETRY_SECONDS)
 
 
 class PostgresDatabase:
