@@ -95,6 +95,12 @@ class Engine:
         """Apply the migrations the database has not had yet; returns their ids, in order."""
         raise NotImplementedError
 
+    def is_unreachable(self, error: BaseException) -> bool:
+        """Whether `error` says the database cannot be reached now (a server restarting, a cut network): the
+        request is refused with a 503, which sends clients on to another coordinator. A SQLite file is always
+        there."""
+        return False
+
     def give_way(self, db: Database) -> None:
         """Inside a batch's transaction: from now on a statement that waits long for another session's row lock
         fails (is_lock_conflict) instead of waiting. Nothing to do where one process owns the database."""

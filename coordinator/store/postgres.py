@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
 import psycopg.sql
 from psycopg.pq import TransactionStatus
 
@@ -38,6 +39,15 @@ LOCK_CONFLICTS = ("55P03", "40P01")
 # How often a listener whose connection was lost (a database restart, a cut network) tries again, in seconds; also
 # how long it waits for a notification before it looks whether it should stop.
 LISTEN_RETRY_SECONDS = 1.0
+# How a coordinator notices a database it cannot reach, unless its URL says otherwise: a connection not made within
+# CONNECT_TIMEOUT seconds fails, and so does an open one whose data stays unacknowledged TCP_USER_TIMEOUT_MS (a cut
+# network): its requests are then refused with a 503 within seconds, and clients move on to another coordinator,
+# rather than each request waiting as long as the cut lasts.
+CONNECT_TIMEOUT = 5
+TCP_USER_TIMEOUT_MS = 10_000
+# SQLSTATEs of a server that cannot serve now: the connection_exception class (08...), and admin_shutdown,
+# crash_shutdown and cannot_connect_now (a restart).
+UNREACHABLE_STATES = ("57P01", "57P02", "57P03")
 
 
 class PostgresEngine(Engine):
@@ -57,6 +67,11 @@ class PostgresEngine(Engine):
 
     def connect(self) -> Database:
         return PostgresDatabase(self.url)
+
+    def is_unreachable(self, error: BaseException) -> bool:
+        state = getattr(error, "sqlstate", None)
+        return isinstance(error, psycopg.OperationalError) and (
+            state is None or state.startswith("08") or state in UNREACHABLE_STATES)
 
     def is_broken(self, db: Database) -> bool:
         return isinstance(db, PostgresDatabase) and db.connection.closed
@@ -107,7 +122,8 @@ class PostgresEngine(Engine):
     def listen(self, channel: str, on_message: Callable[[str | None], None], stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, application_name="renderq-listener") as connection:
+                with psycopg.connect(self.url, autocommit=True,
+                                     **link_options(self.url, application_name="renderq-listener")) as connection:
                     connection.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
                     # Notifications sent while this one was not listening are lost: everything may have changed.
                     on_message(None)
@@ -128,7 +144,7 @@ class PostgresDatabase:
 
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(self.url, autocommit=True, row_factory=_row_factory,
-                               application_name="renderq-coordinator")
+                               **link_options(self.url, application_name="renderq-coordinator"))
 
     def execute(self, sql: str, params: Any = None, /) -> Cursor:
         idle = self.connection.info.transaction_status == TransactionStatus.IDLE
@@ -154,6 +170,14 @@ class PostgresDatabase:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def link_options(url: str, **options: Any) -> dict[str, Any]:
+    """The connection settings a coordinator adds to its database URL's (the URL's own win): `options`, and how
+    long it waits on a database that does not answer (CONNECT_TIMEOUT, TCP_USER_TIMEOUT_MS)."""
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    options = {"connect_timeout": CONNECT_TIMEOUT, "tcp_user_timeout": TCP_USER_TIMEOUT_MS, **options}
+    return {name: value for name, value in options.items() if name not in given}
 
 
 @functools.lru_cache(maxsize=4096)
