@@ -6,7 +6,8 @@ Each coordinator is a harness.Farm of its own (own loopback port, own data dir);
 checks (test_faults.assert_frames_once) run on it unchanged. Tokens come from the first coordinator's data dir: it
 stored them in the database, and the others took the same ones.
 
-Not a test file: tests import it (`from cluster import Cluster`) and use the `cluster` fixture below.
+Not a test file: tests import it (`from cluster import Cluster, cluster_fixture`), which gives them the `cluster`
+fixture below.
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ class DatabaseLink(TcpProxy):
         self.database = database.replace(f"127.0.0.1:{port}/", f"127.0.0.1:{self.port}/")
 
 
-@pytest.fixture
-def cluster(tmp_path, postgres_cluster, seaweedfs, s3_bucket) -> Iterator[Cluster]:
+@pytest.fixture(name="cluster")
+def cluster_fixture(tmp_path, postgres_cluster, seaweedfs, s3_bucket) -> Iterator[Cluster]:
     """Three coordinators' cluster on a new database and bucket (not started: the test calls start(), after
     choosing flags or database links); everything is stopped and the database dropped afterwards."""
     if find_blender_or_none() is None:

@@ -11,6 +11,7 @@ Also here: an admin's change on one coordinator shows on another's status page a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -21,7 +22,7 @@ import time
 
 import pytest
 
-from cluster import Cluster, DatabaseLink, cluster  # noqa: F401 - cluster is the fixture
+from cluster import Cluster, DatabaseLink, cluster_fixture  # noqa: F401 - the `cluster` fixture
 from harness import Api, find_blender_or_none, wait_for
 from renderq.http_client import CoordinatorClient
 
@@ -278,4 +279,31 @@ def test_an_admin_change_on_one_coordinator_shows_on_another_at_once(cluster, sc
             ("/set_worker_enabled", {"worker_id": worker["worker_id"], "enabled": False}, "workers",
              str(worker["worker_id"]), "enabled", False)):
         first.post(path, body)
-        wait_for(lambda: shown_on_second(section, key, field, value), 5, f"{path} on coordinator 0 to show on 1")
+        wait_for(functools.partial(shown_on_second, section, key, field, value), 5,
+                 f"{path} on coordinator 0 to show on 1")
+
+
+# -- a coordinator that cannot reach its database ---------------------------------------------------------------------
+
+
+def test_a_coordinator_cut_off_from_its_database_answers_503_soon_and_clients_move_on(cluster, postgres_cluster):
+    link = DatabaseLink(cluster.database, postgres_cluster.port)
+    cluster.database_of[0] = link.database
+    cluster.nodes = cluster.nodes[:2]
+    try:
+        cluster.start()
+        cut_off = cluster.node_api(0)
+        assert cut_off.call("GET", "/tasks")[0] == 200
+        link.cut("blackhole")  # its connections reset, new ones never answered
+        asked = time.monotonic()
+        status, answer = cut_off.call("GET", "/tasks", timeout=60)
+        assert status == 503 and "cannot reach its database" in answer["error"], (status, answer)
+        assert time.monotonic() - asked < 15  # not as long as the cut lasts
+        # A client given both addresses gets its answer from the other coordinator.
+        client = CoordinatorClient(cluster.url, token=cluster.token("artist"))
+        assert client.list_tasks() == [] and client.base_url == cluster.nodes[1].url
+        client.close()
+        link.restore()
+        wait_for(lambda: cut_off.call("GET", "/tasks")[0] == 200, 30, "coordinator 0 to serve again")
+    finally:
+        link.close()
