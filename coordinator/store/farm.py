@@ -12,18 +12,6 @@ from .connection import StoreConnection
 class FarmQueries(StoreConnection):
     """The farm's secrets, shared by the coordinators of a PostgreSQL database."""
 
-    def share_secret(self, name: str, proposed: str) -> str:
-        """The farm's secret `name`: `proposed`, unless another coordinator on the same database stored one first
-        (then that one). On a database of one coordinator (SQLite) nothing is stored: `proposed` stays its own."""
-        if not self.engine.shared:
-            return proposed
-        with self.transaction() as db:
-            # Coordinators starting together: the primary key lets one INSERT in, the others wait for it and take
-            # its value.
-            db.execute("INSERT INTO farm_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-                       (name, proposed))
-            return db.execute("SELECT value FROM farm_secrets WHERE name = ?", (name,)).fetchone()[0]
-
     def announce(self, channel: str, payload: str) -> None:
         """Tell the other coordinators on the database (and this one's other processes) listening on `channel`
         that something changed, at once. Best effort: when the database cannot be reached the change still stands,
@@ -40,3 +28,16 @@ class FarmQueries(StoreConnection):
         """Call `on_message` with each announcement on `channel` (None: some may have been missed) until `stop` is
         set; returns at once on a database no other coordinator shares."""
         self.engine.listen(channel, on_message, stop)
+
+    def share_secret(self, name: str, proposed: str) -> str:
+        """The farm's secret `name`: `proposed`, unless another coordinator on the same database stored one first
+        (then that one). On a database of one coordinator (SQLite) nothing is stored: `proposed` stays its own."""
+        if not self.engine.shared:
+            return proposed
+        with self.transaction() as db:
+            # Coordinators starting together: the primary key lets one INSERT in, the others wait for it and take
+            # its value.
+            db.execute("INSERT INTO farm_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                       (name, proposed))
+            return db.execute("SELECT value FROM farm_secrets WHERE name = ?", (name,)).fetchone()[0]
+
