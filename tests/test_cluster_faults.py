@@ -24,7 +24,7 @@ import pytest
 
 from cluster import Cluster, DatabaseLink, cluster_fixture  # noqa: F401 - the `cluster` fixture
 from harness import Api, find_blender_or_none, wait_for
-from renderq.http_client import CoordinatorClient
+from renderq.http_client import DIRECT_UPLOAD_BYTES, CoordinatorClient, CoordinatorError
 
 needs_blender = pytest.mark.skipif(find_blender_or_none() is None,
                                    reason="Blender is not installed (scripts/test.sh installs it)")
@@ -170,16 +170,21 @@ def test_postgresql_restarted_mid_task(cluster, scenes, postgres_cluster, tmp_pa
 # -- 3. the object store restarted while frames are delivered ---------------------------------------------------------
 
 
-def restart_object_store(cluster: Cluster, down_seconds: float) -> None:
-    """SIGKILL SeaweedFS and start it again with the same command: the same ports and data folder."""
+def kill_object_store(cluster: Cluster) -> None:
+    """SIGKILL SeaweedFS (all of it: master, volume, filer and S3 gateway)."""
     store = cluster.store
     assert store.process is not None
-    command = store.process.args
     os.killpg(store.process.pid, signal.SIGKILL)
     store.process.wait(10)
-    time.sleep(down_seconds)
+
+
+def start_object_store_again(cluster: Cluster) -> None:
+    """Start SeaweedFS with the command it was first started with: the same ports and data folder."""
+    store = cluster.store
+    assert store.process is not None
     with open(os.path.join(store.root, "weed.log"), "ab") as log:
-        store.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        store.process = subprocess.Popen(store.process.args, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
     wait_for(lambda: _answers(store, cluster.bucket), 60, "SeaweedFS to answer again")
 
 
@@ -192,14 +197,32 @@ def _answers(store, bucket: str) -> bool:
 
 
 @needs_blender
-def test_object_store_restarted_while_frames_are_delivered(cluster, scenes, tmp_path):
+def test_object_store_restarted_mid_upload_while_frames_are_delivered(cluster, scenes, tmp_path):
     task_id, _ = start_farm(cluster, scenes)
     watcher = StatusWatcher(cluster.node_api(2), task_id)
+    # A file large enough to go straight to the store (a presigned upload), killed a third of the way in.
+    data = os.urandom(3 * DIRECT_UPLOAD_BYTES)
+    digest = hashlib.sha256(data).hexdigest()
+    (tmp_path / "large.bin").write_bytes(data)
+    artist = CoordinatorClient(cluster.url, token=cluster.token("artist"))
+    killed: list[int] = []
+
+    def kill_a_third_of_the_way(sent: int, total: int) -> None:
+        if not killed and sent >= total // 3:
+            killed.append(sent)
+            kill_object_store(cluster)
+
     try:
         wait_for(lambda: done_count(cluster.api, task_id) >= 1, 180, "a frame done")
+        with pytest.raises(CoordinatorError):
+            artist.upload_file(str(tmp_path / "large.bin"), digest, kill_a_third_of_the_way)
+        assert killed
         # Frames finish every second or so: the ones delivered in these seconds meet a store that is gone.
-        restart_object_store(cluster, down_seconds=8)
+        time.sleep(8)
+        start_object_store_again(cluster)
         back = time.monotonic()
+        assert artist.missing_files([digest]) == [digest]  # the broken upload counts for nothing
+        assert artist.upload_file(str(tmp_path / "large.bin"), digest) == {"sha256": digest, "size": len(data)}
         cluster.api.wait_task_ended(task_id, 240)
         watcher.wait_until_shown(FRAMES)
     finally:
@@ -208,6 +231,12 @@ def test_object_store_restarted_while_frames_are_delivered(cluster, scenes, tmp_
     assert_moved(watcher, back, "coordinator 2's page after the store came back")
     # The fault met deliveries: some frame met the store gone (a 503, delivered again later).
     assert sum(object_store_errors(cluster.node_api(index)) for index in range(3)) >= 1
+    # The file uploaded again is whole: a worker fetches it through the presigned redirect.
+    worker = CoordinatorClient(cluster.url, token=cluster.token("worker"))
+    worker.download_file(digest, str(tmp_path / "fetched"))
+    assert (tmp_path / "fetched").read_bytes() == data
+    artist.close()
+    worker.close()
 
 
 def object_store_errors(api: Api) -> float:
