@@ -82,7 +82,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
 
     def database_error(error: Exception):
         app.extensions["renderq.metrics"].errors.labels("database").inc()
-        status, sentence = database_refusal(error)
+        status, sentence = database_refusal(error, store.engine.is_unreachable(error))
         if status == 500:
             app.logger.error("database error", exc_info=error)
         return jsonify({"error": sentence}), status

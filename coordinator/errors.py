@@ -58,9 +58,13 @@ class RequestTimeout(RenderQError, status=408):
     """The client stopped sending its request (a body that does not arrive in time, an upload that stalls)."""
 
 
-def database_refusal(error: Exception) -> tuple[int, str]:
-    """The (status, sentence) a database error is answered with: a full disk says so (its transaction rolled
-    back, nothing was stored); any other is a server error, to be logged with its traceback."""
+def database_refusal(error: Exception, unreachable: bool = False) -> tuple[int, str]:
+    """The (status, sentence) a database error is answered with: a database that cannot be reached now
+    (`unreachable`, as its engine says) is a 503, on which a client of a cluster moves to another coordinator; a
+    full disk says so (its transaction rolled back, nothing was stored); any other is a server error, to be logged
+    with its traceback."""
+    if unreachable:
+        return 503, "the coordinator cannot reach its database now; try again, or another coordinator of the farm"
     # SQLite says "database or disk is full"; PostgreSQL gives SQLSTATE 53100 (disk_full).
     if "full" in str(error).lower() or getattr(error, "sqlstate", None) == "53100":
         return 507, ("the coordinator's disk is full: nothing was changed; free space on its data dir and try "

@@ -49,7 +49,8 @@ class FastRoutes:
         self._config = app.config["RENDERQ"]
         self._metrics = app.extensions["renderq.metrics"]
         self._batcher = Batcher(app.extensions["renderq.store"])
-        self._database_errors = app.extensions["renderq.store"].engine.errors
+        self._engine = app.extensions["renderq.store"].engine
+        self._database_errors = self._engine.errors
         self._files = ThreadPoolExecutor(max_workers=FRAME_FILE_THREADS, thread_name_prefix="frame-files")
         self._handlers: dict[str, Handler] = {
             "workers.update_worker": self._json_call("/update_worker", worker_calls.heartbeat,
@@ -79,7 +80,7 @@ class FastRoutes:
             status, answer = refusal.status, {"error": refusal.message}
         except self._database_errors as error:
             self._metrics.errors.labels("database").inc()
-            status, sentence = database_refusal(error)
+            status, sentence = database_refusal(error, self._engine.is_unreachable(error))
             if status == 500:
                 log.error("database error", exc_info=error)
             answer = {"error": sentence}

@@ -3,7 +3,9 @@
 Each snapshot is built at most once per poll interval, however many pages are open: every request in between
 gets the cached one. Each rebuild is compared with the previous snapshot, and what changed is kept as a change
 set under the next version number. A page that has version V asks for the changes since V and gets only the
-items that changed (or a full snapshot when V is unknown or older than the history kept).
+items that changed (or a full snapshot when V is unknown or older than the history kept). An admin's change
+(pause, priority, a worker switched) makes the next poll rebuild at once: on this coordinator, and on PostgreSQL on
+every coordinator (and serving process) sharing the database too, told through LISTEN/NOTIFY.
 
 Snapshots leave out what changes without news: workers' heartbeat times (only whether they are alive) and
 elapsed times (the page computes them from start times and the server's clock). So an idle farm sends almost
@@ -35,6 +37,9 @@ VERSION_STEP = 1 << 16
 # A task page's feed is dropped after this long without a poll.
 TASK_FEED_IDLE_SECONDS = 120.0
 MAX_TASK_FEEDS = 64
+# The PostgreSQL channel on which coordinators sharing a database announce an admin's change (payload: the task's
+# id, or empty for the farm as a whole).
+CHANGES_CHANNEL = "renderq_status_changes"
 # A task page shows its frames this many at a time, and its latest rendered frames this many (from any page).
 TASK_PAGE_FRAMES = 1_000
 LATEST_FRAMES = 16
@@ -154,7 +159,23 @@ class LiveStatus:
             del self._task_feeds[oldest]
 
     def changed(self, task_id: int | None = None) -> None:
-        """An admin changed something: the next poll shows it without waiting for the interval."""
+        """An admin changed something: the next poll shows it without waiting for the interval, here and on every
+        coordinator sharing the database (PostgreSQL's NOTIFY; see follow_others)."""
+        self._invalidate(task_id)
+        self.scheduler.store.announce(CHANGES_CHANNEL, "" if task_id is None else str(task_id))
+
+    def follow_others(self, stop: threading.Event) -> None:
+        """In a background thread until `stop` is set: invalidate the feeds when another coordinator (or another
+        process of this one) announces an admin's change, so its pages here show it at their next poll. Nothing to
+        follow on SQLite, which no other coordinator shares."""
+        threading.Thread(target=self.scheduler.store.follow_announcements,
+                         args=(CHANGES_CHANNEL, self._announced, stop), name="status-listener", daemon=True).start()
+
+    def _announced(self, payload: str | None) -> None:
+        # None: announcements may have been missed while the link was down, so every feed is rebuilt.
+        self._invalidate(int(payload) if payload and payload.isdigit() else None)
+
+    def _invalidate(self, task_id: int | None) -> None:
         self.farm.invalidate()
         with self._lock:
             feeds = [feed for (feed_task, _), feed in self._task_feeds.items()

@@ -238,6 +238,7 @@ def _serve_process(config: Config, listener: socket.socket, index: int, ready: C
     sweeper = OrphanSweeper(app.extensions["renderq.blobs"], scheduler.store, config.orphan_grace) \
         if index == 0 else None
     threading.Thread(target=_reap_leases, args=(scheduler, stop, sweeper), name="lease-reaper", daemon=True).start()
+    app.extensions["renderq.live"].follow_others(stop)
     if index == 0:
         _print_addresses(app, config, listener.getsockname()[1])
     # uvicorn takes SIGINT and SIGTERM while it serves, shuts down, then raises the signal again: both end here.

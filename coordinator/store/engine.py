@@ -9,7 +9,8 @@ engine-specific lives in sqlite.py or postgres.py, nowhere else; engines.py pick
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -100,6 +101,12 @@ class Engine:
         """Apply the migrations the database has not had yet; returns their ids, in order."""
         raise NotImplementedError
 
+    def is_unreachable(self, error: BaseException) -> bool:
+        """Whether `error` says the database cannot be reached now (a server restarting, a cut network): the
+        request is refused with a 503, which sends clients on to another coordinator. A SQLite file is always
+        there."""
+        return False
+
     def give_way(self, db: Database) -> None:
         """Inside a batch's transaction: from now on a statement that waits long for another session's row lock
         fails (is_lock_conflict) instead of waiting. Nothing to do where one process owns the database."""
@@ -120,6 +127,15 @@ class Engine:
         """Outside transactions: hold the lock `name` for the block, unless another coordinator holds it; yields
         whether it was taken (see try_lock)."""
         yield True
+
+    def notify(self, db: Database, channel: str, payload: str) -> None:
+        """Tell every other coordinator on the database listening on `channel` (outside a transaction: at once).
+        Nobody else shares a SQLite file, so there is no one to tell."""
+
+    def listen(self, channel: str, on_message: Callable[[str | None], None], stop: threading.Event) -> None:
+        """Call `on_message(payload)` for each notification on `channel` until `stop` is set, and
+        `on_message(None)` whenever some may have been missed (the link to the database was lost). Returns at
+        once where there are no other coordinators."""
 
 
 def is_postgres_url(database: str) -> bool:

@@ -1,6 +1,10 @@
-"""What every coordinator on one database must agree on: the farm's secrets (tokens, the session key)."""
+"""What every coordinator on one database must agree on: the farm's secrets (tokens, the session key), and the
+news of an admin's change that their status pages show."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
 
 from .connection import StoreConnection
 
@@ -10,6 +14,23 @@ ARTIST_SECRET = "artist_token:"
 
 class FarmQueries(StoreConnection):
     """The farm's secrets, shared by the coordinators of a PostgreSQL database."""
+
+    def announce(self, channel: str, payload: str) -> None:
+        """Tell the other coordinators on the database (and this one's other processes) listening on `channel`
+        that something changed, at once. Best effort: when the database cannot be reached the change still stands,
+        and their pages see it at their next poll interval anyway."""
+        if not self.engine.shared:
+            return
+        try:
+            self.engine.notify(self.read(), channel, payload)
+        except self.engine.errors:
+            pass
+
+    def follow_announcements(self, channel: str, on_message: Callable[[str | None], None],
+                             stop: threading.Event) -> None:
+        """Call `on_message` with each announcement on `channel` (None: some may have been missed) until `stop` is
+        set; returns at once on a database no other coordinator shares."""
+        self.engine.listen(channel, on_message, stop)
 
     def share_secret(self, name: str, proposed: str) -> str:
         """The farm's secret `name`: `proposed`, unless another coordinator on the same database stored one first

@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
+import psycopg.sql
 from psycopg.pq import TransactionStatus
 
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
@@ -33,6 +36,18 @@ MIGRATION_LOCK = 1
 BATCH_LOCK_WAIT_MS = 50
 # SQLSTATEs of a statement that gave way to another session's locks: lock_not_available, deadlock_detected.
 LOCK_CONFLICTS = ("55P03", "40P01")
+# How often a listener whose connection was lost (a database restart, a cut network) tries again, in seconds; also
+# how long it waits for a notification before it looks whether it should stop.
+LISTEN_RETRY_SECONDS = 1.0
+# How a coordinator notices a database it cannot reach, unless its URL says otherwise: a connection not made within
+# CONNECT_TIMEOUT seconds fails, and so does an open one whose data stays unacknowledged TCP_USER_TIMEOUT_MS (a cut
+# network): its requests are then refused with a 503 within seconds, and clients move on to another coordinator,
+# rather than each request waiting as long as the cut lasts.
+CONNECT_TIMEOUT = 5
+TCP_USER_TIMEOUT_MS = 10_000
+# SQLSTATEs of a server that cannot serve now: the connection_exception class (08...), and admin_shutdown,
+# crash_shutdown and cannot_connect_now (a restart).
+UNREACHABLE_STATES = ("57P01", "57P02", "57P03")
 
 
 class PostgresEngine(Engine):
@@ -52,6 +67,11 @@ class PostgresEngine(Engine):
 
     def connect(self) -> Database:
         return PostgresDatabase(self.url)
+
+    def is_unreachable(self, error: BaseException) -> bool:
+        state = getattr(error, "sqlstate", None)
+        return isinstance(error, psycopg.OperationalError) and (
+            state is None or state.startswith("08") or state in UNREACHABLE_STATES)
 
     def is_broken(self, db: Database) -> bool:
         return isinstance(db, PostgresDatabase) and db.connection.closed
@@ -96,6 +116,23 @@ class PostgresEngine(Engine):
                 with contextlib.suppress(psycopg.Error):
                     db.execute("SELECT pg_advisory_unlock(?, hashtext(?))", (ADVISORY_LOCK_CLASS, name))
 
+    def notify(self, db: Database, channel: str, payload: str) -> None:
+        db.execute("SELECT pg_notify(?, ?)", (channel, payload))
+
+    def listen(self, channel: str, on_message: Callable[[str | None], None], stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True,
+                                     **link_options(self.url, application_name="renderq-listener")) as connection:
+                    connection.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+                    # Notifications sent while this one was not listening are lost: everything may have changed.
+                    on_message(None)
+                    while not stop.is_set():
+                        for notification in connection.notifies(timeout=LISTEN_RETRY_SECONDS):
+                            on_message(notification.payload)
+            except psycopg.Error:
+                stop.wait(LISTEN_RETRY_SECONDS)
+
 
 class PostgresDatabase:
     """A psycopg connection that takes the store's SQL (see the module docstring), and connects again when the
@@ -107,7 +144,7 @@ class PostgresDatabase:
 
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(self.url, autocommit=True, row_factory=_row_factory,
-                               application_name="renderq-coordinator")
+                               **link_options(self.url, application_name="renderq-coordinator"))
 
     def execute(self, sql: str, params: Any = None, /) -> Cursor:
         idle = self.connection.info.transaction_status == TransactionStatus.IDLE
@@ -133,6 +170,14 @@ class PostgresDatabase:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def link_options(url: str, **options: Any) -> dict[str, Any]:
+    """The connection settings a coordinator adds to its database URL's (the URL's own win): `options`, and how
+    long it waits on a database that does not answer (CONNECT_TIMEOUT, TCP_USER_TIMEOUT_MS)."""
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    options = {"connect_timeout": CONNECT_TIMEOUT, "tcp_user_timeout": TCP_USER_TIMEOUT_MS, **options}
+    return {name: value for name, value in options.items() if name not in given}
 
 
 @functools.lru_cache(maxsize=4096)
