@@ -409,27 +409,7 @@ class Soak:
             counter_mismatches.append(f"the workers' frames_done add up to {sum(counters.values())}, "
                                       f"the tasks have {len(done)} frames done")
 
-        refusals = 0
-        unexplained: list[str] = []
-        for child in self.sims:
-            text = child.log_text()
-            claimed_at = {m[2]: float(m[1]) for m in CLAIMED.finditer(text)}
-            for match in REFUSED.finditer(text):
-                refusals += 1
-                refused_at, lease = float(match[1]), match[3]
-                # A freeze between the claim and the refusal explains a lost lease; anything else is worth a look.
-                if not child.was_frozen(claimed_at.get(lease, refused_at), refused_at):
-                    unexplained.append(f"{child.name}: {match[2]}")
-        refusals += sum(len(REAL_REFUSED.findall(c.log_text())) for c in self.real)
-        server_errors = sum(c.log_text().count(" server_error ") for c in self.sims)
-        tracebacks = self.coordinator_logs().count(TRACEBACK)
-        worker_tracebacks = sum(c.log_text().count(TRACEBACK) for c in self.real + self.sims)
-        revokes = sum(c.log_text().count(" revoked ") for c in self.sims)
-        revokes += sum(c.log_text().count("revoked by the coordinator") for c in self.real)
-        queue_warnings = self.coordinator_logs().count("Task queue depth")
-        slow = [(float(m[3]), m[2]) for c in self.sims for m in SLOW.finditer(c.log_text())
-                if not c.was_frozen(float(m[1]) - float(m[3]), float(m[1]))]
-        slowest = max(slow, default=(0.0, ""))
+        logs, unexplained, slowest = self.scan_logs()
         real_names = {c.name for c in self.real}
         by_real = sum(n for name, n in frames_by_worker.items() if name in real_names)
         acked_done = {key for key, group in acked.items() if any(a["worker"] not in real_names for a in group)}
@@ -445,21 +425,45 @@ class Soak:
                 "duplicates": duplicates,
                 "acknowledgements the coordinator contradicts": len(mismatches),
                 "frames_done counter mismatches": len(counter_mismatches),
-                "server errors (5xx)": server_errors,
-                "coordinator tracebacks": tracebacks,
-                "worker tracebacks": worker_tracebacks,
-                "409 refusals seen": refusals,
-                "409 refusals of simulated workers that were not frozen": len(unexplained),
-                "leases revoked by heartbeat": revokes,
+                **logs,
                 "done but not acknowledged": unacked_sim,
                 "torn ack lines": torn,
-                "requests of simulated workers taking 2 s or more": len(slow),
                 "slowest answer to a simulated worker": round(slowest[0], 2),
-                "coordinator request queue warnings": queue_warnings,
             },
             slowest_request=slowest[1],
             details=lost[:20] + mismatches[:20] + counter_mismatches[:20] + unexplained[:20],
         )
+
+    def scan_logs(self) -> tuple[dict[str, int], list[str], tuple[float, str]]:
+        """What the logs show: counts by name, the 409 refusals no freeze explains, and the slowest answer to a
+        simulated worker (seconds, request) not explained by a freeze."""
+        refusals = 0
+        unexplained: list[str] = []
+        for child in self.sims:
+            text = child.log_text()
+            claimed_at = {m[2]: float(m[1]) for m in CLAIMED.finditer(text)}
+            for match in REFUSED.finditer(text):
+                refusals += 1
+                refused_at, lease = float(match[1]), match[3]
+                # A freeze between the claim and the refusal explains a lost lease; anything else is worth a look.
+                if not child.was_frozen(claimed_at.get(lease, refused_at), refused_at):
+                    unexplained.append(f"{child.name}: {match[2]}")
+        refusals += sum(len(REAL_REFUSED.findall(c.log_text())) for c in self.real)
+        revokes = sum(c.log_text().count(" revoked ") for c in self.sims)
+        revokes += sum(c.log_text().count("revoked by the coordinator") for c in self.real)
+        slow = [(float(m[3]), m[2]) for c in self.sims for m in SLOW.finditer(c.log_text())
+                if not c.was_frozen(float(m[1]) - float(m[3]), float(m[1]))]
+        counts = {
+            "server errors (5xx)": sum(c.log_text().count(" server_error ") for c in self.sims),
+            "coordinator tracebacks": self.coordinator_logs().count(TRACEBACK),
+            "worker tracebacks": sum(c.log_text().count(TRACEBACK) for c in self.real + self.sims),
+            "409 refusals seen": refusals,
+            "409 refusals of simulated workers that were not frozen": len(unexplained),
+            "leases revoked by heartbeat": revokes,
+            "requests of simulated workers taking 2 s or more": len(slow),
+            "coordinator request queue warnings": self.coordinator_logs().count("Task queue depth"),
+        }
+        return counts, unexplained, max(slow, default=(0.0, ""))
 
     def read_acks(self) -> tuple[list[dict], int]:
         """Every acknowledged done report: the simulated workers' ack files and the real workers' logs."""
