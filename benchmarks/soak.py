@@ -590,4 +590,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the module `soak`, the one soak_cluster.py imports: one SoakError class, which main() catches.
+    import soak
+
+    sys.exit(soak.main())

@@ -71,6 +71,7 @@ class ClusterSoak(Soak):
         self.api = FailoverApi(self)  # type: ignore[assignment]  # the same call() as harness.Api
         self.coordinators: list[Child] = []
         self.coordinator_kills = 0
+        self.crashes: list[str] = []
         self.next_coordinator_kill = 0.0
 
     def token(self, role: str) -> str | None:
@@ -120,12 +121,22 @@ class ClusterSoak(Soak):
         """Every coordinator lives (or was killed by the chaos); note their memory and a /health answer's time."""
         for child in self.coordinators:
             if not child.running and child.restart_at is None:
-                raise SoakError(f"{child.name} died:\n" + child.log_text()[-3000:])
+                self.crashed(child)
             if child.running:
                 self.counts.max_coordinator_rss = max(self.counts.max_coordinator_rss, rss_bytes(child.pid))
         started = time.monotonic()
         self.api.call("GET", "/health", timeout=60)
         self.counts.max_health_seconds = max(self.counts.max_health_seconds, time.monotonic() - started)
+
+    def crashed(self, child: Child) -> None:
+        """A coordinator exited without being killed: a finding (its log's end kept), and it is started again, so
+        that the run still answers whether anything was lost."""
+        code = child.popen.returncode if child.popen is not None else None
+        text = child.log_text()
+        last_error = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+        self.crashes.append(f"{child.name} exited by itself with code {code}: {last_error[:300]}; see {child.log_path}")
+        self.note("exited", child, f"code {code}")
+        child.restart_at = time.monotonic() + self.args.coordinator_down_min
 
     def more_chaos(self, now: float) -> None:
         """Start again the coordinators whose down time passed; SIGKILL one now and then, never the last one up."""
@@ -174,7 +185,13 @@ class ClusterSoak(Soak):
 
     def record_more(self, results: Results) -> None:
         results.add("coordinators", len(self.coordinators), note="on one PostgreSQL database and one S3 bucket")
-        results.add("kills of coordinators", self.coordinator_kills, note="SIGKILL, started again 2-8 s later")
+        results.add("kills of coordinators", self.coordinator_kills,
+                    note=f"SIGKILL, started again {self.args.coordinator_down_min:g}-"
+                    f"{self.args.coordinator_down_max:g} s later")
+        results.add("coordinators that exited by themselves", len(self.crashes), target=0,
+                    note="; ".join(self.crashes[:3]))
+        for line in self.crashes[:20]:
+            print(f"  {line}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
