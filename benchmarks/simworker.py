@@ -25,13 +25,18 @@ itself after --max-seconds, or when the process that started it is gone.
 
 from __future__ import annotations
 
-# ssl is no longer kept out of the process (it saved about 4 MB in each): the client kernel
-# (renderq/object_store.py) defines its HTTPS connection at import, so a simulated worker without ssl does not start.
+import sys
+
+# Plain HTTP to a coordinator on this machine: keeping ssl (and OpenSSL) out of the process saves about 4 MB in each
+# of the hundreds of simulated workers a soak runs. http.client imports ssl only if it can. Only when run as a
+# program: a process that imports this module (the soak, for frame_png) keeps its ssl.
+if __name__ == "__main__" and "ssl" not in sys.modules:
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # None there makes `import ssl` fail
+
 import argparse
 import json
 import os
 import random
-import sys
 import signal
 import socket
 import struct
