@@ -130,11 +130,13 @@ class Held:
 class SimWorker:
     """One simulated worker: the calls of the real worker's threads, as coroutines of one event loop."""
 
-    def __init__(self, farm: SimFarm, name: str) -> None:
+    def __init__(self, farm: SimFarm, name: str, coordinator: Coordinator) -> None:
         self.farm = farm
         self.stats = farm.stats
         self.name = name
-        self.http = Connections(farm.coordinator)
+        # The one coordinator of a cluster this worker was given (round robin over the farm's ports).
+        self.coordinator = coordinator
+        self.http = Connections(coordinator)
         self.worker_id = 0
         self.heartbeat_seconds = 2.0
         self.lease_seconds = 15.0
@@ -151,7 +153,7 @@ class SimWorker:
     async def call(self, endpoint: str, target: str, body: str, raw: bytes | None = None) -> bytes:
         """Time one POST of the JSON text `body` (or the bytes `raw`) under `endpoint`; its answer's body, or
         Refused (after recording it) unless 2xx."""
-        coordinator = self.farm.coordinator
+        coordinator = self.coordinator
         if raw is None:
             request = coordinator.request(target, body.encode())
         else:
@@ -194,7 +196,7 @@ class SimWorker:
         """Register, then heartbeats and log shipping beside the loop of claims and frames."""
         if not await self.register():
             return
-        coordinator = self.farm.coordinator
+        coordinator = self.coordinator
         helpers = [Periodic(coordinator, self.heartbeat_request, self.heartbeat_answered,
                             lambda: self.heartbeat_seconds, self.timer("update_worker"))]
         helpers[0].start(self.heartbeat_seconds)
@@ -252,7 +254,7 @@ class SimWorker:
         if self.lines:
             riders += f',"logs":[{",".join(merged_lines(self.lines))}]'
             self.lines = []
-        return self.farm.coordinator.request(
+        return self.coordinator.request(
             "/update_worker",
             f'{{"worker_id":{self.worker_id},"leases":[{chr(34) + leases + chr(34) if leases else ""}]{riders}}}'
             .encode())
@@ -408,7 +410,7 @@ class SimWorker:
         if self.batch_reports:
             self.lines.append((lease.task_id, BLENDER_LINES.replace("{frame}", str(lease.frame))))
             return None
-        return self.farm.coordinator.request(
+        return self.coordinator.request(
             "/append_log", f'{{"task_id":{lease.task_id},"worker_id":{self.worker_id},"text":{text}}}'.encode())
 
     async def post_log(self, task_id: int, text_json: str) -> None:
@@ -427,7 +429,9 @@ class SimFarm:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
-        self.coordinator = Coordinator(config["host"], config["port"], config["token"])
+        # `ports`: a cluster's coordinators, worker i using the (i mod n)th; else the one `port`.
+        self.coordinators = [Coordinator(config["host"], port, config["token"])
+                             for port in config.get("ports") or [config["port"]]]
         self.stats = Stats(config["measure_from"], config["measure_until"])
         self.random = random.Random(config["seed"])
         self.stopping = False
@@ -437,7 +441,8 @@ class SimFarm:
         global_index = config["first_index"] + index
         start = config["start_at"] + config["ramp"] * global_index / config["total_workers"]
         await asyncio.sleep(max(0.0, start - time.time()))
-        await SimWorker(self, f"{config['prefix']}-{global_index:05d}").run()
+        coordinator = self.coordinators[global_index % len(self.coordinators)]
+        await SimWorker(self, f"{config['prefix']}-{global_index:05d}", coordinator).run()
 
     async def loop_lag(self) -> None:
         """How late the event loop wakes: latency the client itself adds when it is short of CPU."""
@@ -452,22 +457,29 @@ class SimFarm:
         config = self.config
         workers = [asyncio.ensure_future(self.start_worker(i)) for i in range(config["count"])]
         lag = asyncio.ensure_future(self.loop_lag())
-        sweep = asyncio.ensure_future(self.coordinator.time_out_late_answers())
+        sweeps = [asyncio.ensure_future(c.time_out_late_answers()) for c in self.coordinators]
         await asyncio.sleep(max(0.0, config["measure_from"] - time.time()))
-        cpu_start, opened_start = own_cpu_seconds(), self.coordinator.opened
-        resent_start = self.coordinator.resent
+        cpu_start, opened_start, resent_start = own_cpu_seconds(), self.opened(), self.resent()
         await asyncio.sleep(max(0.0, config["measure_until"] - time.time()))
         cpu_seconds = own_cpu_seconds() - cpu_start
-        opened = self.coordinator.opened - opened_start
+        opened = self.opened() - opened_start
         self.stopping = True
-        for task in [*workers, lag, sweep]:
+        for task in [*workers, lag, *sweeps]:
             task.cancel()
-        await asyncio.gather(*workers, lag, sweep, return_exceptions=True)
+        await asyncio.gather(*workers, lag, *sweeps, return_exceptions=True)
         stats = self.stats
         return {"latencies": stats.latencies, "errors": stats.errors, "error_examples": stats.error_examples,
-                "counts": {**stats.counts, "connections_opened": opened, "connections_total": self.coordinator.opened,
-                           "resent": self.coordinator.resent - resent_start},
+                "counts": {**stats.counts, "connections_opened": opened, "connections_total": self.opened(),
+                           "resent": self.resent() - resent_start},
                 "loop_lag_ms": stats.loop_lag_ms, "cpu_seconds": cpu_seconds, "advice": stats.advice}
+
+    def opened(self) -> int:
+        """Connections opened so far, to every coordinator."""
+        return sum(coordinator.opened for coordinator in self.coordinators)
+
+    def resent(self) -> int:
+        """Requests sent again so far after a coordinator closed their kept-alive connection."""
+        return sum(coordinator.resent for coordinator in self.coordinators)
 
 
 def own_cpu_seconds() -> float:

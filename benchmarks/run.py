@@ -61,6 +61,8 @@ class Benchmark:
     # Flags added after --quick when the suite runs in quick mode, so the whole quick suite stays within minutes.
     suite_quick_args: tuple[str, ...] = ()
     needs_blender: bool = False
+    # PostgreSQL and SeaweedFS (benchmarks/cluster_services.py): skipped, with the reason, when this machine lacks them.
+    needs_services: bool = False
 
     @property
     def path(self) -> str:
@@ -86,6 +88,9 @@ KNOWN = (
               needs_blender=True),
     Benchmark("throughput", "throughput.py",
               "the largest farm of simulated workers one coordinator serves with every call under 100 ms"),
+    Benchmark("throughput_cluster", "throughput_cluster.py",
+              "throughput.py's farm sizes against 1, 2 and 3 coordinators on one PostgreSQL, with each tier's CPU",
+              suite_quick_args=("--coordinators", "1,2", "--steps", "20"), needs_services=True),
     Benchmark("connections", "connections.py",
               "1,000 idle and 200 slowloris connections against 200 simulated workers: heartbeat p99, leases lost"),
     Benchmark("eta_accuracy", "eta_accuracy.py", "how close the finish-time estimate comes", needs_blender=True),
@@ -96,6 +101,11 @@ KNOWN = (
               suite_quick_args=("--duration", "20", "--sim-workers", "20", "--real-workers", "1",
                                 "--drain-timeout", "90", "--seed", "6"),
               needs_blender=True),
+    Benchmark("soak_cluster", "soak_cluster.py",
+              "the soak on PostgreSQL and S3 with three coordinators, SIGKILLed and started again among the chaos",
+              suite_quick_args=("--duration", "20", "--sim-workers", "20", "--real-workers", "1",
+                                "--drain-timeout", "90", "--seed", "6", "--coordinator-kill-every", "6"),
+              needs_blender=True, needs_services=True),
 )
 
 
@@ -146,6 +156,14 @@ def run_benchmark(benchmark: Benchmark, *, quick: bool, command: str, machine: d
         run.status = "skipped"
         run.note = "Blender is not installed (set RENDERQ_BLENDER or put blender on PATH)"
         return run
+    if benchmark.needs_services:
+        from cluster_services import missing
+
+        why = missing(s3=True)
+        if why:
+            run.status = "skipped"
+            run.note = f"the cluster services are missing: {why}"
+            return run
     help_text = script_flags(benchmark)
     if quick and "--quick" not in help_text:
         run.note = "the script has no --quick mode, so it cannot run in the quick suite"

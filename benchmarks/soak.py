@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import hashlib
 import json
 import os
@@ -38,7 +37,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,9 +47,14 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, HERE)
 
-from common import MB, Results, add_arguments
+from common import Results
 from harness import Api, free_port
 from simworker import frame_png
+from soak_options import MUST_BE_ZERO, NOTES, QUICK, Counts, Findings, build_parser, parse_args, record
+from soak_processes import Child, descendants, rss_bytes
+
+__all__ = ["MUST_BE_ZERO", "NOTES", "QUICK", "Child", "Counts", "Findings", "Soak", "SoakError", "build_parser",
+           "descendants", "main", "parse_args", "record", "rss_bytes"]
 
 from renderq.scenes import make_scene
 from worker.blender_session import SessionError, blender_version, find_blender
@@ -66,205 +69,7 @@ REFUSED = re.compile(r"^([0-9.]+) \S+ refused409 (.* lease=([0-9a-f]+).*)$", re.
 SLOW = re.compile(r"^([0-9.]+) \S+ slow (\w+ /\w+) took ([0-9.]+) s", re.MULTILINE)
 
 
-# -- processes ------------------------------------------------------------------------------------------------------
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (children, grandchildren, ...), from /proc."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: the fields after the last ')' are plain.
-        fields = stat[stat.rfind(")") + 2:].split()
-        children[int(fields[1])].append(int(entry))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of one process; 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-class Child:
-    """One process the soak started (coordinator, real or simulated worker), restartable under the same name.
-
-    Each start gets its own session, so a signal to its process group reaches everything it started except
-    Blender, which leads a group of its own: kill() and freeze() reach those groups too.
-    """
-
-    def __init__(self, name: str, kind: str, command: list[str], log_path: str, env: dict[str, str]) -> None:
-        self.name = name
-        self.kind = kind
-        self.command = command
-        self.log_path = log_path
-        self.env = env
-        self.popen: subprocess.Popen | None = None
-        self.frozen_groups: list[int] = []
-        self.thaw_at: float | None = None
-        self.restart_at: float | None = None
-        # Wall-clock (start, end) of each freeze: a request that spans one was slow because of the freeze.
-        self.freezes: list[tuple[float, float]] = []
-        self._frozen_since = 0.0
-
-    @property
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen is not None else None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, start_new_session=True)
-        self.restart_at = None
-
-    def _groups(self) -> list[int]:
-        """The process groups of this child and of everything below it (Blender's own group included)."""
-        if not self.running:
-            return []
-        groups = [self.popen.pid]
-        for pid in descendants(self.popen.pid):
-            try:
-                group = os.getpgid(pid)
-            except OSError:
-                continue
-            if group not in groups:
-                groups.append(group)
-        return groups
-
-    def _signal_groups(self, groups: list[int], signum: int) -> None:
-        for group in groups:
-            try:
-                os.killpg(group, signum)
-            except OSError:
-                pass
-
-    def kill(self) -> list[int]:
-        """SIGKILL the child and everything it started, reap it; returns processes below it that survived."""
-        below = descendants(self.popen.pid) if self.running else []
-        # SIGKILL ends stopped processes too: no SIGCONT needed for a frozen child.
-        self._signal_groups(sorted(set(self.frozen_groups) | set(self._groups())), signal.SIGKILL)
-        if self.thaw_at is not None:
-            self.freezes.append((self._frozen_since, time.time()))
-        self.frozen_groups, self.thaw_at = [], None
-        if self.popen is not None:
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        survivors = []
-        deadline = time.monotonic() + 5.0
-        for pid in below:
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(pid):
-                survivors.append(pid)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        return survivors
-
-    def freeze(self, seconds: float) -> None:
-        """SIGSTOP the child and everything below it for `seconds` (thaw() sends SIGCONT)."""
-        self.frozen_groups = self._groups()
-        self._signal_groups(self.frozen_groups, signal.SIGSTOP)
-        self.thaw_at = time.monotonic() + seconds
-        self._frozen_since = time.time()
-
-    def thaw(self) -> None:
-        self._signal_groups(self.frozen_groups, signal.SIGCONT)
-        self.frozen_groups, self.thaw_at = [], None
-        self.freezes.append((self._frozen_since, time.time()))
-
-    def was_frozen(self, start: float, end: float) -> bool:
-        """True when the wall-clock interval [start, end] overlaps one of this child's freezes."""
-        return any(start <= thawed and frozen <= end for frozen, thawed in self.freezes)
-
-    def stop(self, signum: int) -> None:
-        """Ask the child to stop (it gives back its frames); wait_stopped() finishes the job."""
-        if self.frozen_groups:
-            self.thaw()
-        if self.running:
-            try:
-                os.kill(self.popen.pid, signum)
-            except OSError:
-                pass
-
-    def wait_stopped(self, deadline: float) -> None:
-        if self.popen is None:
-            return
-        try:
-            self.popen.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill()
-
-    def log_text(self) -> str:
-        try:
-            with open(self.log_path, "rb") as handle:
-                return handle.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode("ascii", "replace")
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
-
-
 # -- the run --------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Counts:
-    """What happened during the run."""
-
-    kills_real: int = 0
-    kills_sim: int = 0
-    stalls_real: int = 0
-    stalls_sim: int = 0
-    restarts: int = 0
-    blender_survivors: int = 0
-    max_coordinator_rss: int = 0
-    max_health_seconds: float = 0.0
-    submitted: list[int] = dataclasses.field(default_factory=list)
-    unexpected_exits: list[str] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class Findings:
-    """What the checks found: counts by name, and sentences about each problem (the first few of each kind)."""
-
-    numbers: dict[str, int | float]
-    slowest_request: str
-    details: list[str]
 
 
 class Soak:
@@ -505,10 +310,27 @@ class Soak:
                     else:
                         self.freeze(victim)
                 next_real = now + jitter(0.5, 1.5) * args.real_chaos_every
+            self.more_chaos(now)
             if now >= next_report:
                 self.progress(f"waiting frames {waiting}")
                 next_report = now + 10
             time.sleep(0.5)
+
+    def record_more(self, results: Results) -> None:
+        """Figures beyond record()'s (the cluster soak's coordinator kills); none for one coordinator."""
+
+    def more_chaos(self, now: float) -> None:
+        """Chaos beyond the workers' (the cluster soak kills coordinators); none for one coordinator."""
+
+    def coordinator_logs(self) -> str:
+        """What the coordinator logged (every coordinator, in the cluster soak)."""
+        return self.coordinator.log_text() if self.coordinator is not None else ""
+
+    def stop_coordinators(self) -> None:
+        """Stop the coordinator (a clean shutdown, then SIGKILL if it lingers)."""
+        if self.coordinator is not None:
+            self.coordinator.stop(signal.SIGTERM)
+            self.coordinator.wait_stopped(time.monotonic() + 10)
 
     def progress(self, text: str) -> None:
         c = self.counts
@@ -587,27 +409,7 @@ class Soak:
             counter_mismatches.append(f"the workers' frames_done add up to {sum(counters.values())}, "
                                       f"the tasks have {len(done)} frames done")
 
-        refusals = 0
-        unexplained: list[str] = []
-        for child in self.sims:
-            text = child.log_text()
-            claimed_at = {m[2]: float(m[1]) for m in CLAIMED.finditer(text)}
-            for match in REFUSED.finditer(text):
-                refusals += 1
-                refused_at, lease = float(match[1]), match[3]
-                # A freeze between the claim and the refusal explains a lost lease; anything else is worth a look.
-                if not child.was_frozen(claimed_at.get(lease, refused_at), refused_at):
-                    unexplained.append(f"{child.name}: {match[2]}")
-        refusals += sum(len(REAL_REFUSED.findall(c.log_text())) for c in self.real)
-        server_errors = sum(c.log_text().count(" server_error ") for c in self.sims)
-        tracebacks = self.coordinator.log_text().count(TRACEBACK)
-        worker_tracebacks = sum(c.log_text().count(TRACEBACK) for c in self.real + self.sims)
-        revokes = sum(c.log_text().count(" revoked ") for c in self.sims)
-        revokes += sum(c.log_text().count("revoked by the coordinator") for c in self.real)
-        queue_warnings = self.coordinator.log_text().count("Task queue depth")
-        slow = [(float(m[3]), m[2]) for c in self.sims for m in SLOW.finditer(c.log_text())
-                if not c.was_frozen(float(m[1]) - float(m[3]), float(m[1]))]
-        slowest = max(slow, default=(0.0, ""))
+        logs, unexplained, slowest = self.scan_logs()
         real_names = {c.name for c in self.real}
         by_real = sum(n for name, n in frames_by_worker.items() if name in real_names)
         acked_done = {key for key, group in acked.items() if any(a["worker"] not in real_names for a in group)}
@@ -623,21 +425,45 @@ class Soak:
                 "duplicates": duplicates,
                 "acknowledgements the coordinator contradicts": len(mismatches),
                 "frames_done counter mismatches": len(counter_mismatches),
-                "server errors (5xx)": server_errors,
-                "coordinator tracebacks": tracebacks,
-                "worker tracebacks": worker_tracebacks,
-                "409 refusals seen": refusals,
-                "409 refusals of simulated workers that were not frozen": len(unexplained),
-                "leases revoked by heartbeat": revokes,
+                **logs,
                 "done but not acknowledged": unacked_sim,
                 "torn ack lines": torn,
-                "requests of simulated workers taking 2 s or more": len(slow),
                 "slowest answer to a simulated worker": round(slowest[0], 2),
-                "coordinator request queue warnings": queue_warnings,
             },
             slowest_request=slowest[1],
             details=lost[:20] + mismatches[:20] + counter_mismatches[:20] + unexplained[:20],
         )
+
+    def scan_logs(self) -> tuple[dict[str, int], list[str], tuple[float, str]]:
+        """What the logs show: counts by name, the 409 refusals no freeze explains, and the slowest answer to a
+        simulated worker (seconds, request) not explained by a freeze."""
+        refusals = 0
+        unexplained: list[str] = []
+        for child in self.sims:
+            text = child.log_text()
+            claimed_at = {m[2]: float(m[1]) for m in CLAIMED.finditer(text)}
+            for match in REFUSED.finditer(text):
+                refusals += 1
+                refused_at, lease = float(match[1]), match[3]
+                # A freeze between the claim and the refusal explains a lost lease; anything else is worth a look.
+                if not child.was_frozen(claimed_at.get(lease, refused_at), refused_at):
+                    unexplained.append(f"{child.name}: {match[2]}")
+        refusals += sum(len(REAL_REFUSED.findall(c.log_text())) for c in self.real)
+        revokes = sum(c.log_text().count(" revoked ") for c in self.sims)
+        revokes += sum(c.log_text().count("revoked by the coordinator") for c in self.real)
+        slow = [(float(m[3]), m[2]) for c in self.sims for m in SLOW.finditer(c.log_text())
+                if not c.was_frozen(float(m[1]) - float(m[3]), float(m[1]))]
+        counts = {
+            "server errors (5xx)": sum(c.log_text().count(" server_error ") for c in self.sims),
+            "coordinator tracebacks": self.coordinator_logs().count(TRACEBACK),
+            "worker tracebacks": sum(c.log_text().count(TRACEBACK) for c in self.real + self.sims),
+            "409 refusals seen": refusals,
+            "409 refusals of simulated workers that were not frozen": len(unexplained),
+            "leases revoked by heartbeat": revokes,
+            "requests of simulated workers taking 2 s or more": len(slow),
+            "coordinator request queue warnings": self.coordinator_logs().count("Task queue depth"),
+        }
+        return counts, unexplained, max(slow, default=(0.0, ""))
 
     def read_acks(self) -> tuple[list[dict], int]:
         """Every acknowledged done report: the simulated workers' ack files and the real workers' logs."""
@@ -675,9 +501,7 @@ class Soak:
     def stop_all(self) -> None:
         """Stop every process this run started: workers first, then the coordinator."""
         self.stop_workers()
-        if self.coordinator is not None:
-            self.coordinator.stop(signal.SIGTERM)
-            self.coordinator.wait_stopped(time.monotonic() + 10)
+        self.stop_coordinators()
         self.chaos_log.close()
 
     def sim_rss(self) -> int:
@@ -700,144 +524,10 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# -- command line ---------------------------------------------------------------------------------------------------
-
-
-QUICK = {"duration": 60.0, "drain_timeout": 90.0, "kill_every": 1.0, "stall_every": 4.0, "real_chaos_every": 12.0}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="soak.py", description="Soak a real coordinator with real and simulated workers under chaos; check "
-        "that no frame is lost or done twice.")
-    add_arguments(parser, "60 s of chaos, kills every 1 s, a real worker hit every 12 s, at most 90 s to finish; "
-                  "explicit options still win. The soak's targets (nothing lost or doubled) hold in quick mode too")
-    parser.add_argument("--duration", type=float, help="seconds of chaos and submitting (default 600; quick 60)")
-    parser.add_argument("--drain-timeout", type=float,
-                        help="seconds the tasks get to finish once the chaos stops (default 300; quick 90)")
-    parser.add_argument("--sim-workers", type=int, default=200, help="simulated worker processes (default 200)")
-    parser.add_argument("--real-workers", type=int, default=2, help="real Blender workers (default 2)")
-    parser.add_argument("--blender", help="the Blender executable (default: $RENDERQ_BLENDER, else blender on PATH)")
-    parser.add_argument("--heartbeat", type=float, default=2.0,
-                        help="the coordinator's worker heartbeat interval in seconds (default 2)")
-    parser.add_argument("--alive-timeout", type=float, default=8.0,
-                        help="seconds without a heartbeat before a worker's frames are requeued (default 8)")
-    parser.add_argument("--frame-fail-workers", type=int, default=1000,
-                        help="the coordinator's --frame-fail-workers and --bad-worker-failures: high, so that the "
-                        "simulated failures (--fail-rate) never fail a whole frame or bar a worker (default 1000)")
-    parser.add_argument("--http-threads", type=int, default=16, help="the coordinator's HTTP threads (default 16)")
-    parser.add_argument("--frame-min", type=float, default=4.0,
-                        help="shortest fake frame time of a simulated worker, in seconds (default 4)")
-    parser.add_argument("--frame-max", type=float, default=12.0,
-                        help="longest fake frame time of a simulated worker, in seconds (default 12)")
-    parser.add_argument("--fail-rate", type=float, default=0.01,
-                        help="probability that a simulated worker reports a frame failed (default 0.01)")
-    parser.add_argument("--poll", type=float, default=2.0,
-                        help="seconds between a simulated worker's claims while nothing waits (default 2)")
-    parser.add_argument("--task-frames-min", type=int, default=20, help="fewest frames per task (default 20)")
-    parser.add_argument("--task-frames-max", type=int, default=60, help="most frames per task (default 60)")
-    parser.add_argument("--real-task-frames", type=int, default=12,
-                        help="frames of the task kept open for the real workers alone (one at a time), 0 for none "
-                        "(default 12)")
-    parser.add_argument("--queue-frames", type=int,
-                        help="keep at least this many frames waiting (default: the number of workers)")
-    parser.add_argument("--kill-every", type=float,
-                        help="mean seconds between SIGKILLs of a simulated worker, 0 for none (default 2; quick 1)")
-    parser.add_argument("--stall-every", type=float,
-                        help="mean seconds between SIGSTOPs of a simulated worker for longer than the alive "
-                        "timeout, 0 for none (default 8; quick 4)")
-    parser.add_argument("--real-chaos-every", type=float,
-                        help="mean seconds between hits on a real worker (mostly SIGKILL of it and its Blender, "
-                        "sometimes SIGSTOP), 0 for none (default 45; quick 12)")
-    parser.add_argument("--restart-min", type=float, default=1.0,
-                        help="shortest delay before a killed worker is restarted (default 1)")
-    parser.add_argument("--restart-max", type=float, default=3.0,
-                        help="longest delay before a killed worker is restarted (default 3)")
-    parser.add_argument("--port", type=int, default=0, help="the coordinator's port (default: a free one)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed of the submitter and the chaos")
-    parser.add_argument("--keep", metavar="DIR",
-                        help="run in DIR and keep it (logs, ack files, the coordinator's data); default: a "
-                        "temporary folder, removed at the end")
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    defaults = {"duration": 600.0, "drain_timeout": 300.0, "kill_every": 2.0, "stall_every": 8.0,
-                "real_chaos_every": 45.0}
-    for name, value in (QUICK if args.quick else defaults).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.queue_frames is None:
-        args.queue_frames = args.sim_workers + args.real_workers
-    problems = []
-    if args.duration <= 0 or args.drain_timeout <= 0:
-        problems.append("--duration and --drain-timeout must be more than 0")
-    if args.sim_workers < 0 or args.real_workers < 0 or args.sim_workers + args.real_workers == 0:
-        problems.append("the soak needs at least one worker")
-    if not 0 < args.frame_min <= args.frame_max:
-        problems.append("--frame-min must be more than 0 and at most --frame-max")
-    if not 1 <= args.task_frames_min <= args.task_frames_max:
-        problems.append("--task-frames-min must be at least 1 and at most --task-frames-max")
-    if args.alive_timeout <= args.heartbeat:
-        problems.append("--alive-timeout must be longer than --heartbeat")
-    if not 0 <= args.fail_rate < 1:
-        problems.append("--fail-rate must be at least 0 and below 1")
-    if min(args.kill_every, args.stall_every, args.real_chaos_every) < 0:
-        problems.append("the chaos intervals must not be negative")
-    if not 0 <= args.restart_min <= args.restart_max:
-        problems.append("--restart-min must be at least 0 and at most --restart-max")
-    if problems:
-        parser.error("; ".join(problems))
-    return args
-
-
-# Counts that must be zero whatever the run's size: a lost or doubled frame is a bug, never noise.
-MUST_BE_ZERO = ("frames lost", "duplicates", "acknowledgements the coordinator contradicts",
-                "frames_done counter mismatches", "server errors (5xx)", "coordinator tracebacks", "worker tracebacks")
-NOTES = {
-    "duplicates": "(task, frame) pairs acknowledged done more than once, over every worker's acknowledgements",
-    "acknowledgements the coordinator contradicts": "acknowledged frames the coordinator shows not done, done by "
-    "another worker, or with another file",
-    "frames_done counter mismatches": "workers whose frames_done differs from the frames done by them; or the total",
-    "409 refusals of simulated workers that were not frozen": "a lease lost without a freeze: worth a look",
-    "done but not acknowledged": "killed between the coordinator's answer and the ack file: not a duplicate",
-    "torn ack lines": "killed in the middle of writing an ack line",
-}
-
-
-def record(results: Results, findings: Findings, counts: Counts, run_seconds: float, sim_rss: int) -> None:
-    """Every figure of the run, in the benchmarks' shared format."""
-    numbers = findings.numbers
-    for name in ("tasks", "frames", "frames by real workers", "frames by simulated workers"):
-        results.add(name, numbers[name], "frames" if name.startswith("frames") else "")
-    results.add("kills of real workers", counts.kills_real, note="SIGKILL of the worker and its Blender")
-    results.add("kills of simulated workers", counts.kills_sim)
-    results.add("stalls of real workers", counts.stalls_real, note="SIGSTOP past the alive timeout")
-    results.add("stalls of simulated workers", counts.stalls_sim)
-    results.add("restarts", counts.restarts)
-    for name in MUST_BE_ZERO:
-        results.add(name, numbers[name], target=0, note=NOTES.get(name, ""))
-    results.add("workers that exited by themselves", len(counts.unexpected_exits), target=0)
-    results.add("Blender processes that outlived their killed worker", counts.blender_survivors, target=0)
-    for name in ("409 refusals seen", "409 refusals of simulated workers that were not frozen",
-                 "leases revoked by heartbeat", "done but not acknowledged", "torn ack lines",
-                 "requests of simulated workers taking 2 s or more", "coordinator request queue warnings"):
-        results.add(name, numbers[name], note=NOTES.get(name, ""))
-    results.add("slowest answer to a simulated worker", numbers["slowest answer to a simulated worker"], "s",
-                note=f"{findings.slowest_request}; " if findings.slowest_request else ""
-                "only answers of 2 s or more are noted, and not those to frozen workers")
-    results.add("slowest /health answer to the soak", round(counts.max_health_seconds, 2), "s")
-    results.add("run time", round(run_seconds, 1), "s")
-    results.add("coordinator peak RSS", round(counts.max_coordinator_rss / MB, 1), "MB")
-    results.add("simulated worker RSS (mean)", round(sim_rss / MB, 1), "MB")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Not quick=args.quick: the soak's targets are counts that must be zero at any size, so they are always enforced.
-    results = Results("soak")
+    results = Results("soak cluster" if args.cluster else "soak")
     try:
         blender = find_blender(args.blender)
         version = blender_version(blender)
@@ -846,7 +536,12 @@ def main(argv: list[str] | None = None) -> int:
         return results.finish(args.json_out)
     root = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="renderq-soak-")
     os.makedirs(root, exist_ok=True)
-    soak = Soak(args, root)
+    if args.cluster:
+        from soak_cluster import ClusterSoak
+
+        soak: Soak = ClusterSoak(args, root)
+    else:
+        soak = Soak(args, root)
     # Ctrl-C and SIGTERM both stop the run and clean up, even when started with SIGINT ignored (in the background).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -882,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if findings is not None:
         record(results, findings, soak.counts, time.monotonic() - soak.started, sim_rss)
+        soak.record_more(results)
     code = results.finish(args.json_out)
     for line in (findings.details if findings else []) + soak.counts.unexpected_exits[:20]:
         print(f"  {line}")
@@ -894,4 +590,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the module `soak`, the one soak_cluster.py imports: one SoakError class, which main() catches.
+    import soak
+
+    sys.exit(soak.main())

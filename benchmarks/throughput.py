@@ -41,7 +41,6 @@ import collections
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +54,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from common import Coordinator, Results, add_arguments, phase, raise_open_files_limit, renderq_env, stop_process
+from throughput_profile import Profiler, summarize_profile
 from worker.settings import WorkerSettings
 
 LOADGEN = os.path.join(HERE, "loadgen.py")
@@ -110,6 +110,18 @@ def serving_processes(pid: int) -> list[int]:
         return []
 
 
+def coordinator_cpu_seconds(coordinator: Any) -> tuple[float, float]:
+    """(user, system) CPU seconds of the coordinator, or of every coordinator of a cluster (throughput_cluster.py)."""
+    if hasattr(coordinator, "cpu_seconds"):
+        return coordinator.cpu_seconds()
+    return process_cpu_seconds(coordinator.pid)
+
+
+def tier_cpu_seconds(coordinator: Any) -> dict[str, float]:
+    """CPU seconds of a cluster's other tiers (its PostgreSQL) by name; none for one coordinator."""
+    return coordinator.tier_cpu_seconds() if hasattr(coordinator, "tier_cpu_seconds") else {}
+
+
 def other_load(own_pid: int, seconds: float = 3.0) -> float:
     """Cores kept busy by everything but the (idle) coordinator over a few seconds: how busy the machine already is."""
     own = sum(process_cpu_seconds(own_pid))
@@ -128,105 +140,6 @@ def machine_cpu() -> tuple[float, float]:
     ticks = os.sysconf("SC_CLK_TCK")
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     return (sum(values[:8]) - idle) / ticks, sum(values[:8]) / ticks
-
-
-class Profiler:
-    """py-spy sampling the coordinator for a while, its collapsed stacks written to a file."""
-
-    def __init__(self, py_spy: str, pid: int, seconds: float, out_path: str, mode: str = "gil") -> None:
-        command = [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "200",
-                   "--nonblocking", "--format", "raw", "--output", out_path]
-        # gil: only the thread holding the GIL, i.e. where the coordinator's one core of Python goes;
-        # idle: every thread, also those waiting (for a lock, a commit, the network).
-        command += {"gil": ["--gil"], "idle": ["--idle"], "active": []}[mode]
-        self.out_path = out_path
-        self.popen = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def wait(self) -> str | None:
-        """The collapsed-stack file, or None when py-spy failed (its complaint is printed)."""
-        try:
-            _, err = self.popen.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            stop_process(self.popen)
-            return None
-        if self.popen.returncode != 0 or not os.path.exists(self.out_path):
-            print(f"  py-spy failed: {err.decode('utf-8', 'replace').strip()[-500:]}", flush=True)
-            return None
-        return self.out_path
-
-
-# The parts of the coordinator a sample is charged to: the first rule matching a frame, from the innermost out.
-PROFILE_PARTS = (
-    ("coordinator/store/connection.py", ("transaction", "_end_turn", "_finish_batch", "_wait_for_commit"),
-     "store: write turns and commits"),
-    ("coordinator/store/", (), "store: SQL statements"),
-    ("coordinator/blobs.py", (), "frame files: write, fsync, rename"),
-    ("coordinator/auth.py", (), "access tokens"),
-    ("coordinator/http_", (), "HTTP server: sockets, HTTP parsing, the gate, threads"),
-    ("coordinator/", (), "coordinator: endpoints and scheduler"),
-    ("json/", (), "JSON"),
-    ("flask/", (), "Flask and Werkzeug"),
-    ("werkzeug/", (), "Flask and Werkzeug"),
-    ("itsdangerous/", (), "Flask and Werkzeug"),
-    ("uvicorn/", (), "HTTP server: sockets, HTTP parsing, the gate, threads"),
-    ("httptools/", (), "HTTP server: sockets, HTTP parsing, the gate, threads"),
-    ("a2wsgi/", (), "HTTP server: sockets, HTTP parsing, the gate, threads"),
-    ("asyncio/", (), "HTTP server: sockets, HTTP parsing, the gate, threads"),
-    ("logging/", (), "logging"),
-)
-
-
-def profile_part(frames: list[str]) -> str:
-    """The part of the coordinator a sampled stack (outermost frame first) is charged to."""
-    for frame in reversed(frames):
-        for where, functions, part in PROFILE_PARTS:
-            if where in frame and (not functions or frame.split(" (", 1)[0].rsplit(".", 1)[-1] in functions):
-                return part
-    return "other"
-
-
-def summarize_profile(path: str, top: int = 18) -> list[str]:
-    """Lines naming where the sampled time went: per part of the coordinator, then per function, its own samples
-    and those with its callees."""
-    own: collections.Counter = collections.Counter()
-    inclusive: collections.Counter = collections.Counter()
-    parts: collections.Counter = collections.Counter()
-    total = 0
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            stack, _, count_text = line.rstrip("\n").rpartition(" ")
-            if not stack or not count_text.isdigit():
-                continue
-            count = int(count_text)
-            total += count
-            frames = [_short_frame(frame) for frame in stack.split(";")]
-            parts[profile_part(frames)] += count
-            own[frames[-1]] += count
-            for frame in set(frames):
-                inclusive[frame] += count
-    if not total:
-        return ["  (no samples)"]
-    lines = [f"  {total} samples; by part of the coordinator:"]
-    lines += [f"    {100.0 * n / total:5.1f}%  {part}" for part, n in parts.most_common()]
-    lines.append("  by function, with what it calls:")
-    lines += [f"    {100.0 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(top)]
-    lines.append("  own time:")
-    lines += [f"    {100.0 * n / total:5.1f}%  {frame}" for frame, n in own.most_common(top)]
-    return lines
-
-
-def _short_frame(frame: str) -> str:
-    """'claim (coordinator/scheduler.py:311)' -> 'claim (coordinator/scheduler.py)', library paths shortened."""
-    name, _, where = frame.partition(" (")
-    where = where.rstrip(")").rsplit(":", 1)[0]
-    if where.startswith(ROOT + os.sep):
-        where = where[len(ROOT) + 1:]
-    elif "site-packages/" in where:
-        where = where.split("site-packages/", 1)[1]
-    else:
-        where = re.sub(r"^.*/lib/python3\.\d+/", "", where)
-    return f"{name} ({where})" if where else name
 
 
 def fill_history(data_dir: str, frames: int) -> None:
@@ -285,20 +198,24 @@ def run_step(coordinator: Coordinator, workers: int, args: argparse.Namespace, r
                   "prefix": "sim", "first_index": first, "count": count, "total_workers": workers,
                   "frame_seconds": frame_seconds, "log_seconds": args.log_seconds, "start_at": start_at,
                   "ramp": ramp, "measure_from": measure_from, "measure_until": measure_until,
-                  "seed": step_number * 1000 + number}
+                  "seed": step_number * 1000 + number,
+                  # A cluster's coordinators (throughput_cluster.py): worker i uses the (i mod n)th.
+                  "ports": getattr(coordinator, "ports", None)}
         first += count
         children.append(subprocess.Popen([sys.executable, LOADGEN, json.dumps(config)], stdout=subprocess.PIPE,
                                          stdin=subprocess.DEVNULL, env=renderq_env(), start_new_session=True))
     profiler = None
     try:
         time.sleep(max(0.0, measure_from - time.time()))
-        cpu_before = process_cpu_seconds(coordinator.pid)
+        cpu_before = coordinator_cpu_seconds(coordinator)
+        tiers_before = tier_cpu_seconds(coordinator)
         machine_before = machine_cpu()
         if args.py_spy:
             profiler = Profiler(args.py_spy, coordinator.pid, args.duration,
                                 os.path.join(run_dir, f"profile-{workers}-workers.txt"), args.profile_mode)
         time.sleep(max(0.0, measure_until - time.time()))
-        cpu_after = process_cpu_seconds(coordinator.pid)
+        cpu_after = coordinator_cpu_seconds(coordinator)
+        tiers_after = tier_cpu_seconds(coordinator)
         machine_after = machine_cpu()
         outputs = []
         for child in children:
@@ -313,6 +230,10 @@ def run_step(coordinator: Coordinator, workers: int, args: argparse.Namespace, r
     coordinator_cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
     machine = (machine_after[0] - machine_before[0], machine_after[1] - machine_before[1])
     result = aggregate(outputs, workers, frame_seconds, measure_until - measure_from, coordinator_cpu, machine)
+    if tiers_after:
+        from throughput_cluster import add_tiers
+
+        add_tiers(result, tiers_before, tiers_after, measure_until - measure_from)
     if profiler is not None:
         profile_path = profiler.wait()
         result["profile"] = summarize_profile(profile_path) if profile_path else None
@@ -458,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPU, or every thread, waiting or not")
     parser.add_argument("--py-spy", help="the py-spy executable (default: py-spy on PATH or beside this Python)")
     parser.add_argument("--keep", metavar="DIR", help="run in DIR and keep it (data dir, logs, profiles)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="the same steps with the coordinators on one PostgreSQL (started for the run), the "
+                        "simulated workers spread over them round robin; see throughput_cluster.py")
+    parser.add_argument("--coordinators", default="1,2,3",
+                        help="with --cluster: the coordinator counts to measure, in turn (default 1,2,3)")
     return parser
 
 
@@ -517,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     # The generator processes inherit it: each holds a socket per connection, thousands of them.
     raise_open_files_limit()
+    if args.cluster:
+        from throughput_cluster import run_cluster
+
+        return run_cluster(args, steps)
     results = Results("coordinator throughput", quick=quick)
     run_dir = args.keep or tempfile.mkdtemp(prefix="renderq-throughput-")
     os.makedirs(run_dir, exist_ok=True)

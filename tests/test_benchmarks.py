@@ -113,7 +113,8 @@ def test_report_keeps_the_figures_of_benchmarks_not_run_again(tmp_path):
     assert text.count(notes) == 1, text
 
 
-@pytest.mark.timeout(900)
+# The cluster benchmarks (soak_cluster, throughput_cluster) add about two minutes to the quick suite.
+@pytest.mark.timeout(1200)
 @pytest.mark.skipif(find_blender_or_none() is None, reason="Blender is not installed")
 def test_quick_suite_runs_every_benchmark_and_reports_each(tmp_path):
     runner = load_runner()
@@ -124,7 +125,7 @@ def test_quick_suite_runs_every_benchmark_and_reports_each(tmp_path):
 
     completed = subprocess.run([sys.executable, RUN, "--quick", "--report", str(report), "--timeout", "420"],
                                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               timeout=880, check=False)
+                               timeout=1180, check=False)
     output = completed.stdout.decode("utf-8", "replace")
     assert completed.returncode == 0, f"the quick suite failed (exit {completed.returncode}):\n{output[-8000:]}"
     text = report.read_text(encoding="utf-8")
@@ -214,3 +215,47 @@ def test_load_generator_counts_the_leases_it_loses(farm):
 
     assert seen["counts"].get("lost_leases", 0) >= 4, seen["counts"]
     assert not seen["errors"], seen["error_examples"]
+
+
+def frames_dispatched(farm) -> float:
+    """The coordinator's renderq_frames_dispatched counter, scraped from /metrics."""
+    status, body = farm.api.call("GET", "/metrics")
+    assert status == 200, body
+    text = body.decode() if isinstance(body, bytes) else body
+    found = re.search(r"^renderq_frames_dispatched_total ([0-9.e+]+)$", text, re.MULTILINE)
+    assert found, text[:2000]
+    return float(found[1])
+
+
+@pytest.mark.timeout(120)
+def test_load_generator_spreads_its_workers_over_a_clusters_coordinators(tmp_path, postgres_cluster, monkeypatch):
+    from harness import Farm
+
+    # One database and one set of tokens: two coordinators of one farm, as throughput.py --cluster starts them.
+    for role in ("admin", "artist", "worker"):
+        monkeypatch.setenv(f"RENDERQ_{role.upper()}_TOKEN", f"bench-{role}-token-0123456789")
+    database = postgres_cluster.create_database()
+    farms = [Farm(str(tmp_path / f"coordinator-{n}"), database=database) for n in (1, 2)]
+    try:
+        for farm in farms:
+            os.makedirs(farm.root, exist_ok=True)
+            farm.start_coordinator("--heartbeat", "0.5")
+        submit_fake_task(farms[0], 500)
+        now = time.time()
+        config = {"host": "127.0.0.1", "port": farms[0].port, "ports": [farm.port for farm in farms],
+                  "token": farms[0].token("worker"), "prefix": "gen", "first_index": 0, "count": 4,
+                  "total_workers": 4, "frame_seconds": 0.5, "log_seconds": 0, "start_at": now + 0.5, "ramp": 0.5,
+                  "measure_from": now + 2.0, "measure_until": now + 5.0, "seed": 1}
+        popen = subprocess.Popen([sys.executable, os.path.join(BENCHMARKS, "loadgen.py"), json.dumps(config)],
+                                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                 env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+        seen = load_generator_output(popen)
+
+        assert not seen["errors"], seen["error_examples"]
+        assert seen["counts"]["completed"] >= 8, seen["counts"]
+        # Round robin: each coordinator handed out frames to the workers given its address.
+        assert all(frames_dispatched(farm) >= 2 for farm in farms)
+    finally:
+        for farm in farms:
+            farm.stop()
+        postgres_cluster.drop_database(database)
