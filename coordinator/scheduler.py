@@ -407,8 +407,13 @@ class Scheduler(FarmReader):
         return expired
 
     def recover_after_restart(self) -> None:
-        """Workers could not report while the coordinator was down: do not count that against their leases."""
-        self.store.extend_all_leases(self.clock() + self.liveness()[1])
+        """Workers could not report while the coordinator was down: do not count that against their leases.
+
+        Not on a database several coordinators share: the others may have been up all along, their workers renewing
+        leases there, and one UPDATE of every leased frame of the farm only fights their transactions for the rows
+        (a restarted coordinator died of a deadlock in the cluster soak)."""
+        if not self.store.engine.shared:
+            self.store.extend_all_leases(self.clock() + self.liveness()[1])
 
     # -- logs -----------------------------------------------------------------------------------------------------
 
