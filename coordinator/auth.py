@@ -132,6 +132,7 @@ class TokenBook:
         self._shared_artists = shared_artists
         self._artists_stamp: tuple[int, int] | None = None
         self._artists: list[tuple[str, str]] = []
+        self._all_artists: list[tuple[str, str]] = []  # the file's and the database's, as last read
         self._artists_checked = float("-inf")
 
     @property
@@ -162,7 +163,7 @@ class TokenBook:
         # at once a second at most, as every request asks (a stat each was 2 % of a busy coordinator's time).
         now = time.monotonic()
         if not fresh and now - self._artists_checked < ARTISTS_RECHECK_SECONDS:
-            return self._artists
+            return self._all_artists
         self._artists_checked = now
         try:
             info = os.stat(self._artists_path)
@@ -173,7 +174,8 @@ class TokenBook:
             if stamp != self._artists_stamp:
                 self._artists = read_artist_tokens(self._artists_path)
                 self._artists_stamp = stamp
-        return self._artists + self._shared_artists()
+        self._all_artists = self._artists + self._shared_artists()
+        return self._all_artists
 
     def describe(self) -> list[str]:
         lines = [source.describe() for source in self.sources]
