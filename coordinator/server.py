@@ -224,6 +224,7 @@ def _serve_process(config: Config, listener: socket.socket, index: int, ready: C
     `ready()` is called once the app is made; process 0 also sweeps unused files and prints the addresses."""
     from .app import create_app
 
+    _limit_malloc_arenas()  # before the threads of the app and the server are made
     try:
         app = create_app(config)
         server, gate = _http_server(app, config)
@@ -295,6 +296,24 @@ def _http_server(app: Flask, config: Config) -> tuple[uvicorn.Server, Gate]:
     # Its per-request warnings (a malformed request) would let anyone fill the log; its errors still show.
     logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
     return uvicorn.Server(uvicorn_config), gate
+
+
+def _limit_malloc_arenas() -> None:
+    """Let the threads share two of glibc's malloc arenas instead of one each.
+
+    Each of the coordinator's threads (HTTP, transfers, frame files, the store) that allocates gets an arena of its
+    own by default, up to 8 per core, and memory freed in one is not reused by another: 16 farm-wide reads at once
+    left their peaks in as many arenas. Elsewhere than glibc this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return
 
 
 def _tune_garbage_collector() -> None:
