@@ -60,11 +60,16 @@ class RequestTimeout(RenderQError, status=408):
 
 def database_refusal(error: Exception, unreachable: bool = False) -> tuple[int, str]:
     """The (status, sentence) a database error is answered with: a database that cannot be reached now
-    (`unreachable`, as its engine says) is a 503, on which a client of a cluster moves to another coordinator; a
-    full disk says so (its transaction rolled back, nothing was stored); any other is a server error, to be logged
-    with its traceback."""
+    (`unreachable`, as its engine says) is a 503, on which a client of a cluster moves to another coordinator, and
+    so is a write that lost to another coordinator's locks; a full disk says so (its transaction rolled back,
+    nothing was stored); any other is a server error, to be logged with its traceback."""
     if unreachable:
         return 503, "the coordinator cannot reach its database now; try again, or another coordinator of the farm"
+    # PostgreSQL: a write that waited too long for (or deadlocked on) rows another coordinator holds, even after the
+    # batcher's turns gave way (lock_not_available, deadlock_detected, serialization_failure). Undone; worth again.
+    if getattr(error, "sqlstate", None) in ("55P03", "40P01", "40001"):
+        return 503, ("the farm's database is busy with the same rows on another coordinator: nothing was changed; "
+                     "try again")
     # SQLite says "database or disk is full"; PostgreSQL gives SQLSTATE 53100 (disk_full).
     if "full" in str(error).lower() or getattr(error, "sqlstate", None) == "53100":
         return 507, ("the coordinator's disk is full: nothing was changed; free space on its data dir and try "

@@ -197,3 +197,17 @@ def test_a_named_artist_added_on_the_database_works_on_every_coordinator_at_once
             assert status == 200, answer
         again = add_artist(farm.database, str(tmp_path / "cli"), "dave")
         assert again.returncode == 2 and "already a token for 'dave'" in again.stderr
+
+
+def test_a_write_that_lost_to_another_coordinators_locks_is_a_503_to_try_again():
+    # What the cluster throughput run met: after its turns gave way five times, a log append on a task row another
+    # coordinator kept locked failed; it is answered as a busy database (clients retry or move on), not as a 500.
+    from psycopg import errors as psycopg_errors
+
+    from coordinator.errors import database_refusal
+
+    for error in (psycopg_errors.LockNotAvailable("canceling statement due to lock timeout"),
+                  psycopg_errors.DeadlockDetected("deadlock detected")):
+        status, sentence = database_refusal(error)
+        assert status == 503 and "busy" in sentence and "nothing was changed" in sentence
+    assert database_refusal(psycopg_errors.DataException("bad"))[0] == 500
