@@ -132,8 +132,9 @@ def test_refusals_arrive_as_typed_errors_keeping_their_status(running):
 
 def _local_port(client: CoordinatorClient) -> int:
     """The local port of the client's one idle connection."""
-    assert len(client._idle) == 1
-    sock: socket.socket = client._idle[0].sock
+    idle = client._pool._idle  # (address, connection) pairs of the client's pool (renderq/addresses.py)
+    assert len(idle) == 1
+    sock: socket.socket = idle[0][1].sock
     return sock.getsockname()[1]
 
 
