@@ -13,6 +13,7 @@ lease, nothing lost or doubled; the coordinators' logs together must hold no tra
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import os
 import signal
@@ -108,11 +109,9 @@ class ClusterSoak(Soak):
         while True:
             if not child.running:
                 raise SoakError(f"{child.name} exited at start:\n" + child.log_text()[-3000:])
-            try:
+            with contextlib.suppress(OSError):  # not listening yet
                 if api.call("GET", "/health", timeout=2)[0] == 200:
                     return
-            except OSError:
-                pass
             if time.monotonic() > deadline:
                 raise SoakError(f"{child.name} did not answer /health within {seconds:g} s")
             time.sleep(0.2)

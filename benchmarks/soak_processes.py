@@ -3,6 +3,7 @@ thawed together with everything it started, and the /proc readings the soak take
 
 from __future__ import annotations
 
+import contextlib
 import collections
 import os
 import signal
@@ -40,13 +41,10 @@ def descendants(pid: int) -> list[int]:
 
 def rss_bytes(pid: int) -> int:
     """Resident memory of one process; 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
     return 0
 
 
@@ -101,10 +99,8 @@ class Child:
 
     def _signal_groups(self, groups: list[int], signum: int) -> None:
         for group in groups:
-            try:
+            with contextlib.suppress(OSError):  # the group is gone already
                 os.killpg(group, signum)
-            except OSError:
-                pass
 
     def kill(self) -> list[int]:
         """SIGKILL the child and everything it started, reap it; returns processes below it that survived."""
@@ -115,10 +111,8 @@ class Child:
             self.freezes.append((self._frozen_since, time.time()))
         self.frozen_groups, self.thaw_at = [], None
         if self.popen is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
         survivors = []
         deadline = time.monotonic() + 5.0
         for pid in below:
@@ -126,10 +120,8 @@ class Child:
                 time.sleep(0.05)
             if _alive(pid):
                 survivors.append(pid)
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
         return survivors
 
     def freeze(self, seconds: float) -> None:
@@ -153,18 +145,14 @@ class Child:
         if self.frozen_groups:
             self.thaw()
         if self.running:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(self.popen.pid, signum)
-            except OSError:
-                pass
 
     def wait_stopped(self, deadline: float) -> None:
         if self.popen is None:
             return
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
         self.kill()
 
     def log_text(self) -> str:

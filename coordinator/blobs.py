@@ -13,6 +13,7 @@ in-process lock is enough.
 
 from __future__ import annotations
 
+import abc
 import collections
 import contextlib
 import hashlib
@@ -55,7 +56,7 @@ def looks_like_blend(head: bytes) -> bool:
     return any(head.startswith(magic) for magic in BLEND_MAGICS)
 
 
-class ContentStore:
+class ContentStore(abc.ABC):
     """What every engine shares: files named by their SHA-256, uploads spooled and hashed in `root`/incoming before
     they are published, reservations and the orphan sweep. An engine supplies the primitives marked below."""
 
@@ -79,13 +80,13 @@ class ContentStore:
 
     # -- what an engine supplies ------------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def size(self, sha256: str) -> int | None:
         """The stored file's size in bytes, or None when it is not stored."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def open(self, sha256: str) -> BinaryIO:
         """The stored file for reading (NotFound when it is not stored)."""
-        raise NotImplementedError
 
     def local_path(self, sha256: str) -> str | None:
         """The stored file's path on the coordinator's disk, or None when it is kept elsewhere."""
@@ -105,25 +106,25 @@ class ContentStore:
         """Count a direct upload (see upload_target) as the file `sha256` once it is checked: (sha256, size)."""
         raise BadRequest("this coordinator keeps its files itself: upload through POST /upload_file")
 
+    @abc.abstractmethod
     def _publish(self, temp_path: str, sha256: str) -> None:
         """Make the verified spooled file at temp_path the stored file of sha256 (called with it reserved)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _remove(self, sha256: str) -> int | None:
         """Delete a stored file; its size, or None if it was not there."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _refresh(self, sha256: str) -> bool:
         """Start the stored file's grace period as an orphan over; False when it is not stored."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _stored_at(self, sha256: str) -> float | None:
         """When the file was last published or refreshed (a time.time() value), or None when it is not stored."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _list_after(self, start: str, limit: int) -> list[tuple[str, float]]:
         """(sha256, stored at) of up to `limit` stored files in hash order, each hash after `start`."""
-        raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------------------------------
 

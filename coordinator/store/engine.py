@@ -8,6 +8,7 @@ engine-specific lives in sqlite.py or postgres.py, nowhere else; engines.py pick
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,7 +40,7 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
-class Engine:
+class Engine(abc.ABC):
     """One database engine: how to connect, and the SQL that differs from SQLite's (see the module docstring)."""
 
     name = ""
@@ -59,15 +60,17 @@ class Engine:
     # The exceptions the engine's driver raises for a database error.
     errors: tuple[type[Exception], ...] = ()
 
+    @abc.abstractmethod
     def connect(self) -> Database:
         """A new connection in autocommit mode (transactions are opened with `begin`)."""
-        raise NotImplementedError
 
     def take_write_turn(self) -> None:
         """Before a group of writers opens its transaction: wait for the other processes' groups (see SQLite's)."""
+        return None
 
     def give_write_turn(self) -> None:
         """After the group's COMMIT or ROLLBACK: the next process's group may begin."""
+        return None
 
     def is_broken(self, db: Database) -> bool:
         """Whether the connection was lost (the server restarted), so a new one must be made."""
@@ -77,29 +80,30 @@ class Engine:
         """An index hint after a table name (SQLite's planner needs some; PostgreSQL has none and needs none)."""
         return ""
 
+    @abc.abstractmethod
     def in_list(self, param: str) -> str:
         """The condition "is one of the values of the list parameter `param`" (`?` or `:name`), after a column."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def list_value(self, values: Sequence[Any]) -> Any:
         """A list of values as the engine takes it for in_list's parameter."""
-        raise NotImplementedError
 
     def json_length(self, column: str) -> str:
         """The number of items of the JSON array held as text in `column`."""
         return f"json_array_length({column})"
 
+    @abc.abstractmethod
     def table_columns(self, db: Database, table: str) -> list[str]:
         """The names of a table's columns, in order."""
-        raise NotImplementedError
 
     def commit_failed(self, error: BaseException) -> BaseException:
-        """The error every writer of a group commit whose COMMIT failed is given (engines with group_commit)."""
-        raise NotImplementedError
+        """The error every writer of a group commit whose COMMIT failed is given (engines with group_commit; the
+        others never commit for several writers, so the failure is their own)."""
+        return error
 
+    @abc.abstractmethod
     def upgrade(self) -> list[str]:
         """Apply the migrations the database has not had yet; returns their ids, in order."""
-        raise NotImplementedError
 
     def is_unreachable(self, error: BaseException) -> bool:
         """Whether `error` says the database cannot be reached now (a server restarting, a cut network): the
@@ -110,6 +114,7 @@ class Engine:
     def give_way(self, db: Database) -> None:
         """Inside a batch's transaction: from now on a statement that waits long for another session's row lock
         fails (is_lock_conflict) instead of waiting. Nothing to do where one process owns the database."""
+        return None
 
     def is_lock_conflict(self, error: BaseException) -> bool:
         """Whether `error` is a write that gave way to (or deadlocked with) another session's locks: undone, and
@@ -131,11 +136,13 @@ class Engine:
     def notify(self, db: Database, channel: str, payload: str) -> None:
         """Tell every other coordinator on the database listening on `channel` (outside a transaction: at once).
         Nobody else shares a SQLite file, so there is no one to tell."""
+        return None
 
     def listen(self, channel: str, on_message: Callable[[str | None], None], stop: threading.Event) -> None:
         """Call `on_message(payload)` for each notification on `channel` until `stop` is set, and
         `on_message(None)` whenever some may have been missed (the link to the database was lost). Returns at
         once where there are no other coordinators."""
+        return None
 
 
 def is_postgres_url(database: str) -> bool:

@@ -3,6 +3,7 @@ news of an admin's change that their status pages show."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -21,10 +22,8 @@ class FarmQueries(StoreConnection):
         and their pages see it at their next poll interval anyway."""
         if not self.engine.shared:
             return
-        try:
+        with contextlib.suppress(*self.engine.errors):
             self.engine.notify(self.read(), channel, payload)
-        except self.engine.errors:
-            pass
 
     def follow_announcements(self, channel: str, on_message: Callable[[str | None], None],
                              stop: threading.Event) -> None:
