@@ -62,13 +62,20 @@ def test_a_migration_lock_left_by_a_killed_coordinator_does_not_stop_the_next_st
     assert Store(database).migrations_applied == []
 
 
-@on_postgres
-def test_one_coordinator_at_a_time_sweeps_expired_leases(database):
+def two_schedulers(database: str, frames: int) -> tuple[list[float], Scheduler, Scheduler, int]:
+    """Two coordinators' schedulers on one database with one clock (`clock_now[0]`, to move), and a task of
+    `frames` frames submitted through the first: (clock_now, first, second, task_id)."""
     clock_now = [1000.0]
     first = Scheduler(Store(database), Policy(), clock=lambda: clock_now[0])
     second = Scheduler(Store(database), Policy(), clock=lambda: clock_now[0])
     task_id = first.submit_task(TaskSpec(name="shot", files=[TaskFile("shot.blend", "a" * 64, 100)],
-                                         main_file="shot.blend", frame_start=1, frame_end=2))["task_id"]
+                                         main_file="shot.blend", frame_start=1, frame_end=frames))["task_id"]
+    return clock_now, first, second, task_id
+
+
+@on_postgres
+def test_one_coordinator_at_a_time_sweeps_expired_leases(database):
+    clock_now, first, second, task_id = two_schedulers(database, frames=2)
     worker_id = first.register_worker("w", "host", "3.4.1", 2)["worker_id"]
     first.claim(worker_id)
     clock_now[0] += 3600  # the worker went silent long ago
@@ -83,11 +90,7 @@ def test_one_coordinator_at_a_time_sweeps_expired_leases(database):
 def test_a_lease_taken_back_by_one_coordinator_is_refused_by_the_other(database):
     from coordinator.errors import Conflict
 
-    clock_now = [1000.0]
-    first = Scheduler(Store(database), Policy(), clock=lambda: clock_now[0])
-    second = Scheduler(Store(database), Policy(), clock=lambda: clock_now[0])
-    task_id = first.submit_task(TaskSpec(name="shot", files=[TaskFile("shot.blend", "a" * 64, 100)],
-                                         main_file="shot.blend", frame_start=1, frame_end=1))["task_id"]
+    clock_now, first, second, task_id = two_schedulers(database, frames=1)
     silent = first.register_worker("silent", "host", "3.4.1", 2)["worker_id"]
     lease, _ = first.claim(silent)
     clock_now[0] += 3600
