@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .store import Store
+from .store.task_writes import settled
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class Batcher:
         except Exception as problem:  # noqa: BLE001 - the COMMIT failed: no call of the turn happened
             log.warning("a turn of %d worker calls could not be committed: %s", len(turn), problem)
             return [(future, None, problem) for _, future, _ in turn], []
-        return outcomes, gave_way
+        # The log sizes the turn's answers promise were written at its end (store/task_writes.py).
+        return [(future, settled(result), problem) for future, result, problem in outcomes], gave_way
 
 
 def _settle(outcomes: list[_Outcome]) -> None:

@@ -173,3 +173,23 @@ def test_turns_of_coordinators_on_one_database_never_deadlock(database, db_engin
     assert sorted(done) == sorted((task_id, frame) for task_id in tasks for frame in range(1, 41))
     for task_id in tasks:
         assert schedulers[1].task_detail(task_id, with_frames=False)["status"] == "done"
+
+
+def test_a_call_undone_in_a_turn_leaves_nothing_on_its_tasks_row(database):
+    # A turn writes task rows (log, done count) at its end: a call whose savepoint was rolled back must not have
+    # its share written there.
+    scheduler = Scheduler(Store(database), Policy())
+    task_id = scheduler.submit_task(TaskSpec(name="shot", files=[TaskFile("shot.blend", "a" * 64, 100)],
+                                             main_file="shot.blend", frame_start=1, frame_end=2))["task_id"]
+    worker_id = scheduler.register_worker("w", "host", "3.4.1", 2)["worker_id"]
+    with scheduler.store.batch():
+        kept = scheduler.append_log(task_id, worker_id, "kept\n")
+        lease, _ = scheduler.claim(worker_id)
+        with pytest.raises(Boom), scheduler.store.transaction():
+            scheduler.append_log(task_id, worker_id, "undone\n")
+            scheduler.finish_frame(worker_id, task_id, lease["frame"], lease["lease_id"], ("f.png", "b" * 64, 1))
+            raise Boom
+    assert kept.size == 5
+    assert scheduler.read_log(task_id, 0)["text"] == "kept\n"
+    task = scheduler.task_detail(task_id, with_frames=False)
+    assert task["status"] == "running" and task["progress"]["done"] == 0 and task["progress"]["leased"] == 1

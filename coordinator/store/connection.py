@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from .engine import Database, Engine
 from .engines import engine_for
 from .sqlite import BUSY_TIMEOUT_MS
+from .task_writes import TaskRowWrites
 
 # How long the checkpoint's last step waits for readers (writers wait for it meanwhile).
 CHECKPOINT_WAIT_MS = 20
@@ -141,10 +142,18 @@ class StoreConnection:
         with self.transaction() as db:
             self._local.batch = db
             self._local.batch_blocks = 0
+            self._local.task_writes = TaskRowWrites()
             try:
                 yield
+                self.engine.wait_for_locks(db)
+                self._local.task_writes.write(db)
             finally:
                 self._local.batch = None
+                self._local.task_writes = None
+
+    def task_writes(self) -> TaskRowWrites | None:
+        """Where this thread's batch gathers its writes to task rows (task_writes.py); None outside a batch."""
+        return getattr(self._local, "task_writes", None)
 
     @contextlib.contextmanager
     def _batch_savepoint(self, outer: Database) -> Iterator[None]:
@@ -154,8 +163,13 @@ class StoreConnection:
             # The batch holds the first block's row locks now: waiting for another batch that waits for these
             # would be a deadlock, so the blocks after it wait only briefly.
             self.engine.give_way(outer)
-        with _savepoint(outer):
-            yield
+        mark = self._local.task_writes.mark()
+        try:
+            with _savepoint(outer):
+                yield
+        except BaseException:
+            self._local.task_writes.undo_to(mark)
+            raise
 
     @contextlib.contextmanager
     def _own_transaction(self) -> Iterator[Database]:

@@ -116,6 +116,11 @@ class Engine(abc.ABC):
         fails (is_lock_conflict) instead of waiting. Nothing to do where one process owns the database."""
         return None
 
+    def wait_for_locks(self, db: Database) -> None:
+        """Inside a batch's transaction, undoing give_way: the batch's last statements (its task rows, see
+        task_writes.py) wait for row locks as long as the engine's default."""
+        return None
+
     def is_lock_conflict(self, error: BaseException) -> bool:
         """Whether `error` is a write that gave way to (or deadlocked with) another session's locks: undone, and
         to be run again."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .connection import StoreConnection
+from .task_writes import LogEnd
 
 
 class FileQueries(StoreConnection):
@@ -59,8 +60,12 @@ class FileQueries(StoreConnection):
 
     # -- logs -----------------------------------------------------------------------------------------------------
 
-    def append_log(self, task_id: int, text: str) -> int:
-        """Append to a task's log; returns the log's new size in bytes."""
+    def append_log(self, task_id: int, text: str) -> int | LogEnd:
+        """Append to a task's log; returns the log's new size in bytes (in a batch, a LogEnd: known once the batch
+        has written its task rows, see task_writes.py)."""
+        writes = self.task_writes()
+        if writes is not None:
+            return writes.append_log(task_id, text)
         size = len(text.encode("utf-8"))
         with self.transaction() as db:
             # The task's row is updated first: it stays locked until the COMMIT, so appends to one log (from any

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .connection import StoreConnection
 from .engine import Database
 from .rows import FRAME_COLUMNS, OutputNameTaken, finish_task_if_complete, output_holder, record_failure, requeue
+from .task_writes import TaskRowWrites
 
 # Whether the worker (named parameters name, version, allows_python, worker_id, blocked_at) may take a frame of the
 # open task t now: assigned to it (or to anyone), the right Blender, Python allowed if needed, not blocked, and a
@@ -102,11 +103,15 @@ class FrameQueries(StoreConnection):
             ).fetchone()
             if frame is None:
                 return None
-            db.execute(
-                "UPDATE tasks SET status = 'running', started_at = coalesce(started_at, ?) "
-                "WHERE task_id = ? AND status = 'queued'",
-                (now, task_id),
-            )
+            writes = self.task_writes()
+            if writes is not None:
+                writes.start(task_id, now)
+            else:
+                db.execute(
+                    "UPDATE tasks SET status = 'running', started_at = coalesce(started_at, ?) "
+                    "WHERE task_id = ? AND status = 'queued'",
+                    (now, task_id),
+                )
             return dict(frame)
 
     def mark_rendering(
@@ -150,7 +155,8 @@ class FrameQueries(StoreConnection):
     ) -> dict | None:
         """Finish a frame exactly once: the update only matches while this lease is live."""
         with self.transaction() as db:
-            return _mark_done(db, task_id, frame, lease_id, worker_id, started_at, ended_at, render_seconds, now)
+            return _mark_done(db, self.task_writes(), task_id, frame, lease_id, worker_id, started_at, ended_at,
+                              render_seconds, now)
 
     def finish_frame(
         self, task_id: int, frame: int, lease_id: str, worker_id: int, output: tuple[str, str, str, int],
@@ -171,7 +177,8 @@ class FrameQueries(StoreConnection):
             ).rowcount
             if not updated:
                 return None
-            return _mark_done(db, task_id, frame, lease_id, worker_id, started_at, ended_at, render_seconds, now)
+            return _mark_done(db, self.task_writes(), task_id, frame, lease_id, worker_id, started_at, ended_at,
+                              render_seconds, now)
 
     def mark_failed(
         self, task_id: int, frame: int, lease_id: str, worker_id: int, error: str, log_tail: str,
@@ -210,9 +217,10 @@ class FrameQueries(StoreConnection):
             )
 
 
-def _mark_done(db: Database, task_id: int, frame: int, lease_id: str, worker_id: int,
+def _mark_done(db: Database, writes: TaskRowWrites | None, task_id: int, frame: int, lease_id: str, worker_id: int,
                started_at: float | None, ended_at: float, render_seconds: float | None, now: float) -> dict | None:
-    """Mark a frame with an output done and count it, inside the caller's transaction; None if the lease is gone."""
+    """Mark a frame with an output done and count it, inside the caller's transaction (the task's count at the end
+    of the batch, if there is one: task_writes.py); None if the lease is gone."""
     row = db.execute(
         f"UPDATE frames SET status = 'done', started_at = coalesce(?, started_at), ended_at = ?, "
         f"render_seconds = ?, lease_expires = NULL, render_deadline = NULL, error = NULL, "
@@ -225,11 +233,14 @@ def _mark_done(db: Database, task_id: int, frame: int, lease_id: str, worker_id:
     ).fetchone()
     if row is None:
         return None
-    db.execute("UPDATE tasks SET frames_done = frames_done + 1 WHERE task_id = ?", (task_id,))
     db.execute(
         "UPDATE workers SET frames_done = frames_done + 1, "
         "render_seconds_total = render_seconds_total + coalesce(?, 0) WHERE worker_id = ?",
         (render_seconds, worker_id),
     )
-    finish_task_if_complete(db, task_id, now)
+    if writes is not None:
+        writes.count_done(task_id, now)
+    else:
+        db.execute("UPDATE tasks SET frames_done = frames_done + 1 WHERE task_id = ?", (task_id,))
+        finish_task_if_complete(db, task_id, now)
     return dict(row)

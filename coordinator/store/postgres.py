@@ -96,6 +96,11 @@ class PostgresEngine(Engine):
     def give_way(self, db: Database) -> None:
         db.execute(f"SET LOCAL lock_timeout = {BATCH_LOCK_WAIT_MS}")
 
+    def wait_for_locks(self, db: Database) -> None:
+        # Every turn takes task rows last and in task order, so none waits for another in a circle; a wait
+        # with a session outside the turns (an admin's change) is PostgreSQL's deadlock check's to break.
+        db.execute("SET LOCAL lock_timeout = DEFAULT")
+
     def is_lock_conflict(self, error: BaseException) -> bool:
         return getattr(error, "sqlstate", None) in LOCK_CONFLICTS
 
