@@ -300,6 +300,12 @@ class Periodic(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             return  # the late word of a connection this caller had already let go of
         self.transport = None
+        if self.stopped:
+            # Closed by stop() at the end of the run: the call in flight is dropped, neither sent again nor counted
+            # as the coordinator's error (runs with many calls in flight at the end counted hundreds so).
+            self.waiting = False
+            self.coordinator.waiting.discard(self)
+            return
         if self.waiting:
             if self.calls and not self.resending and self.request is not None:
                 # Closed by the coordinator as the request went out on a kept-alive connection: sent once more on a
