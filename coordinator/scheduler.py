@@ -21,6 +21,7 @@ from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .policy import Policy
 from .reading import FRAMES_PAGE, MAX_FRAMES_PAGE, FarmReader, no_worker_sentence
 from .store import OutputNameTaken, Store
+from .store.task_writes import LogEnd
 
 __all__ = ["FRAMES_PAGE", "MAX_FRAMES_PAGE", "MAX_FRAMES_PER_TASK", "Policy", "Scheduler", "TaskFile", "TaskSpec",
            "check_timeout"]
@@ -417,7 +418,9 @@ class Scheduler(FarmReader):
 
     # -- logs -----------------------------------------------------------------------------------------------------
 
-    def append_log(self, task_id: int, worker_id: int | None, text: str) -> int:
+    def append_log(self, task_id: int, worker_id: int | None, text: str) -> int | LogEnd:
+        """Append to the task's log: its size after the append (in a turn of worker calls, a LogEnd the turn fills
+        in once it has written it)."""
         self._task(task_id)
         if worker_id is not None:
             self._worker(worker_id)
