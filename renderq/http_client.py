@@ -489,13 +489,15 @@ class CoordinatorClient:
         return self.request("POST", "/retry_failed_frames", json_body={"task_id": task_id})
 
     def download_frame(self, task_id: int, frame: int, dest_dir: str, expected_sha256: str | None = None,
-                       save_as: str | None = None) -> str:
-        """Save a done frame into `dest_dir` under its Blender name (or `save_as`) and return the path.
+                       save_as: str | None = None, preview: bool = False) -> str:
+        """Save a done frame into `dest_dir` under its Blender name (or `save_as`) and return the path; with
+        `preview`, the image of it a page shows (its PNG preview when it has one) under the name it is sent with.
 
-        A name that could leave `dest_dir` is refused. With `expected_sha256` (the frame's output_sha256), a file
-        that does not match is refused too.
+        A name that could leave `dest_dir` is refused. With `expected_sha256` (the frame's output_sha256, or its
+        preview_sha256), a file that does not match is refused too.
         """
-        conn, response = self._open("GET", "/download_frame", params={"task_id": task_id, "frame": frame})
+        params = {"task_id": task_id, "frame": frame, "inline": "true" if preview else None}
+        conn, response = self._open("GET", "/download_frame", params=params)
         try:
             name = save_as or response.headers.get_filename()
             if not is_safe_file_name(name):
