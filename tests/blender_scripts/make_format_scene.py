@@ -3,10 +3,12 @@ it. Runs INSIDE Blender:
 
     blender -b --factory-startup -Y --python make_format_scene.py -- --out scene.blend [options]
 
-Standalone on purpose (only `bpy` and the standard library). On top of the demo's scene it can set the output's
-colour depth, add view layers with passes (for multilayer EXR), a second camera and a second scene with a camera
+Standalone on purpose (only `bpy` and the standard library). On top of the demo's scene it can set the render
+engine, the output's colour depth, add view layers with passes (for multilayer EXR), a second camera and a second scene with a camera
 of its own, and turn off the metadata Blender writes that differs from one render to the next (date, time, render
-time, the .blend's path), so that two renders of one frame are byte for byte the same file.
+time, the .blend's path), so that two renders of one frame are byte for byte the same file. Cycles also writes
+its render and synchronization times per view layer into the metadata, which no setting turns off: frames that
+must be byte for byte the same are rendered with Workbench or EEVEE.
 """
 
 import math
@@ -23,6 +25,8 @@ import make_scene  # importable only once its folder is on the path above
 def make_parser():
     parser = make_scene.make_parser(prog="make_format_scene.py")
     parser.add_argument("--color-depth", default="", help="the output's colour depth (8, 16, 32...)")
+    parser.add_argument("--engine", default="", help="BLENDER_WORKBENCH or BLENDER_EEVEE instead of Cycles, which "
+                        "writes its render times into the file's metadata")
     parser.add_argument("--passes", action="store_true",
                         help="a second view layer and a few passes (Z, normal, mist) on both layers")
     parser.add_argument("--camera", default="", help="the name of a second camera in the scene, looking down")
@@ -65,6 +69,7 @@ def add_scene(main: bpy.types.Scene, name: str) -> None:
             other.collection.objects.link(obj)
     other.world = main.world
     other.render.engine = main.render.engine
+    other.eevee.taa_render_samples = main.eevee.taa_render_samples
     other.cycles.device = "CPU"
     other.cycles.samples = main.cycles.samples
     other.cycles.use_denoising = False
@@ -81,6 +86,9 @@ if __name__ == "__main__":
     arguments = make_parser().parse_args(make_scene.script_args(sys.argv))
     built_scene, _torus = make_scene.build(arguments)
     steady_metadata(built_scene)
+    if arguments.engine:
+        built_scene.render.engine = arguments.engine
+        built_scene.eevee.taa_render_samples = 4
     if arguments.color_depth:
         built_scene.render.image_settings.color_depth = arguments.color_depth
     if arguments.passes:
