@@ -32,7 +32,7 @@ class BlendScenes:
 
 
 def _name(block: blendfile.BlendFileBlock) -> str:
-    return block.id_name[2:].decode("utf-8", "replace")
+    return (block.id_name or b"")[2:].decode("utf-8", "replace")
 
 
 def read_scenes(path: str) -> BlendScenes | None:

@@ -55,7 +55,8 @@ class ProgressReader:
     """A file wrapper that reports how many bytes an HTTP request has read from it so far, for an upload's
     progress."""
 
-    def __init__(self, stream: BinaryIO, total: int, progress: Callable[[int, int], None] | None) -> None:
+    def __init__(self, stream: BinaryIO | PrefixedStream, total: int,
+                 progress: Callable[[int, int], None] | None) -> None:
         self._stream = stream
         self._total = total
         self._progress = progress

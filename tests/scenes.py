@@ -78,9 +78,10 @@ def make_format_scene(path: str, *, engine: str = "", color_depth: str = "", pas
     """The demo's scene (`scene`: renderq.scenes.make_scene's options, file_format among them) saved at `path`,
     with none of the metadata that differs between two renders of a frame, so a frame rendered twice is the same
     file. `engine` renders with BLENDER_WORKBENCH or BLENDER_EEVEE instead of Cycles (whose render times go into
-    the file's metadata, so two Cycles renders of a frame always differ there). `color_depth` sets the output's depth; `passes` adds a second view layer ("Background") and Z, normal
-    and mist passes; `camera` a second camera of that name looking down; `scene_name` a second scene of that name
-    with the same objects and its own camera (`<scene_name>Cam`)."""
+    the file's metadata, so two Cycles renders of a frame always differ there). `color_depth` sets the output's
+    depth; `passes` adds a second view layer ("Background") and Z, normal and mist passes; `camera` a second
+    camera of that name looking down; `scene_name` a second scene of that name with the same objects and its own
+    camera (`<scene_name>Cam`)."""
     options: list[str] = ["--engine", engine] if engine else []
     if color_depth:
         options += ["--color-depth", color_depth]

@@ -279,7 +279,7 @@ def render_frame(scene: bpy.types.Scene, frame: int, frame_set: bool = True) -> 
         error = f"{type(exc).__name__}: {exc}"
     state, current = current, None
     ok = error is None and state.written_path is not None and os.path.isfile(state.written_path)
-    preview = make_preview(scene, state.written_path) if ok and needs_preview(scene) else None
+    preview = make_preview(scene, str(state.written_path)) if ok and needs_preview(scene) else None
     print(f"{SYNC_PREFIX}{frame}", flush=True)
     channel.send("finished", frame=frame, ok=ok, error=error, path=state.written_path, canceled=state.canceled,
                  preview=preview)

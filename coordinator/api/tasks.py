@@ -356,6 +356,7 @@ def download_frame():
         # The preview the worker made for a format a browser cannot show (or shows at a great size), else the
         # frame itself when it is such an image.
         name = frame["output"]
+        mimetype: str | None
         if frame.get("preview_sha256"):
             sha256, mimetype, name = frame["preview_sha256"], "image/png", preview_name(name)
         else:

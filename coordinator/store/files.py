@@ -28,8 +28,8 @@ class FileQueries(StoreConnection):
         return usage
 
     def referenced_blobs(self, hashes: Sequence[str]) -> set[str]:
-        """Those of the hashes a stored task uses: a file of its tree, a frame's output or preview, or (tasks from before task
-        trees) its .blend while its files are kept. The orphan sweep deletes only the others."""
+        """Those of the hashes a stored task uses: a file of its tree, a frame's output or preview, or (tasks from
+        before task trees) its .blend while its files are kept. The orphan sweep deletes only the others."""
         listed = self.engine.in_list(":h")
         rows = self.read().execute(
             f"SELECT sha256 FROM task_files WHERE sha256 {listed} UNION "

@@ -4,11 +4,11 @@ it. Runs INSIDE Blender:
     blender -b --factory-startup -Y --python make_format_scene.py -- --out scene.blend [options]
 
 Standalone on purpose (only `bpy` and the standard library). On top of the demo's scene it can set the render
-engine, the output's colour depth, add view layers with passes (for multilayer EXR), a second camera and a second scene with a camera
-of its own, and turn off the metadata Blender writes that differs from one render to the next (date, time, render
-time, the .blend's path), so that two renders of one frame are byte for byte the same file. Cycles also writes
-its render and synchronization times per view layer into the metadata, which no setting turns off: frames that
-must be byte for byte the same are rendered with Workbench or EEVEE.
+engine, the output's colour depth, add view layers with passes (for multilayer EXR), a second camera and a second
+scene with a camera of its own, and turn off the metadata Blender writes that differs from one render to the next
+(date, time, render time, the .blend's path), so that two renders of one frame are byte for byte the same file.
+Cycles also writes its render and synchronization times per view layer into the metadata, which no setting turns
+off: frames that must be byte for byte the same are rendered with Workbench or EEVEE.
 """
 
 import math
