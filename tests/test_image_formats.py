@@ -207,3 +207,15 @@ def test_a_preview_that_is_not_a_png_or_not_whole_is_refused(farm, frame_bytes) 
     assert status == 200 and served == preview
     status, whole = farm.api.call("GET", f"/download_frame?task_id={task_id}&frame=1")
     assert status == 200 and whole == frame
+    # Deleting the task's files deletes its previews too: nothing of the frame stays in the store.
+    preview_sha256 = answer["frame"]["preview_sha256"]
+    assert stored_files(farm).count(preview_sha256) == 1
+    farm.api.post("/delete_task_files", {"task_id": task_id})
+    assert preview_sha256 not in stored_files(farm)
+    assert farm.api.call("GET", f"/download_frame?task_id={task_id}&frame=1&inline=1")[0] == 404
+
+
+def stored_files(farm: Farm) -> list[str]:
+    """The names (hashes) of the files in the coordinator's content store."""
+    return [name for folder, _dirs, names in os.walk(os.path.join(farm.data_dir, "files"))
+            if os.path.basename(folder) != "incoming" for name in names]
