@@ -124,3 +124,14 @@ def test_the_addon_submits_the_current_scene_and_its_camera(farm, shot, tmp_path
     downloaded = renderq("download", str(task_id), str(tmp_path / "farm-side"), *farm.cli_flags())
     assert downloaded.returncode == 0, downloaded.stderr
     assert hashes(str(tmp_path / "farm-side")) == local_render(shot, str(tmp_path / "side"), "-S", "Side")
+
+
+@pytest.mark.timeout(300)
+def test_a_task_naming_a_scene_the_file_lacks_fails_on_the_worker_with_the_names(farm, shot) -> None:
+    # Past the submit's check (the API takes any settings): the worker's Blender says what the file has.
+    farm.start_coordinator(*FAST, "--frame-fail-workers", "1")
+    farm.start_worker("w1")
+    task_id = farm.api.submit(shot, 1, 1, settings={"scene": "Nope", "camera": "TopCam"})
+    task = farm.api.wait_task_ended(task_id, 120)
+    assert task["status"] == "failed", task
+    assert "the file has no scene 'Nope'; its scenes: 'Scene', 'Side'" in task["frames"][0]["error"]
