@@ -12,6 +12,7 @@ the body, is refused over HTTP and nothing of the frame is stored.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -245,3 +246,41 @@ def stored_files(farm: Farm) -> list[str]:
     """The names (hashes) of the files in the coordinator's content store."""
     return [name for folder, _dirs, names in os.walk(os.path.join(farm.data_dir, "files"))
             if os.path.basename(folder) != "incoming" for name in names]
+
+
+BPY5_PREVIEW_CHECK = """
+import json, os, sys
+import bpy
+blend, folder, worker = sys.argv[1:4]
+bpy.ops.wm.open_mainfile(filepath=blend)
+sys.path.insert(0, worker)
+import frame_script
+scene = bpy.context.scene
+scene.render.filepath = os.path.join(folder, "f_")
+scene.frame_start = scene.frame_end = 1
+bpy.ops.render.render(animation=True, scene=scene.name)
+before = frame_script._image_settings(scene.render.image_settings)
+preview = frame_script.make_preview(scene, os.path.join(folder, "f_0001.exr"))
+unchanged = before == frame_script._image_settings(scene.render.image_settings)
+print("RESULT " + json.dumps({"preview": preview, "unchanged": unchanged}), flush=True)
+"""
+
+
+def test_the_frame_scripts_preview_works_in_blender_5(tmp_path) -> None:
+    """The frame script's preview in the bpy 5 module (Blender 5 has media types: a multilayer EXR scene's output
+    must become an image for the save and a multilayer EXR again afterwards)."""
+    from addon_ui_scripts.addon_testing import bpy_python_or_none
+
+    bpy_python = bpy_python_or_none()
+    if bpy_python is None:
+        pytest.skip("no Python with the bpy 5 module (scripts/test.sh makes .venv-bpy)")
+    blend = make_format_scene(str(tmp_path / "shot.blend"), blender=BLENDER, frames=1, resolution=RESOLUTION,
+                              file_format="OPEN_EXR_MULTILAYER", passes=True, engine=WORKBENCH)
+    completed = subprocess.run([bpy_python, "-c", BPY5_PREVIEW_CHECK, blend, str(tmp_path / "out"),
+                                os.path.join(ROOT, "worker")], capture_output=True, text=True, timeout=300)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["unchanged"], "the scene's output settings were not put back"
+    with open(result["preview"], "rb") as handle:
+        assert png_size_and_depth(handle.read()) == (*RESOLUTION, 8)
