@@ -285,18 +285,20 @@ class WorkerLoop:
             if result.render_seconds:
                 self._prefetch_timer.note(lease.task_id, float(result.render_seconds))
             waiting_path = self._checked_output(lease, result, turn.rendering_report)
-            preview_path = self._set_aside_preview(lease, result.preview_path) if waiting_path else None
-            if waiting_path is not None:
-                self._wait_for_room(lease)
-                if lease.revoked:
-                    remove_quietly(waiting_path)
-                    remove_quietly(preview_path)
-                    return self._drop(lease, "before delivery")
-                self.reporter.finish(FrameDone(
-                    lease, waiting_path, os.path.basename(str(result.output_path)), result.started_at,
-                    result.ended_at, result.render_seconds, result.log_tail, after=turn.rendering_report,
-                    preview_path=preview_path,
-                ))
+            if waiting_path is None:
+                remove_quietly(result.preview_path)
+                return State.IDLE, None
+            preview_path = self._set_aside_preview(lease, result.preview_path)
+            self._wait_for_room(lease)
+            if lease.revoked:
+                remove_quietly(waiting_path)
+                remove_quietly(preview_path)
+                return self._drop(lease, "before delivery")
+            self.reporter.finish(FrameDone(
+                lease, waiting_path, os.path.basename(str(result.output_path)), result.started_at,
+                result.ended_at, result.render_seconds, result.log_tail, after=turn.rendering_report,
+                preview_path=preview_path,
+            ))
             return State.IDLE, None
         remove_quietly(result.output_path)
         remove_quietly(result.preview_path)
