@@ -122,19 +122,27 @@ class FastRoutes:
         who = (fields["worker_id"], fields["task_id"], fields["frame"], fields["lease_id"])
         filename = file_name(fields["filename"], "the frame's file name")
         scheduler = self._scheduler
+        preview_size = fields.get("preview_size") or 0
+        preview, body = body[:preview_size], body[preview_size:]
+        if preview_size:
+            worker_calls.check_preview(preview, preview_size)
 
-        def check_and_store() -> tuple[dict | None, tuple[str, int]]:
+        def check_and_store() -> tuple[dict | None, tuple[str, int], str | None]:
             # The check only reads (committed rows, on this thread's own connection): no turn of the store thread
             # is needed before the file is stored, and the finish below stays fenced by the lease anyway.
             repeat = scheduler.check_finish(*who, filename)
-            return (repeat, ("", 0)) if repeat is not None else (None, self._store_file(body))
+            if repeat is not None:
+                return repeat, ("", 0), None
+            preview_sha256 = self._store_file(preview)[0] if preview else None
+            return None, self._store_file(body), preview_sha256
 
-        repeat, stored = await asyncio.get_running_loop().run_in_executor(self._files, check_and_store)
+        repeat, stored, preview_sha256 = await asyncio.get_running_loop().run_in_executor(
+            self._files, check_and_store)
         if repeat is not None:
             return {"frame": repeat}
         frame = await self._batcher.call(lambda: scheduler.finish_frame(
             *who, (filename, *stored), started_at=fields.get("started_at"), ended_at=fields.get("ended_at"),
-            render_seconds=fields.get("render_seconds")))
+            render_seconds=fields.get("render_seconds"), preview_sha256=preview_sha256))
         return {"frame": frame}
 
     def _store_file(self, body: bytes) -> tuple[str, int]:

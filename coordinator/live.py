@@ -260,10 +260,10 @@ def farm_sections(scheduler: Scheduler) -> Sections:
 
 def frame_item(frame: dict) -> list[Any]:
     """One frame, compact (a task may have thousands): [status, worker, attempts, started_at, ended_at,
-    render_seconds, output file name, error]."""
+    render_seconds, output file name, error, whether it has a PNG preview (its thumbnail, whatever its format)]."""
     return [frame["status"], frame["worker"], frame["attempts"], frame["started_at"], frame["ended_at"],
             _rounded(frame["render_seconds"], 3), frame["output"] if frame["output_sha256"] else None,
-            frame["error"]]
+            frame["error"], bool(frame.get("preview_sha256"))]
 
 
 def task_sections(scheduler: Scheduler, task_id: int, page: int = 0) -> Sections:

@@ -343,6 +343,7 @@ class FarmReader:
             output_size=frame["output_size"],
             error=frame["error"],
             log_tail=frame["log_tail"],
+            preview_sha256=frame.get("preview_sha256"),
         ).to_dict()
 
 

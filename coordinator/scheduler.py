@@ -333,15 +333,15 @@ class Scheduler(FarmReader):
 
     def finish_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, output: tuple[str, str, int], *,
                      started_at: float | None = None, ended_at: float | None = None,
-                     render_seconds: float | None = None) -> dict:
-        """Store a rendered frame's output (filename, sha256, size) and mark it done: one transaction, fenced by the
-        lease, so a worker that lost its lease changes nothing (Conflict)."""
+                     render_seconds: float | None = None, preview_sha256: str | None = None) -> dict:
+        """Store a rendered frame's output (filename, sha256, size) and its stored preview, if any, and mark it
+        done: one transaction, fenced by the lease, so a worker that lost its lease changes nothing (Conflict)."""
         filename, sha256, size = output
         now = self.clock()
         try:
             row = self.store.finish_frame(task_id, frame, lease_id, worker_id,
                                           (filename, collision_key(filename), sha256, size),
-                                          started_at, ended_at or now, render_seconds, now)
+                                          started_at, ended_at or now, render_seconds, now, preview_sha256)
         except OutputNameTaken as taken:
             raise Conflict(_output_taken_sentence(task_id, frame, filename, taken.frame, taken.output)) from None
         if row is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import Conflict, NotFound, PayloadTooLarge
+from .errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from .scheduler import Scheduler
 
 
@@ -75,3 +75,15 @@ def check_ridden_logs(fields: dict[str, Any], limit: int) -> None:
 def append_log(scheduler: Scheduler, fields: dict[str, Any]) -> dict[str, Any]:
     """POST /append_log: add a chunk of Blender's output to the task's log (its size checked beforehand)."""
     return {"size": scheduler.append_log(fields["task_id"], fields.get("worker_id"), fields["text"])}
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_preview(preview: bytes, size: int) -> None:
+    """A finished frame's preview (the first `preview_size` bytes of the body) must be whole and a PNG: it is
+    served to the page inline as image/png."""
+    if len(preview) < size:
+        raise BadRequest(f"the body holds {len(preview)} bytes, fewer than the preview_size of {size}")
+    if not preview.startswith(PNG_SIGNATURE):
+        raise BadRequest("the frame's preview is not a PNG image")

@@ -426,6 +426,11 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
     )
     submit.add_argument("--step", type=positive_int, metavar="N",
                         help="render every Nth frame of the range (default: the scene's step, else 1)")
+    submit.add_argument("--scene", metavar="NAME",
+                        help="render this scene of the file, with its frame range (default: the scene the file was "
+                             "saved with)")
+    submit.add_argument("--camera", metavar="NAME",
+                        help="render through this camera object (default: the scene's active camera)")
     submit.add_argument("--worker", action="append", metavar="NAME",
                         help="only let this worker render the task; repeat for several (default: any worker)")
     submit.add_argument("--priority", type=int, default=0, metavar="P",

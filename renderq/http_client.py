@@ -23,7 +23,8 @@ from renderq.client_errors import (Conflict, CoordinatorError, CoordinatorUnreac
                                    Forbidden, Invalid, LeaseLost, NotFound, TooLarge, Unauthorized, Unavailable,
                                    describe_failure, error_for)
 from renderq.addresses import Address, Addresses, IdleConnections
-from renderq.local_files import BLOCK_SIZE, ProgressReader, check_not_link, file_sha256, remove_quietly
+from renderq.local_files import (BLOCK_SIZE, PrefixedStream, ProgressReader, check_not_link, file_sha256,
+                                 remove_quietly)
 from renderq.object_store import REDIRECTS, is_store_connection, open_presigned, send_presigned
 from renderq.paths import is_safe_file_name
 
@@ -307,11 +308,14 @@ class CoordinatorClient:
     # -- files --------------------------------------------------------------------------------------------------
 
     def _upload(self, path_in_api: str, params: dict, file_path: str,
-                progress: Callable[[int, int], None] | None = None, lease_fenced: bool = False) -> dict:
-        with open(file_path, "rb") as stream:
-            total = os.fstat(stream.fileno()).st_size
+                progress: Callable[[int, int], None] | None = None, lease_fenced: bool = False,
+                prefix: bytes = b"") -> dict:
+        """POST a file as the body (after `prefix`, a small part sent first), streamed."""
+        with open(file_path, "rb") as file:
+            total = os.fstat(file.fileno()).st_size + len(prefix)
             if progress is not None:
                 progress(0, total)
+            stream = PrefixedStream(prefix, file) if prefix else file
             # http.client reads the wrapper block by block, so the file never sits whole in memory; an explicit
             # Content-Length keeps it from switching to chunked encoding.
             return self._json_call("POST", path_in_api, params=params, body=ProgressReader(stream, total, progress),
@@ -400,14 +404,19 @@ class CoordinatorClient:
 
     def finish_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, path: str, filename: str, *,
                      started_at: float | None = None, ended_at: float | None = None,
-                     render_seconds: float | None = None) -> dict:
+                     render_seconds: float | None = None, preview_path: str | None = None) -> dict:
         """Deliver a rendered frame in one request (POST /frames/finish): its file under its Blender name
         `filename`, and its done report. Returns {"frame": {...}}; LeaseLost when the lease is gone (nothing of
-        the frame is then stored)."""
+        the frame is then stored). A preview (a small PNG of the frame) goes first in the same body, its size
+        in `preview_size`."""
+        preview = b""
+        if preview_path:
+            with open(preview_path, "rb") as handle:
+                preview = handle.read()
         params = {"worker_id": worker_id, "task_id": task_id, "frame": frame, "lease_id": lease_id,
                   "filename": filename, "started_at": started_at, "ended_at": ended_at,
-                  "render_seconds": render_seconds}
-        return self._upload("/frames/finish", params, path, lease_fenced=True)
+                  "render_seconds": render_seconds, "preview_size": len(preview) or None}
+        return self._upload("/frames/finish", params, path, lease_fenced=True, prefix=preview)
 
     def update_frame(
         self, worker_id: int, task_id: int, frame: int, lease_id: str, status: str, **fields: Any
@@ -480,13 +489,15 @@ class CoordinatorClient:
         return self.request("POST", "/retry_failed_frames", json_body={"task_id": task_id})
 
     def download_frame(self, task_id: int, frame: int, dest_dir: str, expected_sha256: str | None = None,
-                       save_as: str | None = None) -> str:
-        """Save a done frame into `dest_dir` under its Blender name (or `save_as`) and return the path.
+                       save_as: str | None = None, preview: bool = False) -> str:
+        """Save a done frame into `dest_dir` under its Blender name (or `save_as`) and return the path; with
+        `preview`, the image of it a page shows (its PNG preview when it has one) under the name it is sent with.
 
-        A name that could leave `dest_dir` is refused. With `expected_sha256` (the frame's output_sha256), a file
-        that does not match is refused too.
+        A name that could leave `dest_dir` is refused. With `expected_sha256` (the frame's output_sha256, or its
+        preview_sha256), a file that does not match is refused too.
         """
-        conn, response = self._open("GET", "/download_frame", params={"task_id": task_id, "frame": frame})
+        params = {"task_id": task_id, "frame": frame, "inline": "true" if preview else None}
+        conn, response = self._open("GET", "/download_frame", params=params)
         try:
             name = save_as or response.headers.get_filename()
             if not is_safe_file_name(name):

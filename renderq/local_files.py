@@ -55,7 +55,8 @@ class ProgressReader:
     """A file wrapper that reports how many bytes an HTTP request has read from it so far, for an upload's
     progress."""
 
-    def __init__(self, stream: BinaryIO, total: int, progress: Callable[[int, int], None] | None) -> None:
+    def __init__(self, stream: BinaryIO | PrefixedStream, total: int,
+                 progress: Callable[[int, int], None] | None) -> None:
         self._stream = stream
         self._total = total
         self._progress = progress
@@ -72,3 +73,27 @@ class ProgressReader:
         if self._progress is not None and data:
             self._progress(self._sent, self._total)
         return data
+
+
+class PrefixedStream:
+    """`prefix` followed by a file's bytes, read as one stream: a small part that goes first in a request body."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO) -> None:
+        self._prefix = prefix
+        self._stream = stream
+        self._offset = 0  # within the prefix; past it, the file is read
+
+    def seek(self, offset: int) -> None:
+        """Only back to the start (for a body sent again)."""
+        if offset != 0:
+            raise ValueError("a prefixed stream seeks only back to its start")
+        self._offset = 0
+        self._stream.seek(0)
+
+    def read(self, size: int = -1) -> bytes:
+        if self._offset < len(self._prefix):
+            end = len(self._prefix) if size < 0 else min(len(self._prefix), self._offset + size)
+            data = self._prefix[self._offset:end]
+            self._offset = end
+            return data
+        return self._stream.read(size)

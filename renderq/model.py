@@ -214,6 +214,7 @@ class Frame(_Record):
     output_size: int | None = None
     error: str | None = None
     log_tail: str | None = None
+    preview_sha256: str | None = None  # a small PNG of the frame (GET /download_frame?inline=1), when it has one
 
     _nested: ClassVar[dict[str, Callable[[Any], Any]]] = {"status": _status(FrameStatus)}
 
@@ -408,6 +409,7 @@ class FrameResult(_Record):
     aborted: bool = False  # True when abort() stopped it
     timed_out: bool = False  # True when a limit of render() stopped it
     needs_python: bool = False  # True when refused because the file holds Python this session may not run
+    preview_path: str | None = None  # a small PNG of the frame, for a format a browser cannot show (frame_script.py)
 
     @classmethod
     def failure(cls, frame: int, error: str, log_tail: str = "") -> FrameResult:

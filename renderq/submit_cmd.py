@@ -24,6 +24,7 @@ from renderq.progress import ProgressLine, StepTimes, bar, format_bytes, printab
 from renderq.task_view import download_done_frames, progress_of, report_outcome, wait_for_task
 
 if TYPE_CHECKING:
+    from renderq.blend_scenes import BlendScenes
     from renderq.packing import PackResult
 
 # Files above this size get an upload progress line; small ones go up before a line would be readable.
@@ -91,11 +92,35 @@ def frames_to_submit(blend: Path, args: argparse.Namespace) -> tuple[int, int, i
     if args.frames is not None:
         frame_start, frame_end = args.frames
         return frame_start, frame_end, step
-    found = read_from_file(str(blend)) or _frame_range_from_blender(blend)
+    named = scenes_in_file(blend, args).frame_ranges.get(args.scene) if getattr(args, "scene", None) else None
+    found = named or read_from_file(str(blend)) or _frame_range_from_blender(blend)
     frame_start, frame_end, scene_step = found
     if frame_end < frame_start:
         raise UsageError(f"the scene in {blend} ends at frame {frame_end} before it starts; give --frames")
     return frame_start, frame_end, step or max(1, scene_step)
+
+
+def scenes_in_file(blend: Path, args: argparse.Namespace) -> BlendScenes:
+    """The file's scenes and cameras, checked against --scene and --camera: UsageError naming those it has when it
+    lacks one, or when the file cannot be read to check."""
+    # Imported here: BAT is only needed by `submit`, and other commands should start fast.
+    from renderq.blend_scenes import read_scenes, refusal
+
+    found = read_scenes(str(blend))
+    if found is None:
+        raise UsageError(f"the scenes and cameras of {blend} could not be read to check --scene and --camera")
+    problem = refusal(found, blend.name, args.scene, args.camera)
+    if problem:
+        raise UsageError(problem)
+    return found
+
+
+def render_settings(blend: Path, args: argparse.Namespace) -> dict[str, str]:
+    """The task's settings: the scene and camera to render, checked against the file, when given."""
+    if not (args.scene or args.camera):
+        return {}
+    scenes_in_file(blend, args)
+    return {name: value for name, value in (("scene", args.scene), ("camera", args.camera)) if value}
 
 
 def _frame_range_from_blender(blend: Path) -> tuple[int, int, int]:
@@ -118,10 +143,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not blend.is_file():
         raise UsageError(f"{args.file} is not a file")
     timings = StepTimes(args.timings)
+    settings = render_settings(blend, args)
     frame_range = frames_to_submit(blend, args)
     client = make_client(args)
     line = ProgressLine()
-    submitted = pack_and_submit(blend, frame_range, args, client, line, timings)
+    submitted = pack_and_submit(blend, frame_range, args, client, line, timings, settings)
     if submitted is None:
         return EXIT_INTERRUPTED
     task_id = submitted["task_id"]
@@ -146,7 +172,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def pack_and_submit(blend: Path, frame_range: tuple[int, int, int | None], args: argparse.Namespace,
-                    client: CoordinatorClient, line: ProgressLine, timings: StepTimes) -> dict | None:
+                    client: CoordinatorClient, line: ProgressLine, timings: StepTimes,
+                    settings: dict[str, str] | None = None) -> dict | None:
     """Pack, refuse what must not go up, upload what the coordinator lacks and submit; the task, or None when the
     artist interrupted it (nothing was submitted then)."""
     timings.mark("start-up")
@@ -167,7 +194,8 @@ def pack_and_submit(blend: Path, frame_range: tuple[int, int, int | None], args:
             name=args.name or blend.stem, blender_version=blender_version,
             blender_version_exact=args.blender_version is not None, missing_assets=list(packed.missing),
             frame_start=frame_start, frame_end=frame_end, frame_step=step or 1, priority=args.priority,
-            workers=list(args.worker or []), submitted_by=current_user(), settings={}, **timeouts_and_python(args),
+            workers=list(args.worker or []), submitted_by=current_user(), settings=dict(settings or {}),
+            **timeouts_and_python(args),
         )
         try:
             submit_plan = submit.plan(client, packed)

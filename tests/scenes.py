@@ -15,7 +15,7 @@ from typing import Any
 from renderq.scenes import SceneError
 from renderq.scenes import make_scene as make_demo_scene
 
-__all__ = ["MAKE_TEST_SCENE_SCRIPT", "SceneError", "make_scene"]
+__all__ = ["MAKE_FORMAT_SCENE_SCRIPT", "MAKE_TEST_SCENE_SCRIPT", "SceneError", "make_format_scene", "make_scene"]
 
 MAKE_TEST_SCENE_SCRIPT = Path(os.path.dirname(os.path.abspath(__file__))) / "blender_scripts" / "make_test_scene.py"
 
@@ -68,3 +68,27 @@ def make_scene(
             raise ValueError("frame_samples must all be at least 1")
         options += ["--frame-samples", ",".join(str(int(count)) for count in frame_samples)]
     return make_demo_scene(path, script=MAKE_TEST_SCENE_SCRIPT, script_options=options, **scene)
+
+
+MAKE_FORMAT_SCENE_SCRIPT = MAKE_TEST_SCENE_SCRIPT.with_name("make_format_scene.py")
+
+
+def make_format_scene(path: str, *, engine: str = "", color_depth: str = "", passes: bool = False,
+                      camera: str = "", scene_name: str = "", **scene: Any) -> str:
+    """The demo's scene (`scene`: renderq.scenes.make_scene's options, file_format among them) saved at `path`,
+    with none of the metadata that differs between two renders of a frame, so a frame rendered twice is the same
+    file. `engine` renders with BLENDER_WORKBENCH or BLENDER_EEVEE instead of Cycles (whose render times go into
+    the file's metadata, so two Cycles renders of a frame always differ there). `color_depth` sets the output's
+    depth; `passes` adds a second view layer ("Background") and Z, normal and mist passes; `camera` a second
+    camera of that name looking down; `scene_name` a second scene of that name with the same objects and its own
+    camera (`<scene_name>Cam`)."""
+    options: list[str] = ["--engine", engine] if engine else []
+    if color_depth:
+        options += ["--color-depth", color_depth]
+    if passes:
+        options.append("--passes")
+    if camera:
+        options += ["--camera", camera]
+    if scene_name:
+        options += ["--scene", scene_name]
+    return make_demo_scene(path, script=MAKE_FORMAT_SCENE_SCRIPT, script_options=options, **scene)

@@ -147,6 +147,8 @@ class BlenderSession:
         allow_python: bool = False,
         stop_grace: float = 5.0,
         hidden_values: Collection[str] = (),
+        scene: str = "",
+        camera: str = "",
     ) -> None:
         self.blender = blender
         self.blend_path = os.path.abspath(blend_path)
@@ -158,6 +160,8 @@ class BlenderSession:
         self.stop_grace = stop_grace
         # Secrets of the worker (its token) that must not reach Blender's environment under any name.
         self.hidden_values = tuple(hidden_values)
+        # The scene and camera object the task names ("": the file's own).
+        self.scene, self.camera = scene, camera
         self.hello: dict[str, Any] | None = None  # what the script reported once the file was open
         # (frame, wall time) of the last frame Blender began; replaced whole, so other threads read it safely.
         self._started: tuple[int, float] | None = None
@@ -310,6 +314,7 @@ class BlenderSession:
             return self._result(
                 frame, log_start,
                 ok=ok, output_path=events.written_path if ok else None, started_at=events.started_at,
+                preview_path=events.preview_path if ok else None,
                 ended_at=events.ended_at, render_seconds=events.render_seconds,
                 error=events.failure(aborted, self._exit_code()), aborted=aborted,
                 timed_out=events.timed_out is not None and not aborted,
@@ -424,6 +429,11 @@ class BlenderSession:
         ]
         if self.allow_python:
             command.append("--allow-python")
+        # One word each: a name may begin with "-".
+        if self.scene:
+            command.append(f"--scene={self.scene}")
+        if self.camera:
+            command.append(f"--camera={self.camera}")
         return command
 
     def _start_thread(self, target: Callable[..., None], name: str, *args: Any) -> None:

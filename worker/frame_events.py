@@ -48,6 +48,7 @@ class FrameEvents:
     ended_at: float | None = None
     render_seconds: float | None = None
     written_path: str | None = None
+    preview_path: str | None = None
     canceled: bool = False
     finished: dict[str, Any] | None = None
     timed_out: str | None = None
@@ -65,6 +66,7 @@ class FrameEvents:
             self.canceled = True
         elif kind == "finished":
             self.finished = message
+            self.preview_path = message.get("preview") or None
         return self.finished is not None
 
     @property

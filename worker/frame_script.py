@@ -1,7 +1,7 @@
 """Renders frames on request inside one long-lived Blender process. Runs INSIDE Blender:
 
     RENDERQ_SESSION_TOKEN=T blender -b -Y FILE.blend [-t N] --python frame_script.py -- --port P --output-dir DIR
-        [--allow-python]
+        [--allow-python] [--scene NAME] [--camera NAME]
 
 Standalone on purpose: imports only `bpy` and the standard library, since Blender's own Python runs it.
 
@@ -21,13 +21,20 @@ per line, each with a "type". The worker never reads Blender's console to learn 
     script -> worker  started   {frame, time}                     from render_pre
     script -> worker  written   {frame, path, time, render_seconds}   from render_write, the file is on disk
     script -> worker  canceled  {frame, time}                     from render_cancel
-    script -> worker  finished  {frame, ok, error, path, canceled}    once the render operator has returned
+    script -> worker  finished  {frame, ok, error, path, canceled, preview}   once the render operator has returned
     worker -> script  quit      {}
 
 `time` is the wall clock (time.time()); `render_seconds` is measured with a monotonic clock from render_pre to
 render_write. `error` is the render operator's error text, if it raised. The hello carries the token the worker put
 in Blender's environment (not on the command line, which every local user can read), so no other local process can
 pose as this script. On `quit`, or when the connection closes, the script returns and Blender exits.
+
+`preview` is the path of a small 8-bit PNG of the frame (at most PREVIEW_WIDTH pixels wide, the scene's view
+transform applied), saved from the render result for a format a browser cannot show as it is (EXR, HDR, TIFF,
+16-bit PNG, ...); None for 8-bit PNG, JPEG and WebP frames, which are their own preview.
+
+`--scene` renders that scene of the file instead of the one it was saved with; `--camera` renders through that
+camera object. A name the file lacks fails every frame with a sentence listing the names it has.
 
 Before `finished` the script prints a sync line (SYNC_PREFIX + frame) on stdout, so the worker knows it has read
 every console line Blender printed for the frame.
@@ -45,6 +52,10 @@ import bpy
 from bpy.app.handlers import persistent
 
 PROTOCOL = 1
+# Previews are at most this wide (never wider than the frame); their height keeps the frame's aspect.
+PREVIEW_WIDTH = 256
+# Formats a browser shows as they are: such a frame is its own preview. (file_format, color_depth or None for any)
+BROWSER_FORMATS = (("PNG", "8"), ("JPEG", None), ("WEBP", None))
 TOKEN_ENV = "RENDERQ_SESSION_TOKEN"
 SYNC_PREFIX = "\x1erenderq-frame-done "
 
@@ -260,15 +271,142 @@ def render_frame(scene: bpy.types.Scene, frame: int, frame_set: bool = True) -> 
             scene.frame_set(frame)
         scene.frame_start = frame
         scene.frame_end = frame
-        bpy.ops.render.render(animation=True)
+        # Named: the scene chosen with --scene need not be the window's.
+        bpy.ops.render.render(animation=True, scene=scene.name)
     except RuntimeError as exc:
         error = str(exc).strip() or "the render operator failed"
     except Exception as exc:  # noqa: BLE001 - one frame's failure must never end the session
         error = f"{type(exc).__name__}: {exc}"
     state, current = current, None
     ok = error is None and state.written_path is not None and os.path.isfile(state.written_path)
+    preview = make_preview(scene, str(state.written_path)) if ok and needs_preview(scene) else None
     print(f"{SYNC_PREFIX}{frame}", flush=True)
-    channel.send("finished", frame=frame, ok=ok, error=error, path=state.written_path, canceled=state.canceled)
+    channel.send("finished", frame=frame, ok=ok, error=error, path=state.written_path, canceled=state.canceled,
+                 preview=preview)
+
+
+def render_problem(message: str, frame: int) -> None:
+    """Answer a render request with `message` as the frame's error: the session cannot render what it was asked."""
+    print(f"{SYNC_PREFIX}{frame}", flush=True)
+    channel.send("finished", frame=frame, ok=False, error=message, path=None, canceled=False, preview=None)
+
+
+# -- previews -------------------------------------------------------------------------------------------------------
+
+
+def needs_preview(scene: bpy.types.Scene) -> bool:
+    """Whether the scene's frames need a PNG preview: every format but those a browser shows as they are."""
+    settings = scene.render.image_settings
+    return not any(settings.file_format == name and depth in (None, settings.color_depth)
+                   for name, depth in BROWSER_FORMATS)
+
+
+def preview_path(frame_path: str) -> str:
+    """Where a frame's preview is saved: beside it, under a hidden name no frame of Blender's naming can have."""
+    return os.path.join(os.path.dirname(frame_path), f".renderq-preview-{os.path.basename(frame_path)}.png")
+
+
+def _image_settings(settings) -> dict:
+    """The scene's output format settings, every one that can be set, so they can be put back exactly."""
+    values = {}
+    for prop in settings.bl_rna.properties:
+        if prop.is_readonly or prop.type in ("POINTER", "COLLECTION") or prop.identifier == "rna_type":
+            continue
+        values[prop.identifier] = getattr(settings, prop.identifier)
+    return values
+
+
+def _restore_image_settings(settings, values: dict) -> None:
+    # The kind of file first (Blender 5's media_type, then the format): each limits what the others may be.
+    for name in ("media_type", "file_format"):
+        if name in values:
+            setattr(settings, name, values[name])
+    for name, value in values.items():
+        try:
+            setattr(settings, name, value)
+        except (AttributeError, TypeError, ValueError):
+            pass  # a setting this format does not have
+
+
+def _save_render_result_png(scene: bpy.types.Scene, path: str) -> None:
+    """Save the render result as an 8-bit PNG with the scene's view transform, as Blender would write a PNG frame.
+
+    `save_render` takes the scene's own output settings (another scene has no render result to save), so they are
+    switched to PNG for the save and put back exactly afterwards: the next frame is written as before.
+    """
+    settings = scene.render.image_settings
+    saved = _image_settings(settings)
+    try:
+        if "media_type" in saved:
+            settings.media_type = "IMAGE"
+        settings.file_format = "PNG"
+        settings.color_mode = "RGBA"
+        settings.color_depth = "8"
+        settings.compression = 0  # a temporary file: speed over size
+        bpy.data.images["Render Result"].save_render(filepath=path, scene=scene)
+    finally:
+        _restore_image_settings(settings, saved)
+
+
+def make_preview(scene: bpy.types.Scene, frame_path: str) -> str | None:
+    """Save a small PNG of the frame just rendered beside it; its path, or None (printed why) when that failed.
+
+    Made from the render result Blender holds, not from the written file, which may be a multilayer EXR no image
+    loader shows as one picture. The full-size PNG is loaded, scaled down and saved again, then removed.
+    """
+    final = preview_path(frame_path)
+    full = final + ".full.png"
+    image = None
+    try:
+        remove_leftover(final)
+        remove_leftover(full)
+        _save_render_result_png(scene, full)
+        image = bpy.data.images.load(full, check_existing=False)
+        width, height = image.size
+        if width > PREVIEW_WIDTH:
+            image.scale(PREVIEW_WIDTH, max(1, round(height * PREVIEW_WIDTH / width)))
+        image.filepath_raw = final
+        image.file_format = "PNG"
+        image.save()
+        return final if os.path.isfile(final) else None
+    except Exception as error:  # noqa: BLE001 - a frame without a preview is still a good frame
+        print(f"renderq: no preview of {os.path.basename(frame_path)}: {error}", flush=True)
+        return None
+    finally:
+        if image is not None:
+            bpy.data.images.remove(image)
+        if os.path.isfile(full):
+            os.remove(full)
+
+
+# -- scenes and cameras -----------------------------------------------------------------------------------------
+
+
+def _names(collection) -> str:
+    return ", ".join(repr(item.name) for item in collection) or "none"
+
+
+def chosen_scene(name: str) -> tuple[bpy.types.Scene, str | None]:
+    """The scene to render (the named one, else the one the file was saved with) and a sentence when the file has
+    no scene of that name."""
+    if not name:
+        return bpy.context.scene, None
+    scene = bpy.data.scenes.get(name)
+    if scene is None:
+        return bpy.context.scene, f"the file has no scene {name!r}; its scenes: {_names(bpy.data.scenes)}"
+    return scene, None
+
+
+def choose_camera(scene: bpy.types.Scene, name: str) -> str | None:
+    """Make the named camera object the scene's camera; a sentence when the file has no camera of that name."""
+    if not name:
+        return None
+    cameras = [obj for obj in bpy.data.objects if obj.type == "CAMERA"]
+    camera = next((obj for obj in cameras if obj.name == name), None)
+    if camera is None:
+        return f"the file has no camera {name!r}; its cameras: {_names(cameras)}"
+    scene.camera = camera
+    return None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -277,6 +415,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--allow-python", action="store_true", help="let the file's own Python run")
+    parser.add_argument("--scene", default="", help="the scene to render; the file's own by default")
+    parser.add_argument("--camera", default="", help="the camera object to render through; the scene's by default")
     return parser.parse_args(argv)
 
 
@@ -288,7 +428,8 @@ def main() -> None:
     python_found = python_in_file()
     if args.allow_python:
         open_with_scripts(bpy.data.filepath)
-    scene = bpy.context.scene
+    scene, problem = chosen_scene(args.scene)
+    problem = problem or choose_camera(scene, args.camera)
     original_output = scene.render.filepath
     os.makedirs(args.output_dir, exist_ok=True)
     scene.render.filepath = output_filepath(original_output, args.output_dir)
@@ -317,7 +458,9 @@ def main() -> None:
             message = channel.receive()
             if message is None or message.get("type") == "quit":
                 break
-            if message.get("type") == "render":
+            if message.get("type") == "render" and problem:
+                render_problem(problem, int(message["frame"]))
+            elif message.get("type") == "render":
                 render_frame(scene, int(message["frame"]), frame_set=animated_settings)
     finally:
         for handlers, handler in HANDLERS:

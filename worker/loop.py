@@ -285,17 +285,23 @@ class WorkerLoop:
             if result.render_seconds:
                 self._prefetch_timer.note(lease.task_id, float(result.render_seconds))
             waiting_path = self._checked_output(lease, result, turn.rendering_report)
-            if waiting_path is not None:
-                self._wait_for_room(lease)
-                if lease.revoked:
-                    remove_quietly(waiting_path)
-                    return self._drop(lease, "before delivery")
-                self.reporter.finish(FrameDone(
-                    lease, waiting_path, os.path.basename(str(result.output_path)), result.started_at,
-                    result.ended_at, result.render_seconds, result.log_tail, after=turn.rendering_report,
-                ))
+            if waiting_path is None:
+                remove_quietly(result.preview_path)
+                return State.IDLE, None
+            preview_path = self._set_aside_preview(lease, result.preview_path)
+            self._wait_for_room(lease)
+            if lease.revoked:
+                remove_quietly(waiting_path)
+                remove_quietly(preview_path)
+                return self._drop(lease, "before delivery")
+            self.reporter.finish(FrameDone(
+                lease, waiting_path, os.path.basename(str(result.output_path)), result.started_at,
+                result.ended_at, result.render_seconds, result.log_tail, after=turn.rendering_report,
+                preview_path=preview_path,
+            ))
             return State.IDLE, None
         remove_quietly(result.output_path)
+        remove_quietly(result.preview_path)
         if lease.revoked:
             return self._drop(lease, "while rendering")
         if result.aborted or self.control.stopping:
@@ -381,6 +387,7 @@ class WorkerLoop:
             allow_python=python,
             stop_grace=self.settings.abort_grace,
             hidden_values=self.reporter.hidden_values,
+            **scene_and_camera(lease),
         )
         self._session, self._session_task_id, self._session_python = session, lease.task_id, python
         log.info(
@@ -537,3 +544,28 @@ class WorkerLoop:
         remove_quietly(path)
         self.reporter.finish(FrameFailed(lease, error, result.log_tail or "", after=rendering_report))
         return None
+
+    def _set_aside_preview(self, lease: Lease, path: str | None) -> str | None:
+        """Where the frame's preview waits for delivery (a plain file of the task's output folder, renamed as the
+        frame is), or None: a frame without a preview is still delivered, the page then shows none."""
+        if not path or not os.path.isfile(path):
+            return None
+        try:
+            self.cache.check_output_file(lease.task_id, path)
+            waiting = os.path.join(os.path.dirname(path), f".sending-{self._outputs_sent}-preview.png")
+            os.replace(path, waiting)
+            return waiting
+        except (CacheError, OSError) as exc:
+            log.warning("%s: its preview is not sent: %s", lease, exc)
+            remove_quietly(path)
+            return None
+
+
+def scene_and_camera(lease: Lease) -> dict[str, str]:
+    """The session options for the scene and camera the task names; none when it names neither (the file's own)."""
+    options = {}
+    for name in ("scene", "camera"):
+        value = lease.settings.get(name)
+        if isinstance(value, str) and value:
+            options[name] = value
+    return options

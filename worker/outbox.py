@@ -40,6 +40,8 @@ class FrameDone:
     log_tail: str = ""
     # The frame's "rendering" report, which must reach the coordinator before "done".
     after: Future | None = None
+    # A small PNG of the frame (for a format a browser cannot show), delivered in the same request.
+    preview_path: str | None = None
 
 
 @dataclass

@@ -353,6 +353,7 @@ class Reporter:
         finally:
             if isinstance(result, FrameDone):
                 remove_quietly(result.path)
+                remove_quietly(result.preview_path)
             self.held.drop(lease)
             self.settled.put(lease.task_id)
             self.shipper.flush()
@@ -367,6 +368,7 @@ class Reporter:
                 lambda: self.client.finish_frame(
                     self.registered_id, lease.task_id, lease.frame, lease.lease_id, done.path, done.filename,
                     started_at=done.started_at, ended_at=done.ended_at, render_seconds=done.render_seconds,
+                    preview_path=done.preview_path,
                 ),
                 give_up=give_up,
             )

@@ -29,7 +29,8 @@ WORKERS_INTERVAL = 5.0
 _TIMER_INTERVAL = 1.0
 # What only a task's detail (GET /task) carries, not the task list's summaries.
 DETAIL_KEYS = ("latest_done", "missing_assets", "settings")
-# A thumbnail is the rendered frame itself; past this size it is not worth fetching just for a preview.
+# A thumbnail is the frame's PNG preview when it has one, else the rendered frame itself; past this size the frame is
+# not worth fetching just for a thumbnail.
 THUMBNAIL_MAX_BYTES = 64 * 1024 * 1024
 # Formats Blender's preview loader reads; others (e.g. multilayer EXR) get no thumbnail.
 _THUMBNAIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".exr", ".tif", ".tiff", ".bmp", ".tga", ".webp", ".hdr")
@@ -182,7 +183,10 @@ def _maybe_fetch_thumbnail(task: dict) -> None:
     if shown is not None and shown[0] == frame.frame:
         return
     name = frame.output if isinstance(frame.output, str) else ""
-    if not name.lower().endswith(_THUMBNAIL_SUFFIXES) or state.as_int(frame.output_size) > THUMBNAIL_MAX_BYTES:
+    # The small PNG the worker made of a frame whose format a browser cannot show (a multilayer EXR among them).
+    preview = bool(frame.preview_sha256)
+    if not preview and (not name.lower().endswith(_THUMBNAIL_SUFFIXES)
+                        or state.as_int(frame.output_size) > THUMBNAIL_MAX_BYTES):
         return
     try:
         settings = _settings()
@@ -190,12 +194,12 @@ def _maybe_fetch_thumbnail(task: dict) -> None:
         return
     frame_number = frame.frame
     folder = os.path.join(_thumbnails_folder(), f"task-{task_id}-frame-{frame_number}")
-    expected = frame.output_sha256
+    expected = frame.preview_sha256 if preview else frame.output_sha256
 
     def work(_progress: Any) -> str:
         os.makedirs(folder, exist_ok=True)
         coordinator = settings.client(timeout=client.TRANSFER_TIMEOUT)
-        return coordinator.download_frame(task_id, frame_number, folder, expected_sha256=expected)
+        return coordinator.download_frame(task_id, frame_number, folder, expected_sha256=expected, preview=preview)
 
     def done(path: str) -> None:
         _show_thumbnail(task_id, frame_number, path)

@@ -61,6 +61,10 @@ class SubmitRequest:
     allow_outside: bool
     blender_version: str
     submitted_by: str
+    scene: str = ""
+    """The scene the artist is looking at, which the farm renders (the file may have been saved with another)."""
+    camera: str = ""
+    """Its active camera's object name; empty when it has none."""
 
 
 @dataclass
@@ -144,6 +148,8 @@ def check(context: bpy.types.Context) -> SubmitRequest:
         allow_outside=settings_of_scene.allow_outside,
         blender_version=blender_major_minor(),
         submitted_by=client.current_user(),
+        scene=scene.name,
+        camera=scene.camera.name if scene.camera is not None else "",
     )
 
 
@@ -332,13 +338,18 @@ def run(request: SubmitRequest, progress: Callable[[Any], None]) -> SubmitOutcom
                 "priority": request.priority,
                 "workers": list(request.workers),
                 "submitted_by": request.submitted_by,
-                "settings": {},
+                "settings": scene_settings(request),
             }, report)
             return SubmitOutcome(task=task, missing=missing, files_total=submit_plan.files_total,
                                  files_uploaded=uploaded.files, bytes_uploaded=uploaded.bytes)
     finally:
         if request.copy_path:
             remove_copy(request.copy_path)
+
+
+def scene_settings(request: SubmitRequest) -> dict[str, str]:
+    """The task's settings naming the scene and camera to render (what the worker's frame script takes)."""
+    return {name: value for name, value in (("scene", request.scene), ("camera", request.camera)) if value}
 
 
 # -- results, on the main thread -----------------------------------------------------------------------------------

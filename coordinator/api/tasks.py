@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable
 
@@ -213,10 +214,30 @@ def finish_frame():
     repeat = _scheduler().check_finish(*who, filename)
     if repeat is not None:
         return jsonify({"frame": repeat})
+    preview_sha256 = _store_preview(fields.get("preview_size") or 0)
     sha256, size = _store_frame_file()
     frame = _scheduler().finish_frame(*who, (filename, sha256, size), started_at=fields.get("started_at"),
-                                      ended_at=fields.get("ended_at"), render_seconds=fields.get("render_seconds"))
+                                      ended_at=fields.get("ended_at"), render_seconds=fields.get("render_seconds"),
+                                      preview_sha256=preview_sha256)
     return jsonify({"frame": frame})
+
+
+def _store_preview(size: int) -> str | None:
+    """The frame's preview, the first `size` bytes of the body (the contract caps it at 1 MiB), checked and
+    stored; its sha256, or None when the worker sent none. The frame's file follows in the stream."""
+    if not size:
+        return None
+    parts: list[bytes] = []
+    left = size
+    while left > 0:
+        part = request.stream.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    preview = b"".join(parts)
+    worker_calls.check_preview(preview, size)
+    return _blobs().put_stream(io.BytesIO(preview), limit=size)[0]
 
 
 def _store_frame_file() -> tuple[str, int]:
@@ -332,14 +353,28 @@ def download_frame():
         raise NotFound(f"frame {number} of task {task_id} is not rendered yet ({frame['status']})")
     sha256 = frame["output_sha256"]
     if inline:
-        mimetype = _inline_type(sha256)
+        # The preview the worker made for a format a browser cannot show (or shows at a great size), else the
+        # frame itself when it is such an image.
+        name = frame["output"]
+        mimetype: str | None
+        if frame.get("preview_sha256"):
+            sha256, mimetype, name = frame["preview_sha256"], "image/png", preview_name(name)
+        else:
+            mimetype = _inline_type(sha256)
         if mimetype is None:
             raise BadRequest(f"frame {number} of task {task_id} ({frame['output']}) is not an image a browser "
                              "can show; download it instead")
         # A done frame's file never changes (a re-render gets a new hash), so the browser may keep it a while.
         # Sent by the coordinator, never redirected: the page's own origin and these headers must hold.
-        response = send_blob(sha256, frame["output"], direct=False, mimetype=mimetype, max_age=3600, etag=sha256)
+        response = send_blob(sha256, name, direct=False, mimetype=mimetype, max_age=3600, etag=sha256)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
         return response
     return send_blob(sha256, frame["output"], as_attachment=True, mimetype="application/octet-stream", max_age=0)
+
+
+def preview_name(output: str) -> str:
+    """The name a frame's preview is sent under: the frame's own name with `.preview.png` in place of its
+    extension (f_0001.exr -> f_0001.preview.png)."""
+    stem = output.rsplit(".", 1)[0] if "." in output.lstrip(".") else output
+    return f"{stem}.preview.png"

@@ -28,12 +28,13 @@ class FileQueries(StoreConnection):
         return usage
 
     def referenced_blobs(self, hashes: Sequence[str]) -> set[str]:
-        """Those of the hashes a stored task uses: a file of its tree, a frame's output, or (tasks from before task
-        trees) its .blend while its files are kept. The orphan sweep deletes only the others."""
+        """Those of the hashes a stored task uses: a file of its tree, a frame's output or preview, or (tasks from
+        before task trees) its .blend while its files are kept. The orphan sweep deletes only the others."""
         listed = self.engine.in_list(":h")
         rows = self.read().execute(
             f"SELECT sha256 FROM task_files WHERE sha256 {listed} UNION "
             f"SELECT output_sha256 FROM frames WHERE output_sha256 {listed} UNION "
+            f"SELECT preview_sha256 FROM frames WHERE preview_sha256 {listed} UNION "
             "SELECT blend_sha256 FROM tasks WHERE main_file = '' AND files_deleted_at IS NULL "
             f"AND blend_sha256 {listed}",
             {"h": self.engine.list_value(hashes)},
@@ -44,16 +45,19 @@ class FileQueries(StoreConnection):
         """Drop an ended task's file records; returns the hashes no other task still uses (safe to delete)."""
         with self.transaction() as db:
             hashes = {r["sha256"] for r in db.execute("SELECT sha256 FROM task_files WHERE task_id = ?", (task_id,))}
-            hashes |= {r["output_sha256"] for r in db.execute(
-                "SELECT output_sha256 FROM frames WHERE task_id = ? AND output_sha256 IS NOT NULL", (task_id,))}
+            for column in ("output_sha256", "preview_sha256"):
+                hashes |= {r[0] for r in db.execute(
+                    f"SELECT {column} FROM frames WHERE task_id = ? AND {column} IS NOT NULL", (task_id,))}
             db.execute("DELETE FROM task_files WHERE task_id = ?", (task_id,))
-            db.execute("UPDATE frames SET output_sha256 = NULL, output_size = NULL WHERE task_id = ?", (task_id,))
+            db.execute("UPDATE frames SET output_sha256 = NULL, output_size = NULL, preview_sha256 = NULL "
+                       "WHERE task_id = ?", (task_id,))
             db.execute("UPDATE tasks SET files_deleted_at = ? WHERE task_id = ?", (now, task_id))
             unused = []
             for sha256 in sorted(hashes):
                 used = db.execute(
                     "SELECT 1 FROM task_files WHERE sha256 = ? UNION ALL "
-                    "SELECT 1 FROM frames WHERE output_sha256 = ? LIMIT 1", (sha256, sha256)).fetchone()
+                    "SELECT 1 FROM frames WHERE output_sha256 = ? UNION ALL "
+                    "SELECT 1 FROM frames WHERE preview_sha256 = ? LIMIT 1", (sha256, sha256, sha256)).fetchone()
                 if used is None:
                     unused.append(sha256)
             return unused

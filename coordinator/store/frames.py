@@ -138,7 +138,8 @@ class FrameQueries(StoreConnection):
             if holder is not None:
                 raise OutputNameTaken(holder["frame"], holder["output"])
             row = db.execute(
-                f"UPDATE frames SET output = ?, output_key = ?, output_sha256 = ?, output_size = ? "
+                f"UPDATE frames SET output = ?, output_key = ?, output_sha256 = ?, output_size = ?, "
+                f"preview_sha256 = NULL "
                 f"WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering') "
                 f"RETURNING {FRAME_COLUMNS}",
                 (filename, key, sha256, size, task_id, frame, lease_id),
@@ -161,19 +162,21 @@ class FrameQueries(StoreConnection):
     def finish_frame(
         self, task_id: int, frame: int, lease_id: str, worker_id: int, output: tuple[str, str, str, int],
         started_at: float | None, ended_at: float, render_seconds: float | None, now: float,
+        preview_sha256: str | None = None,
     ) -> dict | None:
-        """Record the frame's output (filename, collision key, sha256, size) and mark it done in one transaction,
-        fenced by the lease: None (and nothing written) when the lease is not live; OutputNameTaken as
-        record_output."""
+        """Record the frame's output (filename, collision key, sha256, size) and its preview, if any, and mark it
+        done in one transaction, fenced by the lease: None (and nothing written) when the lease is not live;
+        OutputNameTaken as record_output."""
         filename, key, sha256, size = output
         with self.transaction() as db:
             holder = output_holder(self.engine, db, task_id, frame, key)
             if holder is not None:
                 raise OutputNameTaken(holder["frame"], holder["output"])
             updated = db.execute(
-                "UPDATE frames SET output = ?, output_key = ?, output_sha256 = ?, output_size = ? "
+                "UPDATE frames SET output = ?, output_key = ?, output_sha256 = ?, output_size = ?, "
+                "preview_sha256 = ? "
                 "WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')",
-                (filename, key, sha256, size, task_id, frame, lease_id),
+                (filename, key, sha256, size, preview_sha256, task_id, frame, lease_id),
             ).rowcount
             if not updated:
                 return None

@@ -16,7 +16,7 @@ DETAIL_ONLY_COLUMNS = ("settings", "missing_assets")
 
 FRAME_COLUMNS = (
     "task_id, frame, status, worker_id, lease_id, lease_expires, attempts, failures, started_at, ended_at, "
-    "render_seconds, output, output_sha256, output_size, error, log_tail"
+    "render_seconds, output, output_sha256, output_size, error, log_tail, preview_sha256"
 )
 
 
@@ -44,7 +44,8 @@ def output_holder(engine: Engine, db: Database, task_id: int, frame: int, key: s
 def requeue(db: Database, where: str, params: tuple) -> int:
     cursor = db.execute(
         f"UPDATE frames SET status = 'queued', worker_id = NULL, lease_id = NULL, lease_expires = NULL, "
-        f"render_deadline = NULL, output = NULL, output_sha256 = NULL, output_size = NULL WHERE {where}",
+        f"render_deadline = NULL, output = NULL, output_sha256 = NULL, output_size = NULL, preview_sha256 = NULL "
+        f"WHERE {where}",
         params,
     )
     return cursor.rowcount
@@ -79,7 +80,8 @@ def record_failure(engine: Engine, db: Database, task_id: int, frame: int, lease
         f"attempts = CASE WHEN status = 'leased' THEN attempts + 1 ELSE attempts END, "
         f"status = ?, ended_at = CASE WHEN ? THEN ? ELSE ended_at END, "
         f"worker_id = CASE WHEN ? THEN worker_id ELSE NULL END, lease_id = ?, "
-        f"lease_expires = NULL, render_deadline = NULL, output = NULL, output_sha256 = NULL, output_size = NULL "
+        f"lease_expires = NULL, render_deadline = NULL, output = NULL, output_sha256 = NULL, output_size = NULL, "
+        f"preview_sha256 = NULL "
         f"WHERE task_id = ? AND frame = ? RETURNING {FRAME_COLUMNS}",
         (error, log_tail, "failed" if final else "queued", final, now, final,
          lease_id if final and keep_lease else None, task_id, frame),

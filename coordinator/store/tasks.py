@@ -255,7 +255,7 @@ class TaskQueries(StoreConnection):
             count = db.execute(
                 "UPDATE frames SET status = 'queued', failures = 0, worker_id = NULL, lease_id = NULL, "
                 "lease_expires = NULL, render_deadline = NULL, started_at = NULL, ended_at = NULL, error = NULL, "
-                "log_tail = NULL, output = NULL, output_sha256 = NULL, output_size = NULL "
+                "log_tail = NULL, output = NULL, output_sha256 = NULL, output_size = NULL, preview_sha256 = NULL "
                 "WHERE task_id = ? AND status = 'failed'",
                 (task_id,),
             ).rowcount

@@ -15,7 +15,8 @@
   const SVG = "http://www.w3.org/2000/svg";
 
   let summary = null;
-  let frames = {}; // frame number (string) -> [status, worker, attempts, started_at, ended_at, seconds, output, error]
+  let frames = {}; // frame number (string) -> [status, worker, attempts, started_at, ended_at, seconds, output, error,
+                  // has a PNG preview]
   let latestFrames = {}; // the latest rendered frames, from any page, in the same form
   let framesPage = 0; // the page of frames shown; the coordinator sends one page at a time
   const cells = new Map(); // frame number (string) -> grid button
@@ -25,9 +26,12 @@
   const frameIn = (source, key) => {
     const f = source[key];
     return f && {number: Number(key), status: f[0], worker: f[1], attempts: f[2], started_at: f[3], ended_at: f[4],
-                 seconds: f[5], output: f[6], error: f[7]};
+                 seconds: f[5], output: f[6], error: f[7], preview: Boolean(f[8])};
   };
   const imageUrl = (number) => "/download_frame?task_id=" + taskId + "&frame=" + number + "&inline=1";
+  const fileUrl = (number) => "/download_frame?task_id=" + taskId + "&frame=" + number;
+  // A frame the page can show: one with a PNG preview (EXR, HDR, TIFF, 16-bit PNG...), or an image a browser shows.
+  const hasImage = (frame) => Boolean(frame.output) && (frame.preview || SHOWN_IN_BROWSER.test(frame.output));
 
   // -- summary, progress and actions --------------------------------------------------------------------------------
 
@@ -121,7 +125,8 @@
     const list = el("dl");
     for (const [name, value] of rows) list.append(el("dt", {text: name}), el("dd", {text: value}));
     if (frame.output && frame.status === "done") {
-      const link = el("a", {href: imageUrl(frame.number), target: "_blank", rel: "noopener", text: frame.output});
+      const href = hasImage(frame) ? imageUrl(frame.number) : fileUrl(frame.number);
+      const link = el("a", {href: href, target: "_blank", rel: "noopener", text: frame.output});
       list.append(el("dt", {text: "File"}), el("dd", {}, link));
     }
     if (frame.error) list.append(el("dt", {text: "Error"}), el("dd", {className: "error", text: frame.error}));
@@ -236,7 +241,7 @@
 
   function renderThumbnails() {
     const finished = Object.keys(latestFrames).map((key) => frameIn(latestFrames, key))
-      .filter((f) => f.status === "done" && f.output && SHOWN_IN_BROWSER.test(f.output))
+      .filter((f) => f.status === "done" && hasImage(f))
       .sort((a, b) => (b.ended_at || 0) - (a.ended_at || 0) || b.number - a.number)
       .slice(0, THUMBNAILS);
     const strip = document.getElementById("thumbs");
