@@ -62,12 +62,13 @@ def worker_offers(engines: Iterable[str] | None, has_gpu: bool) -> int:
     return bits | (GPU_BIT if has_gpu else 0)
 
 
-def parse_tags(values: Iterable[str]) -> list[str]:
-    """Tags as given on a command line or in a text field (each may hold several, separated by commas or spaces),
-    lowercased, each once, sorted. Raises ValueError with a sentence for a tag the rule refuses."""
+def parse_tags(values: Iterable[str], split: bool = True) -> list[str]:
+    """Tags as given on a command line or in a text field (with `split`, each value may hold several, separated by
+    commas or spaces), lowercased, each once, sorted. Raises ValueError with a sentence for a tag the rule
+    refuses."""
     tags: set[str] = set()
     for value in values:
-        for tag in re.split(r"[,\s]+", value.strip().lower()):
+        for tag in re.split(r"[,\s]+", value.strip().lower()) if split else [value.lower()]:
             if not tag:
                 continue
             if not _TAG.match(tag):

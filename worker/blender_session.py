@@ -147,6 +147,8 @@ class BlenderSession:
         allow_python: bool = False,
         stop_grace: float = 5.0,
         hidden_values: Collection[str] = (),
+        device_args: Collection[str] = (),
+        task_device: str = "",
     ) -> None:
         self.blender = blender
         self.blend_path = os.path.abspath(blend_path)
@@ -158,6 +160,9 @@ class BlenderSession:
         self.stop_grace = stop_grace
         # Secrets of the worker (its token) that must not reach Blender's environment under any name.
         self.hidden_values = tuple(hidden_values)
+        # The frame script's device arguments: the worker's devices (--device, --gpu) and the task's (--task-device).
+        self.script_args = [*device_args, *(["--task-device", task_device] if task_device else [])]
+        self.extra_env: dict[str, str] = {}  # e.g. DISPLAY, from a session on a virtual display
         self.hello: dict[str, Any] | None = None  # what the script reported once the file was open
         # (frame, wall time) of the last frame Blender began; replaced whole, so other threads read it safely.
         self._started: tuple[int, float] | None = None
@@ -222,6 +227,7 @@ class BlenderSession:
             env = blender_environment(os.environ, self.hidden_values)
             env["PYTHONUNBUFFERED"] = "1"
             env[TOKEN_ENV] = token
+            env.update(self.extra_env)
             try:
                 # In its own process group (a Ctrl-C in the worker's terminal must not reach Blender directly),
                 # and killed with the worker where the system can do that.
@@ -424,7 +430,7 @@ class BlenderSession:
         ]
         if self.allow_python:
             command.append("--allow-python")
-        return command
+        return command + self.script_args
 
     def _start_thread(self, target: Callable[..., None], name: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=f"{name}-{self.pid}", daemon=True)

@@ -381,6 +381,7 @@ class WorkerLoop:
             allow_python=python,
             stop_grace=self.settings.abort_grace,
             hidden_values=self.reporter.hidden_values,
+            task_device=lease.device,
         )
         self._session, self._session_task_id, self._session_python = session, lease.task_id, python
         log.info(

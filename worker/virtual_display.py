@@ -11,10 +11,12 @@ import select
 import shutil
 import subprocess
 import time
+from typing import Any
 
 from renderq import platform
+from worker.blender_session import BlenderSession, SessionError
 
-__all__ = ["DisplayError", "VirtualDisplay", "find_xvfb"]
+__all__ = ["DisplayError", "DisplaySession", "VirtualDisplay", "find_xvfb"]
 
 _START_SECONDS = 15.0
 
@@ -84,3 +86,30 @@ class VirtualDisplay:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
+
+
+class DisplaySession(BlenderSession):
+    """A Blender session on a virtual display of its own: Xvfb starts with the session and stops with it."""
+
+    def __init__(self, *args: Any, xvfb: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.display = VirtualDisplay(xvfb)
+
+    def start(self) -> None:
+        """Start Xvfb, then Blender on it; raises SessionError when either cannot start."""
+        try:
+            self.extra_env = {"DISPLAY": self.display.start()}
+        except DisplayError as exc:
+            raise SessionError(f"no virtual display for Blender: {exc}") from None
+        try:
+            super().start()
+        except BaseException:
+            self.display.stop()
+            raise
+
+    def close(self, grace: float = 5.0) -> None:
+        """Close Blender, then its display."""
+        try:
+            super().close(grace)
+        finally:
+            self.display.stop()

@@ -131,6 +131,6 @@ def check_name(value: str, key: str) -> None:
 def tags(values: list[str]) -> list[str]:
     """Tags under the one rule (renderq.capabilities: lowercased, each once), or a BadRequest with its sentence."""
     try:
-        return parse_tags(values)
+        return parse_tags(values, split=False)
     except ValueError as error:
         raise BadRequest(f"'tags': {error}") from None
