@@ -27,6 +27,24 @@ def test_probe_reports_the_cpu_and_the_engines(farm):
         assert start_line in output
 
 
+def test_sessions_enable_the_devices_and_a_gpu_task_waits_for_a_gpu(farm, scenes):
+    farm.start_coordinator()
+    farm.start_worker("cpu-only", "--device", "CPU")
+    blend = scenes("devices", frames=1, resolution=(32, 18), samples=1)
+    gpu_task = farm.api.submit(blend, 1, 1, device="GPU", render_engine="CYCLES")
+    reason = wait_for(lambda: farm.api.task(gpu_task)["waiting_reason"], 30, "the GPU task's waiting reason")
+    assert reason == "waiting: the task asks for GPU rendering and no live worker renders Cycles on a GPU"
+    cpu_task = farm.api.submit(blend, 1, 1, device="CPU", render_engine="CYCLES")
+    assert farm.api.wait_task_ended(cpu_task, 120)["status"] == "done"
+    log = farm.api.get(f"/get_log?task_id={cpu_task}&offset=0")["text"]
+    cpu_name = farm.api.workers()["cpu-only"]["devices"][0]["name"]
+    assert f"renderq: Cycles renders on {cpu_name}" in log
+    assert farm.api.task(gpu_task)["progress"]["queued"] == 1
+    status, answer = farm.api.call("POST", "/submit_task", {"blend_sha256": "0" * 64, "frame_start": 1,
+                                                            "frame_end": 1, "device": "TPU"})
+    assert status == 400 and "device" in answer["error"]
+
+
 def test_a_device_type_blender_cannot_see_is_refused_naming_the_devices_found(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT, "RENDERQ_TOKEN": "unused"}
     done = subprocess.run(
@@ -66,3 +84,35 @@ def test_a_tagged_task_waits_for_a_worker_with_its_tags(farm, scenes):
     farm.start_worker("untagged")
     assert farm.api.workers()["untagged"]["tags"] == ["gpu", "lighting"]
     assert farm.api.workers()["untagged"]["tags_by_admin"] is True
+
+
+def test_the_page_shows_what_workers_offer_and_an_admin_sets_their_tags(farm):
+    from test_status_browser import CHROMIUM, CHROMIUM_ARGS, Page, sync_playwright
+
+    if sync_playwright is None or CHROMIUM is None:
+        pytest.skip("needs Playwright and Chromium (scripts/setup-browser.sh)")
+    farm.start_coordinator()
+    worker = Api(farm.url, farm.token("worker"))
+    worker.post("/register_worker", {"name": "gpu-node", "blender_version": "3.4.1", "tags": ["lighting"],
+                                     "engines": ["CYCLES", "BLENDER_EEVEE"], "gpu": True,
+                                     "devices": [{"name": "RTX 4090", "type": "OPTIX", "id": "o0", "use": True},
+                                                 {"name": "EPYC", "type": "CPU", "id": "CPU", "use": False}]})
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = Page(browser, farm)
+        try:
+            page.log_in()
+            page.open("/")
+            row = 'tr[data-worker-id] '
+            page.page.wait_for_selector(row + ".tags-form input")
+            offers = page.page.inner_text(row + "td:nth-child(6)")
+            assert "Cycles, EEVEE" in offers and "RTX 4090 (OPTIX)" in offers
+            assert page.page.input_value(row + ".tags-form input") == "lighting"
+            page.page.fill(row + ".tags-form input", "gpu, Lighting")
+            page.page.click(row + ".tags-form button")
+            wait_for(lambda: farm.api.workers()["gpu-node"]["tags"] == ["gpu", "lighting"], 15, "the admin's tags")
+            assert farm.api.workers()["gpu-node"]["tags_by_admin"] is True
+            assert page.errors == []
+        finally:
+            page.close()
+            browser.close()
