@@ -116,3 +116,27 @@ def test_the_page_shows_what_workers_offer_and_an_admin_sets_their_tags(farm):
         finally:
             page.close()
             browser.close()
+
+
+@pytest.mark.parametrize("where", ["blender34", "bpy5"])
+def test_the_addon_submits_the_tags_device_and_engine(farm, tmp_path, where):
+    from addon_ui_scripts.addon_testing import (
+        blender_env, bpy_python_or_none, build_addon_zip, farm_token, run_blender_side, script,
+    )
+
+    python = bpy_python_or_none() if where == "bpy5" else None
+    if where == "bpy5" and python is None:
+        pytest.skip("no Python with the bpy 5 module")
+    farm.start_coordinator()
+    addon_zip = build_addon_zip(str(tmp_path / "addon"))
+    side = [script("submit_requirements.py"), "--", "--zip", addon_zip, "--url", farm.url,
+            "--token", farm_token(farm), "--blend", str(tmp_path / "project" / "scene.blend")]
+    command = [python, *side] if python else [find_blender_or_none(), "-b", "-Y", "--python-exit-code", "1",
+                                              "--python", *side]
+    result, output = run_blender_side(command, blender_env(str(tmp_path / "home")), "the add-on's submit",
+                                      timeout=300)
+    assert result["finished"] is True and result["error"] in (None, ""), (result, output[-3000:])
+    task = farm.api.task(result["task_id"])
+    assert task["tags"] == ["gpu", "lighting"] and task["device"] == "CPU"
+    assert task["render_engine"] == result["engine"]
+    assert result["refusal"] and "is not a usable tag" in result["refusal"], result

@@ -117,6 +117,8 @@ class RENDERQ_PT_submit(_SafePanel, bpy.types.Panel):
             column.prop(settings, "frame_end", text="End")
             column.prop(settings, "frame_step", text="Step")
         layout.prop(settings, "priority")
+        layout.prop(settings, "tags")
+        layout.prop(settings, "device")
         layout.prop(settings, "allow_missing")
         layout.prop(settings, "allow_outside")
         layout.prop(settings, "assignment", expand=True)
