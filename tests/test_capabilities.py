@@ -140,3 +140,22 @@ def test_the_addon_submits_the_tags_device_and_engine(farm, tmp_path, where):
     assert task["tags"] == ["gpu", "lighting"] and task["device"] == "CPU"
     assert task["render_engine"] == result["engine"]
     assert result["refusal"] and "is not a usable tag" in result["refusal"], result
+
+
+def test_the_cli_submits_the_tags_device_and_the_engine_read_from_the_file(farm, scenes, tmp_path):
+    from scenes import with_engine
+
+    farm.start_coordinator()
+    blend = with_engine(scenes("cli-engine", frames=1, resolution=(32, 18), samples=1), "BLENDER_WORKBENCH",
+                        str(tmp_path / "workbench.blend"), find_blender_or_none())
+    done = subprocess.run([sys.executable, "-m", "renderq", "submit", blend, "--tag", "Comp,lighting", "--tag", "gpu",
+                           "--device", "gpu", *farm.cli_flags()], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    task = farm.api.get("/tasks")["tasks"][0]
+    assert task["tags"] == ["comp", "gpu", "lighting"] and task["device"] == "GPU"
+    assert task["render_engine"] == "BLENDER_WORKBENCH"
+    bad = subprocess.run([sys.executable, "-m", "renderq", "submit", blend, "--tag", "a/b", *farm.cli_flags()],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                         timeout=60, check=False)
+    assert bad.returncode == 2 and "'a/b' is not a usable tag" in bad.stderr
