@@ -23,7 +23,7 @@ import time
 import bpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import blender_devices  # noqa: E402 - found next to this script, once the folder is on the path
+import blender_devices  # found next to this script, once the folder is on the path
 
 # EEVEE is BLENDER_EEVEE_NEXT in Blender 4.2 to 4.4 and BLENDER_EEVEE before and after.
 ENGINES = ("CYCLES", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "BLENDER_WORKBENCH")
