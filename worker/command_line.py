@@ -211,18 +211,9 @@ def main(args: argparse.Namespace) -> int:
         log.error("cannot use Blender: %s", exc)
         return 2
     try:
-        tags = tuple(parse_tags(args.tag if args.tag is not None else args.tag_default))
-    except ValueError as exc:
-        log.error("--tag: %s", exc)
-        return 2
-    gpus = args.gpu if args.gpu is not None else args.gpu_default
-    device = args.device or ""
-    if gpus and device in ("", "CPU"):
-        log.error("--gpu needs a GPU --device (%s)", ", ".join(DEVICE_TYPES[1:]))
-        return 2
-    try:
+        tags, device, gpus = _offer_options(args)
         found = probe(blender, device, gpus, hidden_values=(token,) if token else ())
-    except ProbeError as exc:
+    except (ValueError, ProbeError) as exc:
         log.error("%s", exc)
         return 2
     work_dir = args.work_dir or default_work_dir(name)
@@ -252,12 +243,23 @@ def main(args: argparse.Namespace) -> int:
         "worker %s: Blender %s at %s, work folder %s, cache limit %s",
         name, version, blender, work_dir, format_size(args.cache_size),
     )
-    devices, engines = found.summary()
-    log.info("devices: %s", devices)
-    log.info("engines: %s", engines)
-    log.info("tags: %s", ", ".join(tags) or "none")
+    for line in (*found.summary(), "tags: " + (", ".join(tags) or "none")):
+        log.info("%s", line)
     agent.install_signal_handlers()
     return agent.run()
+
+
+def _offer_options(args: argparse.Namespace) -> tuple[tuple[str, ...], str, list[int]]:
+    """(tags, device type, GPU indexes) from the flags or their variables; ValueError with a sentence."""
+    try:
+        tags = tuple(parse_tags(args.tag if args.tag is not None else args.tag_default))
+    except ValueError as exc:
+        raise ValueError(f"--tag: {exc}") from None
+    gpus = args.gpu if args.gpu is not None else args.gpu_default
+    device = args.device or ""
+    if gpus and device in ("", "CPU"):
+        raise ValueError(f"--gpu needs a GPU --device ({', '.join(DEVICE_TYPES[1:])})")
+    return tags, device, gpus
 
 
 def _session_factory(found: Capabilities, device_type: str, gpus: list[int]) -> Callable[..., BlenderSession]:

@@ -73,7 +73,7 @@ class Capabilities:
         return {"devices": devices, "engines": self.usable_engines, "gpu": self.has_gpu}
 
     def summary(self) -> tuple[str, str]:
-        """(devices line, engines line) for the worker's start."""
+        """The worker's start lines: "devices: ...", "engines: ..."."""
         enabled = self.enabled or [device for device in self.devices if device.get("use")]
         devices = (f"Cycles renders on {describe_devices(enabled)}" if enabled
                    else f"Cycles renders on {self.compute_device_type} as Blender's preferences say")
@@ -85,7 +85,7 @@ class Capabilities:
         engines = ", ".join(parts) or "none"
         if self.virtual_display:
             engines += " (on a virtual display: Xvfb)"
-        return devices, engines
+        return f"devices: {devices}", f"engines: {engines}"
 
 
 def probe(blender: str, device_type: str = "", gpus: Sequence[int] = (), *, hidden_values: Collection[str] = (),
