@@ -27,6 +27,7 @@ def test_probe_reports_the_cpu_and_the_engines(farm):
         assert start_line in output
 
 
+@pytest.mark.both_databases
 def test_sessions_enable_the_devices_and_a_gpu_task_waits_for_a_gpu(farm, scenes):
     farm.start_coordinator()
     farm.start_worker("cpu-only", "--device", "CPU")
@@ -56,6 +57,7 @@ def test_a_device_type_blender_cannot_see_is_refused_naming_the_devices_found(tm
     assert "(CPU)" in done.stderr
 
 
+@pytest.mark.both_databases
 def test_a_tagged_task_waits_for_a_worker_with_its_tags(farm, scenes):
     farm.start_coordinator()
     farm.start_worker("untagged")
