@@ -25,6 +25,11 @@ def test_probe_reports_the_cpu_and_the_engines(farm):
     output = worker.output()
     for start_line in ("devices: Cycles renders on", "engines: Cycles, EEVEE, Workbench", "tags: lighting"):
         assert start_line in output
+    listed = subprocess.run([sys.executable, "-m", "renderq", "workers", *farm.cli_flags()], capture_output=True,
+                            text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=60, check=False)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("probed"))
+    assert "(CPU)" in row and "Cycles, EEVEE, Workbench" in row and row.rstrip().endswith("lighting")
 
 
 @pytest.mark.both_databases
