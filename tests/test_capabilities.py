@@ -166,3 +166,21 @@ def test_the_cli_submits_the_tags_device_and_the_engine_read_from_the_file(farm,
                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                          timeout=60, check=False)
     assert bad.returncode == 2 and "'a/b' is not a usable tag" in bad.stderr
+
+
+def test_the_vocabulary_of_engines_devices_and_tags():
+    from renderq.capabilities import ALL_ENGINES, GPU_BIT, parse_tags, task_needs, worker_offers
+
+    assert parse_tags(["GPU, lighting", "gpu comp"]) == ["comp", "gpu", "lighting"]
+    for bad in ("-x", "a/b", "x" * 33, "é"):
+        with pytest.raises(ValueError, match="is not a usable tag"):
+            parse_tags([bad])
+    with pytest.raises(ValueError, match="more than the 32"):
+        parse_tags([f"t{i}" for i in range(33)])
+    eevee_on_gpu = task_needs("BLENDER_EEVEE_NEXT", "GPU")
+    assert eevee_on_gpu == task_needs("BLENDER_EEVEE", "") | GPU_BIT
+    assert task_needs("LUXCORE", "") == 0  # an add-on's engine does not limit the workers
+    offers = worker_offers(["CYCLES", "BLENDER_EEVEE"], has_gpu=True)
+    assert offers & eevee_on_gpu == eevee_on_gpu
+    assert worker_offers(["CYCLES"], has_gpu=False) & eevee_on_gpu != eevee_on_gpu
+    assert worker_offers(None, has_gpu=False) == ALL_ENGINES  # a worker that did not probe keeps every engine

@@ -162,7 +162,8 @@ def _run_once(blender: str, args: list[str], env: dict[str, str]) -> tuple[list[
         command = [blender, "-b", "-Y", "-noaudio", "--python-exit-code", "1", "--python", str(PROBE_SCRIPT),
                    "--", "--out", out, *args]
         try:
-            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, env=env,
+            # In the scratch folder: whatever a crashing Blender leaves behind goes with it.
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, env=env, cwd=folder,
                                   timeout=_PROBE_SECONDS, check=False)
             crash = None if done.returncode == 0 else _last_error(done.stdout + done.stderr, done.returncode)
         except subprocess.TimeoutExpired:
