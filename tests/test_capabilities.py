@@ -162,6 +162,10 @@ def test_the_cli_submits_the_tags_device_and_the_engine_read_from_the_file(farm,
     task = farm.api.get("/tasks")["tasks"][0]
     assert task["tags"] == ["comp", "gpu", "lighting"] and task["device"] == "GPU"
     assert task["render_engine"] == "BLENDER_WORKBENCH"
+    status = subprocess.run([sys.executable, "-m", "renderq", "status", str(task["task_id"]), *farm.cli_flags()],
+                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                            timeout=60, check=False)
+    assert "needs      engine Workbench; device GPU; tags comp, gpu, lighting" in status.stdout, status.stdout
     bad = subprocess.run([sys.executable, "-m", "renderq", "submit", blend, "--tag", "a/b", *farm.cli_flags()],
                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                          timeout=60, check=False)
