@@ -37,7 +37,6 @@ def _offered(body: dict) -> dict:
             "offers": worker_offers(engines, bool(body.get("gpu")))}
 
 
-
 @workers.post("/update_worker")
 @requires("worker")
 def update_worker():
