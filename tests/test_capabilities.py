@@ -188,3 +188,25 @@ def test_the_vocabulary_of_engines_devices_and_tags():
     assert offers & eevee_on_gpu == eevee_on_gpu
     assert worker_offers(["CYCLES"], has_gpu=False) & eevee_on_gpu != eevee_on_gpu
     assert worker_offers(None, has_gpu=False) == ALL_ENGINES  # a worker that did not probe keeps every engine
+
+
+def test_another_site_cannot_set_a_workers_tags_with_the_admins_login(farm):
+    import json
+
+    from test_attacks_web import csrf_of, log_in, send
+
+    farm.start_coordinator()
+    Api(farm.url, farm.token("worker")).post("/register_worker", {"name": "node", "tags": ["own"]})
+    cookie, _ = log_in(farm)
+    csrf = csrf_of(farm, cookie)
+    body = json.dumps({"name": "node", "tags": ["stolen"]})
+    json_type = {"Content-Type": "application/json", "Cookie": cookie}
+    for headers in ({**json_type, "Origin": farm.url},  # no CSRF token
+                    {**json_type, "X-CSRF-Token": csrf, "Origin": "http://evil.example"},
+                    {**json_type, "X-CSRF-Token": "0" * len(csrf), "Origin": farm.url}):
+        status, _, answer = send(farm, "POST", "/set_worker_tags", body, headers)
+        assert status in (400, 403), (headers, status, answer)
+        assert json.loads(answer)["error"]
+    assert farm.api.workers()["node"]["tags"] == ["own"]
+    status, _, _ = send(farm, "POST", "/set_worker_tags", body, {**json_type, "X-CSRF-Token": csrf, "Origin": farm.url})
+    assert status == 200 and farm.api.workers()["node"]["tags"] == ["stolen"]
