@@ -145,6 +145,9 @@ def _run_all(blender: str, args: list[str], env: dict[str, str],
             elif "error" in line:
                 results[line["engine"]] = line["error"]
                 started = None
+        if crash is not None and started is None and not results and len(lines) == 1:
+            # The script failed before any engine: nothing is known, and offering nothing would hide why.
+            raise ProbeError(f"could not probe Blender at {blender}: {crash}")
         if started is None or crash is None:
             return head, results
         # Blender died while rendering `started`: that engine cannot render here; go on without it.
