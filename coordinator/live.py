@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from renderq.capabilities import describe_devices, engine_label
 from renderq.model import TASK_OPEN, page_statuses
 
 from .scheduler import Scheduler
@@ -207,7 +208,16 @@ def worker_item(worker: dict) -> dict[str, Any]:
         "done": worker["frames_done"],
         "failed": worker["frames_failed"],
         "mean": _rounded(worker["mean_frame_seconds"]),
+        **offered_item(worker),
     }
+
+
+def offered_item(worker: dict) -> dict[str, Any]:
+    """What a worker offers, as the page shows it: the devices Cycles renders on (else those Blender sees), its
+    engines by the names people use, its tags and whether an admin set them."""
+    used = [device for device in worker["devices"] if device.get("use")] or worker["devices"]
+    return {"devices": describe_devices(used) if used else "", "engines": [engine_label(e) for e in worker["engines"]],
+            "tags": worker["tags"], "tags_by_admin": worker["tags_by_admin"]}
 
 
 def task_item(task: dict) -> dict[str, Any]:

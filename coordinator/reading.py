@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from renderq.blend_header import key_to_version
+from renderq.capabilities import ALL_ENGINES, GPU_BIT, engine_label
 from renderq.model import TASK_CLAIMABLE, TASK_OPEN, Frame, FrameStatus, TaskStatus, Worker
 
 from . import eta
@@ -118,6 +119,10 @@ class FarmReader:
             frames_done=done,
             frames_failed=worker["frames_failed"],
             mean_frame_seconds=worker["render_seconds_total"] / done if done else None,
+            devices=worker["devices"],
+            engines=worker["engines"],
+            tags=worker["tags"],
+            tags_by_admin=bool(worker["tags_by_admin"]),
         ).to_dict()
 
     def list_tasks(self, status: str | None = None) -> list[dict]:
@@ -267,6 +272,9 @@ class FarmReader:
             "files_bytes": task["files_bytes"],
             "files_deleted": task["files_deleted_at"] is not None,
             "needs_python": bool(task["needs_python"]),
+            "tags": task["tags"],
+            "render_engine": task["render_engine"],
+            "device": task["device"],
             "frame_timeout": task["frame_timeout"],
             "no_progress_timeout": task["no_progress_timeout"],
             "waiting_reason": waiting_reason,
@@ -319,6 +327,9 @@ class FarmReader:
             if not workers:
                 return ("waiting: the file runs Python (scripts or drivers); "
                         "it needs a worker started with --allow-blend-python")
+        workers, reason = _offering(task, workers)
+        if reason:
+            return reason
         blocked_ids = {b["worker_id"] for b in blocked}
         if all(w["worker_id"] in blocked_ids for w in workers):
             return (f"waiting: every worker that could render it has failed it {self.policy.bad_worker_failures} "
@@ -345,6 +356,26 @@ class FarmReader:
             log_tail=frame["log_tail"],
             preview_sha256=frame.get("preview_sha256"),
         ).to_dict()
+
+
+def _offering(task: dict, workers: list[dict]) -> tuple[list[dict], str | None]:
+    """The workers that offer what the task needs (its tags, its engine, a GPU), or why none does. Tested in the
+    claim's order of reasons, so the sentence names what is missing first."""
+    if task["tags"]:
+        workers = [w for w in workers if set(task["tags"]) <= set(w["tags"])]
+        if not workers:
+            plural = "s" if len(task["tags"]) > 1 else ""
+            return [], f"waiting: no live worker has the tag{plural} {', '.join(task['tags'])}"
+    engine_bits = task["needs"] & ALL_ENGINES
+    if engine_bits:
+        workers = [w for w in workers if w["offers"] & engine_bits == engine_bits]
+        if not workers:
+            return [], f"waiting: no live worker can render {engine_label(task['render_engine'])}"
+    if task["needs"] & GPU_BIT:
+        workers = [w for w in workers if w["offers"] & GPU_BIT]
+        if not workers:
+            return [], "waiting: the task asks for GPU rendering and no live worker renders Cycles on a GPU"
+    return workers, None
 
 
 def no_worker_sentence(worker_id: int) -> str:

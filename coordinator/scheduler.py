@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from renderq.blend_header import version_key
+from renderq.capabilities import task_needs
 from renderq.model import FRAME_ACTIVE, FRAME_FINAL, TASK_OPEN, TASK_RETRYABLE, FrameReport, FrameStatus, TaskStatus
 from renderq.paths import collision_key
 
@@ -71,6 +72,10 @@ class TaskSpec:
     # Seconds; None takes the Policy's default.
     frame_timeout: float | None = None
     no_progress_timeout: float | None = None
+    # What a worker must offer: every tag, the engine (as Blender names it; '' for any) and, for "GPU", a GPU.
+    tags: Sequence[str] = ()
+    render_engine: str = ""
+    device: str = ""
 
     @property
     def main(self) -> TaskFile:
@@ -97,15 +102,18 @@ class Scheduler(FarmReader):
     # -- workers --------------------------------------------------------------------------------------------------
 
     def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int,
-                        allows_python: bool = False) -> dict:
-        """Register (or re-register) a worker by name; allows_python: it may run Python stored in .blend files."""
+                        allows_python: bool = False, offered: dict[str, Any] | None = None) -> dict:
+        """Register (or re-register) a worker by name; allows_python: it may run Python stored in .blend files;
+        offered: its devices, engines, tags and their bits (see WorkerQueries.upsert_worker)."""
         worker = self.store.upsert_worker(name, host, blender_version, version_key(blender_version), cpu_count,
-                                          self.clock(), allows_python)
+                                          self.clock(), allows_python, offered)
         return {
             "worker_id": worker["worker_id"],
             "name": worker["name"],
             "enabled": bool(worker["enabled"]),
             "allows_python": bool(worker["allows_python"]),
+            "tags": worker["tags"],
+            "tags_by_admin": bool(worker["tags_by_admin"]),
             **self.liveness_advice(),
             "poll_seconds": self.idle_poll_seconds(),
         }
@@ -129,6 +137,12 @@ class Scheduler(FarmReader):
     def set_worker_enabled(self, enabled: bool, worker_id: int | None = None, name: str | None = None) -> dict:
         worker = self._worker(worker_id) if worker_id is not None else self._worker_by_name(name or "")
         self.store.set_worker_enabled(worker["worker_id"], enabled)
+        return self.describe_worker(self._worker(worker["worker_id"]))
+
+    def set_worker_tags(self, tags: Sequence[str], worker_id: int | None = None, name: str | None = None) -> dict:
+        """An admin sets a worker's tags (they then outlast the worker's own --tag); returns the worker."""
+        worker = self._worker(worker_id) if worker_id is not None else self._worker_by_name(name or "")
+        self.store.set_worker_tags(worker["worker_id"], tags)
         return self.describe_worker(self._worker(worker["worker_id"]))
 
     # -- tasks ----------------------------------------------------------------------------------------------------
@@ -161,6 +175,10 @@ class Scheduler(FarmReader):
             "frame_timeout": frame_timeout or None,
             "no_progress_timeout": (spec.no_progress_timeout if spec.no_progress_timeout is not None
                                     else self.policy.no_progress_timeout),
+            "tags": list(spec.tags),
+            "render_engine": spec.render_engine,
+            "device": spec.device,
+            "needs": task_needs(spec.render_engine, spec.device),
         }
         files = [(f.path, f.sha256, f.size) for f in spec.files]
         task_id = self.store.insert_task(task, list(frames), list(spec.workers), files)
@@ -278,6 +296,7 @@ class Scheduler(FarmReader):
             "frame_timeout": task["frame_timeout"],
             "no_progress_timeout": task["no_progress_timeout"],
             "needs_python": bool(task["needs_python"]),
+            "device": task["device"],
         }, None
 
     def claim_answer(self, worker_id: int, prefer_task_id: int | None = None) -> dict:

@@ -56,6 +56,25 @@ def _first_bytes(handle: BinaryIO) -> bytes:
         return stream.read(HEADER_BYTES)
 
 
+def read_render_engine(path: str) -> str:
+    """The render engine (Blender's id, e.g. CYCLES or BLENDER_EEVEE) of the scene the .blend was saved with, read
+    with BAT without starting Blender; "" when the file does not say or cannot be read."""
+    from blender_asset_tracer import blendfile  # only a submit needs BAT's full reader
+
+    try:
+        bfile = blendfile.BlendFile(pathlib.Path(path))
+    except Exception:  # noqa: BLE001 - an unreadable file only leaves the engine unknown; packing says why
+        return ""
+    try:
+        scene = bfile.find_blocks_from_code(b"GLOB")[0].get_pointer(b"curscene")
+        engine = scene.get((b"r", b"engine"), as_str=True) if scene is not None else ""
+    except Exception:  # noqa: BLE001 - as above
+        engine = ""
+    finally:
+        bfile.close()
+    return engine if re.fullmatch(r"[A-Za-z0-9_]{1,64}", engine or "") else ""
+
+
 def read_blend_version(path: str) -> str:
     """The major.minor of the Blender that saved the file ('BLENDER-v304' -> '3.4', 'BLENDER17-01v0500' -> '5.0');
     ValueError when it is not a .blend file."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from renderq import __version__
+from renderq.capabilities import describe_devices, engine_label
 from renderq.cli_args import (
     blender_version_arg,
     parse_frames,
@@ -21,6 +22,7 @@ from renderq.cli_args import (
     positive_int,
     priority_arg,
     seconds_arg,
+    tags_arg,
     task_id_arg,
 )
 from renderq.cli_common import (
@@ -118,10 +120,33 @@ def cmd_workers(args: argparse.Namespace) -> int:
             worker.get("name"), worker.get("worker_id"), "ON" if worker.get("enabled") else "OFF",
             "yes" if worker.get("alive") else "no", worker.get("host", ""), worker.get("blender_version", ""),
             worker.get("cpu_count", ""), worker.get("frames_done", 0), worker.get("frames_failed", 0),
-            f"{mean:.2f}" if isinstance(mean, (int, float)) else "-", current,
+            f"{mean:.2f}" if isinstance(mean, (int, float)) else "-", current, *offered_columns(worker),
         ])
-    headers = ["NAME", "ID", "STATE", "ALIVE", "HOST", "BLENDER", "CPUS", "DONE", "FAILED", "MEAN S", "TASK:FRAME"]
+    headers = ["NAME", "ID", "STATE", "ALIVE", "HOST", "BLENDER", "CPUS", "DONE", "FAILED", "MEAN S", "TASK:FRAME",
+               "DEVICES", "ENGINES", "TAGS"]
     print(format_table(headers, rows, right=(1, 6, 7, 8, 9)))
+    return EXIT_OK
+
+
+def offered_columns(worker: dict) -> list[str]:
+    """A worker's devices (those Cycles renders on, else all it sees), engines and tags, for the table."""
+    devices = worker.get("devices") or []
+    used = [device for device in devices if device.get("use")] or devices
+    tags = ", ".join(worker.get("tags") or []) or "-"
+    return [describe_devices(used) if used else "-",
+            ", ".join(engine_label(engine) for engine in worker.get("engines") or []) or "-",
+            tags + (" (admin)" if worker.get("tags_by_admin") else "")]
+
+
+def cmd_worker_tags(args: argparse.Namespace) -> int:
+    """Set a worker's tags by name (the admin's, which outlast the worker's own --tag)."""
+    if not args.tags and not args.clear:
+        raise UsageError("name the worker's tags (e.g. renderq worker-tags node-01 gpu lighting), or --clear")
+    tags = sorted({tag for group in args.tags for tag in group})
+    worker = make_client(args).request("POST", "/set_worker_tags", json_body={"name": args.name, "tags": tags})
+    shown = ", ".join(worker.get("tags") or []) or "none"
+    print(f"worker {worker.get('name', args.name)} has the tags: {shown} (set by an admin: its own --tag no "
+          "longer applies)")
     return EXIT_OK
 
 
@@ -379,6 +404,11 @@ def add_task_and_worker_commands(add: Callable[..., argparse.ArgumentParser]) ->
     disable = add("worker-disable", "switch a worker OFF: it finishes its frame and takes no more",
                   lambda args: cmd_worker_enable(args, False))
     disable.add_argument("name", metavar="NAME", help="the worker's name")
+    tags = add("worker-tags", "set a worker's tags (admin): tasks with tags go only to workers with all of them",
+               cmd_worker_tags)
+    tags.add_argument("name", metavar="NAME", help="the worker's name")
+    tags.add_argument("tags", metavar="TAG", nargs="*", type=tags_arg, help="its tags, replacing the ones it has")
+    tags.add_argument("--clear", action="store_true", help="take every tag off the worker")
 
     cancel = add("cancel", "cancel a task's frames that are not rendered yet", cmd_cancel)
     cancel.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
@@ -458,6 +488,12 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("--needs-python", action="store_true",
                         help="the file's own Python (drivers, registered scripts) must run to render it right; only "
                              "workers started with --allow-blend-python take it (workers also detect this themselves)")
+    submit.add_argument("--tag", type=tags_arg, action="extend", metavar="TAG",
+                        help="only workers with this tag render the task; repeat for several, all of which a worker "
+                             "must have (default: any worker)")
+    submit.add_argument("--device", type=str.upper, choices=("GPU", "CPU"),
+                        help="render Cycles on GPU (only workers with a GPU enabled take it) or CPU (default: the "
+                             "file's own choice)")
     submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
                         help="render only on workers with exactly this Blender major.minor "
                              "(default: the version that saved the file, or newer)")

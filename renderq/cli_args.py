@@ -71,3 +71,13 @@ def seconds_arg(text: str) -> float:
     """A number of seconds from 1 to 7 days, for argparse."""
     return _number(text, float, f"{text!r} is not a number of seconds", 1, 7 * 24 * 3600,
                    lambda _value: f"{text} is not between 1 second and 7 days")
+
+
+def tags_arg(text: str) -> list[str]:
+    """--tag: one tag or several separated by commas, under the one tag rule (renderq.capabilities)."""
+    from renderq.capabilities import parse_tags
+
+    try:
+        return parse_tags([text])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

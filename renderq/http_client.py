@@ -271,15 +271,17 @@ class CoordinatorClient:
     # -- workers ------------------------------------------------------------------------------------------------
 
     def register_worker(
-        self, name: str, host: str, blender_version: str, cpu_count: int, *, allows_python: bool = False
+        self, name: str, host: str, blender_version: str, cpu_count: int, *, allows_python: bool = False,
+        offered: dict | None = None,
     ) -> dict:
         """Register (or re-register) a worker; the answer holds worker_id, heartbeat_seconds and lease_seconds.
 
-        `allows_python`: the worker lets Python stored in .blend files run, for tasks that need it.
+        `allows_python`: the worker lets Python stored in .blend files run, for tasks that need it. `offered`: its
+        devices, engines, gpu and tags, as POST /register_worker names them.
         """
         return self.request("POST", "/register_worker", json_body={
             "name": name, "host": host, "blender_version": blender_version, "cpu_count": cpu_count,
-            "allows_python": bool(allows_python)})
+            "allows_python": bool(allows_python), **(offered or {})})
 
     def update_worker(self, worker_id: int, leases: list[str], *, rendering: Sequence[dict] = (),
                       logs: Sequence[dict] = ()) -> dict:

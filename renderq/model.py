@@ -271,6 +271,10 @@ class Task(_Record):
     needs_python: bool = False
     frame_timeout: float | None = None
     no_progress_timeout: float | None = None
+    # What a worker must offer: every tag, the engine (Blender's id; '' when not known) and, for "GPU", a GPU.
+    tags: list[str] = dataclasses.field(default_factory=list)
+    render_engine: str = ""
+    device: str = ""
     waiting_reason: str | None = None
     created_at: float | None = None
     started_at: float | None = None
@@ -319,6 +323,11 @@ class Worker(_Record):
     frames_done: int = 0
     frames_failed: int = 0
     mean_frame_seconds: float | None = None
+    # The Cycles devices its Blender sees ({name, type, id, use}), the engines it renders, its tags.
+    devices: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    engines: list[str] = dataclasses.field(default_factory=list)
+    tags: list[str] = dataclasses.field(default_factory=list)
+    tags_by_admin: bool = False
 
     @property
     def state(self) -> WorkerState:
@@ -345,6 +354,8 @@ class Lease(_Record):
     frame_timeout: float | None = None
     no_progress_timeout: float | None = None
     needs_python: bool = False
+    # The task's Cycles device: "GPU", "CPU", or "" for the file's own choice.
+    device: str = ""
     # The Blender version the task asks for ("" when any), how many files its tree has, and the lease's length
     # in seconds: told by the claim, read by nothing in the worker yet.
     blender_version: str = ""

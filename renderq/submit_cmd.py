@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from renderq import exposure, submit
+from renderq.blend_header import read_render_engine
 from renderq.blender_path import BlenderNotFoundError, find_blender
 from renderq.cli_common import EXIT_INTERRUPTED, EXIT_OK, UsageError, make_client
 from renderq.frame_download import FrameFetcher
@@ -79,6 +80,10 @@ def timeouts_and_python(args: argparse.Namespace) -> dict[str, Any]:
         fields["no_progress_timeout"] = args.no_progress_timeout
     if args.needs_python:
         fields["needs_python"] = True
+    if args.tag:
+        fields["tags"] = args.tag
+    if args.device:
+        fields["device"] = args.device
     return fields
 
 
@@ -196,6 +201,7 @@ def pack_and_submit(blend: Path, frame_range: tuple[int, int, int | None], args:
             frame_start=frame_start, frame_end=frame_end, frame_step=step or 1, priority=args.priority,
             workers=list(args.worker or []), submitted_by=current_user(), settings=dict(settings or {}),
             **timeouts_and_python(args),
+            render_engine=read_render_engine(str(blend)),
         )
         try:
             submit_plan = submit.plan(client, packed)

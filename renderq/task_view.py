@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from renderq.capabilities import engine_label
 from renderq.cli_common import EXIT_FAILED, EXIT_OK
 from renderq.frame_download import FetchedFrames, FrameFetcher
 from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
@@ -134,6 +135,11 @@ def print_task_detail(task: dict) -> None:
     if task.get("blender_version"):
         rule = "exactly" if task.get("blender_version_exact") else "or newer"
         print(f"  blender    {task['blender_version']} {rule}")
+    needs = [f"engine {engine_label(task['render_engine'])}"] if task.get("render_engine") else []
+    needs += [f"device {task['device']}"] if task.get("device") else []
+    needs += [f"tags {', '.join(task['tags'])}"] if task.get("tags") else []
+    if needs:
+        print(f"  needs      {'; '.join(needs)}")
     missing_assets = task.get("missing_assets") or []
     if missing_assets:
         print(f"  missing    {len(missing_assets)} asset(s): {', '.join(missing_assets)}")

@@ -92,3 +92,20 @@ def make_format_scene(path: str, *, engine: str = "", color_depth: str = "", pas
     if scene_name:
         options += ["--scene", scene_name]
     return make_demo_scene(path, script=MAKE_FORMAT_SCENE_SCRIPT, script_options=options, **scene)
+
+
+def with_engine(path: str, engine: str, out: str, blender: str) -> str:
+    """The scene at `path` saved at `out` rendering with `engine` (BLENDER_EEVEE, BLENDER_WORKBENCH, ...), with the
+    fewest samples each engine takes, so a test frame renders in a moment."""
+    import subprocess
+
+    script = (
+        "import bpy; s = bpy.context.scene; s.render.engine = " + repr(engine) + "; "
+        "s.eevee.taa_render_samples = 4; "
+        "bpy.ops.wm.save_as_mainfile(filepath=" + repr(os.path.abspath(out)) + ")"
+    )
+    done = subprocess.run([blender, "-b", "-Y", "-noaudio", path, "--python-expr", script], capture_output=True,
+                          timeout=120, check=False)
+    if done.returncode != 0 or not os.path.isfile(out):
+        raise SceneError(f"could not save {out} with {engine}: {done.stdout.decode(errors='replace')[-2000:]}")
+    return os.path.abspath(out)

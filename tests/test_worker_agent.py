@@ -106,7 +106,7 @@ class FakeClient:
             raise error
 
     def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int, *,
-                        allows_python: bool = False) -> dict:
+                        allows_python: bool = False, offered: dict | None = None) -> dict:
         self._maybe_fail("register_worker")
         self.calls.append(("register_worker", name))
         self.allows_python = allows_python
@@ -218,7 +218,8 @@ class FakeSession:
 
     def __init__(self, blender: str, blend_path: str, output_dir: str, *, threads: int = 0,
                  on_log_line: Callable[[str], None] | None = None, start_timeout: float = 120.0,
-                 allow_python: bool = False, stop_grace: float = 5.0, hidden_values: Collection[str] = ()) -> None:
+                 allow_python: bool = False, stop_grace: float = 5.0, hidden_values: Collection[str] = (),
+                 task_device: str = "") -> None:
         self.blend_path = blend_path
         self.hidden_values = tuple(hidden_values)
         self.output_dir = output_dir

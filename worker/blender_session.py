@@ -149,6 +149,8 @@ class BlenderSession:
         hidden_values: Collection[str] = (),
         scene: str = "",
         camera: str = "",
+        device_args: Collection[str] = (),
+        task_device: str = "",
     ) -> None:
         self.blender = blender
         self.blend_path = os.path.abspath(blend_path)
@@ -162,6 +164,9 @@ class BlenderSession:
         self.hidden_values = tuple(hidden_values)
         # The scene and camera object the task names ("": the file's own).
         self.scene, self.camera = scene, camera
+        # The frame script's device arguments: the worker's devices (--device, --gpu) and the task's (--task-device).
+        self.script_args = [*device_args, *(["--task-device", task_device] if task_device else [])]
+        self.extra_env: dict[str, str] = {}  # e.g. DISPLAY, from a session on a virtual display
         self.hello: dict[str, Any] | None = None  # what the script reported once the file was open
         # (frame, wall time) of the last frame Blender began; replaced whole, so other threads read it safely.
         self._started: tuple[int, float] | None = None
@@ -226,6 +231,7 @@ class BlenderSession:
             env = blender_environment(os.environ, self.hidden_values)
             env["PYTHONUNBUFFERED"] = "1"
             env[TOKEN_ENV] = token
+            env.update(self.extra_env)
             try:
                 # In its own process group (a Ctrl-C in the worker's terminal must not reach Blender directly),
                 # and killed with the worker where the system can do that.
@@ -434,7 +440,7 @@ class BlenderSession:
             command.append(f"--scene={self.scene}")
         if self.camera:
             command.append(f"--camera={self.camera}")
-        return command
+        return command + self.script_args
 
     def _start_thread(self, target: Callable[..., None], name: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=f"{name}-{self.pid}", daemon=True)

@@ -6,6 +6,7 @@ This module sits above the worker: it imports the agent, and nothing in worker/ 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -13,14 +14,17 @@ import socket
 import sys
 from collections.abc import Callable
 
+from renderq.capabilities import DEVICE_TYPES, parse_tags
 from renderq.http_client import CoordinatorClient
 from renderq.paths import is_safe_file_name
 from renderq.settings import Flag, add_flags, env_value, parse_bool
 from renderq.units import parse_size
 from worker.agent import WorkerAgent
-from worker.blender_session import SessionError, blender_version, find_blender
+from worker.blender_session import BlenderSession, SessionError, blender_version, find_blender
 from worker.cache import DEFAULT_CACHE_SIZE, CacheError, format_size
+from worker.probe import Capabilities, ProbeError, probe
 from worker.settings import DEFAULT_POLL_SECONDS, WorkerSettings
+from worker.virtual_display import DisplaySession, find_xvfb
 
 __all__ = ["add_arguments", "default_work_dir", "main"]
 
@@ -60,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "files hold Python wait for a worker that allows it (default: on when $RENDERQ_ALLOW_BLEND_PYTHON=1, else "
         "off)",
     )
+    parser.add_argument("--gpu", type=_gpu_index, action="append", default=None, metavar="N",
+                        help="with a GPU --device, use only the device at index N of that type (0 is the first "
+                        "Blender lists); repeat for several (default: $RENDERQ_GPU, e.g. 0,1, else all of them)")
+    parser.add_argument("--tag", action="append", default=None, metavar="NAME",
+                        help="a tag of this worker (e.g. gpu, lighting): tasks that require tags go only to workers "
+                        "with all of them; repeat for several (default: $RENDERQ_TAGS, e.g. gpu,lighting). An "
+                        "admin's tags, set on the status page, replace these")
+    parser.set_defaults(gpu_default=defaults["gpu"], tag_default=defaults["tags"])
 
 
 def _defaults() -> dict[str, object]:
@@ -67,12 +79,49 @@ def _defaults() -> dict[str, object]:
     parsers: dict[str, Callable[[str], object]] = {
         "coordinator": str, "token": str, "token_file": str, "worker_name": str, "blender": str, "threads": int,
         "work_dir": str, "cache_size": _cache_size, "poll_seconds": float, "allow_blend_python": parse_bool,
+        "device": _device_type, "gpu": _gpu_list, "tags": lambda text: parse_tags([text]),
     }
     env = {name: env_value(name, parse) for name, parse in parsers.items()}
     # --name's variable is RENDERQ_WORKER_NAME: RENDERQ_NAME would say nothing about whose name it is.
     return {**env, "name": env["worker_name"] or socket.gethostname(), "threads": env["threads"] or 0,
             "cache_size": env["cache_size"] or DEFAULT_CACHE_SIZE,
-            "allow_blend_python": bool(env["allow_blend_python"])}
+            "allow_blend_python": bool(env["allow_blend_python"]), "device": env["device"],
+            "gpu": env["gpu"] or [], "tags": env["tags"] or []}
+
+
+def _device_type(text: str) -> str:
+    """A Cycles device type for --device, in capitals."""
+    value = text.strip().upper()
+    if value not in DEVICE_TYPES:
+        raise ValueError(f"{text!r} is not a device type; use one of {', '.join(DEVICE_TYPES)}")
+    return value
+
+
+def _device_type_arg(text: str) -> str:
+    """--device for argparse."""
+    try:
+        return _device_type(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _gpu_index(text: str) -> int:
+    """--gpu for argparse: an index from 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device index (0, 1, ...)")
+    return value
+
+
+def _gpu_list(text: str) -> list[int]:
+    """$RENDERQ_GPU: indexes separated by commas."""
+    try:
+        return [_gpu_index(part) for part in text.split(",") if part.strip()]
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _cache_size_arg(text: str) -> int:
@@ -115,6 +164,9 @@ WORKER_FLAGS = (
          "coordinator advises: a quarter of a second on a small farm, longer on a large one so that idle workers "
          f"together ask about 50 times a second; {DEFAULT_POLL_SECONDS:g} with a coordinator that gives no advice)",
          metavar="SECONDS"),
+    Flag("--device", _device_type_arg, "render Cycles on this device type only: CPU, CUDA, OPTIX, HIP, ONEAPI or METAL "
+         "(every device of that type Blender sees, or those given with --gpu); the worker refuses to start when "
+         "Blender sees none (default: $RENDERQ_DEVICE, else as Blender's preferences say)", metavar="TYPE"),
 )
 
 
@@ -158,6 +210,12 @@ def main(args: argparse.Namespace) -> int:
     except SessionError as exc:
         log.error("cannot use Blender: %s", exc)
         return 2
+    try:
+        tags, device, gpus = _offer_options(args)
+        found = probe(blender, device, gpus, hidden_values=(token,) if token else ())
+    except (ValueError, ProbeError) as exc:
+        log.error("%s", exc)
+        return 2
     work_dir = args.work_dir or default_work_dir(name)
     settings = WorkerSettings(
         name=name,
@@ -168,9 +226,11 @@ def main(args: argparse.Namespace) -> int:
         cache_size=args.cache_size,
         poll_seconds=args.poll_seconds,
         allow_python=args.allow_blend_python,
+        offered=found.registration(),
+        tags=tags,
     )
     try:
-        agent = WorkerAgent(client, settings)
+        agent = WorkerAgent(client, settings, session_factory=_session_factory(found, device, gpus))
     except (OSError, CacheError) as exc:
         log.error("cannot use the work folder %s: %s", work_dir, exc)
         return 2
@@ -183,5 +243,30 @@ def main(args: argparse.Namespace) -> int:
         "worker %s: Blender %s at %s, work folder %s, cache limit %s",
         name, version, blender, work_dir, format_size(args.cache_size),
     )
+    for line in (*found.summary(), "tags: " + (", ".join(tags) or "none")):
+        log.info("%s", line)
     agent.install_signal_handlers()
     return agent.run()
+
+
+def _offer_options(args: argparse.Namespace) -> tuple[tuple[str, ...], str, list[int]]:
+    """(tags, device type, GPU indexes) from the flags or their variables; ValueError with a sentence."""
+    try:
+        tags = tuple(parse_tags(args.tag if args.tag is not None else args.tag_default))
+    except ValueError as exc:
+        raise ValueError(f"--tag: {exc}") from None
+    gpus = args.gpu if args.gpu is not None else args.gpu_default
+    device = args.device or ""
+    if gpus and device in ("", "CPU"):
+        raise ValueError(f"--gpu needs a GPU --device ({', '.join(DEVICE_TYPES[1:])})")
+    return tags, device, gpus
+
+
+def _session_factory(found: Capabilities, device_type: str, gpus: list[int]) -> Callable[..., BlenderSession]:
+    """Blender sessions with the worker's devices enabled, on a virtual display when the probe needed one."""
+    device_args = [device_type, *[part for gpu in gpus for part in ("--gpu", str(gpu))]] if device_type else []
+    device_args = ["--device", *device_args] if device_args else []
+    xvfb = find_xvfb() if found.virtual_display else None
+    if xvfb:
+        return functools.partial(DisplaySession, xvfb=xvfb, device_args=device_args)
+    return functools.partial(BlenderSession, device_args=device_args)

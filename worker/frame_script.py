@@ -1,9 +1,11 @@
 """Renders frames on request inside one long-lived Blender process. Runs INSIDE Blender:
 
     RENDERQ_SESSION_TOKEN=T blender -b -Y FILE.blend [-t N] --python frame_script.py -- --port P --output-dir DIR
-        [--allow-python] [--scene NAME] [--camera NAME]
+        [--allow-python] [--scene NAME] [--camera NAME] [--device TYPE [--gpu N ...]] [--task-device GPU|CPU]
 
-Standalone on purpose: imports only `bpy` and the standard library, since Blender's own Python runs it.
+Standalone on purpose: imports only `bpy`, the standard library and blender_devices.py next to it, since
+Blender's own Python runs it. --device enables exactly that type's Cycles devices (or those at --gpu N) for the
+session; --task-device sets the scene's Cycles device as the task asks.
 
 Python stored in the .blend (text blocks registered to run on load, scripted drivers, the handlers such scripts
 add) never runs by default: Blender always starts with -Y. Before anything is rendered this script lists the Python
@@ -417,7 +419,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--allow-python", action="store_true", help="let the file's own Python run")
     parser.add_argument("--scene", default="", help="the scene to render; the file's own by default")
     parser.add_argument("--camera", default="", help="the camera object to render through; the scene's by default")
+    parser.add_argument("--device", default="", help="enable Cycles' devices of this type only")
+    parser.add_argument("--gpu", type=int, action="append", default=[], help="only the device at this index")
+    parser.add_argument("--task-device", default="", choices=("", "GPU", "CPU"), help="scene.cycles.device")
     return parser.parse_args(argv)
+
+
+def use_devices(scene: bpy.types.Scene, device: str, gpus: list, task_device: str) -> None:
+    """Enable the worker's Cycles devices for this session, and set the scene's device as the task asks."""
+    if device:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import blender_devices  # found next to this script
+
+        enabled = blender_devices.enable_devices(device, gpus)
+        print(f"renderq: Cycles renders on {', '.join(d['name'] for d in enabled) or 'no device'}", flush=True)
+    if task_device and hasattr(scene, "cycles"):
+        scene.cycles.device = task_device
 
 
 def main() -> None:
@@ -430,6 +447,7 @@ def main() -> None:
         open_with_scripts(bpy.data.filepath)
     scene, problem = chosen_scene(args.scene)
     problem = problem or choose_camera(scene, args.camera)
+    use_devices(scene, args.device, args.gpu, args.task_device)
     original_output = scene.render.filepath
     os.makedirs(args.output_dir, exist_ok=True)
     scene.render.filepath = output_filepath(original_output, args.output_dir)

@@ -388,6 +388,7 @@ class WorkerLoop:
             stop_grace=self.settings.abort_grace,
             hidden_values=self.reporter.hidden_values,
             **scene_and_camera(lease),
+            task_device=lease.device,
         )
         self._session, self._session_task_id, self._session_python = session, lease.task_id, python
         log.info(

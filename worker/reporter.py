@@ -135,7 +135,8 @@ class Reporter:
             answer = self._retry(
                 "register with the coordinator",
                 lambda: self.client.register_worker(
-                    settings.name, host, settings.blender_version, cpus, allows_python=settings.allow_python
+                    settings.name, host, settings.blender_version, cpus, allows_python=settings.allow_python,
+                    offered={**(settings.offered or {}), "tags": list(settings.tags)},
                 ),
                 give_up=lambda: self.control.stopping,
             )
@@ -157,6 +158,8 @@ class Reporter:
             ", Python in .blend files allowed" if settings.allow_python else "",
             "" if self.control.enabled else "; it is switched OFF",
         )
+        tags = ", ".join(answer.get("tags") or []) or "none"
+        log.info("tags: %s%s", tags, " (set by an admin; --tag is not used)" if answer.get("tags_by_admin") else "")
         return True
 
     def take_liveness_advice(self, answer: dict[str, Any]) -> None:

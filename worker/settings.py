@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from worker.cache import DEFAULT_CACHE_SIZE
 
@@ -44,3 +45,7 @@ class WorkerSettings:
     # the last one uploads, and keeps a worker cut off from the coordinator from rendering far ahead of what it can
     # deliver.
     max_undelivered_frames: int = 1
+    # What the worker offers (worker/probe.py's Capabilities.registration(): devices, engines, gpu) and its tags;
+    # None: it does not say, and the coordinator gives it every engine's tasks.
+    offered: dict[str, Any] | None = None
+    tags: tuple[str, ...] = ()

@@ -65,6 +65,23 @@ class RENDERQ_PG_scene_settings(bpy.types.PropertyGroup):
         default="AUTO",
     )
     selected_workers: CollectionProperty(type=RENDERQ_PG_worker_name, name="Picked Workers")
+    tags: StringProperty(
+        name="Tags",
+        description="Only workers with all of these tags render the task (separated by commas, e.g. gpu, "
+                    "lighting); empty: any worker",
+        default="",
+        maxlen=400,
+    )
+    device: EnumProperty(
+        name="Device",
+        description="Which device Cycles renders on",
+        items=(
+            ("FILE", "File's Choice", "Render on the device the scene's Cycles settings name"),
+            ("GPU", "GPU", "Render on a GPU: only workers with a GPU enabled take the task"),
+            ("CPU", "CPU", "Render on the CPU"),
+        ),
+        default="FILE",
+    )
     allow_missing: BoolProperty(
         name="Allow Missing Assets",
         description="Submit even when some assets the file refers to are missing on disk",

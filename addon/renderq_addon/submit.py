@@ -21,7 +21,7 @@ from typing import Any
 
 import bpy
 
-from renderq import exposure, packing
+from renderq import capabilities, exposure, packing
 from renderq import submit as pipeline
 
 from . import client, jobs, notify, props, state, text
@@ -65,6 +65,10 @@ class SubmitRequest:
     """The scene the artist is looking at, which the farm renders (the file may have been saved with another)."""
     camera: str = ""
     """Its active camera's object name; empty when it has none."""
+    # What a worker must offer: its tags, the scene's engine, and a GPU for device "GPU" ("" keeps the file's).
+    tags: list[str] = field(default_factory=list)
+    render_engine: str = ""
+    device: str = ""
 
 
 @dataclass
@@ -132,6 +136,10 @@ def check(context: bpy.types.Context) -> SubmitRequest:
     task_name = settings_of_scene.task_name.strip() or os.path.splitext(original_name)[0]
     if "/" in task_name or ".." in task_name or len(task_name) > 64:
         raise Refused(f"The task name {task_name!r} is not usable: at most 64 characters, no '/' and no '..'")
+    try:
+        tags = capabilities.parse_tags([settings_of_scene.tags])
+    except ValueError as error:
+        raise Refused(f"Tags: {error}") from None
     settings = client.checked_settings(context)
     return SubmitRequest(
         settings=settings,
@@ -150,6 +158,9 @@ def check(context: bpy.types.Context) -> SubmitRequest:
         submitted_by=client.current_user(),
         scene=scene.name,
         camera=scene.camera.name if scene.camera is not None else "",
+        tags=tags,
+        render_engine=scene.render.engine,
+        device="" if settings_of_scene.device == "FILE" else settings_of_scene.device,
     )
 
 
@@ -339,6 +350,9 @@ def run(request: SubmitRequest, progress: Callable[[Any], None]) -> SubmitOutcom
                 "workers": list(request.workers),
                 "submitted_by": request.submitted_by,
                 "settings": scene_settings(request),
+                "tags": request.tags,
+                "render_engine": request.render_engine,
+                "device": request.device,
             }, report)
             return SubmitOutcome(task=task, missing=missing, files_total=submit_plan.files_total,
                                  files_uploaded=uploaded.files, bytes_uploaded=uploaded.bytes)

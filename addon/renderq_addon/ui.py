@@ -117,6 +117,8 @@ class RENDERQ_PT_submit(_SafePanel, bpy.types.Panel):
             column.prop(settings, "frame_end", text="End")
             column.prop(settings, "frame_step", text="Step")
         layout.prop(settings, "priority")
+        layout.prop(settings, "tags")
+        layout.prop(settings, "device")
         layout.prop(settings, "allow_missing")
         layout.prop(settings, "allow_outside")
         layout.prop(settings, "assignment", expand=True)
@@ -168,6 +170,9 @@ class RENDERQ_PT_submit(_SafePanel, bpy.types.Panel):
             row.label(text=name, icon="CHECKMARK" if alive else "X")
             row.label(text=("alive" if alive else "offline") + (", ON" if worker.get("enabled") else ", OFF"))
             row.label(text=f"Blender {worker.get('blender_version') or '?'}")
+            tags = [str(tag) for tag in worker.get("tags") or []]
+            if tags:
+                row.label(text=", ".join(tags), icon="BOOKMARKS")
             current = worker.get("current") or []
             doing = ", ".join(f"task {c.get('task_id')} frame {c.get('frame')}" for c in current[:2]) or "idle"
             row.label(text=doing)

@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import request
 
+from renderq.capabilities import parse_tags
 from renderq.paths import check_file_name, invisible_character
 
 from ..errors import BadRequest, UnsupportedMediaType
@@ -125,3 +126,11 @@ def check_name(value: str, key: str) -> None:
         raise BadRequest(f"'{key}' must not be empty")
     if "/" in value or "\\" in value or ".." in value or invisible_character(value) is not None:
         raise BadRequest(f"'{key}' must not contain '/', '\\', '..', control or invisible characters: {value!r}")
+
+
+def tags(values: list[str]) -> list[str]:
+    """Tags under the one rule (renderq.capabilities: lowercased, each once), or a BadRequest with its sentence."""
+    try:
+        return parse_tags(values, split=False)
+    except ValueError as error:
+        raise BadRequest(f"'tags': {error}") from None

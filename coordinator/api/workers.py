@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from renderq.capabilities import worker_offers
+
 from .. import worker_calls
 from ..auth import admin_required, requires
 from . import validation as v
@@ -22,9 +24,17 @@ def register_worker():
     v.check_name(body["name"], "name")
     worker = _scheduler().register_worker(
         name=body["name"], host=body.get("host", ""), blender_version=body.get("blender_version", ""),
-        cpu_count=body.get("cpu_count", 0), allows_python=bool(body.get("allows_python")),
+        cpu_count=body.get("cpu_count", 0), allows_python=bool(body.get("allows_python")), offered=_offered(body),
     )
     return jsonify(worker)
+
+
+def _offered(body: dict) -> dict:
+    """What a registering worker offers (devices, engines, tags) and its bits; a worker that names no engines (one
+    from before they were probed) keeps every engine."""
+    engines = body.get("engines")
+    return {"devices": body.get("devices", []), "engines": engines or [], "tags": v.tags(body.get("tags", [])),
+            "offers": worker_offers(engines, bool(body.get("gpu")))}
 
 
 @workers.post("/update_worker")
@@ -54,5 +64,22 @@ def set_worker_enabled():
         worker = _scheduler().set_worker_enabled(enabled, name=body["name"])
     else:
         raise v.BadRequest("give 'worker_id' or 'name' of the worker to switch")
+    current_app.extensions["renderq.live"].changed()
+    return jsonify(worker)
+
+
+@workers.post("/set_worker_tags")
+@admin_required
+def set_worker_tags():
+    """An admin sets a worker's tags; they outlast the worker's own (--tag) until an admin changes them."""
+    body = v.json_body()  # typed and bounded by openapi.yaml
+    tags = v.tags(body["tags"])
+    if body.get("worker_id") is not None:
+        worker = _scheduler().set_worker_tags(tags, worker_id=body["worker_id"])
+    elif body.get("name") is not None:
+        v.check_name(body["name"], "name")
+        worker = _scheduler().set_worker_tags(tags, name=body["name"])
+    else:
+        raise v.BadRequest("give 'worker_id' or 'name' of the worker whose tags to set")
     current_app.extensions["renderq.live"].changed()
     return jsonify(worker)

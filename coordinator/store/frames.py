@@ -7,14 +7,18 @@ from .engine import Database
 from .rows import FRAME_COLUMNS, OutputNameTaken, finish_task_if_complete, output_holder, record_failure, requeue
 from .task_writes import TaskRowWrites
 
-# Whether the worker (named parameters name, version, allows_python, worker_id, blocked_at) may take a frame of the
-# open task t now: assigned to it (or to anyone), the right Blender, Python allowed if needed, not blocked, and a
-# frame queued. Each test is one index lookup.
+# Whether the worker (named parameters name, version, allows_python, offers, worker_id, blocked_at) may take a frame
+# of the open task t now: assigned to it (or to anyone), the right Blender, Python allowed if needed, its engine
+# and GPU offered (bits: renderq.capabilities), every tag of the task, not blocked, and a frame queued. Each test is
+# a column test or index lookups; a task without tags (most) skips the tag lookups.
 _CLAIMABLE_BY_WORKER = (
     "(t.manual = 0 OR EXISTS (SELECT 1 FROM task_workers w WHERE w.task_id = t.task_id AND w.worker_name = :name)) "
     "AND (t.blender_version_key = 0 OR t.blender_version_key = :version "
     "OR (t.blender_version_exact = 0 AND t.blender_version_key < :version)) "
     "AND (t.needs_python = 0 OR :allows_python = 1) "
+    "AND (t.needs & :offers) = t.needs "
+    "AND (t.tags = '[]' OR NOT EXISTS (SELECT 1 FROM task_tags tt WHERE tt.task_id = t.task_id AND NOT EXISTS ("
+    "SELECT 1 FROM worker_tags wt WHERE wt.worker_id = :worker_id AND wt.tag = tt.tag))) "
     "AND NOT EXISTS (SELECT 1 FROM task_worker_failures b WHERE b.task_id = t.task_id "
     "AND b.worker_id = :worker_id AND b.failures >= :blocked_at) "
     "AND EXISTS (SELECT 1 FROM frames f WHERE f.task_id = t.task_id AND f.status = 'queued')"
@@ -55,10 +59,11 @@ class FrameQueries(StoreConnection):
         Order: higher priority, then the worker's current task (its Blender is warm), then older tasks;
         within a task, frames this worker has not failed before, lowest number first. Tasks the worker is blocked
         from (bad_worker_failures failed reports) and tasks that run Python, unless the worker allows it, are
-        left out.
+        left out, and so are tasks whose engine, GPU or tags the worker does not offer.
         """
         values = {"name": worker["name"], "version": worker["blender_version_key"],
-                  "allows_python": int(bool(worker["allows_python"])), "worker_id": worker["worker_id"],
+                  "allows_python": int(bool(worker["allows_python"])), "offers": worker["offers"],
+                  "worker_id": worker["worker_id"],
                   "blocked_at": bad_worker_failures, "prefer": prefer_task_id}
         with self.transaction() as db:
             # Walks tasks_claimable in order and stops at the first task this worker may take: a claim does not

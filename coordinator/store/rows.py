@@ -116,6 +116,8 @@ def task_row(db: Database, row: Any, workers: list[str] | None = None) -> dict[s
         task["settings"] = json.loads(task["settings"] or "{}")
     if "missing_assets" in task:
         task["missing_assets"] = json.loads(task["missing_assets"] or "[]")
+    if "tags" in task:
+        task["tags"] = json.loads(task["tags"] or "[]")
     if workers is None:
         workers = [
             r["worker_name"]

@@ -25,12 +25,14 @@ class TaskQueries(StoreConnection):
                 "INSERT INTO tasks (name, priority, frame_start, frame_end, frame_step, frames_total, manual, "
                 "submitted_by, blend_sha256, blend_filename, settings, created_at, main_file, blender_version, "
                 "blender_version_key, blender_version_exact, missing_assets, files_count, files_bytes, "
-                "frame_timeout, no_progress_timeout, needs_python, owner) "
+                "frame_timeout, no_progress_timeout, needs_python, owner, render_engine, device, tags, needs) "
                 "VALUES (:name, :priority, :frame_start, :frame_end, :frame_step, :frames_total, :manual, "
                 ":submitted_by, :blend_sha256, :blend_filename, :settings, :created_at, :main_file, "
                 ":blender_version, :blender_version_key, :blender_version_exact, :missing_assets, :files_count, "
-                ":files_bytes, :frame_timeout, :no_progress_timeout, :needs_python, :owner) RETURNING task_id",
-                {"frame_timeout": None, "no_progress_timeout": 600.0, "owner": "", **task,
+                ":files_bytes, :frame_timeout, :no_progress_timeout, :needs_python, :owner, :render_engine, "
+                ":device, :tags, :needs) RETURNING task_id",
+                {"frame_timeout": None, "no_progress_timeout": 600.0, "owner": "", "render_engine": "",
+                 "device": "", "needs": 0, **task, "tags": json.dumps(sorted(set(task.get("tags") or []))),
                  "needs_python": int(bool(task.get("needs_python"))),
                  "frames_total": len(frame_numbers), "manual": int(bool(worker_names)),
                  "settings": json.dumps(task.get("settings") or {}),
@@ -45,6 +47,8 @@ class TaskQueries(StoreConnection):
                 "INSERT INTO task_workers (task_id, worker_name) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 ((task_id, name) for name in worker_names),
             )
+            db.executemany("INSERT INTO task_tags (task_id, tag) VALUES (?, ?)",
+                           ((task_id, tag) for tag in set(task.get("tags") or [])))
             return task_id
 
     def get_task(self, task_id: int, detail: bool = False) -> dict | None:

@@ -1,19 +1,32 @@
-"""The store's workers: registration, heartbeats, switching ON and OFF."""
+"""The store's workers: registration, heartbeats, switching ON and OFF, tags."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
+
+from renderq.capabilities import ALL_ENGINES
 
 from .connection import StoreConnection
+from .engine import Database
 from .rows import requeue
+
+# A worker row's columns that hold JSON lists (devices, engines, tags): read back as lists.
+_JSON_COLUMNS = ("devices", "engines", "tags")
 
 
 class WorkerQueries(StoreConnection):
     """Workers and the frames they hold."""
 
     def upsert_worker(self, name: str, host: str, blender_version: str, version_key: int, cpu_count: int,
-                      now: float, allows_python: bool = False) -> dict:
-        """Register a worker by name. A returning name keeps its id; frames it still held are requeued."""
+                      now: float, allows_python: bool = False, offered: dict[str, Any] | None = None) -> dict:
+        """Register a worker by name. A returning name keeps its id; frames it still held are requeued.
+
+        `offered`: what it can render ({devices, engines, tags, offers}: renderq.capabilities); none from a worker
+        that does not say (it keeps every engine). Tags an admin set stay; the worker's own replace them otherwise.
+        """
+        offered = {"devices": [], "engines": [], "tags": [], "offers": ALL_ENGINES, **(offered or {})}
         with self.transaction() as db:
             # ON CONFLICT: a worker of that name registering at the same moment elsewhere (another thread or
             # coordinator) inserts it first; this one then updates it, as a returning worker.
@@ -33,17 +46,27 @@ class WorkerQueries(StoreConnection):
                     (host, blender_version, version_key, cpu_count, now, now, int(allows_python), worker_id),
                 )
                 requeue(db, "worker_id = ? AND status IN ('leased', 'rendering')", (worker_id,))
-            return dict(db.execute("SELECT * FROM workers WHERE worker_id = ?", (worker_id,)).fetchone())
+            db.execute("UPDATE workers SET devices = ?, engines = ?, offers = ? WHERE worker_id = ?",
+                       (json.dumps(offered["devices"]), json.dumps(offered["engines"]), offered["offers"], worker_id))
+            if not db.execute("SELECT tags_by_admin FROM workers WHERE worker_id = ?", (worker_id,)).fetchone()[0]:
+                _write_tags(db, worker_id, offered["tags"])
+            return _worker_row(db.execute("SELECT * FROM workers WHERE worker_id = ?", (worker_id,)).fetchone())
+
+    def set_worker_tags(self, worker_id: int, tags: Sequence[str]) -> None:
+        """An admin sets the worker's tags: they stay until an admin changes them, whatever the worker's --tag."""
+        with self.transaction() as db:
+            _write_tags(db, worker_id, tags)
+            db.execute("UPDATE workers SET tags_by_admin = 1 WHERE worker_id = ?", (worker_id,))
 
     def get_worker(self, worker_id: int | None = None, name: str | None = None) -> dict | None:
         if worker_id is not None:
             row = self.read().execute("SELECT * FROM workers WHERE worker_id = ?", (worker_id,)).fetchone()
         else:
             row = self.read().execute("SELECT * FROM workers WHERE name = ?", (name,)).fetchone()
-        return dict(row) if row else None
+        return _worker_row(row) if row else None
 
     def list_workers(self) -> list[dict]:
-        return [dict(r) for r in self.read().execute("SELECT * FROM workers ORDER BY name")]
+        return [_worker_row(r) for r in self.read().execute("SELECT * FROM workers ORDER BY name")]
 
     def count_workers_seen_since(self, since: float) -> int:
         """How many workers have been heard from at or after `since`."""
@@ -89,3 +112,19 @@ class WorkerQueries(StoreConnection):
         if task_id is not None:
             return [dict(r) for r in self.read().execute(sql + " AND f.task_id = ?", (task_id,))]
         return [dict(r) for r in self.read().execute(sql)]
+
+
+def _worker_row(row: Any) -> dict:
+    """A workers row as a dict, its JSON lists read."""
+    worker = dict(row)
+    for column in _JSON_COLUMNS:
+        if column in worker:
+            worker[column] = json.loads(worker[column] or "[]")
+    return worker
+
+
+def _write_tags(db: Database, worker_id: int, tags: Sequence[str]) -> None:
+    """Replace the worker's tags: the row's list (for reading) and the claim's rows (worker_tags)."""
+    db.execute("UPDATE workers SET tags = ? WHERE worker_id = ?", (json.dumps(sorted(set(tags))), worker_id))
+    db.execute("DELETE FROM worker_tags WHERE worker_id = ?", (worker_id,))
+    db.executemany("INSERT INTO worker_tags (worker_id, tag) VALUES (?, ?)", ((worker_id, tag) for tag in set(tags)))

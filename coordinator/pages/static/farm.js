@@ -138,6 +138,35 @@
     return el("td", {className: "nowrap"}, toggle, label);
   }
 
+  function offersCell(worker) {
+    const engines = worker.engines.length ? worker.engines.join(", ") : "no engine";
+    return el("td", {className: "opt small"}, el("div", {text: engines}),
+              el("div", {className: "muted", text: worker.devices || "devices unknown"}));
+  }
+
+  // The tags, and for an admin a form that replaces them (they then outlast the worker's own --tag).
+  function tagsCell(worker) {
+    const text = worker.tags.length ? worker.tags.join(", ") : "";
+    if (!RQ.isAdmin) {
+      return el("td", {className: "small tags", text: text || "–",
+                       title: worker.tags_by_admin ? "set by an admin" : "the worker's own (--tag)"});
+    }
+    const input = el("input", {type: "text", value: text, size: 14, "aria-label": "Tags of " + worker.name,
+                               placeholder: "no tags", title: "Tags separated by commas"});
+    const save = el("button", {type: "submit", className: "small", text: "Set"});
+    const form = el("form", {className: "tags-form nowrap"}, input, save);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const tags = input.value.split(/[\s,]+/).filter(Boolean);
+      save.disabled = true;
+      await RQ.action("/set_worker_tags", {worker_id: worker.id, tags},
+                      "Worker " + worker.name + " has the tags: " + (tags.join(", ") || "none"));
+      save.disabled = false;
+      feed.pollNow();
+    });
+    return el("td", {className: "small tags"}, form);
+  }
+
   function currentCell(worker) {
     const cell = el("td", {className: "small"});
     if (!worker.current.length) {
@@ -157,6 +186,9 @@
   }
 
   function fillWorkerRow(row, worker) {
+    // An admin typing a worker's tags keeps the field while the row's other cells change.
+    const editing = row.querySelector(".tags-form input") === document.activeElement;
+    const tags = editing ? row.querySelector("td.tags") : tagsCell(worker);
     const state = el("td", {className: worker.alive ? "state-alive" : "state-offline"});
     if (worker.alive) state.textContent = "alive";
     else state.append(el("span", {dataset: {ago: String(worker.last_seen || 0), agoPrefix: "offline · seen "}}));
@@ -166,6 +198,8 @@
       state,
       switchCell(worker),
       el("td", {className: "opt small", text: worker.blender || "?"}),
+      offersCell(worker),
+      tags,
       currentCell(worker),
       el("td", {className: "num", text: String(worker.done)}),
       el("td", {className: "num", text: RQ.duration(worker.mean)}),
