@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from renderq.blend_header import key_to_version
-from renderq.model import TASK_CLAIMABLE, TASK_OPEN, Frame, FrameStatus, TaskStatus, Worker
+from renderq.model import FRAME_KIND_RENDER, TASK_CLAIMABLE, TASK_OPEN, Frame, FrameStatus, TaskStatus, Worker
 
 from . import eta
 from .errors import BadRequest, NotFound
@@ -107,6 +107,7 @@ class FarmReader:
             cpu_count=worker["cpu_count"],
             enabled=bool(worker["enabled"]),
             allows_python=bool(worker["allows_python"]),
+            video_encoders=worker.get("video_encoders") or "",
             alive=self.clock() - worker["last_seen"] < self.alive_seconds(),
             last_seen=worker["last_seen"],
             registered_at=worker["registered_at"],
@@ -267,6 +268,7 @@ class FarmReader:
             "files_bytes": task["files_bytes"],
             "files_deleted": task["files_deleted_at"] is not None,
             "needs_python": bool(task["needs_python"]),
+            "video": task.get("video"),
             "frame_timeout": task["frame_timeout"],
             "no_progress_timeout": task["no_progress_timeout"],
             "waiting_reason": waiting_reason,
@@ -319,6 +321,12 @@ class FarmReader:
             if not workers:
                 return ("waiting: the file runs Python (scripts or drivers); "
                         "it needs a worker started with --allow-blend-python")
+        if task.get("video") and task["frames_total"] > len(range(task["frame_start"], task["frame_end"] + 1,
+                                                                   task["frame_step"])):
+            # The frames are done and the encode job (counted in frames_total) waits for a worker with FFmpeg.
+            workers = [w for w in workers if w.get("video_encoders")]
+            if not workers:
+                return "waiting: its video is to be encoded and no live worker has FFmpeg"
         blocked_ids = {b["worker_id"] for b in blocked}
         if all(w["worker_id"] in blocked_ids for w in workers):
             return (f"waiting: every worker that could render it has failed it {self.policy.bad_worker_failures} "
@@ -343,6 +351,7 @@ class FarmReader:
             output_size=frame["output_size"],
             error=frame["error"],
             log_tail=frame["log_tail"],
+            kind=frame.get("kind") or FRAME_KIND_RENDER,
         ).to_dict()
 
 

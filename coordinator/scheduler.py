@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from renderq.blend_header import version_key
-from renderq.model import FRAME_ACTIVE, FRAME_FINAL, TASK_OPEN, TASK_RETRYABLE, FrameReport, FrameStatus, TaskStatus
+from renderq.model import (
+    FRAME_ACTIVE, FRAME_FINAL, FRAME_KIND_ENCODE, TASK_OPEN, TASK_RETRYABLE, FrameReport, FrameStatus, TaskStatus,
+)
 from renderq.paths import collision_key
 
 from . import eta
@@ -70,6 +72,8 @@ class TaskSpec:
     # Seconds; None takes the Policy's default.
     frame_timeout: float | None = None
     no_progress_timeout: float | None = None
+    # The video to encode once every frame is done ({"container": "mp4" | "mov" | "webm" | "scene"}), or None.
+    video: dict[str, Any] | None = None
 
     @property
     def main(self) -> TaskFile:
@@ -96,10 +100,11 @@ class Scheduler(FarmReader):
     # -- workers --------------------------------------------------------------------------------------------------
 
     def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int,
-                        allows_python: bool = False) -> dict:
-        """Register (or re-register) a worker by name; allows_python: it may run Python stored in .blend files."""
+                        allows_python: bool = False, video_encoders: str = "") -> dict:
+        """Register (or re-register) a worker by name; allows_python: it may run Python stored in .blend files;
+        video_encoders: what its FFmpeg encodes ('' without FFmpeg: it gets no encode job)."""
         worker = self.store.upsert_worker(name, host, blender_version, version_key(blender_version), cpu_count,
-                                          self.clock(), allows_python)
+                                          self.clock(), allows_python, video_encoders)
         return {
             "worker_id": worker["worker_id"],
             "name": worker["name"],
@@ -157,6 +162,7 @@ class Scheduler(FarmReader):
             "created_at": self.clock(),
             "owner": spec.owner,
             "needs_python": spec.needs_python,
+            "video": dict(spec.video) if spec.video else None,
             "frame_timeout": frame_timeout or None,
             "no_progress_timeout": (spec.no_progress_timeout if spec.no_progress_timeout is not None
                                     else self.policy.no_progress_timeout),
@@ -261,6 +267,11 @@ class Scheduler(FarmReader):
             return None, "no frames waiting"
         self.count("dispatched", 1)
         task = self._task(frame["task_id"])
+        encode: dict[str, Any] = {}
+        if frame["kind"] == FRAME_KIND_ENCODE:
+            # What the encode job needs: the video asked for and the rendered frames it is made of.
+            encode = {"kind": FRAME_KIND_ENCODE,
+                      "video": {**(task["video"] or {}), "frames": self.store.video_inputs(frame["task_id"])}}
         return {
             "task_id": frame["task_id"],
             "frame": frame["frame"],
@@ -277,6 +288,7 @@ class Scheduler(FarmReader):
             "frame_timeout": task["frame_timeout"],
             "no_progress_timeout": task["no_progress_timeout"],
             "needs_python": bool(task["needs_python"]),
+            **encode,
         }, None
 
     def claim_answer(self, worker_id: int, prefer_task_id: int | None = None) -> dict:

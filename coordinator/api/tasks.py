@@ -67,6 +67,7 @@ def submit_task():
         needs_python=body.get("needs_python", False),
         frame_timeout=_seconds(body.get("frame_timeout")),
         no_progress_timeout=_seconds(body.get("no_progress_timeout")),
+        video=body.get("video"),
     )
     blobs = _blobs()
     # The orphan sweep may have deleted a file since the checks above (one uploaded long ago and used by no task):

@@ -23,6 +23,7 @@ def register_worker():
     worker = _scheduler().register_worker(
         name=body["name"], host=body.get("host", ""), blender_version=body.get("blender_version", ""),
         cpu_count=body.get("cpu_count", 0), allows_python=bool(body.get("allows_python")),
+        video_encoders=body.get("video_encoders", ""),
     )
     return jsonify(worker)
 

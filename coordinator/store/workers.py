@@ -12,16 +12,17 @@ class WorkerQueries(StoreConnection):
     """Workers and the frames they hold."""
 
     def upsert_worker(self, name: str, host: str, blender_version: str, version_key: int, cpu_count: int,
-                      now: float, allows_python: bool = False) -> dict:
-        """Register a worker by name. A returning name keeps its id; frames it still held are requeued."""
+                      now: float, allows_python: bool = False, video_encoders: str = "") -> dict:
+        """Register a worker by name. A returning name keeps its id; frames it still held are requeued.
+        video_encoders: what its FFmpeg encodes ('' for no FFmpeg: it gets no encode job)."""
         with self.transaction() as db:
             # ON CONFLICT: a worker of that name registering at the same moment elsewhere (another thread or
             # coordinator) inserts it first; this one then updates it, as a returning worker.
             row = db.execute(
                 "INSERT INTO workers (name, host, blender_version, blender_version_key, cpu_count, "
-                "registered_at, last_seen, allows_python) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "registered_at, last_seen, allows_python, video_encoders) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO NOTHING RETURNING worker_id",
-                (name, host, blender_version, version_key, cpu_count, now, now, int(allows_python)),
+                (name, host, blender_version, version_key, cpu_count, now, now, int(allows_python), video_encoders),
             ).fetchone()
             if row is not None:
                 worker_id = row["worker_id"]
@@ -29,8 +30,9 @@ class WorkerQueries(StoreConnection):
                 worker_id = db.execute("SELECT worker_id FROM workers WHERE name = ?", (name,)).fetchone()[0]
                 db.execute(
                     "UPDATE workers SET host = ?, blender_version = ?, blender_version_key = ?, cpu_count = ?, "
-                    "registered_at = ?, last_seen = ?, allows_python = ? WHERE worker_id = ?",
-                    (host, blender_version, version_key, cpu_count, now, now, int(allows_python), worker_id),
+                    "registered_at = ?, last_seen = ?, allows_python = ?, video_encoders = ? WHERE worker_id = ?",
+                    (host, blender_version, version_key, cpu_count, now, now, int(allows_python), video_encoders,
+                     worker_id),
                 )
                 requeue(db, "worker_id = ? AND status IN ('leased', 'rendering')", (worker_id,))
             return dict(db.execute("SELECT * FROM workers WHERE worker_id = ?", (worker_id,)).fetchone())
