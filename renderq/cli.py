@@ -33,7 +33,7 @@ from renderq.cli_common import (
     print_json,
 )
 from renderq.http_client import CoordinatorError, Forbidden, Unauthorized
-from renderq.model import TaskStatus
+from renderq.model import VIDEO_CONTAINERS, TaskStatus
 from renderq.progress import (
     ProgressLine,
     format_bytes,
@@ -46,6 +46,7 @@ from renderq.task_view import (
     FINAL_STATUSES,
     POLL_SECONDS,
     download_done_frames,
+    download_video,
     print_task_detail,
     progress_of,
     waiting_text,
@@ -192,6 +193,8 @@ def cmd_download(args: argparse.Namespace) -> int:
         print(f"the frames of task {args.task} are in {dest} ({format_bytes(os.path.getsize(dest))})")
         return EXIT_OK
     task = client.get_task(args.task, frames_status="done")
+    if args.video:
+        return download_video(client, task, args.dir)
     try:
         fetched = download_done_frames(client, task, args.dir, ProgressLine())
     except OSError as error:
@@ -401,6 +404,8 @@ def add_task_and_worker_commands(add: Callable[..., argparse.ArgumentParser]) ->
     download.add_argument("dir", metavar="DIR", help="the folder to put them in (files already there are kept)")
     download.add_argument("--zip", action="store_true",
                           help="download one zip of all rendered frames into DIR instead (DIR/renderq-TASK.zip)")
+    download.add_argument("--video", action="store_true",
+                          help="download only the task's video (the frames and the video come down without it)")
 
     logs = add("logs", "print a task's render log", cmd_logs)
     logs.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
@@ -453,6 +458,11 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("--needs-python", action="store_true",
                         help="the file's own Python (drivers, registered scripts) must run to render it right; only "
                              "workers started with --allow-blend-python take it (workers also detect this themselves)")
+    submit.add_argument("--video", choices=VIDEO_CONTAINERS,
+                        help="once every frame is done, a worker with FFmpeg encodes a video of them (H.264 in mp4, "
+                             "ProRes in mov, VP9 in webm) at the scene's frame rate, with the scene's sound strips; "
+                             "the task is done when the video is (default: none, or the scene's own FFmpeg settings "
+                             "when its output is a movie)")
     submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
                         help="render only on workers with exactly this Blender major.minor "
                              "(default: the version that saved the file, or newer)")

@@ -270,15 +270,19 @@ class CoordinatorClient:
     # -- workers ------------------------------------------------------------------------------------------------
 
     def register_worker(
-        self, name: str, host: str, blender_version: str, cpu_count: int, *, allows_python: bool = False
+        self, name: str, host: str, blender_version: str, cpu_count: int, *, allows_python: bool = False,
+        video_encoders: str = "",
     ) -> dict:
         """Register (or re-register) a worker; the answer holds worker_id, heartbeat_seconds and lease_seconds.
 
         `allows_python`: the worker lets Python stored in .blend files run, for tasks that need it.
+        `video_encoders`: what its FFmpeg encodes ("" without one: it is given no video to encode).
         """
-        return self.request("POST", "/register_worker", json_body={
-            "name": name, "host": host, "blender_version": blender_version, "cpu_count": cpu_count,
-            "allows_python": bool(allows_python)})
+        body: dict[str, Any] = {"name": name, "host": host, "blender_version": blender_version,
+                                "cpu_count": cpu_count, "allows_python": bool(allows_python)}
+        if video_encoders:
+            body["video_encoders"] = video_encoders
+        return self.request("POST", "/register_worker", json_body=body)
 
     def update_worker(self, worker_id: int, leases: list[str], *, rendering: Sequence[dict] = (),
                       logs: Sequence[dict] = ()) -> dict:

@@ -39,6 +39,7 @@ from renderq.paths import check_path_set, check_relative_path
 from renderq.exposure import Exposure, survey
 
 __all__ = ["PackError", "PackResult", "PackedFile", "pack_project", "read_blend_version", "read_frame_range",
+           "read_movie_output",
            "OUTSIDE_PROJECT"]
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,29 @@ def read_frame_range(path: str) -> tuple[int, int, int] | None:
     finally:
         bfile.close()
     return start, end, max(1, step)
+
+
+# Blender's movie output types (RenderData.im_format.imtype): AVI raw and JPEG, FFmpeg, and the old H.264, Xvid and
+# Theora ones.
+_MOVIE_IMTYPES = frozenset({15, 16, 24, 31, 32, 33})
+
+
+def read_movie_output(path: str) -> bool | None:
+    """Whether the scene a .blend was saved with writes a movie file (FFmpeg output) rather than images, read by
+    BAT without starting Blender; None when the file cannot be read or does not say."""
+    try:
+        bfile = blendfile.BlendFile(pathlib.Path(path))
+    except (*_BAT_READ_ERRORS, OSError):
+        return None
+    try:
+        scene = bfile.find_blocks_from_code(b"GLOB")[0].get_pointer(b"curscene")
+        if scene is None:
+            return None
+        return int(scene.get((b"r", b"im_format", b"imtype"))) in _MOVIE_IMTYPES
+    except (*_BAT_READ_ERRORS, IndexError, KeyError, TypeError, ValueError):
+        return None
+    finally:
+        bfile.close()
 
 
 class PackError(Exception):

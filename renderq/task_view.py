@@ -206,6 +206,28 @@ def download_done_frames(
     return fetched
 
 
+def download_video(client: CoordinatorClient, task: dict, dest_dir: str) -> int:
+    """Download only the task's video (its encode job's output) into `dest_dir`; says where it is, or why there is
+    none."""
+    videos = [frame for frame in task.get("frames") or [] if Frame.from_dict(frame).is_video]
+    task_id = task["task_id"]
+    if not videos:
+        why = ("it asked for none (submit --video)" if not task.get("video")
+               else f"it is {task.get('status')} and its video is not made yet")
+        print(f"task {task_id} has no video: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        fetched = FrameFetcher(client, task_id, dest_dir).fetch(videos)
+    except OSError as error:
+        print(f"renderq: cannot write to {dest_dir}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_FAILED
+    for _, why in fetched.skipped:
+        print(f"renderq: the video of task {task_id} was not saved: {why}", file=sys.stderr)
+    for path in fetched.paths:
+        print(f"the video of task {task_id} is {path}")
+    return EXIT_OK if fetched.paths else EXIT_FAILED
+
+
 def report_outcome(task: dict, dest_dir: str, paths: list[str], out: Any = None, skipped: int = 0) -> int:
     """Say where the frames are and what did not render; exit status 0 only when every frame rendered and none of
     them was `skipped` by the download."""

@@ -20,6 +20,7 @@ from renderq.units import parse_size
 from worker.agent import WorkerAgent
 from worker.blender_session import SessionError, blender_version, find_blender
 from worker.cache import DEFAULT_CACHE_SIZE, CacheError, format_size
+from worker.encode import probe_ffmpeg
 from worker.settings import DEFAULT_POLL_SECONDS, WorkerSettings
 
 __all__ = ["add_arguments", "default_work_dir", "main"]
@@ -67,6 +68,7 @@ def _defaults() -> dict[str, object]:
     parsers: dict[str, Callable[[str], object]] = {
         "coordinator": str, "token": str, "token_file": str, "worker_name": str, "blender": str, "threads": int,
         "work_dir": str, "cache_size": _cache_size, "poll_seconds": float, "allow_blend_python": parse_bool,
+        "ffmpeg": str,
     }
     env = {name: env_value(name, parse) for name, parse in parsers.items()}
     # --name's variable is RENDERQ_WORKER_NAME: RENDERQ_NAME would say nothing about whose name it is.
@@ -115,6 +117,9 @@ WORKER_FLAGS = (
          "coordinator advises: a quarter of a second on a small farm, longer on a large one so that idle workers "
          f"together ask about 50 times a second; {DEFAULT_POLL_SECONDS:g} with a coordinator that gives no advice)",
          metavar="SECONDS"),
+    Flag("--ffmpeg", str, "the FFmpeg executable that encodes tasks' videos; a worker without one renders frames but "
+         "is given no video to encode; 'none' offers no videos (default: $RENDERQ_FFMPEG, else found on PATH)",
+         metavar="PATH"),
 )
 
 
@@ -158,6 +163,7 @@ def main(args: argparse.Namespace) -> int:
     except SessionError as exc:
         log.error("cannot use Blender: %s", exc)
         return 2
+    encoders = None if (args.ffmpeg or "").lower() == "none" else probe_ffmpeg(args.ffmpeg)
     work_dir = args.work_dir or default_work_dir(name)
     settings = WorkerSettings(
         name=name,
@@ -168,6 +174,8 @@ def main(args: argparse.Namespace) -> int:
         cache_size=args.cache_size,
         poll_seconds=args.poll_seconds,
         allow_python=args.allow_blend_python,
+        ffmpeg=encoders.path if encoders else None,
+        video_encoders=encoders.describe() if encoders else "",
     )
     try:
         agent = WorkerAgent(client, settings)
@@ -183,5 +191,8 @@ def main(args: argparse.Namespace) -> int:
         "worker %s: Blender %s at %s, work folder %s, cache limit %s",
         name, version, blender, work_dir, format_size(args.cache_size),
     )
+    log.info("video: %s", encoders.describe() if encoders else
+             "none (FFmpeg switched off with --ffmpeg none)" if (args.ffmpeg or "").lower() == "none" else
+             f"none (no {args.ffmpeg or 'ffmpeg on PATH'} that runs)")
     agent.install_signal_handlers()
     return agent.run()

@@ -10,6 +10,8 @@
 - preparing: fetch the task's files, open (or reuse) Blender, refuse a file whose Python may not run here.
 - rendering: Blender renders on its own thread while the loop watches: it reports the frame's start, claims the next
   frame shortly before this one should end, and stops Blender when the lease is lost or the worker stops.
+- encoding: the task's encode job (a claim of kind "encode"): FFmpeg makes the task's video (worker/encode.py),
+  which is then delivered as a frame's file.
 - delivering: hand the result to the reporter, which sends it in order while the next frame renders; at most
   `max_undelivered_frames` rendered frames wait for the network before Blender may render another.
 
@@ -31,9 +33,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from renderq.http_client import CoordinatorError
+from renderq.model import FRAME_KIND_ENCODE
 from worker.blender_session import BlenderSession, FrameResult, SessionError
 from renderq.local_files import remove_quietly
 from worker.cache import BlendCache, CacheError
+from worker.encode import EncodeJob, encode_video
 from worker.lease import Lease
 from worker.outbox import FrameDone, FrameFailed, FrameGivenBack
 from worker.prefetch import PrefetchTimer
@@ -85,6 +89,7 @@ class State(enum.Enum):
     OFF = "off"
     PREPARING = "preparing"
     RENDERING = "rendering"
+    ENCODING = "encoding"
     DELIVERING = "delivering"
     STOPPED = "stopped"
 
@@ -136,6 +141,7 @@ class WorkerLoop:
             State.OFF: self._off,
             State.PREPARING: self._preparing,
             State.RENDERING: self._rendering,
+            State.ENCODING: self._encoding,
             State.DELIVERING: self._delivering,
         }
 
@@ -191,6 +197,8 @@ class WorkerLoop:
         if self.control.stopping or not self.control.enabled:
             self._give_back(lease, self._why_not_working())
             return State.IDLE, None
+        if lease.kind == FRAME_KIND_ENCODE:
+            return State.ENCODING, Turn(lease)
         return State.PREPARING, Turn(lease)
 
     def _off(self, _turn: Turn | None) -> Step:
@@ -311,6 +319,39 @@ class WorkerLoop:
             self.reporter.log_line(lease.task_id, f"frame {lease.frame} failed: {error}")
             self.reporter.finish(FrameFailed(lease, error, result.log_tail or "", after=turn.rendering_report))
         return State.IDLE, None
+
+    def _encoding(self, turn: Turn | None) -> Step:
+        """The task's encode job: FFmpeg makes its video from its frames (worker/encode.py); the video is delivered
+        like a rendered frame, under the job's lease."""
+        assert turn is not None
+        lease = turn.lease
+        if lease.revoked:
+            return self._drop(lease, "before encoding")
+        if not self.settings.ffmpeg:
+            self._give_back(lease, "this worker has no FFmpeg")
+            return State.IDLE, None
+        log.info("encoding the video of task %s", lease.task_id)
+        lease.started_at = time.time()
+        turn.rendering_report = self.reporter.report_rendering(lease, lease.started_at)
+
+        def give_up() -> bool:
+            return lease.revoked or self.control.stopping
+
+        job = EncodeJob(
+            lease=lease, ffmpeg=self.settings.ffmpeg, blender=self.settings.blender, work_dir=self.settings.work_dir,
+            output_dir=self.cache.output_dir(lease.task_id),
+            download=lambda sha256, path: self.reporter.download_file(sha256, path, give_up),
+            blend_path=lambda: self._task_files.prepare(lease, give_up), should_stop=give_up,
+            on_log_line=lambda line: self.reporter.log_line(lease.task_id, line),
+        )
+        try:
+            turn.result = encode_video(job)
+        except GaveUp:
+            turn.result = FrameResult(frame=lease.frame, ok=False, aborted=True, error="the encode was stopped")
+        except (CacheError, CoordinatorError, OSError) as exc:
+            turn.result = FrameResult.failure(lease.frame, f"the video could not be made: {exc}")
+        lease.finished.set()
+        return State.DELIVERING, turn
 
     # -- watching -----------------------------------------------------------------------------------------------
 

@@ -135,7 +135,9 @@ class Reporter:
             answer = self._retry(
                 "register with the coordinator",
                 lambda: self.client.register_worker(
-                    settings.name, host, settings.blender_version, cpus, allows_python=settings.allow_python
+                    settings.name, host, settings.blender_version, cpus, allows_python=settings.allow_python,
+                    # Only when there is something to say: a worker without FFmpeg speaks as before.
+                    **({"video_encoders": settings.video_encoders} if settings.video_encoders else {}),
                 ),
                 give_up=lambda: self.control.stopping,
             )
@@ -152,9 +154,10 @@ class Reporter:
         self.control.set_enabled(bool(answer.get("enabled", True)))
         self.take_poll_advice(answer)
         log.info(
-            "registered as worker %s (%s, Blender %s, %d CPUs%s)%s",
+            "registered as worker %s (%s, Blender %s, %d CPUs%s%s)%s",
             self.worker_id, settings.name, settings.blender_version, cpus,
             ", Python in .blend files allowed" if settings.allow_python else "",
+            f", video: {settings.video_encoders}" if settings.video_encoders else "",
             "" if self.control.enabled else "; it is switched OFF",
         )
         return True

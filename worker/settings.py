@@ -44,3 +44,6 @@ class WorkerSettings:
     # the last one uploads, and keeps a worker cut off from the coordinator from rendering far ahead of what it can
     # deliver.
     max_undelivered_frames: int = 1
+    # FFmpeg, which encodes tasks' videos, and what it offers (told to the coordinator); None and "": no videos.
+    ffmpeg: str | None = None
+    video_encoders: str = ""

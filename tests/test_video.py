@@ -1,0 +1,208 @@
+"""A task's video: encoded on the farm with FFmpeg once every frame is done, as the task's last, fenced job.
+
+Real coordinator, real workers with Blender 3.4, real FFmpeg (ffprobe checks what came out), real HTTP. Scenes are
+tiny (32x18, one sample) so each test takes seconds of rendering.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import wave
+
+import pytest
+
+from harness import ROOT, Api, find_blender_or_none, wait_for
+from renderq.model import VIDEO_FRAME
+from renderq.scenes import make_scene
+
+BLENDER = find_blender_or_none()
+FFMPEG, FFPROBE = shutil.which("ffmpeg"), shutil.which("ffprobe")
+FAST = ("--heartbeat", "1", "--alive-timeout", "4")
+VIDEO_SCENE_SCRIPT = os.path.join(ROOT, "tests", "blender_scripts", "video_scene.py")
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a73000000164944415478da63f8cfc0f09f81e13f03c3"
+    "7f060600437a07f9b9c0b4a40000000049454e44ae426082")
+
+pytestmark = [
+    pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)"),
+    pytest.mark.skipif(FFMPEG is None or FFPROBE is None,
+                       reason="FFmpeg is not installed (scripts/test.sh installs it)"),
+]
+
+
+def renderq(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real `renderq` command line, in its own process."""
+    return subprocess.run([sys.executable, "-m", "renderq", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def write_tone(path: str, seconds: float = 1.0, rate: int = 48000) -> None:
+    """A 440 Hz stereo tone as a 16-bit WAV file."""
+    with wave.open(path, "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        samples = (int(12000 * math.sin(2 * math.pi * 440 * n / rate)) for n in range(int(seconds * rate)))
+        out.writeframes(b"".join(struct.pack("<hh", s, s) for s in samples))
+
+
+def video_scene(folder: str, *, fps: int, movie: bool = False, sound: bool = False) -> str:
+    """A 12-frame scene at `fps` in a project folder of its own; with `movie` its output is an MP4 (H.264), with
+    `sound` it plays a tone from a sound strip."""
+    os.makedirs(folder, exist_ok=True)
+    blend = make_scene(os.path.join(folder, "shot.blend"), blender=BLENDER, frames=12, resolution=(32, 18),
+                       samples=1)
+    options = ["--fps", str(fps)] + (["--movie"] if movie else [])
+    if sound:
+        write_tone(os.path.join(folder, "tone.wav"))
+        options += ["--sound", os.path.join(folder, "tone.wav")]
+    subprocess.run([BLENDER, "-b", "-Y", "--factory-startup", blend, "--python", VIDEO_SCENE_SCRIPT, "--", *options],
+                   check=True, capture_output=True, timeout=120)
+    return blend
+
+
+def probe(path: str) -> dict:
+    """ffprobe's view of a video: its streams, with the video stream's frames counted."""
+    out = subprocess.run([FFPROBE, "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json",
+                          path], check=True, capture_output=True, text=True, timeout=60).stdout
+    return json.loads(out)
+
+
+def video_stream(info: dict) -> dict:
+    return next(s for s in info["streams"] if s["codec_type"] == "video")
+
+
+def start_farm(farm, *worker_extra: str) -> None:
+    farm.start_coordinator(*FAST)
+    farm.start_worker("w1", *worker_extra)
+
+
+@pytest.mark.timeout(300)
+def test_a_task_with_video_mp4_ends_done_with_a_video_ffprobe_confirms(farm, tmp_path) -> None:
+    blend = video_scene(str(tmp_path / "project"), fps=25)
+    start_farm(farm)
+    worker = farm.api.workers()["w1"]
+    assert worker["video_encoders"].startswith("ffmpeg ") and "libx264" in worker["video_encoders"]
+    assert "video: ffmpeg" in farm.workers["w1"].output()
+    out = tmp_path / "out"
+
+    submitted = renderq("submit", blend, "--video", "mp4", "--wait", "--output", str(out), *farm.cli_flags())
+
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    task_id = int(submitted.stdout.split("submitted task ")[1].split()[0])
+    task = farm.api.task(task_id)
+    assert task["status"] == "done" and task["video"] == {"container": "mp4"}
+    assert task["progress"]["done"] == task["progress"]["total"] == 13  # 12 frames and the video
+    files = sorted(os.listdir(out))
+    assert [f for f in files if f.endswith(".png")] == [f"f_{n:04d}.png" for n in range(1, 13)]
+    assert "shot.mp4" in files  # the default download brings the video with the frames
+    stream = video_stream(probe(str(out / "shot.mp4")))
+    assert stream["codec_name"] == "h264"
+    assert int(stream["nb_read_frames"]) == 12
+    assert stream["r_frame_rate"] == "25/1"
+
+    only = renderq("download", str(task_id), str(tmp_path / "only"), "--video", *farm.cli_flags())
+    assert only.returncode == 0, only.stderr
+    assert os.listdir(tmp_path / "only") == ["shot.mp4"]
+
+
+@pytest.mark.timeout(300)
+def test_a_movie_output_scene_with_sound_gives_png_frames_and_the_scenes_mp4_with_audio(farm, tmp_path) -> None:
+    blend = video_scene(str(tmp_path / "project"), fps=24, movie=True, sound=True)
+    start_farm(farm)
+    out = tmp_path / "out"
+
+    submitted = renderq("submit", blend, "--wait", "--output", str(out), *farm.cli_flags())  # no --video
+
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert "writes a movie" in submitted.stdout
+    files = sorted(os.listdir(out))
+    assert [f for f in files if f.endswith(".png")] == [f"movie_{n:04d}.png" for n in range(1, 13)]
+    assert [f for f in files if not f.endswith(".png")] == ["shot.mp4"]  # not twelve one-frame movies
+    info = probe(str(out / "shot.mp4"))
+    stream = video_stream(info)
+    assert stream["codec_name"] == "h264" and stream["r_frame_rate"] == "24/1"
+    assert int(stream["nb_read_frames"]) == 12
+    audio = [s for s in info["streams"] if s["codec_type"] == "audio"]
+    assert len(audio) == 1 and audio[0]["codec_name"] == "aac"
+
+
+def register(api: Api, name: str, encoders: str = "") -> int:
+    body = {"name": name, "blender_version": "3.4.1", **({"video_encoders": encoders} if encoders else {})}
+    return api.post("/register_worker", body)["worker_id"]
+
+
+def claim(api: Api, worker_id: int) -> dict | None:
+    return api.post("/frames/claim", {"worker_id": worker_id})["frame"]
+
+
+def finish(api: Api, worker_id: int, frame: dict, filename: str, data: bytes) -> int:
+    query = (f"/frames/finish?worker_id={worker_id}&task_id={frame['task_id']}&frame={frame['frame']}"
+             f"&lease_id={frame['lease_id']}&filename={filename}")
+    return api.call("POST", query, raw=data, content_type="application/octet-stream")[0]
+
+
+def test_the_encode_job_goes_to_a_worker_with_ffmpeg_and_is_fenced(farm, tmp_path) -> None:
+    farm.start_coordinator(*FAST)
+    api = farm.api
+    blend = tmp_path / "tiny.blend"
+    blend.write_bytes(b"BLENDER-v304REND" + b"\0" * 64)
+    task_id = api.submit(str(blend), 1, 2, video={"container": "mp4"})
+    plain = register(api, "no-ffmpeg")
+    for _ in range(2):
+        frame = claim(api, plain)
+        assert frame is not None and frame.get("kind", "render") == "render"
+        assert finish(api, plain, frame, f"f_{frame['frame']:04d}.png", PNG_1PX) == 200
+
+    # Every frame is done: the task waits for its video, which the worker without FFmpeg is never given.
+    assert claim(api, plain) is None
+    task = api.task(task_id)
+    assert task["status"] == "running" and "FFmpeg" in (task["waiting_reason"] or "")
+    encoder = register(api, "encoder", "ffmpeg 5.1 (libx264)")
+    job = claim(api, encoder)
+    assert job["kind"] == "encode" and job["frame"] == VIDEO_FRAME
+    assert [f["frame"] for f in job["video"]["frames"]] == [1, 2] and job["video"]["container"] == "mp4"
+
+    # The encoder loses its lease (it registers again, as a restarted worker does): its video is refused, the job
+    # goes back to the queue, and only the new lease delivers.
+    register(api, "encoder", "ffmpeg 5.1 (libx264)")
+    assert finish(api, encoder, job, "tiny.mp4", b"\0\0\0\x18ftypisom" + b"\0" * 64) == 409
+    assert api.task(task_id)["status"] == "running"
+    again = claim(api, encoder)
+    assert again["frame"] == VIDEO_FRAME and again["lease_id"] != job["lease_id"]
+    assert finish(api, encoder, again, "tiny.mp4", b"\0\0\0\x18ftypisom" + b"\0" * 64) == 200
+    task = api.task(task_id)
+    assert task["status"] == "done"
+    assert [f["kind"] for f in task["frames"]] == ["render", "render", "encode"]
+
+
+def test_a_failing_encode_reports_ffmpegs_last_lines(tmp_path) -> None:
+    """A frame FFmpeg cannot read fails the encode with FFmpeg's own last lines (the real Blender reads the scene,
+    the real FFmpeg fails)."""
+    from renderq.model import Lease
+    from worker.encode import EncodeJob, encode_video
+
+    blend = video_scene(str(tmp_path / "project"), fps=24)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a picture at all")
+    lease = Lease.from_dict({"task_id": 7, "frame": VIDEO_FRAME, "lease_id": "x", "blend_sha256": "0" * 64,
+                             "blend_filename": "shot.blend", "task_name": "shot", "kind": "encode",
+                             "video": {"container": "mp4", "frames": [{"frame": 1, "output": "f_0001.png",
+                                                                        "sha256": "1" * 64}]}})
+    job = EncodeJob(lease=lease, ffmpeg=FFMPEG, blender=BLENDER, work_dir=str(tmp_path / "work"),
+                    output_dir=str(tmp_path), download=lambda _sha, path: shutil.copy(broken, path),
+                    blend_path=lambda: blend, should_stop=lambda: False, on_log_line=lambda _line: None)
+
+    result = encode_video(job)
+
+    assert not result.ok and not result.aborted
+    assert result.error.startswith("FFmpeg failed (exit code ")
+    assert "Invalid PNG signature" in result.log_tail  # FFmpeg's own words about the frame it could not read
+    assert result.log_tail.splitlines()[-1] in result.error
+    assert not os.path.exists(tmp_path / "work" / "encode-7")  # nothing left behind
