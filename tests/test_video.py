@@ -17,7 +17,7 @@ import wave
 
 import pytest
 
-from harness import ROOT, Api, find_blender_or_none, wait_for
+from harness import ROOT, Api, find_blender_or_none
 from renderq.model import VIDEO_FRAME
 from renderq.scenes import make_scene
 
