@@ -18,6 +18,7 @@ import wave
 import pytest
 
 from harness import ROOT, Api, find_blender_or_none
+from test_addon_blender34 import addon_zip, run_addon  # noqa: F401 - addon_zip is a fixture used by name
 from renderq.model import VIDEO_FRAME
 from renderq.scenes import make_scene
 
@@ -131,6 +132,24 @@ def test_a_movie_output_scene_with_sound_gives_png_frames_and_the_scenes_mp4_wit
     assert int(stream["nb_read_frames"]) == 12
     audio = [s for s in info["streams"] if s["codec_type"] == "audio"]
     assert len(audio) == 1 and audio[0]["codec_name"] == "aac"
+
+
+@pytest.mark.timeout(400)
+def test_the_addon_submits_a_movie_output_scene_unchanged_and_opens_its_video(farm, tmp_path, addon_zip) -> None:
+    blend = video_scene(str(tmp_path / "project"), fps=24, movie=True)
+    start_farm(farm)
+
+    result = run_addon(tmp_path, addon_zip, farm.url, "movie", blend, token=farm.token("artist"))
+
+    assert "farm makes the movie" in result["note"]
+    task = farm.api.task(result["task_id"])
+    assert task["status"] == "done" and task["video"] == {"container": "scene"}
+    outputs = [f["output"] for f in task["frames"]]
+    assert outputs == [f"movie_{n:04d}.png" for n in range(1, 13)] + ["shot.mp4"]
+    video = os.path.join(os.path.dirname(blend), "render", "shot.mp4")
+    assert result["video"] == f"The video of task {task['task_id']} is {video}"
+    stream = video_stream(probe(video))
+    assert (stream["codec_name"], stream["r_frame_rate"], int(stream["nb_read_frames"])) == ("h264", "24/1", 12)
 
 
 def register(api: Api, name: str, encoders: str = "") -> int:
