@@ -17,7 +17,7 @@ import wave
 
 import pytest
 
-from harness import ROOT, Api, find_blender_or_none
+from harness import ROOT, Api, find_blender_or_none, wait_for
 from test_addon_blender34 import addon_zip, run_addon  # noqa: F401 - addon_zip is a fixture used by name
 from renderq.model import VIDEO_FRAME
 from renderq.scenes import make_scene
@@ -25,6 +25,9 @@ from renderq.scenes import make_scene
 BLENDER = find_blender_or_none()
 FFMPEG, FFPROBE = shutil.which("ffmpeg"), shutil.which("ffprobe")
 FAST = ("--heartbeat", "1", "--alive-timeout", "4")
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
 VIDEO_SCENE_SCRIPT = os.path.join(ROOT, "tests", "blender_scripts", "video_scene.py")
 PNG_1PX = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a73000000164944415478da63f8cfc0f09f81e13f03c3"
@@ -201,6 +204,28 @@ def test_the_encode_job_goes_to_a_worker_with_ffmpeg_and_is_fenced(farm, tmp_pat
     assert [f["kind"] for f in task["frames"]] == ["render", "render", "encode"]
 
 
+def test_an_encode_that_keeps_failing_on_the_one_ffmpeg_worker_fails_the_task_with_its_error(farm, tmp_path) -> None:
+    farm.start_coordinator(*FAST)
+    api = farm.api
+    blend = tmp_path / "tiny.blend"
+    blend.write_bytes(b"BLENDER-v304REND" + b"\0" * 64)
+    task_id = api.submit(str(blend), 1, 1, video={"container": "webm"})
+    worker_id = register(api, "encoder", "ffmpeg 5.1 (libvpx-vp9)")
+    frame = claim(api, worker_id)
+    assert finish(api, worker_id, frame, "f_0001.png", PNG_1PX) == 200
+    error = "FFmpeg failed (exit code 1): Error while opening encoder"
+    for attempt in range(3):  # the coordinator's frame_fail_workers, counted on one worker for the encode job
+        job = claim(api, worker_id)
+        assert job is not None and job["kind"] == "encode", (attempt, job)
+        api.post("/update_task", {"worker_id": worker_id, "task_id": task_id, "frame": VIDEO_FRAME,
+                                  "lease_id": job["lease_id"], "status": "failed", "error": error,
+                                  "log_tail": "[libvpx-vp9] lines\n" + error})
+    task = api.task(task_id)
+    assert task["status"] == "failed" and task["failed_frames"] == [VIDEO_FRAME]
+    encode = next(f for f in task["frames"] if f["kind"] == "encode")
+    assert encode["status"] == "failed" and encode["error"] == error and encode["attempts"] == 3
+
+
 def test_a_failing_encode_reports_ffmpegs_last_lines(tmp_path) -> None:
     """A frame FFmpeg cannot read fails the encode with FFmpeg's own last lines (the real Blender reads the scene,
     the real FFmpeg fails)."""
@@ -225,3 +250,53 @@ def test_a_failing_encode_reports_ffmpegs_last_lines(tmp_path) -> None:
     assert "Invalid PNG signature" in result.log_tail  # FFmpeg's own words about the frame it could not read
     assert result.log_tail.splitlines()[-1] in result.error
     assert not os.path.exists(tmp_path / "work" / "encode-7")  # nothing left behind
+
+
+def deliver_video_task(api: Api, tmp_path, video: bytes, filename: str) -> int:
+    """A task with a video, its two frames and its video delivered over the workers' API."""
+    blend = tmp_path / "tiny.blend"
+    blend.write_bytes(b"BLENDER-v304REND" + b"\0" * 64)
+    task_id = api.submit(str(blend), 1, 2, name="clip", video={"container": "mp4"})
+    worker_id = register(api, "encoder", "ffmpeg 5.1 (libx264)")
+    for _ in range(3):
+        frame = claim(api, worker_id)
+        name = filename if frame.get("kind") == "encode" else f"f_{frame['frame']:04d}.png"
+        assert finish(api, worker_id, frame, name, video if frame.get("kind") == "encode" else PNG_1PX) == 200
+    assert api.task(task_id)["status"] == "done"
+    return task_id
+
+
+def test_the_task_page_plays_the_video_in_chromium(farm, tmp_path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed "
+                                   "(source scripts/setup-browser.sh to install it)")
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (source scripts/setup-browser.sh to install it)")
+    clip = tmp_path / "clip.mp4"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x36:rate=24:duration=0.5",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(clip)], check=True)
+    farm.start_coordinator(*FAST)
+    task_id = deliver_video_task(farm.api, tmp_path, clip.read_bytes(), "clip.mp4")
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            # The page's own Content-Security-Policy stays on: the video must load under it.
+            page = browser.new_context().new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(farm.url + "/")
+            page.fill("#token", farm.api.token)
+            page.click("button[type=submit]")
+            page.wait_for_url(farm.url + "/")
+            page.goto(f"{farm.url}/tasks/{task_id}")
+            state = wait_for(lambda: page.evaluate(
+                "(() => { const v = document.getElementById('task-video');"
+                " return v && !v.hidden && v.readyState >= 1 && !v.error"
+                " && {duration: v.duration, width: v.videoWidth,"
+                " link: document.getElementById('video-link').getAttribute('href')}; })()"), 30,
+                "the video to load in the page")
+        finally:
+            browser.close()
+    assert abs(state["duration"] - 0.5) < 0.1 and state["width"] == 64
+    assert state["link"] == f"/download_frame?task_id={task_id}&frame={VIDEO_FRAME}"
+    assert errors == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from renderq.model import VIDEO_FRAME
+from renderq.model import FRAME_KIND_ENCODE, VIDEO_FRAME
 
 from .engine import Database, Engine
 
@@ -55,12 +55,14 @@ def requeue(db: Database, where: str, params: tuple) -> int:
 def record_failure(engine: Engine, db: Database, task_id: int, frame: int, lease_id: str, worker_id: int, error: str,
                     log_tail: str, frame_fail_workers: int, now: float, *, keep_lease: bool) -> dict | None:
     """Count a failed render of a frame held under lease_id against its worker (for the frame and the task), then
-    requeue the frame, or mark it failed once that many different workers failed it. keep_lease leaves a failed
-    frame's lease on it, so the worker's repeated final report is recognised; a timeout kills the lease."""
+    requeue the frame, or mark it failed once that many different workers failed it (a task's encode job: once it
+    failed that many times, on any workers: a video that cannot be made fails alike everywhere, and a farm may
+    have one worker with FFmpeg). keep_lease leaves a failed frame's lease on it, so the worker's repeated final
+    report is recognised; a timeout kills the lease."""
     # Locked (PostgreSQL) until the end of the transaction: no other coordinator's report changes the frame between
     # this check and the update below.
     held = db.execute(
-        "SELECT 1 FROM frames WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')"
+        "SELECT kind FROM frames WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')"
         + engine.for_update,
         (task_id, frame, lease_id),
     ).fetchone()
@@ -71,8 +73,9 @@ def record_failure(engine: Engine, db: Database, task_id: int, frame: int, lease
         (task_id, frame, worker_id, now, error, lease_id if keep_lease else None),
     )
     # Uses frame_failures_by_frame: as many rows as this frame has failed since its last retry.
+    counted = "count(*)" if held["kind"] == FRAME_KIND_ENCODE else "count(DISTINCT worker_id)"
     workers_failed = db.execute(
-        "SELECT count(DISTINCT worker_id) FROM frame_failures WHERE task_id = ? AND frame = ? AND cleared = 0",
+        f"SELECT {counted} FROM frame_failures WHERE task_id = ? AND frame = ? AND cleared = 0",
         (task_id, frame),
     ).fetchone()[0]
     final = workers_failed >= frame_fail_workers
