@@ -23,13 +23,11 @@ import logging
 import os
 import pathlib
 import shutil
-import struct
 import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from blender_asset_tracer import blendfile, bpathlib, trace
-from blender_asset_tracer.blendfile import exceptions as blend_exceptions
 from blender_asset_tracer.pack import Aborted, Packer, transfer
 from blender_asset_tracer.pack import progress as pack_progress
 from blender_asset_tracer.trace import file_sequence
@@ -39,7 +37,6 @@ from renderq.paths import check_path_set, check_relative_path
 from renderq.exposure import Exposure, survey
 
 __all__ = ["PackError", "PackResult", "PackedFile", "pack_project", "read_blend_version", "read_frame_range",
-           "read_movie_output",
            "OUTSIDE_PROJECT"]
 
 log = logging.getLogger(__name__)
@@ -53,14 +50,7 @@ _HASH_BLOCK = 1024 * 1024
 ProgressCallback = Callable[[str, int, int], None]
 
 # What BAT raises on a .blend it cannot parse or rewrite (a damaged file, a layout it does not know).
-_BAT_READ_ERRORS = (
-    blend_exceptions.BlendFileError,
-    blend_exceptions.SegmentationFault,
-    blend_exceptions.NoReaderImplemented,
-    blend_exceptions.NoWriterImplemented,
-    struct.error,
-    EOFError,
-)
+_BAT_READ_ERRORS = blend_header.BAT_READ_ERRORS
 
 
 def read_blend_version(path: str) -> str:
@@ -96,29 +86,6 @@ def read_frame_range(path: str) -> tuple[int, int, int] | None:
     finally:
         bfile.close()
     return start, end, max(1, step)
-
-
-# Blender's movie output types (RenderData.im_format.imtype): AVI raw and JPEG, FFmpeg, and the old H.264, Xvid and
-# Theora ones.
-_MOVIE_IMTYPES = frozenset({15, 16, 24, 31, 32, 33})
-
-
-def read_movie_output(path: str) -> bool | None:
-    """Whether the scene a .blend was saved with writes a movie file (FFmpeg output) rather than images, read by
-    BAT without starting Blender; None when the file cannot be read or does not say."""
-    try:
-        bfile = blendfile.BlendFile(pathlib.Path(path))
-    except (*_BAT_READ_ERRORS, OSError):
-        return None
-    try:
-        scene = bfile.find_blocks_from_code(b"GLOB")[0].get_pointer(b"curscene")
-        if scene is None:
-            return None
-        return int(scene.get((b"r", b"im_format", b"imtype"))) in _MOVIE_IMTYPES
-    except (*_BAT_READ_ERRORS, IndexError, KeyError, TypeError, ValueError):
-        return None
-    finally:
-        bfile.close()
 
 
 class PackError(Exception):

@@ -84,7 +84,7 @@ def timeouts_and_python(args: argparse.Namespace) -> dict[str, Any]:
 def video_request(blend: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The submit's `video` field: --video's container, else, when the scene's output is a movie, the scene's own
     FFmpeg settings (its frames render as PNG and the farm encodes the movie from them)."""
-    from renderq.packing import read_movie_output
+    from renderq.blend_header import read_movie_output
 
     container = getattr(args, "video", None)
     if container:

@@ -18,7 +18,7 @@ import wave
 import pytest
 
 from harness import ROOT, Api, find_blender_or_none, wait_for
-from test_addon_blender34 import addon_zip, run_addon  # noqa: F401 - addon_zip is a fixture used by name
+from test_addon_blender34 import addon_zip, run_addon  # noqa: F401 - addon_zip: its fixture
 from renderq.model import VIDEO_FRAME
 from renderq.scenes import make_scene
 
@@ -138,11 +138,12 @@ def test_a_movie_output_scene_with_sound_gives_png_frames_and_the_scenes_mp4_wit
 
 
 @pytest.mark.timeout(400)
-def test_the_addon_submits_a_movie_output_scene_unchanged_and_opens_its_video(farm, tmp_path, addon_zip) -> None:
+def test_the_addon_submits_a_movie_output_scene_unchanged_and_opens_its_video(farm, tmp_path, request) -> None:
+    built = request.getfixturevalue("addon_zip")  # built as tests/test_addon_blender34.py builds it
     blend = video_scene(str(tmp_path / "project"), fps=24, movie=True)
     start_farm(farm)
 
-    result = run_addon(tmp_path, addon_zip, farm.url, "movie", blend, token=farm.token("artist"))
+    result = run_addon(tmp_path, built, farm.url, "movie", blend, token=farm.token("artist"))
 
     assert "farm makes the movie" in result["note"]
     task = farm.api.task(result["task_id"])

@@ -174,7 +174,6 @@ def add_missing_image() -> None:
 def case_refusals() -> dict:
     from renderq_addon import state
 
-    scene = bpy.context.scene
     folder = os.path.dirname(bpy.data.filepath)
     listing = sorted(os.listdir(folder))
 
