@@ -91,9 +91,11 @@ def start_farm(farm, *worker_extra: str) -> None:
 def test_a_task_with_video_mp4_ends_done_with_a_video_ffprobe_confirms(farm, tmp_path) -> None:
     blend = video_scene(str(tmp_path / "project"), fps=25)
     start_farm(farm)
-    worker = farm.api.workers()["w1"]
-    assert worker["video_encoders"].startswith("ffmpeg ") and "libx264" in worker["video_encoders"]
+    farm.start_worker("w2", "--ffmpeg", "none")
+    workers = farm.api.workers()
+    assert workers["w1"]["video_encoders"].startswith("ffmpeg ") and "libx264" in workers["w1"]["video_encoders"]
     assert "video: ffmpeg" in farm.workers["w1"].output()
+    assert workers["w2"]["video_encoders"] == "" and "video: none" in farm.workers["w2"].output()
     out = tmp_path / "out"
 
     submitted = renderq("submit", blend, "--video", "mp4", "--wait", "--output", str(out), *farm.cli_flags())
@@ -103,6 +105,7 @@ def test_a_task_with_video_mp4_ends_done_with_a_video_ffprobe_confirms(farm, tmp
     task = farm.api.task(task_id)
     assert task["status"] == "done" and task["video"] == {"container": "mp4"}
     assert task["progress"]["done"] == task["progress"]["total"] == 13  # 12 frames and the video
+    assert task["frames"][-1]["kind"] == "encode" and task["frames"][-1]["worker"] == "w1"  # w2 has no FFmpeg
     files = sorted(os.listdir(out))
     assert [f for f in files if f.endswith(".png")] == [f"f_{n:04d}.png" for n in range(1, 13)]
     assert "shot.mp4" in files  # the default download brings the video with the frames

@@ -330,6 +330,8 @@ class WorkerLoop:
         if not self.settings.ffmpeg:
             self._give_back(lease, "this worker has no FFmpeg")
             return State.IDLE, None
+        # The task has no frame left to render: its Blender need not hold the scene's memory while FFmpeg works.
+        self._close_session(remove_task_files=False)
         log.info("encoding the video of task %s", lease.task_id)
         lease.started_at = time.time()
         turn.rendering_report = self.reporter.report_rendering(lease, lease.started_at)
