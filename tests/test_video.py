@@ -228,6 +228,8 @@ def test_an_encode_that_keeps_failing_on_the_one_ffmpeg_worker_fails_the_task_wi
     assert task["status"] == "failed" and task["failed_frames"] == [VIDEO_FRAME]
     encode = next(f for f in task["frames"] if f["kind"] == "encode")
     assert encode["status"] == "failed" and encode["error"] == error and encode["attempts"] == 3
+    shown = renderq("status", str(task_id), *farm.cli_flags())
+    assert f"video      webm: failed: {error}" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_a_failing_encode_reports_ffmpegs_last_lines(tmp_path) -> None:
