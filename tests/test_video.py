@@ -26,6 +26,8 @@ BLENDER = find_blender_or_none()
 FFMPEG, FFPROBE = shutil.which("ffmpeg"), shutil.which("ffprobe")
 FAST = ("--heartbeat", "1", "--alive-timeout", "4")
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+# RENDERQ_SCREENSHOTS=DIR saves the task page with its video into DIR (the README's picture: RENDERQ_SCREENSHOTS=docs).
+SCREENSHOTS = os.environ.get("RENDERQ_SCREENSHOTS")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 VIDEO_SCENE_SCRIPT = os.path.join(ROOT, "tests", "blender_scripts", "video_scene.py")
@@ -174,6 +176,7 @@ def finish(api: Api, worker_id: int, frame: dict, filename: str, data: bytes) ->
     return api.call("POST", query, raw=data, content_type="application/octet-stream")[0]
 
 
+@pytest.mark.both_databases
 def test_the_encode_job_goes_to_a_worker_with_ffmpeg_and_is_fenced(farm, tmp_path) -> None:
     farm.start_coordinator(*FAST)
     api = farm.api
@@ -208,6 +211,7 @@ def test_the_encode_job_goes_to_a_worker_with_ffmpeg_and_is_fenced(farm, tmp_pat
     assert [f["kind"] for f in task["frames"]] == ["render", "render", "encode"]
 
 
+@pytest.mark.both_databases
 def test_an_encode_that_keeps_failing_on_the_one_ffmpeg_worker_fails_the_task_with_its_error(farm, tmp_path) -> None:
     farm.start_coordinator(*FAST)
     api = farm.api
@@ -301,6 +305,11 @@ def test_the_task_page_plays_the_video_in_chromium(farm, tmp_path) -> None:
                 " && {duration: v.duration, width: v.videoWidth,"
                 " link: document.getElementById('video-link').getAttribute('href')}; })()"), 30,
                 "the video to load in the page")
+            if SCREENSHOTS:
+                os.makedirs(SCREENSHOTS, exist_ok=True)
+                page.set_viewport_size({"width": 1440, "height": 900})
+                page.wait_for_timeout(1000)  # the progress bar's transition
+                page.screenshot(path=os.path.join(SCREENSHOTS, "status-video.png"))
         finally:
             browser.close()
     assert abs(state["duration"] - 0.5) < 0.1 and state["width"] == 64
