@@ -35,6 +35,8 @@ PRIORITY_LIMIT = 1_000_000
 # A task's frame_timeout and no_progress_timeout: at least a second, at most a week.
 TIMEOUT_MIN_SECONDS = 1.0
 TIMEOUT_MAX_SECONDS = 7 * 86400.0
+# Frames in one page of GET /video_frames (about 130 bytes each as JSON).
+VIDEO_FRAMES_PAGE = 5000
 # Seconds between the lease expiries a claim runs (the coordinator's reaper runs one every second too).
 EXPIRY_INTERVAL = 1.0
 
@@ -270,8 +272,7 @@ class Scheduler(FarmReader):
         encode: dict[str, Any] = {}
         if frame["kind"] == FRAME_KIND_ENCODE:
             # What the encode job needs: the video asked for and the rendered frames it is made of.
-            encode = {"kind": FRAME_KIND_ENCODE,
-                      "video": {**(task["video"] or {}), "frames": self.store.video_inputs(frame["task_id"])}}
+            encode = {"kind": FRAME_KIND_ENCODE, "video": dict(task["video"] or {})}
         return {
             "task_id": frame["task_id"],
             "frame": frame["frame"],
@@ -290,6 +291,14 @@ class Scheduler(FarmReader):
             "needs_python": bool(task["needs_python"]),
             **encode,
         }, None
+
+    def video_frames(self, task_id: int, frames_after: int | None = None) -> dict:
+        """One page of the rendered frames the task's video is made of, in order, and where the next page starts."""
+        self._task(task_id)
+        frames = self.store.video_inputs(task_id, frames_after, VIDEO_FRAMES_PAGE + 1)
+        more = len(frames) > VIDEO_FRAMES_PAGE
+        frames = frames[:VIDEO_FRAMES_PAGE]
+        return {"task_id": task_id, "frames": frames, "frames_next": frames[-1]["frame"] if more else None}
 
     def claim_answer(self, worker_id: int, prefer_task_id: int | None = None) -> dict:
         """A claim as the API answers it: the frame, or why there is none and when to ask again."""

@@ -369,8 +369,8 @@ class Lease(_Record):
     blender_version: str = ""
     files_count: int | None = None
     lease_seconds: float | None = None
-    # "render", or "encode": then `video` holds what to encode ({"container", "frames": [{frame, output,
-    # sha256}, ...]}) and Blender renders nothing.
+    # "render", or "encode": then `video` holds what to encode ({"container": ...}; the frames come from GET
+    # /video_frames) and Blender renders nothing.
     kind: str = FRAME_KIND_RENDER
     video: dict[str, Any] | None = None
     revoked: bool = False

@@ -196,7 +196,11 @@ def test_the_encode_job_goes_to_a_worker_with_ffmpeg_and_is_fenced(farm, tmp_pat
     encoder = register(api, "encoder", "ffmpeg 5.1 (libx264)")
     job = claim(api, encoder)
     assert job["kind"] == "encode" and job["frame"] == VIDEO_FRAME
-    assert [f["frame"] for f in job["video"]["frames"]] == [1, 2] and job["video"]["container"] == "mp4"
+    assert job["video"] == {"container": "mp4"}
+    listed = api.get(f"/video_frames?task_id={task_id}")
+    assert [(f["frame"], f["output"]) for f in listed["frames"]] == [(1, "f_0001.png"), (2, "f_0002.png")]
+    assert listed["frames_next"] is None
+    assert [f["frame"] for f in api.get(f"/video_frames?task_id={task_id}&frames_after=1")["frames"]] == [2]
 
     # The encoder loses its lease (it registers again, as a restarted worker does): its video is refused, the job
     # goes back to the queue, and only the new lease delivers.
@@ -247,10 +251,10 @@ def test_a_failing_encode_reports_ffmpegs_last_lines(tmp_path) -> None:
     broken.write_bytes(b"not a picture at all")
     lease = Lease.from_dict({"task_id": 7, "frame": VIDEO_FRAME, "lease_id": "x", "blend_sha256": "0" * 64,
                              "blend_filename": "shot.blend", "task_name": "shot", "kind": "encode",
-                             "video": {"container": "mp4", "frames": [{"frame": 1, "output": "f_0001.png",
-                                                                        "sha256": "1" * 64}]}})
+                             "video": {"container": "mp4"}})
     job = EncodeJob(lease=lease, ffmpeg=FFMPEG, blender=BLENDER, work_dir=str(tmp_path / "work"),
                     output_dir=str(tmp_path), download=lambda _sha, path: shutil.copy(broken, path),
+                    list_frames=lambda: [{"frame": 1, "output": "f_0001.png", "sha256": "1" * 64}],
                     blend_path=lambda: blend, should_stop=lambda: False, on_log_line=lambda _line: None)
 
     result = encode_video(job)

@@ -1,9 +1,10 @@
 """A task's encode job on the worker: the task's video, made with FFmpeg from its rendered frames.
 
-The claim of an encode job (a Lease of kind "encode") names the video asked for and the rendered frames it is made
-of (frame, output, sha256). The worker fetches those frames from the farm as it fetches a task's files, asks Blender
-for the scene's frame rate, FFmpeg output settings and sound (worker/video_scene_script.py, on the task's own tree,
-with -Y), runs ffmpeg, and hands the video to the loop as the job's file: it is delivered and fenced like a frame.
+The claim of an encode job (a Lease of kind "encode") names the video asked for; GET /video_frames lists the
+rendered frames it is made of (frame, output, sha256). The worker fetches those frames as it fetches a task's
+files, asks Blender for the scene's frame rate, FFmpeg output settings and sound (worker/video_scene_script.py, on
+the task's own tree, with -Y), runs ffmpeg, and hands the video to the loop as the job's file: it is delivered and
+fenced like a frame.
 
 `probe_ffmpeg` tells what this machine's FFmpeg can encode; a worker without one is given no encode job.
 """
@@ -168,6 +169,7 @@ class EncodeJob:
     work_dir: str
     output_dir: str
     download: Callable[[str, str], None]
+    list_frames: Callable[[], list[dict[str, Any]]]
     blend_path: Callable[[], str]
     should_stop: Callable[[], bool]
     on_log_line: Callable[[str], None]
@@ -191,7 +193,7 @@ def encode_video(job: EncodeJob) -> FrameResult:
 
 def _encode(job: EncodeJob) -> str:
     video = job.lease.video or {}
-    inputs = [dict(item) for item in video.get("frames") or []]
+    inputs = [dict(item) for item in job.list_frames()]
     if not inputs:
         raise EncodeFailed("the task has no rendered frames to make a video of")
     folder = os.path.join(job.work_dir, f"encode-{job.lease.task_id}")

@@ -343,6 +343,7 @@ class WorkerLoop:
             lease=lease, ffmpeg=self.settings.ffmpeg, blender=self.settings.blender, work_dir=self.settings.work_dir,
             output_dir=self.cache.output_dir(lease.task_id),
             download=lambda sha256, path: self.reporter.download_file(sha256, path, give_up),
+            list_frames=lambda: self.reporter.video_frames(lease.task_id, give_up),
             blend_path=lambda: self._task_files.prepare(lease, give_up), should_stop=give_up,
             on_log_line=lambda line: self.reporter.log_line(lease.task_id, line),
         )

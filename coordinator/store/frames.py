@@ -206,12 +206,14 @@ class FrameQueries(StoreConnection):
                              (task_id, frame)).fetchone()
             return dict(row)
 
-    def video_inputs(self, task_id: int) -> list[dict]:
-        """The rendered frames a task's video is made of, in frame order: {frame, output, sha256, size}."""
+    def video_inputs(self, task_id: int, after: int | None, limit: int) -> list[dict]:
+        """Up to `limit` of the rendered frames a task's video is made of, numbered above `after`, in frame order:
+        {frame, output, sha256, size}."""
         rows = self.read().execute(
             "SELECT frame, output, output_sha256 AS sha256, output_size AS size FROM frames "
-            "WHERE task_id = ? AND status = 'done' AND kind = 'render' AND output_sha256 IS NOT NULL ORDER BY frame",
-            (task_id,),
+            "WHERE task_id = ? AND status = 'done' AND frame > ? AND kind = 'render' AND output_sha256 IS NOT NULL "
+            "ORDER BY frame LIMIT ?",
+            (task_id, -(2**62) if after is None else after, limit),
         ).fetchall()
         return [dict(row) for row in rows]
 
