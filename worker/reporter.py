@@ -14,6 +14,7 @@ knows this worker; a lost lease's result is dropped and the loop, which watches 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -450,7 +451,7 @@ class Reporter:
         after: int | None = None
         while True:
             page = self._retry(f"list the frames of task {task_id}'s video",
-                               lambda after=after: self.client.video_frames(task_id, after), give_up=give_up)
+                               functools.partial(self.client.video_frames, task_id, after), give_up=give_up)
             frames += list(page.get("frames") or [])
             after = page.get("frames_next")
             if after is None:
