@@ -319,3 +319,26 @@ def test_the_task_page_plays_the_video_in_chromium(farm, tmp_path) -> None:
     assert abs(state["duration"] - 0.5) < 0.1 and state["width"] == 64
     assert state["link"] == f"/download_frame?task_id={task_id}&frame={VIDEO_FRAME}"
     assert errors == []
+
+
+def test_the_scenes_rate_is_kept_exactly_and_its_container_and_codec_are_ffmpegs_own(tmp_path) -> None:
+    """30 / 1.001 fps stays 30000/1001; a scene set to QuickTime/ProRes or WebM/VP9 gets that from the real FFmpeg."""
+    from fractions import Fraction
+
+    from worker.encode import ffmpeg_command, frame_rate
+
+    assert frame_rate({"fps": 30, "fps_base": 1.001}) == Fraction(30000, 1001)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=33x19:rate=24", "-frames:v", "6",
+                    str(frames / "%06d.png")], check=True)
+    cases = {"mov": ({"format": "QUICKTIME", "codec": "PRORES"}, "prores"),
+             "webm": ({"format": "WEBM", "codec": "WEBM", "crf": "HIGH"}, "vp9")}
+    for extension, (settings, codec) in cases.items():
+        scene = {"fps": 30, "fps_base": 1.001, "is_movie": True, **settings}
+        out = tmp_path / f"out.{extension}"
+        subprocess.run(ffmpeg_command(FFMPEG, "scene", scene, str(frames / "%06d.png"), None, str(out)),
+                       check=True, timeout=120)
+        stream = video_stream(probe(str(out)))
+        assert (stream["codec_name"], stream["r_frame_rate"], int(stream["nb_read_frames"])) == \
+            (codec, "30000/1001", 6), extension
