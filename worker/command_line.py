@@ -77,6 +77,15 @@ def _defaults() -> dict[str, object]:
             "allow_blend_python": bool(env["allow_blend_python"])}
 
 
+def _no_video_reason(ffmpeg: str | None) -> str:
+    """Why this worker offers no videos, for its start-up line."""
+    if not ffmpeg:
+        return "none (no ffmpeg on PATH)"
+    if ffmpeg.lower() == "none":
+        return "none (switched off with --ffmpeg none)"
+    return f"none ({ffmpeg} is no FFmpeg that runs)"
+
+
 def _cache_size_arg(text: str) -> int:
     """--cache-size for argparse, which shows an ArgumentTypeError's own sentence."""
     try:
@@ -191,8 +200,6 @@ def main(args: argparse.Namespace) -> int:
         "worker %s: Blender %s at %s, work folder %s, cache limit %s",
         name, version, blender, work_dir, format_size(args.cache_size),
     )
-    log.info("video: %s", encoders.describe() if encoders else
-             "none (FFmpeg switched off with --ffmpeg none)" if (args.ffmpeg or "").lower() == "none" else
-             f"none (no {args.ffmpeg or 'ffmpeg on PATH'} that runs)")
+    log.info("video: %s", encoders.describe() if encoders else _no_video_reason(args.ffmpeg))
     agent.install_signal_handlers()
     return agent.run()
