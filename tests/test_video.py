@@ -215,6 +215,37 @@ def test_the_encode_job_goes_to_a_worker_with_ffmpeg_and_is_fenced(farm, tmp_pat
     assert [f["kind"] for f in task["frames"]] == ["render", "render", "encode"]
 
 
+def test_ffmpeg_is_offered_beside_engines_and_tags_and_the_encode_job_needs_both(farm, tmp_path) -> None:
+    """A worker's FFmpeg is one more thing it offers: registered with its devices, engines and tags, shown in
+    `renderq workers`, and the encode job of a tagged task goes only to a worker with the tag and FFmpeg."""
+    farm.start_coordinator(*FAST)
+    api = farm.api
+    blend = tmp_path / "tiny.blend"
+    blend.write_bytes(b"BLENDER-v304REND" + b"\0" * 64)
+    task_id = api.submit(str(blend), 1, 1, video={"container": "mp4"}, tags=["lighting"])
+    register_body = {"blender_version": "3.4.1", "engines": ["CYCLES"]}
+    renderer = api.post("/register_worker", {"name": "renderer", "tags": ["lighting"], **register_body})["worker_id"]
+    untagged = api.post("/register_worker", {"name": "untagged", "video_encoders": "ffmpeg 5.1 (libx264)",
+                                             **register_body})["worker_id"]
+    frame = claim(api, renderer)
+    assert frame is not None and finish(api, renderer, frame, "f_0001.png", PNG_1PX) == 200
+
+    assert claim(api, untagged) is None and claim(api, renderer) is None
+    assert api.task(task_id)["waiting_reason"] == "waiting: its video is to be encoded and no live worker has FFmpeg"
+    encoder = api.post("/register_worker", {"name": "encoder", "tags": ["lighting"],
+                                            "video_encoders": "ffmpeg 5.1 (libx264)", **register_body})["worker_id"]
+    job = claim(api, encoder)
+    assert job is not None and job["kind"] == "encode"
+
+    listed = renderq("workers", *farm.cli_flags())
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert "VIDEO" in header.split()
+    shown = {row.split()[0]: row for row in rows}
+    assert "ffmpeg 5.1 (libx264)" in shown["encoder"] and "ffmpeg 5.1 (libx264)" in shown["untagged"]
+    assert "ffmpeg" not in shown["renderer"]
+
+
 @pytest.mark.both_databases
 def test_an_encode_that_keeps_failing_on_the_one_ffmpeg_worker_fails_the_task_with_its_error(farm, tmp_path) -> None:
     farm.start_coordinator(*FAST)
