@@ -217,7 +217,8 @@ def test_the_encode_job_goes_to_a_worker_with_ffmpeg_and_is_fenced(farm, tmp_pat
 
 def test_ffmpeg_is_offered_beside_engines_and_tags_and_the_encode_job_needs_both(farm, tmp_path) -> None:
     """A worker's FFmpeg is one more thing it offers: registered with its devices, engines and tags, shown in
-    `renderq workers`, and the encode job of a tagged task goes only to a worker with the tag and FFmpeg."""
+    `renderq workers` and the farm page's feed, and the encode job of a tagged task goes only to a worker with the
+    tag and FFmpeg."""
     farm.start_coordinator(*FAST)
     api = farm.api
     blend = tmp_path / "tiny.blend"
@@ -244,6 +245,9 @@ def test_ffmpeg_is_offered_beside_engines_and_tags_and_the_encode_job_needs_both
     shown = {row.split()[0]: row for row in rows}
     assert "ffmpeg 5.1 (libx264)" in shown["encoder"] and "ffmpeg 5.1 (libx264)" in shown["untagged"]
     assert "ffmpeg" not in shown["renderer"]
+    # The farm page's Offers cell shows it from the page's feed.
+    page_workers = {w["name"]: w for w in api.get("/status/updates")["snapshot"]["workers"].values()}
+    assert (page_workers["encoder"]["video"], page_workers["renderer"]["video"]) == ("ffmpeg 5.1 (libx264)", "")
 
 
 @pytest.mark.both_databases
