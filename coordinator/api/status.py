@@ -56,6 +56,19 @@ def task_page(task_id: int):
     return render_template("task.html", task=task, **_page_context())
 
 
+@pages.get("/workers/<name>")
+@auth.reader_required(page=True)
+def worker_page(name: str):
+    """One worker: what it offers, its switch and tags, the frame it renders with its log, its latest frames and
+    failures; polls GET /worker."""
+    try:
+        worker = _scheduler().worker_detail(name)
+    except NotFound as error:
+        return render_template("message.html", heading="No such worker", message=error.message,
+                               **_page_context()), 404
+    return render_template("worker.html", worker=worker, **_page_context())
+
+
 @pages.get("/status/updates")
 @auth.reader_required()
 def farm_updates():
