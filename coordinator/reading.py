@@ -136,6 +136,7 @@ class FarmReader:
         in the tail of the log of the frame it renders now. A fixed number of indexed queries."""
         worker = self._worker_by_name(name)
         described = self.describe_worker(worker)
+        described["engine_names"] = [engine_label(engine) for engine in described["engines"]]
         described["recent_frames"] = [
             {"task_id": f["task_id"], "task_name": f["task_name"], "frame": f["frame"], "attempts": f["attempts"],
              "started_at": f["started_at"], "ended_at": f["ended_at"], "render_seconds": f["render_seconds"],

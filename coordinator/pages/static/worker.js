@@ -36,8 +36,8 @@
       el("li", {text: d.name + " (" + d.type + ")" + (d.use ? " · renders on it" : "")}));
     document.getElementById("worker-devices").replaceChildren(
       ...(devices.length ? devices : [el("li", {className: "muted", text: "not reported"})]));
-    document.getElementById("worker-engines").textContent = worker.engines.length
-      ? worker.engines.join(", ") : "none it could render";
+    document.getElementById("worker-engines").textContent = worker.engine_names.length
+      ? worker.engine_names.join(", ") : "none it could render";
     const tags = document.getElementById("worker-tags");
     if (!tags.contains(document.activeElement)) { // an admin typing tags keeps the field
       const note = el("span", {className: "muted small",
