@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from renderq import __version__
+from renderq.capabilities import engine_label
 
 from .. import auth
 from ..errors import NotFound
@@ -53,7 +54,8 @@ def task_page(task_id: int):
     except NotFound as error:
         return render_template("message.html", heading="No such task", message=error.message,
                                **_page_context()), 404
-    return render_template("task.html", task=task, **_page_context())
+    return render_template("task.html", task=task, engine_name=engine_label(task["render_engine"]),
+                           **_page_context())
 
 
 @pages.get("/workers/<name>")
