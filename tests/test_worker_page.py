@@ -84,6 +84,15 @@ def test_a_workers_detail_over_http_and_in_the_terminal(farm):
     status, refused = farm.api.call("GET", "/worker?name=..")
     assert status == 400 and "'name'" in refused["error"]
 
+    # Its page: a name is text, never markup; an unknown worker is a 404 page; without the login, the login form.
+    _fake_worker(farm, "<img src=x onerror=alert(1)>")
+    status, page = farm.api.call("GET", "/workers/%3Cimg%20src=x%20onerror=alert(1)%3E")
+    assert status == 200 and b"<img src=x" not in page and b"&lt;img src=x onerror=alert(1)&gt;" in page
+    status, page = farm.api.call("GET", "/workers/ghost")
+    assert status == 404 and b"no worker named" in page
+    status, page = farm.api.call("GET", "/workers/node-07", token="")  # urllib follows the redirect
+    assert status == 200 and b'id="token"' in page and b'id="worker-page"' not in page
+
     shown = _renderq(farm, "workers", "node-07")
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
