@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from harness import find_blender_or_none, wait_for
+from test_scheduler import clock, fail, full_scans, register, scheduler, statements_of, submit  # noqa: F401
 from test_status_browser import CHROMIUM, FAST, Page, browser, shoot, sync_playwright  # noqa: F401 (fixture)
 
 BLENDER = find_blender_or_none()
@@ -41,6 +42,20 @@ def _renderq(farm, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
+@pytest.mark.sqlite_only
+def test_a_workers_detail_reads_its_history_by_index_not_by_scanning_the_frames(scheduler):  # noqa: F811
+    worker = register(scheduler, "w")
+    scheduler.policy.frame_fail_workers = 1
+    task_id = submit(scheduler, 1, 40)
+    for _ in range(2):  # a third would block it from the task
+        fail(scheduler, worker, scheduler.claim(worker, prefer_task_id=task_id)[0])
+    scheduler.claim(worker)
+    read = statements_of(scheduler, lambda: scheduler.worker_detail("w"))
+    assert any("frame_failures" in s for s in read) and any("'done'" in s for s in read)
+    assert full_scans(scheduler, read) == []
+
+
+@pytest.mark.both_databases
 def test_a_workers_detail_over_http_and_in_the_terminal(farm):
     farm.start_coordinator()
     worker_id = _fake_worker(farm, "node-07")
