@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from harness import find_blender_or_none, wait_for
-from test_scheduler import clock, fail, full_scans, register, scheduler, statements_of, submit  # noqa: F401
-from test_status_browser import CHROMIUM, FAST, Page, browser, shoot, sync_playwright  # noqa: F401 (fixture)
+from test_scheduler import clock, fail, full_scans, register, scheduler, statements_of, submit  # noqa: F401 - fixtures
+from test_status_browser import CHROMIUM, FAST, Page, browser, shoot, sync_playwright  # noqa: F401 - the fixture
 
 BLENDER = find_blender_or_none()
 
@@ -43,7 +43,7 @@ def _renderq(farm, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.sqlite_only
-def test_a_workers_detail_reads_its_history_by_index_not_by_scanning_the_frames(scheduler):  # noqa: F811
+def test_a_workers_detail_reads_its_history_by_index_not_by_scanning_the_frames(scheduler):  # noqa: F811 - the fixture
     worker = register(scheduler, "w")
     scheduler.policy.frame_fail_workers = 1
     task_id = submit(scheduler, 1, 40)
@@ -129,7 +129,7 @@ def test_a_workers_detail_over_http_and_in_the_terminal(farm):
 @pytest.mark.skipif(sync_playwright is None or CHROMIUM is None, reason="Playwright or Chromium is not installed "
                     "(source scripts/setup-browser.sh to install them)")
 @pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)")
-def test_the_worker_page_follows_a_real_worker(farm, browser, scenes):  # noqa: F811 (the browser fixture)
+def test_the_worker_page_follows_a_real_worker(farm, browser, scenes):  # noqa: F811 - the browser fixture
     # Open status: a viewer reads the page without the login, and may change nothing.
     farm.start_coordinator(*FAST, "--open-status", "--frame-fail-workers", "1")
     farm.start_worker("node-01", "--tag", "lighting")
