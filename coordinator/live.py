@@ -214,10 +214,10 @@ def worker_item(worker: dict) -> dict[str, Any]:
 
 def offered_item(worker: dict) -> dict[str, Any]:
     """What a worker offers, as the page shows it: the devices Cycles renders on (else those Blender sees), its
-    engines by the names people use, its tags and whether an admin set them."""
+    engines by the names people use, what its FFmpeg encodes ('' for none), its tags and whether an admin set them."""
     used = [device for device in worker["devices"] if device.get("use")] or worker["devices"]
     return {"devices": describe_devices(used) if used else "", "engines": [engine_label(e) for e in worker["engines"]],
-            "tags": worker["tags"], "tags_by_admin": worker["tags_by_admin"]}
+            "video": worker["video_encoders"], "tags": worker["tags"], "tags_by_admin": worker["tags_by_admin"]}
 
 
 def task_item(task: dict) -> dict[str, Any]:

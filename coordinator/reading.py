@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from renderq.blend_header import key_to_version
-from renderq.capabilities import ALL_ENGINES, GPU_BIT, engine_label
-from renderq.model import TASK_CLAIMABLE, TASK_OPEN, Frame, FrameStatus, TaskStatus, Worker
+from renderq.capabilities import ALL_ENGINES, ENCODE_BIT, GPU_BIT, engine_label
+from renderq.model import FRAME_KIND_RENDER, TASK_CLAIMABLE, TASK_OPEN, Frame, FrameStatus, TaskStatus, Worker
 
 from . import eta
 from .errors import BadRequest, NotFound
@@ -113,6 +113,7 @@ class FarmReader:
             cpu_count=worker["cpu_count"],
             enabled=bool(worker["enabled"]),
             allows_python=bool(worker["allows_python"]),
+            video_encoders=worker.get("video_encoders") or "",
             alive=self.clock() - worker["last_seen"] < self.alive_seconds(),
             last_seen=worker["last_seen"],
             registered_at=worker["registered_at"],
@@ -140,7 +141,7 @@ class FarmReader:
         described["recent_frames"] = [
             {"task_id": f["task_id"], "task_name": f["task_name"], "frame": f["frame"], "attempts": f["attempts"],
              "started_at": f["started_at"], "ended_at": f["ended_at"], "render_seconds": f["render_seconds"],
-             "output": f["output"], "preview": f["preview_sha256"] is not None}
+             "output": f["output"], "preview": f["preview_sha256"] is not None, "kind": f["kind"]}
             for f in self.store.worker_done_frames(worker["worker_id"], WORKER_RECENT_FRAMES)]
         described["failures"] = self.store.worker_failures(worker["worker_id"], WORKER_RECENT_FAILURES)
         described["log"] = self._worker_log(name, described["current"])
@@ -312,6 +313,7 @@ class FarmReader:
             "tags": task["tags"],
             "render_engine": task["render_engine"],
             "device": task["device"],
+            "video": task.get("video"),
             "frame_timeout": task["frame_timeout"],
             "no_progress_timeout": task["no_progress_timeout"],
             "waiting_reason": waiting_reason,
@@ -392,6 +394,7 @@ class FarmReader:
             error=frame["error"],
             log_tail=frame["log_tail"],
             preview_sha256=frame.get("preview_sha256"),
+            kind=frame.get("kind") or FRAME_KIND_RENDER,
         ).to_dict()
 
 
@@ -412,7 +415,18 @@ def _offering(task: dict, workers: list[dict]) -> tuple[list[dict], str | None]:
         workers = [w for w in workers if w["offers"] & GPU_BIT]
         if not workers:
             return [], "waiting: the task asks for GPU rendering and no live worker renders Cycles on a GPU"
+    if _encode_job_added(task):
+        # The frames are done and the encode job (counted in frames_total) waits for a worker with FFmpeg.
+        workers = [w for w in workers if w["offers"] & ENCODE_BIT]
+        if not workers:
+            return [], "waiting: its video is to be encoded and no live worker has FFmpeg"
     return workers, None
+
+
+def _encode_job_added(task: dict) -> bool:
+    """Whether the task's encode job row exists: frames_total counts it beside the frames of the range."""
+    rendered = len(range(task["frame_start"], task["frame_end"] + 1, task["frame_step"]))
+    return bool(task.get("video")) and task["frames_total"] > rendered
 
 
 def no_worker_sentence(worker_id: int) -> str:

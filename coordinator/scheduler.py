@@ -14,7 +14,9 @@ from typing import Any
 
 from renderq.blend_header import version_key
 from renderq.capabilities import task_needs
-from renderq.model import FRAME_ACTIVE, FRAME_FINAL, TASK_OPEN, TASK_RETRYABLE, FrameReport, FrameStatus, TaskStatus
+from renderq.model import (
+    FRAME_ACTIVE, FRAME_FINAL, FRAME_KIND_ENCODE, TASK_OPEN, TASK_RETRYABLE, FrameReport, FrameStatus, TaskStatus,
+)
 from renderq.paths import collision_key
 
 from . import eta
@@ -35,6 +37,8 @@ PRIORITY_LIMIT = 1_000_000
 # A task's frame_timeout and no_progress_timeout: at least a second, at most a week.
 TIMEOUT_MIN_SECONDS = 1.0
 TIMEOUT_MAX_SECONDS = 7 * 86400.0
+# Frames in one page of GET /video_frames (about 130 bytes each as JSON).
+VIDEO_FRAMES_PAGE = 5000
 # Seconds between the lease expiries a claim runs (the coordinator's reaper runs one every second too).
 EXPIRY_INTERVAL = 1.0
 
@@ -76,6 +80,8 @@ class TaskSpec:
     tags: Sequence[str] = ()
     render_engine: str = ""
     device: str = ""
+    # The video to encode once every frame is done ({"container": "mp4" | "mov" | "webm" | "scene"}), or None.
+    video: dict[str, Any] | None = None
 
     @property
     def main(self) -> TaskFile:
@@ -104,7 +110,7 @@ class Scheduler(FarmReader):
     def register_worker(self, name: str, host: str, blender_version: str, cpu_count: int,
                         allows_python: bool = False, offered: dict[str, Any] | None = None) -> dict:
         """Register (or re-register) a worker by name; allows_python: it may run Python stored in .blend files;
-        offered: its devices, engines, tags and their bits (see WorkerQueries.upsert_worker)."""
+        offered: its devices, engines, tags, FFmpeg's encoders and their bits (see WorkerQueries.upsert_worker)."""
         worker = self.store.upsert_worker(name, host, blender_version, version_key(blender_version), cpu_count,
                                           self.clock(), allows_python, offered)
         return {
@@ -172,6 +178,7 @@ class Scheduler(FarmReader):
             "created_at": self.clock(),
             "owner": spec.owner,
             "needs_python": spec.needs_python,
+            "video": dict(spec.video) if spec.video else None,
             "frame_timeout": frame_timeout or None,
             "no_progress_timeout": (spec.no_progress_timeout if spec.no_progress_timeout is not None
                                     else self.policy.no_progress_timeout),
@@ -280,6 +287,10 @@ class Scheduler(FarmReader):
             return None, "no frames waiting"
         self.count("dispatched", 1)
         task = self._task(frame["task_id"])
+        encode: dict[str, Any] = {}
+        if frame["kind"] == FRAME_KIND_ENCODE:
+            # What the encode job needs: the video asked for and the rendered frames it is made of.
+            encode = {"kind": FRAME_KIND_ENCODE, "video": dict(task["video"] or {})}
         return {
             "task_id": frame["task_id"],
             "frame": frame["frame"],
@@ -297,7 +308,16 @@ class Scheduler(FarmReader):
             "no_progress_timeout": task["no_progress_timeout"],
             "needs_python": bool(task["needs_python"]),
             "device": task["device"],
+            **encode,
         }, None
+
+    def video_frames(self, task_id: int, frames_after: int | None = None) -> dict:
+        """One page of the rendered frames the task's video is made of, in order, and where the next page starts."""
+        self._task(task_id)
+        frames = self.store.video_inputs(task_id, frames_after, VIDEO_FRAMES_PAGE + 1)
+        more = len(frames) > VIDEO_FRAMES_PAGE
+        frames = frames[:VIDEO_FRAMES_PAGE]
+        return {"task_id": task_id, "frames": frames, "frames_next": frames[-1]["frame"] if more else None}
 
     def claim_answer(self, worker_id: int, prefer_task_id: int | None = None) -> dict:
         """A claim as the API answers it: the frame, or why there is none and when to ask again."""

@@ -1,5 +1,6 @@
 """Which Blender saved a .blend: read from the file's header by blender-asset-tracer (BAT), for plain, gzip- and
-zstd-compressed files, in the header of Blender up to 4.x and in Blender 5's.
+zstd-compressed files, in the header of Blender up to 4.x and in Blender 5's. And whether its scene writes a movie
+(read_movie_output), which decides whether a submit asks for the task's video.
 
 BAT parses the header; only the file's first bytes are decompressed (BAT's own opener would decompress all of it
 into a temporary file, too much for the coordinator reading every uploaded .blend). The add-on bundles BAT too.
@@ -10,14 +11,28 @@ from __future__ import annotations
 import io
 import pathlib
 import re
+import struct
 from typing import BinaryIO
 
+from blender_asset_tracer import blendfile
 from blender_asset_tracer.blendfile import exceptions as bat_exceptions
 from blender_asset_tracer.blendfile import magic_compression
 from blender_asset_tracer.blendfile.header import BlendFileHeader
 
 # The longest header (Blender 5's): 'BLENDER' + size + '-' + format version + endianness + 4 digits.
 HEADER_BYTES = 17
+# What BAT raises on a .blend it cannot parse or rewrite (a damaged file, a layout it does not know).
+BAT_READ_ERRORS = (
+    bat_exceptions.BlendFileError,
+    bat_exceptions.SegmentationFault,
+    bat_exceptions.NoReaderImplemented,
+    bat_exceptions.NoWriterImplemented,
+    struct.error,
+    EOFError,
+)
+# Blender's movie output types (RenderData.im_format.imtype): AVI raw and JPEG, FFmpeg, and the old H.264, Xvid and
+# Theora ones.
+_MOVIE_IMTYPES = frozenset({15, 16, 24, 31, 32, 33})
 
 
 def read_header(path: str) -> BlendFileHeader:
@@ -94,3 +109,21 @@ def version_key(version: str) -> int:
 
 def key_to_version(key: int) -> str:
     return f"{key // 1000}.{key % 1000}"
+
+
+def read_movie_output(path: str) -> bool | None:
+    """Whether the scene a .blend was saved with writes a movie file (FFmpeg output) rather than images, read by
+    BAT without starting Blender; None when the file cannot be read or does not say."""
+    try:
+        bfile = blendfile.BlendFile(pathlib.Path(path))
+    except (*BAT_READ_ERRORS, OSError):
+        return None
+    try:
+        scene = bfile.find_blocks_from_code(b"GLOB")[0].get_pointer(b"curscene")
+        if scene is None:
+            return None
+        return int(scene.get((b"r", b"im_format", b"imtype"))) in _MOVIE_IMTYPES
+    except (*BAT_READ_ERRORS, IndexError, KeyError, TypeError, ValueError):
+        return None
+    finally:
+        bfile.close()

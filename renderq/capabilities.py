@@ -1,9 +1,11 @@
-"""What a worker can offer and what a task needs: Cycles devices, render engines and tags, in one vocabulary.
+"""What a worker can offer and what a task needs: Cycles devices, render engines, video encoding and tags, in one
+vocabulary.
 
 Standard library only (the add-on bundles it). The coordinator routes a frame only to a worker that has every tag
 of its task, can render its engine and, when the task asks for GPU rendering, has a GPU device enabled. Engines and
 the GPU are bits of one number each side (a task's `needs`, a worker's `offers`), so the claim tests them with one
-comparison: `needs & offers = needs`.
+comparison: `needs & offers = needs`. A worker with FFmpeg offers one more bit, ENCODE_BIT: only such a worker is
+given a task's encode job (the frame row that makes its video).
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import re
 from collections.abc import Iterable
 
 __all__ = [
-    "DEVICE_TYPES", "GPU_DEVICE_TYPES", "MAX_TAGS", "TASK_DEVICES", "describe_devices", "engine_family",
-    "engine_label", "parse_tags", "task_needs", "worker_offers",
+    "DEVICE_TYPES", "ENCODE_BIT", "GPU_DEVICE_TYPES", "MAX_TAGS", "TASK_DEVICES", "describe_devices",
+    "engine_family", "engine_label", "parse_tags", "task_needs", "worker_offers",
 ]
 
 # What `renderq worker --device` takes: Cycles' compute device types.
@@ -29,6 +31,8 @@ _LABELS = {"CYCLES": "Cycles", "EEVEE": "EEVEE", "WORKBENCH": "Workbench"}
 _ENGINE_BITS = {"CYCLES": 1, "EEVEE": 2, "WORKBENCH": 4}
 ALL_ENGINES = sum(_ENGINE_BITS.values())
 GPU_BIT = 8
+# FFmpeg that runs: the worker encodes tasks' videos.
+ENCODE_BIT = 16
 
 MAX_TAGS = 32
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
@@ -52,14 +56,14 @@ def task_needs(engine: str, device: str) -> int:
     return (_ENGINE_BITS[family] if family else 0) | (GPU_BIT if device == "GPU" else 0)
 
 
-def worker_offers(engines: Iterable[str] | None, has_gpu: bool) -> int:
+def worker_offers(engines: Iterable[str] | None, has_gpu: bool, can_encode: bool = False) -> int:
     """The bits a worker offers: each engine it can render (every engine when it did not say: a worker from
-    before engines were probed) and the GPU's when it has a GPU device enabled."""
+    before engines were probed), the GPU's when it has a GPU device enabled and ENCODE_BIT when it has FFmpeg."""
     bits = ALL_ENGINES if engines is None else 0
     for engine in engines or ():
         family = engine_family(engine)
         bits |= _ENGINE_BITS[family] if family else 0
-    return bits | (GPU_BIT if has_gpu else 0)
+    return bits | (GPU_BIT if has_gpu else 0) | (ENCODE_BIT if can_encode else 0)
 
 
 def parse_tags(values: Iterable[str], split: bool = True) -> list[str]:

@@ -35,7 +35,7 @@ from renderq.cli_common import (
 )
 from renderq.cli_workers import cmd_worker_enable, cmd_worker_tags, cmd_workers
 from renderq.http_client import CoordinatorError, Forbidden, Unauthorized
-from renderq.model import TaskStatus
+from renderq.model import VIDEO_CONTAINERS, TaskStatus
 from renderq.progress import (
     ProgressLine,
     format_bytes,
@@ -48,6 +48,7 @@ from renderq.task_view import (
     FINAL_STATUSES,
     POLL_SECONDS,
     download_done_frames,
+    download_video,
     print_task_detail,
     progress_of,
     waiting_text,
@@ -164,6 +165,8 @@ def cmd_download(args: argparse.Namespace) -> int:
         print(f"the frames of task {args.task} are in {dest} ({format_bytes(os.path.getsize(dest))})")
         return EXIT_OK
     task = client.get_task(args.task, frames_status="done")
+    if args.video:
+        return download_video(client, task, args.dir)
     try:
         fetched = download_done_frames(client, task, args.dir, ProgressLine())
     except OSError as error:
@@ -380,6 +383,8 @@ def add_task_and_worker_commands(add: Callable[..., argparse.ArgumentParser]) ->
     download.add_argument("dir", metavar="DIR", help="the folder to put them in (files already there are kept)")
     download.add_argument("--zip", action="store_true",
                           help="download one zip of all rendered frames into DIR instead (DIR/renderq-TASK.zip)")
+    download.add_argument("--video", action="store_true",
+                          help="download only the task's video (the frames and the video come down without it)")
 
     logs = add("logs", "print a task's render log", cmd_logs)
     logs.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
@@ -443,6 +448,11 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("--device", type=str.upper, choices=("GPU", "CPU"),
                         help="render Cycles on GPU (only workers with a GPU enabled take it) or CPU (default: the "
                              "file's own choice)")
+    submit.add_argument("--video", choices=VIDEO_CONTAINERS,
+                        help="once every frame is done, a worker with FFmpeg encodes a video of them (H.264 in mp4, "
+                             "ProRes in mov, VP9 in webm) at the scene's frame rate, with the scene's sound strips; "
+                             "the task is done when the video is (default: none, or the scene's own FFmpeg settings "
+                             "when its output is a movie)")
     submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
                         help="render only on workers with exactly this Blender major.minor "
                              "(default: the version that saved the file, or newer)")

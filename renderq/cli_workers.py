@@ -8,6 +8,7 @@ import time
 
 from renderq.capabilities import describe_devices, engine_label
 from renderq.cli_common import EXIT_OK, UsageError, make_client, print_json
+from renderq.model import VIDEO_FRAME
 from renderq.progress import format_duration, format_table, printable_answer
 
 # Lines of the worker's log shown by `renderq workers NAME` (the coordinator sends those of the log's tail).
@@ -43,19 +44,20 @@ def cmd_workers(args: argparse.Namespace) -> int:
             f"{mean:.2f}" if isinstance(mean, (int, float)) else "-", current, *offered_columns(worker),
         ])
     headers = ["NAME", "ID", "STATE", "ALIVE", "HOST", "BLENDER", "CPUS", "DONE", "FAILED", "MEAN S", "TASK:FRAME",
-               "DEVICES", "ENGINES", "TAGS"]
+               "DEVICES", "ENGINES", "VIDEO", "TAGS"]
     print(format_table(headers, rows, right=(1, 6, 7, 8, 9)))
     return EXIT_OK
 
 
 def offered_columns(worker: dict) -> list[str]:
-    """A worker's devices (those Cycles renders on, else all it sees), engines and tags, for the table."""
+    """A worker's devices (those Cycles renders on, else all it sees), engines, video encoders and tags, for the
+    table."""
     devices = worker.get("devices") or []
     used = [device for device in devices if device.get("use")] or devices
     tags = ", ".join(worker.get("tags") or []) or "-"
     return [describe_devices(used) if used else "-",
             ", ".join(engine_label(engine) for engine in worker.get("engines") or []) or "-",
-            tags + (" (admin)" if worker.get("tags_by_admin") else "")]
+            worker.get("video_encoders") or "-", tags + (" (admin)" if worker.get("tags_by_admin") else "")]
 
 
 def exact_time(timestamp: float | None) -> str:
@@ -79,15 +81,16 @@ def print_worker_detail(worker: dict) -> None:
         ("cpus", str(worker.get("cpu_count", "-"))),
         ("devices", "; ".join(f"{describe_devices([d])}{' in use' if d.get('use') else ''}" for d in devices) or "-"),
         ("engines", offered_columns(worker)[1]),
-        ("tags", offered_columns(worker)[2]),
+        ("video", offered_columns(worker)[2]),
+        ("tags", offered_columns(worker)[3]),
         ("frames", f"{worker.get('frames_done', 0)} done, {worker.get('frames_failed', 0)} failed, mean "
                    f"{format_duration(mean) if isinstance(mean, (int, float)) else '-'}"),
     ]
     for current in worker.get("current") or []:
         since = current.get("started_at")
         running = f"rendering for {format_duration(time.time() - since)}" if since else "starting"
-        facts.append(("now", f"task {current.get('task_id')} ({current.get('task_name', '')}) frame "
-                              f"{current.get('frame')}, {running}"))
+        facts.append(("now", f"task {current.get('task_id')} ({current.get('task_name', '')}) "
+                              f"{_frame_text(current.get('frame'), 'frame ')}, {running}"))
     if not worker.get("current"):
         facts.append(("now", "idle" if worker.get("enabled") else "switched OFF"))
     width = max(len(label) for label, _ in facts)
@@ -102,11 +105,17 @@ def print_worker_detail(worker: dict) -> None:
     _print_recent(worker)
 
 
+def _frame_text(frame: object, prefix: str = "") -> str:
+    """A frame number as people read it: the task's video job is "video", not its row's number."""
+    return "video" if frame == VIDEO_FRAME else f"{prefix}{frame}"
+
+
 def _print_recent(worker: dict) -> None:
     """The worker's latest frames and failures, as tables."""
     frames = worker.get("recent_frames") or []
     if frames:
-        rows = [[f.get("task_id"), f.get("frame"), exact_time(f.get("started_at")), exact_time(f.get("ended_at")),
+        rows = [[f.get("task_id"), _frame_text(f.get("frame")), exact_time(f.get("started_at")),
+                 exact_time(f.get("ended_at")),
                  f"{f['render_seconds']:.3f}" if isinstance(f.get("render_seconds"), (int, float)) else "-",
                  f.get("attempts", 0), f.get("output") or "-"] for f in frames]
         print(f"\nlatest {len(frames)} frames")
@@ -114,7 +123,7 @@ def _print_recent(worker: dict) -> None:
                            right=(0, 1, 4, 5)))
     failures = worker.get("failures") or []
     if failures:
-        rows = [[exact_time(f.get("failed_at")), f.get("task_id"), f.get("frame"),
+        rows = [[exact_time(f.get("failed_at")), f.get("task_id"), _frame_text(f.get("frame")),
                  (f.get("error") or "-").splitlines()[0] if f.get("error") else "-"] for f in failures]
         print(f"\nlatest {len(failures)} failures")
         print(format_table(["WHEN", "TASK", "FRAME", "ERROR"], rows, right=(1, 2)))

@@ -277,7 +277,7 @@ class CoordinatorClient:
         """Register (or re-register) a worker; the answer holds worker_id, heartbeat_seconds and lease_seconds.
 
         `allows_python`: the worker lets Python stored in .blend files run, for tasks that need it. `offered`: its
-        devices, engines, gpu and tags, as POST /register_worker names them.
+        devices, engines, gpu, tags and video_encoders (its FFmpeg's), as POST /register_worker names them.
         """
         return self.request("POST", "/register_worker", json_body={
             "name": name, "host": host, "blender_version": blender_version, "cpu_count": cpu_count,
@@ -528,6 +528,14 @@ class CoordinatorClient:
     def task_manifest(self, task_id: int) -> dict:
         """The task's packed tree: {"task_id", "main_file", "files": [{"path", "sha256", "size"}, ...]}."""
         return self.request("GET", "/task_manifest", params={"task_id": task_id})
+
+    def video_frames(self, task_id: int, frames_after: int | None = None) -> dict:
+        """One page of the frames a task's video is made of (GET /video_frames): {"frames": [{"frame", "output",
+        "sha256", "size"}, ...], "frames_next"}; ask again from frames_next until it is None."""
+        params: dict[str, Any] = {"task_id": task_id}
+        if frames_after is not None:
+            params["frames_after"] = frames_after
+        return self.request("GET", "/video_frames", params=params)
 
     def download_frames_zip(self, task_id: int, dest_path: str) -> str:
         """Save one zip of the task's rendered frames at `dest_path` and return the path.

@@ -102,6 +102,15 @@ TASK_RESUMABLE = frozenset({TaskStatus.PAUSED})
 # The tasks whose failed frames may be retried: a canceled task is submitted again instead.
 TASK_RETRYABLE = frozenset(TaskStatus) - {TaskStatus.CANCELED}
 # Frames a worker holds under a lease.
+# The frame number of a task's encode job (frames.kind 'encode'): one past the last frame Blender can render, so it
+# never meets a rendered frame's number and lists after them all.
+VIDEO_FRAME = 1048575
+# The kinds of frame row: a frame Blender renders, and the job that encodes the task's video from them.
+FRAME_KIND_RENDER = "render"
+FRAME_KIND_ENCODE = "encode"
+# The video containers a task may ask for; "scene" takes the container and codec of the scene's own FFmpeg output.
+VIDEO_CONTAINERS = ("mp4", "mov", "webm")
+
 FRAME_ACTIVE = frozenset({FrameStatus.LEASED, FrameStatus.RENDERING})
 FRAME_OPEN = frozenset({FrameStatus.QUEUED, FrameStatus.LEASED, FrameStatus.RENDERING})
 FRAME_FINAL = frozenset({FrameStatus.DONE, FrameStatus.FAILED, FrameStatus.CANCELED})
@@ -215,6 +224,8 @@ class Frame(_Record):
     error: str | None = None
     log_tail: str | None = None
     preview_sha256: str | None = None  # a small PNG of the frame (GET /download_frame?inline=1), when it has one
+    # "render", or "encode" for the task's video (its output is the video file).
+    kind: str = FRAME_KIND_RENDER
 
     _nested: ClassVar[dict[str, Callable[[Any], Any]]] = {"status": _status(FrameStatus)}
 
@@ -222,6 +233,11 @@ class Frame(_Record):
     def is_done(self) -> bool:
         """Whether the frame rendered (its file is on the coordinator unless the task's files were deleted)."""
         return self.status == FrameStatus.DONE
+
+    @property
+    def is_video(self) -> bool:
+        """Whether this row is the task's encode job, whose output is the video."""
+        return self.kind == FRAME_KIND_ENCODE
 
 
 @dataclasses.dataclass
@@ -269,6 +285,8 @@ class Task(_Record):
     files_bytes: int | None = None
     files_deleted: bool = False
     needs_python: bool = False
+    # The video the task asks for once its frames are done ({"container": ...}), None for none.
+    video: dict[str, Any] | None = None
     frame_timeout: float | None = None
     no_progress_timeout: float | None = None
     # What a worker must offer: every tag, the engine (Blender's id; '' when not known) and, for "GPU", a GPU.
@@ -316,6 +334,8 @@ class Worker(_Record):
     cpu_count: int = 0
     enabled: bool = True
     allows_python: bool = False
+    # What its FFmpeg encodes ("ffmpeg 5.1 (libx264, ...)"); "" when it has none.
+    video_encoders: str = ""
     alive: bool | None = None
     last_seen: float | None = None
     registered_at: float | None = None
@@ -361,6 +381,10 @@ class Lease(_Record):
     blender_version: str = ""
     files_count: int | None = None
     lease_seconds: float | None = None
+    # "render", or "encode": then `video` holds what to encode ({"container": ...}; the frames come from GET
+    # /video_frames) and Blender renders nothing.
+    kind: str = FRAME_KIND_RENDER
+    video: dict[str, Any] | None = None
     revoked: bool = False
     started_at: float | None = None
     # Set when Blender is done with the frame, so background retries of the "rendering" report stop.
@@ -379,6 +403,8 @@ class Lease(_Record):
         lease.frame_timeout = _positive_seconds(lease.frame_timeout)
         lease.no_progress_timeout = _positive_seconds(lease.no_progress_timeout)
         lease.needs_python = lease.needs_python is True
+        lease.kind = FRAME_KIND_ENCODE if lease.kind == FRAME_KIND_ENCODE else FRAME_KIND_RENDER
+        lease.video = dict(lease.video) if isinstance(lease.video, Mapping) else None
         # What only the worker knows never comes from the coordinator.
         lease.revoked, lease.started_at, lease.finished = False, None, threading.Event()
         return lease

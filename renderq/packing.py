@@ -23,13 +23,11 @@ import logging
 import os
 import pathlib
 import shutil
-import struct
 import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from blender_asset_tracer import blendfile, bpathlib, trace
-from blender_asset_tracer.blendfile import exceptions as blend_exceptions
 from blender_asset_tracer.pack import Aborted, Packer, transfer
 from blender_asset_tracer.pack import progress as pack_progress
 from blender_asset_tracer.trace import file_sequence
@@ -52,14 +50,7 @@ _HASH_BLOCK = 1024 * 1024
 ProgressCallback = Callable[[str, int, int], None]
 
 # What BAT raises on a .blend it cannot parse or rewrite (a damaged file, a layout it does not know).
-_BAT_READ_ERRORS = (
-    blend_exceptions.BlendFileError,
-    blend_exceptions.SegmentationFault,
-    blend_exceptions.NoReaderImplemented,
-    blend_exceptions.NoWriterImplemented,
-    struct.error,
-    EOFError,
-)
+_BAT_READ_ERRORS = blend_header.BAT_READ_ERRORS
 
 
 def read_blend_version(path: str) -> str:

@@ -87,6 +87,21 @@ def timeouts_and_python(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
+def video_request(blend: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The submit's `video` field: --video's container, else, when the scene's output is a movie, the scene's own
+    FFmpeg settings (its frames render as PNG and the farm encodes the movie from them)."""
+    from renderq.blend_header import read_movie_output
+
+    container = getattr(args, "video", None)
+    if container:
+        return {"video": {"container": container}}
+    if read_movie_output(str(blend)):
+        print(f"the scene in {blend.name} writes a movie: its frames render as PNG and a worker with FFmpeg makes the "
+              "movie from them with the scene's own settings")
+        return {"video": {"container": "scene"}}
+    return {}
+
+
 def frames_to_submit(blend: Path, args: argparse.Namespace) -> tuple[int, int, int | None]:
     """(start, end, step) from --frames and --step, else the scene's as the file says (read without Blender; with
     Blender when that fails); step None means 1."""
@@ -200,7 +215,7 @@ def pack_and_submit(blend: Path, frame_range: tuple[int, int, int | None], args:
             blender_version_exact=args.blender_version is not None, missing_assets=list(packed.missing),
             frame_start=frame_start, frame_end=frame_end, frame_step=step or 1, priority=args.priority,
             workers=list(args.worker or []), submitted_by=current_user(), settings=dict(settings or {}),
-            **timeouts_and_python(args),
+            **timeouts_and_python(args), **video_request(blend, args),
             render_engine=read_render_engine(str(blend)),
         )
         try:

@@ -152,6 +152,8 @@ def print_task_detail(task: dict) -> None:
         f" ended {format_time(task.get('ended_at'))}"
     )
     print(f"  progress   {task_progress_text(task)}")
+    if task.get("video"):
+        print(f"  video      {video_text(task)}")
     if task.get("waiting_reason"):
         print(f"  {waiting_text(task['waiting_reason'])}")
     for current in progress.get("current") or []:
@@ -212,6 +214,43 @@ def download_done_frames(
     return fetched
 
 
+def video_text(task: dict) -> str:
+    """The task's video in a few words: what was asked for and where it stands."""
+    asked = str((task.get("video") or {}).get("container") or "")
+    asked = "as the scene's movie output" if asked == "scene" else asked
+    videos = [Frame.from_dict(frame) for frame in task.get("frames") or [] if Frame.from_dict(frame).is_video]
+    if not videos:
+        return f"{asked}, made once every frame is done"
+    video = videos[0]
+    if video.is_done:
+        return f"{asked}: {video.output} ({format_bytes(video.output_size or 0)}), by {video.worker or '?'}"
+    if video.status == FrameStatus.FAILED:
+        return f"{asked}: failed: {video.error or 'no reason given'}"
+    return f"{asked}: {video.status}" + (f" on {video.worker}" if video.worker else "")
+
+
+def download_video(client: CoordinatorClient, task: dict, dest_dir: str) -> int:
+    """Download only the task's video (its encode job's output) into `dest_dir`; says where it is, or why there is
+    none."""
+    videos = [frame for frame in task.get("frames") or [] if Frame.from_dict(frame).is_video]
+    task_id = task["task_id"]
+    if not videos:
+        why = ("it asked for none (submit --video)" if not task.get("video")
+               else f"it is {task.get('status')} and its video is not made yet")
+        print(f"task {task_id} has no video: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        fetched = FrameFetcher(client, task_id, dest_dir).fetch(videos)
+    except OSError as error:
+        print(f"renderq: cannot write to {dest_dir}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_FAILED
+    for _, why in fetched.skipped:
+        print(f"renderq: the video of task {task_id} was not saved: {why}", file=sys.stderr)
+    for path in fetched.paths:
+        print(f"the video of task {task_id} is {path}")
+    return EXIT_OK if fetched.paths else EXIT_FAILED
+
+
 def report_outcome(task: dict, dest_dir: str, paths: list[str], out: Any = None, skipped: int = 0) -> int:
     """Say where the frames are and what did not render; exit status 0 only when every frame rendered and none of
     them was `skipped` by the download."""
@@ -229,6 +268,11 @@ def report_outcome(task: dict, dest_dir: str, paths: list[str], out: Any = None,
         f"task {task['task_id']} ended {task.get('status')}: {progress['done']} of {progress['total']} frames rendered",
         file=sys.stderr,
     )
+    video = next((Frame.from_dict(f) for f in task.get("frames") or [] if Frame.from_dict(f).is_video), None)
+    if video is not None and video.status == FrameStatus.FAILED:
+        print(f"its video could not be made: {video.error or 'no reason given'}", file=sys.stderr)
+        failed = [number for number in failed if number != video.frame]
+        missing = [number for number in missing if number != video.frame]
     if failed:
         print(f"failed frames: {format_frame_list(failed)}", file=sys.stderr)
     others = sorted(set(missing) - set(failed))

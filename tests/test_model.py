@@ -14,6 +14,8 @@ import pytest
 from renderq.model import (
     FRAME_ACTIVE,
     FRAME_FINAL,
+    FRAME_KIND_ENCODE,
+    FRAME_KIND_RENDER,
     FRAME_OPEN,
     TASK_CLAIMABLE,
     TASK_FINAL,
@@ -85,6 +87,7 @@ def test_every_status_in_the_coordinators_sql_is_the_models():
     """The SQL spells statuses as literals (partial indexes need them): each one must be a model status (the
     scan also sees sentences that quote a status, such as a report's)."""
     known = set(TaskStatus.values()) | set(FrameStatus.values()) | set(FrameReport.values())
+    known |= {FRAME_KIND_RENDER, FRAME_KIND_ENCODE}  # frames.kind's DEFAULT is spelled the same way
     found: set[str] = set()
     for path in sorted((ROOT / "coordinator").rglob("*.py")):
         for match in _SQL_STATUS.finditer(path.read_text(encoding="utf-8")):

@@ -7,6 +7,8 @@ import os
 import sqlite3
 import time
 
+import pytest
+
 from coordinator.store import Store
 from coordinator.store.schema import MIGRATIONS_DIR, applied_migrations
 
@@ -116,3 +118,34 @@ def test_a_lock_left_by_a_coordinator_killed_mid_migration_does_not_stop_the_nex
     started = time.monotonic()
     assert Store(path).migrations_applied == ["0004_qualified_owners"]
     assert time.monotonic() - started < 5  # yoyo would wait 10 s for the lock, then refuse
+
+
+@pytest.mark.both_databases
+def test_a_database_at_0008_gets_0009_after_it_and_keeps_its_worker(database, tmp_path, monkeypatch):
+    """0007 and 0008 (capabilities, previews) were released before 0009 (video): a database that had them gets 0009
+    alone, after them, on SQLite and PostgreSQL, and a worker registered before it keeps what it offered."""
+    import shutil
+
+    from coordinator.store import schema
+
+    before = tmp_path / "migrations_before_video"
+    shutil.copytree(schema.MIGRATIONS_DIR, before, ignore=shutil.ignore_patterns("0009_*", "__pycache__"))
+    monkeypatch.setattr(schema, "MIGRATIONS_DIR", before)
+    store = Store(database)
+    assert store.migrations_applied == [m for m in ALL_MIGRATIONS if m != "0009_video"]
+    with store.transaction() as db:  # as that coordinator registered it (this one's upsert knows video_encoders)
+        worker_id = db.execute(
+            "INSERT INTO workers (name, host, blender_version, blender_version_key, cpu_count, registered_at, "
+            "last_seen, offers) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING worker_id",
+            ("old", "host", "3.4.1", 304, 2, time.time(), time.time(), 3)).fetchone()[0]
+    store.close()
+
+    monkeypatch.undo()
+    store = Store(database)
+    try:
+        assert store.migrations_applied == ["0009_video"]
+        assert applied_migrations(store.read())[-3:] == ["0007_capabilities", "0008_previews", "0009_video"]
+        worker = store.get_worker(worker_id)
+        assert (worker["offers"], worker["video_encoders"]) == (3, "")
+    finally:
+        store.close()

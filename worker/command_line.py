@@ -6,6 +6,7 @@ This module sits above the worker: it imports the agent, and nothing in worker/ 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import math
@@ -22,6 +23,7 @@ from renderq.units import parse_size
 from worker.agent import WorkerAgent
 from worker.blender_session import BlenderSession, SessionError, blender_version, find_blender
 from worker.cache import DEFAULT_CACHE_SIZE, CacheError, format_size
+from worker.encode import probe_ffmpeg
 from worker.probe import Capabilities, ProbeError, probe
 from worker.settings import DEFAULT_POLL_SECONDS, WorkerSettings
 from worker.virtual_display import DisplaySession, find_xvfb
@@ -79,7 +81,7 @@ def _defaults() -> dict[str, object]:
     parsers: dict[str, Callable[[str], object]] = {
         "coordinator": str, "token": str, "token_file": str, "worker_name": str, "blender": str, "threads": int,
         "work_dir": str, "cache_size": _cache_size, "poll_seconds": float, "allow_blend_python": parse_bool,
-        "device": _device_type, "gpu": _gpu_list, "tags": lambda text: parse_tags([text]),
+        "device": _device_type, "gpu": _gpu_list, "tags": lambda text: parse_tags([text]), "ffmpeg": str,
     }
     env = {name: env_value(name, parse) for name, parse in parsers.items()}
     # --name's variable is RENDERQ_WORKER_NAME: RENDERQ_NAME would say nothing about whose name it is.
@@ -122,6 +124,21 @@ def _gpu_list(text: str) -> list[int]:
         return [_gpu_index(part) for part in text.split(",") if part.strip()]
     except argparse.ArgumentTypeError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _with_video(found: Capabilities, ffmpeg: str | None) -> Capabilities:
+    """The probe's result with what the worker's FFmpeg encodes (`ffmpeg`: --ffmpeg; 'none' switches it off), or
+    why it offers no videos."""
+    encoders = None if (ffmpeg or "").lower() == "none" else probe_ffmpeg(ffmpeg)
+    if encoders is not None:
+        return dataclasses.replace(found, ffmpeg=encoders.path, video_encoders=encoders.describe())
+    if not ffmpeg:
+        reason = "no ffmpeg on PATH"
+    elif ffmpeg.lower() == "none":
+        reason = "switched off with --ffmpeg none"
+    else:
+        reason = f"{ffmpeg} is no FFmpeg that runs"
+    return dataclasses.replace(found, no_video_reason=reason)
 
 
 def _cache_size_arg(text: str) -> int:
@@ -167,6 +184,9 @@ WORKER_FLAGS = (
     Flag("--device", _device_type_arg, "render Cycles on this device type only: CPU, CUDA, OPTIX, HIP, ONEAPI or METAL "
          "(every device of that type Blender sees, or those given with --gpu); the worker refuses to start when "
          "Blender sees none (default: $RENDERQ_DEVICE, else as Blender's preferences say)", metavar="TYPE"),
+    Flag("--ffmpeg", str, "the FFmpeg executable that encodes tasks' videos; a worker without one renders frames but "
+         "is given no video to encode; 'none' offers no videos (default: $RENDERQ_FFMPEG, else found on PATH)",
+         metavar="PATH"),
 )
 
 
@@ -216,6 +236,7 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, ProbeError) as exc:
         log.error("%s", exc)
         return 2
+    found = _with_video(found, args.ffmpeg)
     work_dir = args.work_dir or default_work_dir(name)
     settings = WorkerSettings(
         name=name,
@@ -228,6 +249,7 @@ def main(args: argparse.Namespace) -> int:
         allow_python=args.allow_blend_python,
         offered=found.registration(),
         tags=tags,
+        ffmpeg=found.ffmpeg,
     )
     try:
         agent = WorkerAgent(client, settings, session_factory=_session_factory(found, device, gpus))

@@ -185,6 +185,20 @@ def output_filepath(original: str, output_dir: str) -> str:
     return os.path.join(os.path.abspath(output_dir), "") + base
 
 
+def frames_instead_of_movie(scene: bpy.types.Scene) -> str | None:
+    """A scene whose output is a movie renders PNG frames here (the farm renders each frame on its own; its video
+    is the task's encode job, made with the scene's own FFmpeg settings); returns the movie format it had, or None.
+
+    The image settings the movie output leaves unused (colour mode, depth) are kept where PNG has them.
+    """
+    settings = scene.render.image_settings
+    if not scene.render.is_movie_format:
+        return None
+    movie = settings.file_format
+    settings.file_format = "PNG"
+    return movie
+
+
 def _data_blocks():
     """Every data-block of the open file, with the node trees and shape keys embedded in them."""
     for name in dir(bpy.data):
@@ -451,6 +465,7 @@ def main() -> None:
     original_output = scene.render.filepath
     os.makedirs(args.output_dir, exist_ok=True)
     scene.render.filepath = output_filepath(original_output, args.output_dir)
+    movie_format = frames_instead_of_movie(scene)
     animated_settings = keys_its_own_settings(scene)
     for handlers, handler in HANDLERS:
         handlers.append(handler)
@@ -467,7 +482,7 @@ def main() -> None:
         frame_start=scene.frame_start,
         frame_end=scene.frame_end,
         file_format=scene.render.image_settings.file_format,
-        is_movie=bool(scene.render.is_movie_format),
+        is_movie=movie_format is not None,
         python_found=python_found,
         python_allowed=bool(args.allow_python),
     )

@@ -10,6 +10,8 @@
 - preparing: fetch the task's files, open (or reuse) Blender, refuse a file whose Python may not run here.
 - rendering: Blender renders on its own thread while the loop watches: it reports the frame's start, claims the next
   frame shortly before this one should end, and stops Blender when the lease is lost or the worker stops.
+- encoding: the task's encode job (a claim of kind "encode"): FFmpeg makes the task's video (worker/encode.py),
+  which is then delivered as a frame's file.
 - delivering: hand the result to the reporter, which sends it in order while the next frame renders; at most
   `max_undelivered_frames` rendered frames wait for the network before Blender may render another.
 
@@ -31,12 +33,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from renderq.http_client import CoordinatorError
+from renderq.model import FRAME_KIND_ENCODE
 from worker.blender_session import BlenderSession, FrameResult, SessionError
 from renderq.local_files import remove_quietly
 from worker.cache import BlendCache, CacheError
+from worker.encode import EncodeJob, encode_video
 from worker.lease import Lease
 from worker.outbox import FrameDone, FrameFailed, FrameGivenBack
 from worker.prefetch import PrefetchTimer
+from worker.set_aside import OutputSetAside, SetAsideError
 from worker.reporter import Reporter
 from worker.retry import GaveUp
 from worker.settings import WorkerSettings
@@ -85,6 +90,7 @@ class State(enum.Enum):
     OFF = "off"
     PREPARING = "preparing"
     RENDERING = "rendering"
+    ENCODING = "encoding"
     DELIVERING = "delivering"
     STOPPED = "stopped"
 
@@ -129,13 +135,14 @@ class WorkerLoop:
         # Tasks whose files hold Python: rendered here only from a claim that marks them so, if this worker allows it.
         self._python_tasks: set[int] = set()
         self._ahead: Future[Lease | None] | None = None
-        self._outputs_sent = 0  # numbers the names rendered files wait under
+        self._set_aside = OutputSetAside(cache)
         self._prefetch_timer = PrefetchTimer()
         self._steps: dict[State, Callable[[Turn | None], Step]] = {
             State.IDLE: self._idle,
             State.OFF: self._off,
             State.PREPARING: self._preparing,
             State.RENDERING: self._rendering,
+            State.ENCODING: self._encoding,
             State.DELIVERING: self._delivering,
         }
 
@@ -191,6 +198,8 @@ class WorkerLoop:
         if self.control.stopping or not self.control.enabled:
             self._give_back(lease, self._why_not_working())
             return State.IDLE, None
+        if lease.kind == FRAME_KIND_ENCODE:
+            return State.ENCODING, Turn(lease)
         return State.PREPARING, Turn(lease)
 
     def _off(self, _turn: Turn | None) -> Step:
@@ -288,7 +297,7 @@ class WorkerLoop:
             if waiting_path is None:
                 remove_quietly(result.preview_path)
                 return State.IDLE, None
-            preview_path = self._set_aside_preview(lease, result.preview_path)
+            preview_path = self._set_aside.preview(lease, result.preview_path)
             self._wait_for_room(lease)
             if lease.revoked:
                 remove_quietly(waiting_path)
@@ -317,6 +326,42 @@ class WorkerLoop:
             self.reporter.log_line(lease.task_id, f"frame {lease.frame} failed: {error}")
             self.reporter.finish(FrameFailed(lease, error, result.log_tail or "", after=turn.rendering_report))
         return State.IDLE, None
+
+    def _encoding(self, turn: Turn | None) -> Step:
+        """The task's encode job: FFmpeg makes its video from its frames (worker/encode.py); the video is delivered
+        like a rendered frame, under the job's lease."""
+        assert turn is not None
+        lease = turn.lease
+        if lease.revoked:
+            return self._drop(lease, "before encoding")
+        if not self.settings.ffmpeg:
+            self._give_back(lease, "this worker has no FFmpeg")
+            return State.IDLE, None
+        # The task has no frame left to render: its Blender need not hold the scene's memory while FFmpeg works.
+        self._close_session(remove_task_files=False)
+        log.info("encoding the video of task %s", lease.task_id)
+        lease.started_at = time.time()
+        turn.rendering_report = self.reporter.report_rendering(lease, lease.started_at)
+
+        def give_up() -> bool:
+            return lease.revoked or self.control.stopping
+
+        job = EncodeJob(
+            lease=lease, ffmpeg=self.settings.ffmpeg, blender=self.settings.blender, work_dir=self.settings.work_dir,
+            output_dir=self.cache.output_dir(lease.task_id),
+            download=lambda sha256, path: self.reporter.download_file(sha256, path, give_up),
+            list_frames=lambda: self.reporter.video_frames(lease.task_id, give_up),
+            blend_path=lambda: self._task_files.prepare(lease, give_up), should_stop=give_up,
+            on_log_line=lambda line: self.reporter.log_line(lease.task_id, line),
+        )
+        try:
+            turn.result = encode_video(job)
+        except GaveUp:
+            turn.result = FrameResult(frame=lease.frame, ok=False, aborted=True, error="the encode was stopped")
+        except (CacheError, CoordinatorError, OSError) as exc:
+            turn.result = FrameResult.failure(lease.frame, f"the video could not be made: {exc}")
+        lease.finished.set()
+        return State.DELIVERING, turn
 
     # -- watching -----------------------------------------------------------------------------------------------
 
@@ -520,45 +565,13 @@ class WorkerLoop:
             log.warning("could not clean the folder of task %s: %s", task_id, exc)
 
     def _checked_output(self, lease: Lease, result: FrameResult, rendering_report: Future | None) -> str | None:
-        """Where the rendered file waits for delivery, if it may be sent: a plain file in the task's output folder
-        (never what a link there points to), renamed so that a later render of the same frame (after its lease was
-        lost) cannot overwrite it. Otherwise the frame is reported failed and None returned."""
-        path = result.output_path
-        error = None
-        if not path or not os.path.isfile(path):
-            error = "Blender reported the frame written but its file is missing"
-        else:
-            try:
-                self.cache.check_output_file(lease.task_id, path)
-            except CacheError as exc:
-                log.error("%s: %s", lease, exc)
-                error = str(exc)
-        if error is None:
-            assert path is not None
-            self._outputs_sent += 1
-            waiting = os.path.join(os.path.dirname(path), f".sending-{self._outputs_sent}-{os.path.basename(path)}")
-            try:
-                os.replace(path, waiting)
-                return waiting
-            except OSError as exc:
-                error = f"the rendered file could not be set aside for delivery: {exc}"
-        remove_quietly(path)
-        self.reporter.finish(FrameFailed(lease, error, result.log_tail or "", after=rendering_report))
-        return None
-
-    def _set_aside_preview(self, lease: Lease, path: str | None) -> str | None:
-        """Where the frame's preview waits for delivery (a plain file of the task's output folder, renamed as the
-        frame is), or None: a frame without a preview is still delivered, the page then shows none."""
-        if not path or not os.path.isfile(path):
-            return None
+        """Where the rendered file waits for delivery (worker/set_aside.py), if it may be sent; otherwise the frame
+        is reported failed and None returned."""
         try:
-            self.cache.check_output_file(lease.task_id, path)
-            waiting = os.path.join(os.path.dirname(path), f".sending-{self._outputs_sent}-preview.png")
-            os.replace(path, waiting)
-            return waiting
-        except (CacheError, OSError) as exc:
-            log.warning("%s: its preview is not sent: %s", lease, exc)
-            remove_quietly(path)
+            return self._set_aside.output(lease, result.output_path)
+        except SetAsideError as exc:
+            remove_quietly(result.output_path)
+            self.reporter.finish(FrameFailed(lease, str(exc), result.log_tail or "", after=rendering_report))
             return None
 
 

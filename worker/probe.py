@@ -50,6 +50,10 @@ class Capabilities:
     # Engine id -> None when it renders, else why not.
     engines: dict[str, str | None]
     virtual_display: bool = False
+    # The FFmpeg that encodes tasks' videos and what it encodes (worker/encode.py); without one, why not.
+    ffmpeg: str | None = None
+    video_encoders: str = ""
+    no_video_reason: str = "not probed"
 
     @property
     def usable_engines(self) -> list[str]:
@@ -65,15 +69,17 @@ class Capabilities:
             device.get("use") and device.get("type") == self.compute_device_type for device in self.devices)
 
     def registration(self) -> dict[str, Any]:
-        """The fields the worker registers with: its devices (each with whether it renders), engines, GPU."""
+        """The fields the worker registers with: its devices (each with whether it renders), engines, GPU and, when
+        it has FFmpeg, what it encodes."""
         enabled = {(device.get("type"), device.get("id")) for device in self.enabled}
         devices = [{"name": device.get("name", ""), "type": device.get("type", ""), "id": device.get("id", ""),
                     "use": bool(device.get("use")) or (device.get("type"), device.get("id")) in enabled}
                    for device in self.devices]
-        return {"devices": devices, "engines": self.usable_engines, "gpu": self.has_gpu}
+        video = {"video_encoders": self.video_encoders} if self.video_encoders else {}
+        return {"devices": devices, "engines": self.usable_engines, "gpu": self.has_gpu, **video}
 
-    def summary(self) -> tuple[str, str]:
-        """The worker's start lines: "devices: ...", "engines: ..."."""
+    def summary(self) -> tuple[str, str, str]:
+        """The worker's start lines: "devices: ...", "engines: ...", "video: ..."."""
         enabled = self.enabled or [device for device in self.devices if device.get("use")]
         devices = (f"Cycles renders on {describe_devices(enabled)}" if enabled
                    else f"Cycles renders on {self.compute_device_type} as Blender's preferences say")
@@ -85,7 +91,8 @@ class Capabilities:
         engines = ", ".join(parts) or "none"
         if self.virtual_display:
             engines += " (on a virtual display: Xvfb)"
-        return f"devices: {devices}", f"engines: {engines}"
+        video = self.video_encoders or f"none ({self.no_video_reason})"
+        return f"devices: {devices}", f"engines: {engines}", f"video: {video}"
 
 
 def probe(blender: str, device_type: str = "", gpus: Sequence[int] = (), *, hidden_values: Collection[str] = (),

@@ -14,6 +14,7 @@ knows this worker; a lost lease's result is dropped and the loop, which watches 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -444,6 +445,19 @@ class Reporter:
             return self.client.request("GET", "/task_manifest", params={"task_id": task_id})
 
         return self._retry(f"fetch the manifest of task {task_id}", fetch, give_up=give_up)
+
+    def video_frames(self, task_id: int, give_up: Callable[[], bool]) -> list[dict[str, Any]]:
+        """Every rendered frame the task's video is made of, in order (a page at a time), retrying while the
+        coordinator is away."""
+        frames: list[dict[str, Any]] = []
+        after: int | None = None
+        while True:
+            page = self._retry(f"list the frames of task {task_id}'s video",
+                               functools.partial(self.client.video_frames, task_id, after), give_up=give_up)
+            frames += list(page.get("frames") or [])
+            after = page.get("frames_next")
+            if after is None:
+                return frames
 
     def _send_log(self, task_id: int, text: str) -> None:
         self.client.append_log(task_id, self.registered_id, text)

@@ -45,7 +45,9 @@ class WorkerSettings:
     # the last one uploads, and keeps a worker cut off from the coordinator from rendering far ahead of what it can
     # deliver.
     max_undelivered_frames: int = 1
-    # What the worker offers (worker/probe.py's Capabilities.registration(): devices, engines, gpu) and its tags;
-    # None: it does not say, and the coordinator gives it every engine's tasks.
+    # What the worker offers (worker/probe.py's Capabilities.registration(): devices, engines, gpu, video_encoders)
+    # and its tags; None: it does not say, and the coordinator gives it every engine's tasks (and no video).
     offered: dict[str, Any] | None = None
     tags: tuple[str, ...] = ()
+    # The FFmpeg that encodes tasks' videos; None: no videos.
+    ffmpeg: str | None = None

@@ -19,7 +19,7 @@ import bpy.utils.previews
 
 from renderq.frame_download import fetch_done_frames
 from renderq.http_client import NotFound
-from renderq.model import Frame, FrameStatus, TaskStatus
+from renderq.model import VIDEO_FRAME, Frame, FrameStatus, TaskStatus
 
 from . import client, jobs, notify, prefs, state, text
 
@@ -300,6 +300,32 @@ def download(task_id: int, folder: str) -> None:
     if not jobs.start(f"download:{task_id}", work, on_done=done, on_error=failed, on_progress=on_progress):
         raise Refused(f"The frames of task {task_id} are being downloaded already")
     state.SESSION.downloads[task_id] = "Downloading..."
+
+
+def open_video(task_id: int, folder: str) -> None:
+    """Download a task's video into `folder` (in a job), then open it in the system's player; raises Refused."""
+    settings = _settings()
+
+    def work(_progress: Any) -> str:
+        coordinator = settings.client(timeout=client.TRANSFER_TIMEOUT)
+        return coordinator.download_frame(task_id, VIDEO_FRAME, folder)
+
+    def done(path: str) -> None:
+        sentence = f"The video of task {task_id} is {path}"
+        state.SESSION.downloads[task_id] = sentence
+        notify.tell(sentence, "INFO")
+        if not bpy.app.background:  # no desktop to open it on in background mode
+            bpy.ops.wm.path_open(filepath=path)
+
+    def failed(error: BaseException) -> None:
+        why = "it is not made yet" if isinstance(error, NotFound) else client.error_sentence(error)
+        sentence = f"Could not get the video of task {task_id}: {why}"
+        state.SESSION.downloads[task_id] = sentence
+        notify.tell(sentence, "ERROR")
+
+    if not jobs.start(f"video:{task_id}", work, on_done=done, on_error=failed):
+        raise Refused(f"The video of task {task_id} is being downloaded already")
+    state.SESSION.downloads[task_id] = "Downloading the video..."
 
 
 # -- workers ---------------------------------------------------------------------------------------------------------

@@ -149,6 +149,22 @@ class RENDERQ_OT_download_frames(_StartsJob, bpy.types.Operator):
         return f"Downloading the frames of task {self.task_id} into {folder}..."
 
 
+class RENDERQ_OT_open_video(_StartsJob, bpy.types.Operator):
+    """Download the task's video into the scene's output folder and open it"""
+
+    bl_idname = "renderq.open_video"
+    bl_label = "Open Video"
+
+    task_id: IntProperty(name="Task", min=1, options={"SKIP_SAVE"})
+
+    def start(self, context: bpy.types.Context) -> str | None:
+        if self.task_id < 1:
+            raise client.Refused("Say which task's video to open (task_id)")
+        folder = output_folder(context.scene)
+        monitor.open_video(self.task_id, folder)
+        return f"Downloading the video of task {self.task_id} into {folder}..."
+
+
 class RENDERQ_OT_open_status_page(_StartsJob, bpy.types.Operator):
     """Open the coordinator's status page in the web browser"""
 
@@ -223,6 +239,7 @@ _CLASSES = (
     RENDERQ_OT_refresh_tasks,
     RENDERQ_OT_cancel_task,
     RENDERQ_OT_download_frames,
+    RENDERQ_OT_open_video,
     RENDERQ_OT_open_status_page,
     RENDERQ_OT_toggle_worker,
     RENDERQ_OT_dismiss_task,

@@ -94,6 +94,23 @@ class RENDERQ_PG_scene_settings(bpy.types.PropertyGroup):
                     "~/.ssh/id_rsa or .env are never uploaded",
         default=False,
     )
+    make_video: BoolProperty(
+        name="Make a Video",
+        description="Once every frame is done, a worker with FFmpeg encodes a video of them at the scene's frame "
+                    "rate, with the scene's sound strips. A scene whose output is a movie gets its own movie "
+                    "(container, codec and quality as set in Output Properties) without this",
+        default=False,
+    )
+    video_container: EnumProperty(
+        name="Video",
+        description="The video's container and codec",
+        items=(
+            ("MP4", "MP4 (H.264)", "H.264 in an MP4 file: plays everywhere"),
+            ("MOV", "QuickTime (ProRes)", "ProRes 422 HQ in a QuickTime file: for editing"),
+            ("WEBM", "WebM (VP9)", "VP9 in a WebM file: for the web"),
+        ),
+        default="MP4",
+    )
 
 
 def frame_range(scene: bpy.types.Scene) -> tuple[int, int, int]:

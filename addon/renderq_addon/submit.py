@@ -3,8 +3,9 @@
 The artist's file, path, dirty flag and settings are never changed. When the session has unsaved changes, the
 current state is saved as a copy (`save_as_mainfile(copy=True)`) beside the original, under a hidden temporary
 name, so that `//` paths resolve the same; the copy is packed, named after the original in the manifest, and
-removed when the job ends. Never-saved files and movie outputs are refused before anything is packed; missing
-assets are listed before anything is uploaded.
+removed when the job ends. Never-saved files are refused before anything is packed; missing assets are listed
+before anything is uploaded. A scene whose output is a movie is submitted unchanged: its frames render as PNG and
+the farm makes the movie from them with the scene's own FFmpeg settings (the task's video).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from renderq import submit as pipeline
 from . import client, jobs, notify, props, state, text
 
 JOB_KEY = "submit"
-# Frames are rendered one by one on different machines, so a format that writes one file for the whole range fails.
+# Formats that write one file for the whole range: the farm renders their frames as PNG and makes the movie itself.
 MOVIE_FORMATS = frozenset({"FFMPEG", "AVI_JPEG", "AVI_RAW"})
 COPY_PREFIX = ".renderq-"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -69,6 +70,8 @@ class SubmitRequest:
     tags: list[str] = field(default_factory=list)
     render_engine: str = ""
     device: str = ""
+    video: dict[str, str] | None = None
+    """The video asked for ({"container": ...}), or None."""
 
 
 @dataclass
@@ -96,14 +99,28 @@ def blender_major_minor() -> str:
     return f"{major}.{minor}"
 
 
-def output_problem(scene: bpy.types.Scene) -> str | None:
-    """A sentence when the scene's output cannot be rendered frame by frame on the farm, else None."""
+def is_movie_output(scene: bpy.types.Scene) -> bool:
+    """Whether the scene's output is one movie file rather than images."""
     render = scene.render
-    file_format = render.image_settings.file_format
-    if file_format in MOVIE_FORMATS or getattr(render, "is_movie_format", False):
-        return (f"The output format is a movie ({file_format}), but the farm renders every frame separately: "
-                "choose an image format (PNG, OpenEXR...) in Output Properties")
+    return render.image_settings.file_format in MOVIE_FORMATS or bool(getattr(render, "is_movie_format", False))
+
+
+def video_request(scene: bpy.types.Scene) -> dict[str, str] | None:
+    """The task's video: the container picked when Make a Video is ticked, else the scene's own movie settings
+    when its output is a movie, else None."""
+    if scene.renderq.make_video:
+        return {"container": scene.renderq.video_container.lower()}
+    if is_movie_output(scene):
+        return {"container": "scene"}
     return None
+
+
+def output_note(scene: bpy.types.Scene) -> str | None:
+    """What the panel says about a movie output (it is no reason to refuse), else None."""
+    if not is_movie_output(scene) or scene.renderq.make_video:
+        return None
+    return (f"The output is a movie ({scene.render.image_settings.file_format}): the frames render as PNG and the "
+            "farm makes the movie from them with these settings")
 
 
 def check(context: bpy.types.Context) -> SubmitRequest:
@@ -120,9 +137,6 @@ def check(context: bpy.types.Context) -> SubmitRequest:
     if not os.path.isdir(folder):
         raise Refused(f"The file's folder {folder} does not exist any more; save the file again")
     scene = context.scene
-    problem = output_problem(scene)
-    if problem:
-        raise Refused(problem)
     frame_start, frame_end, frame_step = props.frame_range(scene)
     if frame_end < frame_start:
         raise Refused(f"The frame range {frame_start}-{frame_end} ends before it starts")
@@ -161,6 +175,7 @@ def check(context: bpy.types.Context) -> SubmitRequest:
         tags=tags,
         render_engine=scene.render.engine,
         device="" if settings_of_scene.device == "FILE" else settings_of_scene.device,
+        video=video_request(scene),
     )
 
 
@@ -353,6 +368,7 @@ def run(request: SubmitRequest, progress: Callable[[Any], None]) -> SubmitOutcom
                 "tags": request.tags,
                 "render_engine": request.render_engine,
                 "device": request.device,
+                **({"video": request.video} if request.video else {}),
             }, report)
             return SubmitOutcome(task=task, missing=missing, files_total=submit_plan.files_total,
                                  files_uploaded=uploaded.files, bytes_uploaded=uploaded.bytes)

@@ -121,16 +121,23 @@ class RENDERQ_PT_submit(_SafePanel, bpy.types.Panel):
         layout.prop(settings, "device")
         layout.prop(settings, "allow_missing")
         layout.prop(settings, "allow_outside")
+        row = layout.row(align=True)
+        row.prop(settings, "make_video")
+        container = row.row(align=True)
+        container.enabled = settings.make_video
+        container.prop(settings, "video_container", text="")
         layout.prop(settings, "assignment", expand=True)
         if settings.assignment == "MANUAL":
             self._draw_workers(layout, scene, line_width(context))
 
         if not bpy.data.filepath:
             layout.label(text="Save the file before submitting", icon="INFO")
-        problem = submit.output_problem(scene)
-        if problem:
-            alert_box(layout, problem, width=line_width(context))
-        elif bpy.data.is_dirty and bpy.data.filepath:
+        note = submit.output_note(scene)
+        if note:
+            box = layout.box()
+            for index, line in enumerate(text.wrap(note, line_width(context))):
+                box.label(text=line, icon="FILE_MOVIE" if index == 0 else "BLANK1")
+        if bpy.data.is_dirty and bpy.data.filepath:
             layout.label(text="Unsaved changes are rendered as you see them", icon="INFO")
 
         progress = state.SESSION.submit
@@ -249,6 +256,10 @@ class RENDERQ_PT_tasks(_SafePanel, bpy.types.Panel):
         download_column.enabled = done > 0 and not jobs.is_running(f"download:{task_id}")
         download = download_column.operator("renderq.download_frames", text="Download Frames", icon="IMPORT")
         download.task_id = task_id
+        if task.get("video"):
+            video_row = box.row(align=True)
+            video_row.enabled = state.is_final(task) and not jobs.is_running(f"video:{task_id}")
+            video_row.operator("renderq.open_video", text="Open Video", icon="FILE_MOVIE").task_id = task_id
 
 
 _STATUS_ICONS = {

@@ -119,6 +119,15 @@ def task_manifest():
     return jsonify(current_app.extensions["renderq.scheduler"].task_manifest(v.query()["task_id"]))
 
 
+@files.get("/video_frames")
+@requires("worker")
+def video_frames():
+    """One page of the frames a task's video is made of, for the worker encoding it."""
+    fields = v.query()
+    scheduler = current_app.extensions["renderq.scheduler"]
+    return jsonify(scheduler.video_frames(fields["task_id"], fields.get("frames_after")))
+
+
 @files.get("/download_frames_zip")
 @requires("artist", open_read=True)
 def download_frames_zip():

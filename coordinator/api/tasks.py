@@ -71,6 +71,7 @@ def submit_task():
         tags=v.tags(body.get("tags", [])),
         render_engine=body.get("render_engine", ""),
         device=body.get("device", ""),
+        video=body.get("video"),
     )
     blobs = _blobs()
     # The orphan sweep may have deleted a file since the checks above (one uploaded long ago and used by no task):
@@ -336,11 +337,26 @@ INLINE_IMAGES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/j
                  (b"RIFF", "image/webp"), (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"))
 
 
+# A task's video plays in its page: ISO media (an `ftyp` box first: MP4, QuickTime) and Matroska's WebM, by their
+# first bytes too.
+INLINE_VIDEOS = ((b"qt  ", "video/quicktime"), (b"", "video/mp4"))
+WEBM_MAGIC = b"\x1a\x45\xdf\xa3"
+
+
 def _inline_type(sha256: str) -> str | None:
     head = _blobs().head(sha256, 16)
     for magic, mimetype in INLINE_IMAGES:
         if head.startswith(magic) and (mimetype != "image/webp" or head[8:12] == b"WEBP"):
             return mimetype
+    return _video_type(head)
+
+
+def _video_type(head: bytes) -> str | None:
+    """The video type of a file starting with `head`, or None."""
+    if head.startswith(WEBM_MAGIC):
+        return "video/webm"
+    if head[4:8] == b"ftyp":
+        return next(mimetype for brand, mimetype in INLINE_VIDEOS if head[8:12].startswith(brand))
     return None
 
 

@@ -30,11 +30,13 @@ def register_worker():
 
 
 def _offered(body: dict) -> dict:
-    """What a registering worker offers (devices, engines, tags) and its bits; a worker that names no engines (one
-    from before they were probed) keeps every engine."""
+    """What a registering worker offers (devices, engines, tags, its FFmpeg's encoders) and its bits; a worker that
+    names no engines (one from before they were probed) keeps every engine."""
     engines = body.get("engines")
+    video_encoders = body.get("video_encoders", "")
     return {"devices": body.get("devices", []), "engines": engines or [], "tags": v.tags(body.get("tags", [])),
-            "offers": worker_offers(engines, bool(body.get("gpu")))}
+            "video_encoders": video_encoders,
+            "offers": worker_offers(engines, bool(body.get("gpu")), can_encode=bool(video_encoders))}
 
 
 @workers.post("/update_worker")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from renderq.capabilities import ENCODE_BIT
+
 from .connection import StoreConnection
 from .engine import Database
 from .rows import FRAME_COLUMNS, OutputNameTaken, finish_task_if_complete, output_holder, record_failure, requeue
 from .task_writes import TaskRowWrites
 
-# Whether the worker (named parameters name, version, allows_python, offers, worker_id, blocked_at) may take a frame
-# of the open task t now: assigned to it (or to anyone), the right Blender, Python allowed if needed, its engine
-# and GPU offered (bits: renderq.capabilities), every tag of the task, not blocked, and a frame queued. Each test is
-# a column test or index lookups; a task without tags (most) skips the tag lookups.
+# Whether the worker (named parameters name, version, allows_python, offers, worker_id, blocked_at, can_encode) may
+# take a frame of the open task t now: assigned to it (or to anyone), the right Blender, Python allowed if needed, its
+# engine and GPU offered (bits: renderq.capabilities), every tag of the task, not blocked, and a frame queued that it
+# can do (an encode job only if it offers ENCODE_BIT: it has FFmpeg). Each test is a column test or index lookups; a
+# task without tags (most) skips the tag lookups.
 _CLAIMABLE_BY_WORKER = (
     "(t.manual = 0 OR EXISTS (SELECT 1 FROM task_workers w WHERE w.task_id = t.task_id AND w.worker_name = :name)) "
     "AND (t.blender_version_key = 0 OR t.blender_version_key = :version "
@@ -21,7 +24,8 @@ _CLAIMABLE_BY_WORKER = (
     "SELECT 1 FROM worker_tags wt WHERE wt.worker_id = :worker_id AND wt.tag = tt.tag))) "
     "AND NOT EXISTS (SELECT 1 FROM task_worker_failures b WHERE b.task_id = t.task_id "
     "AND b.worker_id = :worker_id AND b.failures >= :blocked_at) "
-    "AND EXISTS (SELECT 1 FROM frames f WHERE f.task_id = t.task_id AND f.status = 'queued')"
+    "AND EXISTS (SELECT 1 FROM frames f WHERE f.task_id = t.task_id AND f.status = 'queued' "
+    "AND (:can_encode = 1 OR f.kind = 'render'))"
 )
 
 
@@ -63,8 +67,9 @@ class FrameQueries(StoreConnection):
         """
         values = {"name": worker["name"], "version": worker["blender_version_key"],
                   "allows_python": int(bool(worker["allows_python"])), "offers": worker["offers"],
-                  "worker_id": worker["worker_id"],
-                  "blocked_at": bad_worker_failures, "prefer": prefer_task_id}
+                  "worker_id": worker["worker_id"], "blocked_at": bad_worker_failures, "prefer": prefer_task_id,
+                  # The encode bit as a flag: the claim's frame tests compare it, not the whole of `offers`.
+                  "can_encode": int(bool(worker["offers"] & ENCODE_BIT))}
         with self.transaction() as db:
             # Walks tasks_claimable in order and stops at the first task this worker may take: a claim does not
             # look at (or sort) every open task. Paused (and ended) tasks are left out: their queued frames wait.
@@ -88,16 +93,16 @@ class FrameQueries(StoreConnection):
                     task_id = prefer_task_id
             # The frame row stays locked until the COMMIT (PostgreSQL): another coordinator's claim skips it.
             row = db.execute(
-                "SELECT frame FROM frames f WHERE task_id = ? AND status = 'queued' AND NOT EXISTS ("
-                "SELECT 1 FROM frame_failures x WHERE x.task_id = f.task_id AND x.frame = f.frame "
+                "SELECT frame FROM frames f WHERE task_id = ? AND status = 'queued' AND (? = 1 OR kind = 'render') "
+                "AND NOT EXISTS (SELECT 1 FROM frame_failures x WHERE x.task_id = f.task_id AND x.frame = f.frame "
                 f"AND x.worker_id = ?) ORDER BY frame LIMIT 1{self.engine.skip_locked}",
-                (task_id, worker["worker_id"]),
+                (task_id, values["can_encode"], worker["worker_id"]),
             ).fetchone()
             if row is None:
                 row = db.execute(
-                    "SELECT frame FROM frames WHERE task_id = ? AND status = 'queued' "
+                    "SELECT frame FROM frames WHERE task_id = ? AND status = 'queued' AND (? = 1 OR kind = 'render') "
                     f"ORDER BY frame LIMIT 1{self.engine.skip_locked}",
-                    (task_id,),
+                    (task_id, values["can_encode"]),
                 ).fetchone()
             if row is None:
                 return None  # every queued frame of the task is being claimed by other coordinators just now
@@ -211,6 +216,17 @@ class FrameQueries(StoreConnection):
             row = db.execute(f"SELECT {FRAME_COLUMNS} FROM frames WHERE task_id = ? AND frame = ?",
                              (task_id, frame)).fetchone()
             return dict(row)
+
+    def video_inputs(self, task_id: int, after: int | None, limit: int) -> list[dict]:
+        """Up to `limit` of the rendered frames a task's video is made of, numbered above `after`, in frame order:
+        {frame, output, sha256, size}."""
+        rows = self.read().execute(
+            "SELECT frame, output, output_sha256 AS sha256, output_size AS size FROM frames "
+            "WHERE task_id = ? AND status = 'done' AND frame > ? AND kind = 'render' AND output_sha256 IS NOT NULL "
+            "ORDER BY frame LIMIT ?",
+            (task_id, -(2**62) if after is None else after, limit),
+        ).fetchall()
+        return [dict(row) for row in rows]
 
     def extend_all_leases(self, lease_expires: float) -> None:
         """After a coordinator restart, give workers time to reconnect before their leases count as lost (or their

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from renderq.model import FRAME_KIND_ENCODE, VIDEO_FRAME
+
 from .engine import Database, Engine
 
 # The status strings in the SQL of the store's parts are renderq.model's TaskStatus and FrameStatus values (its sets,
@@ -16,7 +18,7 @@ DETAIL_ONLY_COLUMNS = ("settings", "missing_assets")
 
 FRAME_COLUMNS = (
     "task_id, frame, status, worker_id, lease_id, lease_expires, attempts, failures, started_at, ended_at, "
-    "render_seconds, output, output_sha256, output_size, error, log_tail, preview_sha256"
+    "render_seconds, output, output_sha256, output_size, error, log_tail, preview_sha256, kind"
 )
 
 
@@ -54,12 +56,14 @@ def requeue(db: Database, where: str, params: tuple) -> int:
 def record_failure(engine: Engine, db: Database, task_id: int, frame: int, lease_id: str, worker_id: int, error: str,
                     log_tail: str, frame_fail_workers: int, now: float, *, keep_lease: bool) -> dict | None:
     """Count a failed render of a frame held under lease_id against its worker (for the frame and the task), then
-    requeue the frame, or mark it failed once that many different workers failed it. keep_lease leaves a failed
-    frame's lease on it, so the worker's repeated final report is recognised; a timeout kills the lease."""
+    requeue the frame, or mark it failed once that many different workers failed it (a task's encode job: once it
+    failed that many times, on any workers: a video that cannot be made fails alike everywhere, and a farm may
+    have one worker with FFmpeg). keep_lease leaves a failed frame's lease on it, so the worker's repeated final
+    report is recognised; a timeout kills the lease."""
     # Locked (PostgreSQL) until the end of the transaction: no other coordinator's report changes the frame between
     # this check and the update below.
     held = db.execute(
-        "SELECT 1 FROM frames WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')"
+        "SELECT kind FROM frames WHERE task_id = ? AND frame = ? AND lease_id = ? AND status IN ('leased', 'rendering')"
         + engine.for_update,
         (task_id, frame, lease_id),
     ).fetchone()
@@ -70,8 +74,9 @@ def record_failure(engine: Engine, db: Database, task_id: int, frame: int, lease
         (task_id, frame, worker_id, now, error, lease_id if keep_lease else None),
     )
     # Uses frame_failures_by_frame: as many rows as this frame has failed since its last retry.
+    counted = "count(*)" if held["kind"] == FRAME_KIND_ENCODE else "count(DISTINCT worker_id)"
     workers_failed = db.execute(
-        "SELECT count(DISTINCT worker_id) FROM frame_failures WHERE task_id = ? AND frame = ? AND cleared = 0",
+        f"SELECT {counted} FROM frame_failures WHERE task_id = ? AND frame = ? AND cleared = 0",
         (task_id, frame),
     ).fetchone()[0]
     final = workers_failed >= frame_fail_workers
@@ -99,15 +104,38 @@ def record_failure(engine: Engine, db: Database, task_id: int, frame: int, lease
 
 
 def finish_task_if_complete(db: Database, task_id: int, now: float) -> None:
+    """End the task once no frame of it is open: done, or failed if a frame failed. A task that asks for a video
+    and whose frames all rendered gets its encode job first, and ends when that does."""
     open_frames = db.execute(
         "SELECT 1 FROM frames WHERE task_id = ? AND status IN ('queued', 'leased', 'rendering') LIMIT 1", (task_id,)
     ).fetchone()
     if open_frames is None:
+        if queue_encode_job(db, task_id):
+            return
         db.execute(
             "UPDATE tasks SET status = CASE WHEN frames_failed > 0 THEN 'failed' ELSE 'done' END, ended_at = ? "
             "WHERE task_id = ? AND status IN ('queued', 'running', 'paused')",
             (now, task_id),
         )
+
+
+def queue_encode_job(db: Database, task_id: int) -> bool:
+    """Add the task's encode job (a frame row of kind 'encode', counted in frames_total) if the task asks for a
+    video, every frame rendered and the job is not there yet; whether it was added."""
+    task = db.execute("SELECT video, frames_failed, status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    if task is None or not task["video"] or task["frames_failed"] or task["status"] not in TASK_OPEN_SQL:
+        return False
+    added = db.execute(
+        "INSERT INTO frames (task_id, frame, kind) VALUES (?, ?, 'encode') ON CONFLICT DO NOTHING",
+        (task_id, VIDEO_FRAME),
+    ).rowcount
+    if added:
+        db.execute("UPDATE tasks SET frames_total = frames_total + 1 WHERE task_id = ?", (task_id,))
+    return bool(added)
+
+
+# renderq.model.TASK_OPEN, as the statuses queue_encode_job compares with.
+TASK_OPEN_SQL = ("queued", "running", "paused")
 
 
 def task_row(db: Database, row: Any, workers: list[str] | None = None) -> dict[str, Any]:
@@ -118,6 +146,8 @@ def task_row(db: Database, row: Any, workers: list[str] | None = None) -> dict[s
         task["missing_assets"] = json.loads(task["missing_assets"] or "[]")
     if "tags" in task:
         task["tags"] = json.loads(task["tags"] or "[]")
+    if "video" in task:
+        task["video"] = json.loads(task["video"]) if task["video"] else None
     if workers is None:
         workers = [
             r["worker_name"]

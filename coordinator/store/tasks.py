@@ -25,18 +25,19 @@ class TaskQueries(StoreConnection):
                 "INSERT INTO tasks (name, priority, frame_start, frame_end, frame_step, frames_total, manual, "
                 "submitted_by, blend_sha256, blend_filename, settings, created_at, main_file, blender_version, "
                 "blender_version_key, blender_version_exact, missing_assets, files_count, files_bytes, "
-                "frame_timeout, no_progress_timeout, needs_python, owner, render_engine, device, tags, needs) "
+                "frame_timeout, no_progress_timeout, needs_python, owner, render_engine, device, tags, needs, video) "
                 "VALUES (:name, :priority, :frame_start, :frame_end, :frame_step, :frames_total, :manual, "
                 ":submitted_by, :blend_sha256, :blend_filename, :settings, :created_at, :main_file, "
                 ":blender_version, :blender_version_key, :blender_version_exact, :missing_assets, :files_count, "
                 ":files_bytes, :frame_timeout, :no_progress_timeout, :needs_python, :owner, :render_engine, "
-                ":device, :tags, :needs) RETURNING task_id",
+                ":device, :tags, :needs, :video) RETURNING task_id",
                 {"frame_timeout": None, "no_progress_timeout": 600.0, "owner": "", "render_engine": "",
                  "device": "", "needs": 0, **task, "tags": json.dumps(sorted(set(task.get("tags") or []))),
                  "needs_python": int(bool(task.get("needs_python"))),
                  "frames_total": len(frame_numbers), "manual": int(bool(worker_names)),
                  "settings": json.dumps(task.get("settings") or {}),
                  "missing_assets": json.dumps(list(task.get("missing_assets") or [])),
+                 "video": json.dumps(task["video"]) if task.get("video") else "",
                  "blender_version_exact": int(bool(task.get("blender_version_exact"))),
                  "files_count": len(files), "files_bytes": sum(size for _, _, size in files)},
             ).fetchone()[0]

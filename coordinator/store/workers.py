@@ -25,10 +25,12 @@ class WorkerQueries(StoreConnection):
                       now: float, allows_python: bool = False, offered: dict[str, Any] | None = None) -> dict:
         """Register a worker by name. A returning name keeps its id; frames it still held are requeued.
 
-        `offered`: what it can render ({devices, engines, tags, offers}: renderq.capabilities); none from a worker
-        that does not say (it keeps every engine). Tags an admin set stay; the worker's own replace them otherwise.
+        `offered`: what it can do ({devices, engines, tags, video_encoders, offers}: renderq.capabilities); none
+        from a worker that does not say (it keeps every engine and encodes no video). Tags an admin set stay; the
+        worker's own replace them otherwise.
         """
-        offered = {"devices": [], "engines": [], "tags": [], "offers": ALL_ENGINES, **(offered or {})}
+        offered = {"devices": [], "engines": [], "tags": [], "video_encoders": "", "offers": ALL_ENGINES,
+                   **(offered or {})}
         with self.transaction() as db:
             # ON CONFLICT: a worker of that name registering at the same moment elsewhere (another thread or
             # coordinator) inserts it first; this one then updates it, as a returning worker.
@@ -48,8 +50,10 @@ class WorkerQueries(StoreConnection):
                     (host, blender_version, version_key, cpu_count, now, now, int(allows_python), worker_id),
                 )
                 requeue(db, "worker_id = ? AND status IN ('leased', 'rendering')", (worker_id,))
-            db.execute("UPDATE workers SET devices = ?, engines = ?, offers = ? WHERE worker_id = ?",
-                       (json.dumps(offered["devices"]), json.dumps(offered["engines"]), offered["offers"], worker_id))
+            db.execute("UPDATE workers SET devices = ?, engines = ?, video_encoders = ?, offers = ? "
+                       "WHERE worker_id = ?",
+                       (json.dumps(offered["devices"]), json.dumps(offered["engines"]), offered["video_encoders"],
+                        offered["offers"], worker_id))
             if not db.execute("SELECT tags_by_admin FROM workers WHERE worker_id = ?", (worker_id,)).fetchone()[0]:
                 _write_tags(db, worker_id, offered["tags"])
             return _worker_row(db.execute("SELECT * FROM workers WHERE worker_id = ?", (worker_id,)).fetchone())

@@ -11,7 +11,10 @@ Cases:
                 dirty flag must be unchanged, no texture packed into the session, no temporary copy left behind;
                 then follow the task to its end
     unsaved     no file open: the submit is refused with a sentence
-    refusals    a movie output is refused at once; then a missing image stops the submit before upload
+    refusals    a missing image stops the submit before upload
+    movie       the open file's output is a movie (FFmpeg): the panel says the farm makes it, the file is submitted
+                unchanged with the scene's own video; once the task is done its video is downloaded (Open Video)
+                into the output folder
     allow_missing   a missing image with "allow missing" ticked: submitted, the missing asset recorded
     outside     the open file is tests/blender_scripts/make_exposed_project.py's attack.blend (a hidden key, a file
                 outside the project folder, a link leading out): refused with the list, also once "Allow Files
@@ -43,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--zip", required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--case", required=True, choices=("submit", "unsaved", "refusals", "allow_missing", "outside",
-                                                                 "follow"))
+                                                                 "follow", "movie"))
     parser.add_argument("--task-id", type=int, default=0)
     parser.add_argument("--clean", default="", help="outside: the project's .blend without the hidden key")
     return parser.parse_args(argv)
@@ -171,22 +174,16 @@ def add_missing_image() -> None:
 def case_refusals() -> dict:
     from renderq_addon import state
 
-    scene = bpy.context.scene
     folder = os.path.dirname(bpy.data.filepath)
     listing = sorted(os.listdir(folder))
-
-    scene.render.image_settings.file_format = "FFMPEG"
-    movie_error = refused(bpy.ops.renderq.submit)
-    assert sorted(os.listdir(folder)) == listing, "a refused submit left files behind"
-    scene.render.image_settings.file_format = "PNG"
 
     add_missing_image()
     assert bpy.ops.renderq.submit() == {"FINISHED"}
     drain_all()
     assert state.last_submitted_task_id() is None
     assert hidden_copies(folder) == []
+    assert sorted(os.listdir(folder)) == listing, "a refused submit left files behind"
     return {
-        "movie_error": movie_error,
         "missing_error": state.last_error(),
         "missing_listed": list(state.SESSION.missing_assets),
     }
@@ -285,6 +282,27 @@ def connection_sentence(preferences, url: str) -> tuple[bool, str]:
     return bool(check.ok), check.text
 
 
+def case_movie() -> dict:
+    from renderq_addon import state, submit
+
+    scene = bpy.context.scene
+    filepath = bpy.data.filepath
+    original_hash = sha256_of(filepath)
+    assert scene.render.is_movie_format
+    note = submit.output_note(scene)
+    assert bpy.ops.renderq.submit() == {"FINISHED"}
+    drain_all()
+    assert state.last_error() is None, state.last_error()
+    task_id = state.last_submitted_task_id()
+    assert isinstance(task_id, int), task_id
+    assert sha256_of(filepath) == original_hash and scene.render.image_settings.file_format == "FFMPEG"
+    wait_until_ended(task_id)
+    assert bpy.ops.renderq.open_video(task_id=task_id) == {"FINISHED"}
+    drain_all()
+    assert state.last_error() is None, state.last_error()
+    return {"task_id": task_id, "note": note, "video": state.SESSION.downloads.get(task_id, "")}
+
+
 def case_follow(task_id: int, preferences) -> dict:
     from renderq_addon import state
 
@@ -337,6 +355,8 @@ def main() -> None:
         result = case_allow_missing()
     elif args.case == "outside":
         result = case_outside(args.clean)
+    elif args.case == "movie":
+        result = case_movie()
     else:
         result = case_follow(args.task_id, preferences)
     result["blender"] = list(bpy.app.version)

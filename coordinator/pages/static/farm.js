@@ -125,7 +125,8 @@
   function offersCell(worker) {
     const engines = worker.engines.length ? worker.engines.join(", ") : "no engine";
     return el("td", {className: "opt small"}, el("div", {text: engines}),
-              el("div", {className: "muted", text: worker.devices || "devices unknown"}));
+              el("div", {className: "muted", text: worker.devices || "devices unknown"}),
+              el("div", {className: "muted", text: worker.video ? "video: " + worker.video : "no video"}));
   }
 
   // The tags, and for an admin a form that replaces them.

@@ -4,7 +4,10 @@
 
 (() => {
   const {el} = RQ;
-  const name = document.getElementById("worker-page").dataset.workerName;
+  const page = document.getElementById("worker-page");
+  const name = page.dataset.workerName;
+  const videoFrame = Number(page.dataset.videoFrame); // the frame number of a task's video job
+  const frameText = (number) => (number === videoFrame ? "video" : String(number));
   const url = "/worker?name=" + encodeURIComponent(name);
   const log = document.getElementById("log");
   const follow = document.getElementById("log-follow");
@@ -38,6 +41,8 @@
       ...(devices.length ? devices : [el("li", {className: "muted", text: "not reported"})]));
     document.getElementById("worker-engines").textContent = worker.engine_names.length
       ? worker.engine_names.join(", ") : "none it could render";
+    document.getElementById("worker-video").textContent = worker.video_encoders
+      ? "encodes with FFmpeg: " + worker.video_encoders : "no FFmpeg: it encodes no video";
     const tags = document.getElementById("worker-tags");
     if (!tags.contains(document.activeElement)) { // an admin typing tags keeps the field
       const note = el("span", {className: "muted small",
@@ -51,7 +56,8 @@
   function renderCurrent(worker) {
     const box = document.getElementById("worker-current");
     const lines = worker.current.map((frame) => {
-      const what = el("span", {text: " · frame " + frame.frame + " · "});
+      const what = el("span", {text: frame.frame === videoFrame ? " · encoding its video · "
+                                                              : " · frame " + frame.frame + " · "});
       if (frame.status === "rendering" && frame.started_at) {
         what.append(el("span", {dataset: {since: String(frame.started_at)}}));
       } else {
@@ -74,7 +80,7 @@
     shownKey = key;
     const frameRows = worker.recent_frames.map((f) => el("tr", {},
       el("td", {className: "name"}, taskLink(f.task_id, f.task_name)),
-      el("td", {className: "num", text: String(f.frame)}),
+      el("td", {className: "num", text: frameText(f.frame)}),
       el("td", {className: "num", text: RQ.clock(f.started_at, true)}),
       el("td", {className: "num", text: RQ.clock(f.ended_at, true)}),
       el("td", {className: "num", text: seconds(f.render_seconds)}),
@@ -85,7 +91,7 @@
     const failureRows = worker.failures.map((f) => el("tr", {},
       el("td", {className: "num", text: RQ.clock(f.failed_at, true)}),
       el("td", {className: "name"}, taskLink(f.task_id, f.task_name)),
-      el("td", {className: "num", text: String(f.frame)}),
+      el("td", {className: "num", text: frameText(f.frame)}),
       el("td", {className: "error-text small", text: f.error || "–"})));
     document.getElementById("failure-rows").replaceChildren(...failureRows);
     document.getElementById("failures-empty").hidden = failureRows.length > 0;
