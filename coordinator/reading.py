@@ -28,6 +28,11 @@ FRAMES_PAGE = 1_000
 MAX_FRAMES_PAGE = 10_000
 # A task's summary lists at most this many of its failed frames (progress.failed counts them all).
 FAILED_FRAMES_SHOWN = 1_000
+# A worker's detail (GET /worker) lists its latest done frames and its latest failed reports, at most this many, and
+# the lines it wrote in the last bytes of the log of the task it renders.
+WORKER_RECENT_FRAMES = 50
+WORKER_RECENT_FAILURES = 20
+WORKER_LOG_TAIL_BYTES = 64 * 1024
 # Seconds an answer that counts the live workers (for the advised heartbeat and idle poll) is reused.
 ADVICE_INTERVAL = 5.0
 
@@ -125,6 +130,38 @@ class FarmReader:
             tags=worker["tags"],
             tags_by_admin=bool(worker["tags_by_admin"]),
         ).to_dict()
+
+    def worker_detail(self, name: str) -> dict:
+        """One worker by name as GET /worker (its page, `renderq workers NAME`) shows it: its description, its
+        latest done frames with their exact times, its latest failures with their errors, and the lines it wrote
+        in the tail of the log of the frame it renders now. A fixed number of indexed queries."""
+        worker = self._worker_by_name(name)
+        described = self.describe_worker(worker)
+        described["engine_names"] = [engine_label(engine) for engine in described["engines"]]
+        described["recent_frames"] = [
+            {"task_id": f["task_id"], "task_name": f["task_name"], "frame": f["frame"], "attempts": f["attempts"],
+             "started_at": f["started_at"], "ended_at": f["ended_at"], "render_seconds": f["render_seconds"],
+             "output": f["output"], "preview": f["preview_sha256"] is not None, "kind": f["kind"]}
+            for f in self.store.worker_done_frames(worker["worker_id"], WORKER_RECENT_FRAMES)]
+        described["failures"] = self.store.worker_failures(worker["worker_id"], WORKER_RECENT_FAILURES)
+        described["log"] = self._worker_log(name, described["current"])
+        return described
+
+    def _worker_log(self, name: str, current: list[dict]) -> dict | None:
+        """The worker's lines (each starts "[name] ") in the last WORKER_LOG_TAIL_BYTES of the log of the task it
+        renders now; None when it renders nothing."""
+        if not current:
+            return None
+        frame = next((f for f in current if f["status"] == FrameStatus.RENDERING), current[0])
+        _, size = self.store.read_log(frame["task_id"], 0, 0)
+        start = max(0, size - WORKER_LOG_TAIL_BYTES)
+        chunk, _ = self.store.read_log(frame["task_id"], start, WORKER_LOG_TAIL_BYTES)
+        lines = chunk.decode("utf-8", errors="replace").splitlines(keepends=True)
+        if start and lines:
+            lines = lines[1:]  # the tail may begin inside a line
+        prefix = f"[{name}] "
+        return {"task_id": frame["task_id"], "frame": frame["frame"],
+                "text": "".join(line for line in lines if line.startswith(prefix))}
 
     def list_tasks(self, status: str | None = None) -> list[dict]:
         """Task summaries, newest first, optionally of one status."""

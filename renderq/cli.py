@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from renderq import __version__
-from renderq.capabilities import describe_devices, engine_label
 from renderq.cli_args import (
     blender_version_arg,
     parse_frames,
@@ -34,6 +33,7 @@ from renderq.cli_common import (
     make_client,
     print_json,
 )
+from renderq.cli_workers import cmd_worker_enable, cmd_worker_tags, cmd_workers
 from renderq.http_client import CoordinatorError, Forbidden, Unauthorized
 from renderq.model import VIDEO_CONTAINERS, TaskStatus
 from renderq.progress import (
@@ -104,60 +104,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(task)
         return EXIT_OK
     print_task_detail(task)
-    return EXIT_OK
-
-
-def cmd_workers(args: argparse.Namespace) -> int:
-    """Show the registered workers."""
-    client = make_client(args)
-    workers = rows_to_show(args, client.request("GET", "/list_workers"), "workers", "no workers registered")
-    if not workers:
-        return EXIT_OK
-    rows = []
-    for worker in workers:
-        current = ", ".join(f"{c.get('task_id')}:{c.get('frame')}" for c in worker.get("current") or []) or "-"
-        mean = worker.get("mean_frame_seconds")
-        rows.append([
-            worker.get("name"), worker.get("worker_id"), "ON" if worker.get("enabled") else "OFF",
-            "yes" if worker.get("alive") else "no", worker.get("host", ""), worker.get("blender_version", ""),
-            worker.get("cpu_count", ""), worker.get("frames_done", 0), worker.get("frames_failed", 0),
-            f"{mean:.2f}" if isinstance(mean, (int, float)) else "-", current, *offered_columns(worker),
-        ])
-    headers = ["NAME", "ID", "STATE", "ALIVE", "HOST", "BLENDER", "CPUS", "DONE", "FAILED", "MEAN S", "TASK:FRAME",
-               "DEVICES", "ENGINES", "VIDEO", "TAGS"]
-    print(format_table(headers, rows, right=(1, 6, 7, 8, 9)))
-    return EXIT_OK
-
-
-def offered_columns(worker: dict) -> list[str]:
-    """A worker's devices (those Cycles renders on, else all it sees), engines, video encoders and tags, for the
-    table."""
-    devices = worker.get("devices") or []
-    used = [device for device in devices if device.get("use")] or devices
-    tags = ", ".join(worker.get("tags") or []) or "-"
-    return [describe_devices(used) if used else "-",
-            ", ".join(engine_label(engine) for engine in worker.get("engines") or []) or "-",
-            worker.get("video_encoders") or "-", tags + (" (admin)" if worker.get("tags_by_admin") else "")]
-
-
-def cmd_worker_tags(args: argparse.Namespace) -> int:
-    """Set a worker's tags by name (the admin's, which outlast the worker's own --tag)."""
-    if not args.tags and not args.clear:
-        raise UsageError("name the worker's tags (e.g. renderq worker-tags node-01 gpu lighting), or --clear")
-    tags = sorted({tag for group in args.tags for tag in group})
-    worker = make_client(args).request("POST", "/set_worker_tags", json_body={"name": args.name, "tags": tags})
-    shown = ", ".join(worker.get("tags") or []) or "none"
-    print(f"worker {worker.get('name', args.name)} has the tags: {shown} (set by an admin: its own --tag no "
-          "longer applies)")
-    return EXIT_OK
-
-
-def cmd_worker_enable(args: argparse.Namespace, enabled: bool) -> int:
-    """Switch a worker ON or OFF by name."""
-    worker = make_client(args).set_worker_enabled(enabled, name=args.name)
-    state = "ON" if worker.get("enabled", enabled) else "OFF"
-    note = "" if enabled else " (it finishes the frame it is rendering and takes no more)"
-    print(f"worker {worker.get('name', args.name)} is {state}{note}")
     return EXIT_OK
 
 
@@ -399,7 +345,9 @@ def add_task_and_worker_commands(add: Callable[..., argparse.ArgumentParser]) ->
                         help=f"list only tasks with this status ({', '.join(TaskStatus.values())})")
     status.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
 
-    workers = add("workers", "show the workers, their state and what they render", cmd_workers)
+    workers = add("workers", "show the workers, or one worker: what it offers and renders, its latest frames and "
+                  "failures", cmd_workers)
+    workers.add_argument("name", nargs="?", metavar="NAME", help="a worker's name (default: every worker)")
     workers.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
 
     enable = add("worker-enable", "switch a worker ON: it takes frames again",

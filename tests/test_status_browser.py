@@ -106,8 +106,9 @@ def shoot(page: Page, name: str) -> None:
 def test_live_pages_follow_a_real_render(farm, browser, scenes):
     # Two workers: frame 3 is marked failed once it has failed on both (the default asks for three workers).
     farm.start_coordinator(*FAST, "--frame-fail-workers", "2")
-    farm.start_worker("node-01")
-    farm.start_worker("node-02")
+    # Tags, so that the README's picture of the farm shows them beside the devices and engines.
+    farm.start_worker("node-01", "--tag", "lighting")
+    farm.start_worker("node-02", "--tag", "fx")
     failing = farm.api.submit(scenes("fail3", frames=4, fail_frames=[3]), 1, 4, name="fx_smoke_v2",
                               submitted_by="anna")
     farm.api.wait_task_ended(failing, 300)
@@ -120,7 +121,7 @@ def test_live_pages_follow_a_real_render(farm, browser, scenes):
         assert page.page.get_attribute('[aria-label="Worker node-01"]', "aria-checked") == "true"
 
         task_id = farm.api.submit(scenes("basic", frames=24), 1, 24, name="shot_010_lighting",
-                                  submitted_by="ben", priority=5)
+                                  submitted_by="ben", priority=5, render_engine="CYCLES")
         row = f'tr[data-task-id="{task_id}"]'
         page.page.wait_for_selector(row)
         seen = set()

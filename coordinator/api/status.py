@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from renderq import __version__
+from renderq.capabilities import engine_label
 from renderq.model import VIDEO_FRAME
 
 from .. import auth
@@ -54,7 +55,21 @@ def task_page(task_id: int):
     except NotFound as error:
         return render_template("message.html", heading="No such task", message=error.message,
                                **_page_context()), 404
-    return render_template("task.html", task=task, video_frame=VIDEO_FRAME, **_page_context())
+    return render_template("task.html", task=task, engine_name=engine_label(task["render_engine"]),
+                           video_frame=VIDEO_FRAME, **_page_context())
+
+
+@pages.get("/workers/<name>")
+@auth.reader_required(page=True)
+def worker_page(name: str):
+    """One worker: what it offers, its switch and tags, the frame it renders with its log, its latest frames and
+    failures; polls GET /worker."""
+    try:
+        worker = _scheduler().worker_detail(name)
+    except NotFound as error:
+        return render_template("message.html", heading="No such worker", message=error.message,
+                               **_page_context()), 404
+    return render_template("worker.html", worker=worker, video_frame=VIDEO_FRAME, **_page_context())
 
 
 @pages.get("/status/updates")

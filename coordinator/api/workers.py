@@ -54,6 +54,16 @@ def list_workers():
     return jsonify({"workers": _scheduler().list_workers()})
 
 
+@workers.get("/worker")
+@requires("artist", open_read=True)
+def worker_detail():
+    """One worker by name: what it offers, what it renders now (with its log lines), its latest frames and
+    failures. Its page polls this; `renderq workers NAME` prints it."""
+    name = v.query()["name"]
+    v.check_name(name, "name")
+    return jsonify(_scheduler().worker_detail(name))
+
+
 @workers.post("/set_worker_enabled")
 @admin_required
 def set_worker_enabled():

@@ -10,10 +10,12 @@ from renderq.capabilities import ALL_ENGINES
 
 from .connection import StoreConnection
 from .engine import Database
-from .rows import requeue
+from .rows import FRAME_COLUMNS, requeue
 
 # A worker row's columns that hold JSON lists (devices, engines, tags): read back as lists.
 _JSON_COLUMNS = ("devices", "engines", "tags")
+# The frame columns, of the frames table as `f` (joined with its task).
+_FRAME_COLUMNS_OF_F = ", ".join("f." + column.strip() for column in FRAME_COLUMNS.split(","))
 
 
 class WorkerQueries(StoreConnection):
@@ -116,6 +118,20 @@ class WorkerQueries(StoreConnection):
         if task_id is not None:
             return [dict(r) for r in self.read().execute(sql + " AND f.task_id = ?", (task_id,))]
         return [dict(r) for r in self.read().execute(sql)]
+
+    def worker_done_frames(self, worker_id: int, limit: int) -> list[dict]:
+        """The worker's `limit` frames that ended last among those it rendered (done), latest first, with their
+        task's name: read through frames_done_by_worker, never by scanning the frames."""
+        return [dict(r) for r in self.read().execute(
+            f"SELECT {_FRAME_COLUMNS_OF_F}, t.name AS task_name FROM frames f JOIN tasks t ON t.task_id = f.task_id "
+            "WHERE f.worker_id = ? AND f.status = 'done' ORDER BY f.ended_at DESC LIMIT ?", (worker_id, limit))]
+
+    def worker_failures(self, worker_id: int, limit: int) -> list[dict]:
+        """The worker's `limit` latest failed reports (task, frame, when, error), latest first."""
+        return [dict(r) for r in self.read().execute(
+            "SELECT x.task_id, t.name AS task_name, x.frame, x.failed_at, x.error FROM frame_failures x "
+            "JOIN tasks t ON t.task_id = x.task_id WHERE x.worker_id = ? ORDER BY x.failed_at DESC LIMIT ?",
+            (worker_id, limit))]
 
 
 def _worker_row(row: Any) -> dict:

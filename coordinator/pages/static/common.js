@@ -1,4 +1,4 @@
-// Shared by the farm page and the task pages: polling the coordinator's change feeds, admin actions, formatting.
+// Shared by the farm page, the task pages and the worker pages: polling the coordinator's change feeds, admin actions, formatting.
 // Text from tasks, workers and logs only ever goes into the page through textContent, never as HTML.
 "use strict";
 
@@ -235,6 +235,51 @@ const RQ = (() => {
     }
   }
 
+  /** A worker's ON/OFF switch and its label ({id, name, enabled}); an admin's click switches it, then after(). */
+  function workerSwitch(worker, after) {
+    const toggle = el("button", {type: "button", className: "switch", role: "switch",
+                                 "aria-checked": String(worker.enabled),
+                                 "aria-label": "Worker " + worker.name});
+    const label = el("span", {className: "switch-text", text: worker.enabled ? "ON" : "OFF"});
+    if (!isAdmin) {
+      toggle.disabled = true;
+      toggle.title = "Log in with the admin token to switch workers";
+    } else {
+      toggle.addEventListener("click", async () => {
+        toggle.disabled = true;
+        const enabled = !worker.enabled;
+        const note = enabled ? " is ON" : " is OFF: it finishes its frame and takes no more";
+        await action("/set_worker_enabled", {worker_id: worker.id, enabled}, "Worker " + worker.name + note);
+        after();
+      });
+    }
+    return [toggle, label];
+  }
+
+  /** A worker's tags ({id, name, tags, tags_by_admin}): text, or for an admin a form that replaces them (they then
+   * outlast the worker's own --tag), then after(). */
+  function workerTags(worker, after) {
+    const text = worker.tags.length ? worker.tags.join(", ") : "";
+    if (!isAdmin) {
+      return el("span", {className: "tags-text", text: text || "–",
+                         title: worker.tags_by_admin ? "set by an admin" : "the worker's own (--tag)"});
+    }
+    const input = el("input", {type: "text", value: text, size: 14, "aria-label": "Tags of " + worker.name,
+                               placeholder: "no tags", title: "Tags separated by commas"});
+    const save = el("button", {type: "submit", className: "small", text: "Set"});
+    const form = el("form", {className: "tags-form nowrap"}, input, save);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const tags = input.value.split(/[\s,]+/).filter(Boolean);
+      save.disabled = true;
+      await action("/set_worker_tags", {worker_id: worker.id, tags},
+                   "Worker " + worker.name + " has the tags: " + (tags.join(", ") || "none"));
+      save.disabled = false;
+      after();
+    });
+    return form;
+  }
+
   function statusPill(status) {
     return el("span", {className: "pill status-" + status, text: status});
   }
@@ -248,5 +293,5 @@ const RQ = (() => {
   }
 
   return {el, duration, clock, ago, serverNow, refreshClocks, setLive, toast, Feed, action, setBar, makeBar,
-          reconcileRows, statusPill, isAdmin, pollInterval};
+          reconcileRows, statusPill, workerSwitch, workerTags, isAdmin, pollInterval};
 })();

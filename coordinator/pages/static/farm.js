@@ -119,23 +119,7 @@
   // -- workers ----------------------------------------------------------------------------------------------------
 
   function switchCell(worker) {
-    const toggle = el("button", {type: "button", className: "switch", role: "switch",
-                                 "aria-checked": String(worker.enabled),
-                                 "aria-label": "Worker " + worker.name});
-    const label = el("span", {className: "switch-text", text: worker.enabled ? "ON" : "OFF"});
-    if (!RQ.isAdmin) {
-      toggle.disabled = true;
-      toggle.title = "Log in with the admin token to switch workers";
-    } else {
-      toggle.addEventListener("click", async () => {
-        toggle.disabled = true;
-        const enabled = !worker.enabled;
-        const note = enabled ? " is ON" : " is OFF: it finishes its frame and takes no more";
-        await RQ.action("/set_worker_enabled", {worker_id: worker.id, enabled}, "Worker " + worker.name + note);
-        feed.pollNow();
-      });
-    }
-    return el("td", {className: "nowrap"}, toggle, label);
+    return el("td", {className: "nowrap"}, ...RQ.workerSwitch(worker, () => feed.pollNow()));
   }
 
   function offersCell(worker) {
@@ -145,27 +129,9 @@
               el("div", {className: "muted", text: worker.video ? "video: " + worker.video : "no video"}));
   }
 
-  // The tags, and for an admin a form that replaces them (they then outlast the worker's own --tag).
+  // The tags, and for an admin a form that replaces them.
   function tagsCell(worker) {
-    const text = worker.tags.length ? worker.tags.join(", ") : "";
-    if (!RQ.isAdmin) {
-      return el("td", {className: "small tags", text: text || "–",
-                       title: worker.tags_by_admin ? "set by an admin" : "the worker's own (--tag)"});
-    }
-    const input = el("input", {type: "text", value: text, size: 14, "aria-label": "Tags of " + worker.name,
-                               placeholder: "no tags", title: "Tags separated by commas"});
-    const save = el("button", {type: "submit", className: "small", text: "Set"});
-    const form = el("form", {className: "tags-form nowrap"}, input, save);
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      const tags = input.value.split(/[\s,]+/).filter(Boolean);
-      save.disabled = true;
-      await RQ.action("/set_worker_tags", {worker_id: worker.id, tags},
-                      "Worker " + worker.name + " has the tags: " + (tags.join(", ") || "none"));
-      save.disabled = false;
-      feed.pollNow();
-    });
-    return el("td", {className: "small tags"}, form);
+    return el("td", {className: "small tags"}, RQ.workerTags(worker, () => feed.pollNow()));
   }
 
   function currentCell(worker) {
@@ -194,7 +160,8 @@
     if (worker.alive) state.textContent = "alive";
     else state.append(el("span", {dataset: {ago: String(worker.last_seen || 0), agoPrefix: "offline · seen "}}));
     row.replaceChildren(
-      el("td", {className: "name nowrap", text: worker.name}),
+      el("td", {className: "name nowrap"},
+         el("a", {href: "/workers/" + encodeURIComponent(worker.name), text: worker.name})),
       el("td", {className: "opt small", text: worker.host}),
       state,
       switchCell(worker),
