@@ -661,6 +661,22 @@ def test_claims_and_the_lease_reaper_use_indexes_not_the_failure_history(schedul
     assert full_scans(scheduler, claim + reap) == []
 
 
+@pytest.mark.sqlite_only
+def test_a_claim_finds_queued_frames_in_the_status_index_alone(scheduler):
+    # A test of the frame's kind in the claim (a column the index lacks) once made SQLite walk the task's frame rows
+    # one by one: 3-8 times the claim's time. Every lookup of queued frames must be answered by the index.
+    worker = register(scheduler, "w")
+    task_id = submit(scheduler, 1, 500)
+    for _ in range(100):
+        scheduler.claim(worker)
+    claim = statements_of(scheduler, lambda: scheduler.claim(worker, prefer_task_id=task_id))
+    queued_lookups = [detail for statement in claim if "'queued'" in statement
+                      for detail in (row["detail"] for row in scheduler.store.read().execute(
+                          "EXPLAIN QUERY PLAN " + statement)) if detail.startswith("SEARCH f ")]
+    assert queued_lookups, claim
+    assert all("COVERING INDEX frames_by_status" in detail for detail in queued_lookups), queued_lookups
+
+
 # -- timeouts ---------------------------------------------------------------------------------------------------------
 
 
