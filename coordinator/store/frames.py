@@ -106,8 +106,8 @@ class FrameQueries(StoreConnection):
             ).fetchone()
             if row is None:
                 row = db.execute(
-                    f"SELECT frame FROM frames f WHERE task_id = ? AND status = 'queued' AND (? = 1 OR {_NOT_ENCODE_JOB}) "
-                    f"ORDER BY frame LIMIT 1{self.engine.skip_locked}",
+                    f"SELECT frame FROM frames f WHERE task_id = ? AND status = 'queued' "
+                    f"AND (? = 1 OR {_NOT_ENCODE_JOB}) ORDER BY frame LIMIT 1{self.engine.skip_locked}",
                     (task_id, values["can_encode"]),
                 ).fetchone()
             if row is None:
