@@ -210,3 +210,32 @@ def test_another_site_cannot_set_a_workers_tags_with_the_admins_login(farm):
     assert farm.api.workers()["node"]["tags"] == ["own"]
     status, _, _ = send(farm, "POST", "/set_worker_tags", body, {**json_type, "X-CSRF-Token": csrf, "Origin": farm.url})
     assert status == 200 and farm.api.workers()["node"]["tags"] == ["stolen"]
+
+
+BPY5_DEVICES_CHECK = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import bpy  # noqa: F401 - Blender 5's Cycles preferences come with it
+import blender_devices
+seen = blender_devices.seen_devices()
+print("RESULT " + json.dumps({"seen": seen, "enabled": blender_devices.enable_devices("CPU"),
+                              "type": blender_devices.compute_device_type()}), flush=True)
+"""
+
+
+def test_the_devices_are_seen_and_enabled_in_blender_5():
+    """What the probe and the frame script do with Cycles' devices, in the bpy 5 module (no GPU here: the CPU)."""
+    import json
+
+    from addon_ui_scripts.addon_testing import bpy_python_or_none
+
+    bpy_python = bpy_python_or_none()
+    if bpy_python is None:
+        pytest.skip("no Python with the bpy 5 module (scripts/test.sh makes .venv-bpy)")
+    completed = subprocess.run([bpy_python, "-c", BPY5_DEVICES_CHECK, os.path.join(ROOT, "worker")],
+                               capture_output=True, text=True, timeout=300)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert any(device["type"] == "CPU" for device in result["seen"]), result
+    assert [device["type"] for device in result["enabled"]] == ["CPU"], result
