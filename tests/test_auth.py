@@ -25,7 +25,8 @@ TOKENS = {"admin": ADMIN_TOKEN, "artist": ARTIST_TOKEN, "worker": WORKER_TOKEN}
 # Reachable by anyone: nothing private is in them.
 PUBLIC = {"/health", "/login", "/logout", "/openapi.yaml", "/static/<path:filename>"}
 # The status page, its feeds and the metrics (admins only, or anyone with open_status), by endpoint.
-STATUS = {"pages.farm_page", "pages.task_page", "pages.farm_updates", "pages.task_updates", "health.get_metrics"}
+STATUS = {"pages.farm_page", "pages.task_page", "pages.worker_page", "pages.farm_updates", "pages.task_updates",
+          "health.get_metrics"}
 
 
 def bearer(role: str) -> dict[str, str]:
