@@ -6,6 +6,7 @@ race for a number. The server is tied to the worker's life (renderq.platform) an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -82,10 +83,9 @@ class VirtualDisplay:
         proc, self._proc = self._proc, None
         if proc is not None:
             platform.kill_child(proc)
-            try:
+            # Killed with its group: a server that still has not gone after 10 s is left to the kernel.
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 class DisplaySession(BlenderSession):
