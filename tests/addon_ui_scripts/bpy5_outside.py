@@ -9,7 +9,6 @@ submit, the add-on's last error, what it listed and the task id.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -32,19 +31,13 @@ def submit_and_drain() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--zip", required=True)
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--token", default="")
+    parser = common.farm_parser()
     parser.add_argument("--attack", required=True)
     parser.add_argument("--clean", required=True)
     args = common.parse_args(parser)
 
-    common.install_addon(args.zip)
+    common.connect_addon(args.zip, args.url, args.token)
     common.allow_online_access()
-    preferences = common.addon_preferences()
-    preferences.coordinator_url = args.url
-    preferences.token = args.token
 
     bpy.ops.wm.open_mainfile(filepath=args.attack)
     refused = submit_and_drain()

@@ -7,7 +7,6 @@ id, the add-on's last error, the refusal while offline and what Blender says abo
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -19,19 +18,12 @@ import common
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--zip", required=True)
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--token", default="")
-    parser.add_argument("--blend", required=True)
+    parser = common.farm_parser(blend=True)
     parser.add_argument("--name", default="bpy5-shot")
     args = common.parse_args(parser)
 
-    module = common.install_addon(args.zip)
+    module = common.connect_addon(args.zip, args.url, args.token)
     blend = common.make_tiny_scene(args.blend, frames=2)
-    preferences = common.addon_preferences()
-    preferences.coordinator_url = args.url
-    preferences.token = args.token
     settings = bpy.context.scene.renderq
     settings.task_name = args.name
     settings.use_scene_range = True

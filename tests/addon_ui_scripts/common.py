@@ -29,6 +29,27 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def farm_parser(*, blend: bool = False) -> argparse.ArgumentParser:
+    """The options every scenario that talks to a coordinator takes: the add-on's zip, the farm's URL and token
+    (and the .blend to save the scene as, with `blend`)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--zip", required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--token", default="")
+    if blend:
+        parser.add_argument("--blend", required=True)
+    return parser
+
+
+def connect_addon(zip_path: str, url: str, token: str) -> str:
+    """Install the add-on's zip and point its preferences at the farm; returns the add-on's module name."""
+    module = install_addon(zip_path)
+    preferences = addon_preferences()
+    preferences.coordinator_url = url
+    preferences.token = token
+    return module
+
+
 def report(**values: Any) -> None:
     print(RESULT_PREFIX + json.dumps(values), flush=True)
 

@@ -6,7 +6,6 @@ Run as `blender -b --factory-startup --python install_addon.py -- --zip Z --url 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -18,17 +17,10 @@ import common
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--zip", required=True)
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--token", default="")
-    args = common.parse_args(parser)
+    args = common.parse_args(common.farm_parser())
 
     common.allow_online_access()
-    module = common.install_addon(args.zip)
-    preferences = common.addon_preferences()
-    preferences.coordinator_url = args.url
-    preferences.token = args.token
+    module = common.connect_addon(args.zip, args.url, args.token)
     result = bpy.ops.wm.save_userpref()
     if result != {"FINISHED"}:
         raise RuntimeError(f"saving the preferences gave {result}")

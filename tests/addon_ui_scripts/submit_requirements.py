@@ -7,7 +7,6 @@ last error and the refusal of the bad tag.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -19,22 +18,14 @@ import common
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--zip", required=True)
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--token", default="")
-    parser.add_argument("--blend", required=True)
-    args = common.parse_args(parser)
+    args = common.parse_args(common.farm_parser(blend=True))
 
-    common.install_addon(args.zip)
+    common.connect_addon(args.zip, args.url, args.token)
     common.allow_online_access()
     blend = common.make_tiny_scene(args.blend, frames=1)
     bpy.context.scene.render.engine = "BLENDER_EEVEE" if bpy.app.version < (4, 2) or bpy.app.version >= (5, 0) \
         else "BLENDER_EEVEE_NEXT"
     bpy.ops.wm.save_mainfile()
-    preferences = common.addon_preferences()
-    preferences.coordinator_url = args.url
-    preferences.token = args.token
     settings = bpy.context.scene.renderq
     settings.tags = "Lighting, gpu"
     settings.device = "CPU"
