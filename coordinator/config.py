@@ -184,7 +184,9 @@ class Config:
                                  "without spaces")
 
     def _validate_notify(self) -> None:
-        from .notify import TASK_URL_POLICIES, url_problem
+        from renderq.webhooks import url_problem
+
+        from .notify import TASK_URL_POLICIES
 
         if self.notify_url and (problem := url_problem(self.notify_url)):
             raise ValueError(f"notify url: {problem}")

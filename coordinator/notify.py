@@ -9,10 +9,9 @@ backoff and jitter until `notify_give_up` seconds after the event; a delivery gi
 and the coordinator's. The outbox is in the database, so a restart or a receiver down for hours loses nothing.
 
 Delivery is at least once: a receiver that answered 2xx but whose answer was lost gets the same delivery again, with
-the same `delivery` id (also in the X-RenderQ-Delivery header), by which it deduplicates. Every attempt carries
-X-RenderQ-Timestamp (Unix seconds) and X-RenderQ-Signature: `sha256=` and the hex HMAC-SHA256, keyed with the farm's
-notify secret, of the timestamp, a '.', and the body's exact bytes; a receiver that refuses old timestamps can tell
-a replay. Redirects are not followed: a 3xx is a failed attempt.
+the same `delivery` id (also in the X-RenderQ-Delivery header), by which it deduplicates. Every attempt is signed
+(renderq/webhooks.py) with a timestamp of its own, so a receiver that refuses old timestamps can tell a replay.
+Redirects are not followed: a 3xx is a failed attempt.
 
 Who may point the coordinator at which URL: the coordinator posts from inside the studio's network, so a task's URL
 could aim it at services only it can reach. The body is always our own JSON and the receiver's answer is never shown
@@ -24,8 +23,6 @@ address actually connected to, so a name that resolves there is refused too), "a
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import http.client
 import ipaddress
 import json
@@ -41,6 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 from renderq.model import TaskStatus
 from renderq.settings import Flag
+from renderq.webhooks import (
+    DELIVERY_HEADER,
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    signature,
+    url_problem,
+)
 
 from .errors import BadRequest, Forbidden
 
@@ -55,13 +60,8 @@ log = logging.getLogger("renderq.coordinator.notify")
 EVENT_NAMES = {"done": "task.done", "failed": "task.failed", "awaiting_approval": "task.awaiting_approval"}
 EVENTS = {status: event for status, event in EVENT_NAMES.items() if status in {s.value for s in TaskStatus}}
 
-SIGNATURE_HEADER = "X-RenderQ-Signature"
-TIMESTAMP_HEADER = "X-RenderQ-Timestamp"
-DELIVERY_HEADER = "X-RenderQ-Delivery"
-EVENT_HEADER = "X-RenderQ-Event"
 NOTIFY_SECRET_FILE = "notify_secret"
 TASK_URL_POLICIES = ("remote", "any", "off")
-MAX_URL_LENGTH = 2000
 
 # Seconds between the notifier's looks for changed tasks and due deliveries.
 POLL_SECONDS = 0.5
@@ -91,25 +91,6 @@ NOTIFY_FLAGS = (
 
 
 # -- URLs -------------------------------------------------------------------------------------------------------------
-
-
-def url_problem(url: str) -> str | None:
-    """Why `url` cannot be a webhook's URL, in a sentence; None when it can."""
-    shown = url if len(url) <= 80 else url[:77] + "..."
-    if len(url) > MAX_URL_LENGTH:
-        return f"a notify URL may have at most {MAX_URL_LENGTH} characters"
-    if not url.isprintable() or " " in url:
-        return f"the notify URL {shown!r} holds spaces or control characters"
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
-    except ValueError:
-        return f"{shown!r} is not a URL"
-    if parts.scheme.lower() not in ("http", "https"):
-        return f"a notify URL must start with http:// or https://, not {shown!r}"
-    if not parts.hostname:
-        return f"the notify URL {shown!r} names no host"
-    return None
 
 
 def check_task_urls(urls: Sequence[str], policy: str) -> list[str]:
@@ -173,12 +154,6 @@ def event_body(task: dict[str, Any], event: str, delivery_id: str, now: float, p
     if page_base:
         body["url"] = f"{page_base}/tasks/{task['task_id']}"
     return json.dumps(body, separators=(",", ":"), ensure_ascii=True)
-
-
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """`sha256=<hex>`: HMAC-SHA256 keyed with `secret` of the timestamp, a '.', and the body's exact bytes."""
-    mac = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
 
 
 class DeliveryFailed(Exception):

@@ -1,0 +1,339 @@
+"""Issue 17, "Notifications": webhooks over real HTTP, from a real coordinator process to a real receiver (a small
+http.server on a loopback port), with frames rendered by a worker speaking the worker API (no Blender needed).
+
+A done task's event arrives once, signed so that it verifies with the farm's secret; a failed task's too; an event
+to a receiver that is down (port closed, then answering 500) arrives once it is back, through the backoff; an event
+still undelivered when the coordinator stops is delivered after its restart, once per delivery id; bad URLs are
+refused at submit with a sentence, and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+
+import pytest
+from harness import ROOT, Farm, free_port, wait_for
+
+from renderq.model import TaskStatus
+
+BLEND = b"BLENDER-v304REND" + b"\0" * 512
+PNG = b"\x89PNG\r\n\x1a\n a rendered frame"
+SECRET = "a-webhook-secret-for-tests-0123456789"
+# Short retries, so a receiver that comes back is reached within a second or two.
+FAST_RETRY = ("--notify-retry", "0.2", "--notify-timeout", "2")
+
+
+class Receiver:
+    """A webhook receiver on a loopback port: records every request; answers `status` (200 unless told)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.requests: list[dict] = []
+        self.status = 200
+        self._server: http.server.ThreadingHTTPServer | None = None
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
+                                          "answered": receiver.status})
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                return
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def events(self, task_id: int, path: str | None = None, answered: int | None = 200) -> list[dict]:
+        """The requests about `task_id` (to `path`), answered `answered` (None: any), each with its body parsed."""
+        found = []
+        for request in list(self.requests):
+            body = json.loads(request["body"])
+            if body["task_id"] == task_id and (path is None or request["path"] == path) \
+                    and (answered is None or request["answered"] == answered):
+                found.append({**request, "json": body})
+        return found
+
+
+def verifies(request: dict, secret: str = SECRET) -> bool:
+    """The receiver's check, as the README shows it: HMAC-SHA256 of the timestamp, '.', and the exact body."""
+    timestamp = request["headers"]["X-RenderQ-Timestamp"]
+    expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + request["body"],
+                                    hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, request["headers"]["X-RenderQ-Signature"])
+
+
+class Worker:
+    """A worker speaking the worker API over HTTP, as worker/agent.py does (without Blender)."""
+
+    def __init__(self, farm: Farm, name: str) -> None:
+        self.api = farm.api
+        self.worker_id = self.api.post("/register_worker", {"name": name, "host": "h", "blender_version": "3.4.1",
+                                                            "cpu_count": 1})["worker_id"]
+
+    def finish(self, task_id: int, status: str = "done") -> None:
+        """Claim the task's next frame and report it done (with its file) or failed."""
+        lease = self.api.get(f"/get_task?worker_id={self.worker_id}&prefer_task_id={task_id}")["frame"]
+        assert lease is not None and lease["task_id"] == task_id, lease
+        report = {"worker_id": self.worker_id, "task_id": task_id, "frame": lease["frame"],
+                  "lease_id": lease["lease_id"], "status": status}
+        if status == "done":
+            query = urllib.parse.urlencode({key: report[key] for key in ("worker_id", "task_id", "frame", "lease_id")})
+            status_code, answer = self.api.call("POST", f"/upload_frame?{query}&filename=f_{lease['frame']:04d}.png",
+                                                raw=PNG)
+            assert status_code == 200, answer
+            report["render_seconds"] = 1.0
+        else:
+            report["error"] = "broken on purpose"
+        self.api.post("/update_task", report)
+
+
+def start(farm: Farm, *flags: str) -> None:
+    os.environ["RENDERQ_NOTIFY_SECRET"] = SECRET
+    try:
+        farm.start_coordinator("--frame-fail-workers", "1", *flags)
+    finally:
+        del os.environ["RENDERQ_NOTIFY_SECRET"]
+
+
+def submit(farm: Farm, blend: str, name: str, **fields) -> int:
+    return farm.api.post("/submit_task", {"name": name, "blend_sha256": blend, "blend_filename": "shot.blend",
+                                          "frame_start": 1, "frame_end": 1, **fields})["task_id"]
+
+
+def upload(farm: Farm) -> str:
+    status, answer = farm.api.call("POST", "/upload_blend?filename=shot.blend", raw=BLEND)
+    assert status == 200, answer
+    return answer["sha256"]
+
+
+@pytest.fixture(scope="module")
+def farm_hook() -> Iterator[Receiver]:
+    receiver = Receiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory, farm_hook: Receiver) -> Iterator[Farm]:
+    """The module's coordinator: tasks' URLs may be on loopback (the receivers here are), a farm-wide URL, the
+    secret given, fast retries; a frame that fails once fails for good."""
+    farm = Farm(str(tmp_path_factory.mktemp("notify")))
+    start(farm, "--notify-task-urls", "any", "--notify-url", farm_hook.url + "/farm", *FAST_RETRY)
+    yield farm
+    farm.stop()
+
+
+@pytest.fixture(scope="module")
+def blend(farm: Farm) -> str:
+    return upload(farm)
+
+
+def test_a_done_task_sends_one_signed_event_to_its_url_and_the_farm_url(farm, farm_hook, blend):
+    receiver = Receiver().start()
+    try:
+        task_id = submit(farm, blend, "shot_done", notify=[receiver.url + "/hook?team=lighting"])
+        Worker(farm, "w-done").finish(task_id)
+        [event] = wait_for(lambda: receiver.events(task_id), 20, "the done event")
+        [farm_event] = wait_for(lambda: farm_hook.events(task_id, "/farm"), 20, "the farm-wide done event")
+        time.sleep(1.5)  # several more rounds of the notifier: nothing is sent twice
+        assert len(receiver.requests) == 1 and len(farm_hook.events(task_id, answered=None)) == 1
+    finally:
+        receiver.stop()
+    assert event["path"] == "/hook?team=lighting"
+    assert verifies(event) and verifies(farm_event)
+    assert not verifies(event, "another secret that is long enough")
+    body = event["json"]
+    assert body["event"] == "task.done" and body["status"] == "done" and body["name"] == "shot_done"
+    assert body["frames"] == {"total": 1, "done": 1, "failed": 0} and body["owner"] == "admin"
+    assert event["headers"]["X-RenderQ-Delivery"] == body["delivery"] != farm_event["json"]["delivery"]
+    assert event["headers"]["X-RenderQ-Event"] == "task.done"
+    assert abs(int(event["headers"]["X-RenderQ-Timestamp"]) - time.time()) < 60
+    assert event["headers"]["Content-Type"] == "application/json"
+    # The URL (which may hold a receiver's secret) is never shown with the task.
+    assert "hook" not in json.dumps(farm.api.task(task_id))
+
+
+def test_a_failed_task_sends_a_failed_event(farm, farm_hook, blend):
+    task_id = submit(farm, blend, "shot_failed")
+    Worker(farm, "w-fail").finish(task_id, "failed")
+    [event] = wait_for(lambda: farm_hook.events(task_id), 20, "the failed event")
+    assert verifies(event)
+    assert event["json"]["event"] == "task.failed" and event["json"]["status"] == "failed"
+    assert event["json"]["frames"]["failed"] == 1
+
+
+@pytest.mark.skipif("awaiting_approval" not in {s.value for s in TaskStatus},
+                    reason="no task status awaiting_approval in this version")
+def test_the_awaiting_approval_status_has_an_event():
+    from coordinator.notify import EVENTS
+
+    assert EVENTS["awaiting_approval"] == "task.awaiting_approval"
+
+
+def test_an_event_reaches_a_receiver_that_was_down_through_the_backoff(farm, blend):
+    receiver = Receiver()  # not listening yet: its port is closed
+    task_id = submit(farm, blend, "shot_late", notify=[receiver.url])
+    Worker(farm, "w-late").finish(task_id)
+    wait_for(lambda: "webhook task.done to http://127.0.0.1" in farm.coordinator.output(), 20,
+             "the coordinator to note the failed attempt")
+    time.sleep(1.0)
+    receiver.status = 500  # up, but failing for a while
+    receiver.start()
+    try:
+        wait_for(lambda: len(receiver.events(task_id, answered=500)) >= 2, 20, "attempts answered 500")
+        receiver.status = 200
+        [event] = wait_for(lambda: receiver.events(task_id), 20, "the event once the receiver is well")
+        time.sleep(1.5)
+        attempts = receiver.events(task_id, answered=None)
+    finally:
+        receiver.stop()
+    # Every attempt was the same delivery, with the same body; each signed afresh; it stopped once answered 200.
+    assert {a["json"]["delivery"] for a in attempts} == {event["json"]["delivery"]}
+    assert {a["body"] for a in attempts} == {event["body"]}
+    assert all(verifies(a) for a in attempts) and attempts[-1]["answered"] == 200
+    assert [a["answered"] for a in attempts].count(200) == 1
+
+
+def test_bad_notify_urls_are_refused_at_submit_and_nothing_is_stored(farm, blend):
+    before = farm.api.get("/tasks")
+    cases = [
+        ("ftp://example.com/hook", 400, "must start with http:// or https://"),
+        ("javascript:alert(1)", 400, "must start with http:// or https://"),
+        ("http:///no-host", 400, "names no host"),
+        ("http://example.com:99999/", 400, "is not a URL"),
+        ("http://example.com/a b", 400, "spaces or control characters"),
+        ("http://example.com/" + "x" * 2000, 400, "2000"),
+    ]
+    for url, status, words in cases:
+        answer_status, answer = farm.api.call("POST", "/submit_task", {
+            "name": "bad", "blend_sha256": blend, "frame_start": 1, "frame_end": 1, "notify": [url]})
+        assert answer_status == status and words in answer["error"], (url, answer_status, answer)
+    too_many = [f"http://example.com/{n}" for n in range(6)]
+    answer_status, answer = farm.api.call("POST", "/submit_task", {
+        "name": "bad", "blend_sha256": blend, "frame_start": 1, "frame_end": 1, "notify": too_many})
+    assert answer_status == 400 and "notify" in answer["error"], answer
+    assert farm.api.get("/tasks") == before
+
+
+@pytest.fixture
+def own_farm(tmp_path) -> Iterator[Farm]:
+    farm = Farm(str(tmp_path / "farm"))
+    os.makedirs(farm.root)
+    yield farm
+    farm.stop()
+
+
+def test_an_undelivered_event_is_delivered_after_a_restart_once(own_farm: Farm):
+    receiver = Receiver()
+    start(own_farm, "--notify-url", receiver.url + "/farm", *FAST_RETRY)
+    task_id = submit(own_farm, upload(own_farm), "shot_restart")
+    Worker(own_farm, "w-restart").finish(task_id)
+    wait_for(lambda: "webhook task.done to http://127.0.0.1" in own_farm.coordinator.output(), 20,
+             "the failed attempt")
+    own_farm.coordinator.stop(timeout=10)
+    outbox = sqlite3.connect(os.path.join(own_farm.data_dir, "renderq.sqlite3"))
+    try:
+        [(state, attempts)] = outbox.execute("SELECT state, attempts FROM notifications WHERE task_id = ?",
+                                             (task_id,)).fetchall()
+    finally:
+        outbox.close()
+    assert state == "pending" and attempts >= 1
+    receiver.start()
+    try:
+        start(own_farm, "--notify-url", receiver.url + "/farm", *FAST_RETRY)
+        [event] = wait_for(lambda: receiver.events(task_id), 20, "the event after the restart")
+        time.sleep(1.5)
+        assert len(receiver.events(task_id, answered=None)) == 1
+    finally:
+        receiver.stop()
+    assert verifies(event) and event["json"]["event"] == "task.done"
+
+
+def test_this_machine_is_refused_unless_the_admin_allows_it(own_farm: Farm):
+    """The default policy (remote): a task's URL on the coordinator's own machine is refused at submit when it says
+    so, and at delivery when a name resolves there; the farm's own URL is the admin's and is not limited."""
+    receiver = Receiver().start()
+    try:
+        start(own_farm, *FAST_RETRY)
+        blend = upload(own_farm)
+        for host in ("127.0.0.1", "localhost", "[::1]", "169.254.169.254", "0.0.0.0"):
+            status, answer = own_farm.api.call("POST", "/submit_task", {
+                "name": "local", "blend_sha256": blend, "frame_start": 1, "frame_end": 1,
+                "notify": [f"http://{host}:{receiver.port}/"]})
+            assert status == 400 and "coordinator's own machine" in answer["error"], (host, answer)
+        name = socket.gethostname()
+        if not _resolves_to_loopback(name):
+            pytest.skip(f"{name} does not resolve to a loopback address here")
+        task_id = submit(own_farm, blend, "named", notify=[f"http://{name}:{receiver.port}/"])
+        Worker(own_farm, "w-named").finish(task_id)
+        wait_for(lambda: "gave up" in own_farm.api.get(f"/get_log?task_id={task_id}&offset=0")["text"], 20,
+                 "the refusal in the task's log")
+        log = own_farm.api.get(f"/get_log?task_id={task_id}&offset=0")["text"]
+        assert "an address of the coordinator's own machine" in log and "RENDERQ_NOTIFY_TASK_URLS" in log
+        assert receiver.requests == []
+    finally:
+        receiver.stop()
+
+
+def _resolves_to_loopback(name: str) -> bool:
+    try:
+        return any(info[4][0].startswith("127.") or info[4][0] == "::1"
+                   for info in socket.getaddrinfo(name, 80, proto=socket.IPPROTO_TCP))
+    except OSError:
+        return False
+
+
+def test_task_urls_off_is_refused_with_403(own_farm: Farm):
+    start(own_farm, "--notify-task-urls", "off")
+    status, answer = own_farm.api.call("POST", "/submit_task", {
+        "name": "off", "blend_sha256": upload(own_farm), "frame_start": 1, "frame_end": 1,
+        "notify": ["https://example.com/hook"]})
+    assert status == 403 and "RENDERQ_NOTIFY_TASK_URLS=off" in answer["error"], answer
+
+
+def test_the_cli_refuses_a_bad_notify_url_with_a_sentence(tmp_path):
+    blend = tmp_path / "shot.blend"
+    blend.write_bytes(BLEND)
+    result = subprocess.run([sys.executable, "-m", "renderq", "submit", str(blend), "--frames", "1",
+                             "--notify", "ftp://example.com/hook"], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": ROOT}, timeout=60)
+    assert result.returncode == 2
+    assert "must start with http:// or https://" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_bad_farm_notify_url_stops_the_coordinator_with_a_sentence(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "renderq", "coordinator", "--host", "127.0.0.1", "--port", "0",
+                             "--data-dir", str(tmp_path / "data"), "--notify-url", "smtp://mail"],
+                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                            timeout=60)
+    assert result.returncode == 2
+    assert "notify url: a notify URL must start with http:// or https://" in result.stderr
+
