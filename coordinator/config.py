@@ -8,6 +8,7 @@ from typing import Any
 
 from renderq.settings import env_value, parse_bool
 from renderq.units import parse_size
+from renderq.webhooks import url_problem
 
 from .store.engine import is_postgres_url
 
@@ -16,6 +17,9 @@ MIB = 1024**2
 GIB = 1024**3
 # A shorter admin token could be guessed through the login form.
 MIN_TOKEN_LENGTH = 16
+# What a task's own webhook URLs may name (coordinator/notify.py): any host but this machine's own and link-local
+# addresses, any host, or none (only the farm-wide URL is told).
+NOTIFY_TASK_URL_POLICIES = ("remote", "any", "off")
 
 
 @dataclasses.dataclass
@@ -184,16 +188,12 @@ class Config:
                                  "without spaces")
 
     def _validate_notify(self) -> None:
-        from renderq.webhooks import url_problem
-
-        from .notify import TASK_URL_POLICIES
-
         if self.notify_url and (problem := url_problem(self.notify_url)):
             raise ValueError(f"notify url: {problem}")
         if self.notify_secret and len(self.notify_secret) < MIN_TOKEN_LENGTH:
             raise ValueError(f"the notify secret must be at least {MIN_TOKEN_LENGTH} characters")
-        if self.notify_task_urls not in TASK_URL_POLICIES:
-            raise ValueError(f"notify task urls must be one of {', '.join(TASK_URL_POLICIES)}, "
+        if self.notify_task_urls not in NOTIFY_TASK_URL_POLICIES:
+            raise ValueError(f"notify task urls must be one of {', '.join(NOTIFY_TASK_URL_POLICIES)}, "
                              f"not {self.notify_task_urls!r}")
         if not 0.1 <= self.notify_timeout <= 300:
             raise ValueError("notify timeout must be from 0.1 to 300 seconds")

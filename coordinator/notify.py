@@ -61,7 +61,6 @@ EVENT_NAMES = {"done": "task.done", "failed": "task.failed", "awaiting_approval"
 EVENTS = {status: event for status, event in EVENT_NAMES.items() if status in {s.value for s in TaskStatus}}
 
 NOTIFY_SECRET_FILE = "notify_secret"
-TASK_URL_POLICIES = ("remote", "any", "off")
 
 # Seconds between the notifier's looks for changed tasks and due deliveries.
 POLL_SECONDS = 0.5

@@ -9,110 +9,24 @@ refused at submit with a sentence, and nothing is stored.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import http.server
 import json
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 
 import pytest
-from harness import ROOT, Farm, free_port, wait_for
+from harness import ROOT, Farm, wait_for
+from webhook_receiver import SECRET, ApiWorker, Receiver, verifies
 
 from renderq.model import TaskStatus
 
 BLEND = b"BLENDER-v304REND" + b"\0" * 512
-PNG = b"\x89PNG\r\n\x1a\n a rendered frame"
-SECRET = "a-webhook-secret-for-tests-0123456789"
 # Short retries, so a receiver that comes back is reached within a second or two.
 FAST_RETRY = ("--notify-retry", "0.2", "--notify-timeout", "2")
-
-
-class Receiver:
-    """A webhook receiver on a loopback port: records every request; answers `status` (200 unless told)."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.requests: list[dict] = []
-        self.status = 200
-        self._server: http.server.ThreadingHTTPServer | None = None
-
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
-                                          "answered": receiver.status})
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                return
-
-        http.server.ThreadingHTTPServer.allow_reuse_address = True
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def events(self, task_id: int, path: str | None = None, answered: int | None = 200) -> list[dict]:
-        """The requests about `task_id` (to `path`), answered `answered` (None: any), each with its body parsed."""
-        found = []
-        for request in list(self.requests):
-            body = json.loads(request["body"])
-            if body["task_id"] == task_id and (path is None or request["path"] == path) \
-                    and (answered is None or request["answered"] == answered):
-                found.append({**request, "json": body})
-        return found
-
-
-def verifies(request: dict, secret: str = SECRET) -> bool:
-    """The receiver's check, as the README shows it: HMAC-SHA256 of the timestamp, '.', and the exact body."""
-    timestamp = request["headers"]["X-RenderQ-Timestamp"]
-    expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + request["body"],
-                                    hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, request["headers"]["X-RenderQ-Signature"])
-
-
-class Worker:
-    """A worker speaking the worker API over HTTP, as worker/agent.py does (without Blender)."""
-
-    def __init__(self, farm: Farm, name: str) -> None:
-        self.api = farm.api
-        self.worker_id = self.api.post("/register_worker", {"name": name, "host": "h", "blender_version": "3.4.1",
-                                                            "cpu_count": 1})["worker_id"]
-
-    def finish(self, task_id: int, status: str = "done") -> None:
-        """Claim the task's next frame and report it done (with its file) or failed."""
-        lease = self.api.get(f"/get_task?worker_id={self.worker_id}&prefer_task_id={task_id}")["frame"]
-        assert lease is not None and lease["task_id"] == task_id, lease
-        report = {"worker_id": self.worker_id, "task_id": task_id, "frame": lease["frame"],
-                  "lease_id": lease["lease_id"], "status": status}
-        if status == "done":
-            query = urllib.parse.urlencode({key: report[key] for key in ("worker_id", "task_id", "frame", "lease_id")})
-            status_code, answer = self.api.call("POST", f"/upload_frame?{query}&filename=f_{lease['frame']:04d}.png",
-                                                raw=PNG)
-            assert status_code == 200, answer
-            report["render_seconds"] = 1.0
-        else:
-            report["error"] = "broken on purpose"
-        self.api.post("/update_task", report)
 
 
 def start(farm: Farm, *flags: str) -> None:
@@ -160,7 +74,7 @@ def test_a_done_task_sends_one_signed_event_to_its_url_and_the_farm_url(farm, fa
     receiver = Receiver().start()
     try:
         task_id = submit(farm, blend, "shot_done", notify=[receiver.url + "/hook?team=lighting"])
-        Worker(farm, "w-done").finish(task_id)
+        ApiWorker(farm, "w-done").finish(task_id)
         [event] = wait_for(lambda: receiver.events(task_id), 20, "the done event")
         [farm_event] = wait_for(lambda: farm_hook.events(task_id, "/farm"), 20, "the farm-wide done event")
         time.sleep(1.5)  # several more rounds of the notifier: nothing is sent twice
@@ -183,7 +97,7 @@ def test_a_done_task_sends_one_signed_event_to_its_url_and_the_farm_url(farm, fa
 
 def test_a_failed_task_sends_a_failed_event(farm, farm_hook, blend):
     task_id = submit(farm, blend, "shot_failed")
-    Worker(farm, "w-fail").finish(task_id, "failed")
+    ApiWorker(farm, "w-fail").finish(task_id, "failed")
     [event] = wait_for(lambda: farm_hook.events(task_id), 20, "the failed event")
     assert verifies(event)
     assert event["json"]["event"] == "task.failed" and event["json"]["status"] == "failed"
@@ -201,7 +115,7 @@ def test_the_awaiting_approval_status_has_an_event():
 def test_an_event_reaches_a_receiver_that_was_down_through_the_backoff(farm, blend):
     receiver = Receiver()  # not listening yet: its port is closed
     task_id = submit(farm, blend, "shot_late", notify=[receiver.url])
-    Worker(farm, "w-late").finish(task_id)
+    ApiWorker(farm, "w-late").finish(task_id)
     wait_for(lambda: "webhook task.done to http://127.0.0.1" in farm.coordinator.output(), 20,
              "the coordinator to note the failed attempt")
     time.sleep(1.0)
@@ -255,7 +169,7 @@ def test_an_undelivered_event_is_delivered_after_a_restart_once(own_farm: Farm):
     receiver = Receiver()
     start(own_farm, "--notify-url", receiver.url + "/farm", *FAST_RETRY)
     task_id = submit(own_farm, upload(own_farm), "shot_restart")
-    Worker(own_farm, "w-restart").finish(task_id)
+    ApiWorker(own_farm, "w-restart").finish(task_id)
     wait_for(lambda: "webhook task.done to http://127.0.0.1" in own_farm.coordinator.output(), 20,
              "the failed attempt")
     own_farm.coordinator.stop(timeout=10)
@@ -293,7 +207,7 @@ def test_this_machine_is_refused_unless_the_admin_allows_it(own_farm: Farm):
         if not _resolves_to_loopback(name):
             pytest.skip(f"{name} does not resolve to a loopback address here")
         task_id = submit(own_farm, blend, "named", notify=[f"http://{name}:{receiver.port}/"])
-        Worker(own_farm, "w-named").finish(task_id)
+        ApiWorker(own_farm, "w-named").finish(task_id)
         wait_for(lambda: "gave up" in own_farm.api.get(f"/get_log?task_id={task_id}&offset=0")["text"], 20,
                  "the refusal in the task's log")
         log = own_farm.api.get(f"/get_log?task_id={task_id}&offset=0")["text"]
