@@ -233,6 +233,25 @@ def test_task_urls_off_is_refused_with_403(own_farm: Farm):
     assert status == 403 and "RENDERQ_NOTIFY_TASK_URLS=off" in answer["error"], answer
 
 
+def test_renderq_submit_notify_sends_the_task_s_events_there(farm, scenes, tmp_path):
+    """The real CLI packs a real .blend and submits it with two --notify URLs; both get the done event."""
+    receiver = Receiver().start()
+    try:
+        blend = scenes("notify", frames=1)
+        result = subprocess.run([sys.executable, "-m", "renderq", "submit", blend, "--frames", "1", "--name",
+                                 "cli_notify", *farm.cli_flags("artist"), "--notify", receiver.url + "/one",
+                                 "--notify", receiver.url + "/two"], capture_output=True, text=True, cwd=ROOT,
+                                env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        task_id = max(task["task_id"] for task in farm.api.get("/tasks")["tasks"] if task["name"] == "cli_notify")
+        ApiWorker(farm, "w-cli").finish(task_id)
+        wait_for(lambda: len(receiver.events(task_id)) == 2, 20, "the done event at both URLs")
+    finally:
+        receiver.stop()
+    assert sorted(event["path"] for event in receiver.events(task_id)) == ["/one", "/two"]
+    assert all(verifies(event) and event["json"]["owner"] == "artist" for event in receiver.events(task_id))
+
+
 def test_the_cli_refuses_a_bad_notify_url_with_a_sentence(tmp_path):
     blend = tmp_path / "shot.blend"
     blend.write_bytes(BLEND)
