@@ -23,12 +23,14 @@ address actually connected to, so a name that resolves there is refused too), "a
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import ipaddress
 import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import urllib.parse
@@ -165,8 +167,9 @@ class DeliveryFailed(Exception):
 
 
 def post_event(url: str, body: bytes, headers: dict[str, str], timeout: float, refuse_local: bool) -> None:
-    """POST `body` to `url`; returns when the receiver answered 2xx, else raises DeliveryFailed. `refuse_local`:
-    the address connected to must not be this machine's own or link-local (checked before a byte is sent)."""
+    """POST `body` to `url`; returns when the receiver answered 2xx, else raises DeliveryFailed. The whole attempt
+    takes at most `timeout` seconds, however slowly the receiver trickles its answer. `refuse_local`: the address
+    connected to must not be this machine's own or link-local (checked before a byte is sent)."""
     parts = urllib.parse.urlsplit(url)
     https = parts.scheme.lower() == "https"
     kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
@@ -175,6 +178,12 @@ def post_event(url: str, body: bytes, headers: dict[str, str], timeout: float, r
     if parts.username is not None:
         credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
         headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
+    # The socket's timeout bounds each wait; this bounds the attempt: at the deadline the socket is shut, which
+    # ends whatever read or write is waiting on it.
+    cut = threading.Event()
+    deadline = threading.Timer(timeout, _cut, (connection, cut))
+    deadline.daemon = True
+    deadline.start()
     try:
         connection.connect()
         if refuse_local and connection.sock is not None:
@@ -187,11 +196,24 @@ def post_event(url: str, body: bytes, headers: dict[str, str], timeout: float, r
         answer = connection.getresponse()
         answer.read(MAX_ANSWER_BYTES)
     except (OSError, http.client.HTTPException) as error:
-        raise DeliveryFailed(f"could not post: {error or type(error).__name__}") from None
+        if not cut.is_set():
+            raise DeliveryFailed(f"could not post: {error or type(error).__name__}") from None
     finally:
+        deadline.cancel()
         connection.close()
+    if cut.is_set():  # a cut answer may still parse (up to where it was cut): it does not count
+        raise DeliveryFailed(f"the receiver took longer than {timeout:g} s to answer")
     if not 200 <= answer.status < 300:
         raise DeliveryFailed(f"the receiver answered {answer.status} {answer.reason}".strip())
+
+
+def _cut(connection: http.client.HTTPConnection, cut: threading.Event) -> None:
+    """End the attempt on `connection` now, from another thread, and say so in `cut`."""
+    cut.set()
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 # -- the notifier -----------------------------------------------------------------------------------------------------

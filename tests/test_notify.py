@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,8 +19,9 @@ from collections.abc import Iterator
 
 import pytest
 from harness import ROOT, Farm, wait_for
-from webhook_receiver import SECRET, ApiWorker, Receiver, verifies
+from webhook_receiver import SECRET, ApiWorker, Receiver, Trickler, verifies
 
+from coordinator.store import Store
 from renderq.model import TaskStatus
 
 BLEND = b"BLENDER-v304REND" + b"\0" * 512
@@ -56,7 +56,7 @@ def farm_hook() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory, farm_hook: Receiver) -> Iterator[Farm]:
+def hooked_farm(tmp_path_factory, farm_hook: Receiver) -> Iterator[Farm]:
     """The module's coordinator: tasks' URLs may be on loopback (the receivers here are), a farm-wide URL, the
     secret given, fast retries; a frame that fails once fails for good."""
     farm = Farm(str(tmp_path_factory.mktemp("notify")))
@@ -66,15 +66,15 @@ def farm(tmp_path_factory, farm_hook: Receiver) -> Iterator[Farm]:
 
 
 @pytest.fixture(scope="module")
-def blend(farm: Farm) -> str:
-    return upload(farm)
+def blend(hooked_farm: Farm) -> str:
+    return upload(hooked_farm)
 
 
-def test_a_done_task_sends_one_signed_event_to_its_url_and_the_farm_url(farm, farm_hook, blend):
+def test_a_done_task_sends_one_signed_event_to_its_url_and_the_farm_url(hooked_farm, farm_hook, blend):
     receiver = Receiver().start()
     try:
-        task_id = submit(farm, blend, "shot_done", notify=[receiver.url + "/hook?team=lighting"])
-        ApiWorker(farm, "w-done").finish(task_id)
+        task_id = submit(hooked_farm, blend, "shot_done", notify=[receiver.url + "/hook?team=lighting"])
+        ApiWorker(hooked_farm, "w-done").finish(task_id)
         [event] = wait_for(lambda: receiver.events(task_id), 20, "the done event")
         [farm_event] = wait_for(lambda: farm_hook.events(task_id, "/farm"), 20, "the farm-wide done event")
         time.sleep(1.5)  # several more rounds of the notifier: nothing is sent twice
@@ -92,12 +92,12 @@ def test_a_done_task_sends_one_signed_event_to_its_url_and_the_farm_url(farm, fa
     assert abs(int(event["headers"]["X-RenderQ-Timestamp"]) - time.time()) < 60
     assert event["headers"]["Content-Type"] == "application/json"
     # The URL (which may hold a receiver's secret) is never shown with the task.
-    assert "hook" not in json.dumps(farm.api.task(task_id))
+    assert "hook" not in json.dumps(hooked_farm.api.task(task_id))
 
 
-def test_a_failed_task_sends_a_failed_event(farm, farm_hook, blend):
-    task_id = submit(farm, blend, "shot_failed")
-    ApiWorker(farm, "w-fail").finish(task_id, "failed")
+def test_a_failed_task_sends_a_failed_event(hooked_farm, farm_hook, blend):
+    task_id = submit(hooked_farm, blend, "shot_failed")
+    ApiWorker(hooked_farm, "w-fail").finish(task_id, "failed")
     [event] = wait_for(lambda: farm_hook.events(task_id), 20, "the failed event")
     assert verifies(event)
     assert event["json"]["event"] == "task.failed" and event["json"]["status"] == "failed"
@@ -112,11 +112,11 @@ def test_the_awaiting_approval_status_has_an_event():
     assert EVENTS["awaiting_approval"] == "task.awaiting_approval"
 
 
-def test_an_event_reaches_a_receiver_that_was_down_through_the_backoff(farm, blend):
+def test_an_event_reaches_a_receiver_that_was_down_through_the_backoff(hooked_farm, blend):
     receiver = Receiver()  # not listening yet: its port is closed
-    task_id = submit(farm, blend, "shot_late", notify=[receiver.url])
-    ApiWorker(farm, "w-late").finish(task_id)
-    wait_for(lambda: "webhook task.done to http://127.0.0.1" in farm.coordinator.output(), 20,
+    task_id = submit(hooked_farm, blend, "shot_late", notify=[receiver.url])
+    ApiWorker(hooked_farm, "w-late").finish(task_id)
+    wait_for(lambda: "webhook task.done to http://127.0.0.1" in hooked_farm.coordinator.output(), 20,
              "the coordinator to note the failed attempt")
     time.sleep(1.0)
     receiver.status = 500  # up, but failing for a while
@@ -136,8 +136,22 @@ def test_an_event_reaches_a_receiver_that_was_down_through_the_backoff(farm, ble
     assert [a["answered"] for a in attempts].count(200) == 1
 
 
-def test_bad_notify_urls_are_refused_at_submit_and_nothing_is_stored(farm, blend):
-    before = farm.api.get("/tasks")
+def test_a_receiver_that_trickles_its_answer_holds_an_attempt_no_longer_than_the_timeout(hooked_farm, blend):
+    trickler = Trickler().start()
+    try:
+        task_id = submit(hooked_farm, blend, "shot_slow", notify=[trickler.url])
+        ApiWorker(hooked_farm, "w-slow").finish(task_id)
+        wait_for(lambda: trickler.connected, 20, "the first attempt")
+        # --notify-timeout 2: the attempt is cut then, though the receiver would go on sending for ever.
+        wait_for(lambda: "failed (the receiver took longer than 2 s to answer)" in hooked_farm.coordinator.output(),
+                 6, "the attempt to be cut at its timeout")
+        assert time.monotonic() - trickler.connected[0] < 5
+    finally:
+        trickler.stop()
+
+
+def test_bad_notify_urls_are_refused_at_submit_and_nothing_is_stored(hooked_farm, blend):
+    before = hooked_farm.api.get("/tasks")
     cases = [
         ("ftp://example.com/hook", 400, "must start with http:// or https://"),
         ("javascript:alert(1)", 400, "must start with http:// or https://"),
@@ -147,70 +161,68 @@ def test_bad_notify_urls_are_refused_at_submit_and_nothing_is_stored(farm, blend
         ("http://example.com/" + "x" * 2000, 400, "2000"),
     ]
     for url, status, words in cases:
-        answer_status, answer = farm.api.call("POST", "/submit_task", {
+        answer_status, answer = hooked_farm.api.call("POST", "/submit_task", {
             "name": "bad", "blend_sha256": blend, "frame_start": 1, "frame_end": 1, "notify": [url]})
         assert answer_status == status and words in answer["error"], (url, answer_status, answer)
     too_many = [f"http://example.com/{n}" for n in range(6)]
-    answer_status, answer = farm.api.call("POST", "/submit_task", {
+    answer_status, answer = hooked_farm.api.call("POST", "/submit_task", {
         "name": "bad", "blend_sha256": blend, "frame_start": 1, "frame_end": 1, "notify": too_many})
     assert answer_status == 400 and "notify" in answer["error"], answer
-    assert farm.api.get("/tasks") == before
+    assert hooked_farm.api.get("/tasks") == before
 
 
-@pytest.fixture
-def own_farm(tmp_path) -> Iterator[Farm]:
-    farm = Farm(str(tmp_path / "farm"))
-    os.makedirs(farm.root)
-    yield farm
-    farm.stop()
-
-
-def test_an_undelivered_event_is_delivered_after_a_restart_once(own_farm: Farm):
-    receiver = Receiver()
-    start(own_farm, "--notify-url", receiver.url + "/farm", *FAST_RETRY)
-    task_id = submit(own_farm, upload(own_farm), "shot_restart")
-    ApiWorker(own_farm, "w-restart").finish(task_id)
-    wait_for(lambda: "webhook task.done to http://127.0.0.1" in own_farm.coordinator.output(), 20,
-             "the failed attempt")
-    own_farm.coordinator.stop(timeout=10)
-    outbox = sqlite3.connect(os.path.join(own_farm.data_dir, "renderq.sqlite3"))
+def outbox(farm: Farm) -> dict[str, int]:
+    """The coordinator's deliveries by state, read from its database while it is stopped."""
+    store = Store(farm.database or os.path.join(farm.data_dir, "renderq.sqlite3"))
     try:
-        [(state, attempts)] = outbox.execute("SELECT state, attempts FROM notifications WHERE task_id = ?",
-                                             (task_id,)).fetchall()
+        return store.notification_counts()
     finally:
-        outbox.close()
-    assert state == "pending" and attempts >= 1
+        store.close()
+
+
+@pytest.mark.both_databases
+def test_an_undelivered_event_is_delivered_after_a_restart_once(farm: Farm):
+    receiver = Receiver()
+    start(farm, "--notify-url", receiver.url + "/farm", *FAST_RETRY)
+    task_id = submit(farm, upload(farm), "shot_restart")
+    ApiWorker(farm, "w-restart").finish(task_id)
+    wait_for(lambda: "webhook task.done to http://127.0.0.1" in farm.coordinator.output(), 20,
+             "the failed attempt")
+    farm.coordinator.stop(timeout=10)
+    assert outbox(farm) == {"pending": 1, "delivered": 0, "given_up": 0}
     receiver.start()
     try:
-        start(own_farm, "--notify-url", receiver.url + "/farm", *FAST_RETRY)
+        start(farm, "--notify-url", receiver.url + "/farm", *FAST_RETRY)
         [event] = wait_for(lambda: receiver.events(task_id), 20, "the event after the restart")
         time.sleep(1.5)
         assert len(receiver.events(task_id, answered=None)) == 1
     finally:
         receiver.stop()
     assert verifies(event) and event["json"]["event"] == "task.done"
+    farm.coordinator.stop(timeout=10)
+    assert outbox(farm) == {"pending": 0, "delivered": 1, "given_up": 0}
 
 
-def test_this_machine_is_refused_unless_the_admin_allows_it(own_farm: Farm):
+def test_this_machine_is_refused_unless_the_admin_allows_it(farm: Farm):
     """The default policy (remote): a task's URL on the coordinator's own machine is refused at submit when it says
     so, and at delivery when a name resolves there; the farm's own URL is the admin's and is not limited."""
     receiver = Receiver().start()
     try:
-        start(own_farm, *FAST_RETRY)
-        blend = upload(own_farm)
+        start(farm, *FAST_RETRY)
+        blend = upload(farm)
         for host in ("127.0.0.1", "localhost", "[::1]", "169.254.169.254", "0.0.0.0"):
-            status, answer = own_farm.api.call("POST", "/submit_task", {
+            status, answer = farm.api.call("POST", "/submit_task", {
                 "name": "local", "blend_sha256": blend, "frame_start": 1, "frame_end": 1,
                 "notify": [f"http://{host}:{receiver.port}/"]})
             assert status == 400 and "coordinator's own machine" in answer["error"], (host, answer)
         name = socket.gethostname()
         if not _resolves_to_loopback(name):
             pytest.skip(f"{name} does not resolve to a loopback address here")
-        task_id = submit(own_farm, blend, "named", notify=[f"http://{name}:{receiver.port}/"])
-        ApiWorker(own_farm, "w-named").finish(task_id)
-        wait_for(lambda: "gave up" in own_farm.api.get(f"/get_log?task_id={task_id}&offset=0")["text"], 20,
+        task_id = submit(farm, blend, "named", notify=[f"http://{name}:{receiver.port}/"])
+        ApiWorker(farm, "w-named").finish(task_id)
+        wait_for(lambda: "gave up" in farm.api.get(f"/get_log?task_id={task_id}&offset=0")["text"], 20,
                  "the refusal in the task's log")
-        log = own_farm.api.get(f"/get_log?task_id={task_id}&offset=0")["text"]
+        log = farm.api.get(f"/get_log?task_id={task_id}&offset=0")["text"]
         assert "an address of the coordinator's own machine" in log and "RENDERQ_NOTIFY_TASK_URLS" in log
         assert receiver.requests == []
     finally:
@@ -225,26 +237,27 @@ def _resolves_to_loopback(name: str) -> bool:
         return False
 
 
-def test_task_urls_off_is_refused_with_403(own_farm: Farm):
-    start(own_farm, "--notify-task-urls", "off")
-    status, answer = own_farm.api.call("POST", "/submit_task", {
-        "name": "off", "blend_sha256": upload(own_farm), "frame_start": 1, "frame_end": 1,
+def test_task_urls_off_is_refused_with_403(farm: Farm):
+    start(farm, "--notify-task-urls", "off")
+    status, answer = farm.api.call("POST", "/submit_task", {
+        "name": "off", "blend_sha256": upload(farm), "frame_start": 1, "frame_end": 1,
         "notify": ["https://example.com/hook"]})
     assert status == 403 and "RENDERQ_NOTIFY_TASK_URLS=off" in answer["error"], answer
 
 
-def test_renderq_submit_notify_sends_the_task_s_events_there(farm, scenes, tmp_path):
+def test_renderq_submit_notify_sends_the_task_s_events_there(hooked_farm, scenes, tmp_path):
     """The real CLI packs a real .blend and submits it with two --notify URLs; both get the done event."""
     receiver = Receiver().start()
     try:
         blend = scenes("notify", frames=1)
         result = subprocess.run([sys.executable, "-m", "renderq", "submit", blend, "--frames", "1", "--name",
-                                 "cli_notify", *farm.cli_flags("artist"), "--notify", receiver.url + "/one",
+                                 "cli_notify", *hooked_farm.cli_flags("artist"), "--notify", receiver.url + "/one",
                                  "--notify", receiver.url + "/two"], capture_output=True, text=True, cwd=ROOT,
                                 env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
-        task_id = max(task["task_id"] for task in farm.api.get("/tasks")["tasks"] if task["name"] == "cli_notify")
-        ApiWorker(farm, "w-cli").finish(task_id)
+        tasks = hooked_farm.api.get("/tasks")["tasks"]
+        task_id = max(task["task_id"] for task in tasks if task["name"] == "cli_notify")
+        ApiWorker(hooked_farm, "w-cli").finish(task_id)
         wait_for(lambda: len(receiver.events(task_id)) == 2, 20, "the done event at both URLs")
     finally:
         receiver.stop()

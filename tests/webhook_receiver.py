@@ -7,7 +7,9 @@ import hashlib
 import hmac
 import http.server
 import json
+import socket
 import threading
+import time
 import urllib.parse
 
 from harness import Farm, free_port
@@ -95,3 +97,40 @@ class ApiWorker:
         else:
             report["error"] = "broken on purpose"
         self.api.post("/update_task", report)
+
+
+class Trickler:
+    """A receiver that never finishes answering: it sends its status line, then a header one byte at a time."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/slow"
+        self.connected: list[float] = []
+        self.stopped = threading.Event()
+
+    def start(self) -> Trickler:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connected.append(time.monotonic())
+            threading.Thread(target=self._trickle, args=(client,), daemon=True).start()
+
+    def _trickle(self, client: socket.socket) -> None:
+        with client:
+            try:
+                client.recv(65536)
+                client.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while not self.stopped.wait(0.2):
+                    client.sendall(b"x")
+            except OSError:
+                return
