@@ -55,9 +55,9 @@ class NotificationQueries(StoreConnection):
                 if not changed or not events:
                     continue
                 db.executemany(
-                    "INSERT INTO notifications (delivery_id, task_id, event, url, farm_wide, body, created_at, "
-                    "next_at) VALUES (:delivery_id, :task_id, :event, :url, :farm_wide, :body, :created_at, "
-                    ":created_at)", events)
+                    "INSERT INTO notifications (delivery_id, task_id, event, url, farm_wide, body, state, created_at, "
+                    "next_at) VALUES (:delivery_id, :task_id, :event, :url, :farm_wide, :body, 'pending', "
+                    ":created_at, :created_at)", events)
                 queued += len(events)
         return queued
 

