@@ -203,6 +203,21 @@ def test_an_undelivered_event_is_delivered_after_a_restart_once(farm: Farm):
     assert outbox(farm) == {"pending": 0, "delivered": 1, "given_up": 0}
 
 
+def test_a_delivery_is_given_up_after_the_time_allowed_and_the_task_s_log_says_so(farm: Farm):
+    receiver = Receiver()  # never listening
+    start(farm, "--notify-url", receiver.url + "/farm", "--notify-give-up", "1", *FAST_RETRY)
+    task_id = submit(farm, upload(farm), "shot_never")
+    ApiWorker(farm, "w-never").finish(task_id)
+    wait_for(lambda: "gave up" in farm.api.get(f"/get_log?task_id={task_id}&offset=0")["text"], 20,
+             "the delivery to be given up")
+    log = farm.api.get(f"/get_log?task_id={task_id}&offset=0")["text"]
+    assert "gave up delivering task.done" in log and f"to http://127.0.0.1:{receiver.port} after" in log
+    assert "/farm" not in log  # a URL's path may hold the receiver's secret: only its host is written
+    assert "gave up delivering task.done" in farm.coordinator.output()
+    farm.coordinator.stop(timeout=10)
+    assert outbox(farm) == {"pending": 0, "delivered": 0, "given_up": 1}
+
+
 def test_this_machine_is_refused_unless_the_admin_allows_it(farm: Farm):
     """The default policy (remote): a task's URL on the coordinator's own machine is refused at submit when it says
     so, and at delivery when a name resolves there; the farm's own URL is the admin's and is not limited."""
