@@ -105,11 +105,17 @@ def test_a_failed_task_sends_a_failed_event(hooked_farm, farm_hook, blend):
 
 
 @pytest.mark.skipif("awaiting_approval" not in {s.value for s in TaskStatus},
-                    reason="no task status awaiting_approval in this version")
-def test_the_awaiting_approval_status_has_an_event():
-    from coordinator.notify import EVENTS
-
-    assert EVENTS["awaiting_approval"] == "task.awaiting_approval"
+                    reason="no task status awaiting_approval (scout frames) in this version")
+def test_a_task_waiting_for_approval_sends_an_awaiting_approval_event(hooked_farm, farm_hook, blend):
+    """Once the model has the status (scout frames, `scout_frames` on submit): its scout rendered, the task waits,
+    and the farm-wide URL hears so."""
+    task_id = hooked_farm.api.post("/submit_task", {
+        "name": "shot_scouted", "blend_sha256": blend, "blend_filename": "shot.blend", "frame_start": 1,
+        "frame_end": 3, "scout_frames": 1})["task_id"]
+    ApiWorker(hooked_farm, "w-scout").finish(task_id)
+    [event] = wait_for(lambda: farm_hook.events(task_id), 20, "the awaiting approval event")
+    assert verifies(event)
+    assert event["json"]["event"] == "task.awaiting_approval" and event["json"]["status"] == "awaiting_approval"
 
 
 def test_an_event_reaches_a_receiver_that_was_down_through_the_backoff(hooked_farm, blend):
