@@ -220,6 +220,9 @@ def test_a_delivery_is_given_up_after_the_time_allowed_and_the_task_s_log_says_s
     assert "gave up delivering task.done" in log and f"to http://127.0.0.1:{receiver.port} after" in log
     assert "/farm" not in log  # a URL's path may hold the receiver's secret: only its host is written
     assert "gave up delivering task.done" in farm.coordinator.output()
+    metrics = farm.api.get("/metrics").decode()
+    assert 'renderq_webhook_deliveries{state="given_up"} 1.0' in metrics
+    assert 'renderq_webhook_deliveries{state="pending"} 0.0' in metrics
     farm.coordinator.stop(timeout=10)
     assert outbox(farm) == {"pending": 0, "delivered": 0, "given_up": 1}
 
