@@ -122,7 +122,7 @@ class TokenBook:
                 self.sources.append(TokenSource(role, None, False))
             else:
                 path = os.path.abspath(os.path.join(config.data_dir, TOKEN_FILES[role]))
-                value, created = _read_or_create_secret(path, share)
+                value, created = read_or_create_secret(path, share)
                 self._by_role[role] = value
                 self.sources.append(TokenSource(role, path, created))
         if len(set(self._by_role.values())) != len(self._by_role):
@@ -244,7 +244,7 @@ def setup(app: Flask, config: Config, share: ShareSecret = keep_own_secret,
     """Load (or create) the tokens and the session key, and configure the session cookie. `share` makes them the
     same on every coordinator of one database."""
     book = TokenBook(config, share, shared_artists)
-    app.secret_key, _ = _read_or_create_secret(os.path.join(config.data_dir, SECRET_FILE), share)
+    app.secret_key, _ = read_or_create_secret(os.path.join(config.data_dir, SECRET_FILE), share)
     app.config.update(
         SESSION_COOKIE_NAME="renderq_session",
         SESSION_COOKIE_HTTPONLY=True,
@@ -285,7 +285,7 @@ def host_is_ours() -> bool:
     return hostname in {name.lower() for name in named if name}
 
 
-def _read_or_create_secret(path: str, share: ShareSecret = keep_own_secret) -> tuple[str, bool]:
+def read_or_create_secret(path: str, share: ShareSecret = keep_own_secret) -> tuple[str, bool]:
     """The secret stored in `path`, created (random, mode 0600) when missing; (value, created). When the farm's
     coordinators hold another value for it (`share`), the file is given that one."""
     value, created = _read_or_create_secret_file(path)

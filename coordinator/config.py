@@ -8,6 +8,7 @@ from typing import Any
 
 from renderq.settings import env_value, parse_bool
 from renderq.units import parse_size
+from renderq.webhooks import url_problem
 
 from .store.engine import is_postgres_url
 
@@ -16,6 +17,9 @@ MIB = 1024**2
 GIB = 1024**3
 # A shorter admin token could be guessed through the login form.
 MIN_TOKEN_LENGTH = 16
+# What a task's own webhook URLs may name (coordinator/notify.py): any host but this machine's own and link-local
+# addresses, any host, or none (only the farm-wide URL is told).
+NOTIFY_TASK_URL_POLICIES = ("remote", "any", "off")
 
 
 @dataclasses.dataclass
@@ -104,6 +108,22 @@ class Config:
     # The store's address as workers and artists reach it, in the presigned URLs (empty: s3_endpoint).
     s3_public_endpoint: str = ""
 
+    # Webhooks (coordinator/notify.py)
+    # A URL told of every task's events (done, failed, awaiting approval); empty: none.
+    notify_url: str = ""
+    # The key every event is signed with (HMAC-SHA256); empty: one the farm makes, kept in the data dir's
+    # notify_secret file (shared through the database by a cluster's coordinators).
+    notify_secret: str = ""
+    # Which URLs a task's own `notify` may name: "remote" (any but this machine's own and link-local addresses, where
+    # the services only the coordinator reaches live), "any", or "off" (only the farm-wide URL is told).
+    notify_task_urls: str = "remote"
+    # Seconds one delivery attempt may take (connecting, sending, the receiver's answer).
+    notify_timeout: float = 5.0
+    # Seconds before the first retry of a failed delivery; each later one waits about twice as long (at most 10 min).
+    notify_retry: float = 2.0
+    # Seconds after an event during which its delivery is retried; then it is given up, in the task's log.
+    notify_give_up: float = 86400.0
+
     @property
     def lease_seconds(self) -> float:
         """A lease lives as long as a worker counts as alive: both end when its updates stop."""
@@ -159,12 +179,28 @@ class Config:
         if self.poll_interval <= 0:
             raise ValueError("poll interval must be more than 0 seconds")
         self._validate_http()
+        self._validate_notify()
         for role in ("admin", "artist", "worker"):
             token = getattr(self, f"{role}_token")
             if token and (len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or token != token.strip()
                           or " " in token):
                 raise ValueError(f"the {role} token must be at least {MIN_TOKEN_LENGTH} printable characters, "
                                  "without spaces")
+
+    def _validate_notify(self) -> None:
+        if self.notify_url and (problem := url_problem(self.notify_url)):
+            raise ValueError(f"notify url: {problem}")
+        if self.notify_secret and len(self.notify_secret) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"the notify secret must be at least {MIN_TOKEN_LENGTH} characters")
+        if self.notify_task_urls not in NOTIFY_TASK_URL_POLICIES:
+            raise ValueError(f"notify task urls must be one of {', '.join(NOTIFY_TASK_URL_POLICIES)}, "
+                             f"not {self.notify_task_urls!r}")
+        if not 0.1 <= self.notify_timeout <= 300:
+            raise ValueError("notify timeout must be from 0.1 to 300 seconds")
+        if not 0.01 <= self.notify_retry <= 3600:
+            raise ValueError("notify retry must be from 0.01 to 3600 seconds")
+        if not 1 <= self.notify_give_up <= 30 * 86400:
+            raise ValueError(f"notify give up must be from 1 to {30 * 86400} seconds (30 days)")
 
     def _validate_http(self) -> None:
         for name in ("http_threads", "transfer_threads", "max_connections", "processes"):

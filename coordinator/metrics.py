@@ -97,3 +97,8 @@ class FarmCollector(Collector):
         for status in FrameStatus:
             frames.add_metric([status.value], counts.get(status.value, 0))
         yield frames
+        webhooks = GaugeMetricFamily("renderq_webhook_deliveries", "Webhook deliveries of the last week, by state "
+                                     "(pending, delivered, given_up)", labels=["state"])
+        for state, number in self._scheduler.store.notification_counts().items():
+            webhooks.add_metric([state], number)
+        yield webhooks

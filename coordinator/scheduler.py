@@ -82,6 +82,8 @@ class TaskSpec:
     device: str = ""
     # The video to encode once every frame is done ({"container": "mp4" | "mov" | "webm" | "scene"}), or None.
     video: dict[str, Any] | None = None
+    # URLs told of the task's events (coordinator/notify.py), besides the farm-wide one.
+    notify: Sequence[str] = ()
 
     @property
     def main(self) -> TaskFile:
@@ -186,6 +188,7 @@ class Scheduler(FarmReader):
             "render_engine": spec.render_engine,
             "device": spec.device,
             "needs": task_needs(spec.render_engine, spec.device),
+            "notify": list(spec.notify),
         }
         files = [(f.path, f.sha256, f.size) for f in spec.files]
         task_id = self.store.insert_task(task, list(frames), list(spec.workers), files)

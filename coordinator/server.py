@@ -25,6 +25,7 @@ from renderq.units import parse_size
 from .auth import is_loopback
 from .blobs import ContentStore
 from .config import Config
+from .notify import NOTIFY_FLAGS, start_notifier
 from .processes import serve_in_processes
 from .store import Store
 
@@ -139,6 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "admin token (RENDERQ_OPEN_STATUS=1)")
     add_flags(parser, [ORPHAN_GRACE_FLAG])
     add_flags(parser, BLOB_STORE_FLAGS)
+    add_flags(parser, NOTIFY_FLAGS)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -242,6 +244,8 @@ def _serve_process(config: Config, listener: socket.socket, index: int, ready: C
     app.extensions["renderq.live"].follow_others(stop)
     if index == 0:
         _print_addresses(app, config, listener.getsockname()[1])
+        # Webhooks: one sender per coordinator (and one coordinator of a cluster at a time, see notify.py).
+        start_notifier(scheduler.store, config, stop)
     # uvicorn takes SIGINT and SIGTERM while it serves, shuts down, then raises the signal again: both end here.
     signal.signal(signal.SIGTERM, _interrupt)
     _tune_garbage_collector()

@@ -16,6 +16,7 @@ from typing import Any
 from renderq import __version__
 from renderq.cli_args import (
     blender_version_arg,
+    notify_url_arg,
     parse_frames,
     port_number,
     positive_int,
@@ -453,6 +454,10 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
                              "ProRes in mov, VP9 in webm) at the scene's frame rate, with the scene's sound strips; "
                              "the task is done when the video is (default: none, or the scene's own FFmpeg settings "
                              "when its output is a movie)")
+    submit.add_argument("--notify", type=notify_url_arg, action="append", metavar="URL",
+                        help="post the task's events (done, failed, awaiting approval) to this http:// or https:// "
+                             "URL as signed JSON; repeat for several (the coordinator may also tell a farm-wide URL; "
+                             "see the README's Webhooks)")
     submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
                         help="render only on workers with exactly this Blender major.minor "
                              "(default: the version that saved the file, or newer)")

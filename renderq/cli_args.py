@@ -81,3 +81,13 @@ def tags_arg(text: str) -> list[str]:
         return parse_tags([text])
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def notify_url_arg(text: str) -> str:
+    """--notify: a webhook URL under the one URL rule (renderq.webhooks)."""
+    from renderq.webhooks import url_problem
+
+    problem = url_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text

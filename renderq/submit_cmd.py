@@ -218,6 +218,8 @@ def pack_and_submit(blend: Path, frame_range: tuple[int, int, int | None], args:
             **timeouts_and_python(args), **video_request(blend, args),
             render_engine=read_render_engine(str(blend)),
         )
+        if getattr(args, "notify", None):
+            task_fields["notify"] = list(args.notify)
         try:
             submit_plan = submit.plan(client, packed)
             task, uploaded = submit.execute(client, submit_plan, task_fields, upload_progress(line))

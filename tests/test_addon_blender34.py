@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from harness import ROOT, Farm, find_blender_or_none
+from harness import ROOT, Farm, find_blender_or_none, wait_for
 from PIL import Image
 
 BLENDER = find_blender_or_none()
@@ -153,6 +153,26 @@ def test_never_saved_file_is_refused_before_anything_is_uploaded(tmp_path, addon
     assert result["error"].startswith("Save the file first"), result["error"]
     assert farm.api.get("/tasks")["tasks"] == []
     assert uploaded_files(farm) == []
+
+
+def test_the_notify_url_field_submits_a_task_whose_events_reach_it(tmp_path, addon_zip, project, farm):
+    from webhook_receiver import ApiWorker, Receiver
+
+    farm.start_coordinator(*FAST, "--notify-task-urls", "any")
+    receiver = Receiver().start()
+    try:
+        result = run_addon(tmp_path, addon_zip, farm.url, "notify", project, "--notify-url", receiver.url + "/hook",
+                           token=farm.token("artist"))
+        assert "must start with http:// or https://" in result["error"], result["error"]
+        task_id = result["task_id"]
+        assert [task["task_id"] for task in farm.api.get("/tasks")["tasks"]] == [task_id]
+        worker = ApiWorker(farm, "w-notify")
+        for _ in range(2):
+            worker.finish(task_id)
+        [event] = wait_for(lambda: receiver.events(task_id, "/hook"), 20, "the done event")
+    finally:
+        receiver.stop()
+    assert event["json"]["event"] == "task.done" and event["json"]["name"] == "shot"
 
 
 def test_missing_assets_are_reported_before_upload(tmp_path, addon_zip, project, farm):

@@ -101,6 +101,13 @@ class RENDERQ_PG_scene_settings(bpy.types.PropertyGroup):
                     "(container, codec and quality as set in Output Properties) without this",
         default=False,
     )
+    notify_url: StringProperty(
+        name="Notify URL",
+        description="Post the task's events (done, failed, awaiting approval) to this http:// or https:// URL as "
+                    "signed JSON (a chat bot, a pipeline hook); empty: only the farm's own webhook, if any",
+        default="",
+        maxlen=2000,
+    )
     video_container: EnumProperty(
         name="Video",
         description="The video's container and codec",

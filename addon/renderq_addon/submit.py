@@ -72,6 +72,8 @@ class SubmitRequest:
     device: str = ""
     video: dict[str, str] | None = None
     """The video asked for ({"container": ...}), or None."""
+    notify: list[str] = field(default_factory=list)
+    """URLs told of the task's events (the coordinator checks them and says why it refuses one)."""
 
 
 @dataclass
@@ -176,6 +178,7 @@ def check(context: bpy.types.Context) -> SubmitRequest:
         render_engine=scene.render.engine,
         device="" if settings_of_scene.device == "FILE" else settings_of_scene.device,
         video=video_request(scene),
+        notify=[settings_of_scene.notify_url.strip()] if settings_of_scene.notify_url.strip() else [],
     )
 
 
@@ -369,6 +372,7 @@ def run(request: SubmitRequest, progress: Callable[[Any], None]) -> SubmitOutcom
                 "render_engine": request.render_engine,
                 "device": request.device,
                 **({"video": request.video} if request.video else {}),
+                **({"notify": request.notify} if request.notify else {}),
             }, report)
             return SubmitOutcome(task=task, missing=missing, files_total=submit_plan.files_total,
                                  files_uploaded=uploaded.files, bytes_uploaded=uploaded.bytes)

@@ -126,6 +126,7 @@ class RENDERQ_PT_submit(_SafePanel, bpy.types.Panel):
         container = row.row(align=True)
         container.enabled = settings.make_video
         container.prop(settings, "video_container", text="")
+        layout.prop(settings, "notify_url")
         layout.prop(settings, "assignment", expand=True)
         if settings.assignment == "MANUAL":
             self._draw_workers(layout, scene, line_width(context))

@@ -15,6 +15,7 @@ from .. import worker_calls
 from ..auth import admin_required, current_identity, requires
 from ..blobs import looks_like_blend
 from ..errors import BadRequest, NotFound, PayloadTooLarge
+from ..notify import check_task_urls
 from ..scheduler import TaskFile, TaskSpec
 from . import validation as v
 from .files import send_blob
@@ -72,6 +73,7 @@ def submit_task():
         render_engine=body.get("render_engine", ""),
         device=body.get("device", ""),
         video=body.get("video"),
+        notify=check_task_urls(body.get("notify", []), limits.notify_task_urls),
     )
     blobs = _blobs()
     # The orphan sweep may have deleted a file since the checks above (one uploaded long ago and used by no task):

@@ -7,8 +7,8 @@ lease. The store knows nothing about policy: the scheduler passes in the clock, 
 
 The parts: engine (what an engine provides; sqlite and postgres are the two), connection (connections and group
 commit), schema (numbered migrations, shared by both engines), workers, tasks, frames (claims and reports), files
-(file records and logs) and farm (secrets the coordinators of one database share); rows holds what several of them
-share.
+(file records and logs), farm (secrets the coordinators of one database share) and notifications (the webhooks'
+outbox); rows holds what several of them share.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from .engine import is_postgres_url
 from .farm import FarmQueries
 from .files import FileQueries
 from .frames import FrameQueries
+from .notifications import NotificationQueries
 from .rows import DETAIL_ONLY_COLUMNS, FRAME_COLUMNS, OutputNameTaken
 from .tasks import TaskQueries
 from .workers import WorkerQueries
@@ -24,7 +25,7 @@ from .workers import WorkerQueries
 __all__ = ["FRAME_COLUMNS", "OutputNameTaken", "Store", "is_postgres_url"]
 
 
-class Store(WorkerQueries, TaskQueries, FrameQueries, FileQueries, FarmQueries):
+class Store(WorkerQueries, TaskQueries, FrameQueries, FileQueries, FarmQueries, NotificationQueries):
     """The farm's state in the database `database` names: a postgresql:// URL, else a SQLite file's path. One
     connection per thread; writers take turns (see transaction()), and readers go on meanwhile. Opening a store
     brings its database's schema up to date."""

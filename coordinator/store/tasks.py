@@ -8,6 +8,7 @@ from typing import Any
 
 from .connection import StoreConnection
 from .engine import Database
+from .notifications import add_task_notify_urls
 from .rows import FRAME_COLUMNS, requeue, task_row
 
 
@@ -50,6 +51,7 @@ class TaskQueries(StoreConnection):
             )
             db.executemany("INSERT INTO task_tags (task_id, tag) VALUES (?, ?)",
                            ((task_id, tag) for tag in set(task.get("tags") or [])))
+            add_task_notify_urls(db, task_id, task.get("notify") or ())
             return task_id
 
     def get_task(self, task_id: int, detail: bool = False) -> dict | None:

@@ -20,6 +20,8 @@ Cases:
                 outside the project folder, a link leading out): refused with the list, also once "Allow Files
                 Outside the Project Folder" is ticked (the key); then --clean (the same without the key) is opened:
                 refused until the box is ticked, then submitted; the Submit panel draws the box and the list
+    notify      a Notify URL the coordinator refuses (ftp://) stops the submit with its sentence; then --notify-url is
+                set in the Submit panel's field and the task is submitted with it
     follow      list the user's tasks, wait until --task-id is done, download its frames into the output folder;
                 test the connection to the coordinator, to a closed port and to a web server that is not RenderQ
 """
@@ -46,9 +48,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--zip", required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--case", required=True, choices=("submit", "unsaved", "refusals", "allow_missing", "outside",
-                                                                 "follow", "movie"))
+                                                                 "follow", "movie", "notify"))
     parser.add_argument("--task-id", type=int, default=0)
     parser.add_argument("--clean", default="", help="outside: the project's .blend without the hidden key")
+    parser.add_argument("--notify-url", default="", help="notify: the webhook URL to submit with")
     return parser.parse_args(argv)
 
 
@@ -303,6 +306,22 @@ def case_movie() -> dict:
     return {"task_id": task_id, "note": note, "video": state.SESSION.downloads.get(task_id, "")}
 
 
+def case_notify(url: str) -> dict:
+    from renderq_addon import state
+
+    settings = bpy.context.scene.renderq
+    settings.notify_url = "ftp://example.com/hook"
+    assert bpy.ops.renderq.submit() == {"FINISHED"}
+    drain_all()
+    assert state.last_submitted_task_id() is None
+    error = state.last_error()
+    settings.notify_url = url
+    assert bpy.ops.renderq.submit() == {"FINISHED"}
+    drain_all()
+    assert state.last_error() is None, state.last_error()
+    return {"error": error, "task_id": state.last_submitted_task_id()}
+
+
 def case_follow(task_id: int, preferences) -> dict:
     from renderq_addon import state
 
@@ -357,6 +376,8 @@ def main() -> None:
         result = case_outside(args.clean)
     elif args.case == "movie":
         result = case_movie()
+    elif args.case == "notify":
+        result = case_notify(args.notify_url)
     else:
         result = case_follow(args.task_id, preferences)
     result["blender"] = list(bpy.app.version)
