@@ -332,11 +332,13 @@ class FakeClock:
         return self.now
 
 
-def test_the_scheduler_reports_the_estimate_from_frames_in_progress_and_drift(tmp_path):
+@pytest.mark.parametrize("order", ["sampled", "sequential"])
+def test_the_scheduler_reports_the_estimate_from_frames_in_progress_and_drift(tmp_path, order):
     clock = FakeClock()
     scheduler = Scheduler(Store(str(tmp_path / "state.sqlite3")), Policy(), clock)
     task_id = scheduler.submit_task(TaskSpec(name="drift", files=[TaskFile("shot.blend", "a" * 64, 100)],
-                                             main_file="shot.blend", frame_start=1, frame_end=40))["task_id"]
+                                             main_file="shot.blend", frame_start=1, frame_end=40,
+                                             order=order))["task_id"]
     workers = [scheduler.register_worker(name, "host", "3.4.1", 2)["worker_id"] for name in ("a", "b")]
     cost = {f: 1.0 + f / 20 for f in range(1, 41)}
     free_at = {w: clock.now for w in workers}
@@ -355,10 +357,12 @@ def test_the_scheduler_reports_the_estimate_from_frames_in_progress_and_drift(tm
         free_at[worker] = end
     for worker in workers:  # each has claimed its next frame, as workers do while they render
         scheduler.claim(worker)
-    progress = scheduler.task_detail(task_id)["progress"]
+    detail = scheduler.task_detail(task_id)
+    progress = detail["progress"]
     assert progress["done"] == 20
-    left = sum(cost[f] for f in range(21, 41)) / 2
+    left = sum(cost[f["frame"]] for f in detail["frames"] if f["status"] != "done") / 2
     assert progress["eta_seconds"] == pytest.approx(left, rel=0.1)
+    assert progress["eta_low_seconds"] < progress["eta_seconds"] < progress["eta_high_seconds"]
     # Cached: the same answer without reading the done frames again, until one more is done.
     scheduler.store.done_frame_times_many = None
     assert scheduler.task_detail(task_id)["progress"]["eta_seconds"] == progress["eta_seconds"]
