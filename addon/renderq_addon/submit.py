@@ -24,6 +24,7 @@ import bpy
 
 from renderq import capabilities, exposure, packing
 from renderq import submit as pipeline
+from renderq.model import DEFAULT_RENDER_ORDER
 
 from . import client, jobs, notify, props, state, text
 
@@ -72,6 +73,8 @@ class SubmitRequest:
     device: str = ""
     video: dict[str, str] | None = None
     """The video asked for ({"container": ...}), or None."""
+    order: str = DEFAULT_RENDER_ORDER
+    """The order the frames are handed out in (renderq.model.RENDER_ORDERS)."""
 
 
 @dataclass
@@ -176,6 +179,7 @@ def check(context: bpy.types.Context) -> SubmitRequest:
         render_engine=scene.render.engine,
         device="" if settings_of_scene.device == "FILE" else settings_of_scene.device,
         video=video_request(scene),
+        order=settings_of_scene.render_order,
     )
 
 
@@ -368,6 +372,7 @@ def run(request: SubmitRequest, progress: Callable[[Any], None]) -> SubmitOutcom
                 "tags": request.tags,
                 "render_engine": request.render_engine,
                 "device": request.device,
+                "order": request.order,
                 **({"video": request.video} if request.video else {}),
             }, report)
             return SubmitOutcome(task=task, missing=missing, files_total=submit_plan.files_total,
