@@ -11,6 +11,8 @@ import sys
 import pytest
 
 from coordinator.claim_order import claim_ranks, in_claim_order, sampled_positions
+from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec
+from coordinator.store import Store
 from harness import ROOT, wait_for
 
 BLEND = b"BLENDER-v304REND" + b"\0" * 64
@@ -55,6 +57,25 @@ def test_frames_in_claim_order_follow_a_step_and_refuse_an_unknown_order():
     assert in_claim_order(range(1, 10, 4), "sequential") == [1, 5, 9]
     with pytest.raises(ValueError):
         claim_ranks(3, "random")
+
+
+# -- the claim's plan on PostgreSQL (SQLite's is checked in test_scheduler.py) ------------------------------------
+
+
+@pytest.mark.both_databases
+def test_on_postgresql_the_claim_reads_a_tasks_first_frame_by_rank_from_the_status_index(db_engine, database):
+    if db_engine != "postgresql":
+        pytest.skip("SQLite's plan is checked in test_scheduler.py")
+    scheduler = Scheduler(Store(database), Policy())
+    task_id = scheduler.submit_task(TaskSpec(name="plan", files=[TaskFile("shot.blend", "a" * 64, 100)],
+                                             main_file="shot.blend", frame_start=1, frame_end=3000))["task_id"]
+    db = scheduler.store.read()
+    db.execute("ANALYZE frames")
+    plan = "\n".join(row[0] for row in db.execute(
+        "EXPLAIN SELECT frame FROM frames f WHERE task_id = ? AND status = 'queued' AND frame < 1048575 "
+        "ORDER BY claim_rank, frame LIMIT 1", (task_id,)))
+    # Walked in the index's order from its start: no sort of the task's queued frames, no scan of the table.
+    assert "frames_by_status" in plan and "Sort" not in plan and "Seq Scan" not in plan, plan
 
 
 # -- a real coordinator over HTTP -------------------------------------------------------------------------------------
