@@ -9,7 +9,9 @@ are being rendered, by whom and since when. From that:
   frames several times heavier than the rest do not tip it however they recur, and it is shrunk towards flat as far
   as the done frames leave it uncertain. The level is the plain mean, so heavy frames count at the rate they were
   seen: the sum over the frames left is what matters, not the typical frame. Each worker's first frame is left out
-  (a Blender session's first frame pays one-time costs).
+  of the slope and the speeds (a Blender session's first frame pays one-time costs) and counts in the level only up
+  to the dearest of the other frames against the trend: in the sampled render order the first frames are the ends of
+  the shot, and leaving them out would leave out what they say about its dearest or cheapest part.
 - Each worker's speed relative to the others, from its frames against that trend (shrunk towards the average while
   it has rendered few), and its overhead between frames (upload, report, setting up the next frame) from the gaps
   between its own consecutive frames: one clock, so clocks that disagree between machines do not matter.
@@ -17,10 +19,12 @@ are being rendered, by whom and since when. From that:
   least that long (relative to their prediction), so a frame that runs long is taken for one of the heavy ones. Such
   a frame is also evidence that frames cost more than the done ones say: the frames not started yet are scaled by
   what the frames in progress add to the done ones.
-- The frames left dealt out in claim order (lowest number first) to the workers on the task, each taking the next
-  frame when it is free: the estimate is when the last of them ends, so the tail of the last frames counts. Before
-  the last TAIL_FRAMES frames the work is spread evenly (water-filling), which is exact enough and keeps an estimate
-  cheap for tasks of many frames.
+- The frames left dealt out in the task's claim order (its frames' ranks: coordinator/claim_order.py) to the
+  workers on the task, each taking the next frame when it is free: the estimate is when the last of them ends, so
+  the tail of the last frames counts. Before the last TAIL_FRAMES frames the work is spread evenly (water-filling),
+  which is exact enough and keeps an estimate cheap for tasks of many frames.
+- A range about the estimate while few frames are done: the frames' spread about the model over the square root of
+  the done and of the left frames' counts (eta_range).
 
 What cannot be known is not guessed: a heavy section that no done frame has shown, or a machine that gets slower
 (other work on it) while the task renders, only shows in the estimate once frames show it.
@@ -131,7 +135,8 @@ class CostModel:
         # In frame order, so that the same frames give the same model (to the last bit) in whatever order they come.
         timed = sorted((d for d in done if _usable(d.render_seconds)), key=lambda d: d.frame)
         # The latest frames by number, nearest to the frames left, keep the model's cost bounded.
-        timed = _without_warm_up(timed[-MODEL_FRAMES:])
+        with_warm_up = timed[-MODEL_FRAMES:]
+        timed = _without_warm_up(with_warm_up)
         self.frames_measured = len(timed)
         # The relative standard deviation of a frame's time about its prediction (see _relative_spread).
         self.spread = SPREAD_PRIOR
@@ -155,6 +160,8 @@ class CostModel:
                 break
             self._speeds = speeds
             trend = Trend.fit(frames, [d.seconds / speeds.get(d.worker_id, 1.0) for d in timed])
+        if len(with_warm_up) > len(timed):
+            trend = trend.leveled(*_level(with_warm_up, timed, trend, self._speeds))
         self.trend = trend
         ratios = sorted(d.seconds / self.seconds(d.frame, d.worker_id) for d in timed)
         self.spread = _relative_spread(ratios)
@@ -208,6 +215,20 @@ def _relative_spread(ratios: Sequence[float]) -> float:
     mean = sum(ratios) / n
     squares = sum((r - mean) ** 2 for r in ratios) / mean ** 2 if mean > 0 else 0.0
     return math.sqrt((SPREAD_PRIOR_FRAMES * SPREAD_PRIOR ** 2 + squares) / (SPREAD_PRIOR_FRAMES + n - 1))
+
+
+def _level(with_warm_up: Sequence[DoneFrame], timed: Sequence[DoneFrame], trend: Trend,
+           speeds: Mapping[int | None, float]) -> tuple[float, float]:
+    """The mean frame and the mean cost (each time over its worker's speed) of all the frames, each worker's first
+    counted as at most as dear, against the trend, as the dearest of the others: what it paid once is left out,
+    what it says about its part of the shot is kept."""
+    def cost(d: DoneFrame) -> float:
+        return d.seconds / speeds.get(d.worker_id, 1.0)
+
+    dearest = max(cost(d) / trend(d.frame) for d in timed)
+    kept = {id(d) for d in timed}
+    costs = [cost(d) if id(d) in kept else min(cost(d), dearest * trend(d.frame)) for d in with_warm_up]
+    return sum(d.frame for d in with_warm_up) / len(with_warm_up), sum(costs) / len(costs)
 
 
 def _without_warm_up(timed: list[DoneFrame]) -> list[DoneFrame]:

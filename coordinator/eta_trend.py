@@ -52,6 +52,10 @@ class Trend:
         cost = self.level * (1.0 + self.relative_slope * (frame - self.center_frame))
         return min(self.high, max(self.low, cost))
 
+    def leveled(self, center_frame: float, level: float) -> Trend:
+        """The same relative slope through another mean: `level` at `center_frame`, bounds as fit's."""
+        return Trend(center_frame, level, self.relative_slope, COST_FLOOR * level, COST_CEILING * level)
+
     def sum_over(self, frames: range) -> float:
         """The sum of the costs of a range of frames (step > 0), in O(1): arithmetic series over the parts of the
         range below, on and above the line's stretch between the bounds."""

@@ -185,6 +185,31 @@ def test_each_workers_first_frame_is_left_out_once_others_are_timed():
     assert CostModel(done_frames({1: 5.0, 2: 5.0, 3: 1.0})).cost(4) > 1.0
 
 
+def test_a_first_frame_counts_in_the_level_up_to_the_dearest_of_the_others():
+    # Sampled order: each worker's first frame is an end of the shot, here frames 1 and 40 (one of the every-4th
+    # heavy frames, 3x). Left out, the shot looks cheaper than it is; counted up to the dearest the other frames are
+    # against the trend, each keeps its part. A long warm-up is capped the same way: at most the dearest frame.
+    costs = {f: 3.0 if f % 4 == 0 else 1.0 for f in range(1, 41)}
+    claims = {0: [1, 20, 30, 14, 35, 27, 6, 17], 1: [40, 10, 3, 25, 12, 33, 24, 38]}
+
+    def models(warm_up: dict[int, float]) -> tuple[Trend, Trend]:
+        done = []
+        for worker, frames in claims.items():
+            clock = 0.0
+            for frame in frames:
+                seconds = costs[frame] + warm_up.get(frame, 0.0)
+                done.append(DoneFrame(frame, seconds, worker, clock, clock + seconds))
+                clock += seconds
+        return CostModel(done).trend, CostModel([d for d in done if d.frame not in warm_up]).trend
+
+    counted, left_out = models({1: 0.5, 40: 0.5})
+    assert counted.relative_slope == left_out.relative_slope == 0.0
+    assert abs(counted.level - 1.5) < abs(left_out.level - 1.5)  # 1.5: the shot's mean cost
+    counted, left_out = models({1: 30.0, 40: 0.5})
+    others = 3 * 3.0 + 11 * 1.0
+    assert counted.level == pytest.approx((others + 3.0 + 3.0) / 16, rel=1e-3)  # frame 1: the dearest, 3 s, not 31
+
+
 def test_a_slow_worker_is_measured_and_renders_its_share_of_the_tail():
     done = []
     clock = [0.0, 0.0]
