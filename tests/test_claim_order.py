@@ -14,6 +14,7 @@ from coordinator.claim_order import claim_ranks, in_claim_order, sampled_positio
 from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec
 from coordinator.store import Store
 from harness import ROOT, wait_for
+from test_addon_blender34 import BLENDER, addon_zip, project, run_addon, scene_template  # noqa: F401 - fixtures
 
 BLEND = b"BLENDER-v304REND" + b"\0" * 64
 
@@ -167,3 +168,13 @@ def test_a_worker_renders_a_real_scene_in_the_sampled_order_with_an_eta_range(fa
     assert all(low <= eta <= high for low, eta, high in ranged), ranged
     progress = task["progress"]
     assert progress["eta_seconds"] == progress["eta_low_seconds"] == progress["eta_high_seconds"] == 0
+
+
+def test_the_addons_order_choice_reaches_the_farm(tmp_path, addon_zip, project, farm):  # noqa: F811 - fixtures
+    if BLENDER is None:
+        pytest.skip("Blender is not installed (scripts/test.sh installs it)")
+    farm.start_coordinator()
+    result = run_addon(tmp_path, addon_zip, farm.url, "order", project, token=farm.token("artist"))
+    assert result["error"] is None and result["default"] == "sampled"
+    assert "render_order" in result["drawn"]["props"]
+    assert farm.api.task(result["task_id"])["order"] == "sequential"
