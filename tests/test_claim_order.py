@@ -14,6 +14,7 @@ from coordinator.claim_order import claim_ranks, in_claim_order, sampled_positio
 from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec
 from coordinator.store import Store
 from harness import ROOT, wait_for
+from test_store_migrations import database_from
 from test_addon_blender34 import BLENDER, addon_zip, project, run_addon, scene_template  # noqa: F401 - fixtures
 
 BLEND = b"BLENDER-v304REND" + b"\0" * 64
@@ -58,6 +59,21 @@ def test_frames_in_claim_order_follow_a_step_and_refuse_an_unknown_order():
     assert in_claim_order(range(1, 10, 4), "sequential") == [1, 5, 9]
     with pytest.raises(ValueError):
         claim_ranks(3, "random")
+
+
+# -- a database from before the claim order --------------------------------------------------------------------------
+
+
+def test_tasks_from_before_the_claim_order_keep_claiming_lowest_number_first(tmp_path):
+    path = database_from("store_main.sql", str(tmp_path / "main.sqlite3"))
+    scheduler = Scheduler(Store(path), Policy())
+    ranks = [(r["task_id"], r["frame"], r["claim_rank"]) for r in scheduler.store.read().execute(
+        "SELECT task_id, frame, claim_rank FROM frames ORDER BY task_id, frame")]
+    assert ranks and all(rank == frame for _, frame, rank in ranks)
+    assert {t["task_id"]: t["order"] for t in scheduler.list_tasks()} == {1: "sequential", 2: "sequential"}
+    worker = scheduler.register_worker("w", "h", "3.4.1", 2)["worker_id"]
+    claimed = [scheduler.claim(worker, prefer_task_id=1)[0] for _ in range(3)]
+    assert [(lease["task_id"], lease["frame"]) for lease in claimed] == [(1, 1), (1, 2), (1, 3)]
 
 
 # -- the claim's plan on PostgreSQL (SQLite's is checked in test_scheduler.py) ------------------------------------
