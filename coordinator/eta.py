@@ -325,7 +325,7 @@ class TaskEstimator:
         return self.model.trend is not None
 
     def eta_range(self, seconds: float | None) -> tuple[float | None, float | None]:
-        """The range (low, high) the time left, estimated at `seconds`, is likely in (about 8 times in 10): the
+        """The range (low, high) the time left, estimated at `seconds`, is likely in (meant as 8 times in 10): the
         frames left cost what the done ones say up to the error of the done frames' mean and the frames left's own
         scatter, each as a frame's spread about the model over the square root of their count. It narrows as
         frames finish; (None, None) without an estimate."""
