@@ -3,7 +3,8 @@ the seed's.
 
 The real Blender makes a scene whose frame cost varies: every 4th frame renders 3x the samples of the others, and
 the samples of all of them drift from 1x to 3x over the range (keyed per frame). A real coordinator and two real
-workers (one render thread each) render it while this script polls /task. At the first poll at or past 10%, 25%,
+workers (one render thread each) render it, its frames claimed in the order measured (--order: sampled, the
+default, or sequential), while this script polls /task. At the first poll at or past 10%, 25%,
 50% and 75% of the frames done it records RenderQ's estimate (progress.eta_seconds) and computes the seed's from the
 same answer: the mean of the last 8 exact frame times x the frames left / the workers rendering. When the task has
 ended, each estimate's predicted finish (poll time + estimate) is compared with the actual finish (the task's
@@ -17,7 +18,8 @@ the seed's at every checkpoint.
 Frame times depend on whatever else the machine runs; the load average at the start and end is printed with the
 figures.
 
-    python benchmarks/eta_accuracy.py [--quick] [--json-out FILE] [--frames 80] [--keep DIR]
+    python benchmarks/eta_accuracy.py [--quick] [--json-out FILE] [--frames 80] [--order sampled|sequential]
+                                      [--keep DIR]
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from common import (
 )
 
 from coordinator.eta import estimate_eta  # the seed's estimator, kept as the baseline
+from renderq.model import DEFAULT_RENDER_ORDER, RENDER_ORDERS
 from scenes import make_scene
 
 CHECKPOINTS = (10, 25, 50, 75)
@@ -134,13 +137,14 @@ def wait_for_workers(client: HttpClient, names: list[str], workers: list[subproc
         time.sleep(0.2)
 
 
-def render_and_poll(client: HttpClient, blend: str, size: Size) -> tuple[list[Poll], dict]:
-    """Submit the scene's frames and poll the task until it ends: the polls and the final task."""
+def render_and_poll(client: HttpClient, blend: str, size: Size, order: str) -> tuple[list[Poll], dict]:
+    """Submit the scene's frames, claimed in `order`, and poll the task until it ends: the polls and the final
+    task."""
     with open(blend, "rb") as handle:
         sha = client.post(f"/upload_blend?filename={os.path.basename(blend)}", raw=handle.read())["sha256"]
     task_id = client.post("/submit_task", {"name": "eta-accuracy", "blend_sha256": sha,
                                            "blend_filename": os.path.basename(blend), "frame_start": 1,
-                                           "frame_end": size.frames})["task_id"]
+                                           "frame_end": size.frames, "order": order})["task_id"]
     polls: list[Poll] = []
     deadline = time.monotonic() + size.timeout
     while True:
@@ -255,6 +259,8 @@ def main() -> int:
     add_arguments(parser, quick_help=f"{QUICK.frames} cheap frames")
     parser.add_argument("--frames", type=int, help=f"frames of the task (default {FULL.frames}; quick "
                                                    f"{QUICK.frames})")
+    parser.add_argument("--order", choices=RENDER_ORDERS, default=DEFAULT_RENDER_ORDER,
+                        help=f"the order the task's frames are claimed in (default {DEFAULT_RENDER_ORDER})")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (logs, scene, data) afterwards")
     args = parser.parse_args()
     size = dataclasses.replace(QUICK if args.quick else FULL)
@@ -267,6 +273,7 @@ def main() -> int:
         return results.finish(args.json_out)
     machine = describe_machine(blender)
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['ram']}, Blender {machine['blender']}")
+    print(f"render order: {args.order}")
     load_before = load_average()
     root = args.keep or tempfile.mkdtemp(prefix="renderq-eta-")
     os.makedirs(root, exist_ok=True)
@@ -282,7 +289,7 @@ def main() -> int:
             workers = [start_worker(coordinator, name, root, blender) for name in names]
             wait_for_workers(client, names, workers, 120.0)
             with phase("rendering and polling"):
-                polls, task = render_and_poll(client, blend, size)
+                polls, task = render_and_poll(client, blend, size, args.order)
             for worker in workers:
                 stop_process(worker)
         if task["status"] != "done":

@@ -13,7 +13,8 @@ Figures: for each checkpoint, the median and 90th percentile of RenderQ's error 
 of renders where it is under 10%, and the seed's median. Deterministic (seeded); there are no targets, as the
 targets belong to eta_accuracy: this shows which of its misses the estimator causes and which the machine does.
 
-    python benchmarks/eta_model.py [--runs 200] [--noise 0.05] [--quick] [--json-out FILE]
+    python benchmarks/eta_model.py [--runs 200] [--noise 0.05] [--order sampled|sequential] [--quick]
+                                   [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from common import Results, add_arguments
 from eta_accuracy import CHECKPOINTS, FULL, TARGET_PERCENT, frame_samples
 
 from coordinator import eta
+from coordinator.claim_order import in_claim_order
+from renderq.model import DEFAULT_RENDER_ORDER, RENDER_ORDERS
 
 # Seconds of a frame = FIXED_SECONDS + SECONDS_PER_SAMPLE x samples, at one render thread (320 x 180): from a real
 # eta_accuracy run here (frame 2, 16 samples, 1.27 s; frame 4, 52 samples, 3.6 s).
@@ -44,14 +47,17 @@ GAP_SECONDS = 0.01  # between one frame's end and the next one's start on a work
 WORKERS = 2
 
 
-def simulate(seed: int, samples: list[int], noise: float) -> dict[int, tuple[float, float]]:
-    """One simulated render: {checkpoint percent: (RenderQ's error %, the seed's error %)}."""
+def simulate(seed: int, samples: list[int], noise: float,
+             order: str = DEFAULT_RENDER_ORDER) -> dict[int, tuple[float, float]]:
+    """One simulated render with its frames claimed in `order`: {checkpoint percent: (RenderQ's error %, the seed's
+    error %)}."""
     rng = random.Random(seed)
     frames = len(samples)
     seconds = [(FIXED_SECONDS + SECONDS_PER_SAMPLE * s) * math.exp(rng.gauss(0.0, noise)) for s in samples]
     free = [(0.0, worker) for worker in range(WORKERS)]
-    renders = []  # (frame, worker, start, end), frames claimed lowest first by whichever worker is free first
-    for frame in range(1, frames + 1):
+    claim_order = in_claim_order(range(1, frames + 1), order)
+    renders = []  # (frame, worker, start, end), frames claimed in claim order by whichever worker is free first
+    for frame in claim_order:
         when, worker = heapq.heappop(free)
         start = when + GAP_SECONDS
         end = start + seconds[frame - 1] + (WARM_UP_SECONDS if when == 0.0 else 0.0)
@@ -71,7 +77,8 @@ def simulate(seed: int, samples: list[int], noise: float) -> dict[int, tuple[flo
             if upcoming:
                 active.append(eta.ActiveFrame(min(upcoming, key=lambda r: r[2])[0], worker, False))
         model = eta.CostModel([eta.DoneFrame(f, e - s, w, s, e) for f, w, s, e in done])
-        estimator = eta.TaskEstimator(model, range(1, frames + 1), {r[0] for r in done})
+        gone = {r[0] for r in done}
+        estimator = eta.TaskEstimator(model, range(1, frames + 1), gone, [f for f in claim_order if f not in gone])
         left = finish - now
         renderq = estimator.eta_seconds(active, now)
         recent = [e - s for _, _, s, e in sorted(done, key=lambda r: r[3])[-8:]]
@@ -85,6 +92,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, help="simulated renders (default 200; quick 20)")
     parser.add_argument("--noise", type=float, default=0.05,
                         help="scatter of a frame's time about its cost, as a log-normal sigma (default 0.05)")
+    parser.add_argument("--order", choices=RENDER_ORDERS, default=DEFAULT_RENDER_ORDER,
+                        help=f"the order the frames are claimed in (default {DEFAULT_RENDER_ORDER})")
     add_arguments(parser, "20 renders")
     args = parser.parse_args()
     runs = args.runs or (20 if args.quick else 200)
@@ -92,9 +101,10 @@ def main() -> int:
     results = Results("eta_model", quick=args.quick)
     by_checkpoint: dict[int, list[tuple[float, float]]] = {percent: [] for percent in CHECKPOINTS}
     for seed in range(runs):
-        for percent, errors in simulate(seed, samples, args.noise).items():
+        for percent, errors in simulate(seed, samples, args.noise, args.order).items():
             by_checkpoint[percent].append(errors)
-    about = f"{runs} simulated renders, {FULL.frames} frames, {WORKERS} workers, noise {args.noise:g}"
+    about = (f"{runs} simulated renders, {FULL.frames} frames, {WORKERS} workers, noise {args.noise:g}, "
+             f"{args.order} order")
     for percent, pairs in by_checkpoint.items():
         ours = sorted(renderq for renderq, _ in pairs)
         seeds = [seed_error for _, seed_error in pairs]

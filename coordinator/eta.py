@@ -9,7 +9,9 @@ are being rendered, by whom and since when. From that:
   frames several times heavier than the rest do not tip it however they recur, and it is shrunk towards flat as far
   as the done frames leave it uncertain. The level is the plain mean, so heavy frames count at the rate they were
   seen: the sum over the frames left is what matters, not the typical frame. Each worker's first frame is left out
-  (a Blender session's first frame pays one-time costs).
+  of the slope and the speeds (a Blender session's first frame pays one-time costs) and counts in the level only up
+  to the dearest of the other frames against the trend: in the sampled render order the first frames are the ends of
+  the shot, and leaving them out would leave out what they say about its dearest or cheapest part.
 - Each worker's speed relative to the others, from its frames against that trend (shrunk towards the average while
   it has rendered few), and its overhead between frames (upload, report, setting up the next frame) from the gaps
   between its own consecutive frames: one clock, so clocks that disagree between machines do not matter.
@@ -17,10 +19,12 @@ are being rendered, by whom and since when. From that:
   least that long (relative to their prediction), so a frame that runs long is taken for one of the heavy ones. Such
   a frame is also evidence that frames cost more than the done ones say: the frames not started yet are scaled by
   what the frames in progress add to the done ones.
-- The frames left dealt out in claim order (lowest number first) to the workers on the task, each taking the next
-  frame when it is free: the estimate is when the last of them ends, so the tail of the last frames counts. Before
-  the last TAIL_FRAMES frames the work is spread evenly (water-filling), which is exact enough and keeps an estimate
-  cheap for tasks of many frames.
+- The frames left dealt out in the task's claim order (its frames' ranks: coordinator/claim_order.py) to the
+  workers on the task, each taking the next frame when it is free: the estimate is when the last of them ends, so
+  the tail of the last frames counts. Before the last TAIL_FRAMES frames the work is spread evenly (water-filling),
+  which is exact enough and keeps an estimate cheap for tasks of many frames.
+- A range about the estimate while few frames are done: the frames' spread about the model over the square root of
+  the done and of the left frames' counts (eta_range).
 
 What cannot be known is not guessed: a heavy section that no done frame has shown, or a machine that gets slower
 (other work on it) while the task renders, only shows in the estimate once frames show it.
@@ -45,12 +49,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
-# A slope needs this many timed frames; fewer cannot tell a trend from noise and heavy frames.
-MIN_FRAMES_FOR_TREND = 6
-# Predicted costs stay within these multiples of the done frames' mean (a steep trend carried far must not go
-# negative or explode).
-COST_FLOOR = 0.33
-COST_CEILING = 4.0
+from .eta_trend import MIN_FRAMES_FOR_TREND, OUTLIER_SPREADS, Trend, mad, median
+
+__all__ = ["MIN_FRAMES_FOR_TREND", "ActiveFrame", "CostModel", "DoneFrame", "EtaCache", "TaskEstimator", "TaskState",
+           "Trend", "estimate_eta"]
+
 # Workers' speeds differ by about this much (standard deviation of the logarithm of their speed ratios), and a
 # frame's time about its prediction by at least SPEED_NOISE_FLOOR: with few frames, a speed leans on the average.
 SPEED_PRIOR_SPREAD = 0.5
@@ -58,15 +61,6 @@ SPEED_NOISE_FLOOR = 0.1
 MIN_FRAMES_FOR_SPEED = 3
 SPEED_LIMITS = (0.2, 5.0)
 SPEED_ROUNDS = 2
-# How hard an uncertain slope is pulled towards flat: kept slope / slope = t^2 / (t^2 + TREND_SHRINK), t the slope
-# over its standard error. About the square of the t value that few frames need before a trend is believable.
-TREND_SHRINK = 6.0
-# ... times (1 + SHRINK_DOF / (points - 2)): fewer points, harder pull.
-SHRINK_DOF = 4.0
-# Points further than this many robust standard deviations off the first line are left out of the second.
-OUTLIER_SPREADS = 3.0
-# The trend's slope is measured over at most this many points (pairs: its square / 2).
-TREND_POINTS = 48
 # The model is fitted to at most this many done frames, the latest by number.
 MODEL_FRAMES = 4096
 # How actual times spread about the prediction is kept as at most this many quantiles.
@@ -80,6 +74,11 @@ MIN_FRAMES_AFTER_WARM_UP = 3
 EVIDENCE_CAP = 4.0
 # The last frames in claim order that are dealt out one by one; the frames before them are spread evenly.
 TAIL_FRAMES = 128
+# A frame's time about its prediction: a relative standard deviation of SPREAD_PRIOR until frames say otherwise,
+# weighed as SPREAD_PRIOR_FRAMES frames. The ETA's range is RANGE_Z of its standard deviations each way (80 %).
+SPREAD_PRIOR = 0.5
+SPREAD_PRIOR_FRAMES = 2
+RANGE_Z = 1.28
 # A worker's own overhead is used from this many gaps on; before, the task's.
 MIN_GAPS_PER_WORKER = 3
 
@@ -124,120 +123,8 @@ class ActiveFrame:
     started_at: float | None = None
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def _mad(values: Sequence[float], center: float) -> float:
-    """Median absolute deviation, scaled to a standard deviation for normal data."""
-    return 1.4826 * _median([abs(v - center) for v in values])
-
-
 def _usable(seconds: float | None) -> bool:
     return seconds is not None and math.isfinite(seconds) and seconds > 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Trend:
-    """Cost by frame number: `level` at `center_frame`, changing by `relative_slope` x level per frame (a straight
-    line), kept within [low, high]."""
-
-    center_frame: float
-    level: float
-    relative_slope: float
-    low: float
-    high: float
-
-    def __call__(self, frame: float) -> float:
-        cost = self.level * (1.0 + self.relative_slope * (frame - self.center_frame))
-        return min(self.high, max(self.low, cost))
-
-    def sum_over(self, frames: range) -> float:
-        """The sum of the costs of a range of frames (step > 0), in O(1): arithmetic series over the parts of the
-        range below, on and above the line's stretch between the bounds."""
-        n = len(frames)
-        if n == 0:
-            return 0.0
-        slope = self.level * self.relative_slope  # cost = intercept + slope x frame, within the bounds
-        intercept = self.level - slope * self.center_frame
-        if slope == 0:
-            return n * min(self.high, max(self.low, intercept))
-        # The frames before `first_cross` are clamped to first_value, those after `last_cross` to last_value.
-        if slope > 0:
-            first_value, last_value = self.low, self.high
-        else:
-            first_value, last_value = self.high, self.low
-        first_cross, last_cross = (first_value - intercept) / slope, (last_value - intercept) / slope
-        start, step = frames.start, frames.step
-        i1 = min(n, max(0, math.ceil((first_cross - start) / step)))
-        i2 = min(n, max(i1, math.floor((last_cross - start) / step) + 1))
-        count = i2 - i1
-        frame_sum = count * start + step * (i1 + i2 - 1) * count / 2
-        return first_value * i1 + intercept * count + slope * frame_sum + last_value * (n - i2)
-
-    @classmethod
-    def fit(cls, frames: Sequence[int], costs: Sequence[float]) -> Trend:
-        """The trend of costs (positive) over frame numbers (same length, at least one, distinct frames).
-
-        The slope is measured on the logarithm of the costs, where a heavy frame is heavy by the same factor
-        wherever it falls, as the median of the slopes between all pairs of frames (Theil-Sen): frames several times
-        heavier than the rest are outliers to it whatever the drift and however they recur. Beyond TREND_POINTS
-        frames, consecutive frames are pooled (their mean cost) so that the pairs stay few. The slope is then
-        applied as a straight line from the level, the mean cost at the mean frame.
-        """
-        n = len(frames)
-        mean_frame = sum(frames) / n
-        mean_cost = sum(costs) / n
-        slope = 0.0
-        if n >= MIN_FRAMES_FOR_TREND:
-            points = _pooled(sorted(zip(frames, costs, strict=True)), TREND_POINTS)
-            robust, se = _theil_sen(points)
-            # Heavy frames placed unevenly among the light ones (all early, say) still pull the median a little:
-            # measured again without the points far off the line, the slope is that of the typical frames, which
-            # in logarithms is the slope of all of them.
-            offsets = [c - robust * f for f, c in points]
-            middle = _median(offsets)
-            spread = _mad(offsets, middle)
-            typical = [p for p, o in zip(points, offsets, strict=True) if abs(o - middle) <= OUTLIER_SPREADS * spread]
-            if MIN_FRAMES_FOR_TREND <= len(typical) < len(points):
-                robust, se = _theil_sen(typical)
-            else:
-                typical = points
-            if robust and math.isfinite(se):
-                # Pulled harder the fewer the points: their spread itself is uncertain then (as Student's t is
-                # wider than the normal for few degrees of freedom).
-                shrink = TREND_SHRINK * (1.0 + SHRINK_DOF / max(1, len(typical) - 2))
-                t_squared = (robust / se) ** 2 if se > 0 else math.inf
-                slope = robust * (1.0 if math.isinf(t_squared) else t_squared / (t_squared + shrink))
-        return cls(mean_frame, mean_cost, slope, COST_FLOOR * mean_cost, COST_CEILING * mean_cost)
-
-
-def _theil_sen(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
-    """The median of the slopes between all pairs of points, and its standard error: the robust spread of the points
-    about the line over the spread of their frame numbers."""
-    slopes = [(points[j][1] - points[i][1]) / (points[j][0] - points[i][0])
-              for i in range(len(points)) for j in range(i + 1, len(points))]
-    slope = _median(slopes)
-    center = sum(f for f, _ in points) / len(points)
-    residuals = [c - slope * (f - center) for f, c in points]
-    sxx = sum((f - center) ** 2 for f, _ in points)
-    if sxx <= 0:
-        return slope, math.inf
-    return slope, _mad(residuals, _median(residuals)) / math.sqrt(sxx)
-
-
-def _pooled(frame_costs: Sequence[tuple[int, float]], most: int) -> list[tuple[float, float]]:
-    """(frame, log cost) points, at most `most`: runs of consecutive frames pooled into their mean frame and the log
-    of their mean cost."""
-    n = len(frame_costs)
-    groups = min(n, most)
-    points = []
-    for g in range(groups):
-        run = frame_costs[g * n // groups:(g + 1) * n // groups]
-        points.append((sum(f for f, _ in run) / len(run), math.log(sum(c for _, c in run) / len(run))))
-    return points
 
 
 class CostModel:
@@ -248,8 +135,11 @@ class CostModel:
         # In frame order, so that the same frames give the same model (to the last bit) in whatever order they come.
         timed = sorted((d for d in done if _usable(d.render_seconds)), key=lambda d: d.frame)
         # The latest frames by number, nearest to the frames left, keep the model's cost bounded.
-        timed = _without_warm_up(timed[-MODEL_FRAMES:])
+        with_warm_up = timed[-MODEL_FRAMES:]
+        timed = _without_warm_up(with_warm_up)
         self.frames_measured = len(timed)
+        # The relative standard deviation of a frame's time about its prediction (see _relative_spread).
+        self.spread = SPREAD_PRIOR
         self.measured_seconds: float = sum(d.seconds for d in timed)
         self._speeds: dict[int | None, float] = {}
         self._overheads, self._overhead = _overheads(timed)
@@ -270,8 +160,11 @@ class CostModel:
                 break
             self._speeds = speeds
             trend = Trend.fit(frames, [d.seconds / speeds.get(d.worker_id, 1.0) for d in timed])
+        if len(with_warm_up) > len(timed):
+            trend = trend.leveled(*_level(with_warm_up, timed, trend, self._speeds))
         self.trend = trend
         ratios = sorted(d.seconds / self.seconds(d.frame, d.worker_id) for d in timed)
+        self.spread = _relative_spread(ratios)
         # Evenly spaced order statistics stand for the rest, so a model of many frames stays small in the cache.
         if len(ratios) > RATIO_QUANTILES:
             ratios = [ratios[(2 * i + 1) * len(ratios) // (2 * RATIO_QUANTILES)] for i in range(RATIO_QUANTILES)]
@@ -313,6 +206,31 @@ class CostModel:
         return max(0.0, expected * self._ratio_suffix_sums[first] / longer - elapsed)
 
 
+def _relative_spread(ratios: Sequence[float]) -> float:
+    """The standard deviation of actual / predicted times over their mean, pooled with SPREAD_PRIOR as if it were
+    SPREAD_PRIOR_FRAMES frames more: a few frames alone would say too little about how much frames differ."""
+    n = len(ratios)
+    if n == 0:
+        return SPREAD_PRIOR
+    mean = sum(ratios) / n
+    squares = sum((r - mean) ** 2 for r in ratios) / mean ** 2 if mean > 0 else 0.0
+    return math.sqrt((SPREAD_PRIOR_FRAMES * SPREAD_PRIOR ** 2 + squares) / (SPREAD_PRIOR_FRAMES + n - 1))
+
+
+def _level(with_warm_up: Sequence[DoneFrame], timed: Sequence[DoneFrame], trend: Trend,
+           speeds: Mapping[int | None, float]) -> tuple[float, float]:
+    """The mean frame and the mean cost (each time over its worker's speed) of all the frames, each worker's first
+    counted as at most as dear, against the trend, as the dearest of the others: what it paid once is left out,
+    what it says about its part of the shot is kept."""
+    def cost(d: DoneFrame) -> float:
+        return d.seconds / speeds.get(d.worker_id, 1.0)
+
+    dearest = max(cost(d) / trend(d.frame) for d in timed)
+    kept = {id(d) for d in timed}
+    costs = [cost(d) if id(d) in kept else min(cost(d), dearest * trend(d.frame)) for d in with_warm_up]
+    return sum(d.frame for d in with_warm_up) / len(with_warm_up), sum(costs) / len(costs)
+
+
 def _without_warm_up(timed: list[DoneFrame]) -> list[DoneFrame]:
     """The frames without each worker's first one (by start time) while enough others remain: the first frame of a
     Blender session pays one-time costs (loading kernels, syncing the scene) that the frames left will not."""
@@ -342,16 +260,16 @@ def _overheads(timed: Sequence[DoneFrame]) -> tuple[dict[int | None, float], flo
         # A negative gap means clocks or times that do not add up; leave it out.
         gaps_by_worker[worker_id] = [g for g in gaps if g >= 0]
     every_gap = [g for gaps in gaps_by_worker.values() for g in gaps]
-    task_overhead = _median(every_gap) if every_gap else 0.0
-    return ({worker_id: _median(gaps) for worker_id, gaps in gaps_by_worker.items()
+    task_overhead = median(every_gap) if every_gap else 0.0
+    return ({worker_id: median(gaps) for worker_id, gaps in gaps_by_worker.items()
              if len(gaps) >= MIN_GAPS_PER_WORKER}, task_overhead)
 
 
 def _typical(timed: Sequence[DoneFrame], trend: Trend) -> list[DoneFrame]:
     """The frames whose cost is within OUTLIER_SPREADS robust standard deviations of the trend (in logarithms)."""
     offsets = [math.log(d.seconds / trend(d.frame)) for d in timed]
-    middle = _median(offsets)
-    spread = _mad(offsets, middle)
+    middle = median(offsets)
+    spread = mad(offsets, middle)
     return [d for d, o in zip(timed, offsets, strict=True) if abs(o - middle) <= OUTLIER_SPREADS * spread]
 
 
@@ -366,8 +284,8 @@ def _speeds(timed: Sequence[DoneFrame], trend: Trend) -> dict[int | None, float]
     logs = {w: values for w, values in logs.items() if len(values) >= MIN_FRAMES_FOR_SPEED}
     if len(logs) < 2:
         return {}
-    middles = {w: _median(values) for w, values in logs.items()}
-    scatter = max(SPEED_NOISE_FLOOR, _mad([v - middles[w] for w, values in logs.items() for v in values], 0.0))
+    middles = {w: median(values) for w, values in logs.items()}
+    scatter = max(SPEED_NOISE_FLOOR, mad([v - middles[w] for w, values in logs.items() for v in values], 0.0))
     prior = SPEED_PRIOR_SPREAD ** 2
     estimates = {w: middles[w] * prior / (prior + scatter * scatter / len(values)) for w, values in logs.items()}
     total = sum(len(values) for values in logs.values())
@@ -380,33 +298,43 @@ class TaskEstimator:
     """A task's cost model and its frames left (neither done nor failed), priced once: estimates from it need only
     the frames in progress and the time."""
 
-    def __init__(self, model: CostModel, frames: range, gone: Collection[int] = ()) -> None:
-        """frames: all the task's frames in claim order (a range, lowest number first); gone: those done or failed.
-        Costs O(len(gone) + TAIL_FRAMES), whatever the length of the range."""
+    def __init__(self, model: CostModel, frames: range, gone: Collection[int] = (),
+                 claimed_last: Sequence[int] | None = None) -> None:
+        """frames: all the task's frames; gone: those done or failed; claimed_last: the frames left (not gone) that
+        are claimed last, in claim order (at least the last TAIL_FRAMES of them, or all), None when the claim order
+        is the frame numbers'. Costs O(len(gone) + TAIL_FRAMES), whatever the length of the range."""
         self.model = model
-        gone = gone if isinstance(gone, (set, frozenset)) else set(gone)
-        tail: list[int] = []
-        for frame in reversed(frames):
-            if frame not in gone:
-                tail.append(frame)
-                if len(tail) == TAIL_FRAMES:
-                    break
-        tail.reverse()
-        before = frames[:frames.index(tail[0])] if tail else range(0)
-        gone_before = sorted(frame for frame in gone if frame in before)
-        self._bulk_count = len(before) - len(gone_before)
+        gone = {frame for frame in gone if frame in frames}
+        if claimed_last is None:
+            claimed_last = _last_left(frames, gone)
+        tail = [frame for frame in claimed_last if frame not in gone][-TAIL_FRAMES:]
+        self._bulk_count = len(frames) - len(gone) - len(tail)
         self._bulk_cost = 0.0
         if model.trend is not None and self._bulk_count:
-            self._bulk_cost = max(0.0, model.trend.sum_over(before) - sum(map(model.cost, gone_before)))
+            # Every frame but the gone and the tail ones: a sum over the whole range (O(1)) less theirs.
+            self._bulk_cost = max(0.0, model.trend.sum_over(frames) - sum(map(model.cost, gone))
+                                  - sum(map(model.cost, tail)))
         self._tail_frames = tail
+        self._tail_set = frozenset(tail)
         self._tail_costs = list(map(model.cost, tail)) if model.trend is not None else []
-        self._tail_start = tail[0] if tail else None
         self.frames_left = self._bulk_count + len(tail)
 
     @property
     def measured(self) -> bool:
         """Whether any done frame has an exact time (without one there is nothing to estimate from)."""
         return self.model.trend is not None
+
+    def eta_range(self, seconds: float | None) -> tuple[float | None, float | None]:
+        """The range (low, high) the time left, estimated at `seconds`, is likely in (meant as 8 times in 10): the
+        frames left cost what the done ones say up to the error of the done frames' mean and the frames left's own
+        scatter, each as a frame's spread about the model over the square root of their count. It narrows as
+        frames finish; (None, None) without an estimate."""
+        if seconds is None:
+            return None, None
+        if not seconds or not self.frames_left:
+            return seconds, seconds
+        relative = self.model.spread * math.sqrt(1.0 / max(1, self.model.frames_measured) + 1.0 / self.frames_left)
+        return seconds * math.exp(-RANGE_Z * relative), seconds * math.exp(RANGE_Z * relative)
 
     def eta_seconds(self, active: Sequence[ActiveFrame], now: float) -> float | None:
         """Seconds until the last frame left is done, given the frames leased now; None while nothing is timed."""
@@ -453,7 +381,7 @@ class TaskEstimator:
             free_in[None] = 0.0
         bulk_count, bulk_cost = self._bulk_count, self._bulk_cost
         for frame in active_frames:
-            if self._tail_start is None or frame < self._tail_start:
+            if frame not in self._tail_set:
                 bulk_count -= 1
                 bulk_cost -= model.cost(frame)
         if bulk_count > 0 and bulk_cost > 0:
@@ -462,18 +390,36 @@ class TaskEstimator:
         workers = list(free_in)
         speed = [scale * model.speed(w) for w in workers]
         overhead = [model.overhead(w) for w in workers]
-        heap = [(free_in[w], i) for i, w in enumerate(workers)]
-        heapq.heapify(heap)
-        latest = max(free_in.values())
-        # Without a trend there are no costs, and so no frames to deal.
-        for frame, cost in zip(self._tail_frames, self._tail_costs, strict=False):
-            if frame in active_frames:
-                continue
-            seconds, i = heap[0]
-            seconds += speed[i] * cost + overhead[i]
-            latest = max(latest, seconds)
-            heapq.heapreplace(heap, (seconds, i))
-        return latest
+        start = [free_in[w] for w in workers]
+        tail = [cost for frame, cost in zip(self._tail_frames, self._tail_costs, strict=False)
+                if frame not in active_frames]
+        return _deal(start, speed, overhead, tail)
+
+
+def _deal(free_at: list[float], speed: list[float], overhead: list[float], costs: Sequence[float]) -> float:
+    """When the last of `costs` (average-worker seconds, in claim order) ends, each dealt to whichever worker is
+    free first (worker i free at free_at[i], taking speed[i] x cost + overhead[i])."""
+    heap = [(free, i) for i, free in enumerate(free_at)]
+    heapq.heapify(heap)
+    latest = max(free_at)
+    for cost in costs:
+        seconds, i = heap[0]
+        seconds += speed[i] * cost + overhead[i]
+        latest = max(latest, seconds)
+        heapq.heapreplace(heap, (seconds, i))
+    return latest
+
+
+def _last_left(frames: range, gone: Collection[int]) -> list[int]:
+    """The last TAIL_FRAMES frames of the range (by number) not in `gone`, by number."""
+    tail: list[int] = []
+    for frame in reversed(frames):
+        if frame not in gone:
+            tail.append(frame)
+            if len(tail) == TAIL_FRAMES:
+                break
+    tail.reverse()
+    return tail
 
 
 def _water_fill(free_in: dict[int | None, float], cost: float, count: int, model: CostModel) -> None:
@@ -521,9 +467,13 @@ class EtaCache:
         self._entries: OrderedDict[int, tuple[TaskState, TaskEstimator]] = OrderedDict()
 
     def estimators(self, states: Iterable[TaskState],
-                   load_done: Callable[[list[int]], Mapping[int, Sequence[DoneFrame]]]) -> dict[int, TaskEstimator]:
+                   load_done: Callable[[list[int]], Mapping[int, Sequence[DoneFrame]]],
+                   load_claimed_last: Callable[[list[int]], Mapping[int, Sequence[int]]] | None = None,
+                   ) -> dict[int, TaskEstimator]:
         """The estimator of each task: the cached one while its state is unchanged, else one built from
-        `load_done(task_ids)` (called at most once, with the tasks that need building)."""
+        `load_done(task_ids)` and `load_claimed_last(task_ids)` (each called at most once, with the tasks that need
+        building; the second gives each task's frames left claimed last, in claim order: TaskEstimator's
+        claimed_last; without it, the claim order is taken to be the frame numbers')."""
         by_id = {state.task_id: state for state in states}
         found: dict[int, TaskEstimator] = {}
         with self._lock:
@@ -536,12 +486,13 @@ class EtaCache:
         if not stale:
             return found
         done_by_task = load_done(stale)
+        claimed_last = load_claimed_last(stale) if load_claimed_last is not None else {}
         built = {}
         for task_id in stale:
             done = done_by_task.get(task_id, [])
             gone = {d.frame for d in done}
             gone.update(by_id[task_id].failed_frames)
-            built[task_id] = TaskEstimator(CostModel(done), by_id[task_id].frames(), gone)
+            built[task_id] = TaskEstimator(CostModel(done), by_id[task_id].frames(), gone, claimed_last.get(task_id))
         with self._lock:
             for task_id, estimator in built.items():
                 self._entries[task_id] = (by_id[task_id], estimator)

@@ -241,6 +241,9 @@ def task_item(task: dict) -> dict[str, Any]:
         "queued": progress["queued"],
         "percent": progress["percent"],
         "eta": None if eta is None else round(eta),
+        "eta_low": _rounded(progress.get("eta_low_seconds"), 0),
+        "eta_high": _rounded(progress.get("eta_high_seconds"), 0),
+        "order": task.get("order"),
         "workers": sorted({c["worker"] for c in progress["current"] if c["worker"]}),
         "waiting": task["waiting_reason"],
     }

@@ -261,7 +261,10 @@ class FarmReader:
         states = [eta.TaskState(t["task_id"], t["created_at"], t["frame_start"], t["frame_end"], t["frame_step"],
                                 counts[t["task_id"]].get(FrameStatus.DONE, 0), tuple(failed.get(t["task_id"], ())))
                   for t in tasks if t["status"] in TASK_CLAIMABLE]
-        return self._eta.estimators(states, self._done_frame_times) if states else {}
+        if not states:
+            return {}
+        return self._eta.estimators(states, self._done_frame_times,
+                                    lambda task_ids: self.store.frames_claimed_last_many(task_ids, eta.TAIL_FRAMES))
 
     def _done_frame_times(self, task_ids: list[int]) -> dict[int, list[eta.DoneFrame]]:
         # The model reads only the last MODEL_FRAMES timed frames; the others only count as done.
@@ -289,6 +292,7 @@ class FarmReader:
             estimate = estimator.eta_seconds(
                 [eta.ActiveFrame(f["frame"], f["worker_id"], f["status"] == FrameStatus.RENDERING, f["started_at"])
                  for f in current], self.clock())
+        low, high = estimator.eta_range(estimate) if estimator is not None else (estimate, estimate)
         return {
             "task_id": task_id,
             "name": task["name"],
@@ -314,6 +318,7 @@ class FarmReader:
             "render_engine": task["render_engine"],
             "device": task["device"],
             "video": task.get("video"),
+            "order": task["render_order"],
             "frame_timeout": task["frame_timeout"],
             "no_progress_timeout": task["no_progress_timeout"],
             "waiting_reason": waiting_reason,
@@ -330,6 +335,8 @@ class FarmReader:
                 "canceled": counts.get(FrameStatus.CANCELED, 0),
                 "percent": round(100.0 * done / total, 1) if total else 100.0,
                 "eta_seconds": estimate,
+                "eta_low_seconds": low,
+                "eta_high_seconds": high,
                 "workers_rendering": workers_rendering,
                 "current": [
                     {"worker": f["worker_name"], "frame": f["frame"],

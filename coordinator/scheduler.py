@@ -15,7 +15,8 @@ from typing import Any
 from renderq.blend_header import version_key
 from renderq.capabilities import task_needs
 from renderq.model import (
-    FRAME_ACTIVE, FRAME_FINAL, FRAME_KIND_ENCODE, TASK_OPEN, TASK_RETRYABLE, FrameReport, FrameStatus, TaskStatus,
+    DEFAULT_RENDER_ORDER, FRAME_ACTIVE, FRAME_FINAL, FRAME_KIND_ENCODE, RENDER_ORDERS, TASK_OPEN, TASK_RETRYABLE,
+    FrameReport, FrameStatus, TaskStatus,
 )
 from renderq.paths import collision_key
 
@@ -84,6 +85,8 @@ class TaskSpec:
     video: dict[str, Any] | None = None
     # URLs told of the task's events (coordinator/notify.py), besides the farm-wide one.
     notify: Sequence[str] = ()
+    # The order its frames are claimed in (renderq.model.RENDER_ORDERS; coordinator/claim_order.py).
+    order: str = DEFAULT_RENDER_ORDER
 
     @property
     def main(self) -> TaskFile:
@@ -161,6 +164,8 @@ class Scheduler(FarmReader):
             raise BadRequest(f"a task may have at most {MAX_FRAMES_PER_TASK} frames, not {len(frames)}")
         for field in ("frame_timeout", "no_progress_timeout"):
             check_timeout(field, getattr(spec, field))
+        if spec.order not in RENDER_ORDERS:
+            raise BadRequest(f"'order' must be one of {', '.join(RENDER_ORDERS)}, not {spec.order!r}")
         frame_timeout = spec.frame_timeout if spec.frame_timeout is not None else self.policy.frame_timeout
         task = {
             "name": spec.name,
@@ -189,6 +194,7 @@ class Scheduler(FarmReader):
             "device": spec.device,
             "needs": task_needs(spec.render_engine, spec.device),
             "notify": list(spec.notify),
+            "render_order": spec.order,
         }
         files = [(f.path, f.sha256, f.size) for f in spec.files]
         task_id = self.store.insert_task(task, list(frames), list(spec.workers), files)

@@ -36,15 +36,15 @@ from renderq.cli_common import (
 )
 from renderq.cli_workers import cmd_worker_enable, cmd_worker_tags, cmd_workers
 from renderq.http_client import CoordinatorError, Forbidden, Unauthorized
-from renderq.model import VIDEO_CONTAINERS, TaskStatus
+from renderq.model import DEFAULT_RENDER_ORDER, RENDER_ORDERS, VIDEO_CONTAINERS, TaskStatus
 from renderq.progress import (
     ProgressLine,
     format_bytes,
-    format_duration,
     format_table,
     printable,
 )
 from renderq.submit_cmd import cmd_submit
+from renderq.units import format_eta
 from renderq.task_view import (
     FINAL_STATUSES,
     POLL_SECONDS,
@@ -87,7 +87,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = []
         for task in tasks:
             progress = progress_of(task)
-            eta = "-" if task.get("status") in FINAL_STATUSES else format_duration(progress.get("eta_seconds"))
+            eta = "-" if task.get("status") in FINAL_STATUSES else format_eta(
+                progress.get("eta_seconds"), progress.get("eta_low_seconds"), progress.get("eta_high_seconds"))
             rows.append([
                 task.get("task_id"), task.get("name", ""), task.get("owner") or "-", task.get("status", ""),
                 f"{progress['done']}/{progress['total']}", f"{progress['percent']:.0f}%", eta, progress["failed"],
@@ -458,6 +459,11 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
                         help="post the task's events (done, failed, awaiting approval) to this http:// or https:// "
                              "URL as signed JSON; repeat for several (the coordinator may also tell a farm-wide URL; "
                              "see the README's Webhooks)")
+    submit.add_argument("--order", choices=RENDER_ORDERS, default=DEFAULT_RENDER_ORDER,
+                        help="the order frames are handed out in: sampled (the first and last frame, then frames "
+                             "spread evenly over the whole range, then the gaps filled in: the whole shot shows "
+                             "early and the ETA is right early) or sequential (lowest number first); default "
+                             f"{DEFAULT_RENDER_ORDER}")
     submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
                         help="render only on workers with exactly this Blender major.minor "
                              "(default: the version that saved the file, or newer)")

@@ -110,6 +110,10 @@ FRAME_KIND_RENDER = "render"
 FRAME_KIND_ENCODE = "encode"
 # The video containers a task may ask for; "scene" takes the container and codec of the scene's own FFmpeg output.
 VIDEO_CONTAINERS = ("mp4", "mov", "webm")
+# The order a task's frames are handed out in: "sampled" (the whole range thinly first, then filled in) or
+# "sequential" (lowest number first). coordinator/claim_order.py builds them.
+RENDER_ORDERS = ("sampled", "sequential")
+DEFAULT_RENDER_ORDER = "sampled"
 
 FRAME_ACTIVE = frozenset({FrameStatus.LEASED, FrameStatus.RENDERING})
 FRAME_OPEN = frozenset({FrameStatus.QUEUED, FrameStatus.LEASED, FrameStatus.RENDERING})
@@ -253,6 +257,9 @@ class Progress(_Record):
     canceled: int = 0
     percent: float | None = None
     eta_seconds: float | None = None
+    # The range the ETA is likely within while few frames are done (null when there is no estimate).
+    eta_low_seconds: float | None = None
+    eta_high_seconds: float | None = None
     workers_rendering: int = 0
     current: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
@@ -293,6 +300,8 @@ class Task(_Record):
     tags: list[str] = dataclasses.field(default_factory=list)
     render_engine: str = ""
     device: str = ""
+    # The order its frames are handed out in (RENDER_ORDERS).
+    order: str = DEFAULT_RENDER_ORDER
     waiting_reason: str | None = None
     created_at: float | None = None
     started_at: float | None = None

@@ -84,6 +84,8 @@ def timeouts_and_python(args: argparse.Namespace) -> dict[str, Any]:
         fields["tags"] = args.tag
     if args.device:
         fields["device"] = args.device
+    if getattr(args, "order", None):
+        fields["order"] = args.order
     return fields
 
 

@@ -22,6 +22,7 @@ from renderq.progress import (
     format_time,
     printable_answer,
 )
+from renderq.units import format_eta
 
 # The model's set, under the name the command line imports it by.
 FINAL_STATUSES = TASK_FINAL
@@ -44,7 +45,8 @@ def task_progress_text(task: dict) -> str:
     progress = progress_of(task)
     total = progress["total"]
     fraction = progress["done"] / total if total else 0.0
-    eta = "-" if task.get("status") in FINAL_STATUSES else format_duration(progress.get("eta_seconds"))
+    eta = "-" if task.get("status") in FINAL_STATUSES else format_eta(
+        progress.get("eta_seconds"), progress.get("eta_low_seconds"), progress.get("eta_high_seconds"))
     return (
         f"task {task.get('task_id')} {bar(fraction)} {progress['done']}/{total} "
         f"{progress['percent']:5.1f}%  ETA {eta}  rendering {progress.get('rendering', 0)}  "
@@ -143,7 +145,9 @@ def print_task_detail(task: dict) -> None:
     missing_assets = task.get("missing_assets") or []
     if missing_assets:
         print(f"  missing    {len(missing_assets)} asset(s): {', '.join(missing_assets)}")
-    print(f"  frames     {task.get('frame_start')}-{task.get('frame_end')}" + (f" step {step}" if step != 1 else ""))
+    order = f", {task['order']} order" if task.get("order") else ""
+    print(f"  frames     {task.get('frame_start')}-{task.get('frame_end')}" + (f" step {step}" if step != 1 else "")
+          + order)
     label = f"   (submitted as \"{task['submitted_by']}\")" if task.get("submitted_by") else ""
     print(f"  owner      {task.get('owner') or '-'}{label}")
     print(f"  priority   {task.get('priority', 0)}   workers: {workers}")

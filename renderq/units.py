@@ -59,3 +59,18 @@ def format_duration(seconds: float | None) -> str:
             major, rest = divmod(whole, big)
             return f"{major}{name} {rest // small:02d}{small_name}"
     return f"{whole}s"  # not reached: whole >= 60 here
+
+
+# A finish estimate's range is shown while it spans more than this share of the estimate; then one figure.
+ETA_RANGE_SHOWN_ABOVE = 0.25
+
+
+def format_eta(seconds: float | None, low: float | None = None, high: float | None = None) -> str:
+    """A finish estimate: "about 4m 10s (3m 05s-5m 40s)" while its range is wide, else "4m 10s"; "-" when unknown.
+    The status page writes it by the same rule (RQ.eta)."""
+    if seconds is None or not math.isfinite(seconds):
+        return UNKNOWN
+    if (low is None or high is None or not math.isfinite(low) or not math.isfinite(high)
+            or high - low <= ETA_RANGE_SHOWN_ABOVE * seconds):
+        return format_duration(seconds)
+    return f"about {format_duration(seconds)} ({format_duration(low)}-{format_duration(high)})"

@@ -1,10 +1,16 @@
 """The finish-time estimator on synthetic frame sequences (constant, heavy frames, drift, a slow worker), its parts,
-its cache, and how the scheduler reports it. Plain Python: no Blender, no HTTP."""
+its cache, how the scheduler reports it and how its range is written. Plain Python: no Blender, no HTTP (a real
+coordinator's estimate over HTTP: tests/test_claim_order.py)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -20,6 +26,7 @@ from coordinator.eta import (
 )
 from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec
 from coordinator.store import Store
+from renderq.units import format_eta
 
 # -- a small farm simulator ------------------------------------------------------------------------------------------
 
@@ -178,6 +185,31 @@ def test_each_workers_first_frame_is_left_out_once_others_are_timed():
     assert CostModel(done_frames({1: 5.0, 2: 5.0, 3: 1.0})).cost(4) > 1.0
 
 
+def test_a_first_frame_counts_in_the_level_up_to_the_dearest_of_the_others():
+    # Sampled order: each worker's first frame is an end of the shot, here frames 1 and 40 (one of the every-4th
+    # heavy frames, 3x). Left out, the shot looks cheaper than it is; counted up to the dearest the other frames are
+    # against the trend, each keeps its part. A long warm-up is capped the same way: at most the dearest frame.
+    costs = {f: 3.0 if f % 4 == 0 else 1.0 for f in range(1, 41)}
+    claims = {0: [1, 20, 30, 14, 35, 27, 6, 17], 1: [40, 10, 3, 25, 12, 33, 24, 38]}
+
+    def models(warm_up: dict[int, float]) -> tuple[Trend, Trend]:
+        done = []
+        for worker, frames in claims.items():
+            clock = 0.0
+            for frame in frames:
+                seconds = costs[frame] + warm_up.get(frame, 0.0)
+                done.append(DoneFrame(frame, seconds, worker, clock, clock + seconds))
+                clock += seconds
+        return CostModel(done).trend, CostModel([d for d in done if d.frame not in warm_up]).trend
+
+    counted, left_out = models({1: 0.5, 40: 0.5})
+    assert counted.relative_slope == left_out.relative_slope == 0.0
+    assert abs(counted.level - 1.5) < abs(left_out.level - 1.5)  # 1.5: the shot's mean cost
+    counted, left_out = models({1: 30.0, 40: 0.5})
+    others = 3 * 3.0 + 11 * 1.0
+    assert counted.level == pytest.approx((others + 3.0 + 3.0) / 16, rel=1e-3)  # frame 1: the dearest, 3 s, not 31
+
+
 def test_a_slow_worker_is_measured_and_renders_its_share_of_the_tail():
     done = []
     clock = [0.0, 0.0]
@@ -271,6 +303,43 @@ def test_many_frames_are_spread_evenly_then_dealt_one_by_one(monkeypatch):
     assert fast == pytest.approx(exact, rel=0.002)
 
 
+def test_the_frames_left_are_dealt_in_the_tasks_claim_order():
+    # Cost rises with the frame number. Claimed by number, the heaviest frames come last and one worker ends alone
+    # with the last; claimed from the ends inwards (the heaviest early), the two end together.
+    rng = random.Random(6)
+    done = done_frames({f: (1.0 + f / 10) * rng.uniform(0.99, 1.01) for f in range(1, 41, 4)})
+    model = CostModel(done)
+    frames, gone = range(1, 41), {d.frame for d in done}
+    left = [f for f in frames if f not in gone]
+    by_number = TaskEstimator(model, frames, gone).eta_seconds([], now=0.0)
+    assert TaskEstimator(model, frames, gone, left).eta_seconds([], now=0.0) == by_number
+    heaviest_first = sorted(left, reverse=True)
+    assert TaskEstimator(model, frames, gone, heaviest_first).eta_seconds([], now=0.0) < by_number
+    # Only the frames claimed last matter one by one: a claim order's tail gives the estimate of the whole order.
+    assert TaskEstimator(model, frames, gone, heaviest_first[-5:]).frames_left == len(left)
+
+
+def test_the_range_holds_the_estimate_and_narrows_as_frames_finish():
+    # In seconds it narrows all the way; relative to the time left it narrows while the done frames are few (the
+    # last frames' own scatter then counts for more of the little time left).
+    rng = random.Random(7)
+    costs = {f: 3.0 * rng.uniform(0.5, 1.5) for f in range(1, 201)}
+    widths = []
+    for done_count in (8, 20, 50, 100, 150):
+        done = done_frames({f: costs[f] for f in range(1, done_count + 1)})
+        estimator = TaskEstimator(CostModel(done), range(1, 201), {d.frame for d in done})
+        seconds = estimator.eta_seconds([], now=0.0)
+        low, high = estimator.eta_range(seconds)
+        assert low < seconds < high
+        widths.append((high - low, (high - low) / seconds))
+    assert [w for w, _ in widths] == sorted((w for w, _ in widths), reverse=True)
+    assert widths[0][1] > 2 * widths[2][1]
+    empty = TaskEstimator(CostModel([]), range(1, 5))
+    assert empty.eta_range(empty.eta_seconds([], now=0.0)) == (None, None)
+    finished = TaskEstimator(CostModel(done_frames({1: 1.0})), range(1, 2), {1})
+    assert finished.eta_range(finished.eta_seconds([], now=0.0)) == (0.0, 0.0)
+
+
 def test_trend_sums_over_ranges_match_frame_by_frame():
     rng = random.Random(6)
     for _ in range(300):
@@ -332,11 +401,13 @@ class FakeClock:
         return self.now
 
 
-def test_the_scheduler_reports_the_estimate_from_frames_in_progress_and_drift(tmp_path):
+@pytest.mark.parametrize("order", ["sampled", "sequential"])
+def test_the_scheduler_reports_the_estimate_from_frames_in_progress_and_drift(tmp_path, order):
     clock = FakeClock()
     scheduler = Scheduler(Store(str(tmp_path / "state.sqlite3")), Policy(), clock)
     task_id = scheduler.submit_task(TaskSpec(name="drift", files=[TaskFile("shot.blend", "a" * 64, 100)],
-                                             main_file="shot.blend", frame_start=1, frame_end=40))["task_id"]
+                                             main_file="shot.blend", frame_start=1, frame_end=40,
+                                             order=order))["task_id"]
     workers = [scheduler.register_worker(name, "host", "3.4.1", 2)["worker_id"] for name in ("a", "b")]
     cost = {f: 1.0 + f / 20 for f in range(1, 41)}
     free_at = {w: clock.now for w in workers}
@@ -355,10 +426,39 @@ def test_the_scheduler_reports_the_estimate_from_frames_in_progress_and_drift(tm
         free_at[worker] = end
     for worker in workers:  # each has claimed its next frame, as workers do while they render
         scheduler.claim(worker)
-    progress = scheduler.task_detail(task_id)["progress"]
+    detail = scheduler.task_detail(task_id)
+    progress = detail["progress"]
     assert progress["done"] == 20
-    left = sum(cost[f] for f in range(21, 41)) / 2
+    left = sum(cost[f["frame"]] for f in detail["frames"] if f["status"] != "done") / 2
     assert progress["eta_seconds"] == pytest.approx(left, rel=0.1)
+    assert progress["eta_low_seconds"] < progress["eta_seconds"] < progress["eta_high_seconds"]
     # Cached: the same answer without reading the done frames again, until one more is done.
     scheduler.store.done_frame_times_many = None
     assert scheduler.task_detail(task_id)["progress"]["eta_seconds"] == progress["eta_seconds"]
+
+
+# -- how the range is shown -------------------------------------------------------------------------------------------
+
+ETA_SAMPLES = [(250, 185, 340), (250, 230, 270), (42, None, None), (3725, 3000, 4500), (8, 7.5, 8.4)]
+
+
+def test_an_eta_shows_its_range_while_it_is_wide_then_one_figure():
+    assert [format_eta(*sample) for sample in ETA_SAMPLES] == [
+        "about 4m 10s (3m 05s-5m 40s)", "4m 10s", "42s", "about 1h 02m (50m 00s-1h 15m)", "8.0s"]
+    assert format_eta(None, None, None) == "-"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_status_page_writes_an_eta_like_the_python_side():
+    common_js = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "coordinator", "pages",
+                             "static", "common.js")
+    with open(common_js, encoding="utf-8") as source:
+        text = source.read()
+    functions = [re.search(rf"^  function {name}\(.*?^  \}}$", text, re.MULTILINE | re.DOTALL)
+                 for name in ("duration", "eta")]
+    assert all(functions), "common.js no longer defines duration() and eta()"
+    script = "\n".join(match.group(0) for match in functions if match)
+    script += f"\nconsole.log(JSON.stringify({json.dumps(ETA_SAMPLES)}.map((s) => eta(...s))));"
+    completed = subprocess.run([shutil.which("node") or "node", "-e", script], capture_output=True, text=True,
+                               timeout=30, check=True)
+    assert json.loads(completed.stdout) == [format_eta(*sample) for sample in ETA_SAMPLES]

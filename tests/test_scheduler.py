@@ -35,6 +35,8 @@ def scheduler(database, clock):
 
 
 def submit(scheduler: Scheduler, start=1, end=4, **fields) -> int:
+    # These rules' tests follow claims frame by frame: in number order (tests/test_claim_order.py has the default).
+    fields.setdefault("order", "sequential")
     spec = TaskSpec(name=fields.pop("name", "shot"), files=[TaskFile("shot.blend", SHA, 100)],
                     main_file="shot.blend", frame_start=start, frame_end=end, **fields)
     return scheduler.submit_task(spec)["task_id"]

@@ -63,7 +63,7 @@ def test_a_workers_detail_over_http_and_in_the_terminal(farm):
     status, blend = farm.api.call("POST", "/upload_blend?filename=shot.blend", raw=BLEND)
     task_id = farm.api.post("/submit_task", {"name": "shot_020", "blend_sha256": blend["sha256"],
                                              "blend_filename": "shot.blend", "frame_start": 1,
-                                             "frame_end": 3})["task_id"]
+                                             "frame_end": 3, "order": "sequential"})["task_id"]
     claim = f"/get_task?worker_id={worker_id}"
     lease = farm.api.get(claim)["frame"]
     _report(farm, worker_id, lease, "rendering", started_at=1764362000.125)

@@ -82,6 +82,17 @@ class RENDERQ_PG_scene_settings(bpy.types.PropertyGroup):
         ),
         default="FILE",
     )
+    render_order: EnumProperty(
+        name="Order",
+        description="The order the farm renders the frames in",
+        items=(
+            ("sampled", "Whole Shot First",
+             "The first and last frame, then frames spread over the whole shot, then the gaps: you see the whole "
+             "shot early and the ETA is right early"),
+            ("sequential", "In Order", "Lowest frame number first"),
+        ),
+        default="sampled",
+    )
     allow_missing: BoolProperty(
         name="Allow Missing Assets",
         description="Submit even when some assets the file refers to are missing on disk",

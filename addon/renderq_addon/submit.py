@@ -24,6 +24,7 @@ import bpy
 
 from renderq import capabilities, exposure, packing
 from renderq import submit as pipeline
+from renderq.model import DEFAULT_RENDER_ORDER
 
 from . import client, jobs, notify, props, state, text
 
@@ -74,6 +75,8 @@ class SubmitRequest:
     """The video asked for ({"container": ...}), or None."""
     notify: list[str] = field(default_factory=list)
     """URLs told of the task's events (the coordinator checks them and says why it refuses one)."""
+    order: str = DEFAULT_RENDER_ORDER
+    """The order the frames are handed out in (renderq.model.RENDER_ORDERS)."""
 
 
 @dataclass
@@ -179,6 +182,7 @@ def check(context: bpy.types.Context) -> SubmitRequest:
         device="" if settings_of_scene.device == "FILE" else settings_of_scene.device,
         video=video_request(scene),
         notify=[settings_of_scene.notify_url.strip()] if settings_of_scene.notify_url.strip() else [],
+        order=settings_of_scene.render_order,
     )
 
 
@@ -371,6 +375,7 @@ def run(request: SubmitRequest, progress: Callable[[Any], None]) -> SubmitOutcom
                 "tags": request.tags,
                 "render_engine": request.render_engine,
                 "device": request.device,
+                "order": request.order,
                 **({"video": request.video} if request.video else {}),
                 **({"notify": request.notify} if request.notify else {}),
             }, report)

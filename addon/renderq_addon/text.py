@@ -5,6 +5,7 @@ from __future__ import annotations
 # One convention with the CLI and the status page (renderq/units.py, bundled); re-exported for the panels.
 from renderq.units import format_bytes as format_bytes
 from renderq.units import format_duration as format_duration
+from renderq.units import format_eta as format_eta
 
 _BAR_WIDTH = 20
 

@@ -119,6 +119,7 @@ class RENDERQ_PT_submit(_SafePanel, bpy.types.Panel):
         layout.prop(settings, "priority")
         layout.prop(settings, "tags")
         layout.prop(settings, "device")
+        layout.prop(settings, "render_order")
         layout.prop(settings, "allow_missing")
         layout.prop(settings, "allow_outside")
         row = layout.row(align=True)
@@ -228,8 +229,9 @@ class RENDERQ_PT_tasks(_SafePanel, bpy.types.Panel):
         header.label(text=status)
         dismiss = header.operator("renderq.dismiss_task", text="", icon="X", emboss=False)
         dismiss.task_id = task_id
-        eta = progress.get("eta_seconds")
-        eta_text = "" if state.is_final(task) else f", ETA {text.format_duration(eta)}"
+        eta = text.format_eta(progress.get("eta_seconds"), progress.get("eta_low_seconds"),
+                              progress.get("eta_high_seconds"))
+        eta_text = "" if state.is_final(task) else f", ETA {eta}"
         progress_bar(box, done / total if total else 0.0, f"{done}/{total} frames{eta_text}")
         rendering = state.as_int(progress.get("rendering"))
         if rendering and not state.is_final(task):

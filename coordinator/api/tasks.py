@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from flask import Blueprint, current_app, jsonify, request
 
 from renderq.blend_header import read_blend_version
+from renderq.model import DEFAULT_RENDER_ORDER
 from renderq.paths import check_path_set, check_relative_path
 
 from .. import worker_calls
@@ -74,6 +75,7 @@ def submit_task():
         device=body.get("device", ""),
         video=body.get("video"),
         notify=check_task_urls(body.get("notify", []), limits.notify_task_urls),
+        order=body.get("order", DEFAULT_RENDER_ORDER),
     )
     blobs = _blobs()
     # The orphan sweep may have deleted a file since the checks above (one uploaded long ago and used by no task):

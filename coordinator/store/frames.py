@@ -11,8 +11,9 @@ from .rows import FRAME_COLUMNS, OutputNameTaken, finish_task_if_complete, outpu
 from .task_writes import TaskRowWrites
 
 # A frame that is not a task's encode job. The job is always frame VIDEO_FRAME, past every frame Blender renders, so
-# the claim tells it by its number: `frame` is in the index the claim reads (frames_by_status), `kind` is not, and
-# testing `kind` there made every claim read the task's frame rows one by one (3-8 times the claim's time).
+# the claim tells it by its number: `frame` is in the index the claim reads (frames_by_status: task, status, claim
+# rank, frame), `kind` is not, and testing `kind` there made every claim read the task's frame rows one by one (3-8
+# times the claim's time).
 _NOT_ENCODE_JOB = f"f.frame < {VIDEO_FRAME}"
 
 # Whether the worker (named parameters name, version, allows_python, offers, worker_id, blocked_at, can_encode) may
@@ -67,7 +68,8 @@ class FrameQueries(StoreConnection):
         """Lease the best queued frame this worker may render, or None.
 
         Order: higher priority, then the worker's current task (its Blender is warm), then older tasks;
-        within a task, frames this worker has not failed before, lowest number first. Tasks the worker is blocked
+        within a task, frames this worker has not failed before, lowest claim rank first (the task's render order,
+        fixed at submit). Tasks the worker is blocked
         from (bad_worker_failures failed reports) and tasks that run Python, unless the worker allows it, are
         left out, and so are tasks whose engine, GPU or tags the worker does not offer.
         """
@@ -101,13 +103,13 @@ class FrameQueries(StoreConnection):
             row = db.execute(
                 f"SELECT frame FROM frames f WHERE task_id = ? AND status = 'queued' AND (? = 1 OR {_NOT_ENCODE_JOB}) "
                 "AND NOT EXISTS (SELECT 1 FROM frame_failures x WHERE x.task_id = f.task_id AND x.frame = f.frame "
-                f"AND x.worker_id = ?) ORDER BY frame LIMIT 1{self.engine.skip_locked}",
+                f"AND x.worker_id = ?) ORDER BY claim_rank, frame LIMIT 1{self.engine.skip_locked}",
                 (task_id, values["can_encode"], worker["worker_id"]),
             ).fetchone()
             if row is None:
                 row = db.execute(
                     f"SELECT frame FROM frames f WHERE task_id = ? AND status = 'queued' "
-                    f"AND (? = 1 OR {_NOT_ENCODE_JOB}) ORDER BY frame LIMIT 1{self.engine.skip_locked}",
+                    f"AND (? = 1 OR {_NOT_ENCODE_JOB}) ORDER BY claim_rank, frame LIMIT 1{self.engine.skip_locked}",
                     (task_id, values["can_encode"]),
                 ).fetchone()
             if row is None:

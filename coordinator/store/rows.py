@@ -126,8 +126,9 @@ def queue_encode_job(db: Database, task_id: int) -> bool:
     if task is None or not task["video"] or task["frames_failed"] or task["status"] not in TASK_OPEN_SQL:
         return False
     added = db.execute(
-        "INSERT INTO frames (task_id, frame, kind) VALUES (?, ?, 'encode') ON CONFLICT DO NOTHING",
-        (task_id, VIDEO_FRAME),
+        # Ranked past every frame (their ranks are below their count): claimed last.
+        "INSERT INTO frames (task_id, frame, kind, claim_rank) VALUES (?, ?, 'encode', ?) ON CONFLICT DO NOTHING",
+        (task_id, VIDEO_FRAME, VIDEO_FRAME),
     ).rowcount
     if added:
         db.execute("UPDATE tasks SET frames_total = frames_total + 1 WHERE task_id = ?", (task_id,))

@@ -6,6 +6,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from renderq.model import DEFAULT_RENDER_ORDER, VIDEO_FRAME
+
+from ..claim_order import claim_ranks
 from .connection import StoreConnection
 from .engine import Database
 from .notifications import add_task_notify_urls
@@ -20,20 +23,23 @@ class TaskQueries(StoreConnection):
 
     def insert_task(self, task: dict, frame_numbers: Sequence[int], worker_names: Sequence[str],
                     files: Sequence[tuple[str, str, int]]) -> int:
-        """Store a task, its files (path, sha256, size) and all its frames at once: fully queued or absent."""
+        """Store a task, its files (path, sha256, size) and all its frames at once: fully queued or absent. The frames
+        are numbered `frame_numbers` (lowest first) and ranked for claims in the task's `render_order`."""
         with self.transaction() as db:
             task_id = db.execute(
                 "INSERT INTO tasks (name, priority, frame_start, frame_end, frame_step, frames_total, manual, "
                 "submitted_by, blend_sha256, blend_filename, settings, created_at, main_file, blender_version, "
                 "blender_version_key, blender_version_exact, missing_assets, files_count, files_bytes, "
-                "frame_timeout, no_progress_timeout, needs_python, owner, render_engine, device, tags, needs, video) "
+                "frame_timeout, no_progress_timeout, needs_python, owner, render_engine, device, tags, needs, video, "
+                "render_order) "
                 "VALUES (:name, :priority, :frame_start, :frame_end, :frame_step, :frames_total, :manual, "
                 ":submitted_by, :blend_sha256, :blend_filename, :settings, :created_at, :main_file, "
                 ":blender_version, :blender_version_key, :blender_version_exact, :missing_assets, :files_count, "
                 ":files_bytes, :frame_timeout, :no_progress_timeout, :needs_python, :owner, :render_engine, "
-                ":device, :tags, :needs, :video) RETURNING task_id",
+                ":device, :tags, :needs, :video, :render_order) RETURNING task_id",
                 {"frame_timeout": None, "no_progress_timeout": 600.0, "owner": "", "render_engine": "",
-                 "device": "", "needs": 0, **task, "tags": json.dumps(sorted(set(task.get("tags") or []))),
+                 "device": "", "needs": 0, "render_order": DEFAULT_RENDER_ORDER,
+                 **task, "tags": json.dumps(sorted(set(task.get("tags") or []))),
                  "needs_python": int(bool(task.get("needs_python"))),
                  "frames_total": len(frame_numbers), "manual": int(bool(worker_names)),
                  "settings": json.dumps(task.get("settings") or {}),
@@ -44,7 +50,10 @@ class TaskQueries(StoreConnection):
             ).fetchone()[0]
             db.executemany("INSERT INTO task_files (task_id, path, sha256, size) VALUES (?, ?, ?, ?)",
                            ((task_id, path, sha256, size) for path, sha256, size in files))
-            db.executemany("INSERT INTO frames (task_id, frame) VALUES (?, ?)", ((task_id, n) for n in frame_numbers))
+            # Each frame's claim rank, fixed now: the claim takes the lowest rank queued.
+            ranks = claim_ranks(len(frame_numbers), task.get("render_order", DEFAULT_RENDER_ORDER))
+            db.executemany("INSERT INTO frames (task_id, frame, claim_rank) VALUES (?, ?, ?)",
+                           ((task_id, n, rank) for n, rank in zip(frame_numbers, ranks, strict=True)))
             db.executemany(
                 "INSERT INTO task_workers (task_id, worker_name) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 ((task_id, name) for name in worker_names),
@@ -169,6 +178,22 @@ class TaskQueries(StoreConnection):
                 else:
                     done[r["task_id"]].append((r["frame"], None, None, None, None))
         return done
+
+    def frames_claimed_last_many(self, task_ids: Sequence[int], count: int) -> dict[int, list[int]]:
+        """The last `count` frames of each task still to render (queued, leased or rendering; not its encode job)
+        by claim rank, in claim order, in one query: {task_id: [frame, ...]}."""
+        last: dict[int, list[int]] = {task_id: [] for task_id in task_ids}
+        if task_ids:
+            for r in self.read().execute(
+                "SELECT task_id, frame FROM (SELECT task_id, frame, claim_rank, row_number() OVER ("
+                "PARTITION BY task_id ORDER BY claim_rank DESC) AS from_last FROM frames "
+                "WHERE status IN ('queued', 'leased', 'rendering') AND frame < ? "
+                f"AND task_id {self.engine.in_list('?')}) AS open_frames WHERE from_last <= ? "
+                "ORDER BY task_id, claim_rank",
+                (VIDEO_FRAME, self.engine.list_value(task_ids), count),
+            ):
+                last[r["task_id"]].append(r["frame"])
+        return last
 
     def failed_frame_numbers(self, task_ids: Sequence[int]) -> dict[int, list[int]]:
         """The failed frames of each task, in one query: {task_id: [frame, ...]}."""

@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--zip", required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--case", required=True, choices=("submit", "unsaved", "refusals", "allow_missing", "outside",
-                                                                 "follow", "movie", "notify"))
+                                                                 "follow", "movie", "notify", "order"))
     parser.add_argument("--task-id", type=int, default=0)
     parser.add_argument("--clean", default="", help="outside: the project's .blend without the hidden key")
     parser.add_argument("--notify-url", default="", help="notify: the webhook URL to submit with")
@@ -201,6 +201,15 @@ def case_allow_missing() -> dict:
     drain_all()
     assert state.last_error() is None, state.last_error()
     return {"task_id": state.last_submitted_task_id(), "missing_listed": list(state.SESSION.missing_assets)}
+
+
+def case_order() -> dict:
+    """The panel's Order choice: Whole Shot First by default, In Order when picked; what reaches the farm."""
+    settings = bpy.context.scene.renderq
+    default = settings.render_order
+    settings.render_order = "sequential"
+    submitted = submit_and_drain()
+    return {"default": default, "drawn": submit_panel_draws(), **submitted}
 
 
 def submit_and_drain() -> dict:
@@ -378,6 +387,8 @@ def main() -> None:
         result = case_movie()
     elif args.case == "notify":
         result = case_notify(args.notify_url)
+    elif args.case == "order":
+        result = case_order()
     else:
         result = case_follow(args.task_id, preferences)
     result["blender"] = list(bpy.app.version)

@@ -44,6 +44,16 @@ const RQ = (() => {
     return Math.floor(s / 86400) + "d " + pad(Math.floor((s % 86400) / 3600)) + "h";
   }
 
+  /** A finish estimate by the rule of renderq/units.py's format_eta: "about 4m 10s (3m 05s-5m 40s)" while its
+   * range spans more than a quarter of it, else one figure. */
+  function eta(seconds, low, high) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) return "–";
+    if (low === null || low === undefined || high === null || high === undefined || high - low <= 0.25 * seconds) {
+      return duration(seconds);
+    }
+    return "about " + duration(seconds) + " (" + duration(low) + "-" + duration(high) + ")";
+  }
+
   function clock(timestamp, withMillis) {
     if (!timestamp) return "–";
     const date = new Date(timestamp * 1000);
@@ -292,6 +302,6 @@ const RQ = (() => {
     }
   }
 
-  return {el, duration, clock, ago, serverNow, refreshClocks, setLive, toast, Feed, action, setBar, makeBar,
+  return {el, duration, eta, clock, ago, serverNow, refreshClocks, setLive, toast, Feed, action, setBar, makeBar,
           reconcileRows, statusPill, workerSwitch, workerTags, isAdmin, pollInterval};
 })();

@@ -61,7 +61,7 @@
     const bar = RQ.makeBar();
     RQ.setBar(bar, task.done, task.failed, task.rendering, task.total);
     const eta = statuses.task_final.includes(task.status) ? "–"
-      : statuses.task_resumable.includes(task.status) ? "paused" : RQ.duration(task.eta);
+      : statuses.task_resumable.includes(task.status) ? "paused" : RQ.eta(task.eta, task.eta_low, task.eta_high);
     // Keep the priority box that an admin is typing in.
     const oldPriority = row.querySelector(".priority-input");
     const keepPriority = oldPriority && document.activeElement === oldPriority;

@@ -46,7 +46,7 @@
     document.getElementById("stat-percent").textContent = s.percent + " %";
     document.getElementById("stat-frames").textContent = s.done + " / " + s.failed + " / " + s.total;
     document.getElementById("stat-eta").textContent =
-      isFinal(s.status) ? "–" : statuses.task_resumable.includes(s.status) ? "paused" : RQ.duration(s.eta);
+      isFinal(s.status) ? "–" : statuses.task_resumable.includes(s.status) ? "paused" : RQ.eta(s.eta, s.eta_low, s.eta_high);
     const elapsed = document.getElementById("stat-elapsed");
     delete elapsed.dataset.since;
     if (!s.started_at) elapsed.textContent = "–";
