@@ -79,10 +79,8 @@ def test_tasks_from_before_the_claim_order_keep_claiming_lowest_number_first(tmp
 # -- the claim's plan on PostgreSQL (SQLite's is checked in test_scheduler.py) ------------------------------------
 
 
-@pytest.mark.both_databases
+@pytest.mark.parametrize("db_engine", ["postgresql"], indirect=True)
 def test_on_postgresql_the_claim_reads_a_tasks_first_frame_by_rank_from_the_status_index(db_engine, database):
-    if db_engine != "postgresql":
-        pytest.skip("SQLite's plan is checked in test_scheduler.py")
     scheduler = Scheduler(Store(database), Policy())
     task_id = scheduler.submit_task(TaskSpec(name="plan", files=[TaskFile("shot.blend", "a" * 64, 100)],
                                              main_file="shot.blend", frame_start=1, frame_end=3000))["task_id"]

@@ -17,6 +17,7 @@ from renderq.model import (
     FRAME_KIND_ENCODE,
     FRAME_KIND_RENDER,
     FRAME_OPEN,
+    RENDER_ORDERS,
     TASK_CLAIMABLE,
     TASK_FINAL,
     TASK_OPEN,
@@ -88,6 +89,7 @@ def test_every_status_in_the_coordinators_sql_is_the_models():
     scan also sees sentences that quote a status, such as a report's)."""
     known = set(TaskStatus.values()) | set(FrameStatus.values()) | set(FrameReport.values())
     known |= {FRAME_KIND_RENDER, FRAME_KIND_ENCODE}  # frames.kind's DEFAULT is spelled the same way
+    known |= set(RENDER_ORDERS)  # and so is tasks.render_order's
     found: set[str] = set()
     for path in sorted((ROOT / "coordinator").rglob("*.py")):
         for match in _SQL_STATUS.finditer(path.read_text(encoding="utf-8")):
