@@ -1,0 +1,161 @@
+"""What a task's frames left would take on the farm as it is now: wall time, render hours, and (where the admin set
+a price and a power draw) money and energy.
+
+Built on coordinator.eta's cost model (`TaskEstimator.model`): each frame's predicted cost from the exact render
+times of the task's done frames (its scouts, then every frame as it finishes), each worker's speed on this task and
+its time between frames. What is added here is the farm: the frames left are dealt to the live, switched-ON workers
+that may take the task (the claim's rules, applied by the reader), each free once the frame of the task it holds is
+done, each taking the next frame as soon as it is free. With frames of equal cost on each worker that is exact: the
+wall time is the first moment by which the workers together can have finished every frame left. A worker that has
+rendered no frame of the task counts at the average speed of those that have.
+
+Plain Python, no I/O: the reader gives the model, the frames in progress, the workers and the prices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from . import eta
+
+# The mean predicted cost of a task's frames left is taken over at most this many of them, evenly spaced.
+COST_SAMPLE = 512
+# Halvings of the search for the wall time: far below a millisecond for any task a farm renders.
+SEARCH_ROUNDS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Pricing:
+    """What the admin said a worker costs and draws (0: not said): money per worker-hour in `currency`, watts."""
+
+    cost_per_worker_hour: float = 0.0
+    currency: str = ""
+    watts_per_worker: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Holding:
+    """A frame of the task a worker holds now: being rendered since `started_at` (the worker's clock), or leased."""
+
+    frame: int
+    worker_id: int
+    rendering: bool
+    started_at: float | None = None
+
+
+def mean_cost_left(model: eta.CostModel, frames: range, gone: Collection[int]) -> tuple[float, int]:
+    """(mean predicted cost of the frames not done or failed, on a worker of average speed; how many there are),
+    the mean taken over at most COST_SAMPLE of them spread over the range."""
+    left = [frame for frame in frames if frame not in gone]
+    if not left or model.trend is None:
+        return 0.0, len(left)
+    step = max(1, len(left) // COST_SAMPLE)
+    sample = left[::step]
+    return sum(model.cost(frame) for frame in sample) / len(sample), len(left)
+
+
+def farm_estimate(model: eta.CostModel, mean_cost: float, frames_left: int, holdings: Sequence[Holding],
+                  worker_ids: Sequence[int], now: float, pricing: Pricing) -> dict[str, Any] | None:
+    """The estimate of a task's frames left (`frames_left`, those held included, of `mean_cost` each on an
+    average worker): {wall_seconds, render_hours, cost, currency, energy_kwh, workers}. `worker_ids`: the
+    workers that may take its frames now; `holdings`: the frames of it that workers hold. None while no frame of
+    the task has an exact time. wall_seconds is None when frames are left and no worker may take them."""
+    if model.trend is None:
+        return None
+    busy_for: dict[int, float] = {worker_id: 0.0 for worker_id in worker_ids}
+    render_seconds = 0.0
+    held_frames = set()
+    for holding in holdings:
+        if holding.frame in held_frames:
+            continue
+        held_frames.add(holding.frame)
+        elapsed = max(0.0, now - holding.started_at) if holding.rendering and holding.started_at else 0.0
+        seconds = model.seconds_left(holding.frame, holding.worker_id, elapsed)
+        render_seconds += seconds
+        busy_for[holding.worker_id] = busy_for.get(holding.worker_id, 0.0) + seconds + model.overhead(
+            holding.worker_id)
+    waiting = max(0, frames_left - len(held_frames))
+    per_frame = {w: model.speed(w) * mean_cost + model.overhead(w) for w in worker_ids}
+    wall: float | None
+    if not waiting:
+        wall = max(busy_for.values(), default=0.0)
+    elif not per_frame:
+        wall = None
+    else:
+        wall = _finish_time(waiting, {w: busy_for[w] for w in per_frame}, per_frame)
+        counts = {w: _frames_by(wall, busy_for[w], per_frame[w]) for w in per_frame}
+        dealt = sum(counts.values()) or 1
+        render_seconds += waiting * mean_cost * sum(counts[w] * model.speed(w) for w in counts) / dealt
+        wall = max(wall, max(busy_for.values()))
+    render_hours = render_seconds / 3600.0
+    return {
+        "wall_seconds": None if wall is None else round(wall, 1),
+        "render_hours": round(render_hours, 4),
+        "cost": round(render_hours * pricing.cost_per_worker_hour, 2) if pricing.cost_per_worker_hour else None,
+        "currency": pricing.currency,
+        "energy_kwh": round(render_hours * pricing.watts_per_worker / 1000.0, 3) if pricing.watts_per_worker
+        else None,
+        "workers": len(worker_ids),
+    }
+
+
+def _frames_by(moment: float, free_at: float, per_frame: float) -> int:
+    """Frames a worker free at `free_at`, taking `per_frame` seconds each, has finished by `moment`."""
+    if moment < free_at or per_frame <= 0:
+        return 0
+    return math.floor((moment - free_at) / per_frame + 1e-9)
+
+
+def _finish_time(count: int, free_at: Mapping[int, float], per_frame: Mapping[int, float]) -> float:
+    """The first moment by which the workers, each taking its next frame as soon as it is free, have finished
+    `count` frames between them (what dealing them out one by one gives, found by halving)."""
+    fastest = min(per_frame.values())
+    low, high = 0.0, max(free_at.values()) + count * max(fastest, 1e-6)
+    for _ in range(SEARCH_ROUNDS):
+        middle = (low + high) / 2
+        if sum(_frames_by(middle, free_at[w], per_frame[w]) for w in per_frame) >= count:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+class CostLeftCache:
+    """Each estimated task's (mean cost left, frames left), rebuilt only when its done or failed frames change (the
+    same key as eta.EtaCache's). Thread-safe; keeps the most recently used `size` tasks."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[int, tuple[eta.TaskState, tuple[float, int]]] = OrderedDict()
+
+    def costs(self, states: Mapping[int, tuple[eta.TaskState, eta.TaskEstimator]],
+              load_done: Callable[[list[int]], Mapping[int, Sequence[eta.DoneFrame]]]) -> dict[int, tuple[float, int]]:
+        """Each task's (mean cost, frames left): cached while its state is unchanged, else computed from
+        `load_done(task_ids)` (called at most once, with the tasks that need it)."""
+        found: dict[int, tuple[float, int]] = {}
+        with self._lock:
+            for task_id, (state, _) in states.items():
+                entry = self._entries.get(task_id)
+                if entry is not None and entry[0] == state:
+                    self._entries.move_to_end(task_id)
+                    found[task_id] = entry[1]
+        stale = [task_id for task_id in states if task_id not in found]
+        if stale:
+            done = load_done(stale)
+            for task_id in stale:
+                state, estimator = states[task_id]
+                gone = {d.frame for d in done.get(task_id, ())} | set(state.failed_frames)
+                found[task_id] = mean_cost_left(estimator.model, state.frames(), gone)
+            with self._lock:
+                for task_id in stale:
+                    self._entries[task_id] = (states[task_id][0], found[task_id])
+                    self._entries.move_to_end(task_id)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return found
