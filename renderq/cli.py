@@ -119,6 +119,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Approve a task whose scout frames are done: its held frames render."""
+    task = make_client(args).approve_task(args.task)
+    progress = progress_of(task)
+    left = progress["total"] - progress["done"] - progress["failed"] - progress["canceled"]
+    print(f"task {task.get('task_id', args.task)} ({task.get('name', '')}) is approved: its {left} frame(s) left "
+          f"render now")
+    return EXIT_OK
+
+
 def cmd_priority(args: argparse.Namespace) -> int:
     """Change a task's priority."""
     task = make_client(args).set_task_priority(args.task, args.priority)
@@ -365,6 +375,10 @@ def add_task_and_worker_commands(add: Callable[..., argparse.ArgumentParser]) ->
     cancel = add("cancel", "cancel a task's frames that are not rendered yet", cmd_cancel)
     cancel.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
 
+    approve = add("approve", "render the rest of a task whose scout frames are done (it waits for approval)",
+                  cmd_approve)
+    approve.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
+
     priority = add("priority", "change a task's priority (higher renders first)", cmd_priority)
     priority.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
     priority.add_argument("priority", type=priority_arg, metavar="P", help="the new priority, e.g. 10 or -5")
@@ -453,6 +467,10 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
                              "ProRes in mov, VP9 in webm) at the scene's frame rate, with the scene's sound strips; "
                              "the task is done when the video is (default: none, or the scene's own FFmpeg settings "
                              "when its output is a movie)")
+    submit.add_argument("--scout", type=positive_int, metavar="N",
+                        help="render N frames spread over the range first (the first, the last, the rest evenly "
+                             "between), then wait: the task shows their images and an estimate of the rest's time "
+                             "(and cost) until you approve it (`renderq approve TASK`) or cancel it (default: none)")
     submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
                         help="render only on workers with exactly this Blender major.minor "
                              "(default: the version that saved the file, or newer)")

@@ -23,7 +23,7 @@ __all__ = [
     "FRAME_ACTIVE", "FRAME_FINAL", "FRAME_OPEN", "TASK_APPROVABLE", "TASK_CLAIMABLE", "TASK_FINAL", "TASK_OPEN",
     "TASK_RESUMABLE", "TASK_RETRYABLE",
     "Frame", "FrameReport", "FrameResult", "FrameStatus", "Lease", "Progress", "Task", "TaskStatus", "Worker",
-    "WorkerState", "ordered", "page_statuses",
+    "WorkerState", "ordered", "page_statuses", "scout_frames", "status_label",
 ]
 
 log = logging.getLogger("renderq.model")
@@ -122,6 +122,15 @@ FRAME_OPEN = frozenset({FrameStatus.QUEUED, FrameStatus.LEASED, FrameStatus.REND
 FRAME_FINAL = frozenset({FrameStatus.DONE, FrameStatus.FAILED, FrameStatus.CANCELED})
 
 
+# How people read a status whose plain string is not a sentence (the page, the CLI and the add-on show these).
+STATUS_LABELS = {TaskStatus.AWAITING_APPROVAL.value: "waiting for approval"}
+
+
+def status_label(status: str) -> str:
+    """A task or frame status as the page, the CLI and the add-on show it."""
+    return STATUS_LABELS.get(str(status), str(status))
+
+
 def scout_frames(frames: range, count: int) -> list[int]:
     """The `count` frames of the range that render first as scouts: the first, the last and the rest spread evenly
     between them (one scout: the first frame)."""
@@ -137,7 +146,7 @@ def ordered(statuses: frozenset[_Status]) -> tuple[str, ...]:
     return tuple(value for value in kind.values() if value in statuses)
 
 
-def page_statuses() -> dict[str, list[str]]:
+def page_statuses() -> dict[str, Any]:
     """The sets the status page's scripts need, as JSON lists (the page keeps no copy of its own)."""
     return {
         "task_final": list(ordered(TASK_FINAL)),
@@ -147,6 +156,7 @@ def page_statuses() -> dict[str, list[str]]:
         "task_approvable": list(ordered(TASK_APPROVABLE)),
         "task_retryable": list(ordered(TASK_RETRYABLE)),
         "frame_final": list(ordered(FRAME_FINAL)),
+        "labels": dict(STATUS_LABELS),
     }
 
 

@@ -84,6 +84,8 @@ def timeouts_and_python(args: argparse.Namespace) -> dict[str, Any]:
         fields["tags"] = args.tag
     if args.device:
         fields["device"] = args.device
+    if getattr(args, "scout", None):
+        fields["scout_frames"] = args.scout
     return fields
 
 

@@ -11,7 +11,7 @@ from renderq.capabilities import engine_label
 from renderq.cli_common import EXIT_FAILED, EXIT_OK
 from renderq.frame_download import FetchedFrames, FrameFetcher
 from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
-from renderq.model import TASK_FINAL, Frame, FrameStatus, Progress, TaskStatus
+from renderq.model import TASK_APPROVABLE, TASK_FINAL, Frame, FrameStatus, Progress, TaskStatus, status_label
 from renderq.progress import (
     ProgressLine,
     bar,
@@ -48,8 +48,26 @@ def task_progress_text(task: dict) -> str:
     return (
         f"task {task.get('task_id')} {bar(fraction)} {progress['done']}/{total} "
         f"{progress['percent']:5.1f}%  ETA {eta}  rendering {progress.get('rendering', 0)}  "
-        f"failed {progress['failed']}  {task.get('status', '?')}"
+        f"failed {progress['failed']}  {status_label(task.get('status', '?'))}"
     )
+
+
+def estimate_text(task: dict) -> str | None:
+    """The task's estimate of its frames left in one line ("12m 30s on 2 workers, 0.42 render hours, 1.26 EUR,
+    0.13 kWh"), or None when it has none."""
+    estimate = task.get("estimate")
+    if not isinstance(estimate, dict) or not estimate:
+        return None
+    wall = estimate.get("wall_seconds")
+    workers = estimate.get("workers") or 0
+    parts = [f"{format_duration(wall)} on {workers} worker{'s' if workers != 1 else ''}" if wall is not None
+             else "no worker can take it now"]
+    parts.append(f"{estimate.get('render_hours', 0):.2f} render hours")
+    if isinstance(estimate.get("cost"), (int, float)):
+        parts.append(f"{estimate['cost']:.2f} {estimate.get('currency') or ''}".rstrip())
+    if isinstance(estimate.get("energy_kwh"), (int, float)):
+        parts.append(f"{estimate['energy_kwh']:.2f} kWh")
+    return ", ".join(parts)
 
 
 def wait_for_task(
@@ -122,7 +140,7 @@ def print_task_detail(task: dict) -> None:
     progress = progress_of(task)
     step = task.get("frame_step", 1)
     workers = ", ".join(task.get("workers") or []) or "any"
-    print(f"task {task.get('task_id')}: {task.get('name')}  [{task.get('status')}]")
+    print(f"task {task.get('task_id')}: {task.get('name')}  [{status_label(task.get('status', '?'))}]")
     if task.get("main_file"):
         count = task.get("files_count")
         size = task.get("files_bytes")
@@ -154,6 +172,14 @@ def print_task_detail(task: dict) -> None:
     print(f"  progress   {task_progress_text(task)}")
     if task.get("video"):
         print(f"  video      {video_text(task)}")
+    if task.get("scout_frames"):
+        print(f"  scouts     {task['scout_frames']} frame(s) render first; {progress.get('held', 0)} held")
+    estimate = estimate_text(task)
+    if estimate:
+        print(f"  estimate   the frames left: {estimate}")
+    if task.get("status") in TASK_APPROVABLE:
+        print(f"  waiting for approval: look at the scouts, then `renderq approve {task.get('task_id')}` renders the "
+              f"rest (or `renderq cancel {task.get('task_id')}`)")
     if task.get("waiting_reason"):
         print(f"  {waiting_text(task['waiting_reason'])}")
     for current in progress.get("current") or []:
