@@ -7,7 +7,10 @@ its time between frames. What is added here is the farm: the frames left are dea
 that may take the task (the claim's rules, applied by the reader), each free once the frame of the task it holds is
 done, each taking the next frame as soon as it is free. With frames of equal cost on each worker that is exact: the
 wall time is the first moment by which the workers together can have finished every frame left. A worker that has
-rendered no frame of the task counts at the average speed of those that have.
+rendered no frame of the task counts at the average speed of those that have. A worker that holds no frame of the
+task starts a Blender session for it first: it pays the start-up the task's first frames showed (from its first
+claim to its first frame's start, and what each worker's first frame took beyond the model's prediction, the
+warm-up that coordinator.eta leaves out of its model).
 
 Plain Python, no I/O: the reader gives the model, the frames in progress, the workers and the prices.
 """
@@ -27,6 +30,9 @@ from . import eta
 COST_SAMPLE = 512
 # Halvings of the search for the wall time: far below a millisecond for any task a farm renders.
 SEARCH_ROUNDS = 64
+# The start-up measured from a task's first frames counts up to this many seconds: more is a clock that disagrees
+# between the coordinator and a worker, or a first download of large files that is not paid again.
+START_UP_LIMIT = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +54,37 @@ class Holding:
     started_at: float | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Left:
+    """What a task's done frames say about the rest: the mean predicted cost of a frame left (average worker), how
+    many frames are left, and the seconds a worker new to the task spends before its frames run at that pace."""
+
+    mean_cost: float
+    frames: int
+    start_up: float = 0.0
+
+
+def start_up_seconds(model: eta.CostModel, done: Sequence[eta.DoneFrame], task_started_at: float | None) -> float:
+    """Seconds a worker's first frame of the task costs beyond the rest: from the task's first claim
+    (`task_started_at`, the coordinator's clock) to its first frame's start (a worker's clock; bounded, see
+    START_UP_LIMIT), plus what each worker's first frame took beyond the model's prediction, on average."""
+    if model.trend is None:
+        return 0.0
+    firsts: dict[int | None, eta.DoneFrame] = {}
+    for frame in done:
+        if frame.started_at is None or not frame.render_seconds:
+            continue
+        first = firsts.get(frame.worker_id)
+        if first is None or first.started_at is None or frame.started_at < first.started_at:
+            firsts[frame.worker_id] = frame
+    if not firsts:
+        return 0.0
+    extra = [max(0.0, f.seconds - model.seconds(f.frame, f.worker_id)) for f in firsts.values()]
+    earliest = min(f.started_at for f in firsts.values() if f.started_at is not None)
+    session = min(START_UP_LIMIT, max(0.0, earliest - task_started_at)) if task_started_at else 0.0
+    return session + sum(extra) / len(extra)
+
+
 def mean_cost_left(model: eta.CostModel, frames: range, gone: Collection[int]) -> tuple[float, int]:
     """(mean predicted cost of the frames not done or failed, on a worker of average speed; how many there are),
     the mean taken over at most COST_SAMPLE of them spread over the range."""
@@ -59,15 +96,17 @@ def mean_cost_left(model: eta.CostModel, frames: range, gone: Collection[int]) -
     return sum(model.cost(frame) for frame in sample) / len(sample), len(left)
 
 
-def farm_estimate(model: eta.CostModel, mean_cost: float, frames_left: int, holdings: Sequence[Holding],
-                  worker_ids: Sequence[int], now: float, pricing: Pricing) -> dict[str, Any] | None:
-    """The estimate of a task's frames left (`frames_left`, those held included, of `mean_cost` each on an
-    average worker): {wall_seconds, render_hours, cost, currency, energy_kwh, workers}. `worker_ids`: the
-    workers that may take its frames now; `holdings`: the frames of it that workers hold. None while no frame of
-    the task has an exact time. wall_seconds is None when frames are left and no worker may take them."""
+def farm_estimate(model: eta.CostModel, left: Left, holdings: Sequence[Holding], worker_ids: Sequence[int],
+                  now: float, pricing: Pricing) -> dict[str, Any] | None:
+    """The estimate of a task's frames left (`left`: those held included): {wall_seconds, render_hours, cost,
+    currency, energy_kwh, workers}. `worker_ids`: the workers that may take its frames now; `holdings`: the
+    frames of it that workers hold. None while no frame of the task has an exact time. wall_seconds is None when
+    frames are left and no worker may take them."""
     if model.trend is None:
         return None
-    busy_for: dict[int, float] = {worker_id: 0.0 for worker_id in worker_ids}
+    mean_cost, frames_left = left.mean_cost, left.frames
+    holders = {holding.worker_id for holding in holdings}
+    busy_for: dict[int, float] = {w: 0.0 if w in holders else left.start_up for w in worker_ids}
     render_seconds = 0.0
     held_frames = set()
     for holding in holdings:
@@ -83,7 +122,7 @@ def farm_estimate(model: eta.CostModel, mean_cost: float, frames_left: int, hold
     per_frame = {w: model.speed(w) * mean_cost + model.overhead(w) for w in worker_ids}
     wall: float | None
     if not waiting:
-        wall = max(busy_for.values(), default=0.0)
+        wall = max((busy_for[w] for w in holders), default=0.0)
     elif not per_frame:
         wall = None
     else:
@@ -91,7 +130,7 @@ def farm_estimate(model: eta.CostModel, mean_cost: float, frames_left: int, hold
         counts = {w: _frames_by(wall, busy_for[w], per_frame[w]) for w in per_frame}
         dealt = sum(counts.values()) or 1
         render_seconds += waiting * mean_cost * sum(counts[w] * model.speed(w) for w in counts) / dealt
-        wall = max(wall, max(busy_for.values()))
+        wall = max(wall, max((busy_for[w] for w in holders), default=0.0))
     render_hours = render_seconds / 3600.0
     return {
         "wall_seconds": None if wall is None else round(wall, 1),
@@ -126,21 +165,22 @@ def _finish_time(count: int, free_at: Mapping[int, float], per_frame: Mapping[in
 
 
 class CostLeftCache:
-    """Each estimated task's (mean cost left, frames left), rebuilt only when its done or failed frames change (the
-    same key as eta.EtaCache's). Thread-safe; keeps the most recently used `size` tasks."""
+    """Each estimated task's Left, rebuilt only when its done or failed frames change (the same key as
+    eta.EtaCache's). Thread-safe; keeps the most recently used `size` tasks."""
 
     def __init__(self, size: int = 1024) -> None:
         self.size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[int, tuple[eta.TaskState, tuple[float, int]]] = OrderedDict()
+        self._entries: OrderedDict[int, tuple[eta.TaskState, Left]] = OrderedDict()
 
-    def costs(self, states: Mapping[int, tuple[eta.TaskState, eta.TaskEstimator]],
-              load_done: Callable[[list[int]], Mapping[int, Sequence[eta.DoneFrame]]]) -> dict[int, tuple[float, int]]:
-        """Each task's (mean cost, frames left): cached while its state is unchanged, else computed from
-        `load_done(task_ids)` (called at most once, with the tasks that need it)."""
-        found: dict[int, tuple[float, int]] = {}
+    def costs(self, states: Mapping[int, tuple[eta.TaskState, eta.TaskEstimator, float | None]],
+              load_done: Callable[[list[int]], Mapping[int, Sequence[eta.DoneFrame]]]) -> dict[int, Left]:
+        """Each task's Left: cached while its state is unchanged, else computed from `load_done(task_ids)` (called
+        at most once, with the tasks that need it). `states`: each task's state, estimator and start (its first
+        claim, the coordinator's clock)."""
+        found: dict[int, Left] = {}
         with self._lock:
-            for task_id, (state, _) in states.items():
+            for task_id, (state, _, _) in states.items():
                 entry = self._entries.get(task_id)
                 if entry is not None and entry[0] == state:
                     self._entries.move_to_end(task_id)
@@ -149,9 +189,11 @@ class CostLeftCache:
         if stale:
             done = load_done(stale)
             for task_id in stale:
-                state, estimator = states[task_id]
-                gone = {d.frame for d in done.get(task_id, ())} | set(state.failed_frames)
-                found[task_id] = mean_cost_left(estimator.model, state.frames(), gone)
+                state, estimator, started_at = states[task_id]
+                frames = done.get(task_id, ())
+                gone = {d.frame for d in frames} | set(state.failed_frames)
+                found[task_id] = Left(*mean_cost_left(estimator.model, state.frames(), gone),
+                                      start_up_seconds(estimator.model, frames, started_at))
             with self._lock:
                 for task_id in stale:
                     self._entries[task_id] = (states[task_id][0], found[task_id])

@@ -237,7 +237,8 @@ class FarmReader:
         states = self._eta_states(tasks, counts, failed)
         estimators = self._eta.estimators(states.values(), self._done_frame_times) if states else {}
         blocked = self.store.blocked_workers_many([t["task_id"] for t in tasks], self.policy.bad_worker_failures)
-        measured = {task_id: (states[task_id], estimator) for task_id, estimator in estimators.items()
+        started = {t["task_id"]: t["started_at"] for t in tasks}
+        measured = {task_id: (states[task_id], estimator, started[task_id]) for task_id, estimator in estimators.items()
                     if estimator.measured}
         costs_left = self._costs_left.costs(measured, self._done_frame_times) if measured else {}
         workers: list[dict] | None = None
@@ -276,7 +277,7 @@ class FarmReader:
                                             tuple(failed.get(t["task_id"], ())))
                 for t in tasks if t["status"] in TASK_CLAIMABLE | TASK_APPROVABLE}
 
-    def _farm_estimate(self, task: dict, model: eta.CostModel, cost_left: tuple[float, int], current: list[dict],
+    def _farm_estimate(self, task: dict, model: eta.CostModel, left: estimate.Left, current: list[dict],
                        all_workers: list[dict], blocked: list[dict]) -> dict[str, Any]:
         """The task's `estimate`: its frames left on the workers that may take it now (coordinator.estimate)."""
         capable = [w["worker_id"] for w in self._capable_workers(task, all_workers, blocked)[0]]
@@ -284,8 +285,7 @@ class FarmReader:
                                      f["started_at"]) for f in current]
         pricing = estimate.Pricing(self.policy.cost_per_worker_hour, self.policy.cost_currency,
                                    self.policy.watts_per_worker)
-        mean_cost, frames_left = cost_left
-        return estimate.farm_estimate(model, mean_cost, frames_left, holdings, capable, self.clock(), pricing) or {}
+        return estimate.farm_estimate(model, left, holdings, capable, self.clock(), pricing) or {}
 
     def _done_frame_times(self, task_ids: list[int]) -> dict[int, list[eta.DoneFrame]]:
         # The model reads only the last MODEL_FRAMES timed frames; the others only count as done.
