@@ -22,6 +22,7 @@ from renderq.progress import (
     format_time,
     printable_answer,
 )
+from renderq.units import estimate_text
 
 # The model's set, under the name the command line imports it by.
 FINAL_STATUSES = TASK_FINAL
@@ -50,24 +51,6 @@ def task_progress_text(task: dict) -> str:
         f"{progress['percent']:5.1f}%  ETA {eta}  rendering {progress.get('rendering', 0)}  "
         f"failed {progress['failed']}  {status_label(task.get('status', '?'))}"
     )
-
-
-def estimate_text(task: dict) -> str | None:
-    """The task's estimate of its frames left in one line ("12m 30s on 2 workers, 0.42 render hours, 1.26 EUR,
-    0.13 kWh"), or None when it has none."""
-    estimate = task.get("estimate")
-    if not isinstance(estimate, dict) or not estimate:
-        return None
-    wall = estimate.get("wall_seconds")
-    workers = estimate.get("workers") or 0
-    parts = [f"{format_duration(wall)} on {workers} worker{'s' if workers != 1 else ''}" if wall is not None
-             else "no worker can take it now"]
-    parts.append(f"{estimate.get('render_hours', 0):.2f} render hours")
-    if isinstance(estimate.get("cost"), (int, float)):
-        parts.append(f"{estimate['cost']:.2f} {estimate.get('currency') or ''}".rstrip())
-    if isinstance(estimate.get("energy_kwh"), (int, float)):
-        parts.append(f"{estimate['energy_kwh']:.2f} kWh")
-    return ", ".join(parts)
 
 
 def wait_for_task(
@@ -174,7 +157,7 @@ def print_task_detail(task: dict) -> None:
         print(f"  video      {video_text(task)}")
     if task.get("scout_frames"):
         print(f"  scouts     {task['scout_frames']} frame(s) render first; {progress.get('held', 0)} held")
-    estimate = estimate_text(task)
+    estimate = estimate_text(task.get("estimate"))
     if estimate:
         print(f"  estimate   the frames left: {estimate}")
     if task.get("status") in TASK_APPROVABLE:

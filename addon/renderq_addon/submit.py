@@ -72,6 +72,8 @@ class SubmitRequest:
     device: str = ""
     video: dict[str, str] | None = None
     """The video asked for ({"container": ...}), or None."""
+    scout_frames: int = 0
+    """Frames rendered first before the task waits for approval; 0 for none."""
 
 
 @dataclass
@@ -176,6 +178,7 @@ def check(context: bpy.types.Context) -> SubmitRequest:
         render_engine=scene.render.engine,
         device="" if settings_of_scene.device == "FILE" else settings_of_scene.device,
         video=video_request(scene),
+        scout_frames=settings_of_scene.scout_frames,
     )
 
 
@@ -369,6 +372,7 @@ def run(request: SubmitRequest, progress: Callable[[Any], None]) -> SubmitOutcom
                 "render_engine": request.render_engine,
                 "device": request.device,
                 **({"video": request.video} if request.video else {}),
+                **({"scout_frames": request.scout_frames} if request.scout_frames else {}),
             }, report)
             return SubmitOutcome(task=task, missing=missing, files_total=submit_plan.files_total,
                                  files_uploaded=uploaded.files, bytes_uploaded=uploaded.bytes)
