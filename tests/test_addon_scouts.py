@@ -21,7 +21,7 @@ RESULT_PREFIX = "RENDERQ_RESULT "
 FAST = ("--heartbeat", "1", "--alive-timeout", "4")
 
 
-def test_the_panel_approves_and_cancels_a_task_waiting_after_its_scouts(tmp_path, addon_zip, farm, scenes):
+def test_the_panel_approves_and_cancels_after_the_scouts(tmp_path, addon_zip, farm, scenes):  # noqa: F811 - the fixture
     farm.start_coordinator(*FAST)
     farm.start_worker("w1")
     project = tmp_path / "project"
