@@ -106,7 +106,9 @@ def farm_estimate(model: eta.CostModel, left: Left, holdings: Sequence[Holding],
         return None
     mean_cost, frames_left = left.mean_cost, left.frames
     holders = {holding.worker_id for holding in holdings}
-    busy_for: dict[int, float] = {w: 0.0 if w in holders else left.start_up for w in worker_ids}
+    # When each worker's frame in hand ends; its next frame ends `per_frame` (the time between frames, then the
+    # render) after that. A worker new to the task ends its first frame after the start-up and a render.
+    ends_at: dict[int, float] = {w: 0.0 if w in holders else left.start_up - model.overhead(w) for w in worker_ids}
     render_seconds = 0.0
     held_frames = set()
     for holding in holdings:
@@ -116,21 +118,23 @@ def farm_estimate(model: eta.CostModel, left: Left, holdings: Sequence[Holding],
         elapsed = max(0.0, now - holding.started_at) if holding.rendering and holding.started_at else 0.0
         seconds = model.seconds_left(holding.frame, holding.worker_id, elapsed)
         render_seconds += seconds
-        busy_for[holding.worker_id] = busy_for.get(holding.worker_id, 0.0) + seconds + model.overhead(
-            holding.worker_id)
+        # A second frame held by one worker (claimed ahead) starts after the first.
+        extra = model.overhead(holding.worker_id) if ends_at.get(holding.worker_id) else 0.0
+        ends_at[holding.worker_id] = ends_at.get(holding.worker_id, 0.0) + extra + seconds
+    in_hand = max((ends_at[w] for w in holders), default=0.0)
     waiting = max(0, frames_left - len(held_frames))
     per_frame = {w: model.speed(w) * mean_cost + model.overhead(w) for w in worker_ids}
     wall: float | None
     if not waiting:
-        wall = max((busy_for[w] for w in holders), default=0.0)
+        wall = in_hand
     elif not per_frame:
         wall = None
     else:
-        wall = _finish_time(waiting, {w: busy_for[w] for w in per_frame}, per_frame)
-        counts = {w: _frames_by(wall, busy_for[w], per_frame[w]) for w in per_frame}
+        wall = _finish_time(waiting, {w: ends_at[w] for w in per_frame}, per_frame)
+        counts = {w: _frames_by(wall, ends_at[w], per_frame[w]) for w in per_frame}
         dealt = sum(counts.values()) or 1
         render_seconds += waiting * mean_cost * sum(counts[w] * model.speed(w) for w in counts) / dealt
-        wall = max(wall, max((busy_for[w] for w in holders), default=0.0))
+        wall = max(wall, in_hand)
     render_hours = render_seconds / 3600.0
     return {
         "wall_seconds": None if wall is None else round(wall, 1),
@@ -143,21 +147,22 @@ def farm_estimate(model: eta.CostModel, left: Left, holdings: Sequence[Holding],
     }
 
 
-def _frames_by(moment: float, free_at: float, per_frame: float) -> int:
-    """Frames a worker free at `free_at`, taking `per_frame` seconds each, has finished by `moment`."""
-    if moment < free_at or per_frame <= 0:
+def _frames_by(moment: float, ends_at: float, per_frame: float) -> int:
+    """Frames a worker whose frame in hand ends at `ends_at`, each next one `per_frame` seconds later, has finished
+    by `moment` (beyond the one in hand)."""
+    if moment < ends_at or per_frame <= 0:
         return 0
-    return math.floor((moment - free_at) / per_frame + 1e-9)
+    return math.floor((moment - ends_at) / per_frame + 1e-9)
 
 
-def _finish_time(count: int, free_at: Mapping[int, float], per_frame: Mapping[int, float]) -> float:
+def _finish_time(count: int, ends_at: Mapping[int, float], per_frame: Mapping[int, float]) -> float:
     """The first moment by which the workers, each taking its next frame as soon as it is free, have finished
     `count` frames between them (what dealing them out one by one gives, found by halving)."""
     fastest = min(per_frame.values())
-    low, high = 0.0, max(free_at.values()) + count * max(fastest, 1e-6)
+    low, high = 0.0, max(0.0, max(ends_at.values())) + count * max(fastest, 1e-6)
     for _ in range(SEARCH_ROUNDS):
         middle = (low + high) / 2
-        if sum(_frames_by(middle, free_at[w], per_frame[w]) for w in per_frame) >= count:
+        if sum(_frames_by(middle, ends_at[w], per_frame[w]) for w in per_frame) >= count:
             high = middle
         else:
             low = middle
