@@ -35,7 +35,7 @@ from renderq.cli_common import (
 )
 from renderq.cli_workers import cmd_worker_enable, cmd_worker_tags, cmd_workers
 from renderq.http_client import CoordinatorError, Forbidden, Unauthorized
-from renderq.model import VIDEO_CONTAINERS, TaskStatus
+from renderq.model import VIDEO_CONTAINERS, TaskStatus, status_label
 from renderq.progress import (
     ProgressLine,
     format_bytes,
@@ -88,8 +88,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             progress = progress_of(task)
             eta = "-" if task.get("status") in FINAL_STATUSES else format_duration(progress.get("eta_seconds"))
             rows.append([
-                task.get("task_id"), task.get("name", ""), task.get("owner") or "-", task.get("status", ""),
-                f"{progress['done']}/{progress['total']}", f"{progress['percent']:.0f}%", eta, progress["failed"],
+                task.get("task_id"), task.get("name", ""), task.get("owner") or "-",
+                status_label(task.get("status", "")), f"{progress['done']}/{progress['total']}",
+                f"{progress['percent']:.0f}%", eta, progress["failed"],
             ])
         # OWNER is who submitted (from their token); the free-text submitted_by label is in the task's details.
         print(format_table(["ID", "NAME", "OWNER", "STATUS", "DONE", "%", "ETA", "FAILED"], rows,
