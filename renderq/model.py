@@ -147,7 +147,8 @@ def ordered(statuses: frozenset[_Status]) -> tuple[str, ...]:
 
 
 def page_statuses() -> dict[str, Any]:
-    """The sets the status page's scripts need, as JSON lists (the page keeps no copy of its own)."""
+    """The sets the status page's scripts need, as JSON lists, and how a status reads to people (`labels`): the
+    page keeps no copy of its own."""
     return {
         "task_final": list(ordered(TASK_FINAL)),
         "task_open": list(ordered(TASK_OPEN)),

@@ -1,7 +1,7 @@
 """Scout frames and the estimate, against a real coordinator over HTTP: the scouts are the only frames handed out,
 the task waits for approval once they are done, approve and cancel (and who may), a restart keeps it all, and the
 estimate of the frames left prices the farm as it is. Workers here are plain HTTP clients with chosen frame times;
-tests/test_scouts_blender.py renders with real Blender."""
+tests/test_scouts_blender.py renders with real Blender. The flows run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ def test_a_scout_count_that_makes_no_sense_is_refused_with_a_sentence(farm, tmp_
     assert api.get("/tasks")["tasks"] == []  # nothing stored
 
 
+@pytest.mark.both_databases
 def test_scouts_render_first_the_rest_is_held_until_approved(farm, tmp_path):
     farm.start_coordinator(*FAST, *PRICES)
     api = farm.api
@@ -98,6 +99,7 @@ def test_scouts_render_first_the_rest_is_held_until_approved(farm, tmp_path):
     assert done["status"] == "done" and done["progress"]["done"] == 10 and done["estimate"] is None
 
 
+@pytest.mark.both_databases
 def test_a_task_waiting_for_approval_outlives_a_restart_and_cancels(farm, tmp_path):
     farm.start_coordinator(*FAST)
     api = farm.api
