@@ -1,10 +1,12 @@
-"""Scout frames with real Blender 3.4 workers on a two-worker farm: the scouts render first and the task waits,
-`renderq status` shows it waiting with the estimate, `renderq approve` (a real CLI process) renders the rest, and the
-estimate made after the scouts is within 15 % of the wall time the rest then takes."""
+"""Scout frames with real Blender 3.4 workers on a two-worker farm: `renderq submit --scout` (a real CLI process
+packing the real .blend) starts the task, the scouts render first and it waits, `renderq status` shows it waiting
+with the estimate, `renderq approve` renders the rest, and the estimate made after the scouts is within 15 % of the
+wall time the rest then takes."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -38,7 +40,10 @@ def test_scouts_render_first_then_the_cli_approves_and_the_estimate_holds(farm, 
     for name in ("w1", "w2"):
         farm.start_worker(name, "--allow-blend-python")  # the stable cost is the file's own Python
     api = farm.api
-    task_id = api.submit(blend, 1, SCENE["frames"], scout_frames=SCOUTS, needs_python=True)
+    submitted = renderq(farm, "submit", blend, "--frames", f"1-{SCENE['frames']}", "--scout", str(SCOUTS),
+                        "--needs-python")
+    task_id = int(re.search(r"submitted task (\d+)", submitted).group(1))
+    assert f"its {SCOUTS} scout frame(s) render first" in submitted and f"renderq approve {task_id}" in submitted
 
     task = wait_for(lambda: (t := api.task(task_id))["status"] == "awaiting_approval" and t, 180,
                     "the scouts to render")
