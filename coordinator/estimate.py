@@ -87,13 +87,16 @@ def start_up_seconds(model: eta.CostModel, done: Sequence[eta.DoneFrame], task_s
 
 def mean_cost_left(model: eta.CostModel, frames: range, gone: Collection[int]) -> tuple[float, int]:
     """(mean predicted cost of the frames not done or failed, on a worker of average speed; how many there are),
-    the mean taken over at most COST_SAMPLE of them spread over the range."""
-    left = [frame for frame in frames if frame not in gone]
+    the mean taken over the frames left among at most COST_SAMPLE frames spread over the range: O(COST_SAMPLE +
+    len(gone)), whatever the length of the range."""
+    left = len(frames) - sum(1 for frame in gone if frame in frames)
     if not left or model.trend is None:
-        return 0.0, len(left)
-    step = max(1, len(left) // COST_SAMPLE)
-    sample = left[::step]
-    return sum(model.cost(frame) for frame in sample) / len(sample), len(left)
+        return 0.0, left
+    step = max(1, len(frames) // COST_SAMPLE)
+    sample = [frame for frame in frames[::step] if frame not in gone]
+    if not sample:  # the frames left all fell between the sampled ones
+        sample = [frame for frame in frames if frame not in gone][:COST_SAMPLE]
+    return sum(model.cost(frame) for frame in sample) / len(sample), left
 
 
 def farm_estimate(model: eta.CostModel, left: Left, holdings: Sequence[Holding], worker_ids: Sequence[int],

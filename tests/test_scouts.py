@@ -135,3 +135,23 @@ def test_a_scout_that_fails_for_good_still_brings_the_task_to_approval(farm, tmp
     assert render_scouts(api, worker) == [4]
     task = wait_for(lambda: (t := api.task(task_id))["status"] == "awaiting_approval" and t, 5, "approval")
     assert task["progress"]["failed"] == 1 and task["progress"]["held"] == 2
+
+
+def test_the_frames_left_are_dealt_as_workers_take_them():
+    """coordinator.estimate alone: 10 s frames, 1 s between a worker's frames, on workers 1 (seen at that pace)
+    and 2 (new to the task: the average)."""
+    from coordinator import estimate, eta
+
+    done = [eta.DoneFrame(frame, 10.0, 1, 100.0 + 11 * i, 110.0 + 11 * i) for i, frame in enumerate(range(1, 9))]
+    model = eta.CostModel(done)
+    left = estimate.Left(*estimate.mean_cost_left(model, range(1, 14), {d.frame for d in done}))
+    assert left.frames == 5 and left.mean_cost == pytest.approx(10.0, rel=0.01)
+    alone = estimate.farm_estimate(model, left, [], [1], 0.0, estimate.Pricing())
+    assert alone["wall_seconds"] == pytest.approx(5 * 11 - 1, rel=0.02)  # no wait after the last frame
+    # Two workers: three rounds for one of them; worker 1 also finishes the frame it holds (4 s left) first.
+    holding = [estimate.Holding(9, 1, True, started_at=94.0)]
+    pair = estimate.farm_estimate(model, left, holding, [1, 2], 100.0, estimate.Pricing(2.0, "EUR", 500.0))
+    assert pair["wall_seconds"] == pytest.approx(4 + 2 * 11, abs=1.5) and pair["workers"] == 2
+    assert pair["render_hours"] == pytest.approx((4 + 40) / 3600, rel=0.05)
+    assert pair["cost"] == pytest.approx(2 * pair["render_hours"], abs=0.01) and pair["currency"] == "EUR"
+    assert estimate.farm_estimate(model, left, [], [], 0.0, estimate.Pricing())["wall_seconds"] is None
