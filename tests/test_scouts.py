@@ -5,9 +5,12 @@ tests/test_scouts_blender.py renders with real Blender. The flows run on SQLite 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from harness import Api, wait_for
+from harness import ROOT, Api, wait_for
 
 FAST = ("--heartbeat", "1", "--alive-timeout", "30")
 PRICES = ("--cost-per-worker-hour", "36", "--cost-currency", "EUR", "--watts-per-worker", "360")
@@ -115,7 +118,11 @@ def test_a_task_waiting_for_approval_outlives_a_restart_and_cancels(farm, tmp_pa
     worker = register(api, "w")
     assert claim(api, worker) is None
 
-    canceled = api.post("/cancel_task", {"task_id": task_id})
+    # The real command line cancels it, with the admin token.
+    said = subprocess.run([sys.executable, "-m", "renderq", "cancel", str(task_id), *farm.cli_flags("admin")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0 and f"task {task_id}" in said.stdout and "is canceled" in said.stdout, said
+    canceled = api.task(task_id)
     assert canceled["status"] == "canceled" and canceled["progress"]["canceled"] == 4
     assert canceled["progress"]["held"] == 0 and canceled["progress"]["done"] == 2
     status, answer = api.call("POST", "/approve_task", {"task_id": task_id})

@@ -1,6 +1,7 @@
 """A scout task's page in Chromium (Playwright, as tests/test_status_browser.py drives it) with real Blender workers:
-the scouts' images, the estimate under them (time, render hours, cost and energy) and the Approve button, which
-renders the rest. Set RENDERQ_SCREENSHOTS=DIR to keep the page waiting for approval as DIR/status-scouts.png."""
+the scouts' images, the estimate under them (time, render hours, cost and energy), the Approve button, which
+renders the rest, and the panel's Cancel. Set RENDERQ_SCREENSHOTS=DIR to keep the page waiting for approval as
+DIR/status-scouts.png."""
 
 from __future__ import annotations
 
@@ -49,7 +50,19 @@ def test_the_page_shows_the_scouts_and_the_estimate_and_approves(farm, browser, 
         task = farm.api.task(task_id)
         assert task["status"] == "running" and task["progress"]["held"] == 0
         page.wait("document.getElementById('task-status').textContent === 'done'", timeout=240)
-        assert page.page.is_disabled("#action-approve")
-        assert page.not_reloaded() and page.errors == [] and page.dialogs == []
+        assert page.page.is_disabled("#action-approve") and page.not_reloaded() and page.dialogs == []
+
+        # A second scout task: the panel's Cancel (with the page's confirmation) ends it, its scouts kept.
+        other = farm.api.submit(scenes("basic", frames=24), 1, 24, name="shot_040_scouts", scout_frames=2)
+        wait_for(lambda: farm.api.task(other)["status"] == "awaiting_approval", 180, "the second task's scouts")
+        page.open(f"/tasks/{other}")
+        page.wait("!document.getElementById('scouts-panel').hidden")
+        page.page.click("#action-reject")
+        page.wait("document.getElementById('task-status').textContent === 'canceled'", timeout=15)
+        assert ("confirm", "Cancel the frames of this task that are not rendered yet? Rendered frames stay.") \
+            in page.dialogs
+        canceled = farm.api.task(other)
+        assert canceled["progress"]["done"] == 2 and canceled["progress"]["canceled"] == 22
+        assert page.errors == []
     finally:
         page.close()
