@@ -93,6 +93,12 @@ class Config:
     # One /append_log chunk of Blender's output, in bytes; a worker sends far smaller ones every few seconds.
     max_log_chunk: int = 1 * MIB
 
+    # What a task's estimate prices its predicted render hours at: money per worker-hour (in cost_currency, a label
+    # such as EUR) and the watts a worker draws; 0 leaves cost or energy out of the estimate.
+    cost_per_worker_hour: float = 0.0
+    cost_currency: str = ""
+    watts_per_worker: float = 0.0
+
     # Orphan files
     # Seconds a stored file that no task uses (an upload, a frame output) is kept before it is deleted: the longest
     # an upload may wait for the submit that uses it (a file the client is told is already stored gets this again).
@@ -176,6 +182,11 @@ class Config:
             raise ValueError(f"orphan grace must be from 1 to {365 * 86400} seconds (365 days)")
         if self.blob_store and not (self.blob_store.startswith("s3://") and len(self.blob_store) > 5):
             raise ValueError(f"blob store must be empty (the data dir) or s3://bucket/prefix, not {self.blob_store!r}")
+        for name in ("cost_per_worker_hour", "watts_per_worker"):
+            if not 0 <= getattr(self, name) < 1e9:
+                raise ValueError(f"{name.replace('_', ' ')} must be 0 (not said) or a positive number")
+        if len(self.cost_currency) > 8 or not self.cost_currency.isprintable():
+            raise ValueError("cost currency must be a short label such as EUR or USD, at most 8 characters")
         if self.poll_interval <= 0:
             raise ValueError("poll interval must be more than 0 seconds")
         self._validate_http()

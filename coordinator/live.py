@@ -246,6 +246,9 @@ def task_item(task: dict) -> dict[str, Any]:
         "order": task.get("order"),
         "workers": sorted({c["worker"] for c in progress["current"] if c["worker"]}),
         "waiting": task["waiting_reason"],
+        "held": progress.get("held", 0),
+        "scouts": task.get("scout_frames") or 0,
+        "estimate": task.get("estimate"),
     }
 
 

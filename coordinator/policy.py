@@ -37,6 +37,10 @@ class Policy:
     # always spans LEASE_HEARTBEATS heartbeats. A small farm keeps heartbeat_seconds and lease_seconds.
     heartbeats_per_second: float = 250.0
     heartbeat_limit: float = 20.0
+    # What a task's estimate prices its render hours at (0: not said): money per worker-hour, and watts per worker.
+    cost_per_worker_hour: float = 0.0
+    cost_currency: str = ""
+    watts_per_worker: float = 0.0
 
     def liveness(self, live_workers: int) -> tuple[float, float]:
         """(seconds between a worker's heartbeats, seconds a lease lives unrenewed) for a farm of that many live

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from renderq.blend_header import key_to_version
 from renderq.capabilities import ALL_ENGINES, ENCODE_BIT, GPU_BIT, engine_label
-from renderq.model import FRAME_KIND_RENDER, TASK_CLAIMABLE, TASK_OPEN, Frame, FrameStatus, TaskStatus, Worker
+from renderq.model import (
+    FRAME_KIND_RENDER, TASK_APPROVABLE, TASK_CLAIMABLE, TASK_OPEN, Frame, FrameStatus, TaskStatus, Worker,
+)
 
-from . import eta
+from . import estimate, eta
 from .errors import BadRequest, NotFound
 from .store import Store
 
@@ -44,6 +46,7 @@ class FarmReader:
     policy: Policy
     clock: Clock
     _eta: eta.EtaCache
+    _costs_left: estimate.CostLeftCache
 
     # (when the live workers were counted, how many there were): see live_workers().
     _live_count: tuple[float, int]
@@ -231,8 +234,15 @@ class FarmReader:
                 current.setdefault(frame["task_id"], []).append(frame)
         with_failures = [t["task_id"] for t in tasks if t["frames_failed"]]
         failed = self.store.failed_frame_numbers(with_failures)
-        estimators = self._eta_estimators(tasks, counts, failed)
+        states = self._eta_states(tasks, counts, failed)
+        estimators = self._eta.estimators(
+            states.values(), self._done_frame_times,
+            lambda task_ids: self.store.frames_claimed_last_many(task_ids, eta.TAIL_FRAMES)) if states else {}
         blocked = self.store.blocked_workers_many([t["task_id"] for t in tasks], self.policy.bad_worker_failures)
+        started = {t["task_id"]: t["started_at"] for t in tasks}
+        measured = {task_id: (states[task_id], estimator, started[task_id]) for task_id, estimator in estimators.items()
+                    if estimator.measured}
+        costs_left = self._costs_left.costs(measured, self._done_frame_times) if measured else {}
         workers: list[dict] | None = None
         described = []
         for task in tasks:
@@ -248,23 +258,36 @@ class FarmReader:
                     and not (task_counts.get(FrameStatus.RENDERING, 0) + task_counts.get(FrameStatus.LEASED, 0))):
                 if workers is None:
                     workers = self.store.list_workers()
-                waiting_reason = self._waiting_reason(task, workers, blocked[task_id])
-            described.append(self._describe_task(task, task_counts, current.get(task_id, []),
-                                                 estimators.get(task_id), failed.get(task_id, []), waiting_reason,
-                                                 blocked[task_id]))
+                waiting_reason = self._capable_workers(task, workers, blocked[task_id])[1]
+            summary = self._describe_task(task, task_counts, current.get(task_id, []), estimators.get(task_id),
+                                          failed.get(task_id, []), waiting_reason, blocked[task_id])
+            if task_id in costs_left:
+                if workers is None:
+                    workers = self.store.list_workers()
+                summary["estimate"] = self._farm_estimate(task, measured[task_id][1].model, costs_left[task_id],
+                                                          current.get(task_id, []), workers, blocked[task_id])
+            described.append(summary)
         return described
 
-    def _eta_estimators(self, tasks: list[dict], counts: dict[int, dict[str, int]],
-                        failed: dict[int, list[int]]) -> dict[int, eta.TaskEstimator]:
-        """Finish-time estimators of the tasks queued or running: cached while their done and failed frames stay
-        the same, else built from their done frames (one query for all of those)."""
-        states = [eta.TaskState(t["task_id"], t["created_at"], t["frame_start"], t["frame_end"], t["frame_step"],
-                                counts[t["task_id"]].get(FrameStatus.DONE, 0), tuple(failed.get(t["task_id"], ())))
-                  for t in tasks if t["status"] in TASK_CLAIMABLE]
-        if not states:
-            return {}
-        return self._eta.estimators(states, self._done_frame_times,
-                                    lambda task_ids: self.store.frames_claimed_last_many(task_ids, eta.TAIL_FRAMES))
+    def _eta_states(self, tasks: list[dict], counts: dict[int, dict[str, int]],
+                    failed: dict[int, list[int]]) -> dict[int, eta.TaskState]:
+        """What the estimators of the tasks queued, running or awaiting approval are built from: the eta cache
+        keeps each while its done and failed frames stay the same, else builds it from its done frames (one query
+        for all of those)."""
+        return {t["task_id"]: eta.TaskState(t["task_id"], t["created_at"], t["frame_start"], t["frame_end"],
+                                            t["frame_step"], counts[t["task_id"]].get(FrameStatus.DONE, 0),
+                                            tuple(failed.get(t["task_id"], ())))
+                for t in tasks if t["status"] in TASK_CLAIMABLE | TASK_APPROVABLE}
+
+    def _farm_estimate(self, task: dict, model: eta.CostModel, left: estimate.Left, current: list[dict],
+                       all_workers: list[dict], blocked: list[dict]) -> dict[str, Any]:
+        """The task's `estimate`: its frames left on the workers that may take it now (coordinator.estimate)."""
+        capable = [w["worker_id"] for w in self._capable_workers(task, all_workers, blocked)[0]]
+        holdings = [estimate.Holding(f["frame"], f["worker_id"], f["status"] == FrameStatus.RENDERING,
+                                     f["started_at"]) for f in current]
+        pricing = estimate.Pricing(self.policy.cost_per_worker_hour, self.policy.cost_currency,
+                                   self.policy.watts_per_worker)
+        return estimate.farm_estimate(model, left, holdings, capable, self.clock(), pricing) or {}
 
     def _done_frame_times(self, task_ids: list[int]) -> dict[int, list[eta.DoneFrame]]:
         # The model reads only the last MODEL_FRAMES timed frames; the others only count as done.
@@ -282,17 +305,17 @@ class FarmReader:
         leased = counts.get(FrameStatus.LEASED, 0)
         queued = counts.get(FrameStatus.QUEUED, 0)
         workers_rendering = len({f["worker_id"] for f in current if f["status"] == FrameStatus.RENDERING})
-        if task["status"] == TaskStatus.PAUSED:
-            estimate = None  # nothing new starts until it is resumed
+        if task["status"] in (TaskStatus.PAUSED, TaskStatus.AWAITING_APPROVAL):
+            eta_seconds = None  # nothing new starts until it is resumed, or approved
         elif task["status"] not in TASK_CLAIMABLE or not queued + leased + rendering:
-            estimate = 0.0
+            eta_seconds = 0.0
         elif estimator is None:
-            estimate = None
+            eta_seconds = None
         else:
-            estimate = estimator.eta_seconds(
+            eta_seconds = estimator.eta_seconds(
                 [eta.ActiveFrame(f["frame"], f["worker_id"], f["status"] == FrameStatus.RENDERING, f["started_at"])
                  for f in current], self.clock())
-        low, high = estimator.eta_range(estimate) if estimator is not None else (estimate, estimate)
+        low, high = estimator.eta_range(eta_seconds) if estimator is not None else (eta_seconds, eta_seconds)
         return {
             "task_id": task_id,
             "name": task["name"],
@@ -322,6 +345,8 @@ class FarmReader:
             "frame_timeout": task["frame_timeout"],
             "no_progress_timeout": task["no_progress_timeout"],
             "waiting_reason": waiting_reason,
+            "scout_frames": task.get("scout_frames") or 0,
+            "estimate": None,
             "created_at": task["created_at"],
             "started_at": task["started_at"],
             "ended_at": task["ended_at"],
@@ -333,8 +358,9 @@ class FarmReader:
                 "leased": leased,
                 "queued": queued,
                 "canceled": counts.get(FrameStatus.CANCELED, 0),
+                "held": counts.get(FrameStatus.HELD, 0),
                 "percent": round(100.0 * done / total, 1) if total else 100.0,
-                "eta_seconds": estimate,
+                "eta_seconds": eta_seconds,
                 "eta_low_seconds": low,
                 "eta_high_seconds": high,
                 "workers_rendering": workers_rendering,
@@ -348,39 +374,42 @@ class FarmReader:
             "blocked_workers": blocked,
         }
 
-    def _waiting_reason(self, task: dict, all_workers: list[dict], blocked: list[dict]) -> str | None:
-        """Why no worker takes the task's frames, when no live worker may render it; None when one could."""
+    def _capable_workers(self, task: dict, all_workers: list[dict], blocked: list[dict]
+                         ) -> tuple[list[dict], str | None]:
+        """The live, switched-ON workers that may render the task's frames by the claim's rules, and when there
+        are none, why the task waits."""
         now = self.clock()
         workers = [w for w in all_workers if w["enabled"] and now - w["last_seen"] < self.alive_seconds()]
         if not workers:
-            return "waiting: no worker is alive and switched ON"
+            return [], "waiting: no worker is alive and switched ON"
         if task["workers"]:
             workers = [w for w in workers if w["name"] in task["workers"]]
             if not workers:
-                return f"waiting: none of its workers ({', '.join(task['workers'])}) is alive and switched ON"
+                return [], f"waiting: none of its workers ({', '.join(task['workers'])}) is alive and switched ON"
         needed = task["blender_version_key"]
         if needed:
             if task["blender_version_exact"]:
                 workers = [w for w in workers if w["blender_version_key"] == needed]
                 if not workers:
-                    return f"waiting: no worker with Blender {key_to_version(needed)}"
+                    return [], f"waiting: no worker with Blender {key_to_version(needed)}"
             else:
                 workers = [w for w in workers if w["blender_version_key"] >= needed]
                 if not workers:
-                    return f"waiting: no worker with Blender >= {key_to_version(needed)}"
+                    return [], f"waiting: no worker with Blender >= {key_to_version(needed)}"
         if task["needs_python"]:
             workers = [w for w in workers if w["allows_python"]]
             if not workers:
-                return ("waiting: the file runs Python (scripts or drivers); "
+                return [], ("waiting: the file runs Python (scripts or drivers); "
                         "it needs a worker started with --allow-blend-python")
         workers, reason = _offering(task, workers)
         if reason:
-            return reason
+            return [], reason
         blocked_ids = {b["worker_id"] for b in blocked}
-        if all(w["worker_id"] in blocked_ids for w in workers):
-            return (f"waiting: every worker that could render it has failed it {self.policy.bad_worker_failures} "
+        workers = [w for w in workers if w["worker_id"] not in blocked_ids]
+        if not workers:
+            return [], (f"waiting: every worker that could render it has failed it {self.policy.bad_worker_failures} "
                     "times and is blocked; retry its failed frames to unblock them")
-        return None
+        return workers, None
 
     @staticmethod
     def _describe_frame(frame: dict, names: dict[int, str], failed_on: list[str]) -> dict:

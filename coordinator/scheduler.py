@@ -16,11 +16,11 @@ from renderq.blend_header import version_key
 from renderq.capabilities import task_needs
 from renderq.model import (
     DEFAULT_RENDER_ORDER, FRAME_ACTIVE, FRAME_FINAL, FRAME_KIND_ENCODE, RENDER_ORDERS, TASK_OPEN, TASK_RETRYABLE,
-    FrameReport, FrameStatus, TaskStatus,
+    FrameReport, FrameStatus, TaskStatus, scout_frames,
 )
 from renderq.paths import collision_key
 
-from . import eta
+from . import estimate, eta
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .policy import Policy
 from .reading import FRAMES_PAGE, MAX_FRAMES_PAGE, FarmReader, no_worker_sentence
@@ -87,6 +87,8 @@ class TaskSpec:
     notify: Sequence[str] = ()
     # The order its frames are claimed in (renderq.model.RENDER_ORDERS; coordinator/claim_order.py).
     order: str = DEFAULT_RENDER_ORDER
+    # Frames rendered first, spread over the range; the others are held until the task is approved (0: none).
+    scout_frames: int = 0
 
     @property
     def main(self) -> TaskFile:
@@ -106,6 +108,7 @@ class Scheduler(FarmReader):
         self._last_expiry = float("-inf")
         self._live_count = (float("-inf"), 0)
         self._eta = eta.EtaCache()
+        self._costs_left = estimate.CostLeftCache()
         # Told of what happened, for the coordinator's metrics: ("dispatched" | "finished" | "expired" |
         # "report:<status>", how many). Plain callbacks keep the scheduler free of any metrics library.
         self.count: Callable[[str, int], None] = _count_nothing
@@ -166,6 +169,9 @@ class Scheduler(FarmReader):
             check_timeout(field, getattr(spec, field))
         if spec.order not in RENDER_ORDERS:
             raise BadRequest(f"'order' must be one of {', '.join(RENDER_ORDERS)}, not {spec.order!r}")
+        if spec.scout_frames and not 1 <= spec.scout_frames < len(frames):
+            raise BadRequest(f"a task of {len(frames)} frames may have 1 to {len(frames) - 1} scout frames, not "
+                             f"{spec.scout_frames}: the scouts render first and the rest waits for approval")
         frame_timeout = spec.frame_timeout if spec.frame_timeout is not None else self.policy.frame_timeout
         task = {
             "name": spec.name,
@@ -195,6 +201,7 @@ class Scheduler(FarmReader):
             "needs": task_needs(spec.render_engine, spec.device),
             "notify": list(spec.notify),
             "render_order": spec.order,
+            "scouts": scout_frames(frames, spec.scout_frames),
         }
         files = [(f.path, f.sha256, f.size) for f in spec.files]
         task_id = self.store.insert_task(task, list(frames), list(spec.workers), files)
@@ -209,6 +216,17 @@ class Scheduler(FarmReader):
                             "an artist may cancel only their own tasks")
         if not self.store.cancel_task(task_id, self.clock()):
             raise Conflict(f"task {task_id} has already ended ({task['status']})")
+        return self.task_detail(task_id, with_frames=False)
+
+    def approve_task(self, task_id: int, by_owner: str | None = None) -> dict:
+        """Render the rest of a task whose scouts are done: its held frames are queued. by_owner as for cancel."""
+        task = self._task(task_id)
+        if by_owner is not None and by_owner != task["owner"]:
+            raise Forbidden(f"task {task_id} belongs to {task['owner'] or 'no artist'}; "
+                            "an artist may approve only their own tasks")
+        if not self.store.approve_task(task_id):
+            raise Conflict(f"task {task_id} is not waiting for approval ({task['status']}); only a task whose "
+                           "scout frames are done can be approved")
         return self.task_detail(task_id, with_frames=False)
 
     def set_task_priority(self, task_id: int, priority: int) -> dict:

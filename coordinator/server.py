@@ -114,6 +114,17 @@ BLOB_STORE_FLAGS = (
          "URLs they download and upload at (RENDERQ_S3_PUBLIC_ENDPOINT, default --s3-endpoint)", metavar="URL"),
 )
 
+# What a task's estimate prices its predicted render hours at.
+ESTIMATE_FLAGS = (
+    Flag("--cost-per-worker-hour", float, "money one worker costs per hour of rendering; a task's estimate then "
+         "shows what its frames left cost (RENDERQ_COST_PER_WORKER_HOUR, default 0: no cost shown)",
+         metavar="AMOUNT"),
+    Flag("--cost-currency", str, "the currency of --cost-per-worker-hour, a label such as EUR "
+         "(RENDERQ_COST_CURRENCY, default none)"),
+    Flag("--watts-per-worker", float, "power one rendering worker draws; a task's estimate then shows the energy "
+         "its frames left take (RENDERQ_WATTS_PER_WORKER, default 0: no energy shown)", metavar="WATTS"),
+)
+
 ORPHAN_GRACE_FLAG = Flag("--orphan-grace", float, "a stored file that no task uses (an upload, a frame's output) is "
                          "deleted once it is this old: the longest an upload may wait for the submit that uses it "
                          "(RENDERQ_ORPHAN_GRACE, default 86400, a day)", metavar="SECONDS")
@@ -141,6 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, [ORPHAN_GRACE_FLAG])
     add_flags(parser, BLOB_STORE_FLAGS)
     add_flags(parser, NOTIFY_FLAGS)
+    add_flags(parser, ESTIMATE_FLAGS)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ from renderq.cli_common import (
 )
 from renderq.cli_workers import cmd_worker_enable, cmd_worker_tags, cmd_workers
 from renderq.http_client import CoordinatorError, Forbidden, Unauthorized
-from renderq.model import DEFAULT_RENDER_ORDER, RENDER_ORDERS, VIDEO_CONTAINERS, TaskStatus
+from renderq.model import DEFAULT_RENDER_ORDER, RENDER_ORDERS, VIDEO_CONTAINERS, TaskStatus, status_label
 from renderq.progress import (
     ProgressLine,
     format_bytes,
@@ -90,8 +90,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             eta = "-" if task.get("status") in FINAL_STATUSES else format_eta(
                 progress.get("eta_seconds"), progress.get("eta_low_seconds"), progress.get("eta_high_seconds"))
             rows.append([
-                task.get("task_id"), task.get("name", ""), task.get("owner") or "-", task.get("status", ""),
-                f"{progress['done']}/{progress['total']}", f"{progress['percent']:.0f}%", eta, progress["failed"],
+                task.get("task_id"), task.get("name", ""), task.get("owner") or "-",
+                status_label(task.get("status", "")), f"{progress['done']}/{progress['total']}",
+                f"{progress['percent']:.0f}%", eta, progress["failed"],
             ])
         # OWNER is who submitted (from their token); the free-text submitted_by label is in the task's details.
         print(format_table(["ID", "NAME", "OWNER", "STATUS", "DONE", "%", "ETA", "FAILED"], rows,
@@ -118,6 +119,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         f"task {task.get('task_id', args.task)} ({task.get('name', '')}) is {task.get('status', 'canceled')}: "
         f"{progress['done']} of {progress['total']} frames were rendered{kept}"
     )
+    return EXIT_OK
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Approve a task whose scout frames are done: its held frames render."""
+    task = make_client(args).approve_task(args.task)
+    progress = progress_of(task)
+    left = progress["total"] - progress["done"] - progress["failed"] - progress["canceled"]
+    print(f"task {task.get('task_id', args.task)} ({task.get('name', '')}) is approved: its {left} frame(s) left "
+          f"render now")
     return EXIT_OK
 
 
@@ -367,6 +378,10 @@ def add_task_and_worker_commands(add: Callable[..., argparse.ArgumentParser]) ->
     cancel = add("cancel", "cancel a task's frames that are not rendered yet", cmd_cancel)
     cancel.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
 
+    approve = add("approve", "render the rest of a task whose scout frames are done (it waits for approval)",
+                  cmd_approve)
+    approve.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
+
     priority = add("priority", "change a task's priority (higher renders first)", cmd_priority)
     priority.add_argument("task", type=task_id_arg, metavar="TASK", help="the task id")
     priority.add_argument("priority", type=priority_arg, metavar="P", help="the new priority, e.g. 10 or -5")
@@ -464,6 +479,10 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
                              "spread evenly over the whole range, then the gaps filled in: the whole shot shows "
                              "early and the ETA is right early) or sequential (lowest number first); default "
                              f"{DEFAULT_RENDER_ORDER}")
+    submit.add_argument("--scout", type=positive_int, metavar="N",
+                        help="render N frames spread over the range first (the first, the last, the rest evenly "
+                             "between), then wait: the task shows their images and an estimate of the rest's time "
+                             "(and cost) until you approve it (`renderq approve TASK`) or cancel it (default: none)")
     submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
                         help="render only on workers with exactly this Blender major.minor "
                              "(default: the version that saved the file, or newer)")

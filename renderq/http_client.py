@@ -474,6 +474,10 @@ class CoordinatorClient:
         """Cancel a task's frames that are not done; returns the task. Needs the admin token."""
         return self.request("POST", "/cancel_task", json_body={"task_id": task_id})
 
+    def approve_task(self, task_id: int) -> dict:
+        """Render the rest of a task whose scout frames are done; returns the task (artist: only their own)."""
+        return self.request("POST", "/approve_task", json_body={"task_id": task_id})
+
     def set_task_priority(self, task_id: int, priority: int) -> dict:
         """Change a task's priority (higher renders first); returns the task. Needs the admin token."""
         return self.request("POST", "/set_task_priority", json_body={"task_id": task_id, "priority": priority})
@@ -573,8 +577,6 @@ class CoordinatorClient:
         """
         return self.request("POST", "/delete_task_files", json_body={"task_id": task_id})
 
-    # -- logs ---------------------------------------------------------------------------------------------------
-
     def append_log(self, task_id: int, worker_id: int, text: str) -> dict:
         """Append text to a task's log; returns {"size"}."""
         return self.request("POST", "/append_log", json_body={"task_id": task_id, "worker_id": worker_id, "text": text})
@@ -594,7 +596,5 @@ def _encoded(json_body: Any, data: bytes | None) -> tuple[bytes | None, dict[str
 
 
 def _param_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 

@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [
-    "FRAME_ACTIVE", "FRAME_FINAL", "FRAME_OPEN", "TASK_CLAIMABLE", "TASK_FINAL", "TASK_OPEN", "TASK_RESUMABLE",
-    "TASK_RETRYABLE",
+    "FRAME_ACTIVE", "FRAME_FINAL", "FRAME_OPEN", "TASK_APPROVABLE", "TASK_CLAIMABLE", "TASK_FINAL", "TASK_OPEN",
+    "TASK_RESUMABLE", "TASK_RETRYABLE",
     "Frame", "FrameReport", "FrameResult", "FrameStatus", "Lease", "Progress", "Task", "TaskStatus", "Worker",
-    "WorkerState", "ordered", "page_statuses",
+    "WorkerState", "ordered", "page_statuses", "scout_frames", "status_label",
 ]
 
 log = logging.getLogger("renderq.model")
@@ -50,6 +50,8 @@ class TaskStatus(_Status):
     QUEUED = "queued"
     RUNNING = "running"
     PAUSED = "paused"
+    # Its scout frames are done: the rest are held until its owner or an admin approves (or cancels) it.
+    AWAITING_APPROVAL = "awaiting_approval"
     DONE = "done"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -61,6 +63,8 @@ class FrameStatus(_Status):
     QUEUED = "queued"
     LEASED = "leased"
     RENDERING = "rendering"
+    # Not handed out until the task is approved: a frame of a task submitted with scouts that is not a scout.
+    HELD = "held"
     DONE = "done"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -94,11 +98,13 @@ class WorkerState(_Status):
 
 
 # A paused task is still open: its frames may be rendering, and resuming hands the queued ones out again.
-TASK_OPEN = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.PAUSED})
+TASK_OPEN = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.AWAITING_APPROVAL})
 TASK_FINAL = frozenset({TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELED})
 # The tasks whose queued frames are handed out (and may be paused); a paused one may be resumed.
 TASK_CLAIMABLE = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
 TASK_RESUMABLE = frozenset({TaskStatus.PAUSED})
+# The tasks whose scouts are done and whose held frames an approval hands out.
+TASK_APPROVABLE = frozenset({TaskStatus.AWAITING_APPROVAL})
 # The tasks whose failed frames may be retried: a canceled task is submitted again instead.
 TASK_RETRYABLE = frozenset(TaskStatus) - {TaskStatus.CANCELED}
 # Frames a worker holds under a lease.
@@ -116,8 +122,26 @@ RENDER_ORDERS = ("sampled", "sequential")
 DEFAULT_RENDER_ORDER = "sampled"
 
 FRAME_ACTIVE = frozenset({FrameStatus.LEASED, FrameStatus.RENDERING})
-FRAME_OPEN = frozenset({FrameStatus.QUEUED, FrameStatus.LEASED, FrameStatus.RENDERING})
+FRAME_OPEN = frozenset({FrameStatus.QUEUED, FrameStatus.LEASED, FrameStatus.RENDERING, FrameStatus.HELD})
 FRAME_FINAL = frozenset({FrameStatus.DONE, FrameStatus.FAILED, FrameStatus.CANCELED})
+
+
+# How people read a status whose plain string is not a sentence (the page, the CLI and the add-on show these).
+STATUS_LABELS = {TaskStatus.AWAITING_APPROVAL.value: "waiting for approval"}
+
+
+def status_label(status: str) -> str:
+    """A task or frame status as the page, the CLI and the add-on show it."""
+    return STATUS_LABELS.get(str(status), str(status))
+
+
+def scout_frames(frames: range, count: int) -> list[int]:
+    """The `count` frames of the range that render first as scouts: the first, the last and the rest spread evenly
+    between them (one scout: the first frame)."""
+    if count <= 1:
+        return list(frames[:count])
+    last = len(frames) - 1
+    return sorted({frames[round(i * last / (count - 1))] for i in range(count)})
 
 
 def ordered(statuses: frozenset[_Status]) -> tuple[str, ...]:
@@ -126,15 +150,18 @@ def ordered(statuses: frozenset[_Status]) -> tuple[str, ...]:
     return tuple(value for value in kind.values() if value in statuses)
 
 
-def page_statuses() -> dict[str, list[str]]:
-    """The sets the status page's scripts need, as JSON lists (the page keeps no copy of its own)."""
+def page_statuses() -> dict[str, Any]:
+    """The sets the status page's scripts need, as JSON lists, and how a status reads to people (`labels`): the
+    page keeps no copy of its own."""
     return {
         "task_final": list(ordered(TASK_FINAL)),
         "task_open": list(ordered(TASK_OPEN)),
         "task_claimable": list(ordered(TASK_CLAIMABLE)),
         "task_resumable": list(ordered(TASK_RESUMABLE)),
+        "task_approvable": list(ordered(TASK_APPROVABLE)),
         "task_retryable": list(ordered(TASK_RETRYABLE)),
         "frame_final": list(ordered(FRAME_FINAL)),
+        "labels": dict(STATUS_LABELS),
     }
 
 
@@ -255,6 +282,8 @@ class Progress(_Record):
     leased: int = 0
     queued: int = 0
     canceled: int = 0
+    # Frames held until the task is approved (the frames of a task with scouts that are not scouts).
+    held: int = 0
     percent: float | None = None
     eta_seconds: float | None = None
     # The range the ETA is likely within while few frames are done (null when there is no estimate).
@@ -303,6 +332,10 @@ class Task(_Record):
     # The order its frames are handed out in (RENDER_ORDERS).
     order: str = DEFAULT_RENDER_ORDER
     waiting_reason: str | None = None
+    # How many of its frames render first as scouts (0: none), and what the frames left would take on the farm as
+    # it is now ({wall_seconds, render_hours, cost, currency, energy_kwh, workers}; None when not estimated).
+    scout_frames: int = 0
+    estimate: dict[str, Any] | None = None
     created_at: float | None = None
     started_at: float | None = None
     ended_at: float | None = None
@@ -326,6 +359,11 @@ class Task(_Record):
     def is_final(self) -> bool:
         """Whether the task has ended (done, failed or canceled): nothing about it changes any more."""
         return self.status in TASK_FINAL
+
+    @property
+    def awaits_approval(self) -> bool:
+        """Whether its scouts are done and it waits for its owner or an admin to approve or cancel it."""
+        return self.status in TASK_APPROVABLE
 
     def done_frames(self) -> list[Frame]:
         """The frames of this answer that rendered (none when it carries no frames)."""

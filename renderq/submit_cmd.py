@@ -86,6 +86,8 @@ def timeouts_and_python(args: argparse.Namespace) -> dict[str, Any]:
         fields["device"] = args.device
     if getattr(args, "order", None):
         fields["order"] = args.order
+    if getattr(args, "scout", None):
+        fields["scout_frames"] = args.scout
     return fields
 
 
@@ -240,6 +242,9 @@ def pack_and_submit(blend: Path, frame_range: tuple[int, int, int | None], args:
     exact = " exactly" if args.blender_version is not None else " or newer"
     print(f"submitted task {task['task_id']} ({task.get('name', args.name or blend.stem)}, frames {frames_text}, "
           f"Blender {blender_version}{exact})")
+    if task.get("scout_frames"):
+        print(f"its {task['scout_frames']} scout frame(s) render first, then it waits for your approval: "
+              f"`renderq approve {task['task_id']}` renders the rest")
     sys.stdout.flush()
     return task
 

@@ -11,7 +11,7 @@ from renderq.capabilities import engine_label
 from renderq.cli_common import EXIT_FAILED, EXIT_OK
 from renderq.frame_download import FetchedFrames, FrameFetcher
 from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
-from renderq.model import TASK_FINAL, Frame, FrameStatus, Progress, TaskStatus
+from renderq.model import TASK_APPROVABLE, TASK_FINAL, Frame, FrameStatus, Progress, TaskStatus, status_label
 from renderq.progress import (
     ProgressLine,
     bar,
@@ -22,7 +22,7 @@ from renderq.progress import (
     format_time,
     printable_answer,
 )
-from renderq.units import format_eta
+from renderq.units import estimate_text, format_eta
 
 # The model's set, under the name the command line imports it by.
 FINAL_STATUSES = TASK_FINAL
@@ -50,7 +50,7 @@ def task_progress_text(task: dict) -> str:
     return (
         f"task {task.get('task_id')} {bar(fraction)} {progress['done']}/{total} "
         f"{progress['percent']:5.1f}%  ETA {eta}  rendering {progress.get('rendering', 0)}  "
-        f"failed {progress['failed']}  {task.get('status', '?')}"
+        f"failed {progress['failed']}  {status_label(task.get('status', '?'))}"
     )
 
 
@@ -124,7 +124,7 @@ def print_task_detail(task: dict) -> None:
     progress = progress_of(task)
     step = task.get("frame_step", 1)
     workers = ", ".join(task.get("workers") or []) or "any"
-    print(f"task {task.get('task_id')}: {task.get('name')}  [{task.get('status')}]")
+    print(f"task {task.get('task_id')}: {task.get('name')}  [{status_label(task.get('status', '?'))}]")
     if task.get("main_file"):
         count = task.get("files_count")
         size = task.get("files_bytes")
@@ -158,6 +158,14 @@ def print_task_detail(task: dict) -> None:
     print(f"  progress   {task_progress_text(task)}")
     if task.get("video"):
         print(f"  video      {video_text(task)}")
+    if task.get("scout_frames"):
+        print(f"  scouts     {task['scout_frames']} frame(s) render first; {progress.get('held', 0)} held")
+    estimate = estimate_text(task.get("estimate"))
+    if estimate:
+        print(f"  estimate   the frames left: {estimate}")
+    if task.get("status") in TASK_APPROVABLE:
+        print(f"  waiting for approval: look at the scouts, then `renderq approve {task.get('task_id')}` renders the "
+              f"rest (or `renderq cancel {task.get('task_id')}`)")
     if task.get("waiting_reason"):
         print(f"  {waiting_text(task['waiting_reason'])}")
     for current in progress.get("current") or []:

@@ -74,3 +74,20 @@ def format_eta(seconds: float | None, low: float | None = None, high: float | No
             or high - low <= ETA_RANGE_SHOWN_ABOVE * seconds):
         return format_duration(seconds)
     return f"about {format_duration(seconds)} ({format_duration(low)}-{format_duration(high)})"
+
+
+def estimate_text(estimate: object) -> str | None:
+    """A task's `estimate` of its frames left in one line ("3m 05s on 2 workers, 0.42 render hours, 1.26 EUR,
+    0.13 kWh"), or None when it has none (the CLI and the add-on show it)."""
+    if not isinstance(estimate, dict) or not estimate:
+        return None
+    wall = estimate.get("wall_seconds")
+    workers = estimate.get("workers") or 0
+    parts = [f"{format_duration(wall)} on {workers} worker{'s' if workers != 1 else ''}" if wall is not None
+             else "no worker can take it now"]
+    parts.append(f"{estimate.get('render_hours') or 0:.2f} render hours")
+    if isinstance(estimate.get("cost"), (int, float)):
+        parts.append(f"{estimate['cost']:.2f} {estimate.get('currency') or ''}".rstrip())
+    if isinstance(estimate.get("energy_kwh"), (int, float)):
+        parts.append(f"{estimate['energy_kwh']:.2f} kWh")
+    return ", ".join(parts)

@@ -30,6 +30,7 @@ def make_scene(
     hang_frames: Sequence[int] = (),
     hang_print_seconds: float = 0.0,
     frame_samples: Sequence[int] = (),
+    frame_seconds: float = 0.0,
     **scene: Any,
 ) -> str:
     """The demo's scene (`scene`: renderq.scenes.make_scene's options) saved at `path`, with these test options.
@@ -50,7 +51,9 @@ def make_scene(
     exists, so a retried frame renders. While hanging it prints a line every `hang_print_seconds` (0: silent).
 
     `frame_samples` keys Cycles' sample count per frame (frame 1 + i renders frame_samples[i] samples, adaptive
-    sampling off), so that render cost varies by frame as chosen: heavy frames, drift.
+    sampling off), so that render cost varies by frame as chosen: heavy frames, drift. `frame_seconds` makes every
+    frame take that much longer, slept inside Blender (a text block's frame_change_pre handler, so only where the
+    file's Python may run): a cost the machine's other work does not change.
     """
     options: list[str] = []
     if fail_frames:
@@ -63,6 +66,8 @@ def make_scene(
     if hang_frames:
         options += ["--hang-frames", ",".join(str(int(frame)) for frame in hang_frames)]
         options += ["--hang-print-seconds", str(float(hang_print_seconds))]
+    if frame_seconds > 0:
+        options += ["--frame-seconds", str(float(frame_seconds))]
     if frame_samples:
         if any(int(count) < 1 for count in frame_samples):
             raise ValueError("frame_samples must all be at least 1")

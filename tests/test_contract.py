@@ -198,7 +198,8 @@ def test_every_documented_query_parameter_is_checked_by_the_contract(running):
 
 @pytest.mark.parametrize(("query", "error"), [
     ("/download_file?sha256=abc", "'sha256' must be a SHA-256 in lowercase hex, not 'abc'"),
-    ("/tasks?status=lost", "'status' must be one of queued, running, paused, done, failed, canceled, not 'lost'"),
+    ("/tasks?status=lost",
+     "'status' must be one of queued, running, paused, awaiting_approval, done, failed, canceled, not 'lost'"),
     ("/task?task_id=1&frames_limit=10001", "'frames_limit' must be a whole number from 0 to 10000, not 10001"),
     ("/get_log?task_id=1&max_bytes=-1", "'max_bytes' must be a whole number from 0 to 1048576, not -1"),
     ("/task_manifest?task_id=0", "'task_id' must be a whole number at least 1, not 0"),

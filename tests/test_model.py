@@ -18,6 +18,7 @@ from renderq.model import (
     FRAME_KIND_RENDER,
     FRAME_OPEN,
     RENDER_ORDERS,
+    TASK_APPROVABLE,
     TASK_CLAIMABLE,
     TASK_FINAL,
     TASK_OPEN,
@@ -34,6 +35,7 @@ from renderq.model import (
     Worker,
     WorkerState,
     page_statuses,
+    scout_frames,
 )
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -59,17 +61,20 @@ def test_a_status_is_its_string_everywhere(kind):
 def test_the_sets_split_the_statuses_without_overlap():
     assert TASK_OPEN | TASK_FINAL == set(TaskStatus) and not TASK_OPEN & TASK_FINAL
     assert FRAME_OPEN | FRAME_FINAL == set(FrameStatus) and not FRAME_OPEN & FRAME_FINAL
-    assert TASK_CLAIMABLE | TASK_RESUMABLE == TASK_OPEN
+    assert TASK_CLAIMABLE | TASK_RESUMABLE | TASK_APPROVABLE == TASK_OPEN
+    assert not TASK_APPROVABLE & (TASK_CLAIMABLE | TASK_RESUMABLE)
     assert FRAME_ACTIVE < FRAME_OPEN
     assert TaskStatus.CANCELED not in TASK_RETRYABLE and TaskStatus.FAILED in TASK_RETRYABLE
     # A plain string from the database or JSON finds its status in a set.
     assert "done" in TASK_FINAL and "paused" in TASK_OPEN and "leased" in FRAME_ACTIVE
+    assert "held" in FRAME_OPEN and "held" not in FRAME_ACTIVE and "awaiting_approval" in TASK_OPEN
 
 
 def test_the_page_gets_the_sets_as_plain_lists_in_a_fixed_order():
     statuses = page_statuses()
     assert statuses["task_final"] == ["done", "failed", "canceled"]
-    assert statuses["task_open"] == ["queued", "running", "paused"]
+    assert statuses["task_open"] == ["queued", "running", "paused", "awaiting_approval"]
+    assert statuses["task_approvable"] == ["awaiting_approval"]
     assert statuses["task_claimable"] == ["queued", "running"]
     assert json.loads(json.dumps(statuses)) == statuses
 
@@ -194,3 +199,12 @@ def test_the_coordinators_answers_are_the_models_records(farm, caplog):
     # The status page's feeds carry the model's sets, so its scripts keep none of their own.
     assert api.get("/status/updates")["snapshot"]["farm"]["statuses"] == page_statuses()
     assert api.get(f"/status/task_updates?task_id={task_id}")["snapshot"]["task"]["statuses"] == page_statuses()
+
+
+def test_scouts_take_the_ends_and_spread_evenly_between():
+    assert scout_frames(range(1, 101), 3) == [1, 51, 100]
+    assert scout_frames(range(1, 21), 4) == [1, 7, 14, 20]
+    assert scout_frames(range(1, 11), 1) == [1]
+    assert scout_frames(range(1, 11), 2) == [1, 10]
+    assert scout_frames(range(0, 20, 5), 3) == [0, 10, 15]  # frames 0, 5, 10, 15: the middle one rounds up
+    assert len(scout_frames(range(1, 11), 9)) == 9

@@ -13,18 +13,19 @@ Modules, one job each (each registers its own classes):
     jobs       runs network and packing work in threads; results come back on the main thread
     client     the coordinator client with the token, the online-access check, connection test
     submit     checks before submitting, the snapshot of unsaved changes, the packing and upload job
-    monitor    follows tasks: polling, completion notices, thumbnails, frame downloads, cancel
+    monitor    follows tasks: polling, completion notices, thumbnails, frame downloads, approve, cancel
     notify     tells the artist: console line, Info report, popup
     ops        the operators
     ui         the panels
 
 Interface for scripts and tests:
     operators   renderq.submit, renderq.test_connection, renderq.refresh_workers, renderq.refresh_tasks,
-                renderq.cancel_task(task_id), renderq.download_frames(task_id), renderq.open_status_page
+                renderq.cancel_task(task_id), renderq.approve_task(task_id), renderq.download_frames(task_id),
+                renderq.open_status_page
     preferences context.preferences.addons[<package>].preferences.coordinator_url / .token
     scene       scene.renderq: task_name, use_scene_range, frame_start, frame_end, frame_step, priority,
                 assignment ('AUTO' or 'MANUAL'), selected_workers (items with .name), allow_missing,
-                allow_outside
+                allow_outside, scout_frames
     jobs.drain(timeout=0.0) -> bool
                 Runs the results of finished background jobs on the calling (main) thread, waiting up to
                 `timeout` seconds for running jobs; True when none is left running. Blender's timers do this in

@@ -1,4 +1,5 @@
-"""Following the farm: the artist's tasks and the workers, task end notices, thumbnails, downloads and cancel.
+"""Following the farm: the artist's tasks and the workers, task end notices, thumbnails, downloads, approve and
+cancel.
 
 A timer polls the coordinator (in a job) every few seconds while a task of this session is unfinished, or while
 "All My Tasks" is on. When a task ends, the artist is told even with the panel closed. The thumbnail of a task's
@@ -19,7 +20,7 @@ import bpy.utils.previews
 
 from renderq.frame_download import fetch_done_frames
 from renderq.http_client import NotFound
-from renderq.model import VIDEO_FRAME, Frame, FrameStatus, TaskStatus
+from renderq.model import TASK_APPROVABLE, VIDEO_FRAME, Frame, FrameStatus, TaskStatus
 
 from . import client, jobs, notify, prefs, state, text
 
@@ -133,6 +134,9 @@ def _update(task: dict) -> None:
     state.remember_task(task)
     if state.is_final(task) and before is not None and not state.is_final(before):
         _announce_end(task)
+    if task.get("status") in TASK_APPROVABLE and (before is None or before.get("status") not in TASK_APPROVABLE):
+        notify.tell(f"Task {task_id} ({task.get('name', '')}): its scout frames are done; approve or cancel it "
+                    "in the RenderQ panel", "INFO", popup=before is not None)
     if "latest_done" in task or "frames" in task:
         _maybe_fetch_thumbnail(task)
 
@@ -240,6 +244,24 @@ def thumbnail_icon(task_id: int) -> int:
 
 
 # -- actions on one task -----------------------------------------------------------------------------------------
+
+
+def approve(task_id: int) -> None:
+    """Approve a task whose scout frames are done: the rest renders (in a job); raises Refused."""
+    settings = _settings()
+
+    def work(_progress: Any) -> dict:
+        return settings.client().approve_task(task_id)
+
+    def done(task: dict) -> None:
+        state.remember_task(task)
+        notify.tell(f"Task {task_id} approved: the rest of its frames render now")
+
+    def failed(error: BaseException) -> None:
+        notify.tell(f"Could not approve task {task_id}: {client.error_sentence(error)}", "ERROR")
+
+    if not jobs.start(f"approve:{task_id}", work, on_done=done, on_error=failed):
+        raise Refused(f"Task {task_id} is being approved already")
 
 
 def cancel(task_id: int) -> None:

@@ -120,6 +120,21 @@ class RENDERQ_OT_cancel_task(_StartsJob, bpy.types.Operator):
         return f"Canceling task {self.task_id}..."
 
 
+class RENDERQ_OT_approve_task(_StartsJob, bpy.types.Operator):
+    """Render the rest of this task: its scout frames are done and it waits for your approval"""
+
+    bl_idname = "renderq.approve_task"
+    bl_label = "Approve Task"
+
+    task_id: IntProperty(name="Task", min=1, options={"SKIP_SAVE"})
+
+    def start(self, context: bpy.types.Context) -> str | None:
+        if self.task_id < 1:
+            raise client.Refused("Say which task to approve (task_id)")
+        monitor.approve(self.task_id)
+        return f"Approving task {self.task_id}..."
+
+
 def output_folder(scene: bpy.types.Scene) -> str:
     """The folder of the scene's output path, absolute; raises monitor.Refused when it cannot be known."""
     raw = scene.render.filepath
@@ -238,6 +253,7 @@ _CLASSES = (
     RENDERQ_OT_refresh_workers,
     RENDERQ_OT_refresh_tasks,
     RENDERQ_OT_cancel_task,
+    RENDERQ_OT_approve_task,
     RENDERQ_OT_download_frames,
     RENDERQ_OT_open_video,
     RENDERQ_OT_open_status_page,

@@ -93,6 +93,13 @@ class RENDERQ_PG_scene_settings(bpy.types.PropertyGroup):
         ),
         default="sampled",
     )
+    scout_frames: IntProperty(
+        name="Scout Frames",
+        description="Render this many frames spread over the range first (the first, the last, the rest evenly "
+                    "between), then wait: the task shows them with an estimate of the rest's time and cost until "
+                    "you approve or cancel it. 0: render every frame at once",
+        default=0, min=0, max=100_000, soft_max=20,
+    )
     allow_missing: BoolProperty(
         name="Allow Missing Assets",
         description="Submit even when some assets the file refers to are missing on disk",

@@ -77,6 +77,8 @@ class SubmitRequest:
     """URLs told of the task's events (the coordinator checks them and says why it refuses one)."""
     order: str = DEFAULT_RENDER_ORDER
     """The order the frames are handed out in (renderq.model.RENDER_ORDERS)."""
+    scout_frames: int = 0
+    """Frames rendered first before the task waits for approval; 0 for none."""
 
 
 @dataclass
@@ -183,6 +185,7 @@ def check(context: bpy.types.Context) -> SubmitRequest:
         video=video_request(scene),
         notify=[settings_of_scene.notify_url.strip()] if settings_of_scene.notify_url.strip() else [],
         order=settings_of_scene.render_order,
+        scout_frames=settings_of_scene.scout_frames,
     )
 
 
@@ -378,6 +381,7 @@ def run(request: SubmitRequest, progress: Callable[[Any], None]) -> SubmitOutcom
                 "order": request.order,
                 **({"video": request.video} if request.video else {}),
                 **({"notify": request.notify} if request.notify else {}),
+                **({"scout_frames": request.scout_frames} if request.scout_frames else {}),
             }, report)
             return SubmitOutcome(task=task, missing=missing, files_total=submit_plan.files_total,
                                  files_uploaded=uploaded.files, bytes_uploaded=uploaded.bytes)

@@ -11,7 +11,8 @@ import traceback
 
 import bpy
 
-from renderq.model import TaskStatus
+from renderq.model import TASK_APPROVABLE, TaskStatus, status_label
+from renderq.units import estimate_text
 
 from . import client, jobs, monitor, notify, prefs, props, state, submit, text
 from .widgets import alert_box, listed_box
@@ -120,6 +121,7 @@ class RENDERQ_PT_submit(_SafePanel, bpy.types.Panel):
         layout.prop(settings, "tags")
         layout.prop(settings, "device")
         layout.prop(settings, "render_order")
+        layout.prop(settings, "scout_frames")
         layout.prop(settings, "allow_missing")
         layout.prop(settings, "allow_outside")
         row = layout.row(align=True)
@@ -226,7 +228,7 @@ class RENDERQ_PT_tasks(_SafePanel, bpy.types.Panel):
         box = layout.box()
         header = box.row(align=True)
         header.label(text=f"{task_id}  {task.get('name', '')}", icon=_STATUS_ICONS.get(status, "QUESTION"))
-        header.label(text=status)
+        header.label(text=status_label(status))
         dismiss = header.operator("renderq.dismiss_task", text="", icon="X", emboss=False)
         dismiss.task_id = task_id
         eta = text.format_eta(progress.get("eta_seconds"), progress.get("eta_low_seconds"),
@@ -238,6 +240,9 @@ class RENDERQ_PT_tasks(_SafePanel, bpy.types.Panel):
             box.label(text=f"Rendering {rendering} frame(s)", icon="RENDER_STILL")
         if task.get("waiting_reason"):
             box.label(text=str(task["waiting_reason"]), icon="TIME")
+        estimate = estimate_text(task.get("estimate"))
+        if estimate:
+            box.label(text=f"The frames left: {estimate}", icon="TIME")
         failed = task.get("failed_frames") or []
         if failed:
             box.label(text=f"Failed frames: {text.frame_list(failed)}", icon="ERROR")
@@ -250,6 +255,11 @@ class RENDERQ_PT_tasks(_SafePanel, bpy.types.Panel):
         download_text = state.SESSION.downloads.get(task_id)
         if download_text:
             box.label(text=download_text)
+        if status in TASK_APPROVABLE:
+            box.label(text="Waiting for approval: look at the scout frames", icon="HIDE_OFF")
+            approve_row = box.row(align=True)
+            approve_row.enabled = not jobs.is_running(f"approve:{task_id}")
+            approve_row.operator("renderq.approve_task", text="Approve", icon="CHECKMARK").task_id = task_id
         row = box.row(align=True)
         cancel_column = row.row(align=True)
         cancel_column.enabled = not state.is_final(task) and not jobs.is_running(f"cancel:{task_id}")
@@ -272,6 +282,7 @@ _STATUS_ICONS = {
     TaskStatus.FAILED: "ERROR",
     TaskStatus.CANCELED: "CANCEL",
     TaskStatus.PAUSED: "PAUSE",
+    TaskStatus.AWAITING_APPROVAL: "HIDE_OFF",
 }
 
 _CLASSES = (RENDERQ_PT_main, RENDERQ_PT_submit, RENDERQ_PT_tasks)

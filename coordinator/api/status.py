@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify, redirect, render_template, re
 
 from renderq import __version__
 from renderq.capabilities import engine_label
-from renderq.model import VIDEO_FRAME
+from renderq.model import VIDEO_FRAME, status_label
 
 from .. import auth
 from ..errors import NotFound
@@ -56,7 +56,7 @@ def task_page(task_id: int):
         return render_template("message.html", heading="No such task", message=error.message,
                                **_page_context()), 404
     return render_template("task.html", task=task, engine_name=engine_label(task["render_engine"]),
-                           video_frame=VIDEO_FRAME, **_page_context())
+                           status_label=status_label, video_frame=VIDEO_FRAME, **_page_context())
 
 
 @pages.get("/workers/<name>")

@@ -1,4 +1,4 @@
-"""Task and frame endpoints: submit, claim, report, list, detail, cancel, frame files."""
+"""Task and frame endpoints: submit, claim, report, list, detail, approve, cancel, frame files."""
 
 from __future__ import annotations
 
@@ -76,6 +76,7 @@ def submit_task():
         video=body.get("video"),
         notify=check_task_urls(body.get("notify", []), limits.notify_task_urls),
         order=body.get("order", DEFAULT_RENDER_ORDER),
+        scout_frames=body.get("scout_frames", 0),
     )
     blobs = _blobs()
     # The orphan sweep may have deleted a file since the checks above (one uploaded long ago and used by no task):
@@ -298,6 +299,17 @@ def cancel_task():
     # Admins cancel anything; an artist only the tasks submitted with their own token.
     by_owner = None if who is None or who.role == "admin" else who.name
     task = _scheduler().cancel_task(body["task_id"], by_owner=by_owner)
+    _changed(task["task_id"])
+    return jsonify(task)
+
+
+@tasks.post("/approve_task")
+@requires("artist")
+def approve_task():
+    who = current_identity()
+    # As for cancel: admins approve anything; an artist only the tasks submitted with their own token.
+    by_owner = None if who is None or who.role == "admin" else who.name
+    task = _scheduler().approve_task(v.json_body()["task_id"], by_owner=by_owner)
     _changed(task["task_id"])
     return jsonify(task)
 

@@ -110,13 +110,26 @@ def finish_task_if_complete(db: Database, task_id: int, now: float) -> None:
         "SELECT 1 FROM frames WHERE task_id = ? AND status IN ('queued', 'leased', 'rendering') LIMIT 1", (task_id,)
     ).fetchone()
     if open_frames is None:
-        if queue_encode_job(db, task_id):
+        if await_approval_if_scouted(db, task_id) or queue_encode_job(db, task_id):
             return
         db.execute(
             "UPDATE tasks SET status = CASE WHEN frames_failed > 0 THEN 'failed' ELSE 'done' END, ended_at = ? "
             "WHERE task_id = ? AND status IN ('queued', 'running', 'paused')",
             (now, task_id),
         )
+
+
+def await_approval_if_scouted(db: Database, task_id: int) -> bool:
+    """The one place a task starts waiting for approval: once its scouts are done (or failed for good) and only
+    held frames are left, its status becomes 'awaiting_approval' until it is approved or canceled. Whether the task
+    has held frames (and so waits)."""
+    held = db.execute("SELECT 1 FROM frames WHERE task_id = ? AND status = 'held' LIMIT 1", (task_id,)).fetchone()
+    if held is None:
+        return False
+    # A paused task whose scouts ended waits for approval too: nothing of it is rendering any more.
+    db.execute("UPDATE tasks SET status = 'awaiting_approval' WHERE task_id = ? AND status IN ('queued', 'running', "
+               "'paused')", (task_id,))
+    return True
 
 
 def queue_encode_job(db: Database, task_id: int) -> bool:
@@ -136,7 +149,7 @@ def queue_encode_job(db: Database, task_id: int) -> bool:
 
 
 # renderq.model.TASK_OPEN, as the statuses queue_encode_job compares with.
-TASK_OPEN_SQL = ("queued", "running", "paused")
+TASK_OPEN_SQL = ("queued", "running", "paused", "awaiting_approval")
 
 
 def task_row(db: Database, row: Any, workers: list[str] | None = None) -> dict[str, Any]:

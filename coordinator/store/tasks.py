@@ -24,7 +24,8 @@ class TaskQueries(StoreConnection):
     def insert_task(self, task: dict, frame_numbers: Sequence[int], worker_names: Sequence[str],
                     files: Sequence[tuple[str, str, int]]) -> int:
         """Store a task, its files (path, sha256, size) and all its frames at once: fully queued or absent. The frames
-        are numbered `frame_numbers` (lowest first) and ranked for claims in the task's `render_order`."""
+        are numbered `frame_numbers` (lowest first) and ranked for claims in the task's `render_order`. With `scouts`
+        (frame numbers) in the task, only those are queued and its other frames are held."""
         with self.transaction() as db:
             task_id = db.execute(
                 "INSERT INTO tasks (name, priority, frame_start, frame_end, frame_step, frames_total, manual, "
@@ -54,6 +55,8 @@ class TaskQueries(StoreConnection):
             ranks = claim_ranks(len(frame_numbers), task.get("render_order", DEFAULT_RENDER_ORDER))
             db.executemany("INSERT INTO frames (task_id, frame, claim_rank) VALUES (?, ?, ?)",
                            ((task_id, n, rank) for n, rank in zip(frame_numbers, ranks, strict=True)))
+            if task.get("scouts"):
+                self._hold_all_but(db, task_id, task["scouts"])
             db.executemany(
                 "INSERT INTO task_workers (task_id, worker_name) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 ((task_id, name) for name in worker_names),
@@ -62,6 +65,12 @@ class TaskQueries(StoreConnection):
                            ((task_id, tag) for tag in set(task.get("tags") or [])))
             add_task_notify_urls(db, task_id, task.get("notify") or ())
             return task_id
+
+    def _hold_all_but(self, db: Database, task_id: int, scouts: Sequence[int]) -> None:
+        """Hold every frame of a new task but its scouts, until it is approved."""
+        db.execute("UPDATE tasks SET scout_frames = ? WHERE task_id = ?", (len(scouts), task_id))
+        db.execute(f"UPDATE frames SET status = 'held' WHERE task_id = ? AND NOT (frame {self.engine.in_list('?')})",
+                   (task_id, self.engine.list_value(list(scouts))))
 
     def get_task(self, task_id: int, detail: bool = False) -> dict | None:
         """One task's row; with `detail`, also its settings and missing assets."""
@@ -91,7 +100,7 @@ class TaskQueries(StoreConnection):
         rows = db.execute(
             f"SELECT {self._summary_columns} FROM tasks WHERE task_id IN "
             "(SELECT task_id FROM tasks ORDER BY task_id DESC LIMIT ?) "
-            "OR status IN ('queued', 'running', 'paused') ORDER BY task_id DESC",
+            "OR status IN ('queued', 'running', 'paused', 'awaiting_approval') ORDER BY task_id DESC",
             (newest,),
         ).fetchall()
         return self._task_rows(db, rows)
@@ -180,14 +189,14 @@ class TaskQueries(StoreConnection):
         return done
 
     def frames_claimed_last_many(self, task_ids: Sequence[int], count: int) -> dict[int, list[int]]:
-        """The last `count` frames of each task still to render (queued, leased or rendering; not its encode job)
+        """The last `count` frames of each task still to render (queued, held, leased or rendering; not its encode job)
         by claim rank, in claim order, in one query: {task_id: [frame, ...]}."""
         last: dict[int, list[int]] = {task_id: [] for task_id in task_ids}
         if task_ids:
             for r in self.read().execute(
                 "SELECT task_id, frame FROM (SELECT task_id, frame, claim_rank, row_number() OVER ("
                 "PARTITION BY task_id ORDER BY claim_rank DESC) AS from_last FROM frames "
-                "WHERE status IN ('queued', 'leased', 'rendering') AND frame < ? "
+                "WHERE status IN ('queued', 'held', 'leased', 'rendering') AND frame < ? "
                 f"AND task_id {self.engine.in_list('?')}) AS open_frames WHERE from_last <= ? "
                 "ORDER BY task_id, claim_rank",
                 (VIDEO_FRAME, self.engine.list_value(task_ids), count),
@@ -307,7 +316,7 @@ class TaskQueries(StoreConnection):
         with self.transaction() as db:
             updated = db.execute(
                 "UPDATE tasks SET status = 'canceled', ended_at = ? WHERE task_id = ? "
-                "AND status IN ('queued', 'running', 'paused') RETURNING task_id",
+                "AND status IN ('queued', 'running', 'paused', 'awaiting_approval') RETURNING task_id",
                 (now, task_id),
             ).fetchone()
             if updated is None:
@@ -315,7 +324,20 @@ class TaskQueries(StoreConnection):
             # The lease ids stay on the rows so a worker's next heartbeat learns they are revoked.
             db.execute(
                 "UPDATE frames SET status = 'canceled', lease_expires = NULL, render_deadline = NULL "
-                "WHERE task_id = ? AND status IN ('queued', 'leased', 'rendering')",
+                "WHERE task_id = ? AND status IN ('queued', 'leased', 'rendering', 'held')",
                 (task_id,),
             )
+            return True
+
+    def approve_task(self, task_id: int) -> bool:
+        """Hand out the held frames of a task awaiting approval: it runs on. False unless it awaits approval."""
+        with self.transaction() as db:
+            updated = db.execute(
+                "UPDATE tasks SET status = CASE WHEN started_at IS NULL THEN 'queued' ELSE 'running' END "
+                "WHERE task_id = ? AND status = 'awaiting_approval' RETURNING task_id",
+                (task_id,),
+            ).fetchone()
+            if updated is None:
+                return False
+            db.execute("UPDATE frames SET status = 'queued' WHERE task_id = ? AND status = 'held'", (task_id,))
             return True

@@ -94,6 +94,22 @@ def renderq_hang(scene, *_args):
 bpy.app.handlers.frame_change_pre.append(renderq_hang)
 """
 
+# A text block registered to run when the file is opened that makes every frame take at least this long inside
+# Blender, however busy the machine is: a frame cost that the CPU's other work does not change.
+FRAME_SECONDS_SCRIPT = """\
+# RenderQ test scene: every frame takes {seconds} s more, to give frames a known, stable cost.
+import time
+
+import bpy
+
+
+def renderq_frame_seconds(scene, *_args):
+    time.sleep({seconds})
+
+
+bpy.app.handlers.frame_change_pre.append(renderq_frame_seconds)
+"""
+
 # Heavy frames must take well over a minute yet still stop within a second or two when Blender is told to
 # cancel: Cycles checks for cancel between samples, so many cheap samples beat a few expensive ones.
 HEAVY_SAMPLES = 1_000_000
@@ -111,6 +127,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hang-frames", default="", help="comma-separated frames whose first try hangs")
     parser.add_argument("--hang-print-seconds", type=float, default=0.0,
                         help="while hanging, print a line this often (0: stay silent)")
+    parser.add_argument("--frame-seconds", type=float, default=0.0,
+                        help="every frame takes this many seconds more (the file's Python: scripts must be allowed)")
     parser.add_argument("--frame-samples", default="",
                         help="comma-separated Cycles samples of frames 1, 2, ...: keyed per frame, so frame cost "
                              "varies")
@@ -229,6 +247,8 @@ def add_test_options(args: argparse.Namespace, scene: bpy.types.Scene, torus: bp
     hang_frames = frame_list(args.hang_frames)
     if hang_frames:
         add_hang_frames(scene, hang_frames, args.hang_print_seconds)
+    if args.frame_seconds > 0:
+        add_text_module("renderq_frame_seconds.py", FRAME_SECONDS_SCRIPT.format(seconds=float(args.frame_seconds)))
     frame_samples = [int(value) for value in args.frame_samples.split(",") if value.strip()]
     if frame_samples:
         key_frame_samples(scene, frame_samples)

@@ -290,8 +290,21 @@ const RQ = (() => {
     return form;
   }
 
-  function statusPill(status) {
-    return el("span", {className: "pill status-" + status, text: status});
+  /** A task's status as a pill; `labels` (the feed's statuses.labels) says how a status reads to people. */
+  function statusPill(status, labels) {
+    return el("span", {className: "pill status-" + status, text: (labels || {})[status] || status});
+  }
+
+  /** A task's estimate of its frames left in one line: time on the farm, render hours, cost and energy. */
+  function estimateText(estimate) {
+    if (!estimate) return "";
+    const workers = estimate.workers + (estimate.workers === 1 ? " worker" : " workers");
+    const parts = [estimate.wall_seconds === null ? "no worker can take it now"
+      : "about " + duration(estimate.wall_seconds) + " on " + workers];
+    parts.push(estimate.render_hours.toFixed(2) + " render hours");
+    if (estimate.cost !== null) parts.push((estimate.cost.toFixed(2) + " " + (estimate.currency || "")).trim());
+    if (estimate.energy_kwh !== null) parts.push(estimate.energy_kwh.toFixed(2) + " kWh");
+    return parts.join(" · ");
   }
 
   // Controls only an admin may use are disabled for everyone else, with a reason on hover.
@@ -303,5 +316,5 @@ const RQ = (() => {
   }
 
   return {el, duration, eta, clock, ago, serverNow, refreshClocks, setLive, toast, Feed, action, setBar, makeBar,
-          reconcileRows, statusPill, workerSwitch, workerTags, isAdmin, pollInterval};
+          reconcileRows, statusPill, estimateText, workerSwitch, workerTags, isAdmin, pollInterval};
 })();

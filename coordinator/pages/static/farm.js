@@ -70,7 +70,7 @@
       el("td", {className: "num", text: String(task.id)}),
       nameCell,
       ownerCell(task),
-      el("td", {}, RQ.statusPill(task.status)),
+      el("td", {}, RQ.statusPill(task.status, statuses.labels)),
       priority,
       el("td", {className: "progress-col"}, bar, el("div", {className: "bar-text", text: task.percent + " %"})),
       el("td", {className: "num", text: task.done + " / " + task.failed + " / " + task.total}),

@@ -41,12 +41,18 @@
     document.title = s.name + " · RenderQ";
     const pill = document.getElementById("task-status");
     pill.className = "pill status-" + s.status;
-    pill.textContent = s.status;
+    pill.textContent = (statuses.labels || {})[s.status] || s.status;
     RQ.setBar(document.getElementById("task-bar"), s.done, s.failed, s.rendering, s.total);
     document.getElementById("stat-percent").textContent = s.percent + " %";
     document.getElementById("stat-frames").textContent = s.done + " / " + s.failed + " / " + s.total;
-    document.getElementById("stat-eta").textContent =
-      isFinal(s.status) ? "–" : statuses.task_resumable.includes(s.status) ? "paused" : RQ.eta(s.eta, s.eta_low, s.eta_high);
+    const approvable = (statuses.task_approvable || []).includes(s.status);
+    document.getElementById("stat-eta").textContent = isFinal(s.status) ? "–"
+      : statuses.task_resumable.includes(s.status) ? "paused" : approvable ? "approval" : RQ.eta(s.eta, s.eta_low, s.eta_high);
+    const estimate = RQ.estimateText(s.estimate);
+    const estimateLine = document.getElementById("task-estimate");
+    estimateLine.hidden = !estimate || approvable;
+    estimateLine.textContent = estimate ? "The frames left: " + estimate : "";
+    renderScouts(approvable);
     const elapsed = document.getElementById("stat-elapsed");
     delete elapsed.dataset.since;
     if (!s.started_at) elapsed.textContent = "–";
@@ -70,6 +76,7 @@
       document.getElementById("action-pause").disabled = !statuses.task_claimable.includes(s.status);
       document.getElementById("action-resume").disabled = !statuses.task_resumable.includes(s.status);
       document.getElementById("action-cancel").disabled = isFinal(s.status);
+      document.getElementById("action-approve").disabled = !approvable;
       document.getElementById("action-retry").disabled =
         !((s.failed > 0 || blocked.length > 0) && statuses.task_retryable.includes(s.status));
     }
@@ -88,11 +95,15 @@
     act("/resume_task", null, "Resumed"));
   document.getElementById("action-retry").addEventListener("click", () =>
     act("/retry_failed_frames", null, "The failed frames are queued again and blocked workers unblocked"));
-  document.getElementById("action-cancel").addEventListener("click", () => {
+  const cancelTask = () => {
     if (window.confirm("Cancel the frames of this task that are not rendered yet? Rendered frames stay.")) {
       act("/cancel_task", null, "Canceled");
     }
-  });
+  };
+  document.getElementById("action-cancel").addEventListener("click", cancelTask);
+  document.getElementById("action-reject").addEventListener("click", cancelTask);
+  document.getElementById("action-approve").addEventListener("click", () =>
+    act("/approve_task", null, "Approved: the rest of the frames render now"));
   const priorityInput = document.getElementById("task-priority");
   priorityInput.addEventListener("change", async () => {
     const priority = parseInt(priorityInput.value, 10);
@@ -239,26 +250,48 @@
   const thumbs = new Map(); // frame number (string) -> element, reused so images are not fetched again
   let latestKey = null;
 
+  const scoutThumbs = new Map(); // the same for the scouts' strip
+
+  /** Fill a strip with thumbnails of `shown` frames, reusing the elements (and images) of `made`. */
+  function fillStrip(strip, made, shown) {
+    const wanted = shown.map((f) => String(f.number));
+    for (const [key, node] of made) {
+      if (!wanted.includes(key)) { node.remove(); made.delete(key); }
+    }
+    for (const frame of shown) {
+      const key = String(frame.number);
+      if (!made.has(key)) {
+        const img = el("img", {src: imageUrl(frame.number), alt: "Frame " + frame.number, loading: "lazy",
+                               decoding: "async"});
+        made.set(key, el("a", {className: "thumb", href: imageUrl(frame.number), target: "_blank",
+                               rel: "noopener"}, img, el("span", {text: "frame " + frame.number})));
+      }
+    }
+    strip.replaceChildren(...wanted.map((key) => made.get(key)));
+  }
+
+  /** The scouts panel of a task waiting for approval: the scouts' images, the estimate, Approve and Cancel. */
+  function renderScouts(approvable) {
+    const panel = document.getElementById("scouts-panel");
+    panel.hidden = !approvable;
+    if (!approvable) return;
+    // While it waits, its done frames are its scouts.
+    const scouts = Object.keys(latestFrames).map((key) => frameIn(latestFrames, key))
+      .filter((f) => f.status === "done" && hasImage(f)).sort((a, b) => a.number - b.number);
+    fillStrip(document.getElementById("scouts"), scoutThumbs, scouts);
+    document.getElementById("scouts-note").textContent =
+      summary.scouts + " scout frames rendered first; " + summary.held + " frames wait for approval";
+    const estimate = RQ.estimateText(summary.estimate);
+    document.getElementById("scouts-estimate").textContent = estimate
+      ? "The frames left: " + estimate : "No estimate: no scout frame has an exact render time.";
+  }
+
   function renderThumbnails() {
     const finished = Object.keys(latestFrames).map((key) => frameIn(latestFrames, key))
       .filter((f) => f.status === "done" && hasImage(f))
       .sort((a, b) => (b.ended_at || 0) - (a.ended_at || 0) || b.number - a.number)
       .slice(0, THUMBNAILS);
-    const strip = document.getElementById("thumbs");
-    const wanted = finished.map((f) => String(f.number));
-    for (const [key, node] of thumbs) {
-      if (!wanted.includes(key)) { node.remove(); thumbs.delete(key); }
-    }
-    for (const frame of finished) {
-      const key = String(frame.number);
-      if (!thumbs.has(key)) {
-        const img = el("img", {src: imageUrl(frame.number), alt: "Frame " + frame.number, loading: "lazy",
-                               decoding: "async"});
-        thumbs.set(key, el("a", {className: "thumb", href: imageUrl(frame.number), target: "_blank",
-                                 rel: "noopener"}, img, el("span", {text: "frame " + frame.number})));
-      }
-    }
-    strip.replaceChildren(...wanted.map((key) => thumbs.get(key)));
+    fillStrip(document.getElementById("thumbs"), thumbs, finished);
 
     const latest = finished[0];
     document.getElementById("latest-empty").hidden = Boolean(latest);
