@@ -314,6 +314,7 @@ class FarmReader:
             "render_engine": task["render_engine"],
             "device": task["device"],
             "video": task.get("video"),
+            "tiles": task.get("tiles") or "",
             "frame_timeout": task["frame_timeout"],
             "no_progress_timeout": task["no_progress_timeout"],
             "waiting_reason": waiting_reason,

@@ -72,6 +72,8 @@ def submit_task():
         render_engine=body.get("render_engine", ""),
         device=body.get("device", ""),
         video=body.get("video"),
+        tiles=body.get("tiles", ""),
+        denoising=body.get("denoising", False),
     )
     blobs = _blobs()
     # The orphan sweep may have deleted a file since the checks above (one uploaded long ago and used by no task):

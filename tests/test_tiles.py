@@ -1,0 +1,169 @@
+"""A still split into tiles: each tile leased, rendered and retried like a frame on real workers, merged by one of
+them, and the merged image equal to a local render of the whole frame, pixel for pixel.
+
+Real coordinator over real HTTP, real workers with Blender 3.4, the real `renderq` command line. Pixels are compared
+decoded (Pillow): the merged file is Blender's own PNG writer's, not necessarily byte for byte the local one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from harness import ROOT, find_blender_or_none, wait_for
+from renderq.model import MERGE_FRAME
+from renderq.scenes import make_scene
+from worker.tile_rects import border, tile_rect
+
+BLENDER = find_blender_or_none()
+FAST = ("--heartbeat", "1", "--alive-timeout", "4")
+# Odd sizes, so tile edges fall between the halves and thirds and the rounding of the border is put to the test.
+RESOLUTION = (67, 45)
+
+pytestmark = pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)")
+
+
+def renderq(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real `renderq` command line, in its own process."""
+    return subprocess.run([sys.executable, "-m", "renderq", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def still(folder: str, *, denoising: bool = False, samples: int = 8) -> str:
+    """A one-frame Cycles scene (the demo's torus) in a project folder of its own; with `denoising`, Cycles'
+    denoising switched on (the scene's and its view layer's)."""
+    os.makedirs(folder, exist_ok=True)
+    blend = make_scene(os.path.join(folder, "still.blend"), blender=BLENDER, frames=1, resolution=RESOLUTION,
+                       samples=samples)
+    if denoising:
+        subprocess.run([BLENDER, "-b", "-Y", "--factory-startup", blend, "--python-expr",
+                        "import bpy; bpy.context.scene.cycles.use_denoising = True; bpy.ops.wm.save_mainfile()"],
+                       check=True, capture_output=True, timeout=120)
+    return blend
+
+
+def local_render(blend: str) -> str:
+    """The whole frame rendered by `blender -b FILE -f 1` beside the .blend (the scene writes `//render/f_`)."""
+    subprocess.run([BLENDER, "-b", "-Y", blend, "-f", "1"], check=True, capture_output=True, timeout=300)
+    return os.path.join(os.path.dirname(blend), "render", "f_0001.png")
+
+
+def pixels(path: str) -> tuple[str, tuple[int, int], bytes]:
+    with Image.open(path) as image:
+        return image.mode, image.size, image.tobytes()
+
+
+def test_tile_rectangles_cover_every_pixel_once_and_their_borders_come_back_as_the_same_pixels() -> None:
+    for width, height, columns, rows in ((67, 45, 2, 2), (1920, 1080, 3, 3), (8, 8, 8, 8), (1001, 7, 7, 1)):
+        covered = [0] * (width * height)
+        for number in range(1, columns * rows + 1):
+            x0, x1, y0, y1 = tile_rect(width, height, columns, rows, number)
+            for y in range(y0, y1):
+                for x in range(x0, x1):
+                    covered[y * width + x] += 1
+            # Blender takes a border fraction back to pixels by multiplying and dropping the fraction part.
+            fractions = border(width, height, columns, rows, number)
+            assert [int(fraction * size) for fraction, size in zip(fractions, (width, width, height, height))] \
+                == [x0, x1, y0, y1]
+        assert set(covered) == {1}
+    # Tile 1 is the top left: in Blender's pixels, counted from the bottom, it holds the top rows.
+    assert tile_rect(67, 45, 2, 2, 1) == (0, 33, 22, 45)
+
+
+@pytest.mark.timeout(300)
+def test_a_2x2_tiled_still_equals_the_local_render_pixel_for_pixel(farm, tmp_path) -> None:
+    blend = still(str(tmp_path / "project"))
+    farm.start_coordinator(*FAST)
+    farm.start_worker("w1")
+    farm.start_worker("w2")
+    out = tmp_path / "out"
+
+    submitted = renderq("submit", blend, "--frames", "1", "--tiles", "2x2", "--wait", "--output", str(out),
+                        *farm.cli_flags())
+
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    task_id = int(submitted.stdout.split("submitted task ")[1].split()[0])
+    task = farm.api.task(task_id)
+    assert task["status"] == "done" and task["tiles"] == "2x2"
+    assert task["progress"]["done"] == task["progress"]["total"] == 5  # four tiles and the merge
+    kinds = [(frame["frame"], frame["kind"]) for frame in task["frames"]]
+    assert kinds == [(1, "tile"), (2, "tile"), (3, "tile"), (4, "tile"), (MERGE_FRAME, "merge")]
+    assert [frame["output"] for frame in task["frames"]][:4] == [f"f_0001.tile-{n}-of-4.png" for n in range(1, 5)]
+    assert task["frames"][-1]["output"] == "f_0001.png"
+    # The download (and the task's preview) sees one image: the merged still, under the frame's own name.
+    assert os.listdir(out) == ["f_0001.png"]
+    assert task["latest_done"]["kind"] == "merge"
+    assert pixels(str(out / "f_0001.png")) == pixels(local_render(blend))
+    print("tiles rendered by", sorted({frame["worker"] for frame in task["frames"][:4]}))
+
+
+@pytest.mark.timeout(300)
+def test_a_tile_whose_worker_dies_is_rendered_again_and_the_still_is_still_equal(farm, tmp_path) -> None:
+    # Enough samples that a tile takes a few seconds on one thread: the kill lands while it renders.
+    blend = still(str(tmp_path / "project"), samples=1500)
+    farm.start_coordinator(*FAST)
+    doomed = farm.start_worker("doomed")
+    task_id = farm.api.submit(blend, 1, 1, tiles="2x2")
+    wait_for(lambda: any(frame["status"] == "rendering" for frame in farm.api.task(task_id)["frames"]), 60,
+             "a tile to start rendering")
+    doomed.kill_group()  # the worker and its Blender vanish mid-tile: its lease runs out, the tile is queued again
+    farm.start_worker("w2")
+
+    task = farm.api.wait_task_ended(task_id, 240)
+
+    assert task["status"] == "done", task
+    # The tile the dead worker held was leased again and rendered by the other.
+    assert any(frame["attempts"] >= 2 and frame["worker"] == "w2" for frame in task["frames"]), task["frames"]
+    out = tmp_path / "out"
+    fetched = renderq("download", str(task_id), str(out), *farm.cli_flags())
+    assert fetched.returncode == 0, fetched.stderr
+    assert os.listdir(out) == ["f_0001.png"]
+    assert pixels(str(out / "f_0001.png")) == pixels(local_render(blend))
+
+
+def refusal(farm, blend_sha: str, **fields) -> tuple[int, dict]:
+    body = {"blend_sha256": blend_sha, "blend_filename": "still.blend", "frame_start": 1, "frame_end": 1, **fields}
+    return farm.api.call("POST", "/submit_task", body)
+
+
+@pytest.mark.timeout(120)
+def test_a_still_that_cannot_be_tiled_is_refused_with_one_sentence(farm, tmp_path) -> None:
+    blend = still(str(tmp_path / "project"))
+    farm.start_coordinator(*FAST)
+    sha = farm.api.upload_blend(blend)
+    cases = [
+        ({"tiles": "2"}, "is not columns x rows"),
+        ({"tiles": "9x2"}, "must each be 1 to 8"),
+        ({"tiles": "0x2"}, "must each be 1 to 8"),
+        ({"tiles": "1x1"}, "whole frame"),
+        ({"tiles": "2x2", "frame_end": 3}, "only a single frame can be split into tiles, and this task has 3 frames"),
+        ({"tiles": "2x2", "video": {"container": "mp4"}}, "cannot also make a video"),
+        ({"tiles": "2x2", "denoising": True}, "a denoised scene cannot be split into tiles"),
+    ]
+    for fields, sentence in cases:
+        status, answer = refusal(farm, sha, **fields)
+        assert status == 400 and sentence in answer["error"], (fields, status, answer)
+        assert "\n" not in answer["error"]
+    assert farm.api.get("/list_tasks")["tasks"] == []  # nothing was stored
+
+
+@pytest.mark.timeout(180)
+def test_the_command_line_refuses_a_denoised_scene_many_frames_and_bad_tiles_before_uploading(farm, tmp_path) -> None:
+    denoised = still(str(tmp_path / "denoised"), denoising=True)
+    plain = still(str(tmp_path / "plain"))
+    farm.start_coordinator(*FAST)
+
+    answer = renderq("submit", denoised, "--frames", "1", "--tiles", "2x2", *farm.cli_flags())
+    assert answer.returncode != 0
+    assert "is denoised, so it cannot be split into tiles: each tile denoised alone leaves seams" in answer.stderr
+
+    answer = renderq("submit", plain, "--frames", "1-2", "--tiles", "2x2", *farm.cli_flags())
+    assert answer.returncode != 0 and "only a single frame can be split into tiles" in answer.stderr
+
+    answer = renderq("submit", plain, "--frames", "1", "--tiles", "2by2", *farm.cli_flags())
+    assert answer.returncode != 0 and "'2by2' is not columns x rows, like 2x2" in answer.stderr
+    assert farm.api.get("/list_tasks")["tasks"] == []
