@@ -17,7 +17,7 @@ from PIL import Image
 from harness import ROOT, find_blender_or_none, wait_for
 from renderq.model import MERGE_FRAME
 from renderq.scenes import make_scene
-from worker.tile_rects import border, tile_rect
+from worker.tile_rects import border, render_rect, tile_rect
 
 BLENDER = find_blender_or_none()
 FAST = ("--heartbeat", "1", "--alive-timeout", "4")
@@ -33,16 +33,16 @@ def renderq(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
 
 
-def still(folder: str, *, denoising: bool = False, samples: int = 8) -> str:
-    """A one-frame Cycles scene (the demo's torus) in a project folder of its own; with `denoising`, Cycles'
-    denoising switched on (the scene's and its view layer's)."""
+def still(folder: str, *, samples: int = 1500, adaptive: bool = True, denoising: bool = False) -> str:
+    """A one-frame Cycles scene (the demo's torus) in a project folder of its own, with Cycles' adaptive sampling
+    (its default) or not; with `denoising`, Cycles' denoising switched on."""
     os.makedirs(folder, exist_ok=True)
     blend = make_scene(os.path.join(folder, "still.blend"), blender=BLENDER, frames=1, resolution=RESOLUTION,
                        samples=samples)
-    if denoising:
-        subprocess.run([BLENDER, "-b", "-Y", "--factory-startup", blend, "--python-expr",
-                        "import bpy; bpy.context.scene.cycles.use_denoising = True; bpy.ops.wm.save_mainfile()"],
-                       check=True, capture_output=True, timeout=120)
+    change = (f"import bpy; cycles = bpy.context.scene.cycles; cycles.use_adaptive_sampling = {adaptive}; "
+              f"cycles.use_denoising = {denoising}; bpy.ops.wm.save_mainfile()")
+    subprocess.run([BLENDER, "-b", "-Y", "--factory-startup", blend, "--python-expr", change],
+                   check=True, capture_output=True, timeout=120)
     return blend
 
 
@@ -66,16 +66,18 @@ def test_tile_rectangles_cover_every_pixel_once_and_their_borders_come_back_as_t
                 for x in range(x0, x1):
                     covered[y * width + x] += 1
             # Blender takes a border fraction back to pixels by multiplying and dropping the fraction part.
-            fractions = border(width, height, columns, rows, number)
+            fractions = border(width, height, columns, rows, number, margin=0)
             assert [int(fraction * size) for fraction, size in zip(fractions, (width, width, height, height))] \
                 == [x0, x1, y0, y1]
         assert set(covered) == {1}
+        assert render_rect(width, height, columns, rows, 1, margin=2)[:2] == (0, min(width, width // columns + 2))
     # Tile 1 is the top left: in Blender's pixels, counted from the bottom, it holds the top rows.
     assert tile_rect(67, 45, 2, 2, 1) == (0, 33, 22, 45)
 
 
 @pytest.mark.timeout(300)
 def test_a_2x2_tiled_still_equals_the_local_render_pixel_for_pixel(farm, tmp_path) -> None:
+    # Adaptive sampling at 1,500 samples: without the tiles' margin, pixels next to the tile edges differ here.
     blend = still(str(tmp_path / "project"))
     farm.start_coordinator(*FAST)
     farm.start_worker("w1")
@@ -103,8 +105,9 @@ def test_a_2x2_tiled_still_equals_the_local_render_pixel_for_pixel(farm, tmp_pat
 
 @pytest.mark.timeout(300)
 def test_a_tile_whose_worker_dies_is_rendered_again_and_the_still_is_still_equal(farm, tmp_path) -> None:
-    # Enough samples that a tile takes a few seconds on one thread: the kill lands while it renders.
-    blend = still(str(tmp_path / "project"), samples=1500)
+    # Every sample taken (no adaptive sampling), so a tile takes seconds on one thread: the kill lands while it
+    # renders.
+    blend = still(str(tmp_path / "project"), samples=1500, adaptive=False)
     farm.start_coordinator(*FAST)
     doomed = farm.start_worker("doomed")
     task_id = farm.api.submit(blend, 1, 1, tiles="2x2")
@@ -132,7 +135,7 @@ def refusal(farm, blend_sha: str, **fields) -> tuple[int, dict]:
 
 @pytest.mark.timeout(120)
 def test_a_still_that_cannot_be_tiled_is_refused_with_one_sentence(farm, tmp_path) -> None:
-    blend = still(str(tmp_path / "project"))
+    blend = still(str(tmp_path / "project"), samples=8)
     farm.start_coordinator(*FAST)
     sha = farm.api.upload_blend(blend)
     cases = [
@@ -148,13 +151,13 @@ def test_a_still_that_cannot_be_tiled_is_refused_with_one_sentence(farm, tmp_pat
         status, answer = refusal(farm, sha, **fields)
         assert status == 400 and sentence in answer["error"], (fields, status, answer)
         assert "\n" not in answer["error"]
-    assert farm.api.get("/list_tasks")["tasks"] == []  # nothing was stored
+    assert farm.api.get("/tasks")["tasks"] == []  # nothing was stored
 
 
 @pytest.mark.timeout(180)
 def test_the_command_line_refuses_a_denoised_scene_many_frames_and_bad_tiles_before_uploading(farm, tmp_path) -> None:
-    denoised = still(str(tmp_path / "denoised"), denoising=True)
-    plain = still(str(tmp_path / "plain"))
+    denoised = still(str(tmp_path / "denoised"), samples=8, denoising=True)
+    plain = still(str(tmp_path / "plain"), samples=8)
     farm.start_coordinator(*FAST)
 
     answer = renderq("submit", denoised, "--frames", "1", "--tiles", "2x2", *farm.cli_flags())
@@ -166,4 +169,4 @@ def test_the_command_line_refuses_a_denoised_scene_many_frames_and_bad_tiles_bef
 
     answer = renderq("submit", plain, "--frames", "1", "--tiles", "2by2", *farm.cli_flags())
     assert answer.returncode != 0 and "'2by2' is not columns x rows, like 2x2" in answer.stderr
-    assert farm.api.get("/list_tasks")["tasks"] == []
+    assert farm.api.get("/tasks")["tasks"] == []
