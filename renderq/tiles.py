@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["TILES_MAX", "parse_tiles", "tile_position"]
+__all__ = ["TILES_MAX", "parse_tiles", "tile_position", "tiles_progress"]
 
 # The most columns, and the most rows, a still may be split into.
 TILES_MAX = 8
@@ -30,6 +30,19 @@ def parse_tiles(text: str) -> tuple[int, int]:
     if columns * rows == 1:
         raise ValueError("tiles 1x1 is the whole frame: leave tiles out to render it on one worker")
     return columns, rows
+
+
+def tiles_progress(tiles: str, done: int, total: int) -> str:
+    """A tiled still's progress in words, from its task's done and total frame rows (its tiles, then its merge job):
+    "3 of 4 tiles", "4 of 4 tiles, merging", "4 of 4 tiles, merged"."""
+    try:
+        columns, rows = parse_tiles(tiles)
+    except ValueError:
+        return f"{done}/{total}"
+    count = columns * rows
+    if done < count:
+        return f"{done} of {count} tiles"
+    return f"{count} of {count} tiles, {'merged' if done > count else 'merging'}"
 
 
 def tile_position(number: int, columns: int) -> tuple[int, int]:

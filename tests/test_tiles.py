@@ -67,8 +67,8 @@ def test_tile_rectangles_cover_every_pixel_once_and_their_borders_come_back_as_t
                     covered[y * width + x] += 1
             # Blender takes a border fraction back to pixels by multiplying and dropping the fraction part.
             fractions = border(width, height, columns, rows, number, margin=0)
-            assert [int(fraction * size) for fraction, size in zip(fractions, (width, width, height, height))] \
-                == [x0, x1, y0, y1]
+            sizes = (width, width, height, height)
+            assert [int(fraction * size) for fraction, size in zip(fractions, sizes, strict=True)] == [x0, x1, y0, y1]
         assert set(covered) == {1}
         assert render_rect(width, height, columns, rows, 1, margin=2)[:2] == (0, min(width, width // columns + 2))
     # Tile 1 is the top left: in Blender's pixels, counted from the bottom, it holds the top rows.
