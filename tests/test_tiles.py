@@ -170,3 +170,27 @@ def test_the_command_line_refuses_a_denoised_scene_many_frames_and_bad_tiles_bef
     answer = renderq("submit", plain, "--frames", "1", "--tiles", "2by2", *farm.cli_flags())
     assert answer.returncode != 0 and "'2by2' is not columns x rows, like 2x2" in answer.stderr
     assert farm.api.get("/tasks")["tasks"] == []
+
+
+@pytest.mark.timeout(300)
+def test_the_addon_splits_a_single_frame_into_tiles_and_refuses_what_it_cannot_split(farm, tmp_path) -> None:
+    from test_addon_blender34 import run_addon
+
+    sys.path.insert(0, ROOT)
+    try:
+        import build_addon
+    finally:
+        sys.path.remove(ROOT)
+    built = str(build_addon.build(tmp_path / "addon-dist"))
+    blend = still(str(tmp_path / "project"), samples=8)
+    farm.start_coordinator(*FAST)
+
+    result = run_addon(tmp_path, built, farm.url, "tiles", blend, token=farm.token("artist"),
+                       script=os.path.join(ROOT, "tests", "addon_scripts", "addon_tiles.py"))
+
+    assert result["many_frames"] == ("Split into Tiles renders a single frame, and the range has 2 frames: set the "
+                                     "range to one frame")
+    assert result["denoised"].startswith("This scene is denoised, so it cannot be split into tiles: each tile")
+    task = farm.api.task(result["task_id"])
+    assert task["tiles"] == "2x2" and [frame["kind"] for frame in task["frames"]] == ["tile"] * 4
+    assert (task["frame_start"], task["frame_end"]) == (1, 1)
