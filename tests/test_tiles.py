@@ -33,12 +33,13 @@ def renderq(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
 
 
-def still(folder: str, *, samples: int = 1500, adaptive: bool = True, denoising: bool = False) -> str:
+def still(folder: str, *, samples: int = 1500, adaptive: bool = True, denoising: bool = False,
+          file_format: str = "PNG") -> str:
     """A one-frame Cycles scene (the demo's torus) in a project folder of its own, with Cycles' adaptive sampling
     (its default) or not; with `denoising`, Cycles' denoising switched on."""
     os.makedirs(folder, exist_ok=True)
     blend = make_scene(os.path.join(folder, "still.blend"), blender=BLENDER, frames=1, resolution=RESOLUTION,
-                       samples=samples)
+                       samples=samples, file_format=file_format)
     change = (f"import bpy; cycles = bpy.context.scene.cycles; cycles.use_adaptive_sampling = {adaptive}; "
               f"cycles.use_denoising = {denoising}; bpy.ops.wm.save_mainfile()")
     subprocess.run([BLENDER, "-b", "-Y", "--factory-startup", blend, "--python-expr", change],
@@ -46,15 +47,38 @@ def still(folder: str, *, samples: int = 1500, adaptive: bool = True, denoising:
     return blend
 
 
-def local_render(blend: str) -> str:
+def local_render(blend: str, extension: str = "png") -> str:
     """The whole frame rendered by `blender -b FILE -f 1` beside the .blend (the scene writes `//render/f_`)."""
     subprocess.run([BLENDER, "-b", "-Y", blend, "-f", "1"], check=True, capture_output=True, timeout=300)
-    return os.path.join(os.path.dirname(blend), "render", "f_0001.png")
+    return os.path.join(os.path.dirname(blend), "render", f"f_0001.{extension}")
 
 
 def pixels(path: str) -> tuple[str, tuple[int, int], bytes]:
     with Image.open(path) as image:
         return image.mode, image.size, image.tobytes()
+
+
+def exr_pixels_equal(first: str, second: str) -> bool:
+    """Whether two OpenEXR files hold the same pixels, as Blender decodes them (the tests have no EXR reader)."""
+    compare = ("import bpy, sys; a, b = (bpy.data.images.load(p) for p in sys.argv[-2:]); "
+               "print('RENDERQ_EQUAL', tuple(a.size) == tuple(b.size) and list(a.pixels) == list(b.pixels))")
+    done = subprocess.run([BLENDER, "-b", "-Y", "--factory-startup", "--python-expr", compare, "--", first, second],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return "RENDERQ_EQUAL True" in done.stdout
+
+
+def exr_layout(path: str) -> tuple[list[tuple[str, int]], int]:
+    """An OpenEXR file's channels with their pixel types (1 half, 2 float) and its compression, from its header."""
+    with open(path, "rb") as handle:
+        data = handle.read(4096)
+    start = data.index(b"channels\0chlist\0") + len(b"channels\0chlist\0") + 4
+    channels = []
+    while data[start] != 0:
+        end = data.index(b"\0", start)
+        channels.append((data[start:end].decode(), int.from_bytes(data[end + 1:end + 5], "little")))
+        start = end + 1 + 16
+    compression = data[data.index(b"compression\0compression\0") + len(b"compression\0compression\0") + 4]
+    return channels, compression
 
 
 def test_tile_rectangles_cover_every_pixel_once_and_their_borders_come_back_as_the_same_pixels() -> None:
@@ -101,6 +125,24 @@ def test_a_2x2_tiled_still_equals_the_local_render_pixel_for_pixel(farm, tmp_pat
     assert task["latest_done"]["kind"] == "merge"
     assert pixels(str(out / "f_0001.png")) == pixels(local_render(blend))
     print("tiles rendered by", sorted({frame["worker"] for frame in task["frames"][:4]}))
+
+
+@pytest.mark.timeout(300)
+def test_an_openexr_still_is_merged_into_the_scenes_own_exr_with_the_local_renders_pixels(farm, tmp_path) -> None:
+    blend = still(str(tmp_path / "project"), samples=64, file_format="OPEN_EXR")
+    farm.start_coordinator(*FAST)
+    farm.start_worker("w1")
+    out = tmp_path / "out"
+
+    submitted = renderq("submit", blend, "--frames", "1", "--tiles", "3x2", "--wait", "--output", str(out),
+                        *farm.cli_flags())
+
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert os.listdir(out) == ["f_0001.exr"]
+    local = local_render(blend, "exr")
+    assert exr_pixels_equal(str(out / "f_0001.exr"), local)
+    # Half or full float and the codec are the scene's, as in the local render.
+    assert exr_layout(str(out / "f_0001.exr")) == exr_layout(local)
 
 
 @pytest.mark.timeout(300)

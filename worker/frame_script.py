@@ -325,6 +325,9 @@ def tile_border(scene: bpy.types.Scene, tile):
     width = render.resolution_x * render.resolution_percentage // 100
     height = render.resolution_y * render.resolution_percentage // 100
     columns, rows, number = int(tile["columns"]), int(tile["rows"]), int(tile["number"])
+    if render.image_settings.file_format == "OPEN_EXR_MULTILAYER":
+        raise RuntimeError("a multilayer OpenEXR still cannot be split into tiles yet: its passes would not be "
+                           "merged; choose OpenEXR or render it whole")
     if width < columns or height < rows:
         raise RuntimeError(f"a frame of {width}x{height} pixels cannot be split into {columns}x{rows} tiles")
     render.use_border, render.use_crop_to_border = True, False

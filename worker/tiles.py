@@ -62,8 +62,12 @@ def _merge(job: EncodeJob, folder: str) -> str:
         raise EncodeFailed(f"the still has {len(tiles)} rendered tiles, not the {columns}x{rows} it was split into")
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
-    command = [job.blender, "-b", "-Y", "--factory-startup", "--python-exit-code", "1", "--python", MERGE_SCRIPT,
-               "--", "--columns", str(columns), "--rows", str(rows)]
+    # An EXR is saved with the scene's output settings, so Blender opens the task's file for it (merge_script.py).
+    is_exr = str(tiles[0].get("output") or "").lower().endswith(".exr")
+    blend = [job.blend_path()] if is_exr else []
+    command = [job.blender, "-b", "-Y", "--factory-startup", *blend, "--python-exit-code", "1", "--python",
+               MERGE_SCRIPT, "--", "--columns", str(columns), "--rows", str(rows),
+               "--scene", str(job.lease.settings.get("scene") or "")]
     for item in tiles:
         if job.should_stop():
             raise EncodeFailed("the merge was stopped")
