@@ -19,6 +19,8 @@ __all__ = ["BlendScenes", "read_scenes", "refusal"]
 
 # Object type of a camera in Blender's DNA (OB_CAMERA).
 _OB_CAMERA = 11
+# The output format of a multilayer OpenEXR in Blender's DNA (R_IMF_IMTYPE_MULTILAYER).
+_MULTILAYER_EXR = 28
 # IDProperty types in Blender's DNA: IDP_INT and IDP_GROUP.
 _IDP_INT, _IDP_GROUP = 1, 6
 _READ_ERRORS = (blend_exceptions.BlendFileError, blend_exceptions.SegmentationFault,
@@ -34,6 +36,8 @@ class BlendScenes:
     frame_ranges: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     # The scenes that Cycles denoises: the scene's denoising on and a view layer's too (both on unless set off).
     denoising: dict[str, bool] = field(default_factory=dict)
+    # The scenes whose output is a multilayer OpenEXR.
+    multilayer: dict[str, bool] = field(default_factory=dict)
     # The scene the file was saved with, which renders when no other is named.
     current: str = ""
 
@@ -56,6 +60,7 @@ def read_scenes(path: str) -> BlendScenes | None:
             start, end, step = (int(scene.get((b"r", key))) for key in (b"sfra", b"efra", b"frame_step"))
             found.frame_ranges[name] = (start, end, max(1, step))
             found.denoising[name] = _denoises(scene)
+            found.multilayer[name] = int(scene.get((b"r", b"im_format", b"imtype"))) == _MULTILAYER_EXR
         current = bfile.find_blocks_from_code(b"GLOB")[0].get_pointer(b"curscene")
         found.current = _name(current) if current is not None else ""
         found.cameras = [_name(obj) for obj in bfile.find_blocks_from_code(b"OB")

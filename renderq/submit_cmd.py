@@ -115,6 +115,9 @@ def tiles_request(blend: Path, args: argparse.Namespace, frame_range: tuple[int,
     if getattr(args, "video", None):
         raise UsageError("a task split into tiles is a still and cannot also make a video")
     found = scenes_in_file(blend, args)
+    if found.multilayer.get(args.scene or found.current, False):
+        raise UsageError(f"the scene in {blend.name} writes a multilayer OpenEXR, which cannot be split into tiles "
+                         "yet: its passes would not be merged; choose OpenEXR or render it without --tiles")
     if found.denoising.get(args.scene or found.current, False):
         raise UsageError(f"the scene in {blend.name} is denoised, so it cannot be split into tiles: each tile "
                          "denoised alone leaves seams, and RenderQ does not yet denoise the merged image; turn "

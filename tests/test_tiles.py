@@ -197,7 +197,7 @@ def test_a_still_that_cannot_be_tiled_is_refused_with_one_sentence(farm, tmp_pat
 
 
 @pytest.mark.timeout(180)
-def test_the_command_line_refuses_a_denoised_scene_many_frames_and_bad_tiles_before_uploading(farm, tmp_path) -> None:
+def test_the_command_line_refuses_denoised_or_multilayer_scenes_many_frames_and_bad_tiles_first(farm, tmp_path) -> None:
     denoised = still(str(tmp_path / "denoised"), samples=8, denoising=True)
     plain = still(str(tmp_path / "plain"), samples=8)
     farm.start_coordinator(*FAST)
@@ -205,6 +205,10 @@ def test_the_command_line_refuses_a_denoised_scene_many_frames_and_bad_tiles_bef
     answer = renderq("submit", denoised, "--frames", "1", "--tiles", "2x2", *farm.cli_flags())
     assert answer.returncode != 0
     assert "is denoised, so it cannot be split into tiles: each tile denoised alone leaves seams" in answer.stderr
+
+    multilayer = still(str(tmp_path / "multilayer"), samples=8, file_format="OPEN_EXR_MULTILAYER")
+    answer = renderq("submit", multilayer, "--frames", "1", "--tiles", "2x2", *farm.cli_flags())
+    assert answer.returncode != 0 and "writes a multilayer OpenEXR, which cannot be split into tiles" in answer.stderr
 
     answer = renderq("submit", plain, "--frames", "1-2", "--tiles", "2x2", *farm.cli_flags())
     assert answer.returncode != 0 and "only a single frame can be split into tiles" in answer.stderr

@@ -140,6 +140,9 @@ def tiles_request(scene: bpy.types.Scene, frame_count: int, video: dict[str, str
                       "range to one frame")
     if video:
         raise Refused("Split into Tiles makes a still: untick Make a Video (or choose an image output)")
+    if scene.render.image_settings.file_format == "OPEN_EXR_MULTILAYER":
+        raise Refused("A multilayer OpenEXR cannot be split into tiles yet: its passes would not be merged; choose "
+                      "OpenEXR or render it whole")
     if denoises(scene):
         raise Refused("This scene is denoised, so it cannot be split into tiles: each tile denoised alone leaves "
                       "seams, and RenderQ does not yet denoise the merged image; turn denoising off or render it "
