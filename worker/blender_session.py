@@ -305,6 +305,7 @@ class BlenderSession:
                     f"({'; '.join(self.python_found)})",
                 )
             events = FrameEvents(frame)
+            self._started = None  # a tile renders the same frame number as the tile before it
             if not self._send({"type": "render", "frame": frame, **({"tile": tile} if tile else {})}):
                 self._wait_exit(5.0)
             self._follow(events, frame_timeout, no_progress_timeout)
