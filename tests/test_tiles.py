@@ -48,8 +48,11 @@ def still(folder: str, *, samples: int = 1500, adaptive: bool = True, denoising:
 
 
 def local_render(blend: str, extension: str = "png") -> str:
-    """The whole frame rendered by `blender -b FILE -f 1` beside the .blend (the scene writes `//render/f_`)."""
-    subprocess.run([BLENDER, "-b", "-Y", blend, "-f", "1"], check=True, capture_output=True, timeout=300)
+    """The whole frame rendered by `blender -b FILE -t 1 -f 1` beside the .blend (the scene writes `//render/f_`).
+
+    One thread, as the test's workers render: Cycles with adaptive sampling on several threads is not repeatable
+    to the last bit (two local renders of this scene on 2 threads differed by one float step in 8 pixels)."""
+    subprocess.run([BLENDER, "-b", "-Y", blend, "-t", "1", "-f", "1"], check=True, capture_output=True, timeout=300)
     return os.path.join(os.path.dirname(blend), "render", f"f_0001.{extension}")
 
 
