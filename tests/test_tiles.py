@@ -17,6 +17,7 @@ from PIL import Image
 from harness import ROOT, find_blender_or_none, wait_for
 from renderq.model import MERGE_FRAME
 from renderq.scenes import make_scene
+from renderq.tiles import tiles_progress
 from worker.tile_rects import border, render_rect, tile_rect
 
 BLENDER = find_blender_or_none()
@@ -102,6 +103,11 @@ def test_tile_rectangles_cover_every_pixel_once_and_their_borders_come_back_as_t
     assert tile_rect(67, 45, 2, 2, 1) == (0, 33, 22, 45)
 
 
+def test_a_tiled_stills_progress_is_told_in_tiles() -> None:
+    assert [tiles_progress("2x2", done, total) for done, total in ((0, 4), (3, 4), (4, 5), (5, 5))] == [
+        "0 of 4 tiles", "3 of 4 tiles", "4 of 4 tiles, merging", "4 of 4 tiles, merged"]
+
+
 @pytest.mark.timeout(300)
 def test_a_2x2_tiled_still_equals_the_local_render_pixel_for_pixel(farm, tmp_path) -> None:
     # Adaptive sampling at 1,500 samples: without the tiles' margin, pixels next to the tile edges differ here.
@@ -128,6 +134,8 @@ def test_a_2x2_tiled_still_equals_the_local_render_pixel_for_pixel(farm, tmp_pat
     assert task["latest_done"]["kind"] == "merge"
     assert pixels(str(out / "f_0001.png")) == pixels(local_render(blend))
     print("tiles rendered by", sorted({frame["worker"] for frame in task["frames"][:4]}))
+    status = renderq("status", str(task_id), *farm.cli_flags())
+    assert "4 of 4 tiles, merged" in status.stdout, status.stdout
 
 
 @pytest.mark.timeout(300)
