@@ -7,7 +7,7 @@ zip's single top-level folder `renderq_addon/`.
 The add-on's own sources come from addon/renderq_addon/. The modules it shares with the command line
 (renderq/http_client.py with renderq/client_errors.py and renderq/addresses.py, renderq/packing.py,
 renderq/exposure.py, renderq/blend_header.py, renderq/paths.py, renderq/frame_download.py, renderq/model.py,
-renderq/units.py, renderq/submit.py, renderq/capabilities.py) and the blender_asset_tracer package
+renderq/units.py, renderq/submit.py, renderq/capabilities.py, renderq/tiles.py) and the blender_asset_tracer package
 (from the Python running this script) are copied into `renderq_addon/vendor/` at build time, never into the
 repository. BAT's `shaman`, `s3` and `cli` parts are left out: they need `requests` or `boto3`, which Blender's
 Python may lack, and the add-on does not use them.
@@ -40,7 +40,7 @@ MANIFEST_NAME = "blender_manifest.toml"
 # The renderq modules the add-on imports, plus the package's __init__ so that `renderq` is a package.
 VENDORED_RENDERQ = ("__init__.py", "http_client.py", "client_errors.py", "packing.py", "exposure.py",
                     "blend_header.py", "paths.py", "frame_download.py", "model.py", "units.py", "submit.py",
-                    "local_files.py", "addresses.py", "object_store.py", "capabilities.py")
+                    "local_files.py", "addresses.py", "object_store.py", "capabilities.py", "tiles.py")
 BAT_PACKAGE = "blender_asset_tracer"
 BAT_DISTRIBUTION = "blender-asset-tracer"
 # Relative to the BAT package: parts that need third-party modules (requests, boto3) or are a command line.

@@ -342,6 +342,7 @@ class FarmReader:
             "device": task["device"],
             "video": task.get("video"),
             "order": task["render_order"],
+            "tiles": task.get("tiles") or "",
             "frame_timeout": task["frame_timeout"],
             "no_progress_timeout": task["no_progress_timeout"],
             "waiting_reason": waiting_reason,

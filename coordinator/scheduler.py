@@ -15,10 +15,11 @@ from typing import Any
 from renderq.blend_header import version_key
 from renderq.capabilities import task_needs
 from renderq.model import (
-    DEFAULT_RENDER_ORDER, FRAME_ACTIVE, FRAME_FINAL, FRAME_KIND_ENCODE, RENDER_ORDERS, TASK_OPEN, TASK_RETRYABLE,
-    FrameReport, FrameStatus, TaskStatus, scout_frames,
+    DEFAULT_RENDER_ORDER, FRAME_ACTIVE, FRAME_FINAL, FRAME_KIND_ENCODE, FRAME_KIND_MERGE, FRAME_KIND_TILE,
+    RENDER_ORDERS, TASK_OPEN, TASK_RETRYABLE, FrameReport, FrameStatus, TaskStatus, scout_frames,
 )
 from renderq.paths import collision_key
+from renderq.tiles import parse_tiles
 
 from . import estimate, eta
 from .errors import BadRequest, Conflict, Forbidden, NotFound
@@ -89,13 +90,39 @@ class TaskSpec:
     order: str = DEFAULT_RENDER_ORDER
     # Frames rendered first, spread over the range; the others are held until the task is approved (0: none).
     scout_frames: int = 0
+    # "CxR" to split the still into tiles (renderq.tiles), '' for none; whether the submit said the scene denoises.
+    tiles: str = ""
+    denoising: bool = False
 
     @property
     def main(self) -> TaskFile:
         return next(f for f in self.files if f.path == self.main_file)
 
     def frame_numbers(self) -> range:
+        """The task's frame rows: its frames, or a tiled still's tiles (1 to columns x rows)."""
+        if self.tiles:
+            columns, rows = tiles_of(self)
+            return range(1, columns * rows + 1)
         return range(self.frame_start, self.frame_end + 1, self.frame_step)
+
+
+def tiles_of(spec: TaskSpec) -> tuple[int, int]:
+    """A tiled submit's (columns, rows), or BadRequest saying in one sentence why it cannot be tiled."""
+    try:
+        columns, rows = parse_tiles(spec.tiles)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    count = len(range(spec.frame_start, spec.frame_end + 1, spec.frame_step))
+    if count != 1:
+        raise BadRequest(f"only a single frame can be split into tiles, and this task has {count} frames")
+    if spec.video:
+        raise BadRequest("a task split into tiles is a still and cannot also make a video")
+    if spec.scout_frames:
+        raise BadRequest("a still split into tiles has no scout frames: it is one image, rendered at once")
+    if spec.denoising:
+        raise BadRequest("a denoised scene cannot be split into tiles: each tile denoised alone leaves seams, and "
+                         "RenderQ does not yet denoise the merged image; turn denoising off or render it whole")
+    return columns, rows
 
 
 class Scheduler(FarmReader):
@@ -192,6 +219,7 @@ class Scheduler(FarmReader):
             "owner": spec.owner,
             "needs_python": spec.needs_python,
             "video": dict(spec.video) if spec.video else None,
+            "tiles": "{}x{}".format(*tiles_of(spec)) if spec.tiles else "",
             "frame_timeout": frame_timeout or None,
             "no_progress_timeout": (spec.no_progress_timeout if spec.no_progress_timeout is not None
                                     else self.policy.no_progress_timeout),
@@ -318,6 +346,9 @@ class Scheduler(FarmReader):
         if frame["kind"] == FRAME_KIND_ENCODE:
             # What the encode job needs: the video asked for and the rendered frames it is made of.
             encode = {"kind": FRAME_KIND_ENCODE, "video": dict(task["video"] or {})}
+        elif frame["kind"] in (FRAME_KIND_TILE, FRAME_KIND_MERGE):
+            columns, rows = parse_tiles(task["tiles"])
+            encode = {"kind": frame["kind"], "tile": {"columns": columns, "rows": rows, "frame": task["frame_start"]}}
         return {
             "task_id": frame["task_id"],
             "frame": frame["frame"],

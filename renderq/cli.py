@@ -24,6 +24,7 @@ from renderq.cli_args import (
     seconds_arg,
     tags_arg,
     task_id_arg,
+    tiles_arg,
 )
 from renderq.cli_common import (
     EXIT_FAILED,
@@ -483,6 +484,10 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
                         help="render N frames spread over the range first (the first, the last, the rest evenly "
                              "between), then wait: the task shows their images and an estimate of the rest's time "
                              "(and cost) until you approve it (`renderq approve TASK`) or cancel it (default: none)")
+    submit.add_argument("--tiles", type=tiles_arg, metavar="CxR",
+                        help="split the one frame into columns x rows tiles (each 1 to 8) that workers render at "
+                             "once; one of them then merges them into the whole image, equal to a render of the "
+                             "whole frame (a still only, and not a denoised scene; default: render it whole)")
     submit.add_argument("--blender-version", type=blender_version_arg, metavar="X.Y",
                         help="render only on workers with exactly this Blender major.minor "
                              "(default: the version that saved the file, or newer)")

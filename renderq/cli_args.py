@@ -7,6 +7,8 @@ import math
 import re
 from collections.abc import Callable
 
+from renderq.tiles import parse_tiles
+
 
 def parse_frames(text: str) -> tuple[int, int]:
     """'12' -> (12, 12); '1-250' -> (1, 250). Raises argparse.ArgumentTypeError otherwise."""
@@ -71,6 +73,14 @@ def seconds_arg(text: str) -> float:
     """A number of seconds from 1 to 7 days, for argparse."""
     return _number(text, float, f"{text!r} is not a number of seconds", 1, 7 * 24 * 3600,
                    lambda _value: f"{text} is not between 1 second and 7 days")
+
+
+def tiles_arg(text: str) -> tuple[int, int]:
+    """A still's tiling, columns x rows, as `--tiles` takes it (renderq.tiles)."""
+    try:
+        return parse_tiles(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def tags_arg(text: str) -> list[str]:

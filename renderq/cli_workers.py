@@ -8,7 +8,7 @@ import time
 
 from renderq.capabilities import describe_devices, engine_label
 from renderq.cli_common import EXIT_OK, UsageError, make_client, print_json
-from renderq.model import VIDEO_FRAME
+from renderq.model import MERGE_FRAME, VIDEO_FRAME
 from renderq.progress import format_duration, format_table, printable_answer
 
 # Lines of the worker's log shown by `renderq workers NAME` (the coordinator sends those of the log's tail).
@@ -106,8 +106,10 @@ def print_worker_detail(worker: dict) -> None:
 
 
 def _frame_text(frame: object, prefix: str = "") -> str:
-    """A frame number as people read it: the task's video job is "video", not its row's number."""
-    return "video" if frame == VIDEO_FRAME else f"{prefix}{frame}"
+    """A frame number as people read it: the task's video job is "video", a tiled still's merge job "merge", not
+    their rows' numbers."""
+    named = {VIDEO_FRAME: "video", MERGE_FRAME: "merge"}
+    return named[frame] if isinstance(frame, int) and frame in named else f"{prefix}{frame}"
 
 
 def _print_recent(worker: dict) -> None:

@@ -57,7 +57,8 @@ class FrameFetcher:
     def fetch(self, frames: list[dict], on_frame: Callable[[int, int], None] | None = None) -> FetchedFrames:
         """Fetch the done frames among `frames` (a /task answer's) not handled yet; `on_frame(index, count)` before
         each. Returns everything fetched so far."""
-        done = [frame for frame in map(Frame.from_dict, frames) if frame.is_done]
+        # A tiled still's tiles are parts of its one image, which its merge job delivers.
+        done = [frame for frame in map(Frame.from_dict, frames) if frame.is_done and not frame.is_tile]
         new = [frame for frame in done if self._seen.get(frame.frame) != (frame.output_sha256 or "")]
         if new:
             os.makedirs(self.dest_dir, exist_ok=True)

@@ -114,6 +114,13 @@ VIDEO_FRAME = 1048575
 # The kinds of frame row: a frame Blender renders, and the job that encodes the task's video from them.
 FRAME_KIND_RENDER = "render"
 FRAME_KIND_ENCODE = "encode"
+# A tiled still (renderq.tiles): its tiles are frame rows of kind "tile" numbered 1 to columns x rows, and its merge
+# job, added once every tile is done, is frame MERGE_FRAME of kind "merge". Below VIDEO_FRAME, so the claim hands it
+# to any worker that renders the task.
+FRAME_KIND_TILE = "tile"
+FRAME_KIND_MERGE = "merge"
+MERGE_FRAME = VIDEO_FRAME - 1
+FRAME_KINDS = (FRAME_KIND_RENDER, FRAME_KIND_ENCODE, FRAME_KIND_TILE, FRAME_KIND_MERGE)
 # The video containers a task may ask for; "scene" takes the container and codec of the scene's own FFmpeg output.
 VIDEO_CONTAINERS = ("mp4", "mov", "webm")
 # The order a task's frames are handed out in: "sampled" (the whole range thinly first, then filled in) or
@@ -255,7 +262,8 @@ class Frame(_Record):
     error: str | None = None
     log_tail: str | None = None
     preview_sha256: str | None = None  # a small PNG of the frame (GET /download_frame?inline=1), when it has one
-    # "render", or "encode" for the task's video (its output is the video file).
+    # "render", "encode" for the task's video (its output is the video file), "tile" for a part of a tiled still,
+    # "merge" for the tiled still's whole image.
     kind: str = FRAME_KIND_RENDER
 
     _nested: ClassVar[dict[str, Callable[[Any], Any]]] = {"status": _status(FrameStatus)}
@@ -269,6 +277,11 @@ class Frame(_Record):
     def is_video(self) -> bool:
         """Whether this row is the task's encode job, whose output is the video."""
         return self.kind == FRAME_KIND_ENCODE
+
+    @property
+    def is_tile(self) -> bool:
+        """Whether this row is a tile of a still: a part its merge job puts together, not an output of the task."""
+        return self.kind == FRAME_KIND_TILE
 
 
 @dataclasses.dataclass
@@ -323,6 +336,8 @@ class Task(_Record):
     needs_python: bool = False
     # The video the task asks for once its frames are done ({"container": ...}), None for none.
     video: dict[str, Any] | None = None
+    # "CxR" for a still split into tiles (renderq.tiles), "" for any other task.
+    tiles: str = ""
     frame_timeout: float | None = None
     no_progress_timeout: float | None = None
     # What a worker must offer: every tag, the engine (Blender's id; '' when not known) and, for "GPU", a GPU.
@@ -432,6 +447,9 @@ class Lease(_Record):
     # /video_frames) and Blender renders nothing.
     kind: str = FRAME_KIND_RENDER
     video: dict[str, Any] | None = None
+    # "tile" and "merge": the tiling ({"columns", "rows", "frame": the still's frame number}; a tile's own number
+    # is its frame number).
+    tile: dict[str, Any] | None = None
     revoked: bool = False
     started_at: float | None = None
     # Set when Blender is done with the frame, so background retries of the "rendering" report stop.
@@ -450,7 +468,9 @@ class Lease(_Record):
         lease.frame_timeout = _positive_seconds(lease.frame_timeout)
         lease.no_progress_timeout = _positive_seconds(lease.no_progress_timeout)
         lease.needs_python = lease.needs_python is True
-        lease.kind = FRAME_KIND_ENCODE if lease.kind == FRAME_KIND_ENCODE else FRAME_KIND_RENDER
+        lease.kind = lease.kind if lease.kind in FRAME_KINDS else FRAME_KIND_RENDER
+        lease.tile = {key: int(lease.tile[key]) for key in ("columns", "rows", "frame")} \
+            if isinstance(lease.tile, Mapping) else None
         lease.video = dict(lease.video) if isinstance(lease.video, Mapping) else None
         # What only the worker knows never comes from the coordinator.
         lease.revoked, lease.started_at, lease.finished = False, None, threading.Event()

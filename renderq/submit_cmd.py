@@ -106,6 +106,29 @@ def video_request(blend: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def tiles_request(blend: Path, args: argparse.Namespace, frame_range: tuple[int, int, int | None]) -> dict[str, Any]:
+    """The submit's `tiles` field for --tiles; UsageError, before anything is packed, for a task that cannot be
+    split: more than one frame, a video, or a scene Cycles denoises."""
+    if not getattr(args, "tiles", None):
+        return {}
+    frame_start, frame_end, step = frame_range
+    count = len(range(frame_start, frame_end + 1, step or 1))
+    if count != 1:
+        raise UsageError(f"only a single frame can be split into tiles, and this task has {count} frames; "
+                         "give --frames N")
+    if getattr(args, "video", None):
+        raise UsageError("a task split into tiles is a still and cannot also make a video")
+    found = scenes_in_file(blend, args)
+    if found.multilayer.get(args.scene or found.current, False):
+        raise UsageError(f"the scene in {blend.name} writes a multilayer OpenEXR, which cannot be split into tiles "
+                         "yet: its passes would not be merged; choose OpenEXR or render it without --tiles")
+    if found.denoising.get(args.scene or found.current, False):
+        raise UsageError(f"the scene in {blend.name} is denoised, so it cannot be split into tiles: each tile "
+                         "denoised alone leaves seams, and RenderQ does not yet denoise the merged image; turn "
+                         "denoising off or render it without --tiles")
+    return {"tiles": "{}x{}".format(*args.tiles)}
+
+
 def frames_to_submit(blend: Path, args: argparse.Namespace) -> tuple[int, int, int | None]:
     """(start, end, step) from --frames and --step, else the scene's as the file says (read without Blender; with
     Blender when that fails); step None means 1."""
@@ -203,6 +226,7 @@ def pack_and_submit(blend: Path, frame_range: tuple[int, int, int | None], args:
     timings.mark("start-up")
     # The staging folder holds only the .blend files BAT rewrote; it goes away once the task is submitted.
     with tempfile.TemporaryDirectory(prefix="renderq-submit-") as staging:
+        tiles = tiles_request(blend, args, frame_range)
         try:
             packed = pack_for_submit(str(blend), staging, line)
         except KeyboardInterrupt:
@@ -219,7 +243,7 @@ def pack_and_submit(blend: Path, frame_range: tuple[int, int, int | None], args:
             blender_version_exact=args.blender_version is not None, missing_assets=list(packed.missing),
             frame_start=frame_start, frame_end=frame_end, frame_step=step or 1, priority=args.priority,
             workers=list(args.worker or []), submitted_by=current_user(), settings=dict(settings or {}),
-            **timeouts_and_python(args), **video_request(blend, args),
+            **timeouts_and_python(args), **(tiles or video_request(blend, args)),
             render_engine=read_render_engine(str(blend)),
         )
         if getattr(args, "notify", None):

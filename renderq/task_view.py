@@ -12,6 +12,7 @@ from renderq.cli_common import EXIT_FAILED, EXIT_OK
 from renderq.frame_download import FetchedFrames, FrameFetcher
 from renderq.http_client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
 from renderq.model import TASK_APPROVABLE, TASK_FINAL, Frame, FrameStatus, Progress, TaskStatus, status_label
+from renderq.tiles import tiles_progress
 from renderq.progress import (
     ProgressLine,
     bar,
@@ -47,8 +48,10 @@ def task_progress_text(task: dict) -> str:
     fraction = progress["done"] / total if total else 0.0
     eta = "-" if task.get("status") in FINAL_STATUSES else format_eta(
         progress.get("eta_seconds"), progress.get("eta_low_seconds"), progress.get("eta_high_seconds"))
+    counted = tiles_progress(task["tiles"], progress["done"], total) if task.get("tiles") \
+        else f"{progress['done']}/{total}"
     return (
-        f"task {task.get('task_id')} {bar(fraction)} {progress['done']}/{total} "
+        f"task {task.get('task_id')} {bar(fraction)} {counted} "
         f"{progress['percent']:5.1f}%  ETA {eta}  rendering {progress.get('rendering', 0)}  "
         f"failed {progress['failed']}  {status_label(task.get('status', '?'))}"
     )

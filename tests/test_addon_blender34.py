@@ -58,9 +58,9 @@ def project(tmp_path, scene_template) -> str:
 
 
 def run_addon(tmp_path, addon_zip: str, url: str, case: str, blend: str | None = None, *extra: str,
-              token: str = "") -> dict:
-    """Run addon_check.py in Blender with a fresh HOME and the artist's token; return its result, failing with
-    Blender's output."""
+              token: str = "", script: str = SCRIPT) -> dict:
+    """Run addon_check.py (or another add-on `script` taking the same arguments) in Blender with a fresh HOME and
+    the artist's token; return its result, failing with Blender's output."""
     home = tmp_path / f"home-{case}"
     home.mkdir(exist_ok=True)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("BLENDER_USER_", "XDG_"))}
@@ -69,7 +69,7 @@ def run_addon(tmp_path, addon_zip: str, url: str, case: str, blend: str | None =
     command = [BLENDER, "-b"]
     if blend:
         command.append(blend)
-    command += ["-Y", "--python-exit-code", "1", "--python", SCRIPT, "--",
+    command += ["-Y", "--python-exit-code", "1", "--python", script, "--",
                 "--zip", addon_zip, "--url", url, "--case", case, *extra]
     completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                errors="replace", timeout=BLENDER_TIMEOUT, check=False)

@@ -281,6 +281,7 @@ class BlenderSession:
         *,
         frame_timeout: float | None = None,
         no_progress_timeout: float | None = None,
+        tile: dict[str, int] | None = None,
     ) -> FrameResult:
         """Render one frame; blocks until it is written, failed, Blender died, a limit was crossed, or abort() was
         called.
@@ -288,7 +289,7 @@ class BlenderSession:
         `started_at(frame)` tells other threads once Blender began the frame. `frame_timeout` limits the seconds
         from asking for the frame to its end; `no_progress_timeout` the seconds without a line of Blender output or
         a handler event. Crossing either stops Blender (SIGINT, `stop_grace`, SIGKILL) and fails the frame with
-        `timed_out` set.
+        `timed_out` set. `tile` ({columns, rows, number}) renders only that tile of the frame (frame_script.py).
         """
         frame = int(frame)
         with self._render_lock:
@@ -304,7 +305,8 @@ class BlenderSession:
                     f"({'; '.join(self.python_found)})",
                 )
             events = FrameEvents(frame)
-            if not self._send({"type": "render", "frame": frame}):
+            self._started = None  # a tile renders the same frame number as the tile before it
+            if not self._send({"type": "render", "frame": frame, **({"tile": tile} if tile else {})}):
                 self._wait_exit(5.0)
             self._follow(events, frame_timeout, no_progress_timeout)
             if events.finished is not None:

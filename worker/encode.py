@@ -25,7 +25,8 @@ from typing import Any
 
 from renderq.model import FrameResult, Lease
 
-__all__ = ["EncodeFailed", "VideoEncoders", "encode_video", "ffmpeg_command", "probe_ffmpeg"]
+__all__ = ["EncodeFailed", "EncodeJob", "VideoEncoders", "encode_video", "ffmpeg_command", "probe_ffmpeg",
+           "run_tool"]
 
 log = logging.getLogger("renderq.worker")
 
@@ -216,7 +217,7 @@ def _encode(job: EncodeJob) -> str:
     command = ffmpeg_command(job.ffmpeg, container, scene, os.path.join(folder, "frames", f"%06d.{extension}"),
                              audio if scene.get("audio") else None, output)
     job.on_log_line("video: " + " ".join(command[1:]))
-    _run(command, job.should_stop, job.lease.frame_timeout, "FFmpeg")
+    run_tool(command, job.should_stop, job.lease.frame_timeout, "FFmpeg")
     if not os.path.isfile(output):
         raise EncodeFailed("FFmpeg ended without writing the video")
     return output
@@ -240,7 +241,7 @@ def _read_scene(job: EncodeJob, audio: str, frame_start: int, frame_end: int) ->
     blend = job.blend_path()
     command = [job.blender, "-b", "-Y", "--factory-startup", blend, "--python", SCENE_SCRIPT, "--",
                "--frame-start", str(frame_start), "--frame-end", str(frame_end), "--audio", audio]
-    output = _run(command, job.should_stop, SCENE_TIMEOUT_SECONDS, "Blender")
+    output = run_tool(command, job.should_stop, SCENE_TIMEOUT_SECONDS, "Blender")
     for line in output.splitlines():
         if line.startswith(SCENE_MARK):
             scene = json.loads(line[len(SCENE_MARK):])
@@ -251,7 +252,7 @@ def _read_scene(job: EncodeJob, audio: str, frame_start: int, frame_end: int) ->
     raise EncodeFailed("Blender did not tell the scene's video settings\n" + _last_lines(output))
 
 
-def _run(command: list[str], should_stop: Callable[[], bool], timeout: float | None, tool: str) -> str:
+def run_tool(command: list[str], should_stop: Callable[[], bool], timeout: float | None, tool: str) -> str:
     """Run a tool to its end and return its output; EncodeFailed (with its last lines) when it fails, is stopped
     (the lease was lost, the worker stops) or runs past `timeout` seconds."""
     # The worker's token and settings stay out of the tool's environment.

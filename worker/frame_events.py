@@ -67,6 +67,9 @@ class FrameEvents:
         elif kind == "finished":
             self.finished = message
             self.preview_path = message.get("preview") or None
+            # A tile's file is renamed after it was written: the final path is the one that counts.
+            if self.written_path is not None and message.get("path"):
+                self.written_path = message["path"]
         return self.finished is not None
 
     @property

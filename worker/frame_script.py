@@ -19,7 +19,7 @@ per line, each with a "type". The worker never reads Blender's console to learn 
     script -> worker  hello     {token, protocol, blender_version, pid, scene, blend_file, output_path,
                                  output_dir, frame_start, frame_end, file_format, is_movie,
                                  python_found: [plain sentence, ...], python_allowed}
-    worker -> script  render    {frame}
+    worker -> script  render    {frame, tile?: {columns, rows, number}}
     script -> worker  started   {frame, time}                     from render_pre
     script -> worker  written   {frame, path, time, render_seconds}   from render_write, the file is on disk
     script -> worker  canceled  {frame, time}                     from render_cancel
@@ -35,6 +35,10 @@ pose as this script. On `quit`, or when the connection closes, the script return
 transform applied), saved from the render result for a format a browser cannot show as it is (EXR, HDR, TIFF,
 16-bit PNG, ...); None for 8-bit PNG, JPEG and WebP frames, which are their own preview.
 
+With `tile`, only that tile of the frame renders (tile_rects.py: the render border on whole pixels, not cropped, so
+the file is the full frame with only the tile in it), and the file is renamed with the tile's mark (`path` is the
+new name); a tile has no preview: the merged still is what is shown.
+
 `--scene` renders that scene of the file instead of the one it was saved with; `--camera` renders through that
 camera object. A name the file lacks fails every frame with a sentence listing the names it has.
 
@@ -43,6 +47,7 @@ every console line Blender printed for the frame.
 """
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -265,7 +270,7 @@ def keys_its_own_settings(scene: bpy.types.Scene) -> bool:
     )
 
 
-def render_frame(scene: bpy.types.Scene, frame: int, frame_set: bool = True) -> None:
+def render_frame(scene: bpy.types.Scene, frame: int, frame_set: bool = True, tile=None) -> None:
     """Render one frame through Blender's animation render, the code path of `blender -b FILE -a`, so the pixels
     and file naming are Blender's own.
 
@@ -287,18 +292,63 @@ def render_frame(scene: bpy.types.Scene, frame: int, frame_set: bool = True) -> 
             scene.frame_set(frame)
         scene.frame_start = frame
         scene.frame_end = frame
-        # Named: the scene chosen with --scene need not be the window's.
-        bpy.ops.render.render(animation=True, scene=scene.name)
+        with tile_border(scene, tile):
+            # Named: the scene chosen with --scene need not be the window's.
+            bpy.ops.render.render(animation=True, scene=scene.name)
     except RuntimeError as exc:
         error = str(exc).strip() or "the render operator failed"
     except Exception as exc:  # noqa: BLE001 - one frame's failure must never end the session
         error = f"{type(exc).__name__}: {exc}"
     state, current = current, None
     ok = error is None and state.written_path is not None and os.path.isfile(state.written_path)
-    preview = make_preview(scene, str(state.written_path)) if ok and needs_preview(scene) else None
+    if ok and tile:
+        state.written_path = set_tile_aside(str(state.written_path), tile)
+    preview = make_preview(scene, str(state.written_path)) if ok and not tile and needs_preview(scene) else None
     print(f"{SYNC_PREFIX}{frame}", flush=True)
     channel.send("finished", frame=frame, ok=ok, error=error, path=state.written_path, canceled=state.canceled,
                  preview=preview)
+
+
+@contextlib.contextmanager
+def tile_border(scene: bpy.types.Scene, tile):
+    """Render only `tile` ({columns, rows, number}) of the frame, full-size and uncropped, then put the scene's own
+    border back (the session renders on with it)."""
+    render = scene.render
+    if not tile:
+        yield
+        return
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import tile_rects  # found next to this script
+
+    saved = (render.use_border, render.use_crop_to_border, render.border_min_x, render.border_max_x,
+             render.border_min_y, render.border_max_y)
+    width = render.resolution_x * render.resolution_percentage // 100
+    height = render.resolution_y * render.resolution_percentage // 100
+    columns, rows, number = int(tile["columns"]), int(tile["rows"]), int(tile["number"])
+    if render.image_settings.file_format == "OPEN_EXR_MULTILAYER":
+        raise RuntimeError("a multilayer OpenEXR still cannot be split into tiles yet: its passes would not be "
+                           "merged; choose OpenEXR or render it whole")
+    if width < columns or height < rows:
+        raise RuntimeError(f"a frame of {width}x{height} pixels cannot be split into {columns}x{rows} tiles")
+    render.use_border, render.use_crop_to_border = True, False
+    (render.border_min_x, render.border_max_x, render.border_min_y,
+     render.border_max_y) = tile_rects.border(width, height, columns, rows, number)
+    try:
+        yield
+    finally:
+        (render.use_border, render.use_crop_to_border, render.border_min_x, render.border_max_x,
+         render.border_min_y, render.border_max_y) = saved
+
+
+def set_tile_aside(path: str, tile) -> str:
+    """Rename a rendered tile with its mark (tile_rects.tile_name), so the still's tiles never share a name."""
+    import tile_rects  # on the path since tile_border
+
+    count = int(tile["columns"]) * int(tile["rows"])
+    renamed = tile_rects.tile_name(path, int(tile["number"]), count)
+    remove_leftover(renamed)
+    os.replace(path, renamed)
+    return renamed
 
 
 def render_problem(message: str, frame: int) -> None:
@@ -494,7 +544,7 @@ def main() -> None:
             if message.get("type") == "render" and problem:
                 render_problem(problem, int(message["frame"]))
             elif message.get("type") == "render":
-                render_frame(scene, int(message["frame"]), frame_set=animated_settings)
+                render_frame(scene, int(message["frame"]), frame_set=animated_settings, tile=message.get("tile"))
     finally:
         for handlers, handler in HANDLERS:
             if handler in handlers:

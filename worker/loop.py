@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from renderq.http_client import CoordinatorError
-from renderq.model import FRAME_KIND_ENCODE
+from renderq.model import FRAME_KIND_ENCODE, FRAME_KIND_MERGE
 from worker.blender_session import BlenderSession, FrameResult, SessionError
 from renderq.local_files import remove_quietly
 from worker.cache import BlendCache, CacheError
 from worker.encode import EncodeJob, encode_video
+from worker.tiles import blender_frame, merge_tiles, tile_request
 from worker.lease import Lease
 from worker.outbox import FrameDone, FrameFailed, FrameGivenBack
 from worker.prefetch import PrefetchTimer
@@ -64,7 +65,8 @@ class SessionLike(Protocol):
     def start(self) -> None: ...
 
     def render(
-        self, frame: int, *, frame_timeout: float | None = None, no_progress_timeout: float | None = None
+        self, frame: int, *, frame_timeout: float | None = None, no_progress_timeout: float | None = None,
+        tile: dict[str, int] | None = None,
     ) -> FrameResult: ...
 
     def started_at(self, frame: int) -> float | None: ...
@@ -198,7 +200,7 @@ class WorkerLoop:
         if self.control.stopping or not self.control.enabled:
             self._give_back(lease, self._why_not_working())
             return State.IDLE, None
-        if lease.kind == FRAME_KIND_ENCODE:
+        if lease.kind in (FRAME_KIND_ENCODE, FRAME_KIND_MERGE):
             return State.ENCODING, Turn(lease)
         return State.PREPARING, Turn(lease)
 
@@ -255,7 +257,8 @@ class WorkerLoop:
             return self._given_back(lease)
         log.info("rendering %s", lease)
         render = self._on_blender_lane(lambda: session.render(
-            lease.frame, frame_timeout=lease.frame_timeout, no_progress_timeout=lease.no_progress_timeout
+            blender_frame(lease), frame_timeout=lease.frame_timeout, no_progress_timeout=lease.no_progress_timeout,
+            **tile_request(lease),
         ))
         claim_ahead_at: float | None = None
         aborted = False
@@ -328,18 +331,19 @@ class WorkerLoop:
         return State.IDLE, None
 
     def _encoding(self, turn: Turn | None) -> Step:
-        """The task's encode job: FFmpeg makes its video from its frames (worker/encode.py); the video is delivered
-        like a rendered frame, under the job's lease."""
+        """The task's encode job: FFmpeg makes its video from its frames (worker/encode.py), or a tiled still's merge
+        job (worker/tiles.py); the result is delivered like a rendered frame, under the job's lease."""
         assert turn is not None
         lease = turn.lease
         if lease.revoked:
             return self._drop(lease, "before encoding")
-        if not self.settings.ffmpeg:
+        if lease.kind == FRAME_KIND_ENCODE and not self.settings.ffmpeg:
             self._give_back(lease, "this worker has no FFmpeg")
             return State.IDLE, None
         # The task has no frame left to render: its Blender need not hold the scene's memory while FFmpeg works.
         self._close_session(remove_task_files=False)
-        log.info("encoding the video of task %s", lease.task_id)
+        log.info("%s of task %s", "merging the tiles" if lease.kind == FRAME_KIND_MERGE else "encoding the video",
+                 lease.task_id)
         lease.started_at = time.time()
         turn.rendering_report = self.reporter.report_rendering(lease, lease.started_at)
 
@@ -347,7 +351,8 @@ class WorkerLoop:
             return lease.revoked or self.control.stopping
 
         job = EncodeJob(
-            lease=lease, ffmpeg=self.settings.ffmpeg, blender=self.settings.blender, work_dir=self.settings.work_dir,
+            lease=lease, ffmpeg=self.settings.ffmpeg or "", blender=self.settings.blender,
+            work_dir=self.settings.work_dir,
             output_dir=self.cache.output_dir(lease.task_id),
             download=lambda sha256, path: self.reporter.download_file(sha256, path, give_up),
             list_frames=lambda: self.reporter.video_frames(lease.task_id, give_up),
@@ -355,11 +360,12 @@ class WorkerLoop:
             on_log_line=lambda line: self.reporter.log_line(lease.task_id, line),
         )
         try:
-            turn.result = encode_video(job)
+            turn.result = (merge_tiles if lease.kind == FRAME_KIND_MERGE else encode_video)(job)
         except GaveUp:
             turn.result = FrameResult(frame=lease.frame, ok=False, aborted=True, error="the encode was stopped")
         except (CacheError, CoordinatorError, OSError) as exc:
-            turn.result = FrameResult.failure(lease.frame, f"the video could not be made: {exc}")
+            made = "merged still" if lease.kind == FRAME_KIND_MERGE else "video"
+            turn.result = FrameResult.failure(lease.frame, f"the {made} could not be made: {exc}")
         lease.finished.set()
         return State.DELIVERING, turn
 
@@ -377,7 +383,7 @@ class WorkerLoop:
         """Once Blender began the frame, its start time (wall clock), noted and reported; None before."""
         assert turn.session is not None
         lease = turn.lease
-        started = lease.started_at = turn.session.started_at(lease.frame)
+        started = lease.started_at = turn.session.started_at(blender_frame(lease))
         if started is not None:
             turn.rendering_report = self.reporter.report_rendering(lease, started)
         return started

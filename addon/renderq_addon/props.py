@@ -12,6 +12,8 @@ from bpy.props import (
     StringProperty,
 )
 
+from renderq.tiles import TILES_MAX
+
 # Blender's own frame limit (MAXFRAME); the coordinator takes the same range.
 MAX_FRAME = 1_048_574
 MAX_PRIORITY = 1_000_000
@@ -136,6 +138,14 @@ class RENDERQ_PG_scene_settings(bpy.types.PropertyGroup):
         ),
         default="MP4",
     )
+    split_tiles: BoolProperty(
+        name="Split into Tiles",
+        description="Render a single frame as tiles that several workers render at once; one of them then merges "
+                    "them into the whole image, equal to a render of the whole frame. Not for a denoised scene",
+        default=False,
+    )
+    tile_columns: IntProperty(name="Columns", description="How many tiles across", default=2, min=1, max=TILES_MAX)
+    tile_rows: IntProperty(name="Rows", description="How many tiles down", default=2, min=1, max=TILES_MAX)
 
 
 def frame_range(scene: bpy.types.Scene) -> tuple[int, int, int]:

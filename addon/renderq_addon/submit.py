@@ -22,7 +22,7 @@ from typing import Any
 
 import bpy
 
-from renderq import capabilities, exposure, packing
+from renderq import capabilities, exposure, packing, tiles
 from renderq import submit as pipeline
 from renderq.model import DEFAULT_RENDER_ORDER
 
@@ -79,6 +79,8 @@ class SubmitRequest:
     """The order the frames are handed out in (renderq.model.RENDER_ORDERS)."""
     scout_frames: int = 0
     """Frames rendered first before the task waits for approval; 0 for none."""
+    tiles: str = ""
+    """"CxR" to split the one frame into tiles (renderq.tiles), or ""."""
 
 
 @dataclass
@@ -122,6 +124,39 @@ def video_request(scene: bpy.types.Scene) -> dict[str, str] | None:
     return None
 
 
+def denoises(scene: bpy.types.Scene) -> bool:
+    """Whether Cycles denoises the scene's render: its own denoising on, and a view layer's too."""
+    cycles = getattr(scene, "cycles", None)
+    if scene.render.engine != "CYCLES" or cycles is None or not cycles.use_denoising:
+        return False
+    return any(getattr(getattr(layer, "cycles", None), "use_denoising", True) for layer in scene.view_layers)
+
+
+def tiles_request(scene: bpy.types.Scene, frame_count: int, video: dict[str, str] | None) -> str:
+    """The task's tiles ("CxR") when Split into Tiles is ticked, else ""; Refused for a scene it cannot split."""
+    settings = scene.renderq
+    if not settings.split_tiles:
+        return ""
+    text = f"{settings.tile_columns}x{settings.tile_rows}"
+    try:
+        tiles.parse_tiles(text)
+    except ValueError as error:
+        raise Refused(f"Split into Tiles: {error}") from None
+    if frame_count != 1:
+        raise Refused(f"Split into Tiles renders a single frame, and the range has {frame_count} frames: set the "
+                      "range to one frame")
+    if video:
+        raise Refused("Split into Tiles makes a still: untick Make a Video (or choose an image output)")
+    if scene.render.image_settings.file_format == "OPEN_EXR_MULTILAYER":
+        raise Refused("A multilayer OpenEXR cannot be split into tiles yet: its passes would not be merged; choose "
+                      "OpenEXR or render it whole")
+    if denoises(scene):
+        raise Refused("This scene is denoised, so it cannot be split into tiles: each tile denoised alone leaves "
+                      "seams, and RenderQ does not yet denoise the merged image; turn denoising off or render it "
+                      "whole")
+    return text
+
+
 def output_note(scene: bpy.types.Scene) -> str | None:
     """What the panel says about a movie output (it is no reason to refuse), else None."""
     if not is_movie_output(scene) or scene.renderq.make_video:
@@ -161,6 +196,8 @@ def check(context: bpy.types.Context) -> SubmitRequest:
         tags = capabilities.parse_tags([settings_of_scene.tags])
     except ValueError as error:
         raise Refused(f"Tags: {error}") from None
+    video = video_request(scene)
+    tiled = tiles_request(scene, len(range(frame_start, frame_end + 1, frame_step)), video)
     settings = client.checked_settings(context)
     return SubmitRequest(
         settings=settings,
@@ -182,7 +219,8 @@ def check(context: bpy.types.Context) -> SubmitRequest:
         tags=tags,
         render_engine=scene.render.engine,
         device="" if settings_of_scene.device == "FILE" else settings_of_scene.device,
-        video=video_request(scene),
+        video=None if tiled else video,
+        tiles=tiled,
         notify=[settings_of_scene.notify_url.strip()] if settings_of_scene.notify_url.strip() else [],
         order=settings_of_scene.render_order,
         scout_frames=settings_of_scene.scout_frames,
@@ -379,6 +417,7 @@ def run(request: SubmitRequest, progress: Callable[[Any], None]) -> SubmitOutcom
                 "render_engine": request.render_engine,
                 "device": request.device,
                 "order": request.order,
+                **({"tiles": request.tiles} if request.tiles else {}),
                 **({"video": request.video} if request.video else {}),
                 **({"notify": request.notify} if request.notify else {}),
                 **({"scout_frames": request.scout_frames} if request.scout_frames else {}),

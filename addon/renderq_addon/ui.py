@@ -130,6 +130,12 @@ class RENDERQ_PT_submit(_SafePanel, bpy.types.Panel):
         container.enabled = settings.make_video
         container.prop(settings, "video_container", text="")
         layout.prop(settings, "notify_url")
+        row = layout.row(align=True)
+        row.prop(settings, "split_tiles")
+        tiles = row.row(align=True)
+        tiles.enabled = settings.split_tiles
+        tiles.prop(settings, "tile_columns", text="")
+        tiles.prop(settings, "tile_rows", text="")
         layout.prop(settings, "assignment", expand=True)
         if settings.assignment == "MANUAL":
             self._draw_workers(layout, scene, line_width(context))

@@ -2,7 +2,7 @@
 
 `build_addon.py` copies `renderq/http_client.py`, `renderq/packing.py`, `renderq/blend_header.py`,
 `renderq/paths.py`, `renderq/frame_download.py`, `renderq/model.py`, `renderq/units.py`,
-`renderq/submit.py` and the
+`renderq/submit.py`, `renderq/tiles.py` and the
 `blender_asset_tracer` package into `vendor/` inside the zip. They use absolute imports (`renderq.…`,
 `blender_asset_tracer.…`), so their folder has to be on `sys.path` while they are imported. It is put there only
 for the duration of the import and removed again: once a package is in `sys.modules`, its submodules are found
@@ -22,7 +22,7 @@ VENDOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vendor")
 # Importing these pulls in everything the add-on uses; BAT's `shaman` (needs `requests`), `s3` and `cli` are not
 # bundled and nothing here imports them.
 _MODULES = ("renderq.http_client", "renderq.blend_header", "renderq.packing", "renderq.paths",
-            "renderq.frame_download", "renderq.model", "renderq.units", "renderq.submit")
+            "renderq.frame_download", "renderq.model", "renderq.units", "renderq.submit", "renderq.tiles")
 
 
 def load() -> None:

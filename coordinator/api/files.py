@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, send_file
 from werkzeug.wrappers import Response as AnyResponse
 
+from renderq.model import FRAME_KIND_TILE
 from renderq.paths import collision_key, is_safe_file_name
 
 from ..auth import admin_required, requires
@@ -136,8 +137,9 @@ def download_frames_zip():
     task = scheduler.task_detail(task_id, with_frames=False)
     blobs = current_app.extensions["renderq.blobs"]
     # Read from the database a page at a time while the zip streams, not all of a big task's frames at once.
+    # A tiled still's tiles are parts of its one image (the merge job's output), not outputs of their own.
     entries = _zip_entries(f for f in scheduler.iter_frames(task_id, "done")
-                           if f["output_sha256"] and blobs.exists(f["output_sha256"]))
+                           if f["output_sha256"] and f["kind"] != FRAME_KIND_TILE and blobs.exists(f["output_sha256"]))
     first = next(entries, None)
     if first is None:
         raise NotFound(f"task {task_id} has no rendered frames to download")

@@ -77,6 +77,8 @@ def submit_task():
         notify=check_task_urls(body.get("notify", []), limits.notify_task_urls),
         order=body.get("order", DEFAULT_RENDER_ORDER),
         scout_frames=body.get("scout_frames", 0),
+        tiles=body.get("tiles", ""),
+        denoising=body.get("denoising", False),
     )
     blobs = _blobs()
     # The orphan sweep may have deleted a file since the checks above (one uploaded long ago and used by no task):

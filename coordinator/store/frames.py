@@ -226,11 +226,12 @@ class FrameQueries(StoreConnection):
             return dict(row)
 
     def video_inputs(self, task_id: int, after: int | None, limit: int) -> list[dict]:
-        """Up to `limit` of the rendered frames a task's video is made of, numbered above `after`, in frame order:
-        {frame, output, sha256, size}."""
+        """Up to `limit` of the rendered frames a task's video (or a tiled still's merge job: its tiles) is made of,
+        numbered above `after`, in frame order: {frame, output, sha256, size}."""
         rows = self.read().execute(
             "SELECT frame, output, output_sha256 AS sha256, output_size AS size FROM frames "
-            "WHERE task_id = ? AND status = 'done' AND frame > ? AND kind = 'render' AND output_sha256 IS NOT NULL "
+            "WHERE task_id = ? AND status = 'done' AND frame > ? AND kind IN ('render', 'tile') "
+            "AND output_sha256 IS NOT NULL "
             "ORDER BY frame LIMIT ?",
             (task_id, -(2**62) if after is None else after, limit),
         ).fetchall()

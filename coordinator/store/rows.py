@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from renderq.model import FRAME_KIND_ENCODE, VIDEO_FRAME
+from renderq.model import FRAME_KIND_ENCODE, MERGE_FRAME, VIDEO_FRAME
 
 from .engine import Database, Engine
 
@@ -105,12 +105,14 @@ def record_failure(engine: Engine, db: Database, task_id: int, frame: int, lease
 
 def finish_task_if_complete(db: Database, task_id: int, now: float) -> None:
     """End the task once no frame of it is open: done, or failed if a frame failed. A task that asks for a video
-    and whose frames all rendered gets its encode job first, and ends when that does."""
+    and whose frames all rendered gets its encode job first, and ends when that does; a tiled still whose tiles all
+    rendered gets its merge job alike."""
     open_frames = db.execute(
         "SELECT 1 FROM frames WHERE task_id = ? AND status IN ('queued', 'leased', 'rendering') LIMIT 1", (task_id,)
     ).fetchone()
     if open_frames is None:
-        if await_approval_if_scouted(db, task_id) or queue_encode_job(db, task_id):
+        if (await_approval_if_scouted(db, task_id) or queue_encode_job(db, task_id)
+                or queue_merge_job(db, task_id)):
             return
         db.execute(
             "UPDATE tasks SET status = CASE WHEN frames_failed > 0 THEN 'failed' ELSE 'done' END, ended_at = ? "
@@ -148,7 +150,22 @@ def queue_encode_job(db: Database, task_id: int) -> bool:
     return bool(added)
 
 
-# renderq.model.TASK_OPEN, as the statuses queue_encode_job compares with.
+def queue_merge_job(db: Database, task_id: int) -> bool:
+    """Add a tiled still's merge job (a frame row of kind 'merge', counted in frames_total) once every tile
+    rendered and the job is not there yet; whether it was added."""
+    task = db.execute("SELECT tiles, frames_failed, status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    if task is None or not task["tiles"] or task["frames_failed"] or task["status"] not in TASK_OPEN_SQL:
+        return False
+    added = db.execute(
+        "INSERT INTO frames (task_id, frame, kind, claim_rank) VALUES (?, ?, 'merge', ?) ON CONFLICT DO NOTHING",
+        (task_id, MERGE_FRAME, MERGE_FRAME),
+    ).rowcount
+    if added:
+        db.execute("UPDATE tasks SET frames_total = frames_total + 1 WHERE task_id = ?", (task_id,))
+    return bool(added)
+
+
+# renderq.model.TASK_OPEN, as the statuses queue_encode_job and queue_merge_job compare with.
 TASK_OPEN_SQL = ("queued", "running", "paused", "awaiting_approval")
 
 

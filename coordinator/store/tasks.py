@@ -51,12 +51,16 @@ class TaskQueries(StoreConnection):
             ).fetchone()[0]
             db.executemany("INSERT INTO task_files (task_id, path, sha256, size) VALUES (?, ?, ?, ?)",
                            ((task_id, path, sha256, size) for path, sha256, size in files))
-            # Each frame's claim rank, fixed now: the claim takes the lowest rank queued.
+            # Each frame's claim rank, fixed now: the claim takes the lowest rank queued. A tiled still's frames are
+            # its tiles (renderq.tiles).
             ranks = claim_ranks(len(frame_numbers), task.get("render_order", DEFAULT_RENDER_ORDER))
-            db.executemany("INSERT INTO frames (task_id, frame, claim_rank) VALUES (?, ?, ?)",
-                           ((task_id, n, rank) for n, rank in zip(frame_numbers, ranks, strict=True)))
+            kind = "tile" if task.get("tiles") else "render"
+            db.executemany("INSERT INTO frames (task_id, frame, kind, claim_rank) VALUES (?, ?, ?, ?)",
+                           ((task_id, n, kind, rank) for n, rank in zip(frame_numbers, ranks, strict=True)))
             if task.get("scouts"):
                 self._hold_all_but(db, task_id, task["scouts"])
+            if task.get("tiles"):
+                db.execute("UPDATE tasks SET tiles = ? WHERE task_id = ?", (task["tiles"], task_id))
             db.executemany(
                 "INSERT INTO task_workers (task_id, worker_name) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 ((task_id, name) for name in worker_names),
@@ -133,9 +137,10 @@ class TaskQueries(StoreConnection):
         return [dict(r) for r in self.read().execute(sql + " ORDER BY frame LIMIT ?", params)]
 
     def latest_done_frames(self, task_id: int, count: int) -> list[dict]:
-        """The task's `count` done frames that ended last, latest first."""
+        """The task's `count` done frames that ended last, latest first (a tiled still's tiles are parts, not its
+        images: only its merged still is shown)."""
         return [dict(r) for r in self.read().execute(
-            f"SELECT {FRAME_COLUMNS} FROM frames WHERE task_id = ? AND status = 'done' "
+            f"SELECT {FRAME_COLUMNS} FROM frames WHERE task_id = ? AND status = 'done' AND kind != 'tile' "
             "ORDER BY ended_at DESC, frame DESC LIMIT ?", (task_id, count))]
 
     def get_frame(self, task_id: int, frame: int) -> dict | None:
