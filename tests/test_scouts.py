@@ -74,7 +74,8 @@ def test_scouts_render_first_the_rest_is_held_until_approved(farm, tmp_path):
     assert [f["frame"] for f in task["frames"] if f["status"] == "queued"] == [1, 5, 10]
 
     first = register(api, "first")
-    assert render_scouts(api, first) == [1, 5, 10]  # the held frames are never handed out
+    # The held frames are never handed out; the scouts go in the task's render order (sampled: the ends first).
+    assert render_scouts(api, first) == [1, 10, 5]
     task = api.task(task_id)
     assert task["status"] == "awaiting_approval" and task["progress"]["eta_seconds"] is None
     assert {f["status"] for f in task["frames"] if f["frame"] not in (1, 5, 10)} == {"held"}
