@@ -240,6 +240,15 @@ assert os.access(os.path.join(os.path.dirname(sys.executable), "weed"), os.X_OK)
             _renderq_say "faketime is missing and apt-get cannot run here: the clock-jump fault test will be skipped"
         fi
     fi
+    # Node.js, for the tests that run the status page's own duration and ETA functions against the Python side's.
+    if ! command -v node >/dev/null 2>&1; then
+        if _renderq_can_apt; then
+            _renderq_apt_install nodejs ||
+                _renderq_say "could not install nodejs with apt-get: the page's formatting tests will be skipped"
+        else
+            _renderq_say "node is missing and apt-get cannot run here: the page's formatting tests will be skipped"
+        fi
+    fi
     _renderq_setup_postgres || return 1
     renderq_setup_ffmpeg || return 1
     # Debian's Chromium and Playwright for the status page's browser tests.
