@@ -219,9 +219,10 @@ def frame_bytes(frame: int) -> bytes:
 
 
 def new_task(farm: Farm, blobs: dict, frames: int) -> int:
+    """A task whose frames are claimed lowest number first, as the tests name each claimed frame's file."""
     return farm.api.post("/submit_task", {"name": "outputs", "blend_sha256": blobs["blend"],
                                           "blend_filename": "shot.blend", "frame_start": 1,
-                                          "frame_end": frames})["task_id"]
+                                          "frame_end": frames, "order": "sequential"})["task_id"]
 
 
 @pytest.mark.parametrize("name", [".", "..", "CON", "nul.png", "trailing. ", "a.png:ads", "a\u202egnp.exe",
