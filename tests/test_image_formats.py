@@ -77,9 +77,10 @@ def renderq(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def render_locally(blend: str, folder: str) -> None:
-    """`blender -b FILE -f N` for each frame, the output moved into `folder` with -o (the name's own prefix)."""
+    """`blender -b FILE -f N` for each frame, the output moved into `folder` with -o (the name's own prefix), on one
+    thread like the farm's worker: Cycles on two threads is not repeatable to the last bit of a float."""
     frames = [arg for frame in FRAMES for arg in ("-f", str(frame))]
-    completed = subprocess.run([BLENDER, "-b", blend, "-o", os.path.join(folder, "f_"), *frames],
+    completed = subprocess.run([BLENDER, "-b", blend, "-t", "1", "-o", os.path.join(folder, "f_"), *frames],
                                capture_output=True, text=True, timeout=300, check=False)
     assert completed.returncode == 0, completed.stdout[-3000:]
 

@@ -28,12 +28,14 @@ def sessions() -> list[FakeSession]:
 
 
 def start_farm(farm, *flags: str) -> int:
-    """A coordinator with the fake .blend stored; returns a task of three frames."""
+    """A coordinator with the fake .blend stored; returns a task of three frames, claimed lowest number first (the
+    tests hold frames 1 and 2)."""
     farm.start_coordinator("--heartbeat", "0.5", *flags)
     status, blend = farm.api.call("POST", "/upload_blend?filename=shot.blend", raw=BLEND_BYTES)
     assert status == 200, blend
     return farm.api.post("/submit_task", {"name": "buffer", "blend_sha256": blend["sha256"],
-                                          "blend_filename": "shot.blend", "frame_start": 1, "frame_end": 3})["task_id"]
+                                          "blend_filename": "shot.blend", "frame_start": 1, "frame_end": 3,
+                                          "order": "sequential"})["task_id"]
 
 
 def start_worker(farm, proxy: TcpProxy, tmp_path) -> Running:
