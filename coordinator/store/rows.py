@@ -137,28 +137,25 @@ def await_approval_if_scouted(db: Database, task_id: int) -> bool:
 def queue_encode_job(db: Database, task_id: int) -> bool:
     """Add the task's encode job (a frame row of kind 'encode', counted in frames_total) if the task asks for a
     video, every frame rendered and the job is not there yet; whether it was added."""
-    task = db.execute("SELECT video, frames_failed, status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-    if task is None or not task["video"] or task["frames_failed"] or task["status"] not in TASK_OPEN_SQL:
-        return False
-    added = db.execute(
-        # Ranked past every frame (their ranks are below their count): claimed last.
-        "INSERT INTO frames (task_id, frame, kind, claim_rank) VALUES (?, ?, 'encode', ?) ON CONFLICT DO NOTHING",
-        (task_id, VIDEO_FRAME, VIDEO_FRAME),
-    ).rowcount
-    if added:
-        db.execute("UPDATE tasks SET frames_total = frames_total + 1 WHERE task_id = ?", (task_id,))
-    return bool(added)
+    return _queue_last_job(db, task_id, "video", VIDEO_FRAME, "encode")
 
 
 def queue_merge_job(db: Database, task_id: int) -> bool:
     """Add a tiled still's merge job (a frame row of kind 'merge', counted in frames_total) once every tile
     rendered and the job is not there yet; whether it was added."""
-    task = db.execute("SELECT tiles, frames_failed, status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-    if task is None or not task["tiles"] or task["frames_failed"] or task["status"] not in TASK_OPEN_SQL:
+    return _queue_last_job(db, task_id, "tiles", MERGE_FRAME, "merge")
+
+
+def _queue_last_job(db: Database, task_id: int, asked_by: str, frame: int, kind: str) -> bool:
+    """Add the job that ends a task (its row `frame` of `kind`) if the task's column `asked_by` asks for it, no frame
+    of it failed and it is still open; whether it was added. `asked_by` and `kind` are our own constants."""
+    task = db.execute(f"SELECT {asked_by}, frames_failed, status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    if task is None or not task[asked_by] or task["frames_failed"] or task["status"] not in TASK_OPEN_SQL:
         return False
     added = db.execute(
-        "INSERT INTO frames (task_id, frame, kind, claim_rank) VALUES (?, ?, 'merge', ?) ON CONFLICT DO NOTHING",
-        (task_id, MERGE_FRAME, MERGE_FRAME),
+        # Ranked past every frame (their ranks are below their count): claimed last.
+        f"INSERT INTO frames (task_id, frame, kind, claim_rank) VALUES (?, ?, '{kind}', ?) ON CONFLICT DO NOTHING",
+        (task_id, frame, frame),
     ).rowcount
     if added:
         db.execute("UPDATE tasks SET frames_total = frames_total + 1 WHERE task_id = ?", (task_id,))
