@@ -395,4 +395,5 @@ def main() -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-main()
+if __name__ == "__main__":  # Blender runs a --python script as __main__; the other scripts import it
+    main()

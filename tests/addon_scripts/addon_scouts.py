@@ -17,6 +17,9 @@ import time
 
 import bpy
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from addon_check import drain_all, install
+
 RESULT_PREFIX = "RENDERQ_RESULT "
 TIMEOUT = 180.0
 
@@ -29,24 +32,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def install(zip_path: str, url: str) -> None:
-    """Install and enable the add-on like an artist would, and point it at the coordinator."""
-    bpy.ops.preferences.addon_install(filepath=zip_path, overwrite=True)
-    bpy.ops.preferences.addon_enable(module="renderq_addon")
-    preferences = bpy.context.preferences.addons["renderq_addon"].preferences
-    preferences.coordinator_url = url
-    preferences.token = os.environ.get("RENDERQ_TEST_TOKEN", "")
-
-
-def drain_all() -> None:
-    """Apply job results until no job runs, as the interface's timer would."""
-    from renderq_addon import jobs
-
-    deadline = time.monotonic() + TIMEOUT
-    while not jobs.drain(0.5):
-        assert time.monotonic() < deadline, f"background jobs still running: {jobs.running_keys()}"
-
-
 def wait_for_status(task_id: int, wanted: set) -> dict:
     """Refresh the tasks until `task_id` has one of the `wanted` statuses; return its state then."""
     from renderq_addon import state
@@ -54,7 +39,7 @@ def wait_for_status(task_id: int, wanted: set) -> dict:
     deadline = time.monotonic() + TIMEOUT
     while True:
         bpy.ops.renderq.refresh_tasks()
-        drain_all()
+        drain_all(TIMEOUT)
         task = state.SESSION.tasks.get(task_id)
         if task is not None and task.get("status") in wanted:
             return task
@@ -93,7 +78,7 @@ def submit_with_a_scout() -> int:
 
     bpy.context.scene.renderq.scout_frames = 1
     assert bpy.ops.renderq.submit() == {"FINISHED"}
-    drain_all()
+    drain_all(TIMEOUT)
     assert state.last_error() is None, state.last_error()
     return state.last_submitted_task_id()
 
@@ -107,7 +92,7 @@ def main() -> None:
     waiting = wait_for_status(approved_id, {"awaiting_approval"})
     drawn = panel_of(waiting)
     assert bpy.ops.renderq.approve_task(task_id=approved_id) == {"FINISHED"}
-    drain_all()
+    drain_all(TIMEOUT)
     assert state.last_error() is None, state.last_error()
     approved = wait_for_status(approved_id, {"done", "failed", "canceled"})
 
@@ -115,7 +100,7 @@ def main() -> None:
     wait_for_status(canceled_id, {"awaiting_approval"})
     # The button runs the operator with a confirmation first; a script runs it straight.
     assert bpy.ops.renderq.cancel_task(task_id=canceled_id) == {"FINISHED"}
-    drain_all()
+    drain_all(TIMEOUT)
     canceled = wait_for_status(canceled_id, {"done", "failed", "canceled"})
     print(RESULT_PREFIX + json.dumps({
         "approved": [approved_id, approved.get("status")], "canceled": [canceled_id, canceled.get("status")],

@@ -15,6 +15,9 @@ import time
 
 import bpy
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from addon_check import install
+
 RESULT_PREFIX = "RENDERQ_RESULT "
 
 
@@ -25,15 +28,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--url", required=True)
     parser.add_argument("--case", default="tiles")
     return parser.parse_args(argv)
-
-
-def install(zip_path: str, url: str) -> None:
-    """Install and enable the add-on from the zip (Blender 3.x's way), pointed at the coordinator."""
-    bpy.ops.preferences.addon_install(filepath=zip_path, overwrite=True)
-    bpy.ops.preferences.addon_enable(module="renderq_addon")
-    preferences = bpy.context.preferences.addons["renderq_addon"].preferences
-    preferences.coordinator_url = url
-    preferences.token = os.environ.get("RENDERQ_TEST_TOKEN", "")
 
 
 def refusal() -> str:
