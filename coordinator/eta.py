@@ -49,10 +49,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
-from .eta_trend import MIN_FRAMES_FOR_TREND, OUTLIER_SPREADS, Trend, mad, median
+from .eta_trend import MIN_FRAMES_FOR_TREND, OUTLIER_SPREADS, Pattern, Trend, mad, median
 
-__all__ = ["MIN_FRAMES_FOR_TREND", "ActiveFrame", "CostModel", "DoneFrame", "EtaCache", "TaskEstimator", "TaskState",
-           "Trend", "estimate_eta"]
+__all__ = ["MIN_FRAMES_FOR_TREND", "ActiveFrame", "CostModel", "DoneFrame", "EtaCache", "Pattern", "TaskEstimator",
+           "TaskState", "Trend", "estimate_eta"]
 
 # Workers' speeds differ by about this much (standard deviation of the logarithm of their speed ratios), and a
 # frame's time about its prediction by at least SPEED_NOISE_FLOOR: with few frames, a speed leans on the average.
@@ -145,6 +145,7 @@ class CostModel:
         self._overheads, self._overhead = _overheads(timed)
         if not timed:
             self.trend: Trend | None = None
+            self.pattern = Pattern()
             self._ratios: list[float] = []
             self._ratio_suffix_sums: list[float] = [0.0]
             return
@@ -160,9 +161,7 @@ class CostModel:
                 break
             self._speeds = speeds
             trend = Trend.fit(frames, [d.seconds / speeds.get(d.worker_id, 1.0) for d in timed])
-        if len(with_warm_up) > len(timed):
-            trend = trend.leveled(*_level(with_warm_up, timed, trend, self._speeds))
-        self.trend = trend
+        self.trend, self.pattern = _trend_and_pattern(with_warm_up, timed, trend, self._speeds)
         ratios = sorted(d.seconds / self.seconds(d.frame, d.worker_id) for d in timed)
         self.spread = _relative_spread(ratios)
         # Evenly spaced order statistics stand for the rest, so a model of many frames stays small in the cache.
@@ -178,7 +177,15 @@ class CostModel:
     def cost(self, frame: int) -> float:
         """Predicted render seconds of the frame on a worker of average speed."""
         assert self.trend is not None, "no frame has been timed yet"
-        return self.trend(frame)
+        return self.trend(frame) * self.pattern(frame)
+
+    def sum_over(self, frames: range) -> float:
+        """The predicted cost of a range of frames on a worker of average speed, in O(pattern period)."""
+        assert self.trend is not None, "no frame has been timed yet"
+        # frames[j::period] is a range whose frames all fall in one class of the pattern.
+        period = self.pattern.period
+        return sum(self.pattern(frames[j]) * self.trend.sum_over(frames[j::period])
+                   for j in range(min(period, len(frames))))
 
     def speed(self, worker_id: int | None) -> float:
         """The worker's render time relative to the average worker's (2.0: twice as slow)."""
@@ -217,17 +224,38 @@ def _relative_spread(ratios: Sequence[float]) -> float:
     return math.sqrt((SPREAD_PRIOR_FRAMES * SPREAD_PRIOR ** 2 + squares) / (SPREAD_PRIOR_FRAMES + n - 1))
 
 
+def _trend_and_pattern(with_warm_up: Sequence[DoneFrame], timed: Sequence[DoneFrame], trend: Trend,
+                       speeds: Mapping[int | None, float]) -> tuple[Trend, Pattern]:
+    """The trend through the level of all the done frames (_level) and the pattern that repeats over it. Once a
+    pattern prices each first frame, what the first frames paid once is measured: the least any of them cost over
+    its price (the same scene loads about as long everywhere), and taken out of the level."""
+    leveled_on = with_warm_up if len(with_warm_up) > len(timed) else timed
+    if leveled_on is with_warm_up:
+        trend = trend.leveled(*_level(with_warm_up, timed, trend, speeds))
+    # Without the warm-up frames: what a session's first frame paid once would pass for a pattern.
+    offsets = [math.log(d.seconds / speeds.get(d.worker_id, 1.0) / trend(d.frame)) for d in timed]
+    found = Pattern.fit([d.frame for d in timed], offsets)
+    pattern = found.normalized([d.frame for d in leveled_on], trend)
+    if pattern.period == 1 or leveled_on is timed:
+        return trend, pattern
+    kept = {id(d) for d in timed}
+    warm_up = max(0.0, min(d.seconds / speeds.get(d.worker_id, 1.0) - trend(d.frame) * pattern(d.frame)
+                           for d in with_warm_up if id(d) not in kept))
+    trend = trend.leveled(*_level(with_warm_up, timed, trend, speeds, warm_up))
+    return trend, found.normalized([d.frame for d in leveled_on], trend)
+
+
 def _level(with_warm_up: Sequence[DoneFrame], timed: Sequence[DoneFrame], trend: Trend,
-           speeds: Mapping[int | None, float]) -> tuple[float, float]:
+           speeds: Mapping[int | None, float], warm_up: float = 0.0) -> tuple[float, float]:
     """The mean frame and the mean cost (each time over its worker's speed) of all the frames, each worker's first
-    counted as at most as dear, against the trend, as the dearest of the others: what it paid once is left out,
-    what it says about its part of the shot is kept."""
+    counted less `warm_up` and at most as dear, against the trend, as the dearest of the others: what it paid once
+    is left out, what it says about its part of the shot is kept."""
     def cost(d: DoneFrame) -> float:
         return d.seconds / speeds.get(d.worker_id, 1.0)
 
     dearest = max(cost(d) / trend(d.frame) for d in timed)
     kept = {id(d) for d in timed}
-    costs = [cost(d) if id(d) in kept else min(cost(d), dearest * trend(d.frame)) for d in with_warm_up]
+    costs = [cost(d) if id(d) in kept else min(cost(d) - warm_up, dearest * trend(d.frame)) for d in with_warm_up]
     return sum(d.frame for d in with_warm_up) / len(with_warm_up), sum(costs) / len(costs)
 
 
@@ -312,7 +340,7 @@ class TaskEstimator:
         self._bulk_cost = 0.0
         if model.trend is not None and self._bulk_count:
             # Every frame but the gone and the tail ones: a sum over the whole range (O(1)) less theirs.
-            self._bulk_cost = max(0.0, model.trend.sum_over(frames) - sum(map(model.cost, gone))
+            self._bulk_cost = max(0.0, model.sum_over(frames) - sum(map(model.cost, gone))
                                   - sum(map(model.cost, tail)))
         self._tail_frames = tail
         self._tail_set = frozenset(tail)

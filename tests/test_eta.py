@@ -260,7 +260,9 @@ def test_a_frame_in_progress_counts_only_its_time_left():
 
 
 def test_a_frame_running_long_is_taken_for_a_heavy_one():
-    done = done_frames({f: 8.0 if f % 4 == 0 else 2.0 for f in range(1, 41)}, workers=1)
+    # Heavy frames with no period (a repeating pattern would say frame 41 is a light one).
+    heavy = {3, 7, 8, 15, 22, 23, 30, 36, 39}
+    done = done_frames({f: 8.0 if f in heavy else 2.0 for f in range(1, 41)}, workers=1)
     model = CostModel(done)
     estimator = TaskEstimator(model, range(41, 42))
     # Past every light frame's time: it is one of the heavy ones, 8 s in all.
@@ -349,6 +351,42 @@ def test_trend_sums_over_ranges_match_frame_by_frame():
         start = rng.randint(-100, 100)
         frames = range(start, start + rng.randint(0, 300), rng.randint(1, 5))
         assert trend.sum_over(frames) == pytest.approx(sum(trend(f) for f in frames), rel=1e-9, abs=1e-9)
+
+
+def test_a_repeating_pattern_prices_the_frames_left_by_their_own_mix_of_heavy_and_light():
+    # Every 4th frame 3x, drifting 1x to 2x; the done frames hold a quarter heavy ones, the frames left half.
+    def cost(frame: int) -> float:
+        return (3.0 if frame % 4 == 0 else 1.0) * (1.0 + frame / 80)
+
+    left = [f for f in range(1, 81) if f % 2 == 0][:20]
+    done = done_frames({f: cost(f) for f in range(1, 81) if f not in left}, workers=2)
+    model = CostModel(done)
+    assert model.pattern.period == 4
+    assert sum(map(model.cost, left)) == pytest.approx(sum(map(cost, left)), rel=0.03)
+    estimator = TaskEstimator(model, range(1, 81), {d.frame for d in done}, left)
+    assert estimator.model.sum_over(range(1, 81)) == pytest.approx(sum(map(model.cost, range(1, 81))), rel=1e-9)
+
+
+def test_no_pattern_is_read_into_frames_that_only_scatter():
+    rng = random.Random(11)
+    found = 0
+    for _ in range(100):
+        done = done_frames({f: math.exp(rng.gauss(0.0, 0.2)) for f in rng.sample(range(1, 81), rng.randint(8, 60))})
+        found += CostModel(done).pattern.period != 1
+    assert found <= 5
+
+
+def test_pattern_sums_over_ranges_match_frame_by_frame():
+    rng = random.Random(8)
+    for _ in range(200):
+        period = rng.randint(2, 8)
+        pattern = eta.Pattern(period, tuple(rng.uniform(0.3, 3.0) for _ in range(period)))
+        done = done_frames({f: 1.0 + f / 50 for f in range(1, 21)})
+        model = CostModel(done)
+        model.pattern = pattern
+        start = rng.randint(-100, 100)
+        frames = range(start, start + rng.randint(0, 300), rng.randint(1, 5))
+        assert model.sum_over(frames) == pytest.approx(sum(map(model.cost, frames)), rel=1e-9, abs=1e-9)
 
 
 def test_the_same_frames_give_the_same_estimate_whatever_their_order():
