@@ -133,6 +133,37 @@ def other_load(own_pid: int, seconds: float = 3.0) -> float:
     return max(0.0, (busy_after - busy) / max(total_after - total, 1e-9) * cores - own / seconds)
 
 
+def store_turns(coordinator: Any) -> dict[str, float] | None:
+    """The coordinator's counters of its turns of worker calls (GET /metrics; with --processes, of the process that
+    answered), or None for a cluster, whose coordinators each have their own."""
+    if not hasattr(coordinator, "client"):
+        return None
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = coordinator.client("admin")
+    try:
+        status, body = client.call("GET", "/metrics")
+    finally:
+        client.close()
+    if status != 200:
+        return None
+    text = body.decode("utf-8") if isinstance(body, bytes) else str(body)
+    figures = {"seconds": 0.0, "turns": 0.0, "within_100ms": 0.0, "calls": 0.0, "commit": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "renderq_store_turn_seconds_sum":
+                figures["seconds"] = sample.value
+            elif sample.name == "renderq_store_turn_seconds_count":
+                figures["turns"] = sample.value
+            elif sample.name == "renderq_store_turn_seconds_bucket" and float(sample.labels["le"]) == 0.1:
+                figures["within_100ms"] = sample.value
+            elif sample.name == "renderq_store_turn_calls_total":
+                figures["calls"] = sample.value
+            elif sample.name == "renderq_store_turn_commit_seconds_total":
+                figures["commit"] = sample.value
+    return figures
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
     with open("/proc/stat", encoding="ascii") as handle:
@@ -210,6 +241,7 @@ def run_step(coordinator: Coordinator, workers: int, args: argparse.Namespace, r
         cpu_before = coordinator_cpu_seconds(coordinator)
         tiers_before = tier_cpu_seconds(coordinator)
         machine_before = machine_cpu()
+        turns_before = store_turns(coordinator)
         if args.py_spy:
             profiler = Profiler(args.py_spy, coordinator.pid, args.duration,
                                 os.path.join(run_dir, f"profile-{workers}-workers.txt"), args.profile_mode)
@@ -217,6 +249,7 @@ def run_step(coordinator: Coordinator, workers: int, args: argparse.Namespace, r
         cpu_after = coordinator_cpu_seconds(coordinator)
         tiers_after = tier_cpu_seconds(coordinator)
         machine_after = machine_cpu()
+        turns_after = store_turns(coordinator)
         outputs = []
         for child in children:
             out, _ = child.communicate(timeout=120 + workers / 50)
@@ -230,6 +263,8 @@ def run_step(coordinator: Coordinator, workers: int, args: argparse.Namespace, r
     coordinator_cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
     machine = (machine_after[0] - machine_before[0], machine_after[1] - machine_before[1])
     result = aggregate(outputs, workers, frame_seconds, measure_until - measure_from, coordinator_cpu, machine)
+    if turns_before and turns_after:
+        result["store_turns"] = {name: turns_after[name] - turns_before[name] for name in turns_after}
     if tiers_after:
         from throughput_cluster import add_tiers
 
@@ -273,6 +308,7 @@ def aggregate(outputs: list[dict[str, Any]], workers: int, frame_seconds: float,
     return {
         "workers": workers,
         "frame_seconds": frame_seconds,
+        "window_seconds": window,
         "requests_per_second": len(every) / window,
         "updates_per_second": counts["updates"] / window,
         "dispatched_per_second": counts["dispatched"] / window,
@@ -328,6 +364,13 @@ def print_step(result: dict[str, Any]) -> None:
           f"{result['connections_total']} connections opened in all, {result['connections_opened']} during the "
           f"window; {result['resent']} requests sent again after the coordinator closed their kept-alive "
           "connection", flush=True)
+    turns = result.get("store_turns")
+    if turns and turns["turns"]:
+        window = result["window_seconds"]
+        busy, commit = 100 * turns["seconds"] / window, 100 * turns["commit"] / window
+        print(f"    store turns: the thread that applies the workers' calls was busy {busy:.0f} % of the window "
+              f"({commit:.0f} % in COMMITs); {turns['turns']:.0f} turns of {turns['calls'] / turns['turns']:.1f} "
+              f"calls on average, {turns['turns'] - turns['within_100ms']:.0f} of them over 100 ms", flush=True)
     if result["machine_cpu"] > 0.9 * result["cores"]:
         print(f"    the machine's CPU was all in use ({result['machine_cpu']:.2f} of {result['cores']} cores): "
               f"{result['generator_cpu']:.2f} of them the load generator's", flush=True)

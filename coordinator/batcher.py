@@ -17,6 +17,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -36,12 +37,17 @@ MAX_CALLS_PER_TURN = 256
 # A call that gave way this many times is answered with the error (each later try goes first in its turn).
 MAX_GIVE_WAYS = 5
 
+# Told of each turn: its calls, its seconds from the start of its transaction to the end of its COMMIT, and the
+# COMMIT's part of them. A coordinator at its limit is one whose turns take all of the thread's time.
+TurnObserver = Callable[[int, float, float], None]
+
 
 class Batcher:
     """Runs store calls for the event loop (see the module docstring)."""
 
-    def __init__(self, store: Store, name: str = "store-turns") -> None:
+    def __init__(self, store: Store, name: str = "store-turns", on_turn: TurnObserver | None = None) -> None:
         self._store = store
+        self._on_turn = on_turn
         self._pending: collections.deque[_Call] = collections.deque()
         self._wake = threading.Condition()
         self._closing = False
@@ -88,6 +94,7 @@ class Batcher:
         """Run the turn's calls in one transaction: their outcomes, and the calls that gave way (to run again)."""
         outcomes: list[_Outcome] = []
         gave_way: list[_Call] = []
+        started = time.perf_counter()
         try:
             with self._store.batch():
                 for work, future, give_ways in turn:
@@ -98,9 +105,13 @@ class Batcher:
                             gave_way.append((work, future, give_ways + 1))
                         else:
                             outcomes.append((future, None, problem))
+                ran = time.perf_counter()
         except Exception as problem:  # noqa: BLE001 - the COMMIT failed: no call of the turn happened
             log.warning("a turn of %d worker calls could not be committed: %s", len(turn), problem)
             return [(future, None, problem) for _, future, _ in turn], []
+        if self._on_turn is not None:
+            ended = time.perf_counter()
+            self._on_turn(len(turn), ended - started, ended - ran)
         # The log sizes the turn's answers promise were written at its end (store/task_writes.py).
         return [(future, settled(result), problem) for future, result, problem in outcomes], gave_way
 

@@ -48,7 +48,7 @@ class FastRoutes:
         self._blobs = app.extensions["renderq.blobs"]
         self._config = app.config["RENDERQ"]
         self._metrics = app.extensions["renderq.metrics"]
-        self._batcher = Batcher(app.extensions["renderq.store"])
+        self._batcher = Batcher(app.extensions["renderq.store"], on_turn=self._metrics.observe_turn)
         self._engine = app.extensions["renderq.store"].engine
         self._database_errors = self._engine.errors
         self._files = ThreadPoolExecutor(max_workers=FRAME_FILE_THREADS, thread_name_prefix="frame-files")

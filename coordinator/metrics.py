@@ -50,6 +50,16 @@ class Metrics:
         self.errors = Counter(
             "renderq_errors", "Failures of what the coordinator stands on, by kind (database, object_store)",
             ["kind"], registry=self.registry)
+        self.store_turns = Histogram(
+            "renderq_store_turn_seconds", "Seconds each turn of the workers' calls held the store's write turn, its "
+            "COMMIT included: one thread runs the turns, so their sum over time is how busy it is",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.store_turn_calls = Counter(
+            "renderq_store_turn_calls", "Workers' calls applied in turns (claims, heartbeats, finishes, reports)",
+            registry=self.registry)
+        self.store_turn_commit_seconds = Counter(
+            "renderq_store_turn_commit_seconds", "Seconds of the turns spent in their COMMIT (the fsync)",
+            registry=self.registry)
         self.registry.register(FarmCollector(scheduler))
         scheduler.count = self.count
 
@@ -70,6 +80,12 @@ class Metrics:
         """One request to `endpoint` (None: no route matched, or the request was refused before its route was
         known) ended; `started` is its time.perf_counter()."""
         self.requests.labels(endpoint or "unmatched").observe(time.perf_counter() - started)
+
+    def observe_turn(self, calls: int, seconds: float, commit_seconds: float) -> None:
+        """One turn of the workers' calls (coordinator/batcher.py) ended."""
+        self.store_turns.observe(seconds)
+        self.store_turn_calls.inc(calls)
+        self.store_turn_commit_seconds.inc(commit_seconds)
 
     def exposition(self) -> bytes:
         """Every metric in Prometheus' text format."""

@@ -53,6 +53,11 @@ def test_metrics_show_the_farm_and_the_calls_it_served(farm):
     assert metrics[("renderq_frame_reports_total", (("status", "rendering"),))] == 1
     assert metrics[("renderq_request_seconds_count", (("endpoint", "tasks.claim_frame"),))] == 2
     assert metrics[("renderq_request_seconds_count", (("endpoint", "tasks.finish_frame"),))] == 1
+    # The workers' calls ran in turns (two claims, a report, a finish): how busy the thread running them was.
+    assert metrics[("renderq_store_turn_calls_total", ())] >= 4
+    assert 1 <= metrics[("renderq_store_turn_seconds_count", ())] <= metrics[("renderq_store_turn_calls_total", ())]
+    commits = metrics[("renderq_store_turn_commit_seconds_total", ())]
+    assert 0 < commits <= metrics[("renderq_store_turn_seconds_sum", ())]
     # Refused requests are counted too: under their route, or "unmatched" when they have none.
     status, _ = farm.api.call("POST", "/upload_blend?filename=b.blend", raw=BLEND, token="not-a-token")
     assert status == 401
