@@ -341,7 +341,9 @@ class Scheduler(FarmReader):
         if frame is None:
             return None, "no frames waiting"
         self.count("dispatched", 1)
-        task = self._task(frame["task_id"])
+        task = self.store.lease_fields(frame["task_id"])
+        if task is None:  # deleted as its frame was claimed
+            raise NotFound(f"no task with id {frame['task_id']}")
         encode: dict[str, Any] = {}
         if frame["kind"] == FRAME_KIND_ENCODE:
             # What the encode job needs: the video asked for and the rendered frames it is made of.
@@ -361,7 +363,7 @@ class Scheduler(FarmReader):
             "main_file": task["main_file"] or task["blend_filename"],
             "files_count": task["files_count"],
             "blender_version": task["blender_version"],
-            "settings": self.store.task_settings(task["task_id"]),
+            "settings": task["settings"],
             "frame_timeout": task["frame_timeout"],
             "no_progress_timeout": task["no_progress_timeout"],
             "needs_python": bool(task["needs_python"]),
@@ -518,7 +520,8 @@ class Scheduler(FarmReader):
     def append_log(self, task_id: int, worker_id: int | None, text: str) -> int | LogEnd:
         """Append to the task's log: its size after the append (in a turn of worker calls, a LogEnd the turn fills
         in once it has written it)."""
-        self._task(task_id)
+        if not self.store.has_task(task_id):
+            raise NotFound(f"no task with id {task_id}")
         if worker_id is not None:
             self._worker(worker_id)
         return self.store.append_log(task_id, text)

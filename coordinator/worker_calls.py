@@ -17,12 +17,14 @@ def heartbeat(scheduler: Scheduler, fields: dict[str, Any]) -> dict[str, Any]:
     """POST /update_worker: take the reports and log lines riding on it, then renew the worker's leases."""
     worker_id = fields["worker_id"]
     _take_rendering_reports(scheduler, worker_id, fields.get("rendering", ()))
+    answer = scheduler.heartbeat(worker_id, fields.get("leases", []))
     for chunk in fields.get("logs", ()):
         try:
-            scheduler.append_log(chunk["task_id"], worker_id, chunk["text"])
+            # No check of the worker per chunk: the heartbeat above refused a worker that does not exist.
+            scheduler.append_log(chunk["task_id"], None, chunk["text"])
         except NotFound:
             continue  # the task was deleted meanwhile: its log is gone too, as a post of its own would find
-    return scheduler.heartbeat(worker_id, fields.get("leases", []))
+    return answer
 
 
 def claim(scheduler: Scheduler, fields: dict[str, Any]) -> dict[str, Any]:

@@ -71,6 +71,11 @@ def test_a_stale_or_unknown_rider_changes_nothing_and_does_not_fail_the_call(far
                                             "logs": [{"task_id": 999, "text": "lines of a deleted task\n"}]})
     assert beat["revoked"] == []
     assert farm.api.get(f"/get_log?task_id={task_id}")["text"] == ""
+    # A heartbeat of a worker that does not exist is refused, and its log lines are not written.
+    status, answer = farm.api.call("POST", "/update_worker", {
+        "worker_id": 999, "logs": [{"task_id": task_id, "text": "lines of no worker\n"}]})
+    assert status == 404 and "999" in answer["error"]
+    assert farm.api.get(f"/get_log?task_id={task_id}")["text"] == ""
 
 
 def test_log_lines_past_the_chunk_limit_are_refused_whole(farm):

@@ -120,10 +120,23 @@ class TaskQueries(StoreConnection):
                 workers.setdefault(r["task_id"], []).append(r["worker_name"])
         return [task_row(db, r, workers.get(r["task_id"], [])) for r in rows]
 
-    def task_settings(self, task_id: int) -> dict:
-        """A task's settings (what a lease carries to the worker)."""
-        row = self.read().execute("SELECT settings FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        return json.loads(row["settings"] or "{}") if row else {}
+    def lease_fields(self, task_id: int) -> dict | None:
+        """What a claim's answer tells the worker about the task (its file, Blender, settings, limits, device, video
+        and tiles), in one read: the claim runs in the workers' turn, where every read counts."""
+        row = self.read().execute(
+            "SELECT task_id, name, blend_sha256, blend_filename, main_file, files_count, blender_version, settings, "
+            "frame_timeout, no_progress_timeout, needs_python, device, video, tiles, frame_start "
+            "FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if row is None:
+            return None
+        task = dict(row)
+        task["settings"] = json.loads(task["settings"] or "{}")
+        task["video"] = json.loads(task["video"]) if task["video"] else None
+        return task
+
+    def has_task(self, task_id: int) -> bool:
+        """Whether the task exists (a check that reads no more than its key)."""
+        return self.read().execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is not None
 
     def frames_page(self, task_id: int, after: int | None, limit: int, status: str | None = None) -> list[dict]:
         """At most `limit` frames of the task numbered above `after` (from the first when None), optionally only
