@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from renderq.model import DEFAULT_RENDER_ORDER, VIDEO_FRAME
+from renderq.model import DEFAULT_RENDER_ORDER, VIDEO_FRAME, TaskStatus
 
 from ..claim_order import claim_ranks
 from .connection import StoreConnection
@@ -32,15 +32,16 @@ class TaskQueries(StoreConnection):
                 "submitted_by, blend_sha256, blend_filename, settings, created_at, main_file, blender_version, "
                 "blender_version_key, blender_version_exact, missing_assets, files_count, files_bytes, "
                 "frame_timeout, no_progress_timeout, needs_python, owner, render_engine, device, tags, needs, video, "
-                "render_order) "
+                "render_order, status, notified_status) "
                 "VALUES (:name, :priority, :frame_start, :frame_end, :frame_step, :frames_total, :manual, "
                 ":submitted_by, :blend_sha256, :blend_filename, :settings, :created_at, :main_file, "
                 ":blender_version, :blender_version_key, :blender_version_exact, :missing_assets, :files_count, "
                 ":files_bytes, :frame_timeout, :no_progress_timeout, :needs_python, :owner, :render_engine, "
-                ":device, :tags, :needs, :video, :render_order) RETURNING task_id",
+                ":device, :tags, :needs, :video, :render_order, :status, :status) RETURNING task_id",
                 {"frame_timeout": None, "no_progress_timeout": 600.0, "owner": "", "render_engine": "",
                  "device": "", "needs": 0, "render_order": DEFAULT_RENDER_ORDER,
-                 **task, "tags": json.dumps(sorted(set(task.get("tags") or []))),
+                 # Seen by the notifier as it starts: a new task is no event, and needs no write of the notifier's.
+                 **task, "status": TaskStatus.QUEUED.value, "tags": json.dumps(sorted(set(task.get("tags") or []))),
                  "needs_python": int(bool(task.get("needs_python"))),
                  "frames_total": len(frame_numbers), "manual": int(bool(worker_names)),
                  "settings": json.dumps(task.get("settings") or {}),
