@@ -229,14 +229,15 @@ def _trend_and_pattern(with_warm_up: Sequence[DoneFrame], timed: Sequence[DoneFr
     """The trend through the level of all the done frames (_level) and the pattern that repeats over it. Once a
     pattern prices each first frame, what the first frames paid once is measured: the least any of them cost over
     its price (the same scene loads about as long everywhere), and taken out of the level."""
-    leveled_on = with_warm_up if len(with_warm_up) > len(timed) else timed
-    if leveled_on is with_warm_up:
+    first_frames_counted = len(with_warm_up) > len(timed)
+    leveled_on = with_warm_up if first_frames_counted else timed
+    if first_frames_counted:
         trend = trend.leveled(*_level(with_warm_up, timed, trend, speeds))
     # Without the warm-up frames: what a session's first frame paid once would pass for a pattern.
     offsets = [math.log(d.seconds / speeds.get(d.worker_id, 1.0) / trend(d.frame)) for d in timed]
     found = Pattern.fit([d.frame for d in timed], offsets)
     pattern = found.normalized([d.frame for d in leveled_on], trend)
-    if pattern.period == 1 or leveled_on is timed:
+    if pattern.period == 1 or not first_frames_counted:
         return trend, pattern
     kept = {id(d) for d in timed}
     warm_up = max(0.0, min(d.seconds / speeds.get(d.worker_id, 1.0) - trend(d.frame) * pattern(d.frame)

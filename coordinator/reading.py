@@ -94,7 +94,7 @@ class FarmReader:
     def _task(self, task_id: int, detail: bool = False) -> dict:
         task = self.store.get_task(task_id, detail)
         if task is None:
-            raise NotFound(f"no task with id {task_id}")
+            raise NotFound(no_task_sentence(task_id))
         return task
 
     def list_workers(self) -> list[dict]:
@@ -464,6 +464,11 @@ def _encode_job_added(task: dict) -> bool:
     """Whether the task's encode job row exists: frames_total counts it beside the frames of the range."""
     rendered = len(range(task["frame_start"], task["frame_end"] + 1, task["frame_step"]))
     return bool(task.get("video")) and task["frames_total"] > rendered
+
+
+def no_task_sentence(task_id: int) -> str:
+    """The refusal for an unknown task id."""
+    return f"no task with id {task_id}"
 
 
 def no_worker_sentence(worker_id: int) -> str:

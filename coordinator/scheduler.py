@@ -24,7 +24,7 @@ from renderq.tiles import parse_tiles
 from . import estimate, eta
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .policy import Policy
-from .reading import FRAMES_PAGE, MAX_FRAMES_PAGE, FarmReader, no_worker_sentence
+from .reading import FRAMES_PAGE, MAX_FRAMES_PAGE, FarmReader, no_task_sentence, no_worker_sentence
 from .store import OutputNameTaken, Store
 from .store.task_writes import LogEnd
 
@@ -343,7 +343,7 @@ class Scheduler(FarmReader):
         self.count("dispatched", 1)
         task = self.store.lease_fields(frame["task_id"])
         if task is None:  # deleted as its frame was claimed
-            raise NotFound(f"no task with id {frame['task_id']}")
+            raise NotFound(no_task_sentence(frame["task_id"]))
         encode: dict[str, Any] = {}
         if frame["kind"] == FRAME_KIND_ENCODE:
             # What the encode job needs: the video asked for and the rendered frames it is made of.
@@ -521,7 +521,7 @@ class Scheduler(FarmReader):
         """Append to the task's log: its size after the append (in a turn of worker calls, a LogEnd the turn fills
         in once it has written it)."""
         if not self.store.has_task(task_id):
-            raise NotFound(f"no task with id {task_id}")
+            raise NotFound(no_task_sentence(task_id))
         if worker_id is not None:
             self._worker(worker_id)
         return self.store.append_log(task_id, text)
