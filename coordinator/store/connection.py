@@ -2,7 +2,9 @@
 
 One connection per thread, of the engine the database string names (engine.py: SQLite or PostgreSQL). Every write is
 one transaction, returned from only once its writes are durable. On SQLite concurrent transactions of this process
-share their COMMIT (group commit); on PostgreSQL they run side by side, and a batcher's turn shares one COMMIT.
+share their COMMIT (group commit) and then share the fsync that makes it durable (make_durable), which the
+batcher's turns leave to another thread; on PostgreSQL transactions run side by side, and a batcher's turn shares
+one COMMIT.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class StoreConnection:
         self._committed = threading.Condition()
         self._committed_batch = 0
         self._failed_batches: dict[int, BaseException] = {}
+        # The last batch known to be on disk (engines that sync after COMMIT), and the lock of the one fsync at a
+        # time: writers waiting meanwhile find their batch covered by it and return without one of their own.
+        self._durable_batch = 0
+        self._sync_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
@@ -130,26 +136,54 @@ class StoreConnection:
         # A batch that runs on this thread's connection (it came first) is waited for in any case.
         if durable or first:
             self._wait_for_commit(number)
+        self._local.last_batch = number
+        if durable and not getattr(self._local, "defer_sync", False):
+            self.make_durable(number)
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, sync: bool = True) -> Iterator[None]:
         """Run many transactions of this thread as one: each transaction() inside becomes a savepoint (a block
         that raises undoes only its own writes), and they share one COMMIT when the block ends, durable before
         batch() returns. For a thread that applies queued requests in turns (coordinator.batcher).
 
+        sync=False returns once the COMMIT is done but maybe not yet on disk: the caller then passes last_batch()
+        to make_durable() (on another thread, say) before it tells anyone the writes happened.
+
         After the first block, a block that would wait long for a row another coordinator locked gives way
         instead (the engine's lock_conflict, see give_way): the caller runs it again first in its next batch."""
-        with self.transaction() as db:
-            self._local.batch = db
-            self._local.batch_blocks = 0
-            self._local.task_writes = TaskRowWrites()
-            try:
-                yield
-                self.engine.wait_for_locks(db)
-                self._local.task_writes.write(db)
-            finally:
-                self._local.batch = None
-                self._local.task_writes = None
+        # Read when the transaction ends (the blocks inside are savepoints and end before it).
+        self._local.defer_sync = not sync
+        try:
+            with self.transaction() as db:
+                self._local.batch = db
+                self._local.batch_blocks = 0
+                self._local.task_writes = TaskRowWrites()
+                try:
+                    yield
+                    self.engine.wait_for_locks(db)
+                    self._local.task_writes.write(db)
+                finally:
+                    self._local.batch = None
+                    self._local.task_writes = None
+        finally:
+            self._local.defer_sync = False
+
+    def last_batch(self) -> int:
+        """The number of the batch this thread's last transaction was committed in (for make_durable)."""
+        return int(getattr(self._local, "last_batch", 0))
+
+    def make_durable(self, number: int) -> None:
+        """Return once batch `number`, already committed, is on disk: for engines that write a COMMIT first and
+        sync it after (SQLite's WAL, see SQLiteEngine.sync). One fsync covers every batch committed before it
+        began, so writers that wait for it meanwhile need none of their own."""
+        if not self.engine.syncs_after_commit or self._durable_batch >= number:
+            return
+        with self._sync_lock:
+            if self._durable_batch >= number:
+                return
+            committed = self._committed_batch
+            self.engine.sync()
+            self._durable_batch = max(self._durable_batch, committed)
 
     def task_writes(self) -> TaskRowWrites | None:
         """Where this thread's batch gathers its writes to task rows (task_writes.py); None outside a batch."""

@@ -57,6 +57,8 @@ class Engine(abc.ABC):
     # Whether the writers of one process share transactions and their COMMIT (see StoreConnection.transaction):
     # SQLite takes one writer at a time, so its writers queue and commit together; PostgreSQL runs them side by side.
     group_commit = True
+    # Whether a COMMIT returns before it is on disk, so writers call sync() before they answer (SQLite's WAL).
+    syncs_after_commit = False
     # The exceptions the engine's driver raises for a database error.
     errors: tuple[type[Exception], ...] = ()
 
@@ -70,6 +72,10 @@ class Engine(abc.ABC):
 
     def give_write_turn(self) -> None:
         """After the group's COMMIT or ROLLBACK: the next process's group may begin."""
+        return None
+
+    def sync(self) -> None:
+        """Put every COMMIT made so far on disk (engines with syncs_after_commit)."""
         return None
 
     def is_broken(self, db: Database) -> bool:
