@@ -4,12 +4,15 @@ PostgreSQL) never hand out a frame twice and count every frame done exactly once
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import threading
+import time
 
 import pytest
 
+from coordinator.batcher import Batcher
 from coordinator.scheduler import Policy, Scheduler, TaskFile, TaskSpec
 from coordinator.store import Store
 
@@ -63,6 +66,85 @@ def test_concurrent_writers_share_commits_without_losing_or_leaking_writes(datab
 
 
 @pytest.mark.sqlite_only
+def _count_syncs(store: Store, delay: float = 0.0) -> list[float]:
+    """Record when each of the store's WAL syncs ended (it still syncs; `delay` makes the disk look slow)."""
+    ended: list[float] = []
+    sync = store.engine.sync
+
+    def counted() -> None:
+        time.sleep(delay)
+        sync()
+        ended.append(time.monotonic())
+
+    store.engine.sync = counted  # type: ignore[method-assign]  # counts the real sync, on this store only
+    return ended
+
+
+def test_on_sqlite_a_commit_is_synced_after_it_and_one_sync_covers_the_commits_before_it(tmp_path):
+    path = str(tmp_path / "state.sqlite3")
+    store = Store(path)
+    # SQLite's own sync inside the COMMIT is off: the store syncs the WAL itself, after the COMMIT.
+    assert store.read().execute("PRAGMA synchronous").fetchone()[0] == 1
+    syncs = _count_syncs(store)
+    with store.transaction() as db:
+        db.execute("CREATE TABLE scratch (n INTEGER)")
+    assert len(syncs) == 1  # a write returns once it is on disk
+    with store.transaction(durable=False) as db:
+        db.execute("INSERT INTO scratch VALUES (1)")
+    assert len(syncs) == 1  # a write nobody is promised waits for no disk
+    batches = []
+    for n in (2, 3):
+        with store.batch(sync=False), store.transaction() as db:
+            db.execute("INSERT INTO scratch VALUES (?)", (n,))
+        batches.append(store.last_batch())
+    assert len(syncs) == 1 and batches[0] < batches[1]
+    store.make_durable(batches[1])
+    store.make_durable(batches[0])  # covered by the sync of the later batch
+    assert len(syncs) == 2
+    assert [row[0] for row in store.read().execute("SELECT n FROM scratch ORDER BY n")] == [1, 2, 3]
+    # synchronous "normal" (no power cut to survive): never synced after a COMMIT.
+    relaxed = Store(str(tmp_path / "relaxed.sqlite3"), synchronous="normal")
+    relaxed_syncs = _count_syncs(relaxed)
+    with relaxed.transaction() as db:
+        db.execute("CREATE TABLE scratch (n INTEGER)")
+    assert relaxed_syncs == []
+
+
+def test_a_turn_is_answered_only_once_its_commit_is_on_disk_while_the_next_turn_runs(tmp_path):
+    store = Store(str(tmp_path / "state.sqlite3"))
+    with store.transaction() as db:
+        db.execute("CREATE TABLE scratch (n INTEGER)")
+    syncs = _count_syncs(store, delay=0.3)
+    batcher = Batcher(store)
+    written: dict[int, float] = {}
+
+    def write(n: int) -> int:
+        written[n] = time.monotonic()
+        with store.transaction() as db:
+            db.execute("INSERT INTO scratch VALUES (?)", (n,))
+        return n
+
+    async def calls() -> list[tuple[int, float]]:
+        async def one(n: int) -> tuple[int, float]:
+            answer = await batcher.call(lambda: write(n))
+            return answer, time.monotonic()
+        first = asyncio.ensure_future(one(1))
+        await asyncio.sleep(0.1)  # the first turn is committed and its sync under way
+        second = await one(2)
+        return [await first, second]
+
+    try:
+        answers = asyncio.run(calls())
+    finally:
+        batcher.close()
+    # Each answer came after a sync that ended after it was committed; the second turn ran during the first sync.
+    assert [n for n, _ in answers] == [1, 2]
+    assert 1 <= len(syncs) <= 2
+    assert syncs[0] <= answers[0][1] and syncs[-1] <= answers[1][1]
+    assert written[2] < syncs[0]
+    assert [row[0] for row in store.read().execute("SELECT n FROM scratch ORDER BY n")] == [1, 2]
+
+
 def test_checkpoints_keep_the_wal_bounded(tmp_path):
     path = str(tmp_path / "db.sqlite3")
     store = Store(path)
