@@ -71,7 +71,8 @@ class SQLiteEngine(Engine):
         except FileNotFoundError:
             return
         try:
-            os.fsync(wal)
+            # The data and the size the file needs to be read back, as SQLite's own sync does: not its times.
+            os.fdatasync(wal)
         finally:
             os.close(wal)
 
