@@ -4,6 +4,7 @@ database engine and database, which a module marked `both_databases` runs under 
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -23,6 +24,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "both_databases: run each test that uses the `db_engine` fixture (directly "
                             "or through database, app, client or farm) once on SQLite and once on PostgreSQL")
     config.addinivalue_line("markers", "sqlite_only: a test of SQLite itself, left out of both_databases")
+    # A shell that starts the suite in the background leaves SIGINT ignored, and the children the tests start
+    # (fake Blenders, process groups) would inherit that and never stop on the interrupt the tests send them.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
