@@ -58,7 +58,9 @@ class Metrics:
             "renderq_store_turn_calls", "Workers' calls applied in turns (claims, heartbeats, finishes, reports)",
             registry=self.registry)
         self.store_turn_commit_seconds = Counter(
-            "renderq_store_turn_commit_seconds", "Seconds of the turns spent in their COMMIT (the fsync)",
+            "renderq_store_turn_commit_seconds",
+            "Seconds of the turns spent in their COMMIT (on SQLite without its fsync, which another thread makes "
+            "while the next turn runs)",
             registry=self.registry)
         self.registry.register(FarmCollector(scheduler))
         scheduler.count = self.count
