@@ -64,7 +64,7 @@ class Batcher:
             threading.Thread(target=self._sync_turns, name=name + "-sync", daemon=True).start()
 
     async def call(self, work: Callable[[], Result]) -> Result:
-        """Run `work` (which uses the store) in the next turn; its result once that turn is committed."""
+        """Run `work` (which uses the store) in the next turn; its result once that turn is committed and on disk."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         with self._wake:
             if self._closing:

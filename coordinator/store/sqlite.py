@@ -33,7 +33,6 @@ class SQLiteEngine(Engine):
 
     def __init__(self, path: str, *, synchronous: str = "full") -> None:
         self.path = path
-        self.synchronous = "NORMAL"
         self.syncs_after_commit = synchronous.lower() == "full"
         # SQLite's default: the commit that fills the WAL past 1000 pages copies them into the database file.
         self.autocheckpoint = 1000
@@ -48,7 +47,7 @@ class SQLiteEngine(Engine):
                              check_same_thread=False)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute("PRAGMA synchronous=NORMAL")  # "full" is sync()'s, after the COMMIT
         db.execute("PRAGMA foreign_keys=OFF")
         db.execute(f"PRAGMA wal_autocheckpoint={self.autocheckpoint}")
         # sqlite3 types its parameters more narrowly than Database's Any; it takes every value the store passes.
