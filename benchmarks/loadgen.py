@@ -5,8 +5,8 @@ Each simulated worker makes the calls the real worker makes (worker/reporter.py 
 renderq/http_client.py), in the same order and at the same moments, with only Blender replaced by a sleep:
 
 - register (POST /register_worker); then a heartbeat (POST /update_worker with the leases it holds) every
-  `heartbeat_seconds` the coordinator advises, taking a new `heartbeat_seconds` or `lease_seconds` from any answer
-  that carries one (the advice may change as the farm grows);
+  `heartbeat_seconds` the coordinator advises less a random part of up to 15 %, taking a new `heartbeat_seconds` or
+  `lease_seconds` from any answer that carries one (the advice may change as the farm grows);
 - when idle, claim a frame (POST /frames/claim), waiting the advised `poll_seconds` when there is none;
 - as the frame starts, report it rendering (POST /update_task) and then, at the moment the worker's own prefetch
   timer (worker/prefetch.py) picks, claim the next frame preferring the same task, both on the "ahead" lane;
@@ -48,7 +48,7 @@ sys.path.insert(0, HERE)
 from rawhttp import Connections, Coordinator, Periodic
 from simworker import frame_png
 from worker.prefetch import PrefetchTimer
-from worker.reporter import POLL_ADVICE_LIMITS
+from worker.reporter import HEARTBEAT_SPREAD, POLL_ADVICE_LIMITS
 
 # How long a simulated worker waits after a call that failed before trying again.
 RETRY_SECONDS = 1.0
@@ -198,7 +198,7 @@ class SimWorker:
             return
         coordinator = self.coordinator
         helpers = [Periodic(coordinator, self.heartbeat_request, self.heartbeat_answered,
-                            lambda: self.heartbeat_seconds, self.timer("update_worker"))]
+                            self.heartbeat_wait, self.timer("update_worker"))]
         helpers[0].start(self.heartbeat_seconds)
         log_seconds = self.farm.config["log_seconds"]
         if log_seconds > 0:
@@ -241,6 +241,10 @@ class SimWorker:
         if isinstance(advice, (int, float)) and not isinstance(advice, bool):
             low, high = POLL_ADVICE_LIMITS
             self.poll_seconds = min(high, max(low, float(advice)))
+
+    def heartbeat_wait(self) -> float:
+        """Seconds to the next heartbeat: the advised interval less a random part, as the worker waits."""
+        return self.heartbeat_seconds * (1 - HEARTBEAT_SPREAD * self.farm.random.random())
 
     def heartbeat_request(self) -> bytes:
         """The heartbeat renewing the held leases (due every advised interval after the last one ended, as the

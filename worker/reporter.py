@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import queue
+import random
 import socket
 import threading
 import time
@@ -50,6 +51,10 @@ POLL_ADVICE_LIMITS = (0.05, 300.0)
 # Bounds on the coordinator's advised heartbeat interval and lease length, in seconds.
 HEARTBEAT_LIMITS = (0.5, 60.0)
 LEASE_LIMITS = (2.0, 3600.0)
+# Each wait between heartbeats is shorter than advised by up to this part, at random: workers whose heartbeats fell
+# into step (a farm started at once, or answered together after a stall) drift apart again instead of beating
+# together for good. Never longer than advised: the lease is sized from the advised interval.
+HEARTBEAT_SPREAD = 0.15
 
 
 class RegistrationRefused(Exception):
@@ -186,7 +191,7 @@ class Reporter:
             self.advised_poll_seconds = min(high, max(low, float(advice)))
 
     def _heartbeat_loop(self) -> None:
-        while not self._heartbeat_stop.wait(self.heartbeat_seconds):
+        while not self._heartbeat_stop.wait(self.heartbeat_seconds * (1 - HEARTBEAT_SPREAD * random.random())):
             try:
                 self._heartbeat_once()
             except Exception:
