@@ -7,8 +7,8 @@ and holds across processes as across threads: a claim is a conditional UPDATE in
 report is fenced by its lease, and each process's turns commit as one group. What one process keeps in memory only
 is a cache or a convenience: the status page's feed (its versions carry the process's own tag, see live.py), the
 ETA's cache, an upload's reservation (a submit gives its files a new grace period, so another process's sweep
-leaves them alone). The work that should run once at a time (the sweep for unused files) runs in the first serving
-process only.
+leaves them alone). The work that should run once at a time (the lease reaper, the WAL's checkpoints and the sweep
+for unused files) runs in the first serving process only.
 
 The first process restarts a serving process that dies, and passes SIGINT and SIGTERM on to all of them.
 """

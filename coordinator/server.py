@@ -254,9 +254,12 @@ def _serve_process(config: Config, listener: socket.socket, index: int, ready: C
     scheduler.recover_after_restart()
     scheduler.store.checkpoint_in_background()
     stop = threading.Event()
-    sweeper = OrphanSweeper(app.extensions["renderq.blobs"], scheduler.store, config.orphan_grace) \
-        if index == 0 else None
-    threading.Thread(target=_reap_leases, args=(scheduler, stop, sweeper), name="lease-reaper", daemon=True).start()
+    if index == 0:
+        # The first process alone: the others' sweeps and checkpoints would only take write turns that every
+        # serving process's writers then wait behind, for work already done.
+        sweeper = OrphanSweeper(app.extensions["renderq.blobs"], scheduler.store, config.orphan_grace)
+        threading.Thread(target=_reap_leases, args=(scheduler, stop, sweeper), name="lease-reaper",
+                         daemon=True).start()
     app.extensions["renderq.live"].follow_others(stop)
     if index == 0:
         _print_addresses(app, config, listener.getsockname()[1])
@@ -425,13 +428,11 @@ class OrphanSweeper:
                      files, self.grace, freed)
 
 
-def _reap_leases(scheduler, stop: threading.Event, sweeper: OrphanSweeper | None) -> None:
+def _reap_leases(scheduler, stop: threading.Event, sweeper: OrphanSweeper) -> None:
     writes_failed = False
-    if sweeper is not None:
-        sweeper.maybe_sweep()
+    sweeper.maybe_sweep()
     while not stop.wait(1.0):
-        if sweeper is not None:
-            sweeper.maybe_sweep()
+        sweeper.maybe_sweep()
         try:
             if writes_failed:
                 # While the database refused writes (a full disk), no worker could renew its leases either: do not
