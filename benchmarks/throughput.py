@@ -134,8 +134,8 @@ def other_load(own_pid: int, seconds: float = 3.0) -> float:
 
 
 def store_turns(coordinator: Any) -> dict[str, float] | None:
-    """The coordinator's counters of its turns of worker calls (GET /metrics; with --processes, of the process that
-    answered), or None for a cluster, whose coordinators each have their own."""
+    """The coordinator's counters of its turns of worker calls (GET /metrics), or None for a cluster, whose
+    coordinators each have their own (so does each process of one started with --processes: not read then)."""
     if not hasattr(coordinator, "client"):
         return None
     from prometheus_client.parser import text_string_to_metric_families
@@ -241,7 +241,9 @@ def run_step(coordinator: Coordinator, workers: int, args: argparse.Namespace, r
         cpu_before = coordinator_cpu_seconds(coordinator)
         tiers_before = tier_cpu_seconds(coordinator)
         machine_before = machine_cpu()
-        turns_before = store_turns(coordinator)
+        # Each serving process counts its own turns, and GET /metrics is answered by any one of them.
+        one_process = not hasattr(coordinator, "pid") or len(serving_processes(coordinator.pid)) <= 1
+        turns_before = store_turns(coordinator) if one_process else None
         if args.py_spy:
             profiler = Profiler(args.py_spy, coordinator.pid, args.duration,
                                 os.path.join(run_dir, f"profile-{workers}-workers.txt"), args.profile_mode)
@@ -249,7 +251,7 @@ def run_step(coordinator: Coordinator, workers: int, args: argparse.Namespace, r
         cpu_after = coordinator_cpu_seconds(coordinator)
         tiers_after = tier_cpu_seconds(coordinator)
         machine_after = machine_cpu()
-        turns_after = store_turns(coordinator)
+        turns_after = store_turns(coordinator) if one_process else None
         outputs = []
         for child in children:
             out, _ = child.communicate(timeout=120 + workers / 50)
