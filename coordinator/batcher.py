@@ -1,6 +1,7 @@
 """One thread that applies the workers' frequent calls (claims, heartbeats, finishes) to the store in turns.
 
-Each turn takes every call queued since the last one and runs them in one transaction (each in its own savepoint,
+Each turn takes every call queued since the last one (after a 2 ms wait for more when only a few are queued) and
+runs them in one transaction (each in its own savepoint,
 so one that fails undoes only itself): one COMMIT, and one fsync, for all of them. Only after that COMMIT is on
 disk is each call's answer handed back to the event loop, in one wake-up for the whole turn, so no answer promises
 a write that a crash could still lose. Compared with a thread per request, the calls pay no thread hand-off each
@@ -38,6 +39,11 @@ _Call = tuple[Callable[[], Any], "asyncio.Future[Any]", int]
 # The most calls one turn runs: a turn's transaction holds the write lock, and other writers (submits, the page's
 # changes) wait meanwhile.
 MAX_CALLS_PER_TURN = 256
+# A turn that would start with fewer calls than this first waits GATHER_SECONDS for more: every COMMIT writes each
+# page it changed to the WAL, so larger turns write fewer pages a call (at 5,000 simulated workers, 0.58-0.70 ms of
+# coordinator CPU per request instead of 0.71-0.78, for 2 ms more on each answer).
+GATHER_BELOW_CALLS = 16
+GATHER_SECONDS = 0.002
 # A call that gave way this many times is answered with the error (each later try goes first in its turn).
 MAX_GIVE_WAYS = 5
 
@@ -86,6 +92,10 @@ class Batcher:
             with self._wake:
                 while not self._pending and not self._closing:
                     self._wake.wait()
+                few = len(self._pending) < GATHER_BELOW_CALLS
+            if few:
+                time.sleep(GATHER_SECONDS)
+            with self._wake:
                 if self._closing:
                     return
                 turn = [self._pending.popleft() for _ in range(min(len(self._pending), MAX_CALLS_PER_TURN))]
