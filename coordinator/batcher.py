@@ -1,11 +1,11 @@
 """One thread that applies the workers' frequent calls (claims, heartbeats, finishes) to the store in turns.
 
 Each turn takes every call queued since the last one (after a 2 ms wait for more when only a few are queued) and
-runs them in one transaction (each in its own savepoint,
-so one that fails undoes only itself): one COMMIT, and one fsync, for all of them. Only after that COMMIT is on
-disk is each call's answer handed back to the event loop, in one wake-up for the whole turn, so no answer promises
-a write that a crash could still lose. Compared with a thread per request, the calls pay no thread hand-off each
-and never wait for a lock: under load the turns simply grow.
+runs them in one transaction (each in its own savepoint, so one that fails undoes only itself): one COMMIT, and one
+fsync, for all of them. Only after that COMMIT is on disk is each call's answer handed back to the event loop, in
+one wake-up for the whole turn, so no answer promises a write that a crash could still lose. Compared with a
+thread per request, the calls pay no thread hand-off each and never wait for a lock: under load the turns simply
+grow.
 
 On SQLite the fsync is a second thread's (the store's make_durable): while the disk writes one turn's COMMIT, the
 next turn already runs, and one fsync may cover several turns. In the turn thread the fsync took about 40 % of
