@@ -28,8 +28,8 @@ needs_cluster_parts = pytest.mark.skipif(
     reason="the cluster demo needs Blender, PostgreSQL, SeaweedFS, psycopg and boto3 (scripts/test.sh installs them)")
 
 
-def demo_command(output: str) -> list[str]:
-    return [sys.executable, "-m", "renderq", "demo", "--cluster", "--frames", "3", "--workers", "2",
+def demo_command(output: str, frames: int = 3) -> list[str]:
+    return [sys.executable, "-m", "renderq", "demo", "--cluster", "--frames", str(frames), "--workers", "2",
             "--output", output]
 
 
@@ -99,8 +99,11 @@ def test_cluster_demo_renders_every_frame_on_three_coordinators_and_stops_everyt
 @needs_cluster_parts
 @pytest.mark.timeout(400)
 def test_ctrl_c_stops_the_cluster_demo_and_everything_it_started(tmp_path):
-    demo = subprocess.Popen(demo_command(str(tmp_path / "frames")), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=tmp_path, env=demo_env())
+    # 3 frames render in about 2.5 s: a test process the busy machine schedules late could send Ctrl-C after the
+    # demo had finished and was already stopping (it ignores Ctrl-C then). 40 frames keep it rendering well past
+    # that, and the interrupted demo never renders them all.
+    demo = subprocess.Popen(demo_command(str(tmp_path / "frames"), frames=40), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=demo_env())
     lines = []
     try:
         for line in demo.stdout:
