@@ -48,7 +48,7 @@ sys.path.insert(0, HERE)
 from rawhttp import Connections, Coordinator, Periodic
 from simworker import frame_png
 from worker.prefetch import PrefetchTimer
-from worker.reporter import HEARTBEAT_SPREAD, POLL_ADVICE_LIMITS
+from worker.reporter import POLL_ADVICE_LIMITS, heartbeat_wait
 
 # How long a simulated worker waits after a call that failed before trying again.
 RETRY_SECONDS = 1.0
@@ -244,7 +244,7 @@ class SimWorker:
 
     def heartbeat_wait(self) -> float:
         """Seconds to the next heartbeat: the advised interval less a random part, as the worker waits."""
-        return self.heartbeat_seconds * (1 - HEARTBEAT_SPREAD * self.farm.random.random())
+        return heartbeat_wait(self.heartbeat_seconds, self.farm.random)
 
     def heartbeat_request(self) -> bytes:
         """The heartbeat renewing the held leases (due every advised interval after the last one ended, as the

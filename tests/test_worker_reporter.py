@@ -9,6 +9,7 @@ test_worker_agent.py, reaching the coordinator through a TcpProxy the test can c
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 
@@ -19,7 +20,18 @@ from test_worker_agent import BLEND_BYTES, FakeSession, Running, reset_fake_blen
 from renderq.http_client import CoordinatorClient
 from worker.agent import WorkerAgent
 from worker.loop import State
+from worker.reporter import HEARTBEAT_SPREAD, heartbeat_wait
 from worker.settings import WorkerSettings
+
+
+def test_heartbeat_waits_spread_below_the_advised_interval_and_never_above_it():
+    """Workers whose heartbeats fell into step drift apart again; the lease, sized from the advised interval, still
+    always outlasts the wait."""
+    waits = [heartbeat_wait(2.0, random.Random(seed)) for seed in range(2000)]
+    assert min(waits) >= 2.0 * (1 - HEARTBEAT_SPREAD) and max(waits) <= 2.0
+    quarters = [sum(1 for wait in waits if 2.0 * (1 - HEARTBEAT_SPREAD * (part + 1) / 4) < wait
+                    <= 2.0 * (1 - HEARTBEAT_SPREAD * part / 4)) for part in range(4)]
+    assert all(count > 350 for count in quarters), quarters  # spread over the whole band, not bunched
 
 
 @pytest.fixture

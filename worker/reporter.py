@@ -57,6 +57,12 @@ LEASE_LIMITS = (2.0, 3600.0)
 HEARTBEAT_SPREAD = 0.15
 
 
+def heartbeat_wait(advised_seconds: float, chance: random.Random | None = None) -> float:
+    """Seconds to wait before the next heartbeat: the advised interval less a random part of up to
+    HEARTBEAT_SPREAD of it (`chance` gives the randomness; the module's by default)."""
+    return advised_seconds * (1 - HEARTBEAT_SPREAD * (chance or random).random())
+
+
 class RegistrationRefused(Exception):
     """The coordinator refused to register this worker; the message says why and what to do."""
 
@@ -191,7 +197,7 @@ class Reporter:
             self.advised_poll_seconds = min(high, max(low, float(advice)))
 
     def _heartbeat_loop(self) -> None:
-        while not self._heartbeat_stop.wait(self.heartbeat_seconds * (1 - HEARTBEAT_SPREAD * random.random())):
+        while not self._heartbeat_stop.wait(heartbeat_wait(self.heartbeat_seconds)):
             try:
                 self._heartbeat_once()
             except Exception:
