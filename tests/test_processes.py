@@ -9,9 +9,11 @@ import urllib.request
 
 import pytest
 
-from harness import Farm, find_blender_or_none, wait_for
+from harness import Api, Farm, find_blender_or_none, wait_for
 
 BLENDER = find_blender_or_none()
+# Starts like a .blend, which is all the coordinator checks of a main file whose Blender version is given.
+BLEND = b"BLENDER-v304REND" + b"\0" * 512
 
 
 def serving_processes(farm: Farm) -> list[int]:
@@ -48,6 +50,33 @@ def test_a_serving_process_that_dies_is_started_again(farm):
                         20, "the killed process to be replaced")
     assert children[0] in replaced
     assert farm.api.get("/health")["ok"]
+
+
+def test_leases_still_expire_after_the_reapers_process_was_replaced(farm):
+    """The lease reaper runs in the first serving process only: killed, it comes back with its replacement, and a
+    frame whose worker went silent is handed out again."""
+    farm.start_coordinator("--processes", "2", "--heartbeat", "1", "--alive-timeout", "3")
+    first = wait_for(lambda: len(serving_processes(farm)) == 2 and serving_processes(farm)[0], 10,
+                     "two serving processes")  # the kernel lists children in the order they were started
+    time.sleep(5.5)  # past the start-up window (see the test above)
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: len(set(serving_processes(farm)) - {first}) == 2, 20, "the first process to be replaced")
+    status, blend = farm.api.call("POST", "/upload_blend?filename=shot.blend", raw=BLEND)
+    assert status == 200, blend
+    task_id = farm.api.post("/submit_task", {"name": "silent worker", "blend_sha256": blend["sha256"],
+                                             "blend_filename": "shot.blend", "blender_version": "3.4.1",
+                                             "frame_start": 1, "frame_end": 1})["task_id"]
+    worker = Api(farm.url, farm.token("worker"))
+    worker_id = worker.post("/register_worker", {"name": "silent", "host": "h", "blender_version": "3.4.1",
+                                                 "cpu_count": 2})["worker_id"]
+    claimed = worker.post("/frames/claim", {"worker_id": worker_id})["frame"]
+    assert (claimed["task_id"], claimed["frame"]) == (task_id, 1)
+
+    def frame_status() -> str:
+        return farm.api.task(task_id)["frames"][0]["status"]
+
+    assert frame_status() == "leased"
+    wait_for(lambda: frame_status() == "queued", 30, "the silent worker's lease to expire")
 
 
 @pytest.mark.skipif(BLENDER is None, reason="Blender is not installed (scripts/test.sh installs it)")
