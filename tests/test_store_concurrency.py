@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sqlite3
 import threading
 import time
 
@@ -145,6 +146,30 @@ def test_a_turn_is_answered_only_once_its_commit_is_on_disk_while_the_next_turn_
     assert [row[0] for row in store.read().execute("SELECT n FROM scratch ORDER BY n")] == [1, 2]
 
 
+def test_a_call_that_comes_just_after_a_lone_one_joins_its_turn(tmp_path):
+    """A turn that would start with only a few calls waits GATHER_SECONDS for more, since each COMMIT writes every
+    page it changed: a call queued half a millisecond after a lone one shares its turn. A busy machine can delay the
+    second call past the wait, so most of five tries must share, not all; without the wait almost none would."""
+    store = Store(str(tmp_path / "state.sqlite3"))
+    turns: list[int] = []
+    batcher = Batcher(store, on_turn=lambda calls, _seconds, _commit: turns.append(calls))
+
+    async def pair() -> None:
+        first = asyncio.ensure_future(batcher.call(lambda: 1))
+        await asyncio.sleep(0)  # the first call is queued and the turn thread woken
+        time.sleep(0.0005)  # noqa: ASYNC251 - the loop itself must not run meanwhile, as under load
+        second = asyncio.ensure_future(batcher.call(lambda: 2))
+        assert [await first, await second] == [1, 2]
+
+    try:
+        for _ in range(5):
+            asyncio.run(pair())
+    finally:
+        batcher.close()
+    assert sum(turns) == 10
+    assert turns.count(2) >= 3, turns
+
+
 def test_checkpoints_keep_the_wal_bounded(tmp_path):
     path = str(tmp_path / "db.sqlite3")
     store = Store(path)
@@ -275,3 +300,20 @@ def test_a_call_undone_in_a_turn_leaves_nothing_on_its_tasks_row(database):
     assert scheduler.read_log(task_id, 0)["text"] == "kept\n"
     task = scheduler.task_detail(task_id, with_frames=False)
     assert task["status"] == "running" and task["progress"]["done"] == 0 and task["progress"]["leased"] == 1
+
+
+def test_a_lease_sweep_with_nothing_due_takes_no_write_turn(tmp_path):
+    """Most sweeps find nothing due: they must not queue for the write lock that every writer waits behind, so one
+    finishes at once even while another connection holds that lock."""
+    path = str(tmp_path / "db.sqlite3")
+    store = Store(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, as another serving process mid-turn
+    swept: list[int] = []
+    sweep = threading.Thread(target=lambda: swept.append(store.expire_leases(time.time(), 3)))
+    sweep.start()
+    sweep.join(5)  # a write turn would wait for the lock up to BUSY_TIMEOUT_MS (30 s)
+    finished = not sweep.is_alive()
+    holder.execute("ROLLBACK")
+    sweep.join(60)
+    assert finished and swept == [0]
