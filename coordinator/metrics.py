@@ -5,14 +5,20 @@ coordinator of a cluster reports the same farm. The rates (requests and their la
 out and finished, lease expiries) and the errors (database, object store) are this process's own counters: sum
 them over the coordinators. One registry per app, not the library's global one, so that several apps in one
 process (the tests) do not share counters.
+
+A coordinator serving with --processes answers each scrape from whichever process the kernel gave the connection:
+there each process keeps its counters in a file of a folder they share (the library's multiprocess mode, see
+count_across_processes), and a scrape sums the files, so every scrape sees the whole coordinator.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -20,11 +26,26 @@ from renderq.model import FrameStatus
 
 from .scheduler import Scheduler
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics", "count_across_processes"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Latency buckets in seconds: the workers' calls are answered in milliseconds, a target is 100 ms, uploads take longer.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
+
+
+# The library's setting naming the folder of multiprocess mode's files.
+_SHARED_FOLDER_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# Set in a serving process of --processes by count_across_processes.
+_shared_folder: str | None = None
+
+
+def count_across_processes(folder: str, index: int) -> None:
+    """Make this serving process (number `index` of --processes) keep the counters of every Metrics made from now
+    on in `folder`, which all serving processes share and which starts empty. Files are named by index, not process
+    id: a serving process started again in place of a dead one goes on from its counts, so none goes backwards."""
+    global _shared_folder
+    _shared_folder = os.environ[_SHARED_FOLDER_VARIABLE] = folder
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: f"serving{index}")
 
 
 class Metrics:
@@ -62,7 +83,13 @@ class Metrics:
             "Seconds of the turns spent in their COMMIT (on SQLite without its fsync, which another thread makes "
             "while the next turn runs)",
             registry=self.registry)
-        self.registry.register(FarmCollector(scheduler))
+        if _shared_folder is not None:
+            # Every process's counters from the shared files, not this process's own registry.
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed, path=_shared_folder)
+        else:
+            self.exposed = self.registry
+        self.exposed.register(FarmCollector(scheduler))
         scheduler.count = self.count
 
     def count(self, event: str, number: int) -> None:
@@ -91,7 +118,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """Every metric in Prometheus' text format."""
-        return generate_latest(self.registry)
+        return generate_latest(self.exposed)
 
 
 class FarmCollector(Collector):

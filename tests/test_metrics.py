@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -76,3 +79,28 @@ def test_metrics_need_the_admin_token_unless_the_status_is_open(farm):
     farm.coordinator.stop()
     farm.start_coordinator("--open-status")
     assert ("renderq_workers", (("state", "registered"),)) in scrape(farm, token="")
+
+
+def test_every_scrape_of_a_coordinator_with_two_processes_counts_both(farm):
+    """A scrape goes to whichever serving process the kernel gives its connection: each must show the requests
+    both processes served. A stopped process takes no connections, so stopping one then the other makes each serve
+    its share (left alone, one idle process may take every connection)."""
+    farm.start_coordinator("--processes", "2")
+    with open(f"/proc/{farm.coordinator.pid}/task/{farm.coordinator.pid}/children", encoding="ascii") as handle:
+        first, second = (int(pid) for pid in handle.read().split())
+    health = ("renderq_request_seconds_count", (("endpoint", "health.get_health"),))
+    before = scrape(farm).get(health, 0)  # the harness's own checks that the coordinator is up
+
+    def while_stopped(pid: int, health_calls: int) -> float:
+        """Make `health_calls` requests and a scrape while `pid` is stopped; the scrape's count."""
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(health_calls):
+                assert farm.api.call("GET", "/health")[0] == 200
+            return scrape(farm)[health]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    assert while_stopped(first, 30) == before + 30  # the second process served them and answers
+    assert while_stopped(second, 20) == before + 50  # the first served these, and counts the second's too
+    assert while_stopped(first, 0) == before + 50
