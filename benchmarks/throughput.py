@@ -134,8 +134,8 @@ def other_load(own_pid: int, seconds: float = 3.0) -> float:
 
 
 def store_turns(coordinator: Any) -> dict[str, float] | None:
-    """The coordinator's counters of its turns of worker calls (GET /metrics), or None for a cluster, whose
-    coordinators each have their own (so does each process of one started with --processes: not read then)."""
+    """The coordinator's counters of its turns of worker calls (GET /metrics, summed over the processes of one
+    started with --processes), or None for a cluster, whose coordinators each have their own."""
     if not hasattr(coordinator, "client"):
         return None
     from prometheus_client.parser import text_string_to_metric_families
@@ -241,9 +241,7 @@ def run_step(coordinator: Coordinator, workers: int, args: argparse.Namespace, r
         cpu_before = coordinator_cpu_seconds(coordinator)
         tiers_before = tier_cpu_seconds(coordinator)
         machine_before = machine_cpu()
-        # Each serving process counts its own turns, and GET /metrics is answered by any one of them.
-        one_process = not hasattr(coordinator, "pid") or len(serving_processes(coordinator.pid)) <= 1
-        turns_before = store_turns(coordinator) if one_process else None
+        turns_before = store_turns(coordinator)
         if args.py_spy:
             profiler = Profiler(args.py_spy, coordinator.pid, args.duration,
                                 os.path.join(run_dir, f"profile-{workers}-workers.txt"), args.profile_mode)
@@ -251,7 +249,7 @@ def run_step(coordinator: Coordinator, workers: int, args: argparse.Namespace, r
         cpu_after = coordinator_cpu_seconds(coordinator)
         tiers_after = tier_cpu_seconds(coordinator)
         machine_after = machine_cpu()
-        turns_after = store_turns(coordinator) if one_process else None
+        turns_after = store_turns(coordinator)
         outputs = []
         for child in children:
             out, _ = child.communicate(timeout=120 + workers / 50)
@@ -267,6 +265,7 @@ def run_step(coordinator: Coordinator, workers: int, args: argparse.Namespace, r
     result = aggregate(outputs, workers, frame_seconds, measure_until - measure_from, coordinator_cpu, machine)
     if turns_before and turns_after:
         result["store_turns"] = {name: turns_after[name] - turns_before[name] for name in turns_after}
+        result["store_turns"]["threads"] = max(1, len(serving_processes(coordinator.pid)))
     if tiers_after:
         from throughput_cluster import add_tiers
 
@@ -370,7 +369,10 @@ def print_step(result: dict[str, Any]) -> None:
     if turns and turns["turns"]:
         window = result["window_seconds"]
         busy, commit = 100 * turns["seconds"] / window, 100 * turns["commit"] / window
-        print(f"    store turns: the thread that applies the workers' calls was busy {busy:.0f} % of the window "
+        threads = turns.get("threads", 1)
+        whose = "the thread that applies" if threads == 1 else f"the {threads:.0f} threads (one a process) that apply"
+        print(f"    store turns: {whose} the workers' calls {'was' if threads == 1 else 'were'} busy {busy:.0f} % of "
+              f"the window{'' if threads == 1 else ' in all'} "
               f"({commit:.0f} % in COMMITs); {turns['turns']:.0f} turns of {turns['calls'] / turns['turns']:.1f} "
               f"calls on average, {turns['turns'] - turns['within_100ms']:.0f} of them over 100 ms", flush=True)
     if result["machine_cpu"] > 0.9 * result["cores"]:
