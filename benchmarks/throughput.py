@@ -8,7 +8,8 @@ task log lines (POST /append_log) as the worker's log shipper does (--log-second
 connections open between calls, as the real client does. Thousands of them run in a few processes (--processes),
 each simulating its share of the workers as asyncio tasks over raw HTTP/1.1.
 
-Load comes in steps (--steps): every worker renders frames of 10 s (--frames-per-worker-second 0.1), so a farm of
+The coordinator serves with --serving-processes processes (default 2, this machine's cores). Load comes in steps
+(--steps): every worker renders frames of 10 s (--frames-per-worker-second 0.1), so a farm of
 5,000 workers dispatches and completes 500 frames a second, the target's mix. Each step starts its workers spread
 over one frame time (so their frames are evenly out of phase), settles, then measures for --duration seconds:
 latency percentiles of every endpoint as the client sees them, updates, frames dispatched (claims that got a frame)
@@ -64,7 +65,12 @@ TARGET_P99_MS = 100.0
 # The load generator must leave the machine to the coordinator: at the target's 1,500 or so requests a second this
 # is under 0.3 of a core.
 TARGET_GENERATOR_MS_PER_REQUEST = 0.2
-DEFAULT_STEPS = (1000, 2000, 3500, 5000, 6500)
+# 5,100, not 5,000: 5,000 workers of 10 s frames complete just under 500 frames a second (each next frame starts a
+# few milliseconds after the last), so the step that shows both targets at once is a little larger.
+DEFAULT_STEPS = (1000, 2500, 4000, 5100, 6500)
+# The coordinator's --processes: as many as this machine has cores (two), the load generator beside them; one
+# process peaks at about 4,000 workers, its one core of Python the limit.
+DEFAULT_SERVING_PROCESSES = 2
 # Connections one simulated worker holds (its heartbeats, its log lines, and one or two for claims, reports and
 # deliveries): the coordinator is started with room for this many per worker of the largest step (it fits them to
 # its open-file limit, and says so when that is too low).
@@ -411,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat", type=float, help="the coordinator's --heartbeat in seconds (default: none "
                         "given, the coordinator advises its own)")
     parser.add_argument("--http-threads", type=int, help="the coordinator's --http-threads (default: its own)")
+    parser.add_argument("--serving-processes", type=int, default=DEFAULT_SERVING_PROCESSES, metavar="N",
+                        help=f"the coordinator's --processes (default {DEFAULT_SERVING_PROCESSES}; not with "
+                        "--cluster, whose coordinators serve with one each)")
     parser.add_argument("--coordinator-arg", action="append", default=[], metavar="ARG",
                         help="one more argument for `renderq coordinator` (repeatable)")
     parser.add_argument("--history-frames", type=int, help="frames already done in the data dir before the start "
@@ -442,6 +451,8 @@ def coordinator_arguments(args: argparse.Namespace, steps: list[int]) -> list[st
         arguments += ["--heartbeat", str(args.heartbeat)]
     if args.http_threads:
         arguments += ["--http-threads", str(args.http_threads)]
+    if args.serving_processes > 1 and not args.cluster:
+        arguments += ["--processes", str(args.serving_processes)]
     return arguments + args.coordinator_arg
 
 
