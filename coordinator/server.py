@@ -263,14 +263,13 @@ def _serve_process(config: Config, listener: socket.socket, index: int, ready: C
     scheduler.recover_after_restart()
     scheduler.store.checkpoint_in_background()
     stop = threading.Event()
+    app.extensions["renderq.live"].follow_others(stop)
     if index == 0:
         # The first process alone: the others' sweeps and checkpoints would only take write turns that every
         # serving process's writers then wait behind, for work already done.
         sweeper = OrphanSweeper(app.extensions["renderq.blobs"], scheduler.store, config.orphan_grace)
         threading.Thread(target=_reap_leases, args=(scheduler, stop, sweeper), name="lease-reaper",
                          daemon=True).start()
-    app.extensions["renderq.live"].follow_others(stop)
-    if index == 0:
         _print_addresses(app, config, listener.getsockname()[1])
         # Webhooks: one sender per coordinator (and one coordinator of a cluster at a time, see notify.py).
         start_notifier(scheduler.store, config, stop)
