@@ -201,6 +201,13 @@ class Farm:
         with open(os.path.join(self.data_dir, f"{role}_token"), encoding="utf-8") as handle:
             return handle.read().strip()
 
+    def serving_processes(self) -> list[int]:
+        """The coordinator's serving processes under --processes (the children of the process started), in the
+        order they were started; the kernel lists a replacement last."""
+        pid = self.coordinator.pid
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            return [int(child) for child in handle.read().split()]
+
     def _healthy(self) -> bool:
         if self.coordinator is not None and self.coordinator.popen.poll() is not None:
             raise AssertionError("the coordinator exited:\n" + self.coordinator.output())

@@ -86,8 +86,7 @@ def test_every_scrape_of_a_coordinator_with_two_processes_counts_both(farm):
     both processes served. A stopped process takes no connections, so stopping one then the other makes each serve
     its share (left alone, one idle process may take every connection)."""
     farm.start_coordinator("--processes", "2")
-    with open(f"/proc/{farm.coordinator.pid}/task/{farm.coordinator.pid}/children", encoding="ascii") as handle:
-        first, second = (int(pid) for pid in handle.read().split())
+    first, second = farm.serving_processes()
     health = ("renderq_request_seconds_count", (("endpoint", "health.get_health"),))
     before = scrape(farm).get(health, 0)  # the harness's own checks that the coordinator is up
 

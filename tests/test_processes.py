@@ -9,18 +9,13 @@ import urllib.request
 
 import pytest
 
-from harness import Api, Farm, find_blender_or_none, wait_for
+from harness import Api, find_blender_or_none, wait_for
+
+from coordinator.processes import STARTUP_SECONDS
 
 BLENDER = find_blender_or_none()
 # Starts like a .blend, which is all the coordinator checks of a main file whose Blender version is given.
 BLEND = b"BLENDER-v304REND" + b"\0" * 512
-
-
-def serving_processes(farm: Farm) -> list[int]:
-    """The coordinator's serving processes: the children of the process the harness started."""
-    pid = farm.coordinator.pid
-    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
-        return [int(child) for child in handle.read().split()]
 
 
 def cpu_ticks(pid: int) -> int:
@@ -31,7 +26,7 @@ def cpu_ticks(pid: int) -> int:
 
 def test_every_serving_process_takes_connections(farm):
     farm.start_coordinator("--processes", "2")
-    children = wait_for(lambda: len(serving_processes(farm)) == 2 and serving_processes(farm), 10,
+    children = wait_for(lambda: len(farm.serving_processes()) == 2 and farm.serving_processes(), 10,
                         "two serving processes")
     before = {pid: cpu_ticks(pid) for pid in children}
     for _ in range(400):  # a new connection each: the kernel deals them out to both processes
@@ -42,11 +37,11 @@ def test_every_serving_process_takes_connections(farm):
 
 def test_a_serving_process_that_dies_is_started_again(farm):
     farm.start_coordinator("--processes", "2")
-    children = wait_for(lambda: len(serving_processes(farm)) == 2 and serving_processes(farm), 10,
+    children = wait_for(lambda: len(farm.serving_processes()) == 2 and farm.serving_processes(), 10,
                         "two serving processes")
-    time.sleep(5.5)  # past the start-up window, in which a death stops the coordinator instead
+    time.sleep(STARTUP_SECONDS + 0.5)  # past the start-up window, in which a death stops the coordinator instead
     os.kill(children[1], signal.SIGKILL)
-    replaced = wait_for(lambda: len(set(serving_processes(farm)) - {children[1]}) == 2 and serving_processes(farm),
+    replaced = wait_for(lambda: len(set(farm.serving_processes()) - {children[1]}) == 2 and farm.serving_processes(),
                         20, "the killed process to be replaced")
     assert children[0] in replaced
     assert farm.api.get("/health")["ok"]
@@ -56,11 +51,11 @@ def test_leases_still_expire_after_the_reapers_process_was_replaced(farm):
     """The lease reaper runs in the first serving process only: killed, it comes back with its replacement, and a
     frame whose worker went silent is handed out again."""
     farm.start_coordinator("--processes", "2", "--heartbeat", "1", "--alive-timeout", "3")
-    first = wait_for(lambda: len(serving_processes(farm)) == 2 and serving_processes(farm)[0], 10,
+    first = wait_for(lambda: len(farm.serving_processes()) == 2 and farm.serving_processes()[0], 10,
                      "two serving processes")  # the kernel lists children in the order they were started
-    time.sleep(5.5)  # past the start-up window (see the test above)
+    time.sleep(STARTUP_SECONDS + 0.5)  # past the start-up window (see the test above)
     os.kill(first, signal.SIGKILL)
-    wait_for(lambda: len(set(serving_processes(farm)) - {first}) == 2, 20, "the first process to be replaced")
+    wait_for(lambda: len(set(farm.serving_processes()) - {first}) == 2, 20, "the first process to be replaced")
     status, blend = farm.api.call("POST", "/upload_blend?filename=shot.blend", raw=BLEND)
     assert status == 200, blend
     task_id = farm.api.post("/submit_task", {"name": "silent worker", "blend_sha256": blend["sha256"],
@@ -88,8 +83,9 @@ def test_real_workers_on_two_processes_render_every_frame_once(farm, scenes):
     farm.start_worker("b")
     task_id = farm.api.submit(blend, 1, 8, name="two processes")
     wait_for(lambda: farm.api.task(task_id)["progress"]["done"] >= 2, 120, "two frames done")
-    time.sleep(max(0.0, started + 5.5 - time.monotonic()))  # past the start-up window (see the test above)
-    os.kill(serving_processes(farm)[0], signal.SIGKILL)  # the workers' calls move to the other, then back
+    # Past the start-up window (see the test above).
+    time.sleep(max(0.0, started + STARTUP_SECONDS + 0.5 - time.monotonic()))
+    os.kill(farm.serving_processes()[0], signal.SIGKILL)  # the workers' calls move to the other, then back
     task = farm.api.wait_task_ended(task_id, 300)
     assert task["status"] == "done" and task["progress"]["done"] == 8
     assert all(f["status"] == "done" and f["output"] for f in task["frames"])
