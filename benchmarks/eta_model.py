@@ -4,10 +4,10 @@ eta_accuracy renders a few real tasks, so each of its checkpoints is a few sampl
 changes (20-40% on a shared one) are mixed into them. This script separates the estimator from the machine: it simulates
 two workers rendering the same 80 frames with the same costs (every 4th frame 3x the samples, samples drifting 1x
 to 3x over the range; seconds = a + b x samples, fitted to a real run on this kind of machine), each frame's time
-scattered by --noise (log-normal), each worker's first frame slower by a warm-up. A worker holds its next frame
-while it finishes one, as the real worker's just-in-time claim does. At 10, 25, 50 and 75% done the real estimator
-(coordinator.eta, the code the coordinator runs) and the seed's are asked for the time left, and compared with the
-simulated finish.
+scattered by --noise (log-normal), each worker's first frame slower by a warm-up. A worker claims its next frame
+shortly after it begins one, by the real worker's claim-ahead rule (worker/prefetch.py). At 10, 25, 50 and 75%
+done the real estimator (coordinator.eta, the code the coordinator runs) and the seed's are asked for the time
+left, and compared with the simulated finish.
 
 Figures: for each checkpoint, the median, mean and 90th percentile of RenderQ's error over --runs renders, the
 share of renders where it is under 10%, and the seed's median and mean. Deterministic (seeded). The target is
@@ -21,6 +21,7 @@ of eta_accuracy's misses the estimator causes and which the machine does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import math
 import os
@@ -38,6 +39,7 @@ from eta_accuracy import CHECKPOINTS, FULL, TARGET_PERCENT, frame_samples
 from coordinator import eta
 from coordinator.claim_order import in_claim_order
 from renderq.model import DEFAULT_RENDER_ORDER, RENDER_ORDERS
+from worker.prefetch import claim_ahead_after
 
 # Seconds of a frame = FIXED_SECONDS + SECONDS_PER_SAMPLE x samples, at one render thread (320 x 180): from a real
 # eta_accuracy run here (frame 2, 16 samples, 1.27 s; frame 4, 52 samples, 3.6 s).
@@ -48,6 +50,38 @@ GAP_SECONDS = 0.01  # between one frame's end and the next one's start on a work
 WORKERS = 2
 
 
+@dataclasses.dataclass
+class Render:
+    """One simulated frame: when its worker claimed it, began and ended it."""
+
+    frame: int
+    worker: int
+    claimed: float
+    start: float
+    end: float
+
+
+def claim_ahead_renders(claim_order: list[int], seconds: list[float]) -> list[Render]:
+    """The frames in claim order, each taken by whichever worker claims first, as real workers do
+    (worker.prefetch.claim_ahead_after: shortly after beginning a frame, from the times of its last two, or when
+    free); a worker's first frame pays the warm-up."""
+    claims = [(0.0, worker) for worker in range(WORKERS)]
+    free = [0.0] * WORKERS
+    recent: list[list[float]] = [[] for _ in range(WORKERS)]
+    current: list[float | None] = [None] * WORKERS
+    renders = []
+    for frame in claim_order:
+        claimed, worker = heapq.heappop(claims)
+        if current[worker] is not None:
+            recent[worker] = [*recent[worker], current[worker]][-2:]
+        start = free[worker] + GAP_SECONDS
+        duration = seconds[frame - 1] + (WARM_UP_SECONDS if current[worker] is None else 0.0)
+        current[worker], free[worker] = duration, start + duration
+        renders.append(Render(frame, worker, claimed, start, start + duration))
+        heapq.heappush(claims, (min(free[worker], start + claim_ahead_after(recent[worker])), worker))
+    return renders
+
+
 def simulate(seed: int, samples: list[int], noise: float,
              order: str = DEFAULT_RENDER_ORDER) -> dict[int, tuple[float, float]]:
     """One simulated render with its frames claimed in `order`: {checkpoint percent: (RenderQ's error %, the seed's
@@ -55,34 +89,22 @@ def simulate(seed: int, samples: list[int], noise: float,
     rng = random.Random(seed)
     frames = len(samples)
     seconds = [(FIXED_SECONDS + SECONDS_PER_SAMPLE * s) * math.exp(rng.gauss(0.0, noise)) for s in samples]
-    free = [(0.0, worker) for worker in range(WORKERS)]
     claim_order = in_claim_order(range(1, frames + 1), order)
-    renders = []  # (frame, worker, start, end), frames claimed in claim order by whichever worker is free first
-    for frame in claim_order:
-        when, worker = heapq.heappop(free)
-        start = when + GAP_SECONDS
-        end = start + seconds[frame - 1] + (WARM_UP_SECONDS if when == 0.0 else 0.0)
-        renders.append((frame, worker, start, end))
-        heapq.heappush(free, (end, worker))
-    finish = max(end for *_, end in renders)
-    by_end = sorted(renders, key=lambda r: r[3])
+    renders = claim_ahead_renders(claim_order, seconds)
+    finish = max(r.end for r in renders)
+    by_end = sorted(renders, key=lambda r: r.end)
     errors = {}
     for percent in CHECKPOINTS:
-        now = by_end[math.ceil(frames * percent / 100) - 1][3] + 1e-6
-        done = [r for r in renders if r[3] <= now]
-        active = [eta.ActiveFrame(f, w, True, s) for f, w, s, e in renders if s <= now < e]
-        # A worker between frames already holds its next one (claimed just in time).
-        busy = {a.worker_id for a in active}
-        for worker in set(range(WORKERS)) - busy:
-            upcoming = [r for r in renders if r[1] == worker and r[2] > now]
-            if upcoming:
-                active.append(eta.ActiveFrame(min(upcoming, key=lambda r: r[2])[0], worker, False))
-        model = eta.CostModel([eta.DoneFrame(f, e - s, w, s, e) for f, w, s, e in done])
-        gone = {r[0] for r in done}
+        now = by_end[math.ceil(frames * percent / 100) - 1].end + 1e-6
+        done = [r for r in renders if r.end <= now]
+        active = [eta.ActiveFrame(r.frame, r.worker, now >= r.start, r.start if now >= r.start else None)
+                  for r in renders if r.claimed <= now < r.end]
+        model = eta.CostModel([eta.DoneFrame(r.frame, r.end - r.start, r.worker, r.start, r.end) for r in done])
+        gone = {r.frame for r in done}
         estimator = eta.TaskEstimator(model, range(1, frames + 1), gone, [f for f in claim_order if f not in gone])
         left = finish - now
         renderq = estimator.eta_seconds(active, now)
-        recent = [e - s for _, _, s, e in sorted(done, key=lambda r: r[3])[-8:]]
+        recent = [r.end - r.start for r in sorted(done, key=lambda r: r.end)[-8:]]
         seed_eta = eta.estimate_eta(recent, frames - len(done), WORKERS)
         errors[percent] = (abs(renderq - left) / left * 100, abs(seed_eta - left) / left * 100)
     return errors

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 
-__all__ = ["PrefetchTimer"]
+__all__ = ["PrefetchTimer", "claim_ahead_after"]
 
 # The next frame is claimed this long before the current one is expected to end (seconds, plus a fraction of the
 # expected frame time): enough for a claim to come back, short enough that the last frames of a task go to
 # whichever worker is free first.
 _PREFETCH_LEAD_SECONDS = 0.5
 _PREFETCH_LEAD_FRACTION = 0.1
+
+
+def claim_ahead_after(recent_seconds: Sequence[float]) -> float:
+    """Seconds after a frame begins that its worker claims the next one, given the exact render times of the
+    worker's frames of the task before it (the last two count): the frame is expected to take as long as the
+    shorter of those two, since a session's first frame takes longer (Blender sets up the renderer), less the lead.
+    0, at once, when there is nothing to expect from. benchmarks/eta_model.py simulates workers by it."""
+    if not recent_seconds:
+        return 0.0
+    expected = min(recent_seconds[-2:])
+    return max(0.0, expected - _PREFETCH_LEAD_SECONDS - _PREFETCH_LEAD_FRACTION * expected)
 
 
 class PrefetchTimer:
@@ -34,14 +46,11 @@ class PrefetchTimer:
         `wall_time` (time.time()): a lead before the frame is expected to end, or 0 when there is nothing to expect
         it from.
 
-        The frame is expected to take as long as the shorter of the task's last two frames here: a session's first
-        frame takes longer (Blender sets up the renderer), and claiming a little early costs nothing.
+        The rule is claim_ahead_after's; claiming a little early costs nothing.
         """
         with self._lock:
             times = self._frame_times
         if times is None or times[0] != task_id:
             return 0.0
-        expected = min(times[1])
-        lead = _PREFETCH_LEAD_SECONDS + _PREFETCH_LEAD_FRACTION * expected
         # wall_time is Blender's clock at render_pre: the same machine's clock as ours.
-        return max(0.0, wall_time + expected - lead - time.time())
+        return max(0.0, wall_time + claim_ahead_after(times[1]) - time.time())
