@@ -393,8 +393,16 @@ def _cell(text: str) -> str:
 
 
 def _machine_text(machine: dict[str, str]) -> str:
-    return (f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {machine.get('ram', '?')} RAM; "
+    """The machine as the report names it: runs whose machines read the same text share a letter."""
+    return (f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {_whole_gib(machine.get('ram', '?'))} RAM; "
             f"{machine.get('os', '?')}; Python {machine.get('python', '?')}; Blender {machine.get('blender', '?')}")
+
+
+def _whole_gib(ram: str) -> str:
+    """'23.6 GiB' as '24 GiB': the memory a machine reports differs by a tenth from boot to boot, and runs recorded
+    before describe_machine rounded it carry the tenths."""
+    match = re.fullmatch(r"([0-9.]+) GiB", ram)
+    return f"{round(float(match[1]))} GiB" if match else ram
 
 
 # -- the command -----------------------------------------------------------------------------------------------------
