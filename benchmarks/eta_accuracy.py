@@ -224,7 +224,6 @@ class RunErrors:
 
     checkpoints: dict[int, Checkpoint]
     median_over_polls: dict[str, float]
-    polls: int
     render_seconds: float
 
 
@@ -254,14 +253,12 @@ def measure_run(polls: list[Poll], task: dict, samples: list[int]) -> RunErrors:
         checkpoints[checkpoint] = Checkpoint(checkpoint, mine, seed, reference)
     # Over every poll while it rendered, for a picture beyond the four checkpoints.
     medians: dict[str, float] = {}
-    counted = 0
     for name, pick in (("RenderQ", lambda p: p.renderq_eta), ("seed", lambda p: p.seed_eta)):
         errors = [e for p in polls if p.status not in FINAL and p.done
                   for e in [error_percent(p, pick(p), finish)] if e is not None]
         if errors:
             medians[name] = statistics.median(errors)
-            counted = max(counted, len(errors))
-    return RunErrors(checkpoints, medians, counted, total_seconds)
+    return RunErrors(checkpoints, medians, total_seconds)
 
 
 def report(results: Results, runs: list[RunErrors]) -> None:
@@ -271,7 +268,7 @@ def report(results: Results, runs: list[RunErrors]) -> None:
     for checkpoint in CHECKPOINTS:
         found = [run.checkpoints.get(checkpoint) for run in runs]
         if any(point is None for point in found):
-            results.add(f"RenderQ ETA error at {checkpoint}% done, mean of {len(runs)} runs", None,
+            results.add(f"RenderQ ETA error at {checkpoint}% done, mean of {_renders(runs)}", None,
                         "% of time left", TARGET_PERCENT, note="a run had no poll at this point")
             continue
         means = {}
@@ -283,7 +280,7 @@ def report(results: Results, runs: list[RunErrors]) -> None:
             note = f"median {_pct(statistics.median(known) if known else None)}; {_runs_note(values)}"
             if label == "exact-cost reference":
                 note += "; the machine's speed change and the uneven last frames"
-            results.add(f"{label} ETA error at {checkpoint}% done, mean of {len(runs)} runs", _round(means[label]),
+            results.add(f"{label} ETA error at {checkpoint}% done, mean of {_renders(runs)}", _round(means[label]),
                         "% of time left", TARGET_PERCENT if label == "RenderQ" else None, note=note)
         if means["RenderQ"] is not None and (means["seed"] is None or means["RenderQ"] < means["seed"]):
             beats += 1
@@ -299,10 +296,14 @@ def report(results: Results, runs: list[RunErrors]) -> None:
     for name in ("RenderQ", "seed"):
         values = [run.median_over_polls.get(name) for run in runs]
         if None not in values:
-            results.add(f"{name} median ETA error over all polls, median of {len(runs)} runs",
+            results.add(f"{name} median ETA error over all polls, median of {_renders(runs)}",
                         _round(statistics.median(values)), "% of time left", note=_runs_note(values))
     results.add("render time, median", round(statistics.median(run.render_seconds for run in runs), 1), "s",
                 note="runs: " + ", ".join(f"{run.render_seconds:.1f} s" for run in runs))
+
+
+def _renders(runs: list[RunErrors]) -> str:
+    return f"{len(runs)} run" + ("" if len(runs) == 1 else "s")
 
 
 def _runs_note(values: list[float | None]) -> str:
