@@ -467,8 +467,7 @@ def describe_machine(blender: str | None = None) -> dict[str, str]:
     with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo", encoding="ascii") as handle:
         for line in handle:
             if line.startswith("MemTotal:"):
-                # Whole GiB: the kernel's total differs by a tenth from boot to boot on the same machine.
-                ram = f"{round(int(line.split()[1]) * 1024 / GIB)} GiB"
+                ram = f"{int(line.split()[1]) * 1024 / GIB:.1f} GiB"
                 break
     # The kernel's version without its local build suffix (e.g. '6.1.0-18-amd64' -> '6.1.0').
     kernel = re.match(r"[0-9.]*[0-9]", platform.release())

@@ -399,8 +399,8 @@ def _machine_text(machine: dict[str, str]) -> str:
 
 
 def _whole_gib(ram: str) -> str:
-    """'23.6 GiB' as '24 GiB': the memory a machine reports differs by a tenth from boot to boot, and runs recorded
-    before describe_machine rounded it carry the tenths."""
+    """'23.6 GiB' as '24 GiB': the memory the kernel reports differs by a tenth from boot to boot on the same
+    machine, and describe_machine records it as read."""
     match = re.fullmatch(r"([0-9.]+) GiB", ram)
     return f"{round(float(match[1]))} GiB" if match else ram
 
