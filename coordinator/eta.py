@@ -7,11 +7,15 @@ are being rendered, by whom and since when. From that:
 - The cost of a frame as a function of its number: a straight trend through the mean of the done frames. Its slope
   is measured on the logarithm of the costs as the median of the slopes between pairs of frames (Theil-Sen), so
   frames several times heavier than the rest do not tip it however they recur, and it is shrunk towards flat as far
-  as the done frames leave it uncertain. The level is the plain mean, so heavy frames count at the rate they were
-  seen: the sum over the frames left is what matters, not the typical frame. Each worker's first frame is left out
-  of the slope and the speeds (a Blender session's first frame pays one-time costs) and counts in the level only up
-  to the dearest of the other frames against the trend: in the sampled render order the first frames are the ends of
-  the shot, and leaving them out would leave out what they say about its dearest or cheapest part.
+  as the done frames leave it uncertain. The level is the mean of each frame's cost over the trend at its frame,
+  so heavy frames count at the rate they were seen (the sum over the frames left is what matters, not the typical
+  frame) and by the factor they are heavy, wherever they fell: among the sampled order's first frames, heavy ones
+  that happen to lie where the trend is dear would otherwise price the whole shot dearer still. Each worker's first
+  frame is left out of the slope and the speeds (a Blender session's first frame pays one-time costs) and counts in
+  the level only up to the dearest of the other frames against the trend: in the sampled render order the first
+  frames are the ends of the shot, and leaving them out would leave out what they say about its dearest or
+  cheapest part. With a repeating pattern, the trend and the pattern together price the done frames at what they
+  cost.
 - Each worker's speed relative to the others, from its frames against that trend (shrunk towards the average while
   it has rendered few), and its overhead between frames (upload, report, setting up the next frame) from the gaps
   between its own consecutive frames: one clock, so clocks that disagree between machines do not matter.
@@ -226,38 +230,44 @@ def _relative_spread(ratios: Sequence[float]) -> float:
 
 def _trend_and_pattern(with_warm_up: Sequence[DoneFrame], timed: Sequence[DoneFrame], trend: Trend,
                        speeds: Mapping[int | None, float]) -> tuple[Trend, Pattern]:
-    """The trend through the level of all the done frames (_level) and the pattern that repeats over it. Once a
-    pattern prices each first frame, what the first frames paid once is measured: the least any of them cost over
-    its price (the same scene loads about as long everywhere), and taken out of the level."""
+    """The trend through the level of all the done frames (_level) and the pattern that repeats over it, scaled so
+    that the two price the done frames at what they cost. Once a pattern prices each first frame, what the first
+    frames paid once is measured: the least any of them cost over its price (the same scene loads about as long
+    everywhere), and taken out of the level."""
     first_frames_counted = len(with_warm_up) > len(timed)
     leveled_on = with_warm_up if first_frames_counted else timed
     if first_frames_counted:
-        trend = trend.leveled(*_level(with_warm_up, timed, trend, speeds))
+        center, level, total = _level(with_warm_up, timed, trend, speeds)
+        trend = trend.leveled(center, level)
+    else:
+        total = sum(d.seconds / speeds.get(d.worker_id, 1.0) for d in timed)
     # Without the warm-up frames: what a session's first frame paid once would pass for a pattern.
     offsets = [math.log(d.seconds / speeds.get(d.worker_id, 1.0) / trend(d.frame)) for d in timed]
     found = Pattern.fit([d.frame for d in timed], offsets)
-    pattern = found.normalized([d.frame for d in leveled_on], trend)
+    pattern = found.normalized([d.frame for d in leveled_on], trend, total)
     if pattern.period == 1 or not first_frames_counted:
         return trend, pattern
     kept = {id(d) for d in timed}
     warm_up = max(0.0, min(d.seconds / speeds.get(d.worker_id, 1.0) - trend(d.frame) * pattern(d.frame)
                            for d in with_warm_up if id(d) not in kept))
-    trend = trend.leveled(*_level(with_warm_up, timed, trend, speeds, warm_up))
-    return trend, found.normalized([d.frame for d in leveled_on], trend)
+    center, level, total = _level(with_warm_up, timed, trend, speeds, warm_up)
+    trend = trend.leveled(center, level)
+    return trend, found.normalized([d.frame for d in leveled_on], trend, total)
 
 
 def _level(with_warm_up: Sequence[DoneFrame], timed: Sequence[DoneFrame], trend: Trend,
-           speeds: Mapping[int | None, float], warm_up: float = 0.0) -> tuple[float, float]:
-    """The mean frame and the mean cost (each time over its worker's speed) of all the frames, each worker's first
-    counted less `warm_up` and at most as dear, against the trend, as the dearest of the others: what it paid once
-    is left out, what it says about its part of the shot is kept."""
+           speeds: Mapping[int | None, float], warm_up: float = 0.0) -> tuple[float, float, float]:
+    """The mean frame, the level there (Trend.level_of) and the total cost (each time over its worker's speed) of
+    all the frames, each worker's first counted less `warm_up` and at most as dear, against the trend, as the
+    dearest of the others: what it paid once is left out, what it says about its part of the shot is kept."""
     def cost(d: DoneFrame) -> float:
         return d.seconds / speeds.get(d.worker_id, 1.0)
 
     dearest = max(cost(d) / trend(d.frame) for d in timed)
     kept = {id(d) for d in timed}
     costs = [cost(d) if id(d) in kept else min(cost(d) - warm_up, dearest * trend(d.frame)) for d in with_warm_up]
-    return sum(d.frame for d in with_warm_up) / len(with_warm_up), sum(costs) / len(costs)
+    center, level = trend.level_of([d.frame for d in with_warm_up], costs)
+    return center, level, sum(costs)
 
 
 def _without_warm_up(timed: list[DoneFrame]) -> list[DoneFrame]:

@@ -1,4 +1,4 @@
-"""The cost of a task's frames as a function of their number: a straight trend through the done frames' mean, its
+"""The cost of a task's frames as a function of their number: a straight trend through the done frames' level, its
 slope measured robustly (Theil-Sen on the logarithm of the costs) and shrunk towards flat while uncertain. Split
 out of eta.py, which builds its cost model on it."""
 
@@ -52,6 +52,19 @@ class Trend:
         cost = self.level * (1.0 + self.relative_slope * (frame - self.center_frame))
         return min(self.high, max(self.low, cost))
 
+    def shape(self, frame: float) -> float:
+        """The trend at `frame` over its level: how much dearer than the typical frame the trend makes it."""
+        return min(COST_CEILING, max(COST_FLOOR, 1.0 + self.relative_slope * (frame - self.center_frame)))
+
+    def level_of(self, frames: Sequence[float], costs: Sequence[float]) -> tuple[float, float]:
+        """The mean frame and the level there of `costs` at `frames` (same length, at least one): the mean of each
+        cost over the trend's shape at its frame, on this trend's slope. Consistent with the slope being measured
+        on the logarithms, where a heavy frame is heavy by the same factor wherever it falls: heavy frames that
+        happen to lie where the trend is dear count as heavy, not as dearer still."""
+        center = sum(frames) / len(frames)
+        moved = dataclasses.replace(self, center_frame=center)
+        return center, sum(c / moved.shape(f) for f, c in zip(frames, costs, strict=True)) / len(costs)
+
     def leveled(self, center_frame: float, level: float) -> Trend:
         """The same relative slope through another mean: `level` at `center_frame`, bounds as fit's."""
         return Trend(center_frame, level, self.relative_slope, COST_FLOOR * level, COST_CEILING * level)
@@ -87,7 +100,7 @@ class Trend:
         wherever it falls, as the median of the slopes between all pairs of frames (Theil-Sen): frames several times
         heavier than the rest are outliers to it whatever the drift and however they recur. Beyond TREND_POINTS
         frames, consecutive frames are pooled (their mean cost) so that the pairs stay few. The slope is then
-        applied as a straight line from the level, the mean cost at the mean frame.
+        applied as a straight line from the level at the mean frame (level_of).
         """
         n = len(frames)
         mean_frame = sum(frames) / n
@@ -113,7 +126,8 @@ class Trend:
                 shrink = TREND_SHRINK * (1.0 + SHRINK_DOF / max(1, len(typical) - 2))
                 t_squared = (robust / se) ** 2 if se > 0 else math.inf
                 slope = robust * (1.0 if math.isinf(t_squared) else t_squared / (t_squared + shrink))
-        return cls(mean_frame, mean_cost, slope, COST_FLOOR * mean_cost, COST_CEILING * mean_cost)
+        _, level = cls(mean_frame, mean_cost, slope, 0.0, math.inf).level_of(frames, costs)
+        return cls(mean_frame, level, slope, COST_FLOOR * level, COST_CEILING * level)
 
 
 def _theil_sen(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
@@ -164,12 +178,12 @@ class Pattern:
     def __call__(self, frame: int) -> float:
         return self.factors[frame % self.period]
 
-    def normalized(self, frames: Sequence[int], trend: Trend) -> Pattern:
-        """The same pattern scaled so that, with it, the trend predicts the same total for `frames` as without: the
-        trend's level is those frames' mean cost, which holds their mix of heavy and light frames already."""
+    def normalized(self, frames: Sequence[int], trend: Trend, total: float) -> Pattern:
+        """The same pattern scaled so that, with it, the trend predicts `total` for `frames`: their actual cost,
+        which holds their mix of heavy and light frames already."""
         if self.period == 1 or not frames:
             return self
-        scale = sum(map(trend, frames)) / sum(trend(f) * self(f) for f in frames)
+        scale = total / sum(trend(f) * self(f) for f in frames)
         return Pattern(self.period, tuple(f * scale for f in self.factors))
 
     @classmethod
