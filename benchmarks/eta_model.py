@@ -37,7 +37,7 @@ from common import Results, add_arguments
 from eta_accuracy import CHECKPOINTS, FULL, TARGET_PERCENT, frame_samples
 
 from coordinator import eta
-from coordinator.claim_order import in_claim_order
+from coordinator.claim_order import in_claim_order, withheld_from_ahead_claim
 from renderq.model import DEFAULT_RENDER_ORDER, RENDER_ORDERS
 from worker.prefetch import claim_ahead_after
 
@@ -64,14 +64,20 @@ class Render:
 def claim_ahead_renders(claim_order: list[int], seconds: list[float]) -> list[Render]:
     """The frames in claim order, each taken by whichever worker claims first, as real workers do
     (worker.prefetch.claim_ahead_after: shortly after beginning a frame, from the times of its last two, or when
-    free); a worker's first frame pays the warm-up."""
+    free) and as the coordinator hands them out (a claim ahead gets none of the last frames while the other workers
+    hold frames: coordinator.claim_order.withheld_from_ahead_claim); a worker's first frame pays the warm-up."""
     claims = [(0.0, worker) for worker in range(WORKERS)]
     free = [0.0] * WORKERS
     recent: list[list[float]] = [[] for _ in range(WORKERS)]
     current: list[float | None] = [None] * WORKERS
     renders = []
-    for frame in claim_order:
+    for index, frame in enumerate(claim_order):
         claimed, worker = heapq.heappop(claims)
+        while claimed < free[worker] and withheld_from_ahead_claim(
+                len(claim_order) - index, sum(1 for w, end in enumerate(free) if w != worker and end > claimed)):
+            # Refused: the worker claims again once its frame is done.
+            heapq.heappush(claims, (free[worker], worker))
+            claimed, worker = heapq.heappop(claims)
         if current[worker] is not None:
             recent[worker] = [*recent[worker], current[worker]][-2:]
         start = free[worker] + GAP_SECONDS

@@ -20,6 +20,20 @@ SAMPLED, SEQUENTIAL = RENDER_ORDERS
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
+# A claim ahead (from a worker still rendering a frame) is refused a task's last frames while at least as many other
+# workers hold frames of it, so those frames go to whichever worker is free first: a worker claims ahead from the
+# times of its last frames, and one that has just begun a heavy frame after light ones claims seconds too early,
+# then holds a last frame that a free worker could have rendered meanwhile. Looked for in at most this many queued
+# frames, so a claim's cost stays bounded on a farm of thousands of workers.
+AHEAD_GUARD_FRAMES = 256
+
+
+def withheld_from_ahead_claim(queued: int, other_holders: int) -> bool:
+    """Whether a claim ahead gets none of a task's `queued` frames while `other_holders` other workers hold frames
+    of it: they are its last frames, kept for workers that are free (the claimant too, once its frame ends)."""
+    return queued <= min(other_holders, AHEAD_GUARD_FRAMES)
+
+
 def sampled_positions(count: int) -> list[int]:
     """The indices 0..count-1 in sampled order: both ends, then the others by frac(index x golden ratio); each index
     exactly once."""

@@ -323,8 +323,10 @@ class Scheduler(FarmReader):
 
     # -- leases ---------------------------------------------------------------------------------------------------
 
-    def claim(self, worker_id: int, prefer_task_id: int | None = None) -> tuple[dict | None, str | None]:
-        """Lease the next frame for a worker: (frame assignment, None) or (None, why there is none)."""
+    def claim(self, worker_id: int, prefer_task_id: int | None = None,
+              ahead: bool = False) -> tuple[dict | None, str | None]:
+        """Lease the next frame for a worker: (frame assignment, None) or (None, why there is none). `ahead`: the
+        worker is still rendering a frame (a task's last frames are kept for free workers)."""
         worker = self._worker(worker_id)
         if not worker["enabled"]:
             return None, "this worker is switched OFF"
@@ -337,9 +339,9 @@ class Scheduler(FarmReader):
         lease_id = secrets.token_hex(16)
         lease_seconds = self.liveness()[1]
         frame = self.store.claim_frame(worker, lease_id, now, now + lease_seconds, prefer_task_id,
-                                       self.policy.bad_worker_failures)
+                                       self.policy.bad_worker_failures, ahead)
         if frame is None:
-            return None, "no frames waiting"
+            return None, "no frames waiting" if not ahead else "none to claim ahead: the last frames go to free workers"
         self.count("dispatched", 1)
         task = self.store.lease_fields(frame["task_id"])
         if task is None:  # deleted as its frame was claimed
@@ -379,9 +381,9 @@ class Scheduler(FarmReader):
         frames = frames[:VIDEO_FRAMES_PAGE]
         return {"task_id": task_id, "frames": frames, "frames_next": frames[-1]["frame"] if more else None}
 
-    def claim_answer(self, worker_id: int, prefer_task_id: int | None = None) -> dict:
+    def claim_answer(self, worker_id: int, prefer_task_id: int | None = None, ahead: bool = False) -> dict:
         """A claim as the API answers it: the frame, or why there is none and when to ask again."""
-        frame, reason = self.claim(worker_id, prefer_task_id)
+        frame, reason = self.claim(worker_id, prefer_task_id, ahead)
         if frame is None:
             return {"frame": None, "wait_reason": reason, "poll_seconds": self.idle_poll_seconds()}
         return {"frame": frame, "wait_reason": None}

@@ -32,7 +32,7 @@ def claim(scheduler: Scheduler, fields: dict[str, Any]) -> dict[str, Any]:
     none."""
     worker_id = int(fields["worker_id"])
     _take_rendering_reports(scheduler, worker_id, fields.get("rendering", ()))
-    return scheduler.claim_answer(worker_id, fields.get("prefer_task_id"))
+    return scheduler.claim_answer(worker_id, fields.get("prefer_task_id"), bool(fields.get("ahead")))
 
 
 def _take_rendering_reports(scheduler: Scheduler, worker_id: int, reports: Any) -> None:

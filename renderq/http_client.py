@@ -396,12 +396,12 @@ class CoordinatorClient:
         return self.request("POST", "/submit_task", json_body=fields)
 
     def claim_frame(self, worker_id: int, prefer_task_id: int | None = None, *,
-                    rendering: Sequence[dict] = ()) -> dict:
+                    rendering: Sequence[dict] = (), ahead: bool = False) -> dict:
         """Claim the worker's next frame (POST /frames/claim): {"frame": {...} or None, "wait_reason", ...}; the
-        "rendering" reports of a large farm's worker ride on it."""
-        body: dict[str, Any] = {"worker_id": worker_id, "prefer_task_id": prefer_task_id}
-        if rendering:
-            body["rendering"] = list(rendering)
+        "rendering" reports of a large farm's worker ride on it. `ahead`: the worker is still rendering a frame."""
+        ahead_field = {"ahead": True} if ahead else {}
+        body: dict[str, Any] = {"worker_id": worker_id, "prefer_task_id": prefer_task_id, **ahead_field}
+        body.update({"rendering": list(rendering)} if rendering else {})
         return self.request("POST", "/frames/claim", json_body=body)
 
     def finish_frame(self, worker_id: int, task_id: int, frame: int, lease_id: str, path: str, filename: str, *,

@@ -139,6 +139,31 @@ def test_a_coordinator_hands_out_a_task_in_its_order_and_refuses_an_unknown_one(
     assert [t["task_id"] for t in farm.api.get("/tasks")["tasks"]] == [sequential["task_id"], sampled["task_id"]]
 
 
+def _claim(farm, worker_id: int, ahead: bool) -> dict:
+    return farm.api.post("/frames/claim", {"worker_id": worker_id, "ahead": ahead})
+
+
+@pytest.mark.both_databases
+def test_a_claim_ahead_leaves_a_tasks_last_frames_to_workers_that_are_free(farm):
+    farm.start_coordinator()
+    first, second = _fake_worker(farm, "a"), _fake_worker(farm, "b")
+    _submit(farm, (1, 4, 1), order="sequential")
+    assert [_claim(farm, worker, False)["frame"]["frame"] for worker in (first, second)] == [1, 2]
+    # Two frames queued, one other worker holding a frame: the first worker may claim one ahead.
+    assert _claim(farm, first, True)["frame"]["frame"] == 3
+    # One frame queued and the first worker holds frames: the last frame waits for whoever is free first...
+    refused = _claim(farm, second, True)
+    assert refused["frame"] is None and "free workers" in refused["wait_reason"], refused
+    # ... the second worker too, once its frame is done and it claims as a free worker.
+    assert _claim(farm, second, False)["frame"]["frame"] == 4
+    # Alone on a task, a worker claims ahead as before.
+    _submit(farm, (1, 2, 1), order="sequential")
+    lone = _fake_worker(farm, "c")
+    assert [_claim(farm, lone, ahead)["frame"]["frame"] for ahead in (False, True)] == [1, 2]
+    status, bad = farm.api.call("POST", "/frames/claim", {"worker_id": lone, "ahead": "yes"})
+    assert status == 400 and "ahead" in bad["error"], bad
+
+
 def test_renderq_submit_order_reaches_the_task_and_a_bad_one_is_refused(farm, scenes):
     farm.start_coordinator()
     blend = scenes("basic", frames=4)

@@ -146,7 +146,8 @@ class FakeClient:
     def calls_of(self, name: str) -> list[tuple]:
         return [call for call in self.calls if call[0] == name]
 
-    def claim_frame(self, worker_id: int, prefer_task_id: int | None = None, *, rendering: tuple = ()) -> dict:
+    def claim_frame(self, worker_id: int, prefer_task_id: int | None = None, *, rendering: tuple = (),
+                    ahead: bool = False) -> dict:
         self._maybe_fail("claim_frame")
         with self.lock:
             self.riders.extend(("claim", rider) for rider in rendering)

@@ -281,7 +281,7 @@ class Reporter:
             starts = self.starts.take()
             try:
                 answer = self.client.claim_frame(self.registered_id, prefer_task_id=current.task_id,
-                                                 rendering=start_reports(starts))
+                                                 rendering=start_reports(starts), ahead=True)
             except CoordinatorError as exc:
                 self.starts.put_back(starts)
                 log.debug("prefetch claim failed: %s", exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from renderq.capabilities import ENCODE_BIT
 from renderq.model import VIDEO_FRAME
 
+from ..claim_order import AHEAD_GUARD_FRAMES, withheld_from_ahead_claim
 from .connection import StoreConnection
 from .engine import Database
 from .rows import FRAME_COLUMNS, OutputNameTaken, finish_task_if_complete, output_holder, record_failure, requeue
@@ -72,13 +73,14 @@ class FrameQueries(StoreConnection):
 
     def claim_frame(
         self, worker: dict, lease_id: str, now: float, lease_expires: float, prefer_task_id: int | None,
-        bad_worker_failures: int,
+        bad_worker_failures: int, ahead: bool = False,
     ) -> dict | None:
         """Lease the best queued frame this worker may render, or None.
 
         Order: higher priority, then the worker's current task (its Blender is warm), then older tasks;
         within a task, frames this worker has not failed before, lowest claim rank first (the task's render order,
-        fixed at submit). Tasks the worker is blocked
+        fixed at submit). A claim `ahead` (the worker is still rendering a frame) gets none of the chosen task's last
+        frames (claim_order.withheld_from_ahead_claim). Tasks the worker is blocked
         from (bad_worker_failures failed reports) and tasks that run Python, unless the worker allows it, are
         left out, and so are tasks whose engine, GPU or tags the worker does not offer.
         """
@@ -108,6 +110,8 @@ class FrameQueries(StoreConnection):
                 ).fetchone()
                 if preferred is not None:
                     task_id = prefer_task_id
+            if ahead and _kept_for_free_workers(db, task_id, worker["worker_id"]):
+                return None
             # The frame row stays locked until the COMMIT (PostgreSQL): another coordinator's claim skips it.
             row = db.execute(
                 f"SELECT frame FROM frames f WHERE task_id = ? AND status = 'queued' AND (? = 1 OR {_NOT_ENCODE_JOB}) "
@@ -286,3 +290,19 @@ def _mark_done(db: Database, writes: TaskRowWrites | None, task_id: int, frame: 
         db.execute("UPDATE tasks SET frames_done = frames_done + 1 WHERE task_id = ?", (task_id,))
         finish_task_if_complete(db, task_id, now)
     return dict(row)
+
+
+def _kept_for_free_workers(db: Database, task_id: int, worker_id: int) -> bool:
+    """Whether the task's queued frames are its last ones, which a claim ahead by `worker_id` does not get."""
+    queued = db.execute(
+        "SELECT COUNT(*) AS n FROM (SELECT 1 FROM frames WHERE task_id = ? AND status = 'queued' LIMIT ?) q",
+        (task_id, AHEAD_GUARD_FRAMES + 1),
+    ).fetchone()["n"]
+    if queued > AHEAD_GUARD_FRAMES:
+        return False
+    holders = db.execute(
+        "SELECT COUNT(*) AS n FROM (SELECT DISTINCT worker_id FROM frames WHERE task_id = ? "
+        "AND status IN ('leased', 'rendering') AND worker_id <> ? LIMIT ?) h",
+        (task_id, worker_id, queued),
+    ).fetchone()["n"]
+    return withheld_from_ahead_claim(queued, holders)
