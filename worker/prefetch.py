@@ -9,8 +9,9 @@ from collections.abc import Sequence
 __all__ = ["PrefetchTimer", "claim_ahead_after"]
 
 # The next frame is claimed this long before the current one is expected to end (seconds, plus a fraction of the
-# expected frame time): enough for a claim to come back, short enough that the last frames of a task go to
-# whichever worker is free first.
+# expected frame time): enough for a claim to come back. A heavy frame after light ones ends later than expected; so
+# that the task's last frames still go to whichever worker is free first, the claim says it is ahead and the
+# coordinator keeps them from it (coordinator.claim_order.withheld_from_ahead_claim).
 _PREFETCH_LEAD_SECONDS = 0.5
 _PREFETCH_LEAD_FRACTION = 0.1
 
