@@ -78,6 +78,27 @@ class DemoFarm:
     servers: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
 
+class CtrlC:
+    """Ctrl-C as a KeyboardInterrupt that is also remembered. CPython drops an exception raised while a finalizer
+    runs (an HTTP response closed as its connection is reused for the next poll), so a Ctrl-C landing there would be
+    lost and the demo would render on; its waits look at `check` each round."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed, wherever its first one went."""
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
+CTRL_C = CtrlC()
+
+
 # Starts the demo's coordinators (and whatever they need) into the farm, filling in its address and tokens.
 StartCoordinators = Callable[[argparse.Namespace, str, DemoFarm], None]
 
@@ -166,6 +187,7 @@ def wait_for_workers(client: CoordinatorClient, workers: list[Child], names: lis
     """Wait until every demo worker has registered and is alive."""
     deadline = time.monotonic() + REGISTER_TIMEOUT
     while True:
+        CTRL_C.check()
         for worker in workers:
             if worker.exited() is not None:
                 line.finish()
@@ -287,7 +309,8 @@ def run(args: argparse.Namespace, start_coordinators: StartCoordinators = start_
     try:
         # A shell that starts the demo in the background leaves SIGINT ignored, and children inherit that:
         # they would then only stop by SIGKILL, without giving their frames back.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        CTRL_C.pressed = False
+        signal.signal(signal.SIGINT, CTRL_C)
     except ValueError:  # not the main thread
         pass
     started_at = time.monotonic()
@@ -339,6 +362,7 @@ def render_and_report(args: argparse.Namespace, client: CoordinatorClient, farm:
     print(f"submitted task {task_id}: frames 1-{args.frames}")
 
     def problem() -> str | None:
+        CTRL_C.check()
         # A cluster's clients move to the next coordinator: only when none is left can the task not go on.
         if all(coordinator.exited() is not None for coordinator in farm.coordinators):
             return died(farm.coordinators[0])
