@@ -52,18 +52,9 @@ class Trend:
         cost = self.level * (1.0 + self.relative_slope * (frame - self.center_frame))
         return min(self.high, max(self.low, cost))
 
-    def shape(self, frame: float) -> float:
-        """The trend at `frame` over its level: how much dearer than the typical frame the trend makes it."""
-        return min(COST_CEILING, max(COST_FLOOR, 1.0 + self.relative_slope * (frame - self.center_frame)))
-
     def level_of(self, frames: Sequence[float], costs: Sequence[float]) -> tuple[float, float]:
-        """The mean frame and the level there of `costs` at `frames` (same length, at least one): the mean of each
-        cost over the trend's shape at its frame, on this trend's slope. Consistent with the slope being measured
-        on the logarithms, where a heavy frame is heavy by the same factor wherever it falls: heavy frames that
-        happen to lie where the trend is dear count as heavy, not as dearer still."""
-        center = sum(frames) / len(frames)
-        moved = dataclasses.replace(self, center_frame=center)
-        return center, sum(c / moved.shape(f) for f, c in zip(frames, costs, strict=True)) / len(costs)
+        """The mean frame and the level there of `costs` at `frames`, on this trend's slope (_level_at)."""
+        return _level_at(frames, costs, self.relative_slope)
 
     def leveled(self, center_frame: float, level: float) -> Trend:
         """The same relative slope through another mean: `level` at `center_frame`, bounds as fit's."""
@@ -103,8 +94,6 @@ class Trend:
         applied as a straight line from the level at the mean frame (level_of).
         """
         n = len(frames)
-        mean_frame = sum(frames) / n
-        mean_cost = sum(costs) / n
         slope = 0.0
         if n >= MIN_FRAMES_FOR_TREND:
             points = _pooled(sorted(zip(frames, costs, strict=True)), TREND_POINTS)
@@ -126,8 +115,18 @@ class Trend:
                 shrink = TREND_SHRINK * (1.0 + SHRINK_DOF / max(1, len(typical) - 2))
                 t_squared = (robust / se) ** 2 if se > 0 else math.inf
                 slope = robust * (1.0 if math.isinf(t_squared) else t_squared / (t_squared + shrink))
-        _, level = cls(mean_frame, mean_cost, slope, 0.0, math.inf).level_of(frames, costs)
+        mean_frame, level = _level_at(frames, costs, slope)
         return cls(mean_frame, level, slope, COST_FLOOR * level, COST_CEILING * level)
+
+
+def _level_at(frames: Sequence[float], costs: Sequence[float], relative_slope: float) -> tuple[float, float]:
+    """The mean frame and the level there of `costs` at `frames` (same length, at least one): the mean of each cost
+    over the line's shape at its frame (1 + slope x distance from the mean frame, within the cost bounds).
+    Consistent with the slope being measured on the logarithms, where a heavy frame is heavy by the same factor
+    wherever it falls: heavy frames that happen to lie where the trend is dear count as heavy, not as dearer still."""
+    center = sum(frames) / len(frames)
+    shapes = (min(COST_CEILING, max(COST_FLOOR, 1.0 + relative_slope * (frame - center))) for frame in frames)
+    return center, sum(cost / shape for cost, shape in zip(costs, shapes, strict=True)) / len(costs)
 
 
 def _theil_sen(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
